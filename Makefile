@@ -1,0 +1,115 @@
+# herald — build, run, test, fuzz, bench.
+#
+#   make run     install missing Debian packages, build, start herald on :8080
+#   make test    install, build, unit tests, integration tests (plain and
+#                ASan+UBSan builds), a short bounded fuzz run
+#   make fuzz    run the parser fuzzers for FUZZ_SECONDS each (default 60)
+#   make bench   herald vs Nchan vs the raw-socket floor (docs/bench.md)
+#   make soak    long-running delivery soak test
+#
+# Build variants live in their own directories: build/ (release, -O2 -g) and
+# build-asan/ (AddressSanitizer + UndefinedBehaviorSanitizer).
+
+CC      ?= cc
+PYTHON  := /usr/bin/python3
+VARIANT ?= release
+ifeq ($(VARIANT),asan)
+  BUILD   := build-asan
+  OPT     := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+  LDSAN   := -fsanitize=address,undefined
+else
+  BUILD   := build
+  OPT     := -O2 -g
+  LDSAN   :=
+endif
+
+WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter
+CFLAGS  := -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) -MMD -MP -Isrc -pthread
+LDLIBS  := -lssl -lcrypto -lz -ljansson -lhiredis -ljwt -lm -pthread
+
+LIB_SRC := $(filter-out src/main.c,$(wildcard src/*/*.c))
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
+MAIN_OBJ := $(BUILD)/src/main.o
+BENCH_SRC := $(wildcard tools/bench/*.c)
+BENCH_OBJ := $(BENCH_SRC:%.c=$(BUILD)/%.o)
+UNIT_SRC := $(wildcard tests/unit/*_test.c)
+UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+
+HERALD := $(BUILD)/herald
+BENCH  := $(BUILD)/herald-bench
+
+.PHONY: all deps run test unit integration integration-asan fuzz fuzz-short bench soak clean format
+
+all: $(HERALD) $(BENCH) $(UNIT_BIN)
+
+deps:
+	@./scripts/install-deps.sh
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(HERALD): $(LIB_OBJ) $(MAIN_OBJ)
+	$(CC) $(LDSAN) -o $@ $^ $(LDLIBS)
+
+$(BENCH): $(BENCH_OBJ) $(filter $(BUILD)/src/http/% $(BUILD)/src/transport/ws_frame.o $(BUILD)/src/core/%,$(LIB_OBJ))
+	@[ -n "$(BENCH_SRC)" ] || { echo 'no bench sources' > /dev/null; }
+	$(CC) $(LDSAN) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tests/%_test: tests/unit/%_test.c $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDSAN) -o $@ $^ $(LDLIBS) -lcmocka
+
+run: deps
+	@$(MAKE) --no-print-directory $(HERALD)
+	./$(HERALD) $(ARGS)
+
+unit: $(UNIT_BIN)
+	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; ./$$t; done
+
+integration: $(HERALD)
+	HERALD_BIN=$(abspath $(HERALD)) $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration $(PYTEST_ARGS)
+
+test: deps
+	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory unit
+	@$(MAKE) --no-print-directory fuzz-short
+	@$(MAKE) --no-print-directory integration
+	@$(MAKE) --no-print-directory VARIANT=asan all
+	@$(MAKE) --no-print-directory VARIANT=asan unit
+	@$(MAKE) --no-print-directory VARIANT=asan integration
+
+# Fuzzers: clang + libFuzzer, each target links the parser it exercises.
+FUZZ_SECONDS ?= 60
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -O1 -g -Isrc -fsanitize=fuzzer,address,undefined
+build-fuzz/http_parser_fuzz: tests/fuzz/http_parser_fuzz.c src/http/http_parser.c
+	@mkdir -p build-fuzz
+	clang $(FUZZ_CFLAGS) -o $@ $^
+build-fuzz/ws_frame_fuzz: tests/fuzz/ws_frame_fuzz.c src/transport/ws_frame.c
+	@mkdir -p build-fuzz
+	clang $(FUZZ_CFLAGS) -o $@ $^ -lssl -lcrypto -lz
+FUZZERS := $(patsubst tests/fuzz/%.c,build-fuzz/%,$(wildcard tests/fuzz/*_fuzz.c))
+
+fuzz: deps $(FUZZERS)
+	@set -e; for f in $(FUZZERS); do n=$$(basename $$f _fuzz); mkdir -p build-fuzz/corpus-$$n; \
+	  $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 build-fuzz/corpus-$$n tests/fuzz/corpus/$$n; done
+
+fuzz-short: $(FUZZERS)
+	@set -e; for f in $(FUZZERS); do n=$$(basename $$f _fuzz); \
+	  echo "== $$f (20 s)"; $$f -max_total_time=20 -print_final_stats=0 tests/fuzz/corpus/$$n 2>&1 | tail -n 2; done
+
+bench: deps
+	@./scripts/install-deps.sh --bench
+	@$(MAKE) --no-print-directory all
+	./tools/bench/run-bench.sh
+
+soak: $(HERALD)
+	HERALD_BIN=$(abspath $(HERALD)) HERALD_SOAK=1 $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration -m soak
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h')
+
+clean:
+	rm -rf build build-asan build-fuzz
+
+-include $(LIB_OBJ:.o=.d) $(MAIN_OBJ:.o=.d) $(BENCH_OBJ:.o=.d)

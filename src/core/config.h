@@ -1,0 +1,101 @@
+/*
+ * config: herald's options, from three sources with a fixed precedence:
+ * command-line flags > HERALD_* environment variables > config file > defaults.
+ *
+ * Every option is one row of a table (name, type, default, help, bounds) so
+ * that --help, the env var name (HERALD_ + upper-cased name with '-' -> '_'),
+ * the config-file key (the flag name) and validation all come from one place.
+ * An invalid value stops start-up: config_load() prints a message naming the
+ * option and the source, and returns 2 (the process exit code).
+ */
+#ifndef HERALD_CONFIG_H
+#define HERALD_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define CONFIG_MAX_LISTEN 8
+
+struct config_addr {
+    char host[64]; /* numeric IPv4/IPv6 or "localhost"; "" or "*" means any */
+    uint16_t port;
+};
+
+struct herald_config {
+    /* network */
+    struct config_addr listen[CONFIG_MAX_LISTEN]; /* --listen, repeatable; default 0.0.0.0:8080 */
+    int num_listen;
+    struct config_addr api_listen; /* --api-listen; port 0 = publish API on the main listeners */
+    bool has_api_listen;
+    int workers;         /* --workers, default: number of online CPUs; 1..64 */
+    int max_connections; /* --max-connections, default 0 = as many as RLIMIT_NOFILE allows */
+
+    /* auth */
+    char publish_key[256]; /* --publish-key; "" = loopback-only publishing */
+    char cors_origins[1024]; /* --cors-origins, comma list, default "*" */
+    bool ws_publish;         /* --ws-publish, allow {"op":"publish"} over WebSocket; default false */
+
+    /* connection lifetime, in milliseconds */
+    uint32_t heartbeat_ms;       /* --heartbeat, default 30s */
+    uint32_t close_grace_ms;     /* --close-grace, default 4s */
+    uint32_t lifetime_min_ms;    /* --lifetime-min, default 120s; 0 disables lifetime */
+    uint32_t lifetime_max_ms;    /* --lifetime-max, default 180s; >= lifetime_min */
+    uint32_t shutdown_timeout_ms; /* --shutdown-timeout, default 10s */
+    uint32_t header_timeout_ms;  /* --header-timeout, default 10s */
+    uint32_t poll_timeout_ms;    /* --poll-timeout, max long-poll hold, default 30s */
+
+    /* limits, in bytes */
+    uint32_t max_header_bytes;  /* --max-header-bytes, default 8 KiB */
+    uint32_t max_uri_bytes;     /* --max-uri-bytes, default 4 KiB */
+    uint32_t max_body_bytes;    /* --max-body-bytes, default 1 MiB */
+    uint32_t max_ws_message;    /* --max-ws-message, default 64 KiB */
+    uint32_t max_outbound;      /* --max-outbound, slow-consumer cap, default 1 MiB */
+    uint32_t max_channels_per_conn; /* --max-channels-per-conn, default 64 */
+
+    /* channels and history */
+    bool auto_create;            /* --auto-create, default true */
+    uint32_t channel_ttl_ms;     /* --channel-ttl, inactive channel expiry, default 15 min */
+    uint32_t history_size;       /* --history-size, messages per channel, default 100 */
+    uint32_t history_ttl_ms;     /* --history-ttl, default 1 h */
+    uint32_t history_bytes;      /* --history-bytes, per channel, default 1 MiB */
+    uint32_t max_channels;       /* --max-channels, default 1,000,000 */
+    bool ws_deflate;             /* --ws-deflate, offer permessage-deflate, default true */
+
+    /* cluster */
+    char redis_url[512];      /* --redis redis://[:password@]host:port[/db] */
+    char redis_cluster[1024]; /* --redis-cluster host:port,host:port */
+    char redis_password[256]; /* --redis-password */
+    bool redis_tls;           /* --redis-tls */
+
+    /* misc */
+    char config_file[512]; /* --config */
+    int log_level;         /* --log-level: error|warn|info|debug -> 0..3, default info */
+    char node_name[64];    /* --node-name, default hostname:port */
+};
+
+/*
+ * Fills *cfg from defaults, the config file (--config or HERALD_CONFIG), the
+ * environment and argv, in increasing precedence. Returns 0 on success, 1 when
+ * --help or --version was printed (the caller exits 0), or 2 after printing an
+ * error that names the option (the caller exits 2). Writes messages to stderr.
+ */
+int config_load(struct herald_config *cfg, int argc, char **argv);
+
+/* Fills *cfg with the defaults only (used by tests). */
+void config_defaults(struct herald_config *cfg);
+
+/* Prints the --help text (every option, its env var and default) to `out` (a FILE *). */
+void config_print_help(void *out);
+
+/*
+ * Parses a duration like "30s", "1500ms", "2m", "1h" or a bare number of
+ * seconds into milliseconds. Returns 0 or -1 when malformed or > UINT32_MAX ms.
+ */
+int config_parse_duration(const char *s, uint32_t *out_ms);
+/* Parses a size like "8192", "8k", "8KiB", "1m", "1MiB" into bytes. 0 or -1. */
+int config_parse_size(const char *s, uint32_t *out);
+/* Parses "host:port", "[v6]:port" or ":port" / "port". 0 or -1. */
+int config_parse_addr(const char *s, struct config_addr *out);
+
+#endif
