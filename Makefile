@@ -30,17 +30,15 @@ LDLIBS  := -lssl -lcrypto -lz -ljansson -lhiredis -ljwt -lm -pthread
 LIB_SRC := $(filter-out src/main.c,$(wildcard src/*/*.c))
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 MAIN_OBJ := $(BUILD)/src/main.o
-BENCH_SRC := $(wildcard tools/bench/*.c)
-BENCH_OBJ := $(BENCH_SRC:%.c=$(BUILD)/%.o)
 UNIT_SRC := $(wildcard tests/unit/*_test.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
 HERALD := $(BUILD)/herald
 BENCH  := $(BUILD)/herald-bench
 
-.PHONY: all deps run test unit integration integration-asan fuzz fuzz-short bench soak clean format
+.PHONY: all bench-bins deps run test unit integration integration-asan fuzz fuzz-short bench soak clean format
 
-all: $(HERALD) $(BENCH) $(UNIT_BIN)
+all: $(HERALD) $(UNIT_BIN) bench-bins
 
 deps:
 	@./scripts/install-deps.sh
@@ -52,9 +50,8 @@ $(BUILD)/%.o: %.c
 $(HERALD): $(LIB_OBJ) $(MAIN_OBJ)
 	$(CC) $(LDSAN) -o $@ $^ $(LDLIBS)
 
-$(BENCH): $(BENCH_OBJ) $(filter $(BUILD)/src/http/% $(BUILD)/src/transport/ws_frame.o $(BUILD)/src/core/%,$(LIB_OBJ))
-	@[ -n "$(BENCH_SRC)" ] || { echo 'no bench sources' > /dev/null; }
-	$(CC) $(LDSAN) -o $@ $^ $(LDLIBS)
+# herald-bench and its helpers (raw-socket floor) are built by tools/bench/bench.mk.
+-include tools/bench/bench.mk
 
 $(BUILD)/tests/%_test: tests/unit/%_test.c $(LIB_OBJ)
 	@mkdir -p $(dir $@)
@@ -112,4 +109,4 @@ format:
 clean:
 	rm -rf build build-asan build-fuzz
 
--include $(LIB_OBJ:.o=.d) $(MAIN_OBJ:.o=.d) $(BENCH_OBJ:.o=.d)
+-include $(LIB_OBJ:.o=.d) $(MAIN_OBJ:.o=.d)
