@@ -18,67 +18,74 @@
 #define CONFIG_MAX_LISTEN 8
 
 struct config_addr {
-    char host[64]; /* numeric IPv4/IPv6 or "localhost"; "" or "*" means any */
-    uint16_t port;
+    char host[64]; /* numeric IPv4/IPv6 (no brackets) or "localhost"; "" means any ("*" is
+                      stored as "") */
+    uint16_t port; /* 1..65535 */
 };
 
 struct herald_config {
     /* network */
     struct config_addr listen[CONFIG_MAX_LISTEN]; /* --listen, repeatable; default 0.0.0.0:8080 */
-    int num_listen;
+    int num_listen;                               /* >= 1; entries are distinct */
     struct config_addr api_listen; /* --api-listen; port 0 = publish API on the main listeners */
-    bool has_api_listen;
-    int workers;         /* --workers, default: number of online CPUs; 1..64 */
+    bool has_api_listen;           /* true iff api_listen was set (then its port is non-zero) */
+    int workers;                   /* --workers, default: number of online CPUs; 1..64 */
     int max_connections; /* --max-connections, default 0 = as many as RLIMIT_NOFILE allows */
 
     /* auth */
-    char publish_key[256]; /* --publish-key; "" = loopback-only publishing */
-    char cors_origins[1024]; /* --cors-origins, comma list, default "*" */
-    bool ws_publish;         /* --ws-publish, allow {"op":"publish"} over WebSocket; default false */
+    char publish_key[256];   /* --publish-key; "" = loopback-only publishing */
+    char cors_origins[1024]; /* --cors-origins, comma list, default "*"; stored without blanks
+                                around commas; each item "*" or "scheme://host[:port]";
+                                "" = no cross-origin subscribers */
+    bool ws_publish; /* --ws-publish, allow {"op":"publish"} over WebSocket; default false */
 
     /* connection lifetime, in milliseconds */
-    uint32_t heartbeat_ms;       /* --heartbeat, default 30s */
-    uint32_t close_grace_ms;     /* --close-grace, default 4s */
-    uint32_t lifetime_min_ms;    /* --lifetime-min, default 120s; 0 disables lifetime */
-    uint32_t lifetime_max_ms;    /* --lifetime-max, default 180s; >= lifetime_min */
+    uint32_t heartbeat_ms;        /* --heartbeat, default 30s */
+    uint32_t close_grace_ms;      /* --close-grace, default 4s */
+    uint32_t lifetime_min_ms;     /* --lifetime-min, default 120s; 0 disables lifetime */
+    uint32_t lifetime_max_ms;     /* --lifetime-max, default 180s; >= lifetime_min */
     uint32_t shutdown_timeout_ms; /* --shutdown-timeout, default 10s */
-    uint32_t header_timeout_ms;  /* --header-timeout, default 10s */
-    uint32_t poll_timeout_ms;    /* --poll-timeout, max long-poll hold, default 30s */
+    uint32_t header_timeout_ms;   /* --header-timeout, default 10s */
+    uint32_t poll_timeout_ms;     /* --poll-timeout, max long-poll hold, default 30s */
 
     /* limits, in bytes */
-    uint32_t max_header_bytes;  /* --max-header-bytes, default 8 KiB */
-    uint32_t max_uri_bytes;     /* --max-uri-bytes, default 4 KiB */
-    uint32_t max_body_bytes;    /* --max-body-bytes, default 1 MiB */
-    uint32_t max_ws_message;    /* --max-ws-message, default 64 KiB */
-    uint32_t max_outbound;      /* --max-outbound, slow-consumer cap, default 1 MiB */
+    uint32_t max_header_bytes;      /* --max-header-bytes, default 8 KiB */
+    uint32_t max_uri_bytes;         /* --max-uri-bytes, default 4 KiB */
+    uint32_t max_body_bytes;        /* --max-body-bytes, default 1 MiB */
+    uint32_t max_ws_message;        /* --max-ws-message, default 64 KiB */
+    uint32_t max_outbound;          /* --max-outbound, slow-consumer cap, default 1 MiB */
     uint32_t max_channels_per_conn; /* --max-channels-per-conn, default 64 */
 
     /* channels and history */
-    bool auto_create;            /* --auto-create, default true */
-    uint32_t channel_ttl_ms;     /* --channel-ttl, inactive channel expiry, default 15 min */
-    uint32_t history_size;       /* --history-size, messages per channel, default 100 */
-    uint32_t history_ttl_ms;     /* --history-ttl, default 1 h */
-    uint32_t history_bytes;      /* --history-bytes, per channel, default 1 MiB */
-    uint32_t max_channels;       /* --max-channels, default 1,000,000 */
-    bool ws_deflate;             /* --ws-deflate, offer permessage-deflate, default true */
+    bool auto_create;        /* --auto-create, default true */
+    uint32_t channel_ttl_ms; /* --channel-ttl, inactive channel expiry, default 15 min */
+    uint32_t history_size;   /* --history-size, messages per channel, default 100 */
+    uint32_t history_ttl_ms; /* --history-ttl, default 1 h */
+    uint32_t history_bytes;  /* --history-bytes, per channel, default 1 MiB */
+    uint32_t max_channels;   /* --max-channels, default 1,000,000 */
+    bool ws_deflate;         /* --ws-deflate, offer permessage-deflate, default true */
 
     /* cluster */
-    char redis_url[512];      /* --redis redis://[:password@]host:port[/db] */
-    char redis_cluster[1024]; /* --redis-cluster host:port,host:port */
+    char redis_url[512];      /* --redis redis://[:password@]host:port[/db]; "" = in-memory.
+                                 rediss:// is accepted and sets redis_tls */
+    char redis_cluster[1024]; /* --redis-cluster host:port,host:port (no blanks); never set
+                                 together with redis_url */
     char redis_password[256]; /* --redis-password */
     bool redis_tls;           /* --redis-tls */
 
     /* misc */
-    char config_file[512]; /* --config */
+    char config_file[512]; /* --config or HERALD_CONFIG; "" = none was read */
     int log_level;         /* --log-level: error|warn|info|debug -> 0..3, default info */
-    char node_name[64];    /* --node-name, default hostname:port */
+    char node_name[64];    /* --node-name; "" by default: the server fills in hostname:port */
 };
 
 /*
  * Fills *cfg from defaults, the config file (--config or HERALD_CONFIG), the
  * environment and argv, in increasing precedence. Returns 0 on success, 1 when
  * --help or --version was printed (the caller exits 0), or 2 after printing an
- * error that names the option (the caller exits 2). Writes messages to stderr.
+ * error that names the option (the caller exits 2). Help and version go to
+ * stdout, errors to stderr. argv is only read, and no pointer into argv, the
+ * environment or the file is kept. On 1 or 2, *cfg holds no useful values.
  */
 int config_load(struct herald_config *cfg, int argc, char **argv);
 
@@ -95,7 +102,10 @@ void config_print_help(void *out);
 int config_parse_duration(const char *s, uint32_t *out_ms);
 /* Parses a size like "8192", "8k", "8KiB", "1m", "1MiB" into bytes. 0 or -1. */
 int config_parse_size(const char *s, uint32_t *out);
-/* Parses "host:port", "[v6]:port" or ":port" / "port". 0 or -1. */
+/*
+ * Parses "host:port", "[v6]:port" or ":port" / "port" (host "" = any; "*" is
+ * read as ""). The host must be numeric or "localhost", the port 1..65535. 0 or -1.
+ */
 int config_parse_addr(const char *s, struct config_addr *out);
 
 #endif
