@@ -1,3 +1,18 @@
-# Placeholder: the bench author replaces this with the rules for herald-bench
-# and the raw-socket floor. Must define the `bench-bins` target.
-bench-bins:
+# herald-bench and the raw-socket floor (included by the top Makefile, which
+# defines BUILD, CC, CFLAGS, LDSAN). Sources: tools/bench/*.c and
+# tools/bench/floor/floor.c. See docs/bench.md.
+
+BENCH_SRC   := $(wildcard tools/bench/*.c)
+BENCH_OBJ   := $(BENCH_SRC:%.c=$(BUILD)/%.o)
+FLOOR_OBJ   := $(BUILD)/tools/bench/floor/floor.o
+BENCH_LIBS  := -ljansson -lcrypto -lm -pthread
+
+$(BUILD)/herald-bench: $(BENCH_OBJ)
+	$(CC) $(LDSAN) -o $@ $^ $(BENCH_LIBS)
+
+$(BUILD)/herald-floor: $(FLOOR_OBJ)
+	$(CC) $(LDSAN) -o $@ $^
+
+bench-bins: $(BUILD)/herald-bench $(BUILD)/herald-floor
+
+-include $(BENCH_OBJ:.o=.d) $(FLOOR_OBJ:.o=.d)
