@@ -1,0 +1,746 @@
+/*
+ * api: publish (raw body and JSON, batches), channel administration, stats,
+ * Prometheus metrics and health, behind publisher authentication: a key
+ * (HTTP Basic password or Bearer token, compared in constant time) or, with
+ * no key configured, loopback clients only.
+ */
+#include "api/api.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <openssl/evp.h>
+
+#include "core/log.h"
+#include "transport/transport.h"
+
+/* ---- helpers --------------------------------------------------------------- */
+
+/* Answers with a JSON string literal. */
+#define RESPOND_LIT(x, status, headers, lit)                                                       \
+    http_respond((x), (status), "application/json", (headers), (lit), sizeof(lit) - 1)
+#define NOT_ALLOWED(x, allow, detail)                                                              \
+    RESPOND_LIT(x, 405, "Allow: " allow "\r\n",                                                    \
+                "{\"error\":\"method_not_allowed\",\"detail\":\"" detail "\"}\n")
+
+bool api_event_name_valid(const char *s, size_t len)
+{
+    if (len < 1 || len > 64)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '.' || c == ':' || c == '-'))
+            return false;
+    }
+    return true;
+}
+
+/* JSON text without insignificant whitespace (validated JSON only): keeps the
+ * publisher's exact tokens while making the envelope one line for SSE/NDJSON. */
+static size_t json_strip_ws(char *dst, const char *src, size_t len)
+{
+    size_t o = 0;
+    bool in_str = false, esc = false;
+    for (size_t i = 0; i < len; i++) {
+        char ch = src[i];
+        if (in_str) {
+            if (esc)
+                esc = false;
+            else if (ch == '\\')
+                esc = true;
+            else if (ch == '"')
+                in_str = false;
+        } else if (ch == '"') {
+            in_str = true;
+        } else if (ch == ' ' || ch == '\n' || ch == '\r' || ch == '\t') {
+            continue;
+        }
+        dst[o++] = ch;
+    }
+    return o;
+}
+
+static bool is_json_type(const struct http_request *req)
+{
+    const struct http_header *h = http_find_header(req, "Content-Type");
+    if (!h)
+        return false;
+    size_t n = h->value_len;
+    const char *v = h->value;
+    for (size_t i = 0; i < n; i++)
+        if (v[i] == ';') {
+            n = i;
+            break;
+        }
+    while (n && v[n - 1] == ' ')
+        n--;
+    if (n == 16 && strncasecmp(v, "application/json", 16) == 0)
+        return true;
+    return n > 5 && strncasecmp(v + n - 5, "+json", 5) == 0;
+}
+
+static bool utf8_valid(const char *s, size_t len)
+{
+    return ws_utf8_valid((const uint8_t *)s, len);
+}
+
+/* ---- authentication ------------------------------------------------------ */
+
+static bool check_key(const char *key, const char *cred, size_t len)
+{
+    return ct_equal(cred, len, key, strlen(key));
+}
+
+/* Returns true when the request may use the publish/admin API; answers 401/403 otherwise. */
+static bool authorized(struct http_ctx *x)
+{
+    const char *key = conn_cfg(x->c)->publish_key;
+    if (!key[0]) {
+        if (x->c->flags & CF_LOOPBACK)
+            return true;
+        http_error(x, 403, "forbidden",
+                   "no --publish-key is configured, so publishing is allowed from loopback only; "
+                   "set HERALD_PUBLISH_KEY to publish from other hosts");
+        return false;
+    }
+    const struct http_header *h = http_find_header(x->req, "Authorization");
+    if (h && h->value_len > 7 && strncasecmp(h->value, "Bearer ", 7) == 0) {
+        if (check_key(key, h->value + 7, h->value_len - 7))
+            return true;
+    } else if (h && h->value_len > 6 && strncasecmp(h->value, "Basic ", 6) == 0 &&
+               h->value_len - 6 < 1024) {
+        unsigned char dec[800];
+        int n = EVP_DecodeBlock(dec, (const unsigned char *)h->value + 6, (int)(h->value_len - 6));
+        if (n > 0) {
+            /* EVP_DecodeBlock counts padding bytes as zeros: trim them. */
+            const char *v = h->value + h->value_len;
+            if (v[-1] == '=')
+                n--;
+            if (v[-2] == '=')
+                n--;
+            const char *colon = memchr(dec, ':', (size_t)n);
+            const char *pw = colon ? colon + 1 : (const char *)dec;
+            size_t pwlen = (size_t)n - (size_t)(pw - (const char *)dec);
+            if (check_key(key, pw, pwlen))
+                return true;
+        }
+    }
+    http_error(x, 401, "unauthorized",
+               h ? "the credentials do not match the publish key"
+                 : "send the publish key as 'Authorization: Bearer KEY' or as the HTTP Basic "
+                   "password");
+    return false;
+}
+
+/* ---- publishing -------------------------------------------------------------- */
+
+void api_pub_free(struct api_pub *p)
+{
+    free(p->data_json);
+    p->data_json = NULL;
+}
+
+int api_pub_commit(struct hub *hub, struct api_pub *p, struct publish_result *res)
+{
+    struct publish_req req = {
+        .data_json = {p->data_json, (uint32_t)p->data_len},
+        .raw = {p->raw, (uint32_t)p->raw_len},
+        .event = p->event,
+        .event_len = p->event_len,
+    };
+    int err = hub_publish(hub, p->channels, p->n, &req, res);
+    api_pub_free(p);
+    return err;
+}
+
+static int add_channel(struct api_pub *p, const char *name, size_t len, const char **err)
+{
+    if (!hub_channel_name_valid(name, len)) {
+        *err = "channel names are 1-128 bytes of letters, digits and _ . : @ / -";
+        return -1;
+    }
+    for (size_t i = 0; i < p->n; i++)
+        if (p->channels[i].len == len && memcmp(p->channels[i].data, name, len) == 0)
+            return 0;
+    if (p->n == ARRAY_LEN(p->channels)) {
+        *err = "at most 64 channels per message";
+        return -1;
+    }
+    p->channels[p->n++] = (struct slice){name, (uint32_t)len};
+    return 0;
+}
+
+int api_pub_from_json(json_t *obj, struct api_pub *p, const char **err)
+{
+    memset(p, 0, sizeof(*p));
+    if (!json_is_object(obj)) {
+        *err = "each message is a JSON object: {\"channel\":\"news\",\"data\":...}";
+        return -1;
+    }
+    json_t *chs = json_object_get(obj, "channels"), *ch = json_object_get(obj, "channel");
+    if (json_is_string(ch) && add_channel(p, json_string_value(ch), json_string_length(ch), err))
+        return -1;
+    if (json_is_array(chs)) {
+        size_t i;
+        json_t *v;
+        json_array_foreach(chs, i, v)
+        {
+            if (!json_is_string(v)) {
+                *err = "\"channels\" is an array of channel names";
+                return -1;
+            }
+            if (add_channel(p, json_string_value(v), json_string_length(v), err))
+                return -1;
+        }
+    } else if (chs) {
+        *err = "\"channels\" is an array of channel names";
+        return -1;
+    }
+    if (p->n == 0) {
+        *err = "name the target with \"channel\": \"name\" or \"channels\": [\"a\", \"b\"]";
+        return -1;
+    }
+    json_t *data = json_object_get(obj, "data");
+    if (!data) {
+        *err = "the message has no \"data\"";
+        return -1;
+    }
+    json_t *ev = json_object_get(obj, "event");
+    if (ev) {
+        if (!json_is_string(ev) ||
+            !api_event_name_valid(json_string_value(ev), json_string_length(ev))) {
+            *err = "\"event\" is a name of 1-64 letters, digits or _ . : -";
+            return -1;
+        }
+        p->event = json_string_value(ev);
+        p->event_len = json_string_length(ev);
+    }
+    p->data_json = json_dumps(data, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (!p->data_json) {
+        *err = "\"data\" could not be encoded";
+        return -1;
+    }
+    p->data_len = strlen(p->data_json);
+    if (json_is_string(data)) {
+        p->raw = json_string_value(data);
+        p->raw_len = json_string_length(data);
+    } else {
+        p->raw = p->data_json;
+        p->raw_len = p->data_len;
+    }
+    return 0;
+}
+
+static void publish_error(struct http_ctx *x, int err, const char *channel, size_t len)
+{
+    int status = err == HUB_ERR_NOT_FOUND ? 404 : err == HUB_ERR_TOO_MANY ? 503 : 400;
+    http_error(x, status, transport_error_name(err), "%s%s%.*s", hub_strerror(err),
+               channel ? ": " : "", channel ? (int)len : 0, channel ? channel : "");
+}
+
+static void reply_published(struct http_ctx *x, const struct publish_result *res)
+{
+    char body[96];
+    int n = snprintf(body, sizeof(body), "{\"id\":\"%" PRIu64 "\",\"subscribers\":%u}\n", res->id,
+                     res->subscribers);
+    http_respond(x, 201, "application/json", NULL, body, (size_t)n);
+}
+
+/* POST /pub/{channel}: the raw body, kept as JSON when it is JSON. */
+static void handle_pub(struct http_ctx *x, const char *name, size_t name_len)
+{
+    struct hub *hub = &conn_server(x->c)->hub;
+    if (!hub_channel_name_valid(name, name_len))
+        return http_error(x, 400, "bad_channel",
+                          "channel names are 1-128 bytes of letters, digits and _ . : @ / -");
+    const char *ev = NULL;
+    size_t ev_len = 0;
+    const struct http_header *eh = http_find_header(x->req, "Herald-Event");
+    if (eh) {
+        ev = eh->value;
+        ev_len = eh->value_len;
+    } else if (!http_query_param(x->req->query, x->req->query_len, "event", &ev, &ev_len)) {
+        ev = NULL;
+    }
+    if (ev && !api_event_name_valid(ev, ev_len))
+        return http_error(x, 400, "bad_event", "event names are 1-64 letters, digits or _ . : -");
+    struct publish_req req = {
+        .raw = {x->body, (uint32_t)x->body_len}, .event = ev, .event_len = ev_len};
+    struct sbuf data = {0};
+    if (is_json_type(x->req)) {
+        json_error_t jerr;
+        json_t *doc = json_loadb(x->body, x->body_len, JSON_DECODE_ANY, &jerr);
+        if (!doc)
+            return http_error(x, 400, "bad_json",
+                              "the body is sent as application/json but is not JSON: %s (line "
+                              "%d, column %d)",
+                              jerr.text, jerr.line, jerr.column);
+        json_decref(doc);
+        sbuf_reserve(&data, x->body_len + 1);
+        data.len = json_strip_ws(data.data, x->body, x->body_len);
+    } else if (utf8_valid(x->body, x->body_len)) {
+        sbuf_add_json_str(&data, x->body, x->body_len);
+    } else {
+        /* Binary bodies travel as base64 so nothing the publisher sent is lost. */
+        sbuf_reserve(&data, 4 * ((x->body_len + 2) / 3) + 3);
+        data.data[0] = '"';
+        int n = EVP_EncodeBlock((unsigned char *)data.data + 1, (const unsigned char *)x->body,
+                                (int)x->body_len);
+        data.data[n + 1] = '"';
+        data.len = (size_t)n + 2;
+        req.base64 = true;
+        req.raw = (struct slice){data.data + 1, (uint32_t)n};
+    }
+    req.data_json =
+        (struct slice){data.data ? data.data : "\"\"", (uint32_t)(data.data ? data.len : 2)};
+    struct slice ch = {name, (uint32_t)name_len};
+    struct publish_result res;
+    int err = hub_publish(hub, &ch, 1, &req, &res);
+    sbuf_free(&data);
+    if (err)
+        return publish_error(x, err, name, name_len);
+    reply_published(x, &res);
+}
+
+/* POST /api/publish: {"channel(s)":…,"data":…} or {"messages":[…]} (all validated first). */
+static void handle_api_publish(struct http_ctx *x)
+{
+    struct hub *hub = &conn_server(x->c)->hub;
+    json_error_t jerr;
+    json_t *doc = json_loadb(x->body, x->body_len, 0, &jerr);
+    if (!doc)
+        return http_error(x, 400, "bad_json", "the body is not a JSON object: %s (line %d)",
+                          jerr.text, jerr.line);
+    json_t *msgs = json_object_get(doc, "messages");
+    size_t n = json_is_array(msgs) ? json_array_size(msgs) : 1;
+    if (json_is_array(msgs) && (n == 0 || n > 1000)) {
+        json_decref(doc);
+        return http_error(x, 400, "bad_batch", "\"messages\" holds 1 to 1000 messages");
+    }
+    struct api_pub *pubs = xcalloc(n, sizeof(*pubs));
+    const char *err = NULL;
+    size_t bad = 0;
+    for (size_t i = 0; i < n && !err; i++)
+        if (api_pub_from_json(json_is_array(msgs) ? json_array_get(msgs, i) : doc, &pubs[i], &err))
+            bad = i;
+    struct sbuf out = {0};
+    if (err) {
+        for (size_t i = 0; i < n; i++)
+            api_pub_free(&pubs[i]);
+        if (json_is_array(msgs))
+            http_error(x, 400, "bad_message", "messages[%zu]: %s (nothing was published)", bad,
+                       err);
+        else
+            http_error(x, 400, "bad_message", "%s", err);
+        goto out;
+    }
+    sbuf_adds(&out, json_is_array(msgs) ? "{\"results\":[" : "");
+    for (size_t i = 0; i < n; i++) {
+        struct publish_result res;
+        int e = api_pub_commit(hub, &pubs[i], &res);
+        if (e && !json_is_array(msgs)) {
+            publish_error(x, e, NULL, 0);
+            goto out;
+        }
+        if (i)
+            sbuf_add(&out, ",", 1);
+        if (e)
+            sbuf_printf(&out, "{\"error\":\"%s\",\"detail\":\"%s\"}", transport_error_name(e),
+                        hub_strerror(e));
+        else
+            sbuf_printf(&out, "{\"id\":\"%" PRIu64 "\",\"subscribers\":%u}", res.id,
+                        res.subscribers);
+    }
+    sbuf_adds(&out, json_is_array(msgs) ? "]}\n" : "\n");
+    http_respond(x, 201, "application/json", NULL, out.data, out.len);
+out:
+    sbuf_free(&out);
+    free(pubs);
+    json_decref(doc);
+}
+
+/* ---- channels --------------------------------------------------------------- */
+
+static void info_json(struct sbuf *b, const struct channel_info *i)
+{
+    sbuf_adds(b, "{\"name\":");
+    sbuf_add_json_str(b, i->name, strlen(i->name));
+    sbuf_printf(b,
+                ",\"persistent\":%s,\"ttl\":%u,\"history_size\":%u,\"history_ttl\":%u,"
+                "\"subscribers\":%u,\"messages\":%u,\"bytes\":%" PRIu64
+                ",\"messages_total\":%" PRIu64,
+                i->persistent ? "true" : "false", i->ttl_ms / 1000, i->history_size,
+                i->history_ttl_ms / 1000, i->subscribers, i->messages_retained, i->retained_bytes,
+                i->messages_total);
+    if (i->last_id)
+        sbuf_printf(b, ",\"last_id\":\"%" PRIu64 "\"", i->last_id);
+    else
+        sbuf_adds(b, ",\"last_id\":null");
+    if (i->oldest_id)
+        sbuf_printf(b, ",\"oldest_id\":\"%" PRIu64 "\"", i->oldest_id);
+    else
+        sbuf_adds(b, ",\"oldest_id\":null");
+    sbuf_printf(b, ",\"created\":%" PRIu64 ",\"last_active\":%" PRIu64, i->created_ms,
+                i->last_active_ms);
+    if (i->expires_ms)
+        sbuf_printf(b, ",\"expires\":%" PRIu64 "}", i->expires_ms);
+    else
+        sbuf_adds(b, ",\"expires\":null}");
+}
+
+static void respond_info(struct http_ctx *x, int status, const struct channel_info *info)
+{
+    struct sbuf b = {0};
+    info_json(&b, info);
+    sbuf_add(&b, "\n", 1);
+    http_respond(x, status, "application/json", NULL, b.data, b.len);
+    sbuf_free(&b);
+}
+
+/* Reads a non-negative integer option (seconds or a count) into *out. */
+static int opt_uint(json_t *doc, const char *key, uint64_t max, bool *has, uint64_t *out,
+                    struct http_ctx *x)
+{
+    json_t *v = json_object_get(doc, key);
+    if (!v)
+        return 0;
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || (uint64_t)json_integer_value(v) > max) {
+        http_error(x, 400, "bad_option", "\"%s\" is a whole number from 0 to %" PRIu64, key, max);
+        return -1;
+    }
+    *has = true;
+    *out = (uint64_t)json_integer_value(v);
+    return 0;
+}
+
+static void handle_channel_put(struct http_ctx *x, const char *name, size_t len)
+{
+    struct channel_opts o = {0};
+    json_t *doc = NULL;
+    if (x->body_len) {
+        json_error_t jerr;
+        doc = json_loadb(x->body, x->body_len, 0, &jerr);
+        if (!json_is_object(doc)) {
+            json_decref(doc);
+            return http_error(x, 400, "bad_json",
+                              "the body is a JSON object of options: ttl, persistent, "
+                              "history_size, history_ttl");
+        }
+        uint64_t ttl = 0, hs = 0, ht = 0;
+        if (opt_uint(doc, "ttl", 30u * 86400, &o.has_ttl, &ttl, x) ||
+            opt_uint(doc, "history_size", 1000000, &o.has_history_size, &hs, x) ||
+            opt_uint(doc, "history_ttl", 30u * 86400, &o.has_history_ttl, &ht, x)) {
+            json_decref(doc);
+            return;
+        }
+        if (o.has_history_size && hs == 0) {
+            json_decref(doc);
+            return http_error(x, 400, "bad_option", "\"history_size\" is at least 1");
+        }
+        o.ttl_ms = (uint32_t)(ttl * 1000);
+        o.history_size = (uint32_t)hs;
+        o.history_ttl_ms = (uint32_t)(ht * 1000);
+        json_t *p = json_object_get(doc, "persistent");
+        if (p && !json_is_boolean(p)) {
+            json_decref(doc);
+            return http_error(x, 400, "bad_option", "\"persistent\" is true or false");
+        }
+        if (p) {
+            o.has_persistent = true;
+            o.persistent = json_is_true(p);
+        }
+        const char *key;
+        json_t *val;
+        json_object_foreach(doc, key, val)
+        {
+            if (strcmp(key, "ttl") && strcmp(key, "persistent") && strcmp(key, "history_size") &&
+                strcmp(key, "history_ttl")) {
+                http_error(x, 400, "bad_option",
+                           "unknown option \"%s\" (known: ttl, persistent, history_size, "
+                           "history_ttl)",
+                           key);
+                json_decref(doc);
+                return;
+            }
+        }
+        json_decref(doc);
+    }
+    bool created;
+    struct channel_info info;
+    int err = hub_channel_put(&conn_server(x->c)->hub, name, len, &o, &created, &info);
+    if (err)
+        return publish_error(x, err, NULL, 0);
+    respond_info(x, created ? 201 : 200, &info);
+}
+
+static void handle_channel_list(struct http_ctx *x)
+{
+    const char *v, *after = "", *prefix = NULL;
+    size_t vl, after_len = 0;
+    size_t limit = 100;
+    char prefix_buf[CHANNEL_NAME_MAX + 1], after_buf[CHANNEL_NAME_MAX + 1];
+    const struct http_request *r = x->req;
+    if (http_query_param(r->query, r->query_len, "limit", &v, &vl)) {
+        uint64_t l;
+        if (hub_cursor_parse(v, vl, &l) < 0 || l < 1 || l > 1000)
+            return http_error(x, 400, "bad_limit", "limit is 1 to 1000");
+        limit = (size_t)l;
+    }
+    if (http_query_param(r->query, r->query_len, "after", &v, &vl) && vl <= CHANNEL_NAME_MAX * 3) {
+        char tmp[CHANNEL_NAME_MAX * 3];
+        long n = http_url_decode(tmp, v, vl);
+        if (n < 0 || n > CHANNEL_NAME_MAX)
+            return http_error(x, 400, "bad_after", "after is a channel name");
+        memcpy(after_buf, tmp, (size_t)n);
+        after_buf[n] = '\0';
+        after = after_buf;
+        after_len = (size_t)n;
+    }
+    if (http_query_param(r->query, r->query_len, "prefix", &v, &vl) && vl <= CHANNEL_NAME_MAX * 3) {
+        char tmp[CHANNEL_NAME_MAX * 3];
+        long n = http_url_decode(tmp, v, vl);
+        if (n < 0 || n > CHANNEL_NAME_MAX)
+            return http_error(x, 400, "bad_prefix", "prefix is the start of a channel name");
+        memcpy(prefix_buf, tmp, (size_t)n);
+        prefix_buf[n] = '\0';
+        prefix = prefix_buf;
+    }
+    struct channel_info *infos = xmalloc(limit * sizeof(*infos));
+    size_t total;
+    size_t n =
+        hub_channel_list(&conn_server(x->c)->hub, after, after_len, prefix, infos, limit, &total);
+    struct sbuf b = {0};
+    sbuf_adds(&b, "{\"channels\":[");
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            sbuf_add(&b, ",", 1);
+        info_json(&b, &infos[i]);
+    }
+    sbuf_printf(&b, "],\"total\":%zu,\"next\":", total);
+    if (n == limit)
+        sbuf_add_json_str(&b, infos[n - 1].name, strlen(infos[n - 1].name));
+    else
+        sbuf_adds(&b, "null");
+    sbuf_adds(&b, "}\n");
+    http_respond(x, 200, "application/json", NULL, b.data, b.len);
+    sbuf_free(&b);
+    free(infos);
+}
+
+static void handle_channel(struct http_ctx *x, const char *raw, size_t raw_len)
+{
+    char name[CHANNEL_NAME_MAX * 3];
+    long n = raw_len <= sizeof(name) ? http_url_decode(name, raw, raw_len) : -1;
+    if (n < 0 || !hub_channel_name_valid(name, (size_t)n))
+        return http_error(x, 400, "bad_channel",
+                          "channel names are 1-128 bytes of letters, digits and _ . : @ / -");
+    struct hub *hub = &conn_server(x->c)->hub;
+    struct channel_info info;
+    switch (x->req->method_id) {
+    case HTTP_M_PUT: return handle_channel_put(x, name, (size_t)n);
+    case HTTP_M_GET:
+    case HTTP_M_HEAD:
+        if (hub_channel_get(hub, name, (size_t)n, &info))
+            return http_error(x, 404, "channel_not_found", "no channel %.*s", (int)n, name);
+        return respond_info(x, 200, &info);
+    case HTTP_M_DELETE: {
+        if (hub_channel_delete(hub, name, (size_t)n))
+            return http_error(x, 404, "channel_not_found", "no channel %.*s", (int)n, name);
+        struct sbuf b = {0};
+        sbuf_adds(&b, "{\"deleted\":");
+        sbuf_add_json_str(&b, name, (size_t)n);
+        sbuf_adds(&b, "}\n");
+        http_respond(x, 200, "application/json", NULL, b.data, b.len);
+        sbuf_free(&b);
+        return;
+    }
+    default: break;
+    }
+    NOT_ALLOWED(x, "GET, PUT, DELETE", "channels support GET, PUT and DELETE");
+}
+
+/* ---- stats, metrics, health -------------------------------------------------- */
+
+struct totals {
+    uint64_t conns[CONN_KINDS], accepted, requests, total;
+};
+
+static void sum_workers(struct server *srv, struct totals *t)
+{
+    memset(t, 0, sizeof(*t));
+    for (int i = 0; i < srv->nworkers; i++) {
+        struct worker_counters *c = &srv->workers[i].ctr;
+        for (int k = 0; k < CONN_KINDS; k++) {
+            t->conns[k] += atomic_load(&c->conns[k]);
+            t->total += atomic_load(&c->conns[k]);
+        }
+        t->accepted += atomic_load(&c->accepted);
+        t->requests += atomic_load(&c->requests);
+    }
+}
+
+static size_t channel_count(struct hub *hub)
+{
+    pthread_mutex_lock(&hub->lock);
+    size_t n = hub->channels.len;
+    pthread_mutex_unlock(&hub->lock);
+    return n;
+}
+
+static void handle_stats(struct http_ctx *x)
+{
+    struct server *srv = conn_server(x->c);
+    struct hub_stats *s = &srv->hub.stats;
+    struct totals t;
+    sum_workers(srv, &t);
+    struct sbuf b = {0};
+    sbuf_printf(&b,
+                "{\"node\":\"%s\",\"uptime\":%" PRIu64 ",\"workers\":%d,"
+                "\"connections\":{\"total\":%" PRIu64 ",\"websocket\":%" PRIu64 ",\"sse\":%" PRIu64
+                ",\"longpoll\":%" PRIu64 ",\"stream\":%" PRIu64 ",\"http\":%" PRIu64
+                "},\"accepted\":%" PRIu64 ",\"requests\":%" PRIu64
+                ",\"channels\":%zu,\"messages\":{\"published\":%" PRIu64 ",\"stored\":%" PRIu64
+                ",\"delivered\":%" PRIu64 "},\"bytes\":{\"in\":%" PRIu64 ",\"out\":%" PRIu64
+                "},\"slow_consumers_closed\":%" PRIu64,
+                srv->cfg.node_name, (wall_ms() - srv->started_ms) / 1000, srv->nworkers, t.total,
+                t.conns[CONN_WS], t.conns[CONN_SSE], t.conns[CONN_POLL], t.conns[CONN_STREAM],
+                t.conns[CONN_HTTP], t.accepted, t.requests, channel_count(&srv->hub),
+                (uint64_t)atomic_load(&s->published), (uint64_t)atomic_load(&s->messages),
+                (uint64_t)atomic_load(&s->delivered), (uint64_t)atomic_load(&s->bytes_in),
+                (uint64_t)atomic_load(&s->bytes_out), (uint64_t)atomic_load(&s->slow_closed));
+    const char *v;
+    size_t vl;
+    if (http_query_param(x->req->query, x->req->query_len, "channels", &v, &vl) && vl &&
+        !(vl == 1 && *v == '0')) {
+        size_t total, max = 1000;
+        struct channel_info *infos = xmalloc(max * sizeof(*infos));
+        size_t n = hub_channel_list(&srv->hub, "", 0, NULL, infos, max, &total);
+        sbuf_adds(&b, ",\"channel_subscribers\":{");
+        for (size_t i = 0; i < n; i++) {
+            if (i)
+                sbuf_add(&b, ",", 1);
+            sbuf_add_json_str(&b, infos[i].name, strlen(infos[i].name));
+            sbuf_printf(&b, ":%u", infos[i].subscribers);
+        }
+        sbuf_add(&b, "}", 1);
+        free(infos);
+    }
+    sbuf_adds(&b, "}\n");
+    http_respond(x, 200, "application/json", "Cache-Control: no-cache\r\n", b.data, b.len);
+    sbuf_free(&b);
+}
+
+static void metric(struct sbuf *b, const char *name, const char *type, const char *help, uint64_t v)
+{
+    sbuf_printf(b, "# HELP %s %s\n# TYPE %s %s\n%s %" PRIu64 "\n", name, help, name, type, name, v);
+}
+
+static void handle_metrics(struct http_ctx *x)
+{
+    struct server *srv = conn_server(x->c);
+    struct hub_stats *s = &srv->hub.stats;
+    struct totals t;
+    sum_workers(srv, &t);
+    static const char *kinds[CONN_KINDS] = {"http", "websocket", "sse", "longpoll", "stream"};
+    struct sbuf b = {0};
+    sbuf_adds(&b, "# HELP herald_connections Open client connections by transport.\n"
+                  "# TYPE herald_connections gauge\n");
+    for (int k = 0; k < CONN_KINDS; k++)
+        sbuf_printf(&b, "herald_connections{transport=\"%s\"} %" PRIu64 "\n", kinds[k], t.conns[k]);
+    metric(&b, "herald_connections_accepted_total", "counter", "Connections accepted.", t.accepted);
+    metric(&b, "herald_http_requests_total", "counter", "HTTP requests handled.", t.requests);
+    metric(&b, "herald_channels", "gauge", "Channels in memory.", channel_count(&srv->hub));
+    metric(&b, "herald_publishes_total", "counter", "Accepted publish calls.",
+           atomic_load(&s->published));
+    metric(&b, "herald_messages_stored_total", "counter", "Messages stored (one per channel).",
+           atomic_load(&s->messages));
+    metric(&b, "herald_messages_delivered_total", "counter",
+           "Messages queued to subscribers (live and from history).", atomic_load(&s->delivered));
+    metric(&b, "herald_bytes_received_total", "counter", "Bytes read from clients.",
+           atomic_load(&s->bytes_in));
+    metric(&b, "herald_bytes_sent_total", "counter", "Bytes written to clients.",
+           atomic_load(&s->bytes_out));
+    metric(&b, "herald_slow_consumers_closed_total", "counter",
+           "Subscribers closed because their outbound queue passed --max-outbound.",
+           atomic_load(&s->slow_closed));
+    metric(&b, "herald_uptime_seconds", "gauge", "Seconds since start.",
+           (wall_ms() - srv->started_ms) / 1000);
+    metric(&b, "herald_workers", "gauge", "Worker threads.", (uint64_t)srv->nworkers);
+    http_respond(x, 200, "text/plain; version=0.0.4", NULL, b.data, b.len);
+    sbuf_free(&b);
+}
+
+static void handle_index(struct http_ctx *x)
+{
+    static const char body[] =
+        "{\"service\":\"herald\",\"endpoints\":{"
+        "\"subscribe\":[\"GET /ws?channels=a,b\",\"GET /sse?channels=a,b\","
+        "\"GET /poll?channels=a,b&since=CURSOR\",\"GET /stream?channels=a,b\"],"
+        "\"publish\":[\"POST /pub/{channel}\",\"POST /api/publish\"],"
+        "\"channels\":[\"GET /api/channels\",\"PUT|GET|DELETE /api/channels/{name}\"],"
+        "\"observe\":[\"GET /stats\",\"GET /metrics\",\"GET /healthz\"]}}\n";
+    http_respond(x, 200, "application/json", NULL, body, sizeof(body) - 1);
+}
+
+static bool starts(const struct http_request *r, const char *p, size_t *rest)
+{
+    size_t n = strlen(p);
+    if (r->path_len < n || memcmp(r->path, p, n) != 0)
+        return false;
+    *rest = n;
+    return true;
+}
+
+void api_handle(struct http_ctx *x)
+{
+    const struct http_request *r = x->req;
+    enum http_method m = r->method_id;
+    bool get = m == HTTP_M_GET || m == HTTP_M_HEAD;
+    size_t off;
+    if (r->path_len == 8 && memcmp(r->path, "/healthz", 8) == 0) {
+        if (!get)
+            return NOT_ALLOWED(x, "GET", "use GET");
+        if (atomic_load(&conn_server(x->c)->shutdown))
+            return RESPOND_LIT(x, 503, NULL, "{\"status\":\"draining\"}\n");
+        return RESPOND_LIT(x, 200, NULL, "{\"status\":\"ok\"}\n");
+    }
+    bool is_stats = r->path_len == 6 && memcmp(r->path, "/stats", 6) == 0;
+    bool is_metrics = r->path_len == 8 && memcmp(r->path, "/metrics", 8) == 0;
+    bool is_index = (r->path_len == 1 && r->path[0] == '/') ||
+                    (r->path_len == 4 && memcmp(r->path, "/api", 4) == 0);
+    if (is_stats || is_metrics || is_index) {
+        if (!get)
+            return NOT_ALLOWED(x, "GET", "use GET");
+        return is_stats ? handle_stats(x) : is_metrics ? handle_metrics(x) : handle_index(x);
+    }
+    if (!authorized(x))
+        return;
+    if (starts(r, "/pub/", &off)) {
+        if (m != HTTP_M_POST)
+            return NOT_ALLOWED(x, "POST", "publish with POST");
+        char name[CHANNEL_NAME_MAX * 3];
+        long n = r->path_len - off <= sizeof(name)
+                     ? http_url_decode(name, r->path + off, r->path_len - off)
+                     : -1;
+        if (n < 0)
+            return http_error(x, 400, "bad_channel",
+                              "channel names are 1-128 bytes of letters, digits and _ . : @ / -");
+        return handle_pub(x, name, (size_t)n);
+    }
+    if (r->path_len == 12 && memcmp(r->path, "/api/publish", 12) == 0) {
+        if (m != HTTP_M_POST)
+            return NOT_ALLOWED(x, "POST", "publish with POST");
+        return handle_api_publish(x);
+    }
+    if (r->path_len == 13 && memcmp(r->path, "/api/channels", 13) == 0) {
+        if (!get)
+            return NOT_ALLOWED(x, "GET", "use GET");
+        return handle_channel_list(x);
+    }
+    if (starts(r, "/api/channels/", &off))
+        return handle_channel(x, r->path + off, r->path_len - off);
+    http_error(x, 404, "not_found", "no endpoint %.*s", (int)MIN(r->path_len, (size_t)200),
+               r->path);
+}

@@ -1,0 +1,40 @@
+/*
+ * api: the publish and admin HTTP API (publish, channels, stats, metrics,
+ * health) and publisher authentication. The JSON publish path is shared with
+ * WebSocket clients' {"op":"publish"} when --ws-publish allows it.
+ */
+#ifndef HERALD_API_H
+#define HERALD_API_H
+
+#include <jansson.h>
+#include <stdbool.h>
+
+#include "core/server.h"
+#include "http/http_conn.h"
+
+/* A prepared publish: target channels and the body, validated and ready for hub_publish. */
+struct api_pub {
+    struct slice channels[64];
+    size_t n;
+    char *data_json; /* owned */
+    size_t data_len;
+    const char *raw; /* points into data_json or the JSON document */
+    size_t raw_len;
+    const char *event;
+    size_t event_len;
+};
+
+/*
+ * Validates one JSON publish object {"channel"|"channels", "data", "event"?}
+ * into *p (which borrows strings from obj: keep obj alive until published).
+ * Returns 0, or -1 with a static message in *err.
+ */
+int api_pub_from_json(json_t *obj, struct api_pub *p, const char **err);
+/* Publishes a prepared message. Returns 0 or a negative hub_error. Frees p's data. */
+int api_pub_commit(struct hub *hub, struct api_pub *p, struct publish_result *res);
+void api_pub_free(struct api_pub *p);
+
+/* Whether an event name is acceptable: 1-64 bytes of [A-Za-z0-9_.:-]. */
+bool api_event_name_valid(const char *s, size_t len);
+
+#endif

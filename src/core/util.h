@@ -1,0 +1,100 @@
+/*
+ * util: the few things every module uses: out-of-memory-aborting allocation,
+ * container_of, intrusive doubly-linked lists, and clocks.
+ */
+#ifndef HERALD_UTIL_H
+#define HERALD_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+
+#define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
+#define ARRAY_LEN(a)                    (sizeof(a) / sizeof((a)[0]))
+#define MIN(a, b)                       ((a) < (b) ? (a) : (b))
+#define MAX(a, b)                       ((a) > (b) ? (a) : (b))
+#define UNUSED(x)                       (void)(x)
+
+/* Out of memory aborts: this is a server. Sizes a peer controls are checked before. */
+void *xmalloc(size_t n);
+void *xcalloc(size_t n, size_t size);
+void *xrealloc(void *p, size_t n);
+char *xstrndup(const char *s, size_t n);
+
+/* Intrusive circular doubly-linked list; an empty list points at itself. */
+struct list {
+    struct list *prev, *next;
+};
+
+static inline void list_init(struct list *l)
+{
+    l->prev = l->next = l;
+}
+static inline bool list_empty(const struct list *l)
+{
+    return l->next == l;
+}
+static inline void list_insert_tail(struct list *l, struct list *n)
+{
+    n->prev = l->prev;
+    n->next = l;
+    l->prev->next = n;
+    l->prev = n;
+}
+static inline void list_remove(struct list *n)
+{
+    n->prev->next = n->next;
+    n->next->prev = n->prev;
+    n->prev = n->next = n;
+}
+/* Whether n is linked into some list (nodes are list_init'ed when unlinked). */
+static inline bool list_linked(const struct list *n)
+{
+    return n->next != n;
+}
+#define list_for_each_safe(pos, tmp, head)                                                         \
+    for ((pos) = (head)->next, (tmp) = (pos)->next; (pos) != (head);                               \
+         (pos) = (tmp), (tmp) = (pos)->next)
+
+static inline uint64_t clock_ms(clockid_t id)
+{
+    struct timespec ts;
+    clock_gettime(id, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+/* Monotonic milliseconds (timers). */
+static inline uint64_t now_ms(void)
+{
+    return clock_ms(CLOCK_MONOTONIC);
+}
+/* Wall-clock milliseconds since the epoch (message times). */
+static inline uint64_t wall_ms(void)
+{
+    return clock_ms(CLOCK_REALTIME);
+}
+static inline uint64_t wall_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* A growable byte string for building responses; aborts on OOM. */
+struct sbuf {
+    char *data;
+    size_t len, cap;
+};
+void sbuf_reserve(struct sbuf *b, size_t extra);
+void sbuf_add(struct sbuf *b, const void *data, size_t len);
+void sbuf_adds(struct sbuf *b, const char *s);
+void sbuf_printf(struct sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Appends s as a JSON string literal (with quotes), escaping as RFC 8259 requires. */
+void sbuf_add_json_str(struct sbuf *b, const char *s, size_t len);
+void sbuf_free(struct sbuf *b);
+
+/* Constant-time comparison of two byte strings (lengths are not secret). */
+bool ct_equal(const void *a, size_t alen, const void *b, size_t blen);
+
+#endif

@@ -1,0 +1,378 @@
+/*
+ * http_conn: reading requests off a connection and answering them.
+ *
+ * Input is handled in place: the head is re-parsed from the start of the
+ * request each time bytes arrive (cheap: heads are small), a Content-Length
+ * body is awaited whole, and a chunked body is decoded in place behind the
+ * head. Requests are answered in order, so pipelining needs nothing special.
+ */
+#include "http/http_conn.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+
+#include "core/log.h"
+#include "transport/transport.h"
+
+const char *http_reason(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 411: return "Length Required";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 426: return "Upgrade Required";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 503: return "Service Unavailable";
+    case 505: return "HTTP Version Not Supported";
+    }
+    return "Unknown";
+}
+
+bool http_origin_allowed(const struct herald_config *cfg, const char *origin, size_t len)
+{
+    const char *p = cfg->cors_origins;
+    while (*p) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        const char *e = p;
+        while (*e && *e != ',')
+            e++;
+        const char *t = e;
+        while (t > p && t[-1] == ' ')
+            t--;
+        if ((t - p == 1 && *p == '*') ||
+            ((size_t)(t - p) == len && strncasecmp(p, origin, len) == 0))
+            return true;
+        p = e;
+    }
+    return false;
+}
+
+void http_head(struct http_ctx *x, struct sbuf *b, int status, const char *content_type)
+{
+    sbuf_printf(b, "HTTP/1.1 %d %s\r\nServer: herald\r\n", status, http_reason(status));
+    if (content_type)
+        sbuf_printf(b, "Content-Type: %s\r\n", content_type);
+    if (x->cors) {
+        sbuf_adds(b, "Access-Control-Allow-Origin: ");
+        if (x->origin)
+            sbuf_add(b, x->origin, x->origin_len);
+        else
+            sbuf_adds(b, "*");
+        sbuf_adds(b, "\r\nVary: Origin\r\n");
+    }
+}
+
+void http_respond(struct http_ctx *x, int status, const char *content_type, const char *headers,
+                  const char *body, size_t body_len)
+{
+    struct conn *c = x->c;
+    bool keep = x->req && x->req->keep_alive && !(c->flags & CF_EOF) && status != 408 &&
+                status != 413 && status != 431 && status != 414 && status != 400 &&
+                !atomic_load(&conn_server(c)->shutdown);
+    struct sbuf b = {0};
+    http_head(x, &b, status, content_type);
+    if (headers)
+        sbuf_adds(&b, headers);
+    sbuf_printf(&b, "Content-Length: %zu\r\n%s\r\n", body_len, keep ? "" : "Connection: close\r\n");
+    if (!(x->req && x->req->method_id == HTTP_M_HEAD))
+        sbuf_add(&b, body, body_len);
+    conn_send_copy(c, b.data, b.len);
+    sbuf_free(&b);
+    if (!keep)
+        conn_close_after_write(c);
+}
+
+void http_error(struct http_ctx *x, int status, const char *error, const char *detail_fmt, ...)
+{
+    char detail[512];
+    va_list ap;
+    va_start(ap, detail_fmt);
+    vsnprintf(detail, sizeof(detail), detail_fmt, ap);
+    va_end(ap);
+    struct sbuf b = {0};
+    sbuf_adds(&b, "{\"error\":");
+    sbuf_add_json_str(&b, error, strlen(error));
+    sbuf_adds(&b, ",\"detail\":");
+    sbuf_add_json_str(&b, detail, strlen(detail));
+    sbuf_adds(&b, "}\n");
+    const char *extra = NULL;
+    if (status == 401)
+        extra = "WWW-Authenticate: Bearer realm=\"herald\", Basic realm=\"herald\"\r\n";
+    http_respond(x, status, "application/json", extra, b.data, b.len);
+    sbuf_free(&b);
+}
+
+static void parse_error(struct conn *c, int err, const struct herald_config *cfg)
+{
+    struct http_ctx x = {.c = c};
+    switch (err) {
+    case HTTP_ERR_HEADERS_TOO_BIG:
+        http_error(&x, 431, "headers_too_large",
+                   "the request head is over %u bytes or has more than %d header lines; send "
+                   "fewer or smaller headers",
+                   cfg->max_header_bytes, HTTP_MAX_HEADERS);
+        break;
+    case HTTP_ERR_URI_TOO_LONG:
+        http_error(&x, 414, "uri_too_long", "the request target is over %u bytes",
+                   cfg->max_uri_bytes);
+        break;
+    case HTTP_ERR_VERSION:
+        http_error(&x, 505, "http_version", "only HTTP/1.0 and HTTP/1.1 are supported");
+        break;
+    case HTTP_ERR_BAD_ENCODING:
+        http_error(&x, 501, "transfer_encoding",
+                   "only 'Transfer-Encoding: chunked' is supported for request bodies");
+        break;
+    case HTTP_ERR_BAD_LENGTH:
+        http_error(&x, 400, "bad_length",
+                   "Content-Length is malformed, repeated with different values, or sent "
+                   "together with Transfer-Encoding");
+        break;
+    default: http_error(&x, 400, "bad_request", "malformed HTTP request: %s", http_strerror(err));
+    }
+    conn_close_after_write(c);
+}
+
+static bool path_is(const struct http_request *r, const char *p)
+{
+    size_t n = strlen(p);
+    return r->path_len == n && memcmp(r->path, p, n) == 0;
+}
+
+static bool path_has_prefix(const struct http_request *r, const char *p)
+{
+    size_t n = strlen(p);
+    return r->path_len >= n && memcmp(r->path, p, n) == 0;
+}
+
+static void method_not_allowed(struct http_ctx *x, const char *allow)
+{
+    char hdr[96];
+    snprintf(hdr, sizeof(hdr), "Allow: %s\r\n", allow);
+    struct sbuf b = {0};
+    sbuf_printf(&b, "{\"error\":\"method_not_allowed\",\"detail\":\"%.*s supports %s\"}\n",
+                (int)MIN(x->req->path_len, (size_t)200), x->req->path, allow);
+    http_respond(x, 405, "application/json", hdr, b.data, b.len);
+    sbuf_free(&b);
+}
+
+static void preflight(struct http_ctx *x)
+{
+    http_respond(x, 204, NULL,
+                 "Access-Control-Allow-Methods: GET, POST, PUT, DELETE, OPTIONS\r\n"
+                 "Access-Control-Allow-Headers: Authorization, Content-Type, Last-Event-ID\r\n"
+                 "Access-Control-Max-Age: 86400\r\n",
+                 "", 0);
+}
+
+static void route(struct http_ctx *x)
+{
+    const struct http_request *r = x->req;
+    struct conn *c = x->c;
+    enum http_method m = r->method_id;
+    static const struct {
+        const char *path;
+        void (*fn)(struct http_ctx *);
+    } subs[] = {
+        {"/ws", ws_handle_upgrade},
+        {"/sse", sse_handle},
+        {"/poll", longpoll_handle},
+        {"/stream", stream_handle},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(subs); i++) {
+        if (!path_is(r, subs[i].path))
+            continue;
+        if (m == HTTP_M_OPTIONS)
+            return preflight(x);
+        if (m != HTTP_M_GET)
+            return method_not_allowed(x, "GET, OPTIONS");
+        if (!(c->flags & CF_PUBLIC))
+            return http_error(x, 404, "not_found",
+                              "subscribers connect to the public listener, not the API one");
+        return subs[i].fn(x);
+    }
+    if (m == HTTP_M_OPTIONS)
+        return preflight(x);
+    bool api = path_has_prefix(r, "/pub/") || path_has_prefix(r, "/api/") || path_is(r, "/api") ||
+               path_is(r, "/stats") || path_is(r, "/metrics") || path_is(r, "/healthz") ||
+               path_is(r, "/");
+    if (api) {
+        if (!(c->flags & CF_API) && !path_is(r, "/healthz"))
+            return http_error(x, 404, "not_found",
+                              "the publish and admin API is served on the --api-listen address");
+        return api_handle(x);
+    }
+    http_error(x, 404, "not_found",
+               "no endpoint %.*s; see /api for the list (subscribe: /ws /sse /poll /stream; "
+               "publish: POST /pub/{channel})",
+               (int)MIN(r->path_len, (size_t)200), r->path);
+}
+
+static void dispatch(struct conn *c, const struct http_request *req, char *body, size_t body_len)
+{
+    atomic_fetch_add_explicit(&c->w->ctr.requests, 1, memory_order_relaxed);
+    struct http_ctx x = {.c = c, .req = req, .body = body, .body_len = body_len};
+    const struct http_header *o = http_find_header(req, "Origin");
+    if (o && http_origin_allowed(conn_cfg(c), o->value, o->value_len)) {
+        x.cors = true;
+        bool star = strcmp(conn_cfg(c)->cors_origins, "*") == 0;
+        if (!star) {
+            x.origin = o->value;
+            x.origin_len = o->value_len;
+        }
+    } else if (!o) {
+        x.cors = true; /* non-browser clients: harmless, and lets fetch() from file:// work */
+    }
+    route(&x);
+}
+
+static void on_request_done(struct conn *c)
+{
+    if (c->kind != CONN_HTTP)
+        return; /* upgraded: the union now belongs to the transport */
+    memset(&c->u.http, 0, sizeof(c->u.http));
+    if (!(c->flags & CF_CLOSE_AFTER))
+        timer_start(&c->w->loop, &c->timer, HTTP_KEEPALIVE_IDLE_MS);
+}
+
+/*
+ * Body of the request at p[0..n) whose head is hs->head_len bytes. Returns
+ * the request's total length when the body is complete (body set), 0 when
+ * more input is needed, or -1 after answering an error. For chunked bodies
+ * *keep_from is set when the decoded prefix has been moved to the end of p.
+ */
+static long read_body(struct conn *c, const struct http_request *req, char *p, size_t n,
+                      char **body, size_t *body_len, size_t *keep_from)
+{
+    struct http_state *hs = &c->u.http;
+    const struct herald_config *cfg = conn_cfg(c);
+    struct http_ctx x = {.c = c, .req = req};
+    if (req->chunked) {
+        if (!hs->raw_off)
+            hs->raw_off = hs->body_end = hs->head_len;
+        size_t dlen = n - hs->raw_off;
+        long r = http_chunked_decode(&hs->chunked, p + hs->raw_off, &dlen, cfg->max_body_bytes);
+        memmove(p + hs->body_end, p + hs->raw_off, dlen);
+        hs->body_end += (uint32_t)dlen;
+        hs->raw_off = hs->body_end;
+        if (r == HTTP_CHUNK_TOO_BIG) {
+            http_error(&x, 413, "body_too_large",
+                       "the request body is over %u bytes (--max-body-bytes)", cfg->max_body_bytes);
+            return -1;
+        }
+        if (r == HTTP_CHUNK_ERROR) {
+            http_error(&x, 400, "bad_chunked_body", "the chunked request body is malformed");
+            return -1;
+        }
+        if (r == HTTP_CHUNK_INCOMPLETE) {
+            /* Keep head + decoded body, flush against the end of the input. */
+            memmove(p + n - hs->body_end, p, hs->body_end);
+            *keep_from = n - hs->body_end;
+            return 0;
+        }
+        *body = p + hs->head_len;
+        *body_len = hs->body_end - hs->head_len;
+        return (long)(n - (size_t)r);
+    }
+    uint64_t cl = req->content_length > 0 ? (uint64_t)req->content_length : 0;
+    if (n < hs->head_len + cl)
+        return 0;
+    *body = p + hs->head_len;
+    *body_len = cl;
+    return (long)(hs->head_len + cl);
+}
+
+/* Checks framing limits once the head is known. Returns false after answering an error. */
+static bool check_head(struct conn *c, const struct http_request *req, size_t have)
+{
+    const struct herald_config *cfg = conn_cfg(c);
+    struct http_ctx x = {.c = c, .req = req};
+    if (req->method_id == HTTP_M_POST && req->content_length < 0 && !req->chunked) {
+        http_error(&x, 411, "length_required",
+                   "POST needs a Content-Length or 'Transfer-Encoding: chunked'");
+        conn_close_after_write(c);
+        return false;
+    }
+    if (req->content_length > (int64_t)cfg->max_body_bytes) {
+        http_error(&x, 413, "body_too_large",
+                   "the request body is %lld bytes; the limit is %u (--max-body-bytes)",
+                   (long long)req->content_length, cfg->max_body_bytes);
+        return false;
+    }
+    bool has_body = req->chunked || req->content_length > 0;
+    if (req->expect_continue && has_body && !c->u.http.sent_continue &&
+        have < c->u.http.head_len + (size_t)MAX(req->content_length, 0) + (req->chunked ? 1 : 0)) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        conn_send(c, NULL, cont, sizeof(cont) - 1);
+        c->u.http.sent_continue = true;
+    }
+    return true;
+}
+
+long http_on_read(struct conn *c, char *buf, size_t len)
+{
+    const struct herald_config *cfg = conn_cfg(c);
+    const struct http_limits limits = {cfg->max_header_bytes, cfg->max_uri_bytes};
+    size_t off = 0;
+    while (off < len && c->kind == CONN_HTTP && !(c->flags & (CF_CLOSING | CF_CLOSE_AFTER))) {
+        char *p = buf + off;
+        size_t n = len - off;
+        struct http_state *hs = &c->u.http;
+        struct http_request req;
+        if (!hs->started) {
+            /* One deadline per request: trickling bytes does not extend it. */
+            hs->started = true;
+            timer_start(&c->w->loop, &c->timer, cfg->header_timeout_ms);
+        }
+        int r = http_parse_request(p, n, 0, &req, &limits);
+        if (r == HTTP_INCOMPLETE)
+            break;
+        if (r < 0) {
+            parse_error(c, r, cfg);
+            return (long)len;
+        }
+        bool first = hs->head_len == 0;
+        hs->head_len = (uint32_t)r;
+        if (first && !check_head(c, &req, n))
+            return (long)len;
+        char *body = NULL;
+        size_t body_len = 0, keep_from = 0;
+        long total = read_body(c, &req, p, n, &body, &body_len, &keep_from);
+        if (total < 0) {
+            conn_close_after_write(c);
+            return (long)len;
+        }
+        if (total == 0) {
+            off += keep_from;
+            break;
+        }
+        timer_stop(&c->w->loop, &c->timer);
+        dispatch(c, &req, body, body_len);
+        off += (size_t)total;
+        on_request_done(c);
+        if (c->kind == CONN_WS && off < len) {
+            /* Frames sent right behind the handshake. */
+            long used = ws_on_read(c, buf + off, len - off);
+            return used < 0 ? used : (long)off + used;
+        }
+    }
+    return (long)off;
+}

@@ -1,0 +1,860 @@
+/*
+ * hub: the in-memory backend. Channel table, per-channel history rings,
+ * subscription membership and the per-worker inboxes that carry published
+ * messages to the threads that own the subscribers.
+ */
+#include "hub/hub.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "core/config.h"
+#include "core/log.h"
+#include "transport/ws_frame.h"
+
+const char *hub_strerror(int err)
+{
+    switch (err) {
+    case HUB_ERR_NAME: return "channel names are 1-128 bytes of letters, digits and _ . : @ / -";
+    case HUB_ERR_NOT_FOUND: return "no such channel (auto-create is off: create it first)";
+    case HUB_ERR_TOO_MANY: return "the server holds its maximum number of channels";
+    case HUB_ERR_CURSOR: return "the cursor is not a message id from this server";
+    case HUB_ERR_TOO_MANY_SUBS: return "too many channels on one connection";
+    }
+    return "unknown error";
+}
+
+static void rbuf_free(struct ref *r)
+{
+    free(container_of(r, struct rbuf, ref));
+}
+
+struct rbuf *rbuf_new(const void *data, size_t len)
+{
+    struct rbuf *b = xmalloc(sizeof(*b) + len);
+    atomic_init(&b->ref.refs, 1);
+    b->ref.free = rbuf_free;
+    b->len = (uint32_t)len;
+    if (data)
+        memcpy(b->data, data, len);
+    return b;
+}
+
+bool hub_channel_name_valid(const char *name, size_t len)
+{
+    if (len < 1 || len > CHANNEL_NAME_MAX)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)name[i];
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '_' || c == '.' || c == ':' || c == '@' || c == '/' || c == '-';
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
+int hub_cursor_parse(const char *s, size_t len, uint64_t *out)
+{
+    uint64_t v = 0;
+    if (len > 20)
+        return HUB_ERR_CURSOR;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return HUB_ERR_CURSOR;
+        uint64_t d = (uint64_t)(s[i] - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            return HUB_ERR_CURSOR;
+        v = v * 10 + d;
+    }
+    *out = v;
+    return 0;
+}
+
+int hub_init(struct hub *hub, const struct herald_config *cfg, int nworkers)
+{
+    memset(hub, 0, sizeof(*hub));
+    pthread_mutex_init(&hub->lock, NULL);
+    map_init(&hub->channels, 1024);
+    hub->cfg = cfg;
+    hub->nworkers = nworkers;
+    /* Seeded with wall-clock µs: ids stay unique and increasing across restarts
+     * as long as we publish less than a million messages per second on average. */
+    hub->seq = wall_us();
+    hub->boot_seq = hub->seq + 1;
+    for (int i = 0; i < nworkers; i++)
+        pthread_mutex_init(&hub->inbox[i].lock, NULL);
+    return 0;
+}
+
+/* ---- messages ---------------------------------------------------------- */
+
+static void msg_free(struct ref *r)
+{
+    struct msg *m = container_of(r, struct msg, ref);
+    struct rbuf *d = atomic_load(&m->ws_deflate);
+    if (d)
+        ref_put(&d->ref);
+    if (m->group && atomic_fetch_sub(&m->group->refs, 1) == 1)
+        free(m->group);
+    free(m);
+}
+
+/* Appends the SSE data lines for `text` (split on \n, \r\n and \r) to b. */
+static void sse_data_lines(struct sbuf *b, const char *text, size_t len)
+{
+    size_t start = 0;
+    for (size_t i = 0; i <= len; i++) {
+        if (i < len && text[i] != '\n' && text[i] != '\r')
+            continue;
+        sbuf_add(b, "data: ", 6);
+        sbuf_add(b, text + start, i - start);
+        sbuf_add(b, "\n", 1);
+        if (i < len && text[i] == '\r' && i + 1 < len && text[i + 1] == '\n')
+            i++;
+        start = i + 1;
+    }
+}
+
+/*
+ * Builds a message with all its framings in one allocation:
+ *   [struct msg][ws header][envelope]["\n\r\n"-ready chunk][sse][sse_raw]
+ */
+static struct msg *msg_new(const struct channel *ch, uint64_t seq, uint64_t time_ms,
+                           const struct publish_req *req)
+{
+    struct sbuf env = {0};
+    char idbuf[24];
+    snprintf(idbuf, sizeof(idbuf), "%" PRIu64, seq);
+    sbuf_adds(&env, "{\"event\":\"message\",\"channel\":\"");
+    sbuf_add(&env, ch->name, ch->name_len); /* names never need escaping */
+    sbuf_printf(&env, "\",\"id\":\"%s\",\"time\":%" PRIu64, idbuf, time_ms);
+    if (req->event) {
+        sbuf_adds(&env, ",\"type\":");
+        sbuf_add_json_str(&env, req->event, req->event_len);
+    }
+    if (req->base64)
+        sbuf_adds(&env, ",\"encoding\":\"base64\"");
+    sbuf_adds(&env, ",\"data\":");
+    sbuf_add(&env, req->data_json.data, req->data_json.len);
+    sbuf_add(&env, "}", 1);
+
+    uint8_t wsh[10];
+    size_t wsh_len = ws_frame_header(wsh, WS_OP_TEXT, true, false, env.len);
+    char chh[24];
+    int chh_len = snprintf(chh, sizeof(chh), "%zx\r\n", env.len + 1);
+
+    struct sbuf sse = {0};
+    sbuf_printf(&sse, "id: %s\n", idbuf);
+    if (req->event) {
+        sbuf_adds(&sse, "event: ");
+        sbuf_add(&sse, req->event, req->event_len);
+        sbuf_add(&sse, "\n", 1);
+    }
+    size_t sse_prefix = sse.len;
+    sbuf_add(&sse, "data: ", 6);
+    sbuf_add(&sse, env.data, env.len);
+    sbuf_add(&sse, "\n\n", 2);
+    size_t sse_len = sse.len;
+    sbuf_add(&sse, sse.data, sse_prefix); /* the raw variant shares the id/event lines */
+    sse_data_lines(&sse, req->raw.data, req->raw.len);
+    sbuf_add(&sse, "\n", 1);
+
+    size_t total = wsh_len + env.len + (size_t)chh_len + env.len + 3 + sse.len;
+    struct msg *m = xmalloc(sizeof(*m) + total);
+    char *p = (char *)(m + 1);
+    atomic_init(&m->ref.refs, 1);
+    m->ref.free = msg_free;
+    m->seq = seq;
+    m->time_ms = time_ms;
+    m->chan_id = ch->id;
+    m->group = NULL;
+    m->data_len = req->raw.len;
+    atomic_init(&m->ws_deflate, NULL);
+
+    memcpy(p, wsh, wsh_len);
+    memcpy(p + wsh_len, env.data, env.len);
+    m->ws = (struct slice){p, (uint32_t)(wsh_len + env.len)};
+    m->envelope = (struct slice){p + wsh_len, (uint32_t)env.len};
+    p += wsh_len + env.len;
+    memcpy(p, chh, (size_t)chh_len);
+    memcpy(p + chh_len, env.data, env.len);
+    memcpy(p + chh_len + env.len, "\n\r\n", 3);
+    m->chunk = (struct slice){p, (uint32_t)((size_t)chh_len + env.len + 3)};
+    p += m->chunk.len;
+    memcpy(p, sse.data, sse.len);
+    m->sse = (struct slice){p, (uint32_t)sse_len};
+    m->sse_raw = (struct slice){p + sse_len, (uint32_t)(sse.len - sse_len)};
+    sbuf_free(&env);
+    sbuf_free(&sse);
+    return m;
+}
+
+struct slice msg_ws_deflate(struct msg *m, void *deflater)
+{
+    struct rbuf *d = atomic_load_explicit(&m->ws_deflate, memory_order_acquire);
+    if (!d) {
+        size_t bound = ws_deflate_bound(m->envelope.len) + 10;
+        uint8_t *tmp = xmalloc(bound);
+        long n = ws_deflate_message(deflater, (const uint8_t *)m->envelope.data, m->envelope.len,
+                                    tmp + 10);
+        if (n < 0) {
+            free(tmp);
+            return m->ws; /* uncompressed is always acceptable */
+        }
+        uint8_t hdr[10];
+        size_t hl = ws_frame_header(hdr, WS_OP_TEXT, true, true, (uint64_t)n);
+        struct rbuf *b = rbuf_new(NULL, hl + (size_t)n);
+        memcpy(b->data, hdr, hl);
+        memcpy(b->data + hl, tmp + 10, (size_t)n);
+        free(tmp);
+        struct rbuf *expected = NULL;
+        if (atomic_compare_exchange_strong(&m->ws_deflate, &expected, b)) {
+            d = b;
+        } else {
+            ref_put(&b->ref);
+            d = expected;
+        }
+    }
+    return (struct slice){d->data, d->len};
+}
+
+static void ctl_free(struct ref *r)
+{
+    free(container_of(r, struct ctl_frames, ref));
+}
+
+struct ctl_frames *ctl_frames_new(const char *event, const char *fields_json, size_t fields_len)
+{
+    struct sbuf j = {0};
+    sbuf_printf(&j, "{\"event\":\"%s\"", event);
+    if (fields_len) {
+        sbuf_add(&j, ",", 1);
+        sbuf_add(&j, fields_json, fields_len);
+    }
+    sbuf_add(&j, "}", 1);
+    uint8_t wsh[10];
+    size_t wsh_len = ws_frame_header(wsh, WS_OP_TEXT, true, false, j.len);
+    char sseh[48];
+    int sseh_len = snprintf(sseh, sizeof(sseh), "event: %s\ndata: ", event);
+    char chh[24];
+    int chh_len = snprintf(chh, sizeof(chh), "%zx\r\n", j.len + 1);
+    size_t total = wsh_len + j.len + (size_t)sseh_len + j.len + 2 + (size_t)chh_len + j.len + 3;
+    struct ctl_frames *c = xmalloc(sizeof(*c) + total);
+    atomic_init(&c->ref.refs, 1);
+    c->ref.free = ctl_free;
+    char *p = (char *)(c + 1);
+    memcpy(p, wsh, wsh_len);
+    memcpy(p + wsh_len, j.data, j.len);
+    c->ws = (struct slice){p, (uint32_t)(wsh_len + j.len)};
+    c->json = (struct slice){p + wsh_len, (uint32_t)j.len};
+    p += c->ws.len;
+    memcpy(p, sseh, (size_t)sseh_len);
+    memcpy(p + sseh_len, j.data, j.len);
+    memcpy(p + sseh_len + j.len, "\n\n", 2);
+    c->sse = (struct slice){p, (uint32_t)((size_t)sseh_len + j.len + 2)};
+    p += c->sse.len;
+    memcpy(p, chh, (size_t)chh_len);
+    memcpy(p + chh_len, j.data, j.len);
+    memcpy(p + chh_len + j.len, "\n\r\n", 3);
+    c->chunk = (struct slice){p, (uint32_t)((size_t)chh_len + j.len + 3)};
+    sbuf_free(&j);
+    return c;
+}
+
+/* ---- channels and history --------------------------------------------- */
+
+static struct channel *chan_lookup(struct hub *hub, const char *name, size_t len)
+{
+    struct map_node *n = map_get(&hub->channels, name, len);
+    return n ? container_of(n, struct channel, node) : NULL;
+}
+
+static struct channel *chan_create(struct hub *hub, const char *name, size_t len)
+{
+    const struct herald_config *cfg = hub->cfg;
+    if (hub->channels.len >= cfg->max_channels)
+        return NULL;
+    struct channel *ch = xcalloc(1, sizeof(*ch));
+    memcpy(ch->name, name, len);
+    ch->name_len = (uint32_t)len;
+    ch->node.key = ch->name;
+    ch->node.key_len = (uint32_t)len;
+    ch->id = ++hub->next_chan_id;
+    atomic_init(&ch->refs, 1);
+    ch->ttl_ms = cfg->channel_ttl_ms;
+    ch->history_size = cfg->history_size;
+    ch->history_ttl_ms = cfg->history_ttl_ms;
+    ch->history_bytes = cfg->history_bytes;
+    /* Cursors from before this process started may have missed messages we no
+     * longer know about; anything newer is complete. */
+    ch->evicted_seq = hub->boot_seq - 1;
+    ch->created_ms = ch->last_active_ms = wall_ms();
+    map_put(&hub->channels, &ch->node);
+    return ch;
+}
+
+static void hist_drop_oldest(struct channel *ch)
+{
+    struct msg *m = ch->hist[ch->hist_head];
+    ch->hist[ch->hist_head] = NULL;
+    ch->hist_head = (ch->hist_head + 1) % ch->hist_cap;
+    ch->hist_len--;
+    ch->hist_bytes -= m->data_len;
+    if (m->seq > ch->evicted_seq)
+        ch->evicted_seq = m->seq;
+    ref_put(&m->ref);
+}
+
+static inline struct msg *hist_at(const struct channel *ch, uint32_t i)
+{
+    return ch->hist[(ch->hist_head + i) % ch->hist_cap];
+}
+
+/* Evicts by age, count and bytes (the newest message is kept even if over). */
+static void hist_trim(struct channel *ch, uint64_t now)
+{
+    while (ch->hist_len && (now - hist_at(ch, 0)->time_ms > ch->history_ttl_ms))
+        hist_drop_oldest(ch);
+    while (ch->hist_len > ch->history_size)
+        hist_drop_oldest(ch);
+    while (ch->hist_len > 1 && ch->hist_bytes > ch->history_bytes)
+        hist_drop_oldest(ch);
+}
+
+static void hist_resize(struct channel *ch, uint32_t cap)
+{
+    struct msg **h = xcalloc(cap, sizeof(*h));
+    for (uint32_t i = 0; i < ch->hist_len; i++)
+        h[i] = hist_at(ch, i);
+    free(ch->hist);
+    ch->hist = h;
+    ch->hist_cap = cap;
+    ch->hist_head = 0;
+}
+
+static void hist_append(struct channel *ch, struct msg *m, uint64_t now)
+{
+    if (ch->hist_len == ch->hist_cap) {
+        if (ch->hist_cap >= ch->history_size && ch->hist_len)
+            hist_drop_oldest(ch);
+        else
+            hist_resize(ch, MIN(MAX(ch->hist_cap * 2, 4u), MAX(ch->history_size, 1u)));
+    }
+    ch->hist[(ch->hist_head + ch->hist_len) % ch->hist_cap] = m;
+    ch->hist_len++;
+    ch->hist_bytes += m->data_len;
+    ch->last_seq = m->seq;
+    hist_trim(ch, now);
+}
+
+static void chan_release(struct hub *hub, struct channel *ch)
+{
+    if (atomic_fetch_sub_explicit(&ch->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    while (ch->hist_len)
+        hist_drop_oldest(ch);
+    free(ch->hist);
+    free(ch->local);
+    free(ch);
+}
+
+void hub_channel_put_ref(struct hub *hub, struct channel *ch)
+{
+    chan_release(hub, ch);
+}
+
+/* Removes a channel from the table; workers holding subscribers get INBOX_CLOSED. */
+static void chan_unlink(struct hub *hub, struct channel *ch, uint64_t *wake_mask)
+{
+    map_del(&hub->channels, &ch->node);
+    ch->deleted = true;
+    for (int w = 0; w < hub->nworkers; w++) {
+        if (!(ch->worker_mask & (1ull << w)))
+            continue;
+        struct hub_inbox *in = &hub->inbox[w];
+        atomic_fetch_add(&ch->refs, 1);
+        pthread_mutex_lock(&in->lock);
+        if (in->len == in->cap) {
+            in->cap = in->cap ? in->cap * 2 : 64;
+            in->items = xrealloc(in->items, in->cap * sizeof(*in->items));
+        }
+        in->items[in->len++] = (struct inbox_item){.kind = INBOX_CLOSED, .ch = ch};
+        if (in->len == 1)
+            *wake_mask |= 1ull << w;
+        pthread_mutex_unlock(&in->lock);
+    }
+    chan_release(hub, ch);
+}
+
+static void wake_workers(struct hub *hub, uint64_t mask)
+{
+    for (int w = 0; mask; w++, mask >>= 1)
+        if ((mask & 1) && hub->inbox[w].wake)
+            hub->inbox[w].wake(hub->inbox[w].wake_arg);
+}
+
+void hub_free(struct hub *hub)
+{
+    size_t b = 0;
+    struct map_node *n, *next = NULL;
+    while ((n = map_next(&hub->channels, &b, &next))) {
+        struct channel *ch = container_of(n, struct channel, node);
+        map_del(&hub->channels, n);
+        atomic_store(&ch->refs, 1);
+        chan_release(hub, ch);
+    }
+    map_free(&hub->channels);
+    for (int w = 0; w < hub->nworkers; w++) {
+        struct hub_inbox *in = &hub->inbox[w];
+        for (uint32_t i = 0; i < in->len; i++)
+            if (in->items[i].msg)
+                ref_put(&in->items[i].msg->ref);
+        /* channel references of pending items die with the table below */
+        free(in->items);
+        pthread_mutex_destroy(&in->lock);
+    }
+    pthread_mutex_destroy(&hub->lock);
+}
+
+/* ---- publish ------------------------------------------------------------ */
+
+static void inbox_push(struct hub_inbox *in, struct msg *m, struct channel *ch, uint64_t *wake_mask,
+                       int w)
+{
+    pthread_mutex_lock(&in->lock);
+    if (in->len == in->cap) {
+        in->cap = in->cap ? in->cap * 2 : 64;
+        in->items = xrealloc(in->items, in->cap * sizeof(*in->items));
+    }
+    ref_get(&m->ref);
+    atomic_fetch_add_explicit(&ch->refs, 1, memory_order_relaxed);
+    in->items[in->len++] = (struct inbox_item){.kind = INBOX_MSG, .msg = m, .ch = ch};
+    if (in->len == 1)
+        *wake_mask |= 1ull << w;
+    pthread_mutex_unlock(&in->lock);
+}
+
+int hub_publish(struct hub *hub, const struct slice *channels, size_t n,
+                const struct publish_req *req, struct publish_result *res)
+{
+    struct channel *chs[64];
+    if (n == 0 || n > ARRAY_LEN(chs))
+        return HUB_ERR_NAME;
+    uint64_t wake_mask = 0, now = wall_ms();
+    pthread_mutex_lock(&hub->lock);
+    for (size_t i = 0; i < n; i++) {
+        chs[i] = chan_lookup(hub, channels[i].data, channels[i].len);
+        if (chs[i])
+            continue;
+        if (!hub->cfg->auto_create) {
+            pthread_mutex_unlock(&hub->lock);
+            return HUB_ERR_NOT_FOUND;
+        }
+        if (hub->channels.len + (n - i) > hub->cfg->max_channels) {
+            pthread_mutex_unlock(&hub->lock);
+            return HUB_ERR_TOO_MANY;
+        }
+    }
+    for (size_t i = 0; i < n; i++)
+        if (!chs[i])
+            chs[i] = chan_create(hub, channels[i].data, channels[i].len);
+    uint64_t seq = ++hub->seq;
+    struct msg_group *group = NULL;
+    if (n > 1) {
+        group = xmalloc(sizeof(*group) + n * sizeof(uint64_t));
+        atomic_init(&group->refs, (unsigned)n);
+        group->n = (uint32_t)n;
+        for (size_t i = 0; i < n; i++)
+            group->chan_ids[i] = chs[i]->id;
+    }
+    res->id = seq;
+    res->subscribers = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct channel *ch = chs[i];
+        struct msg *m = msg_new(ch, seq, now, req);
+        m->group = group;
+        ch->messages++;
+        ch->last_active_ms = now;
+        res->subscribers += ch->subscribers;
+        uint64_t mask = ch->worker_mask;
+        for (int w = 0; mask; w++, mask >>= 1)
+            if (mask & 1)
+                inbox_push(&hub->inbox[w], m, ch, &wake_mask, w);
+        hist_append(ch, m, now); /* takes our reference */
+    }
+    pthread_mutex_unlock(&hub->lock);
+    atomic_fetch_add(&hub->stats.published, 1);
+    atomic_fetch_add(&hub->stats.messages, n);
+    wake_workers(hub, wake_mask);
+    return 0;
+}
+
+struct inbox_item *hub_inbox_take(struct hub *hub, int w, uint32_t *n)
+{
+    struct hub_inbox *in = &hub->inbox[w];
+    pthread_mutex_lock(&in->lock);
+    struct inbox_item *items = in->items;
+    *n = in->len;
+    in->items = NULL;
+    in->len = in->cap = 0;
+    pthread_mutex_unlock(&in->lock);
+    return items;
+}
+
+/* ---- subscribe ------------------------------------------------------------ */
+
+void hub_backlog_free(struct hub_backlog *b)
+{
+    for (uint32_t i = 0; i < b->n; i++)
+        ref_put(&b->msgs[i]->ref);
+    free(b->msgs);
+    free(b->gaps);
+    memset(b, 0, sizeof(*b));
+}
+
+static bool held_channel(const struct list *held, uint64_t chan_id, uint64_t seq)
+{
+    const struct list *p;
+    for (p = held->next; p != held; p = p->next) {
+        const struct sub *s = container_of(p, struct sub, conn_link);
+        if (s->ch->id == chan_id && s->from_seq < seq)
+            return true;
+    }
+    return false;
+}
+
+static int cmp_msg_seq(const void *a, const void *b)
+{
+    const struct msg *x = *(struct msg *const *)a, *y = *(struct msg *const *)b;
+    return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/* Collects ch's history after `since` into b, skipping what `held` delivers live. */
+static void collect_history(struct channel *ch, uint64_t since, const struct list *held,
+                            struct hub_backlog *b)
+{
+    for (uint32_t i = 0; i < ch->hist_len; i++) {
+        struct msg *m = hist_at(ch, i);
+        if (m->seq <= since)
+            continue;
+        bool skip = false;
+        if (m->group)
+            for (uint32_t g = 0; g < m->group->n && !skip; g++)
+                skip = m->group->chan_ids[g] != ch->id &&
+                       held_channel(held, m->group->chan_ids[g], m->seq);
+        if (skip)
+            continue;
+        if (b->n == b->cap) {
+            b->cap = b->cap ? b->cap * 2 : 32;
+            b->msgs = xrealloc(b->msgs, b->cap * sizeof(*b->msgs));
+        }
+        ref_get(&m->ref);
+        b->msgs[b->n++] = m;
+    }
+}
+
+static void backlog_sort_dedup(struct hub_backlog *b)
+{
+    if (b->n < 2)
+        return;
+    qsort(b->msgs, b->n, sizeof(*b->msgs), cmp_msg_seq);
+    uint32_t out = 1;
+    for (uint32_t i = 1; i < b->n; i++) {
+        if (b->msgs[i]->seq == b->msgs[out - 1]->seq)
+            ref_put(&b->msgs[i]->ref);
+        else
+            b->msgs[out++] = b->msgs[i];
+    }
+    b->n = out;
+}
+
+static uint32_t count_list(const struct list *l)
+{
+    uint32_t n = 0;
+    for (const struct list *p = l->next; p != l; p = p->next)
+        n++;
+    return n;
+}
+
+static struct sub *find_sub(const struct list *held, const struct channel *ch)
+{
+    for (struct list *p = held->next; p != held; p = p->next) {
+        struct sub *s = container_of(p, struct sub, conn_link);
+        if (s->ch == ch)
+            return s;
+    }
+    return NULL;
+}
+
+/* Resolves names to channels (creating when allowed); 0 or a hub_error. */
+static int resolve_channels(struct hub *hub, const struct slice *names, size_t n,
+                            struct channel **chs, size_t *bad_index)
+{
+    size_t missing = 0;
+    for (size_t i = 0; i < n; i++) {
+        chs[i] = chan_lookup(hub, names[i].data, names[i].len);
+        if (chs[i])
+            continue;
+        if (!hub->cfg->auto_create) {
+            *bad_index = i;
+            return HUB_ERR_NOT_FOUND;
+        }
+        missing++;
+    }
+    if (hub->channels.len + missing > hub->cfg->max_channels) {
+        *bad_index = 0;
+        return HUB_ERR_TOO_MANY;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (!chs[i] && !(chs[i] = chan_lookup(hub, names[i].data, names[i].len)))
+            chs[i] = chan_create(hub, names[i].data, names[i].len);
+    return 0;
+}
+
+int hub_subscribe(struct hub *hub, int w, void *conn, struct list *held, const struct slice *names,
+                  size_t n, bool has_since, uint64_t since, uint32_t max_subs,
+                  struct hub_backlog *backlog, size_t *bad_index)
+{
+    struct channel *chs[64];
+    memset(backlog, 0, sizeof(*backlog));
+    if (n > ARRAY_LEN(chs) || count_list(held) + n > max_subs) {
+        *bad_index = 0;
+        return HUB_ERR_TOO_MANY_SUBS;
+    }
+    pthread_mutex_lock(&hub->lock);
+    if (has_since && since > hub->seq) {
+        pthread_mutex_unlock(&hub->lock);
+        *bad_index = 0;
+        return HUB_ERR_CURSOR;
+    }
+    int err = resolve_channels(hub, names, n, chs, bad_index);
+    if (err) {
+        pthread_mutex_unlock(&hub->lock);
+        return err;
+    }
+    uint64_t now = wall_ms();
+    backlog->head_seq = hub->seq;
+    struct list added;
+    list_init(&added);
+    for (size_t i = 0; i < n; i++) {
+        struct channel *ch = chs[i];
+        if (find_sub(held, ch) || find_sub(&added, ch))
+            continue;
+        if (has_since) {
+            hist_trim(ch, now);
+            /* since == 0 asks for all retained history: nothing older was promised. */
+            if (since && since < ch->evicted_seq) {
+                backlog->gaps =
+                    xrealloc(backlog->gaps, (backlog->ngaps + 1) * sizeof(struct hub_gap));
+                backlog->gaps[backlog->ngaps++] =
+                    (struct hub_gap){ch, ch->hist_len ? hist_at(ch, 0)->seq : 0};
+            }
+            collect_history(ch, since, held, backlog);
+        }
+        if (!ch->local) {
+            ch->local = xcalloc((size_t)hub->nworkers, sizeof(*ch->local));
+            for (int k = 0; k < hub->nworkers; k++)
+                list_init(&ch->local[k].subs);
+        }
+        struct sub *s = xmalloc(sizeof(*s));
+        s->ch = ch;
+        s->conn = conn;
+        s->from_seq = hub->seq;
+        list_insert_tail(&ch->local[w].subs, &s->chan_link);
+        list_insert_tail(&added, &s->conn_link);
+        if (ch->local[w].n++ == 0) {
+            ch->worker_mask |= 1ull << w;
+            atomic_fetch_add(&ch->refs, 1);
+        }
+        ch->subscribers++;
+        ch->last_active_ms = now;
+    }
+    pthread_mutex_unlock(&hub->lock);
+    /* Append the new nodes to the connection's list. */
+    while (!list_empty(&added)) {
+        struct list *p = added.next;
+        list_remove(p);
+        list_insert_tail(held, p);
+    }
+    backlog_sort_dedup(backlog);
+    return 0;
+}
+
+static void unsubscribe_locked(struct hub *hub, int w, struct sub *s, uint64_t now)
+{
+    struct channel *ch = s->ch;
+    list_remove(&s->chan_link);
+    list_remove(&s->conn_link);
+    ch->subscribers--;
+    ch->last_active_ms = now;
+    if (--ch->local[w].n == 0) {
+        ch->worker_mask &= ~(1ull << w);
+        chan_release(hub, ch);
+    }
+    free(s);
+}
+
+void hub_unsubscribe(struct hub *hub, int w, struct sub *s)
+{
+    pthread_mutex_lock(&hub->lock);
+    unsubscribe_locked(hub, w, s, wall_ms());
+    pthread_mutex_unlock(&hub->lock);
+}
+
+void hub_unsubscribe_all(struct hub *hub, int w, struct list *held)
+{
+    if (list_empty(held))
+        return;
+    uint64_t now = wall_ms();
+    pthread_mutex_lock(&hub->lock);
+    while (!list_empty(held))
+        unsubscribe_locked(hub, w, container_of(held->next, struct sub, conn_link), now);
+    pthread_mutex_unlock(&hub->lock);
+}
+
+/* ---- expiry --------------------------------------------------------------- */
+
+void hub_sweep(struct hub *hub)
+{
+    uint64_t now = wall_ms(), wake_mask = 0;
+    pthread_mutex_lock(&hub->lock);
+    /* Visit a bounded slice of the table per call so a million channels never stall a loop. */
+    size_t budget = 4096, b = hub->sweep_bucket;
+    if (b > hub->channels.mask)
+        b = 0;
+    while (budget-- && b <= hub->channels.mask) {
+        struct map_node *n = hub->channels.buckets[b++], *next;
+        for (; n; n = next) {
+            next = n->next;
+            struct channel *ch = container_of(n, struct channel, node);
+            hist_trim(ch, now);
+            if (!ch->persistent && ch->subscribers == 0 && ch->ttl_ms &&
+                now - ch->last_active_ms >= ch->ttl_ms) {
+                log_debug("channel %s expired", ch->name);
+                chan_unlink(hub, ch, &wake_mask);
+            }
+        }
+    }
+    hub->sweep_bucket = b > hub->channels.mask ? 0 : b;
+    pthread_mutex_unlock(&hub->lock);
+    wake_workers(hub, wake_mask);
+}
+
+/* ---- administration ------------------------------------------------------ */
+
+static void fill_info(const struct channel *ch, struct channel_info *info)
+{
+    memset(info, 0, sizeof(*info));
+    memcpy(info->name, ch->name, ch->name_len + 1);
+    info->persistent = ch->persistent;
+    info->ttl_ms = ch->ttl_ms;
+    info->history_size = ch->history_size;
+    info->history_ttl_ms = ch->history_ttl_ms;
+    info->subscribers = ch->subscribers;
+    info->messages_retained = ch->hist_len;
+    info->retained_bytes = ch->hist_bytes;
+    info->messages_total = ch->messages;
+    info->last_id = ch->last_seq;
+    info->oldest_id = ch->hist_len ? hist_at(ch, 0)->seq : 0;
+    info->created_ms = ch->created_ms;
+    info->last_active_ms = ch->last_active_ms;
+    info->expires_ms = (ch->persistent || !ch->ttl_ms) ? 0 : ch->last_active_ms + ch->ttl_ms;
+}
+
+int hub_channel_put(struct hub *hub, const char *name, size_t len, const struct channel_opts *o,
+                    bool *created, struct channel_info *info)
+{
+    pthread_mutex_lock(&hub->lock);
+    struct channel *ch = chan_lookup(hub, name, len);
+    *created = !ch;
+    if (!ch && !(ch = chan_create(hub, name, len))) {
+        pthread_mutex_unlock(&hub->lock);
+        return HUB_ERR_TOO_MANY;
+    }
+    if (o->has_ttl)
+        ch->ttl_ms = o->ttl_ms;
+    if (o->has_persistent)
+        ch->persistent = o->persistent;
+    if (o->has_history_size)
+        ch->history_size = o->history_size;
+    if (o->has_history_ttl)
+        ch->history_ttl_ms = o->history_ttl_ms;
+    ch->last_active_ms = wall_ms(); /* PUT renews the TTL */
+    hist_trim(ch, ch->last_active_ms);
+    if (ch->hist_cap > ch->history_size && ch->history_size)
+        hist_resize(ch, MAX(ch->history_size, ch->hist_len));
+    fill_info(ch, info);
+    pthread_mutex_unlock(&hub->lock);
+    return 0;
+}
+
+int hub_channel_get(struct hub *hub, const char *name, size_t len, struct channel_info *info)
+{
+    pthread_mutex_lock(&hub->lock);
+    struct channel *ch = chan_lookup(hub, name, len);
+    if (ch) {
+        hist_trim(ch, wall_ms());
+        fill_info(ch, info);
+    }
+    pthread_mutex_unlock(&hub->lock);
+    return ch ? 0 : HUB_ERR_NOT_FOUND;
+}
+
+int hub_channel_delete(struct hub *hub, const char *name, size_t len)
+{
+    uint64_t wake_mask = 0;
+    pthread_mutex_lock(&hub->lock);
+    struct channel *ch = chan_lookup(hub, name, len);
+    if (ch)
+        chan_unlink(hub, ch, &wake_mask);
+    pthread_mutex_unlock(&hub->lock);
+    wake_workers(hub, wake_mask);
+    return ch ? 0 : HUB_ERR_NOT_FOUND;
+}
+
+static int cmp_info_name(const void *a, const void *b)
+{
+    return strcmp(((const struct channel_info *)a)->name, ((const struct channel_info *)b)->name);
+}
+
+size_t hub_channel_list(struct hub *hub, const char *after, size_t after_len, const char *prefix,
+                        struct channel_info *out, size_t max, size_t *total)
+{
+    /* Keep the `max` smallest names greater than `after`: a bounded selection,
+     * so listing a huge table costs one pass and no big allocation. */
+    size_t n = 0, plen = prefix ? strlen(prefix) : 0;
+    char after_z[CHANNEL_NAME_MAX + 1] = "";
+    memcpy(after_z, after, MIN(after_len, (size_t)CHANNEL_NAME_MAX));
+    pthread_mutex_lock(&hub->lock);
+    *total = hub->channels.len;
+    size_t b = 0;
+    struct map_node *node, *next = NULL;
+    while ((node = map_next(&hub->channels, &b, &next))) {
+        struct channel *ch = container_of(node, struct channel, node);
+        if (after_len && strcmp(ch->name, after_z) <= 0)
+            continue;
+        if (plen && strncmp(ch->name, prefix, plen) != 0)
+            continue;
+        if (n < max) {
+            fill_info(ch, &out[n++]);
+            if (n == max)
+                qsort(out, n, sizeof(*out), cmp_info_name);
+            continue;
+        }
+        if (max == 0 || strcmp(ch->name, out[max - 1].name) >= 0)
+            continue;
+        /* Insert in order, dropping the largest. */
+        size_t pos = max - 1;
+        while (pos > 0 && strcmp(out[pos - 1].name, ch->name) > 0) {
+            out[pos] = out[pos - 1];
+            pos--;
+        }
+        fill_info(ch, &out[pos]);
+    }
+    pthread_mutex_unlock(&hub->lock);
+    if (n < max)
+        qsort(out, n, sizeof(*out), cmp_info_name);
+    return n;
+}

@@ -1,0 +1,296 @@
+/*
+ * hub: channels, their history, subscriptions and the hand-off of published
+ * messages to worker threads.
+ *
+ * Ids: one 64-bit sequence per hub, seeded at start-up with the wall clock in
+ * microseconds, so ids are monotonic per channel *and* across channels, and a
+ * restart never reuses an id. A single id is therefore a valid cursor over all
+ * the channels of a connection ("everything after N"), and every framing of a
+ * message, SSE `id:` line included, is the same bytes for every subscriber.
+ *
+ * Locking: one mutex guards the channel table, histories and subscription
+ * lists' membership. Fan-out does not take it: a publish pushes one reference
+ * per channel into the inbox of each worker that has local subscribers
+ * (channel->worker_mask), and each worker writes to its own connections.
+ * Per-worker state of a channel (channel->local[w]) is only touched by worker w
+ * (membership changes happen with the hub lock held, by worker w itself).
+ */
+#ifndef HERALD_HUB_H
+#define HERALD_HUB_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/map.h"
+#include "core/util.h"
+
+#define HUB_MAX_WORKERS  64
+#define CHANNEL_NAME_MAX 128
+
+struct herald_config;
+
+/* A reference-counted immutable allocation (messages, control frames). */
+struct ref {
+    atomic_uint refs;
+    void (*free)(struct ref *r);
+};
+static inline void ref_get(struct ref *r)
+{
+    atomic_fetch_add_explicit(&r->refs, 1, memory_order_relaxed);
+}
+static inline void ref_put(struct ref *r)
+{
+    if (atomic_fetch_sub_explicit(&r->refs, 1, memory_order_acq_rel) == 1)
+        r->free(r);
+}
+
+/* A byte slice of a refcounted owner. */
+struct slice {
+    const char *data;
+    uint32_t len;
+};
+
+/* A plain refcounted buffer. */
+struct rbuf {
+    struct ref ref;
+    uint32_t len;
+    char data[];
+};
+struct rbuf *rbuf_new(const void *data, size_t len);
+
+/* Which channels a multi-channel publish went to (shared by its messages). */
+struct msg_group {
+    atomic_uint refs;
+    uint32_t n;
+    uint64_t chan_ids[];
+};
+
+/*
+ * One message on one channel. A publish to k channels makes k messages with
+ * the same seq (and a shared group), because the envelope names the channel.
+ * All framings live in this one allocation; `ws_deflate` is made lazily, once,
+ * by the first worker that needs it.
+ */
+struct msg {
+    struct ref ref;
+    uint64_t seq;
+    uint64_t time_ms; /* wall clock at publish */
+    uint64_t chan_id;
+    struct msg_group *group; /* NULL for single-channel publishes */
+    uint32_t data_len;       /* size of the published body (history accounting) */
+    struct slice envelope;   /* {"event":"message",...} JSON */
+    struct slice ws;         /* WS text frame: header + envelope */
+    struct slice sse;        /* id:/event:/data: lines + blank line */
+    struct slice sse_raw;    /* same with the bare body as data (format=raw) */
+    struct slice chunk;      /* chunked-encoding chunk of envelope + "\n" (HTTP streaming) */
+    _Atomic(struct rbuf *) ws_deflate;
+};
+
+struct channel_local {
+    struct list subs; /* struct sub.chan_link, this worker's subscribers */
+    uint32_t n;
+};
+
+struct channel {
+    struct map_node node;
+    char name[CHANNEL_NAME_MAX + 1];
+    uint32_t name_len;
+    uint64_t id;
+    atomic_uint refs; /* hub table + workers with local subs + inbox items */
+    bool deleted;
+
+    /* options */
+    bool persistent;
+    uint32_t ttl_ms, history_size, history_ttl_ms, history_bytes;
+
+    /* history: ring of messages ordered by seq */
+    struct msg **hist;
+    uint32_t hist_cap, hist_head, hist_len;
+    uint64_t hist_bytes;
+    uint64_t evicted_seq; /* highest seq no longer retained (gap detection) */
+    uint64_t last_seq;
+    uint64_t messages; /* published, total */
+
+    uint64_t created_ms;     /* wall */
+    uint64_t last_active_ms; /* wall: last publish, subscribe or unsubscribe */
+    uint32_t subscribers;    /* all workers; under hub lock */
+    uint64_t worker_mask;
+    struct channel_local *local; /* [nworkers], NULL until first subscriber */
+};
+
+/* A connection's membership in one channel. Owned by the connection. */
+struct sub {
+    struct list conn_link;
+    struct list chan_link;
+    struct channel *ch;
+    void *conn;
+    uint64_t from_seq; /* live deliveries need seq > from_seq (older came from history) */
+};
+
+enum inbox_kind { INBOX_MSG, INBOX_CLOSED };
+struct inbox_item {
+    enum inbox_kind kind;
+    struct msg *msg;    /* INBOX_MSG: one reference owned by the item */
+    struct channel *ch; /* one reference owned by the item: release with hub_channel_put_ref */
+};
+
+struct hub_inbox {
+    pthread_mutex_t lock;
+    struct inbox_item *items;
+    uint32_t len, cap;
+    void (*wake)(void *arg); /* called (outside the hub lock) when the inbox became non-empty */
+    void *wake_arg;
+};
+
+struct hub_stats {
+    atomic_uint_fast64_t published; /* accepted publishes (one per publish call) */
+    atomic_uint_fast64_t messages;  /* messages stored (one per channel) */
+    atomic_uint_fast64_t delivered; /* messages written to subscribers */
+    atomic_uint_fast64_t bytes_out;
+    atomic_uint_fast64_t bytes_in;
+    atomic_uint_fast64_t slow_closed;
+};
+
+struct hub {
+    pthread_mutex_t lock;
+    struct map channels;
+    uint64_t seq;      /* last assigned id */
+    uint64_t boot_seq; /* the first id of this run: cursors below it predate us */
+    uint64_t next_chan_id;
+    const struct herald_config *cfg;
+    int nworkers;
+    struct hub_inbox inbox[HUB_MAX_WORKERS];
+    size_t sweep_bucket; /* incremental expiry sweep position */
+    struct hub_stats stats;
+};
+
+/* Error codes (negative) of hub operations; hub_strerror() explains them. */
+enum hub_error {
+    HUB_ERR_NAME = -1,          /* channel name invalid */
+    HUB_ERR_NOT_FOUND = -2,     /* channel does not exist and auto-create is off */
+    HUB_ERR_TOO_MANY = -3,      /* max-channels reached */
+    HUB_ERR_CURSOR = -4,        /* cursor malformed or ahead of this server */
+    HUB_ERR_TOO_MANY_SUBS = -5, /* per-connection channel limit */
+};
+const char *hub_strerror(int err);
+
+int hub_init(struct hub *hub, const struct herald_config *cfg, int nworkers);
+void hub_free(struct hub *hub);
+
+/* Whether name[0..len) is a valid channel name: 1-128 bytes of [A-Za-z0-9_.:@/-]. */
+bool hub_channel_name_valid(const char *name, size_t len);
+
+/* Parses a cursor ("" -> 0). Returns 0 or HUB_ERR_CURSOR. */
+int hub_cursor_parse(const char *s, size_t len, uint64_t *out);
+
+/*
+ * The body of a publish. `data_json` is the value for the envelope's "data"
+ * field, already valid JSON (the body itself, or a JSON string); `raw` is the
+ * body as sent (for format=raw SSE).
+ */
+struct publish_req {
+    struct slice data_json;
+    struct slice raw;
+    const char *event; /* NULL or a validated event name */
+    size_t event_len;
+    bool base64; /* data_json is a base64 string of a non-UTF-8 body */
+};
+
+struct publish_result {
+    uint64_t id;
+    uint32_t subscribers; /* local subscribers reached, summed over channels */
+};
+
+/*
+ * Publishes one message to n channels (names validated by the caller; n >= 1,
+ * no duplicates). Stores it in each channel's history before returning, then
+ * hands it to the workers. Returns 0 or a negative hub_error (nothing stored).
+ */
+int hub_publish(struct hub *hub, const struct slice *channels, size_t n,
+                const struct publish_req *req, struct publish_result *res);
+
+/*
+ * Subscription results: the messages to replay (each a reference owned by the
+ * caller), and the gaps to announce before them.
+ */
+struct hub_gap {
+    struct channel *ch; /* borrowed; valid while the caller's sub holds it */
+    uint64_t oldest;    /* oldest retained id, 0 when the history is empty */
+};
+struct hub_backlog {
+    struct msg **msgs;
+    uint32_t n, cap;
+    struct hub_gap *gaps;
+    uint32_t ngaps;
+    uint64_t head_seq; /* the hub's last id when the subscription took effect */
+};
+void hub_backlog_free(struct hub_backlog *b);
+
+/*
+ * Subscribes `conn` (on worker `w`) to each named channel it does not already
+ * hold (`held`: its list of struct sub.conn_link). New struct sub nodes are
+ * appended to `held`. With `has_since`, fills *backlog with the retained messages
+ * after `since` (ordered, de-duplicated, and without those the connection gets
+ * live through a channel it already held) and the gaps. `max_subs` bounds the
+ * total. On error nothing is subscribed. Returns 0 or a negative hub_error; on
+ * error *bad_index names the offending channel.
+ */
+int hub_subscribe(struct hub *hub, int w, void *conn, struct list *held, const struct slice *names,
+                  size_t n, bool has_since, uint64_t since, uint32_t max_subs,
+                  struct hub_backlog *backlog, size_t *bad_index);
+
+/* Removes one subscription (and frees the node). */
+void hub_unsubscribe(struct hub *hub, int w, struct sub *s);
+/* Removes every subscription in `held`. */
+void hub_unsubscribe_all(struct hub *hub, int w, struct list *held);
+
+/* Worker side: takes the pending inbox items (caller frees the array with free()). */
+struct inbox_item *hub_inbox_take(struct hub *hub, int w, uint32_t *n);
+
+/* Drops expired channels and aged-out history; called about once a second. */
+void hub_sweep(struct hub *hub);
+
+/* Channel administration (publish API). */
+struct channel_opts {
+    bool has_ttl, has_persistent, has_history_size, has_history_ttl;
+    uint32_t ttl_ms, history_size, history_ttl_ms;
+    bool persistent;
+};
+struct channel_info {
+    char name[CHANNEL_NAME_MAX + 1];
+    bool persistent;
+    uint32_t ttl_ms, history_size, history_ttl_ms;
+    uint32_t subscribers, messages_retained;
+    uint64_t messages_total, last_id, oldest_id, created_ms, last_active_ms, expires_ms;
+    uint64_t retained_bytes;
+};
+/* Creates or updates; *created tells which. Returns 0 or a hub_error. */
+int hub_channel_put(struct hub *hub, const char *name, size_t len, const struct channel_opts *o,
+                    bool *created, struct channel_info *info);
+int hub_channel_get(struct hub *hub, const char *name, size_t len, struct channel_info *info);
+/* Deletes; subscribers receive a `closed` event. Returns 0 or HUB_ERR_NOT_FOUND. */
+int hub_channel_delete(struct hub *hub, const char *name, size_t len);
+/*
+ * Lists channels: fills up to `max` infos of channels whose names sort after
+ * `after` (paging), sorted by name; *total gets the channel count.
+ */
+size_t hub_channel_list(struct hub *hub, const char *after, size_t after_len, const char *prefix,
+                        struct channel_info *out, size_t max, size_t *total);
+
+/* Releases a channel reference (inbox items own one). Lock-free; may free the channel. */
+void hub_channel_put_ref(struct hub *hub, struct channel *ch);
+
+/* Lazily builds (once, thread-safely) the permessage-deflate frame of a message. */
+struct slice msg_ws_deflate(struct msg *m, void *deflater);
+
+/* Builds a control envelope framed for each transport, e.g. {"event":"gap",...}. */
+struct ctl_frames {
+    struct ref ref;
+    struct slice json, ws, sse, chunk;
+};
+/* `event` is the event name; `fields_json` the JSON object members after "event" (may be ""). */
+struct ctl_frames *ctl_frames_new(const char *event, const char *fields_json, size_t fields_len);
+
+#endif

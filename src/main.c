@@ -1,0 +1,88 @@
+/*
+ * main: reads the configuration, starts the hub and the workers, and turns
+ * SIGTERM/SIGINT into a graceful drain. Exit codes: 0 after a clean shutdown,
+ * 1 when the server cannot start, 2 for an invalid configuration.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include "core/config.h"
+#include "core/log.h"
+#include "core/server.h"
+
+static struct server srv;
+static volatile sig_atomic_t got_signal;
+
+static void on_signal(int sig)
+{
+    got_signal = sig;
+}
+
+static void describe_listeners(const struct herald_config *cfg)
+{
+    for (int i = 0; i < cfg->num_listen; i++)
+        log_info("listening on %s:%u (subscribers%s)",
+                 cfg->listen[i].host[0] ? cfg->listen[i].host : "0.0.0.0", cfg->listen[i].port,
+                 cfg->has_api_listen ? "" : " and publish API");
+    if (cfg->has_api_listen)
+        log_info("publish/admin API on %s:%u",
+                 cfg->api_listen.host[0] ? cfg->api_listen.host : "0.0.0.0", cfg->api_listen.port);
+}
+
+int main(int argc, char **argv)
+{
+    int rc = config_load(&srv.cfg, argc, argv);
+    if (rc == 1)
+        return 0;
+    if (rc)
+        return 2;
+    log_level = srv.cfg.log_level;
+    if (!srv.cfg.node_name[0]) {
+        char host[48] = "herald";
+        gethostname(host, sizeof(host) - 1);
+        snprintf(srv.cfg.node_name, sizeof(srv.cfg.node_name), "%s:%u", host,
+                 srv.cfg.listen[0].port);
+    }
+    signal(SIGPIPE, SIG_IGN);
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max; /* take every descriptor we are allowed */
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (srv.cfg.redis_url[0] || srv.cfg.redis_cluster[0]) {
+        log_error("--redis / --redis-cluster: cluster mode is not available in this build yet; "
+                  "run without it for the in-memory hub");
+        return 2;
+    }
+    srv.nworkers = srv.cfg.workers;
+    hub_init(&srv.hub, &srv.cfg, srv.nworkers);
+    if (server_start(&srv) < 0)
+        return 1;
+    describe_listeners(&srv.cfg);
+    log_info("herald started: %d worker%s, in-memory hub, fd limit %lu", srv.nworkers,
+             srv.nworkers == 1 ? "" : "s", (unsigned long)rl.rlim_cur);
+    if (!srv.cfg.publish_key[0])
+        log_warn("no --publish-key set: the publish and channel API accepts loopback clients "
+                 "only (set HERALD_PUBLISH_KEY to publish from elsewhere)");
+
+    sigset_t none;
+    sigemptyset(&none);
+    while (!got_signal)
+        pause();
+    log_info("%s received: draining connections (at most %u ms)",
+             got_signal == SIGTERM ? "SIGTERM" : "SIGINT", srv.cfg.shutdown_timeout_ms);
+    server_request_shutdown(&srv);
+    server_join(&srv);
+    log_info("herald stopped");
+    return 0;
+}

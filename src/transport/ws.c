@@ -1,0 +1,488 @@
+/*
+ * ws: WebSocket subscribers (RFC 6455 server side, RFC 7692 compression).
+ *
+ * Handshake validation, frame reassembly with UTF-8 checks across fragments,
+ * control frames interleaved in fragmented messages, the close handshake,
+ * heartbeats with a pong deadline, and the JSON client ops: subscribe,
+ * unsubscribe, ping and (when --ws-publish allows) publish. Server messages
+ * are pre-framed once per message by the hub; this file only adds the
+ * per-connection replies.
+ */
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "api/api.h"
+#include "core/log.h"
+#include "http/http_conn.h"
+#include "transport/transport.h"
+
+void ws_on_timer(struct conn *c);
+void ws_close_with(struct conn *c, uint16_t code, const char *reason);
+
+static const char ws_ping[] = "\x89\x00";
+
+/* ---- sending ---------------------------------------------------------------- */
+
+/* Queues one unfragmented server frame (a per-connection copy: replies are small). */
+static void ws_send_frame(struct conn *c, uint8_t opcode, const void *payload, size_t len)
+{
+    uint8_t hdr[10];
+    size_t hl = ws_frame_header(hdr, opcode, true, false, len);
+    char *buf = xmalloc(hl + len);
+    memcpy(buf, hdr, hl);
+    if (len)
+        memcpy(buf + hl, payload, len);
+    conn_send_copy(c, buf, hl + len);
+    free(buf);
+}
+
+void ws_close_with(struct conn *c, uint16_t code, const char *reason)
+{
+    if (c->flags & CF_CLOSE_SENT) {
+        conn_close_after_write(c);
+        return;
+    }
+    uint8_t payload[125];
+    size_t rl = MIN(strlen(reason), sizeof(payload) - 2);
+    payload[0] = (uint8_t)(code >> 8);
+    payload[1] = (uint8_t)code;
+    memcpy(payload + 2, reason, rl);
+    c->flags &= ~(uint32_t)CF_CLOSE_AFTER; /* the close frame must get through */
+    ws_send_frame(c, WS_OP_CLOSE, payload, rl + 2);
+    c->flags |= CF_CLOSE_SENT;
+    conn_close_after_write(c);
+}
+
+/* Sends a JSON reply: {"event":event, <fields>, "ref":ref}. */
+static void ws_reply(struct conn *c, const char *event, const char *fields, json_t *ref)
+{
+    struct sbuf b = {0};
+    sbuf_printf(&b, "{\"event\":\"%s\"", event);
+    if (fields && *fields) {
+        sbuf_add(&b, ",", 1);
+        sbuf_adds(&b, fields);
+    }
+    if (ref) {
+        char *r = json_dumps(ref, JSON_COMPACT | JSON_ENCODE_ANY);
+        if (r) {
+            sbuf_adds(&b, ",\"ref\":");
+            sbuf_adds(&b, r);
+            free(r);
+        }
+    }
+    sbuf_add(&b, "}", 1);
+    ws_send_frame(c, WS_OP_TEXT, b.data, b.len);
+    sbuf_free(&b);
+}
+
+static void ws_reply_error(struct conn *c, const char *error, const char *detail, json_t *ref)
+{
+    struct sbuf f = {0};
+    sbuf_adds(&f, "\"error\":");
+    sbuf_add_json_str(&f, error, strlen(error));
+    sbuf_adds(&f, ",\"detail\":");
+    sbuf_add_json_str(&f, detail, strlen(detail));
+    ws_reply(c, "error", f.data, ref);
+    sbuf_free(&f);
+}
+
+/* ---- handshake ---------------------------------------------------------------- */
+
+static void upgrade_required(struct http_ctx *x, const char *detail)
+{
+    struct sbuf b = {0};
+    sbuf_adds(&b, "{\"error\":\"upgrade_required\",\"detail\":");
+    sbuf_add_json_str(&b, detail, strlen(detail));
+    sbuf_adds(&b, "}\n");
+    http_respond(x, 426, "application/json",
+                 "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n",
+                 b.data, b.len);
+    sbuf_free(&b);
+}
+
+void ws_handle_upgrade(struct http_ctx *x)
+{
+    struct conn *c = x->c;
+    const struct http_request *req = x->req;
+    const struct herald_config *cfg = conn_cfg(c);
+    if (!req->upgrade_websocket)
+        return upgrade_required(x, "this endpoint speaks WebSocket: send 'Upgrade: websocket' "
+                                   "and 'Connection: Upgrade'");
+    if (req->minor_version != 1)
+        return http_error(x, 400, "bad_handshake", "WebSocket needs HTTP/1.1");
+    const struct http_header *ver = http_find_header(req, "Sec-WebSocket-Version");
+    if (!ver || ver->value_len != 2 || memcmp(ver->value, "13", 2) != 0)
+        return upgrade_required(x, "only WebSocket version 13 (RFC 6455) is supported");
+    const struct http_header *key = http_find_header(req, "Sec-WebSocket-Key");
+    char accept[29];
+    if (!key || ws_accept_key(key->value, key->value_len, accept) < 0)
+        return http_error(x, 400, "bad_handshake",
+                          "Sec-WebSocket-Key must be the base64 of 16 random bytes");
+    const struct http_header *origin = http_find_header(req, "Origin");
+    if (origin && !http_origin_allowed(cfg, origin->value, origin->value_len))
+        return http_error(x, 403, "origin_not_allowed", "Origin %.*s is not in --cors-origins",
+                          (int)MIN(origin->value_len, 200u), origin->value);
+
+    /* Channels on the URL are optional: a client may subscribe with ops later. */
+    struct sub_request r;
+    memset(&r, 0, offsetof(struct sub_request, name_buf));
+    const char *v, *err = NULL;
+    size_t vl;
+    bool has_channels = http_query_param(req->query, req->query_len, "channels", &v, &vl) ||
+                        http_query_param(req->query, req->query_len, "channel", &v, &vl);
+    if (has_channels && transport_parse_channels(&r, v, vl, &err) < 0)
+        return http_error(x, 400, "bad_channel", "%s", err);
+    if (http_query_param(req->query, req->query_len, "since", &v, &vl) &&
+        transport_parse_since(&r, v, vl, &err) < 0)
+        return http_error(x, 400, "bad_cursor", "%s", err);
+    struct hub_backlog b = {0};
+    if (has_channels) {
+        size_t bad = 0;
+        int e = transport_subscribe(c, &r, &bad, &b);
+        if (e)
+            return http_error(x,
+                              e == HUB_ERR_NOT_FOUND  ? 404
+                              : e == HUB_ERR_TOO_MANY ? 503
+                                                      : 400,
+                              transport_error_name(e), "%s (%.*s)", hub_strerror(e),
+                              (int)r.names[bad].len, r.names[bad].data);
+    }
+
+    char ext[128] = "";
+    const struct http_header *exts = http_find_header(req, "Sec-WebSocket-Extensions");
+    bool deflate =
+        cfg->ws_deflate && exts && ws_pmd_negotiate(exts->value, exts->value_len, ext, sizeof(ext));
+    struct sbuf resp = {0};
+    sbuf_printf(&resp,
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: "
+                "Upgrade\r\nSec-WebSocket-Accept: %s\r\n",
+                accept);
+    if (deflate)
+        sbuf_printf(&resp, "Sec-WebSocket-Extensions: %s\r\n", ext);
+    sbuf_adds(&resp, "\r\n");
+    conn_set_kind(c, CONN_WS);
+    memset(&c->u.ws, 0, sizeof(c->u.ws));
+    if (deflate)
+        c->flags |= CF_DEFLATE;
+    conn_send_copy(c, resp.data, resp.len);
+    sbuf_free(&resp);
+    timer_start(&c->w->loop, &c->timer, cfg->heartbeat_ms);
+    conn_start_lifetime(c);
+    if (has_channels)
+        transport_replay(c, &b, r.since);
+}
+
+/* ---- client ops ------------------------------------------------------------------ */
+
+/* Reads "channels": [..] or "channel": ".." of an op into r. */
+static int op_channels(json_t *op, struct sub_request *r, const char **err)
+{
+    memset(r, 0, offsetof(struct sub_request, name_buf));
+    json_t *chs = json_object_get(op, "channels"), *ch = json_object_get(op, "channel");
+    char *out = r->name_buf;
+    json_t *one[1] = {ch};
+    size_t count = json_is_array(chs) ? json_array_size(chs) : (json_is_string(ch) ? 1 : 0);
+    if (count == 0) {
+        *err = "name channels: \"channels\": [\"a\", \"b\"] or \"channel\": \"a\"";
+        return -1;
+    }
+    if (count > TRANSPORT_MAX_CHANNELS) {
+        *err = "at most 64 channels per op";
+        return -1;
+    }
+    for (size_t i = 0; i < count; i++) {
+        json_t *v = json_is_array(chs) ? json_array_get(chs, i) : one[0];
+        if (!json_is_string(v) ||
+            !hub_channel_name_valid(json_string_value(v), json_string_length(v))) {
+            *err = "channel names are 1-128 bytes of letters, digits and _ . : @ / -";
+            return -1;
+        }
+        size_t n = json_string_length(v);
+        memcpy(out, json_string_value(v), n);
+        r->names[r->n++] = (struct slice){out, (uint32_t)n};
+        out += n;
+    }
+    json_t *since = json_object_get(op, "since");
+    if (json_is_string(since)) {
+        if (transport_parse_since(r, json_string_value(since), json_string_length(since), err))
+            return -1;
+    } else if (json_is_integer(since) && json_integer_value(since) >= 0) {
+        r->has_since = true;
+        r->since = (uint64_t)json_integer_value(since);
+    } else if (since && !json_is_null(since)) {
+        *err = "\"since\" is a cursor: the id of the last message you have";
+        return -1;
+    }
+    return 0;
+}
+
+static void channel_list_json(struct sbuf *b, const struct sub_request *r)
+{
+    sbuf_adds(b, "\"channels\":[");
+    for (size_t i = 0; i < r->n; i++) {
+        if (i)
+            sbuf_add(b, ",", 1);
+        sbuf_add_json_str(b, r->names[i].data, r->names[i].len);
+    }
+    sbuf_add(b, "]", 1);
+}
+
+static void op_subscribe(struct conn *c, json_t *op, json_t *ref)
+{
+    struct sub_request r;
+    const char *err;
+    if (op_channels(op, &r, &err) < 0)
+        return ws_reply_error(c, "bad_request", err, ref);
+    struct hub_backlog b;
+    size_t bad = 0;
+    int e = transport_subscribe(c, &r, &bad, &b);
+    if (e) {
+        char detail[256];
+        snprintf(detail, sizeof(detail), "%s (%.*s)", hub_strerror(e), (int)r.names[bad].len,
+                 r.names[bad].data);
+        return ws_reply_error(c, transport_error_name(e), detail, ref);
+    }
+    struct sbuf f = {0};
+    channel_list_json(&f, &r);
+    sbuf_printf(&f, ",\"cursor\":\"%" PRIu64 "\"", b.head_seq);
+    ws_reply(c, "subscribed", f.data, ref);
+    sbuf_free(&f);
+    transport_replay(c, &b, r.since);
+}
+
+static void op_unsubscribe(struct conn *c, json_t *op, json_t *ref)
+{
+    struct sub_request r;
+    const char *err;
+    if (op_channels(op, &r, &err) < 0)
+        return ws_reply_error(c, "bad_request", err, ref);
+    for (size_t i = 0; i < r.n; i++) {
+        struct list *p, *tmp;
+        list_for_each_safe(p, tmp, &c->subs)
+        {
+            struct sub *s = container_of(p, struct sub, conn_link);
+            if (s->ch->name_len == r.names[i].len &&
+                memcmp(s->ch->name, r.names[i].data, r.names[i].len) == 0)
+                hub_unsubscribe(&conn_server(c)->hub, c->w->id, s);
+        }
+    }
+    struct sbuf f = {0};
+    channel_list_json(&f, &r);
+    ws_reply(c, "unsubscribed", f.data, ref);
+    sbuf_free(&f);
+}
+
+static void op_publish(struct conn *c, json_t *op, json_t *ref)
+{
+    if (!conn_cfg(c)->ws_publish)
+        return ws_reply_error(c, "forbidden",
+                              "publishing over WebSocket is off; the server enables it with "
+                              "--ws-publish",
+                              ref);
+    struct api_pub p;
+    const char *err;
+    if (api_pub_from_json(op, &p, &err) < 0)
+        return ws_reply_error(c, "bad_request", err, ref);
+    struct publish_result res;
+    int e = api_pub_commit(&conn_server(c)->hub, &p, &res);
+    if (e)
+        return ws_reply_error(c, transport_error_name(e), hub_strerror(e), ref);
+    char f[96];
+    snprintf(f, sizeof(f), "\"id\":\"%" PRIu64 "\",\"subscribers\":%u", res.id, res.subscribers);
+    ws_reply(c, "published", f, ref);
+}
+
+static void ws_handle_text(struct conn *c, const char *text, size_t len)
+{
+    json_error_t jerr;
+    json_t *op = json_loadb(text, len, 0, &jerr);
+    if (!json_is_object(op)) {
+        json_decref(op);
+        char detail[320];
+        snprintf(detail, sizeof(detail), "messages are JSON objects like {\"op\":\"ping\"}: %s",
+                 jerr.text);
+        return ws_reply_error(c, "bad_json", detail, NULL);
+    }
+    json_t *ref = json_object_get(op, "ref");
+    const char *name = json_string_value(json_object_get(op, "op"));
+    if (!name)
+        ws_reply_error(c, "bad_request", "missing \"op\" (subscribe, unsubscribe, ping, publish)",
+                       ref);
+    else if (strcmp(name, "ping") == 0)
+        ws_reply(c, "pong", NULL, ref);
+    else if (strcmp(name, "subscribe") == 0)
+        op_subscribe(c, op, ref);
+    else if (strcmp(name, "unsubscribe") == 0)
+        op_unsubscribe(c, op, ref);
+    else if (strcmp(name, "publish") == 0)
+        op_publish(c, op, ref);
+    else
+        ws_reply_error(c, "unknown_op", "known ops: subscribe, unsubscribe, ping, publish", ref);
+    json_decref(op);
+}
+
+/* ---- frames ------------------------------------------------------------------------ */
+
+static void ws_fail(struct conn *c, uint16_t code, const char *reason)
+{
+    ws_close_with(c, code, reason);
+}
+
+static void ws_on_close_frame(struct conn *c, const uint8_t *p, size_t len)
+{
+    uint16_t code = WS_CLOSE_NORMAL;
+    if (len == 1)
+        return ws_fail(c, WS_CLOSE_PROTOCOL, "close frame with a 1-byte payload");
+    if (len >= 2) {
+        code = (uint16_t)(p[0] << 8 | p[1]);
+        if (!ws_close_code_valid(code))
+            return ws_fail(c, WS_CLOSE_PROTOCOL, "invalid close code");
+        if (!ws_utf8_valid(p + 2, len - 2))
+            return ws_fail(c, WS_CLOSE_INVALID_DATA, "close reason is not UTF-8");
+    }
+    if (c->flags & CF_CLOSE_SENT) {
+        conn_close(c); /* handshake complete */
+        return;
+    }
+    ws_close_with(c, code, ""); /* echo, then close once it is written */
+}
+
+/* A complete data message (already unmasked; compressed when `compressed`). */
+static void ws_on_message(struct conn *c, uint8_t opcode, char *data, size_t len, bool compressed)
+{
+    const struct herald_config *cfg = conn_cfg(c);
+    char *plain = data;
+    size_t plain_len = len;
+    char *tmp = NULL;
+    if (compressed) {
+        tmp = xmalloc(cfg->max_ws_message);
+        long n = ws_inflate_message(c->w->inflater, (const uint8_t *)data, len, (uint8_t *)tmp,
+                                    cfg->max_ws_message);
+        if (n < 0) {
+            free(tmp);
+            return n == -2 ? ws_fail(c, WS_CLOSE_TOO_BIG, "message too big")
+                           : ws_fail(c, WS_CLOSE_INVALID_DATA, "bad compressed data");
+        }
+        plain = tmp;
+        plain_len = (size_t)n;
+        if (opcode == WS_OP_TEXT && !ws_utf8_valid((uint8_t *)plain, plain_len)) {
+            free(tmp);
+            return ws_fail(c, WS_CLOSE_INVALID_DATA, "text message is not valid UTF-8");
+        }
+    }
+    if (opcode == WS_OP_TEXT)
+        ws_handle_text(c, plain, plain_len);
+    else
+        ws_reply_error(c, "binary_not_supported",
+                       "send ops as JSON text messages, e.g. {\"op\":\"ping\"}", NULL);
+    free(tmp);
+}
+
+static void ws_on_control(struct conn *c, const struct ws_frame *f, uint8_t *p)
+{
+    switch (f->opcode) {
+    case WS_OP_PING: ws_send_frame(c, WS_OP_PONG, p, f->payload_len); break;
+    case WS_OP_PONG:
+        if (c->flags & CF_PING_OUT) {
+            c->flags &= ~(uint32_t)CF_PING_OUT;
+            timer_start(&c->w->loop, &c->timer, conn_cfg(c)->heartbeat_ms);
+        }
+        break;
+    case WS_OP_CLOSE: ws_on_close_frame(c, p, f->payload_len); break;
+    }
+}
+
+/* Handles one data frame; returns false when the connection is failing. */
+static bool ws_on_data_frame(struct conn *c, const struct ws_frame *f, uint8_t *p)
+{
+    struct ws_state *ws = &c->u.ws;
+    const struct herald_config *cfg = conn_cfg(c);
+    if (f->opcode == WS_OP_CONT && !ws->frag_opcode) {
+        ws_fail(c, WS_CLOSE_PROTOCOL, "continuation frame outside a fragmented message");
+        return false;
+    }
+    if (f->opcode != WS_OP_CONT && ws->frag_opcode) {
+        ws_fail(c, WS_CLOSE_PROTOCOL, "new message before the fragmented one ended");
+        return false;
+    }
+    bool first = f->opcode != WS_OP_CONT;
+    uint8_t opcode = first ? f->opcode : ws->frag_opcode;
+    bool compressed = first ? f->rsv1 : ws->frag_compressed;
+    if (opcode == WS_OP_TEXT && !compressed) {
+        if (first)
+            memset(&ws->utf8, 0, sizeof(ws->utf8));
+        if (!ws_utf8_feed(&ws->utf8, p, f->payload_len) ||
+            (f->fin && !ws_utf8_complete(&ws->utf8))) {
+            ws_fail(c, WS_CLOSE_INVALID_DATA, "text message is not valid UTF-8");
+            return false;
+        }
+    }
+    if (first && f->fin) {
+        ws_on_message(c, opcode, (char *)p, f->payload_len, compressed);
+        return true;
+    }
+    if ((uint64_t)ws->msg_len + f->payload_len > cfg->max_ws_message) {
+        ws_fail(c, WS_CLOSE_TOO_BIG, "message too big");
+        return false;
+    }
+    if (first) {
+        ws->frag_opcode = opcode;
+        ws->frag_compressed = compressed;
+    }
+    ws->msg = xrealloc(ws->msg, ws->msg_len + f->payload_len + 1);
+    memcpy(ws->msg + ws->msg_len, p, f->payload_len);
+    ws->msg_len += (uint32_t)f->payload_len;
+    if (f->fin) {
+        ws_on_message(c, opcode, ws->msg, ws->msg_len, compressed);
+        free(ws->msg);
+        ws->msg = NULL;
+        ws->msg_len = 0;
+        ws->frag_opcode = 0;
+    }
+    return true;
+}
+
+long ws_on_read(struct conn *c, char *buf, size_t len)
+{
+    const struct herald_config *cfg = conn_cfg(c);
+    size_t off = 0;
+    while (off < len && !(c->flags & (CF_CLOSING | CF_LINGER))) {
+        struct ws_frame f;
+        int r = ws_frame_parse((const uint8_t *)buf + off, len - off, &f,
+                               (c->flags & CF_DEFLATE) != 0, cfg->max_ws_message);
+        if (r == 0)
+            break;
+        if (r < 0) {
+            ws_fail(c, ws_error_close_code(r), ws_strerror(r));
+            return (long)len;
+        }
+        if (len - off < (size_t)r + f.payload_len)
+            break; /* wait for the whole frame */
+        uint8_t *p = (uint8_t *)buf + off + r;
+        ws_unmask(p, f.payload_len, f.mask, 0);
+        off += (size_t)r + f.payload_len;
+        if (f.rsv1 && f.opcode == WS_OP_CONT) {
+            ws_fail(c, WS_CLOSE_PROTOCOL, "RSV1 on a continuation frame");
+            return (long)len;
+        }
+        if (f.opcode >= WS_OP_CLOSE)
+            ws_on_control(c, &f, p);
+        else if (!ws_on_data_frame(c, &f, p))
+            return (long)len;
+    }
+    return (long)off;
+}
+
+void ws_on_timer(struct conn *c)
+{
+    if (c->flags & CF_PING_OUT) {
+        /* No pong within the close grace: the peer is gone or stuck. */
+        ws_close_with(c, WS_CLOSE_GOING_AWAY, "ping timeout");
+        return;
+    }
+    conn_send(c, NULL, ws_ping, sizeof(ws_ping) - 1);
+    c->flags |= CF_PING_OUT;
+    timer_start(&c->w->loop, &c->timer, conn_cfg(c)->close_grace_ms);
+}
