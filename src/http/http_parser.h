@@ -26,15 +26,19 @@ enum http_method {
     HTTP_M_OPTIONS,
 };
 
-/* Results of http_parse_request(): > 0 is the head length in bytes. */
+/*
+ * Results of http_parse_request(): > 0 is the head length in bytes.
+ * HTTP_ERR_HEADERS_TOO_BIG: head > limits.max_header_bytes, or > HTTP_MAX_HEADERS fields.
+ * HTTP_ERR_BAD_LENGTH: bad or conflicting duplicate Content-Length, or CL + chunked.
+ */
 enum http_parse_result {
-    HTTP_INCOMPLETE = 0,          /* need more bytes */
-    HTTP_ERR_SYNTAX = -1,         /* -> 400 */
-    HTTP_ERR_HEADERS_TOO_BIG = -2, /* head > limits.max_header_bytes, or > HTTP_MAX_HEADERS -> 431 */
-    HTTP_ERR_URI_TOO_LONG = -3,   /* request-target > limits.max_uri_bytes -> 414 */
-    HTTP_ERR_VERSION = -4,        /* not HTTP/1.0 or HTTP/1.1 -> 505 */
-    HTTP_ERR_BAD_LENGTH = -5,     /* bad/duplicate-conflicting Content-Length, or CL + chunked -> 400 */
-    HTTP_ERR_BAD_ENCODING = -6,   /* Transfer-Encoding other than (only) chunked -> 501 */
+    HTTP_INCOMPLETE = 0,           /* need more bytes */
+    HTTP_ERR_SYNTAX = -1,          /* -> 400 */
+    HTTP_ERR_HEADERS_TOO_BIG = -2, /* -> 431 */
+    HTTP_ERR_URI_TOO_LONG = -3,    /* request-target > limits.max_uri_bytes -> 414 */
+    HTTP_ERR_VERSION = -4,         /* not HTTP/1.0 or HTTP/1.1 -> 505 */
+    HTTP_ERR_BAD_LENGTH = -5,      /* -> 400 */
+    HTTP_ERR_BAD_ENCODING = -6,    /* Transfer-Encoding other than (only) chunked -> 501 */
 };
 
 struct http_header {
@@ -66,7 +70,7 @@ struct http_request {
     /* Derived from the headers while parsing. */
     int64_t content_length; /* -1 when absent */
     bool chunked;           /* Transfer-Encoding: chunked */
-    bool keep_alive;        /* HTTP/1.1 default true unless "Connection: close"; 1.0 only with keep-alive */
+    bool keep_alive;        /* 1.1: unless "Connection: close"; 1.0: only with keep-alive */
     bool expect_continue;   /* Expect: 100-continue */
     bool upgrade_websocket; /* Upgrade: websocket (case-insensitive) and Connection has "upgrade" */
 };
@@ -75,13 +79,40 @@ struct http_request {
  * Parses one request head from buf[0..len). Returns the head length (> 0, the
  * offset of the first body byte), HTTP_INCOMPLETE, or a negative
  * enum http_parse_result. `last_len` is the len of the previous call on the same
- * request (0 the first time). On any return other than > 0 the contents of
+ * request (0 the first time), and must be 0 unless that call returned
+ * HTTP_INCOMPLETE. On any return other than > 0 the contents of
  * *req are unspecified. Never reads past buf[len-1]. Can't fail otherwise.
  *
  * Accepts: LF or CRLF line endings, any token method, origin-form or
  * absolute-form or "*" targets, header names as RFC 9110 tokens; rejects
  * obs-fold, whitespace before the colon, control characters in values
  * (except HTAB), and NUL anywhere.
+ *
+ * Details the caller can rely on:
+ * - Empty lines before the request line are skipped (RFC 9112 §2.2); they
+ *   count towards the returned head length and towards max_header_bytes.
+ * - Exactly one SP separates the request-line parts. Target bytes are VCHAR
+ *   or obs-text (>= 0x80); method_id is matched case-sensitively.
+ * - path/query: for origin-form, path is the target up to '?'. For "*", path
+ *   is "*". For absolute-form ("http://host/p?q") path is "/p" (the authority
+ *   is not exposed), and an empty path is the static string "/" (the only
+ *   pointer that is not into buf). query is NULL without '?', else non-NULL
+ *   (possibly query_len == 0). Authority-form (CONNECT) is HTTP_ERR_SYNTAX.
+ * - HTTP_ERR_HEADERS_TOO_BIG is returned as soon as len >= max_header_bytes
+ *   and the first max_header_bytes bytes hold no complete head; a head of
+ *   exactly max_header_bytes bytes is accepted. HTTP_ERR_URI_TOO_LONG (and
+ *   other request-line errors) are returned as soon as the bytes received
+ *   prove them; header-field errors only once the head is complete. Heads are
+ *   also capped at INT_MAX bytes.
+ * - Content-Length must be 1*DIGIT (no sign, no list "5, 5"), <= INT64_MAX;
+ *   repeated fields must be identical. Transfer-Encoding must be exactly one
+ *   field "chunked" (a second field is HTTP_ERR_BAD_ENCODING). CL together
+ *   with chunked, and chunked in an HTTP/1.0 request (RFC 9112 §6.1), are
+ *   HTTP_ERR_BAD_LENGTH.
+ * - expect_continue needs "Expect: 100-continue" exactly; Expect and Upgrade
+ *   are ignored in HTTP/1.0 requests (RFC 9110 §10.1.1, §7.8). Connection
+ *   tokens from repeated fields are combined; "close" wins over "keep-alive".
+ * - Host is not checked (missing, repeated): that is the caller's job.
  */
 int http_parse_request(const char *buf, size_t len, size_t last_len, struct http_request *req,
                        const struct http_limits *limits);
@@ -89,7 +120,10 @@ int http_parse_request(const char *buf, size_t len, size_t last_len, struct http
 /* Case-insensitive header lookup; returns the first match or NULL. Borrowed pointer into req. */
 const struct http_header *http_find_header(const struct http_request *req, const char *name);
 
-/* Whether a comma-separated header value list contains `token` (case-insensitive). */
+/*
+ * Whether a comma-separated header value list contains `token` (case-insensitive,
+ * OWS around elements ignored, empty elements skipped). An empty token never matches.
+ */
 bool http_header_has_token(const char *value, size_t value_len, const char *token);
 
 /* A short English description of a negative http_parse_result. Static string. */
@@ -107,10 +141,19 @@ const char *http_strerror(int err);
  *   HTTP_CHUNK_INCOMPLETE  need more input (all of this input was consumed)
  *   HTTP_CHUNK_ERROR       malformed chunk syntax
  *   HTTP_CHUNK_TOO_BIG     decoded size would pass `max_body`
+ * *len is set to the bytes decoded by this call in every case (including
+ * errors; the connection should then be closed). A size line's hex digits are
+ * checked against max_body as soon as the size is complete, before any data.
+ * LF-only line endings are accepted; bare CR and control bytes in extensions or
+ * trailers are HTTP_CHUNK_ERROR; a size over 64 bits is HTTP_CHUNK_ERROR.
+ * Once complete, further calls return *len unchanged as trailing bytes (0
+ * decoded). `total` is the running decoded size. Chunk extensions and trailer
+ * lines are skipped without being stored and are not counted against max_body:
+ * the caller should bound the raw bytes (or time) it spends on one body.
  */
 #define HTTP_CHUNK_INCOMPLETE (-2)
-#define HTTP_CHUNK_ERROR (-1)
-#define HTTP_CHUNK_TOO_BIG (-3)
+#define HTTP_CHUNK_ERROR      (-1)
+#define HTTP_CHUNK_TOO_BIG    (-3)
 
 struct http_chunked {
     uint64_t remaining; /* bytes left in the current chunk's data */
@@ -124,14 +167,18 @@ long http_chunked_decode(struct http_chunked *dec, char *buf, size_t *len, uint6
 /*
  * Percent-decodes src into dst (which may equal src). '+' is kept as '+'
  * (paths and our query values are not form-encoded). Returns the decoded
- * length, or -1 on a malformed escape. dst must hold src_len bytes.
+ * length, or -1 on a malformed escape ('%' not followed by two hex digits);
+ * on -1 dst holds a partial result. dst must hold src_len bytes. Note "%00"
+ * decodes to a NUL byte: callers that build C strings must check for it.
  */
 long http_url_decode(char *dst, const char *src, size_t src_len);
 
 /*
  * Finds query parameter `name` in query[0..query_len) (which is the part after '?').
- * On success points *value/*value_len at the raw (still percent-encoded) value
- * and returns true. Borrowed pointers into query.
+ * On success points *value and *value_len at the raw (still percent-encoded) value
+ * and returns true. Borrowed pointers into query. The name is compared
+ * byte-for-byte with the raw (not decoded) key; the first match wins; a key
+ * without '=' ("?flag&x=1") matches with an empty value. query may be NULL.
  */
 bool http_query_param(const char *query, size_t query_len, const char *name, const char **value,
                       size_t *value_len);
