@@ -784,7 +784,9 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o)
 		o->publishers = o->burst < 16 ? o->burst : 16;
 	if (o->payload < 48)
 		o->payload = 48;
-	if (!o->label[0])
+	if (!o->label[0] && o->scenario == SC_PVP)
+		snprintf(o->label, sizeof o->label, "pvp-%s", bench_target_name(o->target));
+	else if (!o->label[0])
 		snprintf(o->label, sizeof o->label, "%s-%s-%s", bench_scenario_name(o->scenario),
 		         bench_target_name(o->target), bench_transport_name(o->transport));
 	for (int i = optind; i < argc; i++) {

@@ -35,8 +35,8 @@ struct floor_conn {
 	int fd;
 	int chan;          /* subscribed channel index, -1 if none */
 	bool closing;
-	size_t rlen;
-	char *rbuf;        /* lazily allocated, FLOOR_RBUF bytes */
+	size_t rlen, rcap;
+	char *rbuf;        /* only while a request is incomplete; grows to FLOOR_RBUF */
 	struct floor_conn *next_sub; /* intrusive channel list */
 	struct floor_conn *prev_sub;
 };
@@ -191,17 +191,22 @@ static bool conn_process(struct floor_conn *c)
 		memmove(c->rbuf, c->rbuf + off, c->rlen - off);
 		c->rlen -= off;
 	}
-	return c->rlen < FLOOR_RBUF;
+	return true;
 }
 
 static bool conn_read(struct floor_conn *c)
 {
-	if (!c->rbuf)
-		c->rbuf = malloc(FLOOR_RBUF);
-	if (!c->rbuf)
-		abort();
 	for (;;) {
-		ssize_t r = read(c->fd, c->rbuf + c->rlen, FLOOR_RBUF - c->rlen);
+		if (c->rlen == c->rcap) {
+			/* Idle subscribers hold no buffer: it exists only while needed. */
+			if (c->rcap == FLOOR_RBUF)
+				return false;
+			c->rcap = c->rcap ? 2 * c->rcap : 4096;
+			c->rbuf = realloc(c->rbuf, c->rcap);
+			if (!c->rbuf)
+				abort();
+		}
+		ssize_t r = read(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen);
 		if (r > 0) {
 			c->rlen += (size_t)r;
 			if (!conn_process(c))
@@ -212,6 +217,11 @@ static bool conn_read(struct floor_conn *c)
 			return false;
 		if (errno == EINTR)
 			continue;
+		if (errno == EAGAIN && c->rlen == 0) {
+			free(c->rbuf);
+			c->rbuf = NULL;
+			c->rcap = 0;
+		}
 		return errno == EAGAIN;
 	}
 }
