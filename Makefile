@@ -93,7 +93,8 @@ fuzz: deps $(FUZZERS)
 
 fuzz-short: $(FUZZERS)
 	@set -e; for f in $(FUZZERS); do n=$$(basename $$f _fuzz); \
-	  echo "== $$f (20 s)"; $$f -max_total_time=20 -print_final_stats=0 tests/fuzz/corpus/$$n 2>&1 | tail -n 2; done
+	  mkdir -p build-fuzz/short-$$n; echo "== $$f (20 s)"; \
+	  $$f -max_total_time=20 -print_final_stats=0 build-fuzz/short-$$n tests/fuzz/corpus/$$n 2>&1 | tail -n 2; done
 
 bench: deps
 	@./scripts/install-deps.sh --bench

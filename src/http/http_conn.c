@@ -305,6 +305,10 @@ static bool check_head(struct conn *c, const struct http_request *req, size_t ha
 {
     const struct herald_config *cfg = conn_cfg(c);
     struct http_ctx x = {.c = c, .req = req};
+    if (req->minor_version == 1 && !http_find_header(req, "Host")) {
+        http_error(&x, 400, "missing_host", "HTTP/1.1 requests need a Host header");
+        return false;
+    }
     if (req->method_id == HTTP_M_POST && req->content_length < 0 && !req->chunked) {
         http_error(&x, 411, "length_required",
                    "POST needs a Content-Length or 'Transfer-Encoding: chunked'");
