@@ -76,6 +76,7 @@ static void q_pop(struct conn *c)
     c->q_len--;
     c->q_off = 0;
     if (c->q_len == 0) {
+        c->replay_slack = 0;
         free(c->q); /* idle connections hold no queue memory */
         c->q = NULL;
         c->q_cap = c->q_head = 0;
@@ -88,7 +89,8 @@ void conn_send(struct conn *c, struct ref *owner, const char *data, uint32_t len
         return;
     bool subscriber = c->kind != CONN_HTTP;
     if (subscriber && !(c->flags & CF_CLOSE_AFTER) &&
-        (c->out_bytes + len > conn_cfg(c)->max_outbound || c->q_len >= 65000)) {
+        ((uint64_t)c->out_bytes + len > (uint64_t)conn_cfg(c)->max_outbound + c->replay_slack ||
+         c->q_len >= 65000)) {
         atomic_fetch_add(&c->w->srv->hub.stats.slow_closed, 1);
         c->flags |= CF_CLOSE_AFTER; /* before the callback, so its own sends are not cut */
         transport_on_slow(c);
@@ -229,6 +231,17 @@ static bool conn_flush(struct conn *c)
 }
 
 /* ---- delivery ---------------------------------------------------------- */
+
+void conn_replay_begin(struct conn *c)
+{
+    c->replay_slack = UINT32_MAX / 2; /* effectively no cap while replaying */
+}
+
+void conn_replay_end(struct conn *c)
+{
+    uint32_t cap = conn_cfg(c)->max_outbound;
+    c->replay_slack = c->out_bytes > cap ? c->out_bytes - cap : 0;
+}
 
 void conn_deliver(struct conn *c, struct msg *m)
 {

@@ -91,6 +91,7 @@ struct conn {
     uint16_t q_mark; /* long-poll: items before this are earlier responses, not messages */
     uint32_t q_off;  /* bytes of the head item already written */
     uint32_t out_bytes;
+    uint32_t replay_slack; /* history replay may pass max-outbound by this much until drained */
     struct timer timer; /* header timeout / heartbeat / poll timeout / pong grace */
     struct timer life;  /* maximum lifetime (reconnect dither) */
     struct list link;   /* worker's dirty or closing list */
@@ -180,6 +181,10 @@ void conn_process_pending(struct conn *c);
 
 /* Delivers one hub message to a subscriber connection (framed for its transport). */
 void conn_deliver(struct conn *c, struct msg *m);
+/* Brackets a history replay: the slow-consumer cap applies to live messages
+ * only, so a client can always resume from a history larger than the cap. */
+void conn_replay_begin(struct conn *c);
+void conn_replay_end(struct conn *c);
 /* Delivers a control event (gap, reconnect, closed, error) to a subscriber. */
 void conn_deliver_ctl(struct conn *c, struct ctl_frames *f);
 /* Starts the lifetime timer (uniform in [lifetime_min, lifetime_max]). */

@@ -141,10 +141,12 @@ int transport_subscribe(struct conn *c, const struct sub_request *r, size_t *bad
 
 void transport_replay(struct conn *c, struct hub_backlog *b, uint64_t since)
 {
+    conn_replay_begin(c);
     for (uint32_t i = 0; i < b->ngaps; i++)
         deliver_gap(c, &b->gaps[i], since);
     for (uint32_t i = 0; i < b->n; i++)
         conn_deliver(c, b->msgs[i]);
+    conn_replay_end(c);
     if (b->n)
         atomic_fetch_add_explicit(&conn_server(c)->hub.stats.delivered, b->n, memory_order_relaxed);
     hub_backlog_free(b);
