@@ -239,8 +239,8 @@ void conn_replay_begin(struct conn *c)
 
 void conn_replay_end(struct conn *c)
 {
-    uint32_t cap = conn_cfg(c)->max_outbound;
-    c->replay_slack = c->out_bytes > cap ? c->out_bytes - cap : 0;
+    /* Live messages may add a full cap on top of what the replay queued. */
+    c->replay_slack = c->out_bytes > conn_cfg(c)->max_outbound ? c->out_bytes : 0;
 }
 
 void conn_deliver(struct conn *c, struct msg *m)
