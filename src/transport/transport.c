@@ -414,6 +414,12 @@ void transport_on_channel_closed(struct conn *c, struct channel *ch)
 
 void transport_on_slow(struct conn *c)
 {
+    if (c->kind == CONN_POLL || c->kind == CONN_HTTP) {
+        /* Not a stream: nothing to announce. Closing is deferred to the end of the
+         * pass, so the fan-out that brought us here keeps a valid subscriber list. */
+        conn_close(c);
+        return;
+    }
     /* Unsent messages are dropped: the client resumes from history with its cursor. */
     conn_drop_queue(c);
     char fields[160];
@@ -422,12 +428,9 @@ void transport_on_slow(struct conn *c)
                      "for this client; reconnect and resume from your last id\"",
                      conn_cfg(c)->max_outbound);
     struct ctl_frames *f = ctl_frames_new("error", fields, (size_t)n);
-    uint32_t flags = c->flags;
     c->flags &= ~(uint32_t)CF_CLOSE_AFTER; /* let the last words through */
+    c->replay_slack = UINT32_MAX / 2;
     end_with(c, f, WS_CLOSE_POLICY, "slow consumer: outbound queue over limit");
-    if (c->kind == CONN_POLL || c->kind == CONN_HTTP)
-        conn_close(c);
-    c->flags |= flags & CF_CLOSE_AFTER;
     ref_put(&f->ref);
 }
 
