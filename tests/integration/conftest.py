@@ -1,0 +1,112 @@
+"""Fixtures: herald processes on free loopback ports, unique channel names and a
+per-test time limit (no plugins: SIGALRM plus faulthandler).
+
+`herald(**flags)` starts a server for one test; `module_herald(**flags)` one
+shared by a module; `server` is the module's default instance. Each is stopped
+with SIGTERM at teardown, which asserts a clean exit (code 0 within the drain
+bound) and, for sanitizer builds, no AddressSanitizer/UBSan/LeakSanitizer
+report in the captured log.
+"""
+
+import faulthandler
+import itertools
+import os
+import re
+import signal
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from helpers import Herald  # noqa: E402
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+DEFAULT_TEST_TIMEOUT = 60
+
+
+@pytest.fixture(scope="session")
+def herald_bin():
+    path = os.environ.get("HERALD_BIN") or os.path.join(ROOT, "build", "herald")
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"no herald binary at {path}: run `make build/herald` or set HERALD_BIN")
+    return path
+
+
+class Servers:
+    """Starts herald instances and stops every one of them at teardown."""
+
+    def __init__(self, binary, logdir):
+        self.binary = binary
+        self.logdir = logdir
+        self.started = []
+
+    def __call__(self, env=None, api=False, **flags):
+        srv = Herald(self.binary, self.logdir, env=env, api=api, **flags)
+        self.started.append(srv)
+        return srv.start()
+
+    def stop_all(self):
+        errors = []
+        for srv in self.started:
+            try:
+                srv.stop()
+            except AssertionError as e:
+                errors.append(str(e))
+        assert not errors, "\n\n".join(errors)
+
+
+@pytest.fixture
+def herald(herald_bin, tmp_path):
+    servers = Servers(herald_bin, str(tmp_path))
+    yield servers
+    servers.stop_all()
+
+
+@pytest.fixture(scope="module")
+def module_herald(herald_bin, tmp_path_factory):
+    servers = Servers(herald_bin, str(tmp_path_factory.mktemp("herald")))
+    yield servers
+    servers.stop_all()
+
+
+@pytest.fixture(scope="module")
+def server(module_herald):
+    """A default herald (2 workers) shared by the tests of one module."""
+    return module_herald()
+
+
+_names = itertools.count()
+
+
+@pytest.fixture
+def chan(request):
+    """A channel name no other test uses."""
+    base = re.sub(r"[^A-Za-z0-9_]", "_", request.node.name)[:80]
+    return f"{base}-{os.getpid()}-{next(_names)}"
+
+
+class TimeLimitExceeded(Exception):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def _time_limit(request):
+    """Fails a test that runs past its limit (@pytest.mark.timeout(seconds), default 60 s),
+    after dumping every thread's stack; a hard stop follows if even that does not help."""
+    marker = request.node.get_closest_marker("timeout")
+    seconds = marker.args[0] if marker else DEFAULT_TEST_TIMEOUT
+
+    def expire(signum, frame):
+        faulthandler.dump_traceback(all_threads=True)
+        raise TimeLimitExceeded(f"test ran longer than {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    faulthandler.dump_traceback_later(seconds + 30, exit=True)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        faulthandler.cancel_dump_traceback_later()
