@@ -26,6 +26,7 @@ struct sample {
 	double cpu_s;
 	long rss_kb;
 	long fds;
+	int missing; /* sampled pids that no longer exist */
 };
 
 struct pubrec {
@@ -80,8 +81,10 @@ static bool sample_server(const struct bench_opts *o, struct sample *s)
 		char path[64], buf[4096];
 		snprintf(path, sizeof path, "/proc/%d/stat", (int)o->server_pids[i]);
 		FILE *f = fopen(path, "r");
-		if (!f)
+		if (!f) {
+			s->missing++;
 			continue;
+		}
 		size_t n = fread(buf, 1, sizeof buf - 1, f);
 		fclose(f);
 		buf[n] = 0;
@@ -372,6 +375,10 @@ static void coord_sample(struct coord *k)
 		p->cpu_pct = ok ? 100.0 * (s.cpu_s - k->last_sample.cpu_s) / dt : 0;
 		p->fds = s.fds;
 	}
+	if (ok && s.missing && !r->server_gone) {
+		r->server_gone = true;
+		fprintf(stderr, "\nherald-bench: a sampled server process exited during the run\n");
+	}
 	if (ok) {
 		if (s.rss_kb > r->rss_max_kb)
 			r->rss_max_kb = s.rss_kb;
@@ -527,6 +534,7 @@ static int run_once(const struct bench_opts *o, struct run *r)
 			t0 = k->e.mono;
 			coord_for(k, o->hold);
 			sample_server(o, &s1);
+			r->server_gone |= s1.missing > 0;
 			r->window_secs = (double)(k->e.mono - t0) / 1e6;
 			r->cpu_window_s = s1.cpu_s - s0.cpu_s;
 			r->cpu_idle_pct = r->window_secs > 0 ? 100 * r->cpu_window_s / r->window_secs : 0;

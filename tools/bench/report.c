@@ -141,6 +141,8 @@ void report_table(const struct run *r, FILE *f)
 	fprintf(f, "Client network: in %llu B, out %llu B, %llu HTTP requests, %llu WS pings answered\n",
 	        (unsigned long long)c->bytes_in, (unsigned long long)c->bytes_out, (unsigned long long)c->http_requests,
 	        (unsigned long long)c->pings);
+	if (r->server_gone)
+		fprintf(f, "Server: WARNING: a sampled server process exited during the run; its figures are void\n");
 	if (r->sampled) {
 		fprintf(f, "Server: RSS %.1f MB idle baseline, %.1f MB loaded (max %.1f MB) = %.0f B per connection; fds %ld\n",
 		        (double)r->rss_base_kb / 1024, (double)r->rss_conn_kb / 1024, (double)r->rss_max_kb / 1024,
@@ -226,6 +228,7 @@ json_t *report_json(const struct run *r)
 		                      "rss_per_conn_bytes", run_rss_per_conn_bytes(r), "fds",
 		                      (json_int_t)(r->fds_conn ? r->fds_conn : r->fds_max), "cpu_window_s", r->cpu_window_s,
 		                      "cpu_per_delivery_us", run_cpu_per_delivery_us(r), "idle_cpu_pct", r->cpu_idle_pct);
+		json_object_set_new(s, "exited_during_run", json_boolean(r->server_gone));
 		json_object_set_new(j, "server", s);
 	}
 	json_t *series = json_array();

@@ -36,6 +36,7 @@ struct run {
 	uint64_t expected, counted, lost, extra;
 	uint64_t subs_accounted;
 	bool sampled;
+	bool server_gone;      /* a sampled server process exited mid-run */
 	long rss_base_kb, rss_conn_kb, rss_max_kb, fds_max, fds_conn;
 	double cpu_window_s;   /* server CPU seconds inside the window */
 	double cpu_idle_pct;   /* idle: server CPU % of one core while holding */

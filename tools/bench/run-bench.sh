@@ -75,8 +75,10 @@ wait_port() {
 }
 
 # start_server TARGET [herald workers]
+START_ARGS=()
 start_server() {
 	stop_server
+	START_ARGS=("$@")
 	case $1 in
 	herald)
 		"$HERALD" --listen "127.0.0.1:$HERALD_PORT" --workers "${2:-1}" >>"$OUT/herald.log" 2>&1 &
@@ -112,6 +114,14 @@ bench() {
 	"$BENCH" "$sc" --target "$t" --server "$SERVER_ADDR" "${SAMPLE_PIDS[@]}" --label "$t-$name" \
 		--json "$OUT/$t-$name.json" --csv "$OUT/$t-$name.csv" --plot "$OUT/plots" --quiet "$@" \
 		2>>"$LOG" | tee -a "$OUT/$t-$name.txt"
+	if [ -n "$SERVER_PID" ] && ! kill -0 "$SERVER_PID" 2>/dev/null; then
+		wait "$SERVER_PID" 2>/dev/null
+		local rc=$?
+		log "$t: the server EXITED during '$name' (status $rc$([ $rc -gt 128 ] && echo ", signal $((rc - 128))")): figures of this run are void; restarting it"
+		echo "SERVER EXITED during this run (status $rc)" >>"$OUT/$t-$name.txt"
+		SERVER_PID=""
+		start_server "${START_ARGS[@]}" || log "$t: restart failed"
+	fi
 }
 
 run_target() {
