@@ -1,0 +1,150 @@
+"""Server-Sent Events: the stream preamble, id lines, resume from Last-Event-ID or
+?lastEventId=, format=raw, event types, heartbeat comments, CORS and bad requests."""
+
+import time
+
+import pytest
+
+from helpers import SSE, data_of, ids_of, numbered, raw_request
+
+
+def test_preamble_headers_and_delivery(server, chan):
+    with SSE(server, chan) as sse:
+        assert sse.status == 200
+        assert sse.headers["content-type"].startswith("text/event-stream")
+        assert "no-cache" in sse.headers["cache-control"]
+        assert "content-length" not in sse.headers and "transfer-encoding" not in sse.headers
+        first = sse.next_block()
+        assert first.comments == ["ok"] and first.data is None
+        assert sse.next_block().retry == "3000"
+        ids = server.publish_many(chan, ["a", "b", "c"])
+        blocks = [sse.next_event() for _ in range(3)]
+    for block, id_, body in zip(blocks, ids, "abc"):
+        assert block.event is None  # EventSource.onmessage gets ordinary messages
+        assert block.id == id_
+        env = block.json()
+        assert env == {"event": "message", "channel": chan, "id": id_, "time": env["time"], "data": body}
+
+
+def test_event_name_becomes_the_event_type(server, chan):
+    with SSE(server, chan) as sse:
+        server.publish(chan, "x", headers={"Herald-Event": "price.update"})
+        block = sse.next_event()
+    assert block.event == "price.update"
+    assert block.json()["type"] == "price.update"
+
+
+def test_json_data_is_in_the_envelope(server, chan):
+    with SSE(server, chan) as sse:
+        server.publish(chan, '{"n": 1,\n "s": "two\\nlines"}', content_type="application/json")
+        block = sse.next_event()
+    assert "\n" not in block.data  # one data: line
+    assert block.json()["data"] == {"n": 1, "s": "two\nlines"}
+
+
+def test_format_raw_sends_the_bare_body_over_data_lines(server, chan):
+    body = "line one\nline two\r\nline three\rline four"
+    with SSE(server, chan, format="raw") as sse:
+        answer = server.publish(chan, body)
+        server.publish(chan, '{"j": 1}', content_type="application/json")
+        block = sse.next_event()
+        second = sse.next_event()
+    assert block.id == answer["id"]
+    assert block.data == "line one\nline two\nline three\nline four"
+    assert second.data == '{"j": 1}'  # the body exactly as published
+
+
+def test_bad_format_is_rejected(server, chan):
+    with SSE(server, chan, format="xml") as sse:
+        assert sse.status == 400
+
+
+@pytest.mark.parametrize("how", ["header", "lastEventId", "since"])
+def test_resume_inside_history(server, chan, how):
+    ids = server.publish_many(chan, numbered(6))
+    cursor = ids[2]
+    if how == "header":
+        sse = SSE(server, chan, headers={"Last-Event-ID": cursor})
+    else:
+        sse = SSE(server, chan, **{how: cursor})
+    with sse:
+        missed = sse.messages(3)
+        assert ids_of(missed) == ids[3:]
+        assert data_of(missed) == ["m3", "m4", "m5"]
+        live = server.publish(chan, "m6")
+        assert sse.next_message()["id"] == live["id"]  # no duplicate of m3..m5 before it
+
+
+def test_last_event_id_header_wins_over_query(server, chan):
+    ids = server.publish_many(chan, numbered(3))
+    with SSE(server, chan, headers={"Last-Event-ID": ids[1]}, lastEventId=ids[0]) as sse:
+        assert ids_of(sse.messages(1)) == [ids[2]]
+
+
+@pytest.mark.parametrize("cursor", ["abc", "-1", "1.5", "99999999999999999999999"])
+def test_bad_cursor_is_rejected(server, chan, cursor):
+    with SSE(server, chan, headers={"Last-Event-ID": cursor}) as sse:
+        assert sse.status == 400
+        assert sse.body
+
+
+def test_cursor_from_the_future_is_rejected(server, chan):
+    last = server.publish(chan, "x")["id"]
+    with SSE(server, chan, lastEventId=str(int(last) + 10**9)) as sse:
+        assert sse.status == 400
+
+
+@pytest.mark.parametrize(
+    "query, status",
+    [("", 400), ("?channels=", 400), ("?channels=bad%20name", 400), ("?channels=" + "a" * 129, 400)],
+)
+def test_bad_channel_lists_are_rejected(server, query, status):
+    r = raw_request(server.port, f"GET /sse{query} HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert r.status == status
+    r.error()
+
+
+def test_too_many_channels_is_rejected(server, chan):
+    names = ",".join(f"{chan}-{i}" for i in range(65))
+    with SSE(server, names) as sse:
+        assert sse.status == 400
+
+
+def test_cors_headers_and_preflight(server, chan):
+    with SSE(server, chan, headers={"Origin": "https://app.example"}) as sse:
+        assert sse.headers["access-control-allow-origin"] == "*"
+    r = server.request(
+        "OPTIONS",
+        "/sse",
+        headers={"Origin": "https://app.example", "Access-Control-Request-Method": "GET"},
+    )
+    assert r.status == 204
+    assert "GET" in r.headers["access-control-allow-methods"]
+    assert "Last-Event-ID" in r.headers["access-control-allow-headers"]
+
+
+def test_heartbeat_comments(module_herald, chan):
+    srv = module_herald(heartbeat="300ms")
+    with SSE(srv, chan) as sse:
+        sse.next_block()  # :ok
+        sse.next_block()  # retry
+        start = time.monotonic()
+        beats = []
+        while len(beats) < 3:
+            block = sse.next_block(timeout=5)
+            assert block.comments == [""] and block.data is None, block
+            beats.append(time.monotonic() - start)
+        # a message in between does not disturb them
+        server_id = srv.publish(chan, "between")["id"]
+        while (block := sse.next_block(timeout=5)).data is None:
+            pass
+        assert block.id == server_id
+        assert sse.next_block(timeout=5).comments == [""]
+    assert beats[0] >= 0.2 and beats[2] >= 0.6, beats  # paced by --heartbeat, not a flood
+
+
+def test_several_subscribers_get_the_same_stream(server, chan):
+    with SSE(server, chan) as a, SSE(server, chan) as b:
+        ids = server.publish_many(chan, numbered(20))
+        assert ids_of(a.messages(20)) == ids
+        assert ids_of(b.messages(20)) == ids
