@@ -152,8 +152,13 @@ void ws_handle_upgrade(struct http_ctx *x)
 
     char ext[128] = "";
     const struct http_header *exts = http_find_header(req, "Sec-WebSocket-Extensions");
-    bool deflate =
-        cfg->ws_deflate && exts && ws_pmd_negotiate(exts->value, exts->value_len, ext, sizeof(ext));
+    int bits = 15;
+    bool deflate = cfg->ws_deflate && exts &&
+                   ws_pmd_negotiate_bits(exts->value, exts->value_len, ext, sizeof(ext), &bits);
+    /* Frames are compressed once, with a 15-bit window, for every subscriber: a
+     * client that limits our window cannot read them, so it gets plain frames. */
+    if (bits < 15)
+        deflate = false;
     struct sbuf resp = {0};
     sbuf_printf(&resp,
                 "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: "
