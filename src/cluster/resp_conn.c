@@ -1,0 +1,660 @@
+/*
+ * resp_conn: socket I/O, pipelining and reply dispatch for one Redis node on
+ * our edge-triggered loop. Commands are appended to one output buffer (the
+ * handshake first, so AUTH always precedes the owner's commands) and flushed
+ * by a zero-delay timer, which coalesces everything queued during one loop
+ * pass into few writes. Replies are matched FIFO against the pending list;
+ * pub/sub pushes are recognised by shape while the server says we are
+ * subscribed. Entry points from the loop bump `depth`, so a free requested by
+ * a callback is deferred until the outermost entry point unwinds.
+ */
+#include "cluster/resp_conn.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "core/loop.h"
+#include "core/poller.h"
+#include "core/util.h"
+
+#define BACKOFF_MIN_MS 100u
+#define BACKOFF_MAX_MS 5000u
+
+enum conn_state { ST_CONNECTING, ST_READY, ST_BACKOFF };
+
+struct cmd {
+    struct list link;
+    resp_reply_fn *cb;
+    void *arg;
+    uint32_t nreplies;   /* confirmations still expected (subscribe family), else 1 */
+    const char *confirm; /* static lowercase confirmation name, NULL for plain commands */
+};
+
+struct resp_conn {
+    struct loop *loop;
+    struct io io;
+    struct timer connect_timer; /* connect + handshake deadline; also reports sync errors */
+    struct timer retry_timer;   /* backoff before reconnecting */
+    struct timer flush_timer;   /* zero-delay: write what this pass queued */
+    struct sockaddr_storage sa;
+    socklen_t salen;
+    char *host;
+    int port;
+    char *addr; /* "host:port" */
+    char *username, *password, *name;
+    int db;
+    unsigned connect_timeout_ms;
+    size_t max_output;
+    struct resp_conn_callbacks cbs;
+
+    enum conn_state state;
+    bool tcp_up, writable;
+    int deferred_err; /* connect failed synchronously; reported by connect_timer */
+    int fail_err;     /* set inside dispatch (handshake refused), acted on after it */
+    unsigned attempt; /* consecutive failures, for the backoff */
+    unsigned handshake_left;
+    uint64_t rng;
+
+    struct sbuf out;
+    size_t out_off;
+    redisReader *reader;
+    struct list pending;
+    size_t npending;
+    long long nsub, nssub; /* subscription counts the server reported */
+
+    unsigned depth;
+    bool free_requested;
+};
+
+const char *resp_strerror(int err)
+{
+    switch (err) {
+    case 0: return "ok";
+    case RESP_ENOTCONN: return "redis connection is down";
+    case RESP_ELOST: return "redis connection lost before the reply";
+    case RESP_ECANCELED: return "redis connection closed by its owner";
+    case RESP_ENOBUFS: return "redis output buffer full";
+    case RESP_EINVAL: return "invalid redis command";
+    case RESP_EPROTO: return "redis protocol error";
+    case RESP_ETIMEDOUT: return "redis connect timed out";
+    case RESP_EHANDSHAKE: return "redis AUTH/SELECT refused";
+    case RESP_EREDIRECT: return "too many redis cluster redirections";
+    case RESP_EDEADLINE: return "redis command deadline exceeded";
+    default: return err < 0 && err > -4096 ? strerror(-err) : "unknown redis error";
+    }
+}
+
+bool resp_reply_is_error(const redisReply *r)
+{
+    return r && r->type == REDIS_REPLY_ERROR;
+}
+
+bool resp_reply_str_eq(const redisReply *r, const char *s)
+{
+    if (!r || (r->type != REDIS_REPLY_STRING && r->type != REDIS_REPLY_STATUS &&
+               r->type != REDIS_REPLY_ERROR))
+        return false;
+    size_t n = strlen(s);
+    return r->len == n && memcmp(r->str, s, n) == 0;
+}
+
+static void call_failed(resp_reply_fn *cb, void *arg, int status)
+{
+    const char *msg = resp_strerror(status);
+    redisReply r = {.type = REDIS_REPLY_ERROR, .str = (char *)msg, .len = strlen(msg)};
+    cb(&r, status, arg);
+}
+
+/* Runs every pending callback with `status`; they may queue or free (both deferred). */
+static void fail_pending(struct resp_conn *c, int status)
+{
+    struct list head, *pos, *tmp;
+    list_init(&head);
+    if (!list_empty(&c->pending)) {
+        head = c->pending;
+        head.next->prev = &head;
+        head.prev->next = &head;
+        list_init(&c->pending);
+    }
+    c->npending = 0;
+    list_for_each_safe(pos, tmp, &head)
+    {
+        struct cmd *cmd = container_of(pos, struct cmd, link);
+        list_remove(pos);
+        call_failed(cmd->cb, cmd->arg, status);
+        free(cmd);
+    }
+}
+
+static void close_socket(struct resp_conn *c)
+{
+    if (c->io.fd >= 0) {
+        loop_del(c->loop, &c->io);
+        close(c->io.fd);
+        c->io.fd = -1;
+    }
+    c->tcp_up = c->writable = false;
+    c->out.len = c->out_off = 0;
+    c->nsub = c->nssub = 0;
+    c->fail_err = 0;
+    redisReaderFree(c->reader);
+    c->reader = redisReaderCreate();
+    timer_stop(c->loop, &c->connect_timer);
+    timer_stop(c->loop, &c->flush_timer);
+}
+
+static uint64_t next_rand(struct resp_conn *c)
+{
+    /* xorshift64: jitter only, not security. */
+    c->rng ^= c->rng << 13;
+    c->rng ^= c->rng >> 7;
+    c->rng ^= c->rng << 17;
+    return c->rng;
+}
+
+static unsigned backoff_ms(struct resp_conn *c)
+{
+    unsigned base = BACKOFF_MIN_MS << MIN(c->attempt, 6u);
+    base = MIN(base, BACKOFF_MAX_MS);
+    c->attempt++;
+    /* "Equal jitter": half fixed, half random, so a fleet does not reconnect in step. */
+    return base / 2 + (unsigned)(next_rand(c) % (base / 2 + 1));
+}
+
+/* Called only from loop entry points (never from inside dispatch or a user call). */
+static void conn_fail(struct resp_conn *c, int err)
+{
+    if (c->state == ST_BACKOFF)
+        return;
+    bool was_ready = c->state == ST_READY;
+    close_socket(c);
+    c->state = ST_BACKOFF;
+    unsigned delay = backoff_ms(c);
+    timer_start(c->loop, &c->retry_timer, delay);
+    if (was_ready || c->attempt <= 1)
+        log_warn("redis %s (%s): %s; reconnecting in %u ms", c->addr, c->name ? c->name : "-",
+                 resp_strerror(err), delay);
+    else
+        log_debug("redis %s: %s; retry in %u ms", c->addr, resp_strerror(err), delay);
+    fail_pending(c, RESP_ELOST);
+    if (!c->free_requested && c->cbs.on_down)
+        c->cbs.on_down(c, err, c->cbs.arg);
+}
+
+static void reap(struct resp_conn *c)
+{
+    c->depth++; /* callbacks below may call resp_conn_free again: ignored */
+    close_socket(c);
+    timer_stop(c->loop, &c->retry_timer);
+    fail_pending(c, RESP_ECANCELED);
+    redisReaderFree(c->reader);
+    sbuf_free(&c->out);
+    free(c->host);
+    free(c->addr);
+    free(c->username);
+    free(c->password);
+    free(c->name);
+    free(c);
+}
+
+static void enter(struct resp_conn *c)
+{
+    c->depth++;
+}
+
+/* Unwinds an entry point; c may be gone afterwards. */
+static void leave(struct resp_conn *c)
+{
+    if (--c->depth == 0 && c->free_requested)
+        reap(c);
+}
+
+void resp_conn_free(struct resp_conn *c)
+{
+    if (!c || c->free_requested)
+        return;
+    c->free_requested = true;
+    if (c->depth == 0)
+        reap(c);
+}
+
+static void schedule_flush(struct resp_conn *c)
+{
+    if (c->tcp_up && c->writable && !timer_armed(&c->flush_timer))
+        timer_start(c->loop, &c->flush_timer, 0);
+}
+
+static int queue_raw(struct resp_conn *c, resp_reply_fn *cb, void *arg, const char *data,
+                     size_t len, const char *confirm, uint32_t nreplies)
+{
+    if (c->free_requested)
+        return RESP_ECANCELED;
+    if (c->state == ST_BACKOFF)
+        return RESP_ENOTCONN;
+    if (c->out.len - c->out_off + len > c->max_output)
+        return RESP_ENOBUFS;
+    if (c->out_off && c->out_off >= c->out.len / 2) {
+        memmove(c->out.data, c->out.data + c->out_off, c->out.len - c->out_off);
+        c->out.len -= c->out_off;
+        c->out_off = 0;
+    }
+    sbuf_add(&c->out, data, len);
+    struct cmd *cmd = xmalloc(sizeof(*cmd));
+    *cmd = (struct cmd){.cb = cb, .arg = arg, .nreplies = nreplies, .confirm = confirm};
+    list_insert_tail(&c->pending, &cmd->link);
+    c->npending++;
+    schedule_flush(c);
+    return 0;
+}
+
+/* The confirmation each subscribe-family command produces (one per channel). */
+static const char *confirm_name(const char *name, size_t len)
+{
+    static const char *const names[] = {"subscribe",   "psubscribe",   "ssubscribe",
+                                        "unsubscribe", "punsubscribe", "sunsubscribe"};
+    for (size_t i = 0; i < ARRAY_LEN(names); i++)
+        if (strlen(names[i]) == len && strncasecmp(names[i], name, len) == 0)
+            return names[i];
+    return NULL;
+}
+
+int resp_command_argv(struct resp_conn *c, resp_reply_fn *cb, void *arg, int argc,
+                      const char **argv, const size_t *argvlen)
+{
+    if (argc < 1 || !cb)
+        return RESP_EINVAL;
+    const char *confirm = confirm_name(argv[0], argvlen ? argvlen[0] : strlen(argv[0]));
+    /* Without channels the number of confirmations is unknown in advance. */
+    if (confirm && argc < 2)
+        return RESP_EINVAL;
+    char *buf;
+    int len = redisFormatCommandArgv(&buf, argc, argv, argvlen);
+    if (len < 0)
+        return RESP_EINVAL;
+    int rc = queue_raw(c, cb, arg, buf, (size_t)len, confirm, confirm ? (uint32_t)argc - 1 : 1);
+    redisFreeCommand(buf);
+    return rc;
+}
+
+int resp_command_formatted(struct resp_conn *c, resp_reply_fn *cb, void *arg, const char *cmd,
+                           size_t len)
+{
+    if (!cb || !len)
+        return RESP_EINVAL;
+    return queue_raw(c, cb, arg, cmd, len, NULL, 1);
+}
+
+static void become_ready(struct resp_conn *c)
+{
+    c->state = ST_READY;
+    c->attempt = 0;
+    timer_stop(c->loop, &c->connect_timer);
+    log_debug("redis %s: ready", c->addr);
+    if (c->cbs.on_ready)
+        c->cbs.on_ready(c, c->cbs.arg);
+}
+
+static void handshake_step(struct resp_conn *c, const redisReply *r, int status, bool fatal)
+{
+    if (status < 0)
+        return; /* the connection is failing already */
+    if (fatal && resp_reply_is_error(r)) {
+        log_error("redis %s: handshake refused: %.*s", c->addr, (int)r->len, r->str);
+        c->fail_err = RESP_EHANDSHAKE;
+        return;
+    }
+    if (--c->handshake_left == 0 && !c->fail_err)
+        become_ready(c);
+}
+
+static void handshake_required(const redisReply *r, int status, void *arg)
+{
+    handshake_step(arg, r, status, true);
+}
+
+static void handshake_optional(const redisReply *r, int status, void *arg)
+{
+    handshake_step(arg, r, status, false);
+}
+
+static void queue_handshake(struct resp_conn *c)
+{
+    char dbs[16];
+    const char *argv[3];
+    c->handshake_left = 0;
+    if (c->password) {
+        int n = 0;
+        argv[n++] = "AUTH";
+        if (c->username)
+            argv[n++] = c->username;
+        argv[n++] = c->password;
+        if (resp_command_argv(c, handshake_required, c, n, argv, NULL) == 0)
+            c->handshake_left++;
+    }
+    if (c->db > 0) {
+        snprintf(dbs, sizeof(dbs), "%d", c->db);
+        argv[0] = "SELECT";
+        argv[1] = dbs;
+        if (resp_command_argv(c, handshake_required, c, 2, argv, NULL) == 0)
+            c->handshake_left++;
+    }
+    if (c->name && !strpbrk(c->name, " \n")) {
+        argv[0] = "CLIENT";
+        argv[1] = "SETNAME";
+        argv[2] = c->name;
+        if (resp_command_argv(c, handshake_optional, c, 3, argv, NULL) == 0)
+            c->handshake_left++;
+    }
+}
+
+static bool is_push(struct resp_conn *c, const redisReply *r)
+{
+    if ((!c->nsub && !c->nssub) || r->type != REDIS_REPLY_ARRAY || r->elements < 3 ||
+        r->element[0]->type != REDIS_REPLY_STRING)
+        return false;
+    const redisReply *kind = r->element[0];
+    if (resp_reply_str_eq(kind, "message") || resp_reply_str_eq(kind, "smessage") ||
+        (resp_reply_str_eq(kind, "pmessage") && r->elements >= 4))
+        return true;
+    if (!resp_reply_str_eq(kind, "sunsubscribe"))
+        return false;
+    /* A sunsubscribe nobody asked for: the server dropped the channel (slot moved). */
+    struct cmd *head =
+        list_empty(&c->pending) ? NULL : container_of(c->pending.next, struct cmd, link);
+    if (head && head->confirm && strcmp(head->confirm, "sunsubscribe") == 0)
+        return false;
+    if (r->element[2]->type == REDIS_REPLY_INTEGER)
+        c->nssub = r->element[2]->integer;
+    return true;
+}
+
+static void note_confirmation(struct resp_conn *c, const struct cmd *cmd, const redisReply *r)
+{
+    if (r->elements < 3 || r->element[2]->type != REDIS_REPLY_INTEGER)
+        return;
+    if (cmd->confirm[0] == 's' || cmd->confirm[2] == 's') /* ssubscribe, sunsubscribe */
+        c->nssub = r->element[2]->integer;
+    else
+        c->nsub = r->element[2]->integer;
+}
+
+/* Returns 0, or RESP_EPROTO for a reply nobody asked for. */
+static int dispatch_one(struct resp_conn *c, const redisReply *r)
+{
+    if (is_push(c, r)) {
+        if (c->cbs.on_push)
+            c->cbs.on_push(c, r, c->cbs.arg);
+        return 0;
+    }
+    if (list_empty(&c->pending))
+        return RESP_EPROTO;
+    struct cmd *cmd = container_of(c->pending.next, struct cmd, link);
+    if (cmd->confirm && r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
+        resp_reply_str_eq(r->element[0], cmd->confirm)) {
+        note_confirmation(c, cmd, r);
+        if (--cmd->nreplies > 0)
+            return 0;
+    }
+    list_remove(&cmd->link);
+    c->npending--;
+    cmd->cb(r, 0, cmd->arg);
+    free(cmd);
+    return 0;
+}
+
+/* Dispatches every complete reply; returns 0 or the error to fail the connection with. */
+static int dispatch_replies(struct resp_conn *c)
+{
+    while (!c->free_requested && !c->fail_err) {
+        void *reply = NULL;
+        if (redisReaderGetReply(c->reader, &reply) != REDIS_OK)
+            return RESP_EPROTO;
+        if (!reply)
+            return 0;
+        int rc = dispatch_one(c, reply);
+        freeReplyObject(reply);
+        if (rc)
+            return rc;
+    }
+    return c->fail_err;
+}
+
+static int do_read(struct resp_conn *c)
+{
+    char buf[16384];
+    for (;;) {
+        ssize_t n = read(c->io.fd, buf, sizeof(buf));
+        if (n > 0) {
+            if (redisReaderFeed(c->reader, buf, (size_t)n) != REDIS_OK)
+                return RESP_EPROTO;
+            int rc = dispatch_replies(c);
+            if (rc || c->free_requested)
+                return rc;
+        } else if (n == 0) {
+            return -ECONNRESET;
+        } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            return 0;
+        } else if (errno != EINTR) {
+            return -errno;
+        }
+    }
+}
+
+static int do_write(struct resp_conn *c)
+{
+    while (c->out_off < c->out.len) {
+        ssize_t n = send(c->io.fd, c->out.data + c->out_off, c->out.len - c->out_off, MSG_NOSIGNAL);
+        if (n > 0) {
+            c->out_off += (size_t)n;
+        } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            c->writable = false;
+            return 0;
+        } else if (n < 0 && errno != EINTR) {
+            return -errno;
+        }
+    }
+    c->out.len = c->out_off = 0;
+    return 0;
+}
+
+static int on_connected(struct resp_conn *c)
+{
+    int soerr = 0;
+    socklen_t sl = sizeof(soerr);
+    if (getsockopt(c->io.fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0)
+        soerr = errno;
+    if (soerr)
+        return -soerr;
+    c->tcp_up = c->writable = true;
+    if (c->handshake_left == 0)
+        become_ready(c);
+    return 0;
+}
+
+static void io_cb(struct loop *loop, struct io *io, uint32_t events)
+{
+    struct resp_conn *c = container_of(io, struct resp_conn, io);
+    int rc = 0;
+    enter(c);
+    if (!c->tcp_up) {
+        if (events & (POLLER_OUT | POLLER_ERR))
+            rc = on_connected(c);
+    } else if (events & POLLER_OUT) {
+        c->writable = true;
+    }
+    if (!rc && c->tcp_up && !c->free_requested && (events & (POLLER_IN | POLLER_ERR)))
+        rc = do_read(c);
+    if (!rc && c->tcp_up && !c->free_requested && c->writable)
+        rc = do_write(c);
+    if (rc && !c->free_requested)
+        conn_fail(c, rc);
+    leave(c);
+}
+
+static void flush_cb(struct loop *loop, struct timer *t)
+{
+    struct resp_conn *c = container_of(t, struct resp_conn, flush_timer);
+    enter(c);
+    int rc = c->tcp_up && c->writable ? do_write(c) : 0;
+    if (rc)
+        conn_fail(c, rc);
+    leave(c);
+}
+
+static void connect_timeout_cb(struct loop *loop, struct timer *t)
+{
+    struct resp_conn *c = container_of(t, struct resp_conn, connect_timer);
+    enter(c);
+    conn_fail(c, c->deferred_err ? c->deferred_err : RESP_ETIMEDOUT);
+    leave(c);
+}
+
+static int open_socket(struct resp_conn *c)
+{
+    int fd = socket(c->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    /* A dead peer without a RST (cable, VM pause) is noticed within about a minute. */
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+    int idle = 30, intvl = 10, cnt = 3;
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+    if (connect(fd, (struct sockaddr *)&c->sa, c->salen) < 0 && errno != EINPROGRESS) {
+        int err = -errno;
+        close(fd);
+        return err;
+    }
+    c->io.fd = fd;
+    int rc = loop_add(c->loop, &c->io);
+    if (rc < 0) {
+        close(fd);
+        c->io.fd = -1;
+    }
+    return rc;
+}
+
+static void start_connect(struct resp_conn *c)
+{
+    c->state = ST_CONNECTING;
+    c->deferred_err = 0;
+    queue_handshake(c);
+    int rc = open_socket(c);
+    /* Failures surface through the timer, so callers always see an asynchronous on_down. */
+    c->deferred_err = rc;
+    timer_start(c->loop, &c->connect_timer, rc ? 0 : c->connect_timeout_ms);
+}
+
+static void retry_cb(struct loop *loop, struct timer *t)
+{
+    struct resp_conn *c = container_of(t, struct resp_conn, retry_timer);
+    enter(c);
+    start_connect(c);
+    leave(c);
+}
+
+static int resolve(struct resp_conn *c, const char *host, int port)
+{
+    struct sockaddr_in *s4 = (struct sockaddr_in *)&c->sa;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&c->sa;
+    memset(&c->sa, 0, sizeof(c->sa));
+    if (inet_pton(AF_INET, host, &s4->sin_addr) == 1) {
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons((uint16_t)port);
+        c->salen = sizeof(*s4);
+        return 0;
+    }
+    if (inet_pton(AF_INET6, host, &s6->sin6_addr) == 1) {
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons((uint16_t)port);
+        c->salen = sizeof(*s6);
+        return 0;
+    }
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res;
+    char ports[16];
+    snprintf(ports, sizeof(ports), "%d", port);
+    if (getaddrinfo(host, ports, &hints, &res) != 0)
+        return -1;
+    memcpy(&c->sa, res->ai_addr, res->ai_addrlen);
+    c->salen = res->ai_addrlen;
+    freeaddrinfo(res);
+    return 0;
+}
+
+static char *dup_or_null(const char *s)
+{
+    return s ? xstrndup(s, strlen(s)) : NULL;
+}
+
+struct resp_conn *resp_conn_new(struct loop *loop, const char *host, int port,
+                                const struct resp_conn_opts *opts,
+                                const struct resp_conn_callbacks *cbs)
+{
+    static const struct resp_conn_opts no_opts;
+    static const struct resp_conn_callbacks no_cbs;
+    opts = opts ? opts : &no_opts;
+    struct resp_conn *c = xcalloc(1, sizeof(*c));
+    if (port <= 0 || port > 65535 || resolve(c, host, port) < 0) {
+        log_error("redis: cannot resolve %s:%d", host, port);
+        free(c);
+        return NULL;
+    }
+    c->loop = loop;
+    c->io = (struct io){.fd = -1, .cb = io_cb};
+    timer_init(&c->connect_timer, connect_timeout_cb);
+    timer_init(&c->retry_timer, retry_cb);
+    timer_init(&c->flush_timer, flush_cb);
+    c->host = dup_or_null(host);
+    c->port = port;
+    size_t alen = strlen(host) + 16;
+    c->addr = xmalloc(alen);
+    snprintf(c->addr, alen, "%s:%d", host, port);
+    c->username = dup_or_null(opts->username);
+    c->password = dup_or_null(opts->password);
+    c->name = dup_or_null(opts->name);
+    c->db = opts->db;
+    c->connect_timeout_ms = opts->connect_timeout_ms ? opts->connect_timeout_ms : 2000;
+    c->max_output = opts->max_output ? opts->max_output : (size_t)64 << 20;
+    c->cbs = cbs ? *cbs : no_cbs;
+    c->rng = (now_ms() << 20) ^ (uint64_t)(uintptr_t)c ^ 0x9e3779b97f4a7c15ull;
+    c->reader = redisReaderCreate();
+    list_init(&c->pending);
+    start_connect(c);
+    return c;
+}
+
+bool resp_conn_ready(const struct resp_conn *c)
+{
+    return c->state == ST_READY && !c->free_requested;
+}
+
+size_t resp_conn_pending(const struct resp_conn *c)
+{
+    return c->npending;
+}
+
+const char *resp_conn_addr(const struct resp_conn *c)
+{
+    return c->addr;
+}
+
+const char *resp_conn_host(const struct resp_conn *c)
+{
+    return c->host;
+}
+
+int resp_conn_port(const struct resp_conn *c)
+{
+    return c->port;
+}

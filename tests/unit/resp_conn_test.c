@@ -1,0 +1,352 @@
+/*
+ * resp_conn against a real redis-server started on a free loopback port:
+ * commands and error replies, 10k pipelined commands in order, pub/sub push
+ * delivery, AUTH/SELECT, the output bound, free inside a callback, and a
+ * server killed and restarted (pending callbacks fail, the connection comes
+ * back, the owner resubscribes from on_ready).
+ */
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <cmocka.h>
+
+#include "cluster/redis_spawn.h"
+#include "cluster/resp_conn.h"
+#include "core/loop.h"
+
+static struct redis_node_proc server;
+static struct loop loop;
+
+struct watch {
+    int ready, down, last_down_err;
+    int pushes;
+    char last_channel[64], last_data[64];
+    const char *resubscribe; /* channel to SUBSCRIBE from on_ready */
+};
+
+struct result {
+    int done, status;
+    int type;
+    long long integer;
+    char str[128];
+};
+
+static void on_ready(struct resp_conn *c, void *arg);
+
+static void on_down(struct resp_conn *c, int err, void *arg)
+{
+    struct watch *w = arg;
+    w->down++;
+    w->last_down_err = err;
+}
+
+static void on_push(struct resp_conn *c, const redisReply *r, void *arg)
+{
+    struct watch *w = arg;
+    if (!resp_reply_str_eq(r->element[0], "message"))
+        return;
+    w->pushes++;
+    snprintf(w->last_channel, sizeof(w->last_channel), "%.*s", (int)r->element[1]->len,
+             r->element[1]->str);
+    snprintf(w->last_data, sizeof(w->last_data), "%.*s", (int)r->element[2]->len,
+             r->element[2]->str);
+}
+
+static void store_result(const redisReply *r, int status, void *arg)
+{
+    struct result *res = arg;
+    res->done++;
+    res->status = status;
+    res->type = r->type;
+    res->integer = r->integer;
+    if (r->str) {
+        size_t n = MIN(r->len, sizeof(res->str) - 1);
+        memcpy(res->str, r->str, n);
+        res->str[n] = '\0';
+    }
+}
+
+static void ignore_reply(const redisReply *r, int status, void *arg)
+{
+}
+
+static void on_ready(struct resp_conn *c, void *arg)
+{
+    struct watch *w = arg;
+    w->ready++;
+    if (w->resubscribe) {
+        const char *argv[] = {"SUBSCRIBE", w->resubscribe};
+        assert_int_equal(resp_command_argv(c, ignore_reply, NULL, 2, argv, NULL), 0);
+    }
+}
+
+static struct resp_conn_callbacks watch_cbs(struct watch *w)
+{
+    return (struct resp_conn_callbacks){
+        .on_ready = on_ready, .on_down = on_down, .on_push = on_push, .arg = w};
+}
+
+/* Runs the loop until *counter >= want or timeout_ms passes; returns whether it got there. */
+static bool run_until(const int *counter, int want, int timeout_ms)
+{
+    uint64_t end = now_ms() + (uint64_t)timeout_ms;
+    while (*counter < want && now_ms() < end)
+        loop_run_once(&loop, 20);
+    return *counter >= want;
+}
+
+static struct resp_conn *connect_ready(struct watch *w, const struct resp_conn_opts *opts)
+{
+    struct resp_conn_callbacks cbs = watch_cbs(w);
+    struct resp_conn *c = resp_conn_new(&loop, "127.0.0.1", server.port, opts, &cbs);
+    assert_non_null(c);
+    assert_true(run_until(&w->ready, 1, 5000));
+    return c;
+}
+
+static void cmd(struct resp_conn *c, struct result *res, int argc, const char **argv)
+{
+    assert_int_equal(resp_command_argv(c, store_result, res, argc, argv, NULL), 0);
+}
+
+static void test_commands(void **state)
+{
+    struct watch w = {0};
+    struct resp_conn *c = connect_ready(&w, &(struct resp_conn_opts){.name = "test-cmd"});
+    struct result set = {0}, get = {0}, bad = {0}, bin = {0};
+    const char *set_argv[] = {"SET", "k1", "hello"};
+    const char *get_argv[] = {"GET", "k1"};
+    const char *bad_argv[] = {"INCR", "k1"};
+    cmd(c, &set, 3, set_argv);
+    cmd(c, &get, 2, get_argv);
+    cmd(c, &bad, 2, bad_argv);
+    const char *bin_argv[] = {"ECHO", "a\0b\r\n"};
+    size_t bin_len[] = {4, 5};
+    assert_int_equal(resp_command_argv(c, store_result, &bin, 2, bin_argv, bin_len), 0);
+    assert_int_equal(resp_conn_pending(c), 4);
+    assert_true(run_until(&bin.done, 1, 2000));
+    assert_int_equal(set.status, 0);
+    assert_string_equal(set.str, "OK");
+    assert_int_equal(get.type, REDIS_REPLY_STRING);
+    assert_string_equal(get.str, "hello");
+    assert_int_equal(bad.type, REDIS_REPLY_ERROR);
+    assert_int_equal(bad.status, 0); /* the server answered: an error reply, not a failure */
+    assert_int_equal(bin.integer, 0);
+    assert_int_equal(bin.type, REDIS_REPLY_STRING);
+    assert_memory_equal(bin.str, "a\0b\r\n", 5);
+    const char *empty[] = {"UNSUBSCRIBE"};
+    assert_int_equal(resp_command_argv(c, store_result, &bad, 1, empty, NULL), RESP_EINVAL);
+    resp_conn_free(c);
+}
+
+struct pipeline {
+    int done, in_order;
+};
+
+static void count_in_order(const redisReply *r, int status, void *arg)
+{
+    struct pipeline *p = arg;
+    if (status == 0 && r->type == REDIS_REPLY_INTEGER && r->integer == p->done + 1)
+        p->in_order++;
+    p->done++;
+}
+
+static void test_pipeline_10k(void **state)
+{
+    struct watch w = {0};
+    struct resp_conn *c = connect_ready(&w, NULL);
+    struct result del = {0};
+    cmd(c, &del, 2, (const char *[]){"DEL", "counter"});
+    struct pipeline p = {0};
+    /* The DEL is answered first, then 10k INCRs in order. */
+    assert_true(run_until(&del.done, 1, 2000));
+    const char *argv[] = {"INCR", "counter"};
+    for (int i = 0; i < 10000; i++)
+        assert_int_equal(resp_command_argv(c, count_in_order, &p, 2, argv, NULL), 0);
+    assert_true(run_until(&p.done, 10000, 20000));
+    assert_int_equal(p.in_order, 10000);
+    resp_conn_free(c);
+}
+
+static void test_pubsub(void **state)
+{
+    struct watch sub = {0}, pub = {0};
+    struct resp_conn *s = connect_ready(&sub, NULL);
+    struct resp_conn *p = connect_ready(&pub, NULL);
+    struct result confirm = {0}, pong = {0};
+    cmd(s, &confirm, 4, (const char *[]){"SUBSCRIBE", "ch1", "ch2", "ch3"});
+    assert_true(run_until(&confirm.done, 1, 2000));
+    assert_int_equal(confirm.status, 0);
+    assert_int_equal(confirm.type, REDIS_REPLY_ARRAY);
+    assert_int_equal(resp_conn_pending(s), 0); /* three confirmations, one callback */
+    struct result r1 = {0}, r2 = {0};
+    cmd(p, &r1, 3, (const char *[]){"PUBLISH", "ch2", "m-one"});
+    cmd(p, &r2, 3, (const char *[]){"PUBLISH", "ch3", "m-two"});
+    assert_true(run_until(&sub.pushes, 2, 2000));
+    assert_int_equal(r1.integer, 1);
+    assert_string_equal(sub.last_channel, "ch3");
+    assert_string_equal(sub.last_data, "m-two");
+    /* PING in subscribe mode is answered ["pong", ""]: a reply, not a push. */
+    cmd(s, &pong, 1, (const char *[]){"PING"});
+    assert_true(run_until(&pong.done, 1, 2000));
+    assert_int_equal(pong.type, REDIS_REPLY_ARRAY);
+    struct result unsub = {0};
+    cmd(s, &unsub, 3, (const char *[]){"UNSUBSCRIBE", "ch1", "ch2"});
+    assert_true(run_until(&unsub.done, 1, 2000));
+    assert_int_equal(resp_conn_pending(s), 0);
+    resp_conn_free(s);
+    resp_conn_free(p);
+}
+
+static void test_auth_select(void **state)
+{
+    redisReply *r = redis_spawn_cmd(server.port, "CONFIG SET requirepass s3cret");
+    assert_non_null(r);
+    freeReplyObject(r);
+    struct watch w = {0}, bad = {0};
+    struct resp_conn *c =
+        connect_ready(&w, &(struct resp_conn_opts){.password = "s3cret", .db = 3});
+    struct result set = {0};
+    cmd(c, &set, 3, (const char *[]){"SET", "in-db-3", "yes"});
+    assert_true(run_until(&set.done, 1, 2000));
+    assert_string_equal(set.str, "OK");
+    struct resp_conn_callbacks cbs = watch_cbs(&bad);
+    struct resp_conn *b = resp_conn_new(&loop, "127.0.0.1", server.port,
+                                        &(struct resp_conn_opts){.password = "wrong"}, &cbs);
+    assert_true(run_until(&bad.down, 1, 3000));
+    assert_int_equal(bad.last_down_err, RESP_EHANDSHAKE);
+    assert_int_equal(bad.ready, 0);
+    resp_conn_free(b);
+    /* Reset through the authenticated connection, then check the db independently. */
+    struct result reset = {0};
+    cmd(c, &reset, 4, (const char *[]){"CONFIG", "SET", "requirepass", ""});
+    assert_true(run_until(&reset.done, 1, 2000));
+    resp_conn_free(c);
+    r = redis_spawn_cmd(server.port, "EXISTS in-db-3");
+    assert_int_equal(r->integer, 0);
+    freeReplyObject(r);
+}
+
+struct free_ctx {
+    struct resp_conn *c;
+    int calls, canceled;
+};
+
+static void free_on_first(const redisReply *r, int status, void *arg)
+{
+    struct free_ctx *f = arg;
+    f->calls++;
+    if (status == RESP_ECANCELED)
+        f->canceled++;
+    if (f->calls == 1)
+        resp_conn_free(f->c); /* deferred: the remaining callbacks still run once */
+}
+
+static void test_free_in_callback_and_bounds(void **state)
+{
+    struct watch w = {0};
+    struct free_ctx f = {0};
+    f.c = connect_ready(&w, &(struct resp_conn_opts){.max_output = 4096});
+    const char *argv[] = {"PING"};
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(resp_command_argv(f.c, free_on_first, &f, 1, argv, NULL), 0);
+    char big[5000];
+    memset(big, 'x', sizeof(big));
+    size_t lens[] = {4, sizeof(big)};
+    assert_int_equal(
+        resp_command_argv(f.c, ignore_reply, NULL, 2, (const char *[]){"ECHO", big}, lens),
+        RESP_ENOBUFS);
+    assert_true(run_until(&f.calls, 5, 2000));
+    assert_int_equal(f.canceled, 4);
+}
+
+static void test_nothing_listening(void **state)
+{
+    struct watch w = {0};
+    struct resp_conn_callbacks cbs = watch_cbs(&w);
+    int port = redis_spawn_free_port();
+    struct resp_conn *c = resp_conn_new(&loop, "127.0.0.1", port, NULL, &cbs);
+    struct result r = {0};
+    cmd(c, &r, 1, (const char *[]){"PING"}); /* accepted while connecting */
+    assert_true(run_until(&w.down, 1, 3000));
+    assert_int_equal(r.done, 1);
+    assert_int_equal(r.status, RESP_ELOST);
+    assert_int_equal(r.type, REDIS_REPLY_ERROR);
+    assert_int_equal(resp_command_argv(c, ignore_reply, NULL, 1, (const char *[]){"PING"}, NULL),
+                     RESP_ENOTCONN);
+    assert_true(run_until(&w.down, 3, 3000)); /* keeps retrying with backoff */
+    assert_int_equal(w.ready, 0);
+    resp_conn_free(c);
+}
+
+static void test_server_restart(void **state)
+{
+    struct watch sub = {.resubscribe = "news"}, cw = {0};
+    struct resp_conn *s = connect_ready(&sub, NULL);
+    struct resp_conn *c = connect_ready(&cw, NULL);
+    struct result blocked = {0};
+    cmd(c, &blocked, 3, (const char *[]){"BLPOP", "never", "0"});
+    loop_run_once(&loop, 50);
+    redisReply *r = redis_spawn_cmd(server.port, "PUBLISH news before");
+    freeReplyObject(r);
+    assert_true(run_until(&sub.pushes, 1, 2000));
+    int port = server.port;
+    redis_spawn_stop(&server, SIGKILL);
+    assert_true(run_until(&cw.down, 1, 3000));
+    assert_int_equal(blocked.done, 1);
+    assert_int_equal(blocked.status, RESP_ELOST);
+    assert_true(run_until(&sub.down, 1, 3000));
+    uint64_t t0 = now_ms();
+    loop_run_once(&loop, 300); /* a few failed reconnects while it is down */
+    assert_int_equal(redis_spawn_start(&server, port, false), 0);
+    assert_true(run_until(&sub.ready, 2, 8000));
+    assert_true(run_until(&cw.ready, 2, 8000));
+    assert_true(now_ms() - t0 < 8000);
+    /* The owner resubscribed from on_ready: a publish after the restart arrives. */
+    for (int i = 0; i < 50 && sub.pushes < 2; i++) {
+        r = redis_spawn_cmd(server.port, "PUBLISH news after");
+        freeReplyObject(r);
+        run_until(&sub.pushes, 2, 100);
+    }
+    assert_int_equal(sub.pushes, 2);
+    assert_string_equal(sub.last_data, "after");
+    struct result ok = {0};
+    cmd(c, &ok, 1, (const char *[]){"PING"});
+    assert_true(run_until(&ok.done, 1, 2000));
+    assert_string_equal(ok.str, "PONG");
+    resp_conn_free(s);
+    resp_conn_free(c);
+}
+
+static int setup(void **state)
+{
+    signal(SIGPIPE, SIG_IGN);
+    if (loop_init(&loop) < 0 || redis_spawn_start(&server, 0, false) < 0)
+        return -1;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    redis_spawn_cleanup();
+    loop_free(&loop);
+    return 0;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_commands),
+        cmocka_unit_test(test_pipeline_10k),
+        cmocka_unit_test(test_pubsub),
+        cmocka_unit_test(test_auth_select),
+        cmocka_unit_test(test_free_in_callback_and_bounds),
+        cmocka_unit_test(test_nothing_listening),
+        cmocka_unit_test(test_server_restart),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
