@@ -1,0 +1,167 @@
+"""Long-polling: immediate answers from history, held requests answered by a publish,
+timeouts that return a usable cursor, and a polling loop that never misses a
+message published between two polls (the PushUp gap)."""
+
+import http.client
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from helpers import RawConn, data_of, http_get, ids_of, numbered, poll, wait_until
+
+
+@pytest.fixture
+def pool():
+    with ThreadPoolExecutor(4) as ex:
+        yield ex
+
+
+def wait_subscribed(srv, chan, n=1):
+    wait_until(lambda: (srv.channel(chan) or {}).get("subscribers") == n, what=f"{n} subscriber(s) on {chan}")
+
+
+def test_immediate_answer_from_history(server, chan):
+    ids = server.publish_many(chan, numbered(4))
+    start = time.monotonic()
+    status, body = poll(server, chan, since=ids[1], timeout=20)
+    assert time.monotonic() - start < 5
+    assert status == 200
+    assert ids_of(body["messages"]) == ids[2:]
+    assert data_of(body["messages"]) == ["m2", "m3"]
+    assert body["cursor"] == ids[-1]
+
+
+def test_since_zero_returns_all_retained_history(server, chan):
+    ids = server.publish_many(chan, numbered(3))
+    status, body = poll(server, chan, since="0")
+    assert status == 200 and ids_of(body["messages"]) == ids
+    assert all(m["event"] == "message" for m in body["messages"])  # no gap for since=0
+
+
+def test_held_request_is_answered_by_a_publish(server, chan, pool):
+    future = pool.submit(poll, server, chan, None, 20)  # no since: new messages only
+    wait_subscribed(server, chan)
+    assert not future.done()
+    start = time.monotonic()
+    sent = server.publish(chan, "wake up")
+    status, body = future.result(timeout=10)
+    assert time.monotonic() - start < 5
+    assert status == 200
+    assert ids_of(body["messages"]) == [sent["id"]]
+    assert body["cursor"] == sent["id"]
+    wait_subscribed(server, chan, 0)  # the answered poll left the channel
+
+
+def test_timeout_answers_empty_with_a_cursor_that_loses_nothing(server, chan):
+    first = server.publish(chan, "before")["id"]
+    start = time.monotonic()
+    status, body = poll(server, chan, since=first, timeout=1)
+    elapsed = time.monotonic() - start
+    assert status == 200 and body["messages"] == []
+    assert 0.9 <= elapsed < 6, elapsed
+    assert int(body["cursor"]) >= int(first)
+    later = server.publish(chan, "after")["id"]
+    status, body2 = poll(server, chan, since=body["cursor"], timeout=10)
+    assert ids_of(body2["messages"]) == [later]
+
+
+def test_timeout_is_capped_by_poll_timeout(module_herald, chan):
+    srv = module_herald(poll_timeout="500ms")
+    start = time.monotonic()
+    status, body = poll(srv, chan, timeout=60)
+    assert status == 200 and body["messages"] == []
+    assert time.monotonic() - start < 5
+
+
+@pytest.mark.parametrize("timeout", ["abc", "-1", "", "1.5"])
+def test_bad_timeout_is_rejected(server, chan, timeout):
+    r = server.request("GET", f"/poll?channels={chan}&timeout={timeout}")
+    assert r.status == 400
+    assert r.error()["error"] == "bad_timeout"
+
+
+def test_bad_cursor_is_rejected(server, chan):
+    r = server.request("GET", f"/poll?channels={chan}&since=12ab")
+    assert r.status == 400
+    assert r.error()["error"] == "bad_cursor"
+
+
+def test_polling_loop_misses_nothing_while_a_publisher_publishes_fast(server, chan):
+    total = 400
+    assert server.request("PUT", "/api/channels/" + chan, '{"history_size": 1000}').status == 201
+    cursor = server.publish(chan, "start")["id"]
+    publisher = threading.Thread(target=server.publish_many, args=(chan, numbered(total, "n")))
+    received = []
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    polls = 0
+    try:
+        publisher.start()
+        deadline = time.monotonic() + 30
+        while len(received) < total and time.monotonic() < deadline:
+            status, body = poll(server, chan, since=cursor, timeout=5, conn=conn)
+            assert status == 200, body
+            assert all(m["event"] == "message" for m in body["messages"]), body
+            received += data_of(body["messages"])
+            cursor = body["cursor"]
+            polls += 1
+    finally:
+        publisher.join(30)
+        conn.close()
+    assert received == numbered(total, "n")  # every message, once, in order
+    assert polls > 1  # the loop really raced the publisher
+
+
+def test_pipelined_request_waits_for_the_held_poll(server, chan):
+    with RawConn(server.port) as c:
+        c.send(http_get(f"/poll?channels={chan}&timeout=20") + http_get("/healthz"))
+        wait_subscribed(server, chan)
+        sent = server.publish(chan, "first answer")
+        first = c.read_response()
+        second = c.read_response()
+    assert first.status == 200 and ids_of(first.json()["messages"]) == [sent["id"]]
+    assert second.status == 200 and second.json() == {"status": "ok"}
+
+
+def test_keep_alive_between_polls(server, chan):
+    ids = server.publish_many(chan, numbered(2))
+    with RawConn(server.port) as c:
+        c.send(http_get(f"/poll?channels={chan}&since={ids[0]}"))
+        r1 = c.read_response()
+        c.send(http_get(f"/poll?channels={chan}&since=0"))
+        r2 = c.read_response()
+    assert ids_of(r1.json()["messages"]) == ids[1:]
+    assert ids_of(r2.json()["messages"]) == ids
+    assert "close" not in r1.headers.get("connection", "")
+
+
+def test_client_leaving_a_held_poll_is_unsubscribed(server, chan):
+    c = RawConn(server.port)
+    c.send(http_get(f"/poll?channels={chan}&timeout=20"))
+    wait_subscribed(server, chan)
+    c.close()
+    wait_subscribed(server, chan, 0)
+    assert server.publish(chan, "nobody")["subscribers"] == 0
+
+
+def test_cors_on_poll_answers(server, chan):
+    server.publish(chan, "x")
+    with RawConn(server.port) as c:
+        c.send(http_get(f"/poll?channels={chan}&since=0", {"Origin": "https://app.example"}))
+        r = c.read_response()
+    assert r.status == 200
+    assert r.headers["access-control-allow-origin"] == "*"
+
+
+def test_held_poll_with_cors_answers_with_cors(server, chan, pool):
+    def held():
+        with RawConn(server.port) as c:
+            c.send(http_get(f"/poll?channels={chan}&timeout=20", {"Origin": "https://app.example"}))
+            return c.read_response(timeout=20)
+
+    future = pool.submit(held)
+    wait_subscribed(server, chan)
+    server.publish(chan, "x")
+    r = future.result(timeout=10)
+    assert r.status == 200 and r.headers["access-control-allow-origin"] == "*"
