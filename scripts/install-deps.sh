@@ -8,7 +8,7 @@ pkgs=(
   build-essential clang libclang-rt-14-dev pkg-config
   libssl-dev zlib1g-dev libhiredis-dev libjansson-dev libjwt-dev libcmocka-dev
   python3 python3-pytest python3-websockets
-  redis-server curl
+  redis-server curl chromium
 )
 if [ "${1:-}" = "--bench" ]; then
   pkgs+=(nginx-light libnginx-mod-nchan gnuplot-nox)
