@@ -215,6 +215,13 @@ class Herald:
         assert r.status in (200, 404), (r.status, r.body)
         return r.json() if r.status == 200 else None
 
+    def wait_subscribers(self, channel, n=1):
+        """Waits until the channel has exactly n subscribers (a subscriber is in place)."""
+        wait_until(
+            lambda: (self.channel(channel) or {}).get("subscribers") == n,
+            what=f"{n} subscriber(s) on {channel}",
+        )
+
     def ws_url(self, query=""):
         return f"ws://127.0.0.1:{self.port}/ws{query}"
 
@@ -647,6 +654,13 @@ class RawWS:
             if f.opcode != OP_PING:
                 return f.json()
 
+    def messages(self, n, timeout=WAIT):
+        deadline = Deadline(timeout, f"{n} WebSocket messages")
+        return [self.recv_json(deadline.left()) for _ in range(n)]
+
+    def next_message(self, timeout=WAIT):
+        return self.recv_json(timeout)
+
     def expect_close(self, code, timeout=WAIT):
         """Reads up to the server's close frame, asserts its code and that the TCP
         connection then ends. Returns the frames seen before the close."""
@@ -658,6 +672,59 @@ class RawWS:
         self.reason = f.payload[2:].decode()
         self.conn.expect_eof(deadline.left())
         return seen
+
+
+# ---- one interface over the four transports ----------------------------------------------
+
+
+class Poller:
+    """A long-polling loop that keeps its cursor: messages(n) polls until n events came."""
+
+    def __init__(self, srv, channels, since=None):
+        self.srv, self.channels, self.cursor = srv, channels, since
+        self.pending = []
+        self.conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=WAIT + 5)
+
+    def messages(self, n, timeout=WAIT):
+        deadline = Deadline(timeout, f"{n} long-poll messages")
+        while len(self.pending) < n:
+            wait = max(1, min(int(deadline.left()), 30))
+            status, body = poll(self.srv, self.channels, self.cursor, wait, conn=self.conn)
+            assert status == 200, body
+            self.pending += body["messages"]
+            self.cursor = body["cursor"]
+        out, self.pending = self.pending[:n], self.pending[n:]
+        return out
+
+    def next_message(self, timeout=WAIT):
+        return self.messages(1, timeout)[0]
+
+    def close(self):
+        self.conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def ws_subscriber(srv, channels, since=None, **kw):
+    return RawWS(srv, sub_query(channels, since=since), **kw)
+
+
+SUBSCRIBERS = {
+    "ws": ws_subscriber,
+    "sse": lambda srv, channels, since=None, **kw: SSE(srv, channels, since=since, **kw),
+    "stream": lambda srv, channels, since=None, **kw: Stream(srv, channels, since=since, **kw),
+    "poll": Poller,
+}
+TRANSPORTS = list(SUBSCRIBERS)
+
+
+def subscribe(kind, srv, channels, since=None, **kw):
+    """A subscriber on one of the transports with messages(n) / next_message() / close()."""
+    return SUBSCRIBERS[kind](srv, channels, since=since, **kw)
 
 
 # ---- WebSocket with the websockets library --------------------------------------------------

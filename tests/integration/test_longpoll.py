@@ -9,17 +9,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from helpers import RawConn, data_of, http_get, ids_of, numbered, poll, wait_until
+from helpers import RawConn, data_of, http_get, ids_of, numbered, poll
 
 
 @pytest.fixture
 def pool():
     with ThreadPoolExecutor(4) as ex:
         yield ex
-
-
-def wait_subscribed(srv, chan, n=1):
-    wait_until(lambda: (srv.channel(chan) or {}).get("subscribers") == n, what=f"{n} subscriber(s) on {chan}")
 
 
 def test_immediate_answer_from_history(server, chan):
@@ -42,7 +38,7 @@ def test_since_zero_returns_all_retained_history(server, chan):
 
 def test_held_request_is_answered_by_a_publish(server, chan, pool):
     future = pool.submit(poll, server, chan, None, 20)  # no since: new messages only
-    wait_subscribed(server, chan)
+    server.wait_subscribers(chan)
     assert not future.done()
     start = time.monotonic()
     sent = server.publish(chan, "wake up")
@@ -51,7 +47,7 @@ def test_held_request_is_answered_by_a_publish(server, chan, pool):
     assert status == 200
     assert ids_of(body["messages"]) == [sent["id"]]
     assert body["cursor"] == sent["id"]
-    wait_subscribed(server, chan, 0)  # the answered poll left the channel
+    server.wait_subscribers(chan, 0)  # the answered poll left the channel
 
 
 def test_timeout_answers_empty_with_a_cursor_that_loses_nothing(server, chan):
@@ -116,7 +112,7 @@ def test_polling_loop_misses_nothing_while_a_publisher_publishes_fast(server, ch
 def test_pipelined_request_waits_for_the_held_poll(server, chan):
     with RawConn(server.port) as c:
         c.send(http_get(f"/poll?channels={chan}&timeout=20") + http_get("/healthz"))
-        wait_subscribed(server, chan)
+        server.wait_subscribers(chan)
         sent = server.publish(chan, "first answer")
         first = c.read_response()
         second = c.read_response()
@@ -139,9 +135,9 @@ def test_keep_alive_between_polls(server, chan):
 def test_client_leaving_a_held_poll_is_unsubscribed(server, chan):
     c = RawConn(server.port)
     c.send(http_get(f"/poll?channels={chan}&timeout=20"))
-    wait_subscribed(server, chan)
+    server.wait_subscribers(chan)
     c.close()
-    wait_subscribed(server, chan, 0)
+    server.wait_subscribers(chan, 0)
     assert server.publish(chan, "nobody")["subscribers"] == 0
 
 
@@ -161,7 +157,7 @@ def test_held_poll_with_cors_answers_with_cors(server, chan, pool):
             return c.read_response(timeout=20)
 
     future = pool.submit(held)
-    wait_subscribed(server, chan)
+    server.wait_subscribers(chan)
     server.publish(chan, "x")
     r = future.result(timeout=10)
     assert r.status == 200 and r.headers["access-control-allow-origin"] == "*"

@@ -1,0 +1,138 @@
+"""Delivery guarantees (DESIGN.md §2.1, §2.2, §1 multi-channel) on every transport:
+resume inside history is exact, a cursor older than history gets an explicit gap
+event first, and a message published to several held channels arrives once."""
+
+import pytest
+
+from helpers import TRANSPORTS, ids_of, numbered, poll, subscribe
+
+
+@pytest.fixture(scope="module")
+def small(module_herald):
+    """History of 3 messages per channel."""
+    return module_herald(history_size=3)
+
+
+def gap(chan, since, oldest):
+    return {"event": "gap", "channel": chan, "since": since, "oldest": oldest}
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_resume_inside_history_is_exact(server, chan, kind):
+    ids = server.publish_many(chan, numbered(6))
+    with subscribe(kind, server, chan, since=ids[2]) as sub:
+        missed = sub.messages(3)
+        assert ids_of(missed) == ids[3:]
+        assert [m["data"] for m in missed] == ["m3", "m4", "m5"]
+        live = server.publish(chan, "m6")["id"]
+        assert sub.next_message()["id"] == live  # nothing repeated before it
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_resume_at_the_head_gets_only_new_messages(server, chan, kind):
+    ids = server.publish_many(chan, numbered(3))
+    with subscribe(kind, server, chan, since=ids[-1]) as sub:
+        live = server.publish(chan, "new")["id"]
+        assert sub.next_message()["id"] == live
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_cursor_older_than_history_gets_a_gap_first(small, chan, kind):
+    ids = small.publish_many(chan, numbered(10))
+    with subscribe(kind, small, chan, since=ids[0]) as sub:
+        got = sub.messages(4)
+        assert got[0] == gap(chan, ids[0], ids[7])
+        assert ids_of(got[1:]) == ids[7:]
+        live = small.publish(chan, "live")["id"]
+        assert sub.next_message()["id"] == live
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_cursor_just_inside_the_window_gets_no_gap(small, chan, kind):
+    ids = small.publish_many(chan, numbered(10))
+    with subscribe(kind, small, chan, since=ids[6]) as sub:  # ids[7..9] are retained
+        assert ids_of(sub.messages(3)) == ids[7:]
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_cursor_from_before_the_server_started_gets_a_gap(server, chan, kind):
+    ids = server.publish_many(chan, numbered(2))
+    with subscribe(kind, server, chan, since="1") as sub:
+        got = sub.messages(3)
+    assert got[0] == gap(chan, "1", ids[0])
+    assert ids_of(got[1:]) == ids
+
+
+def test_gap_on_an_empty_channel_names_no_oldest(server, chan):
+    status, body = poll(server, chan, since="1", timeout=0)
+    assert status == 200
+    assert body["messages"] == [gap(chan, "1", None)]
+
+
+def test_since_zero_means_all_retained_without_gap(small, chan):
+    ids = small.publish_many(chan, numbered(10))
+    assert ids_of(small.history(chan, since="0")) == ids[7:]
+
+
+def test_gap_only_for_the_channel_that_lost_messages(small, chan):
+    a, b = chan + "-a", chan + "-b"
+    start = small.publish(b, "b0")["id"]
+    a_ids = small.publish_many(a, numbered(5, "a"))
+    b_id = small.publish(b, "b1")["id"]
+    got = small.history(f"{a},{b}", since=start)
+    assert got[0] == gap(a, start, a_ids[2])
+    assert ids_of(got[1:]) == a_ids[2:] + [b_id]
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_message_to_several_held_channels_arrives_once(server, chan, kind):
+    a, b, c = chan + "-a", chan + "-b", chan + "-c"
+    start = server.publish(a, "start")["id"]
+    with subscribe(kind, server, f"{a},{b},{c}", since=start) as sub:
+        both = server.publish_json({"channels": [a, b, c], "data": "to all"})["id"]
+        reverse = server.publish_json({"channels": [c, "elsewhere-" + chan, b], "data": "to c, b"})["id"]
+        sentinel = server.publish(b, "sentinel")["id"]
+        got = sub.messages(3)
+    assert ids_of(got) == [both, reverse, sentinel]
+    assert got[0]["channel"] in (a, b, c)
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_replay_across_channels_is_ordered_and_deduplicated(server, chan, kind):
+    a, b = chan + "-a", chan + "-b"
+    start = server.publish(chan, "before")["id"]
+    plan = [[a], [b], [a, b], [a], [b, a], [b]]
+    ids = [server.publish_json({"channels": chs, "data": i})["id"] for i, chs in enumerate(plan)]
+    with subscribe(kind, server, f"{a},{b}", since=start) as sub:
+        got = sub.messages(len(ids))
+        assert ids_of(got) == ids
+        assert [m["data"] for m in got] == list(range(len(plan)))
+        sentinel = server.publish(a, "after")["id"]
+        assert sub.next_message()["id"] == sentinel
+
+
+@pytest.mark.server_bug("a shared message replayed via one channel is replayed again via another")
+def test_ws_subscribe_op_after_replay_does_not_repeat_a_shared_message(server, chan):
+    """A message on a and b, replayed through a, is not replayed again when the same
+    connection later subscribes to b from an older cursor."""
+    a, b = chan + "-a", chan + "-b"
+    start = server.publish(chan, "before")["id"]
+    shared = server.publish_json({"channels": [a, b], "data": "shared"})["id"]
+    only_b = server.publish(b, "only b")["id"]
+    with subscribe("ws", server, a, since=start) as ws:
+        assert ids_of(ws.messages(1)) == [shared]
+        ws.send_json({"op": "subscribe", "channel": b, "since": start})
+        assert ws.next_message()["event"] == "subscribed"
+        assert ids_of(ws.messages(1)) == [only_b]
+
+
+def test_ws_subscribe_op_does_not_repeat_what_arrived_live(server, chan):
+    a, b = chan + "-a", chan + "-b"
+    start = server.publish(chan, "before")["id"]
+    with subscribe("ws", server, a) as ws:
+        shared = server.publish_json({"channels": [a, b], "data": "shared"})["id"]
+        assert ids_of(ws.messages(1)) == [shared]
+        only_b = server.publish(b, "only b")["id"]
+        ws.send_json({"op": "subscribe", "channel": b, "since": start})
+        assert ws.next_message()["event"] == "subscribed"
+        assert ids_of(ws.messages(1)) == [only_b]
