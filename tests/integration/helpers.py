@@ -515,6 +515,11 @@ class SSE(SubscriberStream):
     def next_message(self, timeout=WAIT):
         return self.messages(1, timeout)[0]
 
+    def expect_end(self, code=None, timeout=WAIT):
+        """Asserts the server ends the stream (close-delimited) with no further event."""
+        block = self.next_block(timeout)
+        assert block is None, f"expected the end of the stream, got {block}"
+
 
 class Stream(SubscriberStream):
     """GET /stream: chunked NDJSON, one envelope per line, empty lines are heartbeats."""
@@ -547,6 +552,12 @@ class Stream(SubscriberStream):
     def messages(self, n, timeout=WAIT):
         deadline = Deadline(timeout, f"{n} NDJSON messages")
         return [self.next_message(deadline.left()) for _ in range(n)]
+
+    def expect_end(self, code=None, timeout=WAIT):
+        """Asserts the terminating chunk comes next, then the connection closes."""
+        line = self.next_line(timeout)
+        assert line is None, f"expected the end of the stream, got {line!r}"
+        self.conn.expect_eof(timeout)
 
 
 # ---- WebSocket over a raw socket -------------------------------------------------------------
@@ -660,6 +671,9 @@ class RawWS:
 
     def next_message(self, timeout=WAIT):
         return self.recv_json(timeout)
+
+    def expect_end(self, code=1000, timeout=WAIT):
+        assert self.expect_close(code, timeout) == []
 
     def expect_close(self, code, timeout=WAIT):
         """Reads up to the server's close frame, asserts its code and that the TCP
