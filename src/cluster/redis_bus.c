@@ -55,6 +55,8 @@ struct single_bus {
 
 static void single_update_status(struct single_bus *b)
 {
+    if (b->free_requested)
+        return;
     bool up = resp_conn_ready(b->cmd) && resp_conn_ready(b->sub);
     redis_bus__set_status(&b->bus, &b->status, up ? REDIS_BUS_UP : REDIS_BUS_DOWN);
 }

@@ -14,6 +14,7 @@
 
 #include <cmocka.h>
 
+#include "cluster/redis_bus.h"
 #include "cluster/redis_spawn.h"
 #include "cluster/resp_conn.h"
 #include "core/loop.h"
@@ -322,6 +323,81 @@ static void test_server_restart(void **state)
     resp_conn_free(c);
 }
 
+struct bus_inbox {
+    int messages, subscribed, ups, downs;
+    char last[64];
+};
+
+static void bus_message(const char *ch, size_t chlen, const char *data, size_t len, void *arg)
+{
+    struct bus_inbox *in = arg;
+    in->messages++;
+    snprintf(in->last, sizeof(in->last), "%.*s=%.*s", (int)chlen, ch, (int)len, data);
+}
+
+static void bus_subscribed(const char *ch, size_t chlen, void *arg)
+{
+    ((struct bus_inbox *)arg)->subscribed++;
+}
+
+static void bus_status(enum redis_bus_status st, void *arg)
+{
+    struct bus_inbox *in = arg;
+    if (st == REDIS_BUS_UP)
+        in->ups++;
+    else
+        in->downs++;
+}
+
+static void bus_publish(struct redis_bus *bus, const char *ch, const char *data, long long want)
+{
+    struct result res = {0};
+    assert_int_equal(redis_bus_publish(bus, ch, strlen(ch), data, strlen(data), store_result, &res),
+                     0);
+    assert_true(run_until(&res.done, 1, 2000));
+    assert_int_equal(res.integer, want);
+}
+
+/* The single-server redis_bus: subscriptions survive a server restart. */
+static void test_single_bus(void **state)
+{
+    struct bus_inbox in = {0};
+    struct redis_bus_callbacks cbs = {.on_message = bus_message,
+                                      .on_subscribed = bus_subscribed,
+                                      .on_status = bus_status,
+                                      .arg = &in};
+    struct redis_bus *bus = redis_bus_single_new(&loop, "127.0.0.1", server.port,
+                                                 &(struct redis_bus_opts){.name = "bus"}, &cbs);
+    assert_non_null(bus);
+    assert_int_equal(redis_bus_subscribe(bus, "alpha", 5), 0);
+    assert_int_equal(redis_bus_subscribe(bus, "beta", 4), 0);
+    assert_int_equal(redis_bus_subscribe(bus, "beta", 4), 0);
+    assert_true(run_until(&in.subscribed, 2, 3000));
+    assert_true(run_until(&in.ups, 1, 3000));
+    assert_int_equal(redis_bus_status(bus), REDIS_BUS_UP);
+    bus_publish(bus, "alpha", "one", 1);
+    assert_true(run_until(&in.messages, 1, 2000));
+    assert_string_equal(in.last, "alpha=one");
+    assert_int_equal(redis_bus_unsubscribe(bus, "beta", 4), 0);
+    bus_publish(bus, "beta", "nobody", 0);
+
+    int port = server.port;
+    redis_spawn_stop(&server, SIGKILL);
+    assert_true(run_until(&in.downs, 1, 3000));
+    assert_int_equal(redis_bus_status(bus), REDIS_BUS_DOWN);
+    struct result res = {0};
+    assert_true(redis_bus_publish(bus, "alpha", 5, "x", 1, store_result, &res) == 0 ||
+                redis_bus_status(bus) == REDIS_BUS_DOWN);
+    assert_int_equal(redis_spawn_start(&server, port, false), 0);
+    assert_true(run_until(&in.ups, 2, 8000));
+    assert_true(run_until(&in.subscribed, 3, 3000)); /* alpha again, not beta */
+    bus_publish(bus, "alpha", "two", 1);
+    assert_true(run_until(&in.messages, 2, 2000));
+    assert_string_equal(in.last, "alpha=two");
+    redis_bus_free(bus);
+    loop_run_once(&loop, 0);
+}
+
 static int setup(void **state)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -347,6 +423,7 @@ int main(void)
         cmocka_unit_test(test_free_in_callback_and_bounds),
         cmocka_unit_test(test_nothing_listening),
         cmocka_unit_test(test_server_restart),
+        cmocka_unit_test(test_single_bus),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
