@@ -138,7 +138,7 @@ struct cnode {
 enum chan_state { CH_IDLE, CH_SENT, CH_ACTIVE };
 
 struct cchan {
-    struct map_node mn;
+    struct map_node mn; /* first: redis_bus__free_map frees the node pointer */
     uint16_t slot;
     enum chan_state st;
     struct cnode *node; /* where it is sent or active; NULL when idle */
@@ -407,17 +407,22 @@ int cluster_spublish(struct cluster_router *r, const char *channel, size_t chann
 
 /* ---- topology ---- */
 
+/* The channels subscribed (or being subscribed) on n need a new SSUBSCRIBE. */
+static void node_idle_chans(struct cluster_router *r, struct cnode *n)
+{
+    size_t bucket = 0;
+    struct map_node *m, *next = NULL;
+    while ((m = map_next(&r->chans, &bucket, &next))) {
+        struct cchan *ch = container_of(m, struct cchan, mn);
+        if (ch->node == n)
+            set_chan(r, ch, CH_IDLE, NULL);
+    }
+}
+
 static void node_drop_conns(struct cluster_router *r, struct cnode *n)
 {
-    if (n->sub) {
-        size_t bucket = 0;
-        struct map_node *m, *next = NULL;
-        while ((m = map_next(&r->chans, &bucket, &next))) {
-            struct cchan *ch = container_of(m, struct cchan, mn);
-            if (ch->node == n)
-                set_chan(r, ch, CH_IDLE, NULL);
-        }
-    }
+    if (n->sub)
+        node_idle_chans(r, n);
     /* Deferred by resp_conn when we are inside one of its callbacks. */
     resp_conn_free(n->cmd);
     resp_conn_free(n->sub);
@@ -653,15 +658,8 @@ static void node_on_down(struct resp_conn *c, int err, void *arg)
 {
     struct cnode *n = arg;
     struct cluster_router *r = n->r;
-    if (c == n->sub) {
-        size_t bucket = 0;
-        struct map_node *m, *next = NULL;
-        while ((m = map_next(&r->chans, &bucket, &next))) {
-            struct cchan *ch = container_of(m, struct cchan, mn);
-            if (ch->node == n)
-                set_chan(r, ch, CH_IDLE, NULL);
-        }
-    }
+    if (c == n->sub)
+        node_idle_chans(r, n);
     refresh_soon(r);
     update_status(r);
 }
@@ -706,13 +704,7 @@ static void router_reap(struct loop *loop, struct timer *t)
     }
     list_for_each_safe(pos, tmp, &r->reqs)
         req_fail(container_of(pos, struct creq, link), RESP_ECANCELED);
-    size_t bucket = 0;
-    struct map_node *m, *next = NULL;
-    while ((m = map_next(&r->chans, &bucket, &next))) {
-        map_del(&r->chans, m);
-        free(container_of(m, struct cchan, mn));
-    }
-    map_free(&r->chans);
+    redis_bus__free_map(&r->chans);
     free((char *)r->opts.username);
     free((char *)r->opts.password);
     free((char *)r->opts.name);

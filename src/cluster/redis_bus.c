@@ -38,8 +38,19 @@ struct resp_conn_opts redis_bus__conn_opts(const struct redis_bus_opts *opts, co
                                    .name = name_buf};
 }
 
+void redis_bus__free_map(struct map *m)
+{
+    size_t bucket = 0;
+    struct map_node *n, *next = NULL;
+    while ((n = map_next(m, &bucket, &next))) {
+        map_del(m, n);
+        free(n);
+    }
+    map_free(m);
+}
+
 struct single_chan {
-    struct map_node node;
+    struct map_node node; /* first: redis_bus__free_map frees the node pointer */
     char name[];
 };
 
@@ -175,13 +186,7 @@ static void single_reap(struct loop *loop, struct timer *t)
     struct single_bus *b = container_of(t, struct single_bus, reap_timer);
     resp_conn_free(b->cmd);
     resp_conn_free(b->sub);
-    size_t bucket = 0;
-    struct map_node *n, *next = NULL;
-    while ((n = map_next(&b->chans, &bucket, &next))) {
-        map_del(&b->chans, n);
-        free(container_of(n, struct single_chan, node));
-    }
-    map_free(&b->chans);
+    redis_bus__free_map(&b->chans);
     free(b);
 }
 

@@ -131,6 +131,9 @@ static inline void redis_bus_free(struct redis_bus *bus)
 /* Shared by the implementations. */
 void redis_bus__set_status(struct redis_bus *bus, enum redis_bus_status *cur,
                            enum redis_bus_status next);
+/* Empties and frees a map of channels, each one allocation that starts with its map_node. */
+struct map;
+void redis_bus__free_map(struct map *m);
 /* Resp_conn options for one of the bus's connections ("<name>-<role>"). */
 struct resp_conn_opts redis_bus__conn_opts(const struct redis_bus_opts *opts, const char *role,
                                            char *name_buf, size_t name_size);

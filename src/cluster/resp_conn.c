@@ -381,7 +381,7 @@ static void note_confirmation(struct resp_conn *c, const struct cmd *cmd, const 
 {
     if (r->elements < 3 || r->element[2]->type != REDIS_REPLY_INTEGER)
         return;
-    if (cmd->confirm[0] == 's' || cmd->confirm[2] == 's') /* ssubscribe, sunsubscribe */
+    if (strcmp(cmd->confirm, "ssubscribe") == 0 || strcmp(cmd->confirm, "sunsubscribe") == 0)
         c->nssub = r->element[2]->integer;
     else
         c->nsub = r->element[2]->integer;
