@@ -1,0 +1,1318 @@
+/*
+ * Unit tests for src/hub/hub.c, the in-memory hub: ids (one per publish,
+ * shared by the messages of a multi-channel publish), the framings built at
+ * publish (envelope, WS, SSE, raw SSE, chunk, control frames), history bounded by
+ * count, bytes and age, resume from a cursor (exact backlog, gaps, since=0,
+ * cursors ahead of the server, de-duplication, the "already held" skip rule),
+ * per-worker inboxes, unsubscribe, auto-create and max-channels, name and
+ * cursor validation, channel administration and expiry.
+ *
+ * Every test releases what it takes (backlogs, inbox items, subscriptions) and
+ * checks the reference counts it can see, so the ASan build doubles as a leak
+ * check of the hub's own accounting.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/config.h"
+#include "hub/hub.h"
+
+#define NWORKERS 2
+
+static struct herald_config cfg;
+static struct hub hub;
+
+static int setup(void **state)
+{
+    config_defaults(&cfg);
+    return hub_init(&hub, &cfg, NWORKERS);
+}
+
+static int teardown(void **state)
+{
+    hub_free(&hub);
+    return 0;
+}
+
+static struct slice sl(const char *s)
+{
+    return (struct slice){s, (uint32_t)strlen(s)};
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Publishes `body` (sent as a JSON string) to the n channels; returns the error or 0. */
+static int publish_n(const char *const *names, size_t n, const char *body, uint64_t *id,
+                     uint32_t *subscribers)
+{
+    struct slice chans[64];
+    for (size_t i = 0; i < n; i++)
+        chans[i] = sl(names[i]);
+    char json[4096];
+    int jl = snprintf(json, sizeof(json), "\"%s\"", body);
+    struct publish_req req = {
+        .data_json = {json, (uint32_t)jl},
+        .raw = sl(body),
+    };
+    struct publish_result res = {0};
+    int err = hub_publish(&hub, chans, n, &req, &res);
+    if (id)
+        *id = res.id;
+    if (subscribers)
+        *subscribers = res.subscribers;
+    return err;
+}
+
+/* Publishes to one channel and returns the id (failing the test on error). */
+static uint64_t pub(const char *name, const char *body)
+{
+    uint64_t id = 0;
+    assert_int_equal(publish_n(&name, 1, body, &id, NULL), 0);
+    return id;
+}
+
+static uint64_t pub2(const char *a, const char *b, const char *body)
+{
+    const char *names[] = {a, b};
+    uint64_t id = 0;
+    assert_int_equal(publish_n(names, 2, body, &id, NULL), 0);
+    return id;
+}
+
+static struct channel *chan(const char *name)
+{
+    struct map_node *n = map_get(&hub.channels, name, strlen(name));
+    return n ? container_of(n, struct channel, node) : NULL;
+}
+
+static struct msg *hist(const struct channel *ch, uint32_t i)
+{
+    assert_true(i < ch->hist_len);
+    return ch->hist[(ch->hist_head + i) % ch->hist_cap];
+}
+
+static unsigned refs(const struct channel *ch)
+{
+    return atomic_load(&ch->refs);
+}
+
+/* Subscribes connection `held` (on worker w) to names[0..n); returns the hub error or 0. */
+static int subscribe(int w, struct list *held, const char *const *names, size_t n, bool has_since,
+                     uint64_t since, struct hub_backlog *b, size_t *bad)
+{
+    struct slice s[64];
+    for (size_t i = 0; i < n; i++)
+        s[i] = sl(names[i]);
+    size_t bad_index = 999;
+    int err = hub_subscribe(&hub, w, held, held, s, n, has_since, since, 64, b, &bad_index);
+    if (bad)
+        *bad = bad_index;
+    return err;
+}
+
+static size_t held_count(const struct list *held)
+{
+    size_t n = 0;
+    for (const struct list *p = held->next; p != held; p = p->next)
+        n++;
+    return n;
+}
+
+static struct sub *held_sub(const struct list *held, const char *name)
+{
+    for (struct list *p = held->next; p != held; p = p->next) {
+        struct sub *s = container_of(p, struct sub, conn_link);
+        if (strcmp(s->ch->name, name) == 0)
+            return s;
+    }
+    return NULL;
+}
+
+/* What one inbox item said, recorded before its references are released. */
+struct seen {
+    enum inbox_kind kind;
+    uint64_t seq;
+    struct channel *ch; /* compare only: may be freed once the item is released */
+    uint64_t chan_id;
+};
+
+/* Takes worker w's inbox, records up to max items into out, releases every reference. */
+static uint32_t drain(int w, struct seen *out, size_t max)
+{
+    uint32_t n = 0;
+    struct inbox_item *items = hub_inbox_take(&hub, w, &n);
+    assert_true(n == 0 || items != NULL);
+    for (uint32_t i = 0; i < n; i++) {
+        if (i < max) {
+            out[i] = (struct seen){items[i].kind, items[i].msg ? items[i].msg->seq : 0, items[i].ch,
+                                   items[i].ch->id};
+            if (items[i].kind == INBOX_MSG)
+                assert_int_equal(items[i].msg->chan_id, items[i].ch->id);
+        }
+        if (items[i].msg)
+            ref_put(&items[i].msg->ref);
+        hub_channel_put_ref(&hub, items[i].ch);
+    }
+    free(items);
+    return n;
+}
+
+static void check_backlog(const struct hub_backlog *b, const uint64_t *want, uint32_t n)
+{
+    assert_int_equal(b->n, n);
+    for (uint32_t i = 0; i < n; i++)
+        assert_int_equal(b->msgs[i]->seq, want[i]);
+}
+
+/* ---- ids and publish --------------------------------------------------- */
+
+static void test_ids_increase_by_one_per_publish(void **state)
+{
+    uint64_t a1 = pub("a", "1");
+    assert_int_equal(a1, hub.boot_seq); /* the first id of this run */
+    uint64_t b1 = pub("b", "2");
+    uint64_t ab = pub2("a", "b", "3");
+    uint64_t c1 = pub("c", "4");
+    uint64_t a2 = pub("a", "5");
+    assert_int_equal(b1, a1 + 1);
+    assert_int_equal(ab, a1 + 2);
+    assert_int_equal(c1, a1 + 3);
+    assert_int_equal(a2, a1 + 4);
+    assert_int_equal(hub.seq, a2);
+    assert_int_equal(atomic_load(&hub.stats.published), 5);
+    assert_int_equal(atomic_load(&hub.stats.messages), 6);
+
+    struct channel_info info;
+    assert_int_equal(hub_channel_get(&hub, "a", 1, &info), 0);
+    assert_int_equal(info.last_id, a2);
+    assert_int_equal(info.oldest_id, a1);
+    assert_int_equal(info.messages_total, 3);
+    assert_int_equal(info.messages_retained, 3);
+    assert_int_equal(hub_channel_get(&hub, "b", 1, &info), 0);
+    assert_int_equal(info.last_id, ab);
+    assert_int_equal(info.messages_total, 2);
+}
+
+static void test_multi_channel_publish_shares_seq(void **state)
+{
+    const char *names[] = {"x", "y", "z"};
+    uint64_t id;
+    assert_int_equal(publish_n(names, 3, "hello", &id, NULL), 0);
+    struct msg *m[3];
+    for (int i = 0; i < 3; i++) {
+        struct channel *ch = chan(names[i]);
+        assert_non_null(ch);
+        assert_int_equal(ch->hist_len, 1);
+        m[i] = hist(ch, 0);
+        assert_int_equal(m[i]->seq, id);
+        assert_int_equal(m[i]->chan_id, ch->id);
+        assert_int_equal(atomic_load(&m[i]->ref.refs), 1);
+        /* The envelope names its own channel. */
+        char want[64];
+        snprintf(want, sizeof(want), "\"channel\":\"%s\"", names[i]);
+        assert_non_null(memmem(m[i]->envelope.data, m[i]->envelope.len, want, strlen(want)));
+    }
+    assert_ptr_not_equal(m[0], m[1]);
+    assert_ptr_not_equal(m[1], m[2]);
+    assert_non_null(m[0]->group);
+    assert_ptr_equal(m[0]->group, m[1]->group);
+    assert_ptr_equal(m[1]->group, m[2]->group);
+    assert_int_equal(m[0]->group->n, 3);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(m[0]->group->chan_ids[i], chan(names[i])->id);
+    assert_int_equal(atomic_load(&hub.stats.published), 1);
+    assert_int_equal(atomic_load(&hub.stats.messages), 3);
+
+    pub("x", "single");
+    assert_null(hist(chan("x"), 1)->group);
+}
+
+static void test_publish_rejects_zero_channels(void **state)
+{
+    struct publish_req req = {.data_json = sl("1"), .raw = sl("1")};
+    struct publish_result res;
+    uint64_t seq = hub.seq;
+    assert_true(hub_publish(&hub, NULL, 0, &req, &res) < 0);
+    assert_int_equal(hub.seq, seq);
+}
+
+/* The framings of one message: every transport's bytes, built once at publish. */
+static void test_message_framings(void **state)
+{
+    struct slice ch = sl("room");
+    const char *json = "{\"k\":[1,2]}";
+    struct publish_req req = {
+        .data_json = sl(json),
+        .raw = sl("line1\r\nline2\nline3\rend"),
+        .event = "chat\"x",
+        .event_len = 6,
+    };
+    struct publish_result res;
+    assert_int_equal(hub_publish(&hub, &ch, 1, &req, &res), 0);
+    struct msg *m = hist(chan("room"), 0);
+    char want[1024];
+    int wl = snprintf(want, sizeof(want),
+                      "{\"event\":\"message\",\"channel\":\"room\",\"id\":\"%" PRIu64
+                      "\",\"time\":%" PRIu64 ",\"type\":\"chat\\\"x\",\"data\":%s}",
+                      res.id, m->time_ms, json);
+    assert_int_equal(m->envelope.len, wl);
+    assert_memory_equal(m->envelope.data, want, (size_t)wl);
+    assert_true(m->time_ms <= wall_ms() && m->time_ms + 10000 > wall_ms());
+    assert_int_equal(m->data_len, req.raw.len);
+
+    /* WebSocket: one unmasked final text frame around the envelope. */
+    assert_int_equal(m->ws.len, 2 + m->envelope.len);
+    assert_int_equal((uint8_t)m->ws.data[0], 0x81);
+    assert_int_equal((uint8_t)m->ws.data[1], m->envelope.len);
+    assert_memory_equal(m->ws.data + 2, want, (size_t)wl);
+
+    /* SSE: id, event, the envelope as data, blank line. */
+    char sse[1200];
+    int sse_len =
+        snprintf(sse, sizeof(sse), "id: %" PRIu64 "\nevent: chat\"x\ndata: %s\n\n", res.id, want);
+    assert_int_equal(m->sse.len, sse_len);
+    assert_memory_equal(m->sse.data, sse, (size_t)sse_len);
+
+    /* SSE raw: the body itself, one data line per line whatever the line ending. */
+    sse_len = snprintf(sse, sizeof(sse),
+                       "id: %" PRIu64 "\nevent: chat\"x\n"
+                       "data: line1\ndata: line2\ndata: line3\ndata: end\n\n",
+                       res.id);
+    assert_int_equal(m->sse_raw.len, sse_len);
+    assert_memory_equal(m->sse_raw.data, sse, (size_t)sse_len);
+
+    /* HTTP streaming: one chunk of envelope + "\n". */
+    char chunk[1200];
+    int cl = snprintf(chunk, sizeof(chunk), "%x\r\n%s\n\r\n", (unsigned)wl + 1, want);
+    assert_int_equal(m->chunk.len, cl);
+    assert_memory_equal(m->chunk.data, chunk, (size_t)cl);
+
+    /* A body ending in a newline keeps it: an empty last data line. */
+    struct publish_req r2 = {.data_json = sl("\"a\\n\""), .raw = sl("a\n")};
+    assert_int_equal(hub_publish(&hub, &ch, 1, &r2, &res), 0);
+    m = hist(chan("room"), 1);
+    sse_len = snprintf(sse, sizeof(sse), "id: %" PRIu64 "\ndata: a\ndata: \n\n", res.id);
+    assert_int_equal(m->sse_raw.len, sse_len);
+    assert_memory_equal(m->sse_raw.data, sse, (size_t)sse_len);
+}
+
+static void test_control_frames(void **state)
+{
+    const char *fields = "\"channel\":\"a\",\"oldest\":\"7\"";
+    struct ctl_frames *c = ctl_frames_new("gap", fields, strlen(fields));
+    const char *json = "{\"event\":\"gap\",\"channel\":\"a\",\"oldest\":\"7\"}";
+    assert_int_equal(c->json.len, strlen(json));
+    assert_memory_equal(c->json.data, json, strlen(json));
+    assert_int_equal((uint8_t)c->ws.data[0], 0x81);
+    assert_int_equal((uint8_t)c->ws.data[1], strlen(json));
+    assert_memory_equal(c->ws.data + 2, json, strlen(json));
+    char want[256];
+    int n = snprintf(want, sizeof(want), "event: gap\ndata: %s\n\n", json);
+    assert_int_equal(c->sse.len, n);
+    assert_memory_equal(c->sse.data, want, (size_t)n);
+    n = snprintf(want, sizeof(want), "%zx\r\n%s\n\r\n", strlen(json) + 1, json);
+    assert_int_equal(c->chunk.len, n);
+    assert_memory_equal(c->chunk.data, want, (size_t)n);
+    ref_put(&c->ref);
+
+    c = ctl_frames_new("closed", "", 0);
+    assert_int_equal(c->json.len, strlen("{\"event\":\"closed\"}"));
+    assert_memory_equal(c->json.data, "{\"event\":\"closed\"}", c->json.len);
+    ref_put(&c->ref);
+}
+
+/* ---- history bounds --------------------------------------------------- */
+
+static void test_history_size_evicts_oldest(void **state)
+{
+    cfg.history_size = 3;
+    uint64_t id[25];
+    char body[16];
+    for (int i = 0; i < 5; i++) {
+        snprintf(body, sizeof(body), "%d", i);
+        id[i] = pub("a", body);
+    }
+    struct channel *ch = chan("a");
+    assert_int_equal(ch->hist_len, 3);
+    assert_int_equal(ch->evicted_seq, id[1]);
+    for (uint32_t i = 0; i < 3; i++)
+        assert_int_equal(hist(ch, i)->seq, id[2 + i]);
+    struct channel_info info;
+    assert_int_equal(hub_channel_get(&hub, "a", 1, &info), 0);
+    assert_int_equal(info.messages_retained, 3);
+    assert_int_equal(info.oldest_id, id[2]);
+    assert_int_equal(info.last_id, id[4]);
+    assert_int_equal(info.messages_total, 5);
+
+    /* Many more, wrapping the ring several times: still the newest three, in order. */
+    for (int i = 5; i < 25; i++)
+        id[i] = pub("a", "x");
+    assert_int_equal(ch->hist_len, 3);
+    assert_int_equal(ch->evicted_seq, id[21]);
+    for (uint32_t i = 0; i < 3; i++)
+        assert_int_equal(hist(ch, i)->seq, id[22 + i]);
+    assert_int_equal(ch->hist_bytes, 3);
+}
+
+static void test_history_bytes_keeps_newest(void **state)
+{
+    cfg.history_bytes = 10;
+    uint64_t a = pub("a", "aaaa");
+    uint64_t b = pub("a", "bbbb");
+    struct channel *ch = chan("a");
+    assert_int_equal(ch->hist_len, 2);
+    assert_int_equal(ch->hist_bytes, 8);
+    uint64_t c = pub("a", "cccc"); /* 12 > 10: the oldest goes */
+    assert_int_equal(ch->hist_len, 2);
+    assert_int_equal(ch->hist_bytes, 8);
+    assert_int_equal(ch->evicted_seq, a);
+    assert_int_equal(hist(ch, 0)->seq, b);
+    assert_int_equal(hist(ch, 1)->seq, c);
+
+    /* A message larger than the whole budget evicts the rest but stays itself. */
+    char big[101];
+    memset(big, 'z', 100);
+    big[100] = '\0';
+    uint64_t d = pub("a", big);
+    assert_int_equal(ch->hist_len, 1);
+    assert_int_equal(hist(ch, 0)->seq, d);
+    assert_int_equal(ch->evicted_seq, c);
+    struct channel_info info;
+    assert_int_equal(hub_channel_get(&hub, "a", 1, &info), 0);
+    assert_int_equal(info.messages_retained, 1);
+    assert_int_equal(info.retained_bytes, 100);
+    assert_int_equal(info.oldest_id, d);
+}
+
+static void test_history_age(void **state)
+{
+    struct channel_opts o = {
+        .has_history_ttl = true, .history_ttl_ms = 150, .has_persistent = true, .persistent = true};
+    bool created;
+    struct channel_info info;
+    assert_int_equal(hub_channel_put(&hub, "a", 1, &o, &created, &info), 0);
+    uint64_t a1 = pub("a", "1");
+    uint64_t a2 = pub("a", "2");
+    struct channel *ch = chan("a");
+    assert_int_equal(ch->hist_len, 2);
+    sleep_ms(250);
+    /* A publish trims what aged out before it. */
+    uint64_t a3 = pub("a", "3");
+    assert_int_equal(ch->hist_len, 1);
+    assert_int_equal(hist(ch, 0)->seq, a3);
+    assert_int_equal(ch->evicted_seq, a2);
+
+    /* With nothing published, the sweep alone ages history out. */
+    sleep_ms(250);
+    assert_int_equal(ch->hist_len, 1);
+    hub_sweep(&hub);
+    assert_ptr_equal(chan("a"), ch); /* persistent: the channel itself stays */
+    assert_int_equal(ch->hist_len, 0);
+    assert_int_equal(ch->hist_bytes, 0);
+    assert_int_equal(ch->evicted_seq, a3);
+    assert_int_equal(hub_channel_get(&hub, "a", 1, &info), 0);
+    assert_int_equal(info.messages_retained, 0);
+    assert_int_equal(info.oldest_id, 0);
+    assert_int_equal(info.last_id, a3);
+
+    /* A resume from before the aged-out messages is told about the gap. */
+    struct list held;
+    list_init(&held);
+    struct hub_backlog b;
+    const char *names[] = {"a"};
+    assert_int_equal(subscribe(0, &held, names, 1, true, a1, &b, NULL), 0);
+    assert_int_equal(b.n, 0);
+    assert_int_equal(b.ngaps, 1);
+    assert_ptr_equal(b.gaps[0].ch, ch);
+    assert_int_equal(b.gaps[0].oldest, 0);
+    hub_backlog_free(&b);
+    hub_unsubscribe_all(&hub, 0, &held);
+}
+
+/*
+ * Age is measured on the wall clock. When it steps back (NTP, a VM resume),
+ * messages look as if published in the future; they must not look infinitely
+ * old and all be dropped at once.
+ */
+static void test_history_survives_wall_clock_step_back(void **state)
+{
+    pub("a", "1");
+    struct channel *ch = chan("a");
+    hist(ch, 0)->time_ms = wall_ms() + 60000; /* the clock went back a minute since */
+    struct channel_info info;
+    assert_int_equal(hub_channel_get(&hub, "a", 1, &info), 0);
+    assert_int_equal(info.messages_retained, 1);
+}
+
+/* ---- subscribe and resume ------------------------------------------------ */
+
+static void test_since_inside_history_gives_exactly_the_newer(void **state)
+{
+    uint64_t id[8];
+    id[0] = pub("a", "0");
+    id[1] = pub("b", "1");
+    id[2] = pub("a", "2");
+    id[3] = pub("c", "3"); /* not subscribed */
+    id[4] = pub("b", "4");
+    id[5] = pub("a", "5");
+    id[6] = pub("b", "6");
+    id[7] = pub("a", "7");
+
+    struct list held;
+    list_init(&held);
+    struct hub_backlog b;
+    const char *names[] = {"b", "a"};
+    assert_int_equal(subscribe(0, &held, names, 2, true, id[2], &b, NULL), 0);
+    uint64_t want[] = {id[4], id[5], id[6], id[7]};
+    check_backlog(&b, want, 4);
+    assert_int_equal(b.ngaps, 0);
+    assert_int_equal(b.head_seq, id[7]);
+    assert_int_equal(held_count(&held), 2);
+    hub_backlog_free(&b);
+    assert_int_equal(b.n, 0);
+    assert_null(b.msgs);
+    /* Backlog references are all returned. */
+    assert_int_equal(atomic_load(&hist(chan("a"), 0)->ref.refs), 1);
+
+    /* A cursor at the head: nothing to replay. */
+    struct list h2;
+    list_init(&h2);
+    assert_int_equal(subscribe(1, &h2, names, 2, true, id[7], &b, NULL), 0);
+    assert_int_equal(b.n, 0);
+    assert_int_equal(b.ngaps, 0);
+    hub_backlog_free(&b);
+
+    /* Without a cursor: no backlog at all. */
+    struct list h3;
+    list_init(&h3);
+    assert_int_equal(subscribe(1, &h3, names, 2, false, 0, &b, NULL), 0);
+    assert_int_equal(b.n, 0);
+    assert_int_equal(b.ngaps, 0);
+    hub_backlog_free(&b);
+
+    hub_unsubscribe_all(&hub, 0, &held);
+    hub_unsubscribe_all(&hub, 1, &h2);
+    hub_unsubscribe_all(&hub, 1, &h3);
+    assert_int_equal(refs(chan("a")), 1);
+    assert_int_equal(chan("a")->subscribers, 0);
+}
+
+static void test_since_older_than_history_reports_gaps(void **state)
+{
+    cfg.history_size = 3;
+    uint64_t a[5], b[5];
+    for (int i = 0; i < 5; i++) {
+        a[i] = pub("a", "a");
+        b[i] = pub("b", "b");
+    }
+    uint64_t c0 = pub("c", "c");
+    struct list held;
+    list_init(&held);
+    struct hub_backlog bl;
+    const char *names[] = {"a", "b", "c"};
+    assert_int_equal(subscribe(0, &held, names, 3, true, a[0], &bl, NULL), 0);
+    assert_int_equal(bl.ngaps, 2); /* c lost nothing */
+    assert_ptr_equal(bl.gaps[0].ch, chan("a"));
+    assert_int_equal(bl.gaps[0].oldest, a[2]);
+    assert_ptr_equal(bl.gaps[1].ch, chan("b"));
+    assert_int_equal(bl.gaps[1].oldest, b[2]);
+    uint64_t want[] = {a[2], b[2], a[3], b[3], a[4], b[4], c0};
+    check_backlog(&bl, want, 7);
+    hub_backlog_free(&bl);
+    assert_int_equal(bl.ngaps, 0);
+    assert_null(bl.gaps);
+
+    /* A cursor exactly at the newest evicted id has missed nothing. */
+    struct list h2;
+    list_init(&h2);
+    const char *only_a[] = {"a"};
+    assert_int_equal(subscribe(1, &h2, only_a, 1, true, a[1], &bl, NULL), 0);
+    assert_int_equal(bl.ngaps, 0);
+    uint64_t want_a[] = {a[2], a[3], a[4]};
+    check_backlog(&bl, want_a, 3);
+    hub_backlog_free(&bl);
+
+    hub_unsubscribe_all(&hub, 0, &held);
+    hub_unsubscribe_all(&hub, 1, &h2);
+}
+
+static void test_since_zero_gives_everything_without_gap(void **state)
+{
+    cfg.history_size = 2;
+    pub("a", "1");
+    uint64_t a2 = pub("a", "2");
+    uint64_t a3 = pub("a", "3");
+    struct list held;
+    list_init(&held);
+    struct hub_backlog b;
+    const char *names[] = {"a"};
+    assert_int_equal(subscribe(0, &held, names, 1, true, 0, &b, NULL), 0);
+    assert_int_equal(b.ngaps, 0);
+    uint64_t want[] = {a2, a3};
+    check_backlog(&b, want, 2);
+    hub_backlog_free(&b);
+    hub_unsubscribe_all(&hub, 0, &held);
+}
+
+static void test_since_ahead_of_head_is_a_cursor_error(void **state)
+{
+    uint64_t a1 = pub("a", "1");
+    struct list held;
+    list_init(&held);
+    struct hub_backlog b;
+    const char *names[] = {"a", "new"};
+    size_t bad;
+    assert_int_equal(subscribe(0, &held, names, 2, true, a1 + 1, &b, &bad), HUB_ERR_CURSOR);
+    assert_int_equal(b.n, 0);
+    assert_int_equal(b.ngaps, 0);
+    assert_true(list_empty(&held));
+    assert_int_equal(chan("a")->subscribers, 0);
+    assert_null(chan("new")); /* nothing created either */
+    assert_int_equal(subscribe(0, &held, names, 2, true, UINT64_MAX, &b, &bad), HUB_ERR_CURSOR);
+    assert_true(list_empty(&held));
+    assert_int_equal(subscribe(0, &held, names, 2, true, a1, &b, &bad), 0);
+    assert_int_equal(held_count(&held), 2);
+    hub_backlog_free(&b);
+    hub_unsubscribe_all(&hub, 0, &held);
+    assert_true(list_empty(&held));
+}
+
+static void test_multi_channel_message_once_in_backlog(void **state)
+{
+    uint64_t start = hub.seq;
+    uint64_t x = pub2("a", "b", "both");
+    uint64_t y = pub("a", "a");
+    uint64_t z = pub("b", "b");
+    uint64_t w2 = pub2("b", "a", "both again");
+    struct list held;
+    list_init(&held);
+    struct hub_backlog bl;
+    const char *names[] = {"a", "b"};
+    assert_int_equal(subscribe(0, &held, names, 2, true, start, &bl, NULL), 0);
+    uint64_t want[] = {x, y, z, w2};
+    check_backlog(&bl, want, 4);
+    hub_backlog_free(&bl);
+    /* The dropped duplicates were released too. */
+    for (uint32_t i = 0; i < chan("a")->hist_len; i++)
+        assert_int_equal(atomic_load(&hist(chan("a"), i)->ref.refs), 1);
+    for (uint32_t i = 0; i < chan("b")->hist_len; i++)
+        assert_int_equal(atomic_load(&hist(chan("b"), i)->ref.refs), 1);
+    hub_unsubscribe_all(&hub, 0, &held);
+}
+
+static void test_backlog_skips_what_a_held_channel_delivers_live(void **state)
+{
+    uint64_t start = pub("b", "before");
+    struct list held;
+    list_init(&held);
+    struct hub_backlog bl;
+    const char *a[] = {"a"}, *b[] = {"b"};
+    assert_int_equal(subscribe(0, &held, a, 1, false, 0, &bl, NULL), 0);
+    hub_backlog_free(&bl);
+    assert_true(held_sub(&held, "a")->from_seq < start + 1);
+
+    uint64_t x = pub2("a", "b", "both"); /* reaches this connection live through a */
+    uint64_t y = pub("b", "only b");
+    struct seen s[4];
+    assert_int_equal(drain(0, s, 4), 1);
+    assert_int_equal(s[0].seq, x);
+
+    assert_int_equal(subscribe(0, &held, b, 1, true, start, &bl, NULL), 0);
+    uint64_t want[] = {y};
+    check_backlog(&bl, want, 1);
+    hub_backlog_free(&bl);
+
+    /* A connection that does not hold a gets it. */
+    struct list other;
+    list_init(&other);
+    assert_int_equal(subscribe(1, &other, b, 1, true, start, &bl, NULL), 0);
+    uint64_t want2[] = {x, y};
+    check_backlog(&bl, want2, 2);
+    hub_backlog_free(&bl);
+
+    /* Nor does one that took a only after the message: it did not get it live. */
+    struct list late;
+    list_init(&late);
+    assert_int_equal(subscribe(1, &late, a, 1, false, 0, &bl, NULL), 0);
+    hub_backlog_free(&bl);
+    assert_int_equal(subscribe(1, &late, b, 1, true, start, &bl, NULL), 0);
+    check_backlog(&bl, want2, 2);
+    hub_backlog_free(&bl);
+
+    hub_unsubscribe_all(&hub, 0, &held);
+    hub_unsubscribe_all(&hub, 1, &other);
+    hub_unsubscribe_all(&hub, 1, &late);
+    drain(0, s, 0);
+    drain(1, s, 0);
+    assert_int_equal(refs(chan("a")), 1);
+    assert_int_equal(refs(chan("b")), 1);
+}
+
+static void test_subscribe_twice_and_duplicates(void **state)
+{
+    struct list held;
+    list_init(&held);
+    struct hub_backlog bl;
+    const char *names[] = {"a", "a", "b"};
+    assert_int_equal(subscribe(0, &held, names, 3, false, 0, &bl, NULL), 0);
+    hub_backlog_free(&bl);
+    assert_int_equal(held_count(&held), 2);
+    assert_int_equal(chan("a")->subscribers, 1);
+    const char *again[] = {"b"};
+    assert_int_equal(subscribe(0, &held, again, 1, false, 0, &bl, NULL), 0);
+    hub_backlog_free(&bl);
+    assert_int_equal(held_count(&held), 2);
+    assert_int_equal(chan("b")->subscribers, 1);
+    assert_int_equal(chan("b")->local[0].n, 1);
+
+    /* The per-connection limit counts what is already held; nothing is added on error. */
+    struct slice s[2] = {sl("c"), sl("d")};
+    size_t bad;
+    assert_int_equal(hub_subscribe(&hub, 0, &held, &held, s, 2, false, 0, 3, &bl, &bad),
+                     HUB_ERR_TOO_MANY_SUBS);
+    assert_int_equal(held_count(&held), 2);
+    assert_int_equal(hub_subscribe(&hub, 0, &held, &held, s, 1, false, 0, 3, &bl, &bad), 0);
+    hub_backlog_free(&bl);
+    assert_int_equal(held_count(&held), 3);
+    hub_unsubscribe_all(&hub, 0, &held);
+}
+
+/* ---- inboxes and unsubscribe ------------------------------------------------ */
+
+struct wake_count {
+    int calls;
+};
+
+static void count_wake(void *arg)
+{
+    ((struct wake_count *)arg)->calls++;
+}
+
+static void test_publish_fills_the_subscribers_worker_inbox(void **state)
+{
+    struct wake_count w0 = {0}, w1 = {0};
+    hub.inbox[0].wake = count_wake;
+    hub.inbox[0].wake_arg = &w0;
+    hub.inbox[1].wake = count_wake;
+    hub.inbox[1].wake_arg = &w1;
+
+    struct list held;
+    list_init(&held);
+    struct hub_backlog bl;
+    const char *names[] = {"a", "b"};
+    assert_int_equal(subscribe(0, &held, names, 2, false, 0, &bl, NULL), 0);
+    hub_backlog_free(&bl);
+    struct channel *a = chan("a"), *b = chan("b");
+    assert_int_equal(a->worker_mask, 1);
+    assert_int_equal(b->worker_mask, 1);
+    assert_int_equal(refs(a), 2); /* the table and worker 0 */
+
+    const char *one[] = {"a"};
+    uint64_t x;
+    uint32_t subs;
+    assert_int_equal(publish_n(one, 1, "m1", &x, &subs), 0);
+    assert_int_equal(subs, 1);
+    assert_int_equal(w0.calls, 1);
+    uint64_t y;
+    assert_int_equal(publish_n(names, 2, "m2", &y, &subs), 0);
+    assert_int_equal(subs, 2);
+    assert_int_equal(w0.calls, 1); /* woken when the inbox became non-empty, not per item */
+    assert_int_equal(w1.calls, 0);
+    pub("unrelated", "m3");
+    assert_int_equal(refs(a), 2 + 2);                        /* two pending items */
+    assert_int_equal(atomic_load(&hist(a, 0)->ref.refs), 2); /* history + item */
+
+    struct seen s[8];
+    assert_int_equal(drain(0, s, 8), 3);
+    assert_int_equal(s[0].kind, INBOX_MSG);
+    assert_int_equal(s[0].seq, x);
+    assert_ptr_equal(s[0].ch, a);
+    assert_int_equal(s[1].kind, INBOX_MSG);
+    assert_int_equal(s[2].kind, INBOX_MSG);
+    assert_int_equal(s[1].seq, y);
+    assert_int_equal(s[2].seq, y);
+    assert_true((s[1].ch == a && s[2].ch == b) || (s[1].ch == b && s[2].ch == a));
+    assert_int_equal(drain(1, s, 8), 0);
+    assert_int_equal(drain(0, s, 8), 0); /* taking empties it */
+    assert_int_equal(refs(a), 2);
+    assert_int_equal(atomic_load(&hist(a, 0)->ref.refs), 1);
+
+    /* The next item after a take wakes the worker again. */
+    pub("b", "m4");
+    assert_int_equal(w0.calls, 2);
+    assert_int_equal(drain(0, s, 8), 1);
+
+    /* A subscriber of b on worker 1: each worker gets its own items. */
+    struct list h1;
+    list_init(&h1);
+    const char *only_b[] = {"b"};
+    assert_int_equal(subscribe(1, &h1, only_b, 1, false, 0, &bl, NULL), 0);
+    hub_backlog_free(&bl);
+    assert_int_equal(b->worker_mask, 3);
+    uint64_t z = pub2("a", "b", "m5");
+    assert_int_equal(w1.calls, 1);
+    assert_int_equal(drain(0, s, 8), 2);
+    assert_int_equal(drain(1, s, 8), 1);
+    assert_int_equal(s[0].seq, z);
+    assert_ptr_equal(s[0].ch, b);
+
+    hub_unsubscribe_all(&hub, 0, &held);
+    hub_unsubscribe_all(&hub, 1, &h1);
+    assert_int_equal(refs(a), 1);
+    assert_int_equal(refs(b), 1);
+}
+
+static void test_unsubscribe_clears_the_worker_bit(void **state)
+{
+    struct list c1, c2;
+    list_init(&c1);
+    list_init(&c2);
+    struct hub_backlog bl;
+    const char *names[] = {"a"};
+    assert_int_equal(subscribe(0, &c1, names, 1, false, 0, &bl, NULL), 0);
+    hub_backlog_free(&bl);
+    assert_int_equal(subscribe(0, &c2, names, 1, false, 0, &bl, NULL), 0);
+    hub_backlog_free(&bl);
+    struct channel *a = chan("a");
+    assert_int_equal(a->subscribers, 2);
+    assert_int_equal(a->local[0].n, 2);
+    assert_int_equal(refs(a), 2); /* one reference per worker, not per subscriber */
+
+    hub_unsubscribe(&hub, 0, held_sub(&c1, "a"));
+    assert_true(list_empty(&c1));
+    assert_int_equal(a->subscribers, 1);
+    assert_int_equal(a->worker_mask, 1);
+    uint32_t subs;
+    assert_int_equal(publish_n(names, 1, "still", NULL, &subs), 0);
+    assert_int_equal(subs, 1);
+    struct seen s[4];
+    assert_int_equal(drain(0, s, 4), 1);
+
+    hub_unsubscribe(&hub, 0, held_sub(&c2, "a"));
+    assert_int_equal(a->subscribers, 0);
+    assert_int_equal(a->worker_mask, 0);
+    assert_int_equal(refs(a), 1);
+    assert_int_equal(publish_n(names, 1, "nobody", NULL, &subs), 0);
+    assert_int_equal(subs, 0);
+    assert_int_equal(drain(0, s, 4), 0);
+    assert_int_equal(drain(1, s, 4), 0);
+}
+
+/* ---- creation limits and validation ------------------------------------------ */
+
+static void test_auto_create_off(void **state)
+{
+    cfg.auto_create = false;
+    uint64_t seq = hub.seq;
+    const char *a[] = {"a"};
+    assert_int_equal(publish_n(a, 1, "x", NULL, NULL), HUB_ERR_NOT_FOUND);
+    assert_null(chan("a"));
+    assert_int_equal(hub.seq, seq);
+    assert_int_equal(atomic_load(&hub.stats.published), 0);
+
+    struct list held;
+    list_init(&held);
+    struct hub_backlog bl;
+    size_t bad;
+    assert_int_equal(subscribe(0, &held, a, 1, true, 0, &bl, &bad), HUB_ERR_NOT_FOUND);
+    assert_int_equal(bad, 0);
+    assert_null(chan("a"));
+
+    /* Explicitly created channels work; a missing one among them is named. */
+    struct channel_opts o = {0};
+    bool created;
+    struct channel_info info;
+    assert_int_equal(hub_channel_put(&hub, "a", 1, &o, &created, &info), 0);
+    assert_true(created);
+    const char *both[] = {"a", "missing"};
+    assert_int_equal(subscribe(0, &held, both, 2, false, 0, &bl, &bad), HUB_ERR_NOT_FOUND);
+    assert_int_equal(bad, 1);
+    assert_true(list_empty(&held));
+    assert_int_equal(chan("a")->subscribers, 0);
+    assert_int_equal(publish_n(both, 2, "x", NULL, NULL), HUB_ERR_NOT_FOUND);
+    assert_int_equal(chan("a")->hist_len, 0);
+    assert_int_equal(hub.seq, seq);
+
+    assert_int_equal(publish_n(a, 1, "x", NULL, NULL), 0);
+    assert_int_equal(subscribe(0, &held, a, 1, true, 0, &bl, &bad), 0);
+    assert_int_equal(bl.n, 1);
+    hub_backlog_free(&bl);
+    hub_unsubscribe_all(&hub, 0, &held);
+}
+
+static void test_max_channels(void **state)
+{
+    cfg.max_channels = 2;
+    pub("a", "1");
+    pub("b", "2");
+    const char *c[] = {"c"};
+    assert_int_equal(publish_n(c, 1, "3", NULL, NULL), HUB_ERR_TOO_MANY);
+    assert_null(chan("c"));
+    struct list held;
+    list_init(&held);
+    struct hub_backlog bl;
+    size_t bad;
+    assert_int_equal(subscribe(0, &held, c, 1, false, 0, &bl, &bad), HUB_ERR_TOO_MANY);
+    assert_true(list_empty(&held));
+    struct channel_opts o = {0};
+    bool created;
+    struct channel_info info;
+    assert_int_equal(hub_channel_put(&hub, "c", 1, &o, &created, &info), HUB_ERR_TOO_MANY);
+    assert_int_equal(hub.channels.len, 2);
+
+    /* Existing channels are unaffected; freeing a slot lets a new one in. */
+    pub("a", "4");
+    assert_int_equal(hub_channel_delete(&hub, "b", 1), 0);
+    assert_int_equal(publish_n(c, 1, "5", NULL, NULL), 0);
+    assert_non_null(chan("c"));
+}
+
+/*
+ * A publish to [new, existing] at the limit minus one creates one channel,
+ * which fits: the limit check must count only the channels that are missing,
+ * whatever their position in the list.
+ */
+static void test_max_channels_counts_only_missing_channels(void **state)
+{
+    cfg.max_channels = 2;
+    pub("a", "1");
+    const char *existing_last[] = {"b", "a"};
+    assert_int_equal(publish_n(existing_last, 2, "2", NULL, NULL), 0);
+    assert_non_null(chan("b"));
+}
+
+static void test_max_channels_existing_first(void **state)
+{
+    cfg.max_channels = 2;
+    pub("a", "1");
+    const char *existing_first[] = {"a", "b"};
+    assert_int_equal(publish_n(existing_first, 2, "2", NULL, NULL), 0);
+    assert_non_null(chan("b"));
+}
+
+static void test_channel_name_valid(void **state)
+{
+    const char *ok = "azAZ09_.:@/-";
+    assert_true(hub_channel_name_valid(ok, strlen(ok)));
+    assert_true(hub_channel_name_valid("a", 1));
+    assert_true(hub_channel_name_valid("user:42/inbox@eu-west.1", 23));
+    char name[200];
+    memset(name, 'n', sizeof(name));
+    assert_true(hub_channel_name_valid(name, 128));
+    assert_false(hub_channel_name_valid(name, 129));
+    assert_false(hub_channel_name_valid(name, 200));
+    assert_false(hub_channel_name_valid("", 0));
+    assert_false(hub_channel_name_valid("abc", 0));
+
+    /* Every byte outside the allowed set, alone and in the middle of a name. */
+    for (int c = 0; c < 256; c++) {
+        bool allowed = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                       strchr("_.:@/-", c) != NULL;
+        if (c == 0)
+            allowed = false;
+        char one[1] = {(char)c};
+        char mid[3] = {'a', (char)c, 'b'};
+        assert_int_equal(hub_channel_name_valid(one, 1), allowed);
+        assert_int_equal(hub_channel_name_valid(mid, 3), allowed);
+    }
+    name[127] = ' ';
+    assert_false(hub_channel_name_valid(name, 128));
+}
+
+static void test_cursor_parse(void **state)
+{
+    uint64_t v = 7;
+    assert_int_equal(hub_cursor_parse("", 0, &v), 0);
+    assert_int_equal(v, 0);
+    assert_int_equal(hub_cursor_parse("0", 1, &v), 0);
+    assert_int_equal(v, 0);
+    assert_int_equal(hub_cursor_parse("1700000000123456", 16, &v), 0);
+    assert_int_equal(v, 1700000000123456ull);
+    assert_int_equal(hub_cursor_parse("12345", 2, &v), 0); /* only len bytes */
+    assert_int_equal(v, 12);
+    assert_int_equal(hub_cursor_parse("18446744073709551615", 20, &v), 0);
+    assert_true(v == UINT64_MAX);
+    assert_int_equal(hub_cursor_parse("00000000000000000001", 20, &v), 0);
+    assert_int_equal(v, 1);
+
+    static const char *const bad[] = {
+        "18446744073709551616", /* UINT64_MAX + 1 */
+        "18446744073709551620",
+        "99999999999999999999",
+        "184467440737095516150",
+        "123456789012345678901234",
+        "-1",
+        "+1",
+        " 1",
+        "1 ",
+        "12a",
+        "a12",
+        "0x10",
+        "1.5",
+        "1e3",
+    };
+    for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
+        v = 42;
+        assert_int_equal(hub_cursor_parse(bad[i], strlen(bad[i]), &v), HUB_ERR_CURSOR);
+        assert_int_equal(v, 42); /* untouched on error */
+    }
+    assert_int_equal(hub_cursor_parse("1\0"
+                                      "2",
+                                      3, &v),
+                     HUB_ERR_CURSOR);
+    assert_non_null(hub_strerror(HUB_ERR_CURSOR));
+}
+
+/* ---- channel administration ------------------------------------------------ */
+
+static void test_channel_put_get(void **state)
+{
+    struct channel_opts o = {
+        .has_ttl = true, .ttl_ms = 5000, .has_history_size = true, .history_size = 4};
+    bool created = false;
+    struct channel_info info;
+    assert_int_equal(hub_channel_get(&hub, "a", 1, &info), HUB_ERR_NOT_FOUND);
+    assert_int_equal(hub_channel_put(&hub, "a", 1, &o, &created, &info), 0);
+    assert_true(created);
+    assert_string_equal(info.name, "a");
+    assert_int_equal(info.ttl_ms, 5000);
+    assert_int_equal(info.history_size, 4);
+    assert_int_equal(info.history_ttl_ms, cfg.history_ttl_ms); /* not given: the default */
+    assert_false(info.persistent);
+    assert_int_equal(info.messages_total, 0);
+    assert_int_equal(info.last_id, 0);
+    assert_true(info.expires_ms >= info.last_active_ms + 5000);
+
+    uint64_t id[6];
+    for (int i = 0; i < 6; i++)
+        id[i] = pub("a", "xy");
+    assert_int_equal(hub_channel_get(&hub, "a", 1, &info), 0);
+    assert_int_equal(info.messages_total, 6);
+    assert_int_equal(info.messages_retained, 4);
+    assert_int_equal(info.retained_bytes, 8);
+    assert_int_equal(info.oldest_id, id[2]);
+    assert_int_equal(info.last_id, id[5]);
+
+    /* Updating: persistent, and a smaller history trims at once. */
+    struct channel_opts u = {
+        .has_persistent = true, .persistent = true, .has_history_size = true, .history_size = 2};
+    assert_int_equal(hub_channel_put(&hub, "a", 1, &u, &created, &info), 0);
+    assert_false(created);
+    assert_true(info.persistent);
+    assert_int_equal(info.ttl_ms, 5000);
+    assert_int_equal(info.expires_ms, 0);
+    assert_int_equal(info.messages_retained, 2);
+    assert_int_equal(info.oldest_id, id[4]);
+    /* ... and the smaller bound holds for what comes next, in order. */
+    uint64_t n1 = pub("a", "z"), n2 = pub("a", "z"), n3 = pub("a", "z");
+    struct channel *ch = chan("a");
+    assert_int_equal(ch->hist_len, 2);
+    assert_int_equal(hist(ch, 0)->seq, n2);
+    assert_int_equal(hist(ch, 1)->seq, n3);
+    assert_int_equal(ch->evicted_seq, n1);
+
+    /* Growing the history again keeps what is there and admits more. */
+    struct channel_opts g = {.has_history_size = true, .history_size = 10};
+    assert_int_equal(hub_channel_put(&hub, "a", 1, &g, &created, &info), 0);
+    uint64_t more[8];
+    for (int i = 0; i < 8; i++)
+        more[i] = pub("a", "z");
+    assert_int_equal(ch->hist_len, 10);
+    assert_int_equal(hist(ch, 0)->seq, n2);
+    assert_int_equal(hist(ch, 1)->seq, n3);
+    for (uint32_t i = 0; i < 8; i++)
+        assert_int_equal(hist(ch, 2 + i)->seq, more[i]);
+}
+
+static void test_channel_delete(void **state)
+{
+    assert_int_equal(hub_channel_delete(&hub, "a", 1), HUB_ERR_NOT_FOUND);
+    pub("a", "1");
+    pub("a", "2");
+    assert_int_equal(hub_channel_delete(&hub, "a", 1), 0);
+    struct channel_info info;
+    assert_int_equal(hub_channel_get(&hub, "a", 1, &info), HUB_ERR_NOT_FOUND);
+    assert_null(chan("a"));
+    assert_int_equal(hub_channel_delete(&hub, "a", 1), HUB_ERR_NOT_FOUND);
+    struct seen s[2];
+    assert_int_equal(drain(0, s, 2), 0); /* nobody to tell */
+
+    /* The name can be used again, for a fresh channel. */
+    uint64_t id = pub("a", "3");
+    assert_int_equal(hub_channel_get(&hub, "a", 1, &info), 0);
+    assert_int_equal(info.messages_total, 1);
+    assert_int_equal(info.oldest_id, id);
+}
+
+static void test_delete_with_subscriber_queues_closed(void **state)
+{
+    struct list held;
+    list_init(&held);
+    struct hub_backlog bl;
+    const char *names[] = {"a", "b"};
+    assert_int_equal(subscribe(0, &held, names, 2, false, 0, &bl, NULL), 0);
+    hub_backlog_free(&bl);
+    struct channel *a = chan("a");
+    uint64_t x = pub("a", "last words");
+    assert_int_equal(hub_channel_delete(&hub, "a", 1), 0);
+    assert_true(a->deleted); /* still alive: the subscriber holds it */
+    assert_null(chan("a"));
+
+    struct seen s[4];
+    assert_int_equal(drain(0, s, 4), 2);
+    assert_int_equal(s[0].kind, INBOX_MSG);
+    assert_int_equal(s[0].seq, x);
+    assert_int_equal(s[1].kind, INBOX_CLOSED);
+    assert_ptr_equal(s[1].ch, a);
+    assert_int_equal(drain(1, s, 4), 0);
+    assert_int_equal(refs(a), 1); /* only worker 0's reference is left */
+
+    hub_unsubscribe_all(&hub, 0, &held);
+    assert_true(list_empty(&held));
+    assert_int_equal(refs(chan("b")), 1);
+}
+
+/*
+ * hub_free at shutdown releases everything, including a deleted channel that
+ * only a pending (never taken) INBOX_CLOSED item still references. Fails under
+ * LeakSanitizer only (the release build cannot see a leak).
+ */
+static void test_free_releases_channels_of_pending_items(void **state)
+{
+    struct list held;
+    list_init(&held);
+    struct hub_backlog bl;
+    const char *names[] = {"gone"};
+    assert_int_equal(subscribe(0, &held, names, 1, false, 0, &bl, NULL), 0);
+    hub_backlog_free(&bl);
+    pub("gone", "pending");
+    assert_int_equal(hub_channel_delete(&hub, "gone", 4), 0);
+    hub_unsubscribe_all(&hub, 0, &held);
+    /* Worker 0 never took its inbox; teardown's hub_free must release it all. */
+}
+
+static void put_channel(const char *name)
+{
+    struct channel_opts o = {0};
+    bool created;
+    struct channel_info info;
+    assert_int_equal(hub_channel_put(&hub, name, strlen(name), &o, &created, &info), 0);
+    assert_true(created);
+}
+
+static void test_channel_list(void **state)
+{
+    const char *names[] = {"e", "x:2", "b", "a", "x:1", "d", "c", "x"};
+    for (size_t i = 0; i < ARRAY_LEN(names); i++)
+        put_channel(names[i]);
+    struct channel_info out[16];
+    size_t total = 0;
+
+    size_t n = hub_channel_list(&hub, "", 0, NULL, out, 3, &total);
+    assert_int_equal(n, 3);
+    assert_int_equal(total, 8);
+    assert_string_equal(out[0].name, "a");
+    assert_string_equal(out[1].name, "b");
+    assert_string_equal(out[2].name, "c");
+
+    n = hub_channel_list(&hub, "c", 1, NULL, out, 3, &total);
+    assert_int_equal(n, 3);
+    assert_string_equal(out[0].name, "d");
+    assert_string_equal(out[1].name, "e");
+    assert_string_equal(out[2].name, "x");
+
+    n = hub_channel_list(&hub, "x", 1, NULL, out, 3, &total);
+    assert_int_equal(n, 2);
+    assert_string_equal(out[0].name, "x:1");
+    assert_string_equal(out[1].name, "x:2");
+
+    n = hub_channel_list(&hub, "x:2", 3, NULL, out, 3, &total);
+    assert_int_equal(n, 0);
+    assert_int_equal(total, 8);
+
+    /* after need not be an existing name */
+    n = hub_channel_list(&hub, "bb", 2, NULL, out, 2, &total);
+    assert_int_equal(n, 2);
+    assert_string_equal(out[0].name, "c");
+    assert_string_equal(out[1].name, "d");
+
+    n = hub_channel_list(&hub, "", 0, "x:", out, 16, &total);
+    assert_int_equal(n, 2);
+    assert_string_equal(out[0].name, "x:1");
+    assert_string_equal(out[1].name, "x:2");
+    n = hub_channel_list(&hub, "x:1", 3, "x", out, 16, &total);
+    assert_int_equal(n, 1);
+    assert_string_equal(out[0].name, "x:2");
+
+    n = hub_channel_list(&hub, "", 0, NULL, out, 16, &total);
+    assert_int_equal(n, 8);
+    for (size_t i = 1; i < n; i++)
+        assert_true(strcmp(out[i - 1].name, out[i].name) < 0);
+    assert_int_equal(hub_channel_list(&hub, "", 0, NULL, out, 0, &total), 0);
+    assert_int_equal(total, 8);
+}
+
+static void test_channel_list_pages_a_large_table(void **state)
+{
+    enum { N = 600, PAGE = 7 };
+    char name[32];
+    /* Insert in a scrambled order. */
+    for (int k = 0; k < N; k++) {
+        snprintf(name, sizeof(name), "ch-%d", (k * 241) % N);
+        put_channel(name);
+    }
+    struct channel_info page[PAGE];
+    static int seen[N];
+    memset(seen, 0, sizeof(seen));
+    char after[CHANNEL_NAME_MAX + 1] = "";
+    size_t total, got = 0, calls = 0;
+    for (;;) {
+        size_t n = hub_channel_list(&hub, after, strlen(after), NULL, page, PAGE, &total);
+        assert_int_equal(total, N);
+        for (size_t i = 0; i < n; i++) {
+            if (i)
+                assert_true(strcmp(page[i - 1].name, page[i].name) < 0);
+            assert_true(strcmp(after, page[i].name) < 0);
+            seen[atoi(page[i].name + 3)]++;
+        }
+        got += n;
+        calls++;
+        if (n < PAGE)
+            break;
+        strcpy(after, page[n - 1].name);
+    }
+    assert_int_equal(got, N);
+    assert_int_equal(calls, N / PAGE + 1);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(seen[i], 1);
+}
+
+/* ---- expiry ----------------------------------------------------------------- */
+
+static void test_sweep_expires_idle_channels(void **state)
+{
+    cfg.channel_ttl_ms = 300;
+    pub("idle", "1");
+    bool created;
+    struct channel_info info;
+    struct channel_opts forever = {.has_ttl = true, .ttl_ms = 0};
+    assert_int_equal(hub_channel_put(&hub, "forever", 7, &forever, &created, &info), 0);
+    assert_int_equal(info.expires_ms, 0); /* a TTL of 0 never expires */
+    struct channel_opts p = {.has_persistent = true, .persistent = true};
+    assert_int_equal(hub_channel_put(&hub, "keep", 4, &p, &created, &info), 0);
+    struct list held;
+    list_init(&held);
+    struct hub_backlog bl;
+    const char *names[] = {"watched"};
+    assert_int_equal(subscribe(0, &held, names, 1, false, 0, &bl, NULL), 0);
+    hub_backlog_free(&bl);
+
+    hub_sweep(&hub); /* nothing is old enough yet */
+    assert_non_null(chan("idle"));
+    assert_non_null(chan("watched"));
+
+    sleep_ms(450);
+    hub_sweep(&hub);
+    assert_null(chan("idle"));
+    assert_non_null(chan("keep"));
+    assert_non_null(chan("forever"));
+    assert_non_null(chan("watched"));
+    assert_int_equal(hub.channels.len, 3);
+    struct seen s[2];
+    assert_int_equal(drain(0, s, 2), 0); /* an expired channel had no one to tell */
+
+    /* Once its last subscriber leaves, the TTL counts from then. */
+    hub_unsubscribe_all(&hub, 0, &held);
+    hub_sweep(&hub);
+    assert_non_null(chan("watched"));
+    sleep_ms(450);
+    hub_sweep(&hub);
+    assert_null(chan("watched"));
+    assert_non_null(chan("keep"));
+}
+
+static void test_sweep_covers_a_large_table(void **state)
+{
+    enum { N = 10000 };
+    struct channel_opts o = {.has_ttl = true, .ttl_ms = 1};
+    bool created;
+    struct channel_info info;
+    char name[32];
+    for (int i = 0; i < N; i++) {
+        snprintf(name, sizeof(name), "c%d", i);
+        assert_int_equal(hub_channel_put(&hub, name, strlen(name), &o, &created, &info), 0);
+    }
+    sleep_ms(20);
+    /* The sweep works through the table in slices; a few calls cover all of it. */
+    size_t slices = (hub.channels.mask + 1 + 4095) / 4096;
+    for (size_t i = 0; i < slices + 1 && hub.channels.len; i++)
+        hub_sweep(&hub);
+    assert_int_equal(hub.channels.len, 0);
+}
+
+/*
+ * TTLs are measured on the wall clock too: a step back must not make every
+ * idle channel look expired (and lose its history) at once.
+ */
+static void test_sweep_survives_wall_clock_step_back(void **state)
+{
+    pub("a", "1");
+    chan("a")->last_active_ms = wall_ms() + 60000; /* the clock went back a minute since */
+    hub_sweep(&hub);
+    assert_non_null(chan("a"));
+}
+
+int main(void)
+{
+#define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+    const struct CMUnitTest tests[] = {
+        T(test_ids_increase_by_one_per_publish),
+        T(test_multi_channel_publish_shares_seq),
+        T(test_publish_rejects_zero_channels),
+        T(test_message_framings),
+        T(test_control_frames),
+        T(test_history_size_evicts_oldest),
+        T(test_history_bytes_keeps_newest),
+        T(test_history_age),
+        T(test_history_survives_wall_clock_step_back),
+        T(test_since_inside_history_gives_exactly_the_newer),
+        T(test_since_older_than_history_reports_gaps),
+        T(test_since_zero_gives_everything_without_gap),
+        T(test_since_ahead_of_head_is_a_cursor_error),
+        T(test_multi_channel_message_once_in_backlog),
+        T(test_backlog_skips_what_a_held_channel_delivers_live),
+        T(test_subscribe_twice_and_duplicates),
+        T(test_publish_fills_the_subscribers_worker_inbox),
+        T(test_unsubscribe_clears_the_worker_bit),
+        T(test_auto_create_off),
+        T(test_max_channels),
+        T(test_max_channels_counts_only_missing_channels),
+        T(test_max_channels_existing_first),
+        T(test_channel_name_valid),
+        T(test_cursor_parse),
+        T(test_channel_put_get),
+        T(test_channel_delete),
+        T(test_delete_with_subscriber_queues_closed),
+        T(test_free_releases_channels_of_pending_items),
+        T(test_channel_list),
+        T(test_channel_list_pages_a_large_table),
+        T(test_sweep_expires_idle_channels),
+        T(test_sweep_covers_a_large_table),
+        T(test_sweep_survives_wall_clock_step_back),
+    };
+#undef T
+    return cmocka_run_group_tests_name("hub", tests, NULL, NULL);
+}
