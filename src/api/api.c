@@ -235,7 +235,7 @@ int api_pub_from_json(json_t *obj, struct api_pub *p, const char **err)
 
 static void publish_error(struct http_ctx *x, int err, const char *channel, size_t len)
 {
-    int status = err == HUB_ERR_NOT_FOUND ? 404 : err == HUB_ERR_TOO_MANY ? 503 : 400;
+    int status = transport_error_status(err);
     http_error(x, status, transport_error_name(err), "%s%s%.*s", hub_strerror(err),
                channel ? ": " : "", channel ? (int)len : 0, channel ? channel : "");
 }
@@ -246,6 +246,25 @@ static void reply_published(struct http_ctx *x, const struct publish_result *res
     int n = snprintf(body, sizeof(body), "{\"id\":\"%" PRIu64 "\",\"subscribers\":%u}\n", res->id,
                      res->subscribers);
     http_respond(x, 201, "application/json", NULL, body, (size_t)n);
+}
+
+/* One publish waiting for its answer (inline in memory mode). */
+struct pub_op {
+    struct http_async a;
+    char name[CHANNEL_NAME_MAX + 1];
+    size_t name_len;
+};
+
+static void pub_done(void *arg, int err, const struct publish_result *res)
+{
+    struct pub_op *op = arg;
+    struct http_ctx *x = http_async_ctx(&op->a);
+    if (x && err)
+        publish_error(x, err, op->name, op->name_len);
+    else if (x)
+        reply_published(x, res);
+    if (http_async_finish(&op->a))
+        free(op);
 }
 
 /* POST /pub/{channel}: the raw body, kept as JSON when it is JSON. */
@@ -296,69 +315,124 @@ static void handle_pub(struct http_ctx *x, const char *name, size_t name_len)
     req.data_json =
         (struct slice){data.data ? data.data : "\"\"", (uint32_t)(data.data ? data.len : 2)};
     struct slice ch = {name, (uint32_t)name_len};
-    struct publish_result res;
-    int err = hub_publish(hub, &ch, 1, &req, &res);
+    struct pub_op *op = xmalloc(sizeof(*op));
+    http_async_begin(&op->a, x);
+    memcpy(op->name, name, name_len);
+    op->name_len = name_len;
+    hub_publish_async(hub, x->c->w->id, &ch, 1, &req, pub_done, op);
+    http_async_started(&op->a);
+    if (op->a.done && !op->a.deferred)
+        free(op);
     sbuf_free(&data);
-    if (err)
-        return publish_error(x, err, name, name_len);
-    reply_published(x, &res);
 }
 
-/* POST /api/publish: {"channel(s)":…,"data":…} or {"messages":[…]} (all validated first). */
+/* POST /api/publish: one message or a batch, published in order, one after the other. */
+struct batch_op {
+    struct http_async a;
+    json_t *doc;
+    struct api_pub *pubs;
+    size_t n, next;
+    bool batch;
+    struct sbuf out;
+};
+
+static void batch_next(struct batch_op *op);
+
+static void batch_free(struct batch_op *op)
+{
+    for (size_t i = 0; i < op->n; i++)
+        api_pub_free(&op->pubs[i]);
+    free(op->pubs);
+    json_decref(op->doc);
+    sbuf_free(&op->out);
+    free(op);
+}
+
+static void batch_done(void *arg, int err, const struct publish_result *res)
+{
+    struct batch_op *op = arg;
+    api_pub_free(&op->pubs[op->next]);
+    if (!op->batch && err) {
+        struct http_ctx *x = http_async_ctx(&op->a);
+        if (x)
+            publish_error(x, err, NULL, 0);
+        if (http_async_finish(&op->a))
+            batch_free(op);
+        return;
+    }
+    if (op->next)
+        sbuf_add(&op->out, ",", 1);
+    if (err)
+        sbuf_printf(&op->out, "{\"error\":\"%s\",\"detail\":\"%s\"}", transport_error_name(err),
+                    hub_strerror(err));
+    else
+        sbuf_printf(&op->out, "{\"id\":\"%" PRIu64 "\",\"subscribers\":%u}", res->id,
+                    res->subscribers);
+    op->next++;
+    batch_next(op);
+}
+
+static void batch_next(struct batch_op *op)
+{
+    if (op->next < op->n) {
+        struct api_pub *p = &op->pubs[op->next];
+        struct publish_req req = {
+            .data_json = {p->data_json, (uint32_t)p->data_len},
+            .raw = {p->raw, (uint32_t)p->raw_len},
+            .event = p->event,
+            .event_len = p->event_len,
+        };
+        struct conn *c = op->a.inline_x ? op->a.inline_x->c : op->a.c;
+        hub_publish_async(&conn_server(c)->hub, c->w->id, p->channels, p->n, &req, batch_done, op);
+        return;
+    }
+    sbuf_adds(&op->out, op->batch ? "]}\n" : "\n");
+    struct http_ctx *x = http_async_ctx(&op->a);
+    if (x)
+        http_respond(x, 201, "application/json", NULL, op->out.data, op->out.len);
+    if (http_async_finish(&op->a))
+        batch_free(op);
+}
+
 static void handle_api_publish(struct http_ctx *x)
 {
-    struct hub *hub = &conn_server(x->c)->hub;
     json_error_t jerr;
     json_t *doc = json_loadb(x->body, x->body_len, 0, &jerr);
     if (!doc)
         return http_error(x, 400, "bad_json", "the body is not a JSON object: %s (line %d)",
                           jerr.text, jerr.line);
     json_t *msgs = json_object_get(doc, "messages");
-    size_t n = json_is_array(msgs) ? json_array_size(msgs) : 1;
-    if (json_is_array(msgs) && (n == 0 || n > 1000)) {
+    bool batch = json_is_array(msgs);
+    size_t n = batch ? json_array_size(msgs) : 1;
+    if (batch && (n == 0 || n > 1000)) {
         json_decref(doc);
         return http_error(x, 400, "bad_batch", "\"messages\" holds 1 to 1000 messages");
     }
-    struct api_pub *pubs = xcalloc(n, sizeof(*pubs));
+    struct batch_op *op = xcalloc(1, sizeof(*op));
+    op->doc = doc;
+    op->n = n;
+    op->batch = batch;
+    op->pubs = xcalloc(n, sizeof(*op->pubs));
     const char *err = NULL;
     size_t bad = 0;
     for (size_t i = 0; i < n && !err; i++)
-        if (api_pub_from_json(json_is_array(msgs) ? json_array_get(msgs, i) : doc, &pubs[i], &err))
+        if (api_pub_from_json(batch ? json_array_get(msgs, i) : doc, &op->pubs[i], &err))
             bad = i;
-    struct sbuf out = {0};
     if (err) {
-        for (size_t i = 0; i < n; i++)
-            api_pub_free(&pubs[i]);
-        if (json_is_array(msgs))
+        if (batch)
             http_error(x, 400, "bad_message", "messages[%zu]: %s (nothing was published)", bad,
                        err);
         else
             http_error(x, 400, "bad_message", "%s", err);
-        goto out;
+        batch_free(op);
+        return;
     }
-    sbuf_adds(&out, json_is_array(msgs) ? "{\"results\":[" : "");
-    for (size_t i = 0; i < n; i++) {
-        struct publish_result res;
-        int e = api_pub_commit(hub, &pubs[i], &res);
-        if (e && !json_is_array(msgs)) {
-            publish_error(x, e, NULL, 0);
-            goto out;
-        }
-        if (i)
-            sbuf_add(&out, ",", 1);
-        if (e)
-            sbuf_printf(&out, "{\"error\":\"%s\",\"detail\":\"%s\"}", transport_error_name(e),
-                        hub_strerror(e));
-        else
-            sbuf_printf(&out, "{\"id\":\"%" PRIu64 "\",\"subscribers\":%u}", res.id,
-                        res.subscribers);
-    }
-    sbuf_adds(&out, json_is_array(msgs) ? "]}\n" : "\n");
-    http_respond(x, 201, "application/json", NULL, out.data, out.len);
-out:
-    sbuf_free(&out);
-    free(pubs);
-    json_decref(doc);
+    sbuf_adds(&op->out, batch ? "{\"results\":[" : "");
+    http_async_begin(&op->a, x);
+    batch_next(op);
+    http_async_started(&op->a);
+    if (op->a.done && !op->a.deferred)
+        batch_free(op);
 }
 
 /* ---- channels --------------------------------------------------------------- */
@@ -397,6 +471,55 @@ static void respond_info(struct http_ctx *x, int status, const struct channel_in
     sbuf_add(&b, "\n", 1);
     http_respond(x, status, "application/json", NULL, b.data, b.len);
     sbuf_free(&b);
+}
+
+/* A channel operation waiting for its answer (inline in memory mode). */
+enum chan_kind { CHAN_PUT, CHAN_GET, CHAN_DELETE };
+struct chan_op {
+    struct http_async a;
+    enum chan_kind kind;
+    char name[CHANNEL_NAME_MAX + 1];
+};
+
+static struct chan_op *chan_op_new(struct http_ctx *x, const char *name, size_t len,
+                                   enum chan_kind kind)
+{
+    struct chan_op *op = xcalloc(1, sizeof(*op));
+    http_async_begin(&op->a, x);
+    op->kind = kind;
+    memcpy(op->name, name, MIN(len, (size_t)CHANNEL_NAME_MAX));
+    return op;
+}
+
+static void chan_op_started(struct chan_op *op)
+{
+    http_async_started(&op->a);
+    if (op->a.done && !op->a.deferred)
+        free(op);
+}
+
+static void chan_done(void *arg, int err, const struct channel_info *info, bool created)
+{
+    struct chan_op *op = arg;
+    struct http_ctx *x = http_async_ctx(&op->a);
+    if (!x) {
+        /* the client went away */
+    } else if (err == HUB_ERR_NOT_FOUND) {
+        http_error(x, 404, "channel_not_found", "no channel %s", op->name);
+    } else if (err) {
+        publish_error(x, err, NULL, 0);
+    } else if (op->kind == CHAN_DELETE) {
+        struct sbuf b = {0};
+        sbuf_adds(&b, "{\"deleted\":");
+        sbuf_add_json_str(&b, op->name, strlen(op->name));
+        sbuf_adds(&b, "}\n");
+        http_respond(x, 200, "application/json", NULL, b.data, b.len);
+        sbuf_free(&b);
+    } else {
+        respond_info(x, created ? 201 : 200, info);
+    }
+    if (http_async_finish(&op->a))
+        free(op);
 }
 
 /* Reads a non-negative integer option (seconds or a count) into *out. */
@@ -467,12 +590,41 @@ static void handle_channel_put(struct http_ctx *x, const char *name, size_t len)
         }
         json_decref(doc);
     }
-    bool created;
-    struct channel_info info;
-    int err = hub_channel_put(&conn_server(x->c)->hub, name, len, &o, &created, &info);
-    if (err)
-        return publish_error(x, err, NULL, 0);
-    respond_info(x, created ? 201 : 200, &info);
+    struct chan_op *op = chan_op_new(x, name, len, CHAN_PUT);
+    hub_channel_put_async(&conn_server(x->c)->hub, x->c->w->id, name, len, &o, chan_done, op);
+    chan_op_started(op);
+}
+
+struct list_op {
+    struct http_async a;
+    size_t limit;
+};
+
+static void list_done(void *arg, int err, const struct channel_info *infos, size_t n, size_t total)
+{
+    struct list_op *op = arg;
+    struct http_ctx *x = http_async_ctx(&op->a);
+    if (x && err) {
+        publish_error(x, err, NULL, 0);
+    } else if (x) {
+        struct sbuf b = {0};
+        sbuf_adds(&b, "{\"channels\":[");
+        for (size_t i = 0; i < n; i++) {
+            if (i)
+                sbuf_add(&b, ",", 1);
+            info_json(&b, &infos[i]);
+        }
+        sbuf_printf(&b, "],\"total\":%zu,\"next\":", total);
+        if (n == op->limit && n)
+            sbuf_add_json_str(&b, infos[n - 1].name, strlen(infos[n - 1].name));
+        else
+            sbuf_adds(&b, "null");
+        sbuf_adds(&b, "}\n");
+        http_respond(x, 200, "application/json", NULL, b.data, b.len);
+        sbuf_free(&b);
+    }
+    if (http_async_finish(&op->a))
+        free(op);
 }
 
 static void handle_channel_list(struct http_ctx *x)
@@ -507,26 +659,14 @@ static void handle_channel_list(struct http_ctx *x)
         prefix_buf[n] = '\0';
         prefix = prefix_buf;
     }
-    struct channel_info *infos = xmalloc(limit * sizeof(*infos));
-    size_t total;
-    size_t n =
-        hub_channel_list(&conn_server(x->c)->hub, after, after_len, prefix, infos, limit, &total);
-    struct sbuf b = {0};
-    sbuf_adds(&b, "{\"channels\":[");
-    for (size_t i = 0; i < n; i++) {
-        if (i)
-            sbuf_add(&b, ",", 1);
-        info_json(&b, &infos[i]);
-    }
-    sbuf_printf(&b, "],\"total\":%zu,\"next\":", total);
-    if (n == limit)
-        sbuf_add_json_str(&b, infos[n - 1].name, strlen(infos[n - 1].name));
-    else
-        sbuf_adds(&b, "null");
-    sbuf_adds(&b, "}\n");
-    http_respond(x, 200, "application/json", NULL, b.data, b.len);
-    sbuf_free(&b);
-    free(infos);
+    struct list_op *op = xcalloc(1, sizeof(*op));
+    op->limit = limit;
+    http_async_begin(&op->a, x);
+    hub_channel_list_async(&conn_server(x->c)->hub, x->c->w->id, after, after_len, prefix, limit,
+                           list_done, op);
+    http_async_started(&op->a);
+    if (op->a.done && !op->a.deferred)
+        free(op);
 }
 
 static void handle_channel(struct http_ctx *x, const char *raw, size_t raw_len)
@@ -537,25 +677,19 @@ static void handle_channel(struct http_ctx *x, const char *raw, size_t raw_len)
         return http_error(x, 400, "bad_channel",
                           "channel names are 1-128 bytes of letters, digits and _ . : @ / -");
     struct hub *hub = &conn_server(x->c)->hub;
-    struct channel_info info;
+    int w = x->c->w->id;
+    struct chan_op *op;
     switch (x->req->method_id) {
     case HTTP_M_PUT: return handle_channel_put(x, name, (size_t)n);
     case HTTP_M_GET:
     case HTTP_M_HEAD:
-        if (hub_channel_get(hub, name, (size_t)n, &info))
-            return http_error(x, 404, "channel_not_found", "no channel %.*s", (int)n, name);
-        return respond_info(x, 200, &info);
-    case HTTP_M_DELETE: {
-        if (hub_channel_delete(hub, name, (size_t)n))
-            return http_error(x, 404, "channel_not_found", "no channel %.*s", (int)n, name);
-        struct sbuf b = {0};
-        sbuf_adds(&b, "{\"deleted\":");
-        sbuf_add_json_str(&b, name, (size_t)n);
-        sbuf_adds(&b, "}\n");
-        http_respond(x, 200, "application/json", NULL, b.data, b.len);
-        sbuf_free(&b);
-        return;
-    }
+        op = chan_op_new(x, name, (size_t)n, CHAN_GET);
+        hub_channel_get_async(hub, w, name, (size_t)n, chan_done, op);
+        return chan_op_started(op);
+    case HTTP_M_DELETE:
+        op = chan_op_new(x, name, (size_t)n, CHAN_DELETE);
+        hub_channel_delete_async(hub, w, name, (size_t)n, chan_done, op);
+        return chan_op_started(op);
     default: break;
     }
     NOT_ALLOWED(x, "GET, PUT, DELETE", "channels support GET, PUT and DELETE");

@@ -15,6 +15,8 @@
 static void wake_cb(struct loop *loop, struct io *io, uint32_t events)
 {
     uint64_t v;
+    if (!(events & POLLER_IN))
+        return;
     /* Drain before running the hook so wakes posted during it are not lost. */
     while (read(io->fd, &v, sizeof(v)) > 0)
         ;
@@ -36,7 +38,8 @@ int loop_init(struct loop *loop)
     }
     loop->wake_io = (struct io){.fd = loop->wake_fd, .cb = wake_cb};
     loop->now = now_ms();
-    return loop_add(loop, &loop->wake_io);
+    /* Read side only: an eventfd is always writable, which would wake us for nothing. */
+    return loop_add_events(loop, &loop->wake_io, POLLER_IN);
 }
 
 void loop_free(struct loop *loop)
@@ -48,7 +51,12 @@ void loop_free(struct loop *loop)
 
 int loop_add(struct loop *loop, struct io *io)
 {
-    return poller_add(loop->pfd, io->fd, POLLER_IN | POLLER_OUT, io);
+    return loop_add_events(loop, io, POLLER_IN | POLLER_OUT);
+}
+
+int loop_add_events(struct loop *loop, struct io *io, uint32_t events)
+{
+    return poller_add(loop->pfd, io->fd, events, io);
 }
 
 void loop_del(struct loop *loop, struct io *io)
@@ -129,7 +137,10 @@ void timer_start(struct loop *loop, struct timer *t, uint64_t after_ms)
 
 static void run_timers(struct loop *loop)
 {
-    while (loop->heap_len && loop->heap[0]->when <= loop->now) {
+    /* Bounded by the timers armed on entry: one that re-arms itself with no delay
+     * runs again next pass instead of spinning here. */
+    uint32_t budget = loop->heap_len;
+    while (budget-- && loop->heap_len && loop->heap[0]->when <= loop->now) {
         struct timer *t = loop->heap[0];
         timer_stop(loop, t);
         t->cb(loop, t);
@@ -142,7 +153,8 @@ void loop_run_once(struct loop *loop, int max_wait_ms)
     int wait = max_wait_ms;
     if (loop->heap_len) {
         uint64_t due = loop->heap[0]->when;
-        int until = due <= loop->now ? 0 : (int)MIN(due - loop->now, (uint64_t)max_wait_ms);
+        uint64_t cap = max_wait_ms < 0 ? (uint64_t)INT32_MAX : (uint64_t)max_wait_ms;
+        int until = due <= loop->now ? 0 : (int)MIN(due - loop->now, cap);
         if (wait < 0 || until < wait)
             wait = until;
     }

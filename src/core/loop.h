@@ -44,6 +44,8 @@ int loop_init(struct loop *loop);
 void loop_free(struct loop *loop);
 /* Registers io->fd edge-triggered for reads and writes. 0 or -errno. */
 int loop_add(struct loop *loop, struct io *io);
+/* Registers io->fd edge-triggered for `events` (POLLER_IN / POLLER_OUT). 0 or -errno. */
+int loop_add_events(struct loop *loop, struct io *io, uint32_t events);
 void loop_del(struct loop *loop, struct io *io);
 
 static inline void timer_init(struct timer *t, void (*cb)(struct loop *, struct timer *))

@@ -12,6 +12,7 @@
 #include "core/server.h"
 
 #include <arpa/inet.h>
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -279,6 +280,10 @@ static void fanout(struct worker *w, struct inbox_item *items, uint32_t n)
     uint64_t delivered = 0;
     for (uint32_t i = 0; i < n; i++) {
         struct inbox_item *it = &items[i];
+        if (it->kind == INBOX_CALL) {
+            it->fn(it->arg);
+            continue;
+        }
         struct channel *ch = it->ch;
         struct list *head = ch->local ? &ch->local[w->id].subs : NULL;
         if (it->kind == INBOX_MSG && head) {
@@ -325,6 +330,19 @@ static void on_wake(struct loop *loop, void *arg)
         begin_drain(w);
 }
 
+static void resume_parked(void *arg)
+{
+    struct conn *c = arg;
+    if (conn_release(c))
+        conn_resume(c);
+}
+
+/* The hub's on_synced: re-run the parked request on its own worker. */
+static void hub_synced(struct hub *hub, int w, void *conn, int err)
+{
+    hub_post(hub, w, resume_parked, conn);
+}
+
 static void hub_wake(void *arg)
 {
     loop_wake(&((struct worker *)arg)->loop);
@@ -363,6 +381,8 @@ void conn_start_lifetime(struct conn *c)
 static void conn_free(struct conn *c)
 {
     struct worker *w = c->w;
+    if (c->flags & CF_ZOMBIE)
+        return; /* already torn down; the last conn_release frees it */
     hub_unsubscribe_all(&w->srv->hub, w->id, &c->subs);
     timer_stop(&w->loop, &c->timer);
     timer_stop(&w->loop, &c->life);
@@ -370,11 +390,51 @@ static void conn_free(struct conn *c)
     while (c->q_len)
         q_pop(c);
     free(c->in);
+    c->in = NULL;
+    c->in_len = c->in_cap = 0;
     list_remove(&c->all);
     close(c->io.fd);
     atomic_fetch_sub(&w->ctr.conns[c->kind], 1);
     atomic_fetch_sub(&total_conns, 1);
+    if (c->holds) {
+        c->flags |= CF_ZOMBIE;
+        return;
+    }
     free(c);
+}
+
+void conn_hold(struct conn *c)
+{
+    c->holds++;
+}
+
+bool conn_release(struct conn *c)
+{
+    assert(c->holds > 0);
+    c->holds--;
+    if (c->flags & CF_ZOMBIE) {
+        if (!c->holds)
+            free(c);
+        return false;
+    }
+    return !(c->flags & CF_CLOSING);
+}
+
+void conn_park_retry(struct conn *c)
+{
+    c->flags |= CF_RETRY | CF_READ_PAUSED;
+    timer_stop(&c->w->loop, &c->timer);
+}
+
+void conn_resume(struct conn *c)
+{
+    if (!(c->flags & CF_READ_PAUSED))
+        return;
+    c->flags &= ~(uint32_t)(CF_RETRY | CF_READ_PAUSED);
+    if (c->kind == CONN_WS)
+        ws_resume(c);
+    else
+        conn_process_pending(c);
 }
 
 static void conn_read(struct conn *c)
@@ -437,7 +497,7 @@ static void conn_read(struct conn *c)
         if (c->in)
             c->in_len = (uint32_t)len;
         long used;
-        switch (c->kind) {
+        switch (c->flags & CF_READ_PAUSED ? CONN_POLL : c->kind) {
         case CONN_HTTP: used = http_on_read(c, data, len); break;
         case CONN_WS: used = ws_on_read(c, data, len); break;
         case CONN_POLL:
@@ -757,6 +817,7 @@ static int worker_init(struct server *srv, struct worker *w, int id)
     w->inflater = ws_inflater_new();
     timer_init(&w->tick, tick_cb);
     srv->hub.inbox[id].wake = hub_wake;
+    srv->hub.on_synced = hub_synced;
     srv->hub.inbox[id].wake_arg = w;
     return worker_listen(w);
 }

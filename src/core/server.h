@@ -51,6 +51,8 @@ enum conn_flag {
     CF_KEEPALIVE = 1u << 14,    /* long-poll: the request allowed keep-alive */
     CF_CORS = 1u << 15,         /* long-poll: answer with CORS headers */
     CF_LINGER = 1u << 16,       /* our side is shut; discard input until EOF or close grace */
+    CF_RETRY = 1u << 17,        /* the request waits for the backend: keep it, re-run it later */
+    CF_ZOMBIE = 1u << 18,       /* closed while the backend holds it: freed on the last release */
 };
 
 /* One element of the outbound queue: bytes borrowed from a refcounted owner. */
@@ -75,6 +77,8 @@ struct ws_state {
     struct ws_utf8 utf8;
     char *msg; /* reassembly buffer for fragmented/partial messages */
     uint32_t msg_len;
+    char *pending; /* an op waiting for the backend, re-run by ws_resume */
+    uint32_t pending_len;
 };
 
 struct worker;
@@ -83,6 +87,7 @@ struct conn {
     struct io io;
     struct worker *w;
     uint8_t kind;
+    uint16_t holds; /* backend operations in flight that will come back to this connection */
     uint32_t flags;
     char *in; /* unconsumed input, NULL when none */
     uint32_t in_len, in_cap;
@@ -92,13 +97,13 @@ struct conn {
     uint32_t q_off;  /* bytes of the head item already written */
     uint32_t out_bytes;
     uint32_t replay_slack; /* history replay may pass max-outbound by this much until drained */
-    struct timer timer; /* header timeout / heartbeat / poll timeout / pong grace */
-    struct timer life;  /* maximum lifetime (reconnect dither) */
-    struct list link;   /* worker's dirty or closing list */
-    struct list all;    /* worker's connection list */
-    struct list subs;   /* struct sub.conn_link */
-    uint64_t live_seq;  /* highest seq delivered live (multi-channel dedup) */
-    uint64_t cursor;    /* long-poll: cursor to answer when nothing arrives */
+    struct timer timer;    /* header timeout / heartbeat / poll timeout / pong grace */
+    struct timer life;     /* maximum lifetime (reconnect dither) */
+    struct list link;      /* worker's dirty or closing list */
+    struct list all;       /* worker's connection list */
+    struct list subs;      /* struct sub.conn_link */
+    uint64_t live_seq;     /* highest seq delivered live (multi-channel dedup) */
+    uint64_t cursor;       /* long-poll: cursor to answer when nothing arrives */
     union {
         struct http_state http;
         struct ws_state ws;
@@ -178,6 +183,21 @@ void conn_set_kind(struct conn *c, enum conn_kind kind);
 void conn_trim_input(struct conn *c);
 /* Runs the connection's input handler over input kept while it was busy (pipelining). */
 void conn_process_pending(struct conn *c);
+
+/*
+ * Keeps the connection struct alive for an asynchronous backend operation
+ * (cluster mode): a connection closed meanwhile becomes a zombie (socket
+ * closed, subscriptions gone) and is freed by the last conn_release().
+ * conn_release() returns false when the connection is gone (zombie): the
+ * caller must not touch it further.
+ */
+void conn_hold(struct conn *c);
+bool conn_release(struct conn *c);
+/* Parks a request until the backend is ready (channels syncing): the request
+ * is left unconsumed and re-run by conn_resume(). */
+void conn_park_retry(struct conn *c);
+/* Un-parks: re-runs kept input (on the connection's worker thread). */
+void conn_resume(struct conn *c);
 
 /* Delivers one hub message to a subscriber connection (framed for its transport). */
 void conn_deliver(struct conn *c, struct msg *m);

@@ -10,6 +10,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "core/log.h"
 #include "transport/transport.h"
@@ -84,8 +85,9 @@ void http_respond(struct http_ctx *x, int status, const char *content_type, cons
                   const char *body, size_t body_len)
 {
     struct conn *c = x->c;
-    bool keep = x->req && x->req->keep_alive && !(c->flags & CF_EOF) && status != 408 &&
-                status != 413 && status != 431 && status != 414 && status != 400 &&
+    /* Framing errors are answered without a request (x->req NULL): we cannot
+     * tell where the next request would start, so the connection closes. */
+    bool keep = x->req && x->req->keep_alive && !(c->flags & (CF_EOF | CF_CLOSE_AFTER)) &&
                 !atomic_load(&conn_server(c)->shutdown);
     struct sbuf b = {0};
     http_head(x, &b, status, content_type);
@@ -264,7 +266,7 @@ static long read_body(struct conn *c, const struct http_request *req, char *p, s
 {
     struct http_state *hs = &c->u.http;
     const struct herald_config *cfg = conn_cfg(c);
-    struct http_ctx x = {.c = c, .req = req};
+    struct http_ctx x = {.c = c}; /* framing errors close the connection */
     if (req->chunked) {
         if (!hs->raw_off)
             hs->raw_off = hs->body_end = hs->head_len;
@@ -304,7 +306,7 @@ static long read_body(struct conn *c, const struct http_request *req, char *p, s
 static bool check_head(struct conn *c, const struct http_request *req, size_t have)
 {
     const struct herald_config *cfg = conn_cfg(c);
-    struct http_ctx x = {.c = c, .req = req};
+    struct http_ctx x = {.c = c}; /* framing errors close the connection */
     if (req->minor_version == 1 && !http_find_header(req, "Host")) {
         http_error(&x, 400, "missing_host", "HTTP/1.1 requests need a Host header");
         return false;
@@ -336,7 +338,8 @@ long http_on_read(struct conn *c, char *buf, size_t len)
     const struct herald_config *cfg = conn_cfg(c);
     const struct http_limits limits = {cfg->max_header_bytes, cfg->max_uri_bytes};
     size_t off = 0;
-    while (off < len && c->kind == CONN_HTTP && !(c->flags & (CF_CLOSING | CF_CLOSE_AFTER))) {
+    while (off < len && c->kind == CONN_HTTP &&
+           !(c->flags & (CF_CLOSING | CF_CLOSE_AFTER | CF_READ_PAUSED))) {
         char *p = buf + off;
         size_t n = len - off;
         struct http_state *hs = &c->u.http;
@@ -370,6 +373,11 @@ long http_on_read(struct conn *c, char *buf, size_t len)
         }
         timer_stop(&c->w->loop, &c->timer);
         dispatch(c, &req, body, body_len);
+        if (c->flags & CF_RETRY) {
+            /* Waiting for the backend: keep this request to re-run it as it is. */
+            memset(&c->u.http, 0, sizeof(c->u.http));
+            break;
+        }
         off += (size_t)total;
         on_request_done(c);
         if (c->kind == CONN_WS && off < len) {
@@ -379,4 +387,65 @@ long http_on_read(struct conn *c, char *buf, size_t len)
         }
     }
     return (long)off;
+}
+
+/* ---- asynchronous answers ---------------------------------------------------- */
+
+void http_async_begin(struct http_async *a, struct http_ctx *x)
+{
+    memset(a, 0, sizeof(*a));
+    a->inline_x = x;
+}
+
+void http_async_started(struct http_async *a)
+{
+    struct http_ctx *x = a->inline_x;
+    a->inline_x = NULL;
+    if (a->done)
+        return;
+    /* The answer comes later: keep the connection and stop reading requests. */
+    a->deferred = true;
+    a->c = x->c;
+    a->keep_alive = x->req->keep_alive;
+    a->head = x->req->method_id == HTTP_M_HEAD;
+    a->minor_version = x->req->minor_version;
+    a->cors = x->cors;
+    a->origin = x->origin ? xstrndup(x->origin, x->origin_len) : NULL;
+    conn_hold(a->c);
+    a->c->flags |= CF_READ_PAUSED;
+    timer_stop(&a->c->w->loop, &a->c->timer);
+}
+
+struct http_ctx *http_async_ctx(struct http_async *a)
+{
+    a->done = true;
+    if (a->inline_x)
+        return a->inline_x;
+    if (!conn_release(a->c)) {
+        a->c = NULL; /* the client went away meanwhile */
+        return NULL;
+    }
+    a->req = (struct http_request){.keep_alive = a->keep_alive,
+                                   .minor_version = a->minor_version,
+                                   .method_id = a->head ? HTTP_M_HEAD : HTTP_M_GET};
+    a->x = (struct http_ctx){.c = a->c,
+                             .req = &a->req,
+                             .cors = a->cors,
+                             .origin = a->origin,
+                             .origin_len = a->origin ? strlen(a->origin) : 0};
+    return &a->x;
+}
+
+bool http_async_finish(struct http_async *a)
+{
+    if (!a->deferred)
+        return false; /* inline: the handler frees after http_async_started */
+    free(a->origin);
+    if (a->c) {
+        a->c->flags &= ~(uint32_t)CF_READ_PAUSED;
+        if (!(a->c->flags & CF_CLOSE_AFTER))
+            timer_start(&a->c->w->loop, &a->c->timer, HTTP_KEEPALIVE_IDLE_MS);
+        conn_process_pending(a->c);
+    }
+    return true;
 }

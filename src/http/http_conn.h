@@ -40,6 +40,31 @@ const char *http_reason(int status);
 /* Whether Origin is allowed by --cors-origins. */
 bool http_origin_allowed(const struct herald_config *cfg, const char *origin, size_t len);
 
+/*
+ * Answering after an asynchronous backend call (cluster mode). Embed a struct
+ * http_async in the operation's context; call http_async_begin() before
+ * starting the call and http_async_started() right after. The completion may
+ * run inline (in-memory mode: nothing is deferred) or later on the
+ * connection's worker; there it gets the context to answer on from
+ * http_async_ctx() (NULL when the client went away) and ends with
+ * http_async_finish(), which resumes pipelined requests.
+ */
+struct http_async {
+    struct http_ctx *inline_x; /* the handler's context while it runs */
+    struct conn *c;            /* set when deferred */
+    bool done, deferred, keep_alive, head, cors;
+    int minor_version;
+    char *origin;
+    struct http_request req; /* minimal copy for http_respond */
+    struct http_ctx x;
+};
+void http_async_begin(struct http_async *a, struct http_ctx *x);
+void http_async_started(struct http_async *a);
+struct http_ctx *http_async_ctx(struct http_async *a);
+/* Returns true when the caller must free its context now (otherwise the
+ * inline handler still owns it and frees it after http_async_started). */
+bool http_async_finish(struct http_async *a);
+
 /* Route handlers (api/api.c and the transport sources). */
 void api_handle(struct http_ctx *x);
 void ws_handle_upgrade(struct http_ctx *x);

@@ -21,6 +21,8 @@ const char *hub_strerror(int err)
     case HUB_ERR_TOO_MANY: return "the server holds its maximum number of channels";
     case HUB_ERR_CURSOR: return "the cursor is not a message id from this server";
     case HUB_ERR_TOO_MANY_SUBS: return "too many channels on one connection";
+    case HUB_ERR_BACKEND:
+        return "the cluster backend (Redis) is unreachable; nothing was stored, retry shortly";
     }
     return "unknown error";
 }
@@ -295,6 +297,12 @@ static struct channel *chan_create(struct hub *hub, const char *name, size_t len
     return ch;
 }
 
+/* Milliseconds from t to now; 0 if the wall clock stepped back past t. */
+static inline uint64_t age_ms(uint64_t now, uint64_t t)
+{
+    return now > t ? now - t : 0;
+}
+
 static void hist_drop_oldest(struct channel *ch)
 {
     struct msg *m = ch->hist[ch->hist_head];
@@ -315,7 +323,7 @@ static inline struct msg *hist_at(const struct channel *ch, uint32_t i)
 /* Evicts by age, count and bytes (the newest message is kept even if over). */
 static void hist_trim(struct channel *ch, uint64_t now)
 {
-    while (ch->hist_len && (now - hist_at(ch, 0)->time_ms > ch->history_ttl_ms))
+    while (ch->hist_len && age_ms(now, hist_at(ch, 0)->time_ms) > ch->history_ttl_ms)
         hist_drop_oldest(ch);
     while (ch->hist_len > ch->history_size)
         hist_drop_oldest(ch);
@@ -397,24 +405,26 @@ static void wake_workers(struct hub *hub, uint64_t mask)
 
 void hub_free(struct hub *hub)
 {
-    size_t b = 0;
-    struct map_node *n, *next = NULL;
-    while ((n = map_next(&hub->channels, &b, &next))) {
-        struct channel *ch = container_of(n, struct channel, node);
-        map_del(&hub->channels, n);
-        atomic_store(&ch->refs, 1);
-        chan_release(hub, ch);
-    }
-    map_free(&hub->channels);
+    /* Pending inbox items hold message and channel references: drop them first,
+     * so that every channel (deleted ones too) is freed by its last reference. */
     for (int w = 0; w < hub->nworkers; w++) {
         struct hub_inbox *in = &hub->inbox[w];
-        for (uint32_t i = 0; i < in->len; i++)
+        for (uint32_t i = 0; i < in->len; i++) {
             if (in->items[i].msg)
                 ref_put(&in->items[i].msg->ref);
-        /* channel references of pending items die with the table below */
+            if (in->items[i].ch)
+                chan_release(hub, in->items[i].ch);
+        }
         free(in->items);
         pthread_mutex_destroy(&in->lock);
     }
+    size_t b = 0;
+    struct map_node *n, *next = NULL;
+    while ((n = map_next(&hub->channels, &b, &next))) {
+        map_del(&hub->channels, n);
+        chan_release(hub, container_of(n, struct channel, node));
+    }
+    map_free(&hub->channels);
     pthread_mutex_destroy(&hub->lock);
 }
 
@@ -436,6 +446,45 @@ static void inbox_push(struct hub_inbox *in, struct msg *m, struct channel *ch, 
     pthread_mutex_unlock(&in->lock);
 }
 
+/* Resolves names to channels (creating when allowed); 0 or a hub_error. */
+static int resolve_channels(struct hub *hub, const struct slice *names, size_t n,
+                            struct channel **chs, size_t *bad_index)
+{
+    size_t missing = 0;
+    for (size_t i = 0; i < n; i++) {
+        chs[i] = chan_lookup(hub, names[i].data, names[i].len);
+        if (chs[i])
+            continue;
+        if (!hub->cfg->auto_create && !hub->be_ops) {
+            *bad_index = i; /* in cluster mode, loading the cache checks existence */
+            return HUB_ERR_NOT_FOUND;
+        }
+        missing++;
+    }
+    if (hub->channels.len + missing > hub->cfg->max_channels) {
+        *bad_index = 0;
+        return HUB_ERR_TOO_MANY;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (!chs[i] && !(chs[i] = chan_lookup(hub, names[i].data, names[i].len)))
+            chs[i] = chan_create(hub, names[i].data, names[i].len);
+    return 0;
+}
+
+/* Appends m to ch's history (taking the reference) and hands it to the workers
+ * with subscribers. Hub lock held. */
+static void store_locked(struct hub *hub, struct channel *ch, struct msg *m, uint64_t now,
+                         uint64_t *wake_mask)
+{
+    ch->messages++;
+    ch->last_active_ms = now;
+    uint64_t mask = ch->worker_mask;
+    for (int w = 0; mask; w++, mask >>= 1)
+        if (mask & 1)
+            inbox_push(&hub->inbox[w], m, ch, wake_mask, w);
+    hist_append(ch, m, now);
+}
+
 int hub_publish(struct hub *hub, const struct slice *channels, size_t n,
                 const struct publish_req *req, struct publish_result *res)
 {
@@ -444,22 +493,12 @@ int hub_publish(struct hub *hub, const struct slice *channels, size_t n,
         return HUB_ERR_NAME;
     uint64_t wake_mask = 0, now = wall_ms();
     pthread_mutex_lock(&hub->lock);
-    for (size_t i = 0; i < n; i++) {
-        chs[i] = chan_lookup(hub, channels[i].data, channels[i].len);
-        if (chs[i])
-            continue;
-        if (!hub->cfg->auto_create) {
-            pthread_mutex_unlock(&hub->lock);
-            return HUB_ERR_NOT_FOUND;
-        }
-        if (hub->channels.len + (n - i) > hub->cfg->max_channels) {
-            pthread_mutex_unlock(&hub->lock);
-            return HUB_ERR_TOO_MANY;
-        }
+    size_t bad;
+    int err = resolve_channels(hub, channels, n, chs, &bad);
+    if (err) {
+        pthread_mutex_unlock(&hub->lock);
+        return err;
     }
-    for (size_t i = 0; i < n; i++)
-        if (!chs[i])
-            chs[i] = chan_create(hub, channels[i].data, channels[i].len);
     uint64_t seq = ++hub->seq;
     struct msg_group *group = NULL;
     if (n > 1) {
@@ -472,23 +511,32 @@ int hub_publish(struct hub *hub, const struct slice *channels, size_t n,
     res->id = seq;
     res->subscribers = 0;
     for (size_t i = 0; i < n; i++) {
-        struct channel *ch = chs[i];
-        struct msg *m = msg_new(ch, seq, now, req);
+        struct msg *m = msg_new(chs[i], seq, now, req);
         m->group = group;
-        ch->messages++;
-        ch->last_active_ms = now;
-        res->subscribers += ch->subscribers;
-        uint64_t mask = ch->worker_mask;
-        for (int w = 0; mask; w++, mask >>= 1)
-            if (mask & 1)
-                inbox_push(&hub->inbox[w], m, ch, &wake_mask, w);
-        hist_append(ch, m, now); /* takes our reference */
+        res->subscribers += chs[i]->subscribers;
+        store_locked(hub, chs[i], m, now, &wake_mask);
     }
     pthread_mutex_unlock(&hub->lock);
     atomic_fetch_add(&hub->stats.published, 1);
     atomic_fetch_add(&hub->stats.messages, n);
     wake_workers(hub, wake_mask);
     return 0;
+}
+
+void hub_post(struct hub *hub, int w, void (*fn)(void *arg), void *arg)
+{
+    struct hub_inbox *in = &hub->inbox[w];
+    bool wake;
+    pthread_mutex_lock(&in->lock);
+    if (in->len == in->cap) {
+        in->cap = in->cap ? in->cap * 2 : 64;
+        in->items = xrealloc(in->items, in->cap * sizeof(*in->items));
+    }
+    in->items[in->len++] = (struct inbox_item){.kind = INBOX_CALL, .fn = fn, .arg = arg};
+    wake = in->len == 1;
+    pthread_mutex_unlock(&in->lock);
+    if (wake && in->wake)
+        in->wake(in->wake_arg);
 }
 
 struct inbox_item *hub_inbox_take(struct hub *hub, int w, uint32_t *n)
@@ -519,8 +567,8 @@ static bool held_channel(const struct list *held, uint64_t chan_id, uint64_t seq
     const struct list *p;
     for (p = held->next; p != held; p = p->next) {
         const struct sub *s = container_of(p, struct sub, conn_link);
-        if (s->ch->id == chan_id && s->from_seq < seq)
-            return true;
+        if (s->ch->id == chan_id && seq > s->after)
+            return true; /* replayed or delivered live through that channel */
     }
     return false;
 }
@@ -588,28 +636,32 @@ static struct sub *find_sub(const struct list *held, const struct channel *ch)
     return NULL;
 }
 
-/* Resolves names to channels (creating when allowed); 0 or a hub_error. */
-static int resolve_channels(struct hub *hub, const struct slice *names, size_t n,
-                            struct channel **chs, size_t *bad_index)
+/*
+ * Cluster mode: the caches of the channels a subscribe adds must be loaded
+ * first. Starts loading what is not, parks the subscriber on the first channel
+ * still loading and returns HUB_PENDING, or a loading error. Hub lock held.
+ */
+static int await_sync(struct hub *hub, int w, void *conn, const struct list *held,
+                      struct channel **chs, size_t n, size_t *bad_index)
 {
-    size_t missing = 0;
+    uint64_t now = wall_ms();
     for (size_t i = 0; i < n; i++) {
-        chs[i] = chan_lookup(hub, names[i].data, names[i].len);
-        if (chs[i])
+        struct channel *ch = chs[i];
+        if (find_sub(held, ch) || ch->sync == SYNC_READY || ch->sync == SYNC_FILLING)
             continue;
-        if (!hub->cfg->auto_create) {
+        if (ch->sync == SYNC_FAILED && now - ch->sync_failed_ms < 1000) {
             *bad_index = i;
-            return HUB_ERR_NOT_FOUND;
+            return ch->sync_err;
         }
-        missing++;
+        if (ch->sync != SYNC_PENDING) {
+            ch->sync = SYNC_PENDING;
+            hub->be_ops->want(hub->be, ch->name, ch->name_len);
+        }
+        struct hub_waiter *wt = xmalloc(sizeof(*wt));
+        *wt = (struct hub_waiter){.next = ch->waiters, .conn = conn, .w = w};
+        ch->waiters = wt;
+        return HUB_PENDING;
     }
-    if (hub->channels.len + missing > hub->cfg->max_channels) {
-        *bad_index = 0;
-        return HUB_ERR_TOO_MANY;
-    }
-    for (size_t i = 0; i < n; i++)
-        if (!chs[i] && !(chs[i] = chan_lookup(hub, names[i].data, names[i].len)))
-            chs[i] = chan_create(hub, names[i].data, names[i].len);
     return 0;
 }
 
@@ -624,12 +676,15 @@ int hub_subscribe(struct hub *hub, int w, void *conn, struct list *held, const s
         return HUB_ERR_TOO_MANY_SUBS;
     }
     pthread_mutex_lock(&hub->lock);
-    if (has_since && since > hub->seq) {
+    /* In cluster mode another node may be ahead of us: its cursors are valid. */
+    if (has_since && since > hub->seq && !hub->be_ops) {
         pthread_mutex_unlock(&hub->lock);
         *bad_index = 0;
         return HUB_ERR_CURSOR;
     }
     int err = resolve_channels(hub, names, n, chs, bad_index);
+    if (!err && hub->be_ops)
+        err = await_sync(hub, w, conn, held, chs, n, bad_index);
     if (err) {
         pthread_mutex_unlock(&hub->lock);
         return err;
@@ -661,7 +716,10 @@ int hub_subscribe(struct hub *hub, int w, void *conn, struct list *held, const s
         struct sub *s = xmalloc(sizeof(*s));
         s->ch = ch;
         s->conn = conn;
-        s->from_seq = hub->seq;
+        /* Never re-deliver what the client says it has (its cursor may be ahead of
+         * this node in cluster mode). */
+        s->from_seq = has_since ? MAX(hub->seq, since) : hub->seq;
+        s->after = has_since ? since : s->from_seq;
         list_insert_tail(&ch->local[w].subs, &s->chan_link);
         list_insert_tail(&added, &s->conn_link);
         if (ch->local[w].n++ == 0) {
@@ -731,7 +789,7 @@ void hub_sweep(struct hub *hub)
             struct channel *ch = container_of(n, struct channel, node);
             hist_trim(ch, now);
             if (!ch->persistent && ch->subscribers == 0 && ch->ttl_ms &&
-                now - ch->last_active_ms >= ch->ttl_ms) {
+                age_ms(now, ch->last_active_ms) >= ch->ttl_ms) {
                 log_debug("channel %s expired", ch->name);
                 chan_unlink(hub, ch, &wake_mask);
             }
@@ -857,4 +915,191 @@ size_t hub_channel_list(struct hub *hub, const char *after, size_t after_len, co
     if (n < max)
         qsort(out, n, sizeof(*out), cmp_info_name);
     return n;
+}
+
+/* ---- either mode ------------------------------------------------------------ */
+
+void hub_publish_async(struct hub *hub, int w, const struct slice *channels, size_t n,
+                       const struct publish_req *req, hub_publish_done *done, void *arg)
+{
+    if (hub->be_ops) {
+        hub->be_ops->publish(hub->be, w, channels, n, req, done, arg);
+        return;
+    }
+    struct publish_result res = {0};
+    int err = hub_publish(hub, channels, n, req, &res);
+    done(arg, err, &res);
+}
+
+void hub_channel_put_async(struct hub *hub, int w, const char *name, size_t len,
+                           const struct channel_opts *o, hub_info_done *done, void *arg)
+{
+    if (hub->be_ops)
+        return hub->be_ops->channel_put(hub->be, w, name, len, o, done, arg);
+    struct channel_info info;
+    bool created = false;
+    int err = hub_channel_put(hub, name, len, o, &created, &info);
+    done(arg, err, &info, created);
+}
+
+void hub_channel_get_async(struct hub *hub, int w, const char *name, size_t len,
+                           hub_info_done *done, void *arg)
+{
+    if (hub->be_ops)
+        return hub->be_ops->channel_get(hub->be, w, name, len, done, arg);
+    struct channel_info info;
+    int err = hub_channel_get(hub, name, len, &info);
+    done(arg, err, &info, false);
+}
+
+void hub_channel_delete_async(struct hub *hub, int w, const char *name, size_t len,
+                              hub_info_done *done, void *arg)
+{
+    if (hub->be_ops)
+        return hub->be_ops->channel_delete(hub->be, w, name, len, done, arg);
+    int err = hub_channel_delete(hub, name, len);
+    done(arg, err, NULL, false);
+}
+
+void hub_channel_list_async(struct hub *hub, int w, const char *after, size_t after_len,
+                            const char *prefix, size_t max, hub_list_done *done, void *arg)
+{
+    if (hub->be_ops)
+        return hub->be_ops->channel_list(hub->be, w, after, after_len, prefix, max, done, arg);
+    struct channel_info *infos = xmalloc(MAX(max, (size_t)1) * sizeof(*infos));
+    size_t total;
+    size_t n = hub_channel_list(hub, after, after_len, prefix, infos, max, &total);
+    done(arg, 0, infos, n, total);
+    free(infos);
+}
+
+/* ---- cluster mode: the node's caches ------------------------------------------ */
+
+static struct msg_group *group_for(struct hub *hub, const struct slice *channels, size_t n)
+{
+    if (n < 2)
+        return NULL;
+    struct msg_group *g = xmalloc(sizeof(*g) + n * sizeof(uint64_t));
+    atomic_init(&g->refs, 1);
+    g->n = (uint32_t)n;
+    for (size_t i = 0; i < n; i++) {
+        struct channel *c = chan_lookup(hub, channels[i].data, channels[i].len);
+        g->chan_ids[i] = c ? c->id : 0; /* channels this node does not cache never match */
+    }
+    return g;
+}
+
+static void hold_msg(struct channel *ch, struct msg *m)
+{
+    ch->held = xrealloc(ch->held, (ch->nheld + 1) * sizeof(*ch->held));
+    ch->held[ch->nheld++] = m;
+}
+
+/* Stores m unless the cache already has it; takes the reference. Hub lock held. */
+static void apply_locked(struct hub *hub, struct channel *ch, struct msg *m, uint64_t *wake_mask)
+{
+    if (m->seq <= ch->last_seq) {
+        ref_put(&m->ref); /* a gap fill and the bus both brought it */
+        return;
+    }
+    if (m->seq > hub->seq)
+        hub->seq = m->seq;
+    store_locked(hub, ch, m, wall_ms(), wake_mask);
+}
+
+void hub_ingest(struct hub *hub, const struct slice *target, const struct slice *channels, size_t n,
+                uint64_t seq, uint64_t time_ms, const struct publish_req *req)
+{
+    uint64_t wake_mask = 0;
+    pthread_mutex_lock(&hub->lock);
+    struct channel *ch = chan_lookup(hub, target->data, target->len);
+    if (ch && ch->sync != SYNC_NONE && ch->sync != SYNC_FAILED) {
+        struct msg *m = msg_new(ch, seq, time_ms, req);
+        m->group = group_for(hub, channels, n);
+        if (ch->sync == SYNC_PENDING || ch->sync == SYNC_FILLING)
+            hold_msg(ch, m);
+        else
+            apply_locked(hub, ch, m, &wake_mask);
+        atomic_fetch_add(&hub->stats.messages, 1);
+    }
+    pthread_mutex_unlock(&hub->lock);
+    wake_workers(hub, wake_mask);
+}
+
+bool hub_channel_loading(struct hub *hub, const char *name, size_t len, uint64_t *last_seq)
+{
+    pthread_mutex_lock(&hub->lock);
+    struct channel *ch = chan_lookup(hub, name, len);
+    bool wanted = ch && ch->sync != SYNC_NONE;
+    if (wanted) {
+        if (ch->sync == SYNC_READY)
+            ch->sync = SYNC_FILLING;
+        else if (ch->sync == SYNC_FAILED)
+            ch->sync = SYNC_PENDING;
+        *last_seq = ch->last_seq;
+    }
+    pthread_mutex_unlock(&hub->lock);
+    return wanted;
+}
+
+static int cmp_held(const void *a, const void *b)
+{
+    return cmp_msg_seq(a, b);
+}
+
+void hub_channel_loaded(struct hub *hub, const char *name, size_t len, int err,
+                        const struct hub_entry *entries, size_t n, uint64_t evicted)
+{
+    uint64_t wake_mask = 0;
+    struct hub_waiter *waiters = NULL;
+    pthread_mutex_lock(&hub->lock);
+    struct channel *ch = chan_lookup(hub, name, len);
+    if (!ch || (ch->sync != SYNC_PENDING && ch->sync != SYNC_FILLING)) {
+        pthread_mutex_unlock(&hub->lock);
+        return;
+    }
+    if (err) {
+        ch->sync = SYNC_FAILED;
+        ch->sync_err = err;
+        ch->sync_failed_ms = wall_ms();
+    } else {
+        if (evicted > ch->evicted_seq)
+            ch->evicted_seq = evicted;
+        for (size_t i = 0; i < n; i++) {
+            const struct hub_entry *e = &entries[i];
+            struct msg *m = msg_new(ch, e->seq, e->time_ms, &e->req);
+            m->group = group_for(hub, e->channels, e->nchannels);
+            apply_locked(hub, ch, m, &wake_mask);
+        }
+        /* Live messages that came while loading follow, in order, without repeats. */
+        if (ch->nheld > 1)
+            qsort(ch->held, ch->nheld, sizeof(*ch->held), cmp_held);
+        for (uint32_t i = 0; i < ch->nheld; i++)
+            apply_locked(hub, ch, ch->held[i], &wake_mask);
+        ch->sync = SYNC_READY;
+    }
+    free(ch->held);
+    ch->held = NULL;
+    ch->nheld = 0;
+    waiters = ch->waiters;
+    ch->waiters = NULL;
+    pthread_mutex_unlock(&hub->lock);
+    wake_workers(hub, wake_mask);
+    while (waiters) {
+        struct hub_waiter *next = waiters->next;
+        hub->on_synced(hub, waiters->w, waiters->conn, err);
+        free(waiters);
+        waiters = next;
+    }
+}
+
+void hub_channel_gone(struct hub *hub, const char *name, size_t len)
+{
+    uint64_t wake_mask = 0;
+    pthread_mutex_lock(&hub->lock);
+    struct channel *ch = chan_lookup(hub, name, len);
+    if (ch)
+        chan_unlink(hub, ch, &wake_mask);
+    pthread_mutex_unlock(&hub->lock);
+    wake_workers(hub, wake_mask);
 }

@@ -88,6 +88,21 @@ struct msg {
     _Atomic(struct rbuf *) ws_deflate;
 };
 
+/* Cluster mode: a channel's local cache of the shared history (see hub_backend). */
+enum channel_sync {
+    SYNC_NONE = 0, /* in-memory mode: the hub is the source of truth */
+    SYNC_PENDING,  /* asked the backend to subscribe and load history */
+    SYNC_READY,    /* the cache mirrors the shared history; live messages flow */
+    SYNC_FAILED,   /* loading failed (sync_err says why); waiters were told */
+    SYNC_FILLING,  /* ready, but re-loading after a bus outage: live messages are held */
+};
+
+struct hub_waiter {
+    struct hub_waiter *next;
+    void *conn;
+    int w;
+};
+
 struct channel_local {
     struct list subs; /* struct sub.chan_link, this worker's subscribers */
     uint32_t n;
@@ -118,6 +133,14 @@ struct channel {
     uint32_t subscribers;    /* all workers; under hub lock */
     uint64_t worker_mask;
     struct channel_local *local; /* [nworkers], NULL until first subscriber */
+
+    /* cluster mode only */
+    uint8_t sync;               /* enum channel_sync */
+    int sync_err;               /* hub_error when SYNC_FAILED */
+    uint64_t sync_failed_ms;    /* when it failed (a new attempt waits a second) */
+    struct hub_waiter *waiters; /* subscribes parked until the cache is ready */
+    struct msg **held;          /* live messages that arrived while loading */
+    uint32_t nheld;
 };
 
 /* A connection's membership in one channel. Owned by the connection. */
@@ -127,13 +150,16 @@ struct sub {
     struct channel *ch;
     void *conn;
     uint64_t from_seq; /* live deliveries need seq > from_seq (older came from history) */
+    uint64_t after;    /* the connection gets (or got) every message on ch with seq > after */
 };
 
-enum inbox_kind { INBOX_MSG, INBOX_CLOSED };
+enum inbox_kind { INBOX_MSG, INBOX_CLOSED, INBOX_CALL };
 struct inbox_item {
     enum inbox_kind kind;
-    struct msg *msg;    /* INBOX_MSG: one reference owned by the item */
-    struct channel *ch; /* one reference owned by the item: release with hub_channel_put_ref */
+    struct msg *msg;       /* INBOX_MSG: one reference owned by the item */
+    struct channel *ch;    /* one reference owned by the item: release with hub_channel_put_ref */
+    void (*fn)(void *arg); /* INBOX_CALL: runs on the worker's thread */
+    void *arg;
 };
 
 struct hub_inbox {
@@ -164,6 +190,12 @@ struct hub {
     struct hub_inbox inbox[HUB_MAX_WORKERS];
     size_t sweep_bucket; /* incremental expiry sweep position */
     struct hub_stats stats;
+
+    /* cluster mode */
+    const struct hub_backend_ops *be_ops; /* NULL: in-memory */
+    void *be;
+    /* Wakes a parked subscriber (worker thread of w): err 0 = retry now. */
+    void (*on_synced)(struct hub *hub, int w, void *conn, int err);
 };
 
 /* Error codes (negative) of hub operations; hub_strerror() explains them. */
@@ -173,6 +205,47 @@ enum hub_error {
     HUB_ERR_TOO_MANY = -3,      /* max-channels reached */
     HUB_ERR_CURSOR = -4,        /* cursor malformed or ahead of this server */
     HUB_ERR_TOO_MANY_SUBS = -5, /* per-connection channel limit */
+    HUB_ERR_BACKEND = -6,       /* cluster mode: Redis is unreachable */
+};
+/* Positive result: the operation continues asynchronously (cluster mode). */
+#define HUB_PENDING 1
+
+struct hub;
+struct publish_req;
+struct publish_result;
+struct channel_opts;
+struct channel_info;
+
+typedef void hub_publish_done(void *arg, int err, const struct publish_result *res);
+typedef void hub_info_done(void *arg, int err, const struct channel_info *info, bool created);
+typedef void hub_list_done(void *arg, int err, const struct channel_info *infos, size_t n,
+                           size_t total);
+
+/*
+ * A shared backend (cluster mode: Redis). The hub keeps, per node, a cache of
+ * each channel that has local subscribers; the backend stores, orders and
+ * distributes messages, and fills caches. Every callback into the caller runs
+ * on the caller's worker thread (via hub_post). Calls marked "lock" are made
+ * with the hub lock held and must only queue work.
+ */
+struct hub_backend_ops {
+    /* lock: start subscribing to ch on the bus and load its history into the cache. */
+    void (*want)(void *be, const char *name, size_t len);
+    /* lock: the node has no subscriber left on this channel. */
+    void (*unwant)(void *be, const char *name, size_t len);
+    /* Stores and distributes a message; done(arg, ...) runs later on worker w. */
+    void (*publish)(void *be, int w, const struct slice *channels, size_t n,
+                    const struct publish_req *req, hub_publish_done *done, void *arg);
+    void (*channel_put)(void *be, int w, const char *name, size_t len, const struct channel_opts *o,
+                        hub_info_done *done, void *arg);
+    void (*channel_get)(void *be, int w, const char *name, size_t len, hub_info_done *done,
+                        void *arg);
+    void (*channel_delete)(void *be, int w, const char *name, size_t len, hub_info_done *done,
+                           void *arg);
+    void (*channel_list)(void *be, int w, const char *after, size_t after_len, const char *prefix,
+                         size_t max, hub_list_done *done, void *arg);
+    /* Cluster-wide view for /stats (may be NULL): appends JSON members to b. */
+    void (*stats_json)(void *be, struct sbuf *b);
 };
 const char *hub_strerror(int err);
 
@@ -207,9 +280,46 @@ struct publish_result {
  * Publishes one message to n channels (names validated by the caller; n >= 1,
  * no duplicates). Stores it in each channel's history before returning, then
  * hands it to the workers. Returns 0 or a negative hub_error (nothing stored).
+ * In-memory mode only; callers use hub_publish_async.
  */
 int hub_publish(struct hub *hub, const struct slice *channels, size_t n,
                 const struct publish_req *req, struct publish_result *res);
+/*
+ * Publishes in either mode: done(arg, err, res) runs once, inline in memory
+ * mode, later on worker w in cluster mode (after the message is stored). req
+ * is copied as needed before this returns.
+ */
+void hub_publish_async(struct hub *hub, int w, const struct slice *channels, size_t n,
+                       const struct publish_req *req, hub_publish_done *done, void *arg);
+
+/*
+ * Cluster mode: a message from the bus (already stored in Redis) enters this
+ * node's caches and goes to local subscribers. `channels` lists all channels
+ * of the publish (for multi-channel dedup); `target` is the one it came for.
+ */
+void hub_ingest(struct hub *hub, const struct slice *target, const struct slice *channels, size_t n,
+                uint64_t seq, uint64_t time_ms, const struct publish_req *req);
+/* A stored message read back from Redis (history load / gap fill). */
+struct hub_entry {
+    uint64_t seq, time_ms;
+    struct publish_req req;
+    struct slice channels[64];
+    size_t nchannels;
+};
+/*
+ * Cluster mode: the backend loaded ch's retained history (oldest first) after
+ * (re)subscribing; `evicted` is the highest id trimmed from it (gap detection).
+ * Marks the cache ready (or failed when err < 0) and wakes parked subscribers.
+ * Entries not yet in the cache are delivered live (gap fill after an outage).
+ */
+void hub_channel_loaded(struct hub *hub, const char *name, size_t len, int err,
+                        const struct hub_entry *entries, size_t n, uint64_t evicted);
+/* Cluster mode: the channel was deleted elsewhere; subscribers get `closed`. */
+void hub_channel_gone(struct hub *hub, const char *name, size_t len);
+/* Cluster mode: the backend is about to (re)load ch: hold its live messages
+ * until hub_channel_loaded. Returns the last id this node has seen on ch (0:
+ * none), from which a gap fill reads; returns false when the channel is not wanted. */
+bool hub_channel_loading(struct hub *hub, const char *name, size_t len, uint64_t *last_seq);
 
 /*
  * Subscription results: the messages to replay (each a reference owned by the
@@ -246,6 +356,9 @@ void hub_unsubscribe(struct hub *hub, int w, struct sub *s);
 /* Removes every subscription in `held`. */
 void hub_unsubscribe_all(struct hub *hub, int w, struct list *held);
 
+/* Runs fn(arg) on worker w's thread, soon (thread-safe). */
+void hub_post(struct hub *hub, int w, void (*fn)(void *arg), void *arg);
+
 /* Worker side: takes the pending inbox items (caller frees the array with free()). */
 struct inbox_item *hub_inbox_take(struct hub *hub, int w, uint32_t *n);
 
@@ -266,6 +379,16 @@ struct channel_info {
     uint64_t messages_total, last_id, oldest_id, created_ms, last_active_ms, expires_ms;
     uint64_t retained_bytes;
 };
+/* Either mode: done runs once (inline in memory mode, later on worker w otherwise). */
+void hub_channel_put_async(struct hub *hub, int w, const char *name, size_t len,
+                           const struct channel_opts *o, hub_info_done *done, void *arg);
+void hub_channel_get_async(struct hub *hub, int w, const char *name, size_t len,
+                           hub_info_done *done, void *arg);
+void hub_channel_delete_async(struct hub *hub, int w, const char *name, size_t len,
+                              hub_info_done *done, void *arg);
+void hub_channel_list_async(struct hub *hub, int w, const char *after, size_t after_len,
+                            const char *prefix, size_t max, hub_list_done *done, void *arg);
+
 /* Creates or updates; *created tells which. Returns 0 or a hub_error. */
 int hub_channel_put(struct hub *hub, const char *name, size_t len, const struct channel_opts *o,
                     bool *created, struct channel_info *info);

@@ -152,11 +152,12 @@ void transport_replay(struct conn *c, struct hub_backlog *b, uint64_t since)
     hub_backlog_free(b);
 }
 
-static int sub_error_status(int err)
+int transport_error_status(int err)
 {
     switch (err) {
     case HUB_ERR_NOT_FOUND: return 404;
-    case HUB_ERR_TOO_MANY: return 503;
+    case HUB_ERR_TOO_MANY:
+    case HUB_ERR_BACKEND: return 503;
     }
     return 400;
 }
@@ -169,11 +170,19 @@ const char *transport_error_name(int err)
     case HUB_ERR_TOO_MANY: return "too_many_channels";
     case HUB_ERR_CURSOR: return "bad_cursor";
     case HUB_ERR_TOO_MANY_SUBS: return "too_many_subscriptions";
+    case HUB_ERR_BACKEND: return "backend_unavailable";
     }
     return "bad_request";
 }
 
-/* Subscribes for an HTTP transport, answering the error itself. Returns 0 or -1. */
+void transport_park(struct conn *c)
+{
+    conn_hold(c); /* released by the hub's on_synced wake-up */
+    conn_park_retry(c);
+}
+
+/* Subscribes for an HTTP transport, answering the error itself. Returns 0 or -1
+ * (also when parked: the request is re-run once the channels are ready). */
 static int subscribe_or_error(struct http_ctx *x, const struct sub_request *r,
                               struct hub_backlog *b)
 {
@@ -181,8 +190,12 @@ static int subscribe_or_error(struct http_ctx *x, const struct sub_request *r,
     int err = transport_subscribe(x->c, r, &bad, b);
     if (!err)
         return 0;
-    http_error(x, sub_error_status(err), transport_error_name(err), "%s%s%.*s", hub_strerror(err),
-               err == HUB_ERR_NOT_FOUND ? ": " : "",
+    if (err == HUB_PENDING) {
+        transport_park(x->c);
+        return -1;
+    }
+    http_error(x, transport_error_status(err), transport_error_name(err), "%s%s%.*s",
+               hub_strerror(err), err == HUB_ERR_NOT_FOUND ? ": " : "",
                err == HUB_ERR_NOT_FOUND ? (int)r->names[bad].len : 0, r->names[bad].data);
     return -1;
 }
@@ -374,7 +387,9 @@ static void end_with(struct conn *c, struct ctl_frames *f, uint16_t ws_code, con
         conn_send(c, NULL, stream_end, sizeof(stream_end) - 1);
         conn_close_after_write(c);
         break;
-    case CONN_POLL: longpoll_complete(c); break;
+    case CONN_POLL:
+        conn_deliver_ctl(c, f); /* the poll is answered with it at the end of the pass */
+        break;
     default: break;
     }
 }
@@ -436,8 +451,9 @@ void transport_on_slow(struct conn *c)
 
 void transport_on_free(struct conn *c)
 {
-    if (c->kind == CONN_WS)
+    if (c->kind == CONN_WS) {
         free(c->u.ws.msg);
-    else if (c->kind == CONN_POLL)
+        free(c->u.ws.pending);
+    } else if (c->kind == CONN_POLL)
         free(c->u.poll.origin);
 }

@@ -15,6 +15,8 @@
  * (the rest is kept for the next read) or -1 to close at once. buf is writable. */
 long http_on_read(struct conn *c, char *buf, size_t len);
 long ws_on_read(struct conn *c, char *buf, size_t len);
+/* Re-runs a WebSocket op that waited for the backend, then kept input. */
+void ws_resume(struct conn *c);
 
 /* The connection's multi-purpose timer fired (heartbeat, header/poll timeout, pong grace). */
 void transport_on_timer(struct conn *c);
@@ -62,7 +64,10 @@ int transport_subscribe(struct conn *c, const struct sub_request *r, size_t *bad
                         struct hub_backlog *b);
 /* Queues b's gap events and messages framed for c's transport; frees b. */
 void transport_replay(struct conn *c, struct hub_backlog *b, uint64_t since);
-/* The machine-readable error name of a hub_error ("bad_cursor", ...). */
+/* The machine-readable error name of a hub_error ("bad_cursor", ...), and its HTTP status. */
 const char *transport_error_name(int err);
+int transport_error_status(int err);
+/* Parks a subscribe that got HUB_PENDING until the hub wakes the connection. */
+void transport_park(struct conn *c);
 
 #endif

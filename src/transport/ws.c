@@ -141,6 +141,8 @@ void ws_handle_upgrade(struct http_ctx *x)
     if (has_channels) {
         size_t bad = 0;
         int e = transport_subscribe(c, &r, &bad, &b);
+        if (e == HUB_PENDING)
+            return transport_park(c); /* the handshake is re-run when the channels are ready */
         if (e)
             return http_error(x,
                               e == HUB_ERR_NOT_FOUND  ? 404
@@ -243,6 +245,10 @@ static void op_subscribe(struct conn *c, json_t *op, json_t *ref)
     struct hub_backlog b;
     size_t bad = 0;
     int e = transport_subscribe(c, &r, &bad, &b);
+    if (e == HUB_PENDING) {
+        transport_park(c); /* ws_handle_text keeps the op and re-runs it */
+        return;
+    }
     if (e) {
         char detail[256];
         snprintf(detail, sizeof(detail), "%s (%.*s)", hub_strerror(e), (int)r.names[bad].len,
@@ -279,6 +285,33 @@ static void op_unsubscribe(struct conn *c, json_t *op, json_t *ref)
     sbuf_free(&f);
 }
 
+struct ws_pub_op {
+    struct conn *c;
+    json_t *ref;
+    bool running; /* the op is still inside op_publish (inline completion) */
+};
+
+static void ws_pub_done(void *arg, int err, const struct publish_result *res)
+{
+    struct ws_pub_op *p = arg;
+    bool alive = p->running || conn_release(p->c);
+    if (alive && err) {
+        ws_reply_error(p->c, transport_error_name(err), hub_strerror(err), p->ref);
+    } else if (alive) {
+        char f[96];
+        snprintf(f, sizeof(f), "\"id\":\"%" PRIu64 "\",\"subscribers\":%u", res->id,
+                 res->subscribers);
+        ws_reply(p->c, "published", f, p->ref);
+    }
+    if (!p->running) {
+        json_decref(p->ref);
+        free(p);
+    } else {
+        p->running = false; /* tells op_publish it completed inline */
+        p->c = NULL;
+    }
+}
+
 static void op_publish(struct conn *c, json_t *op, json_t *ref)
 {
     if (!conn_cfg(c)->ws_publish)
@@ -290,13 +323,25 @@ static void op_publish(struct conn *c, json_t *op, json_t *ref)
     const char *err;
     if (api_pub_from_json(op, &p, &err) < 0)
         return ws_reply_error(c, "bad_request", err, ref);
-    struct publish_result res;
-    int e = api_pub_commit(&conn_server(c)->hub, &p, &res);
-    if (e)
-        return ws_reply_error(c, transport_error_name(e), hub_strerror(e), ref);
-    char f[96];
-    snprintf(f, sizeof(f), "\"id\":\"%" PRIu64 "\",\"subscribers\":%u", res.id, res.subscribers);
-    ws_reply(c, "published", f, ref);
+    struct publish_req req = {
+        .data_json = {p.data_json, (uint32_t)p.data_len},
+        .raw = {p.raw, (uint32_t)p.raw_len},
+        .event = p.event,
+        .event_len = p.event_len,
+    };
+    struct ws_pub_op *w = xcalloc(1, sizeof(*w));
+    w->c = c;
+    w->ref = ref ? json_incref(ref) : NULL;
+    w->running = true;
+    hub_publish_async(&conn_server(c)->hub, c->w->id, p.channels, p.n, &req, ws_pub_done, w);
+    api_pub_free(&p);
+    if (w->c == NULL) { /* completed inline */
+        json_decref(w->ref);
+        free(w);
+        return;
+    }
+    w->running = false;
+    conn_hold(c); /* the answer comes later, on this worker */
 }
 
 static void ws_handle_text(struct conn *c, const char *text, size_t len)
@@ -317,9 +362,13 @@ static void ws_handle_text(struct conn *c, const char *text, size_t len)
                        ref);
     else if (strcmp(name, "ping") == 0)
         ws_reply(c, "pong", NULL, ref);
-    else if (strcmp(name, "subscribe") == 0)
+    else if (strcmp(name, "subscribe") == 0) {
         op_subscribe(c, op, ref);
-    else if (strcmp(name, "unsubscribe") == 0)
+        if (c->flags & CF_RETRY) {
+            c->u.ws.pending = xstrndup(text, len);
+            c->u.ws.pending_len = (uint32_t)len;
+        }
+    } else if (strcmp(name, "unsubscribe") == 0)
         op_unsubscribe(c, op, ref);
     else if (strcmp(name, "publish") == 0)
         op_publish(c, op, ref);
@@ -453,7 +502,7 @@ long ws_on_read(struct conn *c, char *buf, size_t len)
 {
     const struct herald_config *cfg = conn_cfg(c);
     size_t off = 0;
-    while (off < len && !(c->flags & (CF_CLOSING | CF_LINGER))) {
+    while (off < len && !(c->flags & (CF_CLOSING | CF_LINGER | CF_READ_PAUSED))) {
         struct ws_frame f;
         int r = ws_frame_parse((const uint8_t *)buf + off, len - off, &f,
                                (c->flags & CF_DEFLATE) != 0, cfg->max_ws_message);
@@ -490,4 +539,26 @@ void ws_on_timer(struct conn *c)
     conn_send(c, NULL, ws_ping, sizeof(ws_ping) - 1);
     c->flags |= CF_PING_OUT;
     timer_start(&c->w->loop, &c->timer, conn_cfg(c)->close_grace_ms);
+}
+
+void ws_resume(struct conn *c)
+{
+    char *op = c->u.ws.pending;
+    size_t len = c->u.ws.pending_len;
+    c->u.ws.pending = NULL;
+    c->u.ws.pending_len = 0;
+    if (op) {
+        ws_handle_text(c, op, len);
+        free(op);
+    }
+    if ((c->flags & (CF_READ_PAUSED | CF_CLOSING)) || !c->in || !c->in_len)
+        return;
+    long used = ws_on_read(c, c->in, c->in_len);
+    if (used < 0) {
+        conn_close(c);
+        return;
+    }
+    memmove(c->in, c->in + used, c->in_len - (size_t)used);
+    c->in_len -= (uint32_t)used;
+    conn_trim_input(c);
 }
