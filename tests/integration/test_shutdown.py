@@ -23,6 +23,8 @@ def connect_refused(port):
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
         return False
+    except ConnectionResetError:
+        return False  # queued on a listener as it closed: try again
     except ConnectionRefusedError:
         return True
 
