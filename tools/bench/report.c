@@ -325,7 +325,8 @@ void report_plot(const struct run *r, const char *dir)
 				        r->label, bench_hist_names[cdf_hists[i]], bench_hist_names[cdf_hists[i]]);
 		fprintf(f, "\nunset logscale x\n");
 	}
-	fprintf(f, "set key top left\nset output '%s/%s-throughput.png'\nset title '%s: throughput'\n", dir, r->label,
+	fprintf(f, "set key top left\nset yrange [0:*]\nset y2range [0:*]\n");
+	fprintf(f, "set output '%s/%s-throughput.png'\nset title '%s: throughput'\n", dir, r->label,
 	        r->label);
 	fprintf(f, "set xlabel 'time (s)'\nset ylabel 'per second'\nset y2label 'connections'\nset y2tics\n");
 	fprintf(f, "plot '%s' using 1:3 with lines lw 2 title 'deliveries/s', '' using 1:4 with lines lw 2 title "
