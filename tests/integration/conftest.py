@@ -33,6 +33,9 @@ def herald_bin():
     return path
 
 
+RUNNING = []  # every herald started and not yet stopped, for the per-test sanitizer check
+
+
 class Servers:
     """Starts herald instances and stops every one of them at teardown."""
 
@@ -44,16 +47,33 @@ class Servers:
     def __call__(self, env=None, api=False, **flags):
         srv = Herald(self.binary, self.logdir, env=env, api=api, **flags)
         self.started.append(srv)
+        RUNNING.append(srv)
         return srv.start()
 
     def stop_all(self):
         errors = []
         for srv in self.started:
+            RUNNING.remove(srv)
             try:
                 srv.stop()
             except AssertionError as e:
                 errors.append(str(e))
         assert not errors, "\n\n".join(errors)
+
+
+@pytest.fixture(autouse=True)
+def _sanitizer_watch():
+    """Fails the test during which a running server (possibly shared by the module)
+    printed a sanitizer report or died, rather than whichever test comes last."""
+    yield
+    for srv in RUNNING:
+        if srv.blamed:
+            continue
+        report = srv.sanitizer_report()
+        died = srv.returncode is None and srv.proc.poll() is not None
+        if report or died:
+            srv.blamed = True
+            pytest.fail(f"herald {'reported' if report else 'died'} during this test:\n{report or srv.log_tail()}")
 
 
 @pytest.fixture

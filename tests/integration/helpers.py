@@ -91,6 +91,7 @@ class Herald:
         self.logdir = logdir
         self.proc = None
         self.returncode = None
+        self.blamed = False  # a sanitizer report was already pinned on a test
 
     # lifecycle
 
@@ -474,10 +475,14 @@ class SSE(SubscriberStream):
     def next_block(self, timeout=WAIT):
         """The next block, or None when the server closed the stream."""
         try:
-            raw = self.conn.read_until(b"\n\n", timeout, "an SSE block").decode()
+            data = self.conn.read_until(b"\n\n", timeout, "an SSE block")
         except EOFError:
             assert not self.conn.buf, f"stream ended inside a block: {bytes(self.conn.buf)!r}"
             return None
+        try:
+            raw = data.decode()
+        except UnicodeDecodeError:
+            raise AssertionError(f"an SSE block that is not UTF-8: {data[:200]!r}") from None
         block = SSEBlock()
         for line in raw[:-2].split("\n"):
             if line.startswith(":"):

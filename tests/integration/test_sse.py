@@ -1,6 +1,7 @@
 """Server-Sent Events: the stream preamble, id lines, resume from Last-Event-ID or
 ?lastEventId=, format=raw, event types, heartbeat comments, CORS and bad requests."""
 
+import json
 import time
 
 import pytest
@@ -148,3 +149,33 @@ def test_several_subscribers_get_the_same_stream(server, chan):
         ids = server.publish_many(chan, numbered(20))
         assert ids_of(a.messages(20)) == ids
         assert ids_of(b.messages(20)) == ids
+
+
+@pytest.mark.parametrize("size", [100, 5000, 70000, 300000])
+def test_large_messages_keep_their_id_and_event_lines(server, chan, size):
+    body = "".join(chr(97 + i % 26) for i in range(size))
+    with SSE(server, chan, format="raw") as raw, SSE(server, chan) as env:
+        sent = server.publish(chan, body, headers={"Herald-Event": "big.one"})["id"]
+        block = raw.next_event()
+        assert (block.id, block.event, block.data) == (sent, "big.one", body)
+        block = env.next_event()
+        assert (block.id, block.event) == (sent, "big.one")
+        assert block.json()["data"] == body
+
+
+@pytest.mark.server_bug("hub.c msg_new appends the SSE buffer to itself across a realloc")
+@pytest.mark.parametrize("event", [None, "ev"])
+def test_raw_framing_at_every_size_around_a_buffer_boundary(server, chan, event):
+    """The SSE framings are built in a growing buffer: sizes that land just below a
+    power of two must not corrupt the raw variant's id/event lines."""
+    headers = {"Herald-Event": event} if event else {}
+    probe = server.publish(chan, "", headers=headers)["id"]
+    (envelope,) = server.history(chan, since=str(int(probe) - 1))
+    event_line = len(f"event: {event}\n") if event else 0
+    overhead = len(f"id: {probe}\n") + event_line + len("data: \n\n") + len(json.dumps(envelope, separators=(",", ":")))
+    sizes = [4096 - overhead - k for k in range(64)]
+    with SSE(server, chan, format="raw") as raw:
+        ids = [server.publish(chan, "b" * n, headers=headers)["id"] for n in sizes]
+        for id_, n in zip(ids, sizes):
+            block = raw.next_event()
+            assert (block.id, block.event, block.data) == (id_, event, "b" * n)
