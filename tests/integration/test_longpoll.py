@@ -161,3 +161,20 @@ def test_held_poll_with_cors_answers_with_cors(server, chan, pool):
     server.publish(chan, "x")
     r = future.result(timeout=10)
     assert r.status == 200 and r.headers["access-control-allow-origin"] == "*"
+
+
+def test_timeout_zero_answers_at_once(server, chan):
+    first = server.publish(chan, "x")["id"]
+    start = time.monotonic()
+    status, body = poll(server, chan, since=first, timeout=0)
+    assert status == 200 and body["messages"] == []
+    assert time.monotonic() - start < 2
+
+
+def test_several_channels_are_merged_in_id_order(server, chan):
+    a, b = chan + "-a", chan + "-b"
+    start = server.publish(chan, "start")["id"]
+    ids = [server.publish(c, c)["id"] for c in (b, a, b, a)]
+    status, body = poll(server, f"{a},{b}", since=start)
+    assert ids_of(body["messages"]) == ids
+    assert body["cursor"] == ids[-1]

@@ -280,3 +280,12 @@ def test_http10_request_closes_after_answer(server, chan):
         c.send(f"POST /pub/{chan} HTTP/1.0\r\nContent-Length: 1\r\n\r\nx")
         assert c.read_response().status == 201
         c.expect_eof()
+
+
+def test_publish_to_64_channels_but_not_65(server, chan):
+    names = [f"{chan}-{i}" for i in range(65)]
+    server.publish_json({"channels": names[:64], "data": 1})
+    r = server.request("POST", "/api/publish", json.dumps({"channels": names, "data": 2}), JSON_TYPE)
+    assert r.status == 400
+    r.error()
+    assert data_of(server.history(names[0])) == [1]

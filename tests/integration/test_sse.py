@@ -179,3 +179,27 @@ def test_raw_framing_at_every_size_around_a_buffer_boundary(server, chan, event)
         for id_, n in zip(ids, sizes):
             block = raw.next_event()
             assert (block.id, block.event, block.data) == (id_, event, "b" * n)
+
+
+def test_http10_client_gets_the_stream(server, chan):
+    with SSE(server, chan, version="1.0") as sse:
+        assert sse.status == 200
+        sent = server.publish(chan, "old client")["id"]
+        assert sse.next_message()["id"] == sent
+
+
+@pytest.fixture(scope="module")
+def cors_server(module_herald):
+    return module_herald(cors_origins="https://good.example")
+
+
+def test_allowed_origin_is_echoed(cors_server, chan):
+    with SSE(cors_server, chan, headers={"Origin": "https://good.example"}) as sse:
+        assert sse.status == 200
+        assert sse.headers["access-control-allow-origin"] == "https://good.example"
+        assert "Origin" in sse.headers["vary"]
+
+
+def test_other_origin_gets_no_cors_grant(cors_server, chan):
+    with SSE(cors_server, chan, headers={"Origin": "https://evil.example"}) as sse:
+        assert "access-control-allow-origin" not in sse.headers

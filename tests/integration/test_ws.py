@@ -286,3 +286,34 @@ def test_websockets_library_rejects_nothing_from_the_server(server, chan):
 
     arun(main())
 
+
+
+def test_cursor_beyond_the_head_is_refused(server, chan):
+    last = server.publish(chan, "x")["id"]
+    future = str(int(last) + 10**9)
+
+    async def main():
+        async with ws_connect(server) as ws:
+            ans = await ws_op(ws, {"op": "subscribe", "channel": chan, "since": future, "ref": 1})
+            assert (ans["event"], ans["error"], ans["ref"]) == ("error", "bad_cursor", 1)
+
+    arun(main())
+    r = server.request("GET", f"/poll?channels={chan}&since={future}")
+    assert r.status == 400 and r.error()["error"] == "bad_cursor"
+
+
+def test_channels_per_connection_limit(module_herald, chan):
+    srv = module_herald(max_channels_per_conn=2)
+
+    async def main():
+        async with ws_connect(srv, f"?channels={chan}-1,{chan}-2") as ws:
+            ans = await ws_op(ws, {"op": "subscribe", "channel": chan + "-3", "ref": "x"})
+            assert (ans["event"], ans["error"]) == ("error", "too_many_subscriptions")
+            ans = await ws_op(ws, {"op": "unsubscribe", "channel": chan + "-1"})
+            assert ans["event"] == "unsubscribed"
+            ans = await ws_op(ws, {"op": "subscribe", "channel": chan + "-3"})
+            assert ans["event"] == "subscribed"
+
+    arun(main())
+    r = srv.request("GET", f"/sse?channels={chan}-1,{chan}-2,{chan}-3")
+    assert r.status == 400 and r.error()["error"] == "too_many_subscriptions"

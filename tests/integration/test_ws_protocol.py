@@ -2,6 +2,8 @@
 code, fragmentation and interleaved control frames work, the close handshake is
 echoed, and bad handshakes are refused with the right HTTP status."""
 
+import zlib
+
 import pytest
 
 from helpers import (
@@ -245,3 +247,51 @@ def test_connection_stays_usable_after_many_control_frames(server):
             b0, n = conn.read_exact(2)
             assert b0 == 0x80 | OP_PONG
             assert conn.read_exact(n) == b"%d" % i
+
+
+# ---- permessage-deflate from the client ----------------------------------------------------
+
+DEFLATE = {"Sec-WebSocket-Extensions": "permessage-deflate"}
+
+
+def deflate(data):
+    """RFC 7692 §7.2.1: raw deflate, flushed, without the trailing 00 00 ff ff."""
+    c = zlib.compressobj(wbits=-15)
+    out = c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH)
+    assert out.endswith(b"\x00\x00\xff\xff")
+    return out[:-4]
+
+
+def test_compressed_op_is_inflated(server):
+    with RawWS(server, extra=DEFLATE) as ws:
+        ws.send_frame(OP_TEXT, deflate(PING_OP), rsv=4)
+        assert ws.recv_json() == PONG
+        ws.send_frame(OP_TEXT, PING_OP)  # uncompressed messages stay legal
+        assert ws.recv_json() == PONG
+
+
+def test_compressed_message_in_fragments(server):
+    body = deflate(PING_OP)
+    with RawWS(server, extra=DEFLATE) as ws:
+        ws.send_frame(OP_TEXT, body[:3], rsv=4, fin=False)  # RSV1 on the first frame only
+        ws.send_frame(OP_PING, b"mid")
+        ws.send_frame(OP_CONT, body[3:])
+        pong = ws.recv_frame()
+        assert (pong.opcode, pong.payload) == (OP_PONG, b"mid")
+        assert ws.recv_json() == PONG
+
+
+DEFLATE_FAILURES = {
+    "rsv1 on a continuation": ([encode_frame(OP_TEXT, b"{", fin=False), encode_frame(OP_CONT, b"}", rsv=4)], 1002),
+    "rsv1 on a ping": ([encode_frame(OP_PING, b"p", rsv=4)], 1002),
+    "not deflate data": ([encode_frame(OP_TEXT, b"\xff\xfe\xfd\xfc", rsv=4)], 1007),
+    "inflates past --max-ws-message": ([encode_frame(OP_TEXT, deflate(b'"' + b" " * 200000 + b'"'), rsv=4)], 1009),
+    "inflates to invalid utf-8": ([encode_frame(OP_TEXT, deflate(b'"\xff"'), rsv=4)], 1007),
+}
+
+
+@pytest.mark.parametrize("frames, code", DEFLATE_FAILURES.values(), ids=DEFLATE_FAILURES.keys())
+def test_bad_compressed_frames_get_their_close_code(server, frames, code):
+    with RawWS(server, extra=DEFLATE) as ws:
+        ws.conn.send(b"".join(frames))
+        ws.expect_close(code)
