@@ -14,6 +14,7 @@
 #include "core/config.h"
 #include "core/log.h"
 #include "core/server.h"
+#include "cluster/redis_backend.h"
 
 static struct server srv;
 static volatile sig_atomic_t got_signal;
@@ -59,18 +60,20 @@ int main(int argc, char **argv)
         rl.rlim_cur = rl.rlim_max; /* take every descriptor we are allowed */
         setrlimit(RLIMIT_NOFILE, &rl);
     }
-    if (srv.cfg.redis_url[0] || srv.cfg.redis_cluster[0]) {
-        log_error("--redis / --redis-cluster: cluster mode is not available in this build yet; "
-                  "run without it for the in-memory hub");
-        return 2;
-    }
     srv.nworkers = srv.cfg.workers;
     hub_init(&srv.hub, &srv.cfg, srv.nworkers);
+    bool cluster = srv.cfg.redis_url[0] || srv.cfg.redis_cluster[0];
+    if (cluster && redis_backend_start(&srv.hub, &srv.cfg) < 0)
+        return 2;
     if (server_start(&srv) < 0)
         return 1;
     describe_listeners(&srv.cfg);
-    log_info("herald started: %d worker%s, in-memory hub, fd limit %lu", srv.nworkers,
-             srv.nworkers == 1 ? "" : "s", (unsigned long)rl.rlim_cur);
+    log_info("herald started: %d worker%s, %s, node %s, fd limit %lu", srv.nworkers,
+             srv.nworkers == 1 ? "" : "s",
+             !cluster                   ? "in-memory hub"
+             : srv.cfg.redis_cluster[0] ? "Redis Cluster backend"
+                                        : "Redis backend",
+             srv.cfg.node_name, (unsigned long)rl.rlim_cur);
     if (!srv.cfg.publish_key[0])
         log_warn("no --publish-key set: the publish and channel API accepts loopback clients "
                  "only (set HERALD_PUBLISH_KEY to publish from elsewhere)");
@@ -83,6 +86,9 @@ int main(int argc, char **argv)
              got_signal == SIGTERM ? "SIGTERM" : "SIGINT", srv.cfg.shutdown_timeout_ms);
     server_request_shutdown(&srv);
     server_join(&srv);
+    if (cluster)
+        redis_backend_stop(&srv.hub);
+    hub_free(&srv.hub);
     log_info("herald stopped");
     return 0;
 }

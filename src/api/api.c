@@ -145,6 +145,7 @@ void api_pub_free(struct api_pub *p)
 int api_pub_commit(struct hub *hub, struct api_pub *p, struct publish_result *res)
 {
     struct publish_req req = {
+        .kind = p->text ? PUB_TEXT : PUB_JSON,
         .data_json = {p->data_json, (uint32_t)p->data_len},
         .raw = {p->raw, (uint32_t)p->raw_len},
         .event = p->event,
@@ -224,6 +225,7 @@ int api_pub_from_json(json_t *obj, struct api_pub *p, const char **err)
     }
     p->data_len = strlen(p->data_json);
     if (json_is_string(data)) {
+        p->text = true;
         p->raw = json_string_value(data);
         p->raw_len = json_string_length(data);
     } else {
@@ -299,9 +301,12 @@ static void handle_pub(struct http_ctx *x, const char *name, size_t name_len)
         json_decref(doc);
         sbuf_reserve(&data, x->body_len + 1);
         data.len = json_strip_ws(data.data, x->body, x->body_len);
+        req.raw = (struct slice){data.data, (uint32_t)data.len}; /* one line, as stored */
     } else if (utf8_valid(x->body, x->body_len)) {
+        req.kind = PUB_TEXT;
         sbuf_add_json_str(&data, x->body, x->body_len);
     } else {
+        req.kind = PUB_BINARY;
         /* Binary bodies travel as base64 so nothing the publisher sent is lost. */
         sbuf_reserve(&data, 4 * ((x->body_len + 2) / 3) + 3);
         data.data[0] = '"';
@@ -377,6 +382,7 @@ static void batch_next(struct batch_op *op)
     if (op->next < op->n) {
         struct api_pub *p = &op->pubs[op->next];
         struct publish_req req = {
+            .kind = p->text ? PUB_TEXT : PUB_JSON,
             .data_json = {p->data_json, (uint32_t)p->data_len},
             .raw = {p->raw, (uint32_t)p->raw_len},
             .event = p->event,

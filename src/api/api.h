@@ -19,6 +19,7 @@ struct api_pub {
     char *data_json; /* owned */
     size_t data_len;
     const char *raw; /* points into data_json or the JSON document */
+    bool text;       /* data is a JSON string: raw is its text */
     size_t raw_len;
     const char *event;
     size_t event_len;

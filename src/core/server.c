@@ -291,9 +291,17 @@ static void fanout(struct worker *w, struct inbox_item *items, uint32_t n)
             for (struct list *p = head->next; p != head; p = p->next) {
                 struct sub *s = container_of(p, struct sub, chan_link);
                 struct conn *c = s->conn;
-                if (m->seq <= s->from_seq || m->seq <= c->live_seq)
-                    continue; /* came from history already, or via another channel */
-                c->live_seq = m->seq;
+                if (m->seq <= s->from_seq)
+                    continue; /* came from history already */
+                /* A multi-channel publish reaches a connection once: its copies share a
+                 * seq and arrive one after the other. Only that is suppressed, so that
+                 * channels arriving out of id order (Redis Cluster) lose nothing. */
+                if (m->group && m->seq == c->group_seq)
+                    continue;
+                if (m->group)
+                    c->group_seq = m->seq;
+                if (m->seq > c->live_seq)
+                    c->live_seq = m->seq;
                 conn_deliver(c, m);
                 delivered++;
             }
@@ -865,7 +873,6 @@ void server_join(struct server *srv)
         ws_deflater_free(w->deflater);
         ws_inflater_free(w->inflater);
     }
-    hub_free(&srv->hub);
     ref_put(&srv->ctl_reconnect_shutdown->ref);
     ref_put(&srv->ctl_reconnect_lifetime->ref);
     free(srv->workers);

@@ -102,7 +102,8 @@ struct conn {
     struct list link;      /* worker's dirty or closing list */
     struct list all;       /* worker's connection list */
     struct list subs;      /* struct sub.conn_link */
-    uint64_t live_seq;     /* highest seq delivered live (multi-channel dedup) */
+    uint64_t live_seq;     /* highest seq delivered live (long-poll cursor) */
+    uint64_t group_seq;    /* seq of the last multi-channel message delivered (dedup) */
     uint64_t cursor;       /* long-poll: cursor to answer when nothing arrives */
     union {
         struct http_state http;
@@ -161,7 +162,7 @@ struct server {
 int server_start(struct server *srv);
 /* Asks every worker to drain and stop (async-signal-safe). */
 void server_request_shutdown(struct server *srv);
-/* Waits for the workers to finish; frees everything. */
+/* Waits for the workers to finish; frees them (the hub stays: the caller frees it). */
 void server_join(struct server *srv);
 
 /* ---- connection API used by http, transports and the api ---------------- */

@@ -13,6 +13,8 @@
 #include "core/log.h"
 #include "transport/ws_frame.h"
 
+#define CACHE_LINGER_MS 30000
+
 const char *hub_strerror(int err)
 {
     switch (err) {
@@ -788,6 +790,17 @@ void hub_sweep(struct hub *hub)
             next = n->next;
             struct channel *ch = container_of(n, struct channel, node);
             hist_trim(ch, now);
+            if (hub->be_ops) {
+                /* A node's cache of a channel nobody here holds lingers a little (for
+                 * long-pollers coming back), then stops following the bus. Expiry of
+                 * the channel itself is Redis's business. */
+                if (ch->subscribers == 0 && !ch->waiters &&
+                    age_ms(now, ch->last_active_ms) >= MIN(ch->ttl_ms, CACHE_LINGER_MS)) {
+                    hub->be_ops->unwant(hub->be, ch->name, ch->name_len);
+                    chan_unlink(hub, ch, &wake_mask);
+                }
+                continue;
+            }
             if (!ch->persistent && ch->subscribers == 0 && ch->ttl_ms &&
                 age_ms(now, ch->last_active_ms) >= ch->ttl_ms) {
                 log_debug("channel %s expired", ch->name);

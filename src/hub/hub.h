@@ -263,7 +263,14 @@ int hub_cursor_parse(const char *s, size_t len, uint64_t *out);
  * field, already valid JSON (the body itself, or a JSON string); `raw` is the
  * body as sent (for format=raw SSE).
  */
+enum pub_kind {
+    PUB_JSON = 0, /* data_json is the body (compact JSON) */
+    PUB_TEXT,     /* the body is UTF-8 text; data_json is it as a JSON string */
+    PUB_BINARY,   /* the body was binary; raw is its base64, data_json that as a JSON string */
+};
+
 struct publish_req {
+    enum pub_kind kind;
     struct slice data_json;
     struct slice raw;
     const char *event; /* NULL or a validated event name */

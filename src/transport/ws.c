@@ -324,6 +324,7 @@ static void op_publish(struct conn *c, json_t *op, json_t *ref)
     if (api_pub_from_json(op, &p, &err) < 0)
         return ws_reply_error(c, "bad_request", err, ref);
     struct publish_req req = {
+        .kind = p.text ? PUB_TEXT : PUB_JSON,
         .data_json = {p.data_json, (uint32_t)p.data_len},
         .raw = {p.raw, (uint32_t)p.raw_len},
         .event = p.event,

@@ -1,0 +1,1135 @@
+/*
+ * redis_backend: cluster mode. See redis_backend.h for the key layout.
+ *
+ * A publish is one Lua script per shard: it checks that the channels may be
+ * published to, picks the id (max of the publisher's clock in µs and the last
+ * id + 1: with one Redis the last id is global, so ids order every message of
+ * the cluster; on a Redis Cluster it is per channel), appends to each
+ * channel's Stream, trims it to its history size remembering the highest id
+ * trimmed (gap detection), refreshes expiries and publishes on the channel's
+ * bus channel — all atomically, before the publisher hears back.
+ *
+ * Payload (bus message after "<id> ", and Stream field p):
+ *   "<kind> <time_ms> <nchannels> <event_len> <raw_len>\n" channel "\n" ... event raw
+ * kind J: raw is compact JSON (the envelope's data); T: raw is text (data is it
+ * as a JSON string); B: raw is base64 text of a binary body.
+ */
+#include "cluster/redis_backend.h"
+
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "cluster/redis_bus.h"
+#include "core/config.h"
+#include "core/log.h"
+#include "core/loop.h"
+
+#define HEARTBEAT_MS 5000
+#define COUNT_TTL_MS 15000
+
+/* ---- scripts ----------------------------------------------------------------- */
+
+/*
+ * KEYS: [1] last-id key (string), then per channel: stream, options, state.
+ * ARGV: [1] id hint, [2] payload, [3] auto-create 1/0, [4] default history size,
+ * [5] default history ttl ms, [6] default channel ttl ms, [7] now ms, then the
+ * bus channel name of each channel.
+ * Returns the id, or an error "NOTFOUND <index>".
+ */
+static const char publish_lua[] =
+    "local n = (#KEYS - 1) / 3\n"
+    "for i = 0, n - 1 do\n"
+    "  if ARGV[3] == '0' and redis.call('EXISTS', KEYS[3 + 3*i]) == 0 then\n"
+    "    return redis.error_reply('NOTFOUND ' .. i)\n"
+    "  end\n"
+    "end\n"
+    "local last = tonumber(redis.call('GET', KEYS[1]) or '0')\n"
+    "local id = math.max(tonumber(ARGV[1]), last + 1)\n"
+    "for i = 0, n - 1 do\n"
+    "  local st = redis.call('HGET', KEYS[4 + 3*i], 'last')\n"
+    "  if st and tonumber(st) >= id then id = tonumber(st) + 1 end\n"
+    "end\n"
+    "local sid = string.format('%d', id)\n"
+    "redis.call('SET', KEYS[1], sid)\n"
+    "local subs = 0\n"
+    "for i = 0, n - 1 do\n"
+    "  local h, o, s = KEYS[2 + 3*i], KEYS[3 + 3*i], KEYS[4 + 3*i]\n"
+    "  local opt = redis.call('HMGET', o, 'history_size', 'history_ttl', 'ttl', 'persistent')\n"
+    "  local hs = tonumber(opt[1] or ARGV[4])\n"
+    "  local httl = tonumber(opt[2] or ARGV[5])\n"
+    "  local ttl = tonumber(opt[3] or ARGV[6])\n"
+    "  redis.call('XADD', h, sid .. '-0', 'p', ARGV[2])\n"
+    "  local len = redis.call('XLEN', h)\n"
+    "  if len > hs then\n"
+    "    local old = redis.call('XRANGE', h, '-', '+', 'COUNT', len - hs)\n"
+    "    redis.call('XTRIM', h, 'MAXLEN', hs)\n"
+    "    redis.call('HSET', s, 'evicted', string.match(old[#old][1], '^(%d+)'))\n"
+    "  end\n"
+    "  redis.call('HSET', s, 'last', sid)\n"
+    "  if redis.call('EXISTS', o) == 0 then\n"
+    "    redis.call('HSET', o, 'created', ARGV[7])\n"
+    "  end\n"
+    "  redis.call('HSET', o, 'active', ARGV[7])\n"
+    "  if opt[4] == '1' then\n"
+    "    redis.call('PERSIST', o); redis.call('PERSIST', s); redis.call('PERSIST', h)\n"
+    "  else\n"
+    "    local keep = math.max(ttl, httl)\n"
+    "    redis.call('PEXPIRE', o, keep); redis.call('PEXPIRE', s, keep)\n"
+    "    redis.call('PEXPIRE', h, httl)\n"
+    "  end\n"
+    "  subs = subs + redis.call(ARGV[8], ARGV[9 + i], sid .. ' ' .. ARGV[2])\n"
+    "end\n"
+    "return {sid, subs}\n";
+
+/*
+ * KEYS: stream, options, state. ARGV: [1] after id (0: the newest), [2] auto-create
+ * 1/0, [3] default history size. Returns {evicted, entries} or "NOTFOUND".
+ */
+static const char load_lua[] =
+    "if ARGV[2] == '0' and redis.call('EXISTS', KEYS[2]) == 0 then\n"
+    "  return redis.error_reply('NOTFOUND')\n"
+    "end\n"
+    "local hs = tonumber(redis.call('HGET', KEYS[2], 'history_size') or ARGV[3])\n"
+    "local st = redis.call('HMGET', KEYS[3], 'evicted', 'last')\n"
+    "local evicted = st[1] or '0'\n"
+    "local e\n"
+    "if ARGV[1] == '0' then\n"
+    "  e = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', hs)\n"
+    "else\n"
+    "  e = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1] .. '-0', '+', 'COUNT', hs)\n"
+    "end\n"
+    "if #e == 0 and st[2] and redis.call('EXISTS', KEYS[1]) == 0 then\n"
+    "  evicted = st[2]\n" /* the whole Stream expired: everything up to last is gone */
+    "end\n"
+    "return {evicted, ARGV[1] == '0' and 1 or 0, e}\n";
+
+/*
+ * KEYS: stream, options, state, counts. ARGV: [1] now ms, [2] mode (get|put|del),
+ * [3] put fields JSON-free list: ttl hsize httl persistent ('' = unchanged),
+ * [4] bus channel, [5] publish verb. Returns the channel's info as a flat list.
+ */
+static const char chan_lua[] =
+    "local h, o, s, c = KEYS[1], KEYS[2], KEYS[3], KEYS[4]\n"
+    "local now = tonumber(ARGV[1])\n"
+    "local exists = redis.call('EXISTS', o) == 1 or redis.call('EXISTS', h) == 1\n"
+    "local created = 0\n"
+    "if ARGV[2] == 'del' then\n"
+    "  if not exists then return redis.error_reply('NOTFOUND') end\n"
+    "  redis.call('DEL', h, o, s, c)\n"
+    "  redis.call(ARGV[5], ARGV[4], 'X closed')\n"
+    "  return {'deleted'}\n"
+    "end\n"
+    "if ARGV[2] == 'put' then\n"
+    "  if redis.call('EXISTS', o) == 0 then\n"
+    "    redis.call('HSET', o, 'created', ARGV[1]); created = 1\n"
+    "  end\n"
+    "  local f = {'ttl', 'history_size', 'history_ttl', 'persistent'}\n"
+    "  for i = 1, 4 do\n"
+    "    if ARGV[5 + i] ~= '' then redis.call('HSET', o, f[i], ARGV[5 + i]) end\n"
+    "  end\n"
+    "  redis.call('HSET', o, 'active', ARGV[1])\n"
+    "  exists = true\n"
+    "end\n"
+    "if not exists then return redis.error_reply('NOTFOUND') end\n"
+    "local opt = redis.call('HMGET', o, 'ttl', 'history_size', 'history_ttl', 'persistent',\n"
+    "                        'created', 'active')\n"
+    "if ARGV[2] == 'put' then\n"
+    "  if opt[4] == '1' then\n"
+    "    redis.call('PERSIST', o); redis.call('PERSIST', s); redis.call('PERSIST', h)\n"
+    "  else\n"
+    "    local ttl = tonumber(opt[1] or ARGV[3])\n"
+    "    redis.call('PEXPIRE', o, math.max(ttl, tonumber(opt[3] or ARGV[4])))\n"
+    "  end\n"
+    "end\n"
+    "local subs = 0\n"
+    "local counts = redis.call('HGETALL', c)\n"
+    "for i = 1, #counts, 2 do\n"
+    "  local n, exp = string.match(counts[i + 1], '^(%d+) (%d+)$')\n"
+    "  if n and tonumber(exp) > now then subs = subs + tonumber(n)\n"
+    "  else redis.call('HDEL', c, counts[i]) end\n"
+    "end\n"
+    "local len, first, last, added = 0, '0', '0', 0\n"
+    "if redis.call('EXISTS', h) == 1 then\n"
+    "  local info = redis.call('XINFO', 'STREAM', h)\n"
+    "  for i = 1, #info, 2 do\n"
+    "    if info[i] == 'length' then len = info[i + 1] end\n"
+    "    if info[i] == 'entries-added' then added = info[i + 1] end\n"
+    "    if info[i] == 'first-entry' and info[i + 1] then\n"
+    "      first = string.match(info[i + 1][1], '^(%d+)') end\n"
+    "    if info[i] == 'last-entry' and info[i + 1] then\n"
+    "      last = string.match(info[i + 1][1], '^(%d+)') end\n"
+    "  end\n"
+    "end\n"
+    "local pttl = redis.call('PTTL', o)\n"
+    "return {created, opt[1] or '', opt[2] or '', opt[3] or '', opt[4] or '0', opt[5] or '0',\n"
+    "        opt[6] or '0', subs, len, added, first, last, pttl}\n";
+
+/* ---- state ------------------------------------------------------------------------ */
+
+struct task {
+    struct task *next;
+    void (*fn)(struct task *t);
+};
+
+struct rb {
+    struct hub *hub;
+    const struct herald_config *cfg;
+    struct loop loop;
+    pthread_t thread;
+    atomic_bool stop;
+    struct redis_bus *bus;
+    bool cluster;
+    pthread_mutex_t qlock;
+    struct task *q_head, *q_tail;
+    struct timer heartbeat;
+    uint64_t last_hint;
+    char node[64];
+    /* cluster view for /stats, refreshed by the heartbeat */
+    pthread_mutex_t view_lock;
+    uint64_t nodes_alive;
+    enum redis_bus_status status;
+};
+
+static struct rb *the_rb; /* one per process */
+
+static void rb_post(struct rb *rb, struct task *t)
+{
+    t->next = NULL;
+    pthread_mutex_lock(&rb->qlock);
+    bool was_empty = !rb->q_head;
+    if (rb->q_tail)
+        rb->q_tail->next = t;
+    else
+        rb->q_head = t;
+    rb->q_tail = t;
+    pthread_mutex_unlock(&rb->qlock);
+    if (was_empty)
+        loop_wake(&rb->loop);
+}
+
+static void rb_on_wake(struct loop *loop, void *arg)
+{
+    struct rb *rb = arg;
+    pthread_mutex_lock(&rb->qlock);
+    struct task *t = rb->q_head;
+    rb->q_head = rb->q_tail = NULL;
+    pthread_mutex_unlock(&rb->qlock);
+    while (t) {
+        struct task *next = t->next;
+        t->fn(t);
+        t = next;
+    }
+}
+
+/* Key "herald:{name}:<suffix>" into buf. */
+static size_t key_of(char *buf, size_t size, const char *name, size_t len, char suffix)
+{
+    int n = snprintf(buf, size, "herald:{%.*s}:%c", (int)len, name, suffix);
+    return (size_t)n;
+}
+
+static int resp_to_hub_err(int status)
+{
+    UNUSED(status);
+    return HUB_ERR_BACKEND;
+}
+
+/* ---- payload ------------------------------------------------------------------------ */
+
+/* Builds the payload of a publish (see the file comment). */
+static void payload_build(struct sbuf *b, const struct slice *channels, size_t n,
+                          const struct publish_req *req, uint64_t time_ms)
+{
+    char kind = req->base64 ? 'B' : req->kind == PUB_TEXT ? 'T' : 'J';
+    struct slice raw = kind == 'J' ? req->data_json : req->raw;
+    sbuf_printf(b, "%c %" PRIu64 " %zu %zu %u\n", kind, time_ms, n, req->event ? req->event_len : 0,
+                raw.len);
+    for (size_t i = 0; i < n; i++) {
+        sbuf_add(b, channels[i].data, channels[i].len);
+        sbuf_add(b, "\n", 1);
+    }
+    if (req->event)
+        sbuf_add(b, req->event, req->event_len);
+    sbuf_add(b, raw.data, raw.len);
+}
+
+/*
+ * Parses a payload into e (pointing into p, and into *data for the JSON form
+ * of text bodies, which the caller frees with sbuf_free). Returns 0 or -1.
+ */
+static int payload_parse(const char *p, size_t len, struct hub_entry *e, struct sbuf *data)
+{
+    char kind;
+    unsigned long long t, nch, evl, rawl;
+    int used = 0;
+    const char *nl = memchr(p, '\n', len);
+    if (!nl || sscanf(p, "%c %llu %llu %llu %llu%n", &kind, &t, &nch, &evl, &rawl, &used) != 5 ||
+        nch > ARRAY_LEN(e->channels) || p + used != nl)
+        return -1;
+    const char *q = nl + 1, *end = p + len;
+    memset(e, 0, sizeof(*e));
+    e->time_ms = t;
+    for (size_t i = 0; i < nch; i++) {
+        const char *l = memchr(q, '\n', (size_t)(end - q));
+        if (!l)
+            return -1;
+        e->channels[i] = (struct slice){q, (uint32_t)(l - q)};
+        q = l + 1;
+    }
+    e->nchannels = nch;
+    if ((size_t)(end - q) != evl + rawl)
+        return -1;
+    if (evl) {
+        e->req.event = q;
+        e->req.event_len = evl;
+    }
+    q += evl;
+    e->req.raw = (struct slice){q, (uint32_t)rawl};
+    switch (kind) {
+    case 'J':
+        e->req.kind = PUB_JSON;
+        e->req.data_json = e->req.raw;
+        break;
+    case 'T':
+        e->req.kind = PUB_TEXT;
+        sbuf_add_json_str(data, q, rawl);
+        e->req.data_json = (struct slice){data->data, (uint32_t)data->len};
+        break;
+    case 'B':
+        e->req.kind = PUB_BINARY;
+        e->req.base64 = true;
+        sbuf_add(data, "\"", 1);
+        sbuf_add(data, q, rawl);
+        sbuf_add(data, "\"", 1);
+        e->req.data_json = (struct slice){data->data, (uint32_t)data->len};
+        break;
+    default: return -1;
+    }
+    return 0;
+}
+
+/* "herald:{name}:m" -> name. */
+static bool bus_channel_name(const char *ch, size_t len, struct slice *name)
+{
+    if (len < 11 || memcmp(ch, "herald:{", 8) != 0 || memcmp(ch + len - 3, "}:m", 3) != 0)
+        return false;
+    *name = (struct slice){ch + 8, (uint32_t)(len - 11)};
+    return true;
+}
+
+/* ---- bus callbacks (backend thread) --------------------------------------------------- */
+
+static void on_message(const char *channel, size_t channel_len, const char *data, size_t len,
+                       void *arg)
+{
+    struct rb *rb = arg;
+    struct slice name;
+    if (!bus_channel_name(channel, channel_len, &name))
+        return;
+    if (len >= 8 && memcmp(data, "X closed", 8) == 0) {
+        hub_channel_gone(rb->hub, name.data, name.len);
+        return;
+    }
+    const char *sp = memchr(data, ' ', len);
+    uint64_t seq;
+    if (!sp || hub_cursor_parse(data, (size_t)(sp - data), &seq) < 0)
+        goto bad;
+    struct hub_entry e;
+    struct sbuf buf = {0};
+    if (payload_parse(sp + 1, len - (size_t)(sp + 1 - data), &e, &buf) < 0) {
+        sbuf_free(&buf);
+        goto bad;
+    }
+    hub_ingest(rb->hub, &name, e.channels, e.nchannels, seq, e.time_ms, &e.req);
+    sbuf_free(&buf);
+    return;
+bad:
+    log_warn("redis: ignoring a malformed message on %.*s", (int)channel_len, channel);
+}
+
+struct load_op {
+    struct rb *rb;
+    char name[CHANNEL_NAME_MAX + 1];
+    size_t len;
+};
+
+static int cmp_entry(const void *a, const void *b)
+{
+    const struct hub_entry *x = a, *y = b;
+    return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+static void load_reply(const redisReply *r, int status, void *arg)
+{
+    struct load_op *op = arg;
+    struct rb *rb = op->rb;
+    if (status < 0 || !r || r->type == REDIS_REPLY_ERROR) {
+        bool nf =
+            status == 0 && r && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOTFOUND", 8) == 0;
+        if (!nf)
+            log_warn("redis: loading channel %s failed: %s", op->name,
+                     r && r->str ? r->str : resp_strerror(status));
+        hub_channel_loaded(rb->hub, op->name, op->len, nf ? HUB_ERR_NOT_FOUND : HUB_ERR_BACKEND,
+                           NULL, 0, 0);
+        free(op);
+        return;
+    }
+    uint64_t evicted = 0;
+    const redisReply *list =
+        r->type == REDIS_REPLY_ARRAY && r->elements == 3 ? r->element[2] : NULL;
+    if (!list || list->type != REDIS_REPLY_ARRAY) {
+        hub_channel_loaded(rb->hub, op->name, op->len, HUB_ERR_BACKEND, NULL, 0, 0);
+        free(op);
+        return;
+    }
+    const redisReply *ev = r->element[0];
+    if (ev->type == REDIS_REPLY_STRING)
+        hub_cursor_parse(ev->str, ev->len, &evicted);
+    size_t n = list->elements, k = 0;
+    struct hub_entry *entries = xcalloc(n ? n : 1, sizeof(*entries));
+    struct sbuf *bufs = xcalloc(n ? n : 1, sizeof(*bufs));
+    for (size_t i = 0; i < n; i++) {
+        const redisReply *ent = list->element[i];
+        if (ent->type != REDIS_REPLY_ARRAY || ent->elements != 2 ||
+            ent->element[1]->type != REDIS_REPLY_ARRAY || ent->element[1]->elements != 2)
+            continue;
+        const redisReply *id = ent->element[0], *p = ent->element[1]->element[1];
+        const char *dash = memchr(id->str, '-', id->len);
+        uint64_t seq;
+        if (!dash || hub_cursor_parse(id->str, (size_t)(dash - id->str), &seq) < 0 ||
+            payload_parse(p->str, p->len, &entries[k], &bufs[k]) < 0)
+            continue;
+        entries[k++].seq = seq;
+    }
+    qsort(entries, k, sizeof(*entries), cmp_entry); /* XREVRANGE came newest first */
+    hub_channel_loaded(rb->hub, op->name, op->len, 0, entries, k, evicted);
+    for (size_t i = 0; i < n; i++)
+        sbuf_free(&bufs[i]);
+    free(bufs);
+    free(entries);
+    free(op);
+}
+
+/* Loads (first time) or gap-fills a channel's cache from its Stream. */
+static void load_channel(struct rb *rb, const char *name, size_t len)
+{
+    uint64_t last;
+    if (!hub_channel_loading(rb->hub, name, len, &last))
+        return;
+    struct load_op *op = xcalloc(1, sizeof(*op));
+    op->rb = rb;
+    memcpy(op->name, name, len);
+    op->len = len;
+    char h[160], o[160], s[160], after[24], hs[16];
+    size_t hl = key_of(h, sizeof(h), name, len, 'h'), ol = key_of(o, sizeof(o), name, len, 'o'),
+           sl = key_of(s, sizeof(s), name, len, 's');
+    snprintf(after, sizeof(after), "%" PRIu64, last);
+    snprintf(hs, sizeof(hs), "%u", rb->cfg->history_size);
+    const char *argv[] = {"EVAL", load_lua, "3", h, o, s, after, rb->cfg->auto_create ? "1" : "0",
+                          hs};
+    size_t argl[] = {4, strlen(load_lua), 1, hl, ol, sl, strlen(after), 1, strlen(hs)};
+    if (redis_bus_command(rb->bus, h, hl, load_reply, op, 9, argv, argl) < 0)
+        load_reply(NULL, RESP_ENOTCONN, op);
+}
+
+static void on_subscribed(const char *channel, size_t channel_len, void *arg)
+{
+    struct rb *rb = arg;
+    struct slice name;
+    if (bus_channel_name(channel, channel_len, &name))
+        load_channel(rb, name.data, name.len);
+}
+
+static void on_status(enum redis_bus_status status, void *arg)
+{
+    struct rb *rb = arg;
+    static const char *names[] = {"down", "degraded", "up"};
+    if (status != rb->status)
+        log_info("redis: %s", names[status]);
+    rb->status = status;
+}
+
+/* ---- hub backend ops ------------------------------------------------------------------ */
+
+struct want_task {
+    struct task t;
+    struct rb *rb;
+    bool on;
+    size_t len;
+    char name[CHANNEL_NAME_MAX + 1];
+};
+
+static void want_run(struct task *t)
+{
+    struct want_task *wt = (struct want_task *)t;
+    struct rb *rb = wt->rb;
+    char m[160];
+    size_t ml = key_of(m, sizeof(m), wt->name, wt->len, 'm');
+    if (wt->on) {
+        redis_bus_subscribe(rb->bus, m, ml);
+        /* While Redis is down, subscribers hear so now instead of waiting. */
+        if (redis_bus_status(rb->bus) == REDIS_BUS_DOWN)
+            hub_channel_loaded(rb->hub, wt->name, wt->len, HUB_ERR_BACKEND, NULL, 0, 0);
+    } else {
+        redis_bus_unsubscribe(rb->bus, m, ml);
+    }
+    free(wt);
+}
+
+static void post_want(void *be, const char *name, size_t len, bool on)
+{
+    struct want_task *wt = xcalloc(1, sizeof(*wt));
+    wt->t.fn = want_run;
+    wt->rb = be;
+    wt->on = on;
+    wt->len = len;
+    memcpy(wt->name, name, len);
+    rb_post(be, &wt->t);
+}
+
+static void be_want(void *be, const char *name, size_t len)
+{
+    post_want(be, name, len, true);
+}
+
+static void be_unwant(void *be, const char *name, size_t len)
+{
+    post_want(be, name, len, false);
+}
+
+/* A publish on its way: built on the worker, run on the backend thread. */
+struct pub_task {
+    struct task t;
+    struct rb *rb;
+    int w;
+    hub_publish_done *done;
+    void *arg;
+    struct publish_result res;
+    int err;
+    size_t n, pending;
+    struct sbuf payload;
+    char names[64][CHANNEL_NAME_MAX + 1];
+    size_t lens[64];
+    uint64_t hint;
+};
+
+static void pub_answer(void *arg)
+{
+    struct pub_task *pt = arg;
+    pt->done(pt->arg, pt->err, &pt->res);
+    sbuf_free(&pt->payload);
+    free(pt);
+}
+
+static void pub_reply(const redisReply *r, int status, void *arg)
+{
+    struct pub_task *pt = arg;
+    if (status < 0 || !r) {
+        pt->err = resp_to_hub_err(status);
+    } else if (r->type == REDIS_REPLY_ERROR) {
+        if (strncmp(r->str, "NOTFOUND", 8) == 0) {
+            pt->err = HUB_ERR_NOT_FOUND;
+        } else {
+            log_warn("redis: publish failed: %s", r->str);
+            pt->err = HUB_ERR_BACKEND;
+        }
+    } else if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+               r->element[0]->type == REDIS_REPLY_STRING) {
+        uint64_t id;
+        if (hub_cursor_parse(r->element[0]->str, r->element[0]->len, &id) == 0 &&
+            (!pt->res.id || id < pt->res.id))
+            pt->res.id = id;
+        pt->res.subscribers += (uint32_t)r->element[1]->integer;
+    }
+    if (--pt->pending == 0)
+        hub_post(pt->rb->hub, pt->w, pub_answer, pt);
+}
+
+/* Runs the publish script for channels [from, to) (one shard). */
+static int pub_eval(struct pub_task *pt, size_t from, size_t to)
+{
+    struct rb *rb = pt->rb;
+    size_t nk = 1 + 3 * (to - from), argc = 3 + nk + 8 + (to - from);
+    const char **argv = xcalloc(argc, sizeof(*argv));
+    size_t *argl = xcalloc(argc, sizeof(*argl));
+    char(*keys)[160] = xcalloc(nk, sizeof(*keys));
+    char numkeys[16], hint[24], hs[16], httl[16], ttl[16], now[24];
+    size_t a = 0;
+    argv[a++] = "EVAL";
+    argv[a++] = publish_lua;
+    snprintf(numkeys, sizeof(numkeys), "%zu", nk);
+    argv[a++] = numkeys;
+    /* One Redis: a global last id orders all messages. A cluster: per channel. */
+    if (rb->cluster)
+        key_of(keys[0], sizeof(keys[0]), pt->names[from], pt->lens[from], 'i');
+    else
+        snprintf(keys[0], sizeof(keys[0]), "herald:{seq}:i");
+    for (size_t i = from; i < to; i++) {
+        size_t k = 1 + 3 * (i - from);
+        key_of(keys[k], sizeof(keys[k]), pt->names[i], pt->lens[i], 'h');
+        key_of(keys[k + 1], sizeof(keys[k + 1]), pt->names[i], pt->lens[i], 'o');
+        key_of(keys[k + 2], sizeof(keys[k + 2]), pt->names[i], pt->lens[i], 's');
+    }
+    for (size_t k = 0; k < nk; k++)
+        argv[a++] = keys[k];
+    snprintf(hint, sizeof(hint), "%" PRIu64, pt->hint);
+    snprintf(hs, sizeof(hs), "%u", rb->cfg->history_size);
+    snprintf(httl, sizeof(httl), "%u", rb->cfg->history_ttl_ms);
+    snprintf(ttl, sizeof(ttl), "%u", rb->cfg->channel_ttl_ms);
+    snprintf(now, sizeof(now), "%" PRIu64, wall_ms());
+    argv[a++] = hint;
+    argv[a] = pt->payload.data;
+    argl[a++] = pt->payload.len;
+    argv[a++] = rb->cfg->auto_create ? "1" : "0";
+    argv[a++] = hs;
+    argv[a++] = httl;
+    argv[a++] = ttl;
+    argv[a++] = now;
+    argv[a++] = rb->cluster ? "SPUBLISH" : "PUBLISH";
+    char(*bus)[160] = xcalloc(to - from, sizeof(*bus));
+    for (size_t i = from; i < to; i++) {
+        key_of(bus[i - from], sizeof(bus[0]), pt->names[i], pt->lens[i], 'm');
+        argv[a++] = bus[i - from];
+    }
+    for (size_t i = 0; i < a; i++)
+        if (!argl[i])
+            argl[i] = strlen(argv[i]);
+    int rc =
+        redis_bus_command(rb->bus, keys[1], strlen(keys[1]), pub_reply, pt, (int)a, argv, argl);
+    free(bus);
+    free(keys);
+    free(argl);
+    free(argv);
+    return rc;
+}
+
+static void pub_run(struct task *t)
+{
+    struct pub_task *pt = (struct pub_task *)t;
+    /* A cluster keeps each channel on its own shard: one script per channel. */
+    size_t groups = pt->rb->cluster ? pt->n : 1;
+    pt->pending = groups;
+    for (size_t g = 0; g < groups; g++) {
+        size_t from = pt->rb->cluster ? g : 0, to = pt->rb->cluster ? g + 1 : pt->n;
+        if (pub_eval(pt, from, to) < 0)
+            pub_reply(NULL, RESP_ENOTCONN, pt);
+    }
+}
+
+static void be_publish(void *be, int w, const struct slice *channels, size_t n,
+                       const struct publish_req *req, hub_publish_done *done, void *arg)
+{
+    struct rb *rb = be;
+    struct pub_task *pt = xcalloc(1, sizeof(*pt));
+    pt->t.fn = pub_run;
+    pt->rb = rb;
+    pt->w = w;
+    pt->done = done;
+    pt->arg = arg;
+    pt->n = n;
+    for (size_t i = 0; i < n; i++) {
+        memcpy(pt->names[i], channels[i].data, channels[i].len);
+        pt->lens[i] = channels[i].len;
+    }
+    uint64_t now = wall_ms();
+    payload_build(&pt->payload, channels, n, req, now);
+    /* The publisher's clock in µs: ids stay close to time across shards. */
+    pt->hint = wall_us();
+    rb_post(rb, &pt->t);
+}
+
+/* ---- channel administration -------------------------------------------------------- */
+
+enum chan_mode { CH_GET, CH_PUT, CH_DEL };
+
+struct chan_task {
+    struct task t;
+    struct rb *rb;
+    int w;
+    enum chan_mode mode;
+    char name[CHANNEL_NAME_MAX + 1];
+    size_t len;
+    struct channel_opts o;
+    hub_info_done *done;
+    void *arg;
+    int err;
+    bool created;
+    struct channel_info info;
+    /* listing */
+    hub_list_done *list_done;
+    struct channel_info *infos;
+    size_t ninfos, total, pending;
+    struct chan_task *parent;
+};
+
+static uint64_t reply_u64(const redisReply *r)
+{
+    if (r->type == REDIS_REPLY_INTEGER)
+        return r->integer > 0 ? (uint64_t)r->integer : 0;
+    uint64_t v = 0;
+    if (r->type == REDIS_REPLY_STRING)
+        hub_cursor_parse(r->str, r->len, &v);
+    return v;
+}
+
+static void info_from_reply(struct chan_task *ct, const redisReply *r)
+{
+    const struct herald_config *cfg = ct->rb->cfg;
+    struct channel_info *i = &ct->info;
+    memset(i, 0, sizeof(*i));
+    memcpy(i->name, ct->name, ct->len);
+    redisReply **e = r->element;
+    ct->created = reply_u64(e[0]) == 1;
+    i->ttl_ms = e[1]->len ? (uint32_t)reply_u64(e[1]) : cfg->channel_ttl_ms;
+    i->history_size = e[2]->len ? (uint32_t)reply_u64(e[2]) : cfg->history_size;
+    i->history_ttl_ms = e[3]->len ? (uint32_t)reply_u64(e[3]) : cfg->history_ttl_ms;
+    i->persistent = reply_u64(e[4]) == 1;
+    i->created_ms = reply_u64(e[5]);
+    i->last_active_ms = reply_u64(e[6]);
+    i->subscribers = (uint32_t)reply_u64(e[7]);
+    i->messages_retained = (uint32_t)reply_u64(e[8]);
+    i->messages_total = reply_u64(e[9]);
+    i->oldest_id = reply_u64(e[10]);
+    i->last_id = reply_u64(e[11]);
+    int64_t pttl = e[12]->type == REDIS_REPLY_INTEGER ? e[12]->integer : -1;
+    i->expires_ms = pttl > 0 ? wall_ms() + (uint64_t)pttl : 0;
+}
+
+static void chan_answer(void *arg)
+{
+    struct chan_task *ct = arg;
+    ct->done(ct->arg, ct->err, ct->err ? NULL : &ct->info, ct->created);
+    free(ct);
+}
+
+static void list_child_done(struct chan_task *ct);
+
+static void chan_reply(const redisReply *r, int status, void *arg)
+{
+    struct chan_task *ct = arg;
+    if (status < 0 || !r)
+        ct->err = HUB_ERR_BACKEND;
+    else if (r->type == REDIS_REPLY_ERROR)
+        ct->err = strncmp(r->str, "NOTFOUND", 8) == 0 ? HUB_ERR_NOT_FOUND : HUB_ERR_BACKEND;
+    else if (ct->mode != CH_DEL && (r->type != REDIS_REPLY_ARRAY || r->elements != 13))
+        ct->err = HUB_ERR_BACKEND;
+    else if (ct->mode != CH_DEL)
+        info_from_reply(ct, r);
+    if (ct->parent) {
+        list_child_done(ct);
+        return;
+    }
+    /* Keep the listing index in step (another shard in a cluster: its own command). */
+    if (!ct->err && ct->mode != CH_GET) {
+        const char *argv[] = {ct->mode == CH_DEL ? "ZREM" : "ZADD", "herald:channels", "0",
+                              ct->name};
+        if (ct->mode == CH_DEL)
+            argv[2] = ct->name;
+        redis_bus_command(ct->rb->bus, "herald:channels", 15, NULL, NULL,
+                          ct->mode == CH_DEL ? 3 : 4, argv, NULL);
+    }
+    hub_post(ct->rb->hub, ct->w, chan_answer, ct);
+}
+
+static void chan_run(struct task *t)
+{
+    struct chan_task *ct = (struct chan_task *)t;
+    struct rb *rb = ct->rb;
+    char h[160], o[160], s[160], c[160], m[160], now[24], ttl[16], httl[16], f[4][24];
+    key_of(h, sizeof(h), ct->name, ct->len, 'h');
+    key_of(o, sizeof(o), ct->name, ct->len, 'o');
+    key_of(s, sizeof(s), ct->name, ct->len, 's');
+    key_of(c, sizeof(c), ct->name, ct->len, 'c');
+    key_of(m, sizeof(m), ct->name, ct->len, 'm');
+    snprintf(now, sizeof(now), "%" PRIu64, wall_ms());
+    snprintf(ttl, sizeof(ttl), "%u", rb->cfg->channel_ttl_ms);
+    snprintf(httl, sizeof(httl), "%u", rb->cfg->history_ttl_ms);
+    memset(f, 0, sizeof(f));
+    if (ct->o.has_ttl)
+        snprintf(f[0], sizeof(f[0]), "%u", ct->o.ttl_ms);
+    if (ct->o.has_history_size)
+        snprintf(f[1], sizeof(f[1]), "%u", ct->o.history_size);
+    if (ct->o.has_history_ttl)
+        snprintf(f[2], sizeof(f[2]), "%u", ct->o.history_ttl_ms);
+    if (ct->o.has_persistent)
+        snprintf(f[3], sizeof(f[3]), "%d", ct->o.persistent ? 1 : 0);
+    static const char *modes[] = {"get", "put", "del"};
+    const char *argv[] = {"EVAL",
+                          chan_lua,
+                          "4",
+                          h,
+                          o,
+                          s,
+                          c,
+                          now,
+                          modes[ct->mode],
+                          ttl,
+                          httl,
+                          m,
+                          rb->cluster ? "SPUBLISH" : "PUBLISH",
+                          f[0],
+                          f[1],
+                          f[2],
+                          f[3]};
+    /* ARGV numbering in chan_lua: [3] ttl default, [4] httl default, [4]/[5] also bus/verb for del
+     */
+    if (ct->mode == CH_DEL) {
+        argv[9] = m;
+        argv[10] = rb->cluster ? "SPUBLISH" : "PUBLISH";
+    }
+    if (redis_bus_command(rb->bus, h, strlen(h), chan_reply, ct, (int)ARRAY_LEN(argv), argv, NULL) <
+        0)
+        chan_reply(NULL, RESP_ENOTCONN, ct);
+}
+
+static struct chan_task *chan_task_new(struct rb *rb, int w, enum chan_mode mode, const char *name,
+                                       size_t len, hub_info_done *done, void *arg)
+{
+    struct chan_task *ct = xcalloc(1, sizeof(*ct));
+    ct->t.fn = chan_run;
+    ct->rb = rb;
+    ct->w = w;
+    ct->mode = mode;
+    memcpy(ct->name, name, len);
+    ct->len = len;
+    ct->done = done;
+    ct->arg = arg;
+    return ct;
+}
+
+static void be_channel_put(void *be, int w, const char *name, size_t len,
+                           const struct channel_opts *o, hub_info_done *done, void *arg)
+{
+    struct chan_task *ct = chan_task_new(be, w, CH_PUT, name, len, done, arg);
+    ct->o = *o;
+    rb_post(be, &ct->t);
+}
+
+static void be_channel_get(void *be, int w, const char *name, size_t len, hub_info_done *done,
+                           void *arg)
+{
+    rb_post(be, &chan_task_new(be, w, CH_GET, name, len, done, arg)->t);
+}
+
+static void be_channel_delete(void *be, int w, const char *name, size_t len, hub_info_done *done,
+                              void *arg)
+{
+    rb_post(be, &chan_task_new(be, w, CH_DEL, name, len, done, arg)->t);
+}
+
+/* Listing: names from the index, then each channel's info (missing ones dropped). */
+static void list_answer(void *arg)
+{
+    struct chan_task *ct = arg;
+    ct->list_done(ct->arg, ct->err, ct->infos, ct->ninfos, ct->total);
+    free(ct->infos);
+    free(ct);
+}
+
+static void list_child_done(struct chan_task *child)
+{
+    struct chan_task *ct = child->parent;
+    if (!child->err)
+        ct->infos[ct->ninfos++] = child->info;
+    else if (child->err != HUB_ERR_NOT_FOUND)
+        ct->err = child->err;
+    free(child);
+    if (--ct->pending == 0) {
+        /* Children answer in any order: keep the listing sorted by name. */
+        for (size_t i = 1; i < ct->ninfos; i++)
+            for (size_t j = i; j > 0 && strcmp(ct->infos[j - 1].name, ct->infos[j].name) > 0; j--) {
+                struct channel_info tmp = ct->infos[j];
+                ct->infos[j] = ct->infos[j - 1];
+                ct->infos[j - 1] = tmp;
+            }
+        hub_post(ct->rb->hub, ct->w, list_answer, ct);
+    }
+}
+
+static void list_names_reply(const redisReply *r, int status, void *arg)
+{
+    struct chan_task *ct = arg;
+    if (status < 0 || !r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+        r->element[1]->type != REDIS_REPLY_ARRAY) {
+        ct->err = HUB_ERR_BACKEND;
+        hub_post(ct->rb->hub, ct->w, list_answer, ct);
+        return;
+    }
+    ct->total = reply_u64(r->element[0]);
+    const redisReply *names = r->element[1];
+    ct->infos = xcalloc(names->elements ? names->elements : 1, sizeof(*ct->infos));
+    ct->pending = names->elements;
+    if (!ct->pending) {
+        hub_post(ct->rb->hub, ct->w, list_answer, ct);
+        return;
+    }
+    for (size_t i = 0; i < names->elements; i++) {
+        const redisReply *nm = names->element[i];
+        struct chan_task *child = chan_task_new(ct->rb, ct->w, CH_GET, nm->str,
+                                                MIN(nm->len, (size_t)CHANNEL_NAME_MAX), NULL, NULL);
+        child->parent = ct;
+        chan_run(&child->t);
+    }
+}
+
+static const char list_lua[] =
+    "local total = redis.call('ZCARD', KEYS[1])\n"
+    "local lo = ARGV[1] == '' and '-' or ('(' .. ARGV[1])\n"
+    "if ARGV[2] ~= '' then\n"
+    "  local p = '[' .. ARGV[2]\n"
+    "  if lo == '-' or p > lo then lo = p end\n"
+    "  local names = redis.call('ZRANGEBYLEX', KEYS[1], lo, '[' .. ARGV[2] .. '\\255', 'LIMIT',\n"
+    "                           0, ARGV[3])\n"
+    "  return {total, names}\n"
+    "end\n"
+    "return {total, redis.call('ZRANGEBYLEX', KEYS[1], lo, '+', 'LIMIT', 0, ARGV[3])}\n";
+
+struct list_task {
+    struct chan_task ct;
+    char after[CHANNEL_NAME_MAX + 1], prefix[CHANNEL_NAME_MAX + 1];
+    size_t max;
+};
+
+static void list_run(struct task *t)
+{
+    struct list_task *lt = (struct list_task *)t;
+    char max[16];
+    snprintf(max, sizeof(max), "%zu", lt->max);
+    const char *argv[] = {"EVAL", list_lua, "1", "herald:channels", lt->after, lt->prefix, max};
+    if (redis_bus_command(lt->ct.rb->bus, "herald:channels", 15, list_names_reply, &lt->ct, 7, argv,
+                          NULL) < 0)
+        list_names_reply(NULL, RESP_ENOTCONN, &lt->ct);
+}
+
+static void be_channel_list(void *be, int w, const char *after, size_t after_len,
+                            const char *prefix, size_t max, hub_list_done *done, void *arg)
+{
+    struct list_task *lt = xcalloc(1, sizeof(*lt));
+    lt->ct.t.fn = list_run;
+    lt->ct.rb = be;
+    lt->ct.w = w;
+    lt->ct.list_done = done;
+    lt->ct.arg = arg;
+    memcpy(lt->after, after, MIN(after_len, (size_t)CHANNEL_NAME_MAX));
+    if (prefix)
+        snprintf(lt->prefix, sizeof(lt->prefix), "%s", prefix);
+    lt->max = max;
+    rb_post(be, &lt->ct.t);
+}
+
+/* ---- heartbeat: cluster-wide subscriber counts, channel keep-alive ------------------- */
+
+static const char beat_lua[] =
+    "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
+    "redis.call('PEXPIRE', KEYS[1], ARGV[3])\n"
+    "if redis.call('HGET', KEYS[2], 'persistent') ~= '1' and redis.call('EXISTS', KEYS[2]) == 1 "
+    "then\n"
+    "  local ttl = tonumber(redis.call('HGET', KEYS[2], 'ttl') or ARGV[4])\n"
+    "  redis.call('HSET', KEYS[2], 'active', ARGV[5])\n"
+    "  if redis.call('PTTL', KEYS[2]) < ttl then redis.call('PEXPIRE', KEYS[2], ttl) end\n"
+    "end\n"
+    "return 1\n";
+
+static void heartbeat_cb(struct loop *loop, struct timer *t)
+{
+    struct rb *rb = container_of(t, struct rb, heartbeat);
+    struct hub *hub = rb->hub;
+    uint64_t now = wall_ms();
+    char val[48], exp[16], ttl[16], nowbuf[24];
+    snprintf(val, sizeof(val), "%" PRIu64, now + COUNT_TTL_MS);
+    snprintf(exp, sizeof(exp), "%u", COUNT_TTL_MS);
+    snprintf(ttl, sizeof(ttl), "%u", rb->cfg->channel_ttl_ms);
+    snprintf(nowbuf, sizeof(nowbuf), "%" PRIu64, now);
+    /* Snapshot the channels with local subscribers, then talk to Redis unlocked. */
+    size_t cap = 64, n = 0;
+    struct {
+        char name[CHANNEL_NAME_MAX + 1];
+        size_t len;
+        uint32_t subs;
+    } *list = xmalloc(cap * sizeof(*list));
+    pthread_mutex_lock(&hub->lock);
+    size_t b = 0;
+    struct map_node *node, *next = NULL;
+    while ((node = map_next(&hub->channels, &b, &next))) {
+        struct channel *ch = container_of(node, struct channel, node);
+        if (!ch->subscribers)
+            continue;
+        if (n == cap)
+            list = xrealloc(list, (cap *= 2) * sizeof(*list));
+        memcpy(list[n].name, ch->name, ch->name_len + 1);
+        list[n].len = ch->name_len;
+        list[n++].subs = ch->subscribers;
+    }
+    pthread_mutex_unlock(&hub->lock);
+    for (size_t i = 0; i < n; i++) {
+        char c[160], o[160], count[64];
+        key_of(c, sizeof(c), list[i].name, list[i].len, 'c');
+        key_of(o, sizeof(o), list[i].name, list[i].len, 'o');
+        snprintf(count, sizeof(count), "%u %s", list[i].subs, val);
+        const char *argv[] = {"EVAL", beat_lua, "2", c, o, rb->node, count, exp, ttl, nowbuf};
+        redis_bus_command(rb->bus, c, strlen(c), NULL, NULL, 10, argv, NULL);
+    }
+    free(list);
+    /* This node is alive until the expiry it announces. */
+    char score[24];
+    snprintf(score, sizeof(score), "%" PRIu64, now + COUNT_TTL_MS);
+    const char *zargv[] = {"ZADD", "herald:nodes", score, rb->node};
+    redis_bus_command(rb->bus, "herald:nodes", 12, NULL, NULL, 4, zargv, NULL);
+    const char *rargv[] = {"ZREMRANGEBYSCORE", "herald:nodes", "-inf", nowbuf};
+    redis_bus_command(rb->bus, "herald:nodes", 12, NULL, NULL, 4, rargv, NULL);
+    timer_start(loop, t, HEARTBEAT_MS);
+}
+
+static void be_stats_json(void *be, struct sbuf *b)
+{
+    struct rb *rb = be;
+    static const char *names[] = {"down", "degraded", "up"};
+    sbuf_printf(b, ",\"cluster\":{\"backend\":\"%s\",\"redis\":\"%s\"}",
+                rb->cluster ? "redis-cluster" : "redis", names[rb->status]);
+}
+
+static const struct hub_backend_ops redis_ops = {
+    .want = be_want,
+    .unwant = be_unwant,
+    .publish = be_publish,
+    .channel_put = be_channel_put,
+    .channel_get = be_channel_get,
+    .channel_delete = be_channel_delete,
+    .channel_list = be_channel_list,
+    .stats_json = be_stats_json,
+};
+
+/* ---- start / stop -------------------------------------------------------------------- */
+
+static void *rb_main(void *arg)
+{
+    struct rb *rb = arg;
+    pthread_setname_np(pthread_self(), "herald-redis");
+    timer_start(&rb->loop, &rb->heartbeat, 100);
+    while (!atomic_load(&rb->stop))
+        loop_run_once(&rb->loop, 1000);
+    return NULL;
+}
+
+/* Parses redis://[[user]:password@]host[:port][/db]. Returns 0 or -1. */
+static int parse_url(const char *url, char *host, size_t host_size, int *port, int *db, char *user,
+                     char *password, size_t pw_size)
+{
+    const char *p = url;
+    if (strncmp(p, "redis://", 8) == 0)
+        p += 8;
+    else if (strncmp(p, "rediss://", 9) == 0)
+        return -2;
+    const char *at = strrchr(p, '@');
+    if (at) {
+        const char *colon = memchr(p, ':', (size_t)(at - p));
+        if (colon) {
+            snprintf(user, 128, "%.*s", (int)(colon - p), p);
+            snprintf(password, pw_size, "%.*s", (int)(at - colon - 1), colon + 1);
+        } else {
+            snprintf(password, pw_size, "%.*s", (int)(at - p), p);
+        }
+        p = at + 1;
+    }
+    const char *slash = strchr(p, '/');
+    size_t hp = slash ? (size_t)(slash - p) : strlen(p);
+    const char *colon = memchr(p, ':', hp);
+    size_t hl = colon ? (size_t)(colon - p) : hp;
+    if (!hl || hl >= host_size)
+        return -1;
+    memcpy(host, p, hl);
+    host[hl] = '\0';
+    *port = colon ? atoi(colon + 1) : 6379;
+    *db = slash ? atoi(slash + 1) : 0;
+    return *port > 0 && *port < 65536 ? 0 : -1;
+}
+
+int redis_backend_start(struct hub *hub, const struct herald_config *cfg)
+{
+    struct rb *rb = xcalloc(1, sizeof(*rb));
+    rb->hub = hub;
+    rb->cfg = cfg;
+    rb->cluster = cfg->redis_cluster[0] != '\0';
+    snprintf(rb->node, sizeof(rb->node), "%s", cfg->node_name);
+    pthread_mutex_init(&rb->qlock, NULL);
+    pthread_mutex_init(&rb->view_lock, NULL);
+    if (loop_init(&rb->loop) < 0) {
+        free(rb);
+        return -1;
+    }
+    rb->loop.on_wake = rb_on_wake;
+    rb->loop.on_wake_arg = rb;
+    timer_init(&rb->heartbeat, heartbeat_cb);
+    char user[128] = "", password[256] = "";
+    snprintf(password, sizeof(password), "%s", cfg->redis_password);
+    struct redis_bus_opts opts = {.name = rb->node};
+    struct redis_bus_callbacks cbs = {.on_message = on_message,
+                                      .on_subscribed = on_subscribed,
+                                      .on_status = on_status,
+                                      .arg = rb};
+    if (rb->cluster) {
+        opts.password = password[0] ? password : NULL;
+        rb->bus = redis_bus_cluster_new(&rb->loop, cfg->redis_cluster, &opts, &cbs);
+    } else {
+        char host[256];
+        int port, db;
+        int rc = parse_url(cfg->redis_url, host, sizeof(host), &port, &db, user, password,
+                           sizeof(password));
+        if (rc == -2) {
+            log_error("--redis %s: TLS to Redis (rediss://) needs hiredis with TLS, which "
+                      "Debian 12's libhiredis 0.14 lacks; use redis:// on a trusted network",
+                      cfg->redis_url);
+        } else if (rc < 0) {
+            log_error("--redis %s: expected redis://[:password@]host[:port][/db]", cfg->redis_url);
+        } else {
+            opts.username = user[0] ? user : NULL;
+            opts.password = password[0] ? password : NULL;
+            opts.db = db;
+            rb->bus = redis_bus_single_new(&rb->loop, host, port, &opts, &cbs);
+        }
+    }
+    if (!rb->bus) {
+        loop_free(&rb->loop);
+        free(rb);
+        return -1;
+    }
+    hub->be_ops = &redis_ops;
+    hub->be = rb;
+    the_rb = rb;
+    if (pthread_create(&rb->thread, NULL, rb_main, rb) != 0) {
+        log_error("cannot start the Redis thread");
+        return -1;
+    }
+    return 0;
+}
+
+void redis_backend_stop(struct hub *hub)
+{
+    struct rb *rb = hub->be;
+    if (!rb)
+        return;
+    atomic_store(&rb->stop, true);
+    loop_wake(&rb->loop);
+    pthread_join(rb->thread, NULL);
+    timer_stop(&rb->loop, &rb->heartbeat);
+    redis_bus_free(rb->bus);
+    /* Let the deferred free run. */
+    for (int i = 0; i < 3; i++)
+        loop_run_once(&rb->loop, 0);
+    struct task *t = rb->q_head;
+    while (t) {
+        struct task *next = t->next;
+        free(t);
+        t = next;
+    }
+    loop_free(&rb->loop);
+    pthread_mutex_destroy(&rb->qlock);
+    pthread_mutex_destroy(&rb->view_lock);
+    free(rb);
+    hub->be = NULL;
+    hub->be_ops = NULL;
+    the_rb = NULL;
+}

@@ -1,0 +1,36 @@
+/*
+ * redis_backend: the hub's shared backend for cluster mode. Many herald
+ * nodes share one Redis (or a Redis Cluster): a publish is stored in the
+ * channel's Stream and fanned out over Redis pub/sub (sharded pub/sub on a
+ * cluster) before the publisher's 2xx; each node keeps a cache of the channels
+ * its own subscribers hold, loaded from the Stream when the first of them
+ * arrives and re-filled from it after any outage.
+ *
+ * Keys, all with the channel as hash tag so one channel lives on one shard:
+ *   herald:{ch}:h   Stream of messages, id "<seq>-0", field p = payload
+ *   herald:{ch}:o   hash of channel options (created, persistent, ttl, ...)
+ *   herald:{ch}:s   last id (cluster mode; one Redis uses herald:{seq}:s)
+ *   herald:{ch}:m   the pub/sub channel carrying the channel's messages
+ *   herald:channels sorted set of channel names (listing)
+ *   herald:nodes    sorted set node -> expiry; herald:node:<name> hash of counts
+ *
+ * All Redis I/O runs on one thread with its own loop; workers hand it work
+ * and get answers back on their own threads (hub_post).
+ */
+#ifndef HERALD_REDIS_BACKEND_H
+#define HERALD_REDIS_BACKEND_H
+
+#include "hub/hub.h"
+
+struct server;
+
+/*
+ * Starts the backend thread and connects (asynchronously: a node starts even
+ * while Redis is down, answering publishes 503 until it is up). Installs
+ * itself as hub->be_ops. Returns 0 or -1 after logging why (bad --redis URL).
+ */
+int redis_backend_start(struct hub *hub, const struct herald_config *cfg);
+/* Stops the thread and frees everything (after the workers have stopped). */
+void redis_backend_stop(struct hub *hub);
+
+#endif
