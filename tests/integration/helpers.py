@@ -188,11 +188,12 @@ class Herald:
         assert r.status == status, (r.status, r.body)
         return r.json()
 
-    def publish_many(self, channel, bodies):
-        """Publishes each body over one keep-alive connection; returns the ids in order."""
+    def publish_many(self, channel, bodies, ids=None):
+        """Publishes each body over one keep-alive connection; returns the ids in order
+        (appended to `ids` as they come, when given: a thread can watch them grow)."""
         conn = http.client.HTTPConnection("127.0.0.1", self.api_port, timeout=WAIT)
         try:
-            ids = []
+            ids = [] if ids is None else ids
             for body in bodies:
                 conn.request("POST", "/pub/" + channel, as_bytes(body), {"Content-Type": "text/plain"})
                 resp = conn.getresponse()
@@ -302,10 +303,20 @@ def poll(srv, channels, since=None, timeout=None, conn=None, extra=""):
             conn.close()
 
 
+class Closing:
+    """`with x:` closes x."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 # ---- raw sockets ----------------------------------------------------------------------------
 
 
-class RawConn:
+class RawConn(Closing):
     """A TCP connection read through a buffer, every read bounded by a deadline."""
 
     def __init__(self, port, rcvbuf=None, host="127.0.0.1"):
@@ -322,12 +333,6 @@ class RawConn:
 
     def close(self):
         self.sock.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def _fill(self, deadline):
         """Reads what is available into the buffer; False at EOF (or reset)."""
@@ -417,11 +422,24 @@ def raw_request(port, data, timeout=WAIT):
         return c.read_response(timeout)
 
 
+def http_bytes(method, path, headers=None, body=None, version="1.1"):
+    """Bytes of a request (Host first; Content-Length added for a body unless given)."""
+    headers = dict(headers or {})
+    if body is not None:
+        body = as_bytes(body)
+        headers.setdefault("Content-Length", len(body))
+    lines = [f"{method} {path} HTTP/{version}", "Host: 127.0.0.1"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")
+
+
 def http_get(path, headers=None, version="1.1"):
-    """Bytes of a GET request."""
-    lines = [f"GET {path} HTTP/{version}", "Host: 127.0.0.1"]
-    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+    return http_bytes("GET", path, headers, version=version)
+
+
+def http_post(path, body=None, headers=None, version="1.1"):
+    """A POST; with body None only the head (the test sends the body itself)."""
+    return http_bytes("POST", path, headers, body, version)
 
 
 # ---- Server-Sent Events and NDJSON streams ---------------------------------------------------
@@ -446,7 +464,7 @@ def sub_query(channels, **params):
     return "?" + urllib.parse.urlencode(query, safe=",:/@")
 
 
-class SubscriberStream:
+class SubscriberStream(Closing):
     """The response of a streaming subscriber endpoint: head read, body still open."""
 
     path = None
@@ -461,12 +479,6 @@ class SubscriberStream:
 
     def close(self):
         self.conn.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 class SSE(SubscriberStream):
@@ -626,7 +638,7 @@ def encode_frame(opcode, payload=b"", fin=True, rsv=0, mask=True, length_bytes=N
     return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
-class RawWS:
+class RawWS(Closing):
     """A WebSocket client that sends exactly the frames a test asks for."""
 
     def __init__(self, srv, query="", extra=None, rcvbuf=None, trailing=b""):
@@ -639,12 +651,6 @@ class RawWS:
 
     def close(self):
         self.conn.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def send_frame(self, opcode, payload=b"", **kw):
         self.conn.send(encode_frame(opcode, payload, **kw))
@@ -698,7 +704,7 @@ class RawWS:
 # ---- one interface over the four transports ----------------------------------------------
 
 
-class Poller:
+class Poller(Closing):
     """A long-polling loop that keeps its cursor: messages(n) polls until n events came."""
 
     def __init__(self, srv, channels, since=None):
@@ -722,12 +728,6 @@ class Poller:
 
     def close(self):
         self.conn.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def ws_subscriber(srv, channels, since=None, **kw):

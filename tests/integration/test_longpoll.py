@@ -178,3 +178,13 @@ def test_several_channels_are_merged_in_id_order(server, chan):
     status, body = poll(server, f"{a},{b}", since=start)
     assert ids_of(body["messages"]) == ids
     assert body["cursor"] == ids[-1]
+
+
+def test_poll_pipelined_behind_other_requests(server, chan):
+    ids = server.publish_many(chan, numbered(2))
+    with RawConn(server.port) as c:
+        c.send(http_get("/healthz") + http_get(f"/poll?channels={chan}&since={ids[0]}") + http_get("/healthz"))
+        answers = [c.read_response() for _ in range(3)]
+    assert [a.status for a in answers] == [200, 200, 200]
+    assert answers[0].json() == answers[2].json() == {"status": "ok"}
+    assert ids_of(answers[1].json()["messages"]) == ids[1:]

@@ -9,7 +9,10 @@ import time
 
 import pytest
 
-from helpers import JSON_TYPE, RawConn, data_of, ids_of, raw_request
+from helpers import SSE, JSON_TYPE, RawConn, data_of, http_get, http_post, ids_of, raw_request
+
+CHUNKED = {"Transfer-Encoding": "chunked"}
+EXPECT = {"Expect": "100-continue"}
 
 
 def only_message(server, chan):
@@ -169,17 +172,12 @@ def test_api_publish_rejects_malformed_documents(server, body):
 
 
 def test_publish_reports_subscriber_count(server, chan):
-    from helpers import SSE
-
     with SSE(server, chan), SSE(server, chan + "," + chan + "-other"):
         assert server.publish(chan, "x")["subscribers"] == 2
 
 
 def test_chunked_body_in_pieces(server, chan):
-    head = (
-        f"POST /pub/{chan} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
-        "Transfer-Encoding: chunked\r\n\r\n"
-    )
+    head = http_post("/pub/" + chan, headers={"Content-Type": "text/plain", **CHUNKED})
     pieces = [head, "5\r\nhel", "lo\r\n", "7;ext=1\r\n, world\r\n", "0\r\n", "\r\n"]
     with RawConn(server.port) as c:
         for piece in pieces:
@@ -204,10 +202,7 @@ def test_chunked_body_with_http_client(server, chan):
 
 
 def test_chunked_body_with_trailer(server, chan):
-    req = (
-        f"POST /pub/{chan} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-        "3\r\nabc\r\n0\r\nX-Trailer: yes\r\n\r\n"
-    )
+    req = http_post("/pub/" + chan, headers=CHUNKED) + b"3\r\nabc\r\n0\r\nX-Trailer: yes\r\n\r\n"
     assert raw_request(server.port, req).status == 201
     assert only_message(server, chan)["data"] == "abc"
 
@@ -215,10 +210,7 @@ def test_chunked_body_with_trailer(server, chan):
 def test_expect_100_continue(server, chan):
     body = b"continued body"
     with RawConn(server.port) as c:
-        c.send(
-            f"POST /pub/{chan} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
-            f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n"
-        )
+        c.send(http_post("/pub/" + chan, headers={"Content-Length": len(body), **EXPECT}))
         interim = c.read_response()
         assert interim.status == 100
         c.send(body)
@@ -230,27 +222,18 @@ def test_expect_100_continue(server, chan):
 def test_expect_100_continue_with_body_already_sent_gets_no_interim(server, chan):
     body = b"eager"
     with RawConn(server.port) as c:
-        c.send(
-            f"POST /pub/{chan} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
-            "Expect: 100-continue\r\n\r\n".encode() + body
-        )
+        c.send(http_post("/pub/" + chan, body, EXPECT))
         assert c.read_response().status == 201
     assert only_message(server, chan)["data"] == "eager"
 
 
 def test_keep_alive_and_pipelining_in_one_write(server, chan):
-    def post(path, body, ctype="text/plain"):
-        return (
-            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n{body}"
-        )
-
     batch = (
-        post("/pub/" + chan, "one")
-        + post("/pub/" + chan, "two")
-        + "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
-        + post("/api/publish", json.dumps({"channel": chan, "data": "three"}), "application/json")
-        + f"GET /api/channels/{chan} HTTP/1.1\r\nHost: x\r\n\r\n"
+        http_post("/pub/" + chan, "one")
+        + http_post("/pub/" + chan, "two")
+        + http_get("/healthz")
+        + http_post("/api/publish", json.dumps({"channel": chan, "data": "three"}), JSON_TYPE)
+        + http_get("/api/channels/" + chan)
     )
     with RawConn(server.port) as c:
         c.send(batch)
@@ -262,14 +245,14 @@ def test_keep_alive_and_pipelining_in_one_write(server, chan):
         assert answers[4].json()["messages_total"] == 3
         assert all("close" not in a.headers.get("connection", "") for a in answers)
         # the connection is still usable afterwards
-        c.send(post("/pub/" + chan, "four"))
+        c.send(http_post("/pub/" + chan, "four"))
         assert c.read_response().status == 201
     assert data_of(server.history(chan)) == ["one", "two", "three", "four"]
 
 
 def test_connection_close_is_honoured(server, chan):
     with RawConn(server.port) as c:
-        c.send(f"POST /pub/{chan} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 1\r\n\r\nx")
+        c.send(http_post("/pub/" + chan, "x", {"Connection": "close"}))
         r = c.read_response()
         assert r.status == 201 and r.headers["connection"] == "close"
         c.expect_eof()
@@ -277,7 +260,7 @@ def test_connection_close_is_honoured(server, chan):
 
 def test_http10_request_closes_after_answer(server, chan):
     with RawConn(server.port) as c:
-        c.send(f"POST /pub/{chan} HTTP/1.0\r\nContent-Length: 1\r\n\r\nx")
+        c.send(http_post("/pub/" + chan, "x", version="1.0"))
         assert c.read_response().status == 201
         c.expect_eof()
 

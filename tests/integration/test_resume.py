@@ -2,9 +2,11 @@
 resume inside history is exact, a cursor older than history gets an explicit gap
 event first, and a message published to several held channels arrives once."""
 
+import threading
+
 import pytest
 
-from helpers import TRANSPORTS, ids_of, numbered, poll, subscribe
+from helpers import TRANSPORTS, ids_of, numbered, poll, subscribe, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +138,39 @@ def test_ws_subscribe_op_does_not_repeat_what_arrived_live(server, chan):
         ws.send_json({"op": "subscribe", "channel": b, "since": start})
         assert ws.next_message()["event"] == "subscribed"
         assert ids_of(ws.messages(1)) == [only_b]
+
+
+def test_history_bounded_by_bytes_also_reports_the_gap(module_herald, chan):
+    srv = module_herald(history_bytes="1KiB")
+    ids = srv.publish_many(chan, ["a" * 600, "b" * 600, "c" * 600])
+    got = srv.history(chan, since=ids[0])
+    assert got[0] == gap(chan, ids[0], ids[2])
+    assert ids_of(got[1:]) == ids[2:]
+
+
+def test_history_aged_out_reports_the_gap(server, chan):
+    assert server.request("PUT", "/api/channels/" + chan, '{"history_ttl": 1}').status == 201
+    ids = server.publish_many(chan, ["old", "older"])
+    wait_until(lambda: server.history(chan) == [], timeout=10, what="history to age out")
+    assert server.history(chan, since=ids[0]) == [gap(chan, ids[0], None)]
+    assert server.history(chan, since=ids[1]) == []  # the client has everything there was
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_resume_while_a_publisher_is_publishing(server, chan, kind):
+    """Subscribing from a cursor while messages keep arriving: the replay and the live
+    messages join without a gap or a duplicate (two workers: the publish and the
+    subscriber may be on different threads)."""
+    total = 300
+    assert server.request("PUT", "/api/channels/" + chan, '{"history_size": 1000}').status == 201
+    ids = []
+    publisher = threading.Thread(target=server.publish_many, args=(chan, numbered(total), ids))
+    publisher.start()
+    try:
+        wait_until(lambda: len(ids) >= 50, what="the first 50 messages")
+        start = ids[20]
+        with subscribe(kind, server, chan, since=start) as sub:
+            got = sub.messages(total - 21, timeout=30)
+    finally:
+        publisher.join(30)
+    assert [m["data"] for m in got] == numbered(total)[21:]
