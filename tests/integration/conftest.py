@@ -91,9 +91,18 @@ def module_herald(herald_bin, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(module_herald):
-    """A default herald (2 workers) shared by the tests of one module."""
-    return module_herald()
+def _shared_server():
+    return {}
+
+
+@pytest.fixture
+def server(module_herald, _shared_server):
+    """A default herald (2 workers) shared by the tests of one module; replaced when a
+    test crashed it, so one crash fails one test rather than the rest of the module."""
+    srv = _shared_server.get("srv")
+    if srv is None or srv.proc.poll() is not None:
+        srv = _shared_server["srv"] = module_herald()
+    return srv
 
 
 _names = itertools.count()
