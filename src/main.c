@@ -65,18 +65,19 @@ int main(int argc, char **argv)
     bool cluster = srv.cfg.redis_url[0] || srv.cfg.redis_cluster[0];
     if (cluster && redis_backend_start(&srv.hub, &srv.cfg) < 0)
         return 2;
+    /* Everything an operator must read is logged before the first connection. */
+    describe_listeners(&srv.cfg);
+    if (!srv.cfg.publish_key[0])
+        log_warn("no --publish-key set: the publish and channel API accepts loopback clients "
+                 "only (set HERALD_PUBLISH_KEY to publish from elsewhere)");
     if (server_start(&srv) < 0)
         return 1;
-    describe_listeners(&srv.cfg);
     log_info("herald started: %d worker%s, %s, node %s, fd limit %lu", srv.nworkers,
              srv.nworkers == 1 ? "" : "s",
              !cluster                   ? "in-memory hub"
              : srv.cfg.redis_cluster[0] ? "Redis Cluster backend"
                                         : "Redis backend",
              srv.cfg.node_name, (unsigned long)rl.rlim_cur);
-    if (!srv.cfg.publish_key[0])
-        log_warn("no --publish-key set: the publish and channel API accepts loopback clients "
-                 "only (set HERALD_PUBLISH_KEY to publish from elsewhere)");
 
     sigset_t none;
     sigemptyset(&none);

@@ -37,31 +37,6 @@ bool api_event_name_valid(const char *s, size_t len)
     return true;
 }
 
-/* JSON text without insignificant whitespace (validated JSON only): keeps the
- * publisher's exact tokens while making the envelope one line for SSE/NDJSON. */
-static size_t json_strip_ws(char *dst, const char *src, size_t len)
-{
-    size_t o = 0;
-    bool in_str = false, esc = false;
-    for (size_t i = 0; i < len; i++) {
-        char ch = src[i];
-        if (in_str) {
-            if (esc)
-                esc = false;
-            else if (ch == '\\')
-                esc = true;
-            else if (ch == '"')
-                in_str = false;
-        } else if (ch == '"') {
-            in_str = true;
-        } else if (ch == ' ' || ch == '\n' || ch == '\r' || ch == '\t') {
-            continue;
-        }
-        dst[o++] = ch;
-    }
-    return o;
-}
-
 static bool is_json_type(const struct http_request *req)
 {
     const struct http_header *h = http_find_header(req, "Content-Type");
@@ -301,7 +276,6 @@ static void handle_pub(struct http_ctx *x, const char *name, size_t name_len)
         json_decref(doc);
         sbuf_reserve(&data, x->body_len + 1);
         data.len = json_strip_ws(data.data, x->body, x->body_len);
-        req.raw = (struct slice){data.data, (uint32_t)data.len}; /* one line, as stored */
     } else if (utf8_valid(x->body, x->body_len)) {
         req.kind = PUB_TEXT;
         sbuf_add_json_str(&data, x->body, x->body_len);

@@ -11,8 +11,8 @@
  *
  * Payload (bus message after "<id> ", and Stream field p):
  *   "<kind> <time_ms> <nchannels> <event_len> <raw_len>\n" channel "\n" ... event raw
- * kind J: raw is compact JSON (the envelope's data); T: raw is text (data is it
- * as a JSON string); B: raw is base64 text of a binary body.
+ * kind J: raw is the JSON body as sent (data is it without whitespace); T: raw
+ * is text (data is it as a JSON string); B: raw is base64 text of a binary body.
  */
 #include "cluster/redis_backend.h"
 
@@ -244,7 +244,7 @@ static void payload_build(struct sbuf *b, const struct slice *channels, size_t n
                           const struct publish_req *req, uint64_t time_ms)
 {
     char kind = req->base64 ? 'B' : req->kind == PUB_TEXT ? 'T' : 'J';
-    struct slice raw = kind == 'J' ? req->data_json : req->raw;
+    struct slice raw = req->raw; /* as published: 'J' data is derived from it */
     sbuf_printf(b, "%c %" PRIu64 " %zu %zu %u\n", kind, time_ms, n, req->event ? req->event_len : 0,
                 raw.len);
     for (size_t i = 0; i < n; i++) {
@@ -291,7 +291,9 @@ static int payload_parse(const char *p, size_t len, struct hub_entry *e, struct 
     switch (kind) {
     case 'J':
         e->req.kind = PUB_JSON;
-        e->req.data_json = e->req.raw;
+        sbuf_reserve(data, rawl + 1);
+        data->len = json_strip_ws(data->data, q, rawl);
+        e->req.data_json = (struct slice){data->data, (uint32_t)data->len};
         break;
     case 'T':
         e->req.kind = PUB_TEXT;

@@ -134,3 +134,26 @@ bool ct_equal(const void *a, size_t alen, const void *b, size_t blen)
         return false;
     return CRYPTO_memcmp(a, b, alen) == 0;
 }
+
+size_t json_strip_ws(char *dst, const char *src, size_t len)
+{
+    size_t o = 0;
+    bool in_str = false, esc = false;
+    for (size_t i = 0; i < len; i++) {
+        char ch = src[i];
+        if (in_str) {
+            if (esc)
+                esc = false;
+            else if (ch == '\\')
+                esc = true;
+            else if (ch == '"')
+                in_str = false;
+        } else if (ch == '"') {
+            in_str = true;
+        } else if (ch == ' ' || ch == '\n' || ch == '\r' || ch == '\t') {
+            continue;
+        }
+        dst[o++] = ch;
+    }
+    return o;
+}

@@ -94,6 +94,13 @@ void sbuf_printf(struct sbuf *b, const char *fmt, ...) __attribute__((format(pri
 void sbuf_add_json_str(struct sbuf *b, const char *s, size_t len);
 void sbuf_free(struct sbuf *b);
 
+/*
+ * Copies validated JSON text without insignificant whitespace (the publisher's
+ * exact tokens, on one line, as SSE and NDJSON need). dst holds len bytes.
+ * Returns the new length. Can't fail.
+ */
+size_t json_strip_ws(char *dst, const char *src, size_t len);
+
 /* Constant-time comparison of two byte strings (lengths are not secret). */
 bool ct_equal(const void *a, size_t alen, const void *b, size_t blen);
 

@@ -307,8 +307,13 @@ static bool check_head(struct conn *c, const struct http_request *req, size_t ha
 {
     const struct herald_config *cfg = conn_cfg(c);
     struct http_ctx x = {.c = c}; /* framing errors close the connection */
-    if (req->minor_version == 1 && !http_find_header(req, "Host")) {
-        http_error(&x, 400, "missing_host", "HTTP/1.1 requests need a Host header");
+    size_t hosts = 0;
+    for (size_t i = 0; i < req->num_headers; i++)
+        hosts += req->headers[i].name_len == 4 && strncasecmp(req->headers[i].name, "Host", 4) == 0;
+    if ((req->minor_version == 1 && hosts == 0) || hosts > 1) {
+        http_error(&x, 400, hosts ? "bad_request" : "missing_host",
+                   hosts ? "a request has exactly one Host header"
+                         : "HTTP/1.1 requests need a Host header");
         return false;
     }
     if (req->method_id == HTTP_M_POST && req->content_length < 0 && !req->chunked) {
