@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from helpers import JSON_TYPE, SSE, free_port, request
+from helpers import JSON_TYPE, SSE, free_port, request, wait_until
 
 KEY = "s3cret-Key_42"
 BEARER = {"Authorization": f"Bearer {KEY}"}
@@ -98,7 +98,8 @@ def test_without_key_only_loopback_may_publish(herald, chan):
         pytest.skip("this host has no non-loopback IPv4 address")
     port = free_port()
     srv = herald(listen=f"{addr}:{port}")  # in addition to the loopback listener
-    assert "loopback clients only" in srv.log()
+    # said at start-up (written just after the listeners open, so wait for it)
+    wait_until(lambda: "loopback clients only" in srv.log(), what="the start-up warning")
     r = request(port, "POST", "/pub/" + chan, b"x", host=addr)
     assert r.status == 403
     assert r.error()["error"] == "forbidden"

@@ -272,3 +272,20 @@ def test_publish_to_64_channels_but_not_65(server, chan):
     assert r.status == 400
     r.error()
     assert data_of(server.history(names[0])) == [1]
+
+
+def test_slashes_and_colons_are_channel_characters(server, chan):
+    server.publish(chan + "/room:1@site", "x")
+    assert data_of(server.history(chan + "/room:1@site")) == ["x"]
+
+
+def test_empty_channel_name_is_rejected(server):
+    r = server.request("POST", "/pub/", b"x")
+    assert r.status == 400
+    r.error()
+
+
+def test_absolute_form_target(server, chan):
+    r = raw_request(server.port, http_post(f"http://127.0.0.1:{server.port}/pub/{chan}", "abs"))
+    assert r.status == 201
+    assert data_of(server.history(chan)) == ["abs"]

@@ -203,3 +203,10 @@ def test_allowed_origin_is_echoed(cors_server, chan):
 def test_other_origin_gets_no_cors_grant(cors_server, chan):
     with SSE(cors_server, chan, headers={"Origin": "https://evil.example"}) as sse:
         assert "access-control-allow-origin" not in sse.headers
+
+
+def test_repeated_channel_in_the_list_counts_once(server, chan):
+    with SSE(server, f"{chan},{chan},,{chan}") as sse:
+        assert server.publish(chan, "one")["subscribers"] == 1
+        server.publish(chan, "two")
+        assert [m["data"] for m in sse.messages(2)] == ["one", "two"]  # not "one" twice
