@@ -741,6 +741,8 @@ static void handle_stats(struct http_ctx *x)
         sbuf_add(&b, "}", 1);
         free(infos);
     }
+    if (srv->hub.be_ops && srv->hub.be_ops->stats_json)
+        srv->hub.be_ops->stats_json(srv->hub.be, &b);
     sbuf_adds(&b, "}\n");
     http_respond(x, 200, "application/json", "Cache-Control: no-cache\r\n", b.data, b.len);
     sbuf_free(&b);

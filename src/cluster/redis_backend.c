@@ -190,7 +190,7 @@ struct rb {
     /* cluster view for /stats, refreshed by the heartbeat */
     pthread_mutex_t view_lock;
     uint64_t nodes_alive;
-    enum redis_bus_status status;
+    _Atomic enum redis_bus_status status;
 };
 
 static struct rb *the_rb; /* one per process */
@@ -449,8 +449,13 @@ static void on_status(enum redis_bus_status status, void *arg)
 {
     struct rb *rb = arg;
     static const char *names[] = {"down", "degraded", "up"};
-    if (status != rb->status)
-        log_info("redis: %s", names[status]);
+    /* "degraded" is routine while channels (re)subscribe: only "down" and its end
+     * are worth an operator's attention. */
+    if (status != rb->status && (status == REDIS_BUS_DOWN || rb->status == REDIS_BUS_DOWN))
+        log_msg(status == REDIS_BUS_DOWN ? LOG_WARN : LOG_INFO, "redis: %s%s", names[status],
+                status == REDIS_BUS_DOWN ? " (publishes answer 503 until it is back)" : "");
+    else if (status != rb->status)
+        log_debug("redis: %s", names[status]);
     rb->status = status;
 }
 
