@@ -187,7 +187,6 @@ def test_delete_ends_a_single_channel_ndjson_stream(server, chan):
         s.expect_end()  # terminating chunk, then the connection closes
 
 
-@pytest.mark.server_bug("a held long-poll on a deleted channel is answered without the closed event")
 def test_delete_answers_a_held_long_poll_with_closed(server, chan):
     with ThreadPoolExecutor(1) as pool:
         future = pool.submit(poll, server, chan, None, 20)

@@ -113,7 +113,6 @@ def test_replay_across_channels_is_ordered_and_deduplicated(server, chan, kind):
         assert sub.next_message()["id"] == sentinel
 
 
-@pytest.mark.server_bug("a shared message replayed via one channel is replayed again via another")
 def test_ws_subscribe_op_after_replay_does_not_repeat_a_shared_message(server, chan):
     """A message on a and b, replayed through a, is not replayed again when the same
     connection later subscribes to b from an older cursor."""
