@@ -96,7 +96,7 @@ class Herald:
     # lifecycle
 
     def start(self):
-        for attempt in range(5):
+        for _ in range(5):
             self.port = free_port()
             self.api_port = free_port() if self.api else self.port
             self.log_path = os.path.join(self.logdir, f"herald-{self.port}.log")
