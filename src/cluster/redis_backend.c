@@ -86,13 +86,15 @@ static const char publish_lua[] =
 
 /*
  * KEYS: stream, options, state. ARGV: [1] after id (0: the newest), [2] auto-create
- * 1/0, [3] default history size. Returns {evicted, entries} or "NOTFOUND".
+ * 1/0, [3] default history size. Returns {evicted, history size, entries,
+ * history ttl ms or ''} or "NOTFOUND".
  */
 static const char load_lua[] =
     "if ARGV[2] == '0' and redis.call('EXISTS', KEYS[2]) == 0 then\n"
     "  return redis.error_reply('NOTFOUND')\n"
     "end\n"
-    "local hs = tonumber(redis.call('HGET', KEYS[2], 'history_size') or ARGV[3])\n"
+    "local opt = redis.call('HMGET', KEYS[2], 'history_size', 'history_ttl')\n"
+    "local hs = tonumber(opt[1] or ARGV[3])\n"
     "local st = redis.call('HMGET', KEYS[3], 'evicted', 'last')\n"
     "local evicted = st[1] or '0'\n"
     "local e\n"
@@ -104,12 +106,13 @@ static const char load_lua[] =
     "if #e == 0 and st[2] and redis.call('EXISTS', KEYS[1]) == 0 then\n"
     "  evicted = st[2]\n" /* the whole Stream expired: everything up to last is gone */
     "end\n"
-    "return {evicted, ARGV[1] == '0' and 1 or 0, e}\n";
+    "return {evicted, hs, e, opt[2] or ''}\n";
 
 /*
  * KEYS: stream, options, state, counts. ARGV: [1] now ms, [2] mode (get|put|del),
- * [3] put fields JSON-free list: ttl hsize httl persistent ('' = unchanged),
- * [4] bus channel, [5] publish verb. Returns the channel's info as a flat list.
+ * [3] default channel ttl ms, [4] default history ttl ms, [5] bus channel,
+ * [6] publish verb, [7..10] put: ttl, history_size, history_ttl, persistent
+ * ('' = unchanged). Returns the channel's info as a flat list ({'deleted'} for del).
  */
 static const char chan_lua[] =
     "local h, o, s, c = KEYS[1], KEYS[2], KEYS[3], KEYS[4]\n"
@@ -119,7 +122,7 @@ static const char chan_lua[] =
     "if ARGV[2] == 'del' then\n"
     "  if not exists then return redis.error_reply('NOTFOUND') end\n"
     "  redis.call('DEL', h, o, s, c)\n"
-    "  redis.call(ARGV[5], ARGV[4], 'X closed')\n"
+    "  redis.call(ARGV[6], ARGV[5], 'X closed')\n"
     "  return {'deleted'}\n"
     "end\n"
     "if ARGV[2] == 'put' then\n"
@@ -128,7 +131,7 @@ static const char chan_lua[] =
     "  end\n"
     "  local f = {'ttl', 'history_size', 'history_ttl', 'persistent'}\n"
     "  for i = 1, 4 do\n"
-    "    if ARGV[5 + i] ~= '' then redis.call('HSET', o, f[i], ARGV[5 + i]) end\n"
+    "    if ARGV[6 + i] ~= '' then redis.call('HSET', o, f[i], ARGV[6 + i]) end\n"
     "  end\n"
     "  redis.call('HSET', o, 'active', ARGV[1])\n"
     "  exists = true\n"
@@ -174,7 +177,14 @@ struct task {
     void (*fn)(struct task *t);
 };
 
+struct indexed {
+    struct map_node node;
+    uint64_t at;
+    char name[CHANNEL_NAME_MAX + 1];
+};
+
 struct rb {
+    struct map indexed; /* channels recently added to herald:channels */
     struct hub *hub;
     const struct herald_config *cfg;
     struct loop loop;
@@ -194,6 +204,16 @@ struct rb {
 };
 
 static struct rb *the_rb; /* one per process */
+
+static void index_reset(struct rb *rb)
+{
+    size_t b = 0;
+    struct map_node *n, *next = NULL;
+    while ((n = map_next(&rb->indexed, &b, &next))) {
+        map_del(&rb->indexed, n);
+        free(container_of(n, struct indexed, node));
+    }
+}
 
 static void rb_post(struct rb *rb, struct task *t)
 {
@@ -229,6 +249,13 @@ static size_t key_of(char *buf, size_t size, const char *name, size_t len, char 
 {
     int n = snprintf(buf, size, "herald:{%.*s}:%c", (int)len, name, suffix);
     return (size_t)n;
+}
+
+/* For writes nobody waits on (index, heartbeat): failures are logged, then retried next time. */
+static void ignore_reply(const redisReply *r, int status, void *arg)
+{
+    if (status == 0 && r && r->type == REDIS_REPLY_ERROR)
+        log_warn("redis: %s", r->str);
 }
 
 static int resp_to_hub_err(int status)
@@ -352,6 +379,16 @@ bad:
     log_warn("redis: ignoring a malformed message on %.*s", (int)channel_len, channel);
 }
 
+static uint64_t reply_u64(const redisReply *r)
+{
+    if (r->type == REDIS_REPLY_INTEGER)
+        return r->integer > 0 ? (uint64_t)r->integer : 0;
+    uint64_t v = 0;
+    if (r->type == REDIS_REPLY_STRING)
+        hub_cursor_parse(r->str, r->len, &v);
+    return v;
+}
+
 struct load_op {
     struct rb *rb;
     char name[CHANNEL_NAME_MAX + 1];
@@ -375,15 +412,15 @@ static void load_reply(const redisReply *r, int status, void *arg)
             log_warn("redis: loading channel %s failed: %s", op->name,
                      r && r->str ? r->str : resp_strerror(status));
         hub_channel_loaded(rb->hub, op->name, op->len, nf ? HUB_ERR_NOT_FOUND : HUB_ERR_BACKEND,
-                           NULL, 0, 0);
+                           NULL, 0, 0, NULL);
         free(op);
         return;
     }
     uint64_t evicted = 0;
     const redisReply *list =
-        r->type == REDIS_REPLY_ARRAY && r->elements == 3 ? r->element[2] : NULL;
+        r->type == REDIS_REPLY_ARRAY && r->elements == 4 ? r->element[2] : NULL;
     if (!list || list->type != REDIS_REPLY_ARRAY) {
-        hub_channel_loaded(rb->hub, op->name, op->len, HUB_ERR_BACKEND, NULL, 0, 0);
+        hub_channel_loaded(rb->hub, op->name, op->len, HUB_ERR_BACKEND, NULL, 0, 0, NULL);
         free(op);
         return;
     }
@@ -407,7 +444,13 @@ static void load_reply(const redisReply *r, int status, void *arg)
         entries[k++].seq = seq;
     }
     qsort(entries, k, sizeof(*entries), cmp_entry); /* XREVRANGE came newest first */
-    hub_channel_loaded(rb->hub, op->name, op->len, 0, entries, k, evicted);
+    /* The cache keeps what Redis keeps for this channel, not just the defaults. */
+    uint64_t hs = reply_u64(r->element[1]), httl = reply_u64(r->element[3]);
+    struct channel_opts o = {.has_history_size = hs > 0,
+                             .history_size = (uint32_t)hs,
+                             .has_history_ttl = httl > 0,
+                             .history_ttl_ms = (uint32_t)httl};
+    hub_channel_loaded(rb->hub, op->name, op->len, 0, entries, k, evicted, &o);
     for (size_t i = 0; i < n; i++)
         sbuf_free(&bufs[i]);
     free(bufs);
@@ -479,7 +522,7 @@ static void want_run(struct task *t)
         redis_bus_subscribe(rb->bus, m, ml);
         /* While Redis is down, subscribers hear so now instead of waiting. */
         if (redis_bus_status(rb->bus) == REDIS_BUS_DOWN)
-            hub_channel_loaded(rb->hub, wt->name, wt->len, HUB_ERR_BACKEND, NULL, 0, 0);
+            hub_channel_loaded(rb->hub, wt->name, wt->len, HUB_ERR_BACKEND, NULL, 0, 0, NULL);
     } else {
         redis_bus_unsubscribe(rb->bus, m, ml);
     }
@@ -523,6 +566,33 @@ struct pub_task {
     uint64_t hint;
 };
 
+/* Channels created by publishing join the listing index (at most once a minute
+ * per channel and node: the index is only for listing). Backend thread. */
+static void index_channels(struct pub_task *pt)
+{
+    struct rb *rb = pt->rb;
+    uint64_t now = now_ms();
+    if (rb->indexed.len > 100000)
+        index_reset(rb);
+    for (size_t i = 0; i < pt->n; i++) {
+        struct map_node *n = map_get(&rb->indexed, pt->names[i], pt->lens[i]);
+        struct indexed *ix = n ? container_of(n, struct indexed, node) : NULL;
+        if (ix && now - ix->at < 60000)
+            continue;
+        if (!ix) {
+            ix = xcalloc(1, sizeof(*ix));
+            memcpy(ix->name, pt->names[i], pt->lens[i]);
+            ix->node.key = ix->name;
+            ix->node.key_len = (uint32_t)pt->lens[i];
+            map_put(&rb->indexed, &ix->node);
+        }
+        ix->at = now;
+        const char *argv[] = {"ZADD", "herald:channels", "NX", "0", pt->names[i]};
+        size_t argl[] = {4, 15, 2, 1, pt->lens[i]};
+        redis_bus_command(rb->bus, "herald:channels", 15, ignore_reply, NULL, 5, argv, argl);
+    }
+}
+
 static void pub_answer(void *arg)
 {
     struct pub_task *pt = arg;
@@ -551,8 +621,11 @@ static void pub_reply(const redisReply *r, int status, void *arg)
             pt->res.id = id;
         pt->res.subscribers += (uint32_t)r->element[1]->integer;
     }
-    if (--pt->pending == 0)
+    if (--pt->pending == 0) {
+        if (!pt->err)
+            index_channels(pt);
         hub_post(pt->rb->hub, pt->w, pub_answer, pt);
+    }
 }
 
 /* Runs the publish script for channels [from, to) (one shard). */
@@ -672,16 +745,6 @@ struct chan_task {
     struct chan_task *parent;
 };
 
-static uint64_t reply_u64(const redisReply *r)
-{
-    if (r->type == REDIS_REPLY_INTEGER)
-        return r->integer > 0 ? (uint64_t)r->integer : 0;
-    uint64_t v = 0;
-    if (r->type == REDIS_REPLY_STRING)
-        hub_cursor_parse(r->str, r->len, &v);
-    return v;
-}
-
 static void info_from_reply(struct chan_task *ct, const redisReply *r)
 {
     const struct herald_config *cfg = ct->rb->cfg;
@@ -719,9 +782,12 @@ static void chan_reply(const redisReply *r, int status, void *arg)
     struct chan_task *ct = arg;
     if (status < 0 || !r)
         ct->err = HUB_ERR_BACKEND;
-    else if (r->type == REDIS_REPLY_ERROR)
-        ct->err = strncmp(r->str, "NOTFOUND", 8) == 0 ? HUB_ERR_NOT_FOUND : HUB_ERR_BACKEND;
-    else if (ct->mode != CH_DEL && (r->type != REDIS_REPLY_ARRAY || r->elements != 13))
+    else if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOTFOUND", 8) == 0)
+        ct->err = HUB_ERR_NOT_FOUND;
+    else if (r->type == REDIS_REPLY_ERROR) {
+        log_warn("redis: channel %s: %s", ct->name, r->str);
+        ct->err = HUB_ERR_BACKEND;
+    } else if (ct->mode != CH_DEL && (r->type != REDIS_REPLY_ARRAY || r->elements != 13))
         ct->err = HUB_ERR_BACKEND;
     else if (ct->mode != CH_DEL)
         info_from_reply(ct, r);
@@ -735,7 +801,7 @@ static void chan_reply(const redisReply *r, int status, void *arg)
                               ct->name};
         if (ct->mode == CH_DEL)
             argv[2] = ct->name;
-        redis_bus_command(ct->rb->bus, "herald:channels", 15, NULL, NULL,
+        redis_bus_command(ct->rb->bus, "herald:channels", 15, ignore_reply, NULL,
                           ct->mode == CH_DEL ? 3 : 4, argv, NULL);
     }
     hub_post(ct->rb->hub, ct->w, chan_answer, ct);
@@ -781,12 +847,6 @@ static void chan_run(struct task *t)
                           f[1],
                           f[2],
                           f[3]};
-    /* ARGV numbering in chan_lua: [3] ttl default, [4] httl default, [4]/[5] also bus/verb for del
-     */
-    if (ct->mode == CH_DEL) {
-        argv[9] = m;
-        argv[10] = rb->cluster ? "SPUBLISH" : "PUBLISH";
-    }
     if (redis_bus_command(rb->bus, h, strlen(h), chan_reply, ct, (int)ARRAY_LEN(argv), argv, NULL) <
         0)
         chan_reply(NULL, RESP_ENOTCONN, ct);
@@ -977,16 +1037,16 @@ static void heartbeat_cb(struct loop *loop, struct timer *t)
         key_of(o, sizeof(o), list[i].name, list[i].len, 'o');
         snprintf(count, sizeof(count), "%u %s", list[i].subs, val);
         const char *argv[] = {"EVAL", beat_lua, "2", c, o, rb->node, count, exp, ttl, nowbuf};
-        redis_bus_command(rb->bus, c, strlen(c), NULL, NULL, 10, argv, NULL);
+        redis_bus_command(rb->bus, c, strlen(c), ignore_reply, NULL, 10, argv, NULL);
     }
     free(list);
     /* This node is alive until the expiry it announces. */
     char score[24];
     snprintf(score, sizeof(score), "%" PRIu64, now + COUNT_TTL_MS);
     const char *zargv[] = {"ZADD", "herald:nodes", score, rb->node};
-    redis_bus_command(rb->bus, "herald:nodes", 12, NULL, NULL, 4, zargv, NULL);
+    redis_bus_command(rb->bus, "herald:nodes", 12, ignore_reply, NULL, 4, zargv, NULL);
     const char *rargv[] = {"ZREMRANGEBYSCORE", "herald:nodes", "-inf", nowbuf};
-    redis_bus_command(rb->bus, "herald:nodes", 12, NULL, NULL, 4, rargv, NULL);
+    redis_bus_command(rb->bus, "herald:nodes", 12, ignore_reply, NULL, 4, rargv, NULL);
     timer_start(loop, t, HEARTBEAT_MS);
 }
 
@@ -1060,6 +1120,7 @@ int redis_backend_start(struct hub *hub, const struct herald_config *cfg)
     rb->hub = hub;
     rb->cfg = cfg;
     rb->cluster = cfg->redis_cluster[0] != '\0';
+    map_init(&rb->indexed, 1024);
     snprintf(rb->node, sizeof(rb->node), "%s", cfg->node_name);
     pthread_mutex_init(&rb->qlock, NULL);
     pthread_mutex_init(&rb->view_lock, NULL);
@@ -1133,6 +1194,8 @@ void redis_backend_stop(struct hub *hub)
         t = next;
     }
     loop_free(&rb->loop);
+    index_reset(rb);
+    map_free(&rb->indexed);
     pthread_mutex_destroy(&rb->qlock);
     pthread_mutex_destroy(&rb->view_lock);
     free(rb);

@@ -1061,7 +1061,8 @@ static int cmp_held(const void *a, const void *b)
 }
 
 void hub_channel_loaded(struct hub *hub, const char *name, size_t len, int err,
-                        const struct hub_entry *entries, size_t n, uint64_t evicted)
+                        const struct hub_entry *entries, size_t n, uint64_t evicted,
+                        const struct channel_opts *opts)
 {
     uint64_t wake_mask = 0;
     struct hub_waiter *waiters = NULL;
@@ -1076,6 +1077,10 @@ void hub_channel_loaded(struct hub *hub, const char *name, size_t len, int err,
         ch->sync_err = err;
         ch->sync_failed_ms = wall_ms();
     } else {
+        if (opts && opts->has_history_size)
+            ch->history_size = opts->history_size;
+        if (opts && opts->has_history_ttl)
+            ch->history_ttl_ms = opts->history_ttl_ms;
         if (evicted > ch->evicted_seq)
             ch->evicted_seq = evicted;
         for (size_t i = 0; i < n; i++) {

@@ -316,11 +316,13 @@ struct hub_entry {
 /*
  * Cluster mode: the backend loaded ch's retained history (oldest first) after
  * (re)subscribing; `evicted` is the highest id trimmed from it (gap detection).
+ * `opts` (may be NULL) are the channel's history options as Redis keeps them.
  * Marks the cache ready (or failed when err < 0) and wakes parked subscribers.
  * Entries not yet in the cache are delivered live (gap fill after an outage).
  */
 void hub_channel_loaded(struct hub *hub, const char *name, size_t len, int err,
-                        const struct hub_entry *entries, size_t n, uint64_t evicted);
+                        const struct hub_entry *entries, size_t n, uint64_t evicted,
+                        const struct channel_opts *opts);
 /* Cluster mode: the channel was deleted elsewhere; subscribers get `closed`. */
 void hub_channel_gone(struct hub *hub, const char *name, size_t len);
 /* Cluster mode: the backend is about to (re)load ch: hold its live messages
