@@ -117,20 +117,6 @@ void api_pub_free(struct api_pub *p)
     p->data_json = NULL;
 }
 
-int api_pub_commit(struct hub *hub, struct api_pub *p, struct publish_result *res)
-{
-    struct publish_req req = {
-        .kind = p->text ? PUB_TEXT : PUB_JSON,
-        .data_json = {p->data_json, (uint32_t)p->data_len},
-        .raw = {p->raw, (uint32_t)p->raw_len},
-        .event = p->event,
-        .event_len = p->event_len,
-    };
-    int err = hub_publish(hub, p->channels, p->n, &req, res);
-    api_pub_free(p);
-    return err;
-}
-
 static int add_channel(struct api_pub *p, const char *name, size_t len, const char **err)
 {
     if (!hub_channel_name_valid(name, len)) {
@@ -575,6 +561,26 @@ static void handle_channel_put(struct http_ctx *x, const char *name, size_t len)
     chan_op_started(op);
 }
 
+/* Reads a percent-encoded name parameter into out[CHANNEL_NAME_MAX + 1] (NUL-terminated;
+ * *len 0 when absent). Returns 0, or -1 when it is malformed or too long. */
+static int query_name(const struct http_request *r, const char *param, char *out, size_t *len)
+{
+    const char *v;
+    size_t vl;
+    *len = 0;
+    out[0] = '\0';
+    if (!http_query_param(r->query, r->query_len, param, &v, &vl))
+        return 0;
+    char tmp[CHANNEL_NAME_MAX * 3];
+    long n = vl <= sizeof(tmp) ? http_url_decode(tmp, v, vl) : -1;
+    if (n < 0 || n > CHANNEL_NAME_MAX)
+        return -1;
+    memcpy(out, tmp, (size_t)n);
+    out[n] = '\0';
+    *len = (size_t)n;
+    return 0;
+}
+
 struct list_op {
     struct http_async a;
     size_t limit;
@@ -620,25 +626,15 @@ static void handle_channel_list(struct http_ctx *x)
             return http_error(x, 400, "bad_limit", "limit is 1 to 1000");
         limit = (size_t)l;
     }
-    if (http_query_param(r->query, r->query_len, "after", &v, &vl) && vl <= CHANNEL_NAME_MAX * 3) {
-        char tmp[CHANNEL_NAME_MAX * 3];
-        long n = http_url_decode(tmp, v, vl);
-        if (n < 0 || n > CHANNEL_NAME_MAX)
-            return http_error(x, 400, "bad_after", "after is a channel name");
-        memcpy(after_buf, tmp, (size_t)n);
-        after_buf[n] = '\0';
+    if (query_name(r, "after", after_buf, &after_len) < 0)
+        return http_error(x, 400, "bad_after", "after is a channel name");
+    if (after_len)
         after = after_buf;
-        after_len = (size_t)n;
-    }
-    if (http_query_param(r->query, r->query_len, "prefix", &v, &vl) && vl <= CHANNEL_NAME_MAX * 3) {
-        char tmp[CHANNEL_NAME_MAX * 3];
-        long n = http_url_decode(tmp, v, vl);
-        if (n < 0 || n > CHANNEL_NAME_MAX)
-            return http_error(x, 400, "bad_prefix", "prefix is the start of a channel name");
-        memcpy(prefix_buf, tmp, (size_t)n);
-        prefix_buf[n] = '\0';
+    size_t prefix_len = 0;
+    if (query_name(r, "prefix", prefix_buf, &prefix_len) < 0)
+        return http_error(x, 400, "bad_prefix", "prefix is the start of a channel name");
+    if (prefix_len)
         prefix = prefix_buf;
-    }
     struct list_op *op = xcalloc(1, sizeof(*op));
     op->limit = limit;
     http_async_begin(&op->a, x);

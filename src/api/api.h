@@ -27,12 +27,10 @@ struct api_pub {
 
 /*
  * Validates one JSON publish object {"channel"|"channels", "data", "event"?}
- * into *p (which borrows strings from obj: keep obj alive until published).
+ * into *p (which borrows strings from obj: keep obj alive until published with hub_publish_async).
  * Returns 0, or -1 with a static message in *err.
  */
 int api_pub_from_json(json_t *obj, struct api_pub *p, const char **err);
-/* Publishes a prepared message. Returns 0 or a negative hub_error. Frees p's data. */
-int api_pub_commit(struct hub *hub, struct api_pub *p, struct publish_result *res);
 void api_pub_free(struct api_pub *p);
 
 /* Whether an event name is acceptable: 1-64 bytes of [A-Za-z0-9_.:-]. */

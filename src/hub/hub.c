@@ -161,7 +161,11 @@ static struct msg *msg_new(const struct channel *ch, uint64_t seq, uint64_t time
     sbuf_add(&sse, env.data, env.len);
     sbuf_add(&sse, "\n\n", 2);
     size_t sse_len = sse.len;
-    sbuf_add(&sse, sse.data, sse_prefix); /* the raw variant shares the id/event lines */
+    /* The raw variant repeats the id/event lines: grow first, then copy, as the
+     * source is the buffer itself (appending it directly would read freed memory). */
+    sbuf_reserve(&sse, sse_prefix + 1);
+    memcpy(sse.data + sse.len, sse.data, sse_prefix);
+    sse.len += sse_prefix;
     sse_data_lines(&sse, req->raw.data, req->raw.len);
     sbuf_add(&sse, "\n", 1);
 
@@ -1113,11 +1117,5 @@ void hub_channel_loaded(struct hub *hub, const char *name, size_t len, int err,
 
 void hub_channel_gone(struct hub *hub, const char *name, size_t len)
 {
-    uint64_t wake_mask = 0;
-    pthread_mutex_lock(&hub->lock);
-    struct channel *ch = chan_lookup(hub, name, len);
-    if (ch)
-        chan_unlink(hub, ch, &wake_mask);
-    pthread_mutex_unlock(&hub->lock);
-    wake_workers(hub, wake_mask);
+    hub_channel_delete(hub, name, len); /* this node's cache: subscribers get `closed` */
 }
