@@ -61,8 +61,16 @@ void sbuf_reserve(struct sbuf *b, size_t extra)
 
 void sbuf_add(struct sbuf *b, const void *data, size_t len)
 {
-    sbuf_reserve(b, len + 1);
-    memcpy(b->data + b->len, data, len);
+    const char *src = data;
+    if (b->data && src >= b->data && src < b->data + b->cap) {
+        /* Appending part of itself: growing would free the source first. */
+        size_t off = (size_t)(src - b->data);
+        sbuf_reserve(b, len + 1);
+        src = b->data + off;
+    } else {
+        sbuf_reserve(b, len + 1);
+    }
+    memcpy(b->data + b->len, src, len);
     b->len += len;
     b->data[b->len] = '\0';
 }

@@ -87,6 +87,7 @@ struct sbuf {
     size_t len, cap;
 };
 void sbuf_reserve(struct sbuf *b, size_t extra);
+/* data may point into b itself. */
 void sbuf_add(struct sbuf *b, const void *data, size_t len);
 void sbuf_adds(struct sbuf *b, const char *s);
 void sbuf_printf(struct sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
