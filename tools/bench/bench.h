@@ -62,6 +62,9 @@ struct bench_opts {
 	char chan_prefix[32];
 	const char *json_path, *csv_path, *plot_dir;
 	int quiet;
+	int reconnect;        /* herald ws/sse/stream subscribers reconnect and resume (-1: auto = on) */
+	pid_t redis_pids[BENCH_MAX_PIDS]; /* --redis-pid: sampled apart from the server (CPU per publish) */
+	int nredis;
 	/* meters: input reports */
 	char **inputs;
 	int ninputs;
@@ -73,6 +76,11 @@ struct bench_counters {
 	uint64_t delivered, stale, bytes_in, bytes_out;
 	uint64_t requests, responses, http_requests, pings;
 	uint64_t handshakes_done;
+	uint64_t reconnects;      /* resumed subscriptions (handshake done again after a close) */
+	uint64_t reconnect_fails; /* reconnect attempts that failed (retried with backoff) */
+	uint64_t lost_users;      /* subscribers closed for good after their first handshake */
+	uint64_t ctl_reconnect;   /* herald {"event":"reconnect"} control events seen */
+	uint64_t ctl_gap;         /* herald {"event":"gap"} control events seen on resume */
 };
 
 /* One subscriber's account for the loss computation (coordinator side). */
@@ -101,7 +109,7 @@ struct bench_cmd {
 };
 
 /* Histograms every worker fills; merged by the coordinator. */
-enum { H_HANDSHAKE, H_REQUEST, H_BCAST, H_REQUEST_RAMP, H_BCAST_RAMP, H_PUBLISH, H_COUNT };
+enum { H_HANDSHAKE, H_REQUEST, H_BCAST, H_REQUEST_RAMP, H_BCAST_RAMP, H_PUBLISH, H_RECONNECT, H_COUNT };
 extern const char *const bench_hist_names[H_COUNT];
 
 struct bench_result {

@@ -148,6 +148,7 @@ void engine_init(struct engine *e, const struct bench_opts *o)
 	for (int i = 0; i < H_COUNT; i++)
 		hist_init(&e->res.h[i]);
 	e->phase = 1;
+	e->track_ids = o->reconnect > 0 && o->target == TARGET_HERALD;
 	engine_refresh_time(e);
 }
 
@@ -168,6 +169,12 @@ void conn_init(struct conn *c, int id, enum conn_kind kind, int transport, int c
 	c->server = server;
 	c->heap_idx = -1;
 	c->state = ST_NEW;
+}
+
+/* closed (for good, or until its reconnect timer) */
+static inline bool conn_gone(const struct conn *c)
+{
+	return c->state == ST_DEAD || c->state == ST_RECONNECT;
 }
 
 static void conn_write(struct engine *e, struct conn *c, const void *data, size_t len)
@@ -208,7 +215,7 @@ static void conn_flush(struct engine *e, struct conn *c)
 		e->res.c.bytes_out += (uint64_t)w;
 		off += (uint32_t)w;
 	}
-	if (c->state == ST_DEAD)
+	if (conn_gone(c))
 		return;
 	memmove(c->wbuf, c->wbuf + off, c->wlen - off);
 	c->wlen -= off;
@@ -216,15 +223,31 @@ static void conn_flush(struct engine *e, struct conn *c)
 		buf_free(&c->wbuf, &c->wlen, &c->wcap);
 }
 
+/* Herald subscribers that lose their connection after the first handshake
+ * (lifetime reached, node draining, any close) reconnect and resume from
+ * their cursor, so long runs keep their users and the loss count stays exact. */
+static bool sub_resumes(const struct engine *e, const struct conn *c)
+{
+	const struct bench_opts *o = e->o;
+	return c->kind == CK_SUB && c->first_done && o->reconnect > 0 && o->target == TARGET_HERALD &&
+	       (c->transport == TR_WS || c->transport == TR_SSE || c->transport == TR_STREAM);
+}
+
 void conn_close(struct engine *e, struct conn *c, bool failed)
 {
-	if (c->state == ST_DEAD)
+	if (c->state == ST_DEAD || c->state == ST_RECONNECT)
 		return;
+	bool again = sub_resumes(e, c);
 	if (c->kind == CK_SUB) {
-		if (failed)
+		if (again) {
+			if (c->reopen)
+				e->res.c.reconnect_fails++;
+		} else if (failed) {
 			e->res.c.failed++;
-		else if (c->first_done)
+		} else if (c->first_done) {
 			e->res.c.closed++;
+		}
+		/* until a resume succeeds, the subscription ends here */
 		if (c->sub_us && !c->end_us)
 			c->end_us = e->now;
 	}
@@ -240,12 +263,39 @@ void conn_close(struct engine *e, struct conn *c, bool failed)
 	buf_free(&c->body, &c->blen, &c->bcap);
 	free(c->cursor);
 	c->cursor = NULL;
+	if (again) {
+		/* first retry at once (0-20 ms jitter), then 100 ms doubling up to 2 s */
+		int64_t ms = c->retries == 0 ? (int64_t)(20 * bench_rand01())
+		                              : (c->retries >= 5 ? 2000 : 100LL << (c->retries - 1));
+		if (c->retries < 255)
+			c->retries++;
+		c->state = ST_RECONNECT;
+		engine_timer_set(e, c, e->mono + ms * 1000);
+	}
+}
+
+/* Reopens a subscriber closed by the server: same channel, same server,
+ * same account (sub_us, delivered); the request carries the cursor. */
+static void conn_reopen(struct engine *e, struct conn *c)
+{
+	c->state = ST_NEW;
+	c->reopen = 1;
+	c->ws_hlen = c->ws_op = c->ws_ctl_len = c->chunk_st = 0;
+	c->resp_close = false;
+	c->status = 0;
+	c->body_left = 0;
+	c->ws_left = 0;
+	c->ref = 0;
+	memset(&c->sc, 0, sizeof c->sc);
+	c->id_st = c->id_k = 0;
+	c->pending_id = c->id_acc = 0;
+	conn_open(e, c);
 }
 
 void conn_open(struct engine *e, struct conn *c)
 {
 	const struct bench_addr *a = &e->o->servers[c->server];
-	if (c->kind == CK_SUB) {
+	if (c->kind == CK_SUB && !c->reopen) {
 		e->res.c.attempted++;
 		if (!e->res.first_attempt_us)
 			e->res.first_attempt_us = e->now;
@@ -314,6 +364,13 @@ static void send_sub_request(struct engine *e, struct conn *c)
 	int n = 0;
 	bench_chan_name(o, c->chan, ch, sizeof ch);
 	bool herald = o->target == TARGET_HERALD;
+	/* a resume: the cursor of the last complete message (0: all retained
+	 * history; what predates the subscription is counted stale, not delivered) */
+	char since[48] = "", last_event_id[64] = "";
+	if (herald && c->reopen) {
+		snprintf(since, sizeof since, "&since=%llu", (unsigned long long)c->last_id);
+		snprintf(last_event_id, sizeof last_event_id, "Last-Event-ID: %llu\r\n", (unsigned long long)c->last_id);
+	}
 	switch (c->transport) {
 	case TR_RAW:
 		n = snprintf(req, sizeof req, "SUB %s\n", ch);
@@ -322,21 +379,22 @@ static void send_sub_request(struct engine *e, struct conn *c)
 	case TR_WS:
 		proto_ws_key(c->ws_key);
 		n = snprintf(req, sizeof req,
-		             "GET %s%s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+		             "GET %s%s%s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
 		             "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\nOrigin: http://%s:%d\r\n\r\n",
-		             herald ? "/ws?channels=" : "/sub/", ch, a->host, a->port, c->ws_key, a->host, a->port);
+		             herald ? "/ws?channels=" : "/sub/", ch, since, a->host, a->port, c->ws_key, a->host, a->port);
 		c->state = ST_HEAD;
 		break;
 	case TR_SSE:
 		n = snprintf(req, sizeof req,
 		             "GET %s%s HTTP/1.1\r\nHost: %s:%d\r\nAccept: text/event-stream\r\n"
-		             "Cache-Control: no-cache\r\n\r\n",
-		             herald ? "/sse?channels=" : "/sub/", ch, a->host, a->port);
+		             "Cache-Control: no-cache\r\n%s\r\n",
+		             herald ? "/sse?channels=" : "/sub/", ch, a->host, a->port, last_event_id);
 		c->state = ST_HEAD;
 		break;
 	case TR_STREAM:
-		n = snprintf(req, sizeof req, "GET %s%s HTTP/1.1\r\nHost: %s:%d\r\n%s\r\n",
-		             herald ? "/stream?channels=" : "/sub/", ch, a->host, a->port, herald ? "" : "TE: chunked\r\n");
+		n = snprintf(req, sizeof req, "GET %s%s%s HTTP/1.1\r\nHost: %s:%d\r\n%s\r\n",
+		             herald ? "/stream?channels=" : "/sub/", ch, since, a->host, a->port,
+		             herald ? "" : "TE: chunked\r\n");
 		c->state = ST_HEAD;
 		break;
 	case TR_POLL:
@@ -350,6 +408,19 @@ static void send_sub_request(struct engine *e, struct conn *c)
 
 static void handshake_done(struct engine *e, struct conn *c)
 {
+	if (c->reopen) {
+		/* resumed: the subscription is continuous from the first sub_us */
+		hist_add(&e->res.h[H_RECONNECT], e->mono - c->t_start);
+		e->res.c.reconnects++;
+		c->reopen = 0;
+		c->retries = 0;
+		c->end_us = 0;
+		if (e->o->scenario == SC_GAME && c->transport == TR_WS) {
+			double s = (1 + 29 * bench_rand01()) * e->o->time_scale;
+			engine_timer_set(e, c, e->mono + (int64_t)(s * 1e6));
+		}
+		return;
+	}
 	hist_add(&e->res.h[H_HANDSHAKE], e->mono - c->t_start);
 	e->res.last_handshake_us = e->now;
 	e->res.c.connected++;
@@ -399,12 +470,55 @@ static void on_message(void *ctx, int64_t t, uint64_t n)
 	}
 	c->delivered++;
 	e->res.c.delivered++;
+	if (c->pending_id) {
+		c->last_id = c->pending_id; /* this message is complete: resume after it */
+		c->pending_id = 0;
+	}
 	hist_add(&e->res.h[e->phase ? H_BCAST : H_BCAST_RAMP], e->now - t);
+}
+
+/* Finds "id":"<digits>" in herald envelopes (the message id, sent before
+ * the data); on_message makes it the cursor once that message is complete. */
+static void id_scan(struct conn *c, const char *p, size_t n)
+{
+	static const char pat[] = "\"id\":\"";
+	const char *end = p + n;
+	while (p < end) {
+		if (c->id_st == 1) {
+			if (*p >= '0' && *p <= '9') {
+				c->id_acc = c->id_acc * 10 + (uint64_t)(*p++ - '0');
+				continue;
+			}
+			c->pending_id = c->id_acc;
+			c->id_st = 0;
+			c->id_k = 0;
+			continue;
+		}
+		if (c->id_k == 0) {
+			const char *q = memchr(p, '"', (size_t)(end - p));
+			if (!q)
+				return;
+			p = q + 1;
+			c->id_k = 1;
+			continue;
+		}
+		if (*p != pat[c->id_k]) {
+			c->id_k = 0;
+			continue; /* re-examine: it may be a quote */
+		}
+		p++;
+		if (pat[++c->id_k] == 0) {
+			c->id_st = 1;
+			c->id_acc = 0;
+		}
+	}
 }
 
 static void scan(struct engine *e, struct conn *c, const char *p, size_t n)
 {
 	struct msg_ctx m = {e, c};
+	if (e->track_ids)
+		id_scan(c, p, n);
 	proto_scan_feed(&c->sc, p, n, on_message, &m);
 }
 
@@ -543,6 +657,13 @@ static void ws_frame_end(struct engine *e, struct conn *c)
 		break;
 	case 1:
 	case 2:
+		if (e->track_ids && n > 9 && memcmp(c->ws_ctl, "{\"event\":\"", 10) == 0 &&
+		    memcmp(c->ws_ctl + 10, "message\"", n - 10 < 8 ? n - 10 : 8) != 0) {
+			if (memmem(c->ws_ctl, n, "\"event\":\"reconnect\"", 19))
+				e->res.c.ctl_reconnect++;
+			else if (memmem(c->ws_ctl, n, "\"event\":\"gap\"", 13))
+				e->res.c.ctl_gap++;
+		}
 		if (c->ref && memmem(c->ws_ctl, n, "\"event\":\"pong\"", 14)) {
 			char ref[32];
 			if (proto_json_str((char *)c->ws_ctl, n, "ref", ref, sizeof ref) &&
@@ -639,7 +760,7 @@ static size_t chunk_process(struct engine *e, struct conn *c, const char *p, siz
 static size_t conn_process(struct engine *e, struct conn *c, const char *buf, size_t len)
 {
 	size_t off = 0;
-	while (off < len && c->state != ST_DEAD) {
+	while (off < len && !conn_gone(c)) {
 		const char *p = buf + off;
 		size_t avail = len - off, k;
 		switch (c->state) {
@@ -716,7 +837,7 @@ static void conn_readable(struct engine *e, struct conn *c)
 			if (c->rlen) {
 				buf_append(&c->rbuf, &c->rlen, &c->rcap, e->scratch, (size_t)r);
 				size_t used = conn_process(e, c, c->rbuf, c->rlen);
-				if (c->state == ST_DEAD)
+				if (conn_gone(c))
 					return;
 				memmove(c->rbuf, c->rbuf + used, c->rlen - used);
 				c->rlen -= (uint32_t)used;
@@ -724,7 +845,7 @@ static void conn_readable(struct engine *e, struct conn *c)
 					buf_free(&c->rbuf, &c->rlen, &c->rcap);
 			} else {
 				size_t used = conn_process(e, c, e->scratch, (size_t)r);
-				if (c->state == ST_DEAD)
+				if (conn_gone(c))
 					return;
 				if (used < (size_t)r)
 					buf_append(&c->rbuf, &c->rlen, &c->rcap, e->scratch + used, (size_t)r - used);
@@ -761,18 +882,18 @@ int engine_poll(struct engine *e, int timeout_ms, int extra_fd, bool *extra_read
 				*extra_ready = true;
 			continue;
 		}
-		if (c->state == ST_DEAD)
+		if (conn_gone(c))
 			continue;
 		uint32_t ev = evs[i].events;
 		if (c->state == ST_CONNECTING) {
 			if (!(ev & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
 				continue;
 			on_connected(e, c);
-			if (c->state == ST_DEAD)
+			if (conn_gone(c))
 				continue;
 		} else if ((ev & EPOLLOUT) && c->wlen) {
 			conn_flush(e, c);
-			if (c->state == ST_DEAD)
+			if (conn_gone(c))
 				continue;
 		}
 		if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
@@ -790,6 +911,9 @@ void engine_run_timers(struct engine *e)
 		switch (c->state) {
 		case ST_THINK:
 			conn_open(e, c);
+			break;
+		case ST_RECONNECT:
+			conn_reopen(e, c);
 			break;
 		case ST_WS:
 			conn_ws_ping_op(e, c);
@@ -821,7 +945,7 @@ void conn_publish(struct engine *e, struct conn *c, const char *chan, const char
 		conn_write(e, c, one, (size_t)n + len);
 	} else {
 		conn_write(e, c, head, (size_t)n);
-		if (c->state != ST_DEAD)
+		if (!conn_gone(c))
 			conn_write(e, c, body, len);
 	}
 }

@@ -26,6 +26,7 @@ enum conn_state {
 	ST_RAW_HELLO,
 	ST_RAW,
 	ST_IDLE,       /* keep-alive connection between requests */
+	ST_RECONNECT,  /* closed by the server; reopens on its timer, resuming from last_id */
 	ST_DEAD
 };
 
@@ -59,6 +60,12 @@ struct conn {
 	uint32_t ref;         /* game: outstanding ping ref (0: none) */
 	int64_t req_sent;     /* mono µs */
 	int64_t last_poll;    /* mono µs of the last poll request */
+	uint64_t last_id;     /* herald: id of the last complete message (the resume cursor) */
+	uint64_t pending_id;  /* id seen in the envelope being received */
+	uint64_t id_acc;
+	uint8_t id_st, id_k;  /* envelope id scanner state */
+	uint8_t reopen;       /* this connect is a reconnect */
+	uint8_t retries;      /* consecutive failed reconnects */
 };
 
 struct engine;
@@ -77,6 +84,7 @@ struct engine {
 	char *scratch;
 	size_t scratch_cap;
 	uint32_t next_ref;
+	bool track_ids;       /* herald resume: follow message ids (the cursor) */
 	engine_pub_cb *on_pub;
 	engine_timer_cb *on_timer; /* game / pull timers */
 	void *user;

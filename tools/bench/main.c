@@ -24,6 +24,7 @@
 
 struct sample {
 	double cpu_s;
+	double redis_cpu_s; /* --redis-pid processes */
 	long rss_kb;
 	long fds;
 	int missing; /* sampled pids that no longer exist */
@@ -71,28 +72,44 @@ static void on_sigint(int s)
 
 /* ---- /proc sampling ---- */
 
+static double proc_cpu_s(pid_t pid, bool *missing)
+{
+	char path[64], buf[4096];
+	snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+	FILE *f = fopen(path, "r");
+	if (!f) {
+		*missing = true;
+		return 0;
+	}
+	size_t n = fread(buf, 1, sizeof buf - 1, f);
+	fclose(f);
+	buf[n] = 0;
+	char *p = strrchr(buf, ')');
+	unsigned long ut = 0, st = 0;
+	/* fields after ")": state(3) ... utime(14) stime(15) */
+	if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) == 2)
+		return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+	return 0;
+}
+
 static bool sample_server(const struct bench_opts *o, struct sample *s)
 {
 	memset(s, 0, sizeof *s);
+	for (int i = 0; i < o->nredis; i++) {
+		bool gone = false;
+		s->redis_cpu_s += proc_cpu_s(o->redis_pids[i], &gone);
+	}
 	if (o->npids == 0)
 		return false;
-	long tck = sysconf(_SC_CLK_TCK);
 	for (int i = 0; i < o->npids; i++) {
 		char path[64], buf[4096];
-		snprintf(path, sizeof path, "/proc/%d/stat", (int)o->server_pids[i]);
-		FILE *f = fopen(path, "r");
-		if (!f) {
+		bool gone = false;
+		s->cpu_s += proc_cpu_s(o->server_pids[i], &gone);
+		if (gone) {
 			s->missing++;
 			continue;
 		}
-		size_t n = fread(buf, 1, sizeof buf - 1, f);
-		fclose(f);
-		buf[n] = 0;
-		char *p = strrchr(buf, ')');
-		unsigned long ut = 0, st = 0;
-		/* fields after ")": state(3) ... utime(14) stime(15) */
-		if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) == 2)
-			s->cpu_s += (double)(ut + st) / (double)tck;
+		FILE *f;
 		snprintf(path, sizeof path, "/proc/%d/status", (int)o->server_pids[i]);
 		if ((f = fopen(path, "r"))) {
 			while (fgets(buf, sizeof buf, f))
@@ -518,6 +535,9 @@ static int run_once(const struct bench_opts *o, struct run *r)
 	if (spawn_workers(k) < 0)
 		return -1;
 	engine_refresh_time(&k->e);
+	struct sample sgo;
+	sample_server(o, &sgo);
+	r->redis_sampled = o->nredis > 0;
 	k->go = k->last_sample_mono = k->e.mono;
 	k->next_sample = k->go + 1000000;
 	send_cmd(k, CMD_GO);
@@ -539,6 +559,12 @@ static int run_once(const struct bench_opts *o, struct run *r)
 			r->cpu_window_s = s1.cpu_s - s0.cpu_s;
 			r->cpu_idle_pct = r->window_secs > 0 ? 100 * r->cpu_window_s / r->window_secs : 0;
 		} else {
+			/* the storm's window: GO -> every subscriber connected or failed */
+			sample_server(o, &s1);
+			r->window_secs = r->connect_secs;
+			r->cpu_window_s = s1.cpu_s - sgo.cpu_s;
+			r->redis_cpu_window_s = s1.redis_cpu_s - sgo.redis_cpu_s;
+			r->server_gone |= s1.missing > 0;
 			coord_for(k, o->settle);
 			sample_server(o, &s1);
 		}
@@ -569,6 +595,8 @@ static int run_once(const struct bench_opts *o, struct run *r)
 			r->window_secs = (double)(last - t0) / 1e6;
 			r->deliv_window = k->agg.delivered - d0;
 			r->cpu_window_s = s1.cpu_s - s0.cpu_s;
+			r->redis_cpu_window_s = s1.redis_cpu_s - s0.redis_cpu_s;
+			r->pub_window = r->pub_ok;
 		}
 		break;
 	case SC_PUBLISH:
@@ -584,6 +612,8 @@ static int run_once(const struct bench_opts *o, struct run *r)
 		sample_server(o, &s1);
 		r->window_secs = (double)(k->e.mono - t0) / 1e6;
 		r->cpu_window_s = s1.cpu_s - s0.cpu_s;
+		r->redis_cpu_window_s = s1.redis_cpu_s - s0.redis_cpu_s;
+		r->pub_window = r->pub_ok;
 		r->deliv_window = k->agg.delivered;
 		break;
 	case SC_GAME: {
@@ -595,7 +625,7 @@ static int run_once(const struct bench_opts *o, struct run *r)
 		sample_server(o, &s0);
 		r->rss_conn_kb = s0.rss_kb;
 		r->fds_conn = s0.fds;
-		uint64_t d0 = k->agg.delivered;
+		uint64_t d0 = k->agg.delivered, pub0 = k->run->pub_ok;
 		t0 = k->e.mono;
 		coord_for(k, o->duration);
 		k->publishing = false;
@@ -604,6 +634,8 @@ static int run_once(const struct bench_opts *o, struct run *r)
 		r->window_secs = (double)(k->e.mono - t0) / 1e6;
 		r->deliv_window = k->agg.delivered - d0;
 		r->cpu_window_s = s1.cpu_s - s0.cpu_s;
+		r->redis_cpu_window_s = s1.redis_cpu_s - s0.redis_cpu_s;
+		r->pub_window = k->run->pub_ok - pub0;
 		break;
 	}
 	default:
@@ -656,6 +688,9 @@ static void usage(FILE *f)
 	    "  --server HOST:PORT             repeatable: connections spread round-robin (default 127.0.0.1:8080)\n"
 	    "  --transport ws|sse|poll|stream|pull   subscriber transport (default ws; floor: raw TCP)\n"
 	    "  --server-pid PID               repeatable: sample /proc/PID (CPU, RSS, fds) every second\n"
+	    "  --redis-pid PID                repeatable: sample Redis's CPU apart (CPU per published message)\n"
+	    "  --no-reconnect                 herald subscribers do not reconnect when the server closes them\n"
+	    "                                 (default: ws/sse/stream reconnect and resume from their last id)\n"
 	    "load:\n"
 	    "  --conns N          subscribers / users (default 1000; game 2000; publish 0)\n"
 	    "  --procs N          worker processes (default: ceil(N / 19000))\n"
@@ -709,7 +744,8 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o)
 	    {"poll-timeout", 1, 0, 'o'},  {"pull-interval", 1, 0, 'i'}, {"pvp-clients", 1, 0, 1},
 	    {"pvp-intervals", 1, 0, 2},   {"pvp-publishes", 1, 0, 3},  {"label", 1, 0, 'l'},
 	    {"json", 1, 0, 'j'},          {"csv", 1, 0, 'v'},          {"plot", 1, 0, 'g'},
-	    {"quiet", 0, 0, 'q'},         {"help", 0, 0, 'h'},         {0, 0, 0, 0},
+	    {"quiet", 0, 0, 'q'},         {"help", 0, 0, 'h'},         {"redis-pid", 1, 0, 4},
+	    {"reconnect", 0, 0, 5},       {"no-reconnect", 0, 0, 6},   {0, 0, 0, 0},
 	};
 	int ch, chans = -1, pubs = -1;
 	double rate = -1, dur = -1, scale = -1;
@@ -768,12 +804,20 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o)
 		case 'v': o->csv_path = optarg; break;
 		case 'g': o->plot_dir = optarg; break;
 		case 'q': o->quiet = 1; break;
+		case 4:
+			if (o->nredis < BENCH_MAX_PIDS)
+				o->redis_pids[o->nredis++] = atoi(optarg);
+			break;
+		case 5: o->reconnect = 1; break;
+		case 6: o->reconnect = 0; break;
 		case 'h': usage(stdout); exit(0);
 		default: return -1;
 		}
 	}
 	if (o->nservers == 0)
 		bench_parse_addr("127.0.0.1:8080", &o->servers[o->nservers++]);
+	if (o->reconnect < 0)
+		o->reconnect = 1;
 	if (o->target == TARGET_FLOOR)
 		o->transport = TR_RAW;
 	else if (o->transport == TR_RAW)
@@ -854,7 +898,7 @@ int main(int argc, char **argv)
 {
 	static struct bench_opts o = {
 	    .conns = -1, .connect_rate = 2000, .messages = 100, .burst = 1, .payload = 100, .hold = 10,
-	    .settle = 1, .drain = 5, .poll_timeout = 50, .pull_interval = 1, .pvp_publishes = 4,
+	    .settle = 1, .drain = 5, .poll_timeout = 50, .pull_interval = 1, .pvp_publishes = 4, .reconnect = -1,
 	    .pvp_clients = "10,100,1000", .pvp_intervals = "10,30,50",
 	};
 	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {

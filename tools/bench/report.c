@@ -62,6 +62,23 @@ double run_loss_pct(const struct run *r)
 	return r->expected ? 100.0 * (double)r->lost / (double)r->expected : 0;
 }
 
+double run_server_cpu_pct(const struct run *r)
+{
+	return r->sampled && r->window_secs > 0 ? 100.0 * r->cpu_window_s / r->window_secs : 0;
+}
+
+double run_handshakes_per_cpu_s(const struct run *r)
+{
+	return r->o.scenario == SC_CONNECT && r->sampled && r->cpu_window_s > 0
+	           ? (double)r->r.c.handshakes_done / r->cpu_window_s
+	           : 0;
+}
+
+double run_redis_cpu_per_publish_us(const struct run *r)
+{
+	return r->redis_sampled && r->pub_window ? r->redis_cpu_window_s * 1e6 / (double)r->pub_window : 0;
+}
+
 static bool request_na(const struct run *r)
 {
 	return r->o.scenario == SC_GAME && r->o.target != TARGET_HERALD;
@@ -90,9 +107,10 @@ static void row_pcts(FILE *f, const char *name, const struct hist *h, bool na)
 	fprintf(f, "\n");
 }
 
-static const int table_rows[] = {H_HANDSHAKE, H_REQUEST_RAMP, H_REQUEST, H_BCAST_RAMP, H_BCAST, H_PUBLISH};
-static const char *const table_names[] = {"Handshaking", "Latency (ramp-up)", "Latency (req->resp)",
-                                          "Broadcast (ramp-up)", "Broadcast Latency", "Publish (req->resp)"};
+static const int table_rows[] = {H_HANDSHAKE, H_RECONNECT, H_REQUEST_RAMP, H_REQUEST, H_BCAST_RAMP, H_BCAST, H_PUBLISH};
+static const char *const table_names[] = {"Handshaking", "Reconnect (resume)", "Latency (ramp-up)",
+                                          "Latency (req->resp)", "Broadcast (ramp-up)", "Broadcast Latency",
+                                          "Publish (req->resp)"};
 
 static bool row_shown(const struct run *r, int i)
 {
@@ -141,6 +159,10 @@ void report_table(const struct run *r, FILE *f)
 	fprintf(f, "Client network: in %llu B, out %llu B, %llu HTTP requests, %llu WS pings answered\n",
 	        (unsigned long long)c->bytes_in, (unsigned long long)c->bytes_out, (unsigned long long)c->http_requests,
 	        (unsigned long long)c->pings);
+	if (c->reconnects || c->reconnect_fails || c->ctl_reconnect)
+		fprintf(f, "Reconnects: %llu resumed (cursor), %llu attempts failed, %llu reconnect events, %llu gap events\n",
+		        (unsigned long long)c->reconnects, (unsigned long long)c->reconnect_fails,
+		        (unsigned long long)c->ctl_reconnect, (unsigned long long)c->ctl_gap);
 	if (r->server_gone)
 		fprintf(f, "Server: WARNING: a sampled server process exited during the run; its figures are void\n");
 	if (r->sampled) {
@@ -156,9 +178,21 @@ void report_table(const struct run *r, FILE *f)
 		else if (r->o.scenario == SC_PUBLISH && r->pub_ok)
 			fprintf(f, "Server: CPU %.3f s for %llu publishes = %.2f us per publish\n", r->cpu_window_s,
 			        (unsigned long long)r->pub_ok, r->cpu_window_s * 1e6 / (double)r->pub_ok);
+		if (r->o.scenario == SC_CONNECT && r->cpu_window_s > 0)
+			fprintf(f, "Server: CPU %.3f s for %llu handshakes = %.1f us per handshake (%.0f handshakes per CPU-second)\n",
+			        r->cpu_window_s, (unsigned long long)c->handshakes_done,
+			        r->cpu_window_s * 1e6 / (double)(c->handshakes_done ? c->handshakes_done : 1),
+			        run_handshakes_per_cpu_s(r));
+		if (r->o.scenario != SC_IDLE && r->window_secs > 0)
+			fprintf(f, "Server: %.1f%% of a core over the %.2f s window\n", run_server_cpu_pct(r), r->window_secs);
 	} else {
 		fprintf(f, "Server: not sampled (give --server-pid)\n");
 	}
+	if (r->redis_sampled)
+		fprintf(f, "Redis: CPU %.3f s over the %.2f s window (%.1f%% of a core) for %llu publishes = %.1f us per publish\n",
+		        r->redis_cpu_window_s, r->window_secs,
+		        r->window_secs > 0 ? 100 * r->redis_cpu_window_s / r->window_secs : 0,
+		        (unsigned long long)r->pub_window, run_redis_cpu_per_publish_us(r));
 }
 
 static json_t *hist_json(const struct hist *h)
@@ -202,6 +236,10 @@ json_t *report_json(const struct run *r)
 	json_object_set_new(cnt, "bytes_in", json_integer((json_int_t)c->bytes_in));
 	json_object_set_new(cnt, "bytes_out", json_integer((json_int_t)c->bytes_out));
 	json_object_set_new(cnt, "stale", json_integer((json_int_t)c->stale));
+	json_object_set_new(cnt, "reconnects", json_integer((json_int_t)c->reconnects));
+	json_object_set_new(cnt, "reconnect_fails", json_integer((json_int_t)c->reconnect_fails));
+	json_object_set_new(cnt, "reconnect_events", json_integer((json_int_t)c->ctl_reconnect));
+	json_object_set_new(cnt, "gap_events", json_integer((json_int_t)c->ctl_gap));
 	json_object_set_new(j, "counters", cnt);
 	json_t *lat = json_object();
 	for (int h = 0; h < H_COUNT; h++)
@@ -217,8 +255,9 @@ json_t *report_json(const struct run *r)
 	                              run_deliveries_per_s(r), "window_deliveries", (json_int_t)r->deliv_window,
 	                              "window_s", r->window_secs));
 	json_object_set_new(j, "connect",
-	                    json_pack("{s:f,s:f,s:f}", "connect_s", r->connect_secs, "handshakes_per_s",
-	                              run_handshakes_per_s(r), "ramp_s", r->ramp_secs));
+	                    json_pack("{s:f,s:f,s:f,s:f}", "connect_s", r->connect_secs, "handshakes_per_s",
+	                              run_handshakes_per_s(r), "ramp_s", r->ramp_secs, "handshakes_per_cpu_s",
+	                              run_handshakes_per_cpu_s(r)));
 	json_object_set_new(j, "publish",
 	                    json_pack("{s:I,s:I,s:f,s:I}", "ok", (json_int_t)r->pub_ok, "failed", (json_int_t)r->pub_fail,
 	                              "publishes_per_s", run_publishes_per_s(r), "body_bytes", (json_int_t)r->pub_bytes));
@@ -229,8 +268,18 @@ json_t *report_json(const struct run *r)
 		                      (json_int_t)(r->fds_conn ? r->fds_conn : r->fds_max), "cpu_window_s", r->cpu_window_s,
 		                      "cpu_per_delivery_us", run_cpu_per_delivery_us(r), "idle_cpu_pct", r->cpu_idle_pct);
 		json_object_set_new(s, "exited_during_run", json_boolean(r->server_gone));
+		json_object_set_new(s, "window_s", json_real(r->window_secs));
+		json_object_set_new(s, "cpu_pct", json_real(run_server_cpu_pct(r)));
+		json_object_set_new(s, "deliveries_per_cpu_s",
+		                    json_real(run_cpu_per_delivery_us(r) > 0 ? 1e6 / run_cpu_per_delivery_us(r) : 0));
 		json_object_set_new(j, "server", s);
 	}
+	if (r->redis_sampled)
+		json_object_set_new(j, "redis",
+		                    json_pack("{s:f,s:f,s:I,s:f}", "cpu_window_s", r->redis_cpu_window_s, "cpu_pct",
+		                              r->window_secs > 0 ? 100 * r->redis_cpu_window_s / r->window_secs : 0,
+		                              "publishes", (json_int_t)r->pub_window, "cpu_per_publish_us",
+		                              run_redis_cpu_per_publish_us(r)));
 	json_t *series = json_array();
 	for (int i = 0; i < r->npoints; i++) {
 		const struct run_point *p = &r->pts[i];

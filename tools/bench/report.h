@@ -40,6 +40,9 @@ struct run {
 	long rss_base_kb, rss_conn_kb, rss_max_kb, fds_max, fds_conn;
 	double cpu_window_s;   /* server CPU seconds inside the window */
 	double cpu_idle_pct;   /* idle: server CPU % of one core while holding */
+	bool redis_sampled;    /* --redis-pid given */
+	uint64_t pub_window;   /* acknowledged publishes inside the window */
+	double redis_cpu_window_s; /* Redis CPU seconds inside the window */
 	int npoints;
 	struct run_point pts[RUN_MAX_POINTS];
 };
@@ -51,6 +54,9 @@ double run_cpu_per_delivery_us(const struct run *r);
 double run_rss_per_conn_bytes(const struct run *r);
 double run_publishes_per_s(const struct run *r);
 double run_loss_pct(const struct run *r);
+double run_server_cpu_pct(const struct run *r);     /* server CPU in the window, % of one core */
+double run_handshakes_per_cpu_s(const struct run *r); /* connect: handshakes per server CPU-second */
+double run_redis_cpu_per_publish_us(const struct run *r);
 
 const char *bench_scenario_name(enum bench_scenario s);
 const char *bench_target_name(enum bench_target t);

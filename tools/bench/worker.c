@@ -24,6 +24,7 @@ const char *const bench_hist_names[H_COUNT] = {
 	[H_HANDSHAKE] = "handshake",          [H_REQUEST] = "request",
 	[H_BCAST] = "broadcast",              [H_REQUEST_RAMP] = "request (ramp-up)",
 	[H_BCAST_RAMP] = "broadcast (ramp-up)", [H_PUBLISH] = "publish",
+	[H_RECONNECT] = "reconnect",
 };
 
 int64_t bench_now_us(void)
@@ -119,7 +120,9 @@ void worker_main(const struct bench_opts *o, int index, int nworkers, int first,
 		abort();
 	for (int i = 0; i < n; i++) {
 		int id = first + i;
-		conn_init(&conns[i], id, CK_SUB, o->transport, id % o->channels, id % o->nservers);
+		/* channel id mod C; the server rotates once per round of channels, so
+		 * every channel has subscribers on every server (cluster fan-out) */
+		conn_init(&conns[i], id, CK_SUB, o->transport, id % o->channels, (id / o->channels) % o->nservers);
 	}
 	struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
 	epoll_ctl(e->ep, EPOLL_CTL_ADD, sock, &ev);
