@@ -6,7 +6,7 @@ set -euo pipefail
 
 pkgs=(
   build-essential clang libclang-rt-14-dev pkg-config
-  libssl-dev zlib1g-dev libhiredis-dev libjansson-dev libjwt-dev libcmocka-dev
+  libssl-dev zlib1g-dev libhiredis-dev libjansson-dev libcmocka-dev
   python3 python3-pytest python3-websockets
   redis-server curl chromium
 )

@@ -24,8 +24,9 @@ static void on_signal(int sig)
     got_signal = sig;
 }
 
-static void describe_listeners(const struct herald_config *cfg)
+static void on_listening(struct server *s)
 {
+    const struct herald_config *cfg = &s->cfg;
     for (int i = 0; i < cfg->num_listen; i++)
         log_info("listening on %s:%u (subscribers%s)",
                  cfg->listen[i].host[0] ? cfg->listen[i].host : "0.0.0.0", cfg->listen[i].port,
@@ -33,6 +34,9 @@ static void describe_listeners(const struct herald_config *cfg)
     if (cfg->has_api_listen)
         log_info("publish/admin API on %s:%u",
                  cfg->api_listen.host[0] ? cfg->api_listen.host : "0.0.0.0", cfg->api_listen.port);
+    if (!cfg->publish_key[0])
+        log_warn("no --publish-key set: the publish and channel API accepts loopback clients "
+                 "only (set HERALD_PUBLISH_KEY to publish from elsewhere)");
 }
 
 int main(int argc, char **argv)
@@ -54,6 +58,7 @@ int main(int argc, char **argv)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL); /* logged and ignored: there is nothing to reload */
 
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
@@ -66,10 +71,7 @@ int main(int argc, char **argv)
     if (cluster && redis_backend_start(&srv.hub, &srv.cfg) < 0)
         return 2;
     /* Everything an operator must read is logged before the first connection. */
-    describe_listeners(&srv.cfg);
-    if (!srv.cfg.publish_key[0])
-        log_warn("no --publish-key set: the publish and channel API accepts loopback clients "
-                 "only (set HERALD_PUBLISH_KEY to publish from elsewhere)");
+    srv.on_listening = on_listening;
     if (server_start(&srv) < 0)
         return 1;
     log_info("herald started: %d worker%s, %s, node %s, fd limit %lu", srv.nworkers,
@@ -81,8 +83,15 @@ int main(int argc, char **argv)
 
     sigset_t none;
     sigemptyset(&none);
-    while (!got_signal)
-        pause();
+    for (;;) {
+        while (!got_signal)
+            pause();
+        if (got_signal != SIGHUP)
+            break;
+        got_signal = 0;
+        log_info("SIGHUP ignored: herald has no configuration to reload; restart it to "
+                 "change options (SIGTERM drains gracefully)");
+    }
     log_info("%s received: draining connections (at most %u ms)",
              got_signal == SIGTERM ? "SIGTERM" : "SIGINT", srv.cfg.shutdown_timeout_ms);
     server_request_shutdown(&srv);

@@ -68,44 +68,51 @@ static bool check_key(const char *key, const char *cred, size_t len)
     return ct_equal(cred, len, key, strlen(key));
 }
 
+bool api_key_matches(const struct herald_config *cfg, const char *key, size_t len)
+{
+    return cfg->publish_key[0] && check_key(cfg->publish_key, key, len);
+}
+
+bool api_may_publish(const struct http_request *req, const struct conn *c)
+{
+    const char *key = conn_cfg(c)->publish_key;
+    if (!key[0])
+        return (c->flags & CF_LOOPBACK) != 0;
+    const struct http_header *h = http_find_header(req, "Authorization");
+    if (h && h->value_len > 7 && strncasecmp(h->value, "Bearer ", 7) == 0)
+        return check_key(key, h->value + 7, h->value_len - 7);
+    if (h && h->value_len > 6 && strncasecmp(h->value, "Basic ", 6) == 0 &&
+        h->value_len - 6 < 1024) {
+        unsigned char dec[800];
+        int n = EVP_DecodeBlock(dec, (const unsigned char *)h->value + 6, (int)(h->value_len - 6));
+        if (n <= 0)
+            return false;
+        /* EVP_DecodeBlock counts padding bytes as zeros: trim them. */
+        const char *v = h->value + h->value_len;
+        n -= (v[-1] == '=') + (v[-2] == '=');
+        const char *colon = memchr(dec, ':', (size_t)n);
+        const char *pw = colon ? colon + 1 : (const char *)dec;
+        return check_key(key, pw, (size_t)n - (size_t)(pw - (const char *)dec));
+    }
+    return false;
+}
+
 /* Returns true when the request may use the publish/admin API; answers 401/403 otherwise. */
 static bool authorized(struct http_ctx *x)
 {
-    const char *key = conn_cfg(x->c)->publish_key;
-    if (!key[0]) {
-        if (x->c->flags & CF_LOOPBACK)
-            return true;
+    if (api_may_publish(x->req, x->c))
+        return true;
+    if (!conn_cfg(x->c)->publish_key[0]) {
         http_error(x, 403, "forbidden",
                    "no --publish-key is configured, so publishing is allowed from loopback only; "
                    "set HERALD_PUBLISH_KEY to publish from other hosts");
         return false;
     }
-    const struct http_header *h = http_find_header(x->req, "Authorization");
-    if (h && h->value_len > 7 && strncasecmp(h->value, "Bearer ", 7) == 0) {
-        if (check_key(key, h->value + 7, h->value_len - 7))
-            return true;
-    } else if (h && h->value_len > 6 && strncasecmp(h->value, "Basic ", 6) == 0 &&
-               h->value_len - 6 < 1024) {
-        unsigned char dec[800];
-        int n = EVP_DecodeBlock(dec, (const unsigned char *)h->value + 6, (int)(h->value_len - 6));
-        if (n > 0) {
-            /* EVP_DecodeBlock counts padding bytes as zeros: trim them. */
-            const char *v = h->value + h->value_len;
-            if (v[-1] == '=')
-                n--;
-            if (v[-2] == '=')
-                n--;
-            const char *colon = memchr(dec, ':', (size_t)n);
-            const char *pw = colon ? colon + 1 : (const char *)dec;
-            size_t pwlen = (size_t)n - (size_t)(pw - (const char *)dec);
-            if (check_key(key, pw, pwlen))
-                return true;
-        }
-    }
     http_error(x, 401, "unauthorized",
-               h ? "the credentials do not match the publish key"
-                 : "send the publish key as 'Authorization: Bearer KEY' or as the HTTP Basic "
-                   "password");
+               http_find_header(x->req, "Authorization")
+                   ? "the credentials do not match the publish key"
+                   : "send the publish key as 'Authorization: Bearer KEY' or as the HTTP Basic "
+                     "password");
     return false;
 }
 
@@ -814,8 +821,13 @@ void api_handle(struct http_ctx *x)
     if (r->path_len == 8 && memcmp(r->path, "/healthz", 8) == 0) {
         if (!get)
             return NOT_ALLOWED(x, "GET", "use GET");
+        struct hub *hub = &conn_server(x->c)->hub;
         if (atomic_load(&conn_server(x->c)->shutdown))
             return RESPOND_LIT(x, 503, NULL, "{\"status\":\"draining\"}\n");
+        if (hub->be_ops && hub->be_ops->ready && !hub->be_ops->ready(hub->be))
+            return RESPOND_LIT(x, 503, NULL,
+                               "{\"status\":\"degraded\",\"detail\":\"Redis is unreachable: "
+                               "publishes are refused until it is back\"}\n");
         return RESPOND_LIT(x, 200, NULL, "{\"status\":\"ok\"}\n");
     }
     bool is_stats = r->path_len == 6 && memcmp(r->path, "/stats", 6) == 0;

@@ -33,6 +33,15 @@ struct api_pub {
 int api_pub_from_json(json_t *obj, struct api_pub *p, const char **err);
 void api_pub_free(struct api_pub *p);
 
+/*
+ * Whether the request may use the publish API: its Authorization (Bearer, or
+ * the HTTP Basic password) matches --publish-key, or no key is set and the
+ * client is on loopback. Answers nothing.
+ */
+bool api_may_publish(const struct http_request *req, const struct conn *c);
+/* Whether `key` (e.g. from a WebSocket op) is the publish key. False when none is set. */
+bool api_key_matches(const struct herald_config *cfg, const char *key, size_t len);
+
 /* Whether an event name is acceptable: 1-64 bytes of [A-Za-z0-9_.:-]. */
 bool api_event_name_valid(const char *s, size_t len);
 

@@ -121,7 +121,11 @@ static const char chan_lua[] =
     "local created = 0\n"
     "if ARGV[2] == 'del' then\n"
     "  if not exists then return redis.error_reply('NOTFOUND') end\n"
-    "  redis.call('DEL', h, o, s, c)\n"
+    "  local last = redis.call('HGET', s, 'last')\n"
+    "  redis.call('DEL', h, o, c)\n"
+    "  if last then\n" /* a channel re-created later still reports the gap */
+    "    redis.call('HSET', s, 'evicted', last); redis.call('PEXPIRE', s, 604800000)\n"
+    "  end\n"
     "  redis.call(ARGV[6], ARGV[5], 'X closed')\n"
     "  return {'deleted'}\n"
     "end\n"
@@ -596,6 +600,8 @@ static void index_channels(struct pub_task *pt)
 static void pub_answer(void *arg)
 {
     struct pub_task *pt = arg;
+    if (!pt->err)
+        atomic_fetch_add(&pt->rb->hub->stats.published, 1);
     pt->done(pt->arg, pt->err, &pt->res);
     sbuf_free(&pt->payload);
     free(pt);
@@ -1058,7 +1064,14 @@ static void be_stats_json(void *be, struct sbuf *b)
                 rb->cluster ? "redis-cluster" : "redis", names[rb->status]);
 }
 
+static bool be_ready(void *be)
+{
+    struct rb *rb = be;
+    return atomic_load(&rb->status) != REDIS_BUS_DOWN;
+}
+
 static const struct hub_backend_ops redis_ops = {
+    .ready = be_ready,
     .want = be_want,
     .unwant = be_unwant,
     .publish = be_publish,

@@ -89,7 +89,9 @@ void conn_send(struct conn *c, struct ref *owner, const char *data, uint32_t len
     if (c->flags & CF_CLOSING || len == 0)
         return;
     bool subscriber = c->kind != CONN_HTTP;
-    if (subscriber && !(c->flags & CF_CLOSE_AFTER) &&
+    /* The cap is on what waits: a client that took everything so far may receive one
+     * message larger than the cap. */
+    if (subscriber && !(c->flags & CF_CLOSE_AFTER) && c->out_bytes &&
         ((uint64_t)c->out_bytes + len > (uint64_t)conn_cfg(c)->max_outbound + c->replay_slack ||
          c->q_len >= 65000)) {
         atomic_fetch_add(&c->w->srv->hub.stats.slow_closed, 1);
@@ -700,6 +702,28 @@ static int listen_on(const struct config_addr *a)
     return fd;
 }
 
+/*
+ * Fails with -EADDRINUSE when another process listens on a's address. Our own
+ * sockets share the port with SO_REUSEPORT, which would also let a second
+ * herald (or anything else using SO_REUSEPORT) silently take half the traffic.
+ */
+static int probe_exclusive(const struct config_addr *a)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    int err = resolve_addr(a, &ss, &sl);
+    if (err)
+        return err;
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    err = bind(fd, (struct sockaddr *)&ss, sl) < 0 ? -errno : 0;
+    close(fd);
+    return err;
+}
+
 static int worker_listen(struct worker *w)
 {
     const struct herald_config *cfg = &w->srv->cfg;
@@ -716,7 +740,9 @@ static int worker_listen(struct worker *w)
         } else {
             break;
         }
-        int fd = listen_on(a);
+        int fd = w->id == 0 ? probe_exclusive(a) : 0;
+        if (fd >= 0)
+            fd = listen_on(a);
         if (fd < 0) {
             log_error("cannot listen on %s:%u: %s (is another process using the port?)",
                       a->host[0] ? a->host : "0.0.0.0", a->port, strerror(-fd));
@@ -844,6 +870,8 @@ int server_start(struct server *srv)
         if (err)
             return err;
     }
+    if (srv->on_listening)
+        srv->on_listening(srv);
     for (int i = 0; i < srv->nworkers; i++) {
         int err = pthread_create(&srv->workers[i].thread, NULL, worker_main, &srv->workers[i]);
         if (err) {

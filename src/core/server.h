@@ -52,6 +52,7 @@ enum conn_flag {
     CF_CORS = 1u << 15,         /* long-poll: answer with CORS headers */
     CF_LINGER = 1u << 16,       /* our side is shut; discard input until EOF or close grace */
     CF_RETRY = 1u << 17,        /* the request waits for the backend: keep it, re-run it later */
+    CF_PUBLISHER = 1u << 19,    /* WS: the upgrade carried publish credentials (--ws-publish) */
     CF_ZOMBIE = 1u << 18,       /* closed while the backend holds it: freed on the last release */
 };
 
@@ -154,6 +155,8 @@ struct server {
     int nworkers;
     atomic_bool shutdown;
     uint64_t started_ms;
+    /* Called once every listener is bound and before any connection is accepted. */
+    void (*on_listening)(struct server *srv);
     struct ctl_frames *ctl_reconnect_shutdown;
     struct ctl_frames *ctl_reconnect_lifetime;
 };

@@ -180,7 +180,8 @@ static void preflight(struct http_ctx *x)
 {
     http_respond(x, 204, NULL,
                  "Access-Control-Allow-Methods: GET, POST, PUT, DELETE, OPTIONS\r\n"
-                 "Access-Control-Allow-Headers: Authorization, Content-Type, Last-Event-ID\r\n"
+                 "Access-Control-Allow-Headers: Authorization, Content-Type, Last-Event-ID, "
+                 "Herald-Event\r\n"
                  "Access-Control-Max-Age: 86400\r\n",
                  "", 0);
 }
@@ -241,7 +242,8 @@ static void dispatch(struct conn *c, const struct http_request *req, char *body,
             x.origin_len = o->value_len;
         }
     } else if (!o) {
-        x.cors = true; /* non-browser clients: harmless, and lets fetch() from file:// work */
+        /* No Origin: not a cross-origin browser request. Say "*" only when that is the policy. */
+        x.cors = strcmp(conn_cfg(c)->cors_origins, "*") == 0;
     }
     route(&x);
 }

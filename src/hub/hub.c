@@ -76,11 +76,47 @@ int hub_cursor_parse(const char *s, size_t len, uint64_t *out)
     return 0;
 }
 
+struct tomb {
+    struct map_node node;
+    struct list fifo;
+    uint64_t last_seq;
+    char name[CHANNEL_NAME_MAX + 1];
+};
+#define MAX_TOMBS 65536
+
+static void tomb_drop(struct hub *hub, struct tomb *t)
+{
+    map_del(&hub->tombs, &t->node);
+    list_remove(&t->fifo);
+    free(t);
+}
+
+/* Remembers a vanishing channel's last id. Hub lock held. */
+static void tomb_put(struct hub *hub, const struct channel *ch)
+{
+    if (hub->be_ops || !ch->last_seq)
+        return; /* cluster mode: Redis remembers (the channel's state hash) */
+    struct map_node *n = map_get(&hub->tombs, ch->name, ch->name_len);
+    if (n)
+        tomb_drop(hub, container_of(n, struct tomb, node));
+    if (hub->tombs.len >= MAX_TOMBS)
+        tomb_drop(hub, container_of(hub->tomb_fifo.next, struct tomb, fifo));
+    struct tomb *t = xcalloc(1, sizeof(*t));
+    memcpy(t->name, ch->name, ch->name_len);
+    t->node.key = t->name;
+    t->node.key_len = ch->name_len;
+    t->last_seq = ch->last_seq;
+    map_put(&hub->tombs, &t->node);
+    list_insert_tail(&hub->tomb_fifo, &t->fifo);
+}
+
 int hub_init(struct hub *hub, const struct herald_config *cfg, int nworkers)
 {
     memset(hub, 0, sizeof(*hub));
     pthread_mutex_init(&hub->lock, NULL);
     map_init(&hub->channels, 1024);
+    map_init(&hub->tombs, 64);
+    list_init(&hub->tomb_fifo);
     hub->cfg = cfg;
     hub->nworkers = nworkers;
     /* Seeded with wall-clock µs: ids stay unique and increasing across restarts
@@ -298,6 +334,13 @@ static struct channel *chan_create(struct hub *hub, const char *name, size_t len
     /* Cursors from before this process started may have missed messages we no
      * longer know about; anything newer is complete. */
     ch->evicted_seq = hub->boot_seq - 1;
+    struct map_node *tn = map_get(&hub->tombs, name, len);
+    if (tn) {
+        /* Same name as a channel that vanished: its messages are gone for good. */
+        struct tomb *t = container_of(tn, struct tomb, node);
+        ch->evicted_seq = MAX(ch->evicted_seq, t->last_seq);
+        tomb_drop(hub, t);
+    }
     ch->created_ms = ch->last_active_ms = wall_ms();
     map_put(&hub->channels, &ch->node);
     return ch;
@@ -382,6 +425,7 @@ void hub_channel_put_ref(struct hub *hub, struct channel *ch)
 /* Removes a channel from the table; workers holding subscribers get INBOX_CLOSED. */
 static void chan_unlink(struct hub *hub, struct channel *ch, uint64_t *wake_mask)
 {
+    tomb_put(hub, ch);
     map_del(&hub->channels, &ch->node);
     ch->deleted = true;
     for (int w = 0; w < hub->nworkers; w++) {
@@ -431,6 +475,9 @@ void hub_free(struct hub *hub)
         chan_release(hub, container_of(n, struct channel, node));
     }
     map_free(&hub->channels);
+    while (!list_empty(&hub->tomb_fifo))
+        tomb_drop(hub, container_of(hub->tomb_fifo.next, struct tomb, fifo));
+    map_free(&hub->tombs);
     pthread_mutex_destroy(&hub->lock);
 }
 
@@ -903,14 +950,15 @@ size_t hub_channel_list(struct hub *hub, const char *after, size_t after_len, co
     char after_z[CHANNEL_NAME_MAX + 1] = "";
     memcpy(after_z, after, MIN(after_len, (size_t)CHANNEL_NAME_MAX));
     pthread_mutex_lock(&hub->lock);
-    *total = hub->channels.len;
+    *total = 0;
     size_t b = 0;
     struct map_node *node, *next = NULL;
     while ((node = map_next(&hub->channels, &b, &next))) {
         struct channel *ch = container_of(node, struct channel, node);
-        if (after_len && strcmp(ch->name, after_z) <= 0)
-            continue;
         if (plen && strncmp(ch->name, prefix, plen) != 0)
+            continue;
+        (*total)++; /* the channels this listing pages through (matching the prefix) */
+        if (after_len && strcmp(ch->name, after_z) <= 0)
             continue;
         if (n < max) {
             fill_info(ch, &out[n++]);

@@ -191,6 +191,11 @@ struct hub {
     size_t sweep_bucket; /* incremental expiry sweep position */
     struct hub_stats stats;
 
+    /* Deleted or expired channels' last ids, so that a channel re-created under the
+     * same name still tells old cursors about the gap (in-memory mode; bounded FIFO). */
+    struct map tombs;
+    struct list tomb_fifo;
+
     /* cluster mode */
     const struct hub_backend_ops *be_ops; /* NULL: in-memory */
     void *be;
@@ -246,6 +251,8 @@ struct hub_backend_ops {
                          size_t max, hub_list_done *done, void *arg);
     /* Cluster-wide view for /stats (may be NULL): appends JSON members to b. */
     void (*stats_json)(void *be, struct sbuf *b);
+    /* Whether the backend can take publishes now (readiness for /healthz). */
+    bool (*ready)(void *be);
 };
 const char *hub_strerror(int err);
 

@@ -171,6 +171,8 @@ void ws_handle_upgrade(struct http_ctx *x)
     sbuf_adds(&resp, "\r\n");
     conn_set_kind(c, CONN_WS);
     memset(&c->u.ws, 0, sizeof(c->u.ws));
+    if (cfg->ws_publish && api_may_publish(req, c))
+        c->flags |= CF_PUBLISHER;
     if (deflate)
         c->flags |= CF_DEFLATE;
     conn_send_copy(c, resp.data, resp.len);
@@ -318,6 +320,19 @@ static void op_publish(struct conn *c, json_t *op, json_t *ref)
         return ws_reply_error(c, "forbidden",
                               "publishing over WebSocket is off; the server enables it with "
                               "--ws-publish",
+                              ref);
+    /* The same rule as the HTTP API: credentials on the upgrade request, or a
+     * "key" in the op (browsers cannot set headers on a WebSocket). */
+    json_t *key = json_object_get(op, "key");
+    if (!(c->flags & CF_PUBLISHER) &&
+        !(json_is_string(key) &&
+          api_key_matches(conn_cfg(c), json_string_value(key), json_string_length(key))))
+        return ws_reply_error(c, "unauthorized",
+                              conn_cfg(c)->publish_key[0]
+                                  ? "publishing needs the publish key: send it as "
+                                    "'Authorization: Bearer KEY' on the upgrade or as \"key\" in "
+                                    "the op"
+                                  : "without --publish-key, only loopback clients may publish",
                               ref);
     struct api_pub p;
     const char *err;
