@@ -7,6 +7,7 @@
     with RedisCluster(masters=3, replicas=1) as c:   # 3+3 cluster via redis-cli --cluster create
         c.seeds                              # "127.0.0.1:P1,127.0.0.1:P2,..."
         c.kill_master_of("key")              # SIGKILL the master owning key's slot
+        c.migrate_slot(slot, node)           # reshard one slot (keys and ownership) to node
         c.wait_ok()                          # until every live node says cluster_state:ok
 
 Every process gets its own temporary directory and is killed on exit (context
@@ -260,6 +261,45 @@ class RedisCluster:
 
     def master_of(self, key):
         return self.slot_owner(keyslot(key))
+
+    def master_nodes(self):
+        """The live nodes that own slots, in CLUSTER SLOTS order (no repeats)."""
+        out = []
+        for _, _, master, *_ in self.live_nodes()[0].cmd("CLUSTER", "SLOTS"):
+            node = next(n for n in self.nodes if n.port == master[1])
+            if node not in out:
+                out.append(node)
+        return out
+
+    def migrate_slot(self, slot, target, during=None, timeout=20.0):
+        """Moves slot, keys and ownership, to the master `target` as redis-cli --cluster
+        reshard does: IMPORTING/MIGRATING, MIGRATE of every key, then SETSLOT NODE on every
+        master (the target first). during(), if given, runs while the slot is half-moved
+        (every key on the target, ownership not yet changed: clients get ASK redirections)."""
+        source = self.slot_owner(slot)
+        if source is target:
+            return
+        sid, tid = source.cmd("CLUSTER", "MYID"), target.cmd("CLUSTER", "MYID")
+        target.cmd("CLUSTER", "SETSLOT", slot, "IMPORTING", sid)
+        source.cmd("CLUSTER", "SETSLOT", slot, "MIGRATING", tid)
+        while True:
+            keys = source.cmd("CLUSTER", "GETKEYSINSLOT", slot, 100)
+            if not keys:
+                break
+            source.cmd("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+        if during:
+            during()
+        for n in [target, source] + [m for m in self.master_nodes() if m not in (target, source)]:
+            n.cmd("CLUSTER", "SETSLOT", slot, "NODE", tid)
+        _wait(lambda: all(self._owner_seen_by(n, slot) == target.port for n in self.live_nodes()),
+              timeout, "every node to see slot %d on port %d" % (slot, target.port))
+
+    @staticmethod
+    def _owner_seen_by(node, slot):
+        for start, end, master, *_ in node.cmd("CLUSTER", "SLOTS"):
+            if start <= slot <= end:
+                return master[1]
+        return None
 
     def kill_master_of(self, key, wait_failover=True, timeout=20.0):
         """SIGKILLs the master owning key's slot; waits until a replica took over."""

@@ -237,27 +237,34 @@ class Follower(threading.Thread):
 
 
 class Publisher(threading.Thread):
-    """Publishes "n00000", "n00001", ... to one channel, each after the previous one got its
-    answer, round-robin over the nodes (skipping one that refuses connections). A body that
-    is not acknowledged (503, connection lost) is retried until it is: `acked` lists the
-    (id, body) of every 2xx, `uncertain` the bodies that also had an attempt without one."""
+    """Publishes "n00000", "n00001", ... (prefix "n") to one channel, each after the previous
+    one got its answer, round-robin over the nodes (skipping one that refuses connections).
+    A body that is not acknowledged (503, connection lost) is retried until it is: `acked`
+    lists the (id, body) of every 2xx, `uncertain` the bodies that also had an attempt
+    without one. Runs as a thread until stop(), or inline with run() up to `limit` messages
+    (`give_up` bounds run() in seconds)."""
 
-    def __init__(self, nodes, channel, interval=0.02, limit=None):
+    def __init__(self, nodes, channel, interval=0.02, limit=None, prefix="n", give_up=None):
         super().__init__(daemon=True)
         self.nodes, self.channel, self.interval, self.limit = list(nodes), channel, interval, limit
+        self.prefix, self.give_up = prefix, give_up
         self.acked, self.uncertain, self.refusals, self.errors = [], set(), [], []
         self.halt = threading.Event()
         self.error = None
 
     def run(self):
+        end = time.monotonic() + self.give_up if self.give_up else None
         try:
             i = turn = 0
             while not self.halt.is_set() and (self.limit is None or i < self.limit):
-                body = f"n{i:05d}"
+                if end and time.monotonic() > end:
+                    raise TimeoutError(f"{i} of {self.limit} publishes acknowledged in {self.give_up} s: "
+                                       f"{self.refusals[-3:]} {self.errors[-3:]}")
+                body = f"{self.prefix}{i:05d}"
                 node = self.nodes[turn % len(self.nodes)]
                 turn += 1
                 try:
-                    r = node.request("POST", "/pub/" + self.channel, body, {"Content-Type": "text/plain"}, timeout=5)
+                    r = node.request("POST", "/pub/" + self.channel, body, {"Content-Type": "text/plain"}, timeout=10)
                 except (OSError, http.client.HTTPException) as e:
                     self.errors.append((time.monotonic(), node.opts.get("node_name"), repr(e)))
                     self.uncertain.add(body)
