@@ -129,6 +129,15 @@ def poll_now(node, channels, since="0"):
     return r.status, r.json()
 
 
+def publish_retrying(node, channel, body, timeout=WAIT):
+    """Publishes body, retrying while the node answers 503 (Redis unreachable); the id."""
+    def attempt():
+        r = node.request("POST", "/pub/" + channel, body, {"Content-Type": "text/plain"})
+        assert r.status in (201, 503), (r.status, r.body)
+        return r.status == 201 and r.json()["id"]
+    return wait_until(attempt, timeout, what="a publish to be acknowledged", interval=0.05)
+
+
 def resume(kind, node, channels, cursor):
     """A subscriber resuming from cursor: SSE with the Last-Event-ID header, WS and the
     NDJSON stream with since, long-poll with since."""
@@ -825,6 +834,22 @@ def test_new_subscribers_during_a_redis_outage_are_refused_then_served(fresh_red
     wait_until(lambda: b.stats()["cluster"]["redis"] == "up", what="B to reconnect")
     wait_until(lambda: poll_now(b, chan)[0] == 200, what="B to serve the channel")
     assert ids_of(b.history(chan)) == ids
+
+
+@pytest.mark.server_bug("a Redis restarted without persistence has lost every Stream, and nothing tells "
+                        "the nodes: a node that loads the channel afterwards finds no 'evicted' mark and "
+                        "resumes an old cursor with no gap event, skipping the lost messages silently "
+                        "(DESIGN.md 2.2)")
+def test_redis_restart_without_persistence_gives_old_cursors_a_gap(redis_factory, herald, chan):
+    r = redis_factory()
+    a, b = (herald(redis=r.url, node_name=n) for n in ("A", "B"))
+    ids = a.publish_many(chan, numbered(5))
+    r.restart()  # SIGKILL; comes back empty
+    new = publish_retrying(a, chan, "after the restart")
+    status, body = poll_now(b, chan, since=ids[1])
+    assert status == 200, body
+    assert body["messages"][0]["event"] == "gap", body  # m2..m4 are gone
+    assert ids_of(messages_only(body["messages"])) == [new]
 
 
 @pytest.mark.timeout(60)
