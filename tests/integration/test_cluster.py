@@ -728,6 +728,16 @@ def test_no_auto_create_publish_to_an_unknown_channel_is_404_on_every_node(stric
     assert strict[0].publish(chan, "and here")["id"]
 
 
+def test_no_auto_create_multi_channel_publish_is_all_or_nothing(strict, chan):
+    one, two = strict
+    r = one.request("PUT", "/api/channels/" + chan, "", {})
+    assert r.status == 201, r.body
+    doc = {"channels": [chan, chan + "-missing"], "data": 1}
+    r = two.request("POST", "/api/publish", json.dumps(doc), JSON_TYPE)
+    assert (r.status, r.error()["error"]) == (404, "channel_not_found"), r.body
+    assert one.history(chan) == [] and two.history(chan) == []
+
+
 @pytest.mark.server_bug(NOTFOUND_BUG)
 @pytest.mark.parametrize("kind", ["sse", "ws", "poll"])
 def test_no_auto_create_subscribe_to_an_unknown_channel_is_404_on_every_node(strict, chan, kind):

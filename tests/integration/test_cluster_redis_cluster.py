@@ -238,6 +238,20 @@ def test_channel_metadata_is_shared_and_delete_closes_subscribers_on_both_nodes(
     assert [c["name"] for c in listed["channels"]] == [chans[1]]
 
 
+@pytest.mark.server_bug("Redis Cluster, --no-auto-create: a multi-channel publish runs one script per "
+                        "shard, so with one unknown channel it answers 404 channel_not_found but the "
+                        "message is stored and delivered on the channels of the other shards (a single "
+                        "node and one Redis publish all or nothing)")
+def test_no_auto_create_multi_channel_publish_across_shards_is_all_or_nothing(rcluster, herald, chan):
+    one, two = (herald(redis_cluster=rcluster.seeds, node_name=n, no_auto_create=True) for n in ("s1", "s2"))
+    known, missing = on_shards(rcluster, chan, 2)
+    r = one.request("PUT", "/api/channels/" + known, "", {})
+    assert r.status == 201, r.body
+    r = two.request("POST", "/api/publish", json.dumps({"channels": [known, missing], "data": 1}), JSON_TYPE)
+    assert (r.status, r.error()["error"]) == (404, "channel_not_found"), r.body
+    assert one.history(known) == [], "a message answered 404 was published"
+
+
 # ---- resharding -----------------------------------------------------------------------------
 
 
