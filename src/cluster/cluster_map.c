@@ -708,6 +708,7 @@ static void router_reap(struct loop *loop, struct timer *t)
     free((char *)r->opts.username);
     free((char *)r->opts.password);
     free((char *)r->opts.name);
+    resp_tls_opts_free((struct resp_tls_opts *)r->opts.tls);
     free(r);
 }
 
@@ -816,6 +817,7 @@ struct cluster_router *cluster_router_new(struct loop *loop, const char *seeds,
     r->opts.username = copy_opt(opts->username);
     r->opts.password = copy_opt(opts->password);
     r->opts.name = copy_opt(opts->name);
+    r->opts.tls = resp_tls_opts_dup(opts->tls);
     if (!r->opts.command_timeout_ms)
         r->opts.command_timeout_ms = 5000;
     if (!r->opts.refresh_interval_ms)

@@ -35,7 +35,8 @@ struct resp_conn_opts redis_bus__conn_opts(const struct redis_bus_opts *opts, co
                                    .password = opts->password,
                                    .db = opts->db,
                                    .connect_timeout_ms = opts->connect_timeout_ms,
-                                   .name = name_buf};
+                                   .name = name_buf,
+                                   .tls = opts->tls};
 }
 
 void redis_bus__free_map(struct map *m)

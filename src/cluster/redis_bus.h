@@ -58,6 +58,7 @@ struct redis_bus_opts {
     unsigned command_timeout_ms;     /* cluster: retry deadline per command; 0: 5000 */
     unsigned refresh_interval_ms;    /* cluster: periodic topology refresh; 0: 10000 */
     const char *name;                /* copied; CLIENT SETNAME prefix and logs */
+    const struct resp_tls_opts *tls; /* copied; TLS on every connection; NULL: plain TCP */
 };
 
 struct redis_bus_ops {

@@ -7,19 +7,34 @@
  * pub/sub pushes are recognised by shape while the server says we are
  * subscribed. Entry points from the loop bump `depth`, so a free requested by
  * a callback is deferred until the outermost entry point unwinds.
+ *
+ * TLS sits between the socket and those buffers (stream_read/stream_write).
+ * With an edge-triggered loop every SSL call that stops must stop on "would
+ * block", so that a later edge wakes us: SSL_read runs until it would block
+ * (which also drains records OpenSSL buffered), and a record layer that wants
+ * the other direction (WANT_WRITE while reading, WANT_READ while writing, as
+ * in a renegotiation) is resumed by the other direction's edge. An SSL_write
+ * that would block is repeated with the same length, as OpenSSL requires.
  */
 #include "cluster/resp_conn.h"
 
 #include <arpa/inet.h>
+#include <assert.h>
 #include <errno.h>
+#include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 #include "core/log.h"
 #include "core/loop.h"
@@ -55,11 +70,20 @@ struct resp_conn {
     unsigned connect_timeout_ms;
     size_t max_output;
     struct resp_conn_callbacks cbs;
+    struct resp_tls_opts *tls; /* owned; NULL: plain TCP */
 
     enum conn_state state;
-    bool tcp_up, writable;
+    bool connected;  /* TCP connect finished */
+    bool stream_up;  /* RESP bytes may flow: connected and, with TLS, handshake done */
+    bool writable;   /* a write may make progress (no "would block" since the last edge) */
+    SSL *ssl;        /* with TLS, from the connect attempt until the socket closes */
+    bool ssl_broken; /* a fatal TLS error: no close_notify */
+    bool read_wants_write, write_wants_read; /* TLS: resume on the other direction's edge */
+    size_t ssl_retry_len;                    /* an SSL_write to repeat with this length (0: none) */
     int deferred_err; /* connect failed synchronously; reported by connect_timer */
     int fail_err;     /* set inside dispatch (handshake refused), acted on after it */
+    int streak_err;   /* the last failure logged in this reconnect streak */
+    char detail[256]; /* OpenSSL's words about the last failure, or "" */
     unsigned attempt; /* consecutive failures, for the backoff */
     unsigned handshake_left;
     uint64_t rng;
@@ -89,6 +113,9 @@ const char *resp_strerror(int err)
     case RESP_EHANDSHAKE: return "redis AUTH/SELECT refused";
     case RESP_EREDIRECT: return "too many redis cluster redirections";
     case RESP_EDEADLINE: return "redis command deadline exceeded";
+    case RESP_ETLS: return "redis TLS error";
+    case RESP_ETLSVERIFY: return "redis TLS certificate verification failed";
+    case RESP_ETLSCONFIG: return "cannot set up TLS to redis";
     default: return err < 0 && err > -4096 ? strerror(-err) : "unknown redis error";
     }
 }
@@ -135,14 +162,27 @@ static void fail_pending(struct resp_conn *c, int status)
     }
 }
 
-static void close_socket(struct resp_conn *c)
+/* clean: the owner is closing a healthy connection: tell a TLS server with close_notify. */
+static void close_socket(struct resp_conn *c, bool clean)
 {
+    if (c->ssl) {
+        /* One non-blocking attempt: nobody waits for the server's close_notify. */
+        if (clean && c->stream_up && !c->ssl_broken) {
+            ERR_clear_error();
+            SSL_shutdown(c->ssl);
+        }
+        ERR_clear_error();
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+    }
     if (c->io.fd >= 0) {
         loop_del(c->loop, &c->io);
         close(c->io.fd);
         c->io.fd = -1;
     }
-    c->tcp_up = c->writable = false;
+    c->connected = c->stream_up = c->writable = false;
+    c->ssl_broken = c->read_wants_write = c->write_wants_read = false;
+    c->ssl_retry_len = 0;
     c->out.len = c->out_off = 0;
     c->nsub = c->nssub = 0;
     c->fail_err = 0;
@@ -176,15 +216,21 @@ static void conn_fail(struct resp_conn *c, int err)
     if (c->state == ST_BACKOFF)
         return;
     bool was_ready = c->state == ST_READY;
-    close_socket(c);
+    close_socket(c, false);
     c->state = ST_BACKOFF;
     unsigned delay = backoff_ms(c);
     timer_start(c->loop, &c->retry_timer, delay);
-    if (was_ready || c->attempt <= 1)
-        log_warn("redis %s (%s): %s; reconnecting in %u ms", c->addr, c->name ? c->name : "-",
-                 resp_strerror(err), delay);
+    const char *sep = c->detail[0] ? ": " : "";
+    /* Once per reconnect streak; a TLS failure also when it is new in the streak (refused
+     * while Redis restarts, then a certificate that no longer verifies). */
+    bool tls_news = err >= RESP_ETLS && err <= RESP_ETLSCONFIG && err != c->streak_err;
+    if (was_ready || c->attempt <= 1 || tls_news)
+        log_warn("redis %s (%s): %s%s%s; reconnecting in %u ms", c->addr, c->name ? c->name : "-",
+                 resp_strerror(err), sep, c->detail, delay);
     else
-        log_debug("redis %s: %s; retry in %u ms", c->addr, resp_strerror(err), delay);
+        log_debug("redis %s: %s%s%s; retry in %u ms", c->addr, resp_strerror(err), sep, c->detail,
+                  delay);
+    c->streak_err = err;
     fail_pending(c, RESP_ELOST);
     if (!c->free_requested && c->cbs.on_down)
         c->cbs.on_down(c, err, c->cbs.arg);
@@ -193,7 +239,7 @@ static void conn_fail(struct resp_conn *c, int err)
 static void reap(struct resp_conn *c)
 {
     c->depth++; /* callbacks below may call resp_conn_free again: ignored */
-    close_socket(c);
+    close_socket(c, true);
     timer_stop(c->loop, &c->retry_timer);
     fail_pending(c, RESP_ECANCELED);
     redisReaderFree(c->reader);
@@ -203,6 +249,7 @@ static void reap(struct resp_conn *c)
     free(c->username);
     free(c->password);
     free(c->name);
+    resp_tls_opts_free(c->tls);
     free(c);
 }
 
@@ -229,7 +276,7 @@ void resp_conn_free(struct resp_conn *c)
 
 static void schedule_flush(struct resp_conn *c)
 {
-    if (c->tcp_up && c->writable && !timer_armed(&c->flush_timer))
+    if (c->stream_up && c->writable && !timer_armed(&c->flush_timer))
         timer_start(c->loop, &c->flush_timer, 0);
 }
 
@@ -297,6 +344,7 @@ static void become_ready(struct resp_conn *c)
 {
     c->state = ST_READY;
     c->attempt = 0;
+    c->streak_err = 0;
     timer_stop(c->loop, &c->connect_timer);
     log_debug("redis %s: ready", c->addr);
     if (c->cbs.on_ready)
@@ -428,42 +476,283 @@ static int dispatch_replies(struct resp_conn *c)
     return c->fail_err;
 }
 
+/* ---- TLS ----------------------------------------------------------------------------- */
+
+static void detail_add(struct resp_conn *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Appends to c->detail, ": "-separated, truncating quietly. */
+static void detail_add(struct resp_conn *c, const char *fmt, ...)
+{
+    size_t len = strlen(c->detail);
+    if (len + 3 >= sizeof(c->detail))
+        return;
+    if (len) {
+        memcpy(c->detail + len, ": ", 3);
+        len += 2;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->detail + len, sizeof(c->detail) - len, fmt, ap);
+    va_end(ap);
+}
+
+/* Moves OpenSSL's error queue (this thread's) into c->detail, skipping repeats; a system
+ * error (a file that cannot be opened) says all there is to say. */
+static void detail_add_openssl(struct resp_conn *c)
+{
+    unsigned long e, prev = 0;
+    while ((e = ERR_get_error()) != 0) {
+        if (ERR_SYSTEM_ERROR(e)) {
+            detail_add(c, "%s", strerror(ERR_GET_REASON(e)));
+            ERR_clear_error();
+            return;
+        }
+        if (ERR_GET_REASON(e) == ERR_GET_REASON(prev) && ERR_GET_LIB(e) == ERR_GET_LIB(prev))
+            continue;
+        prev = e;
+        const char *reason = ERR_reason_error_string(e);
+        char code[128];
+        if (!reason) {
+            ERR_error_string_n(e, code, sizeof(code));
+            reason = code;
+        }
+        detail_add(c, "%s", reason);
+    }
+}
+
+static int no_passphrase(char *buf, int size, int rwflag, void *arg)
+{
+    return 0; /* an encrypted key fails to load rather than prompting on a terminal */
+}
+
+/* Loads the files for one connect attempt; NULL with c->detail saying why. */
+static SSL_CTX *tls_ctx_new(struct resp_conn *c)
+{
+    const struct resp_tls_opts *t = c->tls;
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (!ctx)
+        goto fail;
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    /* A server that dies without close_notify reads as a reset, as over plain TCP (RESP
+     * is self-delimiting, so a truncation cannot pass for a complete reply). */
+    SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    SSL_CTX_set_default_passwd_cb(ctx, no_passphrase);
+    SSL_CTX_set_verify(ctx, t->insecure ? SSL_VERIFY_NONE : SSL_VERIFY_PEER, NULL);
+    int trusted = t->insecure  ? 1
+                  : t->ca_file ? SSL_CTX_load_verify_locations(ctx, t->ca_file, NULL)
+                               : SSL_CTX_set_default_verify_paths(ctx);
+    if (!trusted) {
+        detail_add(c, "CA file %s", t->ca_file ? t->ca_file : "(the system store)");
+        goto fail;
+    }
+    if (t->cert_file && !SSL_CTX_use_certificate_chain_file(ctx, t->cert_file)) {
+        detail_add(c, "certificate file %s", t->cert_file);
+        goto fail;
+    }
+    const char *key = t->key_file ? t->key_file : t->cert_file;
+    if (key && (!SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) ||
+                !SSL_CTX_check_private_key(ctx))) {
+        detail_add(c, "key file %s", key);
+        goto fail;
+    }
+    return ctx;
+fail:
+    detail_add_openssl(c);
+    SSL_CTX_free(ctx);
+    return NULL;
+}
+
+static const char *tls_name(const struct resp_conn *c)
+{
+    return c->tls->server_name ? c->tls->server_name : c->host;
+}
+
+/* A TLS session for this connect attempt, its peer name set; 0 or RESP_ETLSCONFIG. */
+static int tls_session_new(struct resp_conn *c)
+{
+    ERR_clear_error();
+    SSL_CTX *ctx = tls_ctx_new(c);
+    if (!ctx)
+        return RESP_ETLSCONFIG;
+    c->ssl = SSL_new(ctx);
+    SSL_CTX_free(ctx); /* the session holds its own reference */
+    const char *name = tls_name(c);
+    unsigned char bin[16];
+    bool is_ip = inet_pton(AF_INET, name, bin) == 1 || inet_pton(AF_INET6, name, bin) == 1;
+    X509_VERIFY_PARAM *vp = c->ssl ? SSL_get0_param(c->ssl) : NULL;
+    if (vp)
+        X509_VERIFY_PARAM_set_hostflags(vp, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+    /* RFC 6066 section 3: SNI carries host names, never address literals. */
+    if (!c->ssl || (!is_ip && !SSL_set_tlsext_host_name(c->ssl, name)) ||
+        (!c->tls->insecure && !(is_ip ? X509_VERIFY_PARAM_set1_ip_asc(vp, name)
+                                      : X509_VERIFY_PARAM_set1_host(vp, name, 0)))) {
+        detail_add(c, "cannot verify against \"%s\"", name);
+        detail_add_openssl(c);
+        return RESP_ETLSCONFIG;
+    }
+    SSL_set_connect_state(c->ssl);
+    return 0;
+}
+
+/* An SSL call failed for good (ssl_err from SSL_get_error, sys_errno saved after the call):
+ * the error to fail the connection with, c->detail saying why. */
+static int tls_error(struct resp_conn *c, int ssl_err, int sys_errno)
+{
+    c->ssl_broken = true;
+    if (ssl_err == SSL_ERROR_SYSCALL && ERR_peek_error() == 0) {
+        /* The socket, not TLS: a server that drops us mid-handshake may dislike our cert. */
+        if (!c->stream_up)
+            detail_add(c, "the connection ended during the TLS handshake");
+        return sys_errno ? -sys_errno : -ECONNRESET;
+    }
+    long vr = SSL_get_verify_result(c->ssl);
+    if (!c->stream_up && !c->tls->insecure && vr != X509_V_OK) {
+        ERR_clear_error(); /* only says "certificate verify failed" */
+        detail_add(c, "%s", X509_verify_cert_error_string(vr));
+        if (vr == X509_V_ERR_HOSTNAME_MISMATCH || vr == X509_V_ERR_IP_ADDRESS_MISMATCH)
+            detail_add(c, "the certificate is not for \"%s\"", tls_name(c));
+        return RESP_ETLSVERIFY;
+    }
+    if (!c->stream_up)
+        detail_add(c, "handshake failed");
+    detail_add_openssl(c);
+    return RESP_ETLS;
+}
+
+/* ---- socket I/O ------------------------------------------------------------------------ */
+
+/* n > 0 bytes, 0 at the end of the stream, -EAGAIN when it would block, or an error. */
+static ssize_t stream_read(struct resp_conn *c, char *buf, size_t len)
+{
+    if (!c->ssl) {
+        for (;;) {
+            ssize_t n = read(c->io.fd, buf, len);
+            if (n >= 0)
+                return n;
+            if (errno != EINTR)
+                return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+        }
+    }
+    ERR_clear_error();
+    int n = SSL_read(c->ssl, buf, (int)MIN(len, (size_t)INT_MAX));
+    int sys_errno = errno;
+    if (n > 0)
+        return n;
+    int e = SSL_get_error(c->ssl, n);
+    switch (e) {
+    case SSL_ERROR_WANT_WRITE:
+        c->read_wants_write = true;
+        /* fall through */
+    case SSL_ERROR_WANT_READ: return -EAGAIN;
+    case SSL_ERROR_ZERO_RETURN: return 0;
+    default: return tls_error(c, e, sys_errno);
+    }
+}
+
+/* n > 0 bytes taken, -EAGAIN when it would block, or an error; never 0. */
+static ssize_t stream_write(struct resp_conn *c, const char *data, size_t len)
+{
+    if (!c->ssl) {
+        for (;;) {
+            ssize_t n = send(c->io.fd, data, len, MSG_NOSIGNAL);
+            if (n > 0)
+                return n;
+            if (n < 0 && errno != EINTR)
+                return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+        }
+    }
+    /* A write that would block must be repeated with the same length (the buffer may move:
+     * SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER; its bytes do not change, we only append). */
+    size_t want = c->ssl_retry_len ? c->ssl_retry_len : MIN(len, (size_t)1 << 20);
+    assert(want <= len);
+    ERR_clear_error();
+    int n = SSL_write(c->ssl, data, (int)want);
+    int sys_errno = errno;
+    if (n > 0) {
+        c->ssl_retry_len = 0;
+        return n;
+    }
+    int e = SSL_get_error(c->ssl, n);
+    switch (e) {
+    case SSL_ERROR_WANT_READ:
+        c->write_wants_read = true;
+        /* fall through */
+    case SSL_ERROR_WANT_WRITE: c->ssl_retry_len = want; return -EAGAIN;
+    case SSL_ERROR_ZERO_RETURN: return -ECONNRESET;
+    default: return tls_error(c, e, sys_errno);
+    }
+}
+
+/* Reads until it would block (edge-triggered), dispatching replies as they complete. */
 static int do_read(struct resp_conn *c)
 {
     char buf[16384];
     for (;;) {
-        ssize_t n = read(c->io.fd, buf, sizeof(buf));
-        if (n > 0) {
-            if (redisReaderFeed(c->reader, buf, (size_t)n) != REDIS_OK)
-                return RESP_EPROTO;
-            int rc = dispatch_replies(c);
-            if (rc || c->free_requested)
-                return rc;
-        } else if (n == 0) {
+        ssize_t n = stream_read(c, buf, sizeof(buf));
+        if (n == 0)
             return -ECONNRESET;
-        } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            return 0;
-        } else if (errno != EINTR) {
-            return -errno;
-        }
+        if (n < 0)
+            return n == -EAGAIN ? 0 : (int)n;
+        if (redisReaderFeed(c->reader, buf, (size_t)n) != REDIS_OK)
+            return RESP_EPROTO;
+        int rc = dispatch_replies(c);
+        if (rc || c->free_requested)
+            return rc;
     }
 }
 
+/* Writes the queued output until done or it would block. */
 static int do_write(struct resp_conn *c)
 {
     while (c->out_off < c->out.len) {
-        ssize_t n = send(c->io.fd, c->out.data + c->out_off, c->out.len - c->out_off, MSG_NOSIGNAL);
-        if (n > 0) {
-            c->out_off += (size_t)n;
-        } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        ssize_t n = stream_write(c, c->out.data + c->out_off, c->out.len - c->out_off);
+        if (n == -EAGAIN) {
             c->writable = false;
             return 0;
-        } else if (n < 0 && errno != EINTR) {
-            return -errno;
         }
+        if (n < 0)
+            return (int)n;
+        c->out_off += (size_t)n;
     }
     c->out.len = c->out_off = 0;
     return 0;
+}
+
+/* do_write, then reads what a TLS write left buffered inside OpenSSL (records that
+ * arrived during a renegotiation): no edge would ever announce those. */
+static int flush_output(struct resp_conn *c)
+{
+    int rc = c->writable ? do_write(c) : 0;
+    if (!rc && c->ssl && !c->free_requested && SSL_has_pending(c->ssl))
+        rc = do_read(c);
+    return rc;
+}
+
+/* The byte stream is up: queued commands (the handshake first) may go. */
+static void stream_ready(struct resp_conn *c)
+{
+    c->stream_up = c->writable = true;
+    if (c->handshake_left == 0)
+        become_ready(c);
+}
+
+static int tls_handshake(struct resp_conn *c)
+{
+    ERR_clear_error();
+    int n = SSL_connect(c->ssl);
+    int sys_errno = errno;
+    if (n == 1) {
+        log_debug("redis %s: %s, %s", c->addr, SSL_get_version(c->ssl),
+                  SSL_get_cipher_name(c->ssl));
+        stream_ready(c);
+        return 0;
+    }
+    int e = SSL_get_error(c->ssl, n);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+        return 0; /* it stopped on "would block": the next edge resumes it */
+    return tls_error(c, e, sys_errno);
 }
 
 static int on_connected(struct resp_conn *c)
@@ -474,9 +763,10 @@ static int on_connected(struct resp_conn *c)
         soerr = errno;
     if (soerr)
         return -soerr;
-    c->tcp_up = c->writable = true;
-    if (c->handshake_left == 0)
-        become_ready(c);
+    c->connected = true;
+    if (c->ssl)
+        return tls_handshake(c);
+    stream_ready(c);
     return 0;
 }
 
@@ -484,17 +774,29 @@ static void io_cb(struct loop *loop, struct io *io, uint32_t events)
 {
     struct resp_conn *c = container_of(io, struct resp_conn, io);
     int rc = 0;
+    bool in = events & (POLLER_IN | POLLER_ERR), was_up = c->stream_up;
     enter(c);
-    if (!c->tcp_up) {
+    if (!c->connected) {
         if (events & (POLLER_OUT | POLLER_ERR))
             rc = on_connected(c);
-    } else if (events & POLLER_OUT) {
-        c->writable = true;
+    } else if (!c->stream_up) {
+        rc = tls_handshake(c);
+    } else {
+        if (events & POLLER_OUT)
+            c->writable = true;
+        if (in && c->write_wants_read)
+            c->writable = true;
+        if ((events & POLLER_OUT) && c->read_wants_write)
+            in = true;
+        c->write_wants_read = c->read_wants_write = false;
     }
-    if (!rc && c->tcp_up && !c->free_requested && (events & (POLLER_IN | POLLER_ERR)))
+    /* A handshake may have left records in the socket whose edge has passed: drain. */
+    if (c->ssl && !was_up)
+        in = true;
+    if (!rc && c->stream_up && !c->free_requested && in)
         rc = do_read(c);
-    if (!rc && c->tcp_up && !c->free_requested && c->writable)
-        rc = do_write(c);
+    if (!rc && c->stream_up && !c->free_requested)
+        rc = flush_output(c);
     if (rc && !c->free_requested)
         conn_fail(c, rc);
     leave(c);
@@ -504,7 +806,7 @@ static void flush_cb(struct loop *loop, struct timer *t)
 {
     struct resp_conn *c = container_of(t, struct resp_conn, flush_timer);
     enter(c);
-    int rc = c->tcp_up && c->writable ? do_write(c) : 0;
+    int rc = c->stream_up ? flush_output(c) : 0;
     if (rc)
         conn_fail(c, rc);
     leave(c);
@@ -514,6 +816,8 @@ static void connect_timeout_cb(struct loop *loop, struct timer *t)
 {
     struct resp_conn *c = container_of(t, struct resp_conn, connect_timer);
     enter(c);
+    if (!c->deferred_err && c->ssl && c->connected && !c->stream_up)
+        detail_add(c, "no answer to the TLS handshake (is the port plain text?)");
     conn_fail(c, c->deferred_err ? c->deferred_err : RESP_ETIMEDOUT);
     leave(c);
 }
@@ -536,6 +840,11 @@ static int open_socket(struct resp_conn *c)
         close(fd);
         return err;
     }
+    if (c->ssl && !SSL_set_fd(c->ssl, fd)) {
+        close(fd);
+        detail_add_openssl(c);
+        return RESP_ETLS;
+    }
     c->io.fd = fd;
     int rc = loop_add(c->loop, &c->io);
     if (rc < 0) {
@@ -549,8 +858,11 @@ static void start_connect(struct resp_conn *c)
 {
     c->state = ST_CONNECTING;
     c->deferred_err = 0;
+    c->detail[0] = '\0';
     queue_handshake(c);
-    int rc = open_socket(c);
+    int rc = c->tls ? tls_session_new(c) : 0;
+    if (!rc)
+        rc = open_socket(c);
     /* Failures surface through the timer, so callers always see an asynchronous on_down. */
     c->deferred_err = rc;
     timer_start(c->loop, &c->connect_timer, rc ? 0 : c->connect_timeout_ms);
@@ -597,6 +909,30 @@ static char *dup_or_null(const char *s)
     return s ? xstrndup(s, strlen(s)) : NULL;
 }
 
+struct resp_tls_opts *resp_tls_opts_dup(const struct resp_tls_opts *t)
+{
+    if (!t)
+        return NULL;
+    struct resp_tls_opts *d = xmalloc(sizeof(*d));
+    *d = (struct resp_tls_opts){.ca_file = dup_or_null(t->ca_file),
+                                .cert_file = dup_or_null(t->cert_file),
+                                .key_file = dup_or_null(t->key_file),
+                                .server_name = dup_or_null(t->server_name),
+                                .insecure = t->insecure};
+    return d;
+}
+
+void resp_tls_opts_free(struct resp_tls_opts *t)
+{
+    if (!t)
+        return;
+    free((char *)t->ca_file);
+    free((char *)t->cert_file);
+    free((char *)t->key_file);
+    free((char *)t->server_name);
+    free(t);
+}
+
 struct resp_conn *resp_conn_new(struct loop *loop, const char *host, int port,
                                 const struct resp_conn_opts *opts,
                                 const struct resp_conn_callbacks *cbs)
@@ -627,6 +963,7 @@ struct resp_conn *resp_conn_new(struct loop *loop, const char *host, int port,
     c->connect_timeout_ms = opts->connect_timeout_ms ? opts->connect_timeout_ms : 2000;
     c->max_output = opts->max_output ? opts->max_output : (size_t)64 << 20;
     c->cbs = cbs ? *cbs : no_cbs;
+    c->tls = resp_tls_opts_dup(opts->tls);
     c->rng = (now_ms() << 20) ^ (uint64_t)(uintptr_t)c ^ 0x9e3779b97f4a7c15ull;
     c->reader = redisReaderCreate();
     list_init(&c->pending);
@@ -657,4 +994,9 @@ const char *resp_conn_host(const struct resp_conn *c)
 int resp_conn_port(const struct resp_conn *c)
 {
     return c->port;
+}
+
+const char *resp_conn_error_detail(const struct resp_conn *c)
+{
+    return c->detail;
 }

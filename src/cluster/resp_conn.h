@@ -2,10 +2,12 @@
  * resp_conn: one non-blocking connection to one Redis node, driven by our
  * edge-triggered loop. hiredis is used only to format commands and parse RESP
  * (Debian's 0.14 async API asserts on sharded pub/sub pushes and has no TLS);
- * the socket I/O, pipelining, reply dispatch and reconnects are ours.
+ * the socket I/O, TLS (OpenSSL), pipelining, reply dispatch and reconnects
+ * are ours.
  *
- * Life of a connection: CONNECTING (TCP connect, then AUTH / SELECT /
- * CLIENT SETNAME pipelined ahead of anything the owner queued) -> READY
+ * Life of a connection: CONNECTING (TCP connect, with TLS the handshake and
+ * certificate check, then AUTH / SELECT / CLIENT SETNAME pipelined ahead of
+ * anything the owner queued) -> READY
  * (on_ready) -> on any failure: every pending command's callback gets a
  * synthetic error, on_down runs, and a reconnect is tried after an
  * exponential backoff (100 ms doubling to 5 s, with jitter) -> CONNECTING ...
@@ -37,6 +39,9 @@ enum resp_error {
     RESP_EHANDSHAKE,       /* AUTH or SELECT was refused */
     RESP_EREDIRECT,        /* (router) too many MOVED/ASK redirections */
     RESP_EDEADLINE,        /* (router) gave up retrying at the command's deadline */
+    RESP_ETLS,             /* TLS handshake or record error (see resp_conn_error_detail) */
+    RESP_ETLSVERIFY,       /* the server's certificate or name did not verify */
+    RESP_ETLSCONFIG,       /* cannot load the CA, certificate or key file */
 };
 const char *resp_strerror(int err);
 
@@ -52,13 +57,32 @@ const char *resp_strerror(int err);
  */
 typedef void resp_reply_fn(const redisReply *reply, int status, void *arg);
 
+/*
+ * TLS to the server. The files are read again at every (re)connect, so a
+ * replaced certificate is picked up by the next reconnect, and a bad file is
+ * a connection failure (RESP_ETLSCONFIG) retried with backoff like any other.
+ * TLS writes go through write(2): the process must ignore SIGPIPE.
+ */
+struct resp_tls_opts {
+    const char *ca_file;     /* PEM CA bundle to verify against; NULL: the system store */
+    const char *cert_file;   /* PEM client certificate chain (mutual TLS); NULL: none */
+    const char *key_file;    /* PEM key of cert_file; NULL: in cert_file itself */
+    const char *server_name; /* name (or IP) to verify and send as SNI; NULL: the host */
+    bool insecure;           /* skip certificate and name verification */
+};
+
+/* A deep copy (every string copied), NULL for NULL; free with resp_tls_opts_free. */
+struct resp_tls_opts *resp_tls_opts_dup(const struct resp_tls_opts *tls);
+void resp_tls_opts_free(struct resp_tls_opts *tls);
+
 struct resp_conn_opts {
-    const char *username;        /* copied; NULL: AUTH with the password only */
-    const char *password;        /* copied; NULL: no AUTH */
-    int db;                      /* SELECT when > 0 */
-    unsigned connect_timeout_ms; /* connect + handshake; 0: 2000 */
-    const char *name;            /* copied; log prefix and CLIENT SETNAME (if no spaces) */
-    size_t max_output;           /* queued-but-unsent bytes; 0: 64 MiB */
+    const char *username;            /* copied; NULL: AUTH with the password only */
+    const char *password;            /* copied; NULL: no AUTH */
+    int db;                          /* SELECT when > 0 */
+    unsigned connect_timeout_ms;     /* connect + handshake; 0: 2000 */
+    const char *name;                /* copied; log prefix and CLIENT SETNAME (if no spaces) */
+    size_t max_output;               /* queued-but-unsent bytes; 0: 64 MiB */
+    const struct resp_tls_opts *tls; /* copied; NULL: plain TCP */
 };
 
 struct resp_conn_callbacks {
@@ -112,6 +136,9 @@ size_t resp_conn_pending(const struct resp_conn *conn);
 const char *resp_conn_addr(const struct resp_conn *conn);
 const char *resp_conn_host(const struct resp_conn *conn);
 int resp_conn_port(const struct resp_conn *conn);
+/* What went wrong in the last failure in OpenSSL's words (TLS errors), else ""
+ * (borrowed, valid until the next connect attempt). */
+const char *resp_conn_error_detail(const struct resp_conn *conn);
 
 /* Reply helpers (NULL-safe). */
 bool resp_reply_is_error(const redisReply *r);

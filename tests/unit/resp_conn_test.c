@@ -3,14 +3,26 @@
  * commands and error replies, 10k pipelined commands in order, pub/sub push
  * delivery, AUTH/SELECT, the output bound, free inside a callback, and a
  * server killed and restarted (pending callbacks fail, the connection comes
- * back, the owner resubscribes from on_ready).
+ * back, the owner resubscribes from on_ready). Then the same over TLS, against
+ * TLS-only redis-servers with a throwaway CA made with the openssl command
+ * line: commands, large pipelines, pub/sub, a restart under the bus, every
+ * verification failure (untrusted CA, wrong name or IP, unreadable CA file,
+ * a plain-text server), insecure mode, and mutual TLS.
  */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -359,17 +371,23 @@ static void bus_publish(struct redis_bus *bus, const char *ch, const char *data,
     assert_int_equal(res.integer, want);
 }
 
+/* A single-server bus on 127.0.0.1:port reporting to `in`. */
+static struct redis_bus *bus_new(int port, const struct redis_bus_opts *opts, struct bus_inbox *in)
+{
+    struct redis_bus_callbacks cbs = {.on_message = bus_message,
+                                      .on_subscribed = bus_subscribed,
+                                      .on_status = bus_status,
+                                      .arg = in};
+    struct redis_bus *bus = redis_bus_single_new(&loop, "127.0.0.1", port, opts, &cbs);
+    assert_non_null(bus);
+    return bus;
+}
+
 /* The single-server redis_bus: subscriptions survive a server restart. */
 static void test_single_bus(void **state)
 {
     struct bus_inbox in = {0};
-    struct redis_bus_callbacks cbs = {.on_message = bus_message,
-                                      .on_subscribed = bus_subscribed,
-                                      .on_status = bus_status,
-                                      .arg = &in};
-    struct redis_bus *bus = redis_bus_single_new(&loop, "127.0.0.1", server.port,
-                                                 &(struct redis_bus_opts){.name = "bus"}, &cbs);
-    assert_non_null(bus);
+    struct redis_bus *bus = bus_new(server.port, &(struct redis_bus_opts){.name = "bus"}, &in);
     assert_int_equal(redis_bus_subscribe(bus, "alpha", 5), 0);
     assert_int_equal(redis_bus_subscribe(bus, "beta", 4), 0);
     assert_int_equal(redis_bus_subscribe(bus, "beta", 4), 0);
@@ -402,19 +420,332 @@ static void test_single_bus(void **state)
     loop_run_once(&loop, 0);
 }
 
+/* ---- TLS: a throwaway CA, certificates from the openssl command line, redis-server
+ * listening with --port 0 --tls-port P ---------------------------------------------------- */
+
+struct tls_server {
+    pid_t pid;
+    int port;
+    const char *auth_clients; /* --tls-auth-clients */
+};
+
+static char tls_dir[64];
+static struct tls_server tls_open = {.auth_clients = "no"}, tls_mutual = {.auth_clients = "yes"};
+
+static const char *tls_path(const char *file)
+{
+    static char paths[8][128];
+    static unsigned next;
+    char *p = paths[next++ % ARRAY_LEN(paths)];
+    snprintf(p, sizeof(paths[0]), "%s/%s", tls_dir, file);
+    return p;
+}
+
+/* CA, a second CA nobody signed with, a server certificate for redis.test and 127.0.0.1,
+ * and a client certificate. EC keys: fast to generate. */
+static int tls_make_certs(void)
+{
+    strcpy(tls_dir, "/tmp/herald-tls-XXXXXX");
+    if (!mkdtemp(tls_dir))
+        return -1;
+    char cmd[2048];
+    snprintf(cmd, sizeof(cmd),
+             "(cd '%s' && K='-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes' && "
+             "openssl req -x509 $K -keyout ca.key -out ca.crt -days 2 -subj /CN=test-ca && "
+             "openssl req -x509 $K -keyout other-ca.key -out other-ca.crt -days 2 "
+             "-subj /CN=other-ca && "
+             "openssl req $K -keyout server.key -out server.csr -subj /CN=redis.test && "
+             "echo 'subjectAltName=DNS:redis.test,IP:127.0.0.1' > server.ext && "
+             "openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial "
+             "-days 2 -extfile server.ext -out server.crt && "
+             "openssl req $K -keyout client.key -out client.csr -subj /CN=herald-client && "
+             "echo 'extendedKeyUsage=clientAuth' > client.ext && "
+             "openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial "
+             "-days 2 -extfile client.ext -out client.crt && "
+             "cat client.crt client.key > client.pem) >/dev/null 2>&1",
+             tls_dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static bool port_open(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bool ok = fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+    if (fd >= 0)
+        close(fd);
+    return ok;
+}
+
+/* Starts (or restarts, on the same port) a TLS-only redis-server; 0 or -1. */
+static int tls_server_start(struct tls_server *s)
+{
+    if (!s->port)
+        s->port = redis_spawn_free_port();
+    char port[16];
+    snprintf(port, sizeof(port), "%d", s->port);
+    char *argv[] = {"redis-server",
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    port,
+                    "--bind",
+                    "127.0.0.1",
+                    "--tls-cert-file",
+                    (char *)tls_path("server.crt"),
+                    "--tls-key-file",
+                    (char *)tls_path("server.key"),
+                    "--tls-ca-cert-file",
+                    (char *)tls_path("ca.crt"),
+                    "--tls-auth-clients",
+                    (char *)s->auth_clients,
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    tls_dir,
+                    NULL};
+    s->pid = fork();
+    if (s->pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        int fd = open("/dev/null", O_WRONLY);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        execvp(argv[0], argv);
+        _exit(127);
+    }
+    for (int i = 0; s->pid > 0 && i < 200; i++) {
+        if (port_open(s->port))
+            return 0;
+        if (waitpid(s->pid, NULL, WNOHANG) == s->pid)
+            break;
+        usleep(50000);
+    }
+    return -1;
+}
+
+static void tls_server_stop(struct tls_server *s, int sig)
+{
+    if (s->pid > 0) {
+        kill(s->pid, sig);
+        waitpid(s->pid, NULL, 0);
+    }
+    s->pid = 0;
+}
+
+static struct resp_conn *tls_conn(struct watch *w, const struct tls_server *s,
+                                  const struct resp_tls_opts *tls)
+{
+    struct resp_conn_callbacks cbs = watch_cbs(w);
+    struct resp_conn_opts opts = {.name = "tls-test", .tls = tls};
+    struct resp_conn *c = resp_conn_new(&loop, "127.0.0.1", s->port, &opts, &cbs);
+    assert_non_null(c);
+    return c;
+}
+
+static void test_tls_commands(void **state)
+{
+    struct watch w = {0};
+    struct resp_conn *c =
+        tls_conn(&w, &tls_open, &(struct resp_tls_opts){.ca_file = tls_path("ca.crt")});
+    assert_true(run_until(&w.ready, 1, 5000));
+    struct result set = {0}, get = {0};
+    cmd(c, &set, 3, (const char *[]){"SET", "tls-k", "over tls"});
+    cmd(c, &get, 2, (const char *[]){"GET", "tls-k"});
+    assert_true(run_until(&get.done, 1, 2000));
+    assert_string_equal(set.str, "OK");
+    assert_string_equal(get.str, "over tls");
+    /* Large and many: partial SSL_writes, writes that would block, many records per read. */
+    static char big[3 << 20];
+    memset(big, 'b', sizeof(big));
+    struct result echo = {0};
+    size_t lens[] = {4, sizeof(big)};
+    assert_int_equal(
+        resp_command_argv(c, store_result, &echo, 2, (const char *[]){"ECHO", big}, lens), 0);
+    struct pipeline p = {0};
+    struct result del = {0};
+    cmd(c, &del, 2, (const char *[]){"DEL", "tls-counter"});
+    for (int i = 0; i < 10000; i++)
+        assert_int_equal(resp_command_argv(c, count_in_order, &p, 2,
+                                           (const char *[]){"INCR", "tls-counter"}, NULL),
+                         0);
+    assert_true(run_until(&p.done, 10000, 20000));
+    assert_int_equal(p.in_order, 10000);
+    assert_int_equal(echo.status, 0);
+    assert_int_equal(echo.type, REDIS_REPLY_STRING);
+    assert_int_equal(w.down, 0);
+    resp_conn_free(c);
+}
+
+static void test_tls_pubsub(void **state)
+{
+    const struct resp_tls_opts tls = {.ca_file = tls_path("ca.crt")};
+    struct watch sub = {0}, pub = {0};
+    struct resp_conn *s = tls_conn(&sub, &tls_open, &tls);
+    struct resp_conn *p = tls_conn(&pub, &tls_open, &tls);
+    assert_true(run_until(&sub.ready, 1, 5000));
+    assert_true(run_until(&pub.ready, 1, 5000));
+    struct result confirm = {0}, r1 = {0};
+    cmd(s, &confirm, 2, (const char *[]){"SUBSCRIBE", "tls-ch"});
+    assert_true(run_until(&confirm.done, 1, 2000));
+    cmd(p, &r1, 3, (const char *[]){"PUBLISH", "tls-ch", "sealed"});
+    assert_true(run_until(&sub.pushes, 1, 2000));
+    assert_int_equal(r1.integer, 1);
+    assert_string_equal(sub.last_data, "sealed");
+    resp_conn_free(s);
+    resp_conn_free(p);
+}
+
+/* The single-server bus passes TLS to both of its connections; a restarted server is
+ * reconnected to and the channels subscribed again. */
+static void test_tls_bus_restart(void **state)
+{
+    struct bus_inbox in = {0};
+    const struct resp_tls_opts tls = {.ca_file = tls_path("ca.crt"), .server_name = "redis.test"};
+    struct redis_bus *bus =
+        bus_new(tls_open.port, &(struct redis_bus_opts){.name = "tls", .tls = &tls}, &in);
+    assert_int_equal(redis_bus_subscribe(bus, "gamma", 5), 0);
+    assert_true(run_until(&in.subscribed, 1, 5000));
+    assert_true(run_until(&in.ups, 1, 3000));
+    bus_publish(bus, "gamma", "one", 1);
+    assert_true(run_until(&in.messages, 1, 2000));
+    tls_server_stop(&tls_open, SIGKILL);
+    assert_true(run_until(&in.downs, 1, 3000));
+    assert_int_equal(tls_server_start(&tls_open), 0);
+    assert_true(run_until(&in.ups, 2, 8000));
+    assert_true(run_until(&in.subscribed, 2, 3000));
+    bus_publish(bus, "gamma", "two", 1);
+    assert_true(run_until(&in.messages, 2, 2000));
+    assert_string_equal(in.last, "gamma=two");
+    redis_bus_free(bus);
+    loop_run_once(&loop, 0);
+}
+
+/* A connection that must fail: not ready, on_down(want) at least twice (it keeps retrying),
+ * and the detail names the cause. */
+static void expect_failure(const struct tls_server *s, int port, const struct resp_tls_opts *tls,
+                           int want, const char *detail)
+{
+    struct watch w = {0};
+    struct resp_conn_callbacks cbs = watch_cbs(&w);
+    struct resp_conn_opts opts = {.name = "tls-fail", .tls = tls, .connect_timeout_ms = 500};
+    struct resp_conn *c = resp_conn_new(&loop, "127.0.0.1", s ? s->port : port, &opts, &cbs);
+    assert_non_null(c);
+    assert_true(run_until(&w.down, 2, 5000));
+    assert_int_equal(w.ready, 0);
+    if (w.last_down_err != want)
+        fail_msg("want %s, got %s (%s)", resp_strerror(want), resp_strerror(w.last_down_err),
+                 resp_conn_error_detail(c));
+    if (!strstr(resp_conn_error_detail(c), detail))
+        fail_msg("detail \"%s\" lacks \"%s\"", resp_conn_error_detail(c), detail);
+    resp_conn_free(c);
+}
+
+static void test_tls_verification_failures(void **state)
+{
+    /* Signed by a CA we do not trust. */
+    expect_failure(&tls_open, 0, &(struct resp_tls_opts){.ca_file = tls_path("other-ca.crt")},
+                   RESP_ETLSVERIFY, "self-signed certificate in certificate chain");
+    /* The system store does not know our throwaway CA either. */
+    expect_failure(&tls_open, 0, &(struct resp_tls_opts){0}, RESP_ETLSVERIFY,
+                   "self-signed certificate in certificate chain");
+    /* Trusted CA, wrong name. */
+    expect_failure(
+        &tls_open, 0,
+        &(struct resp_tls_opts){.ca_file = tls_path("ca.crt"), .server_name = "other.test"},
+        RESP_ETLSVERIFY, "hostname mismatch");
+    expect_failure(
+        &tls_open, 0,
+        &(struct resp_tls_opts){.ca_file = tls_path("ca.crt"), .server_name = "127.0.0.2"},
+        RESP_ETLSVERIFY, "IP address mismatch");
+    /* Unreadable CA file: a setup failure, retried like any other. */
+    expect_failure(&tls_open, 0, &(struct resp_tls_opts){.ca_file = tls_path("missing.crt")},
+                   RESP_ETLSCONFIG, "missing.crt: No such file or directory");
+    expect_failure(&tls_open, 0, &(struct resp_tls_opts){.ca_file = tls_path("server.ext")},
+                   RESP_ETLSCONFIG, "server.ext");
+    /* TLS to a plain-text server. */
+    expect_failure(NULL, server.port, &(struct resp_tls_opts){.ca_file = tls_path("ca.crt")},
+                   RESP_ETIMEDOUT, "TLS handshake");
+    /* insecure: the untrusted certificate and the wrong name are accepted. */
+    struct watch w = {0};
+    struct resp_conn *c = tls_conn(&w, &tls_open,
+                                   &(struct resp_tls_opts){.ca_file = tls_path("other-ca.crt"),
+                                                           .server_name = "other.test",
+                                                           .insecure = true});
+    assert_true(run_until(&w.ready, 1, 5000));
+    resp_conn_free(c);
+}
+
+static void test_tls_mutual(void **state)
+{
+    /* No client certificate: TLS 1.3 reports the server's refusal after the handshake. */
+    struct watch w = {0};
+    struct resp_conn *c =
+        tls_conn(&w, &tls_mutual, &(struct resp_tls_opts){.ca_file = tls_path("ca.crt")});
+    assert_true(run_until(&w.down, 1, 5000));
+    assert_int_equal(w.ready, 0);
+    assert_true(w.last_down_err == RESP_ETLS || w.last_down_err == -ECONNRESET);
+    resp_conn_free(c);
+    /* A key that does not match the certificate. */
+    expect_failure(&tls_mutual, 0,
+                   &(struct resp_tls_opts){.ca_file = tls_path("ca.crt"),
+                                           .cert_file = tls_path("client.crt"),
+                                           .key_file = tls_path("server.key")},
+                   RESP_ETLSCONFIG, "key file");
+    /* Certificate and key in separate files, and both in one. */
+    const struct resp_tls_opts both[] = {
+        {.ca_file = tls_path("ca.crt"),
+         .cert_file = tls_path("client.crt"),
+         .key_file = tls_path("client.key")},
+        {.ca_file = tls_path("ca.crt"), .cert_file = tls_path("client.pem")},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(both); i++) {
+        struct watch ok = {0};
+        c = tls_conn(&ok, &tls_mutual, &both[i]);
+        assert_true(run_until(&ok.ready, 1, 5000));
+        struct result pong = {0};
+        cmd(c, &pong, 1, (const char *[]){"PING"});
+        assert_true(run_until(&pong.done, 1, 2000));
+        assert_string_equal(pong.str, "PONG");
+        resp_conn_free(c);
+    }
+}
+
+static int tls_setup(void **state)
+{
+    if (tls_make_certs() < 0 || tls_server_start(&tls_open) < 0 ||
+        tls_server_start(&tls_mutual) < 0) {
+        fprintf(stderr, "cannot start the TLS redis-servers (in %s)\n", tls_dir);
+        return -1;
+    }
+    return 0;
+}
+
+static int tls_teardown(void **state)
+{
+    tls_server_stop(&tls_open, SIGKILL);
+    tls_server_stop(&tls_mutual, SIGKILL);
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tls_dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
 static int setup(void **state)
 {
     signal(SIGPIPE, SIG_IGN);
     if (loop_init(&loop) < 0 || redis_spawn_start(&server, 0, false) < 0)
         return -1;
-    return 0;
+    return tls_setup(state);
 }
 
 static int teardown(void **state)
 {
+    int rc = tls_teardown(state);
     redis_spawn_cleanup();
     loop_free(&loop);
-    return 0;
+    return rc;
 }
 
 int main(void)
@@ -428,6 +759,11 @@ int main(void)
         cmocka_unit_test(test_nothing_listening),
         cmocka_unit_test(test_server_restart),
         cmocka_unit_test(test_single_bus),
+        cmocka_unit_test(test_tls_commands),
+        cmocka_unit_test(test_tls_pubsub),
+        cmocka_unit_test(test_tls_bus_restart),
+        cmocka_unit_test(test_tls_verification_failures),
+        cmocka_unit_test(test_tls_mutual),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
