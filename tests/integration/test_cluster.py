@@ -17,6 +17,7 @@ import http.client
 import json
 import select
 import signal
+import subprocess
 import threading
 import time
 
@@ -35,6 +36,7 @@ from helpers import (
     raw_request,
     ws_handshake,
     data_of,
+    free_port,
     ids_of,
     numbered,
     poll,
@@ -775,6 +777,49 @@ def stop_all(threads):
             errors.append(e)
     if errors:
         raise errors[0]
+
+
+@pytest.mark.parametrize("kind", [
+    "sse", "poll", "stream",
+    pytest.param("ws", marks=pytest.mark.server_bug(
+        "ws.c handshake maps hub errors itself (404, 503 for too_many_channels, else 400): "
+        "backend_unavailable gets 400 instead of 503 (transport_error_status has it right)")),
+])
+def test_new_subscription_while_redis_is_down_is_503_on_every_transport(redis_factory, herald, chan, kind):
+    r = redis_factory()
+    node = herald(redis=r.url, node_name="A")
+    r.stop(signal.SIGTERM)
+    wait_until(lambda: node.stats()["cluster"]["redis"] == "down", what="the node to see Redis down")
+    path = {"sse": "/sse", "poll": "/poll", "stream": "/stream", "ws": "/ws"}[kind] + "?channels=" + chan
+    if kind == "ws":
+        resp = raw_request(node.port, ws_handshake(path), timeout=5)
+    else:
+        resp = node.request("GET", path, timeout=5)
+    assert (resp.status, resp.error()["error"]) == (503, "backend_unavailable"), (resp.status, resp.body)
+
+
+TLS_BUG = pytest.mark.server_bug("--redis-tls is parsed (config.c) but never used: the node starts and "
+                                 "talks to Redis in clear text, where rediss:// is refused at start-up")
+
+
+@pytest.mark.parametrize("how", ["rediss-url", pytest.param("redis-tls-flag", marks=TLS_BUG),
+                                 pytest.param("redis-tls-cluster", marks=TLS_BUG)])
+def test_tls_to_redis_is_refused_at_start_up(herald_bin, redis, how):
+    """Debian's hiredis 0.14 has no TLS: asking for it must fail loudly, not fall back to clear text."""
+    args = {
+        "rediss-url": ["--redis", "rediss://" + redis.addr],
+        "redis-tls-flag": ["--redis", redis.url, "--redis-tls"],
+        "redis-tls-cluster": ["--redis-cluster", redis.addr, "--redis-tls"],
+    }[how]
+    proc = subprocess.Popen([herald_bin, "--listen", f"127.0.0.1:{free_port()}"] + args,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        out, _ = proc.communicate(timeout=3)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        raise AssertionError(f"herald {' '.join(args)} started:\n{out.decode(errors='replace')}")
+    assert proc.returncode != 0 and b"TLS" in out, (proc.returncode, out)
 
 
 RELOAD_BUG = ("redis_backend.c: when the subscriber connection is back before the command connection, "
