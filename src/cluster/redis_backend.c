@@ -1094,7 +1094,8 @@ static void *rb_main(void *arg)
     return NULL;
 }
 
-/* Parses redis://[[user]:password@]host[:port][/db]. Returns 0 or -1. */
+/* Parses redis[s]://[[user]:password@]host[:port][/db] (TLS is the caller's business).
+ * Returns 0 or -1. */
 static int parse_url(const char *url, char *host, size_t host_size, int *port, int *db, char *user,
                      char *password, size_t pw_size)
 {
@@ -1102,7 +1103,7 @@ static int parse_url(const char *url, char *host, size_t host_size, int *port, i
     if (strncmp(p, "redis://", 8) == 0)
         p += 8;
     else if (strncmp(p, "rediss://", 9) == 0)
-        return -2;
+        p += 9;
     const char *at = strrchr(p, '@');
     if (at) {
         const char *colon = memchr(p, ':', (size_t)(at - p));
@@ -1147,6 +1148,20 @@ int redis_backend_start(struct hub *hub, const struct herald_config *cfg)
     char user[128] = "", password[256] = "";
     snprintf(password, sizeof(password), "%s", cfg->redis_password);
     struct redis_bus_opts opts = {.name = rb->node};
+    struct resp_tls_opts tls = {
+        .ca_file = cfg->redis_tls_ca[0] ? cfg->redis_tls_ca : NULL,
+        .cert_file = cfg->redis_tls_cert[0] ? cfg->redis_tls_cert : NULL,
+        .key_file = cfg->redis_tls_key[0] ? cfg->redis_tls_key : NULL,
+        .server_name = cfg->redis_tls_server_name[0] ? cfg->redis_tls_server_name : NULL,
+        .insecure = cfg->redis_tls_insecure};
+    if (cfg->redis_tls || strncmp(cfg->redis_url, "rediss://", 9) == 0)
+        opts.tls = &tls;
+    if (opts.tls && tls.insecure)
+        log_warn("--redis-tls-insecure: the Redis certificate and name are NOT verified: anyone "
+                 "on the network path can pose as Redis and read or change every message");
+    else if (!opts.tls && (tls.ca_file || tls.cert_file || tls.server_name || tls.insecure))
+        log_warn("--redis-tls-* options are ignored: TLS to Redis is off (use rediss:// or "
+                 "--redis-tls)");
     struct redis_bus_callbacks cbs = {.on_message = on_message,
                                       .on_subscribed = on_subscribed,
                                       .on_status = on_status,
@@ -1159,11 +1174,7 @@ int redis_backend_start(struct hub *hub, const struct herald_config *cfg)
         int port, db;
         int rc = parse_url(cfg->redis_url, host, sizeof(host), &port, &db, user, password,
                            sizeof(password));
-        if (rc == -2) {
-            log_error("--redis %s: TLS to Redis (rediss://) needs hiredis with TLS, which "
-                      "Debian 12's libhiredis 0.14 lacks; use redis:// on a trusted network",
-                      cfg->redis_url);
-        } else if (rc < 0) {
+        if (rc < 0) {
             log_error("--redis %s: expected redis://[:password@]host[:port][/db]", cfg->redis_url);
         } else {
             opts.username = user[0] ? user : NULL;

@@ -70,7 +70,8 @@ struct config_option {
     .offset = offsetof(struct herald_config, f), .size = sizeof(((struct herald_config *)0)->f)
 #define AUX(f) .aux = offsetof(struct herald_config, f)
 
-static string_check_fn check_origins, check_redis_url, check_host_port_list, check_node_name;
+static string_check_fn check_origins, check_redis_url, check_host_port_list, check_node_name,
+    check_server_name;
 
 static const struct config_option options[] = {
     {.section = "Network",
@@ -293,7 +294,37 @@ static const struct config_option options[] = {
      .type = OPT_BOOL,
      FIELD(redis_tls),
      .def = "false",
-     .help = "connect to Redis over TLS"},
+     .help = "connect to Redis over TLS (every node of a --redis-cluster)"},
+    {.name = "redis-tls-ca",
+     .type = OPT_STRING,
+     FIELD(redis_tls_ca),
+     .def = "",
+     .metavar = "FILE",
+     .help = "PEM CA certificates that sign the Redis certificate; empty: the system store"},
+    {.name = "redis-tls-cert",
+     .type = OPT_STRING,
+     FIELD(redis_tls_cert),
+     .def = "",
+     .metavar = "FILE",
+     .help = "PEM client certificate for Redis servers that check clients (mutual TLS)"},
+    {.name = "redis-tls-key",
+     .type = OPT_STRING,
+     FIELD(redis_tls_key),
+     .def = "",
+     .metavar = "FILE",
+     .help = "PEM private key of --redis-tls-cert; empty: the key is in that file"},
+    {.name = "redis-tls-insecure",
+     .type = OPT_BOOL,
+     FIELD(redis_tls_insecure),
+     .def = "false",
+     .help = "do not verify the Redis certificate or its name (testing only)"},
+    {.name = "redis-tls-server-name",
+     .type = OPT_STRING,
+     FIELD(redis_tls_server_name),
+     .def = "",
+     .metavar = "NAME",
+     .check = check_server_name,
+     .help = "name (or IP) the Redis certificate must carry, also sent as SNI; empty: the host"},
 
     {.section = "Other",
      .name = "log-level",
@@ -620,6 +651,15 @@ static const char *check_node_name(char *v)
     for (const char *p = v; *p; p++) {
         if (!isalnum((unsigned char)*p) && !strchr("._:@-", *p))
             return "use letters, digits and . _ : @ - only";
+    }
+    return NULL;
+}
+
+static const char *check_server_name(char *v)
+{
+    for (const char *p = v; *p; p++) {
+        if (!isalnum((unsigned char)*p) && !strchr(".-_:*", *p))
+            return "expected a host name or an IP address";
     }
     return NULL;
 }
@@ -1093,6 +1133,11 @@ static int check_cross_fields(const struct loader *ld)
                 "herald: --redis (from %s) and --redis-cluster (from %s) cannot both be set\n",
                 origin_of(ld, find_option("redis", 5), from_a, sizeof(from_a)),
                 origin_of(ld, find_option("redis-cluster", 13), from_b, sizeof(from_b)));
+        return -1;
+    }
+    if (cfg->redis_tls_key[0] && !cfg->redis_tls_cert[0]) {
+        fprintf(stderr, "herald: --redis-tls-key (from %s) needs --redis-tls-cert\n",
+                origin_of(ld, find_option("redis-tls-key", 13), from_a, sizeof(from_a)));
         return -1;
     }
     return 0;

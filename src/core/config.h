@@ -66,12 +66,18 @@ struct herald_config {
     bool ws_deflate;         /* --ws-deflate, offer permessage-deflate, default true */
 
     /* cluster */
-    char redis_url[512];      /* --redis redis://[:password@]host:port[/db]; "" = in-memory.
-                                 rediss:// is accepted and sets redis_tls */
-    char redis_cluster[1024]; /* --redis-cluster host:port,host:port (no blanks); never set
-                                 together with redis_url */
-    char redis_password[256]; /* --redis-password */
-    bool redis_tls;           /* --redis-tls */
+    char redis_url[512];             /* --redis redis://[:password@]host:port[/db]; "" = in-memory.
+                                        rediss:// is accepted and sets redis_tls */
+    char redis_cluster[1024];        /* --redis-cluster host:port,host:port (no blanks); never set
+                                        together with redis_url */
+    char redis_password[256];        /* --redis-password */
+    bool redis_tls;                  /* --redis-tls (every node with --redis-cluster) */
+    char redis_tls_ca[512];          /* --redis-tls-ca, PEM CA bundle; "" = the system store */
+    char redis_tls_cert[512];        /* --redis-tls-cert, PEM client certificate; "" = none */
+    char redis_tls_key[512];         /* --redis-tls-key; "" = the key is in redis_tls_cert. Set
+                                        only together with redis_tls_cert */
+    bool redis_tls_insecure;         /* --redis-tls-insecure: no certificate or name check */
+    char redis_tls_server_name[256]; /* --redis-tls-server-name; "" = each node's host */
 
     /* misc */
     char config_file[512]; /* --config or HERALD_CONFIG; "" = none was read */
