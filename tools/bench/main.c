@@ -72,9 +72,36 @@ static void on_sigint(int s)
 
 /* ---- /proc sampling ---- */
 
+/* CPU seconds of a process: the sum of its threads' run time from
+ * /proc/PID/task/TID/schedstat (nanoseconds, exact), or, when that is not
+ * available, utime + stime from /proc/PID/stat (10 ms ticks). */
 static double proc_cpu_s(pid_t pid, bool *missing)
 {
 	char path[64], buf[4096];
+	snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+	DIR *d = opendir(path);
+	if (d) {
+		struct dirent *de;
+		double ns = 0;
+		int ok = 0;
+		while ((de = readdir(d))) {
+			if (de->d_name[0] == '.')
+				continue;
+			char tp[96];
+			snprintf(tp, sizeof tp, "/proc/%d/task/%.20s/schedstat", (int)pid, de->d_name);
+			FILE *t = fopen(tp, "r");
+			unsigned long long run = 0;
+			if (t) {
+				if (fscanf(t, "%llu", &run) == 1)
+					ok++;
+				fclose(t);
+			}
+			ns += (double)run;
+		}
+		closedir(d);
+		if (ok && ns > 0)
+			return ns / 1e9;
+	}
 	snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
 	FILE *f = fopen(path, "r");
 	if (!f) {

@@ -178,6 +178,16 @@ void worker_main(const struct bench_opts *o, int index, int nworkers, int first,
 		recs[i] = (struct bench_subrec){.chan = c->chan, .delivered = c->delivered, .sub_us = c->sub_us,
 		                                .end_us = c->end_us ? c->end_us : e->now};
 	}
+	/* Reset (SO_LINGER 0) rather than close: a run leaves no TIME_WAIT
+	 * entries behind, which would slow the next run's connect() port search
+	 * on this shared loopback (the next storm would measure them). */
+	struct linger lg = {.l_onoff = 1, .l_linger = 0};
+	for (int i = 0; i < n; i++)
+		if (conns[i].fd >= 0) {
+			setsockopt(conns[i].fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+			close(conns[i].fd);
+			conns[i].fd = -1;
+		}
 	send_status(e, sock, index, MSG_RESULT);
 	write_full(sock, &e->res, sizeof e->res);
 	uint32_t cnt = (uint32_t)n;
