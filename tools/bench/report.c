@@ -225,6 +225,7 @@ json_t *report_json(const struct run *r)
 	                              "payload", r->o.payload, "publishers", r->o.publishers, "connect_rate",
 	                              r->o.connect_rate, "duration", r->o.duration, "time_scale", r->o.time_scale,
 	                              "procs", r->procs));
+	json_object_set_new(json_object_get(j, "params"), "servers", json_integer(r->o.nservers));
 	json_t *cnt = json_object();
 	json_object_set_new(cnt, "attempted", json_integer((json_int_t)c->attempted));
 	json_object_set_new(cnt, "connected", json_integer((json_int_t)c->connected));
