@@ -8,13 +8,15 @@
  * subscribed. Entry points from the loop bump `depth`, so a free requested by
  * a callback is deferred until the outermost entry point unwinds.
  *
- * TLS sits between the socket and those buffers (stream_read/stream_write).
- * With an edge-triggered loop every SSL call that stops must stop on "would
- * block", so that a later edge wakes us: SSL_read runs until it would block
- * (which also drains records OpenSSL buffered), and a record layer that wants
- * the other direction (WANT_WRITE while reading, WANT_READ while writing, as
- * in a renegotiation) is resumed by the other direction's edge. An SSL_write
- * that would block is repeated with the same length, as OpenSSL requires.
+ * TLS sits between the socket and those buffers. OpenSSL reads the socket
+ * itself, but writes its records into a memory BIO that we send from
+ * (tls_send): it never meets a full socket, so it never stops halfway through
+ * a record -- a record left half-written makes the handshake messages that a
+ * read may have to send (renegotiation, key update) fail with "bad length".
+ * Instead we stop encrypting while the socket is full, and while a
+ * renegotiation runs (SSL_read drives it). With an edge-triggered loop every
+ * read must stop on "would block" for a later edge to wake us: SSL_read runs
+ * until WANT_READ, which also drains the records OpenSSL buffered.
  */
 #include "cluster/resp_conn.h"
 
@@ -73,18 +75,18 @@ struct resp_conn {
     struct resp_tls_opts *tls; /* owned; NULL: plain TCP */
 
     enum conn_state state;
-    bool connected;  /* TCP connect finished */
-    bool stream_up;  /* RESP bytes may flow: connected and, with TLS, handshake done */
-    bool writable;   /* a write may make progress (no "would block" since the last edge) */
-    SSL *ssl;        /* with TLS, from the connect attempt until the socket closes */
-    bool ssl_broken; /* a fatal TLS error: no close_notify */
-    bool read_wants_write, write_wants_read; /* TLS: resume on the other direction's edge */
-    size_t ssl_retry_len;                    /* an SSL_write to repeat with this length (0: none) */
-    int deferred_err; /* connect failed synchronously; reported by connect_timer */
-    int fail_err;     /* set inside dispatch (handshake refused), acted on after it */
-    int streak_err;   /* the last failure logged in this reconnect streak */
-    char detail[256]; /* OpenSSL's words about the last failure, or "" */
-    unsigned attempt; /* consecutive failures, for the backoff */
+    bool connected;       /* TCP connect finished */
+    bool stream_up;       /* RESP bytes may flow: connected and, with TLS, handshake done */
+    bool writable;        /* a write may make progress (no "would block" since the last edge) */
+    SSL *ssl;             /* with TLS, from the connect attempt until the socket closes */
+    BIO *wbio;            /* ssl's output, a memory BIO owned by ssl: records for tls_send */
+    bool ssl_broken;      /* a fatal TLS error: no close_notify */
+    size_t ssl_retry_len; /* an SSL_write that must be repeated with this length (0: none) */
+    int deferred_err;     /* connect failed synchronously; reported by connect_timer */
+    int fail_err;         /* set inside dispatch (handshake refused), acted on after it */
+    int streak_err;       /* the last failure logged in this reconnect streak */
+    char detail[256];     /* OpenSSL's words about the last failure, or "" */
+    unsigned attempt;     /* consecutive failures, for the backoff */
     unsigned handshake_left;
     uint64_t rng;
 
@@ -162,26 +164,21 @@ static void fail_pending(struct resp_conn *c, int status)
     }
 }
 
-/* clean: the owner is closing a healthy connection: tell a TLS server with close_notify. */
+static void tls_close(struct resp_conn *c, bool clean);
+
+/* clean: the owner closes a healthy connection (a TLS server is told so). */
 static void close_socket(struct resp_conn *c, bool clean)
 {
-    if (c->ssl) {
-        /* One non-blocking attempt: nobody waits for the server's close_notify. */
-        if (clean && c->stream_up && !c->ssl_broken) {
-            ERR_clear_error();
-            SSL_shutdown(c->ssl);
-        }
-        ERR_clear_error();
-        SSL_free(c->ssl);
-        c->ssl = NULL;
-    }
+    if (c->ssl)
+        tls_close(c, clean);
     if (c->io.fd >= 0) {
         loop_del(c->loop, &c->io);
         close(c->io.fd);
         c->io.fd = -1;
     }
     c->connected = c->stream_up = c->writable = false;
-    c->ssl_broken = c->read_wants_write = c->write_wants_read = false;
+    c->wbio = NULL;
+    c->ssl_broken = false;
     c->ssl_retry_len = 0;
     c->out.len = c->out_off = 0;
     c->nsub = c->nssub = 0;
@@ -537,7 +534,7 @@ static SSL_CTX *tls_ctx_new(struct resp_conn *c)
     /* A server that dies without close_notify reads as a reset, as over plain TCP (RESP
      * is self-delimiting, so a truncation cannot pass for a complete reply). */
     SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
-    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    SSL_CTX_set_mode(ctx, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     SSL_CTX_set_default_passwd_cb(ctx, no_passphrase);
     SSL_CTX_set_verify(ctx, t->insecure ? SSL_VERIFY_NONE : SSL_VERIFY_PEER, NULL);
     int trusted = t->insecure  ? 1
@@ -601,6 +598,8 @@ static int tls_session_new(struct resp_conn *c)
 static int tls_error(struct resp_conn *c, int ssl_err, int sys_errno)
 {
     c->ssl_broken = true;
+    if (ssl_err == SSL_ERROR_ZERO_RETURN)
+        return -ECONNRESET;
     if (ssl_err == SSL_ERROR_SYSCALL && ERR_peek_error() == 0) {
         /* The socket, not TLS: a server that drops us mid-handshake may dislike our cert. */
         if (!c->stream_up)
@@ -623,6 +622,48 @@ static int tls_error(struct resp_conn *c, int ssl_err, int sys_errno)
 
 /* ---- socket I/O ------------------------------------------------------------------------ */
 
+/* Sends the records OpenSSL wrote into its memory BIO, until none is left or the socket is
+ * full (then writable is false until the next edge). 0 or -errno. */
+static int tls_send(struct resp_conn *c)
+{
+    char *p;
+    long len;
+    while (c->writable && (len = BIO_get_mem_data(c->wbio, &p)) > 0) {
+        ssize_t n = send(c->io.fd, p, (size_t)len, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            c->writable = false;
+            return 0;
+        }
+        if (n < 0)
+            return -errno;
+        if (n == len) {
+            BIO_reset(c->wbio);
+            continue;
+        }
+        char sink[4096]; /* a memory BIO drops bytes only by reading them */
+        for (ssize_t left = n; left > 0;)
+            left -= BIO_read(c->wbio, sink, (int)MIN((size_t)left, sizeof(sink)));
+    }
+    return 0;
+}
+
+/* Ends the TLS session; clean: the owner closes a healthy connection, so tell the server
+ * (close_notify, one attempt: nobody waits for its answer). */
+static void tls_close(struct resp_conn *c, bool clean)
+{
+    if (clean && c->stream_up && !c->ssl_broken) {
+        ERR_clear_error();
+        SSL_shutdown(c->ssl);
+        tls_send(c);
+    }
+    ERR_clear_error();
+    SSL_free(c->ssl);
+    c->ssl = NULL;
+    c->wbio = NULL;
+}
+
 /* n > 0 bytes, 0 at the end of the stream, -EAGAIN when it would block, or an error. */
 static ssize_t stream_read(struct resp_conn *c, char *buf, size_t len)
 {
@@ -638,51 +679,70 @@ static ssize_t stream_read(struct resp_conn *c, char *buf, size_t len)
     ERR_clear_error();
     int n = SSL_read(c->ssl, buf, (int)MIN(len, (size_t)INT_MAX));
     int sys_errno = errno;
-    if (n > 0)
-        return n;
-    int e = SSL_get_error(c->ssl, n);
+    int e = n > 0 ? SSL_ERROR_NONE : SSL_get_error(c->ssl, n);
+    /* Reading may have written: a renegotiation's or a key update's handshake messages. */
+    int rc = tls_send(c);
+    if (rc)
+        return rc;
     switch (e) {
-    case SSL_ERROR_WANT_WRITE:
-        c->read_wants_write = true;
-        /* fall through */
+    case SSL_ERROR_NONE: return n;
     case SSL_ERROR_WANT_READ: return -EAGAIN;
     case SSL_ERROR_ZERO_RETURN: return 0;
     default: return tls_error(c, e, sys_errno);
     }
 }
 
-/* n > 0 bytes taken, -EAGAIN when it would block, or an error; never 0. */
-static ssize_t stream_write(struct resp_conn *c, const char *data, size_t len)
+/* Writes the queued output until done or the socket is full. */
+static int plain_write(struct resp_conn *c)
 {
-    if (!c->ssl) {
-        for (;;) {
-            ssize_t n = send(c->io.fd, data, len, MSG_NOSIGNAL);
-            if (n > 0)
-                return n;
-            if (n < 0 && errno != EINTR)
-                return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+    while (c->out_off < c->out.len) {
+        ssize_t n = send(c->io.fd, c->out.data + c->out_off, c->out.len - c->out_off, MSG_NOSIGNAL);
+        if (n > 0) {
+            c->out_off += (size_t)n;
+        } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            c->writable = false;
+            return 0;
+        } else if (n < 0 && errno != EINTR) {
+            return -errno;
         }
     }
-    /* A write that would block must be repeated with the same length (the buffer may move:
-     * SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER; its bytes do not change, we only append). */
-    size_t want = c->ssl_retry_len ? c->ssl_retry_len : MIN(len, (size_t)1 << 20);
-    assert(want <= len);
-    ERR_clear_error();
-    int n = SSL_write(c->ssl, data, (int)want);
-    int sys_errno = errno;
-    if (n > 0) {
-        c->ssl_retry_len = 0;
-        return n;
+    c->out.len = c->out_off = 0;
+    return 0;
+}
+
+/* Encrypts the queued output while the socket takes the records. During a renegotiation
+ * only SSL_read may drive the handshake: OpenSSL accepts the server's application data
+ * arriving meanwhile inside SSL_read, but fails SSL_write on it ("unexpected record").
+ * The read that completes the handshake comes back here through flush_output. An
+ * SSL_write that wants to read all the same stops, and is repeated later with the same
+ * length, as OpenSSL requires (the buffer may move: SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER;
+ * its bytes stay, we only append). */
+static int tls_write(struct resp_conn *c)
+{
+    int rc = tls_send(c);
+    while (!rc && c->writable && c->out_off < c->out.len && !SSL_in_init(c->ssl)) {
+        size_t want =
+            c->ssl_retry_len ? c->ssl_retry_len : MIN(c->out.len - c->out_off, (size_t)64 << 10);
+        assert(want <= c->out.len - c->out_off);
+        ERR_clear_error();
+        int n = SSL_write(c->ssl, c->out.data + c->out_off, (int)want);
+        int sys_errno = errno;
+        int e = n > 0 ? SSL_ERROR_NONE : SSL_get_error(c->ssl, n);
+        rc = tls_send(c);
+        if (e == SSL_ERROR_WANT_READ) {
+            c->ssl_retry_len = want;
+            return rc;
+        }
+        if (!rc && e != SSL_ERROR_NONE)
+            rc = tls_error(c, e, sys_errno);
+        if (!rc) {
+            c->ssl_retry_len = 0;
+            c->out_off += (size_t)n;
+        }
     }
-    int e = SSL_get_error(c->ssl, n);
-    switch (e) {
-    case SSL_ERROR_WANT_READ:
-        c->write_wants_read = true;
-        /* fall through */
-    case SSL_ERROR_WANT_WRITE: c->ssl_retry_len = want; return -EAGAIN;
-    case SSL_ERROR_ZERO_RETURN: return -ECONNRESET;
-    default: return tls_error(c, e, sys_errno);
-    }
+    if (c->out_off == c->out.len)
+        c->out.len = c->out_off = 0;
+    return rc;
 }
 
 /* Reads until it would block (edge-triggered), dispatching replies as they complete. */
@@ -703,30 +763,20 @@ static int do_read(struct resp_conn *c)
     }
 }
 
-/* Writes the queued output until done or it would block. */
-static int do_write(struct resp_conn *c)
-{
-    while (c->out_off < c->out.len) {
-        ssize_t n = stream_write(c, c->out.data + c->out_off, c->out.len - c->out_off);
-        if (n == -EAGAIN) {
-            c->writable = false;
-            return 0;
-        }
-        if (n < 0)
-            return (int)n;
-        c->out_off += (size_t)n;
-    }
-    c->out.len = c->out_off = 0;
-    return 0;
-}
-
-/* do_write, then reads what a TLS write left buffered inside OpenSSL (records that
- * arrived during a renegotiation): no edge would ever announce those. */
+/* Writes, then reads what OpenSSL may hold already if an SSL_write read records: no edge
+ * would ever announce those. Such a read may end a renegotiation that held the writes
+ * back: write again. (Once: what is still pending then is an incomplete record, whose
+ * rest comes with an edge.) */
 static int flush_output(struct resp_conn *c)
 {
-    int rc = c->writable ? do_write(c) : 0;
-    if (!rc && c->ssl && !c->free_requested && SSL_has_pending(c->ssl))
+    if (!c->ssl)
+        return c->writable ? plain_write(c) : 0;
+    int rc = tls_write(c);
+    if (!rc && !c->free_requested && SSL_has_pending(c->ssl)) {
         rc = do_read(c);
+        if (!rc && !c->free_requested)
+            rc = tls_write(c);
+    }
     return rc;
 }
 
@@ -743,16 +793,15 @@ static int tls_handshake(struct resp_conn *c)
     ERR_clear_error();
     int n = SSL_connect(c->ssl);
     int sys_errno = errno;
-    if (n == 1) {
-        log_debug("redis %s: %s, %s", c->addr, SSL_get_version(c->ssl),
-                  SSL_get_cipher_name(c->ssl));
-        stream_ready(c);
-        return 0;
-    }
-    int e = SSL_get_error(c->ssl, n);
-    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
-        return 0; /* it stopped on "would block": the next edge resumes it */
-    return tls_error(c, e, sys_errno);
+    int e = n == 1 ? SSL_ERROR_NONE : SSL_get_error(c->ssl, n);
+    int rc = tls_send(c);
+    if (rc || e == SSL_ERROR_WANT_READ)
+        return rc; /* it stopped on "would block": the next edge resumes it */
+    if (e != SSL_ERROR_NONE)
+        return tls_error(c, e, sys_errno);
+    log_debug("redis %s: %s, %s", c->addr, SSL_get_version(c->ssl), SSL_get_cipher_name(c->ssl));
+    stream_ready(c);
+    return 0;
 }
 
 static int on_connected(struct resp_conn *c)
@@ -763,7 +812,7 @@ static int on_connected(struct resp_conn *c)
         soerr = errno;
     if (soerr)
         return -soerr;
-    c->connected = true;
+    c->connected = c->writable = true;
     if (c->ssl)
         return tls_handshake(c);
     stream_ready(c);
@@ -779,16 +828,11 @@ static void io_cb(struct loop *loop, struct io *io, uint32_t events)
     if (!c->connected) {
         if (events & (POLLER_OUT | POLLER_ERR))
             rc = on_connected(c);
-    } else if (!c->stream_up) {
-        rc = tls_handshake(c);
     } else {
         if (events & POLLER_OUT)
             c->writable = true;
-        if (in && c->write_wants_read)
-            c->writable = true;
-        if ((events & POLLER_OUT) && c->read_wants_write)
-            in = true;
-        c->write_wants_read = c->read_wants_write = false;
+        if (!c->stream_up)
+            rc = tls_handshake(c);
     }
     /* A handshake may have left records in the socket whose edge has passed: drain. */
     if (c->ssl && !was_up)
@@ -840,10 +884,18 @@ static int open_socket(struct resp_conn *c)
         close(fd);
         return err;
     }
-    if (c->ssl && !SSL_set_fd(c->ssl, fd)) {
-        close(fd);
-        detail_add_openssl(c);
-        return RESP_ETLS;
+    if (c->ssl) {
+        BIO *rbio = BIO_new_socket(fd, BIO_NOCLOSE);
+        c->wbio = BIO_new(BIO_s_mem());
+        if (!rbio || !c->wbio) {
+            BIO_free(rbio);
+            BIO_free(c->wbio);
+            c->wbio = NULL;
+            close(fd);
+            detail_add_openssl(c);
+            return RESP_ETLS;
+        }
+        SSL_set_bio(c->ssl, rbio, c->wbio); /* ssl owns both */
     }
     c->io.fd = fd;
     int rc = loop_add(c->loop, &c->io);

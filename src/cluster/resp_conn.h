@@ -61,7 +61,6 @@ typedef void resp_reply_fn(const redisReply *reply, int status, void *arg);
  * TLS to the server. The files are read again at every (re)connect, so a
  * replaced certificate is picked up by the next reconnect, and a bad file is
  * a connection failure (RESP_ETLSCONFIG) retried with backoff like any other.
- * TLS writes go through write(2): the process must ignore SIGPIPE.
  */
 struct resp_tls_opts {
     const char *ca_file;     /* PEM CA bundle to verify against; NULL: the system store */

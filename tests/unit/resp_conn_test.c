@@ -7,7 +7,8 @@
  * TLS-only redis-servers with a throwaway CA made with the openssl command
  * line: commands, large pipelines, pub/sub, a restart under the bus, every
  * verification failure (untrusted CA, wrong name or IP, unreadable CA file,
- * a plain-text server), insecure mode, and mutual TLS.
+ * a plain-text server), insecure mode, mutual TLS, and a server of our own
+ * that renegotiates while the client's socket is full.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -25,6 +26,8 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <openssl/ssl.h>
+#include <pthread.h>
 
 #include "cluster/redis_bus.h"
 #include "cluster/redis_spawn.h"
@@ -713,6 +716,102 @@ static void test_tls_mutual(void **state)
     }
 }
 
+/* A TLS 1.2 server of our own (redis-server never renegotiates) that answers PING and
+ * renegotiates every 10000 commands while the client keeps writing, after a pause that
+ * lets the client's socket fill up: the client's handshake messages then wait for a full
+ * socket, its writes wait for the handshake, and the server's PONGs keep arriving in the
+ * middle of the handshake. */
+struct reneg_server {
+    int lfd, port;
+    pthread_t thread;
+    int served, renegotiations, garbage;
+};
+
+static void *reneg_main(void *arg)
+{
+    struct reneg_server *s = arg;
+    static const char ping[] = "*1\r\n$4\r\nPING\r\n";
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    SSL_CTX_set_max_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_use_certificate_file(ctx, tls_path("server.crt"), SSL_FILETYPE_PEM);
+    SSL_CTX_use_PrivateKey_file(ctx, tls_path("server.key"), SSL_FILETYPE_PEM);
+    int fd = accept(s->lfd, NULL, NULL);
+    SSL *ssl = SSL_new(ctx);
+    SSL_set_fd(ssl, fd);
+    char in[16384], out[sizeof(in) / 14 * 7];
+    size_t have = 0;
+    for (int ok = SSL_accept(ssl) == 1; ok;) {
+        int n = SSL_read(ssl, in + have, (int)(sizeof(in) - have));
+        if (n <= 0)
+            break;
+        have += (size_t)n;
+        size_t used = 0, nout = 0;
+        for (; have - used >= 14; used += 14, nout += 7) {
+            s->garbage += memcmp(in + used, ping, 14) != 0;
+            memcpy(out + nout, "+PONG\r\n", 7);
+            if (++s->served % 10000 != 0)
+                continue;
+            usleep(10000); /* not reading: the client's socket fills up */
+            if (SSL_renegotiate(ssl) == 1 && SSL_do_handshake(ssl) == 1)
+                s->renegotiations++;
+            usleep(10000); /* the client answers the HelloRequest into a full socket */
+        }
+        memmove(in, in + used, have - used);
+        have -= used;
+        ok = !nout || SSL_write(ssl, out, (int)nout) > 0;
+    }
+    SSL_free(ssl);
+    close(fd);
+    SSL_CTX_free(ctx);
+    return NULL;
+}
+
+static void count_pong(const redisReply *r, int status, void *arg)
+{
+    struct pipeline *p = arg;
+    p->in_order += status == 0 && resp_reply_str_eq(r, "PONG");
+    p->done++;
+}
+
+static void test_tls_renegotiation(void **state)
+{
+    struct reneg_server s = {.lfd = socket(AF_INET, SOCK_STREAM, 0)};
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t sl = sizeof(sa);
+    /* A small window: while the server sleeps the client's socket buffers fill up. */
+    int small = 4096;
+    setsockopt(s.lfd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+    assert_int_equal(bind(s.lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    assert_int_equal(listen(s.lfd, 1), 0);
+    assert_int_equal(getsockname(s.lfd, (struct sockaddr *)&sa, &sl), 0);
+    s.port = ntohs(sa.sin_port);
+    assert_int_equal(pthread_create(&s.thread, NULL, reneg_main, &s), 0);
+    struct watch w = {0};
+    struct resp_conn_callbacks cbs = watch_cbs(&w);
+    struct resp_conn *c = resp_conn_new(
+        &loop, "127.0.0.1", s.port,
+        &(struct resp_conn_opts){.tls = &(struct resp_tls_opts){.ca_file = tls_path("ca.crt")}},
+        &cbs);
+    assert_true(run_until(&w.ready, 1, 5000));
+    struct pipeline p = {0};
+    /* Queued faster than the server reads: the client always has output waiting. */
+    for (int wave = 0; wave < 4; wave++) {
+        for (int i = 0; i < 150000; i++)
+            assert_int_equal(
+                resp_command_argv(c, count_pong, &p, 1, (const char *[]){"PING"}, NULL), 0);
+        loop_run_once(&loop, 0);
+    }
+    assert_true(run_until(&p.done, 600000, 30000));
+    assert_int_equal(p.in_order, 600000);
+    assert_int_equal(w.down, 0);
+    resp_conn_free(c);
+    pthread_join(s.thread, NULL);
+    close(s.lfd);
+    assert_int_equal(s.garbage, 0);
+    assert_true(s.renegotiations > 10);
+}
+
 static int tls_setup(void **state)
 {
     if (tls_make_certs() < 0 || tls_server_start(&tls_open) < 0 ||
@@ -764,6 +863,7 @@ int main(void)
         cmocka_unit_test(test_tls_bus_restart),
         cmocka_unit_test(test_tls_verification_failures),
         cmocka_unit_test(test_tls_mutual),
+        cmocka_unit_test(test_tls_renegotiation),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
