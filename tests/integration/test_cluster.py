@@ -754,6 +754,40 @@ def test_no_auto_create_subscribe_to_an_unknown_channel_is_404_on_every_node(str
         assert (status, body["error"]) == (404, "channel_not_found"), (n.opts["node_name"], status, body)
 
 
+# ---- memory ---------------------------------------------------------------------------------
+
+
+def rss_kib(node):
+    with open(f"/proc/{node.proc.pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+@pytest.mark.timeout(60)
+def test_memory_stays_bounded_under_a_long_stream(redis, herald, chan):
+    """20 MB of messages through two nodes whose caches keep 50 of them: the nodes' resident
+    memory grows by far less than what went through."""
+    a, b = (herald(redis=redis.url, node_name=n, history_size=50) for n in ("A", "B"))
+    with open(f"/proc/{a.proc.pid}/maps") as f:
+        if "libasan" in f.read():
+            pytest.skip("resident memory says nothing under AddressSanitizer (quarantine)")
+    followers = [Follower("sse", [b], chan), Follower("ws", [a], chan)]
+    try:
+        for f in followers:
+            f.start()
+        wait_until(lambda: local_subscribers(a, chan) == 1 and local_subscribers(b, chan) == 1, what="followers")
+        body = "x" * 10_000
+        warm = a.publish_many(chan, [body] * 200)
+        wait_until(lambda: all(f.has(warm[-1:]) for f in followers), what="the warm-up")
+        before = [rss_kib(n) for n in (a, b)]
+        last = (a.publish_many(chan, [body] * 1000) + b.publish_many(chan, [body] * 1000))[-1]
+        wait_until(lambda: all(f.has([last]) for f in followers), 20, what="the stream at every follower")
+        after = [rss_kib(n) for n in (a, b)]
+    finally:
+        stop_all(followers)
+    for name, x, y in zip("AB", before, after):
+        assert y - x < 10_000, f"node {name}: resident memory grew from {x} KiB to {y} KiB for 20 MB of messages"
+
+
 # ---- faults ---------------------------------------------------------------------------------
 
 
