@@ -482,6 +482,18 @@ def test_resume_on_another_node_from_a_cursor(nodes, chan, kind):
         assert second.next_message()["id"] == live  # nothing repeated before it
 
 
+def test_ws_subscribe_op_resumes_on_another_node(nodes, chan):
+    a, b, _ = nodes
+    ids = a.publish_many(chan, numbered(4))
+    with RawWS(b) as ws:
+        ws.send_json({"op": "subscribe", "channel": chan, "since": ids[1], "ref": "r"})
+        ack = ws.recv_json()
+        assert (ack["event"], ack["channels"], ack["ref"]) == ("subscribed", [chan], "r")
+        assert ids_of(ws.messages(2)) == ids[2:]
+        live = a.publish(chan, "live")["id"]
+        assert ws.recv_json()["id"] == live
+
+
 @pytest.mark.parametrize("kind", ["sse", "ws", "poll"])
 def test_one_cursor_resumes_several_channels_on_another_node(nodes, chan, kind):
     """One Redis: ids come from one counter, so one id is a cursor across channels."""
@@ -688,6 +700,20 @@ def test_channel_info_counts_subscribers_of_every_node(nodes, chan):
     finally:
         for s in subs:
             s.close()
+
+
+@pytest.mark.timeout(45)
+def test_a_killed_node_stops_counting_within_15_seconds(redis, herald, chan):
+    a, b = (herald(redis=redis.url, node_name=n) for n in ("A", "B"))
+    a.publish(chan, "exists")
+    with SSE(a, chan), SSE(b, chan), SSE(b, chan):
+        wait_local(a, chan, 1)
+        wait_local(b, chan, 2)
+        wait_count(a, chan, 3)
+        killed(b)
+        started = time.monotonic()
+        wait_count(a, chan, 1, 15 + HEARTBEAT_WAIT)
+        assert time.monotonic() - started <= 15 + 1  # counts live 15 s after a node's last heartbeat
 
 
 @pytest.mark.timeout(45)
