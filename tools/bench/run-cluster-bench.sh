@@ -27,7 +27,9 @@
 #   GAME_SECONDS=120 (steady phase after the last user joined, seconds)
 #   FAN_NODES="1 2 4" FAN_CONNS=8000 FAN_CHANNELS=8 FAN_MESSAGES=2000 FAN_PUBLISHERS=4 FAN_REPS=2
 #   PAYLOAD=100 NODE_WORKERS=1 (herald --workers per node) REDIS_PORT=16379 BASE_PORT=18280
-#   CLUSTER_RUNS="game fanout"  BUILD=build
+#   CLUSTER_RUNS="game fanout"  BUILD=build  REDIS_IDLE_SECONDS=5
+#   CLUSTER_OUT=<dir>  write into an existing results directory (e.g. rerun only the fan-out;
+#                      CLUSTER_RUNS= with CLUSTER_OUT only rewrites its summary)
 set -u
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -38,13 +40,14 @@ FAN_NODES=${FAN_NODES:-1 2 4}; FAN_CONNS=${FAN_CONNS:-8000}; FAN_CHANNELS=${FAN_
 FAN_MESSAGES=${FAN_MESSAGES:-2000}; FAN_PUBLISHERS=${FAN_PUBLISHERS:-4}; FAN_REPS=${FAN_REPS:-2}
 PAYLOAD=${PAYLOAD:-100}; NODE_WORKERS=${NODE_WORKERS:-1}
 REDIS_PORT=${REDIS_PORT:-16379}; BASE_PORT=${BASE_PORT:-18280}
-CLUSTER_RUNS=${CLUSTER_RUNS:-game fanout}
+CLUSTER_RUNS=${CLUSTER_RUNS-game fanout}
+REDIS_IDLE_SECONDS=${REDIS_IDLE_SECONDS:-5}
 
 for b in herald herald-bench; do
 	[ -x "$ROOT/$BUILD/$b" ] || { echo "run-cluster-bench: $BUILD/$b missing (make all)" >&2; exit 1; }
 done
 command -v redis-server >/dev/null || { echo "run-cluster-bench: redis-server not installed" >&2; exit 1; }
-OUT=$ROOT/bench/results/cluster-$(date +%Y-%m-%d-%H%M%S)
+OUT=${CLUSTER_OUT:-$ROOT/bench/results/cluster-$(date +%Y-%m-%d-%H%M%S)}
 mkdir -p "$OUT/plots"
 TMP=$(mktemp -d /tmp/herald-cluster.XXXXXX)
 cp "$ROOT/$BUILD/herald" "$ROOT/$BUILD/herald-bench" "$TMP/" # a rebuild cannot swap them mid-run
@@ -129,6 +132,21 @@ check_nodes() {
 	fi
 }
 
+# Redis's CPU seconds so far (all threads, schedstat ns).
+redis_cpu() { awk '{ s += $1 } END { printf "%.6f", s / 1e9 }' /proc/"$REDIS_PID"/task/*/schedstat 2>/dev/null; }
+
+# redis_idle NAME: Redis's CPU with the nodes connected and no load (its cron
+# and the nodes' heartbeats), in % of a core, to NAME.redis-idle; the summary
+# takes it off the per-publish figure.
+redis_idle() {
+	[ -n "$REDIS_PID" ] && [ "$REDIS_IDLE_SECONDS" != 0 ] || return 0
+	local a b
+	a=$(redis_cpu)
+	sleep "$REDIS_IDLE_SECONDS"
+	b=$(redis_cpu)
+	awk -v a="$a" -v b="$b" -v s="$REDIS_IDLE_SECONDS" 'BEGIN { printf "%.4f\n", 100 * (b - a) / s }' >"$OUT/$1.redis-idle"
+}
+
 # bench NAME SCENARIO [options]: one herald-bench run against every node.
 bench() {
 	local name=$1 sc=$2 a p srv=() pids=()
@@ -136,6 +154,7 @@ bench() {
 	for a in "${NODE_ADDRS[@]}"; do srv+=(--server "$a"); done
 	for p in "${NODE_PIDS[@]}"; do pids+=(--server-pid "$p"); done
 	[ -n "$REDIS_PID" ] && pids+=(--redis-pid "$REDIS_PID")
+	redis_idle "$name"
 	log "$name"
 	echo "\$ herald-bench $sc --target herald ${srv[*]} $*" >"$OUT/$name.txt"
 	"$BENCH" "$sc" --target herald "${srv[@]}" "${pids[@]}" --label "$name" --json "$OUT/$name.json" \
@@ -149,7 +168,7 @@ bench() {
 	echo "git: $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- src 2>/dev/null || echo " + uncommitted changes in src/")"
 	echo "redis: $(redis-server --version)"
 	echo "nodes: herald --workers $NODE_WORKERS --redis redis://127.0.0.1:$REDIS_PORT --node-name nI, ports $((BASE_PORT + 1))..."
-} >"$OUT/env.txt"
+} >>"$OUT/env.txt"
 log "results in $OUT"
 
 for run in $CLUSTER_RUNS; do
@@ -203,6 +222,17 @@ def g(r, *path):
         r = r[k]
     return r
 
+def redis_net_us(r, name):
+    """Redis CPU per publish minus its idle rate (measured before the run)."""
+    try:
+        idle = float(open(os.path.join(D, name + ".redis-idle")).read())
+    except (OSError, ValueError):
+        return None
+    cpu, win, pubs = g(r, "redis", "cpu_window_s"), g(r, "delivery", "window_s"), g(r, "redis", "publishes")
+    if not cpu or not win or not pubs:
+        return None
+    return max(0.0, cpu - idle / 100 * win) * 1e6 / pubs
+
 print(f"herald cluster scale: {D}\n")
 study = {"handshake": (671, 4152, None), "request": (291, 2631, None), "broadcast": (302, 905, 17900)}
 for p in sorted(glob.glob(os.path.join(D, "game-*.json"))):
@@ -239,6 +269,7 @@ for p in glob.glob(os.path.join(D, "fanout-*.json")):
     m = re.match(r"fanout-(memory-1|\d+)node(-r\d+)?\.json$", os.path.basename(p))
     r = load(p)
     if m and r:
+        r["_redis_net_us"] = redis_net_us(r, os.path.basename(p)[:-5])
         rows.setdefault(m.group(1), []).append(r)
 
 def med(rs, *path):
@@ -251,9 +282,10 @@ if rows:
     print(f"fan-out throughput: {any_r['conns']:,} WS subscribers on {any_r['channels']} channels (every channel on every node), "
           f"{any_r['messages']:,} messages of {any_r['payload']} B flat out, {any_r['publishers']} publishers spread over the nodes; "
           f"medians of {max(len(v) for v in rows.values())} runs")
-    print(f"  {'nodes':>12s} {'deliveries/s':>13s} {'vs 1 node':>10s} {'node CPU %':>11s} {'deliv/CPU-s':>12s} {'publishes/s':>12s} "
-          f"{'Redis CPU %':>12s} {'Redis us/pub':>13s} {'lost':>6s}")
+    print(f"  {'nodes':>12s} {'deliveries/s':>13s} {'vs 1 node':>10s} {'node CPU %':>11s} {'deliv/CPU-s':>12s} {'vs 1 node':>10s} "
+          f"{'publishes/s':>12s} {'Redis CPU %':>12s} {'Redis us/pub':>13s} {'net of idle':>12s} {'lost':>6s}")
     base = med(rows.get("1", []), "delivery", "deliveries_per_s")
+    base_eff = med(rows.get("1", []), "server", "deliveries_per_cpu_s")
     for k in sorted(rows, key=lambda x: (x.startswith("memory"), int(x) if x.isdigit() else 0)):
         rs = rows[k]
         dps = med(rs, "delivery", "deliveries_per_s")
@@ -264,9 +296,15 @@ if rows:
         sc = f"{dps / base:.2f}x" if base and dps else "-"
         rc = med(rs, "redis", "cpu_pct")
         ru = med(rs, "redis", "cpu_per_publish_us")
+        eff = med(rs, "server", "deliveries_per_cpu_s")
+        se = f"{eff / base_eff:.2f}x" if eff and base_eff else "-"
+        rn = med(rs, "_redis_net_us")
         print(f"  {name:>12s} {dps or 0:13,.0f} {sc:>10s} {med(rs, 'server', 'cpu_pct') or 0:11.1f} "
-              f"{med(rs, 'server', 'deliveries_per_cpu_s') or 0:12,.0f} {(pubs / win if pubs and win else 0):12,.0f} "
-              f"{'-' if rc is None else f'{rc:.1f}':>12s} {'-' if ru is None else f'{ru:.1f}':>13s} {lost:6d}")
+              f"{eff or 0:12,.0f} {se:>10s} {(pubs / win if pubs and win else 0):12,.0f} "
+              f"{'-' if rc is None else f'{rc:.1f}':>12s} {'-' if ru is None else f'{ru:.1f}':>13s} "
+              f"{'-' if rn is None else f'{rn:.1f}':>12s} {lost:6d}")
+    print("  (node CPU % = all nodes together, in % of one core; deliv/CPU-s = deliveries per node CPU-second;"
+          " 'net of idle' = Redis CPU per publish minus Redis's idle rate measured before the run)")
 if os.path.exists(os.path.join(D, "crashes.txt")):
     print("\nNODE CRASHES during this run: see crashes.txt")
 EOF
