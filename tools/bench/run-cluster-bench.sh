@@ -162,8 +162,8 @@ bench() {
 	check_nodes "$name"
 }
 
-{
-	echo "date: $(date -Is)"
+[ -n "$CLUSTER_RUNS" ] && {
+	echo "date: $(date -Is) (runs: $CLUSTER_RUNS)"
 	echo "host: $(uname -srm), $(nproc) cores, $(awk '/MemTotal/ {print $2 " kB"}' /proc/meminfo)"
 	echo "git: $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- src 2>/dev/null || echo " + uncommitted changes in src/")"
 	echo "redis: $(redis-server --version)"
