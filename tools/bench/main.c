@@ -25,6 +25,8 @@
 struct sample {
 	double cpu_s;
 	double redis_cpu_s; /* --redis-pid processes */
+	double machine_s;   /* busy CPU seconds of the whole machine (/proc/stat) */
+	double bench_s;     /* this bench's own processes (coordinator and workers) */
 	long rss_kb;
 	long fds;
 	int missing; /* sampled pids that no longer exist */
@@ -119,9 +121,35 @@ static double proc_cpu_s(pid_t pid, bool *missing)
 	return 0;
 }
 
+static pid_t bench_pids[BENCH_MAX_PROCS];
+static int nbench_pids;
+
+/* Busy CPU seconds of the machine: every state but idle and iowait. */
+static double machine_busy_s(void)
+{
+	FILE *f = fopen("/proc/stat", "r");
+	unsigned long long v[10] = {0};
+	if (!f)
+		return 0;
+	int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4],
+	               &v[5], &v[6], &v[7], &v[8], &v[9]);
+	fclose(f);
+	if (n < 8)
+		return 0;
+	/* user nice system idle iowait irq softirq steal (guest is inside user) */
+	return (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / (double)sysconf(_SC_CLK_TCK);
+}
+
 static bool sample_server(const struct bench_opts *o, struct sample *s)
 {
 	memset(s, 0, sizeof *s);
+	{
+		bool gone = false;
+		s->machine_s = machine_busy_s();
+		s->bench_s = proc_cpu_s(getpid(), &gone);
+		for (int i = 0; i < nbench_pids; i++)
+			s->bench_s += proc_cpu_s(bench_pids[i], &gone);
+	}
 	for (int i = 0; i < o->nredis; i++) {
 		bool gone = false;
 		s->redis_cpu_s += proc_cpu_s(o->redis_pids[i], &gone);
@@ -155,6 +183,14 @@ static bool sample_server(const struct bench_opts *o, struct sample *s)
 		}
 	}
 	return true;
+}
+
+/* The whole machine over a window: what the server, Redis and this bench
+ * used, and the rest ("other": processes that are none of them). */
+static void machine_window(struct run *r, const struct sample *a, const struct sample *b)
+{
+	r->machine_window_s = b->machine_s - a->machine_s;
+	r->bench_window_s = b->bench_s - a->bench_s;
 }
 
 /* ---- workers ---- */
@@ -320,6 +356,8 @@ static int spawn_workers(struct coord *k)
 		close(sv[1]);
 		k->socks[i] = sv[0];
 		k->pids[i] = pid;
+		bench_pids[i] = pid;
+		nbench_pids = i + 1;
 	}
 	k->nw = procs;
 	return 0;
@@ -584,12 +622,14 @@ static int run_once(const struct bench_opts *o, struct run *r)
 			r->server_gone |= s1.missing > 0;
 			r->window_secs = (double)(k->e.mono - t0) / 1e6;
 			r->cpu_window_s = s1.cpu_s - s0.cpu_s;
+			machine_window(r, &s0, &s1);
 			r->cpu_idle_pct = r->window_secs > 0 ? 100 * r->cpu_window_s / r->window_secs : 0;
 		} else {
 			/* the storm's window: GO -> every subscriber connected or failed */
 			sample_server(o, &s1);
 			r->window_secs = r->connect_secs;
 			r->cpu_window_s = s1.cpu_s - sgo.cpu_s;
+			machine_window(r, &sgo, &s1);
 			r->redis_cpu_window_s = s1.redis_cpu_s - sgo.redis_cpu_s;
 			r->server_gone |= s1.missing > 0;
 			coord_for(k, o->settle);
@@ -622,6 +662,7 @@ static int run_once(const struct bench_opts *o, struct run *r)
 			r->window_secs = (double)(last - t0) / 1e6;
 			r->deliv_window = k->agg.delivered - d0;
 			r->cpu_window_s = s1.cpu_s - s0.cpu_s;
+			machine_window(r, &s0, &s1);
 			r->redis_cpu_window_s = s1.redis_cpu_s - s0.redis_cpu_s;
 			r->pub_window = r->pub_ok;
 		}
@@ -639,6 +680,7 @@ static int run_once(const struct bench_opts *o, struct run *r)
 		sample_server(o, &s1);
 		r->window_secs = (double)(k->e.mono - t0) / 1e6;
 		r->cpu_window_s = s1.cpu_s - s0.cpu_s;
+		machine_window(r, &s0, &s1);
 		r->redis_cpu_window_s = s1.redis_cpu_s - s0.redis_cpu_s;
 		r->pub_window = r->pub_ok;
 		r->deliv_window = k->agg.delivered;
@@ -661,6 +703,7 @@ static int run_once(const struct bench_opts *o, struct run *r)
 		r->window_secs = (double)(k->e.mono - t0) / 1e6;
 		r->deliv_window = k->agg.delivered - d0;
 		r->cpu_window_s = s1.cpu_s - s0.cpu_s;
+		machine_window(r, &s0, &s1);
 		r->redis_cpu_window_s = s1.redis_cpu_s - s0.redis_cpu_s;
 		r->pub_window = k->run->pub_ok - pub0;
 		break;

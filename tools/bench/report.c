@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 static const double pcts[] = {50, 66, 75, 80, 90, 95, 98, 99, 100};
 #define NPCTS (sizeof pcts / sizeof pcts[0])
@@ -188,6 +189,13 @@ void report_table(const struct run *r, FILE *f)
 	} else {
 		fprintf(f, "Server: not sampled (give --server-pid)\n");
 	}
+	if (r->machine_window_s > 0 && r->window_secs > 0) {
+		double w = r->window_secs, other = r->machine_window_s - r->bench_window_s -
+		                                   (r->sampled ? r->cpu_window_s : 0) - r->redis_cpu_window_s;
+		fprintf(f, "Machine: %.0f%% of one core busy in the window (server %.0f%%, bench %.0f%%%s, other processes %.0f%%)\n",
+		        100 * r->machine_window_s / w, r->sampled ? 100 * r->cpu_window_s / w : 0, 100 * r->bench_window_s / w,
+		        r->redis_sampled ? ", Redis counted apart" : "", 100 * (other > 0 ? other : 0) / w);
+	}
 	if (r->redis_sampled)
 		fprintf(f, "Redis: CPU %.3f s over the %.2f s window (%.1f%% of a core) for %llu publishes = %.1f us per publish\n",
 		        r->redis_cpu_window_s, r->window_secs,
@@ -274,6 +282,14 @@ json_t *report_json(const struct run *r)
 		json_object_set_new(s, "deliveries_per_cpu_s",
 		                    json_real(run_cpu_per_delivery_us(r) > 0 ? 1e6 / run_cpu_per_delivery_us(r) : 0));
 		json_object_set_new(j, "server", s);
+	}
+	if (r->machine_window_s > 0 && r->window_secs > 0) {
+		double w = r->window_secs, other = r->machine_window_s - r->bench_window_s -
+		                                   (r->sampled ? r->cpu_window_s : 0) - r->redis_cpu_window_s;
+		json_object_set_new(j, "machine",
+		                    json_pack("{s:f,s:f,s:f,s:i}", "busy_pct", 100 * r->machine_window_s / w, "bench_pct",
+		                              100 * r->bench_window_s / w, "other_pct", 100 * (other > 0 ? other : 0) / w,
+		                              "cores", (int)sysconf(_SC_NPROCESSORS_ONLN)));
 	}
 	if (r->redis_sampled)
 		json_object_set_new(j, "redis",

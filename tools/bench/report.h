@@ -42,6 +42,8 @@ struct run {
 	double cpu_idle_pct;   /* idle: server CPU % of one core while holding */
 	bool redis_sampled;    /* --redis-pid given */
 	uint64_t pub_window;   /* acknowledged publishes inside the window */
+	double machine_window_s; /* busy CPU seconds of the whole machine inside the window */
+	double bench_window_s;   /* the bench's own CPU seconds inside the window */
 	double redis_cpu_window_s; /* Redis CPU seconds inside the window */
 	int npoints;
 	struct run_point pts[RUN_MAX_POINTS];

@@ -16,8 +16,9 @@
 #   THRU_REPS=3                          repetitions of each flat-out run (the summary takes medians)
 #   STORM_CONNS=10000                    connection storm (no rate limit)
 #   STORM_RATES="2000 4000 8000 12000 16000 20000 24000 28000"   connect-rate sweep,
-#   STORM_SWEEP_CONNS=10000 STORM_P99_MS=50                      STORM_SWEEP_CONNS each;
-#                                        "handshakes/s at equal p99" = the highest rate whose p99 <= bound
+#   STORM_SWEEP_CONNS=10000 STORM_P99_MS=50 STORM_REPS=3         STORM_SWEEP_CONNS each, STORM_REPS
+#                                        times; "handshakes/s at equal p99" = the highest rate whose
+#                                        median p99 <= bound
 #   PIN=1                                pinned variants (needs taskset and 2 CPUs): BENCH_CPU=0 SERVER_CPU=1
 #   PROFILE=1                            perf profiles (separate reruns, perf record -g on the server) of
 #                                        the storm, the fan-out and the 2-worker flat-out run -> perf/
@@ -41,7 +42,7 @@ BURST_RATE=${BURST_RATE:-400}
 THRU_CONNS=${THRU_CONNS:-5000}; THRU_MESSAGES=${THRU_MESSAGES:-500}; THRU_REPS=${THRU_REPS:-3}
 STORM_CONNS=${STORM_CONNS:-10000}
 STORM_RATES=${STORM_RATES:-2000 4000 8000 12000 16000 20000 24000 28000}
-STORM_SWEEP_CONNS=${STORM_SWEEP_CONNS:-10000}; STORM_P99_MS=${STORM_P99_MS:-50}
+STORM_SWEEP_CONNS=${STORM_SWEEP_CONNS:-10000}; STORM_P99_MS=${STORM_P99_MS:-50}; STORM_REPS=${STORM_REPS:-3}
 FANOUT_VARIANTS=${FANOUT_VARIANTS:-1}
 PIN=${PIN:-1}; BENCH_CPU=${BENCH_CPU:-0}; SERVER_CPU=${SERVER_CPU:-1}
 PROFILE=${PROFILE:-1}
@@ -251,8 +252,12 @@ run_target() {
 		pin_off
 	fi
 	bench "$t" connect connect --transport ws --conns "$STORM_CONNS" --connect-rate 0 --procs 2
-	for r in $STORM_RATES; do
-		NOPLOT=1 bench "$t" "storm-$r" connect --transport ws --conns "$STORM_SWEEP_CONNS" --connect-rate "$r" --procs 2
+	local i
+	for i in $(seq "$STORM_REPS"); do # rounds over the rates, so a passing disturbance hits one round
+		for r in $STORM_RATES; do
+			NOPLOT=1 bench "$t" "storm-$r$([ "$i" -gt 1 ] && echo "-r$i")" connect --transport ws \
+				--conns "$STORM_SWEEP_CONNS" --connect-rate "$r" --procs 2
+		done
 	done
 	bench "$t" publish publish --publishers "$PUB_PUBLISHERS" --duration "$PUB_SECONDS" --payload "$PAYLOAD"
 	if [ "$t" != floor ]; then

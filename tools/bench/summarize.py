@@ -114,29 +114,38 @@ def med_dpcs(t, name):
     return statistics.median(vals) if vals else None
 
 
-def sweep(t):
-    """Connect-rate sweep: [(target rate, achieved/s, p99 ms, handshakes, cpu s)]."""
+def sweep_runs(t):
+    """Every sweep run: (target rate, achieved/s, p99 ms, handshakes, cpu s, failed, other-CPU %)."""
     rows = []
     for p in glob.glob(os.path.join(D, f"{t}-storm-*.json")):
-        m = re.search(r"-storm-(\d+)\.json$", p)
+        m = re.search(r"-storm-(\d+)(-r\d+)?\.json$", p)
         r = load(os.path.basename(p)[:-5]) if m else None
         if not isinstance(r, dict):
             continue
         rows.append((int(m.group(1)), g(r, "connect", "handshakes_per_s", default=0),
                      g(r, "latency", "handshake", "percentiles_ms", "99", default=1e9),
                      g(r, "counters", "connected", default=0), g(r, "server", "cpu_window_s", default=0),
-                     g(r, "counters", "failed", default=0)))
-    return sorted(rows)
+                     g(r, "counters", "failed", default=0), g(r, "machine", "other_pct", default=0)))
+    return rows
+
+
+def sweep(t):
+    """Per asked rate, medians over the repetitions: [(rate, achieved/s, p99 ms, n runs, failed, max other %)]."""
+    by = {}
+    for row in sweep_runs(t):
+        by.setdefault(row[0], []).append(row)
+    return sorted((rate, statistics.median(x[1] for x in rs), statistics.median(x[2] for x in rs), len(rs),
+                   sum(x[5] for x in rs), max(x[6] for x in rs)) for rate, rs in by.items())
 
 
 def storm_at_p99(t):
-    """Highest achieved handshakes/s among sweep steps whose p99 <= the bound (and no failure)."""
-    ok = [a for (_, a, p, _, _, f) in sweep(t) if p <= STORM_P99_MS and not f]
+    """Highest achieved handshakes/s (median) among the rates whose median p99 <= the bound, with no failure."""
+    ok = [a for (_, a, p, _, f, _) in sweep(t) if p <= STORM_P99_MS and not f]
     return max(ok) if ok else None
 
 
 def storm_hs_per_cpu(t):
-    rows = sweep(t)
+    rows = sweep_runs(t)
     hs, cpu = sum(r[3] for r in rows), sum(r[4] for r in rows)
     return hs / cpu if cpu > 0 else None
 
@@ -188,15 +197,17 @@ def sweep_conns():
     return None
 
 
-print(f"\nconnect-rate sweep (WS connects per step: {fmt(sweep_conns())};"
-      f" handshake p99 ms / achieved handshakes/s; bound {STORM_P99_MS:g} ms):")
+nrep = max([r[3] for t in TARGETS for r in sweep(t)] + [0])
+print(f"\nconnect-rate sweep (WS connects per step: {fmt(sweep_conns())}, {nrep} round(s);"
+      f" medians of handshake p99 ms / achieved handshakes/s; bound {STORM_P99_MS:g} ms):")
 rates = sorted({r[0] for t in TARGETS for r in sweep(t)})
 for rate in rates:
     cells = []
     for t in TARGETS:
         m = [r for r in sweep(t) if r[0] == rate]
-        cells.append(f"{m[0][2]:.1f} / {m[0][1]:,.0f}" + (f" ({m[0][5]} failed)" if m[0][5] else "") if m else "-")
-    print(f"  {rate:>6d}/s asked{'':31s} " + " ".join(f"{c:>12s}" for c in cells))
+        cells.append(f"{m[0][2]:.1f} / {m[0][1]:,.0f}" + (f" ({m[0][4]} failed)" if m[0][4] else "") if m else "-")
+    print(f"  {rate:>6d}/s asked{'':31s} " + " ".join(f"{c:>14s}" for c in cells))
+row("  max other-process CPU in a sweep run (% core)", [max([r[5] for r in sweep(t)] or [0]) if sweep(t) else None for t in TARGETS])
 row(f"  highest rate with p99 <= {STORM_P99_MS:g} ms", [storm_at_p99(t) for t in TARGETS])
 row("  handshakes per server CPU-s (all steps)", [storm_hs_per_cpu(t) for t in TARGETS])
 
@@ -267,5 +278,14 @@ for name, a, b in [
 ]:
     r = ratio(a, b)
     print(f"  {name:54s} {('-' if r is None else f'{r:.3g}x'):>10s}")
+busy = []
+for p in sorted(glob.glob(os.path.join(D, "*.json"))):
+    name = os.path.basename(p)[:-5]
+    r = load(name)
+    if isinstance(r, dict) and (g(r, "machine", "other_pct") or 0) > 10:
+        busy.append(f"{name} ({g(r, 'machine', 'other_pct'):.0f}%)")
+if busy:
+    print("\nruns during which other processes used more than 10% of a core (figures disturbed):")
+    print("  " + ", ".join(busy))
 if os.path.exists(os.path.join(D, "crashes.txt")):
     print("\nSERVER CRASHES during this run: see crashes.txt")
