@@ -193,6 +193,34 @@ static void machine_window(struct run *r, const struct sample *a, const struct s
 	r->bench_window_s = b->bench_s - a->bench_s;
 }
 
+/* TcpExt ListenOverflows from /proc/net/netstat: connections completed by
+ * the client that found the server's accept queue full (machine-wide). */
+static long long listen_overflows(void)
+{
+	FILE *f = fopen("/proc/net/netstat", "r");
+	char names[8192], vals[8192];
+	long long v = -1;
+	if (!f)
+		return -1;
+	while (fgets(names, sizeof names, f) && fgets(vals, sizeof vals, f)) {
+		if (strncmp(names, "TcpExt:", 7) != 0)
+			continue;
+		char *sn, *sv;
+		char *n = strtok_r(names, " \n", &sn), *x = strtok_r(vals, " \n", &sv);
+		while (n && x) {
+			if (strcmp(n, "ListenOverflows") == 0) {
+				v = atoll(x);
+				break;
+			}
+			n = strtok_r(NULL, " \n", &sn);
+			x = strtok_r(NULL, " \n", &sv);
+		}
+		break;
+	}
+	fclose(f);
+	return v;
+}
+
 /* ---- workers ---- */
 
 static void send_cmd(struct coord *k, int op)
@@ -602,6 +630,7 @@ static int run_once(const struct bench_opts *o, struct run *r)
 	engine_refresh_time(&k->e);
 	struct sample sgo;
 	sample_server(o, &sgo);
+	long long lo0 = listen_overflows();
 	r->redis_sampled = o->nredis > 0;
 	k->go = k->last_sample_mono = k->e.mono;
 	k->next_sample = k->go + 1000000;
@@ -716,6 +745,8 @@ static int run_once(const struct bench_opts *o, struct run *r)
 		fprintf(stderr, "\n");
 	send_cmd(k, CMD_STOP);
 	collect_results(k);
+	long long lo1 = listen_overflows();
+	r->listen_overflows = lo0 >= 0 && lo1 >= lo0 ? lo1 - lo0 : -1;
 	if (r->r.last_handshake_us > r->r.first_attempt_us && r->r.first_attempt_us)
 		r->connect_secs = (double)(r->r.last_handshake_us - r->r.first_attempt_us) / 1e6;
 	r->r.c.bytes_in += 0;

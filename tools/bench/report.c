@@ -196,6 +196,10 @@ void report_table(const struct run *r, FILE *f)
 		        100 * r->machine_window_s / w, r->sampled ? 100 * r->cpu_window_s / w : 0, 100 * r->bench_window_s / w,
 		        r->redis_sampled ? ", Redis counted apart" : "", 100 * (other > 0 ? other : 0) / w);
 	}
+	if (r->listen_overflows > 0)
+		fprintf(f, "Kernel: %lld listen-queue overflows during the run (handshakes that found the accept queue full;"
+		           " each waits for a retransmission, 200 ms or more)\n",
+		        r->listen_overflows);
 	if (r->redis_sampled)
 		fprintf(f, "Redis: CPU %.3f s over the %.2f s window (%.1f%% of a core) for %llu publishes = %.1f us per publish\n",
 		        r->redis_cpu_window_s, r->window_secs,
@@ -283,6 +287,7 @@ json_t *report_json(const struct run *r)
 		                    json_real(run_cpu_per_delivery_us(r) > 0 ? 1e6 / run_cpu_per_delivery_us(r) : 0));
 		json_object_set_new(j, "server", s);
 	}
+	json_object_set_new(j, "kernel", json_pack("{s:I}", "listen_overflows", (json_int_t)r->listen_overflows));
 	if (r->machine_window_s > 0 && r->window_secs > 0) {
 		double w = r->window_secs, other = r->machine_window_s - r->bench_window_s -
 		                                   (r->sampled ? r->cpu_window_s : 0) - r->redis_cpu_window_s;

@@ -44,6 +44,7 @@ struct run {
 	uint64_t pub_window;   /* acknowledged publishes inside the window */
 	double machine_window_s; /* busy CPU seconds of the whole machine inside the window */
 	double bench_window_s;   /* the bench's own CPU seconds inside the window */
+	long long listen_overflows; /* TcpExt ListenOverflows during the run (machine-wide), -1: unknown */
 	double redis_cpu_window_s; /* Redis CPU seconds inside the window */
 	int npoints;
 	struct run_point pts[RUN_MAX_POINTS];

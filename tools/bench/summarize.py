@@ -65,6 +65,7 @@ ROWS = [
     ("connect storm: handshake p99 (ms)", "connect", ("latency", "handshake", "percentiles_ms", "99")),
     ("connect storm: handshakes per server CPU-s", "connect", ("connect", "handshakes_per_cpu_s")),
     ("connect storm: server CPU (% core)", "connect", ("server", "cpu_pct")),
+    ("connect storm: listen-queue overflows", "connect", ("kernel", "listen_overflows")),
     ("publish: publishes/s (keep-alive)", "publish", ("publish", "publishes_per_s")),
     ("game: broadcast p98 (ms)", "game", ("latency", "broadcast", "percentiles_ms", "98")),
     ("game: request p98 (ms)", "game", ("latency", "request", "percentiles_ms", "98")),
@@ -207,6 +208,14 @@ for rate in rates:
         m = [r for r in sweep(t) if r[0] == rate]
         cells.append(f"{m[0][2]:.1f} / {m[0][1]:,.0f}" + (f" ({m[0][4]} failed)" if m[0][4] else "") if m else "-")
     print(f"  {rate:>6d}/s asked{'':31s} " + " ".join(f"{c:>14s}" for c in cells))
+def sweep_overflows(t):
+    v = [g(load(os.path.basename(p)[:-5]) or {}, "kernel", "listen_overflows")
+         for p in glob.glob(os.path.join(D, f"{t}-storm-*.json"))]
+    v = [x for x in v if isinstance(x, int) and x >= 0]
+    return sum(v) if v else None
+
+
+row("  listen-queue overflows, all sweep runs", [sweep_overflows(t) for t in TARGETS])
 row("  max other-process CPU in a sweep run (% core)", [max([r[5] for r in sweep(t)] or [0]) if sweep(t) else None for t in TARGETS])
 row(f"  highest rate with p99 <= {STORM_P99_MS:g} ms", [storm_at_p99(t) for t in TARGETS])
 row("  handshakes per server CPU-s (all steps)", [storm_hs_per_cpu(t) for t in TARGETS])
