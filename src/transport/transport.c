@@ -181,10 +181,7 @@ void transport_park(struct conn *c)
     conn_park_retry(c);
 }
 
-/* Subscribes for an HTTP transport, answering the error itself. Returns 0 or -1
- * (also when parked: the request is re-run once the channels are ready). */
-static int subscribe_or_error(struct http_ctx *x, const struct sub_request *r,
-                              struct hub_backlog *b)
+int transport_http_subscribe(struct http_ctx *x, const struct sub_request *r, struct hub_backlog *b)
 {
     size_t bad = 0;
     int err = transport_subscribe(x->c, r, &bad, b);
@@ -235,7 +232,7 @@ void sse_handle(struct http_ctx *x)
             return http_error(x, 400, "bad_format", "format is 'json' (default) or 'raw'");
     }
     struct hub_backlog b;
-    if (subscribe_or_error(x, &r, &b) < 0)
+    if (transport_http_subscribe(x, &r, &b) < 0)
         return;
     if (raw)
         x->c->flags |= CF_RAW;
@@ -255,7 +252,7 @@ void stream_handle(struct http_ctx *x)
     if (x->req->minor_version == 0)
         return http_error(x, 505, "http_version", "/stream needs HTTP/1.1 (chunked encoding)");
     struct hub_backlog b;
-    if (subscribe_or_error(x, &r, &b) < 0)
+    if (transport_http_subscribe(x, &r, &b) < 0)
         return;
     start_stream_kind(x, CONN_STREAM, "application/x-ndjson", "Transfer-Encoding: chunked\r\n", "");
     transport_replay(x->c, &b, r.since);
@@ -280,7 +277,7 @@ void longpoll_handle(struct http_ctx *x)
             timeout = (uint32_t)(t * 1000);
     }
     struct hub_backlog b;
-    if (subscribe_or_error(x, &r, &b) < 0)
+    if (transport_http_subscribe(x, &r, &b) < 0)
         return;
     /* Nothing newer than the hub's head when we subscribed was missed: the
      * subscription was in place from then on. */

@@ -67,6 +67,14 @@ void transport_replay(struct conn *c, struct hub_backlog *b, uint64_t since);
 /* The machine-readable error name of a hub_error ("bad_cursor", ...), and its HTTP status. */
 const char *transport_error_name(int err);
 int transport_error_status(int err);
+/*
+ * Subscribes for a request (SSE, stream, long-poll, WebSocket handshake), answering
+ * any error itself with its HTTP status and JSON body. Returns 0, or -1 when the
+ * request was answered or parked (it is re-run once the channels are ready).
+ */
+struct http_ctx;
+int transport_http_subscribe(struct http_ctx *x, const struct sub_request *r,
+                             struct hub_backlog *b);
 /* Parks a subscribe that got HUB_PENDING until the hub wakes the connection. */
 void transport_park(struct conn *c);
 

@@ -138,19 +138,9 @@ void ws_handle_upgrade(struct http_ctx *x)
         transport_parse_since(&r, v, vl, &err) < 0)
         return http_error(x, 400, "bad_cursor", "%s", err);
     struct hub_backlog b = {0};
-    if (has_channels) {
-        size_t bad = 0;
-        int e = transport_subscribe(c, &r, &bad, &b);
-        if (e == HUB_PENDING)
-            return transport_park(c); /* the handshake is re-run when the channels are ready */
-        if (e)
-            return http_error(x,
-                              e == HUB_ERR_NOT_FOUND  ? 404
-                              : e == HUB_ERR_TOO_MANY ? 503
-                                                      : 400,
-                              transport_error_name(e), "%s (%.*s)", hub_strerror(e),
-                              (int)r.names[bad].len, r.names[bad].data);
-    }
+    /* An error is answered before the upgrade, as HTTP (the same statuses as SSE). */
+    if (has_channels && transport_http_subscribe(x, &r, &b) < 0)
+        return; /* answered, or parked: the handshake is re-run when the channels are ready */
 
     char ext[128] = "";
     const struct http_header *exts = http_find_header(req, "Sec-WebSocket-Extensions");
