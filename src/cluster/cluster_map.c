@@ -618,8 +618,9 @@ int cluster_ssubscribe(struct cluster_router *r, const char *channel, size_t len
 {
     if (!len || len > UINT32_MAX || r->free_requested)
         return RESP_EINVAL;
-    if (map_get(&r->chans, channel, len))
-        return 0;
+    struct map_node *have = map_get(&r->chans, channel, len);
+    if (have)
+        return container_of(have, struct cchan, mn)->st == CH_ACTIVE ? 1 : 0;
     struct cchan *ch = xcalloc(1, sizeof(*ch) + len + 1);
     memcpy(ch->name, channel, len);
     ch->mn = (struct map_node){.key = ch->name, .key_len = (uint32_t)len};

@@ -80,7 +80,9 @@ int cluster_command_key(struct cluster_router *r, const char *key, size_t len, r
 /* SPUBLISH channel data. */
 int cluster_spublish(struct cluster_router *r, const char *channel, size_t channel_len,
                      const char *data, size_t len, resp_reply_fn *cb, void *arg);
-/* Keeps channel SSUBSCRIBEd on its shard from now on (idempotent). 0 or RESP_EINVAL. */
+/* Keeps channel SSUBSCRIBEd on its shard from now on (idempotent). 1 when it is
+ * subscribed already (no on_subscribed follows, unless it is re-established), 0 when
+ * a subscription is under way, or RESP_EINVAL. */
 int cluster_ssubscribe(struct cluster_router *r, const char *channel, size_t len);
 int cluster_sunsubscribe(struct cluster_router *r, const char *channel, size_t len);
 

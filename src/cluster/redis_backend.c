@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include "cluster/cluster_map.h"
 #include "cluster/redis_bus.h"
 #include "core/config.h"
 #include "core/log.h"
@@ -33,30 +34,37 @@
 /* ---- scripts ----------------------------------------------------------------- */
 
 /*
- * KEYS: [1] last-id key (string), then per channel: stream, options, state.
- * ARGV: [1] id hint, [2] payload, [3] auto-create 1/0, [4] default history size,
- * [5] default history ttl ms, [6] default channel ttl ms, [7] now ms, then the
- * bus channel name of each channel.
- * Returns the id, or an error "NOTFOUND <index>".
+ * KEYS: [1] last-id key (string), [2] epoch key, then per channel: stream, options,
+ * state. ARGV: [1] id hint, [2] payload, [3] auto-create 1/0, [4] default history
+ * size, [5] default history ttl ms, [6] default channel ttl ms, [7] now ms, [8] the
+ * publish verb, then the bus channel name of each channel.
+ * Returns {id, subscribers}, or an error "NOTFOUND <index>".
+ *
+ * The epoch key holds the first id of this Redis data set: a Redis that lost its
+ * data (restarted without persistence) has none, and the next publish or load
+ * sets it, so that older cursors are told about the gap (see load_lua).
  */
 static const char publish_lua[] =
-    "local n = (#KEYS - 1) / 3\n"
+    "local n = (#KEYS - 2) / 3\n"
     "for i = 0, n - 1 do\n"
-    "  if ARGV[3] == '0' and redis.call('EXISTS', KEYS[3 + 3*i]) == 0 then\n"
+    "  if ARGV[3] == '0' and redis.call('EXISTS', KEYS[4 + 3*i]) == 0 then\n"
     "    return redis.error_reply('NOTFOUND ' .. i)\n"
     "  end\n"
     "end\n"
     "local last = tonumber(redis.call('GET', KEYS[1]) or '0')\n"
     "local id = math.max(tonumber(ARGV[1]), last + 1)\n"
+    "local ep = redis.call('GET', KEYS[2])\n"
+    "if ep then id = math.max(id, tonumber(ep)) end\n"
     "for i = 0, n - 1 do\n"
-    "  local st = redis.call('HGET', KEYS[4 + 3*i], 'last')\n"
+    "  local st = redis.call('HGET', KEYS[5 + 3*i], 'last')\n"
     "  if st and tonumber(st) >= id then id = tonumber(st) + 1 end\n"
     "end\n"
     "local sid = string.format('%d', id)\n"
     "redis.call('SET', KEYS[1], sid)\n"
+    "if not ep then redis.call('SET', KEYS[2], sid) end\n"
     "local subs = 0\n"
     "for i = 0, n - 1 do\n"
-    "  local h, o, s = KEYS[2 + 3*i], KEYS[3 + 3*i], KEYS[4 + 3*i]\n"
+    "  local h, o, s = KEYS[3 + 3*i], KEYS[4 + 3*i], KEYS[5 + 3*i]\n"
     "  local opt = redis.call('HMGET', o, 'history_size', 'history_ttl', 'ttl', 'persistent')\n"
     "  local hs = tonumber(opt[1] or ARGV[4])\n"
     "  local httl = tonumber(opt[2] or ARGV[5])\n"
@@ -85,28 +93,60 @@ static const char publish_lua[] =
     "return {sid, subs}\n";
 
 /*
- * KEYS: stream, options, state. ARGV: [1] after id (0: the newest), [2] auto-create
- * 1/0, [3] default history size. Returns {evicted, history size, entries,
- * history ttl ms or ''} or "NOTFOUND".
+ * The first step of a publish to channels on several shards of a Redis Cluster,
+ * run on each of them before anything is stored, so that the message gets one id
+ * on every channel and a missing channel stops it everywhere.
+ * KEYS: last-id key, epoch key, options, state. ARGV: [1] auto-create 1/0.
+ * Returns the smallest id the channel can take, or "NOTFOUND ...".
+ */
+static const char prepare_lua[] = "if ARGV[1] == '0' and redis.call('EXISTS', KEYS[3]) == 0 then\n"
+                                  "  return redis.error_reply('NOTFOUND no such channel')\n"
+                                  "end\n"
+                                  "local id = tonumber(redis.call('GET', KEYS[1]) or '0') + 1\n"
+                                  "local st = redis.call('HGET', KEYS[4], 'last')\n"
+                                  "if st then id = math.max(id, tonumber(st) + 1) end\n"
+                                  "local ep = redis.call('GET', KEYS[2])\n"
+                                  "if ep then id = math.max(id, tonumber(ep)) end\n"
+                                  "return string.format('%d', id)\n";
+
+/*
+ * KEYS: stream, options, state, epoch. ARGV: [1] after id (0: the newest), [2]
+ * auto-create 1/0, [3] default history size, [4] now ms, [5] default channel ttl
+ * ms, [6] default history ttl ms, [7] the loading node's clock in us. Returns
+ * {evicted, history size, entries, history ttl ms or '', created 1/0} or
+ * "NOTFOUND ...".
+ *
+ * A first load creates the channel when auto-create is on (subscribing creates
+ * it, as in memory; the nodes' heartbeats keep it alive while it has
+ * subscribers). It also reports as evicted everything before this Redis data
+ * set's epoch: a cursor older than that may have missed messages Redis lost. A
+ * gap fill does not: the node's cache holds what it followed live.
  */
 static const char load_lua[] =
-    "if ARGV[2] == '0' and redis.call('EXISTS', KEYS[2]) == 0 then\n"
-    "  return redis.error_reply('NOTFOUND')\n"
+    "local created = 0\n"
+    "if redis.call('EXISTS', KEYS[2]) == 0 then\n"
+    "  if ARGV[2] == '0' then return redis.error_reply('NOTFOUND no such channel') end\n"
+    "  redis.call('HSET', KEYS[2], 'created', ARGV[4], 'active', ARGV[4])\n"
+    "  redis.call('PEXPIRE', KEYS[2], math.max(tonumber(ARGV[5]), tonumber(ARGV[6]), 1000))\n"
+    "  created = 1\n"
     "end\n"
     "local opt = redis.call('HMGET', KEYS[2], 'history_size', 'history_ttl')\n"
     "local hs = tonumber(opt[1] or ARGV[3])\n"
     "local st = redis.call('HMGET', KEYS[3], 'evicted', 'last')\n"
-    "local evicted = st[1] or '0'\n"
+    "local evicted = tonumber(st[1] or '0')\n"
+    "local ep = redis.call('GET', KEYS[4])\n"
+    "if not ep then ep = ARGV[7]; redis.call('SET', KEYS[4], ep) end\n"
     "local e\n"
     "if ARGV[1] == '0' then\n"
     "  e = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', hs)\n"
+    "  evicted = math.max(evicted, tonumber(ep) - 1)\n"
     "else\n"
     "  e = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1] .. '-0', '+', 'COUNT', hs)\n"
     "end\n"
     "if #e == 0 and st[2] and redis.call('EXISTS', KEYS[1]) == 0 then\n"
-    "  evicted = st[2]\n" /* the whole Stream expired: everything up to last is gone */
+    "  evicted = math.max(evicted, tonumber(st[2]))\n" /* the whole Stream expired */
     "end\n"
-    "return {evicted, hs, e, opt[2] or ''}\n";
+    "return {string.format('%d', evicted), hs, e, opt[2] or '', created}\n";
 
 /*
  * KEYS: stream, options, state, counts. ARGV: [1] now ms, [2] mode (get|put|del),
@@ -120,7 +160,7 @@ static const char chan_lua[] =
     "local exists = redis.call('EXISTS', o) == 1 or redis.call('EXISTS', h) == 1\n"
     "local created = 0\n"
     "if ARGV[2] == 'del' then\n"
-    "  if not exists then return redis.error_reply('NOTFOUND') end\n"
+    "  if not exists then return redis.error_reply('NOTFOUND no such channel') end\n"
     "  local last = redis.call('HGET', s, 'last')\n"
     "  redis.call('DEL', h, o, c)\n"
     "  if last then\n" /* a channel re-created later still reports the gap */
@@ -140,7 +180,7 @@ static const char chan_lua[] =
     "  redis.call('HSET', o, 'active', ARGV[1])\n"
     "  exists = true\n"
     "end\n"
-    "if not exists then return redis.error_reply('NOTFOUND') end\n"
+    "if not exists then return redis.error_reply('NOTFOUND no such channel') end\n"
     "local opt = redis.call('HMGET', o, 'ttl', 'history_size', 'history_ttl', 'persistent',\n"
     "                        'created', 'active')\n"
     "if ARGV[2] == 'put' then\n"
@@ -187,8 +227,20 @@ struct indexed {
     char name[CHANNEL_NAME_MAX + 1];
 };
 
+/* A channel whose gap fill failed, loaded again by the reload timer. */
+struct reload {
+    struct map_node node; /* first: redis_bus__free_map frees the node pointer */
+    size_t len;
+    char name[CHANNEL_NAME_MAX + 1];
+};
+
+#define RELOAD_MS 250
+
 struct rb {
     struct map indexed; /* channels recently added to herald:channels */
+    struct map reload;  /* struct reload: gap fills to try again */
+    struct timer reload_timer;
+    uint32_t *epoch_tag; /* cluster: per slot, a hash tag on that slot (epoch keys) */
     struct hub *hub;
     const struct herald_config *cfg;
     struct loop loop;
@@ -255,6 +307,40 @@ static size_t key_of(char *buf, size_t size, const char *name, size_t len, char 
     return (size_t)n;
 }
 
+/*
+ * The epoch key of the data set that holds channel `name` (see publish_lua): one
+ * for a single Redis, one per slot on a Redis Cluster (a script may only touch
+ * keys of its channel's slot, and a shard that lost its data lost its slots').
+ */
+static size_t epoch_key_of(const struct rb *rb, char *buf, size_t size, const char *name,
+                           size_t len)
+{
+    if (!rb->epoch_tag)
+        return (size_t)snprintf(buf, size, "herald:{seq}:e");
+    return (size_t)snprintf(buf, size, "herald:{%" PRIu32 "}:e",
+                            rb->epoch_tag[cluster_keyslot(name, len)]);
+}
+
+/* Finds, for every slot, the smallest number whose decimal form hashes to it. */
+static uint32_t *epoch_tags_new(void)
+{
+    uint32_t *tag = xmalloc(CLUSTER_SLOTS * sizeof(*tag));
+    bool *seen = xcalloc(CLUSTER_SLOTS, sizeof(*seen));
+    size_t found = 0;
+    for (uint32_t i = 0; found < CLUSTER_SLOTS; i++) {
+        char b[16];
+        int n = snprintf(b, sizeof(b), "%" PRIu32, i);
+        uint16_t slot = cluster_keyslot(b, (size_t)n);
+        if (!seen[slot]) {
+            seen[slot] = true;
+            tag[slot] = i;
+            found++;
+        }
+    }
+    free(seen);
+    return tag;
+}
+
 /* For writes nobody waits on (index, heartbeat): failures are logged, then retried next time. */
 static void ignore_reply(const redisReply *r, int status, void *arg)
 {
@@ -262,10 +348,19 @@ static void ignore_reply(const redisReply *r, int status, void *arg)
         log_warn("redis: %s", r->str);
 }
 
-static int resp_to_hub_err(int status)
+/*
+ * Whether a script answered "no such channel". Scripts reply "NOTFOUND <detail>":
+ * Redis 7 keeps an error's first word as its code only when a space follows, and
+ * prefixes a bare word with "ERR " (so "ERR NOTFOUND" is accepted too).
+ */
+static bool reply_is_notfound(const redisReply *r)
 {
-    UNUSED(status);
-    return HUB_ERR_BACKEND;
+    if (!r || r->type != REDIS_REPLY_ERROR)
+        return false;
+    const char *s = r->str;
+    if (strncmp(s, "ERR ", 4) == 0)
+        s += 4;
+    return strncmp(s, "NOTFOUND", 8) == 0;
 }
 
 /* ---- payload ------------------------------------------------------------------------ */
@@ -395,6 +490,7 @@ static uint64_t reply_u64(const redisReply *r)
 
 struct load_op {
     struct rb *rb;
+    uint64_t token; /* from hub_channel_loading */
     char name[CHANNEL_NAME_MAX + 1];
     size_t len;
 };
@@ -405,27 +501,36 @@ static int cmp_entry(const void *a, const void *b)
     return x->seq < y->seq ? -1 : x->seq > y->seq;
 }
 
+static void index_channel(struct rb *rb, const char *name, size_t len);
+static void reload_later(struct rb *rb, const char *name, size_t len);
+
+/* The load failed: subscribers waiting for it hear why, or a gap fill goes again. */
+static void load_failed(struct load_op *op, int err)
+{
+    if (hub_channel_loaded(op->rb->hub, op->name, op->len, op->token, err, NULL, 0, 0, NULL))
+        reload_later(op->rb, op->name, op->len);
+    free(op);
+}
+
 static void load_reply(const redisReply *r, int status, void *arg)
 {
     struct load_op *op = arg;
     struct rb *rb = op->rb;
     if (status < 0 || !r || r->type == REDIS_REPLY_ERROR) {
-        bool nf =
-            status == 0 && r && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOTFOUND", 8) == 0;
+        bool nf = status == 0 && reply_is_notfound(r);
+        /* Connection failures are retried quietly: "redis: down" says it once. */
         if (!nf)
-            log_warn("redis: loading channel %s failed: %s", op->name,
-                     r && r->str ? r->str : resp_strerror(status));
-        hub_channel_loaded(rb->hub, op->name, op->len, nf ? HUB_ERR_NOT_FOUND : HUB_ERR_BACKEND,
-                           NULL, 0, 0, NULL);
-        free(op);
+            log_msg(status == 0 ? LOG_WARN : LOG_DEBUG, "redis: loading channel %s failed: %s",
+                    op->name, status == 0 && r && r->str ? r->str : resp_strerror(status));
+        load_failed(op, nf ? HUB_ERR_NOT_FOUND : HUB_ERR_BACKEND);
         return;
     }
     uint64_t evicted = 0;
     const redisReply *list =
-        r->type == REDIS_REPLY_ARRAY && r->elements == 4 ? r->element[2] : NULL;
+        r->type == REDIS_REPLY_ARRAY && r->elements == 5 ? r->element[2] : NULL;
     if (!list || list->type != REDIS_REPLY_ARRAY) {
-        hub_channel_loaded(rb->hub, op->name, op->len, HUB_ERR_BACKEND, NULL, 0, 0, NULL);
-        free(op);
+        log_warn("redis: loading channel %s: unexpected reply", op->name);
+        load_failed(op, HUB_ERR_BACKEND);
         return;
     }
     const redisReply *ev = r->element[0];
@@ -454,7 +559,10 @@ static void load_reply(const redisReply *r, int status, void *arg)
                              .history_size = (uint32_t)hs,
                              .has_history_ttl = httl > 0,
                              .history_ttl_ms = (uint32_t)httl};
-    hub_channel_loaded(rb->hub, op->name, op->len, 0, entries, k, evicted, &o);
+    if (reply_u64(r->element[4]) == 1)
+        index_channel(rb, op->name, op->len); /* created by this subscribe */
+    if (hub_channel_loaded(rb->hub, op->name, op->len, op->token, 0, entries, k, evicted, &o))
+        reload_later(rb, op->name, op->len);
     for (size_t i = 0; i < n; i++)
         sbuf_free(&bufs[i]);
     free(bufs);
@@ -462,26 +570,71 @@ static void load_reply(const redisReply *r, int status, void *arg)
     free(op);
 }
 
-/* Loads (first time) or gap-fills a channel's cache from its Stream. */
-static void load_channel(struct rb *rb, const char *name, size_t len)
+/* Loads (first time) or gap-fills a channel's cache from its Stream; with `down`
+ * (Redis is unreachable) the load fails at once, so that subscribers hear it now. */
+static void load_channel(struct rb *rb, const char *name, size_t len, bool down)
 {
-    uint64_t last;
-    if (!hub_channel_loading(rb->hub, name, len, &last))
+    uint64_t last = 0, token = hub_channel_loading(rb->hub, name, len, &last);
+    if (!token)
         return;
     struct load_op *op = xcalloc(1, sizeof(*op));
     op->rb = rb;
+    op->token = token;
     memcpy(op->name, name, len);
     op->len = len;
-    char h[160], o[160], s[160], after[24], hs[16];
-    size_t hl = key_of(h, sizeof(h), name, len, 'h'), ol = key_of(o, sizeof(o), name, len, 'o'),
-           sl = key_of(s, sizeof(s), name, len, 's');
+    if (down) {
+        load_reply(NULL, RESP_ENOTCONN, op);
+        return;
+    }
+    char h[160], o[160], s[160], e[64], after[24], hs[16], now[24], ttl[16], httl[16], us[24];
+    key_of(h, sizeof(h), name, len, 'h');
+    key_of(o, sizeof(o), name, len, 'o');
+    key_of(s, sizeof(s), name, len, 's');
+    epoch_key_of(rb, e, sizeof(e), name, len);
     snprintf(after, sizeof(after), "%" PRIu64, last);
     snprintf(hs, sizeof(hs), "%u", rb->cfg->history_size);
-    const char *argv[] = {"EVAL", load_lua, "3", h, o, s, after, rb->cfg->auto_create ? "1" : "0",
-                          hs};
-    size_t argl[] = {4, strlen(load_lua), 1, hl, ol, sl, strlen(after), 1, strlen(hs)};
-    if (redis_bus_command(rb->bus, h, hl, load_reply, op, 9, argv, argl) < 0)
+    snprintf(now, sizeof(now), "%" PRIu64, wall_ms());
+    snprintf(ttl, sizeof(ttl), "%u", rb->cfg->channel_ttl_ms);
+    snprintf(httl, sizeof(httl), "%u", rb->cfg->history_ttl_ms);
+    snprintf(us, sizeof(us), "%" PRIu64, wall_us());
+    const char *argv[] = {
+        "EVAL", load_lua, "4", h,    o, s, e, after, rb->cfg->auto_create ? "1" : "0",
+        hs,     now,      ttl, httl, us};
+    if (redis_bus_command(rb->bus, h, strlen(h), load_reply, op, (int)ARRAY_LEN(argv), argv, NULL) <
+        0)
         load_reply(NULL, RESP_ENOTCONN, op);
+}
+
+/* Gap fills that failed go again after RELOAD_MS (or as soon as Redis is up). */
+static void reload_later(struct rb *rb, const char *name, size_t len)
+{
+    if (!map_get(&rb->reload, name, len)) {
+        struct reload *rl = xcalloc(1, sizeof(*rl));
+        memcpy(rl->name, name, len);
+        rl->len = len;
+        rl->node = (struct map_node){.key = rl->name, .key_len = (uint32_t)len};
+        map_put(&rb->reload, &rl->node);
+    }
+    if (!timer_armed(&rb->reload_timer))
+        timer_start(&rb->loop, &rb->reload_timer, RELOAD_MS);
+}
+
+static void reload_cb(struct loop *loop, struct timer *t)
+{
+    struct rb *rb = container_of(t, struct rb, reload_timer);
+    /* Take the set first: a load that fails at once puts its channel back. */
+    size_t n = rb->reload.len, i = 0, b = 0;
+    struct reload **all = xmalloc((n ? n : 1) * sizeof(*all));
+    struct map_node *node, *next = NULL;
+    while ((node = map_next(&rb->reload, &b, &next))) {
+        map_del(&rb->reload, node);
+        all[i++] = container_of(node, struct reload, node);
+    }
+    for (i = 0; i < n; i++) {
+        load_channel(rb, all[i]->name, all[i]->len, false); /* not wanted any more: nothing */
+        free(all[i]);
+    }
+    free(all);
 }
 
 static void on_subscribed(const char *channel, size_t channel_len, void *arg)
@@ -489,7 +642,7 @@ static void on_subscribed(const char *channel, size_t channel_len, void *arg)
     struct rb *rb = arg;
     struct slice name;
     if (bus_channel_name(channel, channel_len, &name))
-        load_channel(rb, name.data, name.len);
+        load_channel(rb, name.data, name.len, false);
 }
 
 static void on_status(enum redis_bus_status status, void *arg)
@@ -504,6 +657,8 @@ static void on_status(enum redis_bus_status status, void *arg)
     else if (status != rb->status)
         log_debug("redis: %s", names[status]);
     rb->status = status;
+    if (status == REDIS_BUS_UP && rb->reload.len)
+        timer_start(&rb->loop, &rb->reload_timer, 0);
 }
 
 /* ---- hub backend ops ------------------------------------------------------------------ */
@@ -523,10 +678,12 @@ static void want_run(struct task *t)
     char m[160];
     size_t ml = key_of(m, sizeof(m), wt->name, wt->len, 'm');
     if (wt->on) {
-        redis_bus_subscribe(rb->bus, m, ml);
-        /* While Redis is down, subscribers hear so now instead of waiting. */
-        if (redis_bus_status(rb->bus) == REDIS_BUS_DOWN)
-            hub_channel_loaded(rb->hub, wt->name, wt->len, HUB_ERR_BACKEND, NULL, 0, 0, NULL);
+        int rc = redis_bus_subscribe(rb->bus, m, ml);
+        /* While Redis is down, subscribers hear so now instead of waiting. Subscribed
+         * already (an earlier load failed), no on_subscribed comes: load now. */
+        bool down = redis_bus_status(rb->bus) == REDIS_BUS_DOWN;
+        if (down || rc == 1)
+            load_channel(rb, wt->name, wt->len, down);
     } else {
         redis_bus_unsubscribe(rb->bus, m, ml);
     }
@@ -570,31 +727,28 @@ struct pub_task {
     uint64_t hint;
 };
 
-/* Channels created by publishing join the listing index (at most once a minute
- * per channel and node: the index is only for listing). Backend thread. */
-static void index_channels(struct pub_task *pt)
+/* Channels created by publishing or subscribing join the listing index (at most
+ * once a minute per channel and node: the index is only for listing). Backend thread. */
+static void index_channel(struct rb *rb, const char *name, size_t len)
 {
-    struct rb *rb = pt->rb;
     uint64_t now = now_ms();
     if (rb->indexed.len > 100000)
         index_reset(rb);
-    for (size_t i = 0; i < pt->n; i++) {
-        struct map_node *n = map_get(&rb->indexed, pt->names[i], pt->lens[i]);
-        struct indexed *ix = n ? container_of(n, struct indexed, node) : NULL;
-        if (ix && now - ix->at < 60000)
-            continue;
-        if (!ix) {
-            ix = xcalloc(1, sizeof(*ix));
-            memcpy(ix->name, pt->names[i], pt->lens[i]);
-            ix->node.key = ix->name;
-            ix->node.key_len = (uint32_t)pt->lens[i];
-            map_put(&rb->indexed, &ix->node);
-        }
-        ix->at = now;
-        const char *argv[] = {"ZADD", "herald:channels", "NX", "0", pt->names[i]};
-        size_t argl[] = {4, 15, 2, 1, pt->lens[i]};
-        redis_bus_command(rb->bus, "herald:channels", 15, ignore_reply, NULL, 5, argv, argl);
+    struct map_node *n = map_get(&rb->indexed, name, len);
+    struct indexed *ix = n ? container_of(n, struct indexed, node) : NULL;
+    if (ix && now - ix->at < 60000)
+        return;
+    if (!ix) {
+        ix = xcalloc(1, sizeof(*ix));
+        memcpy(ix->name, name, len);
+        ix->node.key = ix->name;
+        ix->node.key_len = (uint32_t)len;
+        map_put(&rb->indexed, &ix->node);
     }
+    ix->at = now;
+    const char *argv[] = {"ZADD", "herald:channels", "NX", "0", name};
+    size_t argl[] = {4, 15, 2, 1, len};
+    redis_bus_command(rb->bus, "herald:channels", 15, ignore_reply, NULL, 5, argv, argl);
 }
 
 static void pub_answer(void *arg)
@@ -611,9 +765,9 @@ static void pub_reply(const redisReply *r, int status, void *arg)
 {
     struct pub_task *pt = arg;
     if (status < 0 || !r) {
-        pt->err = resp_to_hub_err(status);
+        pt->err = HUB_ERR_BACKEND;
     } else if (r->type == REDIS_REPLY_ERROR) {
-        if (strncmp(r->str, "NOTFOUND", 8) == 0) {
+        if (reply_is_notfound(r)) {
             pt->err = HUB_ERR_NOT_FOUND;
         } else {
             log_warn("redis: publish failed: %s", r->str);
@@ -626,19 +780,32 @@ static void pub_reply(const redisReply *r, int status, void *arg)
             (!pt->res.id || id < pt->res.id))
             pt->res.id = id;
         pt->res.subscribers += (uint32_t)r->element[1]->integer;
+    } else {
+        log_warn("redis: publish failed: unexpected reply");
+        pt->err = HUB_ERR_BACKEND;
     }
     if (--pt->pending == 0) {
-        if (!pt->err)
-            index_channels(pt);
+        for (size_t i = 0; i < pt->n && !pt->err; i++)
+            index_channel(pt->rb, pt->names[i], pt->lens[i]);
         hub_post(pt->rb->hub, pt->w, pub_answer, pt);
     }
+}
+
+/* The last-id key that orders channel i's messages: one for a single Redis (ids
+ * order every message), the channel's own on a Redis Cluster. */
+static void last_id_key(const struct pub_task *pt, size_t i, char *buf, size_t size)
+{
+    if (pt->rb->cluster)
+        key_of(buf, size, pt->names[i], pt->lens[i], 'i');
+    else
+        snprintf(buf, size, "herald:{seq}:i");
 }
 
 /* Runs the publish script for channels [from, to) (one shard). */
 static int pub_eval(struct pub_task *pt, size_t from, size_t to)
 {
     struct rb *rb = pt->rb;
-    size_t nk = 1 + 3 * (to - from), argc = 3 + nk + 8 + (to - from);
+    size_t nk = 2 + 3 * (to - from), argc = 3 + nk + 8 + (to - from);
     const char **argv = xcalloc(argc, sizeof(*argv));
     size_t *argl = xcalloc(argc, sizeof(*argl));
     char(*keys)[160] = xcalloc(nk, sizeof(*keys));
@@ -648,13 +815,10 @@ static int pub_eval(struct pub_task *pt, size_t from, size_t to)
     argv[a++] = publish_lua;
     snprintf(numkeys, sizeof(numkeys), "%zu", nk);
     argv[a++] = numkeys;
-    /* One Redis: a global last id orders all messages. A cluster: per channel. */
-    if (rb->cluster)
-        key_of(keys[0], sizeof(keys[0]), pt->names[from], pt->lens[from], 'i');
-    else
-        snprintf(keys[0], sizeof(keys[0]), "herald:{seq}:i");
+    last_id_key(pt, from, keys[0], sizeof(keys[0]));
+    epoch_key_of(rb, keys[1], sizeof(keys[1]), pt->names[from], pt->lens[from]);
     for (size_t i = from; i < to; i++) {
-        size_t k = 1 + 3 * (i - from);
+        size_t k = 2 + 3 * (i - from);
         key_of(keys[k], sizeof(keys[k]), pt->names[i], pt->lens[i], 'h');
         key_of(keys[k + 1], sizeof(keys[k + 1]), pt->names[i], pt->lens[i], 'o');
         key_of(keys[k + 2], sizeof(keys[k + 2]), pt->names[i], pt->lens[i], 's');
@@ -684,7 +848,7 @@ static int pub_eval(struct pub_task *pt, size_t from, size_t to)
         if (!argl[i])
             argl[i] = strlen(argv[i]);
     int rc =
-        redis_bus_command(rb->bus, keys[1], strlen(keys[1]), pub_reply, pt, (int)a, argv, argl);
+        redis_bus_command(rb->bus, keys[2], strlen(keys[2]), pub_reply, pt, (int)a, argv, argl);
     free(bus);
     free(keys);
     free(argl);
@@ -692,10 +856,10 @@ static int pub_eval(struct pub_task *pt, size_t from, size_t to)
     return rc;
 }
 
-static void pub_run(struct task *t)
+/* Stores the message: one script for a single Redis, one per channel on a cluster
+ * (each channel lives on its own shard). */
+static void pub_store(struct pub_task *pt)
 {
-    struct pub_task *pt = (struct pub_task *)t;
-    /* A cluster keeps each channel on its own shard: one script per channel. */
     size_t groups = pt->rb->cluster ? pt->n : 1;
     pt->pending = groups;
     for (size_t g = 0; g < groups; g++) {
@@ -703,6 +867,61 @@ static void pub_run(struct task *t)
         if (pub_eval(pt, from, to) < 0)
             pub_reply(NULL, RESP_ENOTCONN, pt);
     }
+}
+
+static void prepare_reply(const redisReply *r, int status, void *arg)
+{
+    struct pub_task *pt = arg;
+    uint64_t id;
+    if (status < 0 || !r) {
+        pt->err = pt->err ? pt->err : HUB_ERR_BACKEND;
+    } else if (reply_is_notfound(r)) {
+        pt->err = HUB_ERR_NOT_FOUND;
+    } else if (r->type == REDIS_REPLY_STRING && hub_cursor_parse(r->str, r->len, &id) == 0) {
+        pt->hint = MAX(pt->hint, id);
+    } else {
+        log_warn("redis: publish failed: %s", r->type == REDIS_REPLY_ERROR ? r->str : "bad reply");
+        pt->err = pt->err ? pt->err : HUB_ERR_BACKEND;
+    }
+    if (--pt->pending)
+        return;
+    if (pt->err)
+        hub_post(pt->rb->hub, pt->w, pub_answer, pt); /* nothing was stored */
+    else
+        pub_store(pt); /* every script takes the id all the channels can take */
+}
+
+/*
+ * A publish to several channels of a Redis Cluster asks every shard first for the
+ * smallest id its channel can take (and whether it exists), then stores it with
+ * the largest: one id on every channel (one message for a connection holding
+ * several), and all or nothing when a channel is missing. Another publish to one
+ * of the channels between the two steps can still push that channel's id higher.
+ */
+static void pub_prepare(struct pub_task *pt)
+{
+    pt->pending = pt->n;
+    for (size_t i = 0; i < pt->n; i++) {
+        char ikey[160], ekey[64], o[160], s[160];
+        last_id_key(pt, i, ikey, sizeof(ikey));
+        epoch_key_of(pt->rb, ekey, sizeof(ekey), pt->names[i], pt->lens[i]);
+        key_of(o, sizeof(o), pt->names[i], pt->lens[i], 'o');
+        key_of(s, sizeof(s), pt->names[i], pt->lens[i], 's');
+        const char *argv[] = {"EVAL", prepare_lua, "4", ikey,
+                              ekey,   o,           s,   pt->rb->cfg->auto_create ? "1" : "0"};
+        if (redis_bus_command(pt->rb->bus, o, strlen(o), prepare_reply, pt, (int)ARRAY_LEN(argv),
+                              argv, NULL) < 0)
+            prepare_reply(NULL, RESP_ENOTCONN, pt);
+    }
+}
+
+static void pub_run(struct task *t)
+{
+    struct pub_task *pt = (struct pub_task *)t;
+    if (pt->rb->cluster && pt->n > 1)
+        pub_prepare(pt);
+    else
+        pub_store(pt);
 }
 
 static void be_publish(void *be, int w, const struct slice *channels, size_t n,
@@ -788,7 +1007,7 @@ static void chan_reply(const redisReply *r, int status, void *arg)
     struct chan_task *ct = arg;
     if (status < 0 || !r)
         ct->err = HUB_ERR_BACKEND;
-    else if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOTFOUND", 8) == 0)
+    else if (reply_is_notfound(r))
         ct->err = HUB_ERR_NOT_FOUND;
     else if (r->type == REDIS_REPLY_ERROR) {
         log_warn("redis: channel %s: %s", ct->name, r->str);
@@ -1135,6 +1354,10 @@ int redis_backend_start(struct hub *hub, const struct herald_config *cfg)
     rb->cfg = cfg;
     rb->cluster = cfg->redis_cluster[0] != '\0';
     map_init(&rb->indexed, 1024);
+    map_init(&rb->reload, 64);
+    timer_init(&rb->reload_timer, reload_cb);
+    if (rb->cluster)
+        rb->epoch_tag = epoch_tags_new();
     snprintf(rb->node, sizeof(rb->node), "%s", cfg->node_name);
     pthread_mutex_init(&rb->qlock, NULL);
     pthread_mutex_init(&rb->view_lock, NULL);
@@ -1207,6 +1430,7 @@ void redis_backend_stop(struct hub *hub)
     loop_wake(&rb->loop);
     pthread_join(rb->thread, NULL);
     timer_stop(&rb->loop, &rb->heartbeat);
+    timer_stop(&rb->loop, &rb->reload_timer);
     redis_bus_free(rb->bus);
     /* Let the deferred free run. */
     for (int i = 0; i < 3; i++)
@@ -1220,6 +1444,8 @@ void redis_backend_stop(struct hub *hub)
     loop_free(&rb->loop);
     index_reset(rb);
     map_free(&rb->indexed);
+    redis_bus__free_map(&rb->reload);
+    free(rb->epoch_tag);
     pthread_mutex_destroy(&rb->qlock);
     pthread_mutex_destroy(&rb->view_lock);
     free(rb);

@@ -9,10 +9,14 @@
  * Keys, all with the channel as hash tag so one channel lives on one shard:
  *   herald:{ch}:h   Stream of messages, id "<seq>-0", field p = payload
  *   herald:{ch}:o   hash of channel options (created, persistent, ttl, ...)
- *   herald:{ch}:s   last id (cluster mode; one Redis uses herald:{seq}:s)
+ *   herald:{ch}:s   hash: last id published, highest id trimmed (evicted)
  *   herald:{ch}:m   the pub/sub channel carrying the channel's messages
+ *   herald:{seq}:i  the last id (one Redis); herald:{ch}:i per channel on a cluster
+ *   herald:{seq}:e  the epoch: first id of this data set (one Redis); on a
+ *                   cluster herald:{N}:e per slot, N the smallest number on it
  *   herald:channels sorted set of channel names (listing)
- *   herald:nodes    sorted set node -> expiry; herald:node:<name> hash of counts
+ *   herald:{ch}:c   hash of subscriber counts: node -> "<count> <expiry ms>"
+ *   herald:nodes    sorted set node -> expiry of its last heartbeat
  *
  * All Redis I/O runs on one thread with its own loop; workers hand it work
  * and get answers back on their own threads (hub_post).

@@ -52,6 +52,7 @@ void redis_bus__free_map(struct map *m)
 
 struct single_chan {
     struct map_node node; /* first: redis_bus__free_map frees the node pointer */
+    bool active;          /* SUBSCRIBE confirmed on the current subscriber connection */
     char name[];
 };
 
@@ -85,7 +86,11 @@ static void single_subscribed(const redisReply *r, int status, void *arg)
     }
     const redisReply *ch = r->element[1];
     /* Unsubscribed meanwhile: its UNSUBSCRIBE is already queued behind. */
-    if (map_get(&b->chans, ch->str, ch->len) && b->bus.cbs.on_subscribed)
+    struct map_node *n = map_get(&b->chans, ch->str, ch->len);
+    if (!n)
+        return;
+    container_of(n, struct single_chan, node)->active = true;
+    if (b->bus.cbs.on_subscribed)
         b->bus.cbs.on_subscribed(ch->str, ch->len, b->bus.cbs.arg);
 }
 
@@ -116,7 +121,14 @@ static void single_on_ready(struct resp_conn *conn, void *arg)
 
 static void single_on_down(struct resp_conn *conn, int err, void *arg)
 {
-    single_update_status(arg);
+    struct single_bus *b = arg;
+    if (conn == b->sub) {
+        size_t bucket = 0;
+        struct map_node *n, *next = NULL;
+        while ((n = map_next(&b->chans, &bucket, &next)))
+            container_of(n, struct single_chan, node)->active = false;
+    }
+    single_update_status(b);
 }
 
 static void single_on_push(struct resp_conn *conn, const redisReply *r, void *arg)
@@ -152,11 +164,13 @@ static int single_subscribe(struct redis_bus *bus, const char *channel, size_t l
     struct single_bus *b = (struct single_bus *)bus;
     if (!len || len > UINT32_MAX)
         return RESP_EINVAL;
-    if (map_get(&b->chans, channel, len))
-        return 0;
+    struct map_node *have = map_get(&b->chans, channel, len);
+    if (have)
+        return container_of(have, struct single_chan, node)->active ? 1 : 0;
     struct single_chan *ch = xmalloc(sizeof(*ch) + len);
     memcpy(ch->name, channel, len);
     ch->node = (struct map_node){.key = ch->name, .key_len = (uint32_t)len};
+    ch->active = false;
     map_put(&b->chans, &ch->node);
     /* Not ready: on_ready subscribes everything in the map. */
     if (resp_conn_ready(b->sub))

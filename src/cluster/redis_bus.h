@@ -107,7 +107,10 @@ static inline int redis_bus_publish(struct redis_bus *bus, const char *channel, 
 {
     return bus->ops->publish(bus, channel, channel_len, data, len, cb, arg);
 }
-/* Wants channel subscribed from now on (idempotent). 0 or RESP_EINVAL. */
+/* Wants channel subscribed from now on (idempotent). 1 when it is subscribed already
+ * (no on_subscribed follows, unless the subscription is re-established), 0 when a
+ * subscription is under way (on_subscribed follows once it is in place), or
+ * RESP_EINVAL. */
 static inline int redis_bus_subscribe(struct redis_bus *bus, const char *channel, size_t len)
 {
     return bus->ops->subscribe(bus, channel, len);

@@ -293,15 +293,8 @@ static void fanout(struct worker *w, struct inbox_item *items, uint32_t n)
             for (struct list *p = head->next; p != head; p = p->next) {
                 struct sub *s = container_of(p, struct sub, chan_link);
                 struct conn *c = s->conn;
-                if (m->seq <= s->from_seq)
-                    continue; /* came from history already */
-                /* A multi-channel publish reaches a connection once: its copies share a
-                 * seq and arrive one after the other. Only that is suppressed, so that
-                 * channels arriving out of id order (Redis Cluster) lose nothing. */
-                if (m->group && m->seq == c->group_seq)
+                if (!hub_sub_takes(&c->subs, s, m))
                     continue;
-                if (m->group)
-                    c->group_seq = m->seq;
                 if (m->seq > c->live_seq)
                     c->live_seq = m->seq;
                 conn_deliver(c, m);

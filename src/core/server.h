@@ -104,7 +104,6 @@ struct conn {
     struct list all;       /* worker's connection list */
     struct list subs;      /* struct sub.conn_link */
     uint64_t live_seq;     /* highest seq delivered live (long-poll cursor) */
-    uint64_t group_seq;    /* seq of the last multi-channel message delivered (dedup) */
     uint64_t cursor;       /* long-poll: cursor to answer when nothing arrives */
     union {
         struct http_state http;

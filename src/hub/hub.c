@@ -331,9 +331,10 @@ static struct channel *chan_create(struct hub *hub, const char *name, size_t len
     ch->history_size = cfg->history_size;
     ch->history_ttl_ms = cfg->history_ttl_ms;
     ch->history_bytes = cfg->history_bytes;
-    /* Cursors from before this process started may have missed messages we no
-     * longer know about; anything newer is complete. */
-    ch->evicted_seq = hub->boot_seq - 1;
+    /* In memory, cursors from before this process started may have missed messages
+     * we no longer know about; anything newer is complete. In cluster mode the cache
+     * learns what Redis has lost when it loads (hub_channel_loaded). */
+    ch->evicted_seq = hub->be_ops ? 0 : hub->boot_seq - 1;
     struct map_node *tn = map_get(&hub->tombs, name, len);
     if (tn) {
         /* Same name as a channel that vanished: its messages are gone for good. */
@@ -413,6 +414,14 @@ static void chan_release(struct hub *hub, struct channel *ch)
     while (ch->hist_len)
         hist_drop_oldest(ch);
     free(ch->hist);
+    for (uint32_t i = 0; i < ch->nheld; i++)
+        ref_put(&ch->held[i]->ref);
+    free(ch->held);
+    while (ch->waiters) { /* at shutdown: the server frees the parked connections */
+        struct hub_waiter *next = ch->waiters->next;
+        free(ch->waiters);
+        ch->waiters = next;
+    }
     free(ch->local);
     free(ch);
 }
@@ -626,6 +635,31 @@ static bool held_channel(const struct list *held, uint64_t chan_id, uint64_t seq
     return false;
 }
 
+/* Whether another of the connection's subscriptions delivered its copy of m. */
+static bool delivered_elsewhere(const struct list *held, const struct sub *s, const struct msg *m)
+{
+    for (const struct list *p = held->next; p != held; p = p->next) {
+        const struct sub *t = container_of(p, struct sub, conn_link);
+        /* Each channel keeps its order, and t's copy of m (same seq) passed its
+         * from_seq: t delivered that copy before any later message. */
+        if (t == s || t->delivered < m->seq || m->seq <= t->from_seq)
+            continue;
+        for (uint32_t g = 0; g < m->group->n; g++)
+            if (m->group->chan_ids[g] == t->ch->id)
+                return true;
+    }
+    return false;
+}
+
+bool hub_sub_takes(const struct list *held, struct sub *s, const struct msg *m)
+{
+    if (m->seq <= s->from_seq)
+        return false; /* came from history already */
+    bool dup = m->group && delivered_elsewhere(held, s, m);
+    s->delivered = m->seq;
+    return !dup;
+}
+
 static int cmp_msg_seq(const void *a, const void *b)
 {
     const struct msg *x = *(struct msg *const *)a, *y = *(struct msg *const *)b;
@@ -718,6 +752,22 @@ static int await_sync(struct hub *hub, int w, void *conn, const struct list *hel
     return 0;
 }
 
+/*
+ * The cursor a new subscription starts from: nothing on chs up to it is owed to
+ * the client. In memory and on one Redis ids are global, so it is the hub's last
+ * id; on a Redis Cluster ids are per channel, and another channel's ids being
+ * ahead must not hide these channels' next messages. Hub lock held.
+ */
+static uint64_t head_seq(const struct hub *hub, struct channel *const *chs, size_t n)
+{
+    if (!hub->be_ops)
+        return hub->seq;
+    uint64_t head = 0;
+    for (size_t i = 0; i < n; i++)
+        head = MAX(head, MAX(chs[i]->last_seq, chs[i]->evicted_seq));
+    return head;
+}
+
 int hub_subscribe(struct hub *hub, int w, void *conn, struct list *held, const struct slice *names,
                   size_t n, bool has_since, uint64_t since, uint32_t max_subs,
                   struct hub_backlog *backlog, size_t *bad_index)
@@ -743,7 +793,7 @@ int hub_subscribe(struct hub *hub, int w, void *conn, struct list *held, const s
         return err;
     }
     uint64_t now = wall_ms();
-    backlog->head_seq = hub->seq;
+    backlog->head_seq = head_seq(hub, chs, n);
     struct list added;
     list_init(&added);
     for (size_t i = 0; i < n; i++) {
@@ -769,10 +819,12 @@ int hub_subscribe(struct hub *hub, int w, void *conn, struct list *held, const s
         struct sub *s = xmalloc(sizeof(*s));
         s->ch = ch;
         s->conn = conn;
-        /* Never re-deliver what the client says it has (its cursor may be ahead of
-         * this node in cluster mode). */
-        s->from_seq = has_since ? MAX(hub->seq, since) : hub->seq;
+        /* Live deliveries are what ch gets after its last stored message (inbox items in
+         * flight are stored already). Never re-deliver what the client says it has: its
+         * cursor may be ahead of this node in cluster mode. */
+        s->from_seq = has_since ? MAX(ch->last_seq, since) : ch->last_seq;
         s->after = has_since ? since : s->from_seq;
+        s->delivered = 0;
         list_insert_tail(&ch->local[w].subs, &s->chan_link);
         list_insert_tail(&added, &s->conn_link);
         if (ch->local[w].n++ == 0) {
@@ -1054,8 +1106,20 @@ static struct msg_group *group_for(struct hub *hub, const struct slice *channels
     return g;
 }
 
+/*
+ * Keeps a live message that came while the cache loads. Only the newest
+ * history-size are kept: the load reads every message after the cache's last id
+ * from the Stream anyway, so what is dropped here comes back from there (or was
+ * trimmed from it, which the load reports as a gap).
+ */
 static void hold_msg(struct channel *ch, struct msg *m)
 {
+    uint32_t cap = MAX(ch->history_size, 1u);
+    if (ch->nheld == cap) {
+        ref_put(&ch->held[0]->ref);
+        memmove(ch->held, ch->held + 1, (ch->nheld - 1) * sizeof(*ch->held));
+        ch->nheld--;
+    }
     ch->held = xrealloc(ch->held, (ch->nheld + 1) * sizeof(*ch->held));
     ch->held[ch->nheld++] = m;
 }
@@ -1091,20 +1155,22 @@ void hub_ingest(struct hub *hub, const struct slice *target, const struct slice 
     wake_workers(hub, wake_mask);
 }
 
-bool hub_channel_loading(struct hub *hub, const char *name, size_t len, uint64_t *last_seq)
+uint64_t hub_channel_loading(struct hub *hub, const char *name, size_t len, uint64_t *last_seq)
 {
     pthread_mutex_lock(&hub->lock);
     struct channel *ch = chan_lookup(hub, name, len);
-    bool wanted = ch && ch->sync != SYNC_NONE;
-    if (wanted) {
+    uint64_t token = 0;
+    if (ch && ch->sync != SYNC_NONE) {
         if (ch->sync == SYNC_READY)
             ch->sync = SYNC_FILLING;
         else if (ch->sync == SYNC_FAILED)
             ch->sync = SYNC_PENDING;
         *last_seq = ch->last_seq;
+        ch->loads++;
+        token = ch->id;
     }
     pthread_mutex_unlock(&hub->lock);
-    return wanted;
+    return token;
 }
 
 static int cmp_held(const void *a, const void *b)
@@ -1112,49 +1178,23 @@ static int cmp_held(const void *a, const void *b)
     return cmp_msg_seq(a, b);
 }
 
-void hub_channel_loaded(struct hub *hub, const char *name, size_t len, int err,
-                        const struct hub_entry *entries, size_t n, uint64_t evicted,
-                        const struct channel_opts *opts)
+/*
+ * Cluster mode: drops the node's cache of a deleted channel (subscribers get
+ * `closed`) and stops following it, so that the next subscriber here wants and
+ * loads it afresh. Returns the subscribes that waited for the old cache: the
+ * caller wakes them to start over. Hub lock held.
+ */
+static struct hub_waiter *gone_locked(struct hub *hub, struct channel *ch, uint64_t *wake_mask)
 {
-    uint64_t wake_mask = 0;
-    struct hub_waiter *waiters = NULL;
-    pthread_mutex_lock(&hub->lock);
-    struct channel *ch = chan_lookup(hub, name, len);
-    if (!ch || (ch->sync != SYNC_PENDING && ch->sync != SYNC_FILLING)) {
-        pthread_mutex_unlock(&hub->lock);
-        return;
-    }
-    if (err) {
-        ch->sync = SYNC_FAILED;
-        ch->sync_err = err;
-        ch->sync_failed_ms = wall_ms();
-    } else {
-        if (opts && opts->has_history_size)
-            ch->history_size = opts->history_size;
-        if (opts && opts->has_history_ttl)
-            ch->history_ttl_ms = opts->history_ttl_ms;
-        if (evicted > ch->evicted_seq)
-            ch->evicted_seq = evicted;
-        for (size_t i = 0; i < n; i++) {
-            const struct hub_entry *e = &entries[i];
-            struct msg *m = msg_new(ch, e->seq, e->time_ms, &e->req);
-            m->group = group_for(hub, e->channels, e->nchannels);
-            apply_locked(hub, ch, m, &wake_mask);
-        }
-        /* Live messages that came while loading follow, in order, without repeats. */
-        if (ch->nheld > 1)
-            qsort(ch->held, ch->nheld, sizeof(*ch->held), cmp_held);
-        for (uint32_t i = 0; i < ch->nheld; i++)
-            apply_locked(hub, ch, ch->held[i], &wake_mask);
-        ch->sync = SYNC_READY;
-    }
-    free(ch->held);
-    ch->held = NULL;
-    ch->nheld = 0;
-    waiters = ch->waiters;
+    struct hub_waiter *waiters = ch->waiters;
     ch->waiters = NULL;
-    pthread_mutex_unlock(&hub->lock);
-    wake_workers(hub, wake_mask);
+    hub->be_ops->unwant(hub->be, ch->name, ch->name_len);
+    chan_unlink(hub, ch, wake_mask);
+    return waiters;
+}
+
+static void wake_waiters(struct hub *hub, struct hub_waiter *waiters, int err)
+{
     while (waiters) {
         struct hub_waiter *next = waiters->next;
         hub->on_synced(hub, waiters->w, waiters->conn, err);
@@ -1163,7 +1203,95 @@ void hub_channel_loaded(struct hub *hub, const char *name, size_t len, int err,
     }
 }
 
+/* Applies what a load read: options, the eviction mark and the entries. Hub lock held. */
+static void apply_load_locked(struct hub *hub, struct channel *ch, const struct hub_entry *entries,
+                              size_t n, uint64_t evicted, const struct channel_opts *opts,
+                              uint64_t *wake_mask)
+{
+    if (opts && opts->has_history_size)
+        ch->history_size = opts->history_size;
+    if (opts && opts->has_history_ttl)
+        ch->history_ttl_ms = opts->history_ttl_ms;
+    if (evicted > ch->evicted_seq)
+        ch->evicted_seq = evicted;
+    for (size_t i = 0; i < n; i++) {
+        const struct hub_entry *e = &entries[i];
+        struct msg *m = msg_new(ch, e->seq, e->time_ms, &e->req);
+        m->group = group_for(hub, e->channels, e->nchannels);
+        apply_locked(hub, ch, m, wake_mask);
+    }
+}
+
+bool hub_channel_loaded(struct hub *hub, const char *name, size_t len, uint64_t token, int err,
+                        const struct hub_entry *entries, size_t n, uint64_t evicted,
+                        const struct channel_opts *opts)
+{
+    uint64_t wake_mask = 0;
+    struct hub_waiter *waiters = NULL;
+    bool retry = false;
+    pthread_mutex_lock(&hub->lock);
+    struct channel *ch = chan_lookup(hub, name, len);
+    /* A load of a channel that went away (or was re-created since) is of no use. */
+    if (!ch || ch->id != token || !ch->loads) {
+        pthread_mutex_unlock(&hub->lock);
+        return false;
+    }
+    ch->loads--;
+    if (!err)
+        apply_load_locked(hub, ch, entries, n, evicted, opts, &wake_mask);
+    if (ch->loads) {
+        /* A later load is on its way (the bus resubscribed meanwhile): live messages
+         * stay held until it is in, so that what it reads comes first. The cache is
+         * usable already if this one succeeded. */
+        if (!err) {
+            ch->sync = SYNC_FILLING;
+            waiters = ch->waiters;
+            ch->waiters = NULL;
+        }
+    } else if (err == HUB_ERR_BACKEND && ch->sync == SYNC_FILLING) {
+        /* A gap fill for subscribers already here: they stay, their live messages
+         * are held, and the backend tries again. */
+        retry = true;
+    } else if (err == HUB_ERR_NOT_FOUND && ch->sync == SYNC_FILLING) {
+        /* Deleted while the bus was away (its `closed` notice was lost with it). */
+        waiters = gone_locked(hub, ch, &wake_mask);
+        err = 0; /* waiters start over */
+    } else {
+        if (err) {
+            ch->sync = SYNC_FAILED;
+            ch->sync_err = err;
+            ch->sync_failed_ms = wall_ms();
+            for (uint32_t i = 0; i < ch->nheld; i++)
+                ref_put(&ch->held[i]->ref);
+        } else {
+            /* Live messages that came while loading follow, in order, without repeats. */
+            if (ch->nheld > 1)
+                qsort(ch->held, ch->nheld, sizeof(*ch->held), cmp_held);
+            for (uint32_t i = 0; i < ch->nheld; i++)
+                apply_locked(hub, ch, ch->held[i], &wake_mask);
+            ch->sync = SYNC_READY;
+        }
+        free(ch->held);
+        ch->held = NULL;
+        ch->nheld = 0;
+        waiters = ch->waiters;
+        ch->waiters = NULL;
+    }
+    pthread_mutex_unlock(&hub->lock);
+    wake_workers(hub, wake_mask);
+    wake_waiters(hub, waiters, err);
+    return retry;
+}
+
 void hub_channel_gone(struct hub *hub, const char *name, size_t len)
 {
-    hub_channel_delete(hub, name, len); /* this node's cache: subscribers get `closed` */
+    uint64_t wake_mask = 0;
+    struct hub_waiter *waiters = NULL;
+    pthread_mutex_lock(&hub->lock);
+    struct channel *ch = chan_lookup(hub, name, len);
+    if (ch)
+        waiters = gone_locked(hub, ch, &wake_mask);
+    pthread_mutex_unlock(&hub->lock);
+    wake_workers(hub, wake_mask);
+    wake_waiters(hub, waiters, 0);
 }

@@ -141,6 +141,7 @@ struct channel {
     struct hub_waiter *waiters; /* subscribes parked until the cache is ready */
     struct msg **held;          /* live messages that arrived while loading */
     uint32_t nheld;
+    uint32_t loads; /* backend loads in flight (hub_channel_loading) */
 };
 
 /* A connection's membership in one channel. Owned by the connection. */
@@ -149,9 +150,19 @@ struct sub {
     struct list chan_link;
     struct channel *ch;
     void *conn;
-    uint64_t from_seq; /* live deliveries need seq > from_seq (older came from history) */
-    uint64_t after;    /* the connection gets (or got) every message on ch with seq > after */
+    uint64_t from_seq;  /* live deliveries need seq > from_seq (older came from history) */
+    uint64_t after;     /* the connection gets (or got) every message on ch with seq > after */
+    uint64_t delivered; /* seq of the last live message handled through this sub (dedup) */
 };
+
+/*
+ * Whether the live message m, arriving through s, goes to s's connection (`held`:
+ * its struct sub.conn_link list): not when it came from history already, nor
+ * when it is a multi-channel message the connection got through another of its
+ * channels (on a Redis Cluster the copies come from different shards, in any
+ * order). Records m as handled by s. Worker thread of the connection.
+ */
+bool hub_sub_takes(const struct list *held, struct sub *s, const struct msg *m);
 
 enum inbox_kind { INBOX_MSG, INBOX_CLOSED, INBOX_CALL };
 struct inbox_item {
@@ -321,21 +332,26 @@ struct hub_entry {
     size_t nchannels;
 };
 /*
- * Cluster mode: the backend loaded ch's retained history (oldest first) after
- * (re)subscribing; `evicted` is the highest id trimmed from it (gap detection).
- * `opts` (may be NULL) are the channel's history options as Redis keeps them.
- * Marks the cache ready (or failed when err < 0) and wakes parked subscribers.
- * Entries not yet in the cache are delivered live (gap fill after an outage).
+ * Cluster mode: a load of ch that hub_channel_loading started (`token`) is in:
+ * ch's retained history after the cache's last id (oldest first), `evicted` the
+ * highest id Redis no longer has (gap detection), `opts` (may be NULL) the
+ * channel's history options as Redis keeps them; or err < 0. Entries not yet in
+ * the cache are delivered live (gap fill after an outage). When the last load in
+ * flight is in, the cache is ready (its held live messages follow) or failed, and
+ * parked subscribers are woken. Returns true when the backend should load again
+ * later: a gap fill failed with HUB_ERR_BACKEND while subscribers hold the
+ * channel (they stay, and their live messages are held meanwhile).
  */
-void hub_channel_loaded(struct hub *hub, const char *name, size_t len, int err,
+bool hub_channel_loaded(struct hub *hub, const char *name, size_t len, uint64_t token, int err,
                         const struct hub_entry *entries, size_t n, uint64_t evicted,
                         const struct channel_opts *opts);
 /* Cluster mode: the channel was deleted elsewhere; subscribers get `closed`. */
 void hub_channel_gone(struct hub *hub, const char *name, size_t len);
-/* Cluster mode: the backend is about to (re)load ch: hold its live messages
- * until hub_channel_loaded. Returns the last id this node has seen on ch (0:
- * none), from which a gap fill reads; returns false when the channel is not wanted. */
-bool hub_channel_loading(struct hub *hub, const char *name, size_t len, uint64_t *last_seq);
+/* Cluster mode: the backend is about to (re)load ch: its live messages are held
+ * until the load is in. *last_seq gets the last id this node has seen on ch (0:
+ * none), from which a gap fill reads. Returns the token to pass to
+ * hub_channel_loaded, or 0 when the channel is not wanted. */
+uint64_t hub_channel_loading(struct hub *hub, const char *name, size_t len, uint64_t *last_seq);
 
 /*
  * Subscription results: the messages to replay (each a reference owned by the

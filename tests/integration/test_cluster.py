@@ -514,9 +514,6 @@ def test_a_node_started_later_serves_the_same_history(redis, nodes, herald, chan
     assert ids_of(late.history(chan)) == ids
 
 
-@pytest.mark.server_bug("hub.c channel_new sets evicted_seq = boot_seq - 1 in cluster mode too: a node "
-                        "announces a gap for any cursor older than its own start, although Redis "
-                        "still holds every message after it")
 @pytest.mark.parametrize("kind", ["sse", "ws", "poll"])
 def test_a_node_started_later_resumes_old_cursors_without_a_gap(redis, nodes, herald, chan, kind):
     a, _, _ = nodes
@@ -632,12 +629,6 @@ def test_delete_on_one_node_closes_subscribers_on_every_node(nodes, chan):
         assert chan not in [x["name"] for x in n.get_json("/api/channels?prefix=" + chan)["channels"]]
 
 
-NOTFOUND_BUG = ("Redis 7 answers redis.error_reply('NOTFOUND') as 'ERR NOTFOUND'; redis_backend.c "
-                "matches r->str against \"NOTFOUND\" (chan_reply, load_reply), so unknown channels get "
-                "503 backend_unavailable instead of 404")
-
-
-@pytest.mark.server_bug(NOTFOUND_BUG)
 def test_unknown_or_deleted_channel_info_is_404_on_every_node(nodes, chan):
     a, b, c = nodes
     for n in nodes:
@@ -651,12 +642,9 @@ def test_unknown_or_deleted_channel_info_is_404_on_every_node(nodes, chan):
         assert n.request("GET", "/api/channels/" + chan).status == 404, n.opts["node_name"]
 
 
-@pytest.mark.server_bug("after a DELETE, hub_channel_gone drops a node's cache of the channel but the bus "
-                        "stays subscribed to herald:{ch}:m, so the next subscribe on that node never gets "
-                        "on_subscribed: the channel is never loaded and the request waits forever")
 def test_a_deleted_channel_comes_back_empty_on_every_node(redis, herald, chan):
     nodes = a, b, c = [herald(redis=redis.url, node_name=n) for n in ("A", "B", "C")]  # own nodes:
-    # a request left waiting by this bug must not be blamed on another test at shutdown
+    # a request left waiting by a regression must not be blamed on another test at shutdown
     with SSE(b, chan):
         wait_local(b, chan)
         a.publish_many(chan, numbered(3))
@@ -717,18 +705,21 @@ def test_a_killed_node_stops_counting_within_15_seconds(redis, herald, chan):
 
 
 @pytest.mark.timeout(45)
-@pytest.mark.server_bug("GET /api/channels/{name} of a channel that has subscribers but was never "
-                        "published to nor PUT is 'not found' in cluster mode (chan_lua only looks at the "
-                        "options and Stream keys), although the nodes write its counts every 5 s; "
-                        "in-memory mode reports it with its subscribers")
 def test_channel_info_counts_subscribers_of_a_channel_never_published_to(nodes, chan):
-    a, b, _ = nodes
+    """Subscribing creates the channel (auto-create on), as in memory: every node lists it
+    and its info counts the subscribers of every node."""
+    a, b, c = nodes
     with SSE(a, chan), SSE(b, chan):
         wait_local(a, chan)
         wait_local(b, chan)
         wait_until(lambda: a.request("GET", "/api/channels/" + chan).status == 200
                    and a.channel(chan)["subscribers"] == 2, HEARTBEAT_WAIT,
                    what="the channel's info with 2 subscribers")
+        info = c.channel(chan)
+        assert (info["messages"], info["last_id"], info["persistent"]) == (0, None, False), info
+        assert info["expires"] is not None, info
+        listed = c.get_json("/api/channels?prefix=" + chan)["channels"]
+        assert [x["name"] for x in listed] == [chan]
 
 
 # ---- auto-create off ------------------------------------------------------------------------
@@ -765,7 +756,6 @@ def test_no_auto_create_multi_channel_publish_is_all_or_nothing(strict, chan):
     assert one.history(chan) == [] and two.history(chan) == []
 
 
-@pytest.mark.server_bug(NOTFOUND_BUG)
 @pytest.mark.parametrize("kind", ["sse", "ws", "poll"])
 def test_no_auto_create_subscribe_to_an_unknown_channel_is_404_on_every_node(strict, chan, kind):
     for n in strict:
@@ -838,12 +828,7 @@ def stop_all(threads):
         raise errors[0]
 
 
-@pytest.mark.parametrize("kind", [
-    "sse", "poll", "stream",
-    pytest.param("ws", marks=pytest.mark.server_bug(
-        "ws.c handshake maps hub errors itself (404, 503 for too_many_channels, else 400): "
-        "backend_unavailable gets 400 instead of 503 (transport_error_status has it right)")),
-])
+@pytest.mark.parametrize("kind", ["sse", "poll", "stream", "ws"])
 def test_new_subscription_while_redis_is_down_is_503_on_every_transport(redis_factory, herald, chan, kind):
     r = redis_factory()
     node = herald(redis=r.url, node_name="A")
@@ -857,13 +842,6 @@ def test_new_subscription_while_redis_is_down_is_503_on_every_transport(redis_fa
     assert (resp.status, resp.error()["error"]) == (503, "backend_unavailable"), (resp.status, resp.body)
 
 
-RELOAD_BUG = ("redis_backend.c: when the subscriber connection is back before the command connection, "
-              "on_subscribed's gap-fill load fails with 'redis connection is down', the channel goes "
-              "SYNC_FAILED and is never reloaded: live messages are dropped (hub_ingest) and a new "
-              "subscribe re-wants a channel the bus already holds, so no load ever runs and it waits forever")
-
-
-@pytest.mark.server_bug(RELOAD_BUG)
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("how", ["sigkill", "shutdown", "sigkill-no-persistence"])
 def test_redis_restart_during_a_publish_stream(redis_factory, herald, chan, how):
@@ -904,7 +882,6 @@ def test_redis_restart_during_a_publish_stream(redis_factory, herald, chan, how)
         assert n.terminate() == 0, n.log_tail()
 
 
-@pytest.mark.server_bug(RELOAD_BUG)
 @pytest.mark.timeout(60)
 def test_new_subscribers_during_a_redis_outage_are_refused_then_served(fresh_redis, herald, chan):
     a, b = (herald(redis=fresh_redis.url, node_name=n) for n in ("A", "B"))
@@ -926,10 +903,6 @@ def test_new_subscribers_during_a_redis_outage_are_refused_then_served(fresh_red
     assert ids_of(b.history(chan)) == ids
 
 
-@pytest.mark.server_bug("a Redis restarted without persistence has lost every Stream, and nothing tells "
-                        "the nodes: a node that loads the channel afterwards finds no 'evicted' mark and "
-                        "resumes an old cursor with no gap event, skipping the lost messages silently "
-                        "(DESIGN.md 2.2)")
 def test_redis_restart_without_persistence_gives_old_cursors_a_gap(redis_factory, herald, chan):
     r = redis_factory()
     a, b = (herald(redis=r.url, node_name=n) for n in ("A", "B"))

@@ -141,11 +141,6 @@ def push_ahead(cluster, channel, seconds=2.0):
     cluster.slot_owner(keyslot(channel)).cmd("HSET", f"herald:{{{channel}}}:s", "last", ahead)
 
 
-@pytest.mark.server_bug("Redis Cluster: a multi-channel publish gets one id per shard (max of the "
-                        "publisher's clock and the channel's last id + 1); when the ids differ (a "
-                        "channel's last id is ahead of the publisher's clock, e.g. written by a node "
-                        "whose clock is ahead), a connection holding several of the channels gets the "
-                        "message once per channel (the live dedup needs equal seqs)")
 def test_multi_channel_publish_is_delivered_once_even_when_a_shard_is_ahead(rcluster, skewed, chan):
     a, b = skewed
     chans = on_shards(rcluster, chan, 2)
@@ -160,11 +155,6 @@ def test_multi_channel_publish_is_delivered_once_even_when_a_shard_is_ahead(rclu
         assert nxt["id"] == after, f"a second copy: {nxt}"
 
 
-@pytest.mark.server_bug("Redis Cluster: hub_subscribe sets a new subscription's live bound "
-                        "(sub.from_seq) to hub->seq, the highest id the node has seen on ANY channel; "
-                        "ids are per channel on a cluster, so once one channel's ids are ahead of "
-                        "another's, new subscribers of the other silently miss its live messages "
-                        "(fanout skips seq <= from_seq as 'came from history')")
 @pytest.mark.parametrize("kind", ["sse", "ws", "stream"])
 def test_a_channel_with_ids_ahead_does_not_hide_live_messages_of_another(rcluster, skewed, chan, kind):
     a, b = skewed
@@ -238,10 +228,6 @@ def test_channel_metadata_is_shared_and_delete_closes_subscribers_on_both_nodes(
     assert [c["name"] for c in listed["channels"]] == [chans[1]]
 
 
-@pytest.mark.server_bug("Redis Cluster, --no-auto-create: a multi-channel publish runs one script per "
-                        "shard, so with one unknown channel it answers 404 channel_not_found but the "
-                        "message is stored and delivered on the channels of the other shards (a single "
-                        "node and one Redis publish all or nothing)")
 def test_no_auto_create_multi_channel_publish_across_shards_is_all_or_nothing(rcluster, herald, chan):
     one, two = (herald(redis_cluster=rcluster.seeds, node_name=n, no_auto_create=True) for n in ("s1", "s2"))
     known, missing = on_shards(rcluster, chan, 2)

@@ -163,7 +163,6 @@ def test_large_messages_keep_their_id_and_event_lines(server, chan, size):
         assert block.json()["data"] == body
 
 
-@pytest.mark.server_bug("hub.c msg_new appends the SSE buffer to itself across a realloc")
 @pytest.mark.parametrize("event", [None, "ev"])
 def test_raw_framing_at_every_size_around_a_buffer_boundary(server, chan, event):
     """The SSE framings are built in a growing buffer: sizes that land just below a

@@ -661,6 +661,277 @@ static void test_backlog_skips_what_a_held_channel_delivers_live(void **state)
     assert_int_equal(refs(chan("b")), 1);
 }
 
+/* The inbox item of worker w's items[0..n) that carries seq on channel `name`. */
+static struct msg *item_msg(struct inbox_item *items, uint32_t n, const char *name, uint64_t seq)
+{
+    for (uint32_t i = 0; i < n; i++)
+        if (items[i].kind == INBOX_MSG && items[i].msg->seq == seq &&
+            strcmp(items[i].ch->name, name) == 0)
+            return items[i].msg;
+    fail_msg("no item for %s:%" PRIu64, name, seq);
+    return NULL;
+}
+
+static void release_items(struct inbox_item *items, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        if (items[i].msg)
+            ref_put(&items[i].msg->ref);
+        hub_channel_put_ref(&hub, items[i].ch);
+    }
+    free(items);
+}
+
+static void test_multi_channel_copies_reach_a_connection_once_in_any_order(void **state)
+{
+    struct list held;
+    list_init(&held);
+    struct hub_backlog bl;
+    const char *ab[] = {"a", "b"};
+    assert_int_equal(subscribe(0, &held, ab, 2, false, 0, &bl, NULL), 0);
+    hub_backlog_free(&bl);
+    struct sub *sa = held_sub(&held, "a"), *sb = held_sub(&held, "b");
+    uint64_t x = pub2("a", "b", "both");
+    uint64_t y = pub2("a", "c", "a and c");
+    uint64_t z = pub2("a", "b", "both again");
+    uint32_t n;
+    struct inbox_item *items = hub_inbox_take(&hub, 0, &n);
+    assert_int_equal(n, 5); /* a:x b:x a:y a:z b:z (c has no subscriber) */
+
+    /* In publish order: the second copy is dropped. */
+    assert_true(hub_sub_takes(&held, sa, item_msg(items, n, "a", x)));
+    assert_false(hub_sub_takes(&held, sb, item_msg(items, n, "b", x)));
+    /* A shard that is late (Redis Cluster): b's copies come after a's later messages. */
+    assert_true(hub_sub_takes(&held, sa, item_msg(items, n, "a", y)));
+    assert_true(hub_sub_takes(&held, sa, item_msg(items, n, "a", z)));
+    assert_false(hub_sub_takes(&held, sb, item_msg(items, n, "b", z)));
+    /* Or early: b's copy first, then a's is dropped. */
+    uint64_t v = pub2("a", "b", "third");
+    release_items(items, n);
+    items = hub_inbox_take(&hub, 0, &n);
+    assert_true(hub_sub_takes(&held, sb, item_msg(items, n, "b", v)));
+    assert_false(hub_sub_takes(&held, sa, item_msg(items, n, "a", v)));
+    release_items(items, n);
+    hub_unsubscribe_all(&hub, 0, &held);
+}
+
+static void test_a_copy_owed_before_another_channel_was_taken_is_delivered(void **state)
+{
+    struct list held;
+    list_init(&held);
+    struct hub_backlog bl;
+    const char *a[] = {"a"}, *b[] = {"b"};
+    assert_int_equal(subscribe(0, &held, a, 1, false, 0, &bl, NULL), 0);
+    hub_backlog_free(&bl);
+    uint64_t x = pub2("a", "b", "both"); /* owed through a only: b is not held yet */
+    assert_int_equal(subscribe(0, &held, b, 1, false, 0, &bl, NULL), 0);
+    hub_backlog_free(&bl);
+    uint64_t z = pub("b", "later on b");
+    uint32_t n;
+    struct inbox_item *items = hub_inbox_take(&hub, 0, &n);
+    assert_int_equal(n, 2);
+    /* b's later message first (a's shard is late): a's copy of x is still owed. */
+    assert_true(hub_sub_takes(&held, held_sub(&held, "b"), item_msg(items, n, "b", z)));
+    assert_true(hub_sub_takes(&held, held_sub(&held, "a"), item_msg(items, n, "a", x)));
+    release_items(items, n);
+    hub_unsubscribe_all(&hub, 0, &held);
+}
+
+static void test_live_messages_of_a_channel_follow_its_own_last_id(void **state)
+{
+    /* A new subscription's live bound is its channel's last id, not the hub's. */
+    pub("a", "old");
+    uint64_t on_b = pub("b", "newer, on another channel");
+    struct list held;
+    list_init(&held);
+    struct hub_backlog bl;
+    const char *a[] = {"a"};
+    assert_int_equal(subscribe(0, &held, a, 1, false, 0, &bl, NULL), 0);
+    hub_backlog_free(&bl);
+    assert_int_equal(held_sub(&held, "a")->from_seq, chan("a")->last_seq);
+    assert_true(held_sub(&held, "a")->from_seq < on_b);
+    hub_unsubscribe_all(&hub, 0, &held);
+}
+
+/* ---- cluster mode: the node's cache, with a backend that only records ---------- */
+
+static struct {
+    int wants, unwants, synced, synced_err;
+} fake;
+
+static void fake_want(void *be, const char *name, size_t len)
+{
+    fake.wants++;
+}
+
+static void fake_unwant(void *be, const char *name, size_t len)
+{
+    fake.unwants++;
+}
+
+static void fake_synced(struct hub *h, int w, void *conn, int err)
+{
+    fake.synced++;
+    fake.synced_err = err;
+}
+
+static const struct hub_backend_ops fake_ops = {.want = fake_want, .unwant = fake_unwant};
+
+static int setup_cluster(void **state)
+{
+    setup(state);
+    memset(&fake, 0, sizeof(fake));
+    hub.be_ops = &fake_ops;
+    hub.on_synced = fake_synced;
+    return 0;
+}
+
+/* A stored message as the backend reads it back (body "m<seq>"). */
+static struct hub_entry entry(uint64_t seq, char *buf)
+{
+    int n = snprintf(buf, 32, "\"m%" PRIu64 "\"", seq);
+    struct hub_entry e = {.seq = seq, .time_ms = wall_ms()};
+    e.req.data_json = (struct slice){buf, (uint32_t)n};
+    e.req.raw = (struct slice){buf + 1, (uint32_t)n - 2};
+    return e;
+}
+
+static void ingest(const char *name, uint64_t seq)
+{
+    char buf[32];
+    struct hub_entry e = entry(seq, buf);
+    struct slice ch = sl(name);
+    hub_ingest(&hub, &ch, &ch, 1, seq, e.time_ms, &e.req);
+}
+
+/* Subscribes held (worker 0) to "a"; the hub error, HUB_PENDING or 0 (bl then filled). */
+static int subscribe_a(struct list *held, struct hub_backlog *bl, size_t *bad)
+{
+    const char *a[] = {"a"};
+    return subscribe(0, held, a, 1, false, 0, bl, bad);
+}
+
+/* Subscribes a new connection to "a", which parks it until the cache of "a" is loaded. */
+static void park_on_a(struct list *held)
+{
+    list_init(held);
+    struct hub_backlog bl;
+    assert_int_equal(subscribe_a(held, &bl, NULL), HUB_PENDING);
+}
+
+static void check_cache(const char *name, const uint64_t *want, uint32_t n)
+{
+    struct channel *ch = chan(name);
+    assert_int_equal(ch->hist_len, n);
+    for (uint32_t i = 0; i < n; i++)
+        assert_int_equal(hist(ch, i)->seq, want[i]);
+}
+
+static void test_cluster_overlapping_loads_keep_live_messages_until_the_last(void **state)
+{
+    struct list held;
+    park_on_a(&held);
+    assert_int_equal(fake.wants, 1);
+    assert_int_equal(chan("a")->evicted_seq, 0); /* no gap from this node's start-up */
+    uint64_t last = 99;
+    uint64_t t1 = hub_channel_loading(&hub, "a", 1, &last);
+    assert_true(t1 != 0);
+    assert_int_equal(last, 0);
+    uint64_t t2 = hub_channel_loading(&hub, "a", 1, &last); /* the bus resubscribed */
+    ingest("a", 50);                                        /* live, while loading: held */
+    char b1[32], b2[32], b3[32];
+    struct hub_entry first[] = {entry(10, b1), entry(20, b2)};
+    assert_false(hub_channel_loaded(&hub, "a", 1, t1, 0, first, 2, 5, NULL));
+    /* The cache serves now (the waiter is woken); live messages wait for the second load. */
+    assert_int_equal(fake.synced, 1);
+    assert_int_equal(fake.synced_err, 0);
+    assert_int_equal(chan("a")->sync, SYNC_FILLING);
+    uint64_t want1[] = {10, 20};
+    check_cache("a", want1, 2);
+    struct hub_entry second[] = {entry(20, b1), entry(30, b2), entry(50, b3)};
+    assert_false(hub_channel_loaded(&hub, "a", 1, t2, 0, second, 3, 5, NULL));
+    assert_int_equal(chan("a")->sync, SYNC_READY);
+    uint64_t want2[] = {10, 20, 30, 50}; /* in order, once each */
+    check_cache("a", want2, 4);
+    assert_int_equal(chan("a")->evicted_seq, 5);
+    /* A reply for a load nobody started is ignored. */
+    assert_false(hub_channel_loaded(&hub, "a", 1, t2, HUB_ERR_BACKEND, NULL, 0, 0, NULL));
+    assert_int_equal(chan("a")->sync, SYNC_READY);
+}
+
+static void test_cluster_failed_gap_fill_is_retried_and_holds_live_messages(void **state)
+{
+    struct list held;
+    park_on_a(&held);
+    uint64_t last;
+    uint64_t t = hub_channel_loading(&hub, "a", 1, &last);
+    char b1[32], b2[32];
+    struct hub_entry e[] = {entry(10, b1)};
+    assert_false(hub_channel_loaded(&hub, "a", 1, t, 0, e, 1, 0, NULL));
+    struct hub_backlog bl;
+    assert_int_equal(subscribe_a(&held, &bl, NULL), 0);
+    hub_backlog_free(&bl);
+    struct seen s[8];
+    drain(0, s, 8);
+
+    /* Redis came back: the gap fill fails, the subscriber stays, the backend retries. */
+    t = hub_channel_loading(&hub, "a", 1, &last);
+    assert_int_equal(last, 10);
+    ingest("a", 40);
+    assert_true(hub_channel_loaded(&hub, "a", 1, t, HUB_ERR_BACKEND, NULL, 0, 0, NULL));
+    assert_int_equal(chan("a")->sync, SYNC_FILLING);
+    assert_int_equal(chan("a")->subscribers, 1);
+    assert_int_equal(drain(0, s, 8), 0); /* held, not delivered out of order */
+    t = hub_channel_loading(&hub, "a", 1, &last);
+    struct hub_entry fill[] = {entry(20, b1), entry(40, b2)};
+    assert_false(hub_channel_loaded(&hub, "a", 1, t, 0, fill, 2, 0, NULL));
+    assert_int_equal(chan("a")->sync, SYNC_READY);
+    assert_int_equal(drain(0, s, 8), 2);
+    assert_int_equal(s[0].seq, 20);
+    assert_int_equal(s[1].seq, 40);
+    hub_unsubscribe_all(&hub, 0, &held);
+}
+
+static void test_cluster_a_first_load_that_fails_tells_the_waiters(void **state)
+{
+    struct list held;
+    park_on_a(&held);
+    uint64_t last;
+    uint64_t t = hub_channel_loading(&hub, "a", 1, &last);
+    ingest("a", 40);
+    assert_false(hub_channel_loaded(&hub, "a", 1, t, HUB_ERR_BACKEND, NULL, 0, 0, NULL));
+    assert_int_equal(fake.synced_err, HUB_ERR_BACKEND);
+    assert_int_equal(chan("a")->sync, SYNC_FAILED);
+    assert_int_equal(chan("a")->nheld, 0); /* released (the ASan build checks) */
+    /* Within a second the same error comes back at once, without a new load. */
+    size_t bad;
+    struct hub_backlog bl;
+    assert_int_equal(subscribe_a(&held, &bl, &bad), HUB_ERR_BACKEND);
+    assert_int_equal(fake.wants, 1);
+}
+
+static void test_cluster_deleted_channel_is_dropped_and_unwanted(void **state)
+{
+    struct list held;
+    park_on_a(&held);
+    uint64_t last;
+    uint64_t t = hub_channel_loading(&hub, "a", 1, &last);
+    hub_channel_gone(&hub, "a", 1); /* deleted on another node while we load */
+    assert_null(chan("a"));
+    assert_int_equal(fake.unwants, 1);
+    assert_int_equal(fake.synced, 1); /* the parked subscribe starts over */
+    assert_int_equal(fake.synced_err, 0);
+    assert_false(hub_channel_loaded(&hub, "a", 1, t, 0, NULL, 0, 0, NULL)); /* stale */
+    /* Subscribing again wants it afresh. */
+    struct hub_backlog bl;
+    assert_int_equal(subscribe_a(&held, &bl, NULL), HUB_PENDING);
+    assert_int_equal(fake.wants, 2);
+    assert_true(hub_channel_loading(&hub, "a", 1, &last) != t);
+    struct seen s[4];
+    drain(0, s, 4);
+    drain(1, s, 4);
+}
+
 static void test_subscribe_twice_and_duplicates(void **state)
 {
     struct list held;
@@ -1294,7 +1565,20 @@ int main(void)
         T(test_since_ahead_of_head_is_a_cursor_error),
         T(test_multi_channel_message_once_in_backlog),
         T(test_backlog_skips_what_a_held_channel_delivers_live),
+        T(test_multi_channel_copies_reach_a_connection_once_in_any_order),
+        T(test_a_copy_owed_before_another_channel_was_taken_is_delivered),
+        T(test_live_messages_of_a_channel_follow_its_own_last_id),
         T(test_subscribe_twice_and_duplicates),
+        cmocka_unit_test_setup_teardown(
+            test_cluster_overlapping_loads_keep_live_messages_until_the_last, setup_cluster,
+            teardown),
+        cmocka_unit_test_setup_teardown(
+            test_cluster_failed_gap_fill_is_retried_and_holds_live_messages, setup_cluster,
+            teardown),
+        cmocka_unit_test_setup_teardown(test_cluster_a_first_load_that_fails_tells_the_waiters,
+                                        setup_cluster, teardown),
+        cmocka_unit_test_setup_teardown(test_cluster_deleted_channel_is_dropped_and_unwanted,
+                                        setup_cluster, teardown),
         T(test_publish_fills_the_subscribers_worker_inbox),
         T(test_unsubscribe_clears_the_worker_bit),
         T(test_auto_create_off),

@@ -393,8 +393,9 @@ static void test_single_bus(void **state)
     struct redis_bus *bus = bus_new(server.port, &(struct redis_bus_opts){.name = "bus"}, &in);
     assert_int_equal(redis_bus_subscribe(bus, "alpha", 5), 0);
     assert_int_equal(redis_bus_subscribe(bus, "beta", 4), 0);
-    assert_int_equal(redis_bus_subscribe(bus, "beta", 4), 0);
+    assert_int_equal(redis_bus_subscribe(bus, "beta", 4), 0); /* wanted, not yet subscribed */
     assert_true(run_until(&in.subscribed, 2, 3000));
+    assert_int_equal(redis_bus_subscribe(bus, "beta", 4), 1); /* subscribed: no new callback */
     assert_true(run_until(&in.ups, 1, 3000));
     assert_int_equal(redis_bus_status(bus), REDIS_BUS_UP);
     bus_publish(bus, "alpha", "one", 1);
