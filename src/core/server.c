@@ -547,6 +547,29 @@ void conn_process_pending(struct conn *c)
     }
 }
 
+/* Writes out a dirty connection's queue (completing a long-poll that has messages). */
+static void conn_flush_dirty(struct conn *c)
+{
+    list_remove(&c->link);
+    c->flags &= ~(uint32_t)CF_DIRTY;
+    if (c->kind == CONN_POLL && (c->flags & CF_POLL_WAITING) && c->q_len > c->q_mark)
+        longpoll_complete(c);
+    conn_flush(c);
+}
+
+/*
+ * Reads what the client sent and writes the answers now, not after the poll
+ * pass: the client waits for them (publish answers, handshakes, replays), and a
+ * pass may hold thousands of connections in a storm. Deliveries to subscribers
+ * are still coalesced per pass (fanout).
+ */
+static void conn_read_answer(struct conn *c)
+{
+    conn_read(c);
+    if ((c->flags & (CF_DIRTY | CF_CLOSING)) == CF_DIRTY)
+        conn_flush_dirty(c);
+}
+
 static void conn_io_cb(struct loop *loop, struct io *io, uint32_t events)
 {
     struct conn *c = container_of(io, struct conn, io);
@@ -558,7 +581,7 @@ static void conn_io_cb(struct loop *loop, struct io *io, uint32_t events)
             mark_dirty(c);
     }
     if (events & POLLER_IN)
-        conn_read(c);
+        conn_read_answer(c);
 }
 
 static bool addr_is_loopback(const struct sockaddr_storage *ss)
@@ -608,7 +631,7 @@ static void accept_one(struct worker *w, struct listener *l, int fd,
     }
     timer_start(&w->loop, &c->timer, cfg->header_timeout_ms);
     /* Edge-triggered: data may already be waiting (it arrived with the handshake). */
-    conn_read(c);
+    conn_read_answer(c);
 }
 
 static void listener_cb(struct loop *loop, struct io *io, uint32_t events)
@@ -765,14 +788,8 @@ static void close_listeners(struct worker *w)
 static void after_poll(struct loop *loop, void *arg)
 {
     struct worker *w = arg;
-    while (!list_empty(&w->dirty)) {
-        struct conn *c = container_of(w->dirty.next, struct conn, link);
-        list_remove(&c->link);
-        c->flags &= ~(uint32_t)CF_DIRTY;
-        if (c->kind == CONN_POLL && (c->flags & CF_POLL_WAITING) && c->q_len > c->q_mark)
-            longpoll_complete(c);
-        conn_flush(c);
-    }
+    while (!list_empty(&w->dirty))
+        conn_flush_dirty(container_of(w->dirty.next, struct conn, link));
     while (!list_empty(&w->closing)) {
         struct conn *c = container_of(w->closing.next, struct conn, link);
         list_remove(&c->link);
