@@ -141,6 +141,25 @@ static struct sub *held_sub(const struct list *held, const char *name)
     return NULL;
 }
 
+/* Adds channel `name` to held's connection (worker 0), without a cursor. */
+static void take_channel(struct list *held, const char *name)
+{
+    struct hub_backlog bl;
+    assert_int_equal(subscribe(0, held, &name, 1, false, 0, &bl, NULL), 0);
+    hub_backlog_free(&bl);
+}
+
+/* A new connection (on worker 0) holding "a" and "b", subscribed without a cursor. */
+static void hold_a_and_b(struct list *held)
+{
+    list_init(held);
+    struct hub_backlog bl;
+    const char *names[] = {"a", "b"};
+    assert_int_equal(subscribe(0, held, names, 2, false, 0, &bl, NULL), 0);
+    assert_int_equal(bl.n, 0);
+    hub_backlog_free(&bl);
+}
+
 /* What one inbox item said, recorded before its references are released. */
 struct seen {
     enum inbox_kind kind;
@@ -685,11 +704,7 @@ static void release_items(struct inbox_item *items, uint32_t n)
 static void test_multi_channel_copies_reach_a_connection_once_in_any_order(void **state)
 {
     struct list held;
-    list_init(&held);
-    struct hub_backlog bl;
-    const char *ab[] = {"a", "b"};
-    assert_int_equal(subscribe(0, &held, ab, 2, false, 0, &bl, NULL), 0);
-    hub_backlog_free(&bl);
+    hold_a_and_b(&held);
     struct sub *sa = held_sub(&held, "a"), *sb = held_sub(&held, "b");
     uint64_t x = pub2("a", "b", "both");
     uint64_t y = pub2("a", "c", "a and c");
@@ -719,13 +734,9 @@ static void test_a_copy_owed_before_another_channel_was_taken_is_delivered(void 
 {
     struct list held;
     list_init(&held);
-    struct hub_backlog bl;
-    const char *a[] = {"a"}, *b[] = {"b"};
-    assert_int_equal(subscribe(0, &held, a, 1, false, 0, &bl, NULL), 0);
-    hub_backlog_free(&bl);
+    take_channel(&held, "a");
     uint64_t x = pub2("a", "b", "both"); /* owed through a only: b is not held yet */
-    assert_int_equal(subscribe(0, &held, b, 1, false, 0, &bl, NULL), 0);
-    hub_backlog_free(&bl);
+    take_channel(&held, "b");
     uint64_t z = pub("b", "later on b");
     uint32_t n;
     struct inbox_item *items = hub_inbox_take(&hub, 0, &n);
@@ -744,10 +755,7 @@ static void test_live_messages_of_a_channel_follow_its_own_last_id(void **state)
     uint64_t on_b = pub("b", "newer, on another channel");
     struct list held;
     list_init(&held);
-    struct hub_backlog bl;
-    const char *a[] = {"a"};
-    assert_int_equal(subscribe(0, &held, a, 1, false, 0, &bl, NULL), 0);
-    hub_backlog_free(&bl);
+    take_channel(&held, "a");
     assert_int_equal(held_sub(&held, "a")->from_seq, chan("a")->last_seq);
     assert_true(held_sub(&held, "a")->from_seq < on_b);
     hub_unsubscribe_all(&hub, 0, &held);
@@ -981,11 +989,9 @@ static void test_publish_fills_the_subscribers_worker_inbox(void **state)
     hub.inbox[1].wake_arg = &w1;
 
     struct list held;
-    list_init(&held);
+    hold_a_and_b(&held);
     struct hub_backlog bl;
     const char *names[] = {"a", "b"};
-    assert_int_equal(subscribe(0, &held, names, 2, false, 0, &bl, NULL), 0);
-    hub_backlog_free(&bl);
     struct channel *a = chan("a"), *b = chan("b");
     assert_int_equal(a->worker_mask, 1);
     assert_int_equal(b->worker_mask, 1);
@@ -1331,11 +1337,7 @@ static void test_channel_delete(void **state)
 static void test_delete_with_subscriber_queues_closed(void **state)
 {
     struct list held;
-    list_init(&held);
-    struct hub_backlog bl;
-    const char *names[] = {"a", "b"};
-    assert_int_equal(subscribe(0, &held, names, 2, false, 0, &bl, NULL), 0);
-    hub_backlog_free(&bl);
+    hold_a_and_b(&held);
     struct channel *a = chan("a");
     uint64_t x = pub("a", "last words");
     assert_int_equal(hub_channel_delete(&hub, "a", 1), 0);
