@@ -967,7 +967,17 @@ struct chan_task {
     hub_list_done *list_done;
     struct channel_info *infos;
     size_t ninfos, total, pending;
+    size_t gone;     /* names of this page whose channel no longer exists */
+    bool page_full;  /* the index gave as many names as asked */
+    unsigned rounds; /* index pages read for this listing */
     struct chan_task *parent;
+};
+
+/* A listing: the index page it asks for, and its chan_task collecting the infos. */
+struct list_task {
+    struct chan_task ct;
+    char after[CHANNEL_NAME_MAX + 1], prefix[CHANNEL_NAME_MAX + 1];
+    size_t max;
 };
 
 static void info_from_reply(struct chan_task *ct, const redisReply *r)
@@ -1121,15 +1131,33 @@ static void list_answer(void *arg)
     free(ct);
 }
 
+static void list_run(struct task *t);
+
 static void list_child_done(struct chan_task *child)
 {
     struct chan_task *ct = child->parent;
-    if (!child->err)
+    if (!child->err) {
         ct->infos[ct->ninfos++] = child->info;
-    else if (child->err != HUB_ERR_NOT_FOUND)
+    } else if (child->err == HUB_ERR_NOT_FOUND) {
+        /* Expired: out of the index, so that listings and totals stop counting it. */
+        const char *argv[] = {"ZREM", "herald:channels", child->name};
+        redis_bus_command(ct->rb->bus, "herald:channels", 15, ignore_reply, NULL, 3, argv, NULL);
+        ct->gone++;
+    } else {
         ct->err = child->err;
+    }
     free(child);
     if (--ct->pending == 0) {
+        /* A full index page with expired names in it: read it again (the names are
+         * gone from the index now), so that a short page still means the end. */
+        if (ct->gone && ct->page_full && !ct->err && ct->rounds < 8) {
+            free(ct->infos);
+            ct->infos = NULL;
+            ct->ninfos = ct->gone = 0;
+            list_run(&ct->t);
+            return;
+        }
+        ct->total = ct->total > ct->gone ? ct->total - ct->gone : 0;
         /* Children answer in any order: keep the listing sorted by name. */
         for (size_t i = 1; i < ct->ninfos; i++)
             for (size_t j = i; j > 0 && strcmp(ct->infos[j - 1].name, ct->infos[j].name) > 0; j--) {
@@ -1152,6 +1180,8 @@ static void list_names_reply(const redisReply *r, int status, void *arg)
     }
     ct->total = reply_u64(r->element[0]);
     const redisReply *names = r->element[1];
+    ct->page_full = names->elements == container_of(ct, struct list_task, ct)->max;
+    ct->rounds++;
     ct->infos = xcalloc(names->elements ? names->elements : 1, sizeof(*ct->infos));
     ct->pending = names->elements;
     if (!ct->pending) {
@@ -1167,23 +1197,18 @@ static void list_names_reply(const redisReply *r, int status, void *arg)
     }
 }
 
+/* KEYS: the index. ARGV: [1] after ('' = from the start), [2] prefix, [3] max.
+ * Returns {total (names with the prefix), names}. */
 static const char list_lua[] =
-    "local total = redis.call('ZCARD', KEYS[1])\n"
     "local lo = ARGV[1] == '' and '-' or ('(' .. ARGV[1])\n"
     "if ARGV[2] ~= '' then\n"
-    "  local p = '[' .. ARGV[2]\n"
-    "  if lo == '-' or p > lo then lo = p end\n"
-    "  local names = redis.call('ZRANGEBYLEX', KEYS[1], lo, '[' .. ARGV[2] .. '\\255', 'LIMIT',\n"
-    "                           0, ARGV[3])\n"
-    "  return {total, names}\n"
+    "  local p, hi = '[' .. ARGV[2], '[' .. ARGV[2] .. '\\255'\n"
+    "  local total = redis.call('ZLEXCOUNT', KEYS[1], p, hi)\n"
+    "  if ARGV[1] == '' or ARGV[2] > ARGV[1] then lo = p end\n"
+    "  return {total, redis.call('ZRANGEBYLEX', KEYS[1], lo, hi, 'LIMIT', 0, ARGV[3])}\n"
     "end\n"
-    "return {total, redis.call('ZRANGEBYLEX', KEYS[1], lo, '+', 'LIMIT', 0, ARGV[3])}\n";
-
-struct list_task {
-    struct chan_task ct;
-    char after[CHANNEL_NAME_MAX + 1], prefix[CHANNEL_NAME_MAX + 1];
-    size_t max;
-};
+    "return {redis.call('ZCARD', KEYS[1]),\n"
+    "        redis.call('ZRANGEBYLEX', KEYS[1], lo, '+', 'LIMIT', 0, ARGV[3])}\n";
 
 static void list_run(struct task *t)
 {

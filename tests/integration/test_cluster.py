@@ -595,6 +595,33 @@ def test_channel_created_on_one_node_is_the_same_on_every_node(nodes, chan):
     assert [x["name"] for x in listed["channels"]] == [chan]
 
 
+def test_listing_skips_expired_channels_and_pages_to_the_end(nodes, chan):
+    """Channels that expired leave the listing and its total; a page that had expired
+    names in it is filled from the next names, so `next` stays null only at the end."""
+    a, b, _ = nodes
+    short = json.dumps({"ttl": 1, "history_ttl": 1})
+    for name in ("a", "c"):  # expire after a second
+        r = a.request("PUT", f"/api/channels/{chan}-{name}", short, JSON_TYPE)
+        assert r.status == 201, r.body
+    for name in ("b", "d", "e"):
+        r = a.request("PUT", f"/api/channels/{chan}-{name}", json.dumps({"persistent": True}), JSON_TYPE)
+        assert r.status == 201, r.body
+    wait_until(lambda: b.request("GET", f"/api/channels/{chan}-a").status == 404, 5,
+               what="the short channels to expire")
+    pages, after = [], None
+    while True:
+        page = b.get_json(f"/api/channels?prefix={chan}-&limit=2" + (f"&after={after}" if after else ""))
+        pages.append(([c["name"] for c in page["channels"]], page["total"]))
+        after = page["next"]
+        if after is None:
+            break
+        assert len(pages) < 5, pages
+    names = [n for p, _ in pages for n in p]
+    assert names == [f"{chan}-{x}" for x in "bde"], pages
+    assert pages[-1][1] == 3, pages  # the total counts the channels that exist
+    assert a.get_json(f"/api/channels?prefix={chan}-")["total"] == 3
+
+
 def test_messages_published_on_one_node_show_in_info_on_another(nodes, chan):
     a, b, _ = nodes
     ids = a.publish_many(chan, numbered(3))
