@@ -936,6 +936,8 @@ def test_redis_restart_without_persistence_gives_old_cursors_a_gap(redis_factory
     ids = a.publish_many(chan, numbered(5))
     r.restart()  # SIGKILL; comes back empty
     new = publish_retrying(a, chan, "after the restart")
+    # B reconnects on its own backoff (it may still answer 503 when A is back)
+    wait_until(lambda: b.stats()["cluster"]["redis"] == "up", what="B to reconnect")
     status, body = poll_now(b, chan, since=ids[1])
     assert status == 200, body
     assert body["messages"][0]["event"] == "gap", body  # m2..m4 are gone
