@@ -24,6 +24,8 @@ from test_cluster import (
     check_refusals,
     gap,
     local_subscribers,
+    messages_only,
+    poll_now,
     resume,
     stop_all,
     wait_delivered,
@@ -204,6 +206,24 @@ def test_gap_when_the_cursor_is_older_than_the_channel_history(nodes, chan):
     with resume("sse", b, chan, ids[1]) as sub:
         got = sub.messages(4)
         assert got[0] == gap(chan, ids[1], ids[4]) and ids_of(got[1:]) == ids[4:]
+
+
+def test_a_slot_that_lost_its_data_gives_old_cursors_a_gap(rcluster, nodes, chan):
+    """A shard that lost the keys of a channel's slot (restarted empty, no replica) lost
+    the slot's epoch too: the next publish starts a new one, and a node that loads the
+    channel afterwards tells older cursors about the gap instead of skipping silently."""
+    a, b = nodes
+    ids = a.publish_many(chan, numbered(4))
+    slot = keyslot(chan)
+    owner = rcluster.slot_owner(slot)
+    keys = owner.cmd("CLUSTER", "GETKEYSINSLOT", slot, 1000)
+    assert any(k.endswith(":e") for k in keys), keys  # the slot's epoch key lives there
+    owner.cmd("DEL", *keys)
+    new = a.publish(chan, "after the loss")["id"]
+    status, body = poll_now(b, chan, since=ids[1])  # b has never loaded the channel
+    assert status == 200, body
+    assert body["messages"][0] == gap(chan, ids[1], new), body
+    assert ids_of(messages_only(body["messages"])) == [new]
 
 
 def test_channel_metadata_is_shared_and_delete_closes_subscribers_on_both_nodes(rcluster, nodes, chan):

@@ -152,3 +152,15 @@ def test_api_listen_splits_the_endpoints(herald, chan):
         assert r.status == 201
         assert sse.next_message()["data"] == "split"
     assert request(api, "GET", "/stats").status == 200
+
+
+def test_the_descriptor_table_is_grown_to_the_fd_limit_at_start_up(herald):
+    """herald sizes its descriptor table before it starts threads (docs/operations.md, File
+    descriptors): growing a table shared by threads waits for an RCU grace period each time,
+    which stalled connection storms at 256, 512, ... connections."""
+    srv = herald()
+    with open(f"/proc/{srv.proc.pid}/limits") as f:
+        soft = next(int(line.split()[3]) for line in f if line.startswith("Max open files"))
+    with open(f"/proc/{srv.proc.pid}/status") as f:
+        fdsize = next(int(line.split()[1]) for line in f if line.startswith("FDSize:"))
+    assert fdsize >= soft, f"descriptor table of {fdsize} slots, fd limit {soft}"
