@@ -363,6 +363,22 @@ static bool reply_is_notfound(const redisReply *r)
     return strncmp(s, "NOTFOUND", 8) == 0;
 }
 
+/*
+ * The hub error a script's reply (or its failure) stands for, 0 when it is not an
+ * error. Redis's own errors are logged as "redis: <what><name>: <error>".
+ */
+static int script_error(const redisReply *r, int status, const char *what, const char *name)
+{
+    if (status < 0 || !r)
+        return HUB_ERR_BACKEND;
+    if (reply_is_notfound(r))
+        return HUB_ERR_NOT_FOUND;
+    if (r->type != REDIS_REPLY_ERROR)
+        return 0;
+    log_warn("redis: %s%s: %s", what, name, r->str);
+    return HUB_ERR_BACKEND;
+}
+
 /* ---- payload ------------------------------------------------------------------------ */
 
 /* Builds the payload of a publish (see the file comment). */
@@ -764,15 +780,9 @@ static void pub_answer(void *arg)
 static void pub_reply(const redisReply *r, int status, void *arg)
 {
     struct pub_task *pt = arg;
-    if (status < 0 || !r) {
-        pt->err = HUB_ERR_BACKEND;
-    } else if (r->type == REDIS_REPLY_ERROR) {
-        if (reply_is_notfound(r)) {
-            pt->err = HUB_ERR_NOT_FOUND;
-        } else {
-            log_warn("redis: publish failed: %s", r->str);
-            pt->err = HUB_ERR_BACKEND;
-        }
+    int err = script_error(r, status, "publish failed", "");
+    if (err) {
+        pt->err = err;
     } else if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
                r->element[0]->type == REDIS_REPLY_STRING) {
         uint64_t id;
@@ -873,16 +883,15 @@ static void prepare_reply(const redisReply *r, int status, void *arg)
 {
     struct pub_task *pt = arg;
     uint64_t id;
-    if (status < 0 || !r) {
-        pt->err = pt->err ? pt->err : HUB_ERR_BACKEND;
-    } else if (reply_is_notfound(r)) {
-        pt->err = HUB_ERR_NOT_FOUND;
-    } else if (r->type == REDIS_REPLY_STRING && hub_cursor_parse(r->str, r->len, &id) == 0) {
-        pt->hint = MAX(pt->hint, id);
-    } else {
-        log_warn("redis: publish failed: %s", r->type == REDIS_REPLY_ERROR ? r->str : "bad reply");
-        pt->err = pt->err ? pt->err : HUB_ERR_BACKEND;
+    int err = script_error(r, status, "publish failed", "");
+    if (!err && (r->type != REDIS_REPLY_STRING || hub_cursor_parse(r->str, r->len, &id) < 0)) {
+        log_warn("redis: publish failed: unexpected reply");
+        err = HUB_ERR_BACKEND;
     }
+    if (err)
+        pt->err = err == HUB_ERR_NOT_FOUND ? err : (pt->err ? pt->err : err);
+    else
+        pt->hint = MAX(pt->hint, id);
     if (--pt->pending)
         return;
     if (pt->err)
@@ -1015,17 +1024,13 @@ static void list_child_done(struct chan_task *ct);
 static void chan_reply(const redisReply *r, int status, void *arg)
 {
     struct chan_task *ct = arg;
-    if (status < 0 || !r)
-        ct->err = HUB_ERR_BACKEND;
-    else if (reply_is_notfound(r))
-        ct->err = HUB_ERR_NOT_FOUND;
-    else if (r->type == REDIS_REPLY_ERROR) {
-        log_warn("redis: channel %s: %s", ct->name, r->str);
-        ct->err = HUB_ERR_BACKEND;
-    } else if (ct->mode != CH_DEL && (r->type != REDIS_REPLY_ARRAY || r->elements != 13))
-        ct->err = HUB_ERR_BACKEND;
-    else if (ct->mode != CH_DEL)
-        info_from_reply(ct, r);
+    ct->err = script_error(r, status, "channel ", ct->name);
+    if (!ct->err && ct->mode != CH_DEL) {
+        if (r->type == REDIS_REPLY_ARRAY && r->elements == 13)
+            info_from_reply(ct, r);
+        else
+            ct->err = HUB_ERR_BACKEND;
+    }
     if (ct->parent) {
         list_child_done(ct);
         return;
