@@ -918,6 +918,27 @@ static void test_cluster_a_first_load_that_fails_tells_the_waiters(void **state)
     assert_int_equal(fake.wants, 1);
 }
 
+static void test_cluster_held_live_messages_are_capped_at_the_history_size(void **state)
+{
+    cfg.history_size = 3;
+    struct list held;
+    park_on_a(&held);
+    uint64_t last;
+    uint64_t t = hub_channel_loading(&hub, "a", 1, &last);
+    for (uint64_t seq = 10; seq <= 50; seq += 10)
+        ingest("a", seq);
+    /* Only the newest are kept: the load reads the older ones from the Stream anyway. */
+    struct channel *a = chan("a");
+    assert_int_equal(a->nheld, 3);
+    assert_int_equal(a->held[0]->seq, 30);
+    assert_int_equal(a->held[2]->seq, 50);
+    char b1[32], b2[32];
+    struct hub_entry e[] = {entry(10, b1), entry(20, b2)};
+    assert_false(hub_channel_loaded(&hub, "a", 1, t, 0, e, 2, 0, NULL));
+    uint64_t want[] = {30, 40, 50};
+    check_cache("a", want, 3);
+}
+
 static void test_cluster_deleted_channel_is_dropped_and_unwanted(void **state)
 {
     struct list held;
@@ -1579,6 +1600,9 @@ int main(void)
             teardown),
         cmocka_unit_test_setup_teardown(test_cluster_a_first_load_that_fails_tells_the_waiters,
                                         setup_cluster, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_cluster_held_live_messages_are_capped_at_the_history_size, setup_cluster,
+            teardown),
         cmocka_unit_test_setup_teardown(test_cluster_deleted_channel_is_dropped_and_unwanted,
                                         setup_cluster, teardown),
         T(test_publish_fills_the_subscribers_worker_inbox),
