@@ -4,6 +4,7 @@
  * 1 when the server cannot start, 2 for an invalid configuration.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,12 +18,6 @@
 #include "cluster/redis_backend.h"
 
 static struct server srv;
-static volatile sig_atomic_t got_signal;
-
-static void on_signal(int sig)
-{
-    got_signal = sig;
-}
 
 static void on_listening(struct server *s)
 {
@@ -73,11 +68,15 @@ int main(int argc, char **argv)
                  srv.cfg.listen[0].port);
     }
     signal(SIGPIPE, SIG_IGN);
-    struct sigaction sa = {.sa_handler = on_signal};
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGHUP, &sa, NULL); /* logged and ignored: there is nothing to reload */
+    /* SIGTERM, SIGINT and SIGHUP are blocked here, before any thread starts (threads
+     * inherit the mask), and taken synchronously by sigwaitinfo() below: no handler
+     * races the wait, and no worker is interrupted by them. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
@@ -101,19 +100,18 @@ int main(int argc, char **argv)
                                         : "Redis backend",
              srv.cfg.node_name, (unsigned long)rl.rlim_cur);
 
-    sigset_t none;
-    sigemptyset(&none);
+    int sig;
     for (;;) {
-        while (!got_signal)
-            pause();
-        if (got_signal != SIGHUP)
+        sig = sigwaitinfo(&sigs, NULL);
+        if (sig < 0)
+            continue; /* EINTR (a debugger, SIGSTOP/SIGCONT) */
+        if (sig != SIGHUP)
             break;
-        got_signal = 0;
         log_info("SIGHUP ignored: herald has no configuration to reload; restart it to "
                  "change options (SIGTERM drains gracefully)");
     }
     log_info("%s received: draining connections (at most %u ms)",
-             got_signal == SIGTERM ? "SIGTERM" : "SIGINT", srv.cfg.shutdown_timeout_ms);
+             sig == SIGTERM ? "SIGTERM" : "SIGINT", srv.cfg.shutdown_timeout_ms);
     server_request_shutdown(&srv);
     server_join(&srv);
     if (cluster)

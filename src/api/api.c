@@ -90,8 +90,11 @@ bool api_may_publish(const struct http_request *req, const struct conn *c)
         /* EVP_DecodeBlock counts padding bytes as zeros: trim them. */
         const char *v = h->value + h->value_len;
         n -= (v[-1] == '=') + (v[-2] == '=');
+        /* RFC 7617: user-id ":" password; the user-id is not checked. */
         const char *colon = memchr(dec, ':', (size_t)n);
-        const char *pw = colon ? colon + 1 : (const char *)dec;
+        if (!colon)
+            return false;
+        const char *pw = colon + 1;
         return check_key(key, pw, (size_t)n - (size_t)(pw - (const char *)dec));
     }
     return false;
@@ -710,6 +713,13 @@ static void handle_stats(struct http_ctx *x)
 {
     struct server *srv = conn_server(x->c);
     struct hub_stats *s = &srv->hub.stats;
+    const char *v;
+    size_t vl;
+    /* Channel names and per-channel figures are admin data: the channel API's credentials. */
+    bool per_channel = http_query_param(x->req->query, x->req->query_len, "channels", &v, &vl) &&
+                       vl && !(vl == 1 && *v == '0');
+    if (per_channel && !authorized(x))
+        return;
     struct totals t;
     sum_workers(srv, &t);
     struct sbuf b = {0};
@@ -727,10 +737,7 @@ static void handle_stats(struct http_ctx *x)
                 (uint64_t)atomic_load(&s->published), (uint64_t)atomic_load(&s->messages),
                 (uint64_t)atomic_load(&s->delivered), (uint64_t)atomic_load(&s->bytes_in),
                 (uint64_t)atomic_load(&s->bytes_out), (uint64_t)atomic_load(&s->slow_closed));
-    const char *v;
-    size_t vl;
-    if (http_query_param(x->req->query, x->req->query_len, "channels", &v, &vl) && vl &&
-        !(vl == 1 && *v == '0')) {
+    if (per_channel) {
         size_t total, max = 1000;
         struct channel_info *infos = xmalloc(max * sizeof(*infos));
         size_t n = hub_channel_list(&srv->hub, "", 0, NULL, infos, max, &total);

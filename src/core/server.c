@@ -30,8 +30,9 @@
 #define SCRATCH_SIZE (64 * 1024)
 #define IOV_BATCH    64
 
+#define ACCEPT_RETRY_MS 100
+
 static atomic_uint_fast64_t total_conns;
-static int reserve_fd = -1; /* spare fd to shed connections at EMFILE */
 
 struct worker *worker_of(struct conn *c)
 {
@@ -86,7 +87,7 @@ static void q_pop(struct conn *c)
 
 void conn_send(struct conn *c, struct ref *owner, const char *data, uint32_t len)
 {
-    if (c->flags & CF_CLOSING || len == 0)
+    if (c->flags & (CF_CLOSING | CF_SEALED) || len == 0)
         return;
     bool subscriber = c->kind != CONN_HTTP;
     /* The cap is on what waits: a client that took everything so far may receive one
@@ -649,20 +650,18 @@ static void listener_cb(struct loop *loop, struct io *io, uint32_t events)
         }
         if (errno == EINTR || errno == ECONNABORTED)
             continue;
-        if (errno == EMFILE || errno == ENFILE) {
-            /* Out of descriptors: accept and drop one so the backlog does not wedge. */
-            static atomic_int warned;
-            if (!atomic_exchange(&warned, 1))
-                log_warn("out of file descriptors (%d open): shedding new connections; raise "
-                         "the fd limit or run more nodes",
+        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+            /* Out of descriptors (or memory): the clients wait in the listen queue. No
+             * new edge will come for them, so accepting resumes by itself as soon as one
+             * of our connections closes, or after a short delay (another worker's may). */
+            if (!w->accept_paused && w->loop.now >= w->accept_warned_ms + 10000) {
+                w->accept_warned_ms = w->loop.now;
+                log_warn("out of file descriptors (%d connections open): new connections "
+                         "wait in the listen queue; raise the fd limit or run more nodes",
                          (int)atomic_load(&total_conns));
-            if (reserve_fd >= 0) {
-                close(reserve_fd);
-                int tmp = accept(io->fd, NULL, NULL);
-                if (tmp >= 0)
-                    close(tmp);
-                reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
             }
+            w->accept_paused = true;
+            timer_start(&w->loop, &w->accept_retry, ACCEPT_RETRY_MS);
         }
         break; /* EAGAIN or an error: wait for the next edge */
     }
@@ -785,16 +784,36 @@ static void close_listeners(struct worker *w)
 
 /* ---- worker loop --------------------------------------------------------- */
 
+/* Accepts what waits in the listen queues after accepting had to stop (no descriptors). */
+static void accept_resume(struct worker *w)
+{
+    if (!w->accept_paused || w->draining)
+        return;
+    w->accept_paused = false;
+    timer_stop(&w->loop, &w->accept_retry);
+    for (int i = 0; i < w->nlisteners; i++)
+        listener_cb(&w->loop, &w->listeners[i].io, POLLER_IN);
+}
+
+static void accept_retry_cb(struct loop *loop, struct timer *t)
+{
+    accept_resume(container_of(t, struct worker, accept_retry));
+}
+
 static void after_poll(struct loop *loop, void *arg)
 {
     struct worker *w = arg;
     while (!list_empty(&w->dirty))
         conn_flush_dirty(container_of(w->dirty.next, struct conn, link));
+    bool freed = false;
     while (!list_empty(&w->closing)) {
         struct conn *c = container_of(w->closing.next, struct conn, link);
         list_remove(&c->link);
         conn_free(c);
+        freed = true;
     }
+    if (freed)
+        accept_resume(w); /* a descriptor is free again */
 }
 
 static void begin_drain(struct worker *w)
@@ -838,6 +857,7 @@ static void *worker_main(void *arg)
             begin_drain(w);
     }
     timer_stop(&w->loop, &w->tick);
+    timer_stop(&w->loop, &w->accept_retry);
     return NULL;
 }
 
@@ -860,6 +880,7 @@ static int worker_init(struct server *srv, struct worker *w, int id)
     w->deflater = ws_deflater_new(6);
     w->inflater = ws_inflater_new();
     timer_init(&w->tick, tick_cb);
+    timer_init(&w->accept_retry, accept_retry_cb);
     srv->hub.inbox[id].wake = hub_wake;
     srv->hub.on_synced = hub_synced;
     srv->hub.inbox[id].wake_arg = w;
@@ -873,7 +894,6 @@ int server_start(struct server *srv)
         ctl_frames_new("reconnect", "\"reason\":\"shutdown\"", strlen("\"reason\":\"shutdown\""));
     srv->ctl_reconnect_lifetime =
         ctl_frames_new("reconnect", "\"reason\":\"lifetime\"", strlen("\"reason\":\"lifetime\""));
-    reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     srv->workers = xcalloc((size_t)srv->nworkers, sizeof(*srv->workers));
     for (int i = 0; i < srv->nworkers; i++) {
         int err = worker_init(srv, &srv->workers[i], i);
@@ -914,6 +934,4 @@ void server_join(struct server *srv)
     ref_put(&srv->ctl_reconnect_shutdown->ref);
     ref_put(&srv->ctl_reconnect_lifetime->ref);
     free(srv->workers);
-    if (reserve_fd >= 0)
-        close(reserve_fd);
 }

@@ -54,6 +54,7 @@ enum conn_flag {
     CF_RETRY = 1u << 17,        /* the request waits for the backend: keep it, re-run it later */
     CF_PUBLISHER = 1u << 19,    /* WS: the upgrade carried publish credentials (--ws-publish) */
     CF_ZOMBIE = 1u << 18,       /* closed while the backend holds it: freed on the last release */
+    CF_SEALED = 1u << 20,       /* the last bytes are queued (WS close frame): nothing may follow */
 };
 
 /* One element of the outbound queue: bytes borrowed from a refcounted owner. */
@@ -142,6 +143,9 @@ struct worker {
     struct ws_deflater *deflater;
     struct ws_inflater *inflater;
     struct timer tick; /* once a second: channel sweep (worker 0), shutdown progress */
+    struct timer accept_retry; /* accepting stopped at EMFILE: try again */
+    bool accept_paused;
+    uint64_t accept_warned_ms;
     bool draining;
     uint64_t drain_deadline;
     struct worker_counters ctr;

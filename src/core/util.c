@@ -8,7 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include <openssl/crypto.h>
 
 static void oom(size_t n)
 {
@@ -95,6 +94,38 @@ void sbuf_printf(struct sbuf *b, const char *fmt, ...)
     b->len += (size_t)n;
 }
 
+size_t utf8_seq_len(const unsigned char *s, size_t n)
+{
+    unsigned char c = s[0];
+    if (c < 0x80)
+        return 1;
+    size_t len;
+    unsigned char lo = 0x80, hi = 0xbf; /* bounds of the second byte (RFC 3629 table) */
+    if (c >= 0xc2 && c <= 0xdf)
+        len = 2;
+    else if (c >= 0xe0 && c <= 0xef) {
+        len = 3;
+        if (c == 0xe0)
+            lo = 0xa0; /* overlong */
+        else if (c == 0xed)
+            hi = 0x9f; /* surrogates */
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        len = 4;
+        if (c == 0xf0)
+            lo = 0x90; /* overlong */
+        else if (c == 0xf4)
+            hi = 0x8f; /* above U+10FFFF */
+    } else {
+        return 0;
+    }
+    if (n < len || s[1] < lo || s[1] > hi)
+        return 0;
+    for (size_t i = 2; i < len; i++)
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+    return len;
+}
+
 void sbuf_add_json_str(struct sbuf *b, const char *s, size_t len)
 {
     static const char hex[] = "0123456789abcdef";
@@ -103,6 +134,18 @@ void sbuf_add_json_str(struct sbuf *b, const char *s, size_t len)
     size_t run = 0; /* bytes copied verbatim in one go */
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
+        if (c >= 0x80) {
+            size_t n = utf8_seq_len((const unsigned char *)s + i, len - i);
+            if (n) {
+                i += n - 1;
+                continue;
+            }
+            /* Not UTF-8 (peer bytes echoed in an error): JSON text must be. */
+            sbuf_add(b, s + run, i - run);
+            run = i + 1;
+            sbuf_add(b, "\\ufffd", 6);
+            continue;
+        }
         if (c >= 0x20 && c != '"' && c != '\\')
             continue;
         sbuf_add(b, s + run, i - run);
@@ -136,11 +179,14 @@ void sbuf_free(struct sbuf *b)
     b->len = b->cap = 0;
 }
 
-bool ct_equal(const void *a, size_t alen, const void *b, size_t blen)
+bool ct_equal(const void *given, size_t glen, const void *secret, size_t slen)
 {
-    if (alen != blen)
-        return false;
-    return CRYPTO_memcmp(a, b, alen) == 0;
+    /* Time depends on the secret's length only: a wrong length does not return early. */
+    const unsigned char *g = given, *s = secret;
+    volatile unsigned char diff = glen != slen;
+    for (size_t i = 0; i < slen; i++)
+        diff |= (unsigned char)((i < glen ? g[i] : 0) ^ s[i]);
+    return diff == 0;
 }
 
 size_t json_strip_ws(char *dst, const char *src, size_t len)

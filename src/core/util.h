@@ -91,7 +91,10 @@ void sbuf_reserve(struct sbuf *b, size_t extra);
 void sbuf_add(struct sbuf *b, const void *data, size_t len);
 void sbuf_adds(struct sbuf *b, const char *s);
 void sbuf_printf(struct sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* Appends s as a JSON string literal (with quotes), escaping as RFC 8259 requires. */
+/* Length (1-4) of the well-formed UTF-8 sequence at s[0..n), n >= 1; 0 if it is not one. */
+size_t utf8_seq_len(const unsigned char *s, size_t n);
+/* Appends s as a JSON string literal (with quotes), escaping as RFC 8259 requires;
+ * bytes that are not UTF-8 become U+FFFD, so the result is always valid JSON text. */
 void sbuf_add_json_str(struct sbuf *b, const char *s, size_t len);
 void sbuf_free(struct sbuf *b);
 
@@ -102,7 +105,8 @@ void sbuf_free(struct sbuf *b);
  */
 size_t json_strip_ws(char *dst, const char *src, size_t len);
 
-/* Constant-time comparison of two byte strings (lengths are not secret). */
-bool ct_equal(const void *a, size_t alen, const void *b, size_t blen);
+/* Whether `given` equals `secret`, in time that depends on slen only (not on where they
+ * differ, nor on glen). */
+bool ct_equal(const void *given, size_t glen, const void *secret, size_t slen);
 
 #endif

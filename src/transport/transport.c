@@ -273,7 +273,7 @@ void longpoll_handle(struct http_ctx *x)
         uint64_t t;
         if (hub_cursor_parse(v, vl, &t) < 0 || vl == 0)
             return http_error(x, 400, "bad_timeout", "timeout is a whole number of seconds");
-        if (t * 1000 < timeout)
+        if (t < timeout / 1000u + 1 && t * 1000 < timeout)
             timeout = (uint32_t)(t * 1000);
     }
     struct hub_backlog b;
@@ -288,10 +288,10 @@ void longpoll_handle(struct http_ctx *x)
     c->q_mark = c->q_len; /* earlier pipelined responses still queued are not messages */
     if (x->req->keep_alive && !(c->flags & CF_EOF))
         c->flags |= CF_KEEPALIVE;
-    if (x->cors) {
+    /* The union held the HTTP state until now: every member of the poll state is set. */
+    c->u.poll.origin = x->cors && x->origin ? xstrndup(x->origin, x->origin_len) : NULL;
+    if (x->cors)
         c->flags |= CF_CORS;
-        c->u.poll.origin = x->origin ? xstrndup(x->origin, x->origin_len) : NULL;
-    }
     transport_replay(c, &b, r.since);
     if (c->q_len == c->q_mark)
         timer_start(&c->w->loop, &c->timer, timeout);

@@ -51,7 +51,7 @@ void ws_close_with(struct conn *c, uint16_t code, const char *reason)
     memcpy(payload + 2, reason, rl);
     c->flags &= ~(uint32_t)CF_CLOSE_AFTER; /* the close frame must get through */
     ws_send_frame(c, WS_OP_CLOSE, payload, rl + 2);
-    c->flags |= CF_CLOSE_SENT;
+    c->flags |= CF_CLOSE_SENT | CF_SEALED; /* RFC 6455 5.5.1: no data after a close frame */
     conn_close_after_write(c);
 }
 
@@ -403,7 +403,7 @@ static void ws_on_close_frame(struct conn *c, const uint8_t *p, size_t len)
             return ws_fail(c, WS_CLOSE_INVALID_DATA, "close reason is not UTF-8");
     }
     if (c->flags & CF_CLOSE_SENT) {
-        conn_close(c); /* handshake complete */
+        conn_close_after_write(c); /* handshake complete once our close frame is out */
         return;
     }
     ws_close_with(c, code, ""); /* echo, then close once it is written */
@@ -527,10 +527,20 @@ long ws_on_read(struct conn *c, char *buf, size_t len)
             ws_fail(c, WS_CLOSE_PROTOCOL, "RSV1 on a continuation frame");
             return (long)len;
         }
+        if (c->flags & CF_CLOSE_SENT) {
+            /* Closing: only the peer's close frame matters; everything else is dropped. */
+            if (f.opcode == WS_OP_CLOSE) {
+                ws_on_close_frame(c, p, f.payload_len);
+                return (long)len;
+            }
+            continue;
+        }
         if (f.opcode >= WS_OP_CLOSE)
             ws_on_control(c, &f, p);
         else if (!ws_on_data_frame(c, &f, p))
             return (long)len;
+        if (c->flags & CF_CLOSE_SENT)
+            return (long)len; /* a close went out: what follows it is not read */
     }
     return (long)off;
 }

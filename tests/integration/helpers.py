@@ -15,6 +15,7 @@ import hashlib
 import http.client
 import json
 import os
+import resource
 import signal
 import socket
 import struct
@@ -82,8 +83,9 @@ class Herald:
 
     DEFAULTS = {"workers": 2, "shutdown_timeout": "3s"}
 
-    def __init__(self, binary, logdir, env=None, api=False, **opts):
+    def __init__(self, binary, logdir, env=None, api=False, nofile=None, **opts):
         self.binary = binary
+        self.nofile = nofile  # RLIMIT_NOFILE (soft and hard) for the process, when given
         self.opts = {**self.DEFAULTS, **opts}
         self.env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=1", **(env or {})}
         self.env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1")
@@ -105,13 +107,17 @@ class Herald:
                 args += ["--api-listen", f"127.0.0.1:{self.api_port}"]
             with open(self.log_path, "wb") as log:
                 self.proc = subprocess.Popen(
-                    [self.binary] + args, stdout=log, stderr=subprocess.STDOUT, env=self.env
+                    [self.binary] + args, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                    preexec_fn=self._limits if self.nofile else None,
                 )
             if self._wait_ready():
                 return self
             if "cannot listen" not in self.log():  # lost a race for the port: try another
                 break
         raise AssertionError(f"herald did not become ready:\n{self.log()}")
+
+    def _limits(self):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def _wait_ready(self):
         deadline = Deadline(WAIT, "herald /healthz")
@@ -697,7 +703,8 @@ class RawWS(Closing):
             seen.append(f)
         assert f.close_code() == code, (f.close_code(), f.payload, seen)
         self.reason = f.payload[2:].decode()
-        self.conn.expect_eof(deadline.left())
+        after = self.conn.expect_eof(deadline.left())
+        assert after == b"", f"bytes after the close frame (RFC 6455 5.5.1): {after!r}"
         return seen
 
 

@@ -110,8 +110,22 @@ static void test_json_utf8_untouched(void **state)
     assert_int_equal(b.len, strlen(s) + 2);
     assert_memory_equal(b.data + 1, s, strlen(s));
     sbuf_free(&b);
-    /* Invalid UTF-8 bytes are not our business here either. */
-    check_json("\xff\xfe\x80", 3, "\"\xff\xfe\x80\"");
+}
+
+/* Bytes that are not UTF-8 (peer input echoed in an error) become U+FFFD, one per byte:
+ * the JSON text stays valid. */
+static void test_json_invalid_utf8_replaced(void **state)
+{
+    check_json("\xff\xfe\x80", 3, "\"\\ufffd\\ufffd\\ufffd\"");
+    check_json("a\xc3", 2, "\"a\\ufffd\"");                 /* truncated sequence */
+    check_json("\xc0\xaf", 2, "\"\\ufffd\\ufffd\"");         /* overlong */
+    check_json("\xed\xa0\x80", 3, "\"\\ufffd\\ufffd\\ufffd\""); /* surrogate */
+    check_json("\xf4\x90\x80\x80", 4, "\"\\ufffd\\ufffd\\ufffd\\ufffd\""); /* > U+10FFFF */
+    check_json("\xe2\x82\xacx\xe2\x82", 6, "\"\xe2\x82\xacx\\ufffd\\ufffd\"");
+    assert_int_equal(utf8_seq_len((const unsigned char *)"\xf0\x9f\x98\x80", 4), 4);
+    assert_int_equal(utf8_seq_len((const unsigned char *)"\xf0\x9f\x98", 3), 0);
+    assert_int_equal(utf8_seq_len((const unsigned char *)"\xe0\xa0\x80", 3), 3);
+    assert_int_equal(utf8_seq_len((const unsigned char *)"\xe0\x9f\x80", 3), 0);
 }
 
 static void test_json_appends_and_long_input(void **state)
@@ -124,7 +138,7 @@ static void test_json_appends_and_long_input(void **state)
     struct sbuf want = {0};
     sbuf_adds(&want, "{\"k\":\"");
     for (size_t i = 0; i < sizeof(in); i++) {
-        unsigned char c = (unsigned char)((i * 7919u) % 256u);
+        unsigned char c = (unsigned char)((i * 7919u) % 128u);
         in[i] = (char)c;
         if (c == '"')
             sbuf_adds(&want, "\\\"");
@@ -197,6 +211,7 @@ int main(void)
         cmocka_unit_test(test_json_quotes_and_backslash),
         cmocka_unit_test(test_json_control_chars),
         cmocka_unit_test(test_json_utf8_untouched),
+        cmocka_unit_test(test_json_invalid_utf8_replaced),
         cmocka_unit_test(test_json_appends_and_long_input),
         cmocka_unit_test(test_ct_equal),
         cmocka_unit_test(test_xstrndup),

@@ -1,0 +1,231 @@
+"""Regression tests for what an attack run on the landed server found (issue 7):
+each test here failed on the server before its fix. Crashes reachable by any client,
+bytes after a WebSocket close frame, admin data in /stats, numbers that overflow,
+invalid UTF-8 echoed into JSON, malformed credentials, and connections left waiting
+after the descriptor table was full."""
+
+import base64
+import json
+import socket
+import time
+
+import pytest
+
+from helpers import (
+    OP_CLOSE,
+    OP_TEXT,
+    WAIT,
+    RawConn,
+    RawWS,
+    encode_frame,
+    http_get,
+    ws_handshake,
+    ws_key,
+    wait_until,
+)
+
+KEY = "k3y-for-attacks"
+APP = "https://app.example.com"
+EVIL = "https://evil.example"
+PING_OP = b'{"op":"ping"}'
+
+
+def close_payload(code, reason=b""):
+    return code.to_bytes(2, "big") + reason
+
+
+# ---- CORS settings x transports x Origin: nothing crashes, headers follow the policy ------
+
+CORS_SETTINGS = {"star": "*", "allow-list": APP, "none": ""}
+
+
+def expected_acao(policy, origin):
+    """What Access-Control-Allow-Origin a subscriber endpoint answers (None: absent)."""
+    if policy == "*":
+        return "*" if origin in (None, APP, EVIL) else None
+    if origin == APP and policy == APP:
+        return APP
+    return None
+
+
+def subscriber_answer(srv, path, origin):
+    """Sends one subscriber request and reads its response head (and body when it ends)."""
+    headers = {"Origin": origin} if origin else {}
+    with RawConn(srv.port) as c:
+        c.send(http_get(path, headers))
+        status, hdrs = c.read_head()
+        body = b""
+        if "content-length" in hdrs:
+            body = c.read_exact(int(hdrs["content-length"]))
+        return status, hdrs, body
+
+
+@pytest.mark.parametrize("setting", sorted(CORS_SETTINGS))
+def test_every_cors_setting_on_every_transport(herald, chan, setting):
+    """With an origin allow-list, a long-poll without a matching Origin used to crash
+    the server when it was answered (the origin pointer shared a union with the HTTP
+    state). Every transport, every setting, every kind of Origin."""
+    policy = CORS_SETTINGS[setting]
+    srv = herald(cors_origins=policy)
+    srv.publish(chan, "kept")
+    for origin in (None, APP, EVIL):
+        for path in (
+            f"/poll?channels={chan}&since=0",  # answered at once from history
+            f"/poll?channels={chan}-idle&timeout=1",  # answered by its timeout
+            f"/sse?channels={chan}",
+            f"/stream?channels={chan}",
+        ):
+            status, hdrs, body = subscriber_answer(srv, path, origin)
+            assert status == 200, (setting, origin, path, status, body)
+            assert hdrs.get("access-control-allow-origin") == expected_acao(policy, origin), (
+                setting, origin, path, hdrs)
+            if path.startswith("/poll"):
+                json.loads(body)
+        with RawConn(srv.port) as c:
+            c.send(ws_handshake(f"/ws?channels={chan}",
+                                extra={"Origin": origin} if origin else None))
+            status, hdrs = c.read_head()
+            allowed = origin is None or policy == "*" or origin == policy
+            assert status == (101 if allowed else 403), (setting, origin, status)
+        assert srv.request("GET", "/healthz").status == 200, (setting, origin)
+
+
+# ---- WebSocket: nothing follows the server's close frame -----------------------------------
+
+
+def test_ops_after_the_client_close_get_no_reply(server, chan):
+    """A client Close followed by ops in the same packet: the echo is the last frame."""
+    with RawWS(server) as ws:
+        ws.conn.send(
+            encode_frame(OP_CLOSE, close_payload(1000))
+            + encode_frame(OP_TEXT, PING_OP)
+            + encode_frame(OP_TEXT, json.dumps({"op": "subscribe", "channels": [chan]}))
+        )
+        assert ws.expect_close(1000) == []
+    assert server.channel(chan) is None or server.channel(chan)["subscribers"] == 0
+
+
+def test_two_close_frames_in_one_packet_still_get_the_echo(server):
+    with RawWS(server) as ws:
+        ws.conn.send(encode_frame(OP_CLOSE, close_payload(1000, b"a"))
+                     + encode_frame(OP_CLOSE, close_payload(1000, b"b")))
+        assert ws.expect_close(1000) == []
+
+
+def test_ping_flood_after_the_close_queues_nothing(server):
+    """Pings after the close handshake began are not answered: no pong follows the close."""
+    with RawWS(server) as ws:
+        ws.conn.send(encode_frame(OP_CLOSE, close_payload(1001))
+                     + b"".join(encode_frame(9, b"p") for _ in range(200)))
+        assert ws.expect_close(1001) == []
+
+
+# ---- /stats: channel names are admin data ----------------------------------------------------
+
+
+def test_stats_channel_list_needs_the_key(herald, chan):
+    srv = herald(publish_key=KEY)
+    auth = {"Authorization": "Bearer " + KEY}
+    assert srv.request("POST", f"/pub/{chan}", b"x", auth).status == 201
+    plain = srv.request("GET", "/stats")
+    assert plain.status == 200 and chan.encode() not in plain.body
+    anon = srv.request("GET", "/stats?channels=1")
+    assert anon.status == 401, (anon.status, anon.body)
+    assert chan.encode() not in anon.body
+    assert anon.error()["error"] == "unauthorized"
+    keyed = srv.request("GET", "/stats?channels=1", headers=auth)
+    assert keyed.status == 200
+    assert chan in keyed.json()["channel_subscribers"]
+
+
+# ---- numbers, bytes and credentials a client controls ----------------------------------------
+
+
+def test_poll_timeout_that_overflows_is_capped_not_wrapped(herald, chan):
+    """timeout * 1000 used to wrap: 18446744073709552 s became 384 ms."""
+    srv = herald(poll_timeout="3s")
+    started = time.monotonic()
+    r = srv.request("GET", f"/poll?channels={chan}&timeout=18446744073709552", timeout=WAIT)
+    held = time.monotonic() - started
+    assert r.status == 200, r.body
+    assert r.json()["messages"] == []
+    assert held >= 2.5, f"the poll was answered after {held:.3f} s, not held to --poll-timeout"
+
+
+@pytest.mark.parametrize("raw", [
+    b"GET /\xff\xfe\xc0 HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"DELETE /ws\xed\xa0\x80 HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"POST /sse HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+])
+def test_error_bodies_are_valid_utf8_json(server, raw):
+    with RawConn(server.port) as c:
+        c.send(raw)
+        r = c.read_response()
+    assert r.status >= 400
+    text = r.body.decode("utf-8")  # raises on invalid UTF-8
+    doc = json.loads(text)
+    assert doc["error"] and doc["detail"]
+
+
+def test_ws_origin_error_is_valid_utf8(herald):
+    srv = herald(cors_origins=APP)
+    with RawConn(srv.port) as c:
+        c.send(ws_handshake("/ws", extra={"Origin": "https://BAD.example"})
+               .replace(b"BAD", b"\xff\xfe\xc0"))
+        r = c.read_response()
+    assert r.status == 403
+    json.loads(r.body.decode("utf-8"))
+
+
+def test_basic_credentials_need_a_colon(herald, chan):
+    """RFC 7617: user-id ":" password. A bare key is not Basic credentials."""
+    srv = herald(publish_key=KEY)
+    bare = base64.b64encode(KEY.encode()).decode()
+    r = srv.request("POST", f"/pub/{chan}", b"x", {"Authorization": "Basic " + bare})
+    assert r.status == 401, (r.status, r.body)
+    good = base64.b64encode(b"anyone:" + KEY.encode()).decode()
+    assert srv.request("POST", f"/pub/{chan}", b"x", {"Authorization": "Basic " + good}).status == 201
+
+
+# ---- descriptors run out: queued connections are served once some free up --------------------
+
+
+@pytest.mark.timeout(60)
+def test_connections_queued_at_fd_exhaustion_are_served_when_fds_free(herald):
+    srv = herald(nofile=64, workers=1)
+    request = http_get("/healthz")
+    first = []
+    # Fill the table: keep-alive connections that got their answer.
+    for _ in range(80):
+        s = socket.create_connection(("127.0.0.1", srv.port), timeout=WAIT)
+        s.sendall(request)
+        s.settimeout(0.5)
+        try:
+            got = s.recv(4096)
+        except socket.timeout:
+            got = None
+        if not got:
+            queued = [s]
+            break
+        first.append(s)
+    else:
+        pytest.fail("80 connections were served with a limit of 64 descriptors")
+    assert len(first) > 30, f"only {len(first)} connections before the limit"
+    # More clients wait in the listen queue.
+    for _ in range(20):
+        s = socket.create_connection(("127.0.0.1", srv.port), timeout=WAIT)
+        s.sendall(request)
+        queued.append(s)
+    # Free descriptors; no new client arrives to wake the listener.
+    for s in first:
+        s.close()
+    for s in queued:
+        s.settimeout(WAIT)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(4096)
+            assert chunk, f"a queued connection was closed unanswered: {data!r}"
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 200"), data[:80]
+        s.close()
+    assert srv.request("GET", "/healthz").status == 200
