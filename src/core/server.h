@@ -142,7 +142,7 @@ struct worker {
     size_t scratch_size;
     struct ws_deflater *deflater;
     struct ws_inflater *inflater;
-    struct timer tick; /* once a second: channel sweep (worker 0), shutdown progress */
+    struct timer tick;         /* once a second: channel sweep (worker 0), shutdown progress */
     struct timer accept_retry; /* accepting stopped at EMFILE: try again */
     bool accept_paused;
     uint64_t accept_warned_ms;

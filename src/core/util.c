@@ -8,7 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-
 static void oom(size_t n)
 {
     fprintf(stderr, "herald: out of memory allocating %zu bytes\n", n);

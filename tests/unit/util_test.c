@@ -117,9 +117,9 @@ static void test_json_utf8_untouched(void **state)
 static void test_json_invalid_utf8_replaced(void **state)
 {
     check_json("\xff\xfe\x80", 3, "\"\\ufffd\\ufffd\\ufffd\"");
-    check_json("a\xc3", 2, "\"a\\ufffd\"");                 /* truncated sequence */
-    check_json("\xc0\xaf", 2, "\"\\ufffd\\ufffd\"");         /* overlong */
-    check_json("\xed\xa0\x80", 3, "\"\\ufffd\\ufffd\\ufffd\""); /* surrogate */
+    check_json("a\xc3", 2, "\"a\\ufffd\"");                                /* truncated sequence */
+    check_json("\xc0\xaf", 2, "\"\\ufffd\\ufffd\"");                       /* overlong */
+    check_json("\xed\xa0\x80", 3, "\"\\ufffd\\ufffd\\ufffd\"");            /* surrogate */
     check_json("\xf4\x90\x80\x80", 4, "\"\\ufffd\\ufffd\\ufffd\\ufffd\""); /* > U+10FFFF */
     check_json("\xe2\x82\xacx\xe2\x82", 6, "\"\xe2\x82\xacx\\ufffd\\ufffd\"");
     assert_int_equal(utf8_seq_len((const unsigned char *)"\xf0\x9f\x98\x80", 4), 4);
