@@ -111,31 +111,27 @@ static const char prepare_lua[] = "if ARGV[1] == '0' and redis.call('EXISTS', KE
 
 /*
  * KEYS: stream, options, state, epoch. ARGV: [1] after id (0: the newest), [2]
- * auto-create 1/0, [3] default history size, [4] now ms, [5] default channel ttl
- * ms, [6] default history ttl ms, [7] the loading node's clock in us. Returns
- * {evicted, history size, entries, history ttl ms or '', created 1/0} or
- * "NOTFOUND ...".
+ * auto-create 1/0, [3] default history size, [4] the loading node's clock in us.
+ * Returns {evicted, history size, entries, history ttl ms or ''} or "NOTFOUND ...".
  *
- * A first load creates the channel when auto-create is on (subscribing creates
- * it, as in memory; the nodes' heartbeats keep it alive while it has
- * subscribers). It also reports as evicted everything before this Redis data
- * set's epoch: a cursor older than that may have missed messages Redis lost. A
- * gap fill does not: the node's cache holds what it followed live.
+ * Loading writes nothing about the channel: a channel nobody published to or
+ * created exists only while it has subscribers (its counts, `herald:{ch}:c`), so
+ * subscribing to made-up names leaves nothing behind in Redis. The load reports
+ * as evicted everything before this Redis data set's epoch (the one key it may
+ * write, once per data set or slot): a cursor older than that may have missed
+ * messages Redis lost. A gap fill does not: the node's cache holds what it
+ * followed live.
  */
 static const char load_lua[] =
-    "local created = 0\n"
-    "if redis.call('EXISTS', KEYS[2]) == 0 then\n"
-    "  if ARGV[2] == '0' then return redis.error_reply('NOTFOUND no such channel') end\n"
-    "  redis.call('HSET', KEYS[2], 'created', ARGV[4], 'active', ARGV[4])\n"
-    "  redis.call('PEXPIRE', KEYS[2], math.max(tonumber(ARGV[5]), tonumber(ARGV[6]), 1000))\n"
-    "  created = 1\n"
+    "if ARGV[2] == '0' and redis.call('EXISTS', KEYS[2]) == 0 then\n"
+    "  return redis.error_reply('NOTFOUND no such channel')\n"
     "end\n"
     "local opt = redis.call('HMGET', KEYS[2], 'history_size', 'history_ttl')\n"
     "local hs = tonumber(opt[1] or ARGV[3])\n"
     "local st = redis.call('HMGET', KEYS[3], 'evicted', 'last')\n"
     "local evicted = tonumber(st[1] or '0')\n"
     "local ep = redis.call('GET', KEYS[4])\n"
-    "if not ep then ep = ARGV[7]; redis.call('SET', KEYS[4], ep) end\n"
+    "if not ep then ep = ARGV[4]; redis.call('SET', KEYS[4], ep) end\n"
     "local e\n"
     "if ARGV[1] == '0' then\n"
     "  e = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', hs)\n"
@@ -146,19 +142,30 @@ static const char load_lua[] =
     "if #e == 0 and st[2] and redis.call('EXISTS', KEYS[1]) == 0 then\n"
     "  evicted = math.max(evicted, tonumber(st[2]))\n" /* the whole Stream expired */
     "end\n"
-    "return {string.format('%d', evicted), hs, e, opt[2] or '', created}\n";
+    "return {string.format('%d', evicted), hs, e, opt[2] or ''}\n";
 
 /*
  * KEYS: stream, options, state, counts. ARGV: [1] now ms, [2] mode (get|put|del),
  * [3] default channel ttl ms, [4] default history ttl ms, [5] bus channel,
  * [6] publish verb, [7..10] put: ttl, history_size, history_ttl, persistent
  * ('' = unchanged). Returns the channel's info as a flat list ({'deleted'} for del).
+ * A channel nobody published to or created exists while nodes count subscribers
+ * of it: `get` answers with their counts, `del` closes them.
  */
 static const char chan_lua[] =
     "local h, o, s, c = KEYS[1], KEYS[2], KEYS[3], KEYS[4]\n"
     "local now = tonumber(ARGV[1])\n"
     "local exists = redis.call('EXISTS', o) == 1 or redis.call('EXISTS', h) == 1\n"
     "local created = 0\n"
+    "local subs = 0\n"
+    "local counts = redis.call('HGETALL', c)\n"
+    "for i = 1, #counts, 2 do\n"
+    "  local n, exp = string.match(counts[i + 1], '^(%d+) (%d+)$')\n"
+    "  if n and tonumber(exp) > now then subs = subs + tonumber(n)\n"
+    "  else redis.call('HDEL', c, counts[i]) end\n"
+    "end\n"
+    /* a channel nobody published to or created exists while nodes count subscribers */
+    "if subs > 0 then exists = true end\n"
     "if ARGV[2] == 'del' then\n"
     "  if not exists then return redis.error_reply('NOTFOUND no such channel') end\n"
     "  local last = redis.call('HGET', s, 'last')\n"
@@ -190,13 +197,6 @@ static const char chan_lua[] =
     "    local ttl = tonumber(opt[1] or ARGV[3])\n"
     "    redis.call('PEXPIRE', o, math.max(ttl, tonumber(opt[3] or ARGV[4])))\n"
     "  end\n"
-    "end\n"
-    "local subs = 0\n"
-    "local counts = redis.call('HGETALL', c)\n"
-    "for i = 1, #counts, 2 do\n"
-    "  local n, exp = string.match(counts[i + 1], '^(%d+) (%d+)$')\n"
-    "  if n and tonumber(exp) > now then subs = subs + tonumber(n)\n"
-    "  else redis.call('HDEL', c, counts[i]) end\n"
     "end\n"
     "local len, first, last, added = 0, '0', '0', 0\n"
     "if redis.call('EXISTS', h) == 1 then\n"
@@ -543,7 +543,7 @@ static void load_reply(const redisReply *r, int status, void *arg)
     }
     uint64_t evicted = 0;
     const redisReply *list =
-        r->type == REDIS_REPLY_ARRAY && r->elements == 5 ? r->element[2] : NULL;
+        r->type == REDIS_REPLY_ARRAY && r->elements == 4 ? r->element[2] : NULL;
     if (!list || list->type != REDIS_REPLY_ARRAY) {
         log_warn("redis: loading channel %s: unexpected reply", op->name);
         load_failed(op, HUB_ERR_BACKEND);
@@ -575,8 +575,6 @@ static void load_reply(const redisReply *r, int status, void *arg)
                              .history_size = (uint32_t)hs,
                              .has_history_ttl = httl > 0,
                              .history_ttl_ms = (uint32_t)httl};
-    if (reply_u64(r->element[4]) == 1)
-        index_channel(rb, op->name, op->len); /* created by this subscribe */
     if (hub_channel_loaded(rb->hub, op->name, op->len, op->token, 0, entries, k, evicted, &o))
         reload_later(rb, op->name, op->len);
     for (size_t i = 0; i < n; i++)
@@ -602,20 +600,16 @@ static void load_channel(struct rb *rb, const char *name, size_t len, bool down)
         load_reply(NULL, RESP_ENOTCONN, op);
         return;
     }
-    char h[160], o[160], s[160], e[64], after[24], hs[16], now[24], ttl[16], httl[16], us[24];
+    char h[160], o[160], s[160], e[64], after[24], hs[16], us[24];
     key_of(h, sizeof(h), name, len, 'h');
     key_of(o, sizeof(o), name, len, 'o');
     key_of(s, sizeof(s), name, len, 's');
     epoch_key_of(rb, e, sizeof(e), name, len);
     snprintf(after, sizeof(after), "%" PRIu64, last);
     snprintf(hs, sizeof(hs), "%u", rb->cfg->history_size);
-    snprintf(now, sizeof(now), "%" PRIu64, wall_ms());
-    snprintf(ttl, sizeof(ttl), "%u", rb->cfg->channel_ttl_ms);
-    snprintf(httl, sizeof(httl), "%u", rb->cfg->history_ttl_ms);
     snprintf(us, sizeof(us), "%" PRIu64, wall_us());
     const char *argv[] = {
-        "EVAL", load_lua, "4", h,    o, s, e, after, rb->cfg->auto_create ? "1" : "0",
-        hs,     now,      ttl, httl, us};
+        "EVAL", load_lua, "4", h, o, s, e, after, rb->cfg->auto_create ? "1" : "0", hs, us};
     if (redis_bus_command(rb->bus, h, strlen(h), load_reply, op, (int)ARRAY_LEN(argv), argv, NULL) <
         0)
         load_reply(NULL, RESP_ENOTCONN, op);
@@ -702,6 +696,13 @@ static void want_run(struct task *t)
             load_channel(rb, wt->name, wt->len, down);
     } else {
         redis_bus_unsubscribe(rb->bus, m, ml);
+        /* This node's count goes now rather than when it expires: a channel that only
+         * had subscribers then leaves nothing in Redis. Sent after any heartbeat that
+         * counted them (same thread, same connection for the key). */
+        char c[160];
+        key_of(c, sizeof(c), wt->name, wt->len, 'c');
+        const char *argv[] = {"HDEL", c, rb->node};
+        redis_bus_command(rb->bus, c, strlen(c), ignore_reply, NULL, 3, argv, NULL);
     }
     free(wt);
 }
@@ -743,8 +744,8 @@ struct pub_task {
     uint64_t hint;
 };
 
-/* Channels created by publishing or subscribing join the listing index (at most
- * once a minute per channel and node: the index is only for listing). Backend thread. */
+/* Channels created by publishing join the listing index (at most once a minute per
+ * channel and node: the index is only for listing). Backend thread. */
 static void index_channel(struct rb *rb, const char *name, size_t len)
 {
     uint64_t now = now_ms();

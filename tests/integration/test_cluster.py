@@ -733,8 +733,9 @@ def test_a_killed_node_stops_counting_within_15_seconds(redis, herald, chan):
 
 @pytest.mark.timeout(45)
 def test_channel_info_counts_subscribers_of_a_channel_never_published_to(nodes, chan):
-    """Subscribing creates the channel (auto-create on), as in memory: every node lists it
-    and its info counts the subscribers of every node."""
+    """A channel that only has subscribers (never published to, never PUT) exists while
+    they are there: its info on every node counts the subscribers of every node, it is not
+    listed and does not expire, and it is gone once they have left."""
     a, b, c = nodes
     with SSE(a, chan), SSE(b, chan):
         wait_local(a, chan)
@@ -744,9 +745,43 @@ def test_channel_info_counts_subscribers_of_a_channel_never_published_to(nodes, 
                    what="the channel's info with 2 subscribers")
         info = c.channel(chan)
         assert (info["messages"], info["last_id"], info["persistent"]) == (0, None, False), info
-        assert info["expires"] is not None, info
-        listed = c.get_json("/api/channels?prefix=" + chan)["channels"]
-        assert [x["name"] for x in listed] == [chan]
+        assert info["expires"] is None, info
+        assert c.get_json("/api/channels?prefix=" + chan)["channels"] == []
+    for n in nodes:
+        wait_until(lambda: n.request("GET", "/api/channels/" + chan).status == 404, 15 + HEARTBEAT_WAIT,
+                   what="the channel to be gone once its subscribers left")
+
+
+def redis_traces(redis, prefix):
+    """Keys and listing entries Redis holds about channels whose names start with prefix."""
+    keys = [k for k in redis.cmd("KEYS", "herald:{" + prefix + "*")]
+    listed = redis.cmd("ZRANGEBYLEX", "herald:channels", "[" + prefix, "[" + prefix + "\xff")
+    return keys + listed
+
+
+@pytest.mark.timeout(60)
+def test_subscribing_to_made_up_channels_leaves_nothing_in_redis(redis, nodes, chan):
+    """Issue 7: subscribing used to write each name into Redis with a 1 h expiry (and into
+    the listing for good), so a client making up names filled a `noeviction` Redis. Now a
+    channel that only has subscribers leaves nothing behind once they are gone."""
+    a = nodes[0]
+    conns = [RawWS(a) for _ in range(4)]
+    try:
+        for rnd in range(5):
+            for k, ws in enumerate(conns):
+                names = [f"{chan}-{rnd}-{k}-{i}" for i in range(50)]
+                ws.send_json({"op": "subscribe", "channels": names})
+                assert ws.recv_json()["event"] == "subscribed"
+                ws.send_json({"op": "unsubscribe", "channels": names[:-1]})
+                assert ws.recv_json()["event"] == "unsubscribed"
+        assert local_subscribers(a, f"{chan}-4-3-49") == 1
+    finally:
+        for ws in conns:
+            ws.close()
+    wait_until(lambda: not redis_traces(redis, chan), 15 + HEARTBEAT_WAIT,
+               what="Redis to hold nothing about the channels", interval=0.5)
+    assert a.request("GET", f"/api/channels/{chan}-0-0-0").status == 404
+    assert a.get_json("/api/channels?prefix=" + chan)["channels"] == []
 
 
 # ---- auto-create off ------------------------------------------------------------------------
