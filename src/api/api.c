@@ -206,9 +206,14 @@ int api_pub_from_json(json_t *obj, struct api_pub *p, const char **err)
     return 0;
 }
 
-static void publish_error(struct http_ctx *x, int err, const char *channel, size_t len)
+/* detail: the backend's own words (struct publish_result), else hub_strerror's and the
+ * channel (may be NULL). */
+static void publish_error(struct http_ctx *x, int err, const char *detail, const char *channel,
+                          size_t len)
 {
     int status = transport_error_status(err);
+    if (detail)
+        return http_error(x, status, transport_error_name(err), "%s", detail);
     http_error(x, status, transport_error_name(err), "%s%s%.*s", hub_strerror(err),
                channel ? ": " : "", channel ? (int)len : 0, channel ? channel : "");
 }
@@ -233,7 +238,7 @@ static void pub_done(void *arg, int err, const struct publish_result *res)
     struct pub_op *op = arg;
     struct http_ctx *x = http_async_ctx(&op->a);
     if (x && err)
-        publish_error(x, err, op->name, op->name_len);
+        publish_error(x, err, res->detail, op->name, op->name_len);
     else if (x)
         reply_published(x, res);
     if (http_async_finish(&op->a))
@@ -330,17 +335,19 @@ static void batch_done(void *arg, int err, const struct publish_result *res)
     if (!op->batch && err) {
         struct http_ctx *x = http_async_ctx(&op->a);
         if (x)
-            publish_error(x, err, NULL, 0);
+            publish_error(x, err, res->detail, NULL, 0);
         if (http_async_finish(&op->a))
             batch_free(op);
         return;
     }
     if (op->next)
         sbuf_add(&op->out, ",", 1);
-    if (err)
-        sbuf_printf(&op->out, "{\"error\":\"%s\",\"detail\":\"%s\"}", transport_error_name(err),
-                    hub_strerror(err));
-    else
+    if (err) {
+        sbuf_printf(&op->out, "{\"error\":\"%s\",\"detail\":", transport_error_name(err));
+        const char *d = res->detail ? res->detail : hub_strerror(err);
+        sbuf_add_json_str(&op->out, d, strlen(d));
+        sbuf_add(&op->out, "}", 1);
+    } else
         sbuf_printf(&op->out, "{\"id\":\"%" PRIu64 "\",\"subscribers\":%u}", res->id,
                     res->subscribers);
     op->next++;
@@ -483,7 +490,7 @@ static void chan_done(void *arg, int err, const struct channel_info *info, bool 
     } else if (err == HUB_ERR_NOT_FOUND) {
         http_error(x, 404, "channel_not_found", "no channel %s", op->name);
     } else if (err) {
-        publish_error(x, err, NULL, 0);
+        publish_error(x, err, NULL, NULL, 0);
     } else if (op->kind == CHAN_DELETE) {
         struct sbuf b = {0};
         sbuf_adds(&b, "{\"deleted\":");
@@ -601,7 +608,7 @@ static void list_done(void *arg, int err, const struct channel_info *infos, size
     struct list_op *op = arg;
     struct http_ctx *x = http_async_ctx(&op->a);
     if (x && err) {
-        publish_error(x, err, NULL, 0);
+        publish_error(x, err, NULL, NULL, 0);
     } else if (x) {
         struct sbuf b = {0};
         sbuf_adds(&b, "{\"channels\":[");

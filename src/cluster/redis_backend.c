@@ -365,10 +365,24 @@ static bool reply_is_notfound(const redisReply *r)
 
 /*
  * The hub error a script's reply (or its failure) stands for, 0 when it is not an
- * error. Redis's own errors are logged as "redis: <what><name>: <error>".
+ * error. Redis's own errors are logged as "redis: <what><name>: <error>". With
+ * `detail` (size bytes), what the client should hear when the hub's words for the
+ * error do not say it; "" otherwise.
  */
-static int script_error(const redisReply *r, int status, const char *what, const char *name)
+static int script_error(const struct rb *rb, const redisReply *r, int status, const char *what,
+                        const char *name, char *detail, size_t size)
 {
+    if (detail)
+        detail[0] = '\0';
+    if (detail && (status == RESP_ENOREPLY || status == RESP_EDEADLINE))
+        snprintf(detail, size,
+                 "Redis did not answer within %u ms (--redis-timeout): the command may or may "
+                 "not have run, so a retry may store the message twice",
+                 rb->cfg->redis_timeout_ms);
+    else if (detail && status == RESP_ELOST)
+        snprintf(detail, size,
+                 "the connection to Redis broke before its answer: the command may or may not "
+                 "have run, so a retry may store the message twice");
     if (status < 0 || !r)
         return HUB_ERR_BACKEND;
     if (reply_is_notfound(r))
@@ -737,6 +751,7 @@ struct pub_task {
     void *arg;
     struct publish_result res;
     int err;
+    char detail[256]; /* res.detail */
     size_t n, pending;
     struct sbuf payload;
     char names[64][CHANNEL_NAME_MAX + 1];
@@ -771,6 +786,7 @@ static void index_channel(struct rb *rb, const char *name, size_t len)
 static void pub_answer(void *arg)
 {
     struct pub_task *pt = arg;
+    pt->res.detail = pt->err == HUB_ERR_BACKEND && pt->detail[0] ? pt->detail : NULL;
     if (!pt->err)
         atomic_fetch_add(&pt->rb->hub->stats.published, 1);
     pt->done(pt->arg, pt->err, &pt->res);
@@ -778,10 +794,20 @@ static void pub_answer(void *arg)
     free(pt);
 }
 
+/* script_error for a publish: keeps the first detail any of its scripts gave. */
+static int pub_error(struct pub_task *pt, const redisReply *r, int status)
+{
+    char detail[sizeof(pt->detail)];
+    int err = script_error(pt->rb, r, status, "publish failed", "", detail, sizeof(detail));
+    if (detail[0] && !pt->detail[0])
+        memcpy(pt->detail, detail, sizeof(detail));
+    return err;
+}
+
 static void pub_reply(const redisReply *r, int status, void *arg)
 {
     struct pub_task *pt = arg;
-    int err = script_error(r, status, "publish failed", "");
+    int err = pub_error(pt, r, status);
     if (err) {
         pt->err = err;
     } else if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
@@ -884,7 +910,7 @@ static void prepare_reply(const redisReply *r, int status, void *arg)
 {
     struct pub_task *pt = arg;
     uint64_t id;
-    int err = script_error(r, status, "publish failed", "");
+    int err = pub_error(pt, r, status);
     if (!err && (r->type != REDIS_REPLY_STRING || hub_cursor_parse(r->str, r->len, &id) < 0)) {
         log_warn("redis: publish failed: unexpected reply");
         err = HUB_ERR_BACKEND;
@@ -1025,7 +1051,7 @@ static void list_child_done(struct chan_task *ct);
 static void chan_reply(const redisReply *r, int status, void *arg)
 {
     struct chan_task *ct = arg;
-    ct->err = script_error(r, status, "channel ", ct->name);
+    ct->err = script_error(ct->rb, r, status, "channel ", ct->name, NULL, 0);
     if (!ct->err && ct->mode != CH_DEL) {
         if (r->type == REDIS_REPLY_ARRAY && r->elements == 13)
             info_from_reply(ct, r);
@@ -1401,7 +1427,9 @@ int redis_backend_start(struct hub *hub, const struct herald_config *cfg)
     timer_init(&rb->heartbeat, heartbeat_cb);
     char user[128] = "", password[256] = "";
     snprintf(password, sizeof(password), "%s", cfg->redis_password);
-    struct redis_bus_opts opts = {.name = rb->node};
+    struct redis_bus_opts opts = {.name = rb->node,
+                                  .connect_timeout_ms = cfg->redis_timeout_ms,
+                                  .command_timeout_ms = cfg->redis_timeout_ms};
     struct resp_tls_opts tls = {
         .ca_file = cfg->redis_tls_ca[0] ? cfg->redis_tls_ca : NULL,
         .cert_file = cfg->redis_tls_cert[0] ? cfg->redis_tls_cert : NULL,

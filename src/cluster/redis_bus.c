@@ -35,6 +35,7 @@ struct resp_conn_opts redis_bus__conn_opts(const struct redis_bus_opts *opts, co
                                    .password = opts->password,
                                    .db = opts->db,
                                    .connect_timeout_ms = opts->connect_timeout_ms,
+                                   .reply_timeout_ms = opts->command_timeout_ms,
                                    .name = name_buf,
                                    .tls = opts->tls};
 }

@@ -55,7 +55,9 @@ struct redis_bus_opts {
     const char *username, *password; /* copied; AUTH on every connection */
     int db;                          /* single mode only (a cluster has db 0) */
     unsigned connect_timeout_ms;     /* 0: 2000 */
-    unsigned command_timeout_ms;     /* cluster: retry deadline per command; 0: 5000 */
+    unsigned command_timeout_ms;     /* a connection whose replies are this late fails (see
+                                        resp_conn reply_timeout_ms); cluster: also the retry
+                                        deadline per command. 0: none (single), 5000 (cluster) */
     unsigned refresh_interval_ms;    /* cluster: periodic topology refresh; 0: 10000 */
     const char *name;                /* copied; CLIENT SETNAME prefix and logs */
     const struct resp_tls_opts *tls; /* copied; TLS on every connection; NULL: plain TCP */

@@ -62,6 +62,7 @@ struct resp_conn {
     struct timer connect_timer; /* connect + handshake deadline; also reports sync errors */
     struct timer retry_timer;   /* backoff before reconnecting */
     struct timer flush_timer;   /* zero-delay: write what this pass queued */
+    struct timer reply_timer;   /* reply_timeout_ms: silence while replies are due, idle PING */
     struct sockaddr_storage sa;
     socklen_t salen;
     char *host;
@@ -70,6 +71,8 @@ struct resp_conn {
     char *username, *password, *name;
     int db;
     unsigned connect_timeout_ms;
+    unsigned reply_timeout_ms;
+    uint64_t heard_at; /* loop time the server last sent bytes (or a reply became due) */
     size_t max_output;
     struct resp_conn_callbacks cbs;
     struct resp_tls_opts *tls; /* owned; NULL: plain TCP */
@@ -118,6 +121,7 @@ const char *resp_strerror(int err)
     case RESP_ETLS: return "redis TLS error";
     case RESP_ETLSVERIFY: return "redis TLS certificate verification failed";
     case RESP_ETLSCONFIG: return "cannot set up TLS to redis";
+    case RESP_ENOREPLY: return "redis stopped answering";
     default: return err < 0 && err > -4096 ? strerror(-err) : "unknown redis error";
     }
 }
@@ -187,6 +191,7 @@ static void close_socket(struct resp_conn *c, bool clean)
     c->reader = redisReaderCreate();
     timer_stop(c->loop, &c->connect_timer);
     timer_stop(c->loop, &c->flush_timer);
+    timer_stop(c->loop, &c->reply_timer);
 }
 
 static uint64_t next_rand(struct resp_conn *c)
@@ -228,7 +233,7 @@ static void conn_fail(struct resp_conn *c, int err)
         log_debug("redis %s: %s%s%s; retry in %u ms", c->addr, resp_strerror(err), sep, c->detail,
                   delay);
     c->streak_err = err;
-    fail_pending(c, RESP_ELOST);
+    fail_pending(c, err == RESP_ENOREPLY ? RESP_ENOREPLY : RESP_ELOST);
     if (!c->free_requested && c->cbs.on_down)
         c->cbs.on_down(c, err, c->cbs.arg);
 }
@@ -295,7 +300,8 @@ static int queue_raw(struct resp_conn *c, resp_reply_fn *cb, void *arg, const ch
     struct cmd *cmd = xmalloc(sizeof(*cmd));
     *cmd = (struct cmd){.cb = cb, .arg = arg, .nreplies = nreplies, .confirm = confirm};
     list_insert_tail(&c->pending, &cmd->link);
-    c->npending++;
+    if (c->npending++ == 0)
+        c->heard_at = c->loop->now; /* the silence that counts starts now */
     schedule_flush(c);
     return 0;
 }
@@ -343,6 +349,9 @@ static void become_ready(struct resp_conn *c)
     c->attempt = 0;
     c->streak_err = 0;
     timer_stop(c->loop, &c->connect_timer);
+    c->heard_at = c->loop->now;
+    if (c->reply_timeout_ms)
+        timer_start(c->loop, &c->reply_timer, c->reply_timeout_ms);
     log_debug("redis %s: ready", c->addr);
     if (c->cbs.on_ready)
         c->cbs.on_ready(c, c->cbs.arg);
@@ -755,6 +764,7 @@ static int do_read(struct resp_conn *c)
             return -ECONNRESET;
         if (n < 0)
             return n == -EAGAIN ? 0 : (int)n;
+        c->heard_at = c->loop->now;
         if (redisReaderFeed(c->reader, buf, (size_t)n) != REDIS_OK)
             return RESP_EPROTO;
         int rc = dispatch_replies(c);
@@ -864,6 +874,34 @@ static void connect_timeout_cb(struct loop *loop, struct timer *t)
         detail_add(c, "no answer to the TLS handshake (is the port plain text?)");
     conn_fail(c, c->deferred_err ? c->deferred_err : RESP_ETIMEDOUT);
     leave(c);
+}
+
+static void ignore_pong(const redisReply *r, int status, void *arg)
+{
+}
+
+/*
+ * Ready connections only. Replies due and nothing heard for reply_timeout_ms: the
+ * server stopped answering. Idle that long: a PING, so that a silent server is
+ * noticed without traffic (RESP2 allows PING in subscribe mode too).
+ */
+static void reply_timeout_cb(struct loop *loop, struct timer *t)
+{
+    struct resp_conn *c = container_of(t, struct resp_conn, reply_timer);
+    uint64_t due = c->heard_at + c->reply_timeout_ms;
+    if (loop->now < due) {
+        timer_start(loop, t, due - loop->now);
+        return;
+    }
+    if (c->npending) {
+        enter(c);
+        conn_fail(c, RESP_ENOREPLY);
+        leave(c);
+        return;
+    }
+    const char *argv[] = {"PING"};
+    resp_command_argv(c, ignore_pong, NULL, 1, argv, NULL); /* restarts heard_at */
+    timer_start(loop, t, c->reply_timeout_ms);
 }
 
 static int open_socket(struct resp_conn *c)
@@ -1003,6 +1041,7 @@ struct resp_conn *resp_conn_new(struct loop *loop, const char *host, int port,
     timer_init(&c->connect_timer, connect_timeout_cb);
     timer_init(&c->retry_timer, retry_cb);
     timer_init(&c->flush_timer, flush_cb);
+    timer_init(&c->reply_timer, reply_timeout_cb);
     c->host = dup_or_null(host);
     c->port = port;
     size_t alen = strlen(host) + 16;
@@ -1013,6 +1052,7 @@ struct resp_conn *resp_conn_new(struct loop *loop, const char *host, int port,
     c->name = dup_or_null(opts->name);
     c->db = opts->db;
     c->connect_timeout_ms = opts->connect_timeout_ms ? opts->connect_timeout_ms : 2000;
+    c->reply_timeout_ms = opts->reply_timeout_ms;
     c->max_output = opts->max_output ? opts->max_output : (size_t)64 << 20;
     c->cbs = cbs ? *cbs : no_cbs;
     c->tls = resp_tls_opts_dup(opts->tls);

@@ -12,6 +12,13 @@
  * synthetic error, on_down runs, and a reconnect is tried after an
  * exponential backoff (100 ms doubling to 5 s, with jitter) -> CONNECTING ...
  *
+ * With reply_timeout_ms, a server that stops answering (SIGSTOP, a stalled
+ * host, a silent network) is a failure like a reset: when commands wait and
+ * nothing has come from the server for that long, the connection fails with
+ * RESP_ENOREPLY (pending callbacks get it) and reconnects. An idle connection
+ * sends a PING after that long, so the silence is noticed without traffic,
+ * subscriber connections included.
+ *
  * Subscriptions are not replayed by the connection: the owner re-issues them
  * from on_ready, because only the owner knows which ones are still wanted.
  */
@@ -42,6 +49,7 @@ enum resp_error {
     RESP_ETLS,             /* TLS handshake or record error (see resp_conn_error_detail) */
     RESP_ETLSVERIFY,       /* the server's certificate or name did not verify */
     RESP_ETLSCONFIG,       /* cannot load the CA, certificate or key file */
+    RESP_ENOREPLY,         /* the server sent nothing for reply_timeout_ms while a reply was due */
 };
 const char *resp_strerror(int err);
 
@@ -79,6 +87,7 @@ struct resp_conn_opts {
     const char *password;            /* copied; NULL: no AUTH */
     int db;                          /* SELECT when > 0 */
     unsigned connect_timeout_ms;     /* connect + handshake; 0: 2000 */
+    unsigned reply_timeout_ms;       /* silence while replies are due (see above); 0: none */
     const char *name;                /* copied; log prefix and CLIENT SETNAME (if no spaces) */
     size_t max_output;               /* queued-but-unsent bytes; 0: 64 MiB */
     const struct resp_tls_opts *tls; /* copied; NULL: plain TCP */

@@ -299,6 +299,8 @@ struct publish_req {
 struct publish_result {
     uint64_t id;
     uint32_t subscribers; /* local subscribers reached, summed over channels */
+    const char *detail;   /* on error: what went wrong in the backend's words (e.g. what Redis
+                             answered), borrowed for the done call; NULL: hub_strerror's */
 };
 
 /*

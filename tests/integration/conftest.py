@@ -20,6 +20,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 from helpers import Herald  # noqa: E402
+from redis_util import RedisServer  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DEFAULT_TEST_TIMEOUT = 60
@@ -88,6 +89,24 @@ def module_herald(herald_bin, tmp_path_factory):
     servers = Servers(herald_bin, str(tmp_path_factory.mktemp("herald")))
     yield servers
     servers.stop_all()
+
+
+@pytest.fixture
+def redis_factory():
+    """Starts redis-servers of the test's own (for tests that stop, freeze or restart them);
+    every one is killed at teardown (a stopped one resumed first), even when the test fails."""
+    started = []
+
+    def start(extra_args=()):
+        r = RedisServer(extra_args=extra_args)
+        started.append(r)
+        return r.start()
+
+    yield start
+    for r in started:
+        if r.running:
+            r.proc.send_signal(signal.SIGCONT)
+        r.close()
 
 
 @pytest.fixture(scope="module")

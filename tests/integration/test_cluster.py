@@ -67,22 +67,6 @@ AOF = ["--appendonly", "yes", "--appendfsync", "always"]
 
 
 @pytest.fixture
-def redis_factory():
-    """Starts redis-servers of the test's own (for tests that stop or restart them); every
-    one is killed at teardown, even when the test fails."""
-    started = []
-
-    def start(extra_args=()):
-        r = RedisServer(extra_args=extra_args)
-        started.append(r)
-        return r.start()
-
-    yield start
-    for r in started:
-        r.close()
-
-
-@pytest.fixture
 def fresh_redis(redis_factory):
     """A Redis of the test's own with an append-only file fsynced on every write, so that a
     restart keeps everything that was acknowledged."""

@@ -299,6 +299,42 @@ static void test_nothing_listening(void **state)
     resp_conn_free(c);
 }
 
+/* A server that stops answering (SIGSTOP) fails the connection after reply_timeout_ms, a
+ * waiting command with RESP_ENOREPLY; idle, a subscriber notices through its PING. Both
+ * come back when the server resumes. */
+static void test_silent_server(void **state)
+{
+    struct watch w = {0}, ws = {.resubscribe = "quiet"};
+    struct resp_conn_opts opts = {.name = "test-silent", .reply_timeout_ms = 300};
+    struct resp_conn *c = connect_ready(&w, &opts);
+    struct resp_conn *sub = connect_ready(&ws, &opts);
+    struct result r = {0};
+    assert_int_equal(kill(server.pid, SIGSTOP), 0);
+    uint64_t t0 = now_ms();
+    cmd(c, &r, 2, (const char *[]){"GET", "k1"});
+    assert_true(run_until(&r.done, 1, 3000));
+    assert_int_equal(r.status, RESP_ENOREPLY);
+    assert_true(now_ms() - t0 >= 300 && now_ms() - t0 < 1500);
+    assert_int_equal(w.last_down_err, RESP_ENOREPLY);
+    assert_true(run_until(&ws.down, 1, 3000)); /* idle: its PING got no answer */
+    assert_int_equal(ws.last_down_err, RESP_ENOREPLY);
+    assert_int_equal(kill(server.pid, SIGCONT), 0);
+    assert_true(run_until(&w.ready, 2, 10000));
+    assert_true(run_until(&ws.ready, 2, 10000));
+    struct result again = {0};
+    cmd(c, &again, 1, (const char *[]){"PING"});
+    assert_true(run_until(&again.done, 1, 2000));
+    assert_int_equal(again.status, 0);
+    /* A quiet but healthy server is not a silent one: idle PINGs are answered. */
+    int downs = w.down;
+    uint64_t end = now_ms() + 1000;
+    while (now_ms() < end)
+        loop_run_once(&loop, 50);
+    assert_int_equal(w.down, downs);
+    resp_conn_free(c);
+    resp_conn_free(sub);
+}
+
 static void test_server_restart(void **state)
 {
     struct watch sub = {.resubscribe = "news"}, cw = {0};
@@ -857,6 +893,7 @@ int main(void)
         cmocka_unit_test(test_auth_select),
         cmocka_unit_test(test_free_in_callback_and_bounds),
         cmocka_unit_test(test_nothing_listening),
+        cmocka_unit_test(test_silent_server),
         cmocka_unit_test(test_server_restart),
         cmocka_unit_test(test_single_bus),
         cmocka_unit_test(test_tls_commands),

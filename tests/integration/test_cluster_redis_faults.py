@@ -1,0 +1,75 @@
+"""Cluster mode when Redis misbehaves without going away (issue 7): a Redis that stops
+answering (SIGSTOP: the sockets stay open, nothing comes back) and a Redis that is out
+of memory. What is checked: publishes get a 503 within --redis-timeout that says what
+happened, /healthz and /stats show it while it lasts, the node comes back by itself,
+and repeated failures do not flood the log.
+
+Each test starts a redis-server of its own (it is stopped, or filled up)."""
+
+import signal
+import time
+
+from helpers import wait_until
+
+
+def publish(node, chan, body, timeout=10):
+    """POST /pub/chan, timed: (response, seconds)."""
+    t0 = time.monotonic()
+    r = node.request("POST", "/pub/" + chan, body, {"Content-Type": "text/plain"}, timeout=timeout)
+    return r, time.monotonic() - t0
+
+
+def redis_state(node):
+    return node.stats()["cluster"]["redis"]
+
+
+def frozen(redis):
+    """SIGSTOP: Redis keeps its sockets and the kernel keeps accepting connections for it,
+    but nothing is read or answered, as with a stalled host."""
+    redis.proc.send_signal(signal.SIGSTOP)
+
+
+def thawed(redis):
+    redis.proc.send_signal(signal.SIGCONT)
+
+
+def test_a_frozen_redis_gets_publishes_a_503_within_the_timeout(redis_factory, herald, chan):
+    redis = redis_factory()
+    node = herald(redis=redis.url, node_name="A", redis_timeout="1s")
+    node.publish(chan, "before")
+    frozen(redis)
+    try:
+        r, took = publish(node, chan, "during")
+        assert r.status == 503, (r.status, r.body, took)
+        doc = r.error()
+        assert doc["error"] == "backend_unavailable", doc
+        assert "did not answer within 1000 ms" in doc["detail"], doc
+        assert took < 2.5, f"the 503 took {took:.1f} s with --redis-timeout 1s"
+        # The node knows Redis is down now: health checks and /stats say so, and publishes
+        # keep getting their 503 within the timeout.
+        assert node.request("GET", "/healthz").status == 503
+        assert redis_state(node) == "down"
+        r, took = publish(node, chan, "during again")
+        assert r.status == 503 and took < 2.5, (r.status, r.body, took)
+        assert node.request("GET", "/healthz").status == 503
+    finally:
+        thawed(redis)
+    wait_until(lambda: node.request("GET", "/healthz").status == 200, 15, what="/healthz 200 after SIGCONT")
+    assert redis_state(node) == "up"
+    node.publish(chan, "after")
+    assert "redis: down" in node.log() and "redis: up" in node.log()
+
+
+def test_a_frozen_redis_is_noticed_without_any_publish(redis_factory, herald, chan):
+    """An idle node pings Redis, so health reflects a stall before a publish meets it."""
+    redis = redis_factory()
+    node = herald(redis=redis.url, node_name="A", redis_timeout="500ms")
+    frozen(redis)
+    try:
+        t0 = time.monotonic()
+        wait_until(lambda: node.request("GET", "/healthz").status == 503, 5, what="/healthz 503 while Redis is stopped")
+        assert time.monotonic() - t0 < 3
+        assert redis_state(node) == "down"
+    finally:
+        thawed(redis)
+    wait_until(lambda: node.request("GET", "/healthz").status == 200, 15, what="/healthz 200 after SIGCONT")
