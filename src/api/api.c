@@ -708,14 +708,6 @@ static void sum_workers(struct server *srv, struct totals *t)
     }
 }
 
-static size_t channel_count(struct hub *hub)
-{
-    pthread_mutex_lock(&hub->lock);
-    size_t n = hub->channels.len;
-    pthread_mutex_unlock(&hub->lock);
-    return n;
-}
-
 static void handle_stats(struct http_ctx *x)
 {
     struct server *srv = conn_server(x->c);
@@ -729,18 +721,20 @@ static void handle_stats(struct http_ctx *x)
         return;
     struct totals t;
     sum_workers(srv, &t);
+    size_t nchannels, nephemeral;
+    hub_channel_counts(&srv->hub, &nchannels, &nephemeral);
     struct sbuf b = {0};
     sbuf_printf(&b,
                 "{\"node\":\"%s\",\"uptime\":%" PRIu64 ",\"workers\":%d,"
                 "\"connections\":{\"total\":%" PRIu64 ",\"websocket\":%" PRIu64 ",\"sse\":%" PRIu64
                 ",\"longpoll\":%" PRIu64 ",\"stream\":%" PRIu64 ",\"http\":%" PRIu64
                 "},\"accepted\":%" PRIu64 ",\"requests\":%" PRIu64
-                ",\"channels\":%zu,\"messages\":{\"published\":%" PRIu64 ",\"stored\":%" PRIu64
-                ",\"delivered\":%" PRIu64 "},\"bytes\":{\"in\":%" PRIu64 ",\"out\":%" PRIu64
-                "},\"slow_consumers_closed\":%" PRIu64,
+                ",\"channels\":%zu,\"ephemeral_channels\":%zu,\"messages\":{\"published\":%" PRIu64
+                ",\"stored\":%" PRIu64 ",\"delivered\":%" PRIu64 "},\"bytes\":{\"in\":%" PRIu64
+                ",\"out\":%" PRIu64 "},\"slow_consumers_closed\":%" PRIu64,
                 srv->cfg.node_name, (wall_ms() - srv->started_ms) / 1000, srv->nworkers, t.total,
                 t.conns[CONN_WS], t.conns[CONN_SSE], t.conns[CONN_POLL], t.conns[CONN_STREAM],
-                t.conns[CONN_HTTP], t.accepted, t.requests, channel_count(&srv->hub),
+                t.conns[CONN_HTTP], t.accepted, t.requests, nchannels, nephemeral,
                 (uint64_t)atomic_load(&s->published), (uint64_t)atomic_load(&s->messages),
                 (uint64_t)atomic_load(&s->delivered), (uint64_t)atomic_load(&s->bytes_in),
                 (uint64_t)atomic_load(&s->bytes_out), (uint64_t)atomic_load(&s->slow_closed));
@@ -784,7 +778,12 @@ static void handle_metrics(struct http_ctx *x)
         sbuf_printf(&b, "herald_connections{transport=\"%s\"} %" PRIu64 "\n", kinds[k], t.conns[k]);
     metric(&b, "herald_connections_accepted_total", "counter", "Connections accepted.", t.accepted);
     metric(&b, "herald_http_requests_total", "counter", "HTTP requests handled.", t.requests);
-    metric(&b, "herald_channels", "gauge", "Channels in memory.", channel_count(&srv->hub));
+    size_t nchannels, nephemeral;
+    hub_channel_counts(&srv->hub, &nchannels, &nephemeral);
+    metric(&b, "herald_channels", "gauge", "Channels in memory.", nchannels);
+    metric(&b, "herald_channels_ephemeral", "gauge",
+           "Channels that only have subscribers (no message, no PUT); counted in herald_channels.",
+           nephemeral);
     metric(&b, "herald_publishes_total", "counter", "Accepted publish calls.",
            atomic_load(&s->published));
     metric(&b, "herald_messages_stored_total", "counter", "Messages stored (one per channel).",

@@ -20,7 +20,12 @@ const char *hub_strerror(int err)
     switch (err) {
     case HUB_ERR_NAME: return "channel names are 1-128 bytes of letters, digits and _ . : @ / -";
     case HUB_ERR_NOT_FOUND: return "no such channel (auto-create is off: create it first)";
-    case HUB_ERR_TOO_MANY: return "the server holds its maximum number of channels";
+    case HUB_ERR_TOO_MANY:
+        return "the server holds its maximum number of channels (--max-channels); publish to an "
+               "existing channel or delete unused ones";
+    case HUB_ERR_TOO_MANY_EPHEMERAL:
+        return "the server holds its maximum number of channels that only have subscribers "
+               "(--max-channels); channels that were published to can still be subscribed to";
     case HUB_ERR_CURSOR: return "the cursor is not a message id from this server";
     case HUB_ERR_TOO_MANY_SUBS: return "too many channels on one connection";
     case HUB_ERR_BACKEND:
@@ -94,8 +99,12 @@ static void tomb_drop(struct hub *hub, struct tomb *t)
 /* Remembers a vanishing channel's last id. Hub lock held. */
 static void tomb_put(struct hub *hub, const struct channel *ch)
 {
-    if (hub->be_ops || !ch->last_seq)
-        return; /* cluster mode: Redis remembers (the channel's state hash) */
+    /* The highest id the name ever had: its last message, or what a channel that only
+     * had subscribers inherited from an older tomb. Cluster mode: Redis remembers (the
+     * channel's state hash). */
+    uint64_t last = MAX(ch->last_seq, ch->evicted_seq);
+    if (hub->be_ops || last < hub->boot_seq)
+        return;
     struct map_node *n = map_get(&hub->tombs, ch->name, ch->name_len);
     if (n)
         tomb_drop(hub, container_of(n, struct tomb, node));
@@ -105,7 +114,7 @@ static void tomb_put(struct hub *hub, const struct channel *ch)
     memcpy(t->name, ch->name, ch->name_len);
     t->node.key = t->name;
     t->node.key_len = ch->name_len;
-    t->last_seq = ch->last_seq;
+    t->last_seq = last;
     map_put(&hub->tombs, &t->node);
     list_insert_tail(&hub->tomb_fifo, &t->fifo);
 }
@@ -315,11 +324,26 @@ static struct channel *chan_lookup(struct hub *hub, const char *name, size_t len
     return n ? container_of(n, struct channel, node) : NULL;
 }
 
-static struct channel *chan_create(struct hub *hub, const char *name, size_t len)
+/*
+ * Room for `more` new channels: stored ones (publish, PUT) and ephemeral ones (a
+ * subscribe) have a budget of --max-channels each, so that subscribers making up
+ * names never stop a publish. In cluster mode the table is the node's caches, all
+ * made by subscribes: one budget. Returns 0 or the error to answer. Hub lock held.
+ */
+static int chan_room(const struct hub *hub, bool ephemeral, size_t more)
+{
+    size_t used = hub->channels.len;
+    if (!hub->be_ops)
+        used = ephemeral ? hub->nephemeral : hub->channels.len - hub->nephemeral;
+    if (used + more <= hub->cfg->max_channels)
+        return 0;
+    return ephemeral && !hub->be_ops ? HUB_ERR_TOO_MANY_EPHEMERAL : HUB_ERR_TOO_MANY;
+}
+
+/* Creates a channel; the caller checked chan_room. Hub lock held. */
+static struct channel *chan_create(struct hub *hub, const char *name, size_t len, bool ephemeral)
 {
     const struct herald_config *cfg = hub->cfg;
-    if (hub->channels.len >= cfg->max_channels)
-        return NULL;
     struct channel *ch = xcalloc(1, sizeof(*ch));
     memcpy(ch->name, name, len);
     ch->name_len = (uint32_t)len;
@@ -343,8 +367,19 @@ static struct channel *chan_create(struct hub *hub, const char *name, size_t len
         tomb_drop(hub, t);
     }
     ch->created_ms = ch->last_active_ms = wall_ms();
+    ch->ephemeral = ephemeral;
+    hub->nephemeral += ephemeral;
     map_put(&hub->channels, &ch->node);
     return ch;
+}
+
+/* A publish, a PUT or (cluster mode) a first message makes a channel stored. Hub lock held. */
+static void chan_make_stored(struct hub *hub, struct channel *ch)
+{
+    if (!ch->ephemeral)
+        return;
+    ch->ephemeral = false;
+    hub->nephemeral--;
 }
 
 /* Milliseconds from t to now; 0 if the wall clock stepped back past t. */
@@ -437,6 +472,7 @@ static void chan_unlink(struct hub *hub, struct channel *ch, uint64_t *wake_mask
     tomb_put(hub, ch);
     map_del(&hub->channels, &ch->node);
     ch->deleted = true;
+    chan_make_stored(hub, ch); /* out of the ephemeral count */
     for (int w = 0; w < hub->nworkers; w++) {
         if (!(ch->worker_mask & (1ull << w)))
             continue;
@@ -508,28 +544,43 @@ static void inbox_push(struct hub_inbox *in, struct msg *m, struct channel *ch, 
     pthread_mutex_unlock(&in->lock);
 }
 
-/* Resolves names to channels (creating when allowed); 0 or a hub_error. */
-static int resolve_channels(struct hub *hub, const struct slice *names, size_t n,
-                            struct channel **chs, size_t *bad_index)
+/* Whether one of names[0..n) is s. */
+static bool slice_in(const struct slice *names, size_t n, const struct slice *s)
 {
-    size_t missing = 0;
+    for (size_t i = 0; i < n; i++)
+        if (names[i].len == s->len && memcmp(names[i].data, s->data, s->len) == 0)
+            return true;
+    return false;
+}
+
+/*
+ * Resolves names to channels, creating the missing ones when allowed: ephemeral
+ * for a subscribe, stored for a publish. Creates nothing on error. Returns 0 or a
+ * hub_error (*bad_index: the first channel it is about). Hub lock held.
+ */
+static int resolve_channels(struct hub *hub, const struct slice *names, size_t n,
+                            struct channel **chs, bool subscribe, size_t *bad_index)
+{
+    size_t missing = 0, first_missing = 0;
     for (size_t i = 0; i < n; i++) {
         chs[i] = chan_lookup(hub, names[i].data, names[i].len);
-        if (chs[i])
-            continue;
+        if (chs[i] || slice_in(names, i, &names[i]))
+            continue; /* a name given twice is created once */
         if (!hub->cfg->auto_create && !hub->be_ops) {
             *bad_index = i; /* in cluster mode, loading the cache checks existence */
             return HUB_ERR_NOT_FOUND;
         }
-        missing++;
+        if (!missing++)
+            first_missing = i;
     }
-    if (hub->channels.len + missing > hub->cfg->max_channels) {
-        *bad_index = 0;
-        return HUB_ERR_TOO_MANY;
+    int err = missing ? chan_room(hub, subscribe, missing) : 0;
+    if (err) {
+        *bad_index = first_missing;
+        return err;
     }
     for (size_t i = 0; i < n; i++)
         if (!chs[i] && !(chs[i] = chan_lookup(hub, names[i].data, names[i].len)))
-            chs[i] = chan_create(hub, names[i].data, names[i].len);
+            chs[i] = chan_create(hub, names[i].data, names[i].len, subscribe);
     return 0;
 }
 
@@ -538,6 +589,7 @@ static int resolve_channels(struct hub *hub, const struct slice *names, size_t n
 static void store_locked(struct hub *hub, struct channel *ch, struct msg *m, uint64_t now,
                          uint64_t *wake_mask)
 {
+    chan_make_stored(hub, ch);
     ch->messages++;
     ch->last_active_ms = now;
     uint64_t mask = ch->worker_mask;
@@ -556,7 +608,7 @@ int hub_publish(struct hub *hub, const struct slice *channels, size_t n,
     uint64_t wake_mask = 0, now = wall_ms();
     pthread_mutex_lock(&hub->lock);
     size_t bad;
-    int err = resolve_channels(hub, channels, n, chs, &bad);
+    int err = resolve_channels(hub, channels, n, chs, false, &bad);
     if (err) {
         pthread_mutex_unlock(&hub->lock);
         return err;
@@ -785,7 +837,7 @@ int hub_subscribe(struct hub *hub, int w, void *conn, struct list *held, const s
         *bad_index = 0;
         return HUB_ERR_CURSOR;
     }
-    int err = resolve_channels(hub, names, n, chs, bad_index);
+    int err = resolve_channels(hub, names, n, chs, true, bad_index);
     if (!err && hub->be_ops)
         err = await_sync(hub, w, conn, held, chs, n, bad_index);
     if (err) {
@@ -845,18 +897,30 @@ int hub_subscribe(struct hub *hub, int w, void *conn, struct list *held, const s
     return 0;
 }
 
+/* An ephemeral channel goes with its last subscriber (a parked subscribe keeps it). */
+static void drop_if_unused(struct hub *hub, struct channel *ch)
+{
+    if (!ch->ephemeral || ch->deleted || ch->subscribers || ch->waiters)
+        return;
+    uint64_t wake_mask = 0; /* no subscriber left: nobody to tell */
+    if (hub->be_ops)
+        hub->be_ops->unwant(hub->be, ch->name, ch->name_len);
+    chan_unlink(hub, ch, &wake_mask);
+}
+
 static void unsubscribe_locked(struct hub *hub, int w, struct sub *s, uint64_t now)
 {
     struct channel *ch = s->ch;
     list_remove(&s->chan_link);
     list_remove(&s->conn_link);
+    free(s);
     ch->subscribers--;
     ch->last_active_ms = now;
     if (--ch->local[w].n == 0) {
         ch->worker_mask &= ~(1ull << w);
-        chan_release(hub, ch);
+        chan_release(hub, ch); /* not the last reference: the table holds one */
     }
-    free(s);
+    drop_if_unused(hub, ch);
 }
 
 void hub_unsubscribe(struct hub *hub, int w, struct sub *s)
@@ -897,15 +961,16 @@ void hub_sweep(struct hub *hub)
                 /* A node's cache of a channel nobody here holds lingers a little (for
                  * long-pollers coming back), then stops following the bus. Expiry of
                  * the channel itself is Redis's business. */
+                uint64_t linger = ch->ephemeral ? 0 : MIN(ch->ttl_ms, CACHE_LINGER_MS);
                 if (ch->subscribers == 0 && !ch->waiters &&
-                    age_ms(now, ch->last_active_ms) >= MIN(ch->ttl_ms, CACHE_LINGER_MS)) {
+                    age_ms(now, ch->last_active_ms) >= linger) {
                     hub->be_ops->unwant(hub->be, ch->name, ch->name_len);
                     chan_unlink(hub, ch, &wake_mask);
                 }
                 continue;
             }
-            if (!ch->persistent && ch->subscribers == 0 && ch->ttl_ms &&
-                age_ms(now, ch->last_active_ms) >= ch->ttl_ms) {
+            if (!ch->persistent && ch->subscribers == 0 &&
+                (ch->ephemeral || (ch->ttl_ms && age_ms(now, ch->last_active_ms) >= ch->ttl_ms))) {
                 log_debug("channel %s expired", ch->name);
                 chan_unlink(hub, ch, &wake_mask);
             }
@@ -934,7 +999,9 @@ static void fill_info(const struct channel *ch, struct channel_info *info)
     info->oldest_id = ch->hist_len ? hist_at(ch, 0)->seq : 0;
     info->created_ms = ch->created_ms;
     info->last_active_ms = ch->last_active_ms;
-    info->expires_ms = (ch->persistent || !ch->ttl_ms) ? 0 : ch->last_active_ms + ch->ttl_ms;
+    /* An ephemeral channel does not expire: it goes with its last subscriber. */
+    info->expires_ms =
+        (ch->persistent || !ch->ttl_ms || ch->ephemeral) ? 0 : ch->last_active_ms + ch->ttl_ms;
 }
 
 int hub_channel_put(struct hub *hub, const char *name, size_t len, const struct channel_opts *o,
@@ -943,10 +1010,14 @@ int hub_channel_put(struct hub *hub, const char *name, size_t len, const struct 
     pthread_mutex_lock(&hub->lock);
     struct channel *ch = chan_lookup(hub, name, len);
     *created = !ch;
-    if (!ch && !(ch = chan_create(hub, name, len))) {
+    int err = ch ? 0 : chan_room(hub, false, 1);
+    if (err) {
         pthread_mutex_unlock(&hub->lock);
-        return HUB_ERR_TOO_MANY;
+        return err;
     }
+    if (!ch)
+        ch = chan_create(hub, name, len, false);
+    chan_make_stored(hub, ch);
     if (o->has_ttl)
         ch->ttl_ms = o->ttl_ms;
     if (o->has_persistent)
@@ -986,6 +1057,14 @@ int hub_channel_delete(struct hub *hub, const char *name, size_t len)
     pthread_mutex_unlock(&hub->lock);
     wake_workers(hub, wake_mask);
     return ch ? 0 : HUB_ERR_NOT_FOUND;
+}
+
+void hub_channel_counts(struct hub *hub, size_t *total, size_t *ephemeral)
+{
+    pthread_mutex_lock(&hub->lock);
+    *total = hub->channels.len;
+    *ephemeral = hub->nephemeral;
+    pthread_mutex_unlock(&hub->lock);
 }
 
 static int cmp_info_name(const void *a, const void *b)

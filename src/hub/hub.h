@@ -108,6 +108,15 @@ struct channel_local {
     uint32_t n;
 };
 
+/*
+ * A channel. One a subscribe created and nobody published to or PUT is
+ * *ephemeral*: it has no messages and no options, it goes as soon as its last
+ * subscriber leaves (no TTL), and ephemeral channels have a --max-channels budget
+ * of their own, so that subscribers making up names never stop a publish. A
+ * publish or a PUT makes it stored. In cluster mode every cache starts ephemeral
+ * and becomes stored with its first message: a cache holding none goes with its
+ * last subscriber, the others linger (CACHE_LINGER_MS).
+ */
 struct channel {
     struct map_node node;
     char name[CHANNEL_NAME_MAX + 1];
@@ -115,6 +124,7 @@ struct channel {
     uint64_t id;
     atomic_uint refs; /* hub table + workers with local subs + inbox items */
     bool deleted;
+    bool ephemeral;
 
     /* options */
     bool persistent;
@@ -200,6 +210,7 @@ struct hub {
     int nworkers;
     struct hub_inbox inbox[HUB_MAX_WORKERS];
     size_t sweep_bucket; /* incremental expiry sweep position */
+    size_t nephemeral;   /* channels in the table that are ephemeral */
     struct hub_stats stats;
 
     /* Deleted or expired channels' last ids, so that a channel re-created under the
@@ -216,12 +227,13 @@ struct hub {
 
 /* Error codes (negative) of hub operations; hub_strerror() explains them. */
 enum hub_error {
-    HUB_ERR_NAME = -1,          /* channel name invalid */
-    HUB_ERR_NOT_FOUND = -2,     /* channel does not exist and auto-create is off */
-    HUB_ERR_TOO_MANY = -3,      /* max-channels reached */
-    HUB_ERR_CURSOR = -4,        /* cursor malformed or ahead of this server */
-    HUB_ERR_TOO_MANY_SUBS = -5, /* per-connection channel limit */
-    HUB_ERR_BACKEND = -6,       /* cluster mode: Redis is unreachable */
+    HUB_ERR_NAME = -1,               /* channel name invalid */
+    HUB_ERR_NOT_FOUND = -2,          /* channel does not exist and auto-create is off */
+    HUB_ERR_TOO_MANY = -3,           /* max-channels reached */
+    HUB_ERR_CURSOR = -4,             /* cursor malformed or ahead of this server */
+    HUB_ERR_TOO_MANY_SUBS = -5,      /* per-connection channel limit */
+    HUB_ERR_BACKEND = -6,            /* cluster mode: Redis is unreachable */
+    HUB_ERR_TOO_MANY_EPHEMERAL = -7, /* max-channels ephemeral channels exist (in memory) */
 };
 /* Positive result: the operation continues asynchronously (cluster mode). */
 #define HUB_PENDING 1
@@ -435,6 +447,10 @@ int hub_channel_delete(struct hub *hub, const char *name, size_t len);
  */
 size_t hub_channel_list(struct hub *hub, const char *after, size_t after_len, const char *prefix,
                         struct channel_info *out, size_t max, size_t *total);
+
+/* The channels in the table, and how many of them are ephemeral (in cluster mode:
+ * caches holding no message). */
+void hub_channel_counts(struct hub *hub, size_t *total, size_t *ephemeral);
 
 /* Releases a channel reference (inbox items own one). Lock-free; may free the channel. */
 void hub_channel_put_ref(struct hub *hub, struct channel *ch);

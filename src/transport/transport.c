@@ -157,6 +157,7 @@ int transport_error_status(int err)
     switch (err) {
     case HUB_ERR_NOT_FOUND: return 404;
     case HUB_ERR_TOO_MANY:
+    case HUB_ERR_TOO_MANY_EPHEMERAL:
     case HUB_ERR_BACKEND: return 503;
     }
     return 400;
@@ -167,7 +168,8 @@ const char *transport_error_name(int err)
     switch (err) {
     case HUB_ERR_NAME: return "bad_channel";
     case HUB_ERR_NOT_FOUND: return "channel_not_found";
-    case HUB_ERR_TOO_MANY: return "too_many_channels";
+    case HUB_ERR_TOO_MANY:
+    case HUB_ERR_TOO_MANY_EPHEMERAL: return "too_many_channels";
     case HUB_ERR_CURSOR: return "bad_cursor";
     case HUB_ERR_TOO_MANY_SUBS: return "too_many_subscriptions";
     case HUB_ERR_BACKEND: return "backend_unavailable";

@@ -226,9 +226,10 @@ class Herald:
         return r.json() if r.status == 200 else None
 
     def wait_subscribers(self, channel, n=1):
-        """Waits until the channel has exactly n subscribers (a subscriber is in place)."""
+        """Waits until the channel has exactly n subscribers (a subscriber is in place). A
+        channel that does not exist has none: one that only had subscribers goes with them."""
         wait_until(
-            lambda: (self.channel(channel) or {}).get("subscribers") == n,
+            lambda: (self.channel(channel) or {"subscribers": 0})["subscribers"] == n,
             what=f"{n} subscriber(s) on {channel}",
         )
 

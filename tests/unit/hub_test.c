@@ -141,12 +141,17 @@ static struct sub *held_sub(const struct list *held, const char *name)
     return NULL;
 }
 
-/* Adds channel `name` to held's connection (worker 0), without a cursor. */
-static void take_channel(struct list *held, const char *name)
+/* Adds channel `name` to held's connection (on worker w), without a cursor. */
+static void take_on(int w, struct list *held, const char *name)
 {
     struct hub_backlog bl;
-    assert_int_equal(subscribe(0, held, &name, 1, false, 0, &bl, NULL), 0);
+    assert_int_equal(subscribe(w, held, &name, 1, false, 0, &bl, NULL), 0);
     hub_backlog_free(&bl);
+}
+
+static void take_channel(struct list *held, const char *name)
+{
+    take_on(0, held, name);
 }
 
 /* A new connection (on worker 0) holding "a" and "b", subscribed without a cursor. */
@@ -835,6 +840,39 @@ static void check_cache(const char *name, const uint64_t *want, uint32_t n)
         assert_int_equal(hist(ch, i)->seq, want[i]);
 }
 
+/* A new connection subscribes to "a", whose cache loads entries[0..n), then holds it. */
+static void hold_loaded_a(struct list *held, const struct hub_entry *entries, size_t n)
+{
+    park_on_a(held);
+    uint64_t last, t = hub_channel_loading(&hub, "a", 1, &last);
+    assert_false(hub_channel_loaded(&hub, "a", 1, t, 0, entries, n, 0, NULL));
+    struct hub_backlog bl;
+    assert_int_equal(subscribe_a(held, &bl, NULL), 0);
+    hub_backlog_free(&bl);
+}
+
+/* A cache that holds no message goes with its last subscriber, and stops following. */
+static void test_cluster_cache_without_messages_goes_with_its_last_subscriber(void **state)
+{
+    struct list held;
+    hold_loaded_a(&held, NULL, 0);
+    assert_true(chan("a")->ephemeral);
+    hub_unsubscribe_all(&hub, 0, &held);
+    assert_null(chan("a"));
+    assert_int_equal(fake.unwants, 1);
+
+    /* With a message it lingers for long-pollers coming back. */
+    char b[32];
+    struct hub_entry e[] = {entry(10, b)};
+    hold_loaded_a(&held, e, 1);
+    assert_false(chan("a")->ephemeral);
+    hub_unsubscribe_all(&hub, 0, &held);
+    assert_non_null(chan("a"));
+    assert_int_equal(fake.unwants, 1);
+    struct seen s[2];
+    drain(0, s, 2);
+}
+
 static void test_cluster_overlapping_loads_keep_live_messages_until_the_last(void **state)
 {
     struct list held;
@@ -1159,12 +1197,6 @@ static void test_max_channels(void **state)
     const char *c[] = {"c"};
     assert_int_equal(publish_n(c, 1, "3", NULL, NULL), HUB_ERR_TOO_MANY);
     assert_null(chan("c"));
-    struct list held;
-    list_init(&held);
-    struct hub_backlog bl;
-    size_t bad;
-    assert_int_equal(subscribe(0, &held, c, 1, false, 0, &bl, &bad), HUB_ERR_TOO_MANY);
-    assert_true(list_empty(&held));
     struct channel_opts o = {0};
     bool created;
     struct channel_info info;
@@ -1176,6 +1208,111 @@ static void test_max_channels(void **state)
     assert_int_equal(hub_channel_delete(&hub, "b", 1), 0);
     assert_int_equal(publish_n(c, 1, "5", NULL, NULL), 0);
     assert_non_null(chan("c"));
+}
+
+/* ---- ephemeral channels (issue 7, item 5) ----------------------------------------- */
+
+/* A channel only subscribed to goes with its last subscriber, on any worker. */
+static void test_ephemeral_channel_goes_with_its_last_subscriber(void **state)
+{
+    struct list c1, c2;
+    list_init(&c1);
+    list_init(&c2);
+    take_on(0, &c1, "e");
+    take_on(1, &c2, "e");
+    assert_true(chan("e")->ephemeral);
+    assert_int_equal(hub.nephemeral, 1);
+    struct channel_info info;
+    assert_int_equal(hub_channel_get(&hub, "e", 1, &info), 0);
+    assert_int_equal(info.subscribers, 2);
+    assert_int_equal(info.expires_ms, 0); /* no TTL: it goes with its subscribers */
+    hub_unsubscribe_all(&hub, 0, &c1);
+    assert_non_null(chan("e"));
+    hub_unsubscribe_all(&hub, 1, &c2);
+    assert_null(chan("e"));
+    assert_int_equal(hub.nephemeral, 0);
+    assert_int_equal(hub.channels.len, 0);
+    assert_int_equal(hub.tombs.len, 0); /* it had no message to remember */
+    struct seen s[2];
+    assert_int_equal(drain(0, s, 2), 0); /* nobody to tell */
+    assert_int_equal(drain(1, s, 2), 0);
+}
+
+/* A publish (or a PUT) makes it an ordinary channel, which stays after its subscribers. */
+static void test_published_ephemeral_channel_becomes_stored(void **state)
+{
+    struct list held;
+    hold_a_and_b(&held);
+    assert_int_equal(hub.nephemeral, 2);
+    pub("a", "1");
+    struct channel_opts o = {0};
+    bool created;
+    struct channel_info info;
+    assert_int_equal(hub_channel_put(&hub, "b", 1, &o, &created, &info), 0);
+    assert_false(created);
+    assert_int_equal(hub.nephemeral, 0);
+    assert_true(info.expires_ms != 0);
+    hub_unsubscribe_all(&hub, 0, &held);
+    assert_non_null(chan("a"));
+    assert_non_null(chan("b"));
+    struct seen s[2];
+    drain(0, s, 2);
+}
+
+/*
+ * Ephemeral channels have a --max-channels budget of their own: subscribers making
+ * up names fill it, but publishing to new channels and subscribing to existing
+ * ones still work.
+ */
+static void test_ephemeral_channels_have_their_own_budget(void **state)
+{
+    cfg.max_channels = 2;
+    struct list held, other;
+    hold_a_and_b(&held);
+    list_init(&other);
+    struct hub_backlog bl;
+    size_t bad;
+    const char *more[] = {"a", "c"};
+    assert_int_equal(subscribe(1, &other, more, 2, false, 0, &bl, &bad),
+                     HUB_ERR_TOO_MANY_EPHEMERAL);
+    assert_int_equal(bad, 1); /* the channel that could not be created */
+    assert_true(list_empty(&other));
+    pub("p", "1");
+    pub("q", "2");
+    const char *r[] = {"r"};
+    assert_int_equal(publish_n(r, 1, "3", NULL, NULL), HUB_ERR_TOO_MANY);
+    const char *existing[] = {"a", "p"};
+    assert_int_equal(subscribe(1, &other, existing, 2, false, 0, &bl, NULL), 0);
+    hub_backlog_free(&bl);
+    pub("a", "to a subscribed-only channel"); /* always works: it exists */
+    assert_int_equal(hub.nephemeral, 1);
+    take_on(1, &other, "c"); /* in a's place */
+    hub_unsubscribe_all(&hub, 0, &held);
+    hub_unsubscribe_all(&hub, 1, &other);
+    assert_null(chan("b"));
+    assert_null(chan("c"));
+    struct seen s[4];
+    drain(0, s, 4);
+    drain(1, s, 4);
+}
+
+/* A name that had messages keeps its tomb through a life as an ephemeral channel. */
+static void test_ephemeral_channel_keeps_the_gap_of_a_deleted_one(void **state)
+{
+    uint64_t old = pub("t", "1");
+    pub("t", "2");
+    assert_int_equal(hub_channel_delete(&hub, "t", 1), 0);
+    struct list held;
+    list_init(&held);
+    take_channel(&held, "t");
+    hub_unsubscribe_all(&hub, 0, &held);
+    assert_null(chan("t"));
+    struct hub_backlog bl;
+    const char *t[] = {"t"};
+    assert_int_equal(subscribe(0, &held, t, 1, true, old, &bl, NULL), 0);
+    assert_int_equal(bl.ngaps, 1); /* the second message is gone for good */
+    hub_backlog_free(&bl);
+    hub_unsubscribe_all(&hub, 0, &held);
 }
 
 /*
@@ -1376,7 +1513,7 @@ static void test_delete_with_subscriber_queues_closed(void **state)
 
     hub_unsubscribe_all(&hub, 0, &held);
     assert_true(list_empty(&held));
-    assert_int_equal(refs(chan("b")), 1);
+    assert_null(chan("b")); /* only subscribed to: gone with its subscriber */
 }
 
 /*
@@ -1513,6 +1650,9 @@ static void test_sweep_expires_idle_channels(void **state)
     const char *names[] = {"watched"};
     assert_int_equal(subscribe(0, &held, names, 1, false, 0, &bl, NULL), 0);
     hub_backlog_free(&bl);
+    pub("watched", "stored");
+    struct seen s[2];
+    assert_int_equal(drain(0, s, 2), 1); /* its subscriber's copy */
 
     hub_sweep(&hub); /* nothing is old enough yet */
     assert_non_null(chan("idle"));
@@ -1525,7 +1665,6 @@ static void test_sweep_expires_idle_channels(void **state)
     assert_non_null(chan("forever"));
     assert_non_null(chan("watched"));
     assert_int_equal(hub.channels.len, 3);
-    struct seen s[2];
     assert_int_equal(drain(0, s, 2), 0); /* an expired channel had no one to tell */
 
     /* Once its last subscriber leaves, the TTL counts from then. */
@@ -1593,6 +1732,9 @@ int main(void)
         T(test_live_messages_of_a_channel_follow_its_own_last_id),
         T(test_subscribe_twice_and_duplicates),
         cmocka_unit_test_setup_teardown(
+            test_cluster_cache_without_messages_goes_with_its_last_subscriber, setup_cluster,
+            teardown),
+        cmocka_unit_test_setup_teardown(
             test_cluster_overlapping_loads_keep_live_messages_until_the_last, setup_cluster,
             teardown),
         cmocka_unit_test_setup_teardown(
@@ -1609,6 +1751,10 @@ int main(void)
         T(test_unsubscribe_clears_the_worker_bit),
         T(test_auto_create_off),
         T(test_max_channels),
+        T(test_ephemeral_channel_goes_with_its_last_subscriber),
+        T(test_published_ephemeral_channel_becomes_stored),
+        T(test_ephemeral_channels_have_their_own_budget),
+        T(test_ephemeral_channel_keeps_the_gap_of_a_deleted_one),
         T(test_max_channels_counts_only_missing_channels),
         T(test_max_channels_existing_first),
         T(test_channel_name_valid),
