@@ -11,14 +11,14 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#define HIST_SUB 64
+#define HIST_SUB     64
 #define HIST_BUCKETS (2 * HIST_SUB + 34 * HIST_SUB)
 
 struct hist {
-	uint64_t count;
-	int64_t min, max;
-	double sum, sumsq;
-	uint64_t b[HIST_BUCKETS];
+    uint64_t count;
+    int64_t min, max;
+    double sum, sumsq;
+    uint64_t b[HIST_BUCKETS];
 };
 
 void hist_init(struct hist *h);

@@ -11,13 +11,13 @@
 #include <stdint.h>
 
 struct proto_head {
-	int status;
-	int64_t content_length; /* -1: none */
-	bool chunked;
-	bool close;
-	char ws_accept[40];
-	char last_modified[40];
-	char etag[40];
+    int status;
+    int64_t content_length; /* -1: none */
+    bool chunked;
+    bool close;
+    char ws_accept[40];
+    char last_modified[40];
+    char etag[40];
 };
 
 /* Parses a response head. Returns its length (through the blank line),
@@ -40,10 +40,10 @@ size_t proto_ws_frame(uint8_t *out, int opcode, const void *payload, size_t len)
  * closing quote arrives, i.e. when the whole body was received.
  */
 struct proto_scan {
-	uint8_t st;
-	uint8_t k;
-	int64_t t;
-	uint64_t n;
+    uint8_t st;
+    uint8_t k;
+    int64_t t;
+    uint64_t n;
 };
 typedef void proto_scan_cb(void *ctx, int64_t t, uint64_t n);
 void proto_scan_feed(struct proto_scan *s, const char *p, size_t len, proto_scan_cb *cb, void *ctx);
