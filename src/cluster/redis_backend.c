@@ -18,6 +18,7 @@
 
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -236,6 +237,16 @@ struct reload {
 
 #define RELOAD_MS 250
 
+#define WARN_SLOTS     8
+#define WARN_WINDOW_MS 10000
+
+/* A warning logged lately; its repeats in the current window are only counted. */
+struct warn_slot {
+    char line[320]; /* "" when free */
+    uint64_t since; /* loop time the window started */
+    unsigned repeats;
+};
+
 struct rb {
     struct map indexed; /* channels recently added to herald:channels */
     struct map reload;  /* struct reload: gap fills to try again */
@@ -257,9 +268,83 @@ struct rb {
     pthread_mutex_t view_lock;
     uint64_t nodes_alive;
     _Atomic enum redis_bus_status status;
+    struct warn_slot warns[WARN_SLOTS];
+    struct timer warn_timer;
 };
 
 static struct rb *the_rb; /* one per process */
+
+/* ---- repeated warnings ---------------------------------------------------------------- */
+
+/*
+ * A Redis that refuses writes (out of memory) fails every publish and heartbeat the
+ * same way: the first warning of a kind is logged, its repeats within WARN_WINDOW_MS
+ * are counted, and the count is logged when the window ends ("... (repeated 57
+ * times in 5 s)"), one line per window while they go on. Backend thread only.
+ */
+static void warn_summary(const struct warn_slot *w)
+{
+    if (w->repeats)
+        log_warn("%s (repeated %u time%s in %u s)", w->line, w->repeats, w->repeats == 1 ? "" : "s",
+                 WARN_WINDOW_MS / 1000);
+}
+
+static void rb_warn(struct rb *rb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void rb_warn(struct rb *rb, const char *fmt, ...)
+{
+    char line[sizeof(rb->warns[0].line)];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    struct warn_slot *w = NULL, *oldest = &rb->warns[0];
+    for (size_t i = 0; i < WARN_SLOTS; i++) {
+        struct warn_slot *x = &rb->warns[i];
+        if (x->line[0] && strcmp(x->line, line) == 0) {
+            x->repeats++;
+            return;
+        }
+        if (!x->line[0] && !w)
+            w = x;
+        if (x->since < oldest->since)
+            oldest = x;
+    }
+    if (!w) {
+        w = oldest; /* many kinds at once: the oldest window ends early */
+        warn_summary(w);
+    }
+    memcpy(w->line, line, sizeof(line));
+    w->since = rb->loop.now;
+    w->repeats = 0;
+    log_warn("%s", line);
+    if (!timer_armed(&rb->warn_timer))
+        timer_start(&rb->loop, &rb->warn_timer, WARN_WINDOW_MS);
+}
+
+/* Ends the windows that are over: their counts are logged, quiet ones forgotten. */
+static void warn_timer_cb(struct loop *loop, struct timer *t)
+{
+    struct rb *rb = container_of(t, struct rb, warn_timer);
+    uint64_t next = 0;
+    for (size_t i = 0; i < WARN_SLOTS; i++) {
+        struct warn_slot *w = &rb->warns[i];
+        if (!w->line[0])
+            continue;
+        if (loop->now - w->since >= WARN_WINDOW_MS) {
+            warn_summary(w);
+            if (!w->repeats) {
+                w->line[0] = '\0';
+                continue;
+            }
+            w->repeats = 0; /* they go on: a new window */
+            w->since = loop->now;
+        }
+        uint64_t left = w->since + WARN_WINDOW_MS - loop->now;
+        next = next && next < left ? next : left;
+    }
+    if (next)
+        timer_start(loop, t, next);
+}
 
 static void index_reset(struct rb *rb)
 {
@@ -341,11 +426,12 @@ static uint32_t *epoch_tags_new(void)
     return tag;
 }
 
-/* For writes nobody waits on (index, heartbeat): failures are logged, then retried next time. */
+/* For writes nobody waits on (index, heartbeat): failures are logged, then retried next
+ * time. arg: the struct rb. */
 static void ignore_reply(const redisReply *r, int status, void *arg)
 {
     if (status == 0 && r && r->type == REDIS_REPLY_ERROR)
-        log_warn("redis: %s", r->str);
+        rb_warn(arg, "redis: %s", r->str);
 }
 
 /*
@@ -369,7 +455,7 @@ static bool reply_is_notfound(const redisReply *r)
  * `detail` (size bytes), what the client should hear when the hub's words for the
  * error do not say it; "" otherwise.
  */
-static int script_error(const struct rb *rb, const redisReply *r, int status, const char *what,
+static int script_error(struct rb *rb, const redisReply *r, int status, const char *what,
                         const char *name, char *detail, size_t size)
 {
     if (detail)
@@ -389,7 +475,14 @@ static int script_error(const struct rb *rb, const redisReply *r, int status, co
         return HUB_ERR_NOT_FOUND;
     if (r->type != REDIS_REPLY_ERROR)
         return 0;
-    log_warn("redis: %s%s: %s", what, name, r->str);
+    rb_warn(rb, "redis: %s%s: %s", what, name, r->str);
+    if (detail && strncmp(r->str, "OOM ", 4) == 0)
+        snprintf(detail, size,
+                 "Redis is out of memory and refused the command (nothing was "
+                 "stored; it needs more maxmemory or fewer keys): %s",
+                 r->str);
+    else if (detail)
+        snprintf(detail, size, "Redis refused the command: %s", r->str);
     return HUB_ERR_BACKEND;
 }
 
@@ -549,9 +642,12 @@ static void load_reply(const redisReply *r, int status, void *arg)
     if (status < 0 || !r || r->type == REDIS_REPLY_ERROR) {
         bool nf = status == 0 && reply_is_notfound(r);
         /* Connection failures are retried quietly: "redis: down" says it once. */
-        if (!nf)
-            log_msg(status == 0 ? LOG_WARN : LOG_DEBUG, "redis: loading channel %s failed: %s",
-                    op->name, status == 0 && r && r->str ? r->str : resp_strerror(status));
+        if (!nf) {
+            if (status == 0)
+                rb_warn(rb, "redis: loading channel %s failed: %s", op->name, r ? r->str : "");
+            else
+                log_debug("redis: loading channel %s failed: %s", op->name, resp_strerror(status));
+        }
         load_failed(op, nf ? HUB_ERR_NOT_FOUND : HUB_ERR_BACKEND);
         return;
     }
@@ -559,7 +655,7 @@ static void load_reply(const redisReply *r, int status, void *arg)
     const redisReply *list =
         r->type == REDIS_REPLY_ARRAY && r->elements == 4 ? r->element[2] : NULL;
     if (!list || list->type != REDIS_REPLY_ARRAY) {
-        log_warn("redis: loading channel %s: unexpected reply", op->name);
+        rb_warn(rb, "redis: loading channel %s: unexpected reply", op->name);
         load_failed(op, HUB_ERR_BACKEND);
         return;
     }
@@ -716,7 +812,7 @@ static void want_run(struct task *t)
         char c[160];
         key_of(c, sizeof(c), wt->name, wt->len, 'c');
         const char *argv[] = {"HDEL", c, rb->node};
-        redis_bus_command(rb->bus, c, strlen(c), ignore_reply, NULL, 3, argv, NULL);
+        redis_bus_command(rb->bus, c, strlen(c), ignore_reply, rb, 3, argv, NULL);
     }
     free(wt);
 }
@@ -780,7 +876,7 @@ static void index_channel(struct rb *rb, const char *name, size_t len)
     ix->at = now;
     const char *argv[] = {"ZADD", "herald:channels", "NX", "0", name};
     size_t argl[] = {4, 15, 2, 1, len};
-    redis_bus_command(rb->bus, "herald:channels", 15, ignore_reply, NULL, 5, argv, argl);
+    redis_bus_command(rb->bus, "herald:channels", 15, ignore_reply, rb, 5, argv, argl);
 }
 
 static void pub_answer(void *arg)
@@ -818,7 +914,7 @@ static void pub_reply(const redisReply *r, int status, void *arg)
             pt->res.id = id;
         pt->res.subscribers += (uint32_t)r->element[1]->integer;
     } else {
-        log_warn("redis: publish failed: unexpected reply");
+        rb_warn(pt->rb, "redis: publish failed: unexpected reply");
         pt->err = HUB_ERR_BACKEND;
     }
     if (--pt->pending == 0) {
@@ -912,7 +1008,7 @@ static void prepare_reply(const redisReply *r, int status, void *arg)
     uint64_t id;
     int err = pub_error(pt, r, status);
     if (!err && (r->type != REDIS_REPLY_STRING || hub_cursor_parse(r->str, r->len, &id) < 0)) {
-        log_warn("redis: publish failed: unexpected reply");
+        rb_warn(pt->rb, "redis: publish failed: unexpected reply");
         err = HUB_ERR_BACKEND;
     }
     if (err)
@@ -1068,7 +1164,7 @@ static void chan_reply(const redisReply *r, int status, void *arg)
                               ct->name};
         if (ct->mode == CH_DEL)
             argv[2] = ct->name;
-        redis_bus_command(ct->rb->bus, "herald:channels", 15, ignore_reply, NULL,
+        redis_bus_command(ct->rb->bus, "herald:channels", 15, ignore_reply, ct->rb,
                           ct->mode == CH_DEL ? 3 : 4, argv, NULL);
     }
     hub_post(ct->rb->hub, ct->w, chan_answer, ct);
@@ -1173,7 +1269,7 @@ static void list_child_done(struct chan_task *child)
     } else if (child->err == HUB_ERR_NOT_FOUND) {
         /* Expired: out of the index, so that listings and totals stop counting it. */
         const char *argv[] = {"ZREM", "herald:channels", child->name};
-        redis_bus_command(ct->rb->bus, "herald:channels", 15, ignore_reply, NULL, 3, argv, NULL);
+        redis_bus_command(ct->rb->bus, "herald:channels", 15, ignore_reply, ct->rb, 3, argv, NULL);
         ct->gone++;
     } else {
         ct->err = child->err;
@@ -1319,16 +1415,16 @@ static void heartbeat_cb(struct loop *loop, struct timer *t)
         key_of(o, sizeof(o), list[i].name, list[i].len, 'o');
         snprintf(count, sizeof(count), "%u %s", list[i].subs, val);
         const char *argv[] = {"EVAL", beat_lua, "2", c, o, rb->node, count, exp, ttl, nowbuf};
-        redis_bus_command(rb->bus, c, strlen(c), ignore_reply, NULL, 10, argv, NULL);
+        redis_bus_command(rb->bus, c, strlen(c), ignore_reply, rb, 10, argv, NULL);
     }
     free(list);
     /* This node is alive until the expiry it announces. */
     char score[24];
     snprintf(score, sizeof(score), "%" PRIu64, now + COUNT_TTL_MS);
     const char *zargv[] = {"ZADD", "herald:nodes", score, rb->node};
-    redis_bus_command(rb->bus, "herald:nodes", 12, ignore_reply, NULL, 4, zargv, NULL);
+    redis_bus_command(rb->bus, "herald:nodes", 12, ignore_reply, rb, 4, zargv, NULL);
     const char *rargv[] = {"ZREMRANGEBYSCORE", "herald:nodes", "-inf", nowbuf};
-    redis_bus_command(rb->bus, "herald:nodes", 12, ignore_reply, NULL, 4, rargv, NULL);
+    redis_bus_command(rb->bus, "herald:nodes", 12, ignore_reply, rb, 4, rargv, NULL);
     timer_start(loop, t, HEARTBEAT_MS);
 }
 
@@ -1413,6 +1509,7 @@ int redis_backend_start(struct hub *hub, const struct herald_config *cfg)
     map_init(&rb->indexed, 1024);
     map_init(&rb->reload, 64);
     timer_init(&rb->reload_timer, reload_cb);
+    timer_init(&rb->warn_timer, warn_timer_cb);
     if (rb->cluster)
         rb->epoch_tag = epoch_tags_new();
     snprintf(rb->node, sizeof(rb->node), "%s", cfg->node_name);
@@ -1490,6 +1587,10 @@ void redis_backend_stop(struct hub *hub)
     pthread_join(rb->thread, NULL);
     timer_stop(&rb->loop, &rb->heartbeat);
     timer_stop(&rb->loop, &rb->reload_timer);
+    timer_stop(&rb->loop, &rb->warn_timer);
+    for (size_t i = 0; i < WARN_SLOTS; i++)
+        if (rb->warns[i].line[0])
+            warn_summary(&rb->warns[i]);
     redis_bus_free(rb->bus);
     /* Let the deferred free run. */
     for (int i = 0; i < 3; i++)

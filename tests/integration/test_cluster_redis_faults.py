@@ -6,6 +6,7 @@ and repeated failures do not flood the log.
 
 Each test starts a redis-server of its own (it is stopped, or filled up)."""
 
+import re
 import signal
 import time
 
@@ -73,3 +74,30 @@ def test_a_frozen_redis_is_noticed_without_any_publish(redis_factory, herald, ch
     finally:
         thawed(redis)
     wait_until(lambda: node.request("GET", "/healthz").status == 200, 15, what="/healthz 200 after SIGCONT")
+
+
+def test_redis_out_of_memory_is_reported_in_its_words_and_logged_once_per_window(redis_factory, herald, chan):
+    redis = redis_factory(["--maxmemory-policy", "noeviction"])
+    node = herald(redis=redis.url, node_name="A")
+    node.publish(chan, "before")
+    redis.cmd("CONFIG", "SET", "maxmemory", "1")  # anything is more than that: writes are refused
+    try:
+        for i in range(30):
+            r, _ = publish(node, chan, f"refused {i}")
+            assert r.status == 503, (r.status, r.body)
+            doc = r.error()
+            assert doc["error"] == "backend_unavailable", doc
+            assert "OOM command not allowed when used memory > 'maxmemory'" in doc["detail"], doc
+            assert "unreachable" not in doc["detail"], doc
+        # Health is about reaching Redis, which works.
+        assert node.request("GET", "/healthz").status == 200
+
+        def summary():
+            lines = [l for l in node.log().splitlines() if "redis: publish failed: OOM" in l]
+            return len(lines) == 2 and re.search(r"\(repeated (\d+) times in 10 s\)$", lines[1])
+
+        m = wait_until(summary, 15, what="one warning, then one line with the count")
+        assert int(m.group(1)) == 29, node.log_tail(20)
+    finally:
+        redis.cmd("CONFIG", "SET", "maxmemory", "0")
+    node.publish(chan, "after")
