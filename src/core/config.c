@@ -218,6 +218,20 @@ static const struct config_option options[] = {
      .min = 1,
      .max = 65536,
      .help = "channels one connection may subscribe to"},
+    {.name = "max-channels-per-ip",
+     .type = OPT_COUNT,
+     FIELD(max_channels_per_ip),
+     .def = "1000",
+     .min = 0,
+     .max = 100000000,
+     .help = "channels that only have subscribers one client address (IPv6: its /64) may have "
+             "created; 0: no limit"},
+    {.name = "limit-loopback",
+     .type = OPT_BOOL,
+     FIELD(limit_loopback),
+     .def = "false",
+     .help = "apply --max-channels-per-ip to loopback clients too (off: a proxy on the same host "
+             "makes every client one loopback address)"},
 
     {.section = "Channels and history",
      .name = "auto-create",

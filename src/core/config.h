@@ -55,6 +55,8 @@ struct herald_config {
     uint32_t max_ws_message;        /* --max-ws-message, default 64 KiB */
     uint32_t max_outbound;          /* --max-outbound, slow-consumer cap, default 1 MiB */
     uint32_t max_channels_per_conn; /* --max-channels-per-conn, default 64 */
+    uint32_t max_channels_per_ip;   /* --max-channels-per-ip, default 1000; 0 = no limit */
+    bool limit_loopback;            /* --limit-loopback: per-address limits apply to loopback */
 
     /* channels and history */
     bool auto_create;        /* --auto-create, default true */

@@ -6,6 +6,7 @@
 #include "hub/hub.h"
 
 #include <inttypes.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -23,6 +24,9 @@ const char *hub_strerror(int err)
     case HUB_ERR_TOO_MANY:
         return "the server holds its maximum number of channels (--max-channels); publish to an "
                "existing channel or delete unused ones";
+    case HUB_ERR_TOO_MANY_FOR_ADDR:
+        return "this client address has created its maximum number of channels by subscribing "
+               "(--max-channels-per-ip); existing channels can still be subscribed to";
     case HUB_ERR_TOO_MANY_EPHEMERAL:
         return "the server holds its maximum number of channels that only have subscribers "
                "(--max-channels); channels that were published to can still be subscribed to";
@@ -119,12 +123,83 @@ static void tomb_put(struct hub *hub, const struct channel *ch)
     list_insert_tail(&hub->tomb_fifo, &t->fifo);
 }
 
+/* ---- per-address counts of the channels subscribes created ----------------- */
+
+/* How many channels the subscribes of one client address created (see hub_client). */
+struct hub_quota {
+    struct map_node node;
+    uint32_t n;
+    char addr[16];
+};
+
+bool hub_client_set_addr(struct hub_client *cl, const void *sockaddr)
+{
+    const struct sockaddr *sa = sockaddr;
+    memset(cl->addr, 0, sizeof(cl->addr));
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *a = sockaddr;
+        cl->addr[10] = cl->addr[11] = 0xff;
+        memcpy(cl->addr + 12, &a->sin_addr, 4);
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *a = sockaddr;
+        bool v4 = IN6_IS_ADDR_V4MAPPED(&a->sin6_addr);
+        memcpy(cl->addr, &a->sin6_addr, v4 ? 16 : 8);
+    } else {
+        cl->limited = false;
+        return false;
+    }
+    return true;
+}
+
+/* Room for `more` channels created for cl. Hub lock held. */
+static bool quota_room(const struct hub *hub, const struct hub_client *cl, size_t more)
+{
+    uint32_t max = hub->cfg->max_channels_per_ip;
+    if (!cl || !cl->limited || !max)
+        return true;
+    struct map_node *n = map_get(&hub->quotas, (const char *)cl->addr, sizeof(cl->addr));
+    uint32_t used = n ? container_of(n, struct hub_quota, node)->n : 0;
+    return used + more <= max;
+}
+
+/* Counts ch against cl's address. Hub lock held. */
+static void quota_charge(struct hub *hub, const struct hub_client *cl, struct channel *ch)
+{
+    if (!cl || !cl->limited || !hub->cfg->max_channels_per_ip)
+        return;
+    struct map_node *n = map_get(&hub->quotas, (const char *)cl->addr, sizeof(cl->addr));
+    struct hub_quota *q = n ? container_of(n, struct hub_quota, node) : NULL;
+    if (!q) {
+        q = xcalloc(1, sizeof(*q));
+        memcpy(q->addr, cl->addr, sizeof(q->addr));
+        q->node.key = q->addr;
+        q->node.key_len = sizeof(q->addr);
+        map_put(&hub->quotas, &q->node);
+    }
+    q->n++;
+    ch->quota = q;
+}
+
+/* ch no longer counts against the address that created it. Hub lock held. */
+static void quota_release(struct hub *hub, struct channel *ch)
+{
+    struct hub_quota *q = ch->quota;
+    if (!q)
+        return;
+    ch->quota = NULL;
+    if (--q->n == 0) {
+        map_del(&hub->quotas, &q->node);
+        free(q);
+    }
+}
+
 int hub_init(struct hub *hub, const struct herald_config *cfg, int nworkers)
 {
     memset(hub, 0, sizeof(*hub));
     pthread_mutex_init(&hub->lock, NULL);
     map_init(&hub->channels, 1024);
     map_init(&hub->tombs, 64);
+    map_init(&hub->quotas, 64);
     list_init(&hub->tomb_fifo);
     hub->cfg = cfg;
     hub->nworkers = nworkers;
@@ -376,6 +451,8 @@ static struct channel *chan_create(struct hub *hub, const char *name, size_t len
 /* A publish, a PUT or (cluster mode) a first message makes a channel stored. Hub lock held. */
 static void chan_make_stored(struct hub *hub, struct channel *ch)
 {
+    if (!hub->be_ops)
+        quota_release(hub, ch); /* someone else's channel now (cluster: see hub_client) */
     if (!ch->ephemeral)
         return;
     ch->ephemeral = false;
@@ -473,6 +550,7 @@ static void chan_unlink(struct hub *hub, struct channel *ch, uint64_t *wake_mask
     map_del(&hub->channels, &ch->node);
     ch->deleted = true;
     chan_make_stored(hub, ch); /* out of the ephemeral count */
+    quota_release(hub, ch);
     for (int w = 0; w < hub->nworkers; w++) {
         if (!(ch->worker_mask & (1ull << w)))
             continue;
@@ -523,6 +601,13 @@ void hub_free(struct hub *hub)
     while (!list_empty(&hub->tomb_fifo))
         tomb_drop(hub, container_of(hub->tomb_fifo.next, struct tomb, fifo));
     map_free(&hub->tombs);
+    b = 0;
+    next = NULL;
+    while ((n = map_next(&hub->quotas, &b, &next))) {
+        map_del(&hub->quotas, n);
+        free(container_of(n, struct hub_quota, node));
+    }
+    map_free(&hub->quotas);
     pthread_mutex_destroy(&hub->lock);
 }
 
@@ -555,12 +640,14 @@ static bool slice_in(const struct slice *names, size_t n, const struct slice *s)
 
 /*
  * Resolves names to channels, creating the missing ones when allowed: ephemeral
- * for a subscribe, stored for a publish. Creates nothing on error. Returns 0 or a
- * hub_error (*bad_index: the first channel it is about). Hub lock held.
+ * for a subscribe by `cl`, stored for a publish (cl NULL). Creates nothing on
+ * error. Returns 0 or a hub_error (*bad_index: the first channel it is about).
+ * Hub lock held.
  */
 static int resolve_channels(struct hub *hub, const struct slice *names, size_t n,
-                            struct channel **chs, bool subscribe, size_t *bad_index)
+                            struct channel **chs, const struct hub_client *cl, size_t *bad_index)
 {
+    bool subscribe = cl != NULL;
     size_t missing = 0, first_missing = 0;
     for (size_t i = 0; i < n; i++) {
         chs[i] = chan_lookup(hub, names[i].data, names[i].len);
@@ -574,13 +661,18 @@ static int resolve_channels(struct hub *hub, const struct slice *names, size_t n
             first_missing = i;
     }
     int err = missing ? chan_room(hub, subscribe, missing) : 0;
+    if (!err && !quota_room(hub, cl, missing))
+        err = HUB_ERR_TOO_MANY_FOR_ADDR;
     if (err) {
         *bad_index = first_missing;
         return err;
     }
-    for (size_t i = 0; i < n; i++)
-        if (!chs[i] && !(chs[i] = chan_lookup(hub, names[i].data, names[i].len)))
-            chs[i] = chan_create(hub, names[i].data, names[i].len, subscribe);
+    for (size_t i = 0; i < n; i++) {
+        if (chs[i] || (chs[i] = chan_lookup(hub, names[i].data, names[i].len)))
+            continue;
+        chs[i] = chan_create(hub, names[i].data, names[i].len, subscribe);
+        quota_charge(hub, cl, chs[i]);
+    }
     return 0;
 }
 
@@ -608,7 +700,7 @@ int hub_publish(struct hub *hub, const struct slice *channels, size_t n,
     uint64_t wake_mask = 0, now = wall_ms();
     pthread_mutex_lock(&hub->lock);
     size_t bad;
-    int err = resolve_channels(hub, channels, n, chs, false, &bad);
+    int err = resolve_channels(hub, channels, n, chs, NULL, &bad);
     if (err) {
         pthread_mutex_unlock(&hub->lock);
         return err;
@@ -821,12 +913,12 @@ static uint64_t head_seq(const struct hub *hub, struct channel *const *chs, size
 }
 
 int hub_subscribe(struct hub *hub, int w, void *conn, struct list *held, const struct slice *names,
-                  size_t n, bool has_since, uint64_t since, uint32_t max_subs,
+                  size_t n, bool has_since, uint64_t since, const struct hub_client *cl,
                   struct hub_backlog *backlog, size_t *bad_index)
 {
     struct channel *chs[64];
     memset(backlog, 0, sizeof(*backlog));
-    if (n > ARRAY_LEN(chs) || count_list(held) + n > max_subs) {
+    if (n > ARRAY_LEN(chs) || count_list(held) + n > cl->max_subs) {
         *bad_index = 0;
         return HUB_ERR_TOO_MANY_SUBS;
     }
@@ -837,7 +929,7 @@ int hub_subscribe(struct hub *hub, int w, void *conn, struct list *held, const s
         *bad_index = 0;
         return HUB_ERR_CURSOR;
     }
-    int err = resolve_channels(hub, names, n, chs, true, bad_index);
+    int err = resolve_channels(hub, names, n, chs, cl, bad_index);
     if (!err && hub->be_ops)
         err = await_sync(hub, w, conn, held, chs, n, bad_index);
     if (err) {

@@ -30,6 +30,7 @@
 #define CHANNEL_NAME_MAX 128
 
 struct herald_config;
+struct hub_quota;
 
 /* A reference-counted immutable allocation (messages, control frames). */
 struct ref {
@@ -125,6 +126,7 @@ struct channel {
     atomic_uint refs; /* hub table + workers with local subs + inbox items */
     bool deleted;
     bool ephemeral;
+    struct hub_quota *quota; /* the address a subscribe created it for (see hub_client) */
 
     /* options */
     bool persistent;
@@ -211,6 +213,7 @@ struct hub {
     struct hub_inbox inbox[HUB_MAX_WORKERS];
     size_t sweep_bucket; /* incremental expiry sweep position */
     size_t nephemeral;   /* channels in the table that are ephemeral */
+    struct map quotas;   /* struct hub_quota by client address */
     struct hub_stats stats;
 
     /* Deleted or expired channels' last ids, so that a channel re-created under the
@@ -234,6 +237,7 @@ enum hub_error {
     HUB_ERR_TOO_MANY_SUBS = -5,      /* per-connection channel limit */
     HUB_ERR_BACKEND = -6,            /* cluster mode: Redis is unreachable */
     HUB_ERR_TOO_MANY_EPHEMERAL = -7, /* max-channels ephemeral channels exist (in memory) */
+    HUB_ERR_TOO_MANY_FOR_ADDR = -8,  /* max-channels-per-ip: this client address made enough */
 };
 /* Positive result: the operation continues asynchronously (cluster mode). */
 #define HUB_PENDING 1
@@ -385,16 +389,35 @@ struct hub_backlog {
 void hub_backlog_free(struct hub_backlog *b);
 
 /*
+ * Who subscribes, for the limits on what subscribing may hold and create. The
+ * channels a client's subscribes create count against its address (--max-
+ * channels-per-ip) while they are ephemeral (in memory) or while the cache exists
+ * (cluster mode), so that one address cannot take the budget of channels that
+ * only have subscribers for itself.
+ */
+struct hub_client {
+    uint32_t max_subs; /* channels the connection may hold (--max-channels-per-conn) */
+    bool limited;      /* what it creates counts against addr */
+    uint8_t addr[16];  /* see hub_client_set_addr */
+};
+/*
+ * Sets cl->addr from a peer address: IPv4 as IPv4-mapped IPv6, IPv6 cut to its
+ * /64 (one end site has a /64 of addresses to pick from). Returns false (and
+ * leaves cl unlimited) for other families.
+ */
+bool hub_client_set_addr(struct hub_client *cl, const void *sockaddr);
+
+/*
  * Subscribes `conn` (on worker `w`) to each named channel it does not already
  * hold (`held`: its list of struct sub.conn_link). New struct sub nodes are
  * appended to `held`. With `has_since`, fills *backlog with the retained messages
  * after `since` (ordered, de-duplicated, and without those the connection gets
- * live through a channel it already held) and the gaps. `max_subs` bounds the
- * total. On error nothing is subscribed. Returns 0 or a negative hub_error; on
- * error *bad_index names the offending channel.
+ * live through a channel it already held) and the gaps. `cl` bounds what it may
+ * hold and create. On error nothing is subscribed. Returns 0 or a negative
+ * hub_error; on error *bad_index names the offending channel.
  */
 int hub_subscribe(struct hub *hub, int w, void *conn, struct list *held, const struct slice *names,
-                  size_t n, bool has_since, uint64_t since, uint32_t max_subs,
+                  size_t n, bool has_since, uint64_t since, const struct hub_client *cl,
                   struct hub_backlog *backlog, size_t *bad_index);
 
 /* Removes one subscription (and frees the node). */

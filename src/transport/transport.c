@@ -11,6 +11,7 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 
 #include "core/log.h"
 #include "http/http_conn.h"
@@ -134,9 +135,17 @@ static void deliver_gap(struct conn *c, const struct hub_gap *g, uint64_t since)
 int transport_subscribe(struct conn *c, const struct sub_request *r, size_t *bad,
                         struct hub_backlog *b)
 {
-    struct hub *hub = &conn_server(c)->hub;
-    return hub_subscribe(hub, c->w->id, c, &c->subs, r->names, r->n, r->has_since, r->since,
-                         conn_cfg(c)->max_channels_per_conn, b, bad);
+    const struct herald_config *cfg = conn_cfg(c);
+    struct hub_client cl = {.max_subs = cfg->max_channels_per_conn};
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    /* What a client's subscribes create counts against its address (loopback: a proxy
+     * on this host would make every client one address, unless asked). */
+    if (cfg->max_channels_per_ip && (!(c->flags & CF_LOOPBACK) || cfg->limit_loopback) &&
+        getpeername(c->io.fd, (struct sockaddr *)&ss, &sl) == 0)
+        cl.limited = hub_client_set_addr(&cl, &ss);
+    return hub_subscribe(&conn_server(c)->hub, c->w->id, c, &c->subs, r->names, r->n, r->has_since,
+                         r->since, &cl, b, bad);
 }
 
 void transport_replay(struct conn *c, struct hub_backlog *b, uint64_t since)
@@ -156,6 +165,7 @@ int transport_error_status(int err)
 {
     switch (err) {
     case HUB_ERR_NOT_FOUND: return 404;
+    case HUB_ERR_TOO_MANY_FOR_ADDR: return 429;
     case HUB_ERR_TOO_MANY:
     case HUB_ERR_TOO_MANY_EPHEMERAL:
     case HUB_ERR_BACKEND: return 503;
@@ -172,6 +182,7 @@ const char *transport_error_name(int err)
     case HUB_ERR_TOO_MANY_EPHEMERAL: return "too_many_channels";
     case HUB_ERR_CURSOR: return "bad_cursor";
     case HUB_ERR_TOO_MANY_SUBS: return "too_many_subscriptions";
+    case HUB_ERR_TOO_MANY_FOR_ADDR: return "too_many_channels_per_ip";
     case HUB_ERR_BACKEND: return "backend_unavailable";
     }
     return "bad_request";

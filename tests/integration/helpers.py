@@ -326,8 +326,10 @@ class Closing:
 class RawConn(Closing):
     """A TCP connection read through a buffer, every read bounded by a deadline."""
 
-    def __init__(self, port, rcvbuf=None, host="127.0.0.1"):
+    def __init__(self, port, rcvbuf=None, host="127.0.0.1", source=None):
         self.sock = socket.socket()
+        if source:  # another client address, e.g. 127.0.0.2
+            self.sock.bind((source, 0))
         if rcvbuf:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.settimeout(WAIT)
@@ -648,8 +650,8 @@ def encode_frame(opcode, payload=b"", fin=True, rsv=0, mask=True, length_bytes=N
 class RawWS(Closing):
     """A WebSocket client that sends exactly the frames a test asks for."""
 
-    def __init__(self, srv, query="", extra=None, rcvbuf=None, trailing=b""):
-        self.conn = RawConn(srv.port, rcvbuf=rcvbuf)
+    def __init__(self, srv, query="", extra=None, rcvbuf=None, trailing=b"", source=None):
+        self.conn = RawConn(srv.port, rcvbuf=rcvbuf, source=source)
         key = ws_key()
         self.conn.send(ws_handshake("/ws" + query, key, extra=extra) + trailing)
         self.status, self.headers = self.conn.read_head()

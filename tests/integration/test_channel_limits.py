@@ -9,7 +9,9 @@ nothing it does makes other clients' subscribes to existing channels, or any
 publish, fail.
 """
 
-from helpers import SSE, RawWS, wait_until
+import json
+
+from helpers import SSE, RawConn, RawWS, http_get, wait_until
 
 
 def churn(conns, prefix, rounds, per_op=50):
@@ -79,3 +81,65 @@ def test_subscribers_making_up_names_cannot_lock_others_out(herald, chan):
     assert srv.channel(taken)["messages"] == 1  # published to: an ordinary channel now
     listed = srv.get_json(f"/api/channels?prefix={chan}-junk")["channels"]
     assert [c["name"] for c in listed] == [taken]
+
+
+def ws_subscribe(ws, names):
+    """One subscribe op; returns (event, error, detail) of the answer."""
+    ws.send_json({"op": "subscribe", "channels": names})
+    ans = ws.recv_json()
+    return ans["event"], ans.get("error"), ans.get("detail", "")
+
+
+def sse_status(srv, channels, source=None):
+    """The status and error name of an SSE subscribe from `source`."""
+    with RawConn(srv.port, source=source) as c:
+        c.send(http_get(f"/sse?channels={channels}"))
+        status, headers = c.read_head()
+        if status == 200:
+            return status, None
+        return status, json.loads(c.read_exact(int(headers["content-length"])))["error"]
+
+
+def test_one_address_cannot_take_every_channel_that_only_has_subscribers(herald, chan):
+    """--max-channels-per-ip bounds the channels one client address has created by
+    subscribing (while they only have subscribers); other addresses, subscribes to
+    existing channels and publishes are not affected."""
+    srv = herald(max_channels_per_ip=100, limit_loopback=True)
+    existing = chan + "-existing"
+    srv.publish(existing, "x")
+    a1, a2 = RawWS(srv), RawWS(srv)  # 127.0.0.1
+    b = RawWS(srv, source="127.0.0.2")
+    try:
+        mine = [f"{chan}-a-{i}" for i in range(100)]
+        assert ws_subscribe(a1, mine[:50])[0] == "subscribed"
+        assert ws_subscribe(a2, mine[50:])[0] == "subscribed"
+        event, error, detail = ws_subscribe(a1, [chan + "-a-more"])
+        assert (event, error) == ("error", "too_many_channels_per_ip")
+        assert "--max-channels-per-ip" in detail and chan + "-a-more" in detail, detail
+        assert sse_status(srv, chan + "-a-more") == (429, "too_many_channels_per_ip")
+
+        # Existing channels, the other address's and publishing are unaffected.
+        assert ws_subscribe(a1, [existing])[0] == "subscribed"
+        assert ws_subscribe(b, [f"{chan}-b-{i}" for i in range(50)])[0] == "subscribed"
+        assert ws_subscribe(b, mine[:10])[0] == "subscribed"  # they exist: nothing created
+        assert sse_status(srv, chan + "-b-sse", source="127.0.0.2") == (200, None)
+        srv.publish(chan + "-brand-new", "publishing is not subscribing")
+
+        # A publish makes one of the address's channels an ordinary one: room for one more.
+        srv.publish(mine[0], "now it is a channel")
+        assert a1.next_message()["data"] == "now it is a channel"
+        assert ws_subscribe(a1, [chan + "-a-more"])[0] == "subscribed"
+        assert ws_subscribe(a1, [chan + "-a-more-2"])[1] == "too_many_channels_per_ip"
+    finally:
+        a2.close()
+    # The channels a2 alone held went with it: room again.
+    wait_until(lambda: ws_subscribe(a1, [chan + "-a-more-2"])[0] == "subscribed",
+               what="room for new channels once a2 closed")
+    for ws in (a1, b):
+        ws.close()
+
+
+def test_loopback_clients_are_not_limited_by_default(herald, chan):
+    srv = herald(max_channels_per_ip=10)
+    with RawWS(srv) as ws:
+        assert ws_subscribe(ws, [f"{chan}-{i}" for i in range(50)])[0] == "subscribed"

@@ -23,6 +23,9 @@
 #include <string.h>
 #include <time.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include "core/config.h"
 #include "hub/hub.h"
 
@@ -117,7 +120,8 @@ static int subscribe(int w, struct list *held, const char *const *names, size_t 
     for (size_t i = 0; i < n; i++)
         s[i] = sl(names[i]);
     size_t bad_index = 999;
-    int err = hub_subscribe(&hub, w, held, held, s, n, has_since, since, 64, b, &bad_index);
+    struct hub_client cl = {.max_subs = 64};
+    int err = hub_subscribe(&hub, w, held, held, s, n, has_since, since, &cl, b, &bad_index);
     if (bad)
         *bad = bad_index;
     return err;
@@ -1019,10 +1023,11 @@ static void test_subscribe_twice_and_duplicates(void **state)
     /* The per-connection limit counts what is already held; nothing is added on error. */
     struct slice s[2] = {sl("c"), sl("d")};
     size_t bad;
-    assert_int_equal(hub_subscribe(&hub, 0, &held, &held, s, 2, false, 0, 3, &bl, &bad),
+    struct hub_client three = {.max_subs = 3};
+    assert_int_equal(hub_subscribe(&hub, 0, &held, &held, s, 2, false, 0, &three, &bl, &bad),
                      HUB_ERR_TOO_MANY_SUBS);
     assert_int_equal(held_count(&held), 2);
-    assert_int_equal(hub_subscribe(&hub, 0, &held, &held, s, 1, false, 0, 3, &bl, &bad), 0);
+    assert_int_equal(hub_subscribe(&hub, 0, &held, &held, s, 1, false, 0, &three, &bl, &bad), 0);
     hub_backlog_free(&bl);
     assert_int_equal(held_count(&held), 3);
     hub_unsubscribe_all(&hub, 0, &held);
@@ -1313,6 +1318,89 @@ static void test_ephemeral_channel_keeps_the_gap_of_a_deleted_one(void **state)
     assert_int_equal(bl.ngaps, 1); /* the second message is gone for good */
     hub_backlog_free(&bl);
     hub_unsubscribe_all(&hub, 0, &held);
+}
+
+/* ---- per-address limit (--max-channels-per-ip) --------------------------------- */
+
+/* A limited client at address ip (IPv4 or IPv6 text). */
+static struct hub_client client_at(const char *ip)
+{
+    struct sockaddr_storage ss = {0};
+    struct sockaddr_in *v4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, ip, &v4->sin_addr) == 1)
+        ss.ss_family = AF_INET;
+    else if (inet_pton(AF_INET6, ip, &v6->sin6_addr) == 1)
+        ss.ss_family = AF_INET6;
+    struct hub_client cl = {.max_subs = 64};
+    assert_true(hub_client_set_addr(&cl, &ss));
+    cl.limited = true;
+    return cl;
+}
+
+/* IPv4 and IPv4-mapped IPv6 are one client; an IPv6 client is its /64. */
+static void test_client_address_keys(void **state)
+{
+    struct hub_client a = client_at("192.0.2.7"), b = client_at("::ffff:192.0.2.7");
+    assert_memory_equal(a.addr, b.addr, 16);
+    struct hub_client c = client_at("2001:db8:1:2:aaaa::1"), d = client_at("2001:db8:1:2:bbbb::2");
+    assert_memory_equal(c.addr, d.addr, 16);
+    struct hub_client e = client_at("2001:db8:1:3::1");
+    assert_memory_not_equal(c.addr, e.addr, 16);
+    struct sockaddr_storage unix_sa = {.ss_family = AF_UNIX};
+    struct hub_client u = {.limited = true};
+    assert_false(hub_client_set_addr(&u, &unix_sa));
+    assert_false(u.limited);
+}
+
+/* Subscribes conn (worker 0) as client cl to names[0..n); the hub error or 0. */
+static int subscribe_as(const struct hub_client *cl, struct list *held, const char *const *names,
+                        size_t n, size_t *bad)
+{
+    struct slice s[64];
+    for (size_t i = 0; i < n; i++)
+        s[i] = sl(names[i]);
+    struct hub_backlog bl;
+    int err = hub_subscribe(&hub, 0, held, held, s, n, false, 0, cl, &bl, bad);
+    if (!err)
+        hub_backlog_free(&bl);
+    return err;
+}
+
+static void test_max_channels_per_address(void **state)
+{
+    cfg.max_channels_per_ip = 2;
+    struct hub_client a = client_at("192.0.2.1"), b = client_at("192.0.2.2");
+    struct list a1, a2, b1;
+    list_init(&a1);
+    list_init(&a2);
+    list_init(&b1);
+    const char *two[] = {"x", "y"}, *z[] = {"z"}, *xz[] = {"x", "z"};
+    size_t bad = 9;
+    assert_int_equal(subscribe_as(&a, &a1, two, 2, &bad), 0);
+    assert_int_equal(subscribe_as(&a, &a2, xz, 2, &bad), HUB_ERR_TOO_MANY_FOR_ADDR);
+    assert_int_equal(bad, 1); /* z, the one it would create */
+    assert_true(list_empty(&a2));
+    assert_int_equal(subscribe_as(&a, &a2, two, 2, &bad), 0); /* existing: nothing created */
+    assert_int_equal(subscribe_as(&b, &b1, xz, 2, &bad), 0);  /* another address */
+
+    pub("x", "1"); /* x is someone's channel now: a has room for one */
+    assert_int_equal(hub.quotas.len, 2);
+    const char *w[] = {"w"};
+    assert_int_equal(subscribe_as(&a, &a2, w, 1, &bad), 0);
+    assert_int_equal(subscribe_as(&a, &a2, z, 1, &bad), 0); /* b created z */
+    const char *v[] = {"v"};
+    assert_int_equal(subscribe_as(&a, &a2, v, 1, &bad), HUB_ERR_TOO_MANY_FOR_ADDR);
+
+    /* Channels go with their subscribers, and their count with them. */
+    hub_unsubscribe_all(&hub, 0, &a1);
+    hub_unsubscribe_all(&hub, 0, &a2);
+    assert_int_equal(hub.quotas.len, 1); /* b's z */
+    hub_unsubscribe_all(&hub, 0, &b1);
+    assert_int_equal(hub.quotas.len, 0);
+    assert_int_equal(hub.channels.len, 1); /* x */
+    struct seen s[4];
+    drain(0, s, 4);
 }
 
 /*
@@ -1755,6 +1843,8 @@ int main(void)
         T(test_published_ephemeral_channel_becomes_stored),
         T(test_ephemeral_channels_have_their_own_budget),
         T(test_ephemeral_channel_keeps_the_gap_of_a_deleted_one),
+        T(test_client_address_keys),
+        T(test_max_channels_per_address),
         T(test_max_channels_counts_only_missing_channels),
         T(test_max_channels_existing_first),
         T(test_channel_name_valid),
