@@ -114,8 +114,11 @@ int main(int argc, char **argv)
              sig == SIGTERM ? "SIGTERM" : "SIGINT", srv.cfg.shutdown_timeout_ms);
     server_request_shutdown(&srv);
     server_join(&srv);
+    /* The backend answers the workers through their inboxes until it stops: only then may
+     * they be freed. */
     if (cluster)
         redis_backend_stop(&srv.hub);
+    server_free(&srv);
     hub_free(&srv.hub);
     log_info("herald stopped");
     return 0;

@@ -16,6 +16,7 @@
  */
 #include "cluster/redis_backend.h"
 
+#include <assert.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -842,6 +843,7 @@ static void be_unwant(void *be, const char *name, size_t len)
 struct pub_task {
     struct task t;
     struct rb *rb;
+    struct hub *hub; /* pub_answer may run after the backend stopped (hub_free) */
     int w;
     hub_publish_done *done;
     void *arg;
@@ -884,7 +886,7 @@ static void pub_answer(void *arg)
     struct pub_task *pt = arg;
     pt->res.detail = pt->err == HUB_ERR_BACKEND && pt->detail[0] ? pt->detail : NULL;
     if (!pt->err)
-        atomic_fetch_add(&pt->rb->hub->stats.published, 1);
+        atomic_fetch_add(&pt->hub->stats.published, 1);
     pt->done(pt->arg, pt->err, &pt->res);
     sbuf_free(&pt->payload);
     free(pt);
@@ -1063,6 +1065,7 @@ static void be_publish(void *be, int w, const struct slice *channels, size_t n,
     struct pub_task *pt = xcalloc(1, sizeof(*pt));
     pt->t.fn = pub_run;
     pt->rb = rb;
+    pt->hub = rb->hub;
     pt->w = w;
     pt->done = done;
     pt->arg = arg;
@@ -1585,6 +1588,11 @@ void redis_backend_stop(struct hub *hub)
     atomic_store(&rb->stop, true);
     loop_wake(&rb->loop);
     pthread_join(rb->thread, NULL);
+    /* The workers have stopped, their loops not yet freed (server_join): what they asked
+     * for is answered through their inboxes, with an error when nothing came from Redis,
+     * and hub_free runs those answers. Work still queued runs first, so that it is
+     * answered too. */
+    rb_on_wake(&rb->loop, rb);
     timer_stop(&rb->loop, &rb->heartbeat);
     timer_stop(&rb->loop, &rb->reload_timer);
     timer_stop(&rb->loop, &rb->warn_timer);
@@ -1592,15 +1600,11 @@ void redis_backend_stop(struct hub *hub)
         if (rb->warns[i].line[0])
             warn_summary(&rb->warns[i]);
     redis_bus_free(rb->bus);
-    /* Let the deferred free run. */
+    /* Let the deferred free run: commands still waiting get RESP_ECANCELED. */
     for (int i = 0; i < 3; i++)
         loop_run_once(&rb->loop, 0);
-    struct task *t = rb->q_head;
-    while (t) {
-        struct task *next = t->next;
-        free(t);
-        t = next;
-    }
+    assert(!rb->q_head); /* nobody posts to the backend once the workers are gone */
+    timer_stop(&rb->loop, &rb->reload_timer);
     loop_free(&rb->loop);
     index_reset(rb);
     map_free(&rb->indexed);

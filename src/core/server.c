@@ -923,6 +923,10 @@ void server_join(struct server *srv)
 {
     for (int i = 0; i < srv->nworkers; i++)
         pthread_join(srv->workers[i].thread, NULL);
+}
+
+void server_free(struct server *srv)
+{
     for (int i = 0; i < srv->nworkers; i++) {
         struct worker *w = &srv->workers[i];
         close_listeners(w);

@@ -168,8 +168,15 @@ struct server {
 int server_start(struct server *srv);
 /* Asks every worker to drain and stop (async-signal-safe). */
 void server_request_shutdown(struct server *srv);
-/* Waits for the workers to finish; frees them (the hub stays: the caller frees it). */
+/*
+ * Waits for the workers to finish draining: their threads exit, their loops stay, so
+ * that a thread still answering them (the cluster backend) may go on posting to the
+ * hub's inboxes until it stops. Then server_free.
+ */
 void server_join(struct server *srv);
+/* Frees the workers. Nothing may post to them any more (the hub stays: the caller frees
+ * it, which runs what was posted to them after they stopped). */
+void server_free(struct server *srv);
 
 /* ---- connection API used by http, transports and the api ---------------- */
 

@@ -6,6 +6,7 @@ and repeated failures do not flood the log.
 
 Each test starts a redis-server of its own (it is stopped, or filled up)."""
 
+import http.client
 import re
 import signal
 import time
@@ -101,3 +102,33 @@ def test_redis_out_of_memory_is_reported_in_its_words_and_logged_once_per_window
     finally:
         redis.cmd("CONFIG", "SET", "maxmemory", "0")
     node.publish(chan, "after")
+
+
+def test_sigterm_while_a_publish_waits_on_a_stopped_redis_exits_cleanly(redis_factory, herald, chan):
+    """The workers go before the Redis thread: what it still has to answer must not reach
+    them (ASan build: no use after free, no leak)."""
+    redis = redis_factory()
+    node = herald(redis=redis.url, node_name="A", redis_timeout="20s", shutdown_timeout="1s")
+    node.publish(chan, "before")
+    frozen(redis)
+    try:
+        conns = []
+        for i in range(3):  # publishes waiting on Redis, on both workers
+            conn = http.client.HTTPConnection("127.0.0.1", node.port, timeout=10)
+            conn.request("POST", "/pub/" + chan, f"waiting {i}", {"Content-Type": "text/plain"})
+            conns.append(conn)
+        time.sleep(0.3)  # the node has handed them to Redis
+        t0 = time.monotonic()
+        assert node.terminate() == 0, node.log_tail()
+        assert time.monotonic() - t0 < node.shutdown_bound()
+        for conn in conns:  # each got an answer or its connection closed: none hangs
+            try:
+                r = conn.getresponse()
+                assert r.status == 503, (r.status, r.read())
+            except (http.client.RemoteDisconnected, ConnectionResetError):
+                pass
+            conn.close()
+        assert node.sanitizer_report() is None, node.sanitizer_report()
+        assert "herald stopped" in node.log()
+    finally:
+        thawed(redis)
