@@ -1012,11 +1012,14 @@ static void unsubscribe_locked(struct hub *hub, int w, struct sub *s, uint64_t n
     free(s);
     ch->subscribers--;
     ch->last_active_ms = now;
-    if (--ch->local[w].n == 0) {
+    bool last_here = --ch->local[w].n == 0;
+    if (last_here)
         ch->worker_mask &= ~(1ull << w);
-        chan_release(hub, ch); /* not the last reference: the table holds one */
-    }
+    /* Before this worker's reference goes: a deleted channel is out of the table, and
+     * that reference may be its last. */
     drop_if_unused(hub, ch);
+    if (last_here)
+        chan_release(hub, ch);
 }
 
 void hub_unsubscribe(struct hub *hub, int w, struct sub *s)
