@@ -7,8 +7,9 @@
 #   make bench   herald vs Nchan vs the raw-socket floor (docs/bench.md)
 #   make soak    long-running delivery soak test
 #
-# Build variants live in their own directories: build/ (release, -O2 -g) and
-# build-asan/ (AddressSanitizer + UndefinedBehaviorSanitizer).
+# Build variants live in their own directories: build/ (release, -O2 -g),
+# build-asan/ (VARIANT=asan: AddressSanitizer + UndefinedBehaviorSanitizer) and
+# build-tsan/ (VARIANT=tsan: ThreadSanitizer).
 
 CC      ?= cc
 PYTHON  := /usr/bin/python3
@@ -17,6 +18,10 @@ ifeq ($(VARIANT),asan)
   BUILD   := build-asan
   OPT     := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
   LDSAN   := -fsanitize=address,undefined
+else ifeq ($(VARIANT),tsan)
+  BUILD   := build-tsan
+  OPT     := -O1 -g -fsanitize=thread -fno-omit-frame-pointer
+  LDSAN   := -fsanitize=thread
 else
   BUILD   := build
   OPT     := -O2 -g
@@ -104,10 +109,11 @@ bench: deps
 soak: $(HERALD)
 	HERALD_BIN=$(abspath $(HERALD)) HERALD_SOAK=1 $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration -m soak
 
+# Every tracked C file: src/, tests/ and tools/bench/ (herald-bench and the floor).
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
 
 clean:
-	rm -rf build build-asan build-fuzz
+	rm -rf build build-asan build-tsan build-fuzz
 
 -include $(LIB_OBJ:.o=.d) $(MAIN_OBJ:.o=.d)

@@ -1436,7 +1436,7 @@ static void be_stats_json(void *be, struct sbuf *b)
     struct rb *rb = be;
     static const char *names[] = {"down", "degraded", "up"};
     sbuf_printf(b, ",\"cluster\":{\"backend\":\"%s\",\"redis\":\"%s\"}",
-                rb->cluster ? "redis-cluster" : "redis", names[rb->status]);
+                rb->cluster ? "redis-cluster" : "redis", names[atomic_load(&rb->status)]);
 }
 
 static bool be_ready(void *be)

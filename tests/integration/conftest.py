@@ -4,8 +4,8 @@ per-test time limit (no plugins: SIGALRM plus faulthandler).
 `herald(**flags)` starts a server for one test; `module_herald(**flags)` one
 shared by a module; `server` is the module's default instance. Each is stopped
 with SIGTERM at teardown, which asserts a clean exit (code 0 within the drain
-bound) and, for sanitizer builds, no AddressSanitizer/UBSan/LeakSanitizer
-report in the captured log.
+bound) and, for sanitizer builds, no AddressSanitizer/UBSan/LeakSanitizer or
+ThreadSanitizer report in the captured log.
 """
 
 import faulthandler

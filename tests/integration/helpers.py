@@ -27,7 +27,15 @@ from dataclasses import dataclass, field
 import websockets
 
 WAIT = 10.0  # bound on any single wait for an event
-SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "runtime error:", "LeakSanitizer")
+# The first line of a report by AddressSanitizer, UBSan, LeakSanitizer or ThreadSanitizer
+# (a data race, a lock-order inversion, or a fatal TSan error).
+SANITIZER_MARKERS = (
+    "ERROR: AddressSanitizer",
+    "runtime error:",
+    "LeakSanitizer",
+    "WARNING: ThreadSanitizer",
+    "ThreadSanitizer:",
+)
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
@@ -89,6 +97,7 @@ class Herald:
         self.opts = {**self.DEFAULTS, **opts}
         self.env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=1", **(env or {})}
         self.env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1")
+        self.env.setdefault("TSAN_OPTIONS", "second_deadlock_stack=1")
         self.api = api
         self.logdir = logdir
         self.proc = None
