@@ -12,10 +12,13 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "api/api.h"
+#include "cluster/redis_backend.h"
 #include "core/config.h"
 #include "core/log.h"
 #include "core/server.h"
-#include "cluster/redis_backend.h"
+#include "http/http_conn.h"
+#include "transport/transport.h"
 
 static struct server srv;
 
@@ -91,6 +94,10 @@ int main(int argc, char **argv)
         return 2;
     /* Everything an operator must read is logged before the first connection. */
     srv.on_listening = on_listening;
+    /* Every connection starts as HTTP; the routes lead to the API and the transports. */
+    srv.accept_ops = &http_conn_ops;
+    api_init();
+    transport_init();
     if (server_start(&srv) < 0)
         return 1;
     log_info("herald started: %d worker%s, %s, node %s, fd limit %lu", srv.nworkers,
@@ -120,6 +127,7 @@ int main(int argc, char **argv)
         redis_backend_stop(&srv.hub);
     server_free(&srv);
     hub_free(&srv.hub);
+    transport_free();
     log_info("herald stopped");
     return 0;
 }

@@ -10,19 +10,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include <arpa/inet.h>
 #include <openssl/evp.h>
+#include <strings.h>
 
 #include "core/log.h"
-#include "transport/transport.h"
+#include "http/router.h"
+#include "transport/ws_frame.h"
 
 /* ---- helpers --------------------------------------------------------------- */
 
 /* Answers with a JSON string literal. */
 #define RESPOND_LIT(x, status, headers, lit)                                                       \
     http_respond((x), (status), "application/json", (headers), (lit), sizeof(lit) - 1)
-#define NOT_ALLOWED(x, allow, detail)                                                              \
-    RESPOND_LIT(x, 405, "Allow: " allow "\r\n",                                                    \
-                "{\"error\":\"method_not_allowed\",\"detail\":\"" detail "\"}\n")
 
 bool api_event_name_valid(const char *s, size_t len)
 {
@@ -73,11 +73,42 @@ bool api_key_matches(const struct herald_config *cfg, const char *key, size_t le
     return cfg->publish_key[0] && check_key(cfg->publish_key, key, len);
 }
 
+/*
+ * Whether the Host header names this machine's loopback (or is absent: HTTP/1.0).
+ * Loopback trust needs it: a page of evil.example whose name was rebound to
+ * 127.0.0.1 reaches us from loopback with its own Host (DNS rebinding).
+ */
+static bool host_is_loopback(const struct http_request *req)
+{
+    const struct http_header *h = http_find_header(req, "Host");
+    if (!h)
+        return true;
+    const char *v = h->value;
+    size_t n = h->value_len;
+    if (n && v[0] == '[') { /* [IPv6]:port */
+        const char *end = memchr(v, ']', n);
+        return end && (size_t)(end - v) == 4 && memcmp(v, "[::1", 4) == 0;
+    }
+    const char *colon = memchr(v, ':', n);
+    if (colon)
+        n = (size_t)(colon - v);
+    char host[64];
+    if (n == 0 || n >= sizeof(host))
+        return false;
+    memcpy(host, v, n);
+    host[n] = '\0';
+    if (strcasecmp(host, "localhost") == 0 ||
+        (n > 10 && strcasecmp(host + n - 10, ".localhost") == 0))
+        return true;
+    struct in_addr a;
+    return inet_pton(AF_INET, host, &a) == 1 && (ntohl(a.s_addr) >> 24) == 127;
+}
+
 bool api_may_publish(const struct http_request *req, const struct conn *c)
 {
     const char *key = conn_cfg(c)->publish_key;
     if (!key[0])
-        return (c->flags & CF_LOOPBACK) != 0;
+        return (c->flags & CF_LOOPBACK) && host_is_loopback(req);
     const struct http_header *h = http_find_header(req, "Authorization");
     if (h && h->value_len > 7 && strncasecmp(h->value, "Bearer ", 7) == 0)
         return check_key(key, h->value + 7, h->value_len - 7);
@@ -105,6 +136,13 @@ static bool authorized(struct http_ctx *x)
 {
     if (api_may_publish(x->req, x->c))
         return true;
+    if (!conn_cfg(x->c)->publish_key[0] && (x->c->flags & CF_LOOPBACK)) {
+        http_error(x, 403, "host_not_allowed",
+                   "without --publish-key only loopback clients that address herald as "
+                   "localhost, 127.0.0.1 or [::1] may publish (a page whose name resolves to "
+                   "127.0.0.1 must not); set HERALD_PUBLISH_KEY to publish by another name");
+        return false;
+    }
     if (!conn_cfg(x->c)->publish_key[0]) {
         http_error(x, 403, "forbidden",
                    "no --publish-key is configured, so publishing is allowed from loopback only; "
@@ -211,11 +249,9 @@ int api_pub_from_json(json_t *obj, struct api_pub *p, const char **err)
 static void publish_error(struct http_ctx *x, int err, const char *detail, const char *channel,
                           size_t len)
 {
-    int status = transport_error_status(err);
     if (detail)
-        return http_error(x, status, transport_error_name(err), "%s", detail);
-    http_error(x, status, transport_error_name(err), "%s%s%.*s", hub_strerror(err),
-               channel ? ": " : "", channel ? (int)len : 0, channel ? channel : "");
+        return http_error(x, http_hub_status(err), hub_error_name(err), "%s", detail);
+    http_hub_error(x, err, channel, len);
 }
 
 static void reply_published(struct http_ctx *x, const struct publish_result *res)
@@ -343,7 +379,7 @@ static void batch_done(void *arg, int err, const struct publish_result *res)
     if (op->next)
         sbuf_add(&op->out, ",", 1);
     if (err) {
-        sbuf_printf(&op->out, "{\"error\":\"%s\",\"detail\":", transport_error_name(err));
+        sbuf_printf(&op->out, "{\"error\":\"%s\",\"detail\":", hub_error_name(err));
         const char *d = res->detail ? res->detail : hub_strerror(err);
         sbuf_add_json_str(&op->out, d, strlen(d));
         sbuf_add(&op->out, "}", 1);
@@ -683,9 +719,8 @@ static void handle_channel(struct http_ctx *x, const char *raw, size_t raw_len)
         op = chan_op_new(x, name, (size_t)n, CHAN_DELETE);
         hub_channel_delete_async(hub, w, name, (size_t)n, chan_done, op);
         return chan_op_started(op);
-    default: break;
+    default: break; /* the router allows GET, HEAD, PUT and DELETE only */
     }
-    NOT_ALLOWED(x, "GET, PUT, DELETE", "channels support GET, PUT and DELETE");
 }
 
 /* ---- stats, metrics, health -------------------------------------------------- */
@@ -816,68 +851,66 @@ static void handle_index(struct http_ctx *x)
     http_respond(x, 200, "application/json", NULL, body, sizeof(body) - 1);
 }
 
-static bool starts(const struct http_request *r, const char *p, size_t *rest)
+static void handle_health(struct http_ctx *x)
 {
-    size_t n = strlen(p);
-    if (r->path_len < n || memcmp(r->path, p, n) != 0)
-        return false;
-    *rest = n;
-    return true;
+    struct hub *hub = conn_hub(x->c);
+    if (atomic_load(&conn_server(x->c)->shutdown))
+        return RESPOND_LIT(x, 503, NULL, "{\"status\":\"draining\"}\n");
+    if (hub->be_ops && hub->be_ops->ready && !hub->be_ops->ready(hub->be))
+        return RESPOND_LIT(x, 503, NULL,
+                           "{\"status\":\"degraded\",\"detail\":\"Redis is unreachable: "
+                           "publishes are refused until it is back\"}\n");
+    RESPOND_LIT(x, 200, NULL, "{\"status\":\"ok\"}\n");
 }
 
-void api_handle(struct http_ctx *x)
+/* POST /pub/{channel}: the name is the rest of the path, percent-encoded. */
+static void handle_pub_path(struct http_ctx *x)
 {
-    const struct http_request *r = x->req;
-    enum http_method m = r->method_id;
-    bool get = m == HTTP_M_GET || m == HTTP_M_HEAD;
-    size_t off;
-    if (r->path_len == 8 && memcmp(r->path, "/healthz", 8) == 0) {
-        if (!get)
-            return NOT_ALLOWED(x, "GET", "use GET");
-        struct hub *hub = &conn_server(x->c)->hub;
-        if (atomic_load(&conn_server(x->c)->shutdown))
-            return RESPOND_LIT(x, 503, NULL, "{\"status\":\"draining\"}\n");
-        if (hub->be_ops && hub->be_ops->ready && !hub->be_ops->ready(hub->be))
-            return RESPOND_LIT(x, 503, NULL,
-                               "{\"status\":\"degraded\",\"detail\":\"Redis is unreachable: "
-                               "publishes are refused until it is back\"}\n");
-        return RESPOND_LIT(x, 200, NULL, "{\"status\":\"ok\"}\n");
-    }
-    bool is_stats = r->path_len == 6 && memcmp(r->path, "/stats", 6) == 0;
-    bool is_metrics = r->path_len == 8 && memcmp(r->path, "/metrics", 8) == 0;
-    bool is_index = (r->path_len == 1 && r->path[0] == '/') ||
-                    (r->path_len == 4 && memcmp(r->path, "/api", 4) == 0);
-    if (is_stats || is_metrics || is_index) {
-        if (!get)
-            return NOT_ALLOWED(x, "GET", "use GET");
-        return is_stats ? handle_stats(x) : is_metrics ? handle_metrics(x) : handle_index(x);
-    }
-    if (!authorized(x))
-        return;
-    if (starts(r, "/pub/", &off)) {
-        if (m != HTTP_M_POST)
-            return NOT_ALLOWED(x, "POST", "publish with POST");
-        char name[CHANNEL_NAME_MAX * 3];
-        long n = r->path_len - off <= sizeof(name)
-                     ? http_url_decode(name, r->path + off, r->path_len - off)
-                     : -1;
-        if (n < 0)
-            return http_error(x, 400, "bad_channel",
-                              "channel names are 1-128 bytes of letters, digits and _ . : @ / -");
-        return handle_pub(x, name, (size_t)n);
-    }
-    if (r->path_len == 12 && memcmp(r->path, "/api/publish", 12) == 0) {
-        if (m != HTTP_M_POST)
-            return NOT_ALLOWED(x, "POST", "publish with POST");
-        return handle_api_publish(x);
-    }
-    if (r->path_len == 13 && memcmp(r->path, "/api/channels", 13) == 0) {
-        if (!get)
-            return NOT_ALLOWED(x, "GET", "use GET");
-        return handle_channel_list(x);
-    }
-    if (starts(r, "/api/channels/", &off))
-        return handle_channel(x, r->path + off, r->path_len - off);
-    http_error(x, 404, "not_found", "no endpoint %.*s", (int)MIN(r->path_len, (size_t)200),
-               r->path);
+    char name[CHANNEL_NAME_MAX * 3];
+    long n = x->tail_len <= sizeof(name) ? http_url_decode(name, x->tail, x->tail_len) : -1;
+    if (n < 0)
+        return http_error(x, 400, "bad_channel",
+                          "channel names are 1-128 bytes of letters, digits and _ . : @ / -");
+    handle_pub(x, name, (size_t)n);
+}
+
+static void handle_channel_path(struct http_ctx *x)
+{
+    handle_channel(x, x->tail, x->tail_len);
+}
+
+static const struct http_route routes[] = {
+    {.path = "/healthz",
+     .methods = ROUTE_GET,
+     .flags = ROUTE_ANY_LISTENER,
+     .handle = handle_health},
+    {.path = "/", .methods = ROUTE_GET, .flags = ROUTE_API, .handle = handle_index},
+    {.path = "/api", .methods = ROUTE_GET, .flags = ROUTE_API, .handle = handle_index},
+    {.path = "/stats", .methods = ROUTE_GET, .flags = ROUTE_API, .handle = handle_stats},
+    {.path = "/metrics", .methods = ROUTE_GET, .flags = ROUTE_API, .handle = handle_metrics},
+    {.path = "/pub/",
+     .methods = ROUTE_POST,
+     .flags = ROUTE_API | ROUTE_PREFIX,
+     .guard = authorized,
+     .handle = handle_pub_path},
+    {.path = "/api/publish",
+     .methods = ROUTE_POST,
+     .flags = ROUTE_API,
+     .guard = authorized,
+     .handle = handle_api_publish},
+    {.path = "/api/channels",
+     .methods = ROUTE_GET,
+     .flags = ROUTE_API,
+     .guard = authorized,
+     .handle = handle_channel_list},
+    {.path = "/api/channels/",
+     .methods = ROUTE_GET | ROUTE_PUT | ROUTE_DELETE,
+     .flags = ROUTE_API | ROUTE_PREFIX,
+     .guard = authorized,
+     .handle = handle_channel_path},
+};
+
+void api_init(void)
+{
+    http_routes_add(routes, ARRAY_LEN(routes));
 }

@@ -33,10 +33,12 @@ struct herald_config {
     int max_connections; /* --max-connections, default 0 = as many as RLIMIT_NOFILE allows */
 
     /* auth */
-    char publish_key[256];   /* --publish-key; "" = loopback-only publishing */
-    char cors_origins[1024]; /* --cors-origins, comma list, default "*"; stored without blanks
-                                around commas; each item "*" or "scheme://host[:port]";
-                                "" = no cross-origin subscribers */
+    char publish_key[256];       /* --publish-key; "" = loopback-only publishing */
+    char cors_origins[1024];     /* --cors-origins, comma list, default "*"; stored without blanks
+                                    around commas; each item "*" or "scheme://host[:port]";
+                                    "" = no cross-origin subscribers */
+    char api_cors_origins[1024]; /* --api-cors-origins, comma list like cors_origins, default "":
+                                    browser pages of other origins may not use the API */
     bool ws_publish; /* --ws-publish, allow {"op":"publish"} over WebSocket; default false */
 
     /* connection lifetime, in milliseconds */
@@ -53,6 +55,8 @@ struct herald_config {
     uint32_t max_uri_bytes;         /* --max-uri-bytes, default 4 KiB */
     uint32_t max_body_bytes;        /* --max-body-bytes, default 1 MiB */
     uint32_t max_ws_message;        /* --max-ws-message, default 64 KiB */
+    uint32_t max_input_memory;      /* --max-input-memory, input buffered by all connections,
+                                       default 128 MiB */
     uint32_t max_outbound;          /* --max-outbound, slow-consumer cap, default 1 MiB */
     uint32_t max_channels_per_conn; /* --max-channels-per-conn, default 64 */
     uint32_t max_channels_per_ip;   /* --max-channels-per-ip, default 1000; 0 = no limit */

@@ -3,27 +3,38 @@
  * connection object, its outbound queue of shared buffers, and fan-out of hub
  * messages to a worker's own connections.
  *
+ * The server knows no protocol. A connection carries a table of handlers
+ * (struct conn_ops) set by the protocol module that owns it now, as nginx
+ * connections carry theirs: a listener hands new connections to the table it
+ * was given (HTTP), and HTTP hands an upgraded connection to WebSocket, SSE,
+ * long-poll or streaming. Each module keeps its per-connection state in
+ * conn->proto, storage the server does not interpret.
+ *
  * Memory per idle connection is the point of this file: a connection owns no
  * buffer while it is idle. Reads go to the worker's scratch buffer; only an
  * unfinished request or frame is copied into a buffer of the connection's own.
  * The outbound queue holds references to shared, already-framed bytes and is
  * released as soon as it drains.
+ *
+ * Threads: a connection is only ever touched by the worker that accepted it
+ * (conn_* functions assert that in debug builds). Other threads reach it
+ * through hub_post() on that worker.
  */
 #ifndef HERALD_SERVER_H
 #define HERALD_SERVER_H
 
+#include <assert.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
-#include <sys/uio.h>
 
 #include "core/config.h"
 #include "core/loop.h"
-#include "http/http_parser.h"
+#include "core/outq.h"
 #include "hub/hub.h"
-#include "transport/ws_frame.h"
 
+/* What a connection is, for counting (stats, metrics). */
 enum conn_kind {
     CONN_HTTP = 0, /* request/response (publish API, admin, and the handshake of the others) */
     CONN_WS,
@@ -41,46 +52,63 @@ enum conn_flag {
     CF_LOOPBACK = 1u << 4,      /* peer is 127.0.0.0/8 or ::1 */
     CF_API = 1u << 5,           /* accepted on a listener that serves the publish API */
     CF_PUBLIC = 1u << 6,        /* accepted on a listener that serves subscribers */
-    CF_DEFLATE = 1u << 7,       /* WS permessage-deflate negotiated */
-    CF_RAW = 1u << 8,           /* SSE format=raw */
-    CF_PING_OUT = 1u << 9,      /* WS ping sent, pong awaited */
-    CF_CLOSE_SENT = 1u << 10,   /* WS close frame queued */
-    CF_POLL_WAITING = 1u << 11, /* long-poll holding for messages */
-    CF_READ_PAUSED = 1u << 12,  /* stop parsing input until the current response is out */
-    CF_EOF = 1u << 13,          /* peer shut down its write side */
-    CF_KEEPALIVE = 1u << 14,    /* long-poll: the request allowed keep-alive */
-    CF_CORS = 1u << 15,         /* long-poll: answer with CORS headers */
-    CF_LINGER = 1u << 16,       /* our side is shut; discard input until EOF or close grace */
-    CF_RETRY = 1u << 17,        /* the request waits for the backend: keep it, re-run it later */
-    CF_PUBLISHER = 1u << 19,    /* WS: the upgrade carried publish credentials (--ws-publish) */
-    CF_ZOMBIE = 1u << 18,       /* closed while the backend holds it: freed on the last release */
-    CF_SEALED = 1u << 20,       /* the last bytes are queued (WS close frame): nothing may follow */
+    CF_READ_PAUSED = 1u << 7,   /* the protocol waits (backend, held poll): parse nothing */
+    CF_INPUT_WAIT = 1u << 8,    /* parsing stopped because the output is backed up */
+    CF_EOF = 1u << 9,           /* peer shut down its write side */
+    CF_LINGER = 1u << 10,       /* our side is shut; discard input until EOF or close grace */
+    CF_RETRY = 1u << 11,        /* the request waits for the backend: keep it, re-run it later */
+    CF_ZOMBIE = 1u << 12,       /* closed while the backend holds it: freed on the last release */
+    CF_SEALED = 1u << 13,       /* the last bytes are queued (a close frame): nothing may follow */
+    CF_PARSING = 1u << 14,      /* inside ops->on_read (debug check against re-entry) */
+    /* Bits from CF_PROTO_FIRST up belong to the protocol module that owns the connection
+     * (its flags are cleared when conn_set_ops hands the connection to another). */
+    CF_PROTO_FIRST = 1u << 20,
 };
+#define CF_PROTO_MASK (~(CF_PROTO_FIRST - 1u))
 
-/* One element of the outbound queue: bytes borrowed from a refcounted owner. */
-struct out_item {
-    struct ref *owner; /* NULL for static bytes */
-    const char *data;
-    uint32_t len;
-};
+/* Bytes of per-connection protocol state (struct http_state, ws_state, poll_state...). */
+#define CONN_PROTO_BYTES 64
+/* Parsing stops while this much output waits to be written, and resumes below half. */
+#define CONN_OUT_PAUSE_BYTES (64u * 1024u)
 
-struct http_state {
-    uint32_t head_len; /* 0 until the head is parsed */
-    uint32_t body_end; /* chunked: end of decoded body bytes */
-    uint32_t raw_off;  /* chunked: start of undecoded input */
-    bool started;      /* first bytes of this request seen: its timeout is running */
-    bool sent_continue;
-    struct http_chunked chunked;
-};
+struct conn;
+struct ctl_frames;
 
-struct ws_state {
-    uint8_t frag_opcode; /* opcode of the message being reassembled, 0 if none */
-    bool frag_compressed;
-    struct ws_utf8 utf8;
-    char *msg; /* reassembly buffer for fragmented/partial messages */
-    uint32_t msg_len;
-    char *pending; /* an op waiting for the backend, re-run by ws_resume */
-    uint32_t pending_len;
+/*
+ * A protocol's handlers for the connections it owns. Called on the owning worker's
+ * thread, never for a connection already closing (CF_CLOSING). NULL entries
+ * mean "nothing to do" unless said otherwise.
+ */
+struct conn_ops {
+    enum conn_kind kind;
+    /* A listener accepted the connection (the server's accept_ops only). */
+    void (*on_open)(struct conn *c);
+    /* Consumes what it can of buf[0..len) (writable): returns the bytes used (the
+     * rest is kept and offered again with more) or -1 to close at once. Loops over
+     * several requests or frames check conn_may_parse() before each one. NULL:
+     * input is read and dropped (the client has nothing to say). */
+    long (*on_read)(struct conn *c, char *buf, size_t len);
+    /* The connection's timer (conn_timer_start) fired. */
+    void (*on_timer)(struct conn *c);
+    /* The lifetime drawn by conn_start_lifetime is over. */
+    void (*on_lifetime)(struct conn *c);
+    /* The server drains (SIGTERM): finish or tell the client to go elsewhere. NULL: close. */
+    void (*on_shutdown)(struct conn *c);
+    /* A delivery would pass --max-outbound (slow consumer). NULL: close. */
+    void (*on_slow)(struct conn *c);
+    /* Input buffers of all connections reached --max-input-memory: refuse. NULL: close. */
+    void (*on_busy)(struct conn *c);
+    /* The request parked with conn_park() may run again. NULL: conn_resume_input(). */
+    void (*on_resume)(struct conn *c);
+    /* Before the connection's end-of-pass flush (a long-poll builds its answer). */
+    void (*before_flush)(struct conn *c);
+    /* A hub message or control event for a subscriber. */
+    void (*deliver)(struct conn *c, struct msg *m);
+    void (*deliver_ctl)(struct conn *c, struct ctl_frames *f);
+    /* A channel the connection held was deleted (its subscription is gone already). */
+    void (*on_channel_closed)(struct conn *c, struct channel *ch);
+    /* The connection is being freed: release protocol state. */
+    void (*on_free)(struct conn *c);
 };
 
 struct worker;
@@ -88,32 +116,30 @@ struct worker;
 struct conn {
     struct io io;
     struct worker *w;
-    uint8_t kind;
+    const struct conn_ops *ops;
     uint16_t holds; /* backend operations in flight that will come back to this connection */
     uint32_t flags;
     char *in; /* unconsumed input, NULL when none */
     uint32_t in_len, in_cap;
-    struct out_item *q; /* ring, NULL when empty */
-    uint16_t q_head, q_len, q_cap;
-    uint16_t q_mark; /* long-poll: items before this are earlier responses, not messages */
-    uint32_t q_off;  /* bytes of the head item already written */
-    uint32_t out_bytes;
+    uint32_t in_charged;   /* bytes of `in` counted against --max-input-memory */
     uint32_t replay_slack; /* history replay may pass max-outbound by this much until drained */
-    struct timer timer;    /* header timeout / heartbeat / poll timeout / pong grace */
-    struct timer life;     /* maximum lifetime (reconnect dither) */
-    struct list link;      /* worker's dirty or closing list */
-    struct list all;       /* worker's connection list */
-    struct list subs;      /* struct sub.conn_link */
-    uint64_t live_seq;     /* highest seq delivered live (long-poll cursor) */
-    uint64_t cursor;       /* long-poll: cursor to answer when nothing arrives */
+    struct outq out;
+    struct timer timer; /* header timeout / heartbeat / poll timeout / pong grace */
+    struct timer life;  /* maximum lifetime (reconnect dither) */
+    struct list link;   /* worker's dirty or closing list */
+    struct list all;    /* worker's connection list */
+    struct list subs;   /* struct sub.conn_link */
     union {
-        struct http_state http;
-        struct ws_state ws;
-        struct {
-            char *origin; /* echoed Access-Control-Allow-Origin, NULL for "*" */
-        } poll;
-    } u;
+        uint64_t align;
+        void *ptr;
+        unsigned char bytes[CONN_PROTO_BYTES];
+    } proto; /* the owning protocol's state; zeroed by conn_set_ops */
 };
+
+/* The owning protocol's state, as its own type: CONN_PROTO(c, struct ws_state). */
+#define CONN_PROTO(c, type) ((type *)(void *)(c)->proto.bytes)
+#define CONN_PROTO_FITS(type)                                                                      \
+    _Static_assert(sizeof(type) <= CONN_PROTO_BYTES, #type " does not fit in conn->proto")
 
 struct worker_counters {
     atomic_uint_fast64_t conns[CONN_KINDS];
@@ -140,8 +166,6 @@ struct worker {
     struct list conns;
     char *scratch;
     size_t scratch_size;
-    struct ws_deflater *deflater;
-    struct ws_inflater *inflater;
     struct timer tick;         /* once a second: channel sweep (worker 0), shutdown progress */
     struct timer accept_retry; /* accepting stopped at EMFILE: try again */
     bool accept_paused;
@@ -158,10 +182,12 @@ struct server {
     int nworkers;
     atomic_bool shutdown;
     uint64_t started_ms;
+    /* The handlers of a newly accepted connection (HTTP). Set before server_start. */
+    const struct conn_ops *accept_ops;
     /* Called once every listener is bound and before any connection is accepted. */
     void (*on_listening)(struct server *srv);
-    struct ctl_frames *ctl_reconnect_shutdown;
-    struct ctl_frames *ctl_reconnect_lifetime;
+    atomic_uint_fast64_t input_bytes; /* input buffers charged to --max-input-memory */
+    atomic_uint_fast64_t conns_open;  /* all workers' connections (--max-connections) */
 };
 
 /* Creates the workers and their listeners. Returns 0, or -errno after logging why. */
@@ -178,25 +204,52 @@ void server_join(struct server *srv);
  * it, which runs what was posted to them after they stopped). */
 void server_free(struct server *srv);
 
-/* ---- connection API used by http, transports and the api ---------------- */
+/* ---- connection API used by the protocol modules ----------------------------- */
 
-/* Queues bytes owned by `owner` (a reference is taken) or static bytes (owner NULL). */
+/* Hands the connection to another protocol: counts it under ops->kind, clears the
+ * protocol's flags and zeroes conn->proto. The old owner must have released its state. */
+void conn_set_ops(struct conn *c, const struct conn_ops *ops);
+
+/*
+ * Queues an answer to the connection's own input: bytes owned by `owner` (a
+ * reference is taken) or static bytes (owner NULL). Answers are not capped one by
+ * one: input is not parsed while CONN_OUT_PAUSE_BYTES wait (conn_may_parse), so at
+ * most one answer queues up behind that. Nothing is queued once the connection is
+ * sealed or closing.
+ */
 void conn_send(struct conn *c, struct ref *owner, const char *data, uint32_t len);
-/* Queues a copy of data (for small per-connection replies). */
+/* Queues a private copy of data. */
 void conn_send_copy(struct conn *c, const void *data, size_t len);
+/*
+ * Queues a delivery (a message or control event the client did not ask for just
+ * now): when it would pass --max-outbound behind unsent bytes, ops->on_slow runs
+ * instead (the slow consumer is cut) and false is returned. A connection whose
+ * queue is empty accepts one delivery of any size.
+ */
+bool conn_deliver_bytes(struct conn *c, struct ref *owner, const char *data, uint32_t len);
+/* Runs ops->before_flush and the flush at the end of this loop pass, even when
+ * nothing is queued yet (a long-poll that collected messages). */
+void conn_want_flush(struct conn *c);
 /* Marks the connection for closing at the end of this loop pass. */
 void conn_close(struct conn *c);
 /* Closes once everything queued has been written (bounded by close grace). */
 void conn_close_after_write(struct conn *c);
+/* Nothing may be queued after what is queued now (a WebSocket close frame). */
+void conn_seal(struct conn *c);
 /* Drops every queued item not yet partly written (slow consumer cut-off). */
 void conn_drop_queue(struct conn *c);
-/* Drops queued items from index `keep` on (long-poll: the messages after q_mark). */
-void conn_drop_queue_from(struct conn *c, uint16_t keep);
-void conn_set_kind(struct conn *c, enum conn_kind kind);
+
+/*
+ * Whether the protocol may parse (and answer) more input now: not while the
+ * connection is closing or paused (CF_READ_PAUSED), nor while its output is
+ * backed up (then parsing resumes by itself once the client reads).
+ */
+bool conn_may_parse(struct conn *c);
 /* Frees the input buffer when nothing is buffered. */
 void conn_trim_input(struct conn *c);
-/* Runs the connection's input handler over input kept while it was busy (pipelining). */
-void conn_process_pending(struct conn *c);
+/* Runs the input handler over kept input, then reads the socket again (pipelining,
+ * after a pause). */
+void conn_resume_input(struct conn *c);
 
 /*
  * Keeps the connection struct alive for an asynchronous backend operation
@@ -207,27 +260,39 @@ void conn_process_pending(struct conn *c);
  */
 void conn_hold(struct conn *c);
 bool conn_release(struct conn *c);
-/* Parks a request until the backend is ready (channels syncing): the request
- * is left unconsumed and re-run by conn_resume(). */
-void conn_park_retry(struct conn *c);
-/* Un-parks: re-runs kept input (on the connection's worker thread). */
-void conn_resume(struct conn *c);
+/* Parks a request until the backend is ready (channels syncing): the request is
+ * left unconsumed and the hub's on_synced wake-up runs ops->on_resume. Takes a hold. */
+void conn_park(struct conn *c);
 
-/* Delivers one hub message to a subscriber connection (framed for its transport). */
-void conn_deliver(struct conn *c, struct msg *m);
 /* Brackets a history replay: the slow-consumer cap applies to live messages
  * only, so a client can always resume from a history larger than the cap. */
 void conn_replay_begin(struct conn *c);
 void conn_replay_end(struct conn *c);
-/* Delivers a control event (gap, reconnect, closed, error) to a subscriber. */
-void conn_deliver_ctl(struct conn *c, struct ctl_frames *f);
 /* Starts the lifetime timer (uniform in [lifetime_min, lifetime_max]). */
 void conn_start_lifetime(struct conn *c);
+void conn_timer_start(struct conn *c, uint64_t after_ms);
+void conn_timer_stop(struct conn *c);
 
-static inline struct server *conn_server(const struct conn *c);
-static inline const struct herald_config *conn_cfg(const struct conn *c);
+/* Internal to src/core (conn.c and server.c). */
+void conn__mark_dirty(struct conn *c);
+void conn__flush_dirty(struct conn *c);
+void conn__on_writable(struct conn *c);
+void conn__read(struct conn *c);
+void conn__resume_parked(struct conn *c);
+void conn__timer_cb(struct loop *loop, struct timer *t);
+void conn__life_cb(struct loop *loop, struct timer *t);
+void conn__free(struct conn *c);
+/* The worker whose thread this is (NULL on other threads). */
+extern _Thread_local struct worker *worker__current;
 
-struct worker *worker_of(struct conn *c);
+#ifndef NDEBUG
+/* The calling thread is the connection's worker (debug builds). */
+bool conn_on_own_worker(const struct conn *c);
+#define CONN_ASSERT_OWNER(c) assert(conn_on_own_worker(c))
+#else
+#define CONN_ASSERT_OWNER(c) ((void)0)
+#endif
+
 static inline struct server *conn_server(const struct conn *c)
 {
     return c->w->srv;
@@ -235,6 +300,14 @@ static inline struct server *conn_server(const struct conn *c)
 static inline const struct herald_config *conn_cfg(const struct conn *c)
 {
     return &c->w->srv->cfg;
+}
+static inline int conn_worker_id(const struct conn *c)
+{
+    return c->w->id;
+}
+static inline struct hub *conn_hub(const struct conn *c)
+{
+    return &c->w->srv->hub;
 }
 
 #endif

@@ -4,16 +4,28 @@
  * Input is handled in place: the head is re-parsed from the start of the
  * request each time bytes arrive (cheap: heads are small), a Content-Length
  * body is awaited whole, and a chunked body is decoded in place behind the
- * head. Requests are answered in order, so pipelining needs nothing special.
+ * head. The request's route is checked as soon as its head is complete, so a
+ * request that will be refused (no credentials, wrong origin, wrong method) is
+ * answered before its body is read. Requests are answered in order; a
+ * pipelined request is not parsed while earlier answers wait to be written
+ * (conn_may_parse), so a client that does not read makes us hold little.
  */
 #include "http/http_conn.h"
 
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <strings.h>
 
 #include "core/log.h"
-#include "transport/transport.h"
+#include "http/router.h"
+
+CONN_PROTO_FITS(struct http_state);
+
+static inline struct http_state *hstate(struct conn *c)
+{
+    return CONN_PROTO(c, struct http_state);
+}
 
 const char *http_reason(int status)
 {
@@ -46,26 +58,6 @@ const char *http_reason(int status)
     return "Unknown";
 }
 
-bool http_origin_allowed(const struct herald_config *cfg, const char *origin, size_t len)
-{
-    const char *p = cfg->cors_origins;
-    while (*p) {
-        while (*p == ' ' || *p == ',')
-            p++;
-        const char *e = p;
-        while (*e && *e != ',')
-            e++;
-        const char *t = e;
-        while (t > p && t[-1] == ' ')
-            t--;
-        if ((t - p == 1 && *p == '*') ||
-            ((size_t)(t - p) == len && strncasecmp(p, origin, len) == 0))
-            return true;
-        p = e;
-    }
-    return false;
-}
-
 void http_head(struct http_ctx *x, struct sbuf *b, int status, const char *content_type)
 {
     sbuf_printf(b, "HTTP/1.1 %d %s\r\nServer: herald\r\n", status, http_reason(status));
@@ -85,10 +77,7 @@ void http_respond(struct http_ctx *x, int status, const char *content_type, cons
                   const char *body, size_t body_len)
 {
     struct conn *c = x->c;
-    /* Framing errors are answered without a request (x->req NULL): we cannot
-     * tell where the next request would start, so the connection closes. */
-    bool keep = x->req && x->req->keep_alive && !(c->flags & (CF_EOF | CF_CLOSE_AFTER)) &&
-                !atomic_load(&conn_server(c)->shutdown);
+    bool keep = http_keep_alive(x);
     struct sbuf b = {0};
     http_head(x, &b, status, content_type);
     if (headers)
@@ -122,6 +111,33 @@ void http_error(struct http_ctx *x, int status, const char *error, const char *d
     sbuf_free(&b);
 }
 
+int http_hub_status(int err)
+{
+    switch (err) {
+    case HUB_ERR_NOT_FOUND: return 404;
+    case HUB_ERR_TOO_MANY_FOR_ADDR: return 429;
+    case HUB_ERR_TOO_MANY:
+    case HUB_ERR_TOO_MANY_EPHEMERAL:
+    case HUB_ERR_BACKEND: return 503;
+    }
+    return 400;
+}
+
+void http_hub_error(struct http_ctx *x, int err, const char *name, size_t name_len)
+{
+    http_error(x, http_hub_status(err), hub_error_name(err), "%s%s%.*s", hub_strerror(err),
+               name ? ": " : "", name ? (int)MIN(name_len, (size_t)CHANNEL_NAME_MAX) : 0,
+               name ? name : "");
+}
+
+bool http_keep_alive(const struct http_ctx *x)
+{
+    /* Framing errors are answered without a request (x->req NULL): we cannot tell
+     * where the next request would start, so the connection closes. */
+    return x->req && x->req->keep_alive && !(x->c->flags & (CF_EOF | CF_CLOSE_AFTER)) &&
+           !atomic_load(&conn_server(x->c)->shutdown);
+}
+
 static void parse_error(struct conn *c, int err, const struct herald_config *cfg)
 {
     struct http_ctx x = {.c = c};
@@ -153,108 +169,22 @@ static void parse_error(struct conn *c, int err, const struct herald_config *cfg
     conn_close_after_write(c);
 }
 
-static bool path_is(const struct http_request *r, const char *p)
-{
-    size_t n = strlen(p);
-    return r->path_len == n && memcmp(r->path, p, n) == 0;
-}
-
-static bool path_has_prefix(const struct http_request *r, const char *p)
-{
-    size_t n = strlen(p);
-    return r->path_len >= n && memcmp(r->path, p, n) == 0;
-}
-
-static void method_not_allowed(struct http_ctx *x, const char *allow)
-{
-    char hdr[96];
-    snprintf(hdr, sizeof(hdr), "Allow: %s\r\n", allow);
-    struct sbuf b = {0};
-    sbuf_printf(&b, "{\"error\":\"method_not_allowed\",\"detail\":\"%.*s supports %s\"}\n",
-                (int)MIN(x->req->path_len, (size_t)200), x->req->path, allow);
-    http_respond(x, 405, "application/json", hdr, b.data, b.len);
-    sbuf_free(&b);
-}
-
-static void preflight(struct http_ctx *x)
-{
-    http_respond(x, 204, NULL,
-                 "Access-Control-Allow-Methods: GET, POST, PUT, DELETE, OPTIONS\r\n"
-                 "Access-Control-Allow-Headers: Authorization, Content-Type, Last-Event-ID, "
-                 "Herald-Event\r\n"
-                 "Access-Control-Max-Age: 86400\r\n",
-                 "", 0);
-}
-
-static void route(struct http_ctx *x)
-{
-    const struct http_request *r = x->req;
-    struct conn *c = x->c;
-    enum http_method m = r->method_id;
-    static const struct {
-        const char *path;
-        void (*fn)(struct http_ctx *);
-    } subs[] = {
-        {"/ws", ws_handle_upgrade},
-        {"/sse", sse_handle},
-        {"/poll", longpoll_handle},
-        {"/stream", stream_handle},
-    };
-    for (size_t i = 0; i < ARRAY_LEN(subs); i++) {
-        if (!path_is(r, subs[i].path))
-            continue;
-        if (m == HTTP_M_OPTIONS)
-            return preflight(x);
-        if (m != HTTP_M_GET)
-            return method_not_allowed(x, "GET, OPTIONS");
-        if (!(c->flags & CF_PUBLIC))
-            return http_error(x, 404, "not_found",
-                              "subscribers connect to the public listener, not the API one");
-        return subs[i].fn(x);
-    }
-    if (m == HTTP_M_OPTIONS)
-        return preflight(x);
-    bool api = path_has_prefix(r, "/pub/") || path_has_prefix(r, "/api/") || path_is(r, "/api") ||
-               path_is(r, "/stats") || path_is(r, "/metrics") || path_is(r, "/healthz") ||
-               path_is(r, "/");
-    if (api) {
-        if (!(c->flags & CF_API) && !path_is(r, "/healthz"))
-            return http_error(x, 404, "not_found",
-                              "the publish and admin API is served on the --api-listen address");
-        return api_handle(x);
-    }
-    http_error(x, 404, "not_found",
-               "no endpoint %.*s; see /api for the list (subscribe: /ws /sse /poll /stream; "
-               "publish: POST /pub/{channel})",
-               (int)MIN(r->path_len, (size_t)200), r->path);
-}
-
-static void dispatch(struct conn *c, const struct http_request *req, char *body, size_t body_len)
+static void dispatch(struct conn *c, const struct http_request *req, const struct http_route *route,
+                     char *body, size_t body_len)
 {
     atomic_fetch_add_explicit(&c->w->ctr.requests, 1, memory_order_relaxed);
     struct http_ctx x = {.c = c, .req = req, .body = body, .body_len = body_len};
-    const struct http_header *o = http_find_header(req, "Origin");
-    if (o && http_origin_allowed(conn_cfg(c), o->value, o->value_len)) {
-        x.cors = true;
-        bool star = strcmp(conn_cfg(c)->cors_origins, "*") == 0;
-        if (!star) {
-            x.origin = o->value;
-            x.origin_len = o->value_len;
-        }
-    } else if (!o) {
-        /* No Origin: not a cross-origin browser request. Say "*" only when that is the policy. */
-        x.cors = strcmp(conn_cfg(c)->cors_origins, "*") == 0;
-    }
-    route(&x);
+    http_route_prepare(&x, route);
+    route->handle(&x);
 }
 
 static void on_request_done(struct conn *c)
 {
-    if (c->kind != CONN_HTTP)
-        return; /* upgraded: the union now belongs to the transport */
-    memset(&c->u.http, 0, sizeof(c->u.http));
+    if (c->ops != &http_conn_ops)
+        return; /* handed to another protocol: conn->proto is its state now */
+    memset(hstate(c), 0, sizeof(struct http_state));
     if (!(c->flags & CF_CLOSE_AFTER))
-        timer_start(&c->w->loop, &c->timer, HTTP_KEEPALIVE_IDLE_MS);
+        conn_timer_start(c, HTTP_KEEPALIVE_IDLE_MS);
 }
 
 /*
@@ -266,7 +196,7 @@ static void on_request_done(struct conn *c)
 static long read_body(struct conn *c, const struct http_request *req, char *p, size_t n,
                       char **body, size_t *body_len, size_t *keep_from)
 {
-    struct http_state *hs = &c->u.http;
+    struct http_state *hs = hstate(c);
     const struct herald_config *cfg = conn_cfg(c);
     struct http_ctx x = {.c = c}; /* framing errors close the connection */
     if (req->chunked) {
@@ -304,8 +234,14 @@ static long read_body(struct conn *c, const struct http_request *req, char *p, s
     return (long)(hs->head_len + cl);
 }
 
-/* Checks framing limits once the head is known. Returns false after answering an error. */
-static bool check_head(struct conn *c, const struct http_request *req, size_t have)
+static bool has_body(const struct http_request *req)
+{
+    return req->chunked || req->content_length > 0;
+}
+
+/* Checks framing limits once the head is known. Returns false after answering an error
+ * (the connection then closes: where the next request starts is unknown). */
+static bool check_framing(struct conn *c, const struct http_request *req)
 {
     const struct herald_config *cfg = conn_cfg(c);
     struct http_ctx x = {.c = c}; /* framing errors close the connection */
@@ -321,7 +257,6 @@ static bool check_head(struct conn *c, const struct http_request *req, size_t ha
     if (req->method_id == HTTP_M_POST && req->content_length < 0 && !req->chunked) {
         http_error(&x, 411, "length_required",
                    "POST needs a Content-Length or 'Transfer-Encoding: chunked'");
-        conn_close_after_write(c);
         return false;
     }
     if (req->content_length > (int64_t)cfg->max_body_bytes) {
@@ -330,31 +265,50 @@ static bool check_head(struct conn *c, const struct http_request *req, size_t ha
                    (long long)req->content_length, cfg->max_body_bytes);
         return false;
     }
-    bool has_body = req->chunked || req->content_length > 0;
-    if (req->expect_continue && has_body && !c->u.http.sent_continue &&
-        have < c->u.http.head_len + (size_t)MAX(req->content_length, 0) + (req->chunked ? 1 : 0)) {
-        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-        conn_send(c, NULL, cont, sizeof(cont) - 1);
-        c->u.http.sent_continue = true;
-    }
     return true;
 }
 
-long http_on_read(struct conn *c, char *buf, size_t len)
+/*
+ * Everything decided on a complete head: framing, then the route's checks (an
+ * answer now means the body is never read). Returns the route, or NULL when the
+ * request was answered; *close tells whether the connection must then end.
+ */
+static const struct http_route *check_head(struct conn *c, const struct http_request *req,
+                                           size_t have, bool *close)
+{
+    *close = true;
+    if (!check_framing(c, req))
+        return NULL;
+    struct http_ctx x = {.c = c, .req = req};
+    const struct http_route *route = http_route_check(&x);
+    if (!route) {
+        *close = has_body(req); /* its body is not read: the next request's start is unknown */
+        return NULL;
+    }
+    struct http_state *hs = hstate(c);
+    if (req->expect_continue && has_body(req) && !hs->sent_continue &&
+        have < hs->head_len + (size_t)MAX(req->content_length, 0) + (req->chunked ? 1 : 0)) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        conn_send(c, NULL, cont, sizeof(cont) - 1);
+        hs->sent_continue = true;
+    }
+    return route;
+}
+
+static long http_on_read(struct conn *c, char *buf, size_t len)
 {
     const struct herald_config *cfg = conn_cfg(c);
     const struct http_limits limits = {cfg->max_header_bytes, cfg->max_uri_bytes};
     size_t off = 0;
-    while (off < len && c->kind == CONN_HTTP &&
-           !(c->flags & (CF_CLOSING | CF_CLOSE_AFTER | CF_READ_PAUSED))) {
+    while (off < len && c->ops == &http_conn_ops && conn_may_parse(c)) {
         char *p = buf + off;
         size_t n = len - off;
-        struct http_state *hs = &c->u.http;
+        struct http_state *hs = hstate(c);
         struct http_request req;
         if (!hs->started) {
             /* One deadline per request: trickling bytes does not extend it. */
             hs->started = true;
-            timer_start(&c->w->loop, &c->timer, cfg->header_timeout_ms);
+            conn_timer_start(c, cfg->header_timeout_ms);
         }
         int r = http_parse_request(p, n, 0, &req, &limits);
         if (r == HTTP_INCOMPLETE)
@@ -363,10 +317,20 @@ long http_on_read(struct conn *c, char *buf, size_t len)
             parse_error(c, r, cfg);
             return (long)len;
         }
-        bool first = hs->head_len == 0;
-        hs->head_len = (uint32_t)r;
-        if (first && !check_head(c, &req, n))
-            return (long)len;
+        if (hs->head_len == 0) {
+            hs->head_len = (uint32_t)r;
+            bool close;
+            hs->route = check_head(c, &req, n, &close);
+            if (!hs->route) {
+                if (close) {
+                    conn_close_after_write(c);
+                    return (long)len;
+                }
+                off += (size_t)r;
+                on_request_done(c);
+                continue;
+            }
+        }
         char *body = NULL;
         size_t body_len = 0, keep_from = 0;
         long total = read_body(c, &req, p, n, &body, &body_len, &keep_from);
@@ -378,22 +342,75 @@ long http_on_read(struct conn *c, char *buf, size_t len)
             off += keep_from;
             break;
         }
-        timer_stop(&c->w->loop, &c->timer);
-        dispatch(c, &req, body, body_len);
+        conn_timer_stop(c);
+        dispatch(c, &req, hs->route, body, body_len);
         if (c->flags & CF_RETRY) {
             /* Waiting for the backend: keep this request to re-run it as it is. */
-            memset(&c->u.http, 0, sizeof(c->u.http));
+            memset(hs, 0, sizeof(*hs));
             break;
         }
         off += (size_t)total;
         on_request_done(c);
-        if (c->kind == CONN_WS && off < len) {
-            /* Frames sent right behind the handshake. */
-            long used = ws_on_read(c, buf + off, len - off);
+        if (c->ops != &http_conn_ops && off < len && !(c->flags & CF_READ_PAUSED)) {
+            /* Bytes right behind a handshake belong to the new protocol (WebSocket frames). */
+            if (!c->ops->on_read)
+                return (long)len;
+            long used = c->ops->on_read(c, buf + off, len - off);
             return used < 0 ? used : (long)off + used;
         }
     }
     return (long)off;
+}
+
+static void http_on_open(struct conn *c)
+{
+    conn_timer_start(c, conn_cfg(c)->header_timeout_ms);
+}
+
+static void http_on_timer(struct conn *c)
+{
+    if (hstate(c)->started) {
+        struct http_ctx x = {.c = c};
+        http_error(&x, 408, "request_timeout",
+                   "the request was not received completely within %u ms (--header-timeout)",
+                   conn_cfg(c)->header_timeout_ms);
+        conn_close_after_write(c);
+    } else {
+        conn_close(c); /* idle keep-alive connection */
+    }
+}
+
+static void http_on_shutdown(struct conn *c)
+{
+    if (!hstate(c)->started && outq_empty(&c->out) && !(c->flags & CF_READ_PAUSED))
+        conn_close(c); /* idle: nothing to finish */
+    /* An in-flight request is answered with Connection: close. */
+}
+
+static void http_on_busy(struct conn *c)
+{
+    struct http_ctx x = {.c = c};
+    http_error(&x, 503, "server_busy",
+               "the server holds its maximum of buffered input (--max-input-memory); retry "
+               "shortly");
+    conn_close_after_write(c);
+}
+
+const struct conn_ops http_conn_ops = {
+    .kind = CONN_HTTP,
+    .on_open = http_on_open,
+    .on_read = http_on_read,
+    .on_timer = http_on_timer,
+    .on_shutdown = http_on_shutdown,
+    .on_busy = http_on_busy,
+};
+
+void http_resume_requests(struct conn *c)
+{
+    assert(c->ops == &http_conn_ops);
+    if (!(c->flags & CF_CLOSE_AFTER))
+        conn_timer_start(c, HTTP_KEEPALIVE_IDLE_MS);
+    conn_resume_input(c);
 }
 
 /* ---- asynchronous answers ---------------------------------------------------- */
@@ -420,7 +437,7 @@ void http_async_started(struct http_async *a)
     a->origin = x->origin ? xstrndup(x->origin, x->origin_len) : NULL;
     conn_hold(a->c);
     a->c->flags |= CF_READ_PAUSED;
-    timer_stop(&a->c->w->loop, &a->c->timer);
+    conn_timer_stop(a->c);
 }
 
 struct http_ctx *http_async_ctx(struct http_async *a)
@@ -450,9 +467,7 @@ bool http_async_finish(struct http_async *a)
     free(a->origin);
     if (a->c) {
         a->c->flags &= ~(uint32_t)CF_READ_PAUSED;
-        if (!(a->c->flags & CF_CLOSE_AFTER))
-            timer_start(&a->c->w->loop, &a->c->timer, HTTP_KEEPALIVE_IDLE_MS);
-        conn_process_pending(a->c);
+        http_resume_requests(a->c);
     }
     return true;
 }

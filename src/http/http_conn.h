@@ -1,7 +1,12 @@
 /*
  * http_conn: HTTP/1.1 on a connection: request framing (Content-Length,
- * chunked, 100-continue, pipelining), limits with clear JSON errors, routing
- * to the API and the subscriber transports, and response helpers.
+ * chunked, 100-continue, pipelining), limits with clear JSON errors, handing
+ * each request to its route (router.h), and response helpers.
+ *
+ * Every connection starts as HTTP (http_conn_ops is the server's accept_ops).
+ * A route may hand the connection to another protocol (WebSocket, SSE,
+ * long-poll, streaming) with conn_set_ops; a long-poll hands it back with
+ * http_resume_requests when it is answered.
  */
 #ifndef HERALD_HTTP_CONN_H
 #define HERALD_HTTP_CONN_H
@@ -14,16 +19,34 @@
 
 #define HTTP_KEEPALIVE_IDLE_MS 75000
 
+struct http_route;
+
+/* Per-connection state while the connection speaks HTTP (conn->proto). */
+struct http_state {
+    uint32_t head_len; /* 0 until the head is parsed */
+    uint32_t body_end; /* chunked: end of decoded body bytes */
+    uint32_t raw_off;  /* chunked: start of undecoded input */
+    bool started;      /* first bytes of this request seen: its timeout is running */
+    bool sent_continue;
+    const struct http_route *route; /* set once the head passed its route's checks */
+    struct http_chunked chunked;
+};
+
 /* Everything a handler needs about the request being answered. */
 struct http_ctx {
     struct conn *c;
     const struct http_request *req;
+    const struct http_route *route;
+    const char *tail; /* ROUTE_PREFIX routes: the path after the prefix */
+    size_t tail_len;
     char *body; /* writable, not NUL-terminated */
     size_t body_len;
-    bool cors; /* the request came from an allowed Origin (or * allows all) */
+    bool cors; /* answer with Access-Control-Allow-Origin (origin, or "*" when NULL) */
     const char *origin;
     size_t origin_len;
 };
+
+extern const struct conn_ops http_conn_ops;
 
 /*
  * Queues a complete response. `headers` are extra header lines, each ending in
@@ -34,11 +57,26 @@ void http_respond(struct http_ctx *x, int status, const char *content_type, cons
 /* Queues a JSON error {"error": error, "detail": detail}. */
 void http_error(struct http_ctx *x, int status, const char *error, const char *detail_fmt, ...)
     __attribute__((format(printf, 4, 5)));
+/*
+ * Answers a hub error (enum hub_error) with its HTTP status, its name and its
+ * explanation, naming the channel at fault when there is one (name may be NULL).
+ * The one place where hub errors become HTTP answers.
+ */
+void http_hub_error(struct http_ctx *x, int err, const char *name, size_t name_len);
+/* The HTTP status of a hub error. */
+int http_hub_status(int err);
 /* Response status line and the common headers (CORS included), without the blank line. */
 void http_head(struct http_ctx *x, struct sbuf *b, int status, const char *content_type);
+/* Whether a Content-Length response is kept alive (decided by http_respond). */
+bool http_keep_alive(const struct http_ctx *x);
 const char *http_reason(int status);
-/* Whether Origin is allowed by --cors-origins. */
-bool http_origin_allowed(const struct herald_config *cfg, const char *origin, size_t len);
+
+/*
+ * The connection, handed back to HTTP after a long-poll was answered: the
+ * keep-alive timer runs again and pipelined requests are read (on the next
+ * flush or read, never from inside an input handler).
+ */
+void http_resume_requests(struct conn *c);
 
 /*
  * Answering after an asynchronous backend call (cluster mode). Embed a struct
@@ -64,12 +102,5 @@ struct http_ctx *http_async_ctx(struct http_async *a);
 /* Returns true when the caller must free its context now (otherwise the
  * inline handler still owns it and frees it after http_async_started). */
 bool http_async_finish(struct http_async *a);
-
-/* Route handlers (api/api.c and the transport sources). */
-void api_handle(struct http_ctx *x);
-void ws_handle_upgrade(struct http_ctx *x);
-void sse_handle(struct http_ctx *x);
-void stream_handle(struct http_ctx *x);
-void longpoll_handle(struct http_ctx *x);
 
 #endif

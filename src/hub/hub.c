@@ -38,6 +38,21 @@ const char *hub_strerror(int err)
     return "unknown error";
 }
 
+const char *hub_error_name(int err)
+{
+    switch (err) {
+    case HUB_ERR_NAME: return "bad_channel";
+    case HUB_ERR_NOT_FOUND: return "channel_not_found";
+    case HUB_ERR_TOO_MANY:
+    case HUB_ERR_TOO_MANY_EPHEMERAL: return "too_many_channels";
+    case HUB_ERR_CURSOR: return "bad_cursor";
+    case HUB_ERR_TOO_MANY_SUBS: return "too_many_subscriptions";
+    case HUB_ERR_TOO_MANY_FOR_ADDR: return "too_many_channels_per_ip";
+    case HUB_ERR_BACKEND: return "backend_unavailable";
+    }
+    return "bad_request";
+}
+
 static void rbuf_free(struct ref *r)
 {
     free(container_of(r, struct rbuf, ref));

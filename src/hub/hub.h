@@ -24,6 +24,7 @@
 #include <stdint.h>
 
 #include "core/map.h"
+#include "core/ref.h"
 #include "core/util.h"
 
 #define HUB_MAX_WORKERS  64
@@ -31,27 +32,6 @@
 
 struct herald_config;
 struct hub_quota;
-
-/* A reference-counted immutable allocation (messages, control frames). */
-struct ref {
-    atomic_uint refs;
-    void (*free)(struct ref *r);
-};
-static inline void ref_get(struct ref *r)
-{
-    atomic_fetch_add_explicit(&r->refs, 1, memory_order_relaxed);
-}
-static inline void ref_put(struct ref *r)
-{
-    if (atomic_fetch_sub_explicit(&r->refs, 1, memory_order_acq_rel) == 1)
-        r->free(r);
-}
-
-/* A byte slice of a refcounted owner. */
-struct slice {
-    const char *data;
-    uint32_t len;
-};
 
 /* A plain refcounted buffer. */
 struct rbuf {
@@ -282,6 +262,8 @@ struct hub_backend_ops {
     bool (*ready)(void *be);
 };
 const char *hub_strerror(int err);
+/* The machine-readable name of a hub error ("bad_channel", "channel_not_found"...). */
+const char *hub_error_name(int err);
 
 int hub_init(struct hub *hub, const struct herald_config *cfg, int nworkers);
 void hub_free(struct hub *hub);

@@ -1,7 +1,13 @@
 /*
- * transport: what the server core calls into the protocol layers for, and the
- * subscription plumbing shared by WebSocket, SSE, long-poll and streaming
- * (parsing channels/cursors from a request, subscribing, replaying history).
+ * transport: what the subscriber transports (WebSocket, SSE, long-poll, HTTP
+ * streaming) share: reading channels and cursors from a request, subscribing
+ * and replaying history (gap events first), and the life-cycle events every
+ * subscriber connection gets — lifetime with reconnect dither, shutdown,
+ * deleted channels, slow-consumer cut-off — each ended the transport's own way.
+ *
+ * A transport's connection handlers are a struct sub_ops: the server's
+ * conn_ops plus how the transport ends a subscription with a last event. The
+ * shared handlers (transport_on_*) find it through c->ops.
  */
 #ifndef HERALD_TRANSPORT_H
 #define HERALD_TRANSPORT_H
@@ -10,32 +16,34 @@
 #include <stddef.h>
 
 #include "core/server.h"
+#include "http/http_conn.h"
 
-/* Input handlers: consume what they can of buf[0..len), return bytes consumed
- * (the rest is kept for the next read) or -1 to close at once. buf is writable. */
-long http_on_read(struct conn *c, char *buf, size_t len);
-long ws_on_read(struct conn *c, char *buf, size_t len);
-/* Re-runs a WebSocket op that waited for the backend, then kept input. */
-void ws_resume(struct conn *c);
+struct sub_ops {
+    struct conn_ops conn; /* first member: c->ops points here */
+    /* Sends the control event f and ends the subscriber's stream; WebSocket closes
+     * with ws_code and reason. */
+    void (*end)(struct conn *c, struct ctl_frames *f, uint16_t ws_code, const char *reason);
+};
 
-/* The connection's multi-purpose timer fired (heartbeat, header/poll timeout, pong grace). */
-void transport_on_timer(struct conn *c);
-/* The connection reached its maximum lifetime. */
+static inline const struct sub_ops *sub_ops_of(const struct conn *c)
+{
+    return (const struct sub_ops *)(const void *)c->ops;
+}
+
+/* Registers the subscriber routes (/ws, /sse, /poll, /stream) and builds the shared
+ * control frames. Start-up, once. transport_free() releases them at exit. */
+void transport_init(void);
+void transport_free(void);
+
+/* ---- shared life-cycle handlers (entries of each transport's conn_ops) ---- */
+
 void transport_on_lifetime(struct conn *c);
-/* The server is draining: tell the client to reconnect elsewhere and close. */
 void transport_on_shutdown(struct conn *c);
-/* A channel the connection held was deleted or expired. */
 void transport_on_channel_closed(struct conn *c, struct channel *ch);
-/* The connection's outbound queue passed max-outbound. */
+/* The slow-consumer cut: unsent messages are dropped, an error event ends the stream. */
 void transport_on_slow(struct conn *c);
 
-/* Long-poll: turns queued messages into the response (called before a flush). */
-void longpoll_complete(struct conn *c);
-
-/* Free transport-owned state of a connection being destroyed. */
-void transport_on_free(struct conn *c);
-
-/* ---- shared subscription plumbing ---- */
+/* ---- subscribing ---- */
 
 #define TRANSPORT_MAX_CHANNELS 64
 
@@ -54,28 +62,30 @@ struct sub_request {
 int transport_parse_channels(struct sub_request *r, const char *list, size_t len, const char **err);
 /* Parses a cursor into r. Returns 0, or -1 with a message in *err. */
 int transport_parse_since(struct sub_request *r, const char *s, size_t len, const char **err);
+/*
+ * Reads channels= and the cursor (since=, lastEventId=, Last-Event-ID when `sse`)
+ * of a subscriber request into r. Returns 0, or -1 after answering the error.
+ */
+int transport_parse_request(struct http_ctx *x, struct sub_request *r, bool sse);
 
 /*
  * Subscribes c to r's channels; *b receives the history to replay (see
- * hub_subscribe). Returns 0 or a negative hub_error (hub_strerror explains it;
- * *bad indexes the channel at fault). Queues nothing.
+ * hub_subscribe). Returns 0 or a negative hub_error (*bad indexes the channel at
+ * fault), or HUB_PENDING when the channels must load first. Queues nothing.
  */
 int transport_subscribe(struct conn *c, const struct sub_request *r, size_t *bad,
                         struct hub_backlog *b);
-/* Queues b's gap events and messages framed for c's transport; frees b. */
-void transport_replay(struct conn *c, struct hub_backlog *b, uint64_t since);
-/* The machine-readable error name of a hub_error ("bad_cursor", ...), and its HTTP status. */
-const char *transport_error_name(int err);
-int transport_error_status(int err);
 /*
  * Subscribes for a request (SSE, stream, long-poll, WebSocket handshake), answering
- * any error itself with its HTTP status and JSON body. Returns 0, or -1 when the
- * request was answered or parked (it is re-run once the channels are ready).
+ * any error itself. Returns 0, or -1 when the request was answered or parked (it is
+ * re-run once the channels are ready).
  */
-struct http_ctx;
 int transport_http_subscribe(struct http_ctx *x, const struct sub_request *r,
                              struct hub_backlog *b);
-/* Parks a subscribe that got HUB_PENDING until the hub wakes the connection. */
-void transport_park(struct conn *c);
+/* Delivers b's gap events and messages through c's transport (ops->deliver); frees b. */
+void transport_replay(struct conn *c, struct hub_backlog *b, uint64_t since);
+
+/* Starts heartbeats and the lifetime of a subscriber connection that just took over. */
+void transport_start(struct conn *c);
 
 #endif

@@ -1,27 +1,82 @@
 /*
- * ws: WebSocket subscribers (RFC 6455 server side, RFC 7692 compression).
- *
- * Handshake validation, frame reassembly with UTF-8 checks across fragments,
- * control frames interleaved in fragmented messages, the close handshake,
- * heartbeats with a pong deadline, and the JSON client ops: subscribe,
- * unsubscribe, ping and (when --ws-publish allows) publish. Server messages
- * are pre-framed once per message by the hub; this file only adds the
- * per-connection replies.
+ * ws: WebSocket subscribers. See ws.h.
  */
+#include "transport/ws.h"
+
 #include <inttypes.h>
 #include <jansson.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 
 #include "api/api.h"
 #include "core/log.h"
-#include "http/http_conn.h"
+#include "http/router.h"
 #include "transport/transport.h"
+#include "transport/ws_frame.h"
 
-void ws_on_timer(struct conn *c);
-void ws_close_with(struct conn *c, uint16_t code, const char *reason);
+enum {
+    WSF_DEFLATE = CF_PROTO_FIRST,         /* permessage-deflate negotiated */
+    WSF_PING_OUT = CF_PROTO_FIRST << 1,   /* a ping went out, its pong is awaited */
+    WSF_CLOSE_SENT = CF_PROTO_FIRST << 2, /* our close frame is queued */
+    WSF_PUBLISHER = CF_PROTO_FIRST << 3,  /* the upgrade carried publish credentials */
+};
+
+struct ws_state {
+    uint8_t frag_opcode; /* opcode of the message being reassembled, 0 if none */
+    bool frag_compressed;
+    struct ws_utf8 utf8;
+    char *msg; /* reassembly buffer for fragmented/partial messages */
+    uint32_t msg_len;
+    char *pending; /* an op waiting for the backend, re-run by ws_on_resume */
+    uint32_t pending_len;
+};
+CONN_PROTO_FITS(struct ws_state);
+
+static inline struct ws_state *wstate(struct conn *c)
+{
+    return CONN_PROTO(c, struct ws_state);
+}
 
 static const char ws_ping[] = "\x89\x00";
+static const struct sub_ops ws_ops;
+
+/* ---- per-worker compression contexts ------------------------------------------- */
+
+struct ws_worker {
+    struct ws_deflater *deflater;
+    struct ws_inflater *inflater;
+};
+
+static pthread_key_t ws_worker_key;
+static pthread_once_t ws_worker_once = PTHREAD_ONCE_INIT;
+
+static void ws_worker_free(void *p)
+{
+    struct ws_worker *w = p;
+    ws_deflater_free(w->deflater);
+    ws_inflater_free(w->inflater);
+    free(w);
+}
+
+static void ws_worker_key_init(void)
+{
+    pthread_key_create(&ws_worker_key, ws_worker_free);
+}
+
+/* The calling worker's contexts, made on first use, freed when its thread ends. */
+static struct ws_worker *ws_worker(void)
+{
+    pthread_once(&ws_worker_once, ws_worker_key_init);
+    struct ws_worker *w = pthread_getspecific(ws_worker_key);
+    if (!w) {
+        w = xcalloc(1, sizeof(*w));
+        w->deflater = ws_deflater_new(6);
+        w->inflater = ws_inflater_new();
+        pthread_setspecific(ws_worker_key, w);
+    }
+    return w;
+}
 
 /* ---- sending ---------------------------------------------------------------- */
 
@@ -38,9 +93,9 @@ static void ws_send_frame(struct conn *c, uint8_t opcode, const void *payload, s
     free(buf);
 }
 
-void ws_close_with(struct conn *c, uint16_t code, const char *reason)
+static void ws_close_with(struct conn *c, uint16_t code, const char *reason)
 {
-    if (c->flags & CF_CLOSE_SENT) {
+    if (c->flags & WSF_CLOSE_SENT) {
         conn_close_after_write(c);
         return;
     }
@@ -49,9 +104,9 @@ void ws_close_with(struct conn *c, uint16_t code, const char *reason)
     payload[0] = (uint8_t)(code >> 8);
     payload[1] = (uint8_t)code;
     memcpy(payload + 2, reason, rl);
-    c->flags &= ~(uint32_t)CF_CLOSE_AFTER; /* the close frame must get through */
     ws_send_frame(c, WS_OP_CLOSE, payload, rl + 2);
-    c->flags |= CF_CLOSE_SENT | CF_SEALED; /* RFC 6455 5.5.1: no data after a close frame */
+    c->flags |= WSF_CLOSE_SENT;
+    conn_seal(c); /* RFC 6455 5.5.1: no data after a close frame */
     conn_close_after_write(c);
 }
 
@@ -121,7 +176,7 @@ void ws_handle_upgrade(struct http_ctx *x)
         return http_error(x, 400, "bad_handshake",
                           "Sec-WebSocket-Key must be the base64 of 16 random bytes");
     const struct http_header *origin = http_find_header(req, "Origin");
-    if (origin && !http_origin_allowed(cfg, origin->value, origin->value_len))
+    if (origin && !http_origin_in(cfg->cors_origins, origin->value, origin->value_len))
         return http_error(x, 403, "origin_not_allowed", "Origin %.*s is not in --cors-origins",
                           (int)MIN(origin->value_len, 200u), origin->value);
 
@@ -159,16 +214,17 @@ void ws_handle_upgrade(struct http_ctx *x)
     if (deflate)
         sbuf_printf(&resp, "Sec-WebSocket-Extensions: %s\r\n", ext);
     sbuf_adds(&resp, "\r\n");
-    conn_set_kind(c, CONN_WS);
-    memset(&c->u.ws, 0, sizeof(c->u.ws));
-    if (cfg->ws_publish && api_may_publish(req, c))
-        c->flags |= CF_PUBLISHER;
+    /* Credentials on the upgrade make a publisher; loopback trust only for a request no
+     * other origin's page made (a browser on this host would lend it its position). */
+    bool publisher = cfg->ws_publish && api_may_publish(req, c) && http_origin_may_use_api(x);
+    conn_set_ops(c, &ws_ops.conn);
+    if (publisher)
+        c->flags |= WSF_PUBLISHER;
     if (deflate)
-        c->flags |= CF_DEFLATE;
+        c->flags |= WSF_DEFLATE;
     conn_send_copy(c, resp.data, resp.len);
     sbuf_free(&resp);
-    timer_start(&c->w->loop, &c->timer, cfg->heartbeat_ms);
-    conn_start_lifetime(c);
+    transport_start(c);
     if (has_channels)
         transport_replay(c, &b, r.since);
 }
@@ -238,14 +294,14 @@ static void op_subscribe(struct conn *c, json_t *op, json_t *ref)
     size_t bad = 0;
     int e = transport_subscribe(c, &r, &bad, &b);
     if (e == HUB_PENDING) {
-        transport_park(c); /* ws_handle_text keeps the op and re-runs it */
+        conn_park(c); /* ws_handle_text keeps the op and ws_on_resume re-runs it */
         return;
     }
     if (e) {
         char detail[256];
         snprintf(detail, sizeof(detail), "%s (%.*s)", hub_strerror(e), (int)r.names[bad].len,
                  r.names[bad].data);
-        return ws_reply_error(c, transport_error_name(e), detail, ref);
+        return ws_reply_error(c, hub_error_name(e), detail, ref);
     }
     struct sbuf f = {0};
     channel_list_json(&f, &r);
@@ -268,7 +324,7 @@ static void op_unsubscribe(struct conn *c, json_t *op, json_t *ref)
             struct sub *s = container_of(p, struct sub, conn_link);
             if (s->ch->name_len == r.names[i].len &&
                 memcmp(s->ch->name, r.names[i].data, r.names[i].len) == 0)
-                hub_unsubscribe(&conn_server(c)->hub, c->w->id, s);
+                hub_unsubscribe(conn_hub(c), conn_worker_id(c), s);
         }
     }
     struct sbuf f = {0};
@@ -288,7 +344,7 @@ static void ws_pub_done(void *arg, int err, const struct publish_result *res)
     struct ws_pub_op *p = arg;
     bool alive = p->running || conn_release(p->c);
     if (alive && err) {
-        ws_reply_error(p->c, transport_error_name(err), hub_strerror(err), p->ref);
+        ws_reply_error(p->c, hub_error_name(err), hub_strerror(err), p->ref);
     } else if (alive) {
         char f[96];
         snprintf(f, sizeof(f), "\"id\":\"%" PRIu64 "\",\"subscribers\":%u", res->id,
@@ -314,7 +370,7 @@ static void op_publish(struct conn *c, json_t *op, json_t *ref)
     /* The same rule as the HTTP API: credentials on the upgrade request, or a
      * "key" in the op (browsers cannot set headers on a WebSocket). */
     json_t *key = json_object_get(op, "key");
-    if (!(c->flags & CF_PUBLISHER) &&
+    if (!(c->flags & WSF_PUBLISHER) &&
         !(json_is_string(key) &&
           api_key_matches(conn_cfg(c), json_string_value(key), json_string_length(key))))
         return ws_reply_error(c, "unauthorized",
@@ -339,7 +395,7 @@ static void op_publish(struct conn *c, json_t *op, json_t *ref)
     w->c = c;
     w->ref = ref ? json_incref(ref) : NULL;
     w->running = true;
-    hub_publish_async(&conn_server(c)->hub, c->w->id, p.channels, p.n, &req, ws_pub_done, w);
+    hub_publish_async(conn_hub(c), conn_worker_id(c), p.channels, p.n, &req, ws_pub_done, w);
     api_pub_free(&p);
     if (w->c == NULL) { /* completed inline */
         json_decref(w->ref);
@@ -371,8 +427,8 @@ static void ws_handle_text(struct conn *c, const char *text, size_t len)
     else if (strcmp(name, "subscribe") == 0) {
         op_subscribe(c, op, ref);
         if (c->flags & CF_RETRY) {
-            c->u.ws.pending = xstrndup(text, len);
-            c->u.ws.pending_len = (uint32_t)len;
+            wstate(c)->pending = xstrndup(text, len);
+            wstate(c)->pending_len = (uint32_t)len;
         }
     } else if (strcmp(name, "unsubscribe") == 0)
         op_unsubscribe(c, op, ref);
@@ -402,7 +458,7 @@ static void ws_on_close_frame(struct conn *c, const uint8_t *p, size_t len)
         if (!ws_utf8_valid(p + 2, len - 2))
             return ws_fail(c, WS_CLOSE_INVALID_DATA, "close reason is not UTF-8");
     }
-    if (c->flags & CF_CLOSE_SENT) {
+    if (c->flags & WSF_CLOSE_SENT) {
         conn_close_after_write(c); /* handshake complete once our close frame is out */
         return;
     }
@@ -418,8 +474,8 @@ static void ws_on_message(struct conn *c, uint8_t opcode, char *data, size_t len
     char *tmp = NULL;
     if (compressed) {
         tmp = xmalloc(cfg->max_ws_message);
-        long n = ws_inflate_message(c->w->inflater, (const uint8_t *)data, len, (uint8_t *)tmp,
-                                    cfg->max_ws_message);
+        long n = ws_inflate_message(ws_worker()->inflater, (const uint8_t *)data, len,
+                                    (uint8_t *)tmp, cfg->max_ws_message);
         if (n < 0) {
             free(tmp);
             return n == -2 ? ws_fail(c, WS_CLOSE_TOO_BIG, "message too big")
@@ -445,9 +501,9 @@ static void ws_on_control(struct conn *c, const struct ws_frame *f, uint8_t *p)
     switch (f->opcode) {
     case WS_OP_PING: ws_send_frame(c, WS_OP_PONG, p, f->payload_len); break;
     case WS_OP_PONG:
-        if (c->flags & CF_PING_OUT) {
-            c->flags &= ~(uint32_t)CF_PING_OUT;
-            timer_start(&c->w->loop, &c->timer, conn_cfg(c)->heartbeat_ms);
+        if (c->flags & WSF_PING_OUT) {
+            c->flags &= ~(uint32_t)WSF_PING_OUT;
+            conn_timer_start(c, conn_cfg(c)->heartbeat_ms);
         }
         break;
     case WS_OP_CLOSE: ws_on_close_frame(c, p, f->payload_len); break;
@@ -457,7 +513,7 @@ static void ws_on_control(struct conn *c, const struct ws_frame *f, uint8_t *p)
 /* Handles one data frame; returns false when the connection is failing. */
 static bool ws_on_data_frame(struct conn *c, const struct ws_frame *f, uint8_t *p)
 {
-    struct ws_state *ws = &c->u.ws;
+    struct ws_state *ws = wstate(c);
     const struct herald_config *cfg = conn_cfg(c);
     if (f->opcode == WS_OP_CONT && !ws->frag_opcode) {
         ws_fail(c, WS_CLOSE_PROTOCOL, "continuation frame outside a fragmented message");
@@ -504,14 +560,16 @@ static bool ws_on_data_frame(struct conn *c, const struct ws_frame *f, uint8_t *
     return true;
 }
 
-long ws_on_read(struct conn *c, char *buf, size_t len)
+static long ws_on_read(struct conn *c, char *buf, size_t len)
 {
     const struct herald_config *cfg = conn_cfg(c);
     size_t off = 0;
-    while (off < len && !(c->flags & (CF_CLOSING | CF_LINGER | CF_READ_PAUSED))) {
+    /* Once a close frame went either way, nothing more is parsed (conn_may_parse:
+     * the connection closes after its last write) and nothing may be sent. */
+    while (off < len && conn_may_parse(c)) {
         struct ws_frame f;
         int r = ws_frame_parse((const uint8_t *)buf + off, len - off, &f,
-                               (c->flags & CF_DEFLATE) != 0, cfg->max_ws_message);
+                               (c->flags & WSF_DEFLATE) != 0, cfg->max_ws_message);
         if (r == 0)
             break;
         if (r < 0) {
@@ -527,54 +585,83 @@ long ws_on_read(struct conn *c, char *buf, size_t len)
             ws_fail(c, WS_CLOSE_PROTOCOL, "RSV1 on a continuation frame");
             return (long)len;
         }
-        if (c->flags & CF_CLOSE_SENT) {
-            /* Closing: only the peer's close frame matters; everything else is dropped. */
-            if (f.opcode == WS_OP_CLOSE) {
-                ws_on_close_frame(c, p, f.payload_len);
-                return (long)len;
-            }
-            continue;
-        }
         if (f.opcode >= WS_OP_CLOSE)
             ws_on_control(c, &f, p);
         else if (!ws_on_data_frame(c, &f, p))
             return (long)len;
-        if (c->flags & CF_CLOSE_SENT)
-            return (long)len; /* a close went out: what follows it is not read */
     }
     return (long)off;
 }
 
-void ws_on_timer(struct conn *c)
+static void ws_on_timer(struct conn *c)
 {
-    if (c->flags & CF_PING_OUT) {
+    if (c->flags & WSF_PING_OUT) {
         /* No pong within the close grace: the peer is gone or stuck. */
         ws_close_with(c, WS_CLOSE_GOING_AWAY, "ping timeout");
         return;
     }
     conn_send(c, NULL, ws_ping, sizeof(ws_ping) - 1);
-    c->flags |= CF_PING_OUT;
-    timer_start(&c->w->loop, &c->timer, conn_cfg(c)->close_grace_ms);
+    c->flags |= WSF_PING_OUT;
+    conn_timer_start(c, conn_cfg(c)->close_grace_ms);
 }
 
-void ws_resume(struct conn *c)
+/* The op that waited for the backend runs again, then what came after it. */
+static void ws_on_resume(struct conn *c)
 {
-    char *op = c->u.ws.pending;
-    size_t len = c->u.ws.pending_len;
-    c->u.ws.pending = NULL;
-    c->u.ws.pending_len = 0;
+    char *op = wstate(c)->pending;
+    size_t len = wstate(c)->pending_len;
+    wstate(c)->pending = NULL;
+    wstate(c)->pending_len = 0;
     if (op) {
         ws_handle_text(c, op, len);
         free(op);
     }
-    if ((c->flags & (CF_READ_PAUSED | CF_CLOSING)) || !c->in || !c->in_len)
-        return;
-    long used = ws_on_read(c, c->in, c->in_len);
-    if (used < 0) {
-        conn_close(c);
-        return;
-    }
-    memmove(c->in, c->in + used, c->in_len - (size_t)used);
-    c->in_len -= (uint32_t)used;
-    conn_trim_input(c);
+    conn_resume_input(c);
 }
+
+static void ws_deliver(struct conn *c, struct msg *m)
+{
+    struct slice s = (c->flags & WSF_DEFLATE) ? msg_ws_deflate(m, ws_worker()->deflater) : m->ws;
+    conn_deliver_bytes(c, &m->ref, s.data, s.len);
+}
+
+static void ws_deliver_ctl(struct conn *c, struct ctl_frames *f)
+{
+    conn_deliver_bytes(c, &f->ref, f->ws.data, f->ws.len);
+}
+
+static void ws_end(struct conn *c, struct ctl_frames *f, uint16_t code, const char *reason)
+{
+    ws_deliver_ctl(c, f);
+    ws_close_with(c, code, reason);
+}
+
+static void ws_on_busy(struct conn *c)
+{
+    ws_close_with(c, WS_CLOSE_TRY_AGAIN, "server busy: try again later");
+}
+
+static void ws_on_free(struct conn *c)
+{
+    free(wstate(c)->msg);
+    free(wstate(c)->pending);
+}
+
+static const struct sub_ops ws_ops = {
+    .conn =
+        {
+            .kind = CONN_WS,
+            .on_read = ws_on_read,
+            .on_timer = ws_on_timer,
+            .on_lifetime = transport_on_lifetime,
+            .on_shutdown = transport_on_shutdown,
+            .on_slow = transport_on_slow,
+            .on_busy = ws_on_busy,
+            .on_resume = ws_on_resume,
+            .deliver = ws_deliver,
+            .deliver_ctl = ws_deliver_ctl,
+            .on_channel_closed = transport_on_channel_closed,
+            .on_free = ws_on_free,
+        },
+    .end = ws_end,
+};

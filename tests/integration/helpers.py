@@ -242,6 +242,17 @@ class Herald:
             what=f"{n} subscriber(s) on {channel}",
         )
 
+    def rss_kib(self):
+        """Resident memory of the process, in KiB."""
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+    def sanitized(self):
+        """Whether this is a sanitizer build (resident memory then says little)."""
+        with open(f"/proc/{self.proc.pid}/maps") as f:
+            maps = f.read()
+        return "libasan" in maps or "libtsan" in maps
+
     def ws_url(self, query=""):
         return f"ws://127.0.0.1:{self.port}/ws{query}"
 

@@ -229,3 +229,129 @@ def test_connections_queued_at_fd_exhaustion_are_served_when_fds_free(herald):
         assert data.startswith(b"HTTP/1.1 200"), data[:80]
         s.close()
     assert srv.request("GET", "/healthz").status == 200
+
+
+# ---- the publish API from a browser: no cross-origin use, no DNS rebinding ------------------
+
+
+def api_call(srv, method, path, headers=None, body=b"x"):
+    hdrs = {"Host": f"127.0.0.1:{srv.api_port}", "Content-Type": "text/plain"}
+    hdrs.update(headers or {})
+    with RawConn(srv.api_port) as c:
+        lines = [f"{method} {path} HTTP/1.1"] + [f"{k}: {v}" for k, v in hdrs.items()]
+        if body is not None:
+            lines.append(f"Content-Length: {len(body)}")
+        c.send(("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b""))
+        return c.read_response()
+
+
+@pytest.mark.parametrize("cors", ["*", APP])
+def test_cross_origin_pages_cannot_publish(herald, chan, cors):
+    """A page on another origin, in a browser on herald's host (loopback is trusted
+    without a key), sends a simple POST: refused, whatever --cors-origins says."""
+    srv = herald(cors_origins=cors)
+    for origin in (EVIL, APP):
+        r = api_call(srv, "POST", f"/pub/{chan}", {"Origin": origin})
+        assert r.status == 403, (origin, r.status, r.body)
+        assert r.error()["error"] == "cross_origin"
+        assert "access-control-allow-origin" not in r.headers
+    assert srv.history(chan) == []
+    # The preflight of the API does not invite browsers either.
+    pre = api_call(srv, "OPTIONS", f"/pub/{chan}", {
+        "Origin": EVIL, "Access-Control-Request-Method": "POST"}, body=None)
+    assert "access-control-allow-origin" not in pre.headers, pre.headers
+    assert "POST" not in pre.headers.get("access-control-allow-methods", "")
+    # Subscriber preflights allow GET only.
+    sub = api_call(srv, "OPTIONS", f"/sse?channels={chan}", {
+        "Origin": APP, "Access-Control-Request-Method": "GET"}, body=None)
+    assert sub.status == 204
+    assert sub.headers["access-control-allow-methods"] == "GET, OPTIONS"
+    # Same-origin requests (a page served by herald's own host) and plain clients work.
+    assert api_call(srv, "POST", f"/pub/{chan}",
+                    {"Origin": f"http://127.0.0.1:{srv.api_port}"}).status == 201
+    assert api_call(srv, "POST", f"/pub/{chan}").status == 201
+
+
+def test_api_cors_origins_allow_a_configured_origin(herald, chan):
+    srv = herald(api_cors_origins=APP, publish_key=KEY)
+    auth = {"Authorization": "Bearer " + KEY}
+    pre = api_call(srv, "OPTIONS", f"/pub/{chan}", {
+        "Origin": APP, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization"}, body=None)
+    assert pre.status == 204, pre
+    assert pre.headers["access-control-allow-origin"] == APP
+    assert "POST" in pre.headers["access-control-allow-methods"]
+    r = api_call(srv, "POST", f"/pub/{chan}", {"Origin": APP, **auth})
+    assert r.status == 201 and r.headers["access-control-allow-origin"] == APP
+    assert api_call(srv, "POST", f"/pub/{chan}", {"Origin": EVIL, **auth}).status == 403
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:{port}", "10.1.2.3:{port}"])
+def test_dns_rebinding_host_is_refused_without_a_key(herald, chan, host):
+    """evil.example resolving to 127.0.0.1: the browser sends Host: evil.example and the
+    page is same-origin to itself. Loopback trust needs a loopback Host."""
+    srv = herald()
+    h = host.format(port=srv.api_port)
+    r = api_call(srv, "POST", f"/pub/{chan}", {"Host": h, "Origin": f"http://{h}"})
+    assert r.status == 403, (r.status, r.body)
+    assert r.error()["error"] == "host_not_allowed"
+    r = api_call(srv, "POST", f"/pub/{chan}", {"Host": h})
+    assert r.status == 403
+    for ok in (f"localhost:{srv.api_port}", f"127.0.0.1:{srv.api_port}", "[::1]", "localhost"):
+        assert api_call(srv, "POST", f"/pub/{chan}", {"Host": ok}).status == 201, ok
+
+
+# ---- request bodies: refused on their head, and a cap on what all of them hold ---------------
+
+
+def test_unauthorised_publish_is_refused_on_its_head(herald, chan):
+    srv = herald(publish_key=KEY)
+    with RawConn(srv.api_port) as c:
+        c.send(f"POST /pub/{chan} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
+        started = time.monotonic()
+        r = c.read_response(timeout=3)
+        assert r.status == 401, r
+        assert time.monotonic() - started < 2
+        c.expect_eof()  # the body is not read: the connection ends
+
+
+def test_bodies_in_flight_have_a_global_cap(herald, chan):
+    srv = herald(publish_key=KEY, max_body_bytes="1MiB", max_input_memory="2MiB", workers=1)
+    head = (f"POST /pub/{chan} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+            f"Content-Length: {1024 * 1024}\r\n\r\n").encode()
+    part = b"y" * (900 * 1024)
+    conns = [RawConn(srv.api_port) for _ in range(3)]
+    try:
+        conns[0].send(head + part)
+        conns[1].send(head + part)
+        time.sleep(0.5)
+        conns[2].send(head + part)
+        r = conns[2].read_response()
+        assert r.status == 503, r
+        assert r.error()["error"] == "server_busy"
+        assert "--max-input-memory" in r.error()["detail"]
+        for c in conns[:2]:
+            c.send(b"y" * (124 * 1024))
+            assert c.read_response().status == 201
+    finally:
+        for c in conns:
+            c.close()
+    # Memory is released: a new large body fits again.
+    with RawConn(srv.api_port) as c:
+        c.send(head + b"y" * (1024 * 1024))
+        assert c.read_response().status == 201
+
+
+def test_ws_publish_from_another_origins_page_needs_the_key(herald, chan):
+    """Without a key, a loopback WebSocket may publish, but not one a page of another
+    origin opened through a browser on this host."""
+    srv = herald(ws_publish=True)
+    op = json.dumps({"op": "publish", "channel": chan, "data": "x", "ref": 1})
+    with RawWS(srv, extra={"Origin": EVIL}) as ws:
+        ws.send_frame(OP_TEXT, op)
+        answer = ws.recv_json()
+        assert answer["event"] == "error" and answer["error"] == "unauthorized", answer
+    with RawWS(srv) as ws:  # no Origin: not a browser page
+        ws.send_frame(OP_TEXT, op)
+        assert ws.recv_json()["event"] == "published"
+    assert len(srv.history(chan)) == 1

@@ -85,18 +85,22 @@ def test_sighup_is_logged_and_ignored(herald, chan):
     srv.publish(chan, "still here")
 
 
-def test_preflight_allows_the_event_header(server):
-    r = server.request("OPTIONS", "/pub/x", headers={"Origin": "http://a.example",
-                                                     "Access-Control-Request-Method": "POST"})
+def test_preflight_allows_the_event_header(herald):
+    """Publishing from a browser page takes --api-cors-origins; its preflight then allows
+    the Herald-Event header."""
+    srv = herald(api_cors_origins="http://a.example")
+    r = srv.request("OPTIONS", "/pub/x", headers={"Origin": "http://a.example",
+                                                  "Access-Control-Request-Method": "POST"})
     assert r.status == 204
     assert "Herald-Event" in r.headers["access-control-allow-headers"]
 
 
-def test_no_cors_header_without_origin_when_origins_are_restricted(herald):
+def test_no_cors_header_without_origin_when_origins_are_restricted(herald, chan):
     srv = herald(cors_origins="https://app.example")
-    r = srv.request("GET", "/healthz")
+    path = f"/poll?channels={chan}&timeout=0"
+    r = srv.request("GET", path)
     assert "access-control-allow-origin" not in r.headers
-    r = srv.request("GET", "/healthz", headers={"Origin": "https://app.example"})
+    r = srv.request("GET", path, headers={"Origin": "https://app.example"})
     assert r.headers["access-control-allow-origin"] == "https://app.example"
 
 

@@ -24,7 +24,7 @@ def req(head, body=b""):
 
 
 POST = "POST /pub/errors HTTP/1.1"
-HOST = "Host: x"
+HOST = "Host: localhost"
 
 # name: (bytes sent, status, error name, whether the server then closes the connection)
 CASES = {

@@ -84,7 +84,7 @@ def test_publish_answered_before_exit_is_kept_until_the_end(herald, chan):
     srv = herald()
     body = b"late"
     with RawConn(srv.port) as c:
-        c.send(f"POST /pub/{chan} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+        c.send(f"POST /pub/{chan} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(body)}\r\n\r\n".encode())
         wait_until(lambda: srv.stats()["connections"]["http"] >= 2, what="the pending request")
         sigterm(srv)
         wait_until(lambda: connect_refused(srv.port), what="the listener to close")

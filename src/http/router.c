@@ -1,0 +1,254 @@
+/*
+ * router: finding a request's route and the checks every route of a kind
+ * shares. See router.h.
+ */
+#include "http/router.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#define MAX_TABLES 8
+
+static struct {
+    const struct http_route *routes;
+    size_t n;
+} tables[MAX_TABLES];
+static size_t ntables;
+
+void http_routes_add(const struct http_route *routes, size_t n)
+{
+    assert(ntables < MAX_TABLES);
+    tables[ntables].routes = routes;
+    tables[ntables].n = n;
+    ntables++;
+}
+
+void http_routes_clear(void)
+{
+    ntables = 0;
+}
+
+/* The route of a path: an exact match, else the longest matching prefix route. */
+static const struct http_route *find(const char *path, size_t len)
+{
+    const struct http_route *best = NULL;
+    size_t best_len = 0;
+    for (size_t t = 0; t < ntables; t++) {
+        for (size_t i = 0; i < tables[t].n; i++) {
+            const struct http_route *r = &tables[t].routes[i];
+            size_t n = strlen(r->path);
+            if (r->flags & ROUTE_PREFIX) {
+                if (len >= n && memcmp(path, r->path, n) == 0 && n > best_len) {
+                    best = r;
+                    best_len = n;
+                }
+            } else if (len == n && memcmp(path, r->path, n) == 0) {
+                return r;
+            }
+        }
+    }
+    return best;
+}
+
+bool http_origin_in(const char *origins, const char *origin, size_t len)
+{
+    const char *p = origins;
+    while (*p) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        const char *e = p;
+        while (*e && *e != ',')
+            e++;
+        const char *t = e;
+        while (t > p && t[-1] == ' ')
+            t--;
+        if ((t - p == 1 && *p == '*') ||
+            ((size_t)(t - p) == len && strncasecmp(p, origin, len) == 0))
+            return true;
+        p = e;
+    }
+    return false;
+}
+
+/* Whether Origin names the server itself as the request addressed it (scheme://Host). */
+static bool same_origin(const struct http_request *req, const struct http_header *o)
+{
+    const struct http_header *host = http_find_header(req, "Host");
+    if (!host)
+        return false;
+    const char *v = o->value;
+    size_t n = o->value_len;
+    /* Plain listeners only today: the page's scheme is http. */
+    if (n < 7 || strncasecmp(v, "http://", 7) != 0)
+        return false;
+    return n - 7 == host->value_len && strncasecmp(v + 7, host->value, n - 7) == 0;
+}
+
+/* "GET, POST": the methods of a route (HEAD goes without saying), OPTIONS when it
+ * answers preflights. */
+static size_t methods_text(uint32_t methods, bool options, char *out, size_t size)
+{
+    static const char *names[] = {
+        [HTTP_M_GET] = "GET", [HTTP_M_HEAD] = "HEAD",     [HTTP_M_POST] = "POST",
+        [HTTP_M_PUT] = "PUT", [HTTP_M_DELETE] = "DELETE", [HTTP_M_OPTIONS] = "OPTIONS",
+    };
+    size_t len = 0;
+    out[0] = '\0';
+    for (int m = HTTP_M_GET; m <= HTTP_M_OPTIONS; m++) {
+        if (m == HTTP_M_HEAD || (m == HTTP_M_OPTIONS ? !options : !(methods & HTTP_METHOD_BIT(m))))
+            continue;
+        int k = snprintf(out + len, size - len, "%s%s", len ? ", " : "", names[m]);
+        if (k < 0 || (size_t)k >= size - len)
+            break;
+        len += (size_t)k;
+    }
+    return len;
+}
+
+static void method_not_allowed(struct http_ctx *x, const struct http_route *r)
+{
+    char allow[80], hdr[112];
+    bool options = (r->flags & ROUTE_SUBSCRIBE) ||
+                   ((r->flags & ROUTE_API) && conn_cfg(x->c)->api_cors_origins[0]);
+    methods_text(r->methods, options, allow, sizeof(allow));
+    snprintf(hdr, sizeof(hdr), "Allow: %s\r\n", allow);
+    struct sbuf b = {0};
+    sbuf_adds(&b, "{\"error\":\"method_not_allowed\",\"detail\":");
+    char detail[400];
+    snprintf(detail, sizeof(detail), "%.*s supports %s", (int)MIN(x->req->path_len, (size_t)200),
+             x->req->path, allow);
+    sbuf_add_json_str(&b, detail, strlen(detail));
+    sbuf_adds(&b, "}\n");
+    http_respond(x, 405, "application/json", hdr, b.data, b.len);
+    sbuf_free(&b);
+}
+
+bool http_origin_may_use_api(const struct http_ctx *x)
+{
+    const struct http_header *o = http_find_header(x->req, "Origin");
+    return !o || same_origin(x->req, o) ||
+           http_origin_in(conn_cfg(x->c)->api_cors_origins, o->value, o->value_len);
+}
+
+/* Sets x->cors and x->origin for an allowed cross-origin request. */
+static void allow_origin(struct http_ctx *x, const char *policy, const struct http_header *o)
+{
+    x->cors = true;
+    if (strcmp(policy, "*") != 0) {
+        x->origin = o->value;
+        x->origin_len = o->value_len;
+    }
+}
+
+static void preflight(struct http_ctx *x, const struct http_route *r)
+{
+    char allow[80], hdrs[320];
+    methods_text(r->methods, true, allow, sizeof(allow));
+    snprintf(hdrs, sizeof(hdrs),
+             "Access-Control-Allow-Methods: %s\r\n"
+             "Access-Control-Allow-Headers: %s\r\n"
+             "Access-Control-Max-Age: 86400\r\n",
+             allow,
+             r->flags & ROUTE_SUBSCRIBE ? "Authorization, Last-Event-ID"
+                                        : "Authorization, Content-Type, Herald-Event");
+    http_respond(x, 204, NULL, hdrs, "", 0);
+}
+
+/*
+ * The origin policy. Subscriber endpoints: CORS headers for --cors-origins (a
+ * request without Origin is not a cross-origin browser request: it gets "*" only
+ * when that is the policy). The API: requests without Origin (curl, servers) and
+ * same-origin ones are fine; other origins only when --api-cors-origins allows,
+ * since a browser would otherwise send them with its user's network position
+ * (loopback trust) or cached credentials. Returns false after answering.
+ */
+static bool origin_allowed(struct http_ctx *x, const struct http_route *r)
+{
+    const struct herald_config *cfg = conn_cfg(x->c);
+    const struct http_header *o = http_find_header(x->req, "Origin");
+    if (r->flags & ROUTE_SUBSCRIBE) {
+        if (o && http_origin_in(cfg->cors_origins, o->value, o->value_len))
+            allow_origin(x, cfg->cors_origins, o);
+        else if (!o)
+            x->cors = strcmp(cfg->cors_origins, "*") == 0;
+        return true;
+    }
+    if (!(r->flags & ROUTE_API) || !o || same_origin(x->req, o))
+        return true;
+    if (http_origin_in(cfg->api_cors_origins, o->value, o->value_len)) {
+        allow_origin(x, cfg->api_cors_origins, o);
+        return true;
+    }
+    return false;
+}
+
+static bool check_origin(struct http_ctx *x, const struct http_route *r)
+{
+    if (origin_allowed(x, r))
+        return true;
+    const struct http_header *o = http_find_header(x->req, "Origin");
+    http_error(x, 403, "cross_origin",
+               "browser pages from %.*s may not use the publish and admin API; call it from "
+               "your server, or allow the origin with --api-cors-origins",
+               (int)MIN(o->value_len, (size_t)200), o->value);
+    return false;
+}
+
+const struct http_route *http_route_check(struct http_ctx *x)
+{
+    const struct http_request *req = x->req;
+    struct conn *c = x->c;
+    const struct http_route *r = find(req->path, req->path_len);
+    if (!r) {
+        http_error(x, 404, "not_found",
+                   "no endpoint %.*s; see /api for the list (subscribe: /ws /sse /poll "
+                   "/stream; publish: POST /pub/{channel})",
+                   (int)MIN(req->path_len, (size_t)200), req->path);
+        return NULL;
+    }
+    if (!(r->flags & ROUTE_ANY_LISTENER)) {
+        if ((r->flags & ROUTE_SUBSCRIBE) && !(c->flags & CF_PUBLIC)) {
+            http_error(x, 404, "not_found",
+                       "subscribers connect to the public listener, not the API one");
+            return NULL;
+        }
+        if ((r->flags & ROUTE_API) && !(c->flags & CF_API)) {
+            http_error(x, 404, "not_found",
+                       "the publish and admin API is served on the --api-listen address");
+            return NULL;
+        }
+    }
+    if (!check_origin(x, r))
+        return NULL;
+    if (req->method_id == HTTP_M_OPTIONS) {
+        if ((r->flags & ROUTE_API) && !x->cors)
+            http_error(x, 403, "cross_origin",
+                       "the publish and admin API answers no CORS preflight unless "
+                       "--api-cors-origins allows the origin");
+        else
+            preflight(x, r);
+        return NULL;
+    }
+    if (!(r->methods & HTTP_METHOD_BIT(req->method_id))) {
+        method_not_allowed(x, r);
+        return NULL;
+    }
+    if (r->guard && !r->guard(x))
+        return NULL;
+    return r;
+}
+
+void http_route_prepare(struct http_ctx *x, const struct http_route *route)
+{
+    x->route = route;
+    size_t n = strlen(route->path);
+    if (route->flags & ROUTE_PREFIX) {
+        x->tail = x->req->path + n;
+        x->tail_len = x->req->path_len - n;
+    }
+    x->cors = false;
+    x->origin = NULL;
+    x->origin_len = 0;
+    origin_allowed(x, route); /* it passed on the head: this fills the CORS fields */
+}

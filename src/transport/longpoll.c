@@ -1,0 +1,203 @@
+/*
+ * longpoll: held long-poll requests. See longpoll.h.
+ *
+ * While a poll is held the connection belongs to this module: what arrives
+ * for it collects in its own queue of envelopes (not in the connection's
+ * outbound queue, which may still hold earlier pipelined answers), and the
+ * requests pipelined behind it are not parsed. The answer is built at the end
+ * of the loop pass in which the first message came, so messages published
+ * together leave together; then the connection is HTTP again.
+ */
+#include "transport/longpoll.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "transport/transport.h"
+
+enum {
+    POLLF_KEEPALIVE = CF_PROTO_FIRST, /* the request allowed keep-alive */
+    POLLF_HEAD = CF_PROTO_FIRST << 1, /* a HEAD request: no body in the answer */
+    POLLF_FULL = CF_PROTO_FIRST << 2, /* the answer reached --max-outbound */
+};
+
+struct poll_state {
+    struct outq pending; /* envelopes of the answer: messages and control events */
+    char *origin;        /* Access-Control-Allow-Origin to echo; NULL: "*" or none */
+    uint64_t cursor;     /* the cursor when no message comes: the head when subscribing */
+    uint64_t last_seq;   /* highest message id in pending */
+    bool cors;
+};
+CONN_PROTO_FITS(struct poll_state);
+
+static inline struct poll_state *pstate(struct conn *c)
+{
+    return CONN_PROTO(c, struct poll_state);
+}
+
+static const char messages_open[] = "{\"messages\":[";
+static const char comma[] = ",";
+
+/* Queues the answer, hands the connection back to HTTP and reads what was
+ * pipelined behind the poll. */
+static void poll_complete(struct conn *c)
+{
+    struct poll_state *st = pstate(c);
+    uint64_t cursor = (c->flags & POLLF_FULL) ? st->last_seq : MAX(st->cursor, st->last_seq);
+    char tail[64];
+    int tail_len = snprintf(tail, sizeof(tail), "],\"cursor\":\"%" PRIu64 "\"}\n", cursor);
+    uint64_t body_len = sizeof(messages_open) - 1 + st->pending.bytes + (uint64_t)tail_len;
+    if (st->pending.len > 1)
+        body_len += st->pending.len - 1;
+
+    struct http_request req = {.keep_alive = (c->flags & POLLF_KEEPALIVE) != 0,
+                               .minor_version = 1,
+                               .method_id = (c->flags & POLLF_HEAD) ? HTTP_M_HEAD : HTTP_M_GET};
+    struct http_ctx x = {.c = c,
+                         .req = &req,
+                         .cors = st->cors,
+                         .origin = st->origin,
+                         .origin_len = st->origin ? strlen(st->origin) : 0};
+    struct outq body = st->pending;
+    char *origin = st->origin;
+    st->pending = (struct outq){0};
+    hub_unsubscribe_all(conn_hub(c), conn_worker_id(c), &c->subs);
+    conn_timer_stop(c);
+
+    bool keep = http_keep_alive(&x);
+    struct sbuf b = {0};
+    http_head(&x, &b, 200, "application/json");
+    sbuf_printf(&b, "Cache-Control: no-cache, no-store\r\nContent-Length: %" PRIu64 "\r\n%s\r\n",
+                body_len, keep ? "" : "Connection: close\r\n");
+    conn_send_copy(c, b.data, b.len);
+    sbuf_free(&b);
+    if (!(c->flags & POLLF_HEAD)) {
+        conn_send(c, NULL, messages_open, sizeof(messages_open) - 1);
+        for (uint32_t i = 0; i < body.len; i++) {
+            const struct out_item *it = outq_at(&body, i);
+            if (i)
+                conn_send(c, NULL, comma, 1);
+            conn_send(c, it->owner, it->data, it->len);
+        }
+        conn_send_copy(c, tail, (size_t)tail_len);
+    }
+    outq_clear(&body);
+    free(origin);
+
+    c->flags &= ~(uint32_t)CF_READ_PAUSED;
+    conn_set_ops(c, &http_conn_ops);
+    if (!keep) {
+        conn_close_after_write(c);
+        return;
+    }
+    http_resume_requests(c);
+}
+
+static void poll_deliver(struct conn *c, struct msg *m)
+{
+    struct poll_state *st = pstate(c);
+    if (c->flags & POLLF_FULL)
+        return; /* the next poll gets it, from history */
+    if (!outq_empty(&st->pending) &&
+        st->pending.bytes + st->pending.len + m->envelope.len > conn_cfg(c)->max_outbound) {
+        c->flags |= POLLF_FULL;
+        return;
+    }
+    outq_push(&st->pending, &m->ref, m->envelope.data, m->envelope.len);
+    st->last_seq = MAX(st->last_seq, m->seq);
+    conn_want_flush(c); /* answered at the end of this pass */
+}
+
+static void poll_deliver_ctl(struct conn *c, struct ctl_frames *f)
+{
+    outq_push(&pstate(c)->pending, &f->ref, f->json.data, f->json.len);
+    conn_want_flush(c);
+}
+
+static void poll_before_flush(struct conn *c)
+{
+    if (!outq_empty(&pstate(c)->pending))
+        poll_complete(c);
+}
+
+static void poll_end(struct conn *c, struct ctl_frames *f, uint16_t ws_code, const char *reason)
+{
+    poll_deliver_ctl(c, f); /* the poll is answered with it at the end of the pass */
+}
+
+static void poll_on_shutdown(struct conn *c)
+{
+    c->flags &= ~(uint32_t)POLLF_KEEPALIVE;
+    transport_on_shutdown(c);
+}
+
+static long poll_on_read(struct conn *c, char *buf, size_t len)
+{
+    return 0; /* requests pipelined behind a held poll wait for its answer */
+}
+
+static void poll_on_free(struct conn *c)
+{
+    outq_clear(&pstate(c)->pending);
+    free(pstate(c)->origin);
+}
+
+static const struct sub_ops poll_ops = {
+    .conn =
+        {
+            .kind = CONN_POLL,
+            .on_read = poll_on_read,
+            .on_timer = poll_complete,
+            .on_shutdown = poll_on_shutdown,
+            .before_flush = poll_before_flush,
+            .deliver = poll_deliver,
+            .deliver_ctl = poll_deliver_ctl,
+            .on_channel_closed = transport_on_channel_closed,
+            .on_free = poll_on_free,
+        },
+    .end = poll_end,
+};
+
+/* Reads ?timeout= (seconds), bounded by --poll-timeout. Returns false after answering. */
+static bool poll_timeout(struct http_ctx *x, uint32_t *timeout_ms)
+{
+    *timeout_ms = conn_cfg(x->c)->poll_timeout_ms;
+    const char *v;
+    size_t vl;
+    if (!http_query_param(x->req->query, x->req->query_len, "timeout", &v, &vl))
+        return true;
+    uint64_t t;
+    if (hub_cursor_parse(v, vl, &t) < 0 || vl == 0) {
+        http_error(x, 400, "bad_timeout", "timeout is a whole number of seconds");
+        return false;
+    }
+    if (t < *timeout_ms / 1000u + 1 && t * 1000 < *timeout_ms)
+        *timeout_ms = (uint32_t)(t * 1000);
+    return true;
+}
+
+void longpoll_handle(struct http_ctx *x)
+{
+    struct conn *c = x->c;
+    struct sub_request r;
+    uint32_t timeout;
+    if (transport_parse_request(x, &r, false) < 0 || !poll_timeout(x, &timeout))
+        return;
+    struct hub_backlog b;
+    if (transport_http_subscribe(x, &r, &b) < 0)
+        return;
+    bool keep = x->req->keep_alive && !(c->flags & CF_EOF);
+    bool head = x->req->method_id == HTTP_M_HEAD;
+    conn_set_ops(c, &poll_ops.conn);
+    struct poll_state *st = pstate(c);
+    /* Nothing newer than the hub's head when we subscribed was missed: the
+     * subscription was in place from then on. */
+    st->cursor = r.has_since && r.since > b.head_seq ? r.since : b.head_seq;
+    st->cors = x->cors;
+    st->origin = x->cors && x->origin ? xstrndup(x->origin, x->origin_len) : NULL;
+    c->flags |= CF_READ_PAUSED | (keep ? POLLF_KEEPALIVE : 0) | (head ? POLLF_HEAD : 0);
+    transport_replay(c, &b, r.since);
+    if (outq_empty(&st->pending))
+        conn_timer_start(c, timeout);
+}

@@ -1,0 +1,157 @@
+/*
+ * sse: Server-Sent Events and HTTP streaming subscribers. See sse.h.
+ */
+#include "transport/sse.h"
+
+#include <stdlib.h>
+
+#include "transport/transport.h"
+
+enum {
+    SSEF_RAW = CF_PROTO_FIRST, /* format=raw: data is the bare body */
+};
+
+static const char sse_heartbeat[] = ":\n\n";
+static const char stream_heartbeat[] = "1\r\n\n\r\n"; /* an empty NDJSON line */
+static const char stream_end[] = "0\r\n\r\n";
+
+/* ---- SSE ------------------------------------------------------------------------ */
+
+static void sse_deliver(struct conn *c, struct msg *m)
+{
+    struct slice s = (c->flags & SSEF_RAW) ? m->sse_raw : m->sse;
+    conn_deliver_bytes(c, &m->ref, s.data, s.len);
+}
+
+static void sse_deliver_ctl(struct conn *c, struct ctl_frames *f)
+{
+    conn_deliver_bytes(c, &f->ref, f->sse.data, f->sse.len);
+}
+
+static void sse_on_timer(struct conn *c)
+{
+    conn_send(c, NULL, sse_heartbeat, sizeof(sse_heartbeat) - 1);
+    conn_timer_start(c, conn_cfg(c)->heartbeat_ms);
+}
+
+static void sse_end(struct conn *c, struct ctl_frames *f, uint16_t ws_code, const char *reason)
+{
+    sse_deliver_ctl(c, f);
+    conn_close_after_write(c);
+}
+
+static const struct sub_ops sse_ops = {
+    .conn =
+        {
+            .kind = CONN_SSE,
+            .on_timer = sse_on_timer,
+            .on_lifetime = transport_on_lifetime,
+            .on_shutdown = transport_on_shutdown,
+            .on_slow = transport_on_slow,
+            .deliver = sse_deliver,
+            .deliver_ctl = sse_deliver_ctl,
+            .on_channel_closed = transport_on_channel_closed,
+        },
+    .end = sse_end,
+};
+
+/* ---- streaming -------------------------------------------------------------------- */
+
+static void stream_deliver(struct conn *c, struct msg *m)
+{
+    conn_deliver_bytes(c, &m->ref, m->chunk.data, m->chunk.len);
+}
+
+static void stream_deliver_ctl(struct conn *c, struct ctl_frames *f)
+{
+    conn_deliver_bytes(c, &f->ref, f->chunk.data, f->chunk.len);
+}
+
+static void stream_on_timer(struct conn *c)
+{
+    conn_send(c, NULL, stream_heartbeat, sizeof(stream_heartbeat) - 1);
+    conn_timer_start(c, conn_cfg(c)->heartbeat_ms);
+}
+
+static void stream_end_with(struct conn *c, struct ctl_frames *f, uint16_t ws_code,
+                            const char *reason)
+{
+    stream_deliver_ctl(c, f);
+    conn_send(c, NULL, stream_end, sizeof(stream_end) - 1);
+    conn_close_after_write(c);
+}
+
+static const struct sub_ops stream_ops = {
+    .conn =
+        {
+            .kind = CONN_STREAM,
+            .on_timer = stream_on_timer,
+            .on_lifetime = transport_on_lifetime,
+            .on_shutdown = transport_on_shutdown,
+            .on_slow = transport_on_slow,
+            .deliver = stream_deliver,
+            .deliver_ctl = stream_deliver_ctl,
+            .on_channel_closed = transport_on_channel_closed,
+        },
+    .end = stream_end_with,
+};
+
+/* ---- handlers ------------------------------------------------------------------------ */
+
+/* Sends the head of a never-ending response and hands the connection to ops. */
+static void start_stream(struct http_ctx *x, const struct sub_ops *ops, const char *ctype,
+                         const char *extra, const char *first)
+{
+    struct conn *c = x->c;
+    struct sbuf b = {0};
+    http_head(x, &b, 200, ctype);
+    sbuf_adds(&b, "Cache-Control: no-cache, no-store\r\nX-Accel-Buffering: no\r\n");
+    if (extra)
+        sbuf_adds(&b, extra);
+    sbuf_adds(&b, "\r\n");
+    sbuf_adds(&b, first);
+    conn_set_ops(c, &ops->conn);
+    conn_send_copy(c, b.data, b.len);
+    sbuf_free(&b);
+    transport_start(c);
+}
+
+void sse_handle(struct http_ctx *x)
+{
+    struct sub_request r;
+    if (transport_parse_request(x, &r, true) < 0)
+        return;
+    const char *v;
+    size_t vl;
+    bool raw = false;
+    if (http_query_param(x->req->query, x->req->query_len, "format", &v, &vl)) {
+        raw = vl == 3 && memcmp(v, "raw", 3) == 0;
+        if (!raw && !(vl == 4 && memcmp(v, "json", 4) == 0))
+            return http_error(x, 400, "bad_format", "format is 'json' (default) or 'raw'");
+    }
+    struct hub_backlog b;
+    if (transport_http_subscribe(x, &r, &b) < 0)
+        return;
+    /* The stream body is delimited by the connection's end (no chunking), so
+     * every subscriber gets the very same pre-framed bytes. `retry` asks the
+     * browser to come back after 3 s rather than its default. */
+    start_stream(x, &sse_ops, "text/event-stream; charset=utf-8", "Connection: keep-alive\r\n",
+                 ":ok\n\nretry: 3000\n\n");
+    if (raw)
+        x->c->flags |= SSEF_RAW;
+    transport_replay(x->c, &b, r.since);
+}
+
+void stream_handle(struct http_ctx *x)
+{
+    struct sub_request r;
+    if (transport_parse_request(x, &r, false) < 0)
+        return;
+    if (x->req->minor_version == 0)
+        return http_error(x, 505, "http_version", "/stream needs HTTP/1.1 (chunked encoding)");
+    struct hub_backlog b;
+    if (transport_http_subscribe(x, &r, &b) < 0)
+        return;
+    start_stream(x, &stream_ops, "application/x-ndjson", "Transfer-Encoding: chunked\r\n", "");
+    transport_replay(x->c, &b, r.since);
+}
