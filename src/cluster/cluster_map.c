@@ -526,7 +526,7 @@ static void refresh_soon(struct cluster_router *r)
     }
     uint64_t due = r->last_refresh + REFRESH_MIN_GAP_MS;
     uint64_t after = due > r->loop->now ? due - r->loop->now : 0;
-    if (!timer_armed(&r->refresh_timer) || r->refresh_timer.when > r->loop->now + after)
+    if (!timer_armed(&r->refresh_timer) || r->refresh_timer.node.key > r->loop->now + after)
         timer_start(r->loop, &r->refresh_timer, after);
 }
 

@@ -1,6 +1,6 @@
 /*
- * loop: epoll pass, binary min-heap of timers (intrusive: each timer knows its
- * heap slot so stop/restart are O(log n)), and an eventfd for cross-thread
+ * loop: epoll pass, timers in a binary min-heap (core/heap.h: each timer knows
+ * its heap slot so stop/restart are O(log n)), and an eventfd for cross-thread
  * wakeups.
  */
 #include "core/loop.h"
@@ -46,7 +46,7 @@ void loop_free(struct loop *loop)
 {
     close(loop->wake_fd);
     close(loop->pfd);
-    free(loop->heap);
+    heap_free(&loop->timers);
 }
 
 int loop_add(struct loop *loop, struct io *io)
@@ -71,77 +71,26 @@ void loop_wake(struct loop *loop)
     (void)n; /* EAGAIN means a wake is already pending */
 }
 
-/* Heap helpers: slots are 1-based in heap_idx, 0-based in the array. */
-static inline void heap_set(struct loop *loop, uint32_t i, struct timer *t)
-{
-    loop->heap[i] = t;
-    t->heap_idx = i + 1;
-}
-
-static void heap_up(struct loop *loop, uint32_t i)
-{
-    struct timer *t = loop->heap[i];
-    while (i > 0) {
-        uint32_t p = (i - 1) / 2;
-        if (loop->heap[p]->when <= t->when)
-            break;
-        heap_set(loop, i, loop->heap[p]);
-        i = p;
-    }
-    heap_set(loop, i, t);
-}
-
-static void heap_down(struct loop *loop, uint32_t i)
-{
-    struct timer *t = loop->heap[i];
-    for (;;) {
-        uint32_t c = 2 * i + 1;
-        if (c >= loop->heap_len)
-            break;
-        if (c + 1 < loop->heap_len && loop->heap[c + 1]->when < loop->heap[c]->when)
-            c++;
-        if (t->when <= loop->heap[c]->when)
-            break;
-        heap_set(loop, i, loop->heap[c]);
-        i = c;
-    }
-    heap_set(loop, i, t);
-}
-
 void timer_stop(struct loop *loop, struct timer *t)
 {
-    if (!t->heap_idx)
-        return;
-    uint32_t i = t->heap_idx - 1;
-    t->heap_idx = 0;
-    struct timer *last = loop->heap[--loop->heap_len];
-    if (last == t)
-        return;
-    heap_set(loop, i, last);
-    heap_up(loop, i);
-    heap_down(loop, last->heap_idx - 1);
+    heap_remove(&loop->timers, &t->node);
 }
 
 void timer_start(struct loop *loop, struct timer *t, uint64_t after_ms)
 {
-    timer_stop(loop, t);
-    t->when = loop->now + after_ms;
-    if (loop->heap_len == loop->heap_cap) {
-        loop->heap_cap = loop->heap_cap ? loop->heap_cap * 2 : 1024;
-        loop->heap = xrealloc(loop->heap, loop->heap_cap * sizeof(*loop->heap));
-    }
-    heap_set(loop, loop->heap_len, t);
-    loop->heap_len++;
-    heap_up(loop, loop->heap_len - 1);
+    heap_remove(&loop->timers, &t->node);
+    t->node.key = loop->now + after_ms;
+    heap_push(&loop->timers, &t->node);
 }
 
 static void run_timers(struct loop *loop)
 {
     /* Bounded by the timers armed on entry: one that re-arms itself with no delay
      * runs again next pass instead of spinning here. */
-    uint32_t budget = loop->heap_len;
-    while (budget-- && loop->heap_len && loop->heap[0]->when <= loop->now) {
-        struct timer *t = loop->heap[0];
+    uint32_t budget = loop->timers.len;
+    struct heap_node *n;
+    while (budget-- && (n = heap_min(&loop->timers)) && n->key <= loop->now) {
+        struct timer *t = container_of(n, struct timer, node);
         timer_stop(loop, t);
         t->cb(loop, t);
     }
@@ -151,8 +100,8 @@ void loop_run_once(struct loop *loop, int max_wait_ms)
 {
     struct poller_event evs[256];
     int wait = max_wait_ms;
-    if (loop->heap_len) {
-        uint64_t due = loop->heap[0]->when;
+    if (loop->timers.len) {
+        uint64_t due = heap_min(&loop->timers)->key;
         uint64_t cap = max_wait_ms < 0 ? (uint64_t)INT32_MAX : (uint64_t)max_wait_ms;
         int until = due <= loop->now ? 0 : (int)MIN(due - loop->now, cap);
         if (wait < 0 || until < wait)

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "core/heap.h"
 #include "core/util.h"
 
 struct loop;
@@ -20,8 +21,7 @@ struct io {
 };
 
 struct timer {
-    uint64_t when;     /* monotonic ms */
-    uint32_t heap_idx; /* 0 = not armed; else 1-based index */
+    struct heap_node node; /* key: when it fires (monotonic ms); in loop->timers while armed */
     void (*cb)(struct loop *loop, struct timer *t);
 };
 
@@ -29,9 +29,8 @@ struct loop {
     int pfd;
     int wake_fd; /* eventfd */
     struct io wake_io;
-    uint64_t now; /* monotonic ms, refreshed once per pass */
-    struct timer **heap;
-    uint32_t heap_len, heap_cap;
+    uint64_t now;       /* monotonic ms, refreshed once per pass */
+    struct heap timers; /* of struct timer.node */
     bool stop;
     void (*on_wake)(struct loop *loop, void *arg);
     void *on_wake_arg;
@@ -50,13 +49,12 @@ void loop_del(struct loop *loop, struct io *io);
 
 static inline void timer_init(struct timer *t, void (*cb)(struct loop *, struct timer *))
 {
-    t->when = 0;
-    t->heap_idx = 0;
+    t->node = (struct heap_node){0};
     t->cb = cb;
 }
 static inline bool timer_armed(const struct timer *t)
 {
-    return t->heap_idx != 0;
+    return heap_linked(&t->node);
 }
 /* (Re)arms t to fire `after_ms` from loop->now. */
 void timer_start(struct loop *loop, struct timer *t, uint64_t after_ms);

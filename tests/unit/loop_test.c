@@ -56,10 +56,10 @@ static void record_cb(struct loop *l, struct timer *t)
     struct ttimer *tt = container_of(t, struct ttimer, t);
     assert_ptr_equal(l, &loop);
     assert_false(timer_armed(t)); /* unarmed before its callback runs */
-    assert_true(t->when <= l->now);
+    assert_true(t->node.key <= l->now);
     tt->fired++;
     order[nfired] = tt->id;
-    whens[nfired] = t->when;
+    whens[nfired] = t->node.key;
     nfired++;
     if (tt->victim) {
         if (tt->restart_ms)
@@ -93,7 +93,7 @@ static void test_timers_fire_in_deadline_order(void **state)
         timer_start(&loop, &t[i].t, 50u * (unsigned)i);
         assert_true(timer_armed(&t[i].t));
     }
-    assert_int_equal(loop.heap_len, 100);
+    assert_int_equal(loop.timers.len, 100);
     loop_run_once(&loop, 0);
     assert_int_equal(nfired, 100);
     for (int i = 0; i < 100; i++) {
@@ -101,7 +101,7 @@ static void test_timers_fire_in_deadline_order(void **state)
         assert_int_equal(t[i].fired, 1);
         assert_false(timer_armed(&t[i].t));
     }
-    assert_int_equal(loop.heap_len, 0);
+    assert_int_equal(loop.timers.len, 0);
     /* Nothing fires twice. */
     loop_run_once(&loop, 0);
     assert_int_equal(nfired, 100);
@@ -129,7 +129,7 @@ static void test_timer_not_yet_due_waits(void **state)
     assert_true(took >= 29);
     assert_true(took < 2000);
     timer_stop(&loop, &later.t);
-    assert_int_equal(loop.heap_len, 0);
+    assert_int_equal(loop.timers.len, 0);
 }
 
 static void test_timer_stop(void **state)
@@ -148,7 +148,7 @@ static void test_timer_stop(void **state)
     struct ttimer never;
     tt_init(&never, 99);
     timer_stop(&loop, &never.t); /* so is stopping a timer never armed */
-    assert_int_equal(loop.heap_len, 2);
+    assert_int_equal(loop.timers.len, 2);
     loop_run_once(&loop, 0);
     assert_int_equal(nfired, 2);
     assert_int_equal(order[0], 1);
@@ -171,7 +171,7 @@ static void test_timer_restart_moves(void **state)
     timer_start(&loop, &a.t, 35);            /* later */
     timer_start(&loop, &d.t, 5);             /* earlier */
     timer_start(&loop, &b.t, BACK + FUTURE); /* out of reach */
-    assert_int_equal(loop.heap_len, 4);      /* restarting never duplicates */
+    assert_int_equal(loop.timers.len, 4);    /* restarting never duplicates */
     loop_run_once(&loop, 0);
     assert_int_equal(nfired, 3);
     assert_int_equal(order[0], 4);
@@ -202,7 +202,7 @@ static void test_timer_stop_inside_callback(void **state)
     assert_false(timer_armed(&t[4].t));
     assert_int_equal(t[5].fired, 0);
     assert_true(timer_armed(&t[5].t));
-    assert_int_equal(loop.heap_len, 1);
+    assert_int_equal(loop.timers.len, 1);
     timer_stop(&loop, &t[5].t);
 }
 
@@ -211,11 +211,7 @@ static void test_timer_stop_inside_callback(void **state)
 /* Heap invariant: every parent is due no later than its children, slots agree. */
 static void check_heap(void)
 {
-    for (uint32_t i = 0; i < loop.heap_len; i++) {
-        assert_int_equal(loop.heap[i]->heap_idx, i + 1);
-        if (i)
-            assert_true(loop.heap[(i - 1) / 2]->when <= loop.heap[i]->when);
-    }
+    assert_true(heap_valid(&loop.timers));
 }
 
 static void test_many_random_timers_pop_sorted(void **state)
@@ -236,14 +232,14 @@ static void test_many_random_timers_pop_sorted(void **state)
         timer_start(&loop, &t[i].t, (uint64_t)rand() % BACK);
     check_heap();
     int expect = NRANDOM - (NRANDOM + 2) / 3;
-    assert_int_equal(loop.heap_len, expect);
+    assert_int_equal(loop.timers.len, expect);
     loop_run_once(&loop, 0);
     assert_int_equal(nfired, expect);
     for (int i = 1; i < nfired; i++)
         assert_true(whens[i - 1] <= whens[i]);
     for (int i = 0; i < NRANDOM; i++)
         assert_int_equal(t[i].fired, i % 3 ? 1 : 0);
-    assert_int_equal(loop.heap_len, 0);
+    assert_int_equal(loop.timers.len, 0);
     free(t);
 }
 
