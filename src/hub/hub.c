@@ -15,6 +15,13 @@
 #include "transport/ws_frame.h"
 
 #define CACHE_LINGER_MS 30000
+/* Cluster mode: how long a cache nobody holds and that holds nothing is kept (the
+ * subscribes a load woke are on their way back; a failed load answers from it). */
+#define CACHE_RETRY_MS 1000
+/* hub_sweep: channels expired per lock hold (about 2 ms), and how long it may keep
+ * its worker before it lets the loop run (and goes on at the loop's next pass). */
+#define EXPIRE_BATCH    1024
+#define SWEEP_BUDGET_MS 10
 
 const char *hub_strerror(int err)
 {
@@ -414,6 +421,44 @@ static struct channel *chan_lookup(struct hub *hub, const char *name, size_t len
     return n ? container_of(n, struct channel, node) : NULL;
 }
 
+/* ---- expiry: a min-heap of the channels that may expire, by deadline -------------
+ *
+ * Every channel that could expire (no subscriber, no parked subscribe, not
+ * persistent) is in the heap, keyed no later than its deadline. Activity only
+ * pushes a deadline back, so it does not touch the heap: the sweep finds the key
+ * early, and puts the channel back with its real deadline. Hub lock held.
+ */
+
+#define NEVER UINT64_MAX
+
+/* When ch expires if nothing happens (wall ms), or NEVER. */
+static uint64_t chan_deadline(const struct hub *hub, const struct channel *ch)
+{
+    if (ch->subscribers || ch->waiters)
+        return NEVER;
+    if (hub->be_ops) /* a node's cache; expiry of the channel itself is Redis's business */
+        return ch->last_active_ms +
+               (ch->ephemeral ? CACHE_RETRY_MS : MIN(ch->ttl_ms, CACHE_LINGER_MS));
+    if (ch->ephemeral)
+        return ch->last_active_ms; /* normally gone with its last subscriber already */
+    if (ch->persistent || !ch->ttl_ms)
+        return NEVER;
+    return ch->last_active_ms + ch->ttl_ms;
+}
+
+/* Puts ch in the heap, or moves its key earlier, when it may expire. */
+static void exp_schedule(struct hub *hub, struct channel *ch)
+{
+    uint64_t at = chan_deadline(hub, ch);
+    if (at == NEVER || (heap_linked(&ch->expiry) && ch->expiry.key <= at))
+        return;
+    ch->expiry.key = at;
+    if (heap_linked(&ch->expiry))
+        heap_fix(&hub->expiry, &ch->expiry);
+    else
+        heap_push(&hub->expiry, &ch->expiry);
+}
+
 /*
  * Room for `more` new channels: stored ones (publish, PUT) and ephemeral ones (a
  * subscribe) have a budget of --max-channels each, so that subscribers making up
@@ -460,6 +505,8 @@ static struct channel *chan_create(struct hub *hub, const char *name, size_t len
     ch->ephemeral = ephemeral;
     hub->nephemeral += ephemeral;
     map_put(&hub->channels, &ch->node);
+    if (!ephemeral) /* an ephemeral one gets its subscriber at once */
+        exp_schedule(hub, ch);
     return ch;
 }
 
@@ -472,6 +519,8 @@ static void chan_make_stored(struct hub *hub, struct channel *ch)
         return;
     ch->ephemeral = false;
     hub->nephemeral--;
+    if (!ch->deleted)
+        exp_schedule(hub, ch);
 }
 
 /* Milliseconds from t to now; 0 if the wall clock stepped back past t. */
@@ -563,6 +612,7 @@ static void chan_unlink(struct hub *hub, struct channel *ch, uint64_t *wake_mask
 {
     tomb_put(hub, ch);
     map_del(&hub->channels, &ch->node);
+    heap_remove(&hub->expiry, &ch->expiry);
     ch->deleted = true;
     chan_make_stored(hub, ch); /* out of the ephemeral count */
     quota_release(hub, ch);
@@ -617,6 +667,7 @@ void hub_free(struct hub *hub)
         chan_release(hub, container_of(n, struct channel, node));
     }
     map_free(&hub->channels);
+    heap_free(&hub->expiry);
     while (!list_empty(&hub->tomb_fifo))
         tomb_drop(hub, container_of(hub->tomb_fifo.next, struct tomb, fifo));
     map_free(&hub->tombs);
@@ -1008,15 +1059,17 @@ int hub_subscribe(struct hub *hub, int w, void *conn, struct list *held, const s
     return 0;
 }
 
-/* An ephemeral channel goes with its last subscriber (a parked subscribe keeps it). */
-static void drop_if_unused(struct hub *hub, struct channel *ch)
+/* An ephemeral channel goes with its last subscriber (a parked subscribe keeps it).
+ * Returns true when ch went (it may be freed). */
+static bool drop_if_unused(struct hub *hub, struct channel *ch)
 {
     if (!ch->ephemeral || ch->deleted || ch->subscribers || ch->waiters)
-        return;
+        return false;
     uint64_t wake_mask = 0; /* no subscriber left: nobody to tell */
     if (hub->be_ops)
         hub->be_ops->unwant(hub->be, ch->name, ch->name_len);
     chan_unlink(hub, ch, &wake_mask);
+    return true;
 }
 
 static void unsubscribe_locked(struct hub *hub, int w, struct sub *s, uint64_t now)
@@ -1032,7 +1085,8 @@ static void unsubscribe_locked(struct hub *hub, int w, struct sub *s, uint64_t n
         ch->worker_mask &= ~(1ull << w);
     /* Before this worker's reference goes: a deleted channel is out of the table, and
      * that reference may be its last. */
-    drop_if_unused(hub, ch);
+    if (!drop_if_unused(hub, ch) && !ch->deleted)
+        exp_schedule(hub, ch);
     if (last_here)
         chan_release(hub, ch);
 }
@@ -1057,42 +1111,86 @@ void hub_unsubscribe_all(struct hub *hub, int w, struct list *held)
 
 /* ---- expiry --------------------------------------------------------------- */
 
-void hub_sweep(struct hub *hub)
+/*
+ * Expires what is due, oldest deadline first, EXPIRE_BATCH channels per lock hold.
+ * Returns whether more is due. Hub lock held.
+ */
+static bool expire_due(struct hub *hub, uint64_t now, uint64_t *wake_mask)
 {
-    uint64_t now = wall_ms(), wake_mask = 0;
-    pthread_mutex_lock(&hub->lock);
-    /* Visit a bounded slice of the table per call so a million channels never stall a loop. */
-    size_t budget = 4096, b = hub->sweep_bucket;
-    if (b > hub->channels.mask)
-        b = 0;
-    while (budget-- && b <= hub->channels.mask) {
-        struct map_node *n = hub->channels.buckets[b++], *next;
-        for (; n; n = next) {
-            next = n->next;
-            struct channel *ch = container_of(n, struct channel, node);
-            hist_trim(ch, now);
-            if (hub->be_ops) {
-                /* A node's cache of a channel nobody here holds lingers a little (for
-                 * long-pollers coming back), then stops following the bus. Expiry of
-                 * the channel itself is Redis's business. */
-                uint64_t linger = ch->ephemeral ? 0 : MIN(ch->ttl_ms, CACHE_LINGER_MS);
-                if (ch->subscribers == 0 && !ch->waiters &&
-                    age_ms(now, ch->last_active_ms) >= linger) {
-                    hub->be_ops->unwant(hub->be, ch->name, ch->name_len);
-                    chan_unlink(hub, ch, &wake_mask);
-                }
-                continue;
-            }
-            if (!ch->persistent && ch->subscribers == 0 &&
-                (ch->ephemeral || (ch->ttl_ms && age_ms(now, ch->last_active_ms) >= ch->ttl_ms))) {
-                log_debug("channel %s expired", ch->name);
-                chan_unlink(hub, ch, &wake_mask);
-            }
+    for (int n = 0; n < EXPIRE_BATCH; n++) {
+        struct heap_node *top = heap_min(&hub->expiry);
+        if (!top || top->key > now)
+            return false;
+        struct channel *ch = container_of(top, struct channel, expiry);
+        uint64_t at = chan_deadline(hub, ch);
+        if (at == NEVER) {
+            heap_remove(&hub->expiry, top); /* back when it may expire again */
+        } else if (at > now) {
+            top->key = at; /* it was active since it was put here */
+            heap_fix(&hub->expiry, top);
+        } else {
+            log_debug("channel %s expired", ch->name);
+            if (hub->be_ops) /* the node's cache: stop following the bus */
+                hub->be_ops->unwant(hub->be, ch->name, ch->name_len);
+            chan_unlink(hub, ch, wake_mask);
         }
     }
-    hub->sweep_bucket = b > hub->channels.mask ? 0 : b;
-    pthread_mutex_unlock(&hub->lock);
-    wake_workers(hub, wake_mask);
+    return true;
+}
+
+/* Trims aged-out history in the next `count` buckets of the table (history is also
+ * trimmed whenever it is read). Hub lock held. */
+static void trim_slice(struct hub *hub, uint64_t now, size_t count)
+{
+    size_t buckets = hub->channels.mask + 1, b = hub->sweep_bucket;
+    if (b >= buckets)
+        b = 0;
+    while (count-- && b < buckets)
+        for (struct map_node *n = hub->channels.buckets[b++]; n; n = n->next)
+            hist_trim(container_of(n, struct channel, node), now);
+    hub->sweep_bucket = b;
+}
+
+static void expire_more(void *arg);
+
+/*
+ * Expires what is due. The lock is let go between batches, so that publishes and
+ * subscribes go on meanwhile, and after SWEEP_BUDGET_MS the rest waits for the next
+ * pass of worker 0's loop (its own connections go on too), not for the next tick.
+ */
+static void expire(struct hub *hub)
+{
+    uint64_t start = now_ms(), now = wall_ms();
+    bool more = true;
+    while (more && now_ms() - start < SWEEP_BUDGET_MS) {
+        uint64_t wake_mask = 0;
+        pthread_mutex_lock(&hub->lock);
+        more = expire_due(hub, now, &wake_mask);
+        pthread_mutex_unlock(&hub->lock);
+        wake_workers(hub, wake_mask);
+    }
+    if (more && !atomic_exchange(&hub->expire_posted, true))
+        hub_post(hub, 0, expire_more, hub);
+}
+
+static void expire_more(void *arg)
+{
+    struct hub *hub = arg;
+    atomic_store(&hub->expire_posted, false);
+    expire(hub);
+}
+
+void hub_sweep(struct hub *hub)
+{
+    uint64_t now = wall_ms();
+    expire(hub);
+    /* A full pass over the table every ten calls or so, however large it is. */
+    size_t slice = MAX((hub->channels.mask + 1) / 10, (size_t)EXPIRE_BATCH);
+    for (size_t done = 0; done < slice; done += EXPIRE_BATCH) {
+        pthread_mutex_lock(&hub->lock);
+        trim_slice(hub, now, EXPIRE_BATCH);
+        pthread_mutex_unlock(&hub->lock);
+    }
 }
 
 /* ---- administration ------------------------------------------------------ */
@@ -1141,6 +1239,7 @@ int hub_channel_put(struct hub *hub, const char *name, size_t len, const struct 
     if (o->has_history_ttl)
         ch->history_ttl_ms = o->history_ttl_ms;
     ch->last_active_ms = wall_ms(); /* PUT renews the TTL */
+    exp_schedule(hub, ch);          /* the TTL may be shorter, or persistent off */
     hist_trim(ch, ch->last_active_ms);
     if (ch->hist_cap > ch->history_size && ch->history_size)
         hist_resize(ch, MAX(ch->history_size, ch->hist_len));
@@ -1449,6 +1548,7 @@ bool hub_channel_loaded(struct hub *hub, const char *name, size_t len, uint64_t 
         /* Deleted while the bus was away (its `closed` notice was lost with it). */
         waiters = gone_locked(hub, ch, &wake_mask);
         err = 0; /* waiters start over */
+        ch = NULL;
     } else {
         if (err) {
             ch->sync = SYNC_FAILED;
@@ -1469,6 +1569,12 @@ bool hub_channel_loaded(struct hub *hub, const char *name, size_t len, uint64_t 
         ch->nheld = 0;
         waiters = ch->waiters;
         ch->waiters = NULL;
+    }
+    if (ch && waiters) {
+        /* The woken subscribes come back soon; a failed load answers them from here
+         * until then (CACHE_RETRY_MS), and a cache nobody takes goes. */
+        ch->last_active_ms = wall_ms();
+        exp_schedule(hub, ch);
     }
     pthread_mutex_unlock(&hub->lock);
     wake_workers(hub, wake_mask);

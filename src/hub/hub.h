@@ -23,6 +23,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "core/heap.h"
 #include "core/map.h"
 #include "core/ref.h"
 #include "core/util.h"
@@ -107,6 +108,7 @@ struct channel {
     bool deleted;
     bool ephemeral;
     struct hub_quota *quota; /* the address a subscribe created it for (see hub_client) */
+    struct heap_node expiry; /* in hub.expiry; its key is never after the real deadline */
 
     /* options */
     bool persistent;
@@ -191,9 +193,11 @@ struct hub {
     const struct herald_config *cfg;
     int nworkers;
     struct hub_inbox inbox[HUB_MAX_WORKERS];
-    size_t sweep_bucket; /* incremental expiry sweep position */
-    size_t nephemeral;   /* channels in the table that are ephemeral */
-    struct map quotas;   /* struct hub_quota by client address */
+    size_t sweep_bucket;       /* incremental history-trim position */
+    struct heap expiry;        /* channels that may expire, by deadline (see hub_sweep) */
+    atomic_bool expire_posted; /* more expiry is queued on worker 0 (hub_post) */
+    size_t nephemeral;         /* channels in the table that are ephemeral */
+    struct map quotas;         /* struct hub_quota by client address */
     struct hub_stats stats;
 
     /* Deleted or expired channels' last ids, so that a channel re-created under the
@@ -413,7 +417,13 @@ void hub_post(struct hub *hub, int w, void (*fn)(void *arg), void *arg);
 /* Worker side: takes the pending inbox items (caller frees the array with free()). */
 struct inbox_item *hub_inbox_take(struct hub *hub, int w, uint32_t *n);
 
-/* Drops expired channels and aged-out history; called about once a second. */
+/*
+ * Drops the channels whose deadline has passed (in the order of their deadlines,
+ * however many channels there are) and, a slice of the table per call, aged-out
+ * history. Called about once a second. Takes the hub lock for short stretches and
+ * returns after about 10 ms: what is left to expire goes on through worker 0's
+ * inbox (hub_post), at that loop's next pass.
+ */
 void hub_sweep(struct hub *hub);
 
 /* Channel administration (publish API). */

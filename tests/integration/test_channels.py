@@ -236,6 +236,24 @@ def test_persistent_and_subscribed_channels_outlive_an_idle_one(short_ttl, chan)
     assert data_of(short_ttl.history(persistent)) == ["kept"]
 
 
+@pytest.mark.timeout(90)
+def test_many_idle_channels_expire_on_time(herald, chan):
+    """Issue 7: the expiry sweep visited 4,096 table buckets a second, so with a 2 s TTL
+    218,000 of 403,000 channels were still there a minute later. Expiry follows the
+    channels' deadlines now: 64,000 channels with a 1 s TTL go within a few seconds."""
+    srv = herald(channel_ttl="1s")
+    for r in range(2):  # 2 batches x 500 messages x 64 channels
+        srv.publish_json({"messages": [
+            {"channels": [f"e{r}-{m}-{c}" for c in range(64)], "data": m} for m in range(500)
+        ]})
+    published = time.monotonic()
+    assert srv.stats()["channels"] == 64000
+    wait_until(lambda: srv.stats()["channels"] == 0, timeout=30, interval=0.1,
+               what="64,000 idle channels to expire")
+    took = time.monotonic() - published
+    assert took < 5, f"the last of 64,000 channels with a 1 s TTL went after {took:.1f} s"
+
+
 def test_publishing_keeps_a_channel_alive(short_ttl, chan):
     busy, idle = chan + "-busy", chan + "-idle"
     short_ttl.publish(busy, "0")

@@ -1777,11 +1777,82 @@ static void test_sweep_covers_a_large_table(void **state)
         assert_int_equal(hub_channel_put(&hub, name, strlen(name), &o, &created, &info), 0);
     }
     sleep_ms(20);
-    /* The sweep works through the table in slices; a few calls cover all of it. */
-    size_t slices = (hub.channels.mask + 1 + 4095) / 4096;
-    for (size_t i = 0; i < slices + 1 && hub.channels.len; i++)
-        hub_sweep(&hub);
+    /* Expiry follows the deadlines, not a walk of the table: one call takes them all,
+     * going on through worker 0's inbox past its time budget (a slow build). */
+    hub_sweep(&hub);
+    while (hub.expire_posted) {
+        uint32_t n;
+        struct inbox_item *items = hub_inbox_take(&hub, 0, &n);
+        for (uint32_t i = 0; i < n; i++) {
+            assert_int_equal(items[i].kind, INBOX_CALL);
+            items[i].fn(items[i].arg);
+        }
+        free(items);
+    }
     assert_int_equal(hub.channels.len, 0);
+    assert_int_equal(hub.expiry.len, 0);
+}
+
+/* The heap's order and each channel's slot, after any mix of operations. */
+static void check_expiry_heap(void)
+{
+    assert_true(heap_valid(&hub.expiry));
+}
+
+/*
+ * Channels with different TTLs, renewed, made persistent, deleted: each goes at its
+ * own deadline, no earlier, and the heap stays a heap.
+ */
+static void test_expiry_follows_each_channel_deadline(void **state)
+{
+    enum { N = 600 };
+    char name[32];
+    bool created;
+    struct channel_info info;
+    for (int i = 0; i < N; i++) {
+        snprintf(name, sizeof(name), "c%d", i);
+        /* ttl 0 never expires; 1 s, 2 s, 3 s otherwise, by i % 4 */
+        struct channel_opts o = {.has_ttl = true, .ttl_ms = (uint32_t)(i % 4) * 1000};
+        assert_int_equal(hub_channel_put(&hub, name, strlen(name), &o, &created, &info), 0);
+    }
+    check_expiry_heap();
+    for (int i = 0; i < N; i += 5) { /* some are deleted, some made persistent */
+        snprintf(name, sizeof(name), "c%d", i);
+        if (i % 2)
+            assert_int_equal(hub_channel_delete(&hub, name, strlen(name)), 0);
+        struct channel_opts p = {.has_persistent = true, .persistent = true};
+        if (!(i % 2))
+            assert_int_equal(hub_channel_put(&hub, name, strlen(name), &p, &created, &info), 0);
+        check_expiry_heap();
+    }
+    /* Move every deadline 10 s back: the ones with a TTL are due now. */
+    for (uint32_t i = 0; i < hub.expiry.len; i++) {
+        container_of(hub.expiry.v[i], struct channel, expiry)->last_active_ms -= 10000;
+        hub.expiry.v[i]->key -= 10000;
+    }
+    pub("c3", "renewed: 3 s from now"); /* its heap key is early: re-keyed, not expired */
+    hub_sweep(&hub);
+    check_expiry_heap();
+    for (int i = 0; i < N; i++) {
+        snprintf(name, sizeof(name), "c%d", i);
+        bool kept = i % 4 == 0 || i % 10 == 0 || i == 3; /* ttl 0, persistent, renewed */
+        assert_int_equal(chan(name) != NULL, kept);
+    }
+    struct channel *c3 = chan("c3"); /* back in the heap with its real deadline */
+    assert_true(heap_linked(&c3->expiry) && c3->expiry.key > wall_ms() + 2000);
+}
+
+/* A shorter TTL moves the deadline earlier. */
+static void test_put_shortens_the_deadline(void **state)
+{
+    pub("a", "1");
+    struct channel_opts o = {.has_ttl = true, .ttl_ms = 1};
+    bool created;
+    struct channel_info info;
+    assert_int_equal(hub_channel_put(&hub, "a", 1, &o, &created, &info), 0);
+    sleep_ms(5);
+    hub_sweep(&hub);
+    assert_null(chan("a"));
 }
 
 /*
@@ -1857,6 +1928,8 @@ int main(void)
         T(test_channel_list_pages_a_large_table),
         T(test_sweep_expires_idle_channels),
         T(test_sweep_covers_a_large_table),
+        T(test_expiry_follows_each_channel_deadline),
+        T(test_put_shortens_the_deadline),
         T(test_sweep_survives_wall_clock_step_back),
     };
 #undef T
