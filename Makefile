@@ -7,7 +7,8 @@
 #   make bench   herald vs Nchan vs the raw-socket floor (docs/bench.md)
 #   make soak    long-running delivery soak test
 #
-# Build variants live in their own directories: build/ (release, -O2 -g),
+# Build variants live in their own directories: build/ (release, -O2 -g, assert()s
+# compiled out: the invariant checks run in the sanitizer builds),
 # build-asan/ (VARIANT=asan: AddressSanitizer + UndefinedBehaviorSanitizer) and
 # build-tsan/ (VARIANT=tsan: ThreadSanitizer).
 
@@ -24,7 +25,7 @@ else ifeq ($(VARIANT),tsan)
   LDSAN   := -fsanitize=thread
 else
   BUILD   := build
-  OPT     := -O2 -g
+  OPT     := -O2 -g -DNDEBUG
   LDSAN   :=
 endif
 
