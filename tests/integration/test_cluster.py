@@ -1,4 +1,4 @@
-"""Cluster mode on one Redis (issue 4, DESIGN.md §2): herald nodes sharing a real
+"""Cluster mode on one Redis (issue 4; guarantees in docs/cluster.md): herald nodes sharing a real
 redis-server started by the test on a loopback port.
 
 What is checked: a publish on any node reaches the subscribers of every node on every

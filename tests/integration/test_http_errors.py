@@ -1,4 +1,4 @@
-"""Bad HTTP input (DESIGN.md §2.5, §3): every error gets its status and a JSON
+"""Bad HTTP input (docs/api.md#errors): every error gets its status and a JSON
 {"error","detail"} body, including 408 for a slowloris client, while a good
 subscriber on the same server keeps receiving every message."""
 

@@ -1,4 +1,4 @@
-"""Connection lifetime with reconnect dither (DESIGN.md §4), with shortened
+"""Connection lifetime with reconnect dither (docs/api.md, connection lifetime), with shortened
 intervals: at the end of its lifetime a subscriber gets a reconnect event and
 is closed (WebSocket code 1001); lifetimes are spread over [min, max]."""
 

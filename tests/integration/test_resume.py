@@ -1,4 +1,4 @@
-"""Delivery guarantees (DESIGN.md §2.1, §2.2, §1 multi-channel) on every transport:
+"""Delivery guarantees (docs/api.md#cursors-resume-and-gaps) on every transport:
 resume inside history is exact, a cursor older than history gets an explicit gap
 event first, and a message published to several held channels arrives once."""
 

@@ -1,4 +1,4 @@
-"""Slow consumers (DESIGN.md §2.4): a subscriber that stops reading is cut off with
+"""Slow consumers (docs/api.md#limits-and-what-happens-at-each): a subscriber that stops reading is cut off with
 an error event (and close 1008 on WebSocket) once its queue passes --max-outbound,
 the cut is counted in /stats, and other subscribers of the channel miss nothing."""
 
