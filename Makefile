@@ -82,25 +82,34 @@ test: deps
 	@$(MAKE) --no-print-directory VARIANT=asan unit
 	@$(MAKE) --no-print-directory VARIANT=asan integration
 
-# Fuzzers: clang + libFuzzer, each target links the parser it exercises.
+# Fuzzers: clang + libFuzzer, each target links the parser it exercises (and what
+# that needs). fuzz-short (in make test) shares FUZZ_SHORT_TOTAL seconds among them.
 FUZZ_SECONDS ?= 60
+FUZZ_SHORT_TOTAL ?= 60
 FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -O1 -g -Isrc -fsanitize=fuzzer,address,undefined
-build-fuzz/http_parser_fuzz: tests/fuzz/http_parser_fuzz.c src/http/http_parser.c
+FUZZ_LIBS := -lssl -lcrypto -lz -ljansson -lhiredis -lm -pthread
+FUZZ_HUB := src/hub/hub.c src/core/log.c src/core/map.c src/core/util.c src/transport/ws_frame.c
+build-fuzz/%_fuzz: tests/fuzz/%_fuzz.c
 	@mkdir -p build-fuzz
-	clang $(FUZZ_CFLAGS) -o $@ $^
-build-fuzz/ws_frame_fuzz: tests/fuzz/ws_frame_fuzz.c src/transport/ws_frame.c
-	@mkdir -p build-fuzz
-	clang $(FUZZ_CFLAGS) -o $@ $^ -lssl -lcrypto -lz
+	clang $(FUZZ_CFLAGS) -o $@ $^ $(FUZZ_LIBS)
+build-fuzz/http_parser_fuzz build-fuzz/url_decode_fuzz: src/http/http_parser.c
+build-fuzz/ws_frame_fuzz: src/transport/ws_frame.c
+build-fuzz/cursor_fuzz: $(FUZZ_HUB)
+build-fuzz/config_value_fuzz: src/core/config.c
+build-fuzz/redis_payload_fuzz: src/cluster/redis_payload.c $(FUZZ_HUB)
+build-fuzz/resp_reply_fuzz: src/cluster/redis_payload.c src/cluster/cluster_map.c \
+  src/cluster/redis_bus.c src/cluster/resp_conn.c src/core/loop.c src/core/poller_epoll.c $(FUZZ_HUB)
 FUZZERS := $(patsubst tests/fuzz/%.c,build-fuzz/%,$(wildcard tests/fuzz/*_fuzz.c))
+FUZZ_SHORT_EACH := $(shell n=$(words $(FUZZERS)); t=$$(( $(FUZZ_SHORT_TOTAL) / (n ? n : 1) )); echo $$(( t < 2 ? 2 : t )))
 
 fuzz: deps $(FUZZERS)
 	@set -e; for f in $(FUZZERS); do n=$$(basename $$f _fuzz); mkdir -p build-fuzz/corpus-$$n; \
-	  $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 build-fuzz/corpus-$$n tests/fuzz/corpus/$$n; done
+	  $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -artifact_prefix=build-fuzz/ build-fuzz/corpus-$$n tests/fuzz/corpus/$$n; done
 
 fuzz-short: $(FUZZERS)
 	@set -e; for f in $(FUZZERS); do n=$$(basename $$f _fuzz); \
-	  mkdir -p build-fuzz/short-$$n; echo "== $$f (20 s)"; \
-	  $$f -max_total_time=20 -print_final_stats=0 build-fuzz/short-$$n tests/fuzz/corpus/$$n 2>&1 | tail -n 2; done
+	  mkdir -p build-fuzz/short-$$n; echo "== $$f ($(FUZZ_SHORT_EACH) s)"; \
+	  $$f -max_total_time=$(FUZZ_SHORT_EACH) -print_final_stats=0 -artifact_prefix=build-fuzz/ build-fuzz/short-$$n tests/fuzz/corpus/$$n 2>&1 | tail -n 2; done
 
 bench: deps
 	@./scripts/install-deps.sh --bench

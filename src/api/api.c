@@ -24,19 +24,6 @@
 #define RESPOND_LIT(x, status, headers, lit)                                                       \
     http_respond((x), (status), "application/json", (headers), (lit), sizeof(lit) - 1)
 
-bool api_event_name_valid(const char *s, size_t len)
-{
-    if (len < 1 || len > 64)
-        return false;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '_' || c == '.' || c == ':' || c == '-'))
-            return false;
-    }
-    return true;
-}
-
 static bool is_json_type(const struct http_request *req)
 {
     const struct http_header *h = http_find_header(req, "Content-Type");
@@ -220,7 +207,7 @@ int api_pub_from_json(json_t *obj, struct api_pub *p, const char **err)
     json_t *ev = json_object_get(obj, "event");
     if (ev) {
         if (!json_is_string(ev) ||
-            !api_event_name_valid(json_string_value(ev), json_string_length(ev))) {
+            !hub_event_name_valid(json_string_value(ev), json_string_length(ev))) {
             *err = "\"event\" is a name of 1-64 letters, digits or _ . : -";
             return -1;
         }
@@ -297,7 +284,7 @@ static void handle_pub(struct http_ctx *x, const char *name, size_t name_len)
     } else if (!http_query_param(x->req->query, x->req->query_len, "event", &ev, &ev_len)) {
         ev = NULL;
     }
-    if (ev && !api_event_name_valid(ev, ev_len))
+    if (ev && !hub_event_name_valid(ev, ev_len))
         return http_error(x, 400, "bad_event", "event names are 1-64 letters, digits or _ . : -");
     struct publish_req req = {
         .raw = {x->body, (uint32_t)x->body_len}, .event = ev, .event_len = ev_len};

@@ -45,7 +45,4 @@ bool api_key_matches(const struct herald_config *cfg, const char *key, size_t le
 /* Registers the API's routes (publish, channels, stats, metrics, health). Start-up, once. */
 void api_init(void);
 
-/* Whether an event name is acceptable: 1-64 bytes of [A-Za-z0-9_.:-]. */
-bool api_event_name_valid(const char *s, size_t len);
-
 #endif

@@ -7,12 +7,8 @@
  * the cluster; on a Redis Cluster it is per channel), appends to each
  * channel's Stream, trims it to its history size remembering the highest id
  * trimmed (gap detection), refreshes expiries and publishes on the channel's
- * bus channel — all atomically, before the publisher hears back.
- *
- * Payload (bus message after "<id> ", and Stream field p):
- *   "<kind> <time_ms> <nchannels> <event_len> <raw_len>\n" channel "\n" ... event raw
- * kind J: raw is the JSON body as sent (data is it without whitespace); T: raw
- * is text (data is it as a JSON string); B: raw is base64 text of a binary body.
+ * bus channel — all atomically, before the publisher hears back. What a message
+ * looks like in Redis is redis_payload.h's business.
  */
 #include "cluster/redis_backend.h"
 
@@ -26,6 +22,7 @@
 
 #include "cluster/cluster_map.h"
 #include "cluster/redis_bus.h"
+#include "cluster/redis_payload.h"
 #include "core/config.h"
 #include "core/log.h"
 #include "core/loop.h"
@@ -487,82 +484,6 @@ static int script_error(struct rb *rb, const redisReply *r, int status, const ch
     return HUB_ERR_BACKEND;
 }
 
-/* ---- payload ------------------------------------------------------------------------ */
-
-/* Builds the payload of a publish (see the file comment). */
-static void payload_build(struct sbuf *b, const struct slice *channels, size_t n,
-                          const struct publish_req *req, uint64_t time_ms)
-{
-    char kind = req->base64 ? 'B' : req->kind == PUB_TEXT ? 'T' : 'J';
-    struct slice raw = req->raw; /* as published: 'J' data is derived from it */
-    sbuf_printf(b, "%c %" PRIu64 " %zu %zu %u\n", kind, time_ms, n, req->event ? req->event_len : 0,
-                raw.len);
-    for (size_t i = 0; i < n; i++) {
-        sbuf_add(b, channels[i].data, channels[i].len);
-        sbuf_add(b, "\n", 1);
-    }
-    if (req->event)
-        sbuf_add(b, req->event, req->event_len);
-    sbuf_add(b, raw.data, raw.len);
-}
-
-/*
- * Parses a payload into e (pointing into p, and into *data for the JSON form
- * of text bodies, which the caller frees with sbuf_free). Returns 0 or -1.
- */
-static int payload_parse(const char *p, size_t len, struct hub_entry *e, struct sbuf *data)
-{
-    char kind;
-    unsigned long long t, nch, evl, rawl;
-    int used = 0;
-    const char *nl = memchr(p, '\n', len);
-    if (!nl || sscanf(p, "%c %llu %llu %llu %llu%n", &kind, &t, &nch, &evl, &rawl, &used) != 5 ||
-        nch > ARRAY_LEN(e->channels) || p + used != nl)
-        return -1;
-    const char *q = nl + 1, *end = p + len;
-    memset(e, 0, sizeof(*e));
-    e->time_ms = t;
-    for (size_t i = 0; i < nch; i++) {
-        const char *l = memchr(q, '\n', (size_t)(end - q));
-        if (!l)
-            return -1;
-        e->channels[i] = (struct slice){q, (uint32_t)(l - q)};
-        q = l + 1;
-    }
-    e->nchannels = nch;
-    if ((size_t)(end - q) != evl + rawl)
-        return -1;
-    if (evl) {
-        e->req.event = q;
-        e->req.event_len = evl;
-    }
-    q += evl;
-    e->req.raw = (struct slice){q, (uint32_t)rawl};
-    switch (kind) {
-    case 'J':
-        e->req.kind = PUB_JSON;
-        sbuf_reserve(data, rawl + 1);
-        data->len = json_strip_ws(data->data, q, rawl);
-        e->req.data_json = (struct slice){data->data, (uint32_t)data->len};
-        break;
-    case 'T':
-        e->req.kind = PUB_TEXT;
-        sbuf_add_json_str(data, q, rawl);
-        e->req.data_json = (struct slice){data->data, (uint32_t)data->len};
-        break;
-    case 'B':
-        e->req.kind = PUB_BINARY;
-        e->req.base64 = true;
-        sbuf_add(data, "\"", 1);
-        sbuf_add(data, q, rawl);
-        sbuf_add(data, "\"", 1);
-        e->req.data_json = (struct slice){data->data, (uint32_t)data->len};
-        break;
-    default: return -1;
-    }
-    return 0;
-}
-
 /* "herald:{name}:m" -> name. */
 static bool bus_channel_name(const char *ch, size_t len, struct slice *name)
 {
@@ -581,25 +502,18 @@ static void on_message(const char *channel, size_t channel_len, const char *data
     struct slice name;
     if (!bus_channel_name(channel, channel_len, &name))
         return;
-    if (len >= 8 && memcmp(data, "X closed", 8) == 0) {
-        hub_channel_gone(rb->hub, name.data, name.len);
-        return;
-    }
-    const char *sp = memchr(data, ' ', len);
-    uint64_t seq;
-    if (!sp || hub_cursor_parse(data, (size_t)(sp - data), &seq) < 0)
-        goto bad;
     struct hub_entry e;
     struct sbuf buf = {0};
-    if (payload_parse(sp + 1, len - (size_t)(sp + 1 - data), &e, &buf) < 0) {
-        sbuf_free(&buf);
-        goto bad;
+    switch (redis_payload_parse_bus(data, len, &e, &buf)) {
+    case REDIS_BUS_MESSAGE:
+        hub_ingest(rb->hub, &name, e.channels, e.nchannels, e.seq, e.time_ms, &e.req);
+        break;
+    case REDIS_BUS_CLOSED: hub_channel_gone(rb->hub, name.data, name.len); break;
+    case REDIS_BUS_BAD:
+        rb_warn(rb, "redis: ignoring a malformed message on %.*s", (int)channel_len, channel);
+        break;
     }
-    hub_ingest(rb->hub, &name, e.channels, e.nchannels, seq, e.time_ms, &e.req);
     sbuf_free(&buf);
-    return;
-bad:
-    log_warn("redis: ignoring a malformed message on %.*s", (int)channel_len, channel);
 }
 
 static uint64_t reply_u64(const redisReply *r)
@@ -666,19 +580,15 @@ static void load_reply(const redisReply *r, int status, void *arg)
     size_t n = list->elements, k = 0;
     struct hub_entry *entries = xcalloc(n ? n : 1, sizeof(*entries));
     struct sbuf *bufs = xcalloc(n ? n : 1, sizeof(*bufs));
+    size_t bad = 0;
     for (size_t i = 0; i < n; i++) {
-        const redisReply *ent = list->element[i];
-        if (ent->type != REDIS_REPLY_ARRAY || ent->elements != 2 ||
-            ent->element[1]->type != REDIS_REPLY_ARRAY || ent->element[1]->elements != 2)
-            continue;
-        const redisReply *id = ent->element[0], *p = ent->element[1]->element[1];
-        const char *dash = memchr(id->str, '-', id->len);
-        uint64_t seq;
-        if (!dash || hub_cursor_parse(id->str, (size_t)(dash - id->str), &seq) < 0 ||
-            payload_parse(p->str, p->len, &entries[k], &bufs[k]) < 0)
-            continue;
-        entries[k++].seq = seq;
+        if (redis_payload_parse_entry(list->element[i], &entries[k], &bufs[k]) == 0)
+            k++;
+        else
+            bad++;
     }
+    if (bad)
+        rb_warn(rb, "redis: loading channel %s: %zu malformed entries ignored", op->name, bad);
     qsort(entries, k, sizeof(*entries), cmp_entry); /* XREVRANGE came newest first */
     /* The cache keeps what Redis keeps for this channel, not just the defaults. */
     uint64_t hs = reply_u64(r->element[1]), httl = reply_u64(r->element[3]);
@@ -1075,7 +985,7 @@ static void be_publish(void *be, int w, const struct slice *channels, size_t n,
         pt->lens[i] = channels[i].len;
     }
     uint64_t now = wall_ms();
-    payload_build(&pt->payload, channels, n, req, now);
+    redis_payload_build(&pt->payload, channels, n, req, now);
     /* The publisher's clock in µs: ids stay close to time across shards. */
     pt->hint = wall_us();
     rb_post(rb, &pt->t);

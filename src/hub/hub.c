@@ -76,18 +76,29 @@ struct rbuf *rbuf_new(const void *data, size_t len)
     return b;
 }
 
-bool hub_channel_name_valid(const char *name, size_t len)
+/* Whether s[0..len) is 1 to max bytes of ASCII letters, digits and the bytes of extra. */
+static bool name_valid(const char *s, size_t len, size_t max, const char *extra)
 {
-    if (len < 1 || len > CHANNEL_NAME_MAX)
+    if (len < 1 || len > max)
         return false;
     for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)name[i];
+        unsigned char c = (unsigned char)s[i];
         bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                  c == '_' || c == '.' || c == ':' || c == '@' || c == '/' || c == '-';
+                  (c && strchr(extra, c));
         if (!ok)
             return false;
     }
     return true;
+}
+
+bool hub_channel_name_valid(const char *name, size_t len)
+{
+    return name_valid(name, len, CHANNEL_NAME_MAX, "_.:@/-");
+}
+
+bool hub_event_name_valid(const char *name, size_t len)
+{
+    return name_valid(name, len, EVENT_NAME_MAX, "_.:-");
 }
 
 int hub_cursor_parse(const char *s, size_t len, uint64_t *out)

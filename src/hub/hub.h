@@ -30,6 +30,7 @@
 
 #define HUB_MAX_WORKERS  64
 #define CHANNEL_NAME_MAX 128
+#define EVENT_NAME_MAX   64
 
 struct herald_config;
 struct hub_quota;
@@ -274,6 +275,8 @@ void hub_free(struct hub *hub);
 
 /* Whether name[0..len) is a valid channel name: 1-128 bytes of [A-Za-z0-9_.:@/-]. */
 bool hub_channel_name_valid(const char *name, size_t len);
+/* Whether name[0..len) is a valid event name: 1-64 bytes of [A-Za-z0-9_.:-]. */
+bool hub_event_name_valid(const char *name, size_t len);
 
 /* Parses a cursor ("" -> 0). Returns 0 or HUB_ERR_CURSOR. */
 int hub_cursor_parse(const char *s, size_t len, uint64_t *out);

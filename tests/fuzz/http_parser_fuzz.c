@@ -15,21 +15,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz.h"
 #include "http/http_parser.h"
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond))                                                                               \
-            __builtin_trap();                                                                      \
-    } while (0)
 
 static const struct http_limits limits = {.max_header_bytes = 300, .max_uri_bytes = 64};
 #define MAX_BODY 256
-
-static bool inside(const char *p, size_t n, const char *lo, size_t lo_len)
-{
-    return p >= lo && n <= lo_len && (size_t)(p - lo) <= lo_len - n;
-}
 
 static void check_request(const char *buf, int r, const struct http_request *req)
 {

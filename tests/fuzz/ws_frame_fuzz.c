@@ -17,15 +17,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "fuzz.h"
 #include "transport/ws_frame.h"
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond);               \
-            __builtin_trap();                                                                      \
-        }                                                                                          \
-    } while (0)
 
 #define INFLATE_CAP 4096
 
