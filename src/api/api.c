@@ -177,7 +177,15 @@ int api_pub_from_json(json_t *obj, struct api_pub *p, const char **err)
         return -1;
     }
     json_t *chs = json_object_get(obj, "channels"), *ch = json_object_get(obj, "channel");
-    if (json_is_string(ch) && add_channel(p, json_string_value(ch), json_string_length(ch), err))
+    if (ch && chs) {
+        *err = "give \"channel\" or \"channels\", not both";
+        return -1;
+    }
+    if (ch && !json_is_string(ch)) {
+        *err = "\"channel\" is a channel name";
+        return -1;
+    }
+    if (ch && add_channel(p, json_string_value(ch), json_string_length(ch), err))
         return -1;
     if (json_is_array(chs)) {
         size_t i;
@@ -329,13 +337,19 @@ static void handle_pub(struct http_ctx *x, const char *name, size_t name_len)
     sbuf_free(&data);
 }
 
-/* POST /api/publish: one message or a batch, published in order, one after the other. */
+/*
+ * POST /api/publish: one message or a batch, published in order, one after the
+ * other. In memory mode each publish completes inline: batch_next loops over them
+ * (batch_done only records while the loop runs), so a batch costs no stack depth.
+ */
 struct batch_op {
     struct http_async a;
     json_t *doc;
     struct api_pub *pubs;
     size_t n, next;
     bool batch;
+    bool running;  /* batch_next's loop is on the stack */
+    bool answered; /* a single message failed and was answered */
     struct sbuf out;
 };
 
@@ -359,27 +373,30 @@ static void batch_done(void *arg, int err, const struct publish_result *res)
         struct http_ctx *x = http_async_ctx(&op->a);
         if (x)
             publish_error(x, err, res->detail, NULL, 0);
-        if (http_async_finish(&op->a))
-            batch_free(op);
-        return;
+        op->answered = true;
+    } else {
+        if (op->next)
+            sbuf_add(&op->out, ",", 1);
+        if (err) {
+            sbuf_printf(&op->out, "{\"error\":\"%s\",\"detail\":", hub_error_name(err));
+            const char *d = res->detail ? res->detail : hub_strerror(err);
+            sbuf_add_json_str(&op->out, d, strlen(d));
+            sbuf_add(&op->out, "}", 1);
+        } else {
+            sbuf_printf(&op->out, "{\"id\":\"%" PRIu64 "\",\"subscribers\":%u}", res->id,
+                        res->subscribers);
+        }
     }
-    if (op->next)
-        sbuf_add(&op->out, ",", 1);
-    if (err) {
-        sbuf_printf(&op->out, "{\"error\":\"%s\",\"detail\":", hub_error_name(err));
-        const char *d = res->detail ? res->detail : hub_strerror(err);
-        sbuf_add_json_str(&op->out, d, strlen(d));
-        sbuf_add(&op->out, "}", 1);
-    } else
-        sbuf_printf(&op->out, "{\"id\":\"%" PRIu64 "\",\"subscribers\":%u}", res->id,
-                    res->subscribers);
     op->next++;
-    batch_next(op);
+    if (!op->running)
+        batch_next(op); /* it completed later, on the worker: go on from here */
 }
 
 static void batch_next(struct batch_op *op)
 {
-    if (op->next < op->n) {
+    op->running = true;
+    while (op->next < op->n && !op->answered) {
+        size_t started = op->next;
         struct api_pub *p = &op->pubs[op->next];
         struct publish_req req = {
             .kind = p->text ? PUB_TEXT : PUB_JSON,
@@ -390,12 +407,17 @@ static void batch_next(struct batch_op *op)
         };
         struct conn *c = op->a.inline_x ? op->a.inline_x->c : op->a.c;
         hub_publish_async(&conn_server(c)->hub, c->w->id, p->channels, p->n, &req, batch_done, op);
-        return;
+        if (op->next == started) {
+            op->running = false; /* batch_done goes on when it completes */
+            return;
+        }
     }
-    sbuf_adds(&op->out, op->batch ? "]}\n" : "\n");
+    op->running = false;
     struct http_ctx *x = http_async_ctx(&op->a);
-    if (x)
+    if (x && !op->answered) {
+        sbuf_adds(&op->out, op->batch ? "]}\n" : "\n");
         http_respond(x, 201, "application/json", NULL, op->out.data, op->out.len);
+    }
     if (http_async_finish(&op->a))
         batch_free(op);
 }

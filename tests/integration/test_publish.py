@@ -5,6 +5,7 @@ Expect: 100-continue, keep-alive and pipelining."""
 import base64
 import http.client
 import json
+import resource
 import time
 
 import pytest
@@ -160,6 +161,41 @@ def test_api_publish_batch_is_validated_before_anything_is_published(server, cha
     assert "messages[1]" in err["detail"]
     assert server.channel(chan) is None
     assert server.channel(chan + "-bad") is None
+
+
+def test_api_publish_with_both_channel_and_channels_is_rejected(server, chan):
+    """Issue 7: {"channel": a, "channels": [b]} published to both, silently."""
+    doc = {"channel": chan + "-a", "channels": [chan + "-b"], "data": 1}
+    r = server.request("POST", "/api/publish", json.dumps(doc), JSON_TYPE)
+    assert r.status == 400
+    err = r.error()
+    assert err["error"] == "bad_message" and "not both" in err["detail"], err
+    assert server.channel(chan + "-a") is None and server.channel(chan + "-b") is None
+    r = server.request("POST", "/api/publish", json.dumps({"messages": [doc]}), JSON_TYPE)
+    assert r.status == 400 and "messages[0]" in r.error()["detail"]
+
+
+def test_api_publish_channel_must_be_a_name(server, chan):
+    r = server.request("POST", "/api/publish", json.dumps({"channel": 7, "data": 1}), JSON_TYPE)
+    assert r.status == 400 and r.error()["error"] == "bad_message"
+
+
+def test_a_batch_takes_no_stack_per_message(herald, chan):
+    """Issue 7: each message of a batch published the next one from its completion, so a
+    batch recursed once per message. With 64 KiB of stack (inherited by herald's threads)
+    a 1,000-message batch crashed the server; it takes constant stack now."""
+    old = resource.getrlimit(resource.RLIMIT_STACK)
+    resource.setrlimit(resource.RLIMIT_STACK, (64 * 1024, old[1]))
+    try:
+        srv = herald(workers=1)
+    finally:
+        resource.setrlimit(resource.RLIMIT_STACK, old)
+    msgs = [{"channel": f"{chan}-{i % 3}", "data": i} for i in range(1000)]
+    answer = srv.publish_json({"messages": msgs})
+    assert len(answer["results"]) == 1000
+    assert data_of(srv.history(chan + "-1"))[-1] == 997
+    r = srv.request("POST", "/api/publish", json.dumps({"messages": msgs + msgs[:1]}), JSON_TYPE)
+    assert (r.status, r.error()["error"]) == (400, "bad_batch")  # the batch itself is bounded
 
 
 @pytest.mark.parametrize(
