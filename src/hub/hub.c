@@ -45,6 +45,12 @@ const char *hub_strerror(int err)
     return "unknown error";
 }
 
+bool hub_error_names_channel(int err)
+{
+    return err == HUB_ERR_NAME || err == HUB_ERR_NOT_FOUND || err == HUB_ERR_TOO_MANY ||
+           err == HUB_ERR_TOO_MANY_EPHEMERAL || err == HUB_ERR_TOO_MANY_FOR_ADDR;
+}
+
 const char *hub_error_name(int err)
 {
     switch (err) {

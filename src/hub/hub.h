@@ -267,6 +267,9 @@ struct hub_backend_ops {
     bool (*ready)(void *be);
 };
 const char *hub_strerror(int err);
+/* Whether *bad_index of a failed hub_subscribe names the channel the error is about: an
+ * invalid or unknown name, or one that could not be created (a channel limit). */
+bool hub_error_names_channel(int err);
 /* The machine-readable name of a hub error ("bad_channel", "channel_not_found"...). */
 const char *hub_error_name(int err);
 

@@ -200,7 +200,7 @@ int transport_http_subscribe(struct http_ctx *x, const struct sub_request *r, st
         conn_park(x->c); /* re-run from the start once the channels are ready */
         return -1;
     }
-    bool named = err == HUB_ERR_NOT_FOUND || err == HUB_ERR_NAME;
+    bool named = hub_error_names_channel(err);
     http_hub_error(x, err, named ? r->names[bad].data : NULL, named ? r->names[bad].len : 0);
     return -1;
 }

@@ -298,9 +298,10 @@ static void op_subscribe(struct conn *c, json_t *op, json_t *ref)
         return;
     }
     if (e) {
-        char detail[256];
-        snprintf(detail, sizeof(detail), "%s (%.*s)", hub_strerror(e), (int)r.names[bad].len,
-                 r.names[bad].data);
+        char detail[512];
+        bool named = hub_error_names_channel(e);
+        snprintf(detail, sizeof(detail), "%s%s%.*s", hub_strerror(e), named ? ": " : "",
+                 named ? (int)r.names[bad].len : 0, r.names[bad].data);
         return ws_reply_error(c, hub_error_name(e), detail, ref);
     }
     struct sbuf f = {0};

@@ -143,3 +143,51 @@ def test_loopback_clients_are_not_limited_by_default(herald, chan):
     srv = herald(max_channels_per_ip=10)
     with RawWS(srv) as ws:
         assert ws_subscribe(ws, [f"{chan}-{i}" for i in range(50)])[0] == "subscribed"
+
+
+def check_full(answer, name=None):
+    """A full table's answer: 503 too_many_channels, naming the limit (and the channel)."""
+    status, err = answer
+    assert (status, err["error"]) == (503, "too_many_channels"), answer
+    assert "--max-channels" in err["detail"], err
+    if name:
+        assert err["detail"].endswith(name), err
+
+
+def http_answer(srv, method, path, body=None, headers=None):
+    r = srv.request(method, path, body, headers)
+    return r.status, r.error()
+
+
+def test_a_full_table_is_503_too_many_channels_on_every_path(herald, chan):
+    """Issue 7: every way of creating a channel answers a full table with 503
+    too_many_channels, saying which limit and which channel (a subscribe named none,
+    and a WebSocket op named the first channel of the op, existing or not)."""
+    srv = herald(max_channels=2, ws_publish=True)
+    stored = [chan + "-s1", chan + "-s2"]
+    for name in stored:
+        srv.publish(name, "x")
+    new = chan + "-new"
+    check_full(http_answer(srv, "POST", "/pub/" + new, b"x"), new)
+    doc = json.dumps({"channel": new, "data": 1})
+    check_full(http_answer(srv, "POST", "/api/publish", doc, {"Content-Type": "application/json"}))
+    check_full(http_answer(srv, "PUT", "/api/channels/" + new))
+    batch = srv.publish_json({"messages": [{"channel": new, "data": 1}, {"channel": stored[0], "data": 2}]})
+    assert batch["results"][0]["error"] == "too_many_channels" and "id" in batch["results"][1]
+    with RawWS(srv) as ws:
+        ws.send_json({"op": "publish", "channel": new, "data": 1})
+        ans = ws.recv_json()
+        assert (ans["event"], ans["error"]) == ("error", "too_many_channels"), ans
+
+    # Channels that only have subscribers: their own budget of 2, then full too.
+    with RawWS(srv) as holder:
+        assert ws_subscribe(holder, [chan + "-e1", chan + "-e2"])[0] == "subscribed"
+        for kind in ("sse", "poll", "stream", "ws"):
+            path = {"ws": "/ws", "poll": "/poll", "sse": "/sse", "stream": "/stream"}[kind]
+            headers = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+                       "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="} if kind == "ws" else None
+            check_full(http_answer(srv, "GET", f"{path}?channels={stored[0]},{new}", headers=headers), new)
+        event, error, detail = ws_subscribe(holder, [stored[0], new])
+        assert (event, error) == ("error", "too_many_channels")
+        assert detail.endswith(": " + new) and "--max-channels" in detail, detail
+        assert ws_subscribe(holder, [stored[0], stored[1]])[0] == "subscribed"
