@@ -944,6 +944,29 @@ static uint32_t count_list(const struct list *l)
     return n;
 }
 
+static bool holds_name(const struct list *held, const struct slice *name)
+{
+    for (const struct list *p = held->next; p != held; p = p->next) {
+        const struct channel *ch = container_of(p, struct sub, conn_link)->ch;
+        if (ch->name_len == name->len && memcmp(ch->name, name->data, name->len) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Whether holding names[0..n) too keeps the connection within max channels: the ones
+ * it holds already and names given twice count once. Worker thread of the connection. */
+static bool subs_fit(const struct list *held, const struct slice *names, size_t n, uint32_t max)
+{
+    uint32_t have = count_list(held);
+    if (have + n <= max)
+        return true;
+    for (size_t i = 0; i < n; i++)
+        if (!holds_name(held, &names[i]) && !slice_in(names, i, &names[i]) && ++have > max)
+            return false;
+    return true;
+}
+
 static struct sub *find_sub(const struct list *held, const struct channel *ch)
 {
     for (struct list *p = held->next; p != held; p = p->next) {
@@ -1005,7 +1028,7 @@ int hub_subscribe(struct hub *hub, int w, void *conn, struct list *held, const s
 {
     struct channel *chs[64];
     memset(backlog, 0, sizeof(*backlog));
-    if (n > ARRAY_LEN(chs) || count_list(held) + n > cl->max_subs) {
+    if (n > ARRAY_LEN(chs) || !subs_fit(held, names, n, cl->max_subs)) {
         *bad_index = 0;
         return HUB_ERR_TOO_MANY_SUBS;
     }

@@ -313,6 +313,9 @@ def test_channels_per_connection_limit(module_herald, chan):
             assert ans["event"] == "unsubscribed"
             ans = await ws_op(ws, {"op": "subscribe", "channel": chan + "-3"})
             assert ans["event"] == "subscribed"
+            # Asking again for what it holds adds nothing, so it fits (issue 7).
+            ans = await ws_op(ws, {"op": "subscribe", "channels": [chan + "-2", chan + "-3"]})
+            assert ans["event"] == "subscribed", ans
 
     arun(main())
     r = srv.request("GET", f"/sse?channels={chan}-1,{chan}-2,{chan}-3")

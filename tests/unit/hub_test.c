@@ -1033,6 +1033,28 @@ static void test_subscribe_twice_and_duplicates(void **state)
     hub_unsubscribe_all(&hub, 0, &held);
 }
 
+/*
+ * Issue 7: the per-connection limit counted every name of a subscribe, so asking
+ * again for channels already held (a client re-sending its list) was refused.
+ */
+static void test_resubscribing_held_channels_counts_them_once(void **state)
+{
+    struct list held;
+    hold_a_and_b(&held);
+    struct slice again[] = {sl("a"), sl("b"), sl("c"), sl("c")};
+    struct hub_client three = {.max_subs = 3};
+    struct hub_backlog bl;
+    size_t bad;
+    assert_int_equal(hub_subscribe(&hub, 0, &held, &held, again, 4, false, 0, &three, &bl, &bad),
+                     0);
+    hub_backlog_free(&bl);
+    assert_int_equal(held_count(&held), 3);
+    struct slice d[] = {sl("a"), sl("d")};
+    assert_int_equal(hub_subscribe(&hub, 0, &held, &held, d, 2, false, 0, &three, &bl, &bad),
+                     HUB_ERR_TOO_MANY_SUBS);
+    hub_unsubscribe_all(&hub, 0, &held);
+}
+
 /* ---- inboxes and unsubscribe ------------------------------------------------ */
 
 struct wake_count {
@@ -1890,6 +1912,7 @@ int main(void)
         T(test_a_copy_owed_before_another_channel_was_taken_is_delivered),
         T(test_live_messages_of_a_channel_follow_its_own_last_id),
         T(test_subscribe_twice_and_duplicates),
+        T(test_resubscribing_held_channels_counts_them_once),
         cmocka_unit_test_setup_teardown(
             test_cluster_cache_without_messages_goes_with_its_last_subscriber, setup_cluster,
             teardown),
