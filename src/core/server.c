@@ -377,6 +377,10 @@ static void begin_drain(struct worker *w)
     list_for_each_safe(p, tmp, &w->conns)
     {
         struct conn *c = container_of(p, struct conn, all);
+        /* Read what came before the signal first (its event may be later in this poll
+         * pass): a request on its way is answered, not cut as an idle connection. */
+        if (!(c->flags & CF_CLOSING))
+            conn_read_answer(c);
         if (c->flags & CF_CLOSING)
             continue;
         if (c->ops->on_shutdown)
