@@ -69,10 +69,10 @@ static bool parse_node(const redisReply *n, const char *self_host, struct cluste
 int cluster_parse_slots(const redisReply *r, const char *self_host, struct cluster_shard *out,
                         int max)
 {
-    if (!r || r->type != REDIS_REPLY_ARRAY)
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements > CLUSTER_SLOTS)
         return -1;
     int n = 0;
-    for (size_t i = 0; i < r->elements && n < max; i++) {
+    for (size_t i = 0; i < r->elements; i++) {
         const redisReply *e = r->element[i];
         if (e->type != REDIS_REPLY_ARRAY || e->elements < 3 ||
             e->element[0]->type != REDIS_REPLY_INTEGER ||
@@ -81,7 +81,7 @@ int cluster_parse_slots(const redisReply *r, const char *self_host, struct clust
         long long start = e->element[0]->integer, end = e->element[1]->integer;
         if (start < 0 || end < start || end >= CLUSTER_SLOTS)
             return -1;
-        struct cluster_shard *s = &out[n];
+        struct cluster_shard scratch, *s = n < max ? &out[n] : &scratch;
         *s = (struct cluster_shard){.start = (uint16_t)start, .end = (uint16_t)end};
         if (!parse_node(e->element[2], self_host, &s->master))
             return -1;
@@ -476,9 +476,12 @@ static void refresh_reply(const redisReply *reply, int status, void *arg)
     struct cluster_router *r = node->r;
     if (r->free_requested)
         return;
-    struct cluster_shard shards[64];
-    int n =
-        status == 0 ? cluster_parse_slots(reply, node->host, shards, (int)ARRAY_LEN(shards)) : -1;
+    /* One range per run of slots with one owner: a cluster resharded slot by slot lists
+     * thousands. */
+    int n = status == 0 ? cluster_parse_slots(reply, node->host, NULL, 0) : -1;
+    struct cluster_shard *shards = n > 0 ? xcalloc((size_t)n, sizeof(*shards)) : NULL;
+    if (shards)
+        cluster_parse_slots(reply, node->host, shards, n);
     if (n <= 0) {
         log_debug("redis cluster: CLUSTER SLOTS from %s failed: %.*s", node->addr, (int)reply->len,
                   reply->str ? reply->str : "");
@@ -486,6 +489,7 @@ static void refresh_reply(const redisReply *reply, int status, void *arg)
         return;
     }
     apply_topology(r, shards, n);
+    free(shards);
     refresh_done(r, true);
 }
 

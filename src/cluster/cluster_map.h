@@ -49,8 +49,9 @@ struct cluster_shard {
 
 /*
  * Parses a CLUSTER SLOTS reply (no I/O). An empty host in the reply means the
- * node that answered: `self_host` is used. Returns the number of shards
- * written to out (at most max), or -1 if the reply is malformed.
+ * node that answered: `self_host` is used. Returns the number of slot ranges in
+ * the reply (at most CLUSTER_SLOTS), of which the first `max` are written to out
+ * (call again with room for all when it is more), or -1 if the reply is malformed.
  */
 int cluster_parse_slots(const redisReply *r, const char *self_host, struct cluster_shard *out,
                         int max);

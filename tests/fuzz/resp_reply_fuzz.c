@@ -4,7 +4,8 @@
  * complete reply then goes through herald's own interpreters of outside replies:
  * CLUSTER SLOTS (cluster_parse_slots), -MOVED/-ASK (cluster_parse_redirect), and
  * Stream entries (redis_payload_parse_entry, on the reply and on each element, as
- * a range reply's entries). Checks: slot ranges within the cluster, redirects with a valid slot and
+ * a range reply's entries). Checks: slot ranges within the cluster and all of them
+ * counted (only as many written as there is room for), redirects with a valid slot and
  * port, decoded entries with an id and a payload inside the reply.
  */
 #include <stdint.h>
@@ -23,8 +24,8 @@ static void check_slots(const redisReply *r)
     CHECK(n >= -1);
     if (n < 0)
         return;
-    CHECK(r->type == REDIS_REPLY_ARRAY && n <= (int)ARRAY_LEN(shards) && (size_t)n <= r->elements);
-    for (int i = 0; i < n; i++) {
+    CHECK(r->type == REDIS_REPLY_ARRAY && (size_t)n == r->elements && n <= CLUSTER_SLOTS);
+    for (int i = 0; i < n && i < (int)ARRAY_LEN(shards); i++) {
         const struct cluster_shard *s = &shards[i];
         CHECK(s->start <= s->end && s->end < CLUSTER_SLOTS);
         CHECK(s->master.port > 0 && s->master.port < 65536);

@@ -303,6 +303,30 @@ def test_messages_keep_flowing_after_the_channel_slot_migrates(rcluster, nodes, 
         assert set(pub.acked_ids()) <= set(ids_of(n.history(chan))), n.opts["node_name"]
 
 
+# ---- topology -------------------------------------------------------------------------------
+
+
+def test_every_slot_is_routed_when_cluster_slots_lists_more_than_64_ranges(herald, chan):
+    """CLUSTER SLOTS lists one range per run of slots with one owner, node by node; a
+    cluster whose slots were moved one by one lists many. The router kept the first 64
+    and sent nothing to the slots of the others (publishes got 503)."""
+    with RedisCluster(masters=3, replicas=0) as c:
+        first = c.slot_owner(0)
+        other = next(n for n in c.master_nodes() if n is not first)
+        for slot in range(0, 140, 2):  # 70 single slots to another master
+            c.migrate_slot(slot, other)
+        assert len(c.live_nodes()[0].cmd("CLUSTER", "SLOTS")) > 64
+        node = herald(redis_cluster=c.seeds, node_name="A")
+        names = [f"{chan}-{i}" for i in range(5000)]
+        picks = [next(n for n in names if keyslot(n) >= 140 and c.master_of(n) is m) for m in (first, other)]
+        picks.append(next(n for n in names if keyslot(n) < 140 and c.master_of(n) is first))
+        for name in picks:
+            r = node.request("POST", "/pub/" + name, "hello", {"Content-Type": "text/plain"})
+            assert r.status == 201, (name, keyslot(name), r.status, r.body)
+        assert node.stats()["cluster"]["redis"] == "up"
+        assert node.terminate() == 0
+
+
 # ---- failover (kills a master: keep last) ---------------------------------------------------
 
 
