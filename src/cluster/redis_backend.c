@@ -1419,6 +1419,7 @@ int redis_backend_start(struct hub *hub, const struct herald_config *cfg)
     rb->hub = hub;
     rb->cfg = cfg;
     rb->cluster = cfg->redis_cluster[0] != '\0';
+    hub->ids_per_channel = rb->cluster;
     map_init(&rb->indexed, 1024);
     map_init(&rb->reload, 64);
     timer_init(&rb->reload_timer, reload_cb);

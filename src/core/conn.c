@@ -82,6 +82,14 @@ void conn_send_copy(struct conn *c, const void *data, size_t len)
     conn__mark_dirty(c);
 }
 
+void conn_send_copy_glued(struct conn *c, const void *data, size_t len)
+{
+    uint32_t before = c->out.len;
+    conn_send_copy(c, data, len);
+    if (c->out.len > before)
+        outq_glue_last(&c->out);
+}
+
 bool conn_deliver_bytes(struct conn *c, struct ref *owner, const char *data, uint32_t len)
 {
     CONN_ASSERT_OWNER(c);

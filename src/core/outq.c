@@ -43,7 +43,7 @@ void outq_push(struct outq *q, struct ref *owner, const char *data, uint32_t len
         grow(q);
     if (owner)
         ref_get(owner);
-    *outq_at(q, q->len) = (struct out_item){owner, data, len};
+    *outq_at(q, q->len) = (struct out_item){owner, data, len, false};
     q->len++;
     q->bytes += len;
 }
@@ -97,10 +97,18 @@ void outq_consume(struct outq *q, uint64_t n)
     release_if_empty(q);
 }
 
+void outq_glue_last(struct outq *q)
+{
+    if (q->len > 1)
+        outq_at(q, q->len - 1)->glued = true;
+}
+
 void outq_truncate(struct outq *q, uint32_t keep)
 {
     if (keep == 0 && q->off)
         keep = 1;
+    while (keep && keep < q->len && outq_at(q, keep)->glued)
+        keep++;
     while (q->len > keep) {
         struct out_item *it = outq_at(q, q->len - 1);
         q->bytes -= it->len;
@@ -119,7 +127,8 @@ void outq_splice(struct outq *dst, struct outq *src)
         if (dst->len == dst->cap)
             grow(dst);
         /* The reference moves with the item. */
-        *outq_at(dst, dst->len) = (struct out_item){it->owner, it->data + off, it->len - off};
+        *outq_at(dst, dst->len) =
+            (struct out_item){it->owner, it->data + off, it->len - off, i ? it->glued : false};
         dst->len++;
         dst->bytes += it->len - off;
     }

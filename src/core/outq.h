@@ -22,6 +22,7 @@ struct out_item {
     struct ref *owner; /* one reference held by the queue; NULL for static bytes */
     const char *data;
     uint32_t len;
+    bool glued; /* continues the item before it: dropped only together with it */
 };
 
 struct outq {
@@ -47,12 +48,15 @@ static inline struct out_item *outq_at(const struct outq *q, uint32_t i)
 void outq_push(struct outq *q, struct ref *owner, const char *data, uint32_t len);
 /* Appends a private copy of data[0..len). */
 void outq_push_copy(struct outq *q, const void *data, size_t len);
+/* Marks the last item as the continuation of the one before it (one frame or event
+ * in several items): outq_truncate never keeps the first without the rest. */
+void outq_glue_last(struct outq *q);
 /* Fills up to max iovecs with the unwritten bytes from the head. Returns the count. */
 int outq_iov(const struct outq *q, struct iovec *iov, int max);
 /* Records that n bytes (n <= q->bytes) were written: finished items are released. */
 void outq_consume(struct outq *q, uint64_t n);
-/* Drops the items from index `keep` on, except a partly written head item (a peer
- * must never see half a frame). */
+/* Drops the items from index `keep` on, except a partly written head item and what is
+ * glued to a kept item (a peer must never see half a frame). */
 void outq_truncate(struct outq *q, uint32_t keep);
 /* Moves every item of src to the end of dst, references included; src ends empty. */
 void outq_splice(struct outq *dst, struct outq *src);

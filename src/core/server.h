@@ -230,6 +230,9 @@ bool conn_deliver_bytes(struct conn *c, struct ref *owner, const char *data, uin
 /* Runs ops->before_flush and the flush at the end of this loop pass, even when
  * nothing is queued yet (a long-poll that collected messages). */
 void conn_want_flush(struct conn *c);
+/* Queues a copy of data that ends the item queued just before it (one event in two
+ * items): dropping the queue never keeps one without the other. */
+void conn_send_copy_glued(struct conn *c, const void *data, size_t len);
 /* Marks the connection for closing at the end of this loop pass. */
 void conn_close(struct conn *c);
 /* Closes once everything queued has been written (bounded by close grace). */

@@ -897,9 +897,30 @@ static int cmp_msg_seq(const void *a, const void *b)
     return x->seq < y->seq ? -1 : x->seq > y->seq;
 }
 
-/* Collects ch's history after `since` into b, skipping what `held` delivers live. */
+/* The channels of one subscribe and the client's position on each (per-channel cursor). */
+struct sub_positions {
+    struct channel *const *chs;
+    const uint64_t *since; /* NULL: one cursor for all */
+    size_t n;
+};
+
+/* Whether the client has m through another channel of this subscribe: its position
+ * there is at or past m, and a multi-channel message is one message. */
+static bool had_elsewhere(const struct sub_positions *pos, const struct channel *ch,
+                          uint64_t chan_id, uint64_t seq)
+{
+    if (!pos->since)
+        return false;
+    for (size_t j = 0; j < pos->n; j++)
+        if (pos->chs[j] != ch && pos->chs[j]->id == chan_id && pos->since[j] >= seq)
+            return true;
+    return false;
+}
+
+/* Collects ch's history after `since` into b, skipping what `held` delivers live and
+ * what the client has through another of the channels it subscribes to now. */
 static void collect_history(struct channel *ch, uint64_t since, const struct list *held,
-                            struct hub_backlog *b)
+                            const struct sub_positions *pos, struct hub_backlog *b)
 {
     for (uint32_t i = 0; i < ch->hist_len; i++) {
         struct msg *m = hist_at(ch, i);
@@ -909,7 +930,8 @@ static void collect_history(struct channel *ch, uint64_t since, const struct lis
         if (m->group)
             for (uint32_t g = 0; g < m->group->n && !skip; g++)
                 skip = m->group->chan_ids[g] != ch->id &&
-                       held_channel(held, m->group->chan_ids[g], m->seq);
+                       (held_channel(held, m->group->chan_ids[g], m->seq) ||
+                        had_elsewhere(pos, ch, m->group->chan_ids[g], m->seq));
         if (skip)
             continue;
         if (b->n == b->cap) {
@@ -1050,10 +1072,13 @@ int hub_subscribe(struct hub *hub, int w, void *conn, struct list *held, const s
     backlog->head_seq = head_seq(hub, chs, n);
     struct list added;
     list_init(&added);
+    const struct sub_positions pos = {chs, has_since ? cl->since_each : NULL, n};
     for (size_t i = 0; i < n; i++) {
         struct channel *ch = chs[i];
         if (find_sub(held, ch) || find_sub(&added, ch))
             continue;
+        if (pos.since)
+            since = pos.since[i];
         if (has_since) {
             hist_trim(ch, now);
             /* since == 0 asks for all retained history: nothing older was promised. */
@@ -1061,9 +1086,9 @@ int hub_subscribe(struct hub *hub, int w, void *conn, struct list *held, const s
                 backlog->gaps =
                     xrealloc(backlog->gaps, (backlog->ngaps + 1) * sizeof(struct hub_gap));
                 backlog->gaps[backlog->ngaps++] =
-                    (struct hub_gap){ch, ch->hist_len ? hist_at(ch, 0)->seq : 0};
+                    (struct hub_gap){ch, ch->hist_len ? hist_at(ch, 0)->seq : 0, since};
             }
-            collect_history(ch, since, held, backlog);
+            collect_history(ch, since, held, &pos, backlog);
         }
         if (!ch->local) {
             ch->local = xcalloc((size_t)hub->nworkers, sizeof(*ch->local));

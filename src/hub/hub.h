@@ -150,6 +150,13 @@ struct sub {
     uint64_t delivered; /* seq of the last live message handled through this sub (dedup) */
 };
 
+/* Where a subscriber is on s's channel: it has every message up to this id (its
+ * cursor, what was replayed, or what came live). See transport_replay. */
+static inline uint64_t sub_position(const struct sub *s)
+{
+    return s->after > s->delivered ? s->after : s->delivered;
+}
+
 /*
  * Whether the live message m, arriving through s, goes to s's connection (`held`:
  * its struct sub.conn_link list): not when it came from history already, nor
@@ -191,6 +198,9 @@ struct hub {
     uint64_t seq;      /* last assigned id */
     uint64_t boot_seq; /* the first id of this run: cursors below it predate us */
     uint64_t next_chan_id;
+    /* Ids order each channel, not the node (a Redis Cluster: one sequence per shard):
+     * a subscriber of several channels needs a cursor per channel. */
+    bool ids_per_channel;
     const struct herald_config *cfg;
     int nworkers;
     struct hub_inbox inbox[HUB_MAX_WORKERS];
@@ -370,6 +380,7 @@ uint64_t hub_channel_loading(struct hub *hub, const char *name, size_t len, uint
 struct hub_gap {
     struct channel *ch; /* borrowed; valid while the caller's sub holds it */
     uint64_t oldest;    /* oldest retained id, 0 when the history is empty */
+    uint64_t since;     /* the client's cursor on ch, older than what is retained */
 };
 struct hub_backlog {
     struct msg **msgs;
@@ -391,6 +402,9 @@ struct hub_client {
     uint32_t max_subs; /* channels the connection may hold (--max-channels-per-conn) */
     bool limited;      /* what it creates counts against addr */
     uint8_t addr[16];  /* see hub_client_set_addr */
+    /* With has_since: the client's position on each named channel (names[i]), a
+     * per-channel cursor; NULL: `since` for every channel. */
+    const uint64_t *since_each;
 };
 /*
  * Sets cl->addr from a peer address: IPv4 as IPv4-mapped IPv6, IPv6 cut to its

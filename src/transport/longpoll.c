@@ -20,6 +20,7 @@ enum {
     POLLF_KEEPALIVE = CF_PROTO_FIRST, /* the request allowed keep-alive */
     POLLF_HEAD = CF_PROTO_FIRST << 1, /* a HEAD request: no body in the answer */
     POLLF_FULL = CF_PROTO_FIRST << 2, /* the answer reached --max-outbound */
+    POLLF_CORS = CF_PROTO_FIRST << 3, /* answer with CORS headers */
 };
 
 struct poll_state {
@@ -27,7 +28,7 @@ struct poll_state {
     char *origin;        /* Access-Control-Allow-Origin to echo; NULL: "*" or none */
     uint64_t cursor;     /* the cursor when no message comes: the head when subscribing */
     uint64_t last_seq;   /* highest message id in pending */
-    bool cors;
+    uint64_t *pos;       /* per-channel cursor (ids per channel): position of each sub */
 };
 CONN_PROTO_FITS(struct poll_state);
 
@@ -44,9 +45,22 @@ static const char comma[] = ",";
 static void poll_complete(struct conn *c)
 {
     struct poll_state *st = pstate(c);
-    uint64_t cursor = (c->flags & POLLF_FULL) ? st->last_seq : MAX(st->cursor, st->last_seq);
-    char tail[64];
-    int tail_len = snprintf(tail, sizeof(tail), "],\"cursor\":\"%" PRIu64 "\"}\n", cursor);
+    char tail[TRANSPORT_CURSOR_MAX + 32];
+    int tail_len;
+    if (st->pos) {
+        size_t n = 0;
+        for (struct list *p = c->subs.next; p != &c->subs; p = p->next, n++) {
+            const struct sub *s = container_of(p, struct sub, conn_link);
+            if (!(c->flags & POLLF_FULL)) /* all the backlog is in: live starts at from_seq */
+                st->pos[n] = MAX(st->pos[n], s->from_seq);
+        }
+        char cur[TRANSPORT_CURSOR_MAX];
+        size_t cl = transport_format_cursor(cur, sizeof(cur), st->pos, n);
+        tail_len = snprintf(tail, sizeof(tail), "],\"cursor\":\"%.*s\"}\n", (int)cl, cur);
+    } else {
+        uint64_t cursor = (c->flags & POLLF_FULL) ? st->last_seq : MAX(st->cursor, st->last_seq);
+        tail_len = snprintf(tail, sizeof(tail), "],\"cursor\":\"%" PRIu64 "\"}\n", cursor);
+    }
     uint64_t body_len = sizeof(messages_open) - 1 + st->pending.bytes + (uint64_t)tail_len;
     if (st->pending.len > 1)
         body_len += st->pending.len - 1;
@@ -56,12 +70,14 @@ static void poll_complete(struct conn *c)
                                .method_id = (c->flags & POLLF_HEAD) ? HTTP_M_HEAD : HTTP_M_GET};
     struct http_ctx x = {.c = c,
                          .req = &req,
-                         .cors = st->cors,
+                         .cors = (c->flags & POLLF_CORS) != 0,
                          .origin = st->origin,
                          .origin_len = st->origin ? strlen(st->origin) : 0};
     struct outq body = st->pending;
     char *origin = st->origin;
     st->pending = (struct outq){0};
+    free(st->pos);
+    st->pos = NULL;
     hub_unsubscribe_all(conn_hub(c), conn_worker_id(c), &c->subs);
     conn_timer_stop(c);
 
@@ -106,6 +122,10 @@ static void poll_deliver(struct conn *c, struct msg *m)
     }
     outq_push(&st->pending, &m->ref, m->envelope.data, m->envelope.len);
     st->last_seq = MAX(st->last_seq, m->seq);
+    size_t i = 0;
+    for (struct list *p = c->subs.next; st->pos && p != &c->subs; p = p->next, i++)
+        if (container_of(p, struct sub, conn_link)->ch->id == m->chan_id)
+            st->pos[i] = MAX(st->pos[i], m->seq);
     conn_want_flush(c); /* answered at the end of this pass */
 }
 
@@ -141,6 +161,7 @@ static void poll_on_free(struct conn *c)
 {
     outq_clear(&pstate(c)->pending);
     free(pstate(c)->origin);
+    free(pstate(c)->pos);
 }
 
 static const struct sub_ops poll_ops = {
@@ -194,10 +215,20 @@ void longpoll_handle(struct http_ctx *x)
     /* Nothing newer than the hub's head when we subscribed was missed: the
      * subscription was in place from then on. */
     st->cursor = r.has_since && r.since > b.head_seq ? r.since : b.head_seq;
-    st->cors = x->cors;
     st->origin = x->cors && x->origin ? xstrndup(x->origin, x->origin_len) : NULL;
-    c->flags |= CF_READ_PAUSED | (keep ? POLLF_KEEPALIVE : 0) | (head ? POLLF_HEAD : 0);
-    transport_replay(c, &b, r.since);
+    c->flags |= CF_READ_PAUSED | (keep ? POLLF_KEEPALIVE : 0) | (head ? POLLF_HEAD : 0) |
+                (x->cors ? POLLF_CORS : 0);
+    if (transport_per_channel_cursor(c)) {
+        /* Where the client stands on each channel; what the answer holds moves it on. */
+        size_t n = 0;
+        for (struct list *p = c->subs.next; p != &c->subs; p = p->next)
+            n++;
+        st->pos = xmalloc(n * sizeof(*st->pos));
+        n = 0;
+        for (struct list *p = c->subs.next; p != &c->subs; p = p->next)
+            st->pos[n++] = sub_position(container_of(p, struct sub, conn_link));
+    }
+    transport_replay(c, &b);
     if (outq_empty(&st->pending))
         conn_timer_start(c, timeout);
 }

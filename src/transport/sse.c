@@ -17,9 +17,30 @@ static const char stream_end[] = "0\r\n\r\n";
 
 /* ---- SSE ------------------------------------------------------------------------ */
 
+/*
+ * With per-channel ids (Redis Cluster) a subscriber of several channels needs a
+ * cursor of its own: the message's shared lines go out without their id line and
+ * the blank line that ends the event, then "id: <this connection's cursor>" ends
+ * it. A browser takes the id with the event, in one piece (an event is dispatched
+ * at its blank line), so Last-Event-ID never runs ahead of what it received.
+ */
+static void sse_deliver_cursor(struct conn *c, struct msg *m, struct slice s)
+{
+    const char *nl = memchr(s.data, '\n', s.len);
+    size_t idline = nl ? (size_t)(nl - s.data) + 1 : 0; /* "id: N\n" */
+    if (!conn_deliver_bytes(c, &m->ref, s.data + idline, (uint32_t)(s.len - idline - 1)))
+        return;
+    char line[TRANSPORT_CURSOR_MAX + 8] = "id: ";
+    size_t n = transport_conn_cursor(c, line + 4, sizeof(line) - 6);
+    memcpy(line + 4 + n, "\n\n", 2);
+    conn_send_copy_glued(c, line, 4 + n + 2);
+}
+
 static void sse_deliver(struct conn *c, struct msg *m)
 {
     struct slice s = (c->flags & SSEF_RAW) ? m->sse_raw : m->sse;
+    if (transport_per_channel_cursor(c))
+        return sse_deliver_cursor(c, m, s);
     conn_deliver_bytes(c, &m->ref, s.data, s.len);
 }
 
@@ -139,7 +160,7 @@ void sse_handle(struct http_ctx *x)
                  ":ok\n\nretry: 3000\n\n");
     if (raw)
         x->c->flags |= SSEF_RAW;
-    transport_replay(x->c, &b, r.since);
+    transport_replay(x->c, &b);
 }
 
 void stream_handle(struct http_ctx *x)
@@ -153,5 +174,5 @@ void stream_handle(struct http_ctx *x)
     if (transport_http_subscribe(x, &r, &b) < 0)
         return;
     start_stream(x, &stream_ops, "application/x-ndjson", "Transfer-Encoding: chunked\r\n", "");
-    transport_replay(x->c, &b, r.since);
+    transport_replay(x->c, &b);
 }

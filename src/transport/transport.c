@@ -93,18 +93,89 @@ int transport_parse_channels(struct sub_request *r, const char *list, size_t len
     return 0;
 }
 
+/* The position base+delta, from a signed decimal delta of a per-channel cursor; false
+ * when it is malformed or falls outside 0..2^64-1. */
+static bool parse_delta(const char *s, size_t len, uint64_t base, uint64_t *out)
+{
+    bool neg = len && s[0] == '-';
+    uint64_t mag;
+    if (len == (size_t)neg || hub_cursor_parse(s + neg, len - neg, &mag) < 0 ||
+        (neg ? mag > base : mag > UINT64_MAX - base))
+        return false;
+    *out = neg ? base - mag : base + mag;
+    return true;
+}
+
 int transport_parse_since(struct sub_request *r, const char *s, size_t len, const char **err)
 {
     if (len == 0)
         return 0;
+    const char *dot = memchr(s, '.', len);
     uint64_t v;
-    if (hub_cursor_parse(s, len, &v) < 0) {
-        *err = "the cursor must be a message id (digits) this server gave out";
+    if (hub_cursor_parse(s, dot ? (size_t)(dot - s) : len, &v) < 0 || (dot && dot == s)) {
+        *err = "the cursor must be a message id (digits) this server gave out, or a "
+               "per-channel cursor";
         return -1;
     }
     r->has_since = true;
     r->since = v;
+    r->nsince = 0;
+    if (!dot)
+        return 0;
+    /* Per-channel: the first channel's position, then each next one's as a signed
+     * difference from it, in the order the channels were named: "ID.-523.0". */
+    r->since_each[r->nsince++] = v;
+    const char *p = dot + 1, *end = s + len;
+    for (;;) {
+        const char *e = memchr(p, '.', (size_t)(end - p));
+        if (!e)
+            e = end;
+        if (r->nsince == TRANSPORT_MAX_CHANNELS ||
+            !parse_delta(p, (size_t)(e - p), v, &r->since_each[r->nsince])) {
+            *err = "a per-channel cursor is ID.DELTA.DELTA...: the first channel's id, then "
+                   "each next channel's as a signed difference from it";
+            return -1;
+        }
+        r->since = MAX(r->since, r->since_each[r->nsince]);
+        r->nsince++;
+        if (e == end)
+            break;
+        p = e + 1;
+    }
+    if (r->nsince != r->n) {
+        *err = "a per-channel cursor has one position per channel, in the order the channels "
+               "are named";
+        return -1;
+    }
     return 0;
+}
+
+size_t transport_format_cursor(char *out, size_t size, const uint64_t *pos, size_t n)
+{
+    int len = snprintf(out, size, "%" PRIu64, n ? pos[0] : 0);
+    for (size_t i = 1; i < n && len > 0 && (size_t)len < size; i++) {
+        int k = pos[i] >= pos[0]
+                    ? snprintf(out + len, size - (size_t)len, ".%" PRIu64, pos[i] - pos[0])
+                    : snprintf(out + len, size - (size_t)len, ".-%" PRIu64, pos[0] - pos[i]);
+        len += k;
+    }
+    return len > 0 && (size_t)len < size ? (size_t)len : 0;
+}
+
+size_t transport_conn_cursor(const struct conn *c, char *out, size_t size)
+{
+    uint64_t pos[TRANSPORT_MAX_CHANNELS];
+    size_t n = 0;
+    for (const struct list *p = c->subs.next; p != &c->subs && n < ARRAY_LEN(pos); p = p->next)
+        pos[n++] = sub_position(container_of(p, struct sub, conn_link));
+    return transport_format_cursor(out, size, pos, n);
+}
+
+bool transport_per_channel_cursor(const struct conn *c)
+{
+    /* One channel's ids are ordered anywhere: its message id is the cursor. */
+    return conn_hub(c)->ids_per_channel && c->subs.next != &c->subs &&
+           c->subs.next->next != &c->subs;
 }
 
 /* Reads channels= and the cursor (since=, lastEventId=, Last-Event-ID) from the request. */
@@ -144,8 +215,9 @@ int transport_parse_request(struct http_ctx *x, struct sub_request *r, bool sse)
 
 /* ---- subscribing ---------------------------------------------------------- */
 
-static void deliver_gap(struct conn *c, const struct hub_gap *g, uint64_t since)
+static void deliver_gap(struct conn *c, const struct hub_gap *g)
 {
+    uint64_t since = g->since;
     char fields[CHANNEL_NAME_MAX + 128];
     int n;
     if (g->oldest)
@@ -165,7 +237,8 @@ int transport_subscribe(struct conn *c, const struct sub_request *r, size_t *bad
                         struct hub_backlog *b)
 {
     const struct herald_config *cfg = conn_cfg(c);
-    struct hub_client cl = {.max_subs = cfg->max_channels_per_conn};
+    struct hub_client cl = {.max_subs = cfg->max_channels_per_conn,
+                            .since_each = r->nsince ? r->since_each : NULL};
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
     /* What a client's subscribes create counts against its address (loopback: a proxy
@@ -177,13 +250,28 @@ int transport_subscribe(struct conn *c, const struct sub_request *r, size_t *bad
                          r->since, &cl, b, bad);
 }
 
-void transport_replay(struct conn *c, struct hub_backlog *b, uint64_t since)
+void transport_replay(struct conn *c, struct hub_backlog *b)
 {
     conn_replay_begin(c);
+    /* Per-channel ids (Redis Cluster): each subscription's position advances with what
+     * is replayed on its channel, and ends at the point where live messages start, so
+     * that a per-channel cursor can be given after every message (SSE id lines). */
+    bool track = conn_hub(c)->ids_per_channel;
     for (uint32_t i = 0; i < b->ngaps; i++)
-        deliver_gap(c, &b->gaps[i], since);
-    for (uint32_t i = 0; i < b->n; i++)
-        c->ops->deliver(c, b->msgs[i]);
+        deliver_gap(c, &b->gaps[i]);
+    for (uint32_t i = 0; i < b->n; i++) {
+        struct msg *m = b->msgs[i];
+        for (struct list *p = c->subs.next; track && p != &c->subs; p = p->next) {
+            struct sub *s = container_of(p, struct sub, conn_link);
+            if (s->ch->id == m->chan_id && m->seq > s->delivered)
+                s->delivered = m->seq; /* at most from_seq: no effect on live dedup */
+        }
+        c->ops->deliver(c, m);
+    }
+    for (struct list *p = c->subs.next; track && p != &c->subs; p = p->next) {
+        struct sub *s = container_of(p, struct sub, conn_link);
+        s->delivered = MAX(s->delivered, s->from_seq);
+    }
     conn_replay_end(c);
     if (b->n)
         atomic_fetch_add_explicit(&conn_hub(c)->stats.delivered, b->n, memory_order_relaxed);

@@ -51,7 +51,9 @@ struct sub_request {
     struct slice names[TRANSPORT_MAX_CHANNELS];
     size_t n;
     bool has_since;
-    uint64_t since;
+    uint64_t since;                              /* the cursor; per-channel: its largest */
+    uint64_t since_each[TRANSPORT_MAX_CHANNELS]; /* a per-channel cursor, names[i]'s */
+    size_t nsince;                               /* 0: one cursor for every channel */
     char name_buf[TRANSPORT_MAX_CHANNELS * (CHANNEL_NAME_MAX + 1)];
 };
 
@@ -60,8 +62,23 @@ struct sub_request {
  * into r->name_buf). Returns 0, or -1 with a message in *err.
  */
 int transport_parse_channels(struct sub_request *r, const char *list, size_t len, const char **err);
-/* Parses a cursor into r. Returns 0, or -1 with a message in *err. */
+/*
+ * Parses a cursor into r, whose channels are parsed already: a message id, or a
+ * per-channel cursor "ID.DELTA.DELTA..." (the first channel's position, then each
+ * next one's as a signed difference from it, one per channel of r in order).
+ * Returns 0, or -1 with a message in *err.
+ */
 int transport_parse_since(struct sub_request *r, const char *s, size_t len, const char **err);
+/* Formats the per-channel cursor of positions pos[0..n) (a plain id when n is 1) into
+ * out; returns its length, 0 if it does not fit. */
+size_t transport_format_cursor(char *out, size_t size, const uint64_t *pos, size_t n);
+/* The connection's cursor over all its channels, in the order it subscribed to them. */
+size_t transport_conn_cursor(const struct conn *c, char *out, size_t size);
+/* Whether the connection's cursor must be per channel: ids order each channel only
+ * (Redis Cluster) and it holds more than one. */
+bool transport_per_channel_cursor(const struct conn *c);
+/* Room for a per-channel cursor of TRANSPORT_MAX_CHANNELS positions. */
+#define TRANSPORT_CURSOR_MAX (TRANSPORT_MAX_CHANNELS * 22)
 /*
  * Reads channels= and the cursor (since=, lastEventId=, Last-Event-ID when `sse`)
  * of a subscriber request into r. Returns 0, or -1 after answering the error.
@@ -83,7 +100,7 @@ int transport_subscribe(struct conn *c, const struct sub_request *r, size_t *bad
 int transport_http_subscribe(struct http_ctx *x, const struct sub_request *r,
                              struct hub_backlog *b);
 /* Delivers b's gap events and messages through c's transport (ops->deliver); frees b. */
-void transport_replay(struct conn *c, struct hub_backlog *b, uint64_t since);
+void transport_replay(struct conn *c, struct hub_backlog *b);
 
 /* Starts heartbeats and the lifetime of a subscriber connection that just took over. */
 void transport_start(struct conn *c);

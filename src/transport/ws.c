@@ -226,7 +226,7 @@ void ws_handle_upgrade(struct http_ctx *x)
     sbuf_free(&resp);
     transport_start(c);
     if (has_channels)
-        transport_replay(c, &b, r.since);
+        transport_replay(c, &b);
 }
 
 /* ---- client ops ------------------------------------------------------------------ */
@@ -306,10 +306,28 @@ static void op_subscribe(struct conn *c, json_t *op, json_t *ref)
     }
     struct sbuf f = {0};
     channel_list_json(&f, &r);
-    sbuf_printf(&f, ",\"cursor\":\"%" PRIu64 "\"", b.head_seq);
+    if (conn_hub(c)->ids_per_channel && r.n > 1) {
+        /* Ids order each channel only: where the client stands on each of the op's
+         * channels, in their order (a per-channel cursor it can pass back as since). */
+        uint64_t pos[TRANSPORT_MAX_CHANNELS];
+        for (size_t i = 0; i < r.n; i++) {
+            pos[i] = 0;
+            for (struct list *p = c->subs.next; p != &c->subs; p = p->next) {
+                const struct sub *s = container_of(p, struct sub, conn_link);
+                if (s->ch->name_len == r.names[i].len &&
+                    memcmp(s->ch->name, r.names[i].data, r.names[i].len) == 0)
+                    pos[i] = sub_position(s);
+            }
+        }
+        char cur[TRANSPORT_CURSOR_MAX];
+        size_t n = transport_format_cursor(cur, sizeof(cur), pos, r.n);
+        sbuf_printf(&f, ",\"cursor\":\"%.*s\"", (int)n, cur);
+    } else {
+        sbuf_printf(&f, ",\"cursor\":\"%" PRIu64 "\"", b.head_seq);
+    }
     ws_reply(c, "subscribed", f.data, ref);
     sbuf_free(&f);
-    transport_replay(c, &b, r.since);
+    transport_replay(c, &b);
 }
 
 static void op_unsubscribe(struct conn *c, json_t *op, json_t *ref)

@@ -186,6 +186,8 @@ class Follower(threading.Thread):
                     return
                 if block.data is not None:
                     self._take(block.json())
+                if block.id is not None:
+                    self.cursor = block.id  # Last-Event-ID, as a browser keeps it
 
     def _ws(self, node):
         with RawWS(node, sub_query(self.channels, since=self.cursor)) as ws:

@@ -15,7 +15,19 @@ import time
 
 import pytest
 
-from helpers import JSON_TYPE, SSE, TRANSPORTS, data_of, ids_of, numbered, subscribe, wait_until
+from helpers import (
+    JSON_TYPE,
+    SSE,
+    TRANSPORTS,
+    RawWS,
+    data_of,
+    ids_of,
+    numbered,
+    poll,
+    sub_query,
+    subscribe,
+    wait_until,
+)
 from redis_util import RedisCluster, keyslot
 from test_cluster import (
     Follower,
@@ -175,6 +187,93 @@ def test_a_channel_with_ids_ahead_does_not_hide_live_messages_of_another(rcluste
             wait_local(b, other)
             sent = a.publish(other, "live")["id"]
             assert sub.next_message(timeout=5)["id"] == sent
+
+
+def vector(positions):
+    """A per-channel cursor: the first position, then each next one as a signed difference."""
+    first = int(positions[0])
+    return ".".join([str(first)] + [str(int(p) - first) for p in positions[1:]])
+
+
+class Session:
+    """One subscriber session of `kind` on channels, and the cursor a client keeps: SSE
+    the Last-Event-ID, long-poll the answer's cursor, WebSocket one built from the
+    subscribed reply and the ids of what came on each channel."""
+
+    def __init__(self, kind, node, chans, cursor=None):
+        self.kind, self.node, self.chans, self.cursor = kind, node, chans, cursor
+        names = ",".join(chans)
+        if kind == "sse":
+            self.sub = SSE(node, names, headers={"Last-Event-ID": cursor} if cursor else None)
+        elif kind == "ws":
+            self.sub = RawWS(node, sub_query(names, since=cursor) if cursor else "")
+            if not cursor:
+                self.sub.send_json({"op": "subscribe", "channels": chans})
+                reply = self.sub.recv_json()
+                assert reply["event"] == "subscribed", reply
+                first = int(reply["cursor"].split(".")[0])
+                self.pos = [first] + [first + int(d) for d in reply["cursor"].split(".")[1:]]
+            else:
+                first = int(cursor.split(".")[0])
+                self.pos = [first] + [first + int(d) for d in cursor.split(".")[1:]]
+        else:
+            status, body = poll(node, names, since=cursor, timeout=0)
+            assert status == 200, body
+            self.pending, self.cursor = body["messages"], body["cursor"]
+
+    def messages(self, n):
+        if self.kind == "poll":
+            while len(self.pending) < n:
+                status, body = poll(self.node, ",".join(self.chans), since=self.cursor, timeout=5)
+                assert status == 200, body
+                self.pending += body["messages"]
+                self.cursor = body["cursor"]
+            got, self.pending = self.pending[:n], self.pending[n:]
+            return got
+        got = self.sub.messages(n)
+        if self.kind == "sse":
+            self.cursor = self.sub.last_id
+        else:
+            for m in got:
+                i = self.chans.index(m["channel"])
+                self.pos[i] = max(self.pos[i], int(m["id"]))
+            self.cursor = vector(self.pos)
+        return got
+
+    def close(self):
+        if self.kind != "poll":
+            self.sub.close()
+
+
+@pytest.mark.parametrize("kind", ["sse", "poll", "ws"])
+def test_resume_across_shards_with_a_lagging_channel(rcluster, skewed, chan, kind):
+    """Ids are per channel on a Redis Cluster. With one channel's ids 30 s ahead of the
+    other's, a subscriber of both resumes with its cursor and gets exactly what it missed
+    on each, whichever channel's message came last (one id as cursor would skip the
+    lagging channel's messages, or repeat the other's)."""
+    a, b = skewed
+    chans = on_shards(rcluster, chan, 2)
+    push_ahead(rcluster, chans[0], 30)
+    first = Session(kind, b, chans)
+    for ch in chans:
+        wait_local(b, ch, kind=kind)
+    a.publish(chans[0], "ahead-1")
+    a.publish(chans[1], "lagging-1")
+    assert sorted(data_of(first.messages(2))) == ["ahead-1", "lagging-1"]
+    cursor = first.cursor
+    first.close()
+    for round_, order in enumerate(([1, 0], [0, 1])):
+        sent = [f"r{round_}-{i}" for i in order]
+        for i, text in zip(order, sent):
+            a.publish(chans[i], text)
+        again = Session(kind, b, chans, cursor)
+        got = again.messages(2)
+        assert sorted(data_of(got)) == sorted(sent), (cursor, got)
+        marker = a.publish(chans[1], f"marker-{round_}")["id"]
+        nxt = again.messages(1)[0]
+        assert nxt["id"] == marker, f"a message twice, or one out of place: {nxt}"
+        cursor = again.cursor
+        again.close()
 
 
 # ---- resume, gaps, metadata -----------------------------------------------------------------

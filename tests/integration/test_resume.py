@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from helpers import TRANSPORTS, ids_of, numbered, poll, subscribe, wait_until
+from helpers import TRANSPORTS, data_of, ids_of, numbered, poll, subscribe, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -173,3 +173,19 @@ def test_resume_while_a_publisher_is_publishing(server, chan, kind):
     finally:
         publisher.join(30)
     assert [m["data"] for m in got] == numbered(total)[21:]
+
+
+def test_per_channel_cursor(server, chan):
+    """A cursor may give each channel its own position ("ID.DELTA", in the order the
+    channels are named): what a Redis Cluster's per-channel ids need, accepted in every
+    mode."""
+    a, b = f"{chan}-a", f"{chan}-b"
+    a1 = server.publish(a, "a1")["id"]
+    server.publish(b, "b1")
+    server.publish(a, "a2")
+    # Up to a1 on a, nothing yet on b (position 0: all it retains).
+    status, body = poll(server, f"{a},{b}", since=f"{a1}.-{a1}", timeout=0)
+    assert status == 200 and data_of(body["messages"]) == ["b1", "a2"], body
+    for bad in (f"{a1}.0.0", f"{a1}.", f"{a1}.x", f".{a1}", f"{a1}.-{int(a1) + 1}", f"{a1}.+1"):
+        status, body = poll(server, f"{a},{b}", since=bad, timeout=0)
+        assert status == 400 and body["error"] == "bad_cursor", (bad, body)
