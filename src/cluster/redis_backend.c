@@ -27,8 +27,9 @@
 #include "core/log.h"
 #include "core/loop.h"
 
-#define HEARTBEAT_MS 5000
-#define COUNT_TTL_MS 15000
+/* A node's subscriber counts (and its entry in herald:nodes) live this many heartbeats
+ * (--cluster-heartbeat) after it wrote them. */
+#define COUNT_TTL_BEATS 3
 
 /* ---- scripts ----------------------------------------------------------------- */
 
@@ -1295,10 +1296,10 @@ static void heartbeat_cb(struct loop *loop, struct timer *t)
 {
     struct rb *rb = container_of(t, struct rb, heartbeat);
     struct hub *hub = rb->hub;
-    uint64_t now = wall_ms();
-    char val[48], exp[16], ttl[16], nowbuf[24];
-    snprintf(val, sizeof(val), "%" PRIu64, now + COUNT_TTL_MS);
-    snprintf(exp, sizeof(exp), "%u", COUNT_TTL_MS);
+    uint64_t now = wall_ms(), count_ttl = (uint64_t)rb->cfg->cluster_heartbeat_ms * COUNT_TTL_BEATS;
+    char val[48], exp[24], ttl[16], nowbuf[24];
+    snprintf(val, sizeof(val), "%" PRIu64, now + count_ttl);
+    snprintf(exp, sizeof(exp), "%" PRIu64, count_ttl);
     snprintf(ttl, sizeof(ttl), "%u", rb->cfg->channel_ttl_ms);
     snprintf(nowbuf, sizeof(nowbuf), "%" PRIu64, now);
     /* Snapshot the channels with local subscribers, then talk to Redis unlocked. */
@@ -1333,12 +1334,12 @@ static void heartbeat_cb(struct loop *loop, struct timer *t)
     free(list);
     /* This node is alive until the expiry it announces. */
     char score[24];
-    snprintf(score, sizeof(score), "%" PRIu64, now + COUNT_TTL_MS);
+    snprintf(score, sizeof(score), "%" PRIu64, now + count_ttl);
     const char *zargv[] = {"ZADD", "herald:nodes", score, rb->node};
     redis_bus_command(rb->bus, "herald:nodes", 12, ignore_reply, rb, 4, zargv, NULL);
     const char *rargv[] = {"ZREMRANGEBYSCORE", "herald:nodes", "-inf", nowbuf};
     redis_bus_command(rb->bus, "herald:nodes", 12, ignore_reply, rb, 4, rargv, NULL);
-    timer_start(loop, t, HEARTBEAT_MS);
+    timer_start(loop, t, rb->cfg->cluster_heartbeat_ms);
 }
 
 static void be_stats_json(void *be, struct sbuf *b)

@@ -79,6 +79,8 @@ struct herald_config {
     char redis_password[256];        /* --redis-password */
     uint32_t redis_timeout_ms;       /* --redis-timeout, default 3s: connect, and a Redis that
                                         stops answering (publishes get 503 after it) */
+    uint32_t cluster_heartbeat_ms;   /* --cluster-heartbeat, default 5s: a node writes its
+                                        subscriber counts this often; they live 3 intervals */
     bool redis_tls;                  /* --redis-tls (every node with --redis-cluster) */
     char redis_tls_ca[512];          /* --redis-tls-ca, PEM CA bundle; "" = the system store */
     char redis_tls_cert[512];        /* --redis-tls-cert, PEM client certificate; "" = none */

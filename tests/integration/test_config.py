@@ -64,7 +64,7 @@ def test_help_lists_every_option_with_its_default(herald_bin):
         "close-grace", "lifetime-min", "lifetime-max", "shutdown-timeout", "header-timeout",
         "poll-timeout", "max-header-bytes", "max-uri-bytes", "max-body-bytes", "max-ws-message",
         "max-outbound", "max-channels-per-conn", "max-channels-per-ip", "limit-loopback", "auto-create", "channel-ttl", "history-size",
-        "history-ttl", "history-bytes", "max-channels", "ws-deflate", "redis", "redis-cluster",
+        "history-ttl", "history-bytes", "max-channels", "ws-deflate", "redis", "redis-cluster", "cluster-heartbeat",
         "config", "log-level",
     ]
     flat = text.replace("--[no-]", "--")
