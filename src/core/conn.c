@@ -344,8 +344,9 @@ static size_t input_space(struct conn *c, char **buf)
 void conn__read(struct conn *c)
 {
     struct worker *w = c->w;
-    if (c->flags & (CF_LINGER | CF_CLOSE_AFTER)) {
-        /* Closing: what the client still sends is read and dropped. */
+    if (c->flags & (CF_LINGER | CF_CLOSE_AFTER) || !c->ops->on_read) {
+        /* Closing, or a client with nothing to say (SSE, streaming): what it sends is
+         * read and dropped, whatever waits to be written. */
         for (;;) {
             ssize_t n = read(c->io.fd, w->scratch, w->scratch_size);
             if (n > 0 || (n < 0 && errno == EINTR))
@@ -354,7 +355,9 @@ void conn__read(struct conn *c)
                 return;
             c->flags |= CF_EOF;
             if ((c->flags & CF_LINGER) || outq_empty(&c->out) || n < 0)
-                conn_close(c); /* else the flush closes once our last bytes are out */
+                conn_close(c);
+            else if (!(c->flags & CF_CLOSE_AFTER))
+                conn_close_after_write(c); /* else the flush closes once our bytes are out */
             return;
         }
     }
