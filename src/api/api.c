@@ -413,8 +413,9 @@ static void batch_next(struct batch_op *op)
         }
     }
     op->running = false;
-    struct http_ctx *x = http_async_ctx(&op->a);
-    if (x && !op->answered) {
+    /* A failed single message was answered in batch_done, which took the context. */
+    struct http_ctx *x = op->answered ? NULL : http_async_ctx(&op->a);
+    if (x) {
         sbuf_adds(&op->out, op->batch ? "]}\n" : "\n");
         http_respond(x, 201, "application/json", NULL, op->out.data, op->out.len);
     }
