@@ -173,7 +173,7 @@ struct cluster_router {
     struct cnode *slots[CLUSTER_SLOTS];
     struct list nodes, reqs;
     struct map chans;
-    size_t nactive;
+    size_t nactive, nsent; /* channels CH_ACTIVE, CH_SENT */
     struct timer refresh_timer, reconcile_timer, reap_timer;
     bool refreshing, refresh_again, have_topology, free_requested;
     uint64_t last_refresh, nrefresh, nmoved, nask;
@@ -226,8 +226,12 @@ static void set_chan(struct cluster_router *r, struct cchan *ch, enum chan_state
 {
     if (ch->st == CH_ACTIVE)
         r->nactive--;
+    else if (ch->st == CH_SENT)
+        r->nsent--;
     if (st == CH_ACTIVE)
         r->nactive++;
+    else if (st == CH_SENT)
+        r->nsent++;
     ch->st = st;
     ch->node = st == CH_IDLE ? NULL : node;
 }
@@ -247,9 +251,11 @@ static void update_status(struct cluster_router *r)
         any |= up;
         all &= up;
     }
-    enum redis_bus_status st = !r->have_topology || !any           ? REDIS_BUS_DOWN
-                               : all && r->nactive == r->chans.len ? REDIS_BUS_UP
-                                                                   : REDIS_BUS_DEGRADED;
+    /* A subscription on its way is not a degradation (every new channel has one): a
+     * channel that has none (no master known for it, its connection down) is. */
+    enum redis_bus_status st = !r->have_topology || !any                      ? REDIS_BUS_DOWN
+                               : all && r->nactive + r->nsent == r->chans.len ? REDIS_BUS_UP
+                                                                              : REDIS_BUS_DEGRADED;
     redis_bus__set_status(&r->bus, &r->status, st);
 }
 

@@ -236,8 +236,9 @@ struct reload {
 
 #define RELOAD_MS 250
 
-#define WARN_SLOTS     8
-#define WARN_WINDOW_MS 10000
+#define STATUS_SETTLE_MS 1000
+#define WARN_SLOTS       8
+#define WARN_WINDOW_MS   10000
 
 /* A warning logged lately; its repeats in the current window are only counted. */
 struct warn_slot {
@@ -267,6 +268,8 @@ struct rb {
     pthread_mutex_t view_lock;
     uint64_t nodes_alive;
     _Atomic enum redis_bus_status status;
+    enum redis_bus_status logged_status; /* the last one logged (initially down, silently) */
+    struct timer status_timer;           /* logs a degradation that lasted STATUS_SETTLE_MS */
     struct warn_slot warns[WARN_SLOTS];
     struct timer warn_timer;
 };
@@ -677,18 +680,42 @@ static void on_subscribed(const char *channel, size_t channel_len, void *arg)
         load_channel(rb, name.data, name.len, false);
 }
 
+/* Logs the status if the log does not say it yet: the last "redis: ..." line says what
+ * /stats says. */
+static void log_status(struct rb *rb)
+{
+    static const char *names[] = {"down", "degraded", "up"};
+    static const char *why[] = {
+        " (publishes answer 503 until it is back)",
+        " (a Redis Cluster master or a subscription is being recovered: publishes to its "
+        "channels wait, then answer 503)",
+        ""};
+    enum redis_bus_status status = rb->status;
+    if (status == rb->logged_status)
+        return;
+    log_msg(status == REDIS_BUS_UP ? LOG_INFO : LOG_WARN, "redis: %s%s", names[status],
+            why[status]);
+    rb->logged_status = status;
+}
+
+static void status_timer_cb(struct loop *loop, struct timer *t)
+{
+    log_status(container_of(t, struct rb, status_timer));
+}
+
 static void on_status(enum redis_bus_status status, void *arg)
 {
     struct rb *rb = arg;
-    static const char *names[] = {"down", "degraded", "up"};
-    /* "degraded" is routine while channels (re)subscribe: only "down" and its end
-     * are worth an operator's attention. */
-    if (status != rb->status && (status == REDIS_BUS_DOWN || rb->status == REDIS_BUS_DOWN))
-        log_msg(status == REDIS_BUS_DOWN ? LOG_WARN : LOG_INFO, "redis: %s%s", names[status],
-                status == REDIS_BUS_DOWN ? " (publishes answer 503 until it is back)" : "");
-    else if (status != rb->status)
-        log_debug("redis: %s", names[status]);
     rb->status = status;
+    /* A cluster is degraded for a moment while it starts, or reconnects shard by shard:
+     * worth a line only if it lasts. */
+    if (status == REDIS_BUS_DEGRADED && rb->logged_status != REDIS_BUS_DEGRADED) {
+        if (!timer_armed(&rb->status_timer))
+            timer_start(&rb->loop, &rb->status_timer, STATUS_SETTLE_MS);
+    } else {
+        timer_stop(&rb->loop, &rb->status_timer);
+        log_status(rb);
+    }
     if (status == REDIS_BUS_UP && rb->reload.len)
         timer_start(&rb->loop, &rb->reload_timer, 0);
 }
@@ -1425,6 +1452,7 @@ int redis_backend_start(struct hub *hub, const struct herald_config *cfg)
     map_init(&rb->reload, 64);
     timer_init(&rb->reload_timer, reload_cb);
     timer_init(&rb->warn_timer, warn_timer_cb);
+    timer_init(&rb->status_timer, status_timer_cb);
     if (rb->cluster)
         rb->epoch_tag = epoch_tags_new();
     snprintf(rb->node, sizeof(rb->node), "%s", cfg->node_name);
@@ -1508,6 +1536,7 @@ void redis_backend_stop(struct hub *hub)
     timer_stop(&rb->loop, &rb->heartbeat);
     timer_stop(&rb->loop, &rb->reload_timer);
     timer_stop(&rb->loop, &rb->warn_timer);
+    timer_stop(&rb->loop, &rb->status_timer);
     for (size_t i = 0; i < WARN_SLOTS; i++)
         if (rb->warns[i].line[0])
             warn_summary(&rb->warns[i]);

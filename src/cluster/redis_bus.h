@@ -36,8 +36,10 @@ struct redis_bus;
 
 enum redis_bus_status {
     REDIS_BUS_DOWN = 0, /* commands fail fast (RESP_ENOTCONN) or retry until their deadline */
-    REDIS_BUS_DEGRADED, /* (cluster) some shard or subscription is being recovered */
-    REDIS_BUS_UP,       /* every connection ready and every wanted channel subscribed */
+    REDIS_BUS_DEGRADED, /* (cluster) a master is unreachable, or a wanted channel has no
+                           subscription in place or on its way (being recovered) */
+    REDIS_BUS_UP,       /* every connection ready; every wanted channel subscribed, or its
+                           subscription sent on a live connection */
 };
 
 struct redis_bus_callbacks {

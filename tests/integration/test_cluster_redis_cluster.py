@@ -11,6 +11,7 @@ The failover test kills a master: it runs last, on the module's cluster.
 """
 
 import json
+import re
 import time
 
 import pytest
@@ -424,6 +425,28 @@ def test_every_slot_is_routed_when_cluster_slots_lists_more_than_64_ranges(heral
             assert r.status == 201, (name, keyslot(name), r.status, r.body)
         assert node.stats()["cluster"]["redis"] == "up"
         assert node.terminate() == 0
+
+
+def redis_states(node):
+    """The "redis: up|degraded|down" lines of node's log, in order."""
+    return re.findall(r" redis: (up|degraded|down)\b", node.log())
+
+
+def test_the_log_says_what_stats_says_about_redis(rcluster, herald, chan):
+    """The log said "redis: degraded" at start-up (and whenever a channel was being
+    subscribed) but not the "up" that followed, which /stats showed."""
+    node = herald(redis_cluster=rcluster.seeds, node_name="C")
+    wait_until(lambda: node.stats()["cluster"]["redis"] == "up", what="redis up in /stats")
+    streams = []
+    try:
+        for name in on_shards(rcluster, chan):  # new subscriptions on every shard
+            streams.append(SSE(node, name))
+            wait_local(node, name)
+        assert node.stats()["cluster"]["redis"] == "up"
+        assert redis_states(node) == ["up"], node.log_tail(10)
+    finally:
+        for s in streams:
+            s.close()
 
 
 # ---- failover (kills a master: keep last) ---------------------------------------------------
