@@ -112,6 +112,7 @@ bool conn_deliver_bytes(struct conn *c, struct ref *owner, const char *data, uin
 
 void conn_drop_queue(struct conn *c)
 {
+    CONN_ASSERT_OWNER(c);
     outq_truncate(&c->out, 0); /* a partly written item stays: the peer must see whole frames */
     if (outq_empty(&c->out))
         c->replay_slack = 0;
@@ -119,11 +120,13 @@ void conn_drop_queue(struct conn *c)
 
 void conn_seal(struct conn *c)
 {
+    CONN_ASSERT_OWNER(c);
     c->flags |= CF_SEALED;
 }
 
 void conn_close(struct conn *c)
 {
+    CONN_ASSERT_OWNER(c);
     if (c->flags & CF_CLOSING)
         return;
     if (c->flags & CF_DIRTY)
@@ -134,6 +137,7 @@ void conn_close(struct conn *c)
 
 void conn_close_after_write(struct conn *c)
 {
+    CONN_ASSERT_OWNER(c);
     if (c->flags & CF_CLOSING)
         return;
     c->flags |= CF_CLOSE_AFTER;
@@ -422,11 +426,13 @@ void conn_resume_input(struct conn *c)
 
 void conn_hold(struct conn *c)
 {
+    CONN_ASSERT_OWNER(c);
     c->holds++;
 }
 
 bool conn_release(struct conn *c)
 {
+    CONN_ASSERT_OWNER(c);
     assert(c->holds > 0);
     c->holds--;
     if (c->flags & CF_ZOMBIE) {
@@ -439,6 +445,7 @@ bool conn_release(struct conn *c)
 
 void conn_park(struct conn *c)
 {
+    CONN_ASSERT_OWNER(c);
     conn_hold(c); /* released by the hub's on_synced wake-up */
     c->flags |= CF_RETRY | CF_READ_PAUSED;
     conn_timer_stop(c);
@@ -459,6 +466,7 @@ void conn__resume_parked(struct conn *c)
 
 void conn_timer_start(struct conn *c, uint64_t after_ms)
 {
+    CONN_ASSERT_OWNER(c);
     timer_start(&c->w->loop, &c->timer, after_ms);
 }
 
