@@ -20,6 +20,8 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <openssl/sha.h>
+
 #include "cluster/cluster_map.h"
 #include "cluster/redis_bus.h"
 #include "cluster/redis_payload.h"
@@ -34,61 +36,69 @@
 /* ---- scripts ----------------------------------------------------------------- */
 
 /*
- * KEYS: [1] last-id key (string), [2] epoch key, then per channel: stream, options,
- * state. ARGV: [1] id hint, [2] payload, [3] auto-create 1/0, [4] default history
- * size, [5] default history ttl ms, [6] default channel ttl ms, [7] now ms, [8] the
- * publish verb, then the bus channel name of each channel.
- * Returns {id, subscribers}, or an error "NOTFOUND <index>".
+ * KEYS: [1] last-id key (string), [2] epoch key, then per channel: stream, options
+ * and, on a single Redis, state. ARGV: [1] id hint, [2] payload, [3] auto-create
+ * 1/0, [4] default history size, [5] default history ttl ms, [6] default channel
+ * ttl ms, [7] now ms, [8] the publish verb, then the bus channel name of each
+ * channel. Returns {id, subscribers}, or an error "NOTFOUND <index>".
+ *
+ * Every call a Lua script makes costs Redis about a microsecond on top of the
+ * command, and this one runs for every publish: it makes nine for one channel.
+ * The options hash holds the channel's last id, read with its options; each Stream
+ * entry carries in field v the id of the channel's message before it, so XADD can
+ * trim (MAXLEN) without reading what it drops: the highest id trimmed is the v of
+ * the oldest entry left (load_lua). The state hash is only a deleted channel's
+ * tombstone (its last id, so that a channel re-created under the name continues
+ * the chain and old cursors get their gap). On a Redis Cluster (SPUBLISH: one
+ * channel per call) the last-id key is the channel's own and outlives a delete,
+ * so it is the tombstone, and the state hash is not passed: a key that does not
+ * exist would make every publish wait (TRYAGAIN) while the slot migrates.
  *
  * The epoch key holds the first id of this Redis data set: a Redis that lost its
  * data (restarted without persistence) has none, and the next publish or load
  * sets it, so that older cursors are told about the gap (see load_lua).
  */
 static const char publish_lua[] =
-    "local n = (#KEYS - 2) / 3\n"
-    "for i = 0, n - 1 do\n"
-    "  if ARGV[3] == '0' and redis.call('EXISTS', KEYS[4 + 3*i]) == 0 then\n"
-    "    return redis.error_reply('NOTFOUND ' .. i)\n"
+    "local cluster = ARGV[8] == 'SPUBLISH'\n"
+    "local k = cluster and 2 or 3\n"
+    "local n = (#KEYS - 2) / k\n"
+    "local id = tonumber(ARGV[1])\n"
+    "local last = redis.call('GET', KEYS[1])\n"
+    "if last then id = math.max(id, tonumber(last) + 1) end\n"
+    "local opts, prev = {}, {}\n"
+    "for i = 1, n do\n"
+    "  local o = KEYS[k*i - k + 4]\n"
+    "  local opt = redis.call('HMGET', o, 'history_size', 'history_ttl', 'ttl', 'persistent',\n"
+    "                         'created', 'last')\n"
+    "  if not opt[5] and ARGV[3] == '0' and redis.call('EXISTS', o) == 0 then\n"
+    "    return redis.error_reply('NOTFOUND ' .. (i - 1))\n"
     "  end\n"
+    "  local p = opt[6] or (cluster and last) or\n"
+    "            (not cluster and redis.call('HGET', KEYS[k*i - k + 5], 'last')) or '0'\n"
+    "  id = math.max(id, tonumber(p) + 1)\n"
+    "  opts[i], prev[i] = opt, p\n"
     "end\n"
-    "local last = tonumber(redis.call('GET', KEYS[1]) or '0')\n"
-    "local id = math.max(tonumber(ARGV[1]), last + 1)\n"
     "local ep = redis.call('GET', KEYS[2])\n"
     "if ep then id = math.max(id, tonumber(ep)) end\n"
-    "for i = 0, n - 1 do\n"
-    "  local st = redis.call('HGET', KEYS[5 + 3*i], 'last')\n"
-    "  if st and tonumber(st) >= id then id = tonumber(st) + 1 end\n"
-    "end\n"
     "local sid = string.format('%d', id)\n"
     "redis.call('SET', KEYS[1], sid)\n"
     "if not ep then redis.call('SET', KEYS[2], sid) end\n"
     "local subs = 0\n"
-    "for i = 0, n - 1 do\n"
-    "  local h, o, s = KEYS[3 + 3*i], KEYS[4 + 3*i], KEYS[5 + 3*i]\n"
-    "  local opt = redis.call('HMGET', o, 'history_size', 'history_ttl', 'ttl', 'persistent')\n"
-    "  local hs = tonumber(opt[1] or ARGV[4])\n"
-    "  local httl = tonumber(opt[2] or ARGV[5])\n"
-    "  local ttl = tonumber(opt[3] or ARGV[6])\n"
-    "  redis.call('XADD', h, sid .. '-0', 'p', ARGV[2])\n"
-    "  local len = redis.call('XLEN', h)\n"
-    "  if len > hs then\n"
-    "    local old = redis.call('XRANGE', h, '-', '+', 'COUNT', len - hs)\n"
-    "    redis.call('XTRIM', h, 'MAXLEN', hs)\n"
-    "    redis.call('HSET', s, 'evicted', string.match(old[#old][1], '^(%d+)'))\n"
-    "  end\n"
-    "  redis.call('HSET', s, 'last', sid)\n"
-    "  if redis.call('EXISTS', o) == 0 then\n"
-    "    redis.call('HSET', o, 'created', ARGV[7])\n"
-    "  end\n"
-    "  redis.call('HSET', o, 'active', ARGV[7])\n"
-    "  if opt[4] == '1' then\n"
-    "    redis.call('PERSIST', o); redis.call('PERSIST', s); redis.call('PERSIST', h)\n"
+    "for i = 1, n do\n"
+    "  local h, o, opt = KEYS[k*i - k + 3], KEYS[k*i - k + 4], opts[i]\n"
+    "  redis.call('XADD', h, 'MAXLEN', opt[1] or ARGV[4], sid .. '-0', 'p', ARGV[2], 'v', "
+    "prev[i])\n"
+    "  if opt[5] then\n"
+    "    redis.call('HSET', o, 'active', ARGV[7], 'last', sid)\n"
     "  else\n"
-    "    local keep = math.max(ttl, httl)\n"
-    "    redis.call('PEXPIRE', o, keep); redis.call('PEXPIRE', s, keep)\n"
+    "    redis.call('HSET', o, 'created', ARGV[7], 'active', ARGV[7], 'last', sid)\n"
+    "  end\n"
+    "  if opt[4] ~= '1' then\n"
+    "    local httl = tonumber(opt[2] or ARGV[5])\n"
+    "    redis.call('PEXPIRE', o, math.max(tonumber(opt[3] or ARGV[6]), httl))\n"
     "    redis.call('PEXPIRE', h, httl)\n"
     "  end\n"
-    "  subs = subs + redis.call(ARGV[8], ARGV[9 + i], sid .. ' ' .. ARGV[2])\n"
+    "  subs = subs + redis.call(ARGV[8], ARGV[8 + i], sid .. ' ' .. ARGV[2])\n"
     "end\n"
     "return {sid, subs}\n";
 
@@ -96,15 +106,13 @@ static const char publish_lua[] =
  * The first step of a publish to channels on several shards of a Redis Cluster,
  * run on each of them before anything is stored, so that the message gets one id
  * on every channel and a missing channel stops it everywhere.
- * KEYS: last-id key, epoch key, options, state. ARGV: [1] auto-create 1/0.
+ * KEYS: the channel's last-id key, epoch key, options. ARGV: [1] auto-create 1/0.
  * Returns the smallest id the channel can take, or "NOTFOUND ...".
  */
 static const char prepare_lua[] = "if ARGV[1] == '0' and redis.call('EXISTS', KEYS[3]) == 0 then\n"
                                   "  return redis.error_reply('NOTFOUND no such channel')\n"
                                   "end\n"
                                   "local id = tonumber(redis.call('GET', KEYS[1]) or '0') + 1\n"
-                                  "local st = redis.call('HGET', KEYS[4], 'last')\n"
-                                  "if st then id = math.max(id, tonumber(st) + 1) end\n"
                                   "local ep = redis.call('GET', KEYS[2])\n"
                                   "if ep then id = math.max(id, tonumber(ep)) end\n"
                                   "return string.format('%d', id)\n";
@@ -120,27 +128,42 @@ static const char prepare_lua[] = "if ARGV[1] == '0' and redis.call('EXISTS', KE
  * as evicted everything before this Redis data set's epoch (the one key it may
  * write, once per data set or slot): a cursor older than that may have missed
  * messages Redis lost. A gap fill does not: the node's cache holds what it
- * followed live.
+ * followed live. Both report what Redis trimmed: up to the v of the oldest entry
+ * (the first load reads the newest history-size; a gap fill looks at the oldest
+ * one), the deleted channel's last id (state hash), or the channel's last id when
+ * its whole Stream expired.
  */
 static const char load_lua[] =
     "if ARGV[2] == '0' and redis.call('EXISTS', KEYS[2]) == 0 then\n"
     "  return redis.error_reply('NOTFOUND no such channel')\n"
     "end\n"
-    "local opt = redis.call('HMGET', KEYS[2], 'history_size', 'history_ttl')\n"
+    "local opt = redis.call('HMGET', KEYS[2], 'history_size', 'history_ttl', 'last')\n"
     "local hs = tonumber(opt[1] or ARGV[3])\n"
     "local st = redis.call('HMGET', KEYS[3], 'evicted', 'last')\n"
     "local evicted = tonumber(st[1] or '0')\n"
     "local ep = redis.call('GET', KEYS[4])\n"
     "if not ep then ep = ARGV[4]; redis.call('SET', KEYS[4], ep) end\n"
+    /* what was trimmed before an entry: the id of the message before it (field v) */
+    "local function before(entry)\n"
+    "  local f = entry[2]\n"
+    "  for i = 1, #f - 1, 2 do\n"
+    "    if f[i] == 'v' then return tonumber(f[i + 1]) or 0 end\n"
+    "  end\n"
+    "  return 0\n"
+    "end\n"
     "local e\n"
     "if ARGV[1] == '0' then\n"
     "  e = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', hs)\n"
     "  evicted = math.max(evicted, tonumber(ep) - 1)\n"
+    "  if #e > 0 then evicted = math.max(evicted, before(e[#e])) end\n"
     "else\n"
     "  e = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1] .. '-0', '+', 'COUNT', hs)\n"
+    "  local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)\n"
+    "  if #first > 0 then evicted = math.max(evicted, before(first[1])) end\n"
     "end\n"
-    "if #e == 0 and st[2] and redis.call('EXISTS', KEYS[1]) == 0 then\n"
-    "  evicted = math.max(evicted, tonumber(st[2]))\n" /* the whole Stream expired */
+    "local last = opt[3] or st[2]\n"
+    "if #e == 0 and last and redis.call('EXISTS', KEYS[1]) == 0 then\n"
+    "  evicted = math.max(evicted, tonumber(last))\n" /* the whole Stream expired */
     "end\n"
     "return {string.format('%d', evicted), hs, e, opt[2] or ''}\n";
 
@@ -168,10 +191,11 @@ static const char chan_lua[] =
     "if subs > 0 then exists = true end\n"
     "if ARGV[2] == 'del' then\n"
     "  if not exists then return redis.error_reply('NOTFOUND no such channel') end\n"
-    "  local last = redis.call('HGET', s, 'last')\n"
+    "  local last = redis.call('HGET', o, 'last') or redis.call('HGET', s, 'last')\n"
     "  redis.call('DEL', h, o, c)\n"
     "  if last then\n" /* a channel re-created later still reports the gap */
-    "    redis.call('HSET', s, 'evicted', last); redis.call('PEXPIRE', s, 604800000)\n"
+    "    redis.call('HSET', s, 'evicted', last, 'last', last)\n"
+    "    redis.call('PEXPIRE', s, 604800000)\n"
     "  end\n"
     "  redis.call(ARGV[6], ARGV[5], 'X closed')\n"
     "  return {'deleted'}\n"
@@ -213,6 +237,167 @@ static const char chan_lua[] =
     "local pttl = redis.call('PTTL', o)\n"
     "return {created, opt[1] or '', opt[2] or '', opt[3] or '', opt[4] or '0', opt[5] or '0',\n"
     "        opt[6] or '0', subs, len, added, first, last, pttl}\n";
+
+/* KEYS: the index. ARGV: [1] after ('' = from the start), [2] prefix, [3] max.
+ * Returns {total (names with the prefix), names}. */
+static const char list_lua[] =
+    "local lo = ARGV[1] == '' and '-' or ('(' .. ARGV[1])\n"
+    "if ARGV[2] ~= '' then\n"
+    "  local p, hi = '[' .. ARGV[2], '[' .. ARGV[2] .. '\\255'\n"
+    "  local total = redis.call('ZLEXCOUNT', KEYS[1], p, hi)\n"
+    "  if ARGV[1] == '' or ARGV[2] > ARGV[1] then lo = p end\n"
+    "  return {total, redis.call('ZRANGEBYLEX', KEYS[1], lo, hi, 'LIMIT', 0, ARGV[3])}\n"
+    "end\n"
+    "return {redis.call('ZCARD', KEYS[1]),\n"
+    "        redis.call('ZRANGEBYLEX', KEYS[1], lo, '+', 'LIMIT', 0, ARGV[3])}\n";
+
+/* KEYS: counts, options. ARGV: [1] node, [2] "<count> <expiry ms>", [3] counts ttl ms,
+ * [4] default channel ttl ms, [5] now ms. The node's count; keeps a channel with
+ * subscribers alive. */
+static const char beat_lua[] =
+    "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
+    "redis.call('PEXPIRE', KEYS[1], ARGV[3])\n"
+    "if redis.call('HGET', KEYS[2], 'persistent') ~= '1' and redis.call('EXISTS', KEYS[2]) == 1 "
+    "then\n"
+    "  local ttl = tonumber(redis.call('HGET', KEYS[2], 'ttl') or ARGV[4])\n"
+    "  redis.call('HSET', KEYS[2], 'active', ARGV[5])\n"
+    "  if redis.call('PTTL', KEYS[2]) < ttl then redis.call('PEXPIRE', KEYS[2], ttl) end\n"
+    "end\n"
+    "return 1\n";
+
+/* ---- running scripts: EVALSHA, with EVAL when Redis lacks the script ---------------------- */
+
+/*
+ * EVAL sends the script's text with every call, and Redis hashes it (SHA1) every
+ * time: for the publish script that was a third of its cost. So each script is
+ * called by its SHA1 (EVALSHA), and a Redis that does not have it (restarted,
+ * SCRIPT FLUSH, a new master) answers NOSCRIPT: the call is made again as EVAL,
+ * which runs it, along with a SCRIPT LOAD, which keeps it (Redis 7.4 may evict the
+ * scripts EVAL brought). Scripts are loaded when a single Redis comes up, too.
+ */
+struct script {
+    const char *body;
+    char sha[41];
+};
+
+static struct script scripts[] = {{.body = publish_lua}, {.body = prepare_lua}, {.body = load_lua},
+                                  {.body = chan_lua},    {.body = list_lua},    {.body = beat_lua}};
+
+static void scripts_init(void)
+{
+    for (size_t i = 0; i < ARRAY_LEN(scripts); i++) {
+        unsigned char md[SHA_DIGEST_LENGTH];
+        SHA1((const unsigned char *)scripts[i].body, strlen(scripts[i].body), md);
+        for (size_t k = 0; k < sizeof(md); k++)
+            snprintf(scripts[i].sha + 2 * k, 3, "%02x", md[k]);
+    }
+}
+
+/* A script call in flight, with a copy of its arguments for the EVAL it may need. */
+struct script_call {
+    struct redis_bus *bus;
+    const struct script *script;
+    resp_reply_fn *cb;
+    void *arg;
+    bool retried;
+    int argc; /* argv[0] is the numkeys argument */
+    size_t key_len;
+    const char *key;
+    const char **argv;
+    size_t *argl;
+};
+
+static void script_ignore(const redisReply *r, int status, void *arg)
+{
+}
+
+static int script_send(struct script_call *sc);
+
+static void script_reply(const redisReply *r, int status, void *arg)
+{
+    struct script_call *sc = arg;
+    if (status == 0 && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0 &&
+        !sc->retried) {
+        sc->retried = true;
+        const char *argv[] = {"SCRIPT", "LOAD", sc->script->body};
+        redis_bus_command(sc->bus, sc->key, sc->key_len, script_ignore, NULL, 3, argv, NULL);
+        if (script_send(sc) == 0)
+            return;
+        r = NULL;
+        status = RESP_ENOTCONN;
+    }
+    sc->cb(r, status, sc->arg);
+    free(sc);
+}
+
+/* EVALSHA, or EVAL once retried. Returns redis_bus_command's answer. */
+static int script_send(struct script_call *sc)
+{
+    const char **argv = sc->argv - 2;
+    size_t *argl = sc->argl - 2;
+    argv[0] = sc->retried ? "EVAL" : "EVALSHA";
+    argl[0] = strlen(argv[0]);
+    argv[1] = sc->retried ? sc->script->body : sc->script->sha;
+    argl[1] = strlen(argv[1]);
+    return redis_bus_command(sc->bus, sc->key, sc->key_len, script_reply, sc, sc->argc + 2, argv,
+                             argl);
+}
+
+/*
+ * Like redis_bus_command for ("EVAL", body, numkeys, ...): argv[0] is "EVAL", argv[1]
+ * the text of one of the scripts above; argl may be NULL. The same contract: 0 (cb
+ * runs once, later) or a negative RESP_E* (cb never runs).
+ */
+static int script_command(struct redis_bus *bus, const char *key, size_t key_len, resp_reply_fn *cb,
+                          void *arg, int argc, const char **argv, const size_t *argl)
+{
+    const struct script *script = NULL;
+    for (size_t i = 0; i < ARRAY_LEN(scripts) && !script; i++)
+        if (scripts[i].body == argv[1])
+            script = &scripts[i];
+    assert(script && argc >= 3 && strcmp(argv[0], "EVAL") == 0);
+    /* One allocation: the call, argv and argl (two slots ahead for the verb and the
+     * script), then the bytes of the key and of every argument from numkeys on. */
+    size_t n = (size_t)argc, bytes = key_len;
+    for (size_t i = 2; i < n; i++)
+        bytes += argl ? argl[i] : strlen(argv[i]);
+    struct script_call *sc =
+        xmalloc(sizeof(*sc) + n * (sizeof(char *) + sizeof(size_t)) + bytes + 1);
+    const char **av = (const char **)(sc + 1);
+    size_t *al = (size_t *)(av + n);
+    char *p = (char *)(al + n);
+    *sc = (struct script_call){.bus = bus,
+                               .script = script,
+                               .cb = cb,
+                               .arg = arg,
+                               .argc = argc - 2,
+                               .key_len = key_len,
+                               .key = p,
+                               .argv = av + 2,
+                               .argl = al + 2};
+    memcpy(p, key, key_len);
+    p += key_len;
+    for (size_t i = 2; i < n; i++) {
+        al[i] = argl ? argl[i] : strlen(argv[i]);
+        memcpy(p, argv[i], al[i]);
+        av[i] = p;
+        p += al[i];
+    }
+    int rc = script_send(sc);
+    if (rc < 0)
+        free(sc);
+    return rc;
+}
+
+/* Loads every script into a Redis that just came up (single server; a cluster's
+ * masters get them on their first NOSCRIPT). */
+static void scripts_load(struct redis_bus *bus)
+{
+    for (size_t i = 0; i < ARRAY_LEN(scripts); i++) {
+        const char *argv[] = {"SCRIPT", "LOAD", scripts[i].body};
+        redis_bus_command(bus, NULL, 0, script_ignore, NULL, 3, argv, NULL);
+    }
+}
 
 /* ---- state ------------------------------------------------------------------------ */
 
@@ -635,8 +820,7 @@ static void load_channel(struct rb *rb, const char *name, size_t len, bool down)
     snprintf(us, sizeof(us), "%" PRIu64, wall_us());
     const char *argv[] = {
         "EVAL", load_lua, "4", h, o, s, e, after, rb->cfg->auto_create ? "1" : "0", hs, us};
-    if (redis_bus_command(rb->bus, h, strlen(h), load_reply, op, (int)ARRAY_LEN(argv), argv, NULL) <
-        0)
+    if (script_command(rb->bus, h, strlen(h), load_reply, op, (int)ARRAY_LEN(argv), argv, NULL) < 0)
         load_reply(NULL, RESP_ENOTCONN, op);
 }
 
@@ -716,6 +900,8 @@ static void on_status(enum redis_bus_status status, void *arg)
         timer_stop(&rb->loop, &rb->status_timer);
         log_status(rb);
     }
+    if (status == REDIS_BUS_UP && !rb->cluster)
+        scripts_load(rb->bus);
     if (status == REDIS_BUS_UP && rb->reload.len)
         timer_start(&rb->loop, &rb->reload_timer, 0);
 }
@@ -878,7 +1064,8 @@ static void last_id_key(const struct pub_task *pt, size_t i, char *buf, size_t s
 static int pub_eval(struct pub_task *pt, size_t from, size_t to)
 {
     struct rb *rb = pt->rb;
-    size_t nk = 2 + 3 * (to - from), argc = 3 + nk + 8 + (to - from);
+    size_t per = rb->cluster ? 2 : 3; /* keys per channel (see publish_lua) */
+    size_t nk = 2 + per * (to - from), argc = 3 + nk + 8 + (to - from);
     const char **argv = xcalloc(argc, sizeof(*argv));
     size_t *argl = xcalloc(argc, sizeof(*argl));
     char(*keys)[160] = xcalloc(nk, sizeof(*keys));
@@ -891,10 +1078,11 @@ static int pub_eval(struct pub_task *pt, size_t from, size_t to)
     last_id_key(pt, from, keys[0], sizeof(keys[0]));
     epoch_key_of(rb, keys[1], sizeof(keys[1]), pt->names[from], pt->lens[from]);
     for (size_t i = from; i < to; i++) {
-        size_t k = 2 + 3 * (i - from);
+        size_t k = 2 + per * (i - from);
         key_of(keys[k], sizeof(keys[k]), pt->names[i], pt->lens[i], 'h');
         key_of(keys[k + 1], sizeof(keys[k + 1]), pt->names[i], pt->lens[i], 'o');
-        key_of(keys[k + 2], sizeof(keys[k + 2]), pt->names[i], pt->lens[i], 's');
+        if (per == 3)
+            key_of(keys[k + 2], sizeof(keys[k + 2]), pt->names[i], pt->lens[i], 's');
     }
     for (size_t k = 0; k < nk; k++)
         argv[a++] = keys[k];
@@ -920,8 +1108,7 @@ static int pub_eval(struct pub_task *pt, size_t from, size_t to)
     for (size_t i = 0; i < a; i++)
         if (!argl[i])
             argl[i] = strlen(argv[i]);
-    int rc =
-        redis_bus_command(rb->bus, keys[2], strlen(keys[2]), pub_reply, pt, (int)a, argv, argl);
+    int rc = script_command(rb->bus, keys[2], strlen(keys[2]), pub_reply, pt, (int)a, argv, argl);
     free(bus);
     free(keys);
     free(argl);
@@ -974,15 +1161,14 @@ static void pub_prepare(struct pub_task *pt)
 {
     pt->pending = pt->n;
     for (size_t i = 0; i < pt->n; i++) {
-        char ikey[160], ekey[64], o[160], s[160];
+        char ikey[160], ekey[64], o[160];
         last_id_key(pt, i, ikey, sizeof(ikey));
         epoch_key_of(pt->rb, ekey, sizeof(ekey), pt->names[i], pt->lens[i]);
         key_of(o, sizeof(o), pt->names[i], pt->lens[i], 'o');
-        key_of(s, sizeof(s), pt->names[i], pt->lens[i], 's');
-        const char *argv[] = {"EVAL", prepare_lua, "4", ikey,
-                              ekey,   o,           s,   pt->rb->cfg->auto_create ? "1" : "0"};
-        if (redis_bus_command(pt->rb->bus, o, strlen(o), prepare_reply, pt, (int)ARRAY_LEN(argv),
-                              argv, NULL) < 0)
+        const char *argv[] = {
+            "EVAL", prepare_lua, "3", ikey, ekey, o, pt->rb->cfg->auto_create ? "1" : "0"};
+        if (script_command(pt->rb->bus, o, strlen(o), prepare_reply, pt, (int)ARRAY_LEN(argv), argv,
+                           NULL) < 0)
             prepare_reply(NULL, RESP_ENOTCONN, pt);
     }
 }
@@ -1151,8 +1337,7 @@ static void chan_run(struct task *t)
                           f[1],
                           f[2],
                           f[3]};
-    if (redis_bus_command(rb->bus, h, strlen(h), chan_reply, ct, (int)ARRAY_LEN(argv), argv, NULL) <
-        0)
+    if (script_command(rb->bus, h, strlen(h), chan_reply, ct, (int)ARRAY_LEN(argv), argv, NULL) < 0)
         chan_reply(NULL, RESP_ENOTCONN, ct);
 }
 
@@ -1266,27 +1451,14 @@ static void list_names_reply(const redisReply *r, int status, void *arg)
     }
 }
 
-/* KEYS: the index. ARGV: [1] after ('' = from the start), [2] prefix, [3] max.
- * Returns {total (names with the prefix), names}. */
-static const char list_lua[] =
-    "local lo = ARGV[1] == '' and '-' or ('(' .. ARGV[1])\n"
-    "if ARGV[2] ~= '' then\n"
-    "  local p, hi = '[' .. ARGV[2], '[' .. ARGV[2] .. '\\255'\n"
-    "  local total = redis.call('ZLEXCOUNT', KEYS[1], p, hi)\n"
-    "  if ARGV[1] == '' or ARGV[2] > ARGV[1] then lo = p end\n"
-    "  return {total, redis.call('ZRANGEBYLEX', KEYS[1], lo, hi, 'LIMIT', 0, ARGV[3])}\n"
-    "end\n"
-    "return {redis.call('ZCARD', KEYS[1]),\n"
-    "        redis.call('ZRANGEBYLEX', KEYS[1], lo, '+', 'LIMIT', 0, ARGV[3])}\n";
-
 static void list_run(struct task *t)
 {
     struct list_task *lt = (struct list_task *)t;
     char max[16];
     snprintf(max, sizeof(max), "%zu", lt->max);
     const char *argv[] = {"EVAL", list_lua, "1", "herald:channels", lt->after, lt->prefix, max};
-    if (redis_bus_command(lt->ct.rb->bus, "herald:channels", 15, list_names_reply, &lt->ct, 7, argv,
-                          NULL) < 0)
+    if (script_command(lt->ct.rb->bus, "herald:channels", 15, list_names_reply, &lt->ct, 7, argv,
+                       NULL) < 0)
         list_names_reply(NULL, RESP_ENOTCONN, &lt->ct);
 }
 
@@ -1307,17 +1479,6 @@ static void be_channel_list(void *be, int w, const char *after, size_t after_len
 }
 
 /* ---- heartbeat: cluster-wide subscriber counts, channel keep-alive ------------------- */
-
-static const char beat_lua[] =
-    "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
-    "redis.call('PEXPIRE', KEYS[1], ARGV[3])\n"
-    "if redis.call('HGET', KEYS[2], 'persistent') ~= '1' and redis.call('EXISTS', KEYS[2]) == 1 "
-    "then\n"
-    "  local ttl = tonumber(redis.call('HGET', KEYS[2], 'ttl') or ARGV[4])\n"
-    "  redis.call('HSET', KEYS[2], 'active', ARGV[5])\n"
-    "  if redis.call('PTTL', KEYS[2]) < ttl then redis.call('PEXPIRE', KEYS[2], ttl) end\n"
-    "end\n"
-    "return 1\n";
 
 static void heartbeat_cb(struct loop *loop, struct timer *t)
 {
@@ -1356,7 +1517,7 @@ static void heartbeat_cb(struct loop *loop, struct timer *t)
         key_of(o, sizeof(o), list[i].name, list[i].len, 'o');
         snprintf(count, sizeof(count), "%u %s", list[i].subs, val);
         const char *argv[] = {"EVAL", beat_lua, "2", c, o, rb->node, count, exp, ttl, nowbuf};
-        redis_bus_command(rb->bus, c, strlen(c), ignore_reply, rb, 10, argv, NULL);
+        script_command(rb->bus, c, strlen(c), ignore_reply, rb, 10, argv, NULL);
     }
     free(list);
     /* This node is alive until the expiry it announces. */
@@ -1443,6 +1604,7 @@ static int parse_url(const char *url, char *host, size_t host_size, int *port, i
 
 int redis_backend_start(struct hub *hub, const struct herald_config *cfg)
 {
+    scripts_init();
     struct rb *rb = xcalloc(1, sizeof(*rb));
     rb->hub = hub;
     rb->cfg = cfg;

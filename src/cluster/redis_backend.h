@@ -7,9 +7,10 @@
  * arrives and re-filled from it after any outage.
  *
  * Keys, all with the channel as hash tag so one channel lives on one shard:
- *   herald:{ch}:h   Stream of messages, id "<seq>-0", field p = payload
- *   herald:{ch}:o   hash of channel options (created, persistent, ttl, ...)
- *   herald:{ch}:s   hash: last id published, highest id trimmed (evicted)
+ *   herald:{ch}:h   Stream of messages, id "<seq>-0", field p = payload, field v =
+ *                   the id of the channel's message before it (gap detection)
+ *   herald:{ch}:o   hash of channel options (created, persistent, ttl, ...), last id
+ *   herald:{ch}:s   a deleted channel's tombstone: last id, evicted (7 days)
  *   herald:{ch}:m   the pub/sub channel carrying the channel's messages
  *   herald:{seq}:i  the last id (one Redis); herald:{ch}:i per channel on a cluster
  *   herald:{seq}:e  the epoch: first id of this data set (one Redis); on a

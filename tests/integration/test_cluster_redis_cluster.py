@@ -153,7 +153,7 @@ def push_ahead(cluster, channel, seconds=2.0):
     """Makes channel's last id `seconds` ahead of the clock, as after a publish by a node
     whose clock is that far ahead (ids are max(publisher's clock in µs, last id + 1))."""
     ahead = str(int(time.time() * 1e6 + seconds * 1e6))
-    cluster.slot_owner(keyslot(channel)).cmd("HSET", f"herald:{{{channel}}}:s", "last", ahead)
+    cluster.slot_owner(keyslot(channel)).cmd("SET", f"herald:{{{channel}}}:i", ahead)
 
 
 def test_multi_channel_publish_is_delivered_once_even_when_a_shard_is_ahead(rcluster, skewed, chan):

@@ -132,3 +132,18 @@ def test_sigterm_while_a_publish_waits_on_a_stopped_redis_exits_cleanly(redis_fa
         assert "herald stopped" in node.log()
     finally:
         thawed(redis)
+
+
+def test_a_redis_that_forgot_the_scripts_gets_them_again(redis_factory, herald, chan):
+    """Scripts are called by their SHA1 (EVALSHA); a Redis without them (SCRIPT FLUSH, a
+    restart) answers NOSCRIPT, and the node sends the script again: nothing fails."""
+    redis = redis_factory()
+    node = herald(redis=redis.url, node_name="A")
+    node.publish(chan, "one")
+    redis.cmd("SCRIPT", "FLUSH")
+    node.publish(chan, "two")
+    node.publish(chan, "three")
+    assert [m["data"] for m in node.history(chan)] == ["one", "two", "three"]
+    stats = redis.cmd("INFO", "commandstats")
+    assert re.search(r"cmdstat_evalsha:calls=[1-9]", stats), stats
+    assert not re.search(r"cmdstat_eval:calls=([3-9]|\d\d)", stats), stats  # EVAL only once
