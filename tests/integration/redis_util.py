@@ -34,6 +34,10 @@ class RedisError(Exception):
     """An error reply (-ERR ...) from Redis."""
 
 
+class _PortTaken(Exception):
+    """redis-server could not bind its port: another process took it first."""
+
+
 def free_port(cluster=False):
     """A loopback port free right now (and, for cluster nodes, its +10000 bus port)."""
     for _ in range(200):
@@ -135,6 +139,7 @@ class RedisServer:
 
     def __init__(self, port=None, cluster=False, extra_args=(), workdir=None):
         self.cluster = cluster
+        self._fixed_port = port is not None
         self.port = port or free_port(cluster)
         self.extra_args = list(extra_args)
         self._own_dir = workdir is None
@@ -150,6 +155,21 @@ class RedisServer:
         return "redis://127.0.0.1:%d" % self.port
 
     def start(self, timeout=10.0):
+        """Starts the server. The first start on a port of our choosing moves to another free
+        port when another process took it between free_port() and the bind (tests run in
+        parallel); a restart keeps its port, which the herald nodes know."""
+        for _ in range(5):
+            try:
+                self._start(timeout)
+                self._fixed_port = True
+                return self
+            except _PortTaken:
+                if self._fixed_port:
+                    raise RuntimeError("redis-server: port %d is taken" % self.port) from None
+                self.port = free_port(self.cluster)
+        raise RuntimeError("redis-server: no free port after 5 attempts")
+
+    def _start(self, timeout):
         args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
                 "--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", self.dir]
         if self.cluster:
@@ -167,9 +187,12 @@ class RedisServer:
         log.close()
         if self not in _live:
             _live.append(self)
-        _wait(lambda: self.cmd("PING") == "PONG" or self.proc.poll() is not None, timeout,
+        _wait(lambda: self.proc.poll() is not None or self.cmd("PING") == "PONG", timeout,
               "redis-server on port %d" % self.port)
         if self.proc.poll() is not None:
+            with open(os.path.join(self.dir, "redis-%d.log" % self.port), errors="replace") as f:
+                if "Address already in use" in f.read():
+                    raise _PortTaken()
             raise RuntimeError("redis-server on port %d exited: see %s" % (self.port, self.dir))
         return self
 
