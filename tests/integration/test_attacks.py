@@ -66,12 +66,12 @@ def test_every_cors_setting_on_every_transport(herald, chan, setting):
     the server when it was answered (the origin pointer shared a union with the HTTP
     state). Every transport, every setting, every kind of Origin."""
     policy = CORS_SETTINGS[setting]
-    srv = herald(cors_origins=policy)
+    srv = herald(cors_origins=policy, poll_timeout="100ms")  # the idle polls' timeout=1 is cut to it
     srv.publish(chan, "kept")
     for origin in (None, APP, EVIL):
         for path in (
             f"/poll?channels={chan}&since=0",  # answered at once from history
-            f"/poll?channels={chan}-idle&timeout=1",  # answered by its timeout
+            f"/poll?channels={chan}-idle&timeout=1",  # answered by its timeout (100 ms)
             f"/sse?channels={chan}",
             f"/stream?channels={chan}",
         ):
@@ -143,13 +143,13 @@ def test_stats_channel_list_needs_the_key(herald, chan):
 
 def test_poll_timeout_that_overflows_is_capped_not_wrapped(herald, chan):
     """timeout * 1000 used to wrap: 18446744073709552 s became 384 ms."""
-    srv = herald(poll_timeout="3s")
+    srv = herald(poll_timeout="1s")
     started = time.monotonic()
     r = srv.request("GET", f"/poll?channels={chan}&timeout=18446744073709552", timeout=WAIT)
     held = time.monotonic() - started
     assert r.status == 200, r.body
     assert r.json()["messages"] == []
-    assert held >= 2.5, f"the poll was answered after {held:.3f} s, not held to --poll-timeout"
+    assert held >= 0.9, f"the poll was answered after {held:.3f} s, not held to --poll-timeout"
 
 
 @pytest.mark.parametrize("raw", [

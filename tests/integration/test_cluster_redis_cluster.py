@@ -89,7 +89,8 @@ def test_channels_on_different_shards_are_delivered_over_sharded_pubsub(rcluster
         wait_local(b, chans[0])
         ids = [a.publish(ch, "to " + ch)["id"] for ch in chans]
         got = all_three.messages(3)
-        assert ids_of(got) == ids and [m["channel"] for m in got] == chans
+        # Each shard delivers its own: messages of different shards may cross on the way.
+        assert sorted((m["channel"], m["id"]) for m in got) == sorted(zip(chans, ids))
         for ch in chans:
             owner = rcluster.slot_owner(keyslot(ch))
             # one SSUBSCRIBE, from B (A has no subscriber), on the owning master only
