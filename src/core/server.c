@@ -485,6 +485,16 @@ void server_free(struct server *srv)
 {
     for (int i = 0; i < srv->nworkers; i++) {
         struct worker *w = &srv->workers[i];
+        /* What was posted to the worker after it stopped (the answers of a cluster
+         * backend that stopped after it) is taken here, as that worker: its
+         * connections are gone, so the calls only release what they hold. */
+        uint32_t n;
+        struct inbox_item *items = hub_inbox_take(&srv->hub, w->id, &n);
+        worker__current = w;
+        if (items)
+            fanout(w, items, n);
+        worker__current = NULL;
+        free(items);
         close_listeners(w);
         loop_free(&w->loop);
         free(w->scratch);

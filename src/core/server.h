@@ -200,8 +200,8 @@ void server_request_shutdown(struct server *srv);
  * hub's inboxes until it stops. Then server_free.
  */
 void server_join(struct server *srv);
-/* Frees the workers. Nothing may post to them any more (the hub stays: the caller frees
- * it, which runs what was posted to them after they stopped). */
+/* Runs what was posted to the workers after they stopped, then frees them. Nothing may
+ * post to them any more (the hub stays: the caller frees it). */
 void server_free(struct server *srv);
 
 /* ---- connection API used by the protocol modules ----------------------------- */

@@ -661,14 +661,10 @@ static void wake_workers(struct hub *hub, uint64_t mask)
 void hub_free(struct hub *hub)
 {
     /* Pending inbox items hold message and channel references: drop them first,
-     * so that every channel (deleted ones too) is freed by its last reference.
-     * Calls posted to a worker after it stopped run here: its connections are gone,
-     * so they only release what they hold (a deferred answer, a parked subscribe). */
+     * so that every channel (deleted ones too) is freed by its last reference. */
     for (int w = 0; w < hub->nworkers; w++) {
         struct hub_inbox *in = &hub->inbox[w];
         for (uint32_t i = 0; i < in->len; i++) {
-            if (in->items[i].kind == INBOX_CALL)
-                in->items[i].fn(in->items[i].arg);
             if (in->items[i].msg)
                 ref_put(&in->items[i].msg->ref);
             if (in->items[i].ch)
