@@ -4,10 +4,13 @@
 # and `make bench` before anything else. Needs root (or sudo) on Debian 12.
 set -euo pipefail
 
+# build-essential brings gcc 12 and its sanitizer runtimes (libasan8, libubsan1, libtsan2)
+# for the VARIANT=asan and VARIANT=tsan builds; python3-pytest-xdist runs the integration
+# suite in parallel.
 pkgs=(
   build-essential clang libclang-rt-14-dev pkg-config
   libssl-dev zlib1g-dev libhiredis-dev libjansson-dev libcmocka-dev
-  python3 python3-pytest python3-websockets
+  python3 python3-pytest python3-pytest-xdist python3-websockets
   redis-server curl chromium
 )
 if [ "${1:-}" = "--bench" ]; then

@@ -8,6 +8,7 @@ bound) and, for sanitizer builds, no AddressSanitizer/UBSan/LeakSanitizer or
 ThreadSanitizer report in the captured log.
 """
 
+import fcntl
 import faulthandler
 import itertools
 import os
@@ -132,6 +133,25 @@ def chan(request):
     """A channel name no other test uses."""
     base = re.sub(r"[^A-Za-z0-9_]", "_", request.node.name)[:80]
     return f"{base}-{os.getpid()}-{next(_names)}"
+
+
+@pytest.fixture(autouse=True)
+def _serial(request, tmp_path_factory):
+    """Under pytest-xdist, a test marked `serial` runs while no other test runs: every test
+    holds a shared lock on a file of the session, a serial test an exclusive one. A
+    turnstile makes later tests wait behind a serial test that waits, so it is not starved."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        yield
+        return
+    root = tmp_path_factory.getbasetemp().parent  # the session's, shared by its workers
+    mode = fcntl.LOCK_EX if request.node.get_closest_marker("serial") else fcntl.LOCK_SH
+    with open(root / "serial.turnstile", "a") as gate, open(root / "serial.lock", "a") as lock:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, mode)
+        finally:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        yield  # closing the file releases the lock
 
 
 class TimeLimitExceeded(Exception):

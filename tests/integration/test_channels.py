@@ -23,6 +23,8 @@ from helpers import (
     ws_handshake,
 )
 
+pytestmark = pytest.mark.threads  # make test runs this module under ThreadSanitizer too
+
 INFO_FIELDS = {
     "name", "persistent", "ttl", "history_size", "history_ttl", "subscribers", "messages", "bytes",
     "messages_total", "last_id", "oldest_id", "created", "last_active", "expires",
@@ -237,6 +239,7 @@ def test_persistent_and_subscribed_channels_outlive_an_idle_one(short_ttl, chan)
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.serial  # 64,000 channels against a 1 s TTL: other tests' load would delay it
 def test_many_idle_channels_expire_on_time(herald, chan):
     """Issue 7: the expiry sweep visited 4,096 table buckets a second, so with a 2 s TTL
     218,000 of 403,000 channels were still there a minute later. Expiry follows the

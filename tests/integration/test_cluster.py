@@ -44,6 +44,8 @@ from helpers import (
 )
 from redis_util import RedisServer
 
+pytestmark = pytest.mark.threads  # make test runs this module under ThreadSanitizer too
+
 # The nodes write their subscriber counts every CLUSTER_HEARTBEAT (--cluster-heartbeat,
 # 5 s by default), and a count lives COUNT_TTL after it was written.
 CLUSTER_HEARTBEAT = "500ms"
@@ -832,6 +834,7 @@ def rss_kib(node):
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.serial  # resident memory grows with what other tests' load leaves queued
 def test_memory_stays_bounded_under_a_long_stream(redis, herald, chan):
     """20 MB of messages through two nodes whose caches keep 50 of them: the nodes' resident
     memory grows by far less than what went through."""

@@ -45,6 +45,10 @@ from test_cluster import (
     wait_local,
 )
 
+# Under TSan in make test too; one xdist worker runs the whole module, so its Redis
+# servers (module fixtures) are started once.
+pytestmark = [pytest.mark.threads, pytest.mark.xdist_group("redis-cluster")]
+
 
 @pytest.fixture(scope="module")
 def rcluster():
@@ -407,6 +411,7 @@ def test_messages_keep_flowing_after_the_channel_slot_migrates(rcluster, nodes, 
 # ---- topology -------------------------------------------------------------------------------
 
 
+@pytest.mark.xdist_group("redis-cluster-ranges")  # a cluster of its own: may run beside the others
 def test_every_slot_is_routed_when_cluster_slots_lists_more_than_64_ranges(herald, chan):
     """CLUSTER SLOTS lists one range per run of slots with one owner, node by node; a
     cluster whose slots were moved one by one lists many. The router kept the first 64

@@ -11,7 +11,11 @@ import re
 import signal
 import time
 
+import pytest
+
 from helpers import wait_until
+
+pytestmark = pytest.mark.threads  # make test runs this module under ThreadSanitizer too
 
 
 def publish(node, chan, body, timeout=10):

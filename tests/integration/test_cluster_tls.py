@@ -21,6 +21,10 @@ import pytest
 from helpers import WAIT, Deadline, Herald, SSE, request, wait_until
 from redis_util import _encode, _pdeathsig, _read_reply, free_port
 
+# Under TSan in make test too; one xdist worker runs the whole module, so its Redis
+# servers (module fixtures) are started once.
+pytestmark = [pytest.mark.threads, pytest.mark.xdist_group("redis-tls")]
+
 # ---- certificates and a TLS-only Redis ----------------------------------------------------
 
 OPENSSL_STEPS = [

@@ -9,6 +9,8 @@ import pytest
 
 from helpers import subscribe
 
+pytestmark = pytest.mark.serial  # measures lifetimes: runs alone under xdist
+
 LIFE_MIN, LIFE_MAX = 1.0, 1.5
 SLACK = 1.0  # scheduling and the sanitizer build
 RECONNECT = {"event": "reconnect", "reason": "lifetime"}

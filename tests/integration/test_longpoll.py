@@ -11,6 +11,8 @@ import pytest
 
 from helpers import RawConn, data_of, http_get, ids_of, numbered, poll
 
+pytestmark = pytest.mark.threads  # make test runs this module under ThreadSanitizer too
+
 
 @pytest.fixture
 def pool():

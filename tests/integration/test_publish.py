@@ -12,6 +12,8 @@ import pytest
 
 from helpers import SSE, JSON_TYPE, RawConn, data_of, http_get, http_post, ids_of, raw_request
 
+pytestmark = pytest.mark.threads  # make test runs this module under ThreadSanitizer too
+
 CHUNKED = {"Transfer-Encoding": "chunked"}
 EXPECT = {"Expect": "100-continue"}
 
@@ -180,6 +182,7 @@ def test_api_publish_channel_must_be_a_name(server, chan):
     assert r.status == 400 and r.error()["error"] == "bad_message"
 
 
+@pytest.mark.small_stack
 def test_a_batch_takes_no_stack_per_message(herald, chan):
     """Issue 7: each message of a batch published the next one from its completion, so a
     batch recursed once per message. With 64 KiB of stack (inherited by herald's threads)

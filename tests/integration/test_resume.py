@@ -8,6 +8,8 @@ import pytest
 
 from helpers import TRANSPORTS, data_of, ids_of, numbered, poll, subscribe, wait_until
 
+pytestmark = pytest.mark.threads  # make test runs this module under ThreadSanitizer too
+
 
 @pytest.fixture(scope="module")
 def small(module_herald):

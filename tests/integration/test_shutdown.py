@@ -11,6 +11,8 @@ import pytest
 
 from helpers import SSE, RawConn, RawWS, poll, subscribe, wait_until
 
+pytestmark = pytest.mark.threads  # make test runs this module under ThreadSanitizer too
+
 RECONNECT = {"event": "reconnect", "reason": "shutdown"}
 
 

@@ -6,6 +6,8 @@ import pytest
 
 from helpers import SSE, ids_of, subscribe
 
+pytestmark = pytest.mark.threads  # make test runs this module under ThreadSanitizer too
+
 BIG = 48 * 1024  # one queued message stays under the 64 KiB cap
 MAX_COUNT = 250  # 12 MiB: far past the cap and every socket buffer
 

@@ -8,6 +8,8 @@ import pytest
 
 from helpers import SSE, poll, subscribe, wait_until
 
+pytestmark = pytest.mark.threads  # make test runs this module under ThreadSanitizer too
+
 KINDS = ("websocket", "sse", "longpoll", "stream")
 METRIC_NAMES = {
     "herald_connections",

@@ -205,6 +205,7 @@ def heartbeat_server(module_herald):
     return module_herald(heartbeat="300ms", close_grace="300ms")
 
 
+@pytest.mark.serial  # the client has 300 ms to answer each ping
 def test_server_pings_are_answered_by_the_client_and_keep_it_open(heartbeat_server, chan):
     srv = heartbeat_server
 
@@ -231,6 +232,7 @@ def test_server_pings_are_answered_by_the_client_and_keep_it_open(heartbeat_serv
     arun(main())
 
 
+@pytest.mark.serial  # times the close
 def test_client_that_never_answers_pings_is_closed(heartbeat_server, chan):
     with RawWS(heartbeat_server, f"?channels={chan}") as ws:
         start = time.monotonic()
