@@ -274,8 +274,9 @@ static void test_loop_wake_from_thread(void **state)
     loop_run_once(&loop, 0);
     int before = atomic_load(&w.wakes);
     pthread_t th;
-    assert_int_equal(pthread_create(&th, NULL, wake_thread, &loop), 0);
+    /* Timed from before the thread exists: its 20 ms sleep cannot start earlier. */
     uint64_t start = now_ms();
+    assert_int_equal(pthread_create(&th, NULL, wake_thread, &loop), 0);
     for (int i = 0; i < 20 && atomic_load(&w.wakes) == before; i++)
         loop_run_once(&loop, 5000);
     uint64_t took = now_ms() - start;
