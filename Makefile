@@ -79,6 +79,9 @@ UNIT_RUN := $(UNIT_BIN:%=%.run)
 unit: $(UNIT_RUN)
 $(UNIT_RUN): %.run: %
 	@echo "== $<"; $(RUN) ./$<
+# resp_conn_test times Redis connections against 300-500 ms timeouts: it runs after the
+# others, alone.
+$(BUILD)/tests/resp_conn_test.run: | $(filter-out %/resp_conn_test.run,$(UNIT_RUN))
 
 # The integration suite runs in PYTEST_JOBS pytest-xdist workers (0: in this process).
 # Its tests mostly wait (for herald, Redis, a timer), so on a 2-core machine 4 workers
