@@ -237,16 +237,32 @@ bool conn_may_parse(struct conn *c)
 }
 
 /* Charges growth of the input buffer to --max-input-memory. False: refused. */
+/*
+ * The budget input is charged to: one for clients that came with credentials (a
+ * publisher's body), one for the others (subscribers' WebSocket frames), so that
+ * anonymous clients filling theirs never refuse a publisher. A buffer stays in the
+ * pool it was first charged to.
+ */
+static atomic_uint_fast64_t *input_pool(struct conn *c)
+{
+    if (!c->in_charged) {
+        c->flags &= ~(uint32_t)CF_IN_TRUSTED_POOL;
+        if (c->flags & CF_TRUSTED)
+            c->flags |= CF_IN_TRUSTED_POOL;
+    }
+    return &conn_server(c)->input_bytes[(c->flags & CF_IN_TRUSTED_POOL) ? 1 : 0];
+}
+
 static bool input_charge(struct conn *c, uint32_t new_cap)
 {
     uint32_t want = new_cap > INPUT_FREE_BYTES ? new_cap - INPUT_FREE_BYTES : 0;
     if (want <= c->in_charged)
         return true;
-    struct server *srv = conn_server(c);
+    atomic_uint_fast64_t *pool = input_pool(c);
     uint64_t more = want - c->in_charged;
-    uint64_t total = atomic_fetch_add(&srv->input_bytes, more) + more;
-    if (total > srv->cfg.max_input_memory) {
-        atomic_fetch_sub(&srv->input_bytes, more);
+    uint64_t total = atomic_fetch_add(pool, more) + more;
+    if (total > conn_cfg(c)->max_input_memory) {
+        atomic_fetch_sub(pool, more);
         return false;
     }
     c->in_charged = want;
@@ -259,7 +275,7 @@ static void input_free(struct conn *c)
     c->in = NULL;
     c->in_len = c->in_cap = 0;
     if (c->in_charged) {
-        atomic_fetch_sub(&conn_server(c)->input_bytes, c->in_charged);
+        atomic_fetch_sub(input_pool(c), c->in_charged);
         c->in_charged = 0;
     }
 }

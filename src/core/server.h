@@ -60,6 +60,8 @@ enum conn_flag {
     CF_ZOMBIE = 1u << 12,       /* closed while the backend holds it: freed on the last release */
     CF_SEALED = 1u << 13,       /* the last bytes are queued (a close frame): nothing may follow */
     CF_PARSING = 1u << 14,      /* inside ops->on_read (debug check against re-entry) */
+    CF_TRUSTED = 1u << 15,      /* the input now being received comes with credentials */
+    CF_IN_TRUSTED_POOL = 1u << 16, /* its input buffer is charged to the credentialed pool */
     /* Bits from CF_PROTO_FIRST up belong to the protocol module that owns the connection
      * (its flags are cleared when conn_set_ops hands the connection to another). */
     CF_PROTO_FIRST = 1u << 20,
@@ -186,8 +188,10 @@ struct server {
     const struct conn_ops *accept_ops;
     /* Called once every listener is bound and before any connection is accepted. */
     void (*on_listening)(struct server *srv);
-    atomic_uint_fast64_t input_bytes; /* input buffers charged to --max-input-memory */
-    atomic_uint_fast64_t conns_open;  /* all workers' connections (--max-connections) */
+    /* Input buffers charged to --max-input-memory: [0] anonymous clients, [1] clients
+     * with credentials (CF_TRUSTED). */
+    atomic_uint_fast64_t input_bytes[2];
+    atomic_uint_fast64_t conns_open; /* all workers' connections (--max-connections) */
 };
 
 /* Creates the workers and their listeners. Returns 0, or -errno after logging why. */

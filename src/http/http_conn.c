@@ -22,6 +22,10 @@
 
 CONN_PROTO_FITS(struct http_state);
 
+enum {
+    HTTPF_UNREAD_BODY = CF_PROTO_FIRST, /* answering a request whose body will not be read */
+};
+
 static inline struct http_state *hstate(struct conn *c)
 {
     return CONN_PROTO(c, struct http_state);
@@ -134,7 +138,9 @@ bool http_keep_alive(const struct http_ctx *x)
 {
     /* Framing errors are answered without a request (x->req NULL): we cannot tell
      * where the next request would start, so the connection closes. */
-    return x->req && x->req->keep_alive && !(x->c->flags & (CF_EOF | CF_CLOSE_AFTER)) &&
+    bool unread = x->c->ops == &http_conn_ops && (x->c->flags & HTTPF_UNREAD_BODY);
+    return x->req && x->req->keep_alive && !unread &&
+           !(x->c->flags & (CF_EOF | CF_CLOSE_AFTER)) &&
            !atomic_load(&conn_server(x->c)->shutdown);
 }
 
@@ -280,11 +286,18 @@ static const struct http_route *check_head(struct conn *c, const struct http_req
     if (!check_framing(c, req))
         return NULL;
     struct http_ctx x = {.c = c, .req = req};
+    /* Refused now, its body is never read: where the next request starts is unknown, so
+     * the answer says Connection: close. */
+    if (has_body(req))
+        c->flags |= HTTPF_UNREAD_BODY;
     const struct http_route *route = http_route_check(&x);
+    c->flags &= ~(uint32_t)(HTTPF_UNREAD_BODY | CF_TRUSTED);
     if (!route) {
-        *close = has_body(req); /* its body is not read: the next request's start is unknown */
+        *close = has_body(req);
         return NULL;
     }
+    if (route->guard)
+        c->flags |= CF_TRUSTED; /* it passed: its body counts against the publishers' budget */
     struct http_state *hs = hstate(c);
     if (req->expect_continue && has_body(req) && !hs->sent_continue &&
         have < hs->head_len + (size_t)MAX(req->content_length, 0) + (req->chunked ? 1 : 0)) {

@@ -939,11 +939,32 @@ static void collect_history(struct channel *ch, uint64_t since, const struct lis
     }
 }
 
+/* Where a message's channel stands in the channel list of its publish. */
+static uint32_t group_index(const struct msg *m)
+{
+    for (uint32_t g = 0; m->group && g < m->group->n; g++)
+        if (m->group->chan_ids[g] == m->chan_id)
+            return g;
+    return 0;
+}
+
+/* By id; copies of one multi-channel message by their channel's place in the publish,
+ * so that the replay keeps the copy a live delivery gives (the first channel of the
+ * message's list that the connection holds). */
+static int cmp_backlog(const void *a, const void *b)
+{
+    const struct msg *x = *(struct msg *const *)a, *y = *(struct msg *const *)b;
+    if (x->seq != y->seq)
+        return x->seq < y->seq ? -1 : 1;
+    uint32_t gx = group_index(x), gy = group_index(y);
+    return gx < gy ? -1 : gx > gy;
+}
+
 static void backlog_sort_dedup(struct hub_backlog *b)
 {
     if (b->n < 2)
         return;
-    qsort(b->msgs, b->n, sizeof(*b->msgs), cmp_msg_seq);
+    qsort(b->msgs, b->n, sizeof(*b->msgs), cmp_backlog);
     uint32_t out = 1;
     for (uint32_t i = 1; i < b->n; i++) {
         if (b->msgs[i]->seq == b->msgs[out - 1]->seq)

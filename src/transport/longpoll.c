@@ -218,7 +218,7 @@ void longpoll_handle(struct http_ctx *x)
     st->origin = x->cors && x->origin ? xstrndup(x->origin, x->origin_len) : NULL;
     c->flags |= CF_READ_PAUSED | (keep ? POLLF_KEEPALIVE : 0) | (head ? POLLF_HEAD : 0) |
                 (x->cors ? POLLF_CORS : 0);
-    if (transport_per_channel_cursor(c)) {
+    if (r.nsince || transport_per_channel_cursor(c)) {
         /* Where the client stands on each channel; what the answer holds moves it on. */
         size_t n = 0;
         for (struct list *p = c->subs.next; p != &c->subs; p = p->next)

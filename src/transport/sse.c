@@ -8,7 +8,8 @@
 #include "transport/transport.h"
 
 enum {
-    SSEF_RAW = CF_PROTO_FIRST, /* format=raw: data is the bare body */
+    SSEF_RAW = CF_PROTO_FIRST,          /* format=raw: data is the bare body */
+    SSEF_CURSORS = CF_PROTO_FIRST << 1, /* the client resumed with a per-channel cursor */
 };
 
 static const char sse_heartbeat[] = ":\n\n";
@@ -39,7 +40,7 @@ static void sse_deliver_cursor(struct conn *c, struct msg *m, struct slice s)
 static void sse_deliver(struct conn *c, struct msg *m)
 {
     struct slice s = (c->flags & SSEF_RAW) ? m->sse_raw : m->sse;
-    if (transport_per_channel_cursor(c))
+    if ((c->flags & SSEF_CURSORS) || transport_per_channel_cursor(c))
         return sse_deliver_cursor(c, m, s);
     conn_deliver_bytes(c, &m->ref, s.data, s.len);
 }
@@ -160,6 +161,8 @@ void sse_handle(struct http_ctx *x)
                  ":ok\n\nretry: 3000\n\n");
     if (raw)
         x->c->flags |= SSEF_RAW;
+    if (r.nsince) /* it keeps positions per channel: give it its cursor in that form */
+        x->c->flags |= SSEF_CURSORS;
     transport_replay(x->c, &b);
 }
 

@@ -23,9 +23,16 @@ static struct ctl_frames *reconnect_shutdown, *reconnect_lifetime;
 
 static const struct http_route routes[] = {
     {.path = "/ws", .methods = ROUTE_GET, .flags = ROUTE_SUBSCRIBE, .handle = ws_handle_upgrade},
-    {.path = "/sse", .methods = ROUTE_GET, .flags = ROUTE_SUBSCRIBE, .handle = sse_handle},
+    /* GET only: an answer to HEAD has no body, and these answers are nothing but body. */
+    {.path = "/sse",
+     .methods = HTTP_METHOD_BIT(HTTP_M_GET),
+     .flags = ROUTE_SUBSCRIBE,
+     .handle = sse_handle},
     {.path = "/poll", .methods = ROUTE_GET, .flags = ROUTE_SUBSCRIBE, .handle = longpoll_handle},
-    {.path = "/stream", .methods = ROUTE_GET, .flags = ROUTE_SUBSCRIBE, .handle = stream_handle},
+    {.path = "/stream",
+     .methods = HTTP_METHOD_BIT(HTTP_M_GET),
+     .flags = ROUTE_SUBSCRIBE,
+     .handle = stream_handle},
 };
 
 static struct ctl_frames *reconnect_frames(const char *reason)
@@ -253,22 +260,21 @@ int transport_subscribe(struct conn *c, const struct sub_request *r, size_t *bad
 void transport_replay(struct conn *c, struct hub_backlog *b)
 {
     conn_replay_begin(c);
-    /* Per-channel ids (Redis Cluster): each subscription's position advances with what
-     * is replayed on its channel, and ends at the point where live messages start, so
-     * that a per-channel cursor can be given after every message (SSE id lines). */
-    bool track = conn_hub(c)->ids_per_channel;
+    /* Each subscription's position advances with what is replayed on its channel, and
+     * ends where live messages start, so that a per-channel cursor can be given after
+     * every message (SSE id lines) when ids are per channel or the client sent one. */
     for (uint32_t i = 0; i < b->ngaps; i++)
         deliver_gap(c, &b->gaps[i]);
     for (uint32_t i = 0; i < b->n; i++) {
         struct msg *m = b->msgs[i];
-        for (struct list *p = c->subs.next; track && p != &c->subs; p = p->next) {
+        for (struct list *p = c->subs.next; p != &c->subs; p = p->next) {
             struct sub *s = container_of(p, struct sub, conn_link);
             if (s->ch->id == m->chan_id && m->seq > s->delivered)
                 s->delivered = m->seq; /* at most from_seq: no effect on live dedup */
         }
         c->ops->deliver(c, m);
     }
-    for (struct list *p = c->subs.next; track && p != &c->subs; p = p->next) {
+    for (struct list *p = c->subs.next; p != &c->subs; p = p->next) {
         struct sub *s = container_of(p, struct sub, conn_link);
         s->delivered = MAX(s->delivered, s->from_seq);
     }

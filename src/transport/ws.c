@@ -218,8 +218,9 @@ void ws_handle_upgrade(struct http_ctx *x)
      * other origin's page made (a browser on this host would lend it its position). */
     bool publisher = cfg->ws_publish && api_may_publish(req, c) && http_origin_may_use_api(x);
     conn_set_ops(c, &ws_ops.conn);
+    c->flags &= ~(uint32_t)CF_TRUSTED;
     if (publisher)
-        c->flags |= WSF_PUBLISHER;
+        c->flags |= WSF_PUBLISHER | CF_TRUSTED;
     if (deflate)
         c->flags |= WSF_DEFLATE;
     conn_send_copy(c, resp.data, resp.len);

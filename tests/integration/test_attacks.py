@@ -18,6 +18,7 @@ from helpers import (
     RawConn,
     RawWS,
     encode_frame,
+    http_bytes,
     http_get,
     ws_handshake,
     ws_key,
@@ -355,3 +356,68 @@ def test_ws_publish_from_another_origins_page_needs_the_key(herald, chan):
         ws.send_frame(OP_TEXT, op)
         assert ws.recv_json()["event"] == "published"
     assert len(srv.history(chan)) == 1
+
+
+def test_anonymous_websocket_input_cannot_lock_out_publishers(herald, chan):
+    """Subscribers holding unfinished 60 KB frames fill the anonymous input budget; a
+    publisher with the key still publishes a 200 KB body (its input has a budget of its
+    own), and a further anonymous big frame is what gets refused."""
+    srv = herald(publish_key=KEY, max_input_memory="2MiB", workers=1)
+    auth = {"Authorization": "Bearer " + KEY}
+    big = b'{"op":"ping","ref":"' + b"a" * 59980 + b'"}'
+    held = []
+    try:
+        for _ in range(80):
+            ws = RawWS(srv, f"?channels={chan}")
+            ws.conn.send(encode_frame(OP_TEXT, big)[:-1000])
+            held.append(ws)
+        time.sleep(0.5)
+        r = srv.request("POST", f"/pub/{chan}", b"x" * 200_000, auth)
+        assert r.status == 201, (r.status, r.body)
+        late = RawWS(srv, f"?channels={chan}")
+        late.conn.send(encode_frame(OP_TEXT, big)[:-1000])
+        assert late.expect_close(1013) == []
+        late.close()
+    finally:
+        for ws in held:
+            ws.close()
+
+
+@pytest.mark.parametrize("path", ["/sse", "/stream"])
+def test_head_on_a_streaming_endpoint_is_refused(server, chan, path):
+    """An answer to HEAD has no body: a stream cannot be one. 405, and the keep-alive
+    connection goes on."""
+    with RawConn(server.port) as c:
+        c.send(http_bytes("HEAD", f"{path}?channels={chan}") + http_get("/healthz"))
+        status, headers = c.read_head()
+        assert status == 405, (status, headers)
+        assert "GET" in headers["allow"] and "HEAD" not in headers["allow"]
+        # (no body: an answer to HEAD)
+        assert c.read_response().status == 200
+    assert server.channel(chan) is None
+
+
+@pytest.mark.parametrize("case", ["401", "403-host", "403-origin", "404", "405"])
+def test_answers_that_end_the_connection_say_connection_close(herald, chan, case):
+    """Refused on its head, a request's body is never read, so the connection ends: the
+    answer says so (a pooling proxy would otherwise send its next request to a closed
+    socket)."""
+    srv = herald(publish_key=KEY) if case == "401" else herald()
+    path, headers = f"/pub/{chan}", {}
+    if case == "403-host":
+        headers = {"Host": "evil.example"}
+    elif case == "403-origin":
+        headers = {"Origin": EVIL}
+    elif case == "404":
+        path = "/nowhere"
+    elif case == "405":
+        path = f"/sse?channels={chan}"
+    with RawConn(srv.port) as c:
+        head = {"Host": "localhost", **headers}
+        c.send(f"POST {path} HTTP/1.1\r\n".encode()
+               + b"".join(f"{k}: {v}\r\n".encode() for k, v in head.items())
+               + b"Content-Length: 5\r\n\r\nhello" + http_get("/healthz"))
+        r = c.read_response()
+        assert r.status == int(case[:3]), r
+        assert r.headers.get("connection", "").lower() == "close", r.headers
+        c.expect_eof()

@@ -598,8 +598,9 @@ def test_listing_skips_expired_channels_and_pages_to_the_end(nodes, chan):
     for name in ("b", "d", "e"):
         r = a.request("PUT", f"/api/channels/{chan}-{name}", json.dumps({"persistent": True}), JSON_TYPE)
         assert r.status == 201, r.body
-    wait_until(lambda: b.request("GET", f"/api/channels/{chan}-a").status == 404, 5,
-               what="the short channels to expire")
+    # Both: "c" was created a moment after "a" and may outlive it by as much.
+    wait_until(lambda: all(b.request("GET", f"/api/channels/{chan}-{n}").status == 404
+                           for n in "ac"), 5, what="the short channels to expire")
     pages, after = [], None
     while True:
         page = b.get_json(f"/api/channels?prefix={chan}-&limit=2" + (f"&after={after}" if after else ""))
