@@ -77,8 +77,9 @@ run: deps
 UNIT_RUN := $(UNIT_BIN:%=%.run)
 .PHONY: $(UNIT_RUN)
 unit: $(UNIT_RUN)
+# A unit test binary that hangs fails after 5 minutes instead of holding up the run.
 $(UNIT_RUN): %.run: %
-	@echo "== $<"; $(RUN) ./$<
+	@echo "== $<"; $(RUN) timeout -k 10 300 ./$< || { echo "FAILED (or timed out): $<"; exit 1; }
 # resp_conn_test times Redis connections against 300-500 ms timeouts: it runs after the
 # others, alone.
 $(BUILD)/tests/resp_conn_test.run: | $(filter-out %/resp_conn_test.run,$(UNIT_RUN))

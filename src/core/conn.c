@@ -24,7 +24,11 @@
 
 #include "core/log.h"
 
-#define IOV_BATCH        64
+#define IOV_BATCH 64
+/* Bytes one connection may read in one readiness event before the others get their
+ * turn: a client that writes as fast as we parse (and reads its answers) must not
+ * keep its worker to itself. */
+#define READ_BUDGET      (256u * 1024u)
 #define PAUSED_INPUT_MAX (16u * 1024u)
 #define INPUT_FREE_BYTES (16u * 1024u)
 #define OUT_RESUME_BYTES (CONN_OUT_PAUSE_BYTES / 2)
@@ -381,7 +385,12 @@ void conn__read(struct conn *c)
             return;
         }
     }
+    size_t taken = 0;
     while (!(c->flags & (CF_CLOSING | CF_LINGER))) {
+        if (taken >= READ_BUDGET) {
+            worker__read_later(c); /* edge-triggered: no new event would come for the rest */
+            return;
+        }
         char *buf;
         size_t cap = input_space(c, &buf);
         if (cap == 0)
@@ -403,6 +412,7 @@ void conn__read(struct conn *c)
             return;
         }
         atomic_fetch_add_explicit(&conn_hub(c)->stats.bytes_in, (uint64_t)n, memory_order_relaxed);
+        taken += (size_t)n;
         char *data = c->in ? c->in : w->scratch;
         size_t len = c->in ? c->in_len + (size_t)n : (size_t)n;
         if (c->in)
@@ -430,6 +440,15 @@ void conn__read(struct conn *c)
 void conn_resume_input(struct conn *c)
 {
     CONN_ASSERT_OWNER(c);
+    if (c->flags & (CF_CLOSING | CF_LINGER))
+        return;
+    /* In the worker's next pass, not now: a client that reads its answers as fast as
+     * we write them would otherwise keep this pass going (and its worker) to itself. */
+    worker__read_later(c);
+}
+
+void conn__resume_now(struct conn *c)
+{
     if (c->flags & (CF_CLOSING | CF_LINGER) || !conn_may_parse(c))
         return;
     if (c->in && c->in_len && !conn_parse(c, c->in, c->in_len))

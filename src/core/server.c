@@ -78,9 +78,47 @@ static void fanout(struct worker *w, struct inbox_item *items, uint32_t n)
 
 static void begin_drain(struct worker *w);
 
+void worker__read_later(struct conn *c)
+{
+    struct worker *w = c->w;
+    if (c->flags & CF_READ_LATER)
+        return;
+    c->flags |= CF_READ_LATER;
+    conn_hold(c); /* it may close meanwhile: the hold keeps the pointer valid */
+    if (w->nread_later == w->read_later_cap) {
+        w->read_later_cap = w->read_later_cap ? w->read_later_cap * 2 : 16;
+        w->read_later = xrealloc(w->read_later, w->read_later_cap * sizeof(*w->read_later));
+    }
+    w->read_later[w->nread_later++] = c;
+    loop_wake(&w->loop); /* the next pass does not wait in epoll */
+}
+
+/* Connections whose read budget ran out last pass read on, after the others had
+ * their turn. */
+static void read_later(struct worker *w)
+{
+    uint32_t n = w->nread_later;
+    if (!n)
+        return;
+    struct conn **list = w->read_later;
+    w->read_later = NULL;
+    w->nread_later = w->read_later_cap = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        struct conn *c = list[i];
+        c->flags &= ~(uint32_t)CF_READ_LATER;
+        if (!conn_release(c))
+            continue;
+        conn__resume_now(c);
+        if ((c->flags & (CF_DIRTY | CF_CLOSING)) == CF_DIRTY)
+            conn__flush_dirty(c);
+    }
+    free(list);
+}
+
 static void on_wake(struct loop *loop, void *arg)
 {
     struct worker *w = arg;
+    read_later(w);
     uint32_t n;
     struct inbox_item *items = hub_inbox_take(&w->srv->hub, w->id, &n);
     if (items) {
@@ -420,6 +458,12 @@ static void *worker_main(void *arg)
     }
     timer_stop(&w->loop, &w->tick);
     timer_stop(&w->loop, &w->accept_retry);
+    /* Every connection is gone: what waited to read again is a zombie its hold frees. */
+    for (uint32_t i = 0; i < w->nread_later; i++)
+        conn_release(w->read_later[i]);
+    free(w->read_later);
+    w->read_later = NULL;
+    w->nread_later = 0;
     return NULL;
 }
 

@@ -62,6 +62,7 @@ enum conn_flag {
     CF_PARSING = 1u << 14,      /* inside ops->on_read (debug check against re-entry) */
     CF_TRUSTED = 1u << 15,      /* the input now being received comes with credentials */
     CF_IN_TRUSTED_POOL = 1u << 16, /* its input buffer is charged to the credentialed pool */
+    CF_READ_LATER = 1u << 17,      /* on its worker's read_later list */
     /* Bits from CF_PROTO_FIRST up belong to the protocol module that owns the connection
      * (its flags are cleared when conn_set_ops hands the connection to another). */
     CF_PROTO_FIRST = 1u << 20,
@@ -172,6 +173,8 @@ struct worker {
     struct timer accept_retry; /* accepting stopped at EMFILE: try again */
     bool accept_paused;
     uint64_t accept_warned_ms;
+    struct conn **read_later; /* connections with input left for the next pass (held) */
+    uint32_t nread_later, read_later_cap;
     bool draining;
     uint64_t drain_deadline;
     struct worker_counters ctr;
@@ -255,7 +258,8 @@ bool conn_may_parse(struct conn *c);
 /* Frees the input buffer when nothing is buffered. */
 void conn_trim_input(struct conn *c);
 /* Runs the input handler over kept input, then reads the socket again (pipelining,
- * after a pause). */
+ * after a pause): in the worker's next loop pass, after the other connections had
+ * their turn. */
 void conn_resume_input(struct conn *c);
 
 /*
@@ -289,6 +293,10 @@ void conn__resume_parked(struct conn *c);
 void conn__timer_cb(struct loop *loop, struct timer *t);
 void conn__life_cb(struct loop *loop, struct timer *t);
 void conn__free(struct conn *c);
+/* Parses kept input and reads the socket in the worker's next pass (its read budget is
+ * spent, or its input was paused); conn__resume_now is what that pass runs. */
+void worker__read_later(struct conn *c);
+void conn__resume_now(struct conn *c);
 /* The worker whose thread this is (NULL on other threads). */
 extern _Thread_local struct worker *worker__current;
 

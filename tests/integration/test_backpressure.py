@@ -79,6 +79,7 @@ class LateReader:
         self.sock.close()
 
 
+@pytest.mark.serial  # measures memory or waiting time
 @pytest.mark.timeout(120)
 def test_pipelined_publishes_from_a_late_reader(herald, chan):
     """70,000 pipelined publishes, read late: every ack arrives, in order, and the queue
@@ -103,6 +104,7 @@ def test_pipelined_publishes_from_a_late_reader(herald, chan):
         assert held < 6 * 1024, f"{held} KiB held for a client that does not read"
 
 
+@pytest.mark.serial  # measures memory or waiting time
 @pytest.mark.timeout(90)
 def test_pipelined_long_polls_do_not_copy_history(herald):
     """Pipelined long-polls of a large history from a client that does not read: the
@@ -170,6 +172,7 @@ def test_two_pipelined_long_polls_are_both_answered(server, chan):
         assert third.status == 200 and third.json()["messages"] == []
 
 
+@pytest.mark.serial  # measures memory or waiting time
 @pytest.mark.timeout(60)
 def test_ping_flood_after_a_slow_consumer_cut(herald, chan):
     """A subscriber cut as a slow consumer keeps getting its error event and close frame,
@@ -200,3 +203,63 @@ def _send_quietly(ws, data):
         ws.conn.sock.sendall(data)
     except OSError:
         pass  # the server may close first
+
+
+def _op_flood(port, chan, seconds):
+    """A WebSocket client that sends subscribe/unsubscribe ops as fast as it can and reads
+    every answer (so its output never backs up)."""
+    import socket as s_
+
+    from helpers import ws_handshake as hs
+
+    sock = s_.create_connection(("127.0.0.1", port))
+    sock.sendall(hs("/ws"))
+    sock.recv(4096)
+    ops = (encode_frame(OP_TEXT, json.dumps({"op": "subscribe", "channel": chan}))
+           + encode_frame(OP_TEXT, json.dumps({"op": "unsubscribe", "channel": chan}))) * 500
+    sock.setblocking(False)
+    end = time.monotonic() + seconds
+    view, sent = memoryview(ops), 0
+    while time.monotonic() < end:
+        try:
+            sent += sock.send(view[sent % len(ops):])
+        except BlockingIOError:
+            pass
+        try:
+            while sock.recv(1 << 20):
+                pass
+        except BlockingIOError:
+            pass
+    sock.close()
+
+
+@pytest.mark.serial  # measures memory or waiting time
+@pytest.mark.timeout(60)
+def test_a_client_that_reads_its_answers_does_not_keep_its_worker(herald, chan):
+    """Two WebSocket clients flood ops and read every answer, so back-pressure never
+    stops them: the workers still take turns, and health checks are answered at once
+    (they used to wait until the flood ended)."""
+    import multiprocessing
+
+    srv = herald(workers=2)
+    floods = [multiprocessing.Process(target=_op_flood, args=(srv.port, f"{chan}-{k}", 5))
+              for k in range(2)]
+    for p in floods:
+        p.start()
+    try:
+        time.sleep(0.5)
+        slow = []
+        for _ in range(15):
+            started = time.monotonic()
+            r = srv.request("GET", "/healthz", timeout=10)
+            took = time.monotonic() - started
+            assert r.status == 200
+            if took > 2.5:  # before: every check waited for the flood's end
+                slow.append(round(took, 2))
+            time.sleep(0.1)
+    finally:
+        for p in floods:
+            p.join(10)
+            if p.is_alive():
+                p.terminate()
+    assert not slow, f"health checks that waited for the flood: {slow}"
