@@ -433,8 +433,11 @@ struct warn_slot {
 };
 
 struct rb {
-    struct map indexed; /* channels recently added to herald:channels */
-    struct map reload;  /* struct reload: gap fills to try again */
+    struct map indexed;  /* channels recently added to herald:channels */
+    struct map reload;   /* struct reload: gap fills to try again */
+    struct map follows;  /* struct follow: the channels this node follows on the bus */
+    struct list holding; /* follows with bus messages held back (struct follow.holding) */
+    struct timer order_timer;
     struct timer reload_timer;
     uint32_t *epoch_tag; /* cluster: per slot, a hash tag on that slot (epoch keys) */
     struct hub *hub;
@@ -682,6 +685,134 @@ static bool bus_channel_name(const char *ch, size_t len, struct slice *name)
     return true;
 }
 
+/* ---- bus order: a multi-channel message as its first channel's ------------------------ */
+
+/*
+ * A message published to several channels comes once per channel, and a connection
+ * that holds more than one of them takes the first copy that arrives. With one
+ * Redis the copies come in the publisher's order, on one connection; on a Redis
+ * Cluster they come from the channels' shards, in any order (the node stores them
+ * in order, but the shards' writes to this node race). So a copy is held back while
+ * an earlier channel of the same publish that this node follows has not brought its
+ * copy yet (its last id is below this one), and for at most ORDER_HOLD_MS (a copy
+ * that never comes: that channel's store failed, or took another id). Later
+ * messages of the held channel queue behind it, so each channel keeps its order.
+ */
+#define ORDER_HOLD_MS 100
+
+struct held {
+    struct held *next;
+    uint64_t since;     /* loop time it came */
+    struct hub_entry e; /* points into data and json */
+    struct sbuf json;
+    char data[];
+};
+
+struct follow {
+    struct map_node node; /* first: redis_bus__free_map frees the node pointer */
+    bool subscribed;      /* its bus subscription is in place (copies will come) */
+    uint64_t last;        /* the highest id that came for it on the bus */
+    struct held *head, *tail;
+    struct list holding; /* in rb->holding while something is held */
+    size_t len;
+    char name[CHANNEL_NAME_MAX + 1];
+};
+
+static struct follow *follow_of(struct rb *rb, const char *name, size_t len)
+{
+    struct map_node *n = map_get(&rb->follows, name, len);
+    return n ? container_of(n, struct follow, node) : NULL;
+}
+
+/* Whether e, for `target`, waits for the copy of an earlier channel of its publish. */
+static bool must_wait(struct rb *rb, const struct hub_entry *e, const struct follow *target)
+{
+    for (size_t i = 0; i < e->nchannels; i++) {
+        const struct slice *c = &e->channels[i];
+        if (c->len == target->len && memcmp(c->data, target->name, c->len) == 0)
+            return false;
+        const struct follow *f = follow_of(rb, c->data, c->len);
+        if (f && f->subscribed && f->last < e->seq)
+            return true;
+    }
+    return false;
+}
+
+static void ingest(struct rb *rb, struct follow *f, const struct slice *name,
+                   const struct hub_entry *e)
+{
+    hub_ingest(rb->hub, name, e->channels, e->nchannels, e->seq, e->time_ms, &e->req);
+    if (f && e->seq > f->last)
+        f->last = e->seq;
+}
+
+/* Ingests f's first held message. */
+static void release_head(struct rb *rb, struct follow *f)
+{
+    struct held *h = f->head;
+    f->head = h->next;
+    if (!f->head) {
+        f->tail = NULL;
+        list_remove(&f->holding);
+    }
+    ingest(rb, f, &(struct slice){f->name, (uint32_t)f->len}, &h->e);
+    sbuf_free(&h->json);
+    free(h);
+}
+
+/* Ingests what no longer waits (or waited long enough), until nothing moves. */
+static void release_ready(struct rb *rb)
+{
+    bool moved = true;
+    while (moved) {
+        moved = false;
+        struct list *p, *tmp;
+        list_for_each_safe(p, tmp, &rb->holding)
+        {
+            struct follow *f = container_of(p, struct follow, holding);
+            while (f->head && (rb->loop.now - f->head->since >= ORDER_HOLD_MS ||
+                               !must_wait(rb, &f->head->e, f))) {
+                release_head(rb, f);
+                moved = true;
+            }
+        }
+    }
+    if (!list_empty(&rb->holding) && !timer_armed(&rb->order_timer))
+        timer_start(&rb->loop, &rb->order_timer, ORDER_HOLD_MS);
+}
+
+static void order_timer_cb(struct loop *loop, struct timer *t)
+{
+    release_ready(container_of(t, struct rb, order_timer));
+}
+
+static void hold(struct rb *rb, struct follow *f, const char *data, size_t len)
+{
+    struct held *h = xmalloc(sizeof(*h) + len);
+    memcpy(h->data, data, len);
+    h->next = NULL;
+    h->since = rb->loop.now;
+    h->json = (struct sbuf){0};
+    if (redis_payload_parse_bus(h->data, len, &h->e, &h->json) != REDIS_BUS_MESSAGE)
+        abort(); /* it parsed a moment ago, from the same bytes */
+    if (f->tail)
+        f->tail->next = h;
+    else
+        list_insert_tail(&rb->holding, &f->holding);
+    f->tail = h;
+    if (!f->head)
+        f->head = h;
+    if (!timer_armed(&rb->order_timer))
+        timer_start(&rb->loop, &rb->order_timer, ORDER_HOLD_MS);
+}
+
+/* Everything held for f goes in now (f is no longer followed, or was deleted). */
+static void release_all(struct rb *rb, struct follow *f)
+{
+    while (f->head)
+        release_head(rb, f);
+}
+
 /* ---- bus callbacks (backend thread) --------------------------------------------------- */
 
 static void on_message(const char *channel, size_t channel_len, const char *data, size_t len,
@@ -691,13 +822,24 @@ static void on_message(const char *channel, size_t channel_len, const char *data
     struct slice name;
     if (!bus_channel_name(channel, channel_len, &name))
         return;
+    struct follow *f = follow_of(rb, name.data, name.len);
     struct hub_entry e;
     struct sbuf buf = {0};
     switch (redis_payload_parse_bus(data, len, &e, &buf)) {
     case REDIS_BUS_MESSAGE:
-        hub_ingest(rb->hub, &name, e.channels, e.nchannels, e.seq, e.time_ms, &e.req);
+        if (f && (f->head || (e.nchannels > 1 && must_wait(rb, &e, f)))) {
+            hold(rb, f, data, len);
+        } else {
+            ingest(rb, f, &name, &e);
+            if (!list_empty(&rb->holding))
+                release_ready(rb);
+        }
         break;
-    case REDIS_BUS_CLOSED: hub_channel_gone(rb->hub, name.data, name.len); break;
+    case REDIS_BUS_CLOSED:
+        if (f)
+            release_all(rb, f);
+        hub_channel_gone(rb->hub, name.data, name.len);
+        break;
     case REDIS_BUS_BAD:
         rb_warn(rb, "redis: ignoring a malformed message on %.*s", (int)channel_len, channel);
         break;
@@ -860,8 +1002,12 @@ static void on_subscribed(const char *channel, size_t channel_len, void *arg)
 {
     struct rb *rb = arg;
     struct slice name;
-    if (bus_channel_name(channel, channel_len, &name))
-        load_channel(rb, name.data, name.len, false);
+    if (!bus_channel_name(channel, channel_len, &name))
+        return;
+    struct follow *f = follow_of(rb, name.data, name.len);
+    if (f)
+        f->subscribed = true;
+    load_channel(rb, name.data, name.len, false);
 }
 
 /* Logs the status if the log does not say it yet: the last "redis: ..." line says what
@@ -891,6 +1037,12 @@ static void on_status(enum redis_bus_status status, void *arg)
 {
     struct rb *rb = arg;
     rb->status = status;
+    if (status == REDIS_BUS_DOWN) { /* subscriptions are made again, and say so */
+        size_t b = 0;
+        struct map_node *n, *next = NULL;
+        while ((n = map_next(&rb->follows, &b, &next)))
+            container_of(n, struct follow, node)->subscribed = false;
+    }
     /* A cluster is degraded for a moment while it starts, or reconnects shard by shard:
      * worth a line only if it lasts. */
     if (status == REDIS_BUS_DEGRADED && rb->logged_status != REDIS_BUS_DEGRADED) {
@@ -922,6 +1074,18 @@ static void want_run(struct task *t)
     struct rb *rb = wt->rb;
     char m[160];
     size_t ml = key_of(m, sizeof(m), wt->name, wt->len, 'm');
+    struct follow *f = follow_of(rb, wt->name, wt->len);
+    if (wt->on && !f) {
+        f = xcalloc(1, sizeof(*f));
+        memcpy(f->name, wt->name, wt->len);
+        f->len = wt->len;
+        f->node = (struct map_node){.key = f->name, .key_len = (uint32_t)wt->len};
+        map_put(&rb->follows, &f->node);
+    } else if (!wt->on && f) {
+        release_all(rb, f);
+        map_del(&rb->follows, &f->node);
+        free(f);
+    }
     if (wt->on) {
         int rc = redis_bus_subscribe(rb->bus, m, ml);
         /* While Redis is down, subscribers hear so now instead of waiting. Subscribed
@@ -975,6 +1139,7 @@ struct pub_task {
     int err;
     char detail[256]; /* res.detail */
     size_t n, pending;
+    size_t next; /* Redis Cluster: the channel to store next (pub_store_next) */
     struct sbuf payload;
     char names[64][CHANNEL_NAME_MAX + 1];
     size_t lens[64];
@@ -1016,6 +1181,8 @@ static void pub_answer(void *arg)
     free(pt);
 }
 
+static void pub_store_next(struct pub_task *pt);
+
 /* script_error for a publish: keeps the first detail any of its scripts gave. */
 static int pub_error(struct pub_task *pt, const redisReply *r, int status)
 {
@@ -1035,19 +1202,25 @@ static void pub_reply(const redisReply *r, int status, void *arg)
     } else if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
                r->element[0]->type == REDIS_REPLY_STRING) {
         uint64_t id;
-        if (hub_cursor_parse(r->element[0]->str, r->element[0]->len, &id) == 0 &&
-            (!pt->res.id || id < pt->res.id))
-            pt->res.id = id;
+        if (hub_cursor_parse(r->element[0]->str, r->element[0]->len, &id) == 0) {
+            if (!pt->res.id || id < pt->res.id)
+                pt->res.id = id;
+            pt->hint = MAX(pt->hint, id); /* the next channel takes it too, if it can */
+        }
         pt->res.subscribers += (uint32_t)r->element[1]->integer;
     } else {
         rb_warn(pt->rb, "redis: publish failed: unexpected reply");
         pt->err = HUB_ERR_BACKEND;
     }
-    if (--pt->pending == 0) {
-        for (size_t i = 0; i < pt->n && !pt->err; i++)
-            index_channel(pt->rb, pt->names[i], pt->lens[i]);
-        hub_post(pt->rb->hub, pt->w, pub_answer, pt);
+    if (--pt->pending)
+        return;
+    if (!pt->err && pt->next < pt->n) {
+        pub_store_next(pt);
+        return;
     }
+    for (size_t i = 0; i < pt->n && !pt->err; i++)
+        index_channel(pt->rb, pt->names[i], pt->lens[i]);
+    hub_post(pt->rb->hub, pt->w, pub_answer, pt);
 }
 
 /* The last-id key that orders channel i's messages: one for a single Redis (ids
@@ -1120,13 +1293,30 @@ static int pub_eval(struct pub_task *pt, size_t from, size_t to)
  * (each channel lives on its own shard). */
 static void pub_store(struct pub_task *pt)
 {
-    size_t groups = pt->rb->cluster ? pt->n : 1;
-    pt->pending = groups;
-    for (size_t g = 0; g < groups; g++) {
-        size_t from = pt->rb->cluster ? g : 0, to = pt->rb->cluster ? g + 1 : pt->n;
-        if (pub_eval(pt, from, to) < 0)
-            pub_reply(NULL, RESP_ENOTCONN, pt);
+    if (pt->rb->cluster) {
+        pub_store_next(pt);
+        return;
     }
+    pt->pending = 1;
+    pt->next = pt->n;
+    if (pub_eval(pt, 0, pt->n) < 0)
+        pub_reply(NULL, RESP_ENOTCONN, pt);
+}
+
+/*
+ * Redis Cluster: stores the message on the next of its channels. They go one after
+ * the other, in the order the publisher gave them: a node that follows several of
+ * them receives the copies in that order (from different shards, so only this
+ * makes it so), and a connection holding several of them gets the message as the
+ * first one's, as with one Redis. One round trip per channel; a failure stops the
+ * rest.
+ */
+static void pub_store_next(struct pub_task *pt)
+{
+    size_t i = pt->next++;
+    pt->pending = 1;
+    if (pub_eval(pt, i, i + 1) < 0)
+        pub_reply(NULL, RESP_ENOTCONN, pt);
 }
 
 static void prepare_reply(const redisReply *r, int status, void *arg)
@@ -1612,6 +1802,9 @@ int redis_backend_start(struct hub *hub, const struct herald_config *cfg)
     hub->ids_per_channel = rb->cluster;
     map_init(&rb->indexed, 1024);
     map_init(&rb->reload, 64);
+    map_init(&rb->follows, 64);
+    list_init(&rb->holding);
+    timer_init(&rb->order_timer, order_timer_cb);
     timer_init(&rb->reload_timer, reload_cb);
     timer_init(&rb->warn_timer, warn_timer_cb);
     timer_init(&rb->status_timer, status_timer_cb);
@@ -1692,13 +1885,14 @@ void redis_backend_stop(struct hub *hub)
     pthread_join(rb->thread, NULL);
     /* The workers have stopped, their loops not yet freed (server_join): what they asked
      * for is answered through their inboxes, with an error when nothing came from Redis,
-     * and hub_free runs those answers. Work still queued runs first, so that it is
+     * and server_free runs those answers. Work still queued runs first, so that it is
      * answered too. */
     rb_on_wake(&rb->loop, rb);
     timer_stop(&rb->loop, &rb->heartbeat);
     timer_stop(&rb->loop, &rb->reload_timer);
     timer_stop(&rb->loop, &rb->warn_timer);
     timer_stop(&rb->loop, &rb->status_timer);
+    timer_stop(&rb->loop, &rb->order_timer);
     for (size_t i = 0; i < WARN_SLOTS; i++)
         if (rb->warns[i].line[0])
             warn_summary(&rb->warns[i]);
@@ -1712,6 +1906,17 @@ void redis_backend_stop(struct hub *hub)
     index_reset(rb);
     map_free(&rb->indexed);
     redis_bus__free_map(&rb->reload);
+    size_t b = 0;
+    struct map_node *n, *next = NULL;
+    while ((n = map_next(&rb->follows, &b, &next))) {
+        struct follow *f = container_of(n, struct follow, node);
+        for (struct held *h = f->head, *hn; h; h = hn) {
+            hn = h->next;
+            sbuf_free(&h->json);
+            free(h);
+        }
+    }
+    redis_bus__free_map(&rb->follows);
     free(rb->epoch_tag);
     pthread_mutex_destroy(&rb->qlock);
     pthread_mutex_destroy(&rb->view_lock);

@@ -960,6 +960,18 @@ static int cmp_backlog(const void *a, const void *b)
     return gx < gy ? -1 : gx > gy;
 }
 
+/* Whether y is a copy of x's message: the same id, and y's channel one of x's publish
+ * (on a Redis Cluster two messages of different channels may share an id). */
+static bool same_message(const struct msg *x, const struct msg *y)
+{
+    for (uint32_t g = 0; x->seq == y->seq && x->group && g < x->group->n; g++)
+        if (x->group->chan_ids[g] == y->chan_id)
+            return true;
+    return false;
+}
+
+/* Sorts the backlog by id and keeps one copy of each message (the first kept, see
+ * cmp_backlog). */
 static void backlog_sort_dedup(struct hub_backlog *b)
 {
     if (b->n < 2)
@@ -967,10 +979,14 @@ static void backlog_sort_dedup(struct hub_backlog *b)
     qsort(b->msgs, b->n, sizeof(*b->msgs), cmp_backlog);
     uint32_t out = 1;
     for (uint32_t i = 1; i < b->n; i++) {
-        if (b->msgs[i]->seq == b->msgs[out - 1]->seq)
-            ref_put(&b->msgs[i]->ref);
+        struct msg *m = b->msgs[i];
+        bool dup = false;
+        for (uint32_t k = out; k > 0 && b->msgs[k - 1]->seq == m->seq && !dup; k--)
+            dup = same_message(b->msgs[k - 1], m);
+        if (dup)
+            ref_put(&m->ref);
         else
-            b->msgs[out++] = b->msgs[i];
+            b->msgs[out++] = m;
     }
     b->n = out;
 }

@@ -408,6 +408,27 @@ def test_messages_keep_flowing_after_the_channel_slot_migrates(rcluster, nodes, 
         assert set(pub.acked_ids()) <= set(ids_of(n.history(chan))), n.opts["node_name"]
 
 
+def test_a_two_channel_message_is_the_first_channels_live_and_on_resume(rcluster, nodes, chan):
+    """The copies of a message published to channels on two shards come from two shards;
+    a connection that holds both gets it once, and as the first channel's in the
+    publisher's order, like with one Redis: live (the node stores the copies in that
+    order), and when it resumes, whatever the order of its subscribe."""
+    a, b = nodes
+    first, second = on_shards(rcluster, chan, 2)
+    with SSE(b, f"{second},{first}") as sse:
+        wait_local(b, first)
+        wait_local(b, second)
+        ids = [a.publish_json({"channels": [first, second], "data": i})["id"] for i in range(20)]
+        live = sse.messages(20)
+    assert [m["data"] for m in live] == list(range(20))
+    assert [m["channel"] for m in live] == [first] * 20, [m["channel"] for m in live]
+    status, body = poll_now(b, f"{second},{first}")
+    assert status == 200, body
+    replay = body["messages"]
+    assert [m["id"] for m in replay] == ids
+    assert [m["channel"] for m in replay] == [first] * 20, [m["channel"] for m in replay]
+
+
 # ---- topology -------------------------------------------------------------------------------
 
 

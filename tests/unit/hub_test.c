@@ -855,6 +855,54 @@ static void hold_loaded_a(struct list *held, const struct hub_entry *entries, si
     hub_backlog_free(&bl);
 }
 
+/* Keeps name's cache loaded with entries[0..n): a connection (held) holds it. */
+static void hold_loaded(struct list *held, const char *name, const struct hub_entry *entries,
+                        size_t n)
+{
+    const char *names[] = {name};
+    struct hub_backlog bl;
+    list_init(held);
+    assert_int_equal(subscribe(0, held, names, 1, false, 0, &bl, NULL), HUB_PENDING);
+    uint64_t last, t = hub_channel_loading(&hub, name, strlen(name), &last);
+    assert_false(hub_channel_loaded(&hub, name, strlen(name), t, 0, entries, n, 0, NULL));
+    assert_int_equal(subscribe(0, held, names, 1, false, 0, &bl, NULL), 0);
+    hub_backlog_free(&bl);
+}
+
+/* On a Redis Cluster ids are per channel: two messages of two channels may share one.
+ * A resume gets both; and one message published to both comes once, as the first
+ * channel's in the publisher's order, whatever the order of the subscribe. */
+static void test_cluster_backlog_tells_messages_that_share_an_id_from_copies(void **state)
+{
+    char b1[32], b2[32], b3[32], b4[32];
+    struct hub_entry a[] = {entry(10, b1), entry(20, b2)}, b[] = {entry(10, b3), entry(20, b4)};
+    for (int i = 0; i < 2; i++) { /* id 20: one publish to "b" then "a" */
+        struct hub_entry *copy = i ? &b[1] : &a[1];
+        copy->channels[0] = sl("b");
+        copy->channels[1] = sl("a");
+        copy->nchannels = 2;
+    }
+    struct list ha, hb, held;
+    hold_loaded(&ha, "a", a, 2);
+    hold_loaded(&hb, "b", b, 2);
+    list_init(&held);
+    const char *names[] = {"a", "b"};
+    struct hub_backlog bl;
+    assert_int_equal(subscribe(0, &held, names, 2, true, 5, &bl, NULL), 0);
+    assert_int_equal(bl.n, 3);
+    assert_int_equal(bl.msgs[0]->seq, 10);
+    assert_int_equal(bl.msgs[1]->seq, 10);
+    assert_true(bl.msgs[0]->chan_id != bl.msgs[1]->chan_id); /* two messages */
+    assert_int_equal(bl.msgs[2]->seq, 20);
+    assert_int_equal(bl.msgs[2]->chan_id, chan("b")->id); /* the publisher's first channel */
+    hub_backlog_free(&bl);
+    hub_unsubscribe_all(&hub, 0, &held);
+    hub_unsubscribe_all(&hub, 0, &ha);
+    hub_unsubscribe_all(&hub, 0, &hb);
+    struct seen s[8];
+    drain(0, s, 8);
+}
+
 /* A cache that holds no message goes with its last subscriber, and stops following. */
 static void test_cluster_cache_without_messages_goes_with_its_last_subscriber(void **state)
 {
@@ -1915,6 +1963,9 @@ int main(void)
         T(test_resubscribing_held_channels_counts_them_once),
         cmocka_unit_test_setup_teardown(
             test_cluster_cache_without_messages_goes_with_its_last_subscriber, setup_cluster,
+            teardown),
+        cmocka_unit_test_setup_teardown(
+            test_cluster_backlog_tells_messages_that_share_an_id_from_copies, setup_cluster,
             teardown),
         cmocka_unit_test_setup_teardown(
             test_cluster_overlapping_loads_keep_live_messages_until_the_last, setup_cluster,
