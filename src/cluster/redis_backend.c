@@ -78,11 +78,13 @@ static const char publish_lua[] =
     "  id = math.max(id, tonumber(p) + 1)\n"
     "  opts[i], prev[i] = opt, p\n"
     "end\n"
-    "local ep = redis.call('GET', KEYS[2])\n"
+    /* one Redis: an existing last id is at least the epoch - 1 (load_lua sees to it) */
+    "local need_ep = cluster or not last\n"
+    "local ep = need_ep and redis.call('GET', KEYS[2])\n"
     "if ep then id = math.max(id, tonumber(ep)) end\n"
     "local sid = string.format('%d', id)\n"
     "redis.call('SET', KEYS[1], sid)\n"
-    "if not ep then redis.call('SET', KEYS[2], sid) end\n"
+    "if need_ep and not ep then redis.call('SET', KEYS[2], sid) end\n"
     "local subs = 0\n"
     "for i = 1, n do\n"
     "  local h, o, opt = KEYS[k*i - k + 3], KEYS[k*i - k + 4], opts[i]\n"
@@ -118,16 +120,18 @@ static const char prepare_lua[] = "if ARGV[1] == '0' and redis.call('EXISTS', KE
                                   "return string.format('%d', id)\n";
 
 /*
- * KEYS: stream, options, state, epoch. ARGV: [1] after id (0: the newest), [2]
- * auto-create 1/0, [3] default history size, [4] the loading node's clock in us.
- * Returns {evicted, history size, entries, history ttl ms or ''} or "NOTFOUND ...".
+ * KEYS: stream, options, state, epoch, and on one Redis the last-id key. ARGV: [1]
+ * after id (0: the newest), [2] auto-create 1/0, [3] default history size, [4] the
+ * loading node's clock in us. Returns {evicted, history size, entries, history ttl
+ * ms or ''} or "NOTFOUND ...".
  *
  * Loading writes nothing about the channel: a channel nobody published to or
  * created exists only while it has subscribers (its counts, `herald:{ch}:c`), so
  * subscribing to made-up names leaves nothing behind in Redis. The load reports
- * as evicted everything before this Redis data set's epoch (the one key it may
- * write, once per data set or slot): a cursor older than that may have missed
- * messages Redis lost. A gap fill does not: the node's cache holds what it
+ * as evicted everything before this Redis data set's epoch (the one key it
+ * writes, once per data set or slot, with on one Redis the last id raised to
+ * just below it: publishes that find a last id do not read the epoch): a cursor
+ * older than that may have missed messages Redis lost. A gap fill does not: the node's cache holds what it
  * followed live. Both report what Redis trimmed: up to the v of the oldest entry
  * (the first load reads the newest history-size; a gap fill looks at the oldest
  * one), the deleted channel's last id (state hash), or the channel's last id when
@@ -142,7 +146,14 @@ static const char load_lua[] =
     "local st = redis.call('HMGET', KEYS[3], 'evicted', 'last')\n"
     "local evicted = tonumber(st[1] or '0')\n"
     "local ep = redis.call('GET', KEYS[4])\n"
-    "if not ep then ep = ARGV[4]; redis.call('SET', KEYS[4], ep) end\n"
+    "if not ep then\n"
+    "  ep = ARGV[4]\n"
+    "  redis.call('SET', KEYS[4], ep)\n"
+    /* one Redis: publishes that find a last id take no epoch, so it must be below */
+    "  if KEYS[5] and tonumber(redis.call('GET', KEYS[5]) or '0') < tonumber(ep) - 1 then\n"
+    "    redis.call('SET', KEYS[5], string.format('%d', tonumber(ep) - 1))\n"
+    "  end\n"
+    "end\n"
     /* what was trimmed before an entry: the id of the message before it (field v) */
     "local function before(entry)\n"
     "  local f = entry[2]\n"
@@ -960,9 +971,15 @@ static void load_channel(struct rb *rb, const char *name, size_t len, bool down)
     snprintf(after, sizeof(after), "%" PRIu64, last);
     snprintf(hs, sizeof(hs), "%u", rb->cfg->history_size);
     snprintf(us, sizeof(us), "%" PRIu64, wall_us());
-    const char *argv[] = {
-        "EVAL", load_lua, "4", h, o, s, e, after, rb->cfg->auto_create ? "1" : "0", hs, us};
-    if (script_command(rb->bus, h, strlen(h), load_reply, op, (int)ARRAY_LEN(argv), argv, NULL) < 0)
+    /* One Redis: the last-id key too (see load_lua). */
+    const char *argv[] = {"EVAL",           load_lua, rb->cluster ? "4" : "5",          h,  o, s, e,
+                          "herald:{seq}:i", after,    rb->cfg->auto_create ? "1" : "0", hs, us};
+    int argc = (int)ARRAY_LEN(argv);
+    if (rb->cluster) { /* no fifth key */
+        memmove(&argv[7], &argv[8], 4 * sizeof(*argv));
+        argc--;
+    }
+    if (script_command(rb->bus, h, strlen(h), load_reply, op, argc, argv, NULL) < 0)
         load_reply(NULL, RESP_ENOTCONN, op);
 }
 
