@@ -72,13 +72,27 @@ static bool host_is_loopback(const struct http_request *req)
         return true;
     const char *v = h->value;
     size_t n = h->value_len;
-    if (n && v[0] == '[') { /* [IPv6]:port */
+    /* host [":" port], the port 1-5 digits (RFC 9110 §7.2): anything else is not ours. */
+    const char *colon = v[0] == '[' ? NULL : memchr(v, ':', n);
+    if (n && v[0] == '[') {
         const char *end = memchr(v, ']', n);
-        return end && (size_t)(end - v) == 4 && memcmp(v, "[::1", 4) == 0;
+        if (!end)
+            return false;
+        colon = end + 1 < v + n ? end + 1 : NULL;
+        if (colon && *colon != ':')
+            return false;
     }
-    const char *colon = memchr(v, ':', n);
-    if (colon)
+    if (colon) {
+        size_t digits = (size_t)(v + n - colon - 1);
+        if (digits < 1 || digits > 5)
+            return false;
+        for (size_t i = 1; i <= digits; i++)
+            if (colon[i] < '0' || colon[i] > '9')
+                return false;
         n = (size_t)(colon - v);
+    }
+    if (n == 5 && memcmp(v, "[::1]", 5) == 0)
+        return true;
     char host[64];
     if (n == 0 || n >= sizeof(host))
         return false;
@@ -552,14 +566,16 @@ static void chan_done(void *arg, int err, const struct channel_info *info, bool 
 }
 
 /* Reads a non-negative integer option (seconds or a count) into *out. */
-static int opt_uint(json_t *doc, const char *key, uint64_t max, bool *has, uint64_t *out,
-                    struct http_ctx *x)
+static int opt_uint(json_t *doc, const char *key, uint64_t min, uint64_t max, bool *has,
+                    uint64_t *out, struct http_ctx *x)
 {
     json_t *v = json_object_get(doc, key);
     if (!v)
         return 0;
-    if (!json_is_integer(v) || json_integer_value(v) < 0 || (uint64_t)json_integer_value(v) > max) {
-        http_error(x, 400, "bad_option", "\"%s\" is a whole number from 0 to %" PRIu64, key, max);
+    if (!json_is_integer(v) || json_integer_value(v) < (json_int_t)min ||
+        (uint64_t)json_integer_value(v) > max) {
+        http_error(x, 400, "bad_option", "\"%s\" is a whole number from %" PRIu64 " to %" PRIu64,
+                   key, min, max);
         return -1;
     }
     *has = true;
@@ -574,6 +590,11 @@ static void handle_channel_put(struct http_ctx *x, const char *name, size_t len)
     if (x->body_len) {
         json_error_t jerr;
         doc = json_loadb(x->body, x->body_len, 0, &jerr);
+        if (!doc)
+            return http_error(x, 400, "bad_json",
+                              "the body is not JSON: %s (line %d, column %d); send a JSON object "
+                              "of options: ttl, persistent, history_size, history_ttl",
+                              jerr.text, jerr.line, jerr.column);
         if (!json_is_object(doc)) {
             json_decref(doc);
             return http_error(x, 400, "bad_json",
@@ -581,15 +602,11 @@ static void handle_channel_put(struct http_ctx *x, const char *name, size_t len)
                               "history_size, history_ttl");
         }
         uint64_t ttl = 0, hs = 0, ht = 0;
-        if (opt_uint(doc, "ttl", 30u * 86400, &o.has_ttl, &ttl, x) ||
-            opt_uint(doc, "history_size", 1000000, &o.has_history_size, &hs, x) ||
-            opt_uint(doc, "history_ttl", 30u * 86400, &o.has_history_ttl, &ht, x)) {
+        if (opt_uint(doc, "ttl", 0, 30u * 86400, &o.has_ttl, &ttl, x) ||
+            opt_uint(doc, "history_size", 1, 1000000, &o.has_history_size, &hs, x) ||
+            opt_uint(doc, "history_ttl", 0, 30u * 86400, &o.has_history_ttl, &ht, x)) {
             json_decref(doc);
             return;
-        }
-        if (o.has_history_size && hs == 0) {
-            json_decref(doc);
-            return http_error(x, 400, "bad_option", "\"history_size\" is at least 1");
         }
         o.ttl_ms = (uint32_t)(ttl * 1000);
         o.history_size = (uint32_t)hs;

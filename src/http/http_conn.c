@@ -51,6 +51,7 @@ const char *http_reason(int status)
     case 413: return "Content Too Large";
     case 414: return "URI Too Long";
     case 415: return "Unsupported Media Type";
+    case 417: return "Expectation Failed";
     case 426: return "Upgrade Required";
     case 429: return "Too Many Requests";
     case 431: return "Request Header Fields Too Large";
@@ -73,8 +74,18 @@ void http_head(struct http_ctx *x, struct sbuf *b, int status, const char *conte
             sbuf_add(b, x->origin, x->origin_len);
         else
             sbuf_adds(b, "*");
-        sbuf_adds(b, "\r\nVary: Origin\r\n");
+        sbuf_adds(b, "\r\n");
     }
+    if (x->cors || x->vary)
+        sbuf_adds(b, "Vary: Origin\r\n");
+}
+
+const char *http_connection_header(const struct http_ctx *x, bool keep)
+{
+    if (!keep)
+        return "Connection: close\r\n";
+    /* HTTP/1.0 closes by default: a kept connection is said to be kept. */
+    return x->req && x->req->minor_version == 0 ? "Connection: keep-alive\r\n" : "";
 }
 
 void http_respond(struct http_ctx *x, int status, const char *content_type, const char *headers,
@@ -86,7 +97,7 @@ void http_respond(struct http_ctx *x, int status, const char *content_type, cons
     http_head(x, &b, status, content_type);
     if (headers)
         sbuf_adds(&b, headers);
-    sbuf_printf(&b, "Content-Length: %zu\r\n%s\r\n", body_len, keep ? "" : "Connection: close\r\n");
+    sbuf_printf(&b, "Content-Length: %zu\r\n%s\r\n", body_len, http_connection_header(x, keep));
     if (!(x->req && x->req->method_id == HTTP_M_HEAD))
         sbuf_add(&b, body, body_len);
     conn_send_copy(c, b.data, b.len);
@@ -139,12 +150,89 @@ bool http_keep_alive(const struct http_ctx *x)
     /* Framing errors are answered without a request (x->req NULL): we cannot tell
      * where the next request would start, so the connection closes. */
     bool unread = x->c->ops == &http_conn_ops && (x->c->flags & HTTPF_UNREAD_BODY);
-    return x->req && x->req->keep_alive && !unread &&
-           !(x->c->flags & (CF_EOF | CF_CLOSE_AFTER)) &&
+    return x->req && x->req->keep_alive && !unread && !(x->c->flags & (CF_EOF | CF_CLOSE_AFTER)) &&
            !atomic_load(&conn_server(x->c)->shutdown);
 }
 
-static void parse_error(struct conn *c, int err, const struct herald_config *cfg)
+static bool tchar(unsigned char ch)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+           (ch && strchr("!#$%&'*+-.^_`|~", ch));
+}
+
+/*
+ * Says which line of a head the parser refused and why, for the error's detail: the
+ * parser only answers "malformed". A diagnosis of the bytes, not a second parser: it
+ * names the first rule of RFC 9112 the head breaks.
+ */
+static void diagnose_syntax(const char *p, size_t n, char *out, size_t size)
+{
+    size_t line = 1, i = 0;
+    while (i < n) {
+        size_t start = i, end = i;
+        while (end < n && p[end] != '\n')
+            end++;
+        if (end == n)
+            break; /* the head ends before this line does */
+        size_t len = end - start;
+        if (len && p[end - 1] == '\r')
+            len--;
+        const char *l = p + start;
+        if (len == 0)
+            break; /* the blank line: the head is over */
+        for (size_t k = 0; k < len; k++)
+            if (l[k] == '\r') {
+                snprintf(out, size, "line %zu has a CR that is not followed by LF", line);
+                return;
+            }
+        if (line == 1) {
+            size_t m = 0;
+            while (m < len && tchar((unsigned char)l[m]))
+                m++;
+            const char *sp2 = m < len ? memchr(l + m + 1, ' ', len - m - 1) : NULL;
+            if (m == 0 || m == len || l[m] != ' ' || !sp2 || sp2 == l + m + 1 ||
+                (size_t)(l + len - sp2 - 1) != 8 || memcmp(sp2 + 1, "HTTP/1.", 7) != 0) {
+                snprintf(out, size,
+                         "the request line must be 'METHOD /path HTTP/1.1', with single spaces "
+                         "and no control characters");
+                return;
+            }
+        } else {
+            const char *colon = memchr(l, ':', len);
+            if (l[0] == ' ' || l[0] == '\t') {
+                snprintf(out, size,
+                         "header line %zu starts with whitespace: folded lines (obs-fold) are not "
+                         "accepted, put each field on one line",
+                         line);
+                return;
+            }
+            if (!colon) {
+                snprintf(out, size, "header line %zu has no ':' between name and value", line);
+                return;
+            }
+            for (const char *k = l; k < colon; k++)
+                if (!tchar((unsigned char)*k)) {
+                    snprintf(out, size,
+                             "header line %zu: the field name has '%s' in it (names are tokens, "
+                             "with no whitespace before the ':')",
+                             line, *k == ' ' || *k == '\t' ? "whitespace" : "a character");
+                    return;
+                }
+            for (const char *k = colon + 1; k < l + len; k++)
+                if ((unsigned char)*k < 0x20 && *k != '\t') {
+                    snprintf(out, size, "header line %zu has a control character in its value",
+                             line);
+                    return;
+                }
+        }
+        i = end + 1;
+        line++;
+    }
+    snprintf(out, size, "the request head does not follow RFC 9112");
+}
+
+static void parse_error(struct conn *c, int err, const struct herald_config *cfg, const char *p,
+                        size_t n)
 {
     struct http_ctx x = {.c = c};
     switch (err) {
@@ -170,7 +258,11 @@ static void parse_error(struct conn *c, int err, const struct herald_config *cfg
                    "Content-Length is malformed, repeated with different values, or sent "
                    "together with Transfer-Encoding");
         break;
-    default: http_error(&x, 400, "bad_request", "malformed HTTP request: %s", http_strerror(err));
+    default: {
+        char why[160];
+        diagnose_syntax(p, n, why, sizeof(why));
+        http_error(&x, 400, "bad_request", "malformed HTTP request: %s", why);
+    }
     }
     conn_close_after_write(c);
 }
@@ -265,6 +357,12 @@ static bool check_framing(struct conn *c, const struct http_request *req)
                    "POST needs a Content-Length or 'Transfer-Encoding: chunked'");
         return false;
     }
+    const struct http_header *expect = http_find_header(req, "Expect");
+    if (expect && req->minor_version == 1 && !req->expect_continue) {
+        http_error(&x, 417, "expectation_failed",
+                   "the only expectation herald meets is 'Expect: 100-continue'");
+        return false;
+    }
     if (req->content_length > (int64_t)cfg->max_body_bytes) {
         http_error(&x, 413, "body_too_large",
                    "the request body is %lld bytes; the limit is %u (--max-body-bytes)",
@@ -327,7 +425,7 @@ static long http_on_read(struct conn *c, char *buf, size_t len)
         if (r == HTTP_INCOMPLETE)
             break;
         if (r < 0) {
-            parse_error(c, r, cfg);
+            parse_error(c, r, cfg, p, n);
             return (long)len;
         }
         if (hs->head_len == 0) {

@@ -42,6 +42,7 @@ struct http_ctx {
     char *body; /* writable, not NUL-terminated */
     size_t body_len;
     bool cors; /* answer with Access-Control-Allow-Origin (origin, or "*" when NULL) */
+    bool vary; /* the answer depends on Origin (an origin list): say Vary: Origin */
     const char *origin;
     size_t origin_len;
 };
@@ -69,6 +70,8 @@ int http_hub_status(int err);
 void http_head(struct http_ctx *x, struct sbuf *b, int status, const char *content_type);
 /* Whether a Content-Length response is kept alive (decided by http_respond). */
 bool http_keep_alive(const struct http_ctx *x);
+/* The Connection header line an answer needs ("" when the default holds). */
+const char *http_connection_header(const struct http_ctx *x, bool keep);
 const char *http_reason(int status);
 
 /*

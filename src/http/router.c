@@ -168,6 +168,7 @@ static bool origin_allowed(struct http_ctx *x, const struct http_route *r)
     const struct herald_config *cfg = conn_cfg(x->c);
     const struct http_header *o = http_find_header(x->req, "Origin");
     if (r->flags & ROUTE_SUBSCRIBE) {
+        x->vary = strcmp(cfg->cors_origins, "*") != 0; /* the answer depends on Origin */
         if (o && http_origin_in(cfg->cors_origins, o->value, o->value_len))
             allow_origin(x, cfg->cors_origins, o);
         else if (!o)

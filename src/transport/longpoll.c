@@ -17,10 +17,12 @@
 #include "transport/transport.h"
 
 enum {
-    POLLF_KEEPALIVE = CF_PROTO_FIRST, /* the request allowed keep-alive */
-    POLLF_HEAD = CF_PROTO_FIRST << 1, /* a HEAD request: no body in the answer */
-    POLLF_FULL = CF_PROTO_FIRST << 2, /* the answer reached --max-outbound */
-    POLLF_CORS = CF_PROTO_FIRST << 3, /* answer with CORS headers */
+    POLLF_KEEPALIVE = CF_PROTO_FIRST,   /* the request allowed keep-alive */
+    POLLF_HEAD = CF_PROTO_FIRST << 1,   /* a HEAD request: no body in the answer */
+    POLLF_FULL = CF_PROTO_FIRST << 2,   /* the answer reached --max-outbound */
+    POLLF_CORS = CF_PROTO_FIRST << 3,   /* answer with CORS headers */
+    POLLF_VARY = CF_PROTO_FIRST << 4,   /* the answer depends on Origin */
+    POLLF_HTTP10 = CF_PROTO_FIRST << 5, /* an HTTP/1.0 request */
 };
 
 struct poll_state {
@@ -66,11 +68,12 @@ static void poll_complete(struct conn *c)
         body_len += st->pending.len - 1;
 
     struct http_request req = {.keep_alive = (c->flags & POLLF_KEEPALIVE) != 0,
-                               .minor_version = 1,
+                               .minor_version = (c->flags & POLLF_HTTP10) ? 0 : 1,
                                .method_id = (c->flags & POLLF_HEAD) ? HTTP_M_HEAD : HTTP_M_GET};
     struct http_ctx x = {.c = c,
                          .req = &req,
                          .cors = (c->flags & POLLF_CORS) != 0,
+                         .vary = (c->flags & POLLF_VARY) != 0,
                          .origin = st->origin,
                          .origin_len = st->origin ? strlen(st->origin) : 0};
     struct outq body = st->pending;
@@ -85,7 +88,7 @@ static void poll_complete(struct conn *c)
     struct sbuf b = {0};
     http_head(&x, &b, 200, "application/json");
     sbuf_printf(&b, "Cache-Control: no-cache, no-store\r\nContent-Length: %" PRIu64 "\r\n%s\r\n",
-                body_len, keep ? "" : "Connection: close\r\n");
+                body_len, http_connection_header(&x, keep));
     conn_send_copy(c, b.data, b.len);
     sbuf_free(&b);
     if (!(c->flags & POLLF_HEAD)) {
@@ -217,7 +220,8 @@ void longpoll_handle(struct http_ctx *x)
     st->cursor = r.has_since && r.since > b.head_seq ? r.since : b.head_seq;
     st->origin = x->cors && x->origin ? xstrndup(x->origin, x->origin_len) : NULL;
     c->flags |= CF_READ_PAUSED | (keep ? POLLF_KEEPALIVE : 0) | (head ? POLLF_HEAD : 0) |
-                (x->cors ? POLLF_CORS : 0);
+                (x->cors ? POLLF_CORS : 0) | (x->vary ? POLLF_VARY : 0) |
+                (x->req->minor_version == 0 ? POLLF_HTTP10 : 0);
     if (r.nsince || transport_per_channel_cursor(c)) {
         /* Where the client stands on each channel; what the answer holds moves it on. */
         size_t n = 0;

@@ -20,6 +20,7 @@ enum {
     WSF_PING_OUT = CF_PROTO_FIRST << 1,   /* a ping went out, its pong is awaited */
     WSF_CLOSE_SENT = CF_PROTO_FIRST << 2, /* our close frame is queued */
     WSF_PUBLISHER = CF_PROTO_FIRST << 3,  /* the upgrade carried publish credentials */
+    WSF_FOREIGN = CF_PROTO_FIRST << 4,    /* credentials or loopback, but another origin's page */
 };
 
 struct ws_state {
@@ -216,11 +217,14 @@ void ws_handle_upgrade(struct http_ctx *x)
     sbuf_adds(&resp, "\r\n");
     /* Credentials on the upgrade make a publisher; loopback trust only for a request no
      * other origin's page made (a browser on this host would lend it its position). */
-    bool publisher = cfg->ws_publish && api_may_publish(req, c) && http_origin_may_use_api(x);
+    bool credentials = cfg->ws_publish && api_may_publish(req, c);
+    bool publisher = credentials && http_origin_may_use_api(x);
     conn_set_ops(c, &ws_ops.conn);
     c->flags &= ~(uint32_t)CF_TRUSTED;
     if (publisher)
         c->flags |= WSF_PUBLISHER | CF_TRUSTED;
+    else if (credentials)
+        c->flags |= WSF_FOREIGN;
     if (deflate)
         c->flags |= WSF_DEFLATE;
     conn_send_copy(c, resp.data, resp.len);
@@ -239,6 +243,10 @@ static int op_channels(json_t *op, struct sub_request *r, const char **err)
     json_t *chs = json_object_get(op, "channels"), *ch = json_object_get(op, "channel");
     char *out = r->name_buf;
     json_t *one[1] = {ch};
+    if (chs && ch) {
+        *err = "name the channels with \"channels\": [...] or \"channel\": \"a\", not both";
+        return -1;
+    }
     size_t count = json_is_array(chs) ? json_array_size(chs) : (json_is_string(ch) ? 1 : 0);
     if (count == 0) {
         *err = "name channels: \"channels\": [\"a\", \"b\"] or \"channel\": \"a\"";
@@ -390,9 +398,16 @@ static void op_publish(struct conn *c, json_t *op, json_t *ref)
     /* The same rule as the HTTP API: credentials on the upgrade request, or a
      * "key" in the op (browsers cannot set headers on a WebSocket). */
     json_t *key = json_object_get(op, "key");
-    if (!(c->flags & WSF_PUBLISHER) &&
-        !(json_is_string(key) &&
-          api_key_matches(conn_cfg(c), json_string_value(key), json_string_length(key))))
+    bool keyed = json_is_string(key) &&
+                 api_key_matches(conn_cfg(c), json_string_value(key), json_string_length(key));
+    if (!(c->flags & WSF_PUBLISHER) && !keyed && (c->flags & WSF_FOREIGN))
+        return ws_reply_error(c, "unauthorized",
+                              "a page of another origin opened this WebSocket: the credentials or "
+                              "loopback address of its upgrade do not make it a publisher; send "
+                              "the key as \"key\" in the op, or allow the origin with "
+                              "--api-cors-origins",
+                              ref);
+    if (!(c->flags & WSF_PUBLISHER) && !keyed)
         return ws_reply_error(c, "unauthorized",
                               conn_cfg(c)->publish_key[0]
                                   ? "publishing needs the publish key: send it as "
@@ -431,16 +446,19 @@ static void ws_handle_text(struct conn *c, const char *text, size_t len)
     json_error_t jerr;
     json_t *op = json_loadb(text, len, 0, &jerr);
     if (!json_is_object(op)) {
-        json_decref(op);
         char detail[320];
-        snprintf(detail, sizeof(detail), "messages are JSON objects like {\"op\":\"ping\"}: %s",
-                 jerr.text);
+        snprintf(detail, sizeof(detail), "messages are JSON objects like {\"op\":\"ping\"}%s%s",
+                 op ? ", not arrays or plain values" : ": ", op ? "" : jerr.text);
+        json_decref(op);
         return ws_reply_error(c, "bad_json", detail, NULL);
     }
     json_t *ref = json_object_get(op, "ref");
-    const char *name = json_string_value(json_object_get(op, "op"));
+    json_t *opv = json_object_get(op, "op");
+    const char *name = json_string_value(opv);
     if (!name)
-        ws_reply_error(c, "bad_request", "missing \"op\" (subscribe, unsubscribe, ping, publish)",
+        ws_reply_error(c, "bad_request",
+                       opv ? "\"op\" is a string: subscribe, unsubscribe, ping or publish"
+                           : "missing \"op\" (subscribe, unsubscribe, ping, publish)",
                        ref);
     else if (strcmp(name, "ping") == 0)
         ws_reply(c, "pong", NULL, ref);

@@ -421,3 +421,69 @@ def test_answers_that_end_the_connection_say_connection_close(herald, chan, case
         assert r.status == int(case[:3]), r
         assert r.headers.get("connection", "").lower() == "close", r.headers
         c.expect_eof()
+
+
+# ---- error answers say what went wrong (attack run, F6/F7) ------------------------------------
+
+
+@pytest.mark.parametrize("raw, says", [
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX-A: b\r\n c\r\n\r\n", "folded lines"),
+    (b"GET / HTTP/1.1\r\nHost : x\r\n\r\n", "whitespace"),
+    (b"GET / HTTP/1.1\r\nHostx\r\n\r\n", "no ':'"),
+    (b"GET\t/ HTTP/1.1\r\nHost: x\r\n\r\n", "request line"),
+    (b"GET / HTTP/1.1\r\nHost: x\x01y\r\n\r\n", "control character"),
+    (b"GET / HTTP/1.1\r\nHost: x\rX: y\r\n\r\n", "CR that is not followed by LF"),
+])
+def test_malformed_heads_are_explained(server, raw, says):
+    with RawConn(server.port) as c:
+        c.send(raw)
+        r = c.read_response()
+    assert r.status == 400
+    assert says in r.error()["detail"], r.error()
+
+
+def test_channel_option_errors_say_what_is_wrong(server, chan):
+    r = server.request("PUT", f"/api/channels/{chan}", b'{"history_size":1e400}',
+                       {"Content-Type": "application/json"})
+    assert r.status == 400 and "line 1" in r.error()["detail"], r.body
+    for bad in (b'{"history_size":0}', b'{"history_size":-1}'):
+        r = server.request("PUT", f"/api/channels/{chan}", bad, {"Content-Type": "application/json"})
+        assert r.status == 400 and "from 1 to 1000000" in r.error()["detail"], r.body
+
+
+def test_websocket_op_errors_say_what_is_wrong(herald, chan):
+    srv = herald(publish_key=KEY, ws_publish=True, cors_origins=APP)
+    with RawWS(srv) as ws:
+        ws.send_frame(OP_TEXT, b"[1]")
+        assert "not arrays" in ws.recv_json()["detail"]
+        ws.send_frame(OP_TEXT, b'{"op":1}')
+        assert "is a string" in ws.recv_json()["detail"]
+        ws.send_frame(OP_TEXT, json.dumps({"op": "subscribe", "channel": "a", "channels": ["b"]}))
+        assert ws.recv_json()["error"] == "bad_request"
+    with RawWS(srv, extra={"Origin": APP, "Authorization": "Bearer " + KEY}) as ws:
+        ws.send_frame(OP_TEXT, json.dumps({"op": "publish", "channel": chan, "data": 1}))
+        answer = ws.recv_json()
+        assert answer["error"] == "unauthorized" and "another origin" in answer["detail"], answer
+
+
+def test_http10_keep_alive_is_said_and_unknown_expectations_refused(server):
+    with RawConn(server.port) as c:
+        c.send(http_get("/healthz", {"Connection": "keep-alive"}, version="1.0"))
+        r = c.read_response()
+        assert r.status == 200 and r.headers.get("connection", "").lower() == "keep-alive"
+        c.send(http_get("/healthz", {"Expect": "something-else"}))
+        r = c.read_response()
+        assert r.status == 417 and r.error()["error"] == "expectation_failed"
+
+
+@pytest.mark.parametrize("host", ["[::1]evil", "localhost:abc", "localhost:8080:9", "127.0.0.1:999999"])
+def test_loopback_host_check_takes_only_well_formed_hosts(herald, chan, host):
+    srv = herald()
+    r = api_call(srv, "POST", f"/pub/{chan}", {"Host": host})
+    assert r.status == 403 and r.error()["error"] == "host_not_allowed", (host, r.status, r.body)
+
+
+def test_vary_origin_on_every_answer_of_an_origin_list(herald, chan):
+    srv = herald(cors_origins=APP)
+    status, hdrs, _ = subscriber_answer(srv, f"/poll?channels={chan}&timeout=0", EVIL)
+    assert status == 200 and hdrs.get("vary") == "Origin", hdrs
