@@ -64,9 +64,12 @@ $(HERALD): $(LIB_OBJ) $(MAIN_OBJ)
 # herald-bench and its helpers (raw-socket floor) are built by tools/bench/bench.mk.
 -include tools/bench/bench.mk
 
-$(BUILD)/tests/%_test: tests/unit/%_test.c $(LIB_OBJ)
+# What only tests need (tests/support: starting redis-server): in the test binaries, not herald.
+TEST_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tests/support/*.c))
+
+$(BUILD)/tests/%_test: tests/unit/%_test.c $(LIB_OBJ) $(TEST_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDSAN) -o $@ $^ $(LDLIBS) -lcmocka
+	$(CC) $(CFLAGS) -Itests $(LDSAN) -o $@ $^ $(LDLIBS) -lcmocka
 
 run: deps
 	@$(MAKE) --no-print-directory $(HERALD)
@@ -163,4 +166,4 @@ format:
 clean:
 	rm -rf build build-asan build-tsan build-fuzz
 
--include $(LIB_OBJ:.o=.d) $(MAIN_OBJ:.o=.d)
+-include $(LIB_OBJ:.o=.d) $(MAIN_OBJ:.o=.d) $(TEST_OBJ:.o=.d)

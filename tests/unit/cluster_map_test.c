@@ -16,7 +16,7 @@
 #include <cmocka.h>
 
 #include "cluster/cluster_map.h"
-#include "cluster/redis_spawn.h"
+#include "support/redis_spawn.h"
 #include "core/loop.h"
 
 static struct redis_cluster_procs cl;

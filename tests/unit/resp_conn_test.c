@@ -30,7 +30,7 @@
 #include <pthread.h>
 
 #include "cluster/redis_bus.h"
-#include "cluster/redis_spawn.h"
+#include "support/redis_spawn.h"
 #include "cluster/resp_conn.h"
 #include "core/loop.h"
 

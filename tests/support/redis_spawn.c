@@ -3,7 +3,7 @@
  * binding port 0 and releasing it (a small race we accept in tests); readiness
  * is checked with hiredis' blocking client, which is independent of resp_conn.
  */
-#include "cluster/redis_spawn.h"
+#include "redis_spawn.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>

@@ -1,0 +1,81 @@
+/*
+ * redis_backend_int: the backend's internals shared by its files (redis_backend.c,
+ * the core, and redis_channels.c); nothing else includes it. Everything here runs
+ * on the backend thread unless it says otherwise.
+ */
+#ifndef HERALD_REDIS_BACKEND_INT_H
+#define HERALD_REDIS_BACKEND_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "cluster/redis_bus.h"
+#include "core/loop.h"
+#include "core/map.h"
+#include "hub/hub.h"
+
+struct herald_config;
+
+/* Work for the backend thread, queued by redis_backend__post; fn runs there, once,
+ * and frees the task. */
+struct task {
+    struct task *next;
+    void (*fn)(struct task *t);
+};
+
+#define WARN_SLOTS 8
+
+/* A warning logged lately; its repeats in the current window are only counted. */
+struct warn_slot {
+    char line[320]; /* "" when free */
+    uint64_t since; /* loop time the window started */
+    unsigned repeats;
+};
+
+struct rb {
+    struct map indexed;  /* channels recently added to herald:channels */
+    struct map reload;   /* struct reload: gap fills to try again */
+    struct map follows;  /* struct follow: the channels this node follows on the bus */
+    struct list holding; /* follows with bus messages held back (struct follow.holding) */
+    struct timer order_timer;
+    struct timer reload_timer;
+    uint32_t *epoch_tag; /* cluster: per slot, a hash tag on that slot (epoch keys) */
+    struct hub *hub;
+    const struct herald_config *cfg;
+    struct loop loop;
+    pthread_t thread;
+    atomic_bool stop;
+    struct redis_bus *bus;
+    bool cluster;
+    pthread_mutex_t qlock;
+    struct task *q_head, *q_tail;
+    struct timer heartbeat;
+    char node[64];
+    _Atomic enum redis_bus_status status;
+    enum redis_bus_status logged_status; /* the last one logged (initially down, silently) */
+    struct timer status_timer;           /* logs a degradation that lasted STATUS_SETTLE_MS */
+    struct warn_slot warns[WARN_SLOTS];
+    struct timer warn_timer;
+};
+
+/* Queues t for the backend thread (any thread). */
+void redis_backend__post(struct rb *rb, struct task *t);
+/* Writes the key "herald:{name}:<suffix>" into buf; returns its length. */
+size_t redis_backend__key(char *buf, size_t size, const char *name, size_t len, char suffix);
+/*
+ * The hub error a script's reply (or its failure) stands for, 0 when it is not an
+ * error. Redis's own errors are logged as "redis: <what><name>: <error>" (repeats
+ * counted). With `detail` (size bytes), what the client should hear when the hub's
+ * words for the error do not say it; "" otherwise.
+ */
+int redis_backend__script_error(struct rb *rb, const redisReply *r, int status, const char *what,
+                                const char *name, char *detail, size_t size);
+/* For writes nobody waits on (index, heartbeat): Redis's errors are logged (repeats
+ * counted), then the write is tried again next time. arg: the struct rb. */
+void redis_backend__ignore_reply(const redisReply *r, int status, void *arg);
+/* An integer reply, or a decimal string reply, as a number; 0 otherwise. */
+uint64_t redis_backend__reply_u64(const redisReply *r);
+
+#endif

@@ -1,0 +1,386 @@
+/*
+ * redis_scripts: the Lua scripts the cluster backend runs in Redis, and how they are
+ * called. Each script is one atomic step of the backend: a publish, the first step
+ * of a publish across shards, a load of a channel's history, channel administration,
+ * a listing page, a heartbeat. The comment above each says its KEYS and ARGV and
+ * what it answers; the key layout is in redis_backend.h.
+ *
+ * A script call costs Redis about a microsecond per Redis call it makes on top of
+ * the command itself, so the publish script (run for every publish) counts its
+ * calls; the others run once per subscribe, admin request or heartbeat.
+ */
+#include "cluster/redis_scripts.h"
+
+#include <assert.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <openssl/sha.h>
+
+#include "core/util.h"
+
+/*
+ * KEYS: [1] last-id key (string), [2] epoch key, then per channel: stream, options
+ * and, on a single Redis, state. ARGV: [1] id hint, [2] payload, [3] auto-create
+ * 1/0, [4] default history size, [5] default history ttl ms, [6] default channel
+ * ttl ms, [7] now ms, [8] the publish verb, then the bus channel name of each
+ * channel. Returns {id, subscribers}, or an error "NOTFOUND <index>".
+ *
+ * Every call a Lua script makes costs Redis about a microsecond on top of the
+ * command, and this one runs for every publish: it makes nine for one channel.
+ * The options hash holds the channel's last id, read with its options; each Stream
+ * entry carries in field v the id of the channel's message before it, so XADD can
+ * trim (MAXLEN) without reading what it drops: the highest id trimmed is the v of
+ * the oldest entry left (load_lua). The state hash is only a deleted channel's
+ * tombstone (its last id, so that a channel re-created under the name continues
+ * the chain and old cursors get their gap). On a Redis Cluster (SPUBLISH: one
+ * channel per call) the last-id key is the channel's own and outlives a delete,
+ * so it is the tombstone, and the state hash is not passed: a key that does not
+ * exist would make every publish wait (TRYAGAIN) while the slot migrates.
+ *
+ * The epoch key holds the first id of this Redis data set: a Redis that lost its
+ * data (restarted without persistence) has none, and the next publish or load
+ * sets it, so that older cursors are told about the gap (see load_lua).
+ */
+static const char publish_lua[] =
+    "local cluster = ARGV[8] == 'SPUBLISH'\n"
+    "local k = cluster and 2 or 3\n"
+    "local n = (#KEYS - 2) / k\n"
+    "local id = tonumber(ARGV[1])\n"
+    "local last = redis.call('GET', KEYS[1])\n"
+    "if last then id = math.max(id, tonumber(last) + 1) end\n"
+    "local opts, prev = {}, {}\n"
+    "for i = 1, n do\n"
+    "  local o = KEYS[k*i - k + 4]\n"
+    "  local opt = redis.call('HMGET', o, 'history_size', 'history_ttl', 'ttl', 'persistent',\n"
+    "                         'created', 'last')\n"
+    "  if not opt[5] and ARGV[3] == '0' and redis.call('EXISTS', o) == 0 then\n"
+    "    return redis.error_reply('NOTFOUND ' .. (i - 1))\n"
+    "  end\n"
+    "  local p = opt[6] or (cluster and last) or\n"
+    "            (not cluster and redis.call('HGET', KEYS[k*i - k + 5], 'last')) or '0'\n"
+    "  id = math.max(id, tonumber(p) + 1)\n"
+    "  opts[i], prev[i] = opt, p\n"
+    "end\n"
+    /* one Redis: an existing last id is at least the epoch - 1 (load_lua sees to it) */
+    "local need_ep = cluster or not last\n"
+    "local ep = need_ep and redis.call('GET', KEYS[2])\n"
+    "if ep then id = math.max(id, tonumber(ep)) end\n"
+    "local sid = string.format('%d', id)\n"
+    "redis.call('SET', KEYS[1], sid)\n"
+    "if need_ep and not ep then redis.call('SET', KEYS[2], sid) end\n"
+    "local subs = 0\n"
+    "for i = 1, n do\n"
+    "  local h, o, opt = KEYS[k*i - k + 3], KEYS[k*i - k + 4], opts[i]\n"
+    "  redis.call('XADD', h, 'MAXLEN', opt[1] or ARGV[4], sid .. '-0', 'p', ARGV[2], 'v', "
+    "prev[i])\n"
+    "  if opt[5] then\n"
+    "    redis.call('HSET', o, 'active', ARGV[7], 'last', sid)\n"
+    "  else\n"
+    "    redis.call('HSET', o, 'created', ARGV[7], 'active', ARGV[7], 'last', sid)\n"
+    "  end\n"
+    "  if opt[4] ~= '1' then\n"
+    "    local httl = tonumber(opt[2] or ARGV[5])\n"
+    "    redis.call('PEXPIRE', o, math.max(tonumber(opt[3] or ARGV[6]), httl))\n"
+    "    redis.call('PEXPIRE', h, httl)\n"
+    "  end\n"
+    "  subs = subs + redis.call(ARGV[8], ARGV[8 + i], sid .. ' ' .. ARGV[2])\n"
+    "end\n"
+    "return {sid, subs}\n";
+
+/*
+ * The first step of a publish to channels on several shards of a Redis Cluster,
+ * run on each of them before anything is stored, so that the message gets one id
+ * on every channel and a missing channel stops it everywhere.
+ * KEYS: the channel's last-id key, epoch key, options. ARGV: [1] auto-create 1/0.
+ * Returns the smallest id the channel can take, or "NOTFOUND ...".
+ */
+static const char prepare_lua[] = "if ARGV[1] == '0' and redis.call('EXISTS', KEYS[3]) == 0 then\n"
+                                  "  return redis.error_reply('NOTFOUND no such channel')\n"
+                                  "end\n"
+                                  "local id = tonumber(redis.call('GET', KEYS[1]) or '0') + 1\n"
+                                  "local ep = redis.call('GET', KEYS[2])\n"
+                                  "if ep then id = math.max(id, tonumber(ep)) end\n"
+                                  "return string.format('%d', id)\n";
+
+/*
+ * KEYS: stream, options, state, epoch, and on one Redis the last-id key. ARGV: [1]
+ * after id (0: the newest), [2] auto-create 1/0, [3] default history size, [4] the
+ * loading node's clock in us. Returns {evicted, history size, entries, history ttl
+ * ms or ''} or "NOTFOUND ...".
+ *
+ * Loading writes nothing about the channel: a channel nobody published to or
+ * created exists only while it has subscribers (its counts, `herald:{ch}:c`), so
+ * subscribing to made-up names leaves nothing behind in Redis. The load reports
+ * as evicted everything before this Redis data set's epoch (the one key it
+ * writes, once per data set or slot, with on one Redis the last id raised to
+ * just below it: publishes that find a last id do not read the epoch): a cursor
+ * older than that may have missed messages Redis lost. A gap fill does not: the node's cache holds
+ * what it followed live. Both report what Redis trimmed: up to the v of the oldest entry (the first
+ * load reads the newest history-size; a gap fill looks at the oldest one), the deleted channel's
+ * last id (state hash), or the channel's last id when its whole Stream expired.
+ */
+static const char load_lua[] =
+    "if ARGV[2] == '0' and redis.call('EXISTS', KEYS[2]) == 0 then\n"
+    "  return redis.error_reply('NOTFOUND no such channel')\n"
+    "end\n"
+    "local opt = redis.call('HMGET', KEYS[2], 'history_size', 'history_ttl', 'last')\n"
+    "local hs = tonumber(opt[1] or ARGV[3])\n"
+    "local st = redis.call('HMGET', KEYS[3], 'evicted', 'last')\n"
+    "local evicted = tonumber(st[1] or '0')\n"
+    "local ep = redis.call('GET', KEYS[4])\n"
+    "if not ep then\n"
+    "  ep = ARGV[4]\n"
+    "  redis.call('SET', KEYS[4], ep)\n"
+    /* one Redis: publishes that find a last id take no epoch, so it must be below */
+    "  if KEYS[5] and tonumber(redis.call('GET', KEYS[5]) or '0') < tonumber(ep) - 1 then\n"
+    "    redis.call('SET', KEYS[5], string.format('%d', tonumber(ep) - 1))\n"
+    "  end\n"
+    "end\n"
+    /* what was trimmed before an entry: the id of the message before it (field v) */
+    "local function before(entry)\n"
+    "  local f = entry[2]\n"
+    "  for i = 1, #f - 1, 2 do\n"
+    "    if f[i] == 'v' then return tonumber(f[i + 1]) or 0 end\n"
+    "  end\n"
+    "  return 0\n"
+    "end\n"
+    "local e\n"
+    "if ARGV[1] == '0' then\n"
+    "  e = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', hs)\n"
+    "  evicted = math.max(evicted, tonumber(ep) - 1)\n"
+    "  if #e > 0 then evicted = math.max(evicted, before(e[#e])) end\n"
+    "else\n"
+    "  e = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1] .. '-0', '+', 'COUNT', hs)\n"
+    "  local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)\n"
+    "  if #first > 0 then evicted = math.max(evicted, before(first[1])) end\n"
+    "end\n"
+    "local last = opt[3] or st[2]\n"
+    "if #e == 0 and last and redis.call('EXISTS', KEYS[1]) == 0 then\n"
+    "  evicted = math.max(evicted, tonumber(last))\n" /* the whole Stream expired */
+    "end\n"
+    "return {string.format('%d', evicted), hs, e, opt[2] or ''}\n";
+
+/*
+ * KEYS: stream, options, state, counts. ARGV: [1] now ms, [2] mode (get|put|del),
+ * [3] default channel ttl ms, [4] default history ttl ms, [5] bus channel,
+ * [6] publish verb, [7..10] put: ttl, history_size, history_ttl, persistent
+ * ('' = unchanged). Returns the channel's info as a flat list ({'deleted'} for del).
+ * A channel nobody published to or created exists while nodes count subscribers
+ * of it: `get` answers with their counts, `del` closes them.
+ */
+static const char chan_lua[] =
+    "local h, o, s, c = KEYS[1], KEYS[2], KEYS[3], KEYS[4]\n"
+    "local now = tonumber(ARGV[1])\n"
+    "local exists = redis.call('EXISTS', o) == 1 or redis.call('EXISTS', h) == 1\n"
+    "local created = 0\n"
+    "local subs = 0\n"
+    "local counts = redis.call('HGETALL', c)\n"
+    "for i = 1, #counts, 2 do\n"
+    "  local n, exp = string.match(counts[i + 1], '^(%d+) (%d+)$')\n"
+    "  if n and tonumber(exp) > now then subs = subs + tonumber(n)\n"
+    "  else redis.call('HDEL', c, counts[i]) end\n"
+    "end\n"
+    /* a channel nobody published to or created exists while nodes count subscribers */
+    "if subs > 0 then exists = true end\n"
+    "if ARGV[2] == 'del' then\n"
+    "  if not exists then return redis.error_reply('NOTFOUND no such channel') end\n"
+    "  local last = redis.call('HGET', o, 'last') or redis.call('HGET', s, 'last')\n"
+    "  redis.call('DEL', h, o, c)\n"
+    "  if last then\n" /* a channel re-created later still reports the gap */
+    "    redis.call('HSET', s, 'evicted', last, 'last', last)\n"
+    "    redis.call('PEXPIRE', s, 604800000)\n"
+    "  end\n"
+    "  redis.call(ARGV[6], ARGV[5], 'X closed')\n"
+    "  return {'deleted'}\n"
+    "end\n"
+    "if ARGV[2] == 'put' then\n"
+    "  if redis.call('EXISTS', o) == 0 then\n"
+    "    redis.call('HSET', o, 'created', ARGV[1]); created = 1\n"
+    "  end\n"
+    "  local f = {'ttl', 'history_size', 'history_ttl', 'persistent'}\n"
+    "  for i = 1, 4 do\n"
+    "    if ARGV[6 + i] ~= '' then redis.call('HSET', o, f[i], ARGV[6 + i]) end\n"
+    "  end\n"
+    "  redis.call('HSET', o, 'active', ARGV[1])\n"
+    "  exists = true\n"
+    "end\n"
+    "if not exists then return redis.error_reply('NOTFOUND no such channel') end\n"
+    "local opt = redis.call('HMGET', o, 'ttl', 'history_size', 'history_ttl', 'persistent',\n"
+    "                        'created', 'active')\n"
+    "if ARGV[2] == 'put' then\n"
+    "  if opt[4] == '1' then\n"
+    "    redis.call('PERSIST', o); redis.call('PERSIST', s); redis.call('PERSIST', h)\n"
+    "  else\n"
+    "    local ttl = tonumber(opt[1] or ARGV[3])\n"
+    "    redis.call('PEXPIRE', o, math.max(ttl, tonumber(opt[3] or ARGV[4])))\n"
+    "  end\n"
+    "end\n"
+    "local len, first, last, added = 0, '0', '0', 0\n"
+    "if redis.call('EXISTS', h) == 1 then\n"
+    "  local info = redis.call('XINFO', 'STREAM', h)\n"
+    "  for i = 1, #info, 2 do\n"
+    "    if info[i] == 'length' then len = info[i + 1] end\n"
+    "    if info[i] == 'entries-added' then added = info[i + 1] end\n"
+    "    if info[i] == 'first-entry' and info[i + 1] then\n"
+    "      first = string.match(info[i + 1][1], '^(%d+)') end\n"
+    "    if info[i] == 'last-entry' and info[i + 1] then\n"
+    "      last = string.match(info[i + 1][1], '^(%d+)') end\n"
+    "  end\n"
+    "end\n"
+    "local pttl = redis.call('PTTL', o)\n"
+    "return {created, opt[1] or '', opt[2] or '', opt[3] or '', opt[4] or '0', opt[5] or '0',\n"
+    "        opt[6] or '0', subs, len, added, first, last, pttl}\n";
+
+/* KEYS: the index. ARGV: [1] after ('' = from the start), [2] prefix, [3] max.
+ * Returns {total (names with the prefix), names}. */
+static const char list_lua[] =
+    "local lo = ARGV[1] == '' and '-' or ('(' .. ARGV[1])\n"
+    "if ARGV[2] ~= '' then\n"
+    "  local p, hi = '[' .. ARGV[2], '[' .. ARGV[2] .. '\\255'\n"
+    "  local total = redis.call('ZLEXCOUNT', KEYS[1], p, hi)\n"
+    "  if ARGV[1] == '' or ARGV[2] > ARGV[1] then lo = p end\n"
+    "  return {total, redis.call('ZRANGEBYLEX', KEYS[1], lo, hi, 'LIMIT', 0, ARGV[3])}\n"
+    "end\n"
+    "return {redis.call('ZCARD', KEYS[1]),\n"
+    "        redis.call('ZRANGEBYLEX', KEYS[1], lo, '+', 'LIMIT', 0, ARGV[3])}\n";
+
+/* KEYS: counts, options. ARGV: [1] node, [2] "<count> <expiry ms>", [3] counts ttl ms,
+ * [4] default channel ttl ms, [5] now ms. The node's count; keeps a channel with
+ * subscribers alive. */
+static const char beat_lua[] =
+    "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
+    "redis.call('PEXPIRE', KEYS[1], ARGV[3])\n"
+    "if redis.call('HGET', KEYS[2], 'persistent') ~= '1' and redis.call('EXISTS', KEYS[2]) == 1 "
+    "then\n"
+    "  local ttl = tonumber(redis.call('HGET', KEYS[2], 'ttl') or ARGV[4])\n"
+    "  redis.call('HSET', KEYS[2], 'active', ARGV[5])\n"
+    "  if redis.call('PTTL', KEYS[2]) < ttl then redis.call('PEXPIRE', KEYS[2], ttl) end\n"
+    "end\n"
+    "return 1\n";
+
+/* ---- calling them ------------------------------------------------------------------ */
+
+/*
+ * EVAL sends the script's text with every call, and Redis hashes it (SHA1) every
+ * time: for the publish script that was a third of its cost. So each script is
+ * called by its SHA1 (EVALSHA), and a Redis that does not have it (restarted,
+ * SCRIPT FLUSH, a new master) answers NOSCRIPT: the call is made again as EVAL,
+ * which runs it, along with a SCRIPT LOAD, which keeps it (Redis 7.4 may evict the
+ * scripts EVAL brought). Scripts are loaded when a single Redis comes up, too.
+ */
+struct script {
+    const char *body;
+    char sha[41];
+};
+
+/* In the order of enum redis_script. */
+static struct script scripts[REDIS_SCRIPT_COUNT] = {{.body = publish_lua}, {.body = prepare_lua},
+                                                    {.body = load_lua},    {.body = chan_lua},
+                                                    {.body = list_lua},    {.body = beat_lua}};
+
+void redis_script_init(void)
+{
+    for (size_t i = 0; i < ARRAY_LEN(scripts); i++) {
+        unsigned char md[SHA_DIGEST_LENGTH];
+        SHA1((const unsigned char *)scripts[i].body, strlen(scripts[i].body), md);
+        for (size_t k = 0; k < sizeof(md); k++)
+            snprintf(scripts[i].sha + 2 * k, 3, "%02x", md[k]);
+    }
+}
+
+/* A script call in flight, with a copy of its arguments for the EVAL it may need. */
+struct script_call {
+    struct redis_bus *bus;
+    const struct script *script;
+    resp_reply_fn *cb;
+    void *arg;
+    bool retried;
+    int argc; /* argv[0] is the numkeys argument */
+    size_t key_len;
+    const char *key;
+    const char **argv;
+    size_t *argl;
+};
+
+static void script_ignore(const redisReply *r, int status, void *arg)
+{
+}
+
+static int script_send(struct script_call *sc);
+
+static void script_reply(const redisReply *r, int status, void *arg)
+{
+    struct script_call *sc = arg;
+    if (status == 0 && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0 &&
+        !sc->retried) {
+        sc->retried = true;
+        const char *argv[] = {"SCRIPT", "LOAD", sc->script->body};
+        redis_bus_command(sc->bus, sc->key, sc->key_len, script_ignore, NULL, 3, argv, NULL);
+        if (script_send(sc) == 0)
+            return;
+        r = NULL;
+        status = RESP_ENOTCONN;
+    }
+    sc->cb(r, status, sc->arg);
+    free(sc);
+}
+
+/* EVALSHA, or EVAL once retried. Returns redis_bus_command's answer. */
+static int script_send(struct script_call *sc)
+{
+    const char **argv = sc->argv - 2;
+    size_t *argl = sc->argl - 2;
+    argv[0] = sc->retried ? "EVAL" : "EVALSHA";
+    argl[0] = strlen(argv[0]);
+    argv[1] = sc->retried ? sc->script->body : sc->script->sha;
+    argl[1] = strlen(argv[1]);
+    return redis_bus_command(sc->bus, sc->key, sc->key_len, script_reply, sc, sc->argc + 2, argv,
+                             argl);
+}
+
+int redis_script_call(struct redis_bus *bus, enum redis_script which, const char *key,
+                      size_t key_len, resp_reply_fn *cb, void *arg, int argc, const char **argv,
+                      const size_t *argl)
+{
+    assert(which >= 0 && which < REDIS_SCRIPT_COUNT && argc >= 1);
+    /* One allocation: the call, argv and argl (two slots ahead for the verb and the
+     * script), then the bytes of the key and of every argument. */
+    size_t n = (size_t)argc + 2, bytes = key_len;
+    for (size_t i = 0; i < (size_t)argc; i++)
+        bytes += argl ? argl[i] : strlen(argv[i]);
+    struct script_call *sc =
+        xmalloc(sizeof(*sc) + n * (sizeof(char *) + sizeof(size_t)) + bytes + 1);
+    const char **av = (const char **)(sc + 1);
+    size_t *al = (size_t *)(av + n);
+    char *p = (char *)(al + n);
+    *sc = (struct script_call){.bus = bus,
+                               .script = &scripts[which],
+                               .cb = cb,
+                               .arg = arg,
+                               .argc = argc,
+                               .key_len = key_len,
+                               .key = p,
+                               .argv = av + 2,
+                               .argl = al + 2};
+    memcpy(p, key, key_len);
+    p += key_len;
+    for (size_t i = 0; i < (size_t)argc; i++) {
+        al[i + 2] = argl ? argl[i] : strlen(argv[i]);
+        memcpy(p, argv[i], al[i + 2]);
+        av[i + 2] = p;
+        p += al[i + 2];
+    }
+    int rc = script_send(sc);
+    if (rc < 0)
+        free(sc);
+    return rc;
+}
+
+void redis_script_load_all(struct redis_bus *bus)
+{
+    for (size_t i = 0; i < ARRAY_LEN(scripts); i++) {
+        const char *argv[] = {"SCRIPT", "LOAD", scripts[i].body};
+        redis_bus_command(bus, NULL, 0, script_ignore, NULL, 3, argv, NULL);
+    }
+}
