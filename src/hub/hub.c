@@ -337,7 +337,9 @@ static struct msg *msg_new(const struct channel *ch, uint64_t seq, uint64_t time
     m->time_ms = time_ms;
     m->chan_id = ch->id;
     m->group = NULL;
-    m->data_len = req->raw.len;
+    m->size = (uint32_t)(sizeof(*m) + total);
+    m->deflate_counted = false;
+    m->hist_ch = NULL;
     atomic_init(&m->ws_deflate, NULL);
 
     memcpy(p, wsh, wsh_len);
@@ -358,8 +360,9 @@ static struct msg *msg_new(const struct channel *ch, uint64_t seq, uint64_t time
     return m;
 }
 
-struct slice msg_ws_deflate(struct msg *m, void *deflater)
+struct slice msg_ws_deflate(struct msg *m, void *deflater, bool *built)
 {
+    *built = false;
     struct rbuf *d = atomic_load_explicit(&m->ws_deflate, memory_order_acquire);
     if (!d) {
         size_t bound = ws_deflate_bound(m->envelope.len) + 10;
@@ -379,6 +382,7 @@ struct slice msg_ws_deflate(struct msg *m, void *deflater)
         struct rbuf *expected = NULL;
         if (atomic_compare_exchange_strong(&m->ws_deflate, &expected, b)) {
             d = b;
+            *built = true;
         } else {
             ref_put(&b->ref);
             d = expected;
@@ -546,13 +550,21 @@ static inline uint64_t age_ms(uint64_t now, uint64_t t)
     return now > t ? now - t : 0;
 }
 
+/* What a message in history counts against --history-bytes: all it holds. Hub lock held. */
+static uint64_t msg_held_bytes(const struct msg *m)
+{
+    struct rbuf *d = m->deflate_counted ? atomic_load(&m->ws_deflate) : NULL;
+    return m->size + (d ? sizeof(*d) + d->len : 0);
+}
+
 static void hist_drop_oldest(struct channel *ch)
 {
     struct msg *m = ch->hist[ch->hist_head];
     ch->hist[ch->hist_head] = NULL;
     ch->hist_head = (ch->hist_head + 1) % ch->hist_cap;
     ch->hist_len--;
-    ch->hist_bytes -= m->data_len;
+    ch->hist_bytes -= msg_held_bytes(m);
+    m->hist_ch = NULL;
     if (m->seq > ch->evicted_seq)
         ch->evicted_seq = m->seq;
     ref_put(&m->ref);
@@ -572,6 +584,24 @@ static void hist_trim(struct channel *ch, uint64_t now)
         hist_drop_oldest(ch);
     while (ch->hist_len > 1 && ch->hist_bytes > ch->history_bytes)
         hist_drop_oldest(ch);
+}
+
+struct slice hub_ws_deflate(struct hub *hub, struct msg *m, void *deflater)
+{
+    bool built;
+    struct slice s = msg_ws_deflate(m, deflater, &built);
+    if (!built)
+        return s;
+    /* Once per message: the frame it now holds counts in the history that holds it. */
+    pthread_mutex_lock(&hub->lock);
+    struct channel *ch = m->hist_ch;
+    if (ch && !m->deflate_counted) {
+        m->deflate_counted = true;
+        ch->hist_bytes += msg_held_bytes(m) - m->size;
+        hist_trim(ch, wall_ms());
+    }
+    pthread_mutex_unlock(&hub->lock);
+    return s;
 }
 
 static void hist_resize(struct channel *ch, uint32_t cap)
@@ -595,7 +625,9 @@ static void hist_append(struct channel *ch, struct msg *m, uint64_t now)
     }
     ch->hist[(ch->hist_head + ch->hist_len) % ch->hist_cap] = m;
     ch->hist_len++;
-    ch->hist_bytes += m->data_len;
+    m->hist_ch = ch;
+    m->deflate_counted = atomic_load(&m->ws_deflate) != NULL;
+    ch->hist_bytes += msg_held_bytes(m);
     ch->last_seq = m->seq;
     hist_trim(ch, now);
 }

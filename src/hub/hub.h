@@ -62,12 +62,16 @@ struct msg {
     uint64_t time_ms; /* wall clock at publish */
     uint64_t chan_id;
     struct msg_group *group; /* NULL for single-channel publishes */
-    uint32_t data_len;       /* size of the published body (history accounting) */
-    struct slice envelope;   /* {"event":"message",...} JSON */
-    struct slice ws;         /* WS text frame: header + envelope */
-    struct slice sse;        /* id:/event:/data: lines + blank line */
-    struct slice sse_raw;    /* same with the bare body as data (format=raw) */
-    struct slice chunk;      /* chunked-encoding chunk of envelope + "\n" (HTTP streaming) */
+    uint32_t size;           /* bytes of this allocation: the struct and every framing */
+    /* History accounting, under the hub lock: the channel whose history holds the
+     * message (NULL when none does), and whether it counts the deflate frame. */
+    bool deflate_counted;
+    struct channel *hist_ch;
+    struct slice envelope; /* {"event":"message",...} JSON */
+    struct slice ws;       /* WS text frame: header + envelope */
+    struct slice sse;      /* id:/event:/data: lines + blank line */
+    struct slice sse_raw;  /* same with the bare body as data (format=raw) */
+    struct slice chunk;    /* chunked-encoding chunk of envelope + "\n" (HTTP streaming) */
     _Atomic(struct rbuf *) ws_deflate;
 };
 
@@ -490,8 +494,13 @@ void hub_channel_counts(struct hub *hub, size_t *total, size_t *ephemeral);
 /* Releases a channel reference (inbox items own one). Lock-free; may free the channel. */
 void hub_channel_put_ref(struct hub *hub, struct channel *ch);
 
-/* Lazily builds (once, thread-safely) the permessage-deflate frame of a message. */
-struct slice msg_ws_deflate(struct msg *m, void *deflater);
+/*
+ * Lazily builds (once, thread-safely) the permessage-deflate frame of a message;
+ * *built tells whether this call made it. hub_ws_deflate also counts the frame in
+ * the history that holds the message (taking the hub lock once per message).
+ */
+struct slice msg_ws_deflate(struct msg *m, void *deflater, bool *built);
+struct slice hub_ws_deflate(struct hub *hub, struct msg *m, void *deflater);
 
 /* Builds a control envelope framed for each transport, e.g. {"event":"gap",...}. */
 struct ctl_frames {

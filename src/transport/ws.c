@@ -659,7 +659,8 @@ static void ws_on_resume(struct conn *c)
 
 static void ws_deliver(struct conn *c, struct msg *m)
 {
-    struct slice s = (c->flags & WSF_DEFLATE) ? msg_ws_deflate(m, ws_worker()->deflater) : m->ws;
+    struct slice s =
+        (c->flags & WSF_DEFLATE) ? hub_ws_deflate(conn_hub(c), m, ws_worker()->deflater) : m->ws;
     conn_deliver_bytes(c, &m->ref, s.data, s.len);
 }
 

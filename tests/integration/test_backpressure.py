@@ -131,7 +131,7 @@ def test_pipelined_long_polls_do_not_copy_history(herald):
 def test_long_poll_answer_is_capped_and_its_cursor_continues(herald, chan):
     """An answer stops at --max-outbound; its cursor is the last message it holds, so the
     next poll goes on from there: nothing lost, nothing twice."""
-    srv = herald(max_outbound="64KiB", history_size=200)
+    srv = herald(max_outbound="64KiB", history_size=200, history_bytes="4MiB")  # 200 x ~8.6 kB held
     sent = srv.publish_many(chan, [b"%05d" % i + b"y" * 2000 for i in range(200)])
     got, cursor, answers = [], "0", 0
     while len(got) < 200:

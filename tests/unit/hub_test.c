@@ -28,6 +28,7 @@
 
 #include "core/config.h"
 #include "hub/hub.h"
+#include "transport/ws_frame.h"
 
 #define NWORKERS 2
 
@@ -299,7 +300,8 @@ static void test_message_framings(void **state)
     assert_int_equal(m->envelope.len, wl);
     assert_memory_equal(m->envelope.data, want, (size_t)wl);
     assert_true(m->time_ms <= wall_ms() && m->time_ms + 10000 > wall_ms());
-    assert_int_equal(m->data_len, req.raw.len);
+    /* One allocation holds the struct and every framing: what history counts. */
+    assert_int_equal(m->size, sizeof(*m) + m->ws.len + m->chunk.len + m->sse.len + m->sse_raw.len);
 
     /* WebSocket: one unmasked final text frame around the envelope. */
     assert_int_equal(m->ws.len, 2 + m->envelope.len);
@@ -364,6 +366,15 @@ static void test_control_frames(void **state)
 
 /* ---- history bounds --------------------------------------------------- */
 
+/* The bytes of the messages ch's history holds. */
+static uint64_t hist_size_sum(const struct channel *ch)
+{
+    uint64_t sum = 0;
+    for (uint32_t i = 0; i < ch->hist_len; i++)
+        sum += hist(ch, i)->size;
+    return sum;
+}
+
 static void test_history_size_evicts_oldest(void **state)
 {
     cfg.history_size = 3;
@@ -392,20 +403,25 @@ static void test_history_size_evicts_oldest(void **state)
     assert_int_equal(ch->evicted_seq, id[21]);
     for (uint32_t i = 0; i < 3; i++)
         assert_int_equal(hist(ch, i)->seq, id[22 + i]);
-    assert_int_equal(ch->hist_bytes, 3);
+    assert_int_equal(ch->hist_bytes, hist_size_sum(ch));
 }
 
+/*
+ * --history-bytes bounds what history really holds: each message's whole allocation
+ * (struct and framings), not its body (issue 7: that undercounted 3.9x to 19x).
+ */
 static void test_history_bytes_keeps_newest(void **state)
 {
-    cfg.history_bytes = 10;
     uint64_t a = pub("a", "aaaa");
-    uint64_t b = pub("a", "bbbb");
     struct channel *ch = chan("a");
+    uint32_t one = hist(ch, 0)->size; /* the same for each 4-byte body below */
+    ch->history_bytes = 2 * one + one / 2;
+    uint64_t b = pub("a", "bbbb");
     assert_int_equal(ch->hist_len, 2);
-    assert_int_equal(ch->hist_bytes, 8);
-    uint64_t c = pub("a", "cccc"); /* 12 > 10: the oldest goes */
+    assert_int_equal(ch->hist_bytes, 2 * one);
+    uint64_t c = pub("a", "cccc"); /* three do not fit: the oldest goes */
     assert_int_equal(ch->hist_len, 2);
-    assert_int_equal(ch->hist_bytes, 8);
+    assert_int_equal(ch->hist_bytes, 2 * one);
     assert_int_equal(ch->evicted_seq, a);
     assert_int_equal(hist(ch, 0)->seq, b);
     assert_int_equal(hist(ch, 1)->seq, c);
@@ -421,8 +437,53 @@ static void test_history_bytes_keeps_newest(void **state)
     struct channel_info info;
     assert_int_equal(hub_channel_get(&hub, "a", 1, &info), 0);
     assert_int_equal(info.messages_retained, 1);
-    assert_int_equal(info.retained_bytes, 100);
+    assert_int_equal(info.retained_bytes, hist(ch, 0)->size);
+    assert_true(info.retained_bytes > 4 * 100); /* WS, SSE, chunk and raw SSE carry it */
     assert_int_equal(info.oldest_id, d);
+}
+
+/*
+ * A body of control characters is six times longer in JSON (\u0001), in every
+ * framing that carries the envelope: history counts that, and the compressed frame
+ * a WebSocket subscriber's worker adds later.
+ */
+static void test_history_bytes_count_escapes_and_the_deflate_frame(void **state)
+{
+    char body[1001], json[6010];
+    memset(body, 1, 1000);
+    body[1000] = '\0';
+    size_t jl = 0;
+    json[jl++] = '"';
+    for (int i = 0; i < 1000; i++)
+        jl += (size_t)snprintf(json + jl, 7, "\\u0001");
+    json[jl++] = '"';
+    struct slice ch = sl("ctl");
+    struct publish_req req = {.kind = PUB_TEXT, .data_json = {json, (uint32_t)jl}, .raw = sl(body)};
+    struct publish_result res;
+    assert_int_equal(hub_publish(&hub, &ch, 1, &req, &res), 0);
+    struct channel *c = chan("ctl");
+    struct msg *m = hist(c, 0);
+    assert_true(m->envelope.len > 6000);
+    assert_true(c->hist_bytes >= 3 * 6000 + 1000); /* escaped in three framings, raw in one */
+    assert_int_equal(c->hist_bytes, m->size);
+
+    struct ws_deflater *d = ws_deflater_new(6);
+    struct slice z = hub_ws_deflate(&hub, m, d);
+    assert_true(z.len > 0 && z.len < m->ws.len);
+    uint64_t with_frame = m->size + sizeof(struct rbuf) + z.len;
+    assert_int_equal(c->hist_bytes, with_frame);
+    hub_ws_deflate(&hub, m, d); /* built once, counted once */
+    assert_int_equal(c->hist_bytes, with_frame);
+    struct channel_info info;
+    assert_int_equal(hub_channel_get(&hub, "ctl", 3, &info), 0);
+    assert_int_equal(info.retained_bytes, with_frame);
+
+    /* Leaving history, it takes all of that with it. */
+    c->history_size = 1;
+    pub("ctl", "x");
+    assert_int_equal(c->hist_len, 1);
+    assert_int_equal(c->hist_bytes, hist(c, 0)->size);
+    ws_deflater_free(d);
 }
 
 static void test_history_age(void **state)
@@ -1595,7 +1656,7 @@ static void test_channel_put_get(void **state)
     assert_int_equal(hub_channel_get(&hub, "a", 1, &info), 0);
     assert_int_equal(info.messages_total, 6);
     assert_int_equal(info.messages_retained, 4);
-    assert_int_equal(info.retained_bytes, 8);
+    assert_int_equal(info.retained_bytes, hist_size_sum(chan("a")));
     assert_int_equal(info.oldest_id, id[2]);
     assert_int_equal(info.last_id, id[5]);
 
@@ -1948,6 +2009,7 @@ int main(void)
         T(test_control_frames),
         T(test_history_size_evicts_oldest),
         T(test_history_bytes_keeps_newest),
+        T(test_history_bytes_count_escapes_and_the_deflate_frame),
         T(test_history_age),
         T(test_history_survives_wall_clock_step_back),
         T(test_since_inside_history_gives_exactly_the_newer),
