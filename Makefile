@@ -121,7 +121,7 @@ FUZZ_SECONDS ?= 60
 FUZZ_SHORT_TOTAL ?= 60
 FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -O1 -g -Isrc -fsanitize=fuzzer,address,undefined
 FUZZ_LIBS := -lssl -lcrypto -lz -ljansson -lhiredis -lm -pthread
-FUZZ_HUB := src/hub/hub.c src/core/heap.c src/core/log.c src/core/map.c src/core/util.c \
+FUZZ_HUB := $(wildcard src/hub/*.c) src/core/heap.c src/core/log.c src/core/map.c src/core/util.c \
   src/transport/ws_frame.c
 build-fuzz/%_fuzz: tests/fuzz/%_fuzz.c
 	@mkdir -p build-fuzz

@@ -5,14 +5,11 @@
  */
 #include "hub/hub.h"
 
-#include <inttypes.h>
 #include <netinet/in.h>
-#include <stdio.h>
 #include <stdlib.h>
 
 #include "core/config.h"
 #include "core/log.h"
-#include "transport/ws_frame.h"
 
 #define CACHE_LINGER_MS 30000
 /* Cluster mode: how long a cache nobody holds and that holds nothing is kept (the
@@ -64,22 +61,6 @@ const char *hub_error_name(int err)
     case HUB_ERR_BACKEND: return "backend_unavailable";
     }
     return "bad_request";
-}
-
-static void rbuf_free(struct ref *r)
-{
-    free(container_of(r, struct rbuf, ref));
-}
-
-struct rbuf *rbuf_new(const void *data, size_t len)
-{
-    struct rbuf *b = xmalloc(sizeof(*b) + len);
-    atomic_init(&b->ref.refs, 1);
-    b->ref.free = rbuf_free;
-    b->len = (uint32_t)len;
-    if (data)
-        memcpy(b->data, data, len);
-    return b;
 }
 
 /* Whether s[0..len) is 1 to max bytes of ASCII letters, digits and the bytes of extra. */
@@ -251,189 +232,6 @@ int hub_init(struct hub *hub, const struct herald_config *cfg, int nworkers)
     return 0;
 }
 
-/* ---- messages ---------------------------------------------------------- */
-
-static void msg_free(struct ref *r)
-{
-    struct msg *m = container_of(r, struct msg, ref);
-    struct rbuf *d = atomic_load(&m->ws_deflate);
-    if (d)
-        ref_put(&d->ref);
-    if (m->group && atomic_fetch_sub(&m->group->refs, 1) == 1)
-        free(m->group);
-    free(m);
-}
-
-/* Appends the SSE data lines for `text` (split on \n, \r\n and \r) to b. */
-static void sse_data_lines(struct sbuf *b, const char *text, size_t len)
-{
-    size_t start = 0;
-    for (size_t i = 0; i <= len; i++) {
-        if (i < len && text[i] != '\n' && text[i] != '\r')
-            continue;
-        sbuf_add(b, "data: ", 6);
-        sbuf_add(b, text + start, i - start);
-        sbuf_add(b, "\n", 1);
-        if (i < len && text[i] == '\r' && i + 1 < len && text[i + 1] == '\n')
-            i++;
-        start = i + 1;
-    }
-}
-
-/*
- * Builds a message with all its framings in one allocation:
- *   [struct msg][ws header][envelope]["\n\r\n"-ready chunk][sse][sse_raw]
- */
-static struct msg *msg_new(const struct channel *ch, uint64_t seq, uint64_t time_ms,
-                           const struct publish_req *req)
-{
-    struct sbuf env = {0};
-    char idbuf[24];
-    snprintf(idbuf, sizeof(idbuf), "%" PRIu64, seq);
-    sbuf_adds(&env, "{\"event\":\"message\",\"channel\":\"");
-    sbuf_add(&env, ch->name, ch->name_len); /* names never need escaping */
-    sbuf_printf(&env, "\",\"id\":\"%s\",\"time\":%" PRIu64, idbuf, time_ms);
-    if (req->event) {
-        sbuf_adds(&env, ",\"type\":");
-        sbuf_add_json_str(&env, req->event, req->event_len);
-    }
-    if (req->base64)
-        sbuf_adds(&env, ",\"encoding\":\"base64\"");
-    sbuf_adds(&env, ",\"data\":");
-    sbuf_add(&env, req->data_json.data, req->data_json.len);
-    sbuf_add(&env, "}", 1);
-
-    uint8_t wsh[10];
-    size_t wsh_len = ws_frame_header(wsh, WS_OP_TEXT, true, false, env.len);
-    char chh[24];
-    int chh_len = snprintf(chh, sizeof(chh), "%zx\r\n", env.len + 1);
-
-    struct sbuf sse = {0};
-    sbuf_printf(&sse, "id: %s\n", idbuf);
-    if (req->event) {
-        sbuf_adds(&sse, "event: ");
-        sbuf_add(&sse, req->event, req->event_len);
-        sbuf_add(&sse, "\n", 1);
-    }
-    size_t sse_prefix = sse.len;
-    sbuf_add(&sse, "data: ", 6);
-    sbuf_add(&sse, env.data, env.len);
-    sbuf_add(&sse, "\n\n", 2);
-    size_t sse_len = sse.len;
-    /* The raw variant repeats the id/event lines: grow first, then copy, as the
-     * source is the buffer itself (appending it directly would read freed memory). */
-    sbuf_reserve(&sse, sse_prefix + 1);
-    memcpy(sse.data + sse.len, sse.data, sse_prefix);
-    sse.len += sse_prefix;
-    sse_data_lines(&sse, req->raw.data, req->raw.len);
-    sbuf_add(&sse, "\n", 1);
-
-    size_t total = wsh_len + env.len + (size_t)chh_len + env.len + 3 + sse.len;
-    struct msg *m = xmalloc(sizeof(*m) + total);
-    char *p = (char *)(m + 1);
-    atomic_init(&m->ref.refs, 1);
-    m->ref.free = msg_free;
-    m->seq = seq;
-    m->time_ms = time_ms;
-    m->chan_id = ch->id;
-    m->group = NULL;
-    m->size = (uint32_t)(sizeof(*m) + total);
-    m->deflate_counted = false;
-    m->hist_ch = NULL;
-    atomic_init(&m->ws_deflate, NULL);
-
-    memcpy(p, wsh, wsh_len);
-    memcpy(p + wsh_len, env.data, env.len);
-    m->ws = (struct slice){p, (uint32_t)(wsh_len + env.len)};
-    m->envelope = (struct slice){p + wsh_len, (uint32_t)env.len};
-    p += wsh_len + env.len;
-    memcpy(p, chh, (size_t)chh_len);
-    memcpy(p + chh_len, env.data, env.len);
-    memcpy(p + chh_len + env.len, "\n\r\n", 3);
-    m->chunk = (struct slice){p, (uint32_t)((size_t)chh_len + env.len + 3)};
-    p += m->chunk.len;
-    memcpy(p, sse.data, sse.len);
-    m->sse = (struct slice){p, (uint32_t)sse_len};
-    m->sse_raw = (struct slice){p + sse_len, (uint32_t)(sse.len - sse_len)};
-    sbuf_free(&env);
-    sbuf_free(&sse);
-    return m;
-}
-
-struct slice msg_ws_deflate(struct msg *m, void *deflater, bool *built)
-{
-    *built = false;
-    struct rbuf *d = atomic_load_explicit(&m->ws_deflate, memory_order_acquire);
-    if (!d) {
-        size_t bound = ws_deflate_bound(m->envelope.len) + 10;
-        uint8_t *tmp = xmalloc(bound);
-        long n = ws_deflate_message(deflater, (const uint8_t *)m->envelope.data, m->envelope.len,
-                                    tmp + 10);
-        if (n < 0) {
-            free(tmp);
-            return m->ws; /* uncompressed is always acceptable */
-        }
-        uint8_t hdr[10];
-        size_t hl = ws_frame_header(hdr, WS_OP_TEXT, true, true, (uint64_t)n);
-        struct rbuf *b = rbuf_new(NULL, hl + (size_t)n);
-        memcpy(b->data, hdr, hl);
-        memcpy(b->data + hl, tmp + 10, (size_t)n);
-        free(tmp);
-        struct rbuf *expected = NULL;
-        if (atomic_compare_exchange_strong(&m->ws_deflate, &expected, b)) {
-            d = b;
-            *built = true;
-        } else {
-            ref_put(&b->ref);
-            d = expected;
-        }
-    }
-    return (struct slice){d->data, d->len};
-}
-
-static void ctl_free(struct ref *r)
-{
-    free(container_of(r, struct ctl_frames, ref));
-}
-
-struct ctl_frames *ctl_frames_new(const char *event, const char *fields_json, size_t fields_len)
-{
-    struct sbuf j = {0};
-    sbuf_printf(&j, "{\"event\":\"%s\"", event);
-    if (fields_len) {
-        sbuf_add(&j, ",", 1);
-        sbuf_add(&j, fields_json, fields_len);
-    }
-    sbuf_add(&j, "}", 1);
-    uint8_t wsh[10];
-    size_t wsh_len = ws_frame_header(wsh, WS_OP_TEXT, true, false, j.len);
-    char sseh[48];
-    int sseh_len = snprintf(sseh, sizeof(sseh), "event: %s\ndata: ", event);
-    char chh[24];
-    int chh_len = snprintf(chh, sizeof(chh), "%zx\r\n", j.len + 1);
-    size_t total = wsh_len + j.len + (size_t)sseh_len + j.len + 2 + (size_t)chh_len + j.len + 3;
-    struct ctl_frames *c = xmalloc(sizeof(*c) + total);
-    atomic_init(&c->ref.refs, 1);
-    c->ref.free = ctl_free;
-    char *p = (char *)(c + 1);
-    memcpy(p, wsh, wsh_len);
-    memcpy(p + wsh_len, j.data, j.len);
-    c->ws = (struct slice){p, (uint32_t)(wsh_len + j.len)};
-    c->json = (struct slice){p + wsh_len, (uint32_t)j.len};
-    p += c->ws.len;
-    memcpy(p, sseh, (size_t)sseh_len);
-    memcpy(p + sseh_len, j.data, j.len);
-    memcpy(p + sseh_len + j.len, "\n\n", 2);
-    c->sse = (struct slice){p, (uint32_t)((size_t)sseh_len + j.len + 2)};
-    p += c->sse.len;
-    memcpy(p, chh, (size_t)chh_len);
-    memcpy(p + chh_len, j.data, j.len);
-    memcpy(p + chh_len + j.len, "\n\r\n", 3);
-    c->chunk = (struct slice){p, (uint32_t)((size_t)chh_len + j.len + 3)};
-    sbuf_free(&j);
-    return c;
-}
-
 /* ---- channels and history --------------------------------------------- */
 
 static struct channel *chan_lookup(struct hub *hub, const char *name, size_t len)
@@ -553,8 +351,7 @@ static inline uint64_t age_ms(uint64_t now, uint64_t t)
 /* What a message in history counts against --history-bytes: all it holds. Hub lock held. */
 static uint64_t msg_held_bytes(const struct msg *m)
 {
-    struct rbuf *d = m->deflate_counted ? atomic_load(&m->ws_deflate) : NULL;
-    return m->size + (d ? sizeof(*d) + d->len : 0);
+    return m->size + (m->deflate_counted ? msg_deflate_bytes(m) : 0);
 }
 
 static void hist_drop_oldest(struct channel *ch)
@@ -823,16 +620,15 @@ int hub_publish(struct hub *hub, const struct slice *channels, size_t n,
     uint64_t seq = ++hub->seq;
     struct msg_group *group = NULL;
     if (n > 1) {
-        group = xmalloc(sizeof(*group) + n * sizeof(uint64_t));
-        atomic_init(&group->refs, (unsigned)n);
-        group->n = (uint32_t)n;
+        uint64_t ids[ARRAY_LEN(chs)];
         for (size_t i = 0; i < n; i++)
-            group->chan_ids[i] = chs[i]->id;
+            ids[i] = chs[i]->id;
+        group = msg_group_new(ids, n, (unsigned)n);
     }
     res->id = seq;
     res->subscribers = 0;
     for (size_t i = 0; i < n; i++) {
-        struct msg *m = msg_new(chs[i], seq, now, req);
+        struct msg *m = msg_new(chs[i]->name, chs[i]->name_len, chs[i]->id, seq, now, req);
         m->group = group;
         res->subscribers += chs[i]->subscribers;
         store_locked(hub, chs[i], m, now, &wake_mask);
@@ -1518,14 +1314,13 @@ static struct msg_group *group_for(struct hub *hub, const struct slice *channels
 {
     if (n < 2)
         return NULL;
-    struct msg_group *g = xmalloc(sizeof(*g) + n * sizeof(uint64_t));
-    atomic_init(&g->refs, 1);
-    g->n = (uint32_t)n;
+    uint64_t ids[64];
+    n = MIN(n, ARRAY_LEN(ids));
     for (size_t i = 0; i < n; i++) {
         struct channel *c = chan_lookup(hub, channels[i].data, channels[i].len);
-        g->chan_ids[i] = c ? c->id : 0; /* channels this node does not cache never match */
+        ids[i] = c ? c->id : 0; /* channels this node does not cache never match */
     }
-    return g;
+    return msg_group_new(ids, n, 1);
 }
 
 /*
@@ -1565,7 +1360,7 @@ void hub_ingest(struct hub *hub, const struct slice *target, const struct slice 
     pthread_mutex_lock(&hub->lock);
     struct channel *ch = chan_lookup(hub, target->data, target->len);
     if (ch && ch->sync != SYNC_NONE && ch->sync != SYNC_FAILED) {
-        struct msg *m = msg_new(ch, seq, time_ms, req);
+        struct msg *m = msg_new(ch->name, ch->name_len, ch->id, seq, time_ms, req);
         m->group = group_for(hub, channels, n);
         if (ch->sync == SYNC_PENDING || ch->sync == SYNC_FILLING)
             hold_msg(ch, m);
@@ -1638,7 +1433,7 @@ static void apply_load_locked(struct hub *hub, struct channel *ch, const struct 
         ch->evicted_seq = evicted;
     for (size_t i = 0; i < n; i++) {
         const struct hub_entry *e = &entries[i];
-        struct msg *m = msg_new(ch, e->seq, e->time_ms, &e->req);
+        struct msg *m = msg_new(ch->name, ch->name_len, ch->id, e->seq, e->time_ms, &e->req);
         m->group = group_for(hub, e->channels, e->nchannels);
         apply_locked(hub, ch, m, wake_mask);
     }

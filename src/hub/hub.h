@@ -27,6 +27,7 @@
 #include "core/map.h"
 #include "core/ref.h"
 #include "core/util.h"
+#include "hub/msg.h"
 
 #define HUB_MAX_WORKERS  64
 #define CHANNEL_NAME_MAX 128
@@ -34,46 +35,6 @@
 
 struct herald_config;
 struct hub_quota;
-
-/* A plain refcounted buffer. */
-struct rbuf {
-    struct ref ref;
-    uint32_t len;
-    char data[];
-};
-struct rbuf *rbuf_new(const void *data, size_t len);
-
-/* Which channels a multi-channel publish went to (shared by its messages). */
-struct msg_group {
-    atomic_uint refs;
-    uint32_t n;
-    uint64_t chan_ids[];
-};
-
-/*
- * One message on one channel. A publish to k channels makes k messages with
- * the same seq (and a shared group), because the envelope names the channel.
- * All framings live in this one allocation; `ws_deflate` is made lazily, once,
- * by the first worker that needs it.
- */
-struct msg {
-    struct ref ref;
-    uint64_t seq;
-    uint64_t time_ms; /* wall clock at publish */
-    uint64_t chan_id;
-    struct msg_group *group; /* NULL for single-channel publishes */
-    uint32_t size;           /* bytes of this allocation: the struct and every framing */
-    /* History accounting, under the hub lock: the channel whose history holds the
-     * message (NULL when none does), and whether it counts the deflate frame. */
-    bool deflate_counted;
-    struct channel *hist_ch;
-    struct slice envelope; /* {"event":"message",...} JSON */
-    struct slice ws;       /* WS text frame: header + envelope */
-    struct slice sse;      /* id:/event:/data: lines + blank line */
-    struct slice sse_raw;  /* same with the bare body as data (format=raw) */
-    struct slice chunk;    /* chunked-encoding chunk of envelope + "\n" (HTTP streaming) */
-    _Atomic(struct rbuf *) ws_deflate;
-};
 
 /* Cluster mode: a channel's local cache of the shared history (see hub_backend). */
 enum channel_sync {
@@ -298,26 +259,6 @@ bool hub_event_name_valid(const char *name, size_t len);
 /* Parses a cursor ("" -> 0). Returns 0 or HUB_ERR_CURSOR. */
 int hub_cursor_parse(const char *s, size_t len, uint64_t *out);
 
-/*
- * The body of a publish. `data_json` is the value for the envelope's "data"
- * field, already valid JSON (the body itself, or a JSON string); `raw` is the
- * body as sent (for format=raw SSE).
- */
-enum pub_kind {
-    PUB_JSON = 0, /* data_json is the body (compact JSON) */
-    PUB_TEXT,     /* the body is UTF-8 text; data_json is it as a JSON string */
-    PUB_BINARY,   /* the body was binary; raw is its base64, data_json that as a JSON string */
-};
-
-struct publish_req {
-    enum pub_kind kind;
-    struct slice data_json;
-    struct slice raw;
-    const char *event; /* NULL or a validated event name */
-    size_t event_len;
-    bool base64; /* data_json is a base64 string of a non-UTF-8 body */
-};
-
 struct publish_result {
     uint64_t id;
     uint32_t subscribers; /* local subscribers reached, summed over channels */
@@ -495,19 +436,10 @@ void hub_channel_counts(struct hub *hub, size_t *total, size_t *ephemeral);
 void hub_channel_put_ref(struct hub *hub, struct channel *ch);
 
 /*
- * Lazily builds (once, thread-safely) the permessage-deflate frame of a message;
- * *built tells whether this call made it. hub_ws_deflate also counts the frame in
- * the history that holds the message (taking the hub lock once per message).
+ * The permessage-deflate frame of m (msg_ws_deflate), counted, the first time it
+ * is built, in the history that holds m: the building worker takes the hub lock
+ * once per message for it.
  */
-struct slice msg_ws_deflate(struct msg *m, void *deflater, bool *built);
 struct slice hub_ws_deflate(struct hub *hub, struct msg *m, void *deflater);
-
-/* Builds a control envelope framed for each transport, e.g. {"event":"gap",...}. */
-struct ctl_frames {
-    struct ref ref;
-    struct slice json, ws, sse, chunk;
-};
-/* `event` is the event name; `fields_json` the JSON object members after "event" (may be ""). */
-struct ctl_frames *ctl_frames_new(const char *event, const char *fields_json, size_t fields_len);
 
 #endif

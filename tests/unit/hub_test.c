@@ -1,8 +1,7 @@
 /*
  * Unit tests for src/hub/hub.c, the in-memory hub: ids (one per publish,
- * shared by the messages of a multi-channel publish), the framings built at
- * publish (envelope, WS, SSE, raw SSE, chunk, control frames), history bounded by
- * count, bytes and age, resume from a cursor (exact backlog, gaps, since=0,
+ * shared by the messages of a multi-channel publish), history bounded by count,
+ * bytes (what messages really hold) and age, resume from a cursor (exact backlog, gaps, since=0,
  * cursors ahead of the server, de-duplication, the "already held" skip rule),
  * per-worker inboxes, unsubscribe, auto-create and max-channels, name and
  * cursor validation, channel administration and expiry.
@@ -278,92 +277,6 @@ static void test_publish_rejects_zero_channels(void **state)
     assert_int_equal(hub.seq, seq);
 }
 
-/* The framings of one message: every transport's bytes, built once at publish. */
-static void test_message_framings(void **state)
-{
-    struct slice ch = sl("room");
-    const char *json = "{\"k\":[1,2]}";
-    struct publish_req req = {
-        .data_json = sl(json),
-        .raw = sl("line1\r\nline2\nline3\rend"),
-        .event = "chat\"x",
-        .event_len = 6,
-    };
-    struct publish_result res;
-    assert_int_equal(hub_publish(&hub, &ch, 1, &req, &res), 0);
-    struct msg *m = hist(chan("room"), 0);
-    char want[1024];
-    int wl = snprintf(want, sizeof(want),
-                      "{\"event\":\"message\",\"channel\":\"room\",\"id\":\"%" PRIu64
-                      "\",\"time\":%" PRIu64 ",\"type\":\"chat\\\"x\",\"data\":%s}",
-                      res.id, m->time_ms, json);
-    assert_int_equal(m->envelope.len, wl);
-    assert_memory_equal(m->envelope.data, want, (size_t)wl);
-    assert_true(m->time_ms <= wall_ms() && m->time_ms + 10000 > wall_ms());
-    /* One allocation holds the struct and every framing: what history counts. */
-    assert_int_equal(m->size, sizeof(*m) + m->ws.len + m->chunk.len + m->sse.len + m->sse_raw.len);
-
-    /* WebSocket: one unmasked final text frame around the envelope. */
-    assert_int_equal(m->ws.len, 2 + m->envelope.len);
-    assert_int_equal((uint8_t)m->ws.data[0], 0x81);
-    assert_int_equal((uint8_t)m->ws.data[1], m->envelope.len);
-    assert_memory_equal(m->ws.data + 2, want, (size_t)wl);
-
-    /* SSE: id, event, the envelope as data, blank line. */
-    char sse[1200];
-    int sse_len =
-        snprintf(sse, sizeof(sse), "id: %" PRIu64 "\nevent: chat\"x\ndata: %s\n\n", res.id, want);
-    assert_int_equal(m->sse.len, sse_len);
-    assert_memory_equal(m->sse.data, sse, (size_t)sse_len);
-
-    /* SSE raw: the body itself, one data line per line whatever the line ending. */
-    sse_len = snprintf(sse, sizeof(sse),
-                       "id: %" PRIu64 "\nevent: chat\"x\n"
-                       "data: line1\ndata: line2\ndata: line3\ndata: end\n\n",
-                       res.id);
-    assert_int_equal(m->sse_raw.len, sse_len);
-    assert_memory_equal(m->sse_raw.data, sse, (size_t)sse_len);
-
-    /* HTTP streaming: one chunk of envelope + "\n". */
-    char chunk[1200];
-    int cl = snprintf(chunk, sizeof(chunk), "%x\r\n%s\n\r\n", (unsigned)wl + 1, want);
-    assert_int_equal(m->chunk.len, cl);
-    assert_memory_equal(m->chunk.data, chunk, (size_t)cl);
-
-    /* A body ending in a newline keeps it: an empty last data line. */
-    struct publish_req r2 = {.data_json = sl("\"a\\n\""), .raw = sl("a\n")};
-    assert_int_equal(hub_publish(&hub, &ch, 1, &r2, &res), 0);
-    m = hist(chan("room"), 1);
-    sse_len = snprintf(sse, sizeof(sse), "id: %" PRIu64 "\ndata: a\ndata: \n\n", res.id);
-    assert_int_equal(m->sse_raw.len, sse_len);
-    assert_memory_equal(m->sse_raw.data, sse, (size_t)sse_len);
-}
-
-static void test_control_frames(void **state)
-{
-    const char *fields = "\"channel\":\"a\",\"oldest\":\"7\"";
-    struct ctl_frames *c = ctl_frames_new("gap", fields, strlen(fields));
-    const char *json = "{\"event\":\"gap\",\"channel\":\"a\",\"oldest\":\"7\"}";
-    assert_int_equal(c->json.len, strlen(json));
-    assert_memory_equal(c->json.data, json, strlen(json));
-    assert_int_equal((uint8_t)c->ws.data[0], 0x81);
-    assert_int_equal((uint8_t)c->ws.data[1], strlen(json));
-    assert_memory_equal(c->ws.data + 2, json, strlen(json));
-    char want[256];
-    int n = snprintf(want, sizeof(want), "event: gap\ndata: %s\n\n", json);
-    assert_int_equal(c->sse.len, n);
-    assert_memory_equal(c->sse.data, want, (size_t)n);
-    n = snprintf(want, sizeof(want), "%zx\r\n%s\n\r\n", strlen(json) + 1, json);
-    assert_int_equal(c->chunk.len, n);
-    assert_memory_equal(c->chunk.data, want, (size_t)n);
-    ref_put(&c->ref);
-
-    c = ctl_frames_new("closed", "", 0);
-    assert_int_equal(c->json.len, strlen("{\"event\":\"closed\"}"));
-    assert_memory_equal(c->json.data, "{\"event\":\"closed\"}", c->json.len);
-    ref_put(&c->ref);
-}
-
 /* ---- history bounds --------------------------------------------------- */
 
 /* The bytes of the messages ch's history holds. */
@@ -470,7 +383,8 @@ static void test_history_bytes_count_escapes_and_the_deflate_frame(void **state)
     struct ws_deflater *d = ws_deflater_new(6);
     struct slice z = hub_ws_deflate(&hub, m, d);
     assert_true(z.len > 0 && z.len < m->ws.len);
-    uint64_t with_frame = m->size + sizeof(struct rbuf) + z.len;
+    uint64_t with_frame = m->size + msg_deflate_bytes(m);
+    assert_true(msg_deflate_bytes(m) > z.len);
     assert_int_equal(c->hist_bytes, with_frame);
     hub_ws_deflate(&hub, m, d); /* built once, counted once */
     assert_int_equal(c->hist_bytes, with_frame);
@@ -2005,8 +1919,6 @@ int main(void)
         T(test_ids_increase_by_one_per_publish),
         T(test_multi_channel_publish_shares_seq),
         T(test_publish_rejects_zero_channels),
-        T(test_message_framings),
-        T(test_control_frames),
         T(test_history_size_evicts_oldest),
         T(test_history_bytes_keeps_newest),
         T(test_history_bytes_count_escapes_and_the_deflate_frame),
