@@ -4,6 +4,7 @@
  * messages to the threads that own the subscribers.
  */
 #include "hub/hub.h"
+#include "hub/hub_internal.h"
 
 #include <netinet/in.h>
 #include <stdlib.h>
@@ -11,10 +12,6 @@
 #include "core/config.h"
 #include "core/log.h"
 
-#define CACHE_LINGER_MS 30000
-/* Cluster mode: how long a cache nobody holds and that holds nothing is kept (the
- * subscribes a load woke are on their way back; a failed load answers from it). */
-#define CACHE_RETRY_MS 1000
 /* hub_sweep: channels expired per lock hold (about 2 ms), and how long it may keep
  * its worker before it lets the loop run (and goes on at the loop's next pass). */
 #define EXPIRE_BATCH    1024
@@ -234,7 +231,7 @@ int hub_init(struct hub *hub, const struct herald_config *cfg, int nworkers)
 
 /* ---- channels and history --------------------------------------------- */
 
-static struct channel *chan_lookup(struct hub *hub, const char *name, size_t len)
+struct channel *hub__lookup(struct hub *hub, const char *name, size_t len)
 {
     struct map_node *n = map_get(&hub->channels, name, len);
     return n ? container_of(n, struct channel, node) : NULL;
@@ -266,7 +263,7 @@ static uint64_t chan_deadline(const struct hub *hub, const struct channel *ch)
 }
 
 /* Puts ch in the heap, or moves its key earlier, when it may expire. */
-static void exp_schedule(struct hub *hub, struct channel *ch)
+void hub__schedule_expiry_locked(struct hub *hub, struct channel *ch)
 {
     uint64_t at = chan_deadline(hub, ch);
     if (at == NEVER || (heap_linked(&ch->expiry) && ch->expiry.key <= at))
@@ -325,7 +322,7 @@ static struct channel *chan_create(struct hub *hub, const char *name, size_t len
     hub->nephemeral += ephemeral;
     map_put(&hub->channels, &ch->node);
     if (!ephemeral) /* an ephemeral one gets its subscriber at once */
-        exp_schedule(hub, ch);
+        hub__schedule_expiry_locked(hub, ch);
     return ch;
 }
 
@@ -339,7 +336,7 @@ static void chan_make_stored(struct hub *hub, struct channel *ch)
     ch->ephemeral = false;
     hub->nephemeral--;
     if (!ch->deleted)
-        exp_schedule(hub, ch);
+        hub__schedule_expiry_locked(hub, ch);
 }
 
 /* Milliseconds from t to now; 0 if the wall clock stepped back past t. */
@@ -454,7 +451,7 @@ void hub_channel_put_ref(struct hub *hub, struct channel *ch)
 }
 
 /* Removes a channel from the table; workers holding subscribers get INBOX_CLOSED. */
-static void chan_unlink(struct hub *hub, struct channel *ch, uint64_t *wake_mask)
+void hub__unlink_locked(struct hub *hub, struct channel *ch, uint64_t *wake_mask)
 {
     tomb_put(hub, ch);
     map_del(&hub->channels, &ch->node);
@@ -480,7 +477,7 @@ static void chan_unlink(struct hub *hub, struct channel *ch, uint64_t *wake_mask
     chan_release(hub, ch);
 }
 
-static void wake_workers(struct hub *hub, uint64_t mask)
+void hub__wake_workers(struct hub *hub, uint64_t mask)
 {
     for (int w = 0; mask; w++, mask >>= 1)
         if ((mask & 1) && hub->inbox[w].wake)
@@ -562,7 +559,7 @@ static int resolve_channels(struct hub *hub, const struct slice *names, size_t n
     bool subscribe = cl != NULL;
     size_t missing = 0, first_missing = 0;
     for (size_t i = 0; i < n; i++) {
-        chs[i] = chan_lookup(hub, names[i].data, names[i].len);
+        chs[i] = hub__lookup(hub, names[i].data, names[i].len);
         if (chs[i] || slice_in(names, i, &names[i]))
             continue; /* a name given twice is created once */
         if (!hub->cfg->auto_create && !hub->be_ops) {
@@ -580,7 +577,7 @@ static int resolve_channels(struct hub *hub, const struct slice *names, size_t n
         return err;
     }
     for (size_t i = 0; i < n; i++) {
-        if (chs[i] || (chs[i] = chan_lookup(hub, names[i].data, names[i].len)))
+        if (chs[i] || (chs[i] = hub__lookup(hub, names[i].data, names[i].len)))
             continue;
         chs[i] = chan_create(hub, names[i].data, names[i].len, subscribe);
         quota_charge(hub, cl, chs[i]);
@@ -590,8 +587,8 @@ static int resolve_channels(struct hub *hub, const struct slice *names, size_t n
 
 /* Appends m to ch's history (taking the reference) and hands it to the workers
  * with subscribers. Hub lock held. */
-static void store_locked(struct hub *hub, struct channel *ch, struct msg *m, uint64_t now,
-                         uint64_t *wake_mask)
+void hub__store_locked(struct hub *hub, struct channel *ch, struct msg *m, uint64_t now,
+                       uint64_t *wake_mask)
 {
     chan_make_stored(hub, ch);
     ch->messages++;
@@ -631,12 +628,12 @@ int hub_publish(struct hub *hub, const struct slice *channels, size_t n,
         struct msg *m = msg_new(chs[i]->name, chs[i]->name_len, chs[i]->id, seq, now, req);
         m->group = group;
         res->subscribers += chs[i]->subscribers;
-        store_locked(hub, chs[i], m, now, &wake_mask);
+        hub__store_locked(hub, chs[i], m, now, &wake_mask);
     }
     pthread_mutex_unlock(&hub->lock);
     atomic_fetch_add(&hub->stats.published, 1);
     atomic_fetch_add(&hub->stats.messages, n);
-    wake_workers(hub, wake_mask);
+    hub__wake_workers(hub, wake_mask);
     return 0;
 }
 
@@ -715,7 +712,7 @@ bool hub_sub_takes(const struct list *held, struct sub *s, const struct msg *m)
     return !dup;
 }
 
-static int cmp_msg_seq(const void *a, const void *b)
+int hub__cmp_msg_seq(const void *a, const void *b)
 {
     const struct msg *x = *(struct msg *const *)a, *y = *(struct msg *const *)b;
     return x->seq < y->seq ? -1 : x->seq > y->seq;
@@ -850,7 +847,7 @@ static bool subs_fit(const struct list *held, const struct slice *names, size_t 
     return true;
 }
 
-static struct sub *find_sub(const struct list *held, const struct channel *ch)
+struct sub *hub__find_sub(const struct list *held, const struct channel *ch)
 {
     for (struct list *p = held->next; p != held; p = p->next) {
         struct sub *s = container_of(p, struct sub, conn_link);
@@ -858,35 +855,6 @@ static struct sub *find_sub(const struct list *held, const struct channel *ch)
             return s;
     }
     return NULL;
-}
-
-/*
- * Cluster mode: the caches of the channels a subscribe adds must be loaded
- * first. Starts loading what is not, parks the subscriber on the first channel
- * still loading and returns HUB_PENDING, or a loading error. Hub lock held.
- */
-static int await_sync(struct hub *hub, int w, void *conn, const struct list *held,
-                      struct channel **chs, size_t n, size_t *bad_index)
-{
-    uint64_t now = wall_ms();
-    for (size_t i = 0; i < n; i++) {
-        struct channel *ch = chs[i];
-        if (find_sub(held, ch) || ch->sync == SYNC_READY || ch->sync == SYNC_FILLING)
-            continue;
-        if (ch->sync == SYNC_FAILED && now - ch->sync_failed_ms < 1000) {
-            *bad_index = i;
-            return ch->sync_err;
-        }
-        if (ch->sync != SYNC_PENDING) {
-            ch->sync = SYNC_PENDING;
-            hub->be_ops->want(hub->be, ch->name, ch->name_len);
-        }
-        struct hub_waiter *wt = xmalloc(sizeof(*wt));
-        *wt = (struct hub_waiter){.next = ch->waiters, .conn = conn, .w = w};
-        ch->waiters = wt;
-        return HUB_PENDING;
-    }
-    return 0;
 }
 
 /*
@@ -924,7 +892,7 @@ int hub_subscribe(struct hub *hub, int w, void *conn, struct list *held, const s
     }
     int err = resolve_channels(hub, names, n, chs, cl, bad_index);
     if (!err && hub->be_ops)
-        err = await_sync(hub, w, conn, held, chs, n, bad_index);
+        err = hub__await_sync_locked(hub, w, conn, held, chs, n, bad_index);
     if (err) {
         pthread_mutex_unlock(&hub->lock);
         return err;
@@ -936,7 +904,7 @@ int hub_subscribe(struct hub *hub, int w, void *conn, struct list *held, const s
     const struct sub_positions pos = {chs, has_since ? cl->since_each : NULL, n};
     for (size_t i = 0; i < n; i++) {
         struct channel *ch = chs[i];
-        if (find_sub(held, ch) || find_sub(&added, ch))
+        if (hub__find_sub(held, ch) || hub__find_sub(&added, ch))
             continue;
         if (pos.since)
             since = pos.since[i];
@@ -994,7 +962,7 @@ static bool drop_if_unused(struct hub *hub, struct channel *ch)
     uint64_t wake_mask = 0; /* no subscriber left: nobody to tell */
     if (hub->be_ops)
         hub->be_ops->unwant(hub->be, ch->name, ch->name_len);
-    chan_unlink(hub, ch, &wake_mask);
+    hub__unlink_locked(hub, ch, &wake_mask);
     return true;
 }
 
@@ -1012,7 +980,7 @@ static void unsubscribe_locked(struct hub *hub, int w, struct sub *s, uint64_t n
     /* Before this worker's reference goes: a deleted channel is out of the table, and
      * that reference may be its last. */
     if (!drop_if_unused(hub, ch) && !ch->deleted)
-        exp_schedule(hub, ch);
+        hub__schedule_expiry_locked(hub, ch);
     if (last_here)
         chan_release(hub, ch);
 }
@@ -1058,7 +1026,7 @@ static bool expire_due(struct hub *hub, uint64_t now, uint64_t *wake_mask)
             log_debug("channel %s expired", ch->name);
             if (hub->be_ops) /* the node's cache: stop following the bus */
                 hub->be_ops->unwant(hub->be, ch->name, ch->name_len);
-            chan_unlink(hub, ch, wake_mask);
+            hub__unlink_locked(hub, ch, wake_mask);
         }
     }
     return true;
@@ -1093,7 +1061,7 @@ static void expire(struct hub *hub)
         pthread_mutex_lock(&hub->lock);
         more = expire_due(hub, now, &wake_mask);
         pthread_mutex_unlock(&hub->lock);
-        wake_workers(hub, wake_mask);
+        hub__wake_workers(hub, wake_mask);
     }
     if (more && !atomic_exchange(&hub->expire_posted, true))
         hub_post(hub, 0, expire_more, hub);
@@ -1146,7 +1114,7 @@ int hub_channel_put(struct hub *hub, const char *name, size_t len, const struct 
                     bool *created, struct channel_info *info)
 {
     pthread_mutex_lock(&hub->lock);
-    struct channel *ch = chan_lookup(hub, name, len);
+    struct channel *ch = hub__lookup(hub, name, len);
     *created = !ch;
     int err = ch ? 0 : chan_room(hub, false, 1);
     if (err) {
@@ -1164,8 +1132,8 @@ int hub_channel_put(struct hub *hub, const char *name, size_t len, const struct 
         ch->history_size = o->history_size;
     if (o->has_history_ttl)
         ch->history_ttl_ms = o->history_ttl_ms;
-    ch->last_active_ms = wall_ms(); /* PUT renews the TTL */
-    exp_schedule(hub, ch);          /* the TTL may be shorter, or persistent off */
+    ch->last_active_ms = wall_ms();       /* PUT renews the TTL */
+    hub__schedule_expiry_locked(hub, ch); /* the TTL may be shorter, or persistent off */
     hist_trim(ch, ch->last_active_ms);
     if (ch->hist_cap > ch->history_size && ch->history_size)
         hist_resize(ch, MAX(ch->history_size, ch->hist_len));
@@ -1177,7 +1145,7 @@ int hub_channel_put(struct hub *hub, const char *name, size_t len, const struct 
 int hub_channel_get(struct hub *hub, const char *name, size_t len, struct channel_info *info)
 {
     pthread_mutex_lock(&hub->lock);
-    struct channel *ch = chan_lookup(hub, name, len);
+    struct channel *ch = hub__lookup(hub, name, len);
     if (ch) {
         hist_trim(ch, wall_ms());
         fill_info(ch, info);
@@ -1190,11 +1158,11 @@ int hub_channel_delete(struct hub *hub, const char *name, size_t len)
 {
     uint64_t wake_mask = 0;
     pthread_mutex_lock(&hub->lock);
-    struct channel *ch = chan_lookup(hub, name, len);
+    struct channel *ch = hub__lookup(hub, name, len);
     if (ch)
-        chan_unlink(hub, ch, &wake_mask);
+        hub__unlink_locked(hub, ch, &wake_mask);
     pthread_mutex_unlock(&hub->lock);
-    wake_workers(hub, wake_mask);
+    hub__wake_workers(hub, wake_mask);
     return ch ? 0 : HUB_ERR_NOT_FOUND;
 }
 
@@ -1306,216 +1274,4 @@ void hub_channel_list_async(struct hub *hub, int w, const char *after, size_t af
     size_t n = hub_channel_list(hub, after, after_len, prefix, infos, max, &total);
     done(arg, 0, infos, n, total);
     free(infos);
-}
-
-/* ---- cluster mode: the node's caches ------------------------------------------ */
-
-static struct msg_group *group_for(struct hub *hub, const struct slice *channels, size_t n)
-{
-    if (n < 2)
-        return NULL;
-    uint64_t ids[64];
-    n = MIN(n, ARRAY_LEN(ids));
-    for (size_t i = 0; i < n; i++) {
-        struct channel *c = chan_lookup(hub, channels[i].data, channels[i].len);
-        ids[i] = c ? c->id : 0; /* channels this node does not cache never match */
-    }
-    return msg_group_new(ids, n, 1);
-}
-
-/*
- * Keeps a live message that came while the cache loads. Only the newest
- * history-size are kept: the load reads every message after the cache's last id
- * from the Stream anyway, so what is dropped here comes back from there (or was
- * trimmed from it, which the load reports as a gap).
- */
-static void hold_msg(struct channel *ch, struct msg *m)
-{
-    uint32_t cap = MAX(ch->history_size, 1u);
-    if (ch->nheld == cap) {
-        ref_put(&ch->held[0]->ref);
-        memmove(ch->held, ch->held + 1, (ch->nheld - 1) * sizeof(*ch->held));
-        ch->nheld--;
-    }
-    ch->held = xrealloc(ch->held, (ch->nheld + 1) * sizeof(*ch->held));
-    ch->held[ch->nheld++] = m;
-}
-
-/* Stores m unless the cache already has it; takes the reference. Hub lock held. */
-static void apply_locked(struct hub *hub, struct channel *ch, struct msg *m, uint64_t *wake_mask)
-{
-    if (m->seq <= ch->last_seq) {
-        ref_put(&m->ref); /* a gap fill and the bus both brought it */
-        return;
-    }
-    if (m->seq > hub->seq)
-        hub->seq = m->seq;
-    store_locked(hub, ch, m, wall_ms(), wake_mask);
-}
-
-void hub_ingest(struct hub *hub, const struct slice *target, const struct slice *channels, size_t n,
-                uint64_t seq, uint64_t time_ms, const struct publish_req *req)
-{
-    uint64_t wake_mask = 0;
-    pthread_mutex_lock(&hub->lock);
-    struct channel *ch = chan_lookup(hub, target->data, target->len);
-    if (ch && ch->sync != SYNC_NONE && ch->sync != SYNC_FAILED) {
-        struct msg *m = msg_new(ch->name, ch->name_len, ch->id, seq, time_ms, req);
-        m->group = group_for(hub, channels, n);
-        if (ch->sync == SYNC_PENDING || ch->sync == SYNC_FILLING)
-            hold_msg(ch, m);
-        else
-            apply_locked(hub, ch, m, &wake_mask);
-        atomic_fetch_add(&hub->stats.messages, 1);
-    }
-    pthread_mutex_unlock(&hub->lock);
-    wake_workers(hub, wake_mask);
-}
-
-uint64_t hub_channel_loading(struct hub *hub, const char *name, size_t len, uint64_t *last_seq)
-{
-    pthread_mutex_lock(&hub->lock);
-    struct channel *ch = chan_lookup(hub, name, len);
-    uint64_t token = 0;
-    if (ch && ch->sync != SYNC_NONE) {
-        if (ch->sync == SYNC_READY)
-            ch->sync = SYNC_FILLING;
-        else if (ch->sync == SYNC_FAILED)
-            ch->sync = SYNC_PENDING;
-        *last_seq = ch->last_seq;
-        ch->loads++;
-        token = ch->id;
-    }
-    pthread_mutex_unlock(&hub->lock);
-    return token;
-}
-
-static int cmp_held(const void *a, const void *b)
-{
-    return cmp_msg_seq(a, b);
-}
-
-/*
- * Cluster mode: drops the node's cache of a deleted channel (subscribers get
- * `closed`) and stops following it, so that the next subscriber here wants and
- * loads it afresh. Returns the subscribes that waited for the old cache: the
- * caller wakes them to start over. Hub lock held.
- */
-static struct hub_waiter *gone_locked(struct hub *hub, struct channel *ch, uint64_t *wake_mask)
-{
-    struct hub_waiter *waiters = ch->waiters;
-    ch->waiters = NULL;
-    hub->be_ops->unwant(hub->be, ch->name, ch->name_len);
-    chan_unlink(hub, ch, wake_mask);
-    return waiters;
-}
-
-static void wake_waiters(struct hub *hub, struct hub_waiter *waiters, int err)
-{
-    while (waiters) {
-        struct hub_waiter *next = waiters->next;
-        hub->on_synced(hub, waiters->w, waiters->conn, err);
-        free(waiters);
-        waiters = next;
-    }
-}
-
-/* Applies what a load read: options, the eviction mark and the entries. Hub lock held. */
-static void apply_load_locked(struct hub *hub, struct channel *ch, const struct hub_entry *entries,
-                              size_t n, uint64_t evicted, const struct channel_opts *opts,
-                              uint64_t *wake_mask)
-{
-    if (opts && opts->has_history_size)
-        ch->history_size = opts->history_size;
-    if (opts && opts->has_history_ttl)
-        ch->history_ttl_ms = opts->history_ttl_ms;
-    if (evicted > ch->evicted_seq)
-        ch->evicted_seq = evicted;
-    for (size_t i = 0; i < n; i++) {
-        const struct hub_entry *e = &entries[i];
-        struct msg *m = msg_new(ch->name, ch->name_len, ch->id, e->seq, e->time_ms, &e->req);
-        m->group = group_for(hub, e->channels, e->nchannels);
-        apply_locked(hub, ch, m, wake_mask);
-    }
-}
-
-bool hub_channel_loaded(struct hub *hub, const char *name, size_t len, uint64_t token, int err,
-                        const struct hub_entry *entries, size_t n, uint64_t evicted,
-                        const struct channel_opts *opts)
-{
-    uint64_t wake_mask = 0;
-    struct hub_waiter *waiters = NULL;
-    bool retry = false;
-    pthread_mutex_lock(&hub->lock);
-    struct channel *ch = chan_lookup(hub, name, len);
-    /* A load of a channel that went away (or was re-created since) is of no use. */
-    if (!ch || ch->id != token || !ch->loads) {
-        pthread_mutex_unlock(&hub->lock);
-        return false;
-    }
-    ch->loads--;
-    if (!err)
-        apply_load_locked(hub, ch, entries, n, evicted, opts, &wake_mask);
-    if (ch->loads) {
-        /* A later load is on its way (the bus resubscribed meanwhile): live messages
-         * stay held until it is in, so that what it reads comes first. The cache is
-         * usable already if this one succeeded. */
-        if (!err) {
-            ch->sync = SYNC_FILLING;
-            waiters = ch->waiters;
-            ch->waiters = NULL;
-        }
-    } else if (err == HUB_ERR_BACKEND && ch->sync == SYNC_FILLING) {
-        /* A gap fill for subscribers already here: they stay, their live messages
-         * are held, and the backend tries again. */
-        retry = true;
-    } else if (err == HUB_ERR_NOT_FOUND && ch->sync == SYNC_FILLING) {
-        /* Deleted while the bus was away (its `closed` notice was lost with it). */
-        waiters = gone_locked(hub, ch, &wake_mask);
-        err = 0; /* waiters start over */
-        ch = NULL;
-    } else {
-        if (err) {
-            ch->sync = SYNC_FAILED;
-            ch->sync_err = err;
-            ch->sync_failed_ms = wall_ms();
-            for (uint32_t i = 0; i < ch->nheld; i++)
-                ref_put(&ch->held[i]->ref);
-        } else {
-            /* Live messages that came while loading follow, in order, without repeats. */
-            if (ch->nheld > 1)
-                qsort(ch->held, ch->nheld, sizeof(*ch->held), cmp_held);
-            for (uint32_t i = 0; i < ch->nheld; i++)
-                apply_locked(hub, ch, ch->held[i], &wake_mask);
-            ch->sync = SYNC_READY;
-        }
-        free(ch->held);
-        ch->held = NULL;
-        ch->nheld = 0;
-        waiters = ch->waiters;
-        ch->waiters = NULL;
-    }
-    if (ch && waiters) {
-        /* The woken subscribes come back soon; a failed load answers them from here
-         * until then (CACHE_RETRY_MS), and a cache nobody takes goes. */
-        ch->last_active_ms = wall_ms();
-        exp_schedule(hub, ch);
-    }
-    pthread_mutex_unlock(&hub->lock);
-    wake_workers(hub, wake_mask);
-    wake_waiters(hub, waiters, err);
-    return retry;
-}
-
-void hub_channel_gone(struct hub *hub, const char *name, size_t len)
-{
-    uint64_t wake_mask = 0;
-    struct hub_waiter *waiters = NULL;
-    pthread_mutex_lock(&hub->lock);
-    struct channel *ch = chan_lookup(hub, name, len);
-    if (ch)
-        waiters = gone_locked(hub, ch, &wake_mask);
-    pthread_mutex_unlock(&hub->lock);
-    wake_workers(hub, wake_mask);
-    wake_waiters(hub, waiters, 0);
 }

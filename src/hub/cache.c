@@ -1,0 +1,253 @@
+/*
+ * cache: cluster mode's node caches. Each node keeps, in the ordinary hub
+ * structures, a cache of every channel its own subscribers hold: loaded from
+ * the backend (Redis) when the first subscriber arrives, fed from the bus
+ * afterwards, re-filled after an outage. This is the cache's state machine
+ * (enum channel_sync): subscribes wait (parked) until it is loaded, live
+ * messages are held while a load runs and applied after it in id order, and a
+ * channel deleted elsewhere is dropped. See docs/architecture.md, cluster mode.
+ */
+#include <stdlib.h>
+
+#include "core/util.h"
+#include "hub/hub.h"
+#include "hub/hub_internal.h"
+
+/*
+ * Cluster mode: the caches of the channels a subscribe adds must be loaded
+ * first. Starts loading what is not, parks the subscriber on the first channel
+ * still loading and returns HUB_PENDING, or a loading error. Hub lock held.
+ */
+int hub__await_sync_locked(struct hub *hub, int w, void *conn, const struct list *held,
+                           struct channel **chs, size_t n, size_t *bad_index)
+{
+    uint64_t now = wall_ms();
+    for (size_t i = 0; i < n; i++) {
+        struct channel *ch = chs[i];
+        if (hub__find_sub(held, ch) || ch->sync == SYNC_READY || ch->sync == SYNC_FILLING)
+            continue;
+        if (ch->sync == SYNC_FAILED && now - ch->sync_failed_ms < 1000) {
+            *bad_index = i;
+            return ch->sync_err;
+        }
+        if (ch->sync != SYNC_PENDING) {
+            ch->sync = SYNC_PENDING;
+            hub->be_ops->want(hub->be, ch->name, ch->name_len);
+        }
+        struct hub_waiter *wt = xmalloc(sizeof(*wt));
+        *wt = (struct hub_waiter){.next = ch->waiters, .conn = conn, .w = w};
+        ch->waiters = wt;
+        return HUB_PENDING;
+    }
+    return 0;
+}
+
+static struct msg_group *group_for(struct hub *hub, const struct slice *channels, size_t n)
+{
+    if (n < 2)
+        return NULL;
+    uint64_t ids[64];
+    n = MIN(n, ARRAY_LEN(ids));
+    for (size_t i = 0; i < n; i++) {
+        struct channel *c = hub__lookup(hub, channels[i].data, channels[i].len);
+        ids[i] = c ? c->id : 0; /* channels this node does not cache never match */
+    }
+    return msg_group_new(ids, n, 1);
+}
+
+/*
+ * Keeps a live message that came while the cache loads. Only the newest
+ * history-size are kept: the load reads every message after the cache's last id
+ * from the Stream anyway, so what is dropped here comes back from there (or was
+ * trimmed from it, which the load reports as a gap).
+ */
+static void hold_msg(struct channel *ch, struct msg *m)
+{
+    uint32_t cap = MAX(ch->history_size, 1u);
+    if (ch->nheld == cap) {
+        ref_put(&ch->held[0]->ref);
+        memmove(ch->held, ch->held + 1, (ch->nheld - 1) * sizeof(*ch->held));
+        ch->nheld--;
+    }
+    ch->held = xrealloc(ch->held, (ch->nheld + 1) * sizeof(*ch->held));
+    ch->held[ch->nheld++] = m;
+}
+
+/* Stores m unless the cache already has it; takes the reference. Hub lock held. */
+static void apply_locked(struct hub *hub, struct channel *ch, struct msg *m, uint64_t *wake_mask)
+{
+    if (m->seq <= ch->last_seq) {
+        ref_put(&m->ref); /* a gap fill and the bus both brought it */
+        return;
+    }
+    if (m->seq > hub->seq)
+        hub->seq = m->seq;
+    hub__store_locked(hub, ch, m, wall_ms(), wake_mask);
+}
+
+void hub_ingest(struct hub *hub, const struct slice *target, const struct slice *channels, size_t n,
+                uint64_t seq, uint64_t time_ms, const struct publish_req *req)
+{
+    uint64_t wake_mask = 0;
+    pthread_mutex_lock(&hub->lock);
+    struct channel *ch = hub__lookup(hub, target->data, target->len);
+    if (ch && ch->sync != SYNC_NONE && ch->sync != SYNC_FAILED) {
+        struct msg *m = msg_new(ch->name, ch->name_len, ch->id, seq, time_ms, req);
+        m->group = group_for(hub, channels, n);
+        if (ch->sync == SYNC_PENDING || ch->sync == SYNC_FILLING)
+            hold_msg(ch, m);
+        else
+            apply_locked(hub, ch, m, &wake_mask);
+        atomic_fetch_add(&hub->stats.messages, 1);
+    }
+    pthread_mutex_unlock(&hub->lock);
+    hub__wake_workers(hub, wake_mask);
+}
+
+uint64_t hub_channel_loading(struct hub *hub, const char *name, size_t len, uint64_t *last_seq)
+{
+    pthread_mutex_lock(&hub->lock);
+    struct channel *ch = hub__lookup(hub, name, len);
+    uint64_t token = 0;
+    if (ch && ch->sync != SYNC_NONE) {
+        if (ch->sync == SYNC_READY)
+            ch->sync = SYNC_FILLING;
+        else if (ch->sync == SYNC_FAILED)
+            ch->sync = SYNC_PENDING;
+        *last_seq = ch->last_seq;
+        ch->loads++;
+        token = ch->id;
+    }
+    pthread_mutex_unlock(&hub->lock);
+    return token;
+}
+
+static int cmp_held(const void *a, const void *b)
+{
+    return hub__cmp_msg_seq(a, b);
+}
+
+/*
+ * Cluster mode: drops the node's cache of a deleted channel (subscribers get
+ * `closed`) and stops following it, so that the next subscriber here wants and
+ * loads it afresh. Returns the subscribes that waited for the old cache: the
+ * caller wakes them to start over. Hub lock held.
+ */
+static struct hub_waiter *gone_locked(struct hub *hub, struct channel *ch, uint64_t *wake_mask)
+{
+    struct hub_waiter *waiters = ch->waiters;
+    ch->waiters = NULL;
+    hub->be_ops->unwant(hub->be, ch->name, ch->name_len);
+    hub__unlink_locked(hub, ch, wake_mask);
+    return waiters;
+}
+
+static void wake_waiters(struct hub *hub, struct hub_waiter *waiters, int err)
+{
+    while (waiters) {
+        struct hub_waiter *next = waiters->next;
+        hub->on_synced(hub, waiters->w, waiters->conn, err);
+        free(waiters);
+        waiters = next;
+    }
+}
+
+/* Applies what a load read: options, the eviction mark and the entries. Hub lock held. */
+static void apply_load_locked(struct hub *hub, struct channel *ch, const struct hub_entry *entries,
+                              size_t n, uint64_t evicted, const struct channel_opts *opts,
+                              uint64_t *wake_mask)
+{
+    if (opts && opts->has_history_size)
+        ch->history_size = opts->history_size;
+    if (opts && opts->has_history_ttl)
+        ch->history_ttl_ms = opts->history_ttl_ms;
+    if (evicted > ch->evicted_seq)
+        ch->evicted_seq = evicted;
+    for (size_t i = 0; i < n; i++) {
+        const struct hub_entry *e = &entries[i];
+        struct msg *m = msg_new(ch->name, ch->name_len, ch->id, e->seq, e->time_ms, &e->req);
+        m->group = group_for(hub, e->channels, e->nchannels);
+        apply_locked(hub, ch, m, wake_mask);
+    }
+}
+
+bool hub_channel_loaded(struct hub *hub, const char *name, size_t len, uint64_t token, int err,
+                        const struct hub_entry *entries, size_t n, uint64_t evicted,
+                        const struct channel_opts *opts)
+{
+    uint64_t wake_mask = 0;
+    struct hub_waiter *waiters = NULL;
+    bool retry = false;
+    pthread_mutex_lock(&hub->lock);
+    struct channel *ch = hub__lookup(hub, name, len);
+    /* A load of a channel that went away (or was re-created since) is of no use. */
+    if (!ch || ch->id != token || !ch->loads) {
+        pthread_mutex_unlock(&hub->lock);
+        return false;
+    }
+    ch->loads--;
+    if (!err)
+        apply_load_locked(hub, ch, entries, n, evicted, opts, &wake_mask);
+    if (ch->loads) {
+        /* A later load is on its way (the bus resubscribed meanwhile): live messages
+         * stay held until it is in, so that what it reads comes first. The cache is
+         * usable already if this one succeeded. */
+        if (!err) {
+            ch->sync = SYNC_FILLING;
+            waiters = ch->waiters;
+            ch->waiters = NULL;
+        }
+    } else if (err == HUB_ERR_BACKEND && ch->sync == SYNC_FILLING) {
+        /* A gap fill for subscribers already here: they stay, their live messages
+         * are held, and the backend tries again. */
+        retry = true;
+    } else if (err == HUB_ERR_NOT_FOUND && ch->sync == SYNC_FILLING) {
+        /* Deleted while the bus was away (its `closed` notice was lost with it). */
+        waiters = gone_locked(hub, ch, &wake_mask);
+        err = 0; /* waiters start over */
+        ch = NULL;
+    } else {
+        if (err) {
+            ch->sync = SYNC_FAILED;
+            ch->sync_err = err;
+            ch->sync_failed_ms = wall_ms();
+            for (uint32_t i = 0; i < ch->nheld; i++)
+                ref_put(&ch->held[i]->ref);
+        } else {
+            /* Live messages that came while loading follow, in order, without repeats. */
+            if (ch->nheld > 1)
+                qsort(ch->held, ch->nheld, sizeof(*ch->held), cmp_held);
+            for (uint32_t i = 0; i < ch->nheld; i++)
+                apply_locked(hub, ch, ch->held[i], &wake_mask);
+            ch->sync = SYNC_READY;
+        }
+        free(ch->held);
+        ch->held = NULL;
+        ch->nheld = 0;
+        waiters = ch->waiters;
+        ch->waiters = NULL;
+    }
+    if (ch && waiters) {
+        /* The woken subscribes come back soon; a failed load answers them from here
+         * until then (CACHE_RETRY_MS), and a cache nobody takes goes. */
+        ch->last_active_ms = wall_ms();
+        hub__schedule_expiry_locked(hub, ch);
+    }
+    pthread_mutex_unlock(&hub->lock);
+    hub__wake_workers(hub, wake_mask);
+    wake_waiters(hub, waiters, err);
+    return retry;
+}
+
+void hub_channel_gone(struct hub *hub, const char *name, size_t len)
+{
+    uint64_t wake_mask = 0;
+    struct hub_waiter *waiters = NULL;
+    pthread_mutex_lock(&hub->lock);
+    struct channel *ch = hub__lookup(hub, name, len);
+    if (ch)
+        waiters = gone_locked(hub, ch, &wake_mask);
+    pthread_mutex_unlock(&hub->lock);
+    hub__wake_workers(hub, wake_mask);
+    wake_waiters(hub, waiters, 0);
+}
