@@ -21,6 +21,7 @@
 int hub__await_sync_locked(struct hub *hub, int w, void *conn, const struct list *held,
                            struct channel **chs, size_t n, size_t *bad_index)
 {
+    HUB_ASSERT_LOCKED(hub);
     uint64_t now = wall_ms();
     for (size_t i = 0; i < n; i++) {
         struct channel *ch = chs[i];
@@ -76,6 +77,7 @@ static void hold_msg(struct channel *ch, struct msg *m)
 /* Stores m unless the cache already has it; takes the reference. Hub lock held. */
 static void apply_locked(struct hub *hub, struct channel *ch, struct msg *m, uint64_t *wake_mask)
 {
+    HUB_ASSERT_LOCKED(hub);
     if (m->seq <= ch->last_seq) {
         ref_put(&m->ref); /* a gap fill and the bus both brought it */
         return;
@@ -89,7 +91,7 @@ void hub_ingest(struct hub *hub, const struct slice *target, const struct slice 
                 uint64_t seq, uint64_t time_ms, const struct publish_req *req)
 {
     uint64_t wake_mask = 0;
-    pthread_mutex_lock(&hub->lock);
+    hub_lock(hub);
     struct channel *ch = hub__lookup(hub, target->data, target->len);
     if (ch && ch->sync != SYNC_NONE && ch->sync != SYNC_FAILED) {
         struct msg *m = msg_new(ch->name, ch->name_len, ch->id, seq, time_ms, req);
@@ -100,13 +102,13 @@ void hub_ingest(struct hub *hub, const struct slice *target, const struct slice 
             apply_locked(hub, ch, m, &wake_mask);
         atomic_fetch_add(&hub->stats.messages, 1);
     }
-    pthread_mutex_unlock(&hub->lock);
+    hub_unlock(hub);
     hub__wake_workers(hub, wake_mask);
 }
 
 uint64_t hub_channel_loading(struct hub *hub, const char *name, size_t len, uint64_t *last_seq)
 {
-    pthread_mutex_lock(&hub->lock);
+    hub_lock(hub);
     struct channel *ch = hub__lookup(hub, name, len);
     uint64_t token = 0;
     if (ch && ch->sync != SYNC_NONE) {
@@ -118,7 +120,7 @@ uint64_t hub_channel_loading(struct hub *hub, const char *name, size_t len, uint
         ch->loads++;
         token = ch->id;
     }
-    pthread_mutex_unlock(&hub->lock);
+    hub_unlock(hub);
     return token;
 }
 
@@ -135,6 +137,7 @@ static int cmp_held(const void *a, const void *b)
  */
 static struct hub_waiter *gone_locked(struct hub *hub, struct channel *ch, uint64_t *wake_mask)
 {
+    HUB_ASSERT_LOCKED(hub);
     struct hub_waiter *waiters = ch->waiters;
     ch->waiters = NULL;
     hub->be_ops->unwant(hub->be, ch->name, ch->name_len);
@@ -157,6 +160,7 @@ static void apply_load_locked(struct hub *hub, struct channel *ch, const struct 
                               size_t n, uint64_t evicted, const struct channel_opts *opts,
                               uint64_t *wake_mask)
 {
+    HUB_ASSERT_LOCKED(hub);
     if (opts && opts->has_history_size)
         ch->history_size = opts->history_size;
     if (opts && opts->has_history_ttl)
@@ -178,11 +182,11 @@ bool hub_channel_loaded(struct hub *hub, const char *name, size_t len, uint64_t 
     uint64_t wake_mask = 0;
     struct hub_waiter *waiters = NULL;
     bool retry = false;
-    pthread_mutex_lock(&hub->lock);
+    hub_lock(hub);
     struct channel *ch = hub__lookup(hub, name, len);
     /* A load of a channel that went away (or was re-created since) is of no use. */
     if (!ch || ch->id != token || !ch->loads) {
-        pthread_mutex_unlock(&hub->lock);
+        hub_unlock(hub);
         return false;
     }
     ch->loads--;
@@ -233,7 +237,7 @@ bool hub_channel_loaded(struct hub *hub, const char *name, size_t len, uint64_t 
         ch->last_active_ms = wall_ms();
         hub__schedule_expiry_locked(hub, ch);
     }
-    pthread_mutex_unlock(&hub->lock);
+    hub_unlock(hub);
     hub__wake_workers(hub, wake_mask);
     wake_waiters(hub, waiters, err);
     return retry;
@@ -243,11 +247,11 @@ void hub_channel_gone(struct hub *hub, const char *name, size_t len)
 {
     uint64_t wake_mask = 0;
     struct hub_waiter *waiters = NULL;
-    pthread_mutex_lock(&hub->lock);
+    hub_lock(hub);
     struct channel *ch = hub__lookup(hub, name, len);
     if (ch)
         waiters = gone_locked(hub, ch, &wake_mask);
-    pthread_mutex_unlock(&hub->lock);
+    hub_unlock(hub);
     hub__wake_workers(hub, wake_mask);
     wake_waiters(hub, waiters, 0);
 }

@@ -120,6 +120,7 @@ static void tomb_drop(struct hub *hub, struct tomb *t)
 /* Remembers a vanishing channel's last id. Hub lock held. */
 static void tomb_put(struct hub *hub, const struct channel *ch)
 {
+    HUB_ASSERT_LOCKED(hub);
     /* The highest id the name ever had: its last message, or what a channel that only
      * had subscribers inherited from an older tomb. Cluster mode: Redis remembers (the
      * channel's state hash). */
@@ -171,6 +172,7 @@ bool hub_client_set_addr(struct hub_client *cl, const void *sockaddr)
 /* Room for `more` channels created for cl. Hub lock held. */
 static bool quota_room(const struct hub *hub, const struct hub_client *cl, size_t more)
 {
+    HUB_ASSERT_LOCKED(hub);
     uint32_t max = hub->cfg->max_channels_per_ip;
     if (!cl || !cl->limited || !max)
         return true;
@@ -182,6 +184,7 @@ static bool quota_room(const struct hub *hub, const struct hub_client *cl, size_
 /* Counts ch against cl's address. Hub lock held. */
 static void quota_charge(struct hub *hub, const struct hub_client *cl, struct channel *ch)
 {
+    HUB_ASSERT_LOCKED(hub);
     if (!cl || !cl->limited || !hub->cfg->max_channels_per_ip)
         return;
     struct map_node *n = map_get(&hub->quotas, (const char *)cl->addr, sizeof(cl->addr));
@@ -200,6 +203,7 @@ static void quota_charge(struct hub *hub, const struct hub_client *cl, struct ch
 /* ch no longer counts against the address that created it. Hub lock held. */
 static void quota_release(struct hub *hub, struct channel *ch)
 {
+    HUB_ASSERT_LOCKED(hub);
     struct hub_quota *q = ch->quota;
     if (!q)
         return;
@@ -209,6 +213,10 @@ static void quota_release(struct hub *hub, struct channel *ch)
         free(q);
     }
 }
+
+#ifndef NDEBUG
+_Thread_local const struct hub *hub__held;
+#endif
 
 int hub_init(struct hub *hub, const struct herald_config *cfg, int nworkers)
 {
@@ -233,6 +241,7 @@ int hub_init(struct hub *hub, const struct herald_config *cfg, int nworkers)
 
 struct channel *hub__lookup(struct hub *hub, const char *name, size_t len)
 {
+    HUB_ASSERT_LOCKED(hub);
     struct map_node *n = map_get(&hub->channels, name, len);
     return n ? container_of(n, struct channel, node) : NULL;
 }
@@ -250,6 +259,7 @@ struct channel *hub__lookup(struct hub *hub, const char *name, size_t len)
 /* When ch expires if nothing happens (wall ms), or NEVER. */
 static uint64_t chan_deadline(const struct hub *hub, const struct channel *ch)
 {
+    HUB_ASSERT_LOCKED(hub);
     if (ch->subscribers || ch->waiters)
         return NEVER;
     if (hub->be_ops) /* a node's cache; expiry of the channel itself is Redis's business */
@@ -265,6 +275,7 @@ static uint64_t chan_deadline(const struct hub *hub, const struct channel *ch)
 /* Puts ch in the heap, or moves its key earlier, when it may expire. */
 void hub__schedule_expiry_locked(struct hub *hub, struct channel *ch)
 {
+    HUB_ASSERT_LOCKED(hub);
     uint64_t at = chan_deadline(hub, ch);
     if (at == NEVER || (heap_linked(&ch->expiry) && ch->expiry.key <= at))
         return;
@@ -283,6 +294,7 @@ void hub__schedule_expiry_locked(struct hub *hub, struct channel *ch)
  */
 static int chan_room(const struct hub *hub, bool ephemeral, size_t more)
 {
+    HUB_ASSERT_LOCKED(hub);
     size_t used = hub->channels.len;
     if (!hub->be_ops)
         used = ephemeral ? hub->nephemeral : hub->channels.len - hub->nephemeral;
@@ -294,6 +306,7 @@ static int chan_room(const struct hub *hub, bool ephemeral, size_t more)
 /* Creates a channel; the caller checked chan_room. Hub lock held. */
 static struct channel *chan_create(struct hub *hub, const char *name, size_t len, bool ephemeral)
 {
+    HUB_ASSERT_LOCKED(hub);
     const struct herald_config *cfg = hub->cfg;
     struct channel *ch = xcalloc(1, sizeof(*ch));
     memcpy(ch->name, name, len);
@@ -329,6 +342,7 @@ static struct channel *chan_create(struct hub *hub, const char *name, size_t len
 /* A publish, a PUT or (cluster mode) a first message makes a channel stored. Hub lock held. */
 static void chan_make_stored(struct hub *hub, struct channel *ch)
 {
+    HUB_ASSERT_LOCKED(hub);
     if (!hub->be_ops)
         quota_release(hub, ch); /* someone else's channel now (cluster: see hub_client) */
     if (!ch->ephemeral)
@@ -387,14 +401,14 @@ struct slice hub_ws_deflate(struct hub *hub, struct msg *m, void *deflater)
     if (!built)
         return s;
     /* Once per message: the frame it now holds counts in the history that holds it. */
-    pthread_mutex_lock(&hub->lock);
+    hub_lock(hub);
     struct channel *ch = m->hist_ch;
     if (ch && !m->deflate_counted) {
         m->deflate_counted = true;
         ch->hist_bytes += msg_held_bytes(m) - m->size;
         hist_trim(ch, wall_ms());
     }
-    pthread_mutex_unlock(&hub->lock);
+    hub_unlock(hub);
     return s;
 }
 
@@ -453,6 +467,7 @@ void hub_channel_put_ref(struct hub *hub, struct channel *ch)
 /* Removes a channel from the table; workers holding subscribers get INBOX_CLOSED. */
 void hub__unlink_locked(struct hub *hub, struct channel *ch, uint64_t *wake_mask)
 {
+    HUB_ASSERT_LOCKED(hub);
     tomb_put(hub, ch);
     map_del(&hub->channels, &ch->node);
     heap_remove(&hub->expiry, &ch->expiry);
@@ -556,6 +571,7 @@ static bool slice_in(const struct slice *names, size_t n, const struct slice *s)
 static int resolve_channels(struct hub *hub, const struct slice *names, size_t n,
                             struct channel **chs, const struct hub_client *cl, size_t *bad_index)
 {
+    HUB_ASSERT_LOCKED(hub);
     bool subscribe = cl != NULL;
     size_t missing = 0, first_missing = 0;
     for (size_t i = 0; i < n; i++) {
@@ -590,6 +606,7 @@ static int resolve_channels(struct hub *hub, const struct slice *names, size_t n
 void hub__store_locked(struct hub *hub, struct channel *ch, struct msg *m, uint64_t now,
                        uint64_t *wake_mask)
 {
+    HUB_ASSERT_LOCKED(hub);
     chan_make_stored(hub, ch);
     ch->messages++;
     ch->last_active_ms = now;
@@ -607,11 +624,11 @@ int hub_publish(struct hub *hub, const struct slice *channels, size_t n,
     if (n == 0 || n > ARRAY_LEN(chs))
         return HUB_ERR_NAME;
     uint64_t wake_mask = 0, now = wall_ms();
-    pthread_mutex_lock(&hub->lock);
+    hub_lock(hub);
     size_t bad;
     int err = resolve_channels(hub, channels, n, chs, NULL, &bad);
     if (err) {
-        pthread_mutex_unlock(&hub->lock);
+        hub_unlock(hub);
         return err;
     }
     uint64_t seq = ++hub->seq;
@@ -630,7 +647,7 @@ int hub_publish(struct hub *hub, const struct slice *channels, size_t n,
         res->subscribers += chs[i]->subscribers;
         hub__store_locked(hub, chs[i], m, now, &wake_mask);
     }
-    pthread_mutex_unlock(&hub->lock);
+    hub_unlock(hub);
     atomic_fetch_add(&hub->stats.published, 1);
     atomic_fetch_add(&hub->stats.messages, n);
     hub__wake_workers(hub, wake_mask);
@@ -865,6 +882,7 @@ struct sub *hub__find_sub(const struct list *held, const struct channel *ch)
  */
 static uint64_t head_seq(const struct hub *hub, struct channel *const *chs, size_t n)
 {
+    HUB_ASSERT_LOCKED(hub);
     if (!hub->be_ops)
         return hub->seq;
     uint64_t head = 0;
@@ -883,10 +901,10 @@ int hub_subscribe(struct hub *hub, int w, void *conn, struct list *held, const s
         *bad_index = 0;
         return HUB_ERR_TOO_MANY_SUBS;
     }
-    pthread_mutex_lock(&hub->lock);
+    hub_lock(hub);
     /* In cluster mode another node may be ahead of us: its cursors are valid. */
     if (has_since && since > hub->seq && !hub->be_ops) {
-        pthread_mutex_unlock(&hub->lock);
+        hub_unlock(hub);
         *bad_index = 0;
         return HUB_ERR_CURSOR;
     }
@@ -894,7 +912,7 @@ int hub_subscribe(struct hub *hub, int w, void *conn, struct list *held, const s
     if (!err && hub->be_ops)
         err = hub__await_sync_locked(hub, w, conn, held, chs, n, bad_index);
     if (err) {
-        pthread_mutex_unlock(&hub->lock);
+        hub_unlock(hub);
         return err;
     }
     uint64_t now = wall_ms();
@@ -942,7 +960,7 @@ int hub_subscribe(struct hub *hub, int w, void *conn, struct list *held, const s
         ch->subscribers++;
         ch->last_active_ms = now;
     }
-    pthread_mutex_unlock(&hub->lock);
+    hub_unlock(hub);
     /* Append the new nodes to the connection's list. */
     while (!list_empty(&added)) {
         struct list *p = added.next;
@@ -957,6 +975,7 @@ int hub_subscribe(struct hub *hub, int w, void *conn, struct list *held, const s
  * Returns true when ch went (it may be freed). */
 static bool drop_if_unused(struct hub *hub, struct channel *ch)
 {
+    HUB_ASSERT_LOCKED(hub);
     if (!ch->ephemeral || ch->deleted || ch->subscribers || ch->waiters)
         return false;
     uint64_t wake_mask = 0; /* no subscriber left: nobody to tell */
@@ -968,6 +987,7 @@ static bool drop_if_unused(struct hub *hub, struct channel *ch)
 
 static void unsubscribe_locked(struct hub *hub, int w, struct sub *s, uint64_t now)
 {
+    HUB_ASSERT_LOCKED(hub);
     struct channel *ch = s->ch;
     list_remove(&s->chan_link);
     list_remove(&s->conn_link);
@@ -987,9 +1007,9 @@ static void unsubscribe_locked(struct hub *hub, int w, struct sub *s, uint64_t n
 
 void hub_unsubscribe(struct hub *hub, int w, struct sub *s)
 {
-    pthread_mutex_lock(&hub->lock);
+    hub_lock(hub);
     unsubscribe_locked(hub, w, s, wall_ms());
-    pthread_mutex_unlock(&hub->lock);
+    hub_unlock(hub);
 }
 
 void hub_unsubscribe_all(struct hub *hub, int w, struct list *held)
@@ -997,10 +1017,10 @@ void hub_unsubscribe_all(struct hub *hub, int w, struct list *held)
     if (list_empty(held))
         return;
     uint64_t now = wall_ms();
-    pthread_mutex_lock(&hub->lock);
+    hub_lock(hub);
     while (!list_empty(held))
         unsubscribe_locked(hub, w, container_of(held->next, struct sub, conn_link), now);
-    pthread_mutex_unlock(&hub->lock);
+    hub_unlock(hub);
 }
 
 /* ---- expiry --------------------------------------------------------------- */
@@ -1011,6 +1031,7 @@ void hub_unsubscribe_all(struct hub *hub, int w, struct list *held)
  */
 static bool expire_due(struct hub *hub, uint64_t now, uint64_t *wake_mask)
 {
+    HUB_ASSERT_LOCKED(hub);
     for (int n = 0; n < EXPIRE_BATCH; n++) {
         struct heap_node *top = heap_min(&hub->expiry);
         if (!top || top->key > now)
@@ -1036,6 +1057,7 @@ static bool expire_due(struct hub *hub, uint64_t now, uint64_t *wake_mask)
  * trimmed whenever it is read). Hub lock held. */
 static void trim_slice(struct hub *hub, uint64_t now, size_t count)
 {
+    HUB_ASSERT_LOCKED(hub);
     size_t buckets = hub->channels.mask + 1, b = hub->sweep_bucket;
     if (b >= buckets)
         b = 0;
@@ -1058,9 +1080,9 @@ static void expire(struct hub *hub)
     bool more = true;
     while (more && now_ms() - start < SWEEP_BUDGET_MS) {
         uint64_t wake_mask = 0;
-        pthread_mutex_lock(&hub->lock);
+        hub_lock(hub);
         more = expire_due(hub, now, &wake_mask);
-        pthread_mutex_unlock(&hub->lock);
+        hub_unlock(hub);
         hub__wake_workers(hub, wake_mask);
     }
     if (more && !atomic_exchange(&hub->expire_posted, true))
@@ -1081,9 +1103,9 @@ void hub_sweep(struct hub *hub)
     /* A full pass over the table every ten calls or so, however large it is. */
     size_t slice = MAX((hub->channels.mask + 1) / 10, (size_t)EXPIRE_BATCH);
     for (size_t done = 0; done < slice; done += EXPIRE_BATCH) {
-        pthread_mutex_lock(&hub->lock);
+        hub_lock(hub);
         trim_slice(hub, now, EXPIRE_BATCH);
-        pthread_mutex_unlock(&hub->lock);
+        hub_unlock(hub);
     }
 }
 
@@ -1113,12 +1135,12 @@ static void fill_info(const struct channel *ch, struct channel_info *info)
 int hub_channel_put(struct hub *hub, const char *name, size_t len, const struct channel_opts *o,
                     bool *created, struct channel_info *info)
 {
-    pthread_mutex_lock(&hub->lock);
+    hub_lock(hub);
     struct channel *ch = hub__lookup(hub, name, len);
     *created = !ch;
     int err = ch ? 0 : chan_room(hub, false, 1);
     if (err) {
-        pthread_mutex_unlock(&hub->lock);
+        hub_unlock(hub);
         return err;
     }
     if (!ch)
@@ -1138,40 +1160,40 @@ int hub_channel_put(struct hub *hub, const char *name, size_t len, const struct 
     if (ch->hist_cap > ch->history_size && ch->history_size)
         hist_resize(ch, MAX(ch->history_size, ch->hist_len));
     fill_info(ch, info);
-    pthread_mutex_unlock(&hub->lock);
+    hub_unlock(hub);
     return 0;
 }
 
 int hub_channel_get(struct hub *hub, const char *name, size_t len, struct channel_info *info)
 {
-    pthread_mutex_lock(&hub->lock);
+    hub_lock(hub);
     struct channel *ch = hub__lookup(hub, name, len);
     if (ch) {
         hist_trim(ch, wall_ms());
         fill_info(ch, info);
     }
-    pthread_mutex_unlock(&hub->lock);
+    hub_unlock(hub);
     return ch ? 0 : HUB_ERR_NOT_FOUND;
 }
 
 int hub_channel_delete(struct hub *hub, const char *name, size_t len)
 {
     uint64_t wake_mask = 0;
-    pthread_mutex_lock(&hub->lock);
+    hub_lock(hub);
     struct channel *ch = hub__lookup(hub, name, len);
     if (ch)
         hub__unlink_locked(hub, ch, &wake_mask);
-    pthread_mutex_unlock(&hub->lock);
+    hub_unlock(hub);
     hub__wake_workers(hub, wake_mask);
     return ch ? 0 : HUB_ERR_NOT_FOUND;
 }
 
 void hub_channel_counts(struct hub *hub, size_t *total, size_t *ephemeral)
 {
-    pthread_mutex_lock(&hub->lock);
+    hub_lock(hub);
     *total = hub->channels.len;
     *ephemeral = hub->nephemeral;
-    pthread_mutex_unlock(&hub->lock);
+    hub_unlock(hub);
 }
 
 static int cmp_info_name(const void *a, const void *b)
@@ -1187,7 +1209,7 @@ size_t hub_channel_list(struct hub *hub, const char *after, size_t after_len, co
     size_t n = 0, plen = prefix ? strlen(prefix) : 0;
     char after_z[CHANNEL_NAME_MAX + 1] = "";
     memcpy(after_z, after, MIN(after_len, (size_t)CHANNEL_NAME_MAX));
-    pthread_mutex_lock(&hub->lock);
+    hub_lock(hub);
     *total = 0;
     size_t b = 0;
     struct map_node *node, *next = NULL;
@@ -1214,7 +1236,7 @@ size_t hub_channel_list(struct hub *hub, const char *after, size_t after_len, co
         }
         fill_info(ch, &out[pos]);
     }
-    pthread_mutex_unlock(&hub->lock);
+    hub_unlock(hub);
     if (n < max)
         qsort(out, n, sizeof(*out), cmp_info_name);
     return n;

@@ -8,16 +8,30 @@
  * the channels of a connection ("everything after N"), and every framing of a
  * message, SSE `id:` line included, is the same bytes for every subscriber.
  *
- * Locking: one mutex guards the channel table, histories and subscription
- * lists' membership. Fan-out does not take it: a publish pushes one reference
- * per channel into the inbox of each worker that has local subscribers
- * (channel->worker_mask), and each worker writes to its own connections.
+ * Locking: one mutex, the hub lock (hub_lock/hub_unlock), guards the channel
+ * table, histories, subscription lists' membership, the expiry heap, the
+ * tombstones and the per-address counts. Fan-out does not take it: a publish
+ * pushes one reference per channel into the inbox of each worker that has local
+ * subscribers (channel->worker_mask), and each worker writes to its own
+ * connections. The one exception on the delivery side: the worker that builds a
+ * message's deflate frame takes it once to count the frame (hub_ws_deflate).
  * Per-worker state of a channel (channel->local[w]) is only touched by worker w
  * (membership changes happen with the hub lock held, by worker w itself).
+ *
+ * Lock order: the hub lock, then
+ *   - a worker's inbox lock (hub_inbox.lock: storing a message, unlinking a channel),
+ *   - in cluster mode, the backend's task-queue lock (the want/unwant calls queue
+ *     work: struct rb.qlock in cluster/redis_backend.c).
+ * Nothing takes the hub lock while it holds one of those: hub_post, hub_inbox_take
+ * and the backend's own queue take theirs alone, and the hub wakes workers
+ * (their eventfd) and resumes parked subscribes (on_synced) only after letting
+ * the hub lock go. Functions that need the hub lock are named *_locked or say
+ * "Hub lock held"; debug builds check it (HUB_ASSERT_LOCKED).
  */
 #ifndef HERALD_HUB_H
 #define HERALD_HUB_H
 
+#include <assert.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -187,6 +201,36 @@ struct hub {
     /* Wakes a parked subscriber (worker thread of w): err 0 = retry now. */
     void (*on_synced)(struct hub *hub, int w, void *conn, int err);
 };
+
+/*
+ * The hub lock. In debug builds (without NDEBUG) hub_lock records which thread
+ * holds it, so that every function that needs it held checks
+ * (HUB_ASSERT_LOCKED); in release builds both are the bare mutex.
+ */
+#ifndef NDEBUG
+extern _Thread_local const struct hub *hub__held; /* the hub whose lock this thread holds */
+#define HUB_ASSERT_LOCKED(hub) assert(hub__held == (hub))
+#else
+#define HUB_ASSERT_LOCKED(hub) ((void)(hub))
+#endif
+
+static inline void hub_lock(struct hub *hub)
+{
+    pthread_mutex_lock(&hub->lock);
+#ifndef NDEBUG
+    assert(!hub__held); /* one hub lock at a time, never twice */
+    hub__held = hub;
+#endif
+}
+
+static inline void hub_unlock(struct hub *hub)
+{
+#ifndef NDEBUG
+    assert(hub__held == hub);
+    hub__held = NULL;
+#endif
+    pthread_mutex_unlock(&hub->lock);
+}
 
 /* Error codes (negative) of hub operations; hub_strerror() explains them. */
 enum hub_error {

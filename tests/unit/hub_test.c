@@ -1912,6 +1912,19 @@ static void test_sweep_survives_wall_clock_step_back(void **state)
     assert_non_null(chan("a"));
 }
 
+/* Debug builds know which thread holds the hub lock, so *_locked functions can check. */
+static void test_the_hub_lock_knows_its_holder(void **state)
+{
+#ifndef NDEBUG
+    assert_null(hub__held);
+    hub_lock(&hub);
+    assert_ptr_equal(hub__held, &hub);
+    HUB_ASSERT_LOCKED(&hub);
+    hub_unlock(&hub);
+    assert_null(hub__held);
+#endif
+}
+
 int main(void)
 {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
@@ -1979,6 +1992,7 @@ int main(void)
         T(test_expiry_follows_each_channel_deadline),
         T(test_put_shortens_the_deadline),
         T(test_sweep_survives_wall_clock_step_back),
+        T(test_the_hub_lock_knows_its_holder),
     };
 #undef T
     return cmocka_run_group_tests_name("hub", tests, NULL, NULL);
