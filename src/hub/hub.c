@@ -308,7 +308,7 @@ static struct channel *chan_create(struct hub *hub, const char *name, size_t len
 {
     HUB_ASSERT_LOCKED(hub);
     const struct herald_config *cfg = hub->cfg;
-    struct channel *ch = xcalloc(1, sizeof(*ch));
+    struct channel *ch = xcalloc(1, sizeof(*ch) + len + 1);
     memcpy(ch->name, name, len);
     ch->name_len = (uint32_t)len;
     ch->node.key = ch->name;

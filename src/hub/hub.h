@@ -81,17 +81,17 @@ struct channel_local {
  */
 struct channel {
     struct map_node node;
-    char name[CHANNEL_NAME_MAX + 1];
-    uint32_t name_len;
     uint64_t id;
     atomic_uint refs; /* hub table + workers with local subs + inbox items */
+    uint32_t name_len;
     bool deleted;
     bool ephemeral;
+    bool persistent;         /* an option, with those below */
+    uint8_t sync;            /* cluster mode: enum channel_sync */
     struct hub_quota *quota; /* the address a subscribe created it for (see hub_client) */
     struct heap_node expiry; /* in hub.expiry; its key is never after the real deadline */
 
     /* options */
-    bool persistent;
     uint32_t ttl_ms, history_size, history_ttl_ms, history_bytes;
 
     /* history: ring of messages ordered by seq */
@@ -108,14 +108,15 @@ struct channel {
     uint64_t worker_mask;
     struct channel_local *local; /* [nworkers], NULL until first subscriber */
 
-    /* cluster mode only */
-    uint8_t sync;               /* enum channel_sync */
+    /* cluster mode only (and sync, above) */
     int sync_err;               /* hub_error when SYNC_FAILED */
     uint64_t sync_failed_ms;    /* when it failed (a new attempt waits a second) */
     struct hub_waiter *waiters; /* subscribes parked until the cache is ready */
     struct msg **held;          /* live messages that arrived while loading */
     uint32_t nheld;
     uint32_t loads; /* backend loads in flight (hub_channel_loading) */
+
+    char name[]; /* name_len bytes and a NUL: a channel costs what its name does */
 };
 
 /* A connection's membership in one channel. Owned by the connection. */

@@ -1912,6 +1912,23 @@ static void test_sweep_survives_wall_clock_step_back(void **state)
     assert_non_null(chan("a"));
 }
 
+/* A channel holds its name in its own allocation, sized to it: the longest fits. */
+static void test_longest_channel_name(void **state)
+{
+    char name[CHANNEL_NAME_MAX + 1];
+    memset(name, 'n', CHANNEL_NAME_MAX);
+    name[CHANNEL_NAME_MAX] = '\0';
+    pub(name, "x");
+    struct channel *ch = chan(name);
+    assert_int_equal(ch->name_len, CHANNEL_NAME_MAX);
+    assert_string_equal(ch->name, name);
+    struct channel_info info;
+    assert_int_equal(hub_channel_get(&hub, name, CHANNEL_NAME_MAX, &info), 0);
+    assert_string_equal(info.name, name);
+    pub("n", "a one-byte name");
+    assert_string_equal(chan("n")->name, "n");
+}
+
 /* Debug builds know which thread holds the hub lock, so *_locked functions can check. */
 static void test_the_hub_lock_knows_its_holder(void **state)
 {
@@ -1993,6 +2010,7 @@ int main(void)
         T(test_put_shortens_the_deadline),
         T(test_sweep_survives_wall_clock_step_back),
         T(test_the_hub_lock_knows_its_holder),
+        T(test_longest_channel_name),
     };
 #undef T
     return cmocka_run_group_tests_name("hub", tests, NULL, NULL);

@@ -1,6 +1,10 @@
 """Small helpers the Python benchmark scripts of tools/bench share."""
 
+import argparse
+import contextlib
 import socket
+import subprocess
+import time
 
 
 def rss_kib(pid):
@@ -14,3 +18,30 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def parser():
+    """An argument parser with the herald binary as optional first argument."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("binary", nargs="?", default="build/herald")
+    return ap
+
+
+@contextlib.contextmanager
+def herald(binary, *args):
+    """Runs herald on a free loopback port with the given flags: yields (process,
+    port) once it listens, and stops it at the end."""
+    port = free_port()
+    proc = subprocess.Popen([binary, "--listen", f"127.0.0.1:{port}", *args],
+                            stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield proc, port
+    finally:
+        proc.terminate()
+        proc.wait()

@@ -9,28 +9,21 @@ publish, and when the last one went.
     tools/bench/channel-expiry.py [--n 403000] [--ttl 2s] [BINARY]
 """
 
-import argparse
 import http.client
 import json
-import subprocess
 import time
 
-from benchutil import free_port
+from benchutil import herald, parser
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("binary", nargs="?", default="build/herald")
+    ap = parser()
     ap.add_argument("--n", type=int, default=403000)
     ap.add_argument("--ttl", default="2s")
     ap.add_argument("--give-up", type=float, default=90)
     a = ap.parse_args()
-    port = free_port()
-    proc = subprocess.Popen([a.binary, "--listen", f"127.0.0.1:{port}", "--workers", "2",
-                             "--channel-ttl", a.ttl, "--max-body-bytes", "8MiB"],
-                            stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(0.5)
+    flags = ("--workers", "2", "--channel-ttl", a.ttl, "--max-body-bytes", "8MiB")
+    with herald(a.binary, *flags) as (proc, port):
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
 
         def channels():
@@ -66,9 +59,6 @@ def main():
                 print(f"{left} still there after {a.give_up:.0f} s")
                 break
             time.sleep(0.05)
-    finally:
-        proc.terminate()
-        proc.wait()
 
 
 if __name__ == "__main__":

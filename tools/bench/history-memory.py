@@ -10,21 +10,14 @@ characters (six bytes each in JSON).
     tools/bench/history-memory.py [--channels 50] [--per 200] [BINARY]
 """
 
-import argparse
 import http.client
 import json
-import subprocess
-import time
 
-from benchutil import free_port, rss_kib
+from benchutil import herald, parser, rss_kib
 
 
 def run(binary, kind, body, channels, per):
-    port = free_port()
-    proc = subprocess.Popen([binary, "--listen", f"127.0.0.1:{port}", "--workers", "1",
-                             "--history-size", str(per)], stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(0.5)
+    with herald(binary, "--workers", "1", "--history-size", str(per)) as (proc, port):
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         for _ in range(3):  # the allocator's first arenas
             c.request("POST", "/pub/warm", body, {"Content-Type": "text/plain"})
@@ -41,14 +34,10 @@ def run(binary, kind, body, channels, per):
         kept = sum(i["messages"] for i in infos)
         print(f"{kind:7} {kept:6} messages kept: reported {reported / 1e6:6.1f} MB, "
               f"RSS grew {grew / 1e6:6.1f} MB, RSS/reported {grew / reported:5.2f}")
-    finally:
-        proc.terminate()
-        proc.wait()
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("binary", nargs="?", default="build/herald")
+    ap = parser()
     ap.add_argument("--channels", type=int, default=50)
     ap.add_argument("--per", type=int, default=200)
     a = ap.parse_args()

@@ -9,34 +9,20 @@ was not reading, and after everything was read, and how many answers came.
     tools/bench/pipeline-flood.py [--n 70000] [BINARY]
 """
 
-import argparse
-import os
-import re
 import socket
-import subprocess
 import sys
 import threading
 import time
 
-from benchutil import free_port, rss_kib
+from benchutil import herald, parser, rss_kib
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("binary", nargs="?", default="build/herald")
+    ap = parser()
     ap.add_argument("--n", type=int, default=70000)
     ap.add_argument("--wait", type=float, default=3.0, help="seconds the client does not read")
     args = ap.parse_args()
-    port = free_port()
-    proc = subprocess.Popen([args.binary, "--listen", f"127.0.0.1:{port}", "--workers", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+    with herald(args.binary, "--workers", "1") as (proc, port):
         base = rss_kib(proc.pid)
         req = b"POST /pub/flood HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\n\r\nx"
         sock = socket.create_connection(("127.0.0.1", port))
@@ -63,9 +49,6 @@ def main():
         print(f"binary {args.binary}: {args.n} pipelined publishes, {got} answers read")
         print(f"  RSS before {base} KiB, while not reading {held} KiB (+{held - base}), "
               f"after reading and closing {after} KiB (+{after - base})")
-    finally:
-        proc.terminate()
-        proc.wait()
 
 
 if __name__ == "__main__":
