@@ -1009,7 +1009,7 @@ static void heartbeat_cb(struct loop *loop, struct timer *t)
         size_t len;
         uint32_t subs;
     } *list = xmalloc(cap * sizeof(*list));
-    pthread_mutex_lock(&hub->lock);
+    hub_lock(hub);
     size_t b = 0;
     struct map_node *node, *next = NULL;
     while ((node = map_next(&hub->channels, &b, &next))) {
@@ -1022,7 +1022,7 @@ static void heartbeat_cb(struct loop *loop, struct timer *t)
         list[n].len = ch->name_len;
         list[n++].subs = ch->subscribers;
     }
-    pthread_mutex_unlock(&hub->lock);
+    hub_unlock(hub);
     for (size_t i = 0; i < n; i++) {
         char c[160], o[160], count[64];
         redis_backend__key(c, sizeof(c), list[i].name, list[i].len, 'c');
