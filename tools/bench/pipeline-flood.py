@@ -38,9 +38,13 @@ def main():
                 data = sock.recv(1 << 20)
                 if not data:
                     break
+                # Count in what was kept plus the new bytes, so a status line split
+                # across two reads counts once; keep the tail that may start one.
                 buf += data
-                got += data.count(b"HTTP/1.1 201")
-                buf = buf[-64:]
+                got += buf.count(b"HTTP/1.1 201")
+                cut = buf.rfind(b"HTTP/1.1 201")
+                buf = buf[cut + 12:] if cut >= 0 else buf
+                buf = buf[-11:]
         except socket.timeout:
             pass
         sock.close()
