@@ -121,7 +121,9 @@ static const char prepare_lua[] = "if ARGV[1] == '0' and redis.call('EXISTS', KE
  * as evicted everything before this Redis data set's epoch (the one key it
  * writes, once per data set or slot, with on one Redis the last id raised to
  * just below it: publishes that find a last id do not read the epoch): a cursor
- * older than that may have missed messages Redis lost. A gap fill does not: the node's cache holds
+ * older than that may have missed messages Redis lost. A gap fill reports it only when the
+ * data set began after the node's position (Redis lost its data meanwhile: a message
+ * acknowledged just before may have reached no node); otherwise the node's cache holds
  * what it followed live. Both report what Redis trimmed: up to the v of the oldest entry (the first
  * load reads the newest history-size; a gap fill looks at the oldest one), the deleted channel's
  * last id (state hash), or the channel's last id when its whole Stream expired.
@@ -160,6 +162,11 @@ static const char load_lua[] =
     "  e = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1] .. '-0', '+', 'COUNT', hs)\n"
     "  local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)\n"
     "  if #first > 0 then evicted = math.max(evicted, before(first[1])) end\n"
+    /* a data set begun after what the node followed (a Redis that lost its data): what
+     * came in between is gone, acknowledged or not */
+    "  if tonumber(ep) - 1 > tonumber(ARGV[1]) then\n"
+    "    evicted = math.max(evicted, tonumber(ep) - 1)\n"
+    "  end\n"
     "end\n"
     "local last = opt[3] or st[2]\n"
     "if #e == 0 and last and redis.call('EXISTS', KEYS[1]) == 0 then\n"

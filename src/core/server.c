@@ -57,6 +57,12 @@ static void fanout(struct worker *w, struct inbox_item *items, uint32_t n)
                 c->ops->deliver(c, m);
                 delivered++;
             }
+        } else if (it->kind == INBOX_CTL && head) {
+            for (struct list *p = head->next; p != head; p = p->next) {
+                struct conn *c = container_of(p, struct sub, chan_link)->conn;
+                if (!(c->flags & CF_CLOSING) && c->ops->deliver_ctl)
+                    c->ops->deliver_ctl(c, it->ctl);
+            }
         } else if (it->kind == INBOX_CLOSED && head) {
             struct list *p, *tmp;
             list_for_each_safe(p, tmp, head)
@@ -70,6 +76,8 @@ static void fanout(struct worker *w, struct inbox_item *items, uint32_t n)
         }
         if (it->msg)
             ref_put(&it->msg->ref);
+        if (it->ctl)
+            ref_put(&it->ctl->ref);
         hub_channel_put_ref(hub, ch);
     }
     if (delivered)

@@ -7,6 +7,8 @@
  * messages are held while a load runs and applied after it in id order, and a
  * channel deleted elsewhere is dropped. See docs/architecture.md, cluster mode.
  */
+#include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "core/util.h"
@@ -165,6 +167,20 @@ static void apply_load_locked(struct hub *hub, struct channel *ch, const struct 
         ch->history_size = opts->history_size;
     if (opts && opts->has_history_ttl)
         ch->history_ttl_ms = opts->history_ttl_ms;
+    if (evicted > ch->last_seq && ch->sync == SYNC_FILLING && ch->worker_mask) {
+        /* Redis lost messages this node never had (a Redis restarted without its data,
+         * a trim while the bus was away): the subscribers here are told, never skipped
+         * silently. Queued before the entries, which follow the gap. */
+        char fields[CHANNEL_NAME_MAX + 96];
+        int k = snprintf(fields, sizeof(fields),
+                         "\"channel\":\"%s\",\"since\":\"%" PRIu64 "\",\"oldest\":", ch->name,
+                         ch->last_seq);
+        k += n ? snprintf(fields + k, sizeof(fields) - (size_t)k, "\"%" PRIu64 "\"", entries[0].seq)
+               : snprintf(fields + k, sizeof(fields) - (size_t)k, "null");
+        struct ctl_frames *gap = ctl_frames_new("gap", fields, (size_t)k);
+        hub__notify_workers(hub, ch, INBOX_CTL, gap, wake_mask);
+        ref_put(&gap->ref);
+    }
     if (evicted > ch->evicted_seq)
         ch->evicted_seq = evicted;
     for (size_t i = 0; i < n; i++) {

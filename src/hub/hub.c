@@ -474,22 +474,31 @@ void hub__unlink_locked(struct hub *hub, struct channel *ch, uint64_t *wake_mask
     ch->deleted = true;
     chan_make_stored(hub, ch); /* out of the ephemeral count */
     quota_release(hub, ch);
+    hub__notify_workers(hub, ch, INBOX_CLOSED, NULL, wake_mask);
+    chan_release(hub, ch);
+}
+
+void hub__notify_workers(struct hub *hub, struct channel *ch, enum inbox_kind kind,
+                         struct ctl_frames *ctl, uint64_t *wake_mask)
+{
+    HUB_ASSERT_LOCKED(hub);
     for (int w = 0; w < hub->nworkers; w++) {
         if (!(ch->worker_mask & (1ull << w)))
             continue;
         struct hub_inbox *in = &hub->inbox[w];
         atomic_fetch_add(&ch->refs, 1);
+        if (ctl)
+            ref_get(&ctl->ref);
         pthread_mutex_lock(&in->lock);
         if (in->len == in->cap) {
             in->cap = in->cap ? in->cap * 2 : 64;
             in->items = xrealloc(in->items, in->cap * sizeof(*in->items));
         }
-        in->items[in->len++] = (struct inbox_item){.kind = INBOX_CLOSED, .ch = ch};
+        in->items[in->len++] = (struct inbox_item){.kind = kind, .ch = ch, .ctl = ctl};
         if (in->len == 1)
             *wake_mask |= 1ull << w;
         pthread_mutex_unlock(&in->lock);
     }
-    chan_release(hub, ch);
 }
 
 void hub__wake_workers(struct hub *hub, uint64_t mask)
@@ -508,6 +517,8 @@ void hub_free(struct hub *hub)
         for (uint32_t i = 0; i < in->len; i++) {
             if (in->items[i].msg)
                 ref_put(&in->items[i].msg->ref);
+            if (in->items[i].ctl)
+                ref_put(&in->items[i].ctl->ref);
             if (in->items[i].ch)
                 chan_release(hub, in->items[i].ch);
         }

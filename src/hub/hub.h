@@ -146,12 +146,13 @@ static inline uint64_t sub_position(const struct sub *s)
  */
 bool hub_sub_takes(const struct list *held, struct sub *s, const struct msg *m);
 
-enum inbox_kind { INBOX_MSG, INBOX_CLOSED, INBOX_CALL };
+enum inbox_kind { INBOX_MSG, INBOX_CLOSED, INBOX_CTL, INBOX_CALL };
 struct inbox_item {
     enum inbox_kind kind;
-    struct msg *msg;       /* INBOX_MSG: one reference owned by the item */
-    struct channel *ch;    /* one reference owned by the item: release with hub_channel_put_ref */
-    void (*fn)(void *arg); /* INBOX_CALL: runs on the worker's thread */
+    struct msg *msg;        /* INBOX_MSG: one reference owned by the item */
+    struct ctl_frames *ctl; /* INBOX_CTL: an event for every subscriber of ch (owned) */
+    struct channel *ch;     /* one reference owned by the item: release with hub_channel_put_ref */
+    void (*fn)(void *arg);  /* INBOX_CALL: runs on the worker's thread */
     void *arg;
 };
 

@@ -26,6 +26,10 @@ void hub__unlink_locked(struct hub *hub, struct channel *ch, uint64_t *wake_mask
 void hub__schedule_expiry_locked(struct hub *hub, struct channel *ch);
 /* Wakes the workers of mask. Without the hub lock. */
 void hub__wake_workers(struct hub *hub, uint64_t mask);
+/* Queues an item of `kind` about ch (and ctl, a reference taken) to every worker with
+ * subscribers of ch; *wake_mask gets the workers to wake. Hub lock held. */
+void hub__notify_workers(struct hub *hub, struct channel *ch, enum inbox_kind kind,
+                         struct ctl_frames *ctl, uint64_t *wake_mask);
 /* The subscription of `held` (a connection's list) to ch, or NULL. */
 struct sub *hub__find_sub(const struct list *held, const struct channel *ch);
 /* qsort order of struct msg pointers by seq. */
