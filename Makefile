@@ -66,6 +66,9 @@ $(HERALD): $(LIB_OBJ) $(MAIN_OBJ)
 
 # What only tests need (tests/support: starting redis-server): in the test binaries, not herald.
 TEST_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tests/support/*.c))
+# Made only by a pattern rule, make would take them for intermediate files, delete
+# them, and relink every test binary on the next run.
+.SECONDARY: $(TEST_OBJ)
 
 $(BUILD)/tests/%_test: tests/unit/%_test.c $(LIB_OBJ) $(TEST_OBJ)
 	@mkdir -p $(dir $@)
