@@ -13,11 +13,14 @@
 #include <unistd.h>
 
 #include "api/api.h"
+#include "apps/admin.h"
+#include "apps/apps.h"
 #include "cluster/redis_backend.h"
 #include "core/config.h"
 #include "core/log.h"
 #include "core/server.h"
 #include "http/http_conn.h"
+#include "http/router.h"
 #include "transport/transport.h"
 
 static struct server srv;
@@ -56,6 +59,13 @@ static void presize_fd_table(void)
         close(top);
 }
 
+/* /apps/{app}/: the app's share of the hub. */
+static struct hub_tenant *resolve_app(const char *name, size_t len)
+{
+    struct app *a = apps_get(name, len);
+    return a ? &a->t : NULL;
+}
+
 int main(int argc, char **argv)
 {
     int rc = config_load(&srv.cfg, argc, argv);
@@ -89,6 +99,12 @@ int main(int argc, char **argv)
     presize_fd_table();
     srv.nworkers = srv.cfg.workers;
     hub_init(&srv.hub, &srv.cfg, srv.nworkers);
+    char err[700];
+    if (apps_init(&srv.hub, &srv.cfg, err, sizeof(err)) < 0) {
+        log_error("%s", err);
+        return 2;
+    }
+    http_set_app_resolver(resolve_app);
     bool cluster = srv.cfg.redis_url[0] || srv.cfg.redis_cluster[0];
     if (cluster && redis_backend_start(&srv.hub, &srv.cfg) < 0)
         return 2;
@@ -97,6 +113,7 @@ int main(int argc, char **argv)
     /* Every connection starts as HTTP; the routes lead to the API and the transports. */
     srv.accept_ops = &http_conn_ops;
     api_init();
+    admin_init();
     transport_init();
     if (server_start(&srv) < 0)
         return 1;
@@ -127,6 +144,7 @@ int main(int argc, char **argv)
         redis_backend_stop(&srv.hub);
     server_free(&srv);
     hub_free(&srv.hub);
+    apps_free();
     transport_free();
     log_info("herald stopped");
     return 0;

@@ -7,6 +7,7 @@
 #include "api/api.h"
 
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -14,6 +15,7 @@
 #include <openssl/evp.h>
 #include <strings.h>
 
+#include "apps/apps.h"
 #include "core/log.h"
 #include "http/router.h"
 #include "transport/ws_frame.h"
@@ -55,8 +57,13 @@ static bool check_key(const char *key, const char *cred, size_t len)
     return ct_equal(cred, len, key, strlen(key));
 }
 
-bool api_key_matches(const struct herald_config *cfg, const char *key, size_t len)
+bool api_key_matches(const struct herald_config *cfg, struct hub_tenant *tenant, const char *key,
+                     size_t len)
 {
+    if (cfg->admin_key[0] && check_key(cfg->admin_key, key, len))
+        return true;
+    if (tenant)
+        return apps_key_matches(app_of(tenant), key, len);
     return cfg->publish_key[0] && check_key(cfg->publish_key, key, len);
 }
 
@@ -105,37 +112,90 @@ static bool host_is_loopback(const struct http_request *req)
     return inet_pton(AF_INET, host, &a) == 1 && (ntohl(a.s_addr) >> 24) == 127;
 }
 
-bool api_may_publish(const struct http_request *req, const struct conn *c)
+/*
+ * The credential a request carries: the Bearer token, or the HTTP Basic password
+ * (RFC 7617: user-id ":" password; the user-id is not checked), decoded into
+ * buf[800]. Returns false when there is none.
+ */
+static bool credential(const struct http_request *req, char *buf, const char **key, size_t *len)
 {
-    const char *key = conn_cfg(c)->publish_key;
-    if (!key[0])
-        return (c->flags & CF_LOOPBACK) && host_is_loopback(req);
     const struct http_header *h = http_find_header(req, "Authorization");
-    if (h && h->value_len > 7 && strncasecmp(h->value, "Bearer ", 7) == 0)
-        return check_key(key, h->value + 7, h->value_len - 7);
-    if (h && h->value_len > 6 && strncasecmp(h->value, "Basic ", 6) == 0 &&
-        h->value_len - 6 < 1024) {
-        unsigned char dec[800];
-        int n = EVP_DecodeBlock(dec, (const unsigned char *)h->value + 6, (int)(h->value_len - 6));
-        if (n <= 0)
-            return false;
-        /* EVP_DecodeBlock counts padding bytes as zeros: trim them. */
-        const char *v = h->value + h->value_len;
-        n -= (v[-1] == '=') + (v[-2] == '=');
-        /* RFC 7617: user-id ":" password; the user-id is not checked. */
-        const char *colon = memchr(dec, ':', (size_t)n);
-        if (!colon)
-            return false;
-        const char *pw = colon + 1;
-        return check_key(key, pw, (size_t)n - (size_t)(pw - (const char *)dec));
+    if (h && h->value_len > 7 && strncasecmp(h->value, "Bearer ", 7) == 0) {
+        *key = h->value + 7;
+        *len = h->value_len - 7;
+        return true;
     }
+    if (!h || h->value_len <= 6 || strncasecmp(h->value, "Basic ", 6) != 0 ||
+        h->value_len - 6 >= 1024)
+        return false;
+    int n = EVP_DecodeBlock((unsigned char *)buf, (const unsigned char *)h->value + 6,
+                            (int)(h->value_len - 6));
+    if (n <= 0)
+        return false;
+    /* EVP_DecodeBlock counts padding bytes as zeros: trim them. */
+    const char *v = h->value + h->value_len;
+    n -= (v[-1] == '=') + (v[-2] == '=');
+    const char *colon = memchr(buf, ':', (size_t)n);
+    if (!colon)
+        return false;
+    *key = colon + 1;
+    *len = (size_t)n - (size_t)(*key - buf);
+    return true;
+}
+
+bool api_is_admin(const struct http_request *req, const struct herald_config *cfg)
+{
+    char buf[800];
+    const char *key;
+    size_t len;
+    return cfg->admin_key[0] && credential(req, buf, &key, &len) &&
+           check_key(cfg->admin_key, key, len);
+}
+
+bool api_may_publish(const struct http_request *req, const struct conn *c,
+                     struct hub_tenant *tenant)
+{
+    const struct herald_config *cfg = conn_cfg(c);
+    const char *pk = cfg->publish_key;
+    if (api_is_admin(req, cfg))
+        return true;
+    if (tenant) {
+        char buf[800];
+        const char *key;
+        size_t len;
+        return credential(req, buf, &key, &len) && apps_key_matches(app_of(tenant), key, len);
+    }
+    if (!pk[0])
+        return (c->flags & CF_LOOPBACK) && host_is_loopback(req);
+    char buf[800];
+    const char *key;
+    size_t len;
+    return credential(req, buf, &key, &len) && check_key(pk, key, len);
+}
+
+/* An app's API: its publish keys (current or previous) or the admin key. */
+static bool app_authorized(struct http_ctx *x)
+{
+    char buf[800];
+    const char *key;
+    size_t len;
+    if (api_is_admin(x->req, conn_cfg(x->c)) ||
+        (credential(x->req, buf, &key, &len) && apps_key_matches(app_of(x->tenant), key, len)))
+        return true;
+    http_error(x, 401, "unauthorized",
+               http_find_header(x->req, "Authorization")
+                   ? "the credentials match none of the app's publish keys"
+                   : "send the app's publish key (HERALD_PUBLISH_KEY) as 'Authorization: Bearer "
+                     "KEY' or as the HTTP Basic password");
     return false;
 }
 
 /* Returns true when the request may use the publish/admin API; answers 401/403 otherwise. */
 static bool authorized(struct http_ctx *x)
 {
-    if (api_may_publish(x->req, x->c))
+    if (x->tenant)
+        return app_authorized(x);
+    if (api_may_publish(x->req, x->c, NULL))
         return true;
     if (!conn_cfg(x->c)->publish_key[0] && (x->c->flags & CF_LOOPBACK)) {
         http_error(x, 403, "host_not_allowed",
@@ -158,12 +218,59 @@ static bool authorized(struct http_ctx *x)
     return false;
 }
 
+int api_app_publish_check(struct hub_tenant *t, size_t bytes, const char **limit, char *detail,
+                          size_t size)
+{
+    struct app *a = app_of(t);
+    if (!a)
+        return 0;
+    if (a->max_message_bytes && bytes > a->max_message_bytes) {
+        *limit = "message_bytes";
+        snprintf(detail, size, "the message is %zu bytes; plan %s allows %u", bytes, a->plan,
+                 a->max_message_bytes);
+        return 413;
+    }
+    if (!apps_take_publish(a)) {
+        *limit = "publishes_per_second";
+        snprintf(detail, size, "plan %s allows %u publishes per second; retry in a second", a->plan,
+                 a->max_publish_rate);
+        return 429;
+    }
+    return 0;
+}
+
+/* Answers and returns false when the app's plan refuses a publish of `bytes`. */
+static bool app_may_publish(struct http_ctx *x, size_t bytes)
+{
+    const char *limit;
+    char detail[200];
+    int status = api_app_publish_check(x->tenant, bytes, &limit, detail, sizeof(detail));
+    if (status)
+        http_limit_error(x, status, limit, "%s", detail);
+    return !status;
+}
+
 /* ---- publishing -------------------------------------------------------------- */
 
 void api_pub_free(struct api_pub *p)
 {
     free(p->data_json);
     p->data_json = NULL;
+    free(p->keys);
+    p->keys = NULL;
+}
+
+/* The channels become keys of t's namespace (p->keys holds them). */
+static void pub_make_keys(struct api_pub *p, const struct hub_tenant *t)
+{
+    if (!t)
+        return;
+    p->keys = xmalloc(p->n * (CHANNEL_KEY_MAX + 1));
+    for (size_t i = 0; i < p->n; i++) {
+        char *k = p->keys + i * (CHANNEL_KEY_MAX + 1);
+        size_t len = chan_key_make(k, t, p->channels[i].data, p->channels[i].len);
+        p->channels[i] = (struct slice){k, (uint32_t)len};
+    }
 }
 
 static int add_channel(struct api_pub *p, const char *name, size_t len, const char **err)
@@ -183,7 +290,7 @@ static int add_channel(struct api_pub *p, const char *name, size_t len, const ch
     return 0;
 }
 
-int api_pub_from_json(json_t *obj, struct api_pub *p, const char **err)
+int api_pub_from_json(json_t *obj, struct api_pub *p, const struct hub_tenant *t, const char **err)
 {
     memset(p, 0, sizeof(*p));
     if (!json_is_object(obj)) {
@@ -242,6 +349,7 @@ int api_pub_from_json(json_t *obj, struct api_pub *p, const char **err)
         return -1;
     }
     p->data_len = strlen(p->data_json);
+    pub_make_keys(p, t);
     if (json_is_string(data)) {
         p->text = true;
         p->raw = json_string_value(data);
@@ -274,7 +382,7 @@ static void reply_published(struct http_ctx *x, const struct publish_result *res
 /* One publish waiting for its answer (inline in memory mode). */
 struct pub_op {
     struct http_async a;
-    char name[CHANNEL_NAME_MAX + 1];
+    char name[CHANNEL_KEY_MAX + 1];
     size_t name_len;
 };
 
@@ -308,6 +416,8 @@ static void handle_pub(struct http_ctx *x, const char *name, size_t name_len)
     }
     if (ev && !hub_event_name_valid(ev, ev_len))
         return http_error(x, 400, "bad_event", "event names are 1-64 letters, digits or _ . : -");
+    if (!app_may_publish(x, x->body_len))
+        return;
     struct publish_req req = {
         .raw = {x->body, (uint32_t)x->body_len}, .event = ev, .event_len = ev_len};
     struct sbuf data = {0};
@@ -339,11 +449,10 @@ static void handle_pub(struct http_ctx *x, const char *name, size_t name_len)
     }
     req.data_json =
         (struct slice){data.data ? data.data : "\"\"", (uint32_t)(data.data ? data.len : 2)};
-    struct slice ch = {name, (uint32_t)name_len};
     struct pub_op *op = xmalloc(sizeof(*op));
+    op->name_len = chan_key_make(op->name, x->tenant, name, name_len);
+    struct slice ch = {op->name, (uint32_t)op->name_len};
     http_async_begin(&op->a, x);
-    memcpy(op->name, name, name_len);
-    op->name_len = name_len;
     hub_publish_async(hub, x->c->w->id, &ch, 1, &req, pub_done, op);
     http_async_started(&op->a);
     if (op->a.done && !op->a.deferred)
@@ -365,6 +474,7 @@ struct batch_op {
     bool running;  /* batch_next's loop is on the stack */
     bool answered; /* a single message failed and was answered */
     struct sbuf out;
+    struct hub_tenant *tenant; /* its app (a reference), NULL: the default app */
 };
 
 static void batch_next(struct batch_op *op);
@@ -376,7 +486,27 @@ static void batch_free(struct batch_op *op)
     free(op->pubs);
     json_decref(op->doc);
     sbuf_free(&op->out);
+    hub_tenant_put(op->tenant);
     free(op);
+}
+
+/* The app's plan refused message op->next: answered (single) or recorded (batch). */
+static void batch_refused(struct batch_op *op, int status, const char *limit, const char *detail)
+{
+    api_pub_free(&op->pubs[op->next]);
+    if (!op->batch) {
+        struct http_ctx *x = http_async_ctx(&op->a);
+        if (x)
+            http_limit_error(x, status, limit, "%s", detail);
+        op->answered = true;
+    } else {
+        if (op->next)
+            sbuf_add(&op->out, ",", 1);
+        sbuf_printf(&op->out, "{\"error\":\"limit_exceeded\",\"limit\":\"%s\",\"detail\":", limit);
+        sbuf_add_json_str(&op->out, detail, strlen(detail));
+        sbuf_add(&op->out, "}", 1);
+    }
+    op->next++;
 }
 
 static void batch_done(void *arg, int err, const struct publish_result *res)
@@ -412,6 +542,14 @@ static void batch_next(struct batch_op *op)
     while (op->next < op->n && !op->answered) {
         size_t started = op->next;
         struct api_pub *p = &op->pubs[op->next];
+        const char *limit;
+        char detail[200];
+        int refused =
+            api_app_publish_check(op->tenant, p->data_len, &limit, detail, sizeof(detail));
+        if (refused) {
+            batch_refused(op, refused, limit, detail);
+            continue;
+        }
         struct publish_req req = {
             .kind = p->text ? PUB_TEXT : PUB_JSON,
             .data_json = {p->data_json, (uint32_t)p->data_len},
@@ -456,10 +594,12 @@ static void handle_api_publish(struct http_ctx *x)
     op->n = n;
     op->batch = batch;
     op->pubs = xcalloc(n, sizeof(*op->pubs));
+    if ((op->tenant = x->tenant))
+        hub_tenant_get(op->tenant);
     const char *err = NULL;
     size_t bad = 0;
     for (size_t i = 0; i < n && !err; i++)
-        if (api_pub_from_json(batch ? json_array_get(msgs, i) : doc, &op->pubs[i], &err))
+        if (api_pub_from_json(batch ? json_array_get(msgs, i) : doc, &op->pubs[i], x->tenant, &err))
             bad = i;
     if (err) {
         if (batch)
@@ -521,7 +661,7 @@ enum chan_kind { CHAN_PUT, CHAN_GET, CHAN_DELETE };
 struct chan_op {
     struct http_async a;
     enum chan_kind kind;
-    char name[CHANNEL_NAME_MAX + 1];
+    char name[CHANNEL_KEY_MAX + 1];
 };
 
 static struct chan_op *chan_op_new(struct http_ctx *x, const char *name, size_t len,
@@ -530,7 +670,7 @@ static struct chan_op *chan_op_new(struct http_ctx *x, const char *name, size_t 
     struct chan_op *op = xcalloc(1, sizeof(*op));
     http_async_begin(&op->a, x);
     op->kind = kind;
-    memcpy(op->name, name, MIN(len, (size_t)CHANNEL_NAME_MAX));
+    memcpy(op->name, name, MIN(len, (size_t)CHANNEL_KEY_MAX));
     return op;
 }
 
@@ -699,6 +839,7 @@ static void handle_channel_list(struct http_ctx *x)
     size_t vl, after_len = 0;
     size_t limit = 100;
     char prefix_buf[CHANNEL_NAME_MAX + 1], after_buf[CHANNEL_NAME_MAX + 1];
+    char prefix_key[CHANNEL_KEY_MAX + 1], after_key[CHANNEL_KEY_MAX + 1];
     const struct http_request *r = x->req;
     if (http_query_param(r->query, r->query_len, "limit", &v, &vl)) {
         uint64_t l;
@@ -708,13 +849,13 @@ static void handle_channel_list(struct http_ctx *x)
     }
     if (query_name(r, "after", after_buf, &after_len) < 0)
         return http_error(x, 400, "bad_after", "after is a channel name");
-    if (after_len)
-        after = after_buf;
+    if (after_len) /* a name of this app: its key */
+        after_len = chan_key_make(after_key, x->tenant, after_buf, after_len), after = after_key;
     size_t prefix_len = 0;
     if (query_name(r, "prefix", prefix_buf, &prefix_len) < 0)
         return http_error(x, 400, "bad_prefix", "prefix is the start of a channel name");
-    if (prefix_len)
-        prefix = prefix_buf;
+    if (prefix_len || x->tenant) /* an app lists its own namespace */
+        chan_key_make(prefix_key, x->tenant, prefix_buf, prefix_len), prefix = prefix_key;
     struct list_op *op = xcalloc(1, sizeof(*op));
     op->limit = limit;
     http_async_begin(&op->a, x);
@@ -734,17 +875,19 @@ static void handle_channel(struct http_ctx *x, const char *raw, size_t raw_len)
                           "channel names are 1-128 bytes of letters, digits and _ . : @ / -");
     struct hub *hub = &conn_server(x->c)->hub;
     int w = x->c->w->id;
+    char key[CHANNEL_KEY_MAX + 1];
+    size_t kl = chan_key_make(key, x->tenant, name, (size_t)n);
     struct chan_op *op;
     switch (x->req->method_id) {
-    case HTTP_M_PUT: return handle_channel_put(x, name, (size_t)n);
+    case HTTP_M_PUT: return handle_channel_put(x, key, kl);
     case HTTP_M_GET:
     case HTTP_M_HEAD:
-        op = chan_op_new(x, name, (size_t)n, CHAN_GET);
-        hub_channel_get_async(hub, w, name, (size_t)n, chan_done, op);
+        op = chan_op_new(x, key, kl, CHAN_GET);
+        hub_channel_get_async(hub, w, key, kl, chan_done, op);
         return chan_op_started(op);
     case HTTP_M_DELETE:
-        op = chan_op_new(x, name, (size_t)n, CHAN_DELETE);
-        hub_channel_delete_async(hub, w, name, (size_t)n, chan_done, op);
+        op = chan_op_new(x, key, kl, CHAN_DELETE);
+        hub_channel_delete_async(hub, w, key, kl, chan_done, op);
         return chan_op_started(op);
     default: break; /* the router allows GET, HEAD, PUT and DELETE only */
     }
@@ -770,8 +913,30 @@ static void sum_workers(struct server *srv, struct totals *t)
     }
 }
 
+/* Per-app routes that anyone may use on the default app: an app's need its key. */
+static bool app_guard(struct http_ctx *x)
+{
+    return !x->tenant || app_authorized(x);
+}
+
+/* GET /apps/{app}/stats: the app's usage against its plan. */
+static void app_stats(struct http_ctx *x)
+{
+    json_t *o = apps_json(app_of(x->tenant), false);
+    char *text = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    struct sbuf b = {0};
+    sbuf_adds(&b, text);
+    sbuf_add(&b, "\n", 1);
+    free(text);
+    http_respond(x, 200, "application/json", "Cache-Control: no-cache\r\n", b.data, b.len);
+    sbuf_free(&b);
+}
+
 static void handle_stats(struct http_ctx *x)
 {
+    if (x->tenant)
+        return app_stats(x);
     struct server *srv = conn_server(x->c);
     struct hub_stats *s = &srv->hub.stats;
     const char *v;
@@ -913,26 +1078,30 @@ static const struct http_route routes[] = {
      .handle = handle_health},
     {.path = "/", .methods = ROUTE_GET, .flags = ROUTE_API, .handle = handle_index},
     {.path = "/api", .methods = ROUTE_GET, .flags = ROUTE_API, .handle = handle_index},
-    {.path = "/stats", .methods = ROUTE_GET, .flags = ROUTE_API, .handle = handle_stats},
+    {.path = "/stats",
+     .methods = ROUTE_GET,
+     .flags = ROUTE_API | ROUTE_APP,
+     .guard = app_guard,
+     .handle = handle_stats},
     {.path = "/metrics", .methods = ROUTE_GET, .flags = ROUTE_API, .handle = handle_metrics},
     {.path = "/pub/",
      .methods = ROUTE_POST,
-     .flags = ROUTE_API | ROUTE_PREFIX,
+     .flags = ROUTE_API | ROUTE_PREFIX | ROUTE_APP,
      .guard = authorized,
      .handle = handle_pub_path},
     {.path = "/api/publish",
      .methods = ROUTE_POST,
-     .flags = ROUTE_API,
+     .flags = ROUTE_API | ROUTE_APP,
      .guard = authorized,
      .handle = handle_api_publish},
     {.path = "/api/channels",
      .methods = ROUTE_GET,
-     .flags = ROUTE_API,
+     .flags = ROUTE_API | ROUTE_APP,
      .guard = authorized,
      .handle = handle_channel_list},
     {.path = "/api/channels/",
      .methods = ROUTE_GET | ROUTE_PUT | ROUTE_DELETE,
-     .flags = ROUTE_API | ROUTE_PREFIX,
+     .flags = ROUTE_API | ROUTE_PREFIX | ROUTE_APP,
      .guard = authorized,
      .handle = handle_channel_path},
 };

@@ -23,6 +23,7 @@ struct api_pub {
     size_t raw_len;
     const char *event;
     size_t event_len;
+    char *keys; /* owned: the channels' keys in an app's namespace (channels[] point here) */
 };
 
 /*
@@ -30,7 +31,7 @@ struct api_pub {
  * into *p (which borrows strings from obj: keep obj alive until published with hub_publish_async).
  * Returns 0, or -1 with a static message in *err.
  */
-int api_pub_from_json(json_t *obj, struct api_pub *p, const char **err);
+int api_pub_from_json(json_t *obj, struct api_pub *p, const struct hub_tenant *t, const char **err);
 void api_pub_free(struct api_pub *p);
 
 /*
@@ -38,9 +39,21 @@ void api_pub_free(struct api_pub *p);
  * the HTTP Basic password) matches --publish-key, or no key is set and the
  * client is on loopback. Answers nothing.
  */
-bool api_may_publish(const struct http_request *req, const struct conn *c);
+bool api_may_publish(const struct http_request *req, const struct conn *c,
+                     struct hub_tenant *tenant);
+/* Whether the request carries the --admin-key. */
+bool api_is_admin(const struct http_request *req, const struct herald_config *cfg);
+/*
+ * An app's plan on a publish of `bytes` (t NULL: the default app, no limits): 0
+ * when it may go (counted), else the HTTP status (413, 429) with the limit's name
+ * and a detail.
+ */
+int api_app_publish_check(struct hub_tenant *t, size_t bytes, const char **limit, char *detail,
+                          size_t size);
+
 /* Whether `key` (e.g. from a WebSocket op) is the publish key. False when none is set. */
-bool api_key_matches(const struct herald_config *cfg, const char *key, size_t len);
+bool api_key_matches(const struct herald_config *cfg, struct hub_tenant *tenant, const char *key,
+                     size_t len);
 
 /* Registers the API's routes (publish, channels, stats, metrics, health). Start-up, once. */
 void api_init(void);

@@ -36,14 +36,14 @@
 struct indexed {
     struct map_node node;
     uint64_t at;
-    char name[CHANNEL_NAME_MAX + 1];
+    char name[CHANNEL_KEY_MAX + 1];
 };
 
 /* A channel whose gap fill failed, loaded again by the reload timer. */
 struct reload {
     struct map_node node; /* first: redis_bus__free_map frees the node pointer */
     size_t len;
-    char name[CHANNEL_NAME_MAX + 1];
+    char name[CHANNEL_KEY_MAX + 1];
 };
 
 #define RELOAD_MS 250
@@ -163,6 +163,15 @@ static void rb_on_wake(struct loop *loop, void *arg)
 }
 
 /* Key "herald:{name}:<suffix>" into buf. */
+size_t redis_backend__index_key(char *buf, const char *name, size_t len)
+{
+    const char *sep = memchr(name, CHANNEL_NS_SEP, len);
+    int n =
+        sep ? snprintf(buf, REDIS_INDEX_KEY_MAX, "herald:channels:%.*s", (int)(sep - name), name)
+            : snprintf(buf, REDIS_INDEX_KEY_MAX, "herald:channels");
+    return (size_t)n;
+}
+
 size_t redis_backend__key(char *buf, size_t size, const char *name, size_t len, char suffix)
 {
     int n = snprintf(buf, size, "herald:{%.*s}:%c", (int)len, name, suffix);
@@ -302,7 +311,7 @@ struct follow {
     struct held *head, *tail;
     struct list holding; /* in rb->holding while something is held */
     size_t len;
-    char name[CHANNEL_NAME_MAX + 1];
+    char name[CHANNEL_KEY_MAX + 1];
 };
 
 static struct follow *follow_of(struct rb *rb, const char *name, size_t len)
@@ -447,7 +456,7 @@ uint64_t redis_backend__reply_u64(const redisReply *r)
 struct load_op {
     struct rb *rb;
     uint64_t token; /* from hub_channel_loading */
-    char name[CHANNEL_NAME_MAX + 1];
+    char name[CHANNEL_KEY_MAX + 1];
     size_t len;
 };
 
@@ -660,7 +669,7 @@ struct want_task {
     struct rb *rb;
     bool on;
     size_t len;
-    char name[CHANNEL_NAME_MAX + 1];
+    char name[CHANNEL_KEY_MAX + 1];
 };
 
 static void want_run(struct task *t)
@@ -736,7 +745,7 @@ struct pub_task {
     size_t n, pending;
     size_t next; /* Redis Cluster: the channel to store next (pub_store_next) */
     struct sbuf payload;
-    char names[64][CHANNEL_NAME_MAX + 1];
+    char names[64][CHANNEL_KEY_MAX + 1];
     size_t lens[64];
     uint64_t hint;
 };
@@ -760,10 +769,11 @@ static void index_channel(struct rb *rb, const char *name, size_t len)
         map_put(&rb->indexed, &ix->node);
     }
     ix->at = now;
-    const char *argv[] = {"ZADD", "herald:channels", "NX", "0", name};
-    size_t argl[] = {4, 15, 2, 1, len};
-    redis_bus_command(rb->bus, "herald:channels", 15, redis_backend__ignore_reply, rb, 5, argv,
-                      argl);
+    char ixk[REDIS_INDEX_KEY_MAX];
+    size_t ixl = redis_backend__index_key(ixk, name, len);
+    const char *argv[] = {"ZADD", ixk, "NX", "0", name};
+    size_t argl[] = {4, ixl, 2, 1, len};
+    redis_bus_command(rb->bus, ixk, ixl, redis_backend__ignore_reply, rb, 5, argv, argl);
 }
 
 static void pub_answer(void *arg)
@@ -1005,7 +1015,7 @@ static void heartbeat_cb(struct loop *loop, struct timer *t)
     /* Snapshot the channels with local subscribers, then talk to Redis unlocked. */
     size_t cap = 64, n = 0;
     struct {
-        char name[CHANNEL_NAME_MAX + 1];
+        char name[CHANNEL_KEY_MAX + 1];
         size_t len;
         uint32_t subs;
     } *list = xmalloc(cap * sizeof(*list));

@@ -64,6 +64,10 @@ struct rb {
 void redis_backend__post(struct rb *rb, struct task *t);
 /* Writes the key "herald:{name}:<suffix>" into buf; returns its length. */
 size_t redis_backend__key(char *buf, size_t size, const char *name, size_t len, char suffix);
+/* The listing index of the namespace of channel key name[0..len): "herald:channels" for
+ * the default app, "herald:channels:APP" for an app's. buf holds REDIS_INDEX_KEY_MAX. */
+#define REDIS_INDEX_KEY_MAX (16 + APP_NAME_MAX + 1)
+size_t redis_backend__index_key(char *buf, const char *name, size_t len);
 /*
  * The hub error a script's reply (or its failure) stands for, 0 when it is not an
  * error. Redis's own errors are logged as "redis: <what><name>: <error>" (repeats

@@ -24,7 +24,7 @@ struct chan_task {
     struct rb *rb;
     int w;
     enum chan_mode mode;
-    char name[CHANNEL_NAME_MAX + 1];
+    char name[CHANNEL_KEY_MAX + 1];
     size_t len;
     struct channel_opts o;
     hub_info_done *done;
@@ -45,7 +45,7 @@ struct chan_task {
 /* A listing: the index page it asks for, and its chan_task collecting the infos. */
 struct list_task {
     struct chan_task ct;
-    char after[CHANNEL_NAME_MAX + 1], prefix[CHANNEL_NAME_MAX + 1];
+    char after[CHANNEL_KEY_MAX + 1], prefix[CHANNEL_KEY_MAX + 1];
     size_t max;
 };
 
@@ -54,7 +54,8 @@ static void info_from_reply(struct chan_task *ct, const redisReply *r)
     const struct herald_config *cfg = ct->rb->cfg;
     struct channel_info *i = &ct->info;
     memset(i, 0, sizeof(*i));
-    memcpy(i->name, ct->name, ct->len);
+    struct slice nm = chan_key_name(ct->name, ct->len); /* what clients named */
+    memcpy(i->name, nm.data, nm.len);
     redisReply **e = r->element;
     ct->created = redis_backend__reply_u64(e[0]) == 1;
     i->ttl_ms = e[1]->len ? (uint32_t)redis_backend__reply_u64(e[1]) : cfg->channel_ttl_ms;
@@ -97,11 +98,12 @@ static void chan_reply(const redisReply *r, int status, void *arg)
     }
     /* Keep the listing index in step (another shard in a cluster: its own command). */
     if (!ct->err && ct->mode != CH_GET) {
-        const char *argv[] = {ct->mode == CH_DEL ? "ZREM" : "ZADD", "herald:channels", "0",
-                              ct->name};
+        char ixk[REDIS_INDEX_KEY_MAX];
+        size_t ixl = redis_backend__index_key(ixk, ct->name, ct->len);
+        const char *argv[] = {ct->mode == CH_DEL ? "ZREM" : "ZADD", ixk, "0", ct->name};
         if (ct->mode == CH_DEL)
             argv[2] = ct->name;
-        redis_bus_command(ct->rb->bus, "herald:channels", 15, redis_backend__ignore_reply, ct->rb,
+        redis_bus_command(ct->rb->bus, ixk, ixl, redis_backend__ignore_reply, ct->rb,
                           ct->mode == CH_DEL ? 3 : 4, argv, NULL);
     }
     hub_post(ct->rb->hub, ct->w, chan_answer, ct);
@@ -203,9 +205,11 @@ static void list_child_done(struct chan_task *child)
         ct->infos[ct->ninfos++] = child->info;
     } else if (child->err == HUB_ERR_NOT_FOUND) {
         /* Expired: out of the index, so that listings and totals stop counting it. */
-        const char *argv[] = {"ZREM", "herald:channels", child->name};
-        redis_bus_command(ct->rb->bus, "herald:channels", 15, redis_backend__ignore_reply, ct->rb,
-                          3, argv, NULL);
+        char ixk[REDIS_INDEX_KEY_MAX];
+        size_t ixl = redis_backend__index_key(ixk, child->name, child->len);
+        const char *argv[] = {"ZREM", ixk, child->name};
+        redis_bus_command(ct->rb->bus, ixk, ixl, redis_backend__ignore_reply, ct->rb, 3, argv,
+                          NULL);
         ct->gone++;
     } else {
         ct->err = child->err;
@@ -255,7 +259,7 @@ static void list_names_reply(const redisReply *r, int status, void *arg)
     for (size_t i = 0; i < names->elements; i++) {
         const redisReply *nm = names->element[i];
         struct chan_task *child = chan_task_new(ct->rb, ct->w, CH_GET, nm->str,
-                                                MIN(nm->len, (size_t)CHANNEL_NAME_MAX), NULL, NULL);
+                                                MIN(nm->len, (size_t)CHANNEL_KEY_MAX), NULL, NULL);
         child->parent = ct;
         chan_run(&child->t);
     }
@@ -266,9 +270,12 @@ static void list_run(struct task *t)
     struct list_task *lt = (struct list_task *)t;
     char max[16];
     snprintf(max, sizeof(max), "%zu", lt->max);
-    const char *argv[] = {"1", "herald:channels", lt->after, lt->prefix, max};
-    if (redis_script_call(lt->ct.rb->bus, REDIS_SCRIPT_LIST, "herald:channels", 15,
-                          list_names_reply, &lt->ct, 5, argv, NULL) < 0)
+    /* An app's listing names its "APP~" prefix: its own index. */
+    char ixk[REDIS_INDEX_KEY_MAX];
+    size_t ixl = redis_backend__index_key(ixk, lt->prefix, strlen(lt->prefix));
+    const char *argv[] = {"1", ixk, lt->after, lt->prefix, max};
+    if (redis_script_call(lt->ct.rb->bus, REDIS_SCRIPT_LIST, ixk, ixl, list_names_reply, &lt->ct, 5,
+                          argv, NULL) < 0)
         list_names_reply(NULL, RESP_ENOTCONN, &lt->ct);
 }
 
@@ -281,7 +288,7 @@ void redis_channels_list(void *be, int w, const char *after, size_t after_len, c
     lt->ct.w = w;
     lt->ct.list_done = done;
     lt->ct.arg = arg;
-    memcpy(lt->after, after, MIN(after_len, (size_t)CHANNEL_NAME_MAX));
+    memcpy(lt->after, after, MIN(after_len, (size_t)CHANNEL_KEY_MAX));
     if (prefix)
         snprintf(lt->prefix, sizeof(lt->prefix), "%s", prefix);
     lt->max = max;

@@ -129,7 +129,7 @@ int redis_payload_parse(const char *p, size_t len, struct hub_entry *e, struct s
         return -1;
     for (size_t i = 0; i < nch; i++) {
         const char *nl = memchr(p, '\n', (size_t)(end - p));
-        if (!nl || !hub_channel_name_valid(p, (size_t)(nl - p)))
+        if (!nl || !hub_channel_key_valid(p, (size_t)(nl - p)))
             return -1;
         e->channels[i] = (struct slice){p, (uint32_t)(nl - p)};
         p = nl + 1;

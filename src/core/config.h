@@ -41,6 +41,13 @@ struct herald_config {
                                     browser pages of other origins may not use the API */
     bool ws_publish; /* --ws-publish, allow {"op":"publish"} over WebSocket; default false */
 
+    /* apps (tenants) */
+    char admin_key[256];  /* --admin-key: the admin API and the Tsuru service API; "" = off */
+    char state_dir[512];  /* --state-dir: where apps persist on a single node; "" = memory */
+    char plans_file[512]; /* --plans: JSON plans; "" = the built-in ones */
+    char public_url[256]; /* --public-url: subscribers' base URL given to apps ("": from Host) */
+    char api_url[256];    /* --api-url: the publish API's base URL given to apps ("": from Host) */
+
     /* connection lifetime, in milliseconds */
     uint32_t heartbeat_ms;        /* --heartbeat, default 30s */
     uint32_t close_grace_ms;      /* --close-grace, default 4s */

@@ -127,11 +127,12 @@ struct conn {
     uint32_t in_charged;   /* bytes of `in` counted against --max-input-memory */
     uint32_t replay_slack; /* history replay may pass max-outbound by this much until drained */
     struct outq out;
-    struct timer timer; /* header timeout / heartbeat / poll timeout / pong grace */
-    struct timer life;  /* maximum lifetime (reconnect dither) */
-    struct list link;   /* worker's dirty or closing list */
-    struct list all;    /* worker's connection list */
-    struct list subs;   /* struct sub.conn_link */
+    struct timer timer;        /* header timeout / heartbeat / poll timeout / pong grace */
+    struct timer life;         /* maximum lifetime (reconnect dither) */
+    struct list link;          /* worker's dirty or closing list */
+    struct list all;           /* worker's connection list */
+    struct list subs;          /* struct sub.conn_link */
+    struct hub_tenant *tenant; /* a subscriber's app (a reference, counted in its conns) */
     union {
         uint64_t align;
         void *ptr;

@@ -106,31 +106,54 @@ void http_respond(struct http_ctx *x, int status, const char *content_type, cons
         conn_close_after_write(c);
 }
 
-void http_error(struct http_ctx *x, int status, const char *error, const char *detail_fmt, ...)
+/* {"error": error, ["limit": limit,] "detail": detail} */
+static void error_v(struct http_ctx *x, int status, const char *error, const char *limit,
+                    const char *fmt, va_list ap)
 {
     char detail[512];
-    va_list ap;
-    va_start(ap, detail_fmt);
-    vsnprintf(detail, sizeof(detail), detail_fmt, ap);
-    va_end(ap);
+    vsnprintf(detail, sizeof(detail), fmt, ap);
     struct sbuf b = {0};
     sbuf_adds(&b, "{\"error\":");
     sbuf_add_json_str(&b, error, strlen(error));
+    if (limit) {
+        sbuf_adds(&b, ",\"limit\":");
+        sbuf_add_json_str(&b, limit, strlen(limit));
+    }
     sbuf_adds(&b, ",\"detail\":");
     sbuf_add_json_str(&b, detail, strlen(detail));
     sbuf_adds(&b, "}\n");
     const char *extra = NULL;
     if (status == 401)
         extra = "WWW-Authenticate: Bearer realm=\"herald\", Basic realm=\"herald\"\r\n";
+    else if (status == 429)
+        extra = "Retry-After: 1\r\n";
     http_respond(x, status, "application/json", extra, b.data, b.len);
     sbuf_free(&b);
+}
+
+void http_error(struct http_ctx *x, int status, const char *error, const char *detail_fmt, ...)
+{
+    va_list ap;
+    va_start(ap, detail_fmt);
+    error_v(x, status, error, NULL, detail_fmt, ap);
+    va_end(ap);
+}
+
+void http_limit_error(struct http_ctx *x, int status, const char *limit, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    error_v(x, status, "limit_exceeded", limit, fmt, ap);
+    va_end(ap);
 }
 
 int http_hub_status(int err)
 {
     switch (err) {
     case HUB_ERR_NOT_FOUND: return 404;
-    case HUB_ERR_TOO_MANY_FOR_ADDR: return 429;
+    case HUB_ERR_TOO_MANY_FOR_ADDR:
+    case HUB_ERR_APP_CHANNELS: return 429;
+    case HUB_ERR_NO_APP: return 404;
     case HUB_ERR_TOO_MANY:
     case HUB_ERR_TOO_MANY_EPHEMERAL:
     case HUB_ERR_BACKEND: return 503;
@@ -140,6 +163,13 @@ int http_hub_status(int err)
 
 void http_hub_error(struct http_ctx *x, int err, const char *name, size_t name_len)
 {
+    if (err == HUB_ERR_APP_CHANNELS)
+        return http_limit_error(x, 429, "channels", "%s", hub_strerror(err));
+    if (name) { /* a key: the client named the channel only */
+        struct slice nm = chan_key_name(name, name_len);
+        name = nm.data;
+        name_len = nm.len;
+    }
     http_error(x, http_hub_status(err), hub_error_name(err), "%s%s%.*s", hub_strerror(err),
                name ? ": " : "", name ? (int)MIN(name_len, (size_t)CHANNEL_NAME_MAX) : 0,
                name ? name : "");
@@ -272,8 +302,9 @@ static void dispatch(struct conn *c, const struct http_request *req, const struc
 {
     atomic_fetch_add_explicit(&c->w->ctr.requests, 1, memory_order_relaxed);
     struct http_ctx x = {.c = c, .req = req, .body = body, .body_len = body_len};
-    http_route_prepare(&x, route);
-    route->handle(&x);
+    if (http_route_prepare(&x, route))
+        route->handle(&x);
+    http_ctx_done(&x);
 }
 
 static void on_request_done(struct conn *c)
@@ -389,6 +420,7 @@ static const struct http_route *check_head(struct conn *c, const struct http_req
     if (has_body(req))
         c->flags |= HTTPF_UNREAD_BODY;
     const struct http_route *route = http_route_check(&x);
+    http_ctx_done(&x);
     c->flags &= ~(uint32_t)(HTTPF_UNREAD_BODY | CF_TRUSTED);
     if (!route) {
         *close = has_body(req);

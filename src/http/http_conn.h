@@ -33,10 +33,17 @@ struct http_state {
 };
 
 /* Everything a handler needs about the request being answered. */
+struct hub_tenant;
+
 struct http_ctx {
     struct conn *c;
     const struct http_request *req;
     const struct http_route *route;
+    /* /apps/{app}/...: the app (a reference, released by http_ctx_done), and the path
+     * after its prefix; NULL and the whole path for the default app. */
+    struct hub_tenant *tenant;
+    const char *path;
+    size_t path_len;
     const char *tail; /* ROUTE_PREFIX routes: the path after the prefix */
     size_t tail_len;
     char *body; /* writable, not NUL-terminated */
@@ -48,6 +55,9 @@ struct http_ctx {
 };
 
 extern const struct conn_ops http_conn_ops;
+
+/* Releases what the router resolved for x (its app). */
+void http_ctx_done(struct http_ctx *x);
 
 /*
  * Queues a complete response. `headers` are extra header lines, each ending in
@@ -64,6 +74,10 @@ void http_error(struct http_ctx *x, int status, const char *error, const char *d
  * The one place where hub errors become HTTP answers.
  */
 void http_hub_error(struct http_ctx *x, int err, const char *name, size_t name_len);
+/* Answers {"error":"limit_exceeded","limit":…,"detail":…}: an app's plan said no (a 429
+ * carries Retry-After). */
+void http_limit_error(struct http_ctx *x, int status, const char *limit, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 /* The HTTP status of a hub error. */
 int http_hub_status(int err);
 /* Response status line and the common headers (CORS included), without the blank line. */

@@ -238,6 +238,10 @@ static enum http_method method_id(const char *m, size_t n)
         if (memcmp(m, "POST", 4) == 0)
             return HTTP_M_POST;
         break;
+    case 5:
+        if (memcmp(m, "PATCH", 5) == 0)
+            return HTTP_M_PATCH;
+        break;
     case 6:
         if (memcmp(m, "DELETE", 6) == 0)
             return HTTP_M_DELETE;

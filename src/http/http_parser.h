@@ -24,6 +24,7 @@ enum http_method {
     HTTP_M_PUT,
     HTTP_M_DELETE,
     HTTP_M_OPTIONS,
+    HTTP_M_PATCH,
 };
 
 /*

@@ -4,6 +4,8 @@
  */
 #include "http/router.h"
 
+#include "hub/hub.h"
+
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -15,6 +17,48 @@ static struct {
     size_t n;
 } tables[MAX_TABLES];
 static size_t ntables;
+static struct hub_tenant *(*app_resolver)(const char *name, size_t len);
+
+void http_set_app_resolver(struct hub_tenant *(*resolve)(const char *name, size_t len))
+{
+    app_resolver = resolve;
+}
+
+void http_ctx_done(struct http_ctx *x)
+{
+    hub_tenant_put(x->tenant);
+    x->tenant = NULL;
+}
+
+#define APPS_PREFIX "/apps/"
+
+/*
+ * Sets x->path (and x->tenant) for the request: /apps/{app}/rest is the app's
+ * "/rest". Returns false after answering when the app does not exist.
+ */
+static bool resolve_app(struct http_ctx *x)
+{
+    const struct http_request *req = x->req;
+    x->path = req->path;
+    x->path_len = req->path_len;
+    size_t n = sizeof(APPS_PREFIX) - 1;
+    if (req->path_len <= n || memcmp(req->path, APPS_PREFIX, n) != 0 || !app_resolver)
+        return true;
+    const char *name = req->path + n;
+    const char *slash = memchr(name, '/', req->path_len - n);
+    size_t len = slash ? (size_t)(slash - name) : req->path_len - n;
+    x->tenant = slash ? app_resolver(name, len) : NULL;
+    if (!x->tenant) {
+        http_error(x, 404, "app_not_found",
+                   "no app named \"%.*s\" on this server: check HERALD_URL, or create the app "
+                   "(POST /admin/apps)",
+                   (int)MIN(len, (size_t)APP_NAME_MAX + 8), name);
+        return false;
+    }
+    x->path = slash;
+    x->path_len = req->path_len - (size_t)(slash - req->path);
+    return true;
+}
 
 void http_routes_add(const struct http_route *routes, size_t n)
 {
@@ -90,12 +134,13 @@ static bool same_origin(const struct http_request *req, const struct http_header
 static size_t methods_text(uint32_t methods, bool options, char *out, size_t size)
 {
     static const char *names[] = {
-        [HTTP_M_GET] = "GET", [HTTP_M_HEAD] = "HEAD",     [HTTP_M_POST] = "POST",
-        [HTTP_M_PUT] = "PUT", [HTTP_M_DELETE] = "DELETE", [HTTP_M_OPTIONS] = "OPTIONS",
+        [HTTP_M_GET] = "GET",     [HTTP_M_HEAD] = "HEAD",     [HTTP_M_POST] = "POST",
+        [HTTP_M_PUT] = "PUT",     [HTTP_M_DELETE] = "DELETE", [HTTP_M_OPTIONS] = "OPTIONS",
+        [HTTP_M_PATCH] = "PATCH",
     };
     size_t len = 0;
     out[0] = '\0';
-    for (int m = HTTP_M_GET; m <= HTTP_M_OPTIONS; m++) {
+    for (int m = HTTP_M_GET; m <= HTTP_M_PATCH; m++) {
         if (m == HTTP_M_HEAD || (m == HTTP_M_OPTIONS ? !options : !(methods & HTTP_METHOD_BIT(m))))
             continue;
         int k = snprintf(out + len, size - len, "%s%s", len ? ", " : "", names[m]);
@@ -200,11 +245,15 @@ const struct http_route *http_route_check(struct http_ctx *x)
 {
     const struct http_request *req = x->req;
     struct conn *c = x->c;
-    const struct http_route *r = find(req->path, req->path_len);
+    if (!resolve_app(x))
+        return NULL;
+    const struct http_route *r = find(x->path, x->path_len);
+    if (r && x->tenant && !(r->flags & ROUTE_APP))
+        r = NULL;
     if (!r) {
         http_error(x, 404, "not_found",
                    "no endpoint %.*s; see /api for the list (subscribe: /ws /sse /poll "
-                   "/stream; publish: POST /pub/{channel})",
+                   "/stream; publish: POST /pub/{channel}; an app's under /apps/{app}/)",
                    (int)MIN(req->path_len, (size_t)200), req->path);
         return NULL;
     }
@@ -240,16 +289,19 @@ const struct http_route *http_route_check(struct http_ctx *x)
     return r;
 }
 
-void http_route_prepare(struct http_ctx *x, const struct http_route *route)
+bool http_route_prepare(struct http_ctx *x, const struct http_route *route)
 {
+    if (!resolve_app(x))
+        return false;
     x->route = route;
     size_t n = strlen(route->path);
     if (route->flags & ROUTE_PREFIX) {
-        x->tail = x->req->path + n;
-        x->tail_len = x->req->path_len - n;
+        x->tail = x->path + n;
+        x->tail_len = x->path_len - n;
     }
     x->cors = false;
     x->origin = NULL;
     x->origin_len = 0;
     origin_allowed(x, route); /* it passed on the head: this fills the CORS fields */
+    return true;
 }

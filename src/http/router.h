@@ -28,6 +28,7 @@ enum route_flags {
     ROUTE_API = 1u << 1,          /* publish/admin API (--api-listen; same-origin by default) */
     ROUTE_ANY_LISTENER = 1u << 2, /* served on every listener (health checks) */
     ROUTE_PREFIX = 1u << 3,       /* `path` is a prefix; the handler gets the rest in x->tail */
+    ROUTE_APP = 1u << 4,          /* also served per app, under /apps/{app}/ */
 };
 
 #define HTTP_METHOD_BIT(m) (1u << (m))
@@ -35,6 +36,7 @@ enum route_flags {
 #define ROUTE_POST         HTTP_METHOD_BIT(HTTP_M_POST)
 #define ROUTE_PUT          HTTP_METHOD_BIT(HTTP_M_PUT)
 #define ROUTE_DELETE       HTTP_METHOD_BIT(HTTP_M_DELETE)
+#define ROUTE_PATCH        HTTP_METHOD_BIT(HTTP_M_PATCH)
 
 struct http_route {
     const char *path;
@@ -47,6 +49,12 @@ struct http_route {
     void (*handle)(struct http_ctx *x);
 };
 
+/*
+ * How /apps/{app}/ finds its app: resolve(name, len) returns the app's tenant with
+ * a reference, or NULL when there is none. Start-up only; without it /apps/ is 404.
+ */
+void http_set_app_resolver(struct hub_tenant *(*resolve)(const char *name, size_t len));
+
 /* Registers n routes (kept by reference: a static table). Start-up only. */
 void http_routes_add(const struct http_route *routes, size_t n);
 /* Forgets every route (tests). */
@@ -58,8 +66,9 @@ void http_routes_clear(void);
  * or NULL after answering it. x->c and x->req are set; x->cors/origin are filled.
  */
 const struct http_route *http_route_check(struct http_ctx *x);
-/* Fills x->route, x->tail and the CORS fields for a request that passed the check. */
-void http_route_prepare(struct http_ctx *x, const struct http_route *route);
+/* Fills x->route, x->tenant, x->tail and the CORS fields for a request that passed the
+ * check. Returns false after answering when its app went away in between. */
+bool http_route_prepare(struct http_ctx *x, const struct http_route *route);
 
 /* Whether the request may use the publish API as far as its Origin goes: none (not
  * a browser), the server's own, or one --api-cors-origins allows. */

@@ -172,9 +172,10 @@ static void apply_load_locked(struct hub *hub, struct channel *ch, const struct 
          * a trim while the bus was away): the subscribers here are told, never skipped
          * silently. Queued before the entries, which follow the gap. */
         char fields[CHANNEL_NAME_MAX + 96];
+        struct slice nm = chan_key_name(ch->name, ch->name_len);
         int k = snprintf(fields, sizeof(fields),
-                         "\"channel\":\"%s\",\"since\":\"%" PRIu64 "\",\"oldest\":", ch->name,
-                         ch->last_seq);
+                         "\"channel\":\"%.*s\",\"since\":\"%" PRIu64 "\",\"oldest\":", (int)nm.len,
+                         nm.data, ch->last_seq);
         k += n ? snprintf(fields + k, sizeof(fields) - (size_t)k, "\"%" PRIu64 "\"", entries[0].seq)
                : snprintf(fields + k, sizeof(fields) - (size_t)k, "null");
         struct ctl_frames *gap = ctl_frames_new("gap", fields, (size_t)k);

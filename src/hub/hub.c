@@ -35,6 +35,10 @@ const char *hub_strerror(int err)
     case HUB_ERR_TOO_MANY_SUBS: return "too many channels on one connection";
     case HUB_ERR_BACKEND:
         return "the cluster backend (Redis) is unreachable; nothing was stored, retry shortly";
+    case HUB_ERR_APP_CHANNELS:
+        return "the app holds as many channels as its plan allows (limit: channels); delete "
+               "unused channels or move the app to a bigger plan";
+    case HUB_ERR_NO_APP: return "the app does not exist (it was deleted)";
     }
     return "unknown error";
 }
@@ -42,7 +46,8 @@ const char *hub_strerror(int err)
 bool hub_error_names_channel(int err)
 {
     return err == HUB_ERR_NAME || err == HUB_ERR_NOT_FOUND || err == HUB_ERR_TOO_MANY ||
-           err == HUB_ERR_TOO_MANY_EPHEMERAL || err == HUB_ERR_TOO_MANY_FOR_ADDR;
+           err == HUB_ERR_TOO_MANY_EPHEMERAL || err == HUB_ERR_TOO_MANY_FOR_ADDR ||
+           err == HUB_ERR_APP_CHANNELS;
 }
 
 const char *hub_error_name(int err)
@@ -56,6 +61,8 @@ const char *hub_error_name(int err)
     case HUB_ERR_TOO_MANY_SUBS: return "too_many_subscriptions";
     case HUB_ERR_TOO_MANY_FOR_ADDR: return "too_many_channels_per_ip";
     case HUB_ERR_BACKEND: return "backend_unavailable";
+    case HUB_ERR_APP_CHANNELS: return "limit_exceeded";
+    case HUB_ERR_NO_APP: return "app_not_found";
     }
     return "bad_request";
 }
@@ -78,6 +85,16 @@ static bool name_valid(const char *s, size_t len, size_t max, const char *extra)
 bool hub_channel_name_valid(const char *name, size_t len)
 {
     return name_valid(name, len, CHANNEL_NAME_MAX, "_.:@/-");
+}
+
+bool hub_channel_key_valid(const char *key, size_t len)
+{
+    const char *sep = memchr(key, CHANNEL_NS_SEP, len);
+    if (!sep)
+        return hub_channel_name_valid(key, len);
+    size_t alen = (size_t)(sep - key);
+    return name_valid(key, alen, APP_NAME_MAX, "-") &&
+           hub_channel_name_valid(sep + 1, len - alen - 1);
 }
 
 bool hub_event_name_valid(const char *name, size_t len)
@@ -106,7 +123,7 @@ struct tomb {
     struct map_node node;
     struct list fifo;
     uint64_t last_seq;
-    char name[CHANNEL_NAME_MAX + 1];
+    char name[CHANNEL_KEY_MAX + 1];
 };
 #define MAX_TOMBS 65536
 
@@ -303,12 +320,48 @@ static int chan_room(const struct hub *hub, bool ephemeral, size_t more)
     return ephemeral && !hub->be_ops ? HUB_ERR_TOO_MANY_EPHEMERAL : HUB_ERR_TOO_MANY;
 }
 
-/* Creates a channel; the caller checked chan_room. Hub lock held. */
+/* The tenant of key's app (a reference for the caller), NULL for the default app;
+ * HUB_ERR_NO_APP when the app does not exist. Hub lock held. */
+static int chan_tenant(struct hub *hub, const char *key, size_t len, struct hub_tenant **out)
+{
+    HUB_ASSERT_LOCKED(hub);
+    *out = NULL;
+    const char *sep = memchr(key, CHANNEL_NS_SEP, len);
+    if (!sep)
+        return 0;
+    *out = hub->tenant_of ? hub->tenant_of(hub->tenant_arg, key, (size_t)(sep - key) + 1) : NULL;
+    return *out ? 0 : HUB_ERR_NO_APP;
+}
+
+/* Room in key's app for `more` new channels (they all have its prefix). Hub lock held. */
+static int tenant_room(struct hub *hub, const char *key, size_t len, size_t more)
+{
+    struct hub_tenant *t;
+    int err = chan_tenant(hub, key, len, &t);
+    if (t) {
+        uint32_t max = atomic_load_explicit(&t->max_channels, memory_order_relaxed);
+        if (max && t->channels + more > max)
+            err = HUB_ERR_APP_CHANNELS;
+        hub_tenant_put(t);
+    }
+    return err;
+}
+
+/* A channel of t no longer in the table. Hub lock held. */
+static void tenant_uncount(struct hub *hub, struct channel *ch)
+{
+    HUB_ASSERT_LOCKED(hub);
+    if (ch->tenant)
+        ch->tenant->channels--;
+}
+
+/* Creates a channel; the caller checked chan_room and tenant_room. Hub lock held. */
 static struct channel *chan_create(struct hub *hub, const char *name, size_t len, bool ephemeral)
 {
     HUB_ASSERT_LOCKED(hub);
     const struct herald_config *cfg = hub->cfg;
     struct channel *ch = xcalloc(1, sizeof(*ch) + len + 1);
+    chan_tenant(hub, name, len, &ch->tenant); /* the reference is the channel's */
     memcpy(ch->name, name, len);
     ch->name_len = (uint32_t)len;
     ch->node.key = ch->name;
@@ -319,6 +372,12 @@ static struct channel *chan_create(struct hub *hub, const char *name, size_t len
     ch->history_size = cfg->history_size;
     ch->history_ttl_ms = cfg->history_ttl_ms;
     ch->history_bytes = cfg->history_bytes;
+    if (ch->tenant) {
+        ch->tenant->channels++;
+        uint32_t hmax = atomic_load_explicit(&ch->tenant->max_history, memory_order_relaxed);
+        if (hmax && ch->history_size > hmax)
+            ch->history_size = hmax;
+    }
     /* In memory, cursors from before this process started may have missed messages
      * we no longer know about; anything newer is complete. In cluster mode the cache
      * learns what Redis has lost when it loads (hub_channel_loaded). */
@@ -456,6 +515,7 @@ static void chan_release(struct hub *hub, struct channel *ch)
         ch->waiters = next;
     }
     free(ch->local);
+    hub_tenant_put(ch->tenant);
     free(ch);
 }
 
@@ -470,6 +530,7 @@ void hub__unlink_locked(struct hub *hub, struct channel *ch, uint64_t *wake_mask
     HUB_ASSERT_LOCKED(hub);
     tomb_put(hub, ch);
     map_del(&hub->channels, &ch->node);
+    tenant_uncount(hub, ch);
     heap_remove(&hub->expiry, &ch->expiry);
     ch->deleted = true;
     chan_make_stored(hub, ch); /* out of the ephemeral count */
@@ -529,7 +590,10 @@ void hub_free(struct hub *hub)
     struct map_node *n, *next = NULL;
     while ((n = map_next(&hub->channels, &b, &next))) {
         map_del(&hub->channels, n);
-        chan_release(hub, container_of(n, struct channel, node));
+        struct channel *ch = container_of(n, struct channel, node);
+        if (ch->tenant)
+            ch->tenant->channels--;
+        chan_release(hub, ch);
     }
     map_free(&hub->channels);
     heap_free(&hub->expiry);
@@ -597,6 +661,8 @@ static int resolve_channels(struct hub *hub, const struct slice *names, size_t n
             first_missing = i;
     }
     int err = missing ? chan_room(hub, subscribe, missing) : 0;
+    if (!err && missing)
+        err = tenant_room(hub, names[first_missing].data, names[first_missing].len, missing);
     if (!err && !quota_room(hub, cl, missing))
         err = HUB_ERR_TOO_MANY_FOR_ADDR;
     if (err) {
@@ -654,6 +720,8 @@ int hub_publish(struct hub *hub, const struct slice *channels, size_t n,
     res->subscribers = 0;
     for (size_t i = 0; i < n; i++) {
         struct msg *m = msg_new(chs[i]->name, chs[i]->name_len, chs[i]->id, seq, now, req);
+        if (chs[i]->tenant)
+            atomic_fetch_add_explicit(&chs[i]->tenant->messages, 1, memory_order_relaxed);
         m->group = group;
         res->subscribers += chs[i]->subscribers;
         hub__store_locked(hub, chs[i], m, now, &wake_mask);
@@ -1125,7 +1193,8 @@ void hub_sweep(struct hub *hub)
 static void fill_info(const struct channel *ch, struct channel_info *info)
 {
     memset(info, 0, sizeof(*info));
-    memcpy(info->name, ch->name, ch->name_len + 1);
+    struct slice nm = chan_key_name(ch->name, ch->name_len);
+    memcpy(info->name, nm.data, nm.len);
     info->persistent = ch->persistent;
     info->ttl_ms = ch->ttl_ms;
     info->history_size = ch->history_size;
@@ -1150,6 +1219,8 @@ int hub_channel_put(struct hub *hub, const char *name, size_t len, const struct 
     struct channel *ch = hub__lookup(hub, name, len);
     *created = !ch;
     int err = ch ? 0 : chan_room(hub, false, 1);
+    if (!err && !ch)
+        err = tenant_room(hub, name, len, 1);
     if (err) {
         hub_unlock(hub);
         return err;
@@ -1161,8 +1232,11 @@ int hub_channel_put(struct hub *hub, const char *name, size_t len, const struct 
         ch->ttl_ms = o->ttl_ms;
     if (o->has_persistent)
         ch->persistent = o->persistent;
-    if (o->has_history_size)
-        ch->history_size = o->history_size;
+    if (o->has_history_size) {
+        uint32_t hmax =
+            ch->tenant ? atomic_load_explicit(&ch->tenant->max_history, memory_order_relaxed) : 0;
+        ch->history_size = hmax && o->history_size > hmax ? hmax : o->history_size;
+    }
     if (o->has_history_ttl)
         ch->history_ttl_ms = o->history_ttl_ms;
     ch->last_active_ms = wall_ms();       /* PUT renews the TTL */
@@ -1216,10 +1290,12 @@ size_t hub_channel_list(struct hub *hub, const char *after, size_t after_len, co
                         struct channel_info *out, size_t max, size_t *total)
 {
     /* Keep the `max` smallest names greater than `after`: a bounded selection,
-     * so listing a huge table costs one pass and no big allocation. */
+     * so listing a huge table costs one pass and no big allocation. `prefix` and
+     * `after` are keys: an app's listing gives its "APP~" prefix, and a key with a
+     * namespace past the prefix belongs to another app (the default app's listing). */
     size_t n = 0, plen = prefix ? strlen(prefix) : 0;
-    char after_z[CHANNEL_NAME_MAX + 1] = "";
-    memcpy(after_z, after, MIN(after_len, (size_t)CHANNEL_NAME_MAX));
+    char after_z[CHANNEL_KEY_MAX + 1] = "";
+    memcpy(after_z, after, MIN(after_len, (size_t)CHANNEL_KEY_MAX));
     hub_lock(hub);
     *total = 0;
     size_t b = 0;
@@ -1228,20 +1304,23 @@ size_t hub_channel_list(struct hub *hub, const char *after, size_t after_len, co
         struct channel *ch = container_of(node, struct channel, node);
         if (plen && strncmp(ch->name, prefix, plen) != 0)
             continue;
+        if (memchr(ch->name + plen, CHANNEL_NS_SEP, ch->name_len - plen))
+            continue;
         (*total)++; /* the channels this listing pages through (matching the prefix) */
         if (after_len && strcmp(ch->name, after_z) <= 0)
             continue;
+        const char *nm = chan_key_name(ch->name, ch->name_len).data; /* what infos hold */
         if (n < max) {
             fill_info(ch, &out[n++]);
             if (n == max)
                 qsort(out, n, sizeof(*out), cmp_info_name);
             continue;
         }
-        if (max == 0 || strcmp(ch->name, out[max - 1].name) >= 0)
+        if (max == 0 || strcmp(nm, out[max - 1].name) >= 0)
             continue;
         /* Insert in order, dropping the largest. */
         size_t pos = max - 1;
-        while (pos > 0 && strcmp(out[pos - 1].name, ch->name) > 0) {
+        while (pos > 0 && strcmp(out[pos - 1].name, nm) > 0) {
             out[pos] = out[pos - 1];
             pos--;
         }

@@ -36,6 +36,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "core/heap.h"
 #include "core/map.h"
@@ -46,6 +47,70 @@
 #define HUB_MAX_WORKERS  64
 #define CHANNEL_NAME_MAX 128
 #define EVENT_NAME_MAX   64
+
+/*
+ * Namespaces (apps). The hub keys every channel by its *key*: the channel name
+ * for the default app, "APP~name" for an app's channel ('~' is never in a
+ * name). Everything the hub and the backend store is keyed so (apps never share
+ * a channel, a history or a Redis key); what clients see — envelopes, events,
+ * channel info — carries the name only (chan_key_name).
+ */
+#define APP_NAME_MAX    40
+#define CHANNEL_NS_SEP  '~'
+#define CHANNEL_KEY_MAX (APP_NAME_MAX + 1 + CHANNEL_NAME_MAX)
+
+/* The name part of a channel key. */
+static inline struct slice chan_key_name(const char *key, size_t len)
+{
+    const char *sep = memchr(key, CHANNEL_NS_SEP, len);
+    return sep ? (struct slice){sep + 1, (uint32_t)(len - (size_t)(sep + 1 - key))}
+               : (struct slice){key, (uint32_t)len};
+}
+
+/*
+ * An app's share of the hub: its namespace prefix, its limits and its usage.
+ * The apps module owns it (embedded in struct app); the hub finds it through
+ * hub.tenant_of when it creates a channel with that prefix, and keeps one
+ * reference per channel. Channels of the default app have none.
+ */
+struct hub_tenant {
+    atomic_uint refs;
+    void (*release)(struct hub_tenant *t); /* the last reference went */
+    char prefix[APP_NAME_MAX + 2];         /* "APP~" */
+    uint32_t prefix_len;
+    /* Limits, 0 for none (the app's plan; changed at any time). */
+    _Atomic uint32_t max_channels, max_history, max_conns;
+    /* Usage. */
+    atomic_uint channels; /* in the table (changed under the hub lock) */
+    atomic_uint conns;
+    atomic_uint_fast64_t published, messages, conns_refused;
+};
+
+/* Writes the key of channel name[0..len) in t's namespace (t NULL: the default app)
+ * into out[CHANNEL_KEY_MAX + 1], NUL-terminated; returns its length. */
+static inline size_t chan_key_make(char *out, const struct hub_tenant *t, const char *name,
+                                   size_t len)
+{
+    size_t p = t ? t->prefix_len : 0;
+    if (len > CHANNEL_NAME_MAX)
+        len = CHANNEL_NAME_MAX;
+    if (p)
+        memcpy(out, t->prefix, p);
+    memcpy(out + p, name, len);
+    out[p + len] = '\0';
+    return p + len;
+}
+
+static inline void hub_tenant_get(struct hub_tenant *t)
+{
+    atomic_fetch_add_explicit(&t->refs, 1, memory_order_relaxed);
+}
+
+static inline void hub_tenant_put(struct hub_tenant *t)
+{
+    if (t && atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) == 1)
+        t->release(t);
+}
 
 struct herald_config;
 struct hub_quota;
@@ -86,10 +151,11 @@ struct channel {
     uint32_t name_len;
     bool deleted;
     bool ephemeral;
-    bool persistent;         /* an option, with those below */
-    uint8_t sync;            /* cluster mode: enum channel_sync */
-    struct hub_quota *quota; /* the address a subscribe created it for (see hub_client) */
-    struct heap_node expiry; /* in hub.expiry; its key is never after the real deadline */
+    bool persistent;           /* an option, with those below */
+    uint8_t sync;              /* cluster mode: enum channel_sync */
+    struct hub_quota *quota;   /* the address a subscribe created it for (see hub_client) */
+    struct hub_tenant *tenant; /* its app (one reference), NULL: the default app */
+    struct heap_node expiry;   /* in hub.expiry; its key is never after the real deadline */
 
     /* options */
     uint32_t ttl_ms, history_size, history_ttl_ms, history_bytes;
@@ -197,6 +263,12 @@ struct hub {
     struct map tombs;
     struct list tomb_fifo;
 
+    /* The tenant of the app whose keys start with prefix[0..len) ("APP~"), with a
+     * reference for the caller, or NULL when there is no such app. Called with the hub
+     * lock held: it must not take it. NULL: no apps (every prefixed key is refused). */
+    struct hub_tenant *(*tenant_of)(void *arg, const char *prefix, size_t len);
+    void *tenant_arg;
+
     /* cluster mode */
     const struct hub_backend_ops *be_ops; /* NULL: in-memory */
     void *be;
@@ -244,6 +316,8 @@ enum hub_error {
     HUB_ERR_BACKEND = -6,            /* cluster mode: Redis is unreachable */
     HUB_ERR_TOO_MANY_EPHEMERAL = -7, /* max-channels ephemeral channels exist (in memory) */
     HUB_ERR_TOO_MANY_FOR_ADDR = -8,  /* max-channels-per-ip: this client address made enough */
+    HUB_ERR_APP_CHANNELS = -9,       /* the app's plan allows no more channels */
+    HUB_ERR_NO_APP = -10,            /* the channel's app does not exist (deleted) */
 };
 /* Positive result: the operation continues asynchronously (cluster mode). */
 #define HUB_PENDING 1
@@ -297,6 +371,8 @@ const char *hub_error_name(int err);
 int hub_init(struct hub *hub, const struct herald_config *cfg, int nworkers);
 void hub_free(struct hub *hub);
 
+/* Whether key[0..len) is a valid channel key: a name, or "APP~name" (hub.h). */
+bool hub_channel_key_valid(const char *key, size_t len);
 /* Whether name[0..len) is a valid channel name: 1-128 bytes of [A-Za-z0-9_.:@/-]. */
 bool hub_channel_name_valid(const char *name, size_t len);
 /* Whether name[0..len) is a valid event name: 1-64 bytes of [A-Za-z0-9_.:-]. */

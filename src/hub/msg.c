@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "core/util.h"
+#include "hub/hub.h"
 #include "transport/ws_frame.h"
 
 /* A plain refcounted buffer: the deflate frame. */
@@ -68,8 +69,9 @@ struct msg *msg_new(const char *name, size_t name_len, uint64_t chan_id, uint64_
     struct sbuf env = {0};
     char idbuf[24];
     snprintf(idbuf, sizeof(idbuf), "%" PRIu64, seq);
+    struct slice nm = chan_key_name(name, name_len); /* clients see the name, not the key */
     sbuf_adds(&env, "{\"event\":\"message\",\"channel\":\"");
-    sbuf_add(&env, name, name_len); /* names never need escaping */
+    sbuf_add(&env, nm.data, nm.len); /* names never need escaping */
     sbuf_printf(&env, "\",\"id\":\"%s\",\"time\":%" PRIu64, idbuf, time_ms);
     if (req->event) {
         sbuf_adds(&env, ",\"type\":");

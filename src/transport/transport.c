@@ -22,16 +22,22 @@
 static struct ctl_frames *reconnect_shutdown, *reconnect_lifetime;
 
 static const struct http_route routes[] = {
-    {.path = "/ws", .methods = ROUTE_GET, .flags = ROUTE_SUBSCRIBE, .handle = ws_handle_upgrade},
+    {.path = "/ws",
+     .methods = ROUTE_GET,
+     .flags = ROUTE_SUBSCRIBE | ROUTE_APP,
+     .handle = ws_handle_upgrade},
     /* GET only: an answer to HEAD has no body, and these answers are nothing but body. */
     {.path = "/sse",
      .methods = HTTP_METHOD_BIT(HTTP_M_GET),
-     .flags = ROUTE_SUBSCRIBE,
+     .flags = ROUTE_SUBSCRIBE | ROUTE_APP,
      .handle = sse_handle},
-    {.path = "/poll", .methods = ROUTE_GET, .flags = ROUTE_SUBSCRIBE, .handle = longpoll_handle},
+    {.path = "/poll",
+     .methods = ROUTE_GET,
+     .flags = ROUTE_SUBSCRIBE | ROUTE_APP,
+     .handle = longpoll_handle},
     {.path = "/stream",
      .methods = HTTP_METHOD_BIT(HTTP_M_GET),
-     .flags = ROUTE_SUBSCRIBE,
+     .flags = ROUTE_SUBSCRIBE | ROUTE_APP,
      .handle = stream_handle},
 };
 
@@ -57,9 +63,58 @@ void transport_free(void)
 
 /* ---- request parsing ----------------------------------------------------- */
 
-int transport_parse_channels(struct sub_request *r, const char *list, size_t len, const char **err)
+static char *key_slot(struct sub_request *r)
 {
-    char *out = r->name_buf;
+    return r->name_buf + r->n * (CHANNEL_KEY_MAX + 1);
+}
+
+void transport_add_channel(struct sub_request *r, const struct hub_tenant *t, const char *name,
+                           size_t len)
+{
+    char *out = key_slot(r);
+    size_t kl = chan_key_make(out, t, name, len);
+    for (size_t k = 0; k < r->n; k++)
+        if (r->names[k].len == kl && memcmp(r->names[k].data, out, kl) == 0)
+            return; /* named twice: once */
+    r->names[r->n++] = (struct slice){out, (uint32_t)kl};
+}
+
+void transport_channels_json(struct sbuf *b, const struct sub_request *r)
+{
+    sbuf_adds(b, "\"channels\":[");
+    for (size_t i = 0; i < r->n; i++) {
+        struct slice nm = chan_key_name(r->names[i].data, r->names[i].len);
+        if (i)
+            sbuf_add(b, ",", 1);
+        sbuf_add_json_str(b, nm.data, nm.len);
+    }
+    sbuf_add(b, "]", 1);
+}
+
+bool transport_bind_app(struct conn *c, struct hub_tenant *t)
+{
+    if (c->tenant == t)
+        return true;
+    if (t) {
+        uint32_t max = atomic_load_explicit(&t->max_conns, memory_order_relaxed);
+        if (atomic_fetch_add(&t->conns, 1) >= max && max) {
+            atomic_fetch_sub(&t->conns, 1);
+            atomic_fetch_add_explicit(&t->conns_refused, 1, memory_order_relaxed);
+            return false;
+        }
+        hub_tenant_get(t);
+    }
+    if (c->tenant) { /* a keep-alive connection that polled another app before */
+        atomic_fetch_sub(&c->tenant->conns, 1);
+        hub_tenant_put(c->tenant);
+    }
+    c->tenant = t;
+    return true;
+}
+
+int transport_parse_channels(struct sub_request *r, const struct hub_tenant *t, const char *list,
+                             size_t len, const char **err)
+{
     size_t i = 0;
     r->n = 0;
     while (i <= len) {
@@ -81,15 +136,7 @@ int transport_parse_channels(struct sub_request *r, const char *list, size_t len
                 *err = "channel names are 1-128 bytes of letters, digits and _ . : @ / -";
                 return -1;
             }
-            bool dup = false;
-            for (size_t k = 0; k < r->n && !dup; k++)
-                dup =
-                    r->names[k].len == (uint32_t)n && memcmp(r->names[k].data, tmp, (size_t)n) == 0;
-            if (!dup) {
-                memcpy(out, tmp, (size_t)n);
-                r->names[r->n++] = (struct slice){out, (uint32_t)n};
-                out += n;
-            }
+            transport_add_channel(r, t, tmp, (size_t)n);
         }
         i = j + 1;
     }
@@ -198,7 +245,7 @@ int transport_parse_request(struct http_ctx *x, struct sub_request *r, bool sse)
                    "name the channels to subscribe to, e.g. ?channels=news or ?channels=a,b");
         return -1;
     }
-    if (transport_parse_channels(r, v, vl, &err) < 0) {
+    if (transport_parse_channels(r, x->tenant, v, vl, &err) < 0) {
         http_error(x, 400, "bad_channel", "%s", err);
         return -1;
     }
@@ -217,7 +264,20 @@ int transport_parse_request(struct http_ctx *x, struct sub_request *r, bool sse)
         http_error(x, 400, "bad_cursor", "%s", err);
         return -1;
     }
+    if (!transport_bind_app(x->c, x->tenant)) {
+        transport_app_full(x);
+        return -1;
+    }
     return 0;
+}
+
+void transport_app_full(struct http_ctx *x)
+{
+    uint32_t max = atomic_load(&x->tenant->max_conns);
+    http_limit_error(x, 503, "connections",
+                     "the app has the %u subscriber connections its plan allows; retry later or "
+                     "move the app to a bigger plan",
+                     max);
 }
 
 /* ---- subscribing ---------------------------------------------------------- */
@@ -226,15 +286,16 @@ static void deliver_gap(struct conn *c, const struct hub_gap *g)
 {
     uint64_t since = g->since;
     char fields[CHANNEL_NAME_MAX + 128];
+    struct slice nm = chan_key_name(g->ch->name, g->ch->name_len);
     int n;
     if (g->oldest)
         n = snprintf(fields, sizeof(fields),
-                     "\"channel\":\"%s\",\"since\":\"%" PRIu64 "\",\"oldest\":\"%" PRIu64 "\"",
-                     g->ch->name, since, g->oldest);
+                     "\"channel\":\"%.*s\",\"since\":\"%" PRIu64 "\",\"oldest\":\"%" PRIu64 "\"",
+                     (int)nm.len, nm.data, since, g->oldest);
     else
         n = snprintf(fields, sizeof(fields),
-                     "\"channel\":\"%s\",\"since\":\"%" PRIu64 "\",\"oldest\":null", g->ch->name,
-                     since);
+                     "\"channel\":\"%.*s\",\"since\":\"%" PRIu64 "\",\"oldest\":null", (int)nm.len,
+                     nm.data, since);
     struct ctl_frames *f = ctl_frames_new("gap", fields, (size_t)n);
     c->ops->deliver_ctl(c, f);
     ref_put(&f->ref);
@@ -322,7 +383,9 @@ void transport_on_shutdown(struct conn *c)
 void transport_on_channel_closed(struct conn *c, struct channel *ch)
 {
     char fields[CHANNEL_NAME_MAX + 48];
-    int n = snprintf(fields, sizeof(fields), "\"channel\":\"%s\",\"reason\":\"deleted\"", ch->name);
+    struct slice nm = chan_key_name(ch->name, ch->name_len);
+    int n = snprintf(fields, sizeof(fields), "\"channel\":\"%.*s\",\"reason\":\"deleted\"",
+                     (int)nm.len, nm.data);
     struct ctl_frames *f = ctl_frames_new("closed", fields, (size_t)n);
     /* A WebSocket client may subscribe again; a stream with no channel left is over. */
     if (c->ops->kind == CONN_WS || !list_empty(&c->subs))

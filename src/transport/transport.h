@@ -54,14 +54,28 @@ struct sub_request {
     uint64_t since;                              /* the cursor; per-channel: its largest */
     uint64_t since_each[TRANSPORT_MAX_CHANNELS]; /* a per-channel cursor, names[i]'s */
     size_t nsince;                               /* 0: one cursor for every channel */
-    char name_buf[TRANSPORT_MAX_CHANNELS * (CHANNEL_NAME_MAX + 1)];
+    char name_buf[TRANSPORT_MAX_CHANNELS * (CHANNEL_KEY_MAX + 1)]; /* the names' keys */
 };
 
 /*
- * Parses a comma-separated, percent-encoded channel list into r (copies names
- * into r->name_buf). Returns 0, or -1 with a message in *err.
+ * Parses a comma-separated, percent-encoded channel list into r: the channels'
+ * keys in t's namespace (t NULL: the default app), copied into r->name_buf.
+ * Returns 0, or -1 with a message in *err.
  */
-int transport_parse_channels(struct sub_request *r, const char *list, size_t len, const char **err);
+int transport_parse_channels(struct sub_request *r, const struct hub_tenant *t, const char *list,
+                             size_t len, const char **err);
+/* Adds the channel name[0..len) (validated) to r as a key of t's namespace. */
+void transport_add_channel(struct sub_request *r, const struct hub_tenant *t, const char *name,
+                           size_t len);
+/*
+ * Makes c a connection of app t (NULL: the default app), counted against its plan's
+ * connections. Returns false, counting nothing, when the plan has none left.
+ */
+bool transport_bind_app(struct conn *c, struct hub_tenant *t);
+/* Answers 503 limit_exceeded "connections" for x's app. */
+void transport_app_full(struct http_ctx *x);
+/* Appends r's channel names (not keys) as a JSON array member "channels":[…]. */
+void transport_channels_json(struct sbuf *b, const struct sub_request *r);
 /*
  * Parses a cursor into r, whose channels are parsed already: a message id, or a
  * per-channel cursor "ID.DELTA.DELTA..." (the first channel's position, then each

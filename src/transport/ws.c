@@ -188,12 +188,15 @@ void ws_handle_upgrade(struct http_ctx *x)
     size_t vl;
     bool has_channels = http_query_param(req->query, req->query_len, "channels", &v, &vl) ||
                         http_query_param(req->query, req->query_len, "channel", &v, &vl);
-    if (has_channels && transport_parse_channels(&r, v, vl, &err) < 0)
+    if (has_channels && transport_parse_channels(&r, x->tenant, v, vl, &err) < 0)
         return http_error(x, 400, "bad_channel", "%s", err);
     if (http_query_param(req->query, req->query_len, "since", &v, &vl) &&
         transport_parse_since(&r, v, vl, &err) < 0)
         return http_error(x, 400, "bad_cursor", "%s", err);
     struct hub_backlog b = {0};
+    /* Over its app's plan: upgraded and closed with 4429, which a browser can read. */
+    bool full = !transport_bind_app(c, x->tenant);
+    has_channels &= !full;
     /* An error is answered before the upgrade, as HTTP (the same statuses as SSE). */
     if (has_channels && transport_http_subscribe(x, &r, &b) < 0)
         return; /* answered, or parked: the handshake is re-run when the channels are ready */
@@ -217,7 +220,7 @@ void ws_handle_upgrade(struct http_ctx *x)
     sbuf_adds(&resp, "\r\n");
     /* Credentials on the upgrade make a publisher; loopback trust only for a request no
      * other origin's page made (a browser on this host would lend it its position). */
-    bool credentials = cfg->ws_publish && api_may_publish(req, c);
+    bool credentials = cfg->ws_publish && api_may_publish(req, c, x->tenant);
     bool publisher = credentials && http_origin_may_use_api(x);
     conn_set_ops(c, &ws_ops.conn);
     c->flags &= ~(uint32_t)CF_TRUSTED;
@@ -229,6 +232,14 @@ void ws_handle_upgrade(struct http_ctx *x)
         c->flags |= WSF_DEFLATE;
     conn_send_copy(c, resp.data, resp.len);
     sbuf_free(&resp);
+    if (full) {
+        char detail[160];
+        snprintf(detail, sizeof(detail),
+                 "the app has the %u subscriber connections its plan allows (limit: connections)",
+                 atomic_load(&x->tenant->max_conns));
+        ws_reply_error(c, "limit_exceeded", detail, NULL);
+        return ws_close_with(c, WS_CLOSE_APP_LIMIT, "limit_exceeded: connections");
+    }
     transport_start(c);
     if (has_channels)
         transport_replay(c, &b);
@@ -237,11 +248,10 @@ void ws_handle_upgrade(struct http_ctx *x)
 /* ---- client ops ------------------------------------------------------------------ */
 
 /* Reads "channels": [..] or "channel": ".." of an op into r. */
-static int op_channels(json_t *op, struct sub_request *r, const char **err)
+static int op_channels(const struct conn *c, json_t *op, struct sub_request *r, const char **err)
 {
     memset(r, 0, offsetof(struct sub_request, name_buf));
     json_t *chs = json_object_get(op, "channels"), *ch = json_object_get(op, "channel");
-    char *out = r->name_buf;
     json_t *one[1] = {ch};
     if (chs && ch) {
         *err = "name the channels with \"channels\": [...] or \"channel\": \"a\", not both";
@@ -263,10 +273,7 @@ static int op_channels(json_t *op, struct sub_request *r, const char **err)
             *err = "channel names are 1-128 bytes of letters, digits and _ . : @ / -";
             return -1;
         }
-        size_t n = json_string_length(v);
-        memcpy(out, json_string_value(v), n);
-        r->names[r->n++] = (struct slice){out, (uint32_t)n};
-        out += n;
+        transport_add_channel(r, c->tenant, json_string_value(v), json_string_length(v));
     }
     json_t *since = json_object_get(op, "since");
     if (json_is_string(since)) {
@@ -282,22 +289,11 @@ static int op_channels(json_t *op, struct sub_request *r, const char **err)
     return 0;
 }
 
-static void channel_list_json(struct sbuf *b, const struct sub_request *r)
-{
-    sbuf_adds(b, "\"channels\":[");
-    for (size_t i = 0; i < r->n; i++) {
-        if (i)
-            sbuf_add(b, ",", 1);
-        sbuf_add_json_str(b, r->names[i].data, r->names[i].len);
-    }
-    sbuf_add(b, "]", 1);
-}
-
 static void op_subscribe(struct conn *c, json_t *op, json_t *ref)
 {
     struct sub_request r;
     const char *err;
-    if (op_channels(op, &r, &err) < 0)
+    if (op_channels(c, op, &r, &err) < 0)
         return ws_reply_error(c, "bad_request", err, ref);
     struct hub_backlog b;
     size_t bad = 0;
@@ -314,7 +310,7 @@ static void op_subscribe(struct conn *c, json_t *op, json_t *ref)
         return ws_reply_error(c, hub_error_name(e), detail, ref);
     }
     struct sbuf f = {0};
-    channel_list_json(&f, &r);
+    transport_channels_json(&f, &r);
     if (conn_hub(c)->ids_per_channel && r.n > 1) {
         /* Ids order each channel only: where the client stands on each of the op's
          * channels, in their order (a per-channel cursor it can pass back as since). */
@@ -343,7 +339,7 @@ static void op_unsubscribe(struct conn *c, json_t *op, json_t *ref)
 {
     struct sub_request r;
     const char *err;
-    if (op_channels(op, &r, &err) < 0)
+    if (op_channels(c, op, &r, &err) < 0)
         return ws_reply_error(c, "bad_request", err, ref);
     for (size_t i = 0; i < r.n; i++) {
         struct list *p, *tmp;
@@ -356,7 +352,7 @@ static void op_unsubscribe(struct conn *c, json_t *op, json_t *ref)
         }
     }
     struct sbuf f = {0};
-    channel_list_json(&f, &r);
+    transport_channels_json(&f, &r);
     ws_reply(c, "unsubscribed", f.data, ref);
     sbuf_free(&f);
 }
@@ -398,8 +394,9 @@ static void op_publish(struct conn *c, json_t *op, json_t *ref)
     /* The same rule as the HTTP API: credentials on the upgrade request, or a
      * "key" in the op (browsers cannot set headers on a WebSocket). */
     json_t *key = json_object_get(op, "key");
-    bool keyed = json_is_string(key) &&
-                 api_key_matches(conn_cfg(c), json_string_value(key), json_string_length(key));
+    bool keyed =
+        json_is_string(key) &&
+        api_key_matches(conn_cfg(c), c->tenant, json_string_value(key), json_string_length(key));
     if (!(c->flags & WSF_PUBLISHER) && !keyed && (c->flags & WSF_FOREIGN))
         return ws_reply_error(c, "unauthorized",
                               "a page of another origin opened this WebSocket: the credentials or "
@@ -417,8 +414,14 @@ static void op_publish(struct conn *c, json_t *op, json_t *ref)
                               ref);
     struct api_pub p;
     const char *err;
-    if (api_pub_from_json(op, &p, &err) < 0)
+    if (api_pub_from_json(op, &p, c->tenant, &err) < 0)
         return ws_reply_error(c, "bad_request", err, ref);
+    const char *limit;
+    char detail[200];
+    if (api_app_publish_check(c->tenant, p.data_len, &limit, detail, sizeof(detail))) {
+        api_pub_free(&p);
+        return ws_reply_error(c, "limit_exceeded", detail, ref);
+    }
     struct publish_req req = {
         .kind = p.text ? PUB_TEXT : PUB_JSON,
         .data_json = {p.data_json, (uint32_t)p.data_len},

@@ -22,7 +22,7 @@ static void check_entry(const char *buf, size_t len, const struct hub_entry *e)
     CHECK(e->nchannels >= 1 && e->nchannels <= REDIS_PAYLOAD_MAX_CHANNELS);
     for (size_t i = 0; i < e->nchannels; i++) {
         CHECK(inside(e->channels[i].data, e->channels[i].len, buf, len));
-        CHECK(hub_channel_name_valid(e->channels[i].data, e->channels[i].len));
+        CHECK(hub_channel_key_valid(e->channels[i].data, e->channels[i].len));
     }
     CHECK(!e->req.event || (inside(e->req.event, e->req.event_len, buf, len) &&
                             hub_event_name_valid(e->req.event, e->req.event_len)));

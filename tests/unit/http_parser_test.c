@@ -72,10 +72,10 @@ static void test_method_ids(void **state)
         const char *m;
         enum http_method id;
     } cases[] = {
-        {"GET", HTTP_M_GET},        {"HEAD", HTTP_M_HEAD},     {"POST", HTTP_M_POST},
-        {"PUT", HTTP_M_PUT},        {"DELETE", HTTP_M_DELETE}, {"OPTIONS", HTTP_M_OPTIONS},
-        {"PATCH", HTTP_M_OTHER},    {"get", HTTP_M_OTHER},     {"GETX", HTTP_M_OTHER},
-        {"M-SEARCH", HTTP_M_OTHER},
+        {"GET", HTTP_M_GET},      {"HEAD", HTTP_M_HEAD},      {"POST", HTTP_M_POST},
+        {"PUT", HTTP_M_PUT},      {"DELETE", HTTP_M_DELETE},  {"OPTIONS", HTTP_M_OPTIONS},
+        {"PATCH", HTTP_M_PATCH},  {"get", HTTP_M_OTHER},      {"GETX", HTTP_M_OTHER},
+        {"PATCHX", HTTP_M_OTHER}, {"M-SEARCH", HTTP_M_OTHER},
     };
     char buf[128];
     struct http_request req;

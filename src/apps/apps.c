@@ -1,0 +1,580 @@
+/*
+ * apps: the registry of apps, their plans and their persistence. See apps.h.
+ */
+#include "apps/apps.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <openssl/rand.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/config.h"
+#include "core/log.h"
+
+static const struct plan builtin_plans[] = {
+    {.name = "free",
+     .description = "100 connections, 100 channels, 10 publishes/s, 64 KiB messages",
+     .max_connections = 100,
+     .max_channels = 100,
+     .max_publish_rate = 10,
+     .max_message_bytes = 64 * 1024,
+     .max_history = 100},
+    {.name = "standard",
+     .description = "10,000 connections, 10,000 channels, 1,000 publishes/s, 256 KiB messages",
+     .max_connections = 10000,
+     .max_channels = 10000,
+     .max_publish_rate = 1000,
+     .max_message_bytes = 256 * 1024,
+     .max_history = 1000},
+    {.name = "unlimited",
+     .description = "no limits but the server's own",
+     .max_connections = 0,
+     .max_channels = 0,
+     .max_publish_rate = 0,
+     .max_message_bytes = 0,
+     .max_history = 0},
+};
+
+static struct {
+    pthread_rwlock_t lock;
+    pthread_mutex_t save_lock; /* one writer of the state file at a time */
+    struct map apps;
+    struct plan *plans;
+    size_t nplans;
+    struct hub *hub;
+    const struct herald_config *cfg;
+    bool ready;
+} reg = {.lock = PTHREAD_RWLOCK_INITIALIZER, .save_lock = PTHREAD_MUTEX_INITIALIZER};
+
+/* ---- names, keys, plans ------------------------------------------------------ */
+
+bool apps_name_valid(const char *name, size_t len)
+{
+    if (len < 1 || len > APP_NAME_MAX || name[0] == '-')
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        char c = name[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-'))
+            return false;
+    }
+    return true;
+}
+
+/* A fresh random key: 32 bytes from the OpenSSL generator, base64url without padding. */
+static void new_key(char out[APP_KEY_LEN + 1])
+{
+    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    unsigned char r[33] = {0};
+    if (RAND_bytes(r, 32) != 1)
+        abort(); /* the OpenSSL generator cannot fail once seeded */
+    size_t o = 0;
+    for (size_t i = 0; i < 33 && o < APP_KEY_LEN; i += 3) {
+        uint32_t v = (uint32_t)r[i] << 16 | (uint32_t)r[i + 1] << 8 | r[i + 2];
+        for (int k = 3; k >= 0 && o < APP_KEY_LEN; k--)
+            out[o++] = b64[(v >> (6 * k)) & 63];
+    }
+    out[APP_KEY_LEN] = '\0';
+}
+
+const struct plan *apps_plans(size_t *n)
+{
+    *n = reg.nplans;
+    return reg.plans;
+}
+
+const struct plan *apps_plan(const char *name)
+{
+    for (size_t i = 0; i < reg.nplans; i++)
+        if (strcmp(reg.plans[i].name, name) == 0)
+            return &reg.plans[i];
+    return NULL;
+}
+
+static int plan_uint(json_t *o, const char *key, uint32_t *out, char *err, size_t errlen)
+{
+    json_t *v = json_object_get(o, key);
+    if (!v)
+        return 0;
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > UINT32_MAX) {
+        snprintf(err, errlen, "\"%s\" is a whole number from 0 (no limit) up", key);
+        return -1;
+    }
+    *out = (uint32_t)json_integer_value(v);
+    return 0;
+}
+
+/* --plans FILE: {"plans":[{"name":…,"description":…,"connections":…,"channels":…,
+ * "publishes_per_second":…,"message_bytes":…,"history":…}]} (or the bare array). */
+static int load_plans(const char *path, char *err, size_t errlen)
+{
+    json_error_t jerr;
+    json_t *doc = json_load_file(path, 0, &jerr);
+    if (!doc) {
+        snprintf(err, errlen, "--plans %s: %s (line %d)", path, jerr.text, jerr.line);
+        return -1;
+    }
+    json_t *arr = json_is_array(doc) ? doc : json_object_get(doc, "plans");
+    if (!json_is_array(arr) || json_array_size(arr) == 0 || json_array_size(arr) > 64) {
+        snprintf(err, errlen, "--plans %s: expected {\"plans\": [ 1 to 64 plans ]}", path);
+        json_decref(doc);
+        return -1;
+    }
+    reg.nplans = json_array_size(arr);
+    reg.plans = xcalloc(reg.nplans, sizeof(*reg.plans));
+    for (size_t i = 0; i < reg.nplans; i++) {
+        json_t *o = json_array_get(arr, i);
+        struct plan *p = &reg.plans[i];
+        const char *name = json_string_value(json_object_get(o, "name"));
+        char why[128] = "";
+        if (!json_is_object(o) || !name || !*name || strlen(name) > PLAN_NAME_MAX ||
+            apps_plan(name) != NULL) {
+            snprintf(why, sizeof(why), "each plan has a unique \"name\" of 1-%d bytes",
+                     PLAN_NAME_MAX);
+        } else {
+            snprintf(p->name, sizeof(p->name), "%s", name);
+            const char *d = json_string_value(json_object_get(o, "description"));
+            snprintf(p->description, sizeof(p->description), "%s", d ? d : "");
+            if (plan_uint(o, "connections", &p->max_connections, why, sizeof(why)) ||
+                plan_uint(o, "channels", &p->max_channels, why, sizeof(why)) ||
+                plan_uint(o, "publishes_per_second", &p->max_publish_rate, why, sizeof(why)) ||
+                plan_uint(o, "message_bytes", &p->max_message_bytes, why, sizeof(why)) ||
+                plan_uint(o, "history", &p->max_history, why, sizeof(why)))
+                p->name[0] = '\0';
+        }
+        if (why[0]) {
+            snprintf(err, errlen, "--plans %s: plan %zu: %s", path, i + 1, why);
+            free(reg.plans);
+            reg.plans = NULL;
+            json_decref(doc);
+            return -1;
+        }
+    }
+    json_decref(doc);
+    return 0;
+}
+
+static void apply_plan(struct app *a, const struct plan *p)
+{
+    snprintf(a->plan, sizeof(a->plan), "%s", p->name);
+    atomic_store(&a->t.max_channels, p->max_channels);
+    atomic_store(&a->t.max_history, p->max_history);
+    atomic_store(&a->t.max_conns, p->max_connections);
+    a->max_message_bytes = p->max_message_bytes;
+    a->max_publish_rate = p->max_publish_rate;
+}
+
+json_t *apps_plan_json(const struct plan *p)
+{
+    return json_pack("{s:s,s:s,s:I,s:I,s:I,s:I,s:I}", "name", p->name, "description",
+                     p->description, "connections", (json_int_t)p->max_connections, "channels",
+                     (json_int_t)p->max_channels, "publishes_per_second",
+                     (json_int_t)p->max_publish_rate, "message_bytes",
+                     (json_int_t)p->max_message_bytes, "history", (json_int_t)p->max_history);
+}
+
+/* ---- the registry ---------------------------------------------------------------- */
+
+static void app_release(struct hub_tenant *t)
+{
+    free(app_of(t));
+}
+
+static struct app *app_new(const char *name, size_t len)
+{
+    struct app *a = xcalloc(1, sizeof(*a));
+    memcpy(a->name, name, len);
+    snprintf(a->t.prefix, sizeof(a->t.prefix), "%s%c", a->name, CHANNEL_NS_SEP);
+    a->t.prefix_len = (uint32_t)len + 1;
+    atomic_init(&a->t.refs, 1); /* the registry's */
+    a->t.release = app_release;
+    a->node.key = a->name;
+    a->node.key_len = (uint32_t)len;
+    a->created_ms = wall_ms();
+    return a;
+}
+
+struct app *apps_get(const char *name, size_t len)
+{
+    pthread_rwlock_rdlock(&reg.lock);
+    struct map_node *n = reg.ready ? map_get(&reg.apps, name, len) : NULL;
+    struct app *a = n ? container_of(n, struct app, node) : NULL;
+    if (a)
+        hub_tenant_get(&a->t);
+    pthread_rwlock_unlock(&reg.lock);
+    return a;
+}
+
+/* hub.tenant_of: prefix is "APP~". Hub lock held (the registry lock comes after it). */
+static struct hub_tenant *tenant_of(void *arg, const char *prefix, size_t len)
+{
+    (void)arg;
+    struct app *a = len ? apps_get(prefix, len - 1) : NULL;
+    return a ? &a->t : NULL;
+}
+
+size_t apps_count(void)
+{
+    pthread_rwlock_rdlock(&reg.lock);
+    size_t n = reg.ready ? reg.apps.len : 0;
+    pthread_rwlock_unlock(&reg.lock);
+    return n;
+}
+
+void apps_each(void (*fn)(struct app *a, void *arg), void *arg)
+{
+    pthread_rwlock_rdlock(&reg.lock);
+    size_t b = 0;
+    struct map_node *n, *next = NULL;
+    while (reg.ready && (n = map_next(&reg.apps, &b, &next)))
+        fn(container_of(n, struct app, node), arg);
+    pthread_rwlock_unlock(&reg.lock);
+}
+
+/* ---- persistence --------------------------------------------------------------- */
+
+static json_t *app_state_json(const struct app *a)
+{
+    json_t *keys = json_array();
+    for (int i = 0; i < APP_MAX_KEYS; i++)
+        if (a->keys[i][0])
+            json_array_append_new(keys, json_string(a->keys[i]));
+    return json_pack("{s:s,s:s,s:s,s:s,s:o,s:s,s:s,s:I,s:s}", "name", a->name, "plan", a->plan,
+                     "team", a->team, "user", a->user, "publish_keys", keys, "token_secret",
+                     a->token_secret, "subscribe", a->subscribe_public ? "public" : "token",
+                     "created", (json_int_t)a->created_ms, "bound", a->bound);
+}
+
+static void collect_state(struct app *a, void *arg)
+{
+    json_array_append_new(arg, app_state_json(a));
+}
+
+/* Writes every app to STATE_DIR/apps.json: a temporary file, fsync, rename, fsync of
+ * the directory, so that a crash leaves the old file or the new one. Registry lock
+ * not held. Returns 0 or APPS_STATE (logged). */
+static int save(void)
+{
+    if (!reg.cfg->state_dir[0])
+        return 0;
+    pthread_mutex_lock(&reg.save_lock);
+    json_t *arr = json_array();
+    apps_each(collect_state, arr);
+    json_t *doc = json_pack("{s:i,s:o}", "version", 1, "apps", arr);
+    char *text = json_dumps(doc, JSON_INDENT(1) | JSON_SORT_KEYS);
+    json_decref(doc);
+    char path[600], tmp[620];
+    snprintf(path, sizeof(path), "%s/apps.json", reg.cfg->state_dir);
+    snprintf(tmp, sizeof(tmp), "%s/.apps.json.tmp", reg.cfg->state_dir);
+    int rc = APPS_STATE;
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    size_t len = strlen(text);
+    if (fd >= 0 && write(fd, text, len) == (ssize_t)len && fsync(fd) == 0 && close(fd) == 0) {
+        fd = -1;
+        if (rename(tmp, path) == 0) {
+            int dfd = open(reg.cfg->state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+            if (dfd >= 0) {
+                fsync(dfd);
+                close(dfd);
+            }
+            rc = 0;
+        }
+    }
+    if (rc)
+        log_error("apps: could not write %s: %s; the change holds until a restart", path,
+                  strerror(errno));
+    if (fd >= 0)
+        close(fd);
+    free(text);
+    pthread_mutex_unlock(&reg.save_lock);
+    return rc;
+}
+
+static void copy_str(char *dst, size_t size, json_t *v)
+{
+    snprintf(dst, size, "%s", json_is_string(v) ? json_string_value(v) : "");
+}
+
+static int load_state(char *err, size_t errlen)
+{
+    char path[600];
+    snprintf(path, sizeof(path), "%s/apps.json", reg.cfg->state_dir);
+    struct stat st;
+    if (stat(reg.cfg->state_dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        snprintf(err, errlen, "--state-dir %s is not a directory; create it (mkdir -p) first",
+                 reg.cfg->state_dir);
+        return -1;
+    }
+    if (access(reg.cfg->state_dir, W_OK) != 0) {
+        snprintf(err, errlen, "--state-dir %s is not writable by this user", reg.cfg->state_dir);
+        return -1;
+    }
+    if (stat(path, &st) != 0)
+        return 0; /* a first start */
+    json_error_t jerr;
+    json_t *doc = json_load_file(path, 0, &jerr);
+    json_t *arr = doc ? json_object_get(doc, "apps") : NULL;
+    if (!json_is_array(arr)) {
+        snprintf(err, errlen, "%s is not herald's apps file (%s); move it away to start empty",
+                 path, doc ? "no \"apps\" array" : jerr.text);
+        json_decref(doc);
+        return -1;
+    }
+    size_t i;
+    json_t *o;
+    json_array_foreach(arr, i, o)
+    {
+        const char *name = json_string_value(json_object_get(o, "name"));
+        const char *plan = json_string_value(json_object_get(o, "plan"));
+        const struct plan *p = plan ? apps_plan(plan) : NULL;
+        if (!name || !apps_name_valid(name, strlen(name)) ||
+            map_get(&reg.apps, name, strlen(name))) {
+            log_warn("apps: %s: entry %zu has no valid, unique name: skipped", path, i);
+            continue;
+        }
+        if (!p) {
+            p = &reg.plans[0];
+            log_warn("apps: app %s had plan \"%s\", which --plans no longer has: it gets \"%s\"",
+                     name, plan ? plan : "", p->name);
+        }
+        struct app *a = app_new(name, strlen(name));
+        apply_plan(a, p);
+        copy_str(a->team, sizeof(a->team), json_object_get(o, "team"));
+        copy_str(a->user, sizeof(a->user), json_object_get(o, "user"));
+        copy_str(a->token_secret, sizeof(a->token_secret), json_object_get(o, "token_secret"));
+        copy_str(a->bound, sizeof(a->bound), json_object_get(o, "bound"));
+        json_t *keys = json_object_get(o, "publish_keys");
+        for (size_t k = 0; k < APP_MAX_KEYS && k < json_array_size(keys); k++)
+            copy_str(a->keys[k], sizeof(a->keys[k]), json_array_get(keys, k));
+        const char *sub = json_string_value(json_object_get(o, "subscribe"));
+        a->subscribe_public = sub && strcmp(sub, "public") == 0;
+        json_t *created = json_object_get(o, "created");
+        if (json_is_integer(created))
+            a->created_ms = (uint64_t)json_integer_value(created);
+        map_put(&reg.apps, &a->node);
+    }
+    json_decref(doc);
+    return 0;
+}
+
+int apps_init(struct hub *hub, const struct herald_config *cfg, char *err, size_t errlen)
+{
+    reg.hub = hub;
+    reg.cfg = cfg;
+    map_init(&reg.apps, 16);
+    if (cfg->plans_file[0]) {
+        if (load_plans(cfg->plans_file, err, errlen) < 0)
+            return -1;
+    } else {
+        reg.nplans = ARRAY_LEN(builtin_plans);
+        reg.plans = xmalloc(sizeof(builtin_plans));
+        memcpy(reg.plans, builtin_plans, sizeof(builtin_plans));
+    }
+    if (cfg->state_dir[0] && load_state(err, errlen) < 0)
+        return -1;
+    reg.ready = true;
+    hub->tenant_of = tenant_of;
+    hub->tenant_arg = NULL;
+    if (reg.apps.len)
+        log_info("apps: %zu apps from %s/apps.json", reg.apps.len, cfg->state_dir);
+    return 0;
+}
+
+void apps_free(void)
+{
+    pthread_rwlock_wrlock(&reg.lock);
+    reg.ready = false;
+    size_t b = 0;
+    struct map_node *n, *next = NULL;
+    while ((n = map_next(&reg.apps, &b, &next))) {
+        map_del(&reg.apps, n);
+        hub_tenant_put(&container_of(n, struct app, node)->t);
+    }
+    map_free(&reg.apps);
+    free(reg.plans);
+    reg.plans = NULL;
+    pthread_rwlock_unlock(&reg.lock);
+}
+
+/* ---- changes ----------------------------------------------------------------- */
+
+int apps_create(const char *name, const char *plan, const char *team, const char *user,
+                struct app **out)
+{
+    size_t len = strlen(name);
+    if (!apps_name_valid(name, len))
+        return APPS_BAD_NAME;
+    const struct plan *p = plan && *plan ? apps_plan(plan) : &reg.plans[0];
+    if (!p)
+        return APPS_NO_PLAN;
+    struct app *a = app_new(name, len);
+    apply_plan(a, p);
+    snprintf(a->team, sizeof(a->team), "%s", team ? team : "");
+    snprintf(a->user, sizeof(a->user), "%s", user ? user : "");
+    new_key(a->keys[0]);
+    new_key(a->token_secret);
+    pthread_rwlock_wrlock(&reg.lock);
+    if (map_get(&reg.apps, name, len)) {
+        pthread_rwlock_unlock(&reg.lock);
+        free(a);
+        return APPS_EXISTS;
+    }
+    map_put(&reg.apps, &a->node);
+    hub_tenant_get(&a->t);
+    pthread_rwlock_unlock(&reg.lock);
+    *out = a;
+    log_info("apps: created %s (plan %s)", a->name, a->plan);
+    return save();
+}
+
+int apps_update(struct app *a, const char *plan, int subscribe_public)
+{
+    const struct plan *p = plan ? apps_plan(plan) : NULL;
+    if (plan && !p)
+        return APPS_NO_PLAN;
+    pthread_rwlock_wrlock(&reg.lock);
+    if (p)
+        apply_plan(a, p);
+    if (subscribe_public >= 0)
+        a->subscribe_public = subscribe_public != 0;
+    pthread_rwlock_unlock(&reg.lock);
+    return save();
+}
+
+int apps_rotate_key(struct app *a)
+{
+    pthread_rwlock_wrlock(&reg.lock);
+    memcpy(a->keys[1], a->keys[0], sizeof(a->keys[0]));
+    new_key(a->keys[0]);
+    pthread_rwlock_unlock(&reg.lock);
+    return save();
+}
+
+int apps_revoke_key(struct app *a, const char *key, size_t len)
+{
+    int rc = APPS_NOT_FOUND;
+    pthread_rwlock_wrlock(&reg.lock);
+    for (int i = 0; i < APP_MAX_KEYS; i++)
+        if (a->keys[i][0] && ct_equal(key, len, a->keys[i], strlen(a->keys[i]))) {
+            if (i == 0) /* the previous one, if any, becomes the current one */
+                memcpy(a->keys[0], a->keys[1], sizeof(a->keys[0]));
+            a->keys[1][0] = '\0';
+            rc = 0;
+            break;
+        }
+    pthread_rwlock_unlock(&reg.lock);
+    return rc ? rc : save();
+}
+
+int apps_bind(struct app *a, const char *tsuru_app, bool bind)
+{
+    pthread_rwlock_wrlock(&reg.lock);
+    char out[sizeof(a->bound)] = "";
+    size_t olen = 0, tl = strlen(tsuru_app);
+    /* Rebuild the list without tsuru_app, then add it when binding. */
+    for (const char *p = a->bound; *p;) {
+        const char *e = strchr(p, ',');
+        size_t n = e ? (size_t)(e - p) : strlen(p);
+        if (!(n == tl && memcmp(p, tsuru_app, n) == 0) && olen + n + 2 < sizeof(out)) {
+            olen += (size_t)snprintf(out + olen, sizeof(out) - olen, "%s%.*s", olen ? "," : "",
+                                     (int)n, p);
+        }
+        p += n + (e != NULL);
+    }
+    if (bind && olen + tl + 2 < sizeof(out))
+        snprintf(out + olen, sizeof(out) - olen, "%s%s", olen ? "," : "", tsuru_app);
+    memcpy(a->bound, out, sizeof(out));
+    pthread_rwlock_unlock(&reg.lock);
+    return save();
+}
+
+int apps_delete(struct app *a)
+{
+    pthread_rwlock_wrlock(&reg.lock);
+    struct map_node *n = map_get(&reg.apps, a->name, strlen(a->name));
+    if (n != &a->node) {
+        pthread_rwlock_unlock(&reg.lock);
+        return APPS_NOT_FOUND;
+    }
+    map_del(&reg.apps, &a->node);
+    pthread_rwlock_unlock(&reg.lock);
+    /* Its channels go: no request resolves the app any more, so none is made again. */
+    struct channel_info *infos = xmalloc(256 * sizeof(*infos));
+    size_t total, got;
+    char key[CHANNEL_KEY_MAX + 1];
+    while ((got = hub_channel_list(reg.hub, "", 0, a->t.prefix, infos, 256, &total)) > 0)
+        for (size_t i = 0; i < got; i++) {
+            int k = snprintf(key, sizeof(key), "%s%s", a->t.prefix, infos[i].name);
+            hub_channel_delete(reg.hub, key, (size_t)k);
+        }
+    free(infos);
+    log_info("apps: deleted %s", a->name);
+    hub_tenant_put(&a->t); /* the registry's reference */
+    return save();
+}
+
+/* ---- checks --------------------------------------------------------------------- */
+
+bool apps_key_matches(const struct app *a, const char *key, size_t len)
+{
+    bool ok = false;
+    pthread_rwlock_rdlock(&reg.lock);
+    for (int i = 0; i < APP_MAX_KEYS; i++)
+        ok |= a->keys[i][0] && ct_equal(key, len, a->keys[i], strlen(a->keys[i]));
+    pthread_rwlock_unlock(&reg.lock);
+    return ok;
+}
+
+bool apps_take_publish(struct app *a)
+{
+    uint32_t max = a->max_publish_rate;
+    atomic_fetch_add_explicit(&a->t.published, 1, memory_order_relaxed);
+    if (!max)
+        return true;
+    uint64_t sec = now_ms() / 1000;
+    uint64_t cur = atomic_load_explicit(&a->rate_window, memory_order_relaxed);
+    for (;;) {
+        uint64_t n = (cur >> 24) == sec ? (cur & 0xffffff) : 0;
+        if (n >= max) {
+            atomic_fetch_sub_explicit(&a->t.published, 1, memory_order_relaxed);
+            atomic_fetch_add_explicit(&a->rate_refused, 1, memory_order_relaxed);
+            return false;
+        }
+        uint64_t next = sec << 24 | (n + 1);
+        if (atomic_compare_exchange_weak(&a->rate_window, &cur, next))
+            return true;
+    }
+}
+
+json_t *apps_json(const struct app *a, bool secrets)
+{
+    pthread_rwlock_rdlock(&reg.lock);
+    json_t *o =
+        json_pack("{s:s,s:s,s:s,s:s,s:s,s:I}", "name", a->name, "plan", a->plan, "team", a->team,
+                  "user", a->user, "subscribe", a->subscribe_public ? "public" : "token", "created",
+                  (json_int_t)a->created_ms);
+    if (secrets) {
+        json_object_set_new(o, "publish_key", json_string(a->keys[0]));
+        if (a->keys[1][0])
+            json_object_set_new(o, "previous_publish_key", json_string(a->keys[1]));
+        json_object_set_new(o, "token_secret", json_string(a->token_secret));
+    }
+    const struct plan *p = apps_plan(a->plan);
+    json_t *usage =
+        json_pack("{s:I,s:I,s:I,s:I,s:I,s:I}", "connections", (json_int_t)atomic_load(&a->t.conns),
+                  "channels", (json_int_t)a->t.channels, "publishes",
+                  (json_int_t)atomic_load(&a->t.published), "messages",
+                  (json_int_t)atomic_load(&a->t.messages), "publishes_refused",
+                  (json_int_t)atomic_load(&a->rate_refused), "connections_refused",
+                  (json_int_t)atomic_load(&a->t.conns_refused));
+    json_object_set_new(o, "usage", usage);
+    if (p)
+        json_object_set_new(o, "limits", apps_plan_json(p));
+    json_object_set_new(o, "bound_apps", json_string(a->bound));
+    pthread_rwlock_unlock(&reg.lock);
+    return o;
+}

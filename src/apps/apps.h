@@ -1,0 +1,117 @@
+/*
+ * apps: herald as a service for many applications (DESIGN.md §8). An app is a
+ * namespace of channels (its hub_tenant: keys "APP~name"), its publish keys (two
+ * during a rotation), its subscriber-token secret, its settings and its plan's
+ * limits. The unprefixed endpoints are the default app, which is not an entry
+ * here: it has the server's own options and no limits.
+ *
+ * The registry is a table by name behind a read-write lock; lookups (every
+ * /apps/{app}/ request, the hub's tenant_of when it creates a channel) take it
+ * for reading and return a reference. Changes persist in --state-dir (one JSON
+ * file, written atomically).
+ *
+ * Lock order: the hub lock, then the registry lock (tenant_of runs under the hub
+ * lock); the registry never takes the hub lock while holding its own.
+ */
+#ifndef HERALD_APPS_H
+#define HERALD_APPS_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "hub/hub.h"
+
+#define PLAN_NAME_MAX 32
+#define APP_KEY_LEN   43 /* base64url of 32 random bytes, no padding */
+#define APP_MAX_KEYS  2  /* the current publish key and, during a rotation, the previous one */
+
+/* A plan's limits; 0 means none. */
+struct plan {
+    char name[PLAN_NAME_MAX + 1];
+    char description[128];
+    uint32_t max_connections;   /* subscriber connections at once */
+    uint32_t max_channels;      /* channels in the app's namespace */
+    uint32_t max_publish_rate;  /* publishes per second */
+    uint32_t max_message_bytes; /* one message's body */
+    uint32_t max_history;       /* messages a channel keeps */
+};
+
+struct app {
+    struct hub_tenant t; /* first: the hub's view (namespace, limits, usage) */
+    struct map_node node;
+    char name[APP_NAME_MAX + 1];
+    char plan[PLAN_NAME_MAX + 1];
+    char team[64], user[128];                 /* who asked for it (Tsuru) */
+    char keys[APP_MAX_KEYS][APP_KEY_LEN + 1]; /* publish keys; keys[0] is the current one */
+    char token_secret[APP_KEY_LEN + 1];
+    bool subscribe_public; /* subscribe policy: public, or tokens (the default for apps) */
+    uint32_t max_message_bytes, max_publish_rate; /* from the plan */
+    uint64_t created_ms;
+    atomic_uint_fast64_t rate_window; /* publish rate: (second << 24) | publishes in it */
+    atomic_uint_fast64_t rate_refused;
+    /* Tsuru apps bound to it (names), comma-separated. */
+    char bound[512];
+};
+
+static inline struct app *app_of(struct hub_tenant *t)
+{
+    return t ? container_of(t, struct app, t) : NULL;
+}
+
+/*
+ * Reads the plans (--plans, else the built-in ones) and the apps of --state-dir,
+ * and makes the hub resolve app namespaces through the registry. Returns 0, or -1
+ * with a message in err (start-up stops).
+ */
+int apps_init(struct hub *hub, const struct herald_config *cfg, char *err, size_t errlen);
+void apps_free(void);
+
+/* The app named name[0..len) with a reference (hub_tenant_put), or NULL. */
+struct app *apps_get(const char *name, size_t len);
+/* Whether name is a valid app name: 1-40 of [a-z0-9-], starting with a letter or digit. */
+bool apps_name_valid(const char *name, size_t len);
+
+const struct plan *apps_plan(const char *name);
+const struct plan *apps_plans(size_t *n);
+
+/* Errors of the changing calls: what the API answers. */
+enum apps_error {
+    APPS_OK = 0,
+    APPS_EXISTS = -1,   /* 409 */
+    APPS_NO_PLAN = -2,  /* 400 */
+    APPS_BAD_NAME = -3, /* 400 */
+    APPS_NOT_FOUND = -4,
+    APPS_STATE = -5, /* the state directory could not be written: 500 */
+};
+
+/* Creates an app with fresh keys; *out gets a reference. */
+int apps_create(const char *name, const char *plan, const char *team, const char *user,
+                struct app **out);
+/* Changes an app's plan or settings (NULL / negative: unchanged). */
+int apps_update(struct app *a, const char *plan, int subscribe_public);
+/* Adds a new current publish key (the current one stays valid as the previous). */
+int apps_rotate_key(struct app *a);
+/* Revokes the publish key `key` (current or previous). */
+int apps_revoke_key(struct app *a, const char *key, size_t len);
+/* Records or forgets a bound Tsuru app. */
+int apps_bind(struct app *a, const char *tsuru_app, bool bind);
+/*
+ * Deletes an app: out of the registry (no new request reaches it), its channels
+ * deleted (subscribers get `closed`), its file entry gone.
+ */
+int apps_delete(struct app *a);
+/* Calls fn for each app (registry read-locked: fn must not change the registry). */
+void apps_each(void (*fn)(struct app *a, void *arg), void *arg);
+size_t apps_count(void);
+
+/* Whether key[0..len) is one of the app's publish keys (constant time). */
+bool apps_key_matches(const struct app *a, const char *key, size_t len);
+/* Counts a publish against the app's rate; false when the plan's rate is used up. */
+bool apps_take_publish(struct app *a);
+
+/* The app as JSON (credentials when `secrets`), with its plan and usage. */
+json_t *apps_json(const struct app *a, bool secrets);
+json_t *apps_plan_json(const struct plan *p);
+
+#endif
