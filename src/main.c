@@ -1,7 +1,7 @@
 /*
- * main: reads the configuration, starts the hub and the workers, and turns
- * SIGTERM/SIGINT into a graceful drain. Exit codes: 0 after a clean shutdown,
- * 1 when the server cannot start, 2 for an invalid configuration.
+ * main: reads the configuration, starts the hub and the workers, turns
+ * SIGTERM/SIGINT into a graceful drain and SIGHUP into a TLS certificate reload. Exit codes: 0
+ * after a clean shutdown, 1 when the server cannot start, 2 for an invalid configuration.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -28,13 +28,22 @@ static struct server srv;
 static void on_listening(struct server *s)
 {
     const struct herald_config *cfg = &s->cfg;
+    const char *api = cfg->has_api_listen || cfg->has_api_listen_tls ? "" : " and publish API";
     for (int i = 0; i < cfg->num_listen; i++)
         log_info("listening on %s:%u (subscribers%s)",
                  cfg->listen[i].host[0] ? cfg->listen[i].host : "0.0.0.0", cfg->listen[i].port,
-                 cfg->has_api_listen ? "" : " and publish API");
+                 api);
+    for (int i = 0; i < cfg->num_listen_tls; i++)
+        log_info("listening on %s:%u over TLS (subscribers%s)",
+                 cfg->listen_tls[i].host[0] ? cfg->listen_tls[i].host : "0.0.0.0",
+                 cfg->listen_tls[i].port, api);
     if (cfg->has_api_listen)
         log_info("publish/admin API on %s:%u",
                  cfg->api_listen.host[0] ? cfg->api_listen.host : "0.0.0.0", cfg->api_listen.port);
+    if (cfg->has_api_listen_tls)
+        log_info("publish/admin API on %s:%u over TLS",
+                 cfg->api_listen_tls.host[0] ? cfg->api_listen_tls.host : "0.0.0.0",
+                 cfg->api_listen_tls.port);
     if (!cfg->publish_key[0])
         log_warn("no --publish-key set: the publish and channel API accepts loopback clients "
                  "only (set HERALD_PUBLISH_KEY to publish from elsewhere)");
@@ -78,7 +87,7 @@ int main(int argc, char **argv)
         char host[48] = "herald";
         gethostname(host, sizeof(host) - 1);
         snprintf(srv.cfg.node_name, sizeof(srv.cfg.node_name), "%s:%u", host,
-                 srv.cfg.listen[0].port);
+                 srv.cfg.num_listen ? srv.cfg.listen[0].port : srv.cfg.listen_tls[0].port);
     }
     signal(SIGPIPE, SIG_IGN);
     /* SIGTERM, SIGINT and SIGHUP are blocked here, before any thread starts (threads
@@ -131,8 +140,11 @@ int main(int argc, char **argv)
             continue; /* EINTR (a debugger, SIGSTOP/SIGCONT) */
         if (sig != SIGHUP)
             break;
-        log_info("SIGHUP ignored: herald has no configuration to reload; restart it to "
-                 "change options (SIGTERM drains gracefully)");
+        /* The TLS certificate is reloaded (and says so); nothing else is. */
+        if (server_reload_tls(&srv) > 0)
+            log_info("SIGHUP ignored: herald reloads only the TLS certificate (--tls-cert) and "
+                     "has no TLS listener; restart it to change options (SIGTERM drains "
+                     "gracefully)");
     }
     log_info("%s received: draining connections (at most %u ms)",
              sig == SIGTERM ? "SIGTERM" : "SIGINT", srv.cfg.shutdown_timeout_ms);

@@ -87,6 +87,32 @@ static const struct config_option options[] = {
      AUX(has_api_listen),
      .def = "",
      .help = "separate listener for the publish and admin API; empty: the main listeners"},
+    {.name = "listen-tls",
+     .type = OPT_ADDR_LIST,
+     FIELD(listen_tls),
+     AUX(num_listen_tls),
+     .def = "",
+     .help = "address to accept clients on over TLS (https://, wss://), like --listen; needs "
+             "--tls-cert"},
+    {.name = "api-listen-tls",
+     .type = OPT_ADDR,
+     FIELD(api_listen_tls),
+     AUX(has_api_listen_tls),
+     .def = "",
+     .help = "separate listener for the publish and admin API over TLS; empty: none"},
+    {.name = "tls-cert",
+     .type = OPT_STRING,
+     FIELD(tls_cert),
+     .def = "",
+     .metavar = "FILE",
+     .help = "PEM certificate of the TLS listeners, followed by its chain; SIGHUP reloads it"},
+    {.name = "tls-key",
+     .type = OPT_STRING,
+     FIELD(tls_key),
+     .def = "",
+     .metavar = "FILE",
+     .help = "PEM private key of --tls-cert (unencrypted); empty: the key is in the --tls-cert "
+             "file"},
     {.name = "workers",
      .type = OPT_INT,
      FIELD(workers),
@@ -774,6 +800,8 @@ static const char *set_addr_list(struct herald_config *cfg, const struct config_
 
     if (replace)
         *count = 0;
+    if (!value[strspn(value, " \t")])
+        return NULL; /* empty: no listener of this kind */
     for (const char *p = value;;) {
         size_t n = strcspn(p, ",");
         const char *start = p, *end = p + n;
@@ -1215,6 +1243,35 @@ static int check_cross_fields(const struct loader *ld)
                 origin_of(ld, find_option("redis", 5), from_a, sizeof(from_a)),
                 origin_of(ld, find_option("redis-cluster", 13), from_b, sizeof(from_b)));
         return -1;
+    }
+    if (!cfg->num_listen && !cfg->num_listen_tls) {
+        fprintf(stderr,
+                "herald: no listener: --listen (from %s) is empty and no --listen-tls is "
+                "set\n",
+                origin_of(ld, find_option("listen", 6), from_a, sizeof(from_a)));
+        return -1;
+    }
+    if ((cfg->num_listen_tls || cfg->has_api_listen_tls) && !cfg->tls_cert[0]) {
+        fprintf(stderr, "herald: --listen-tls and --api-listen-tls need --tls-cert FILE (and "
+                        "--tls-key FILE unless the key is in that file)\n");
+        return -1;
+    }
+    if (cfg->tls_key[0] && !cfg->tls_cert[0]) {
+        fprintf(stderr, "herald: --tls-key (from %s) needs --tls-cert\n",
+                origin_of(ld, find_option("tls-key", 7), from_a, sizeof(from_a)));
+        return -1;
+    }
+    for (int i = 0; i < cfg->num_listen_tls; i++) {
+        const struct config_addr *t = &cfg->listen_tls[i];
+        for (int j = 0; j < cfg->num_listen; j++) {
+            if (cfg->listen[j].port == t->port && strcmp(cfg->listen[j].host, t->host) == 0) {
+                fprintf(stderr,
+                        "herald: %s:%u is in both --listen and --listen-tls: one port "
+                        "serves either plain HTTP or TLS\n",
+                        t->host[0] ? t->host : "*", t->port);
+                return -1;
+            }
+        }
     }
     if (cfg->redis_tls_key[0] && !cfg->redis_tls_cert[0]) {
         fprintf(stderr, "herald: --redis-tls-key (from %s) needs --redis-tls-cert\n",

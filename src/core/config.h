@@ -26,10 +26,16 @@ struct config_addr {
 struct herald_config {
     /* network */
     struct config_addr listen[CONFIG_MAX_LISTEN]; /* --listen, repeatable; default 0.0.0.0:8080 */
-    int num_listen;                               /* >= 1; entries are distinct */
+    int num_listen; /* entries are distinct; 0 only with TLS listeners (--listen "") */
     struct config_addr api_listen; /* --api-listen; port 0 = publish API on the main listeners */
     bool has_api_listen;           /* true iff api_listen was set (then its port is non-zero) */
-    int workers;                   /* --workers, default: number of online CPUs; 1..64 */
+    struct config_addr listen_tls[CONFIG_MAX_LISTEN]; /* --listen-tls, repeatable; default none */
+    int num_listen_tls;                               /* num_listen + num_listen_tls >= 1 */
+    struct config_addr api_listen_tls; /* --api-listen-tls: the API's listener over TLS */
+    bool has_api_listen_tls;
+    char tls_cert[512];  /* --tls-cert, PEM chain; required with a TLS listener */
+    char tls_key[512];   /* --tls-key, PEM key; "" = the key is in tls_cert */
+    int workers;         /* --workers, default: number of online CPUs; 1..64 */
     int max_connections; /* --max-connections, default 0 = as many as RLIMIT_NOFILE allows */
 
     /* auth */

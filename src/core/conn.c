@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "core/log.h"
+#include "core/tls.h"
 
 #define IOV_BATCH 64
 /* Bytes one connection may read in one readiness event before the others get their
@@ -161,17 +162,42 @@ void conn_replay_end(struct conn *c)
     c->replay_slack = c->out.bytes > conn_cfg(c)->max_outbound ? (uint32_t)c->out.bytes : 0;
 }
 
+/* Nothing waits to be written: not in the queue, nor a record TLS took. */
+static bool conn_out_idle(const struct conn *c)
+{
+    return outq_empty(&c->out) && !(c->tls && tls_write_pending(c->tls));
+}
+
+/* The socket's input, through TLS on a TLS listener's connection: read(2)'s contract,
+ * but with TLS a short read does not mean the socket is drained. */
+static ssize_t conn_recv(struct conn *c, void *buf, size_t cap)
+{
+    return c->tls ? tls_read(c->tls, buf, cap) : read(c->io.fd, buf, cap);
+}
+
+/* Writes the first of iov[0..n) (n may be 0 with TLS: a record it took). Returns the
+ * bytes taken or -1 with errno; *blocked when the socket is full. */
+static ssize_t conn_sendv(struct conn *c, const struct iovec *iov, int n, bool *blocked)
+{
+    if (c->tls)
+        return tls_writev(c->tls, iov, n, blocked);
+    size_t want = 0;
+    for (int i = 0; i < n; i++)
+        want += iov[i].iov_len;
+    ssize_t w = writev(c->io.fd, iov, n);
+    *blocked = w >= 0 && (size_t)w < want; /* a short write means the socket is full */
+    return w;
+}
+
 /* Writes as much of the queue as the socket takes. Returns false if the connection closed. */
 static bool conn_flush(struct conn *c)
 {
     struct iovec iov[IOV_BATCH];
     uint64_t written = 0;
-    while (!outq_empty(&c->out) && !(c->flags & CF_WRITE_BLOCKED)) {
+    while (!conn_out_idle(c) && !(c->flags & CF_WRITE_BLOCKED)) {
         int n = outq_iov(&c->out, iov, IOV_BATCH);
-        size_t want = 0;
-        for (int i = 0; i < n; i++)
-            want += iov[i].iov_len;
-        ssize_t w = writev(c->io.fd, iov, n);
+        bool blocked;
+        ssize_t w = conn_sendv(c, iov, n, &blocked);
         if (w < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
                 c->flags |= CF_WRITE_BLOCKED;
@@ -184,20 +210,22 @@ static bool conn_flush(struct conn *c)
         }
         written += (uint64_t)w;
         outq_consume(&c->out, (uint64_t)w);
-        if ((size_t)w < want)
-            c->flags |= CF_WRITE_BLOCKED; /* a short write means the socket is full */
+        if (blocked)
+            c->flags |= CF_WRITE_BLOCKED;
     }
     if (outq_empty(&c->out))
         c->replay_slack = 0;
     if (written)
         atomic_fetch_add_explicit(&conn_hub(c)->stats.bytes_out, written, memory_order_relaxed);
-    if (outq_empty(&c->out) && (c->flags & CF_CLOSE_AFTER) && !(c->flags & CF_LINGER)) {
+    if (conn_out_idle(c) && (c->flags & CF_CLOSE_AFTER) && !(c->flags & CF_LINGER)) {
         if (c->flags & CF_EOF) {
             conn_close(c);
             return false;
         }
         /* Lingering close: a close() with unread input would send RST and could
          * destroy our last response or close frame on its way to the peer. */
+        if (c->tls)
+            tls_shutdown(c->tls); /* close_notify: the peer knows nothing was cut */
         shutdown(c->io.fd, SHUT_WR);
         c->flags |= CF_LINGER;
         return true;
@@ -223,7 +251,7 @@ void conn__flush_dirty(struct conn *c)
 void conn__on_writable(struct conn *c)
 {
     c->flags &= ~(uint32_t)CF_WRITE_BLOCKED;
-    if (!outq_empty(&c->out))
+    if (!conn_out_idle(c))
         conn__mark_dirty(c);
 }
 
@@ -372,13 +400,13 @@ void conn__read(struct conn *c)
         /* Closing, or a client with nothing to say (SSE, streaming): what it sends is
          * read and dropped, whatever waits to be written. */
         for (;;) {
-            ssize_t n = read(c->io.fd, w->scratch, w->scratch_size);
+            ssize_t n = conn_recv(c, w->scratch, w->scratch_size);
             if (n > 0 || (n < 0 && errno == EINTR))
                 continue;
             if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
                 return;
             c->flags |= CF_EOF;
-            if ((c->flags & CF_LINGER) || outq_empty(&c->out) || n < 0)
+            if ((c->flags & CF_LINGER) || conn_out_idle(c) || n < 0)
                 conn_close(c);
             else if (!(c->flags & CF_CLOSE_AFTER))
                 conn_close_after_write(c); /* else the flush closes once our bytes are out */
@@ -395,10 +423,10 @@ void conn__read(struct conn *c)
         size_t cap = input_space(c, &buf);
         if (cap == 0)
             return; /* resumed later (conn_resume_input), when parsing may go on */
-        ssize_t n = read(c->io.fd, buf, cap);
+        ssize_t n = conn_recv(c, buf, cap);
         if (n == 0) {
             c->flags |= CF_EOF;
-            if (!outq_empty(&c->out))
+            if (!conn_out_idle(c))
                 conn_close_after_write(c); /* answer what was asked before the half-close */
             else
                 conn_close(c);
@@ -432,7 +460,7 @@ void conn__read(struct conn *c)
             memcpy(c->in, data, len);
             c->in_len = (uint32_t)len;
         }
-        if ((size_t)n < cap && !c->in)
+        if ((size_t)n < cap && !c->in && !c->tls)
             return; /* short read: the socket is drained (edge-triggered contract holds) */
     }
 }
@@ -560,6 +588,8 @@ void conn__free(struct conn *c)
     outq_clear(&c->out);
     input_free(c);
     list_remove(&c->all);
+    tls_conn_free(c->tls);
+    c->tls = NULL;
     close(c->io.fd);
     atomic_fetch_sub(&w->ctr.conns[c->ops->kind], 1);
     atomic_fetch_sub(&w->srv->conns_open, 1);

@@ -23,6 +23,7 @@
 
 #include "core/log.h"
 #include "core/poller.h"
+#include "core/tls.h"
 
 #define SCRATCH_SIZE    (64 * 1024)
 #define ACCEPT_RETRY_MS 100
@@ -175,6 +176,8 @@ static void conn_io_cb(struct loop *loop, struct io *io, uint32_t events)
     struct conn *c = container_of(io, struct conn, io);
     if (c->flags & CF_CLOSING)
         return;
+    if (c->tls)
+        events = tls_events(c->tls, events);
     if (events & POLLER_OUT)
         conn__on_writable(c);
     if (events & POLLER_IN)
@@ -208,8 +211,14 @@ static void accept_one(struct worker *w, struct listener *l, int fd,
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    struct tls_conn *tls = NULL;
+    if ((l->flags & CF_TLS) && !(tls = tls_conn_new(w->srv->tls, fd))) {
+        close(fd);
+        return;
+    }
     struct conn *c = xcalloc(1, sizeof(*c));
     c->io = (struct io){.fd = fd, .cb = conn_io_cb};
+    c->tls = tls;
     c->w = w;
     c->ops = w->srv->accept_ops;
     c->flags = l->flags;
@@ -337,22 +346,40 @@ static int probe_exclusive(const struct config_addr *a)
     return err;
 }
 
+/* The listeners the configuration asks for: their addresses and the flags their
+ * connections get. Returns how many (at most 2 * CONFIG_MAX_LISTEN + 2). */
+static int listener_plan(const struct herald_config *cfg, const struct config_addr **addrs,
+                         uint32_t *flags)
+{
+    bool api_apart = cfg->has_api_listen || cfg->has_api_listen_tls;
+    uint32_t main_flags = CF_PUBLIC | (api_apart ? 0 : CF_API);
+    int n = 0;
+    for (int i = 0; i < cfg->num_listen; i++, n++) {
+        addrs[n] = &cfg->listen[i];
+        flags[n] = main_flags;
+    }
+    for (int i = 0; i < cfg->num_listen_tls; i++, n++) {
+        addrs[n] = &cfg->listen_tls[i];
+        flags[n] = main_flags | CF_TLS;
+    }
+    if (cfg->has_api_listen) {
+        addrs[n] = &cfg->api_listen;
+        flags[n++] = CF_API;
+    }
+    if (cfg->has_api_listen_tls) {
+        addrs[n] = &cfg->api_listen_tls;
+        flags[n++] = CF_API | CF_TLS;
+    }
+    return n;
+}
+
 static int worker_listen(struct worker *w)
 {
-    const struct herald_config *cfg = &w->srv->cfg;
-    uint32_t main_flags = CF_PUBLIC | (cfg->has_api_listen ? 0 : CF_API);
-    for (int i = 0; i <= cfg->num_listen; i++) {
-        const struct config_addr *a;
-        uint32_t flags;
-        if (i < cfg->num_listen) {
-            a = &cfg->listen[i];
-            flags = main_flags;
-        } else if (cfg->has_api_listen) {
-            a = &cfg->api_listen;
-            flags = CF_API;
-        } else {
-            break;
-        }
+    const struct config_addr *addrs[2 * CONFIG_MAX_LISTEN + 2];
+    uint32_t flags[2 * CONFIG_MAX_LISTEN + 2];
+    int n = listener_plan(&w->srv->cfg, addrs, flags);
+    for (int i = 0; i < n; i++) {
+        const struct config_addr *a = addrs[i];
         int fd = w->id == 0 ? probe_exclusive(a) : 0;
         if (fd >= 0)
             fd = listen_on(a);
@@ -363,7 +390,7 @@ static int worker_listen(struct worker *w)
         }
         struct listener *l = &w->listeners[w->nlisteners++];
         l->io = (struct io){.fd = fd, .cb = listener_cb};
-        l->flags = flags;
+        l->flags = flags[i];
         int err = loop_add(&w->loop, &l->io);
         if (err)
             return err;
@@ -501,6 +528,14 @@ static int worker_init(struct server *srv, struct worker *w, int id)
 
 int server_start(struct server *srv)
 {
+    const struct herald_config *cfg = &srv->cfg;
+    if (cfg->num_listen_tls || cfg->has_api_listen_tls) {
+        srv->tls = tls_server_new(cfg->tls_cert, cfg->tls_key);
+        if (!srv->tls)
+            return -EINVAL;
+    } else if (cfg->tls_cert[0]) {
+        log_warn("--tls-cert is set but no --listen-tls or --api-listen-tls: nothing serves TLS");
+    }
     srv->started_ms = wall_ms();
     srv->workers = xcalloc((size_t)srv->nworkers, sizeof(*srv->workers));
     for (int i = 0; i < srv->nworkers; i++) {
@@ -518,6 +553,11 @@ int server_start(struct server *srv)
         }
     }
     return 0;
+}
+
+int server_reload_tls(struct server *srv)
+{
+    return srv->tls ? tls_server_reload(srv->tls) : 1;
 }
 
 void server_request_shutdown(struct server *srv)
@@ -552,4 +592,6 @@ void server_free(struct server *srv)
         free(w->scratch);
     }
     free(srv->workers);
+    tls_server_free(srv->tls);
+    srv->tls = NULL;
 }

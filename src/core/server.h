@@ -63,6 +63,7 @@ enum conn_flag {
     CF_TRUSTED = 1u << 15,      /* the input now being received comes with credentials */
     CF_IN_TRUSTED_POOL = 1u << 16, /* its input buffer is charged to the credentialed pool */
     CF_READ_LATER = 1u << 17,      /* on its worker's read_later list */
+    CF_TLS = 1u << 18,             /* accepted on a TLS listener (https://, wss://) */
     /* Bits from CF_PROTO_FIRST up belong to the protocol module that owns the connection
      * (its flags are cleared when conn_set_ops hands the connection to another). */
     CF_PROTO_FIRST = 1u << 20,
@@ -76,6 +77,8 @@ enum conn_flag {
 
 struct conn;
 struct ctl_frames;
+struct tls_conn;
+struct tls_server;
 
 /*
  * A protocol's handlers for the connections it owns. Called on the owning worker's
@@ -120,7 +123,8 @@ struct conn {
     struct io io;
     struct worker *w;
     const struct conn_ops *ops;
-    uint16_t holds; /* backend operations in flight that will come back to this connection */
+    struct tls_conn *tls; /* the TLS session on a TLS listener's connection, else NULL */
+    uint16_t holds;       /* backend operations in flight that will come back to this connection */
     uint32_t flags;
     char *in; /* unconsumed input, NULL when none */
     uint32_t in_len, in_cap;
@@ -153,7 +157,7 @@ struct worker_counters {
 
 struct listener {
     struct io io;
-    uint32_t flags; /* CF_API | CF_PUBLIC */
+    uint32_t flags; /* CF_API | CF_PUBLIC | CF_TLS */
 };
 
 struct server;
@@ -163,7 +167,7 @@ struct worker {
     struct server *srv;
     struct loop loop;
     pthread_t thread;
-    struct listener listeners[CONFIG_MAX_LISTEN + 1];
+    struct listener listeners[2 * CONFIG_MAX_LISTEN + 2]; /* plain and TLS, and the API's */
     int nlisteners;
     struct list dirty;
     struct list closing;
@@ -190,6 +194,8 @@ struct server {
     uint64_t started_ms;
     /* The handlers of a newly accepted connection (HTTP). Set before server_start. */
     const struct conn_ops *accept_ops;
+    /* The certificate of the TLS listeners (NULL without any). SIGHUP: server_reload_tls. */
+    struct tls_server *tls;
     /* Called once every listener is bound and before any connection is accepted. */
     void (*on_listening)(struct server *srv);
     /* Input buffers charged to --max-input-memory: [0] anonymous clients, [1] clients
@@ -200,6 +206,10 @@ struct server {
 
 /* Creates the workers and their listeners. Returns 0, or -errno after logging why. */
 int server_start(struct server *srv);
+/* Reads the TLS certificate and key again (SIGHUP): new handshakes use them, live
+ * connections keep theirs. Returns 0, -1 after logging why (the old ones stay), or 1
+ * when there are no TLS listeners. */
+int server_reload_tls(struct server *srv);
 /* Asks every worker to drain and stop (async-signal-safe). */
 void server_request_shutdown(struct server *srv);
 /*

@@ -115,18 +115,18 @@ bool http_origin_in(const char *origins, const char *origin, size_t len)
     return false;
 }
 
-/* Whether Origin names the server itself as the request addressed it (scheme://Host). */
-static bool same_origin(const struct http_request *req, const struct http_header *o)
+/* Whether Origin names the server itself as the request addressed it (scheme://Host,
+ * https on a TLS listener). */
+static bool same_origin(const struct http_ctx *x, const struct http_header *o)
 {
-    const struct http_header *host = http_find_header(req, "Host");
+    const struct http_header *host = http_find_header(x->req, "Host");
     if (!host)
         return false;
-    const char *v = o->value;
-    size_t n = o->value_len;
-    /* Plain listeners only today: the page's scheme is http. */
-    if (n < 7 || strncasecmp(v, "http://", 7) != 0)
+    const char *scheme = (x->c->flags & CF_TLS) ? "https://" : "http://";
+    size_t s = strlen(scheme), n = o->value_len;
+    if (n < s || strncasecmp(o->value, scheme, s) != 0)
         return false;
-    return n - 7 == host->value_len && strncasecmp(v + 7, host->value, n - 7) == 0;
+    return n - s == host->value_len && strncasecmp(o->value + s, host->value, n - s) == 0;
 }
 
 /* "GET, POST": the methods of a route (HEAD goes without saying), OPTIONS when it
@@ -172,7 +172,7 @@ static void method_not_allowed(struct http_ctx *x, const struct http_route *r)
 bool http_origin_may_use_api(const struct http_ctx *x)
 {
     const struct http_header *o = http_find_header(x->req, "Origin");
-    return !o || same_origin(x->req, o) ||
+    return !o || same_origin(x, o) ||
            http_origin_in(conn_cfg(x->c)->api_cors_origins, o->value, o->value_len);
 }
 
@@ -220,7 +220,7 @@ static bool origin_allowed(struct http_ctx *x, const struct http_route *r)
             x->cors = strcmp(cfg->cors_origins, "*") == 0;
         return true;
     }
-    if (!(r->flags & ROUTE_API) || !o || same_origin(x->req, o))
+    if (!(r->flags & ROUTE_API) || !o || same_origin(x, o))
         return true;
     if (http_origin_in(cfg->api_cors_origins, o->value, o->value_len)) {
         allow_origin(x, cfg->api_cors_origins, o);

@@ -62,6 +62,11 @@ def page_server():
 
 @pytest.fixture
 def chromium():
+    yield from run_chromium()
+
+
+def run_chromium(*extra_args):
+    """Starts headless Chromium (with extra_args), yields its DevTools URL, stops it."""
     if not CHROMIUM:
         pytest.skip("chromium is not installed")
     profile = tempfile.mkdtemp()
@@ -69,7 +74,7 @@ def chromium():
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
          "--no-first-run", "--disable-background-networking", "--disable-component-update",
          "--disable-sync", "--remote-debugging-port=0", f"--user-data-dir={profile}",
-         "about:blank"],
+         *extra_args, "about:blank"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = None
     for line in proc.stderr:
@@ -130,9 +135,27 @@ async def open_page(browser_url, page_url):
 
 def test_eventsource_and_websocket_in_chromium(server, chan, page_server, chromium):
     root, page_port = page_server
+    first, second, got = run_page(chromium, server, chan, root,
+                                  f"http://127.0.0.1:{page_port}/index.html",
+                                  f"http://127.0.0.1:{server.port}")
+    assert_page_received(got, first, second, chan)
+
+
+def assert_page_received(got, first, second, chan):
+    """The page's EventSource and WebSocket each got both messages run_page published."""
+    assert got["errors"] == []
+    for received in (got["ws"], [e["env"] for e in got["sse"]]):
+        assert [m["data"] for m in received] == ["hello browser", {"score": 3}]
+        assert [m["channel"] for m in received] == [chan, chan]
+    assert [e["id"] for e in got["sse"]] == [first["id"], second["id"]]
+
+
+def run_page(chromium, server, chan, root, page_url, herald_url):
+    """Writes PAGE (subscribing to herald_url) into root, opens page_url in Chromium,
+    publishes two messages once both subscribers are in; returns both publish answers
+    and what the page received."""
     with open(os.path.join(root, "index.html"), "w") as f:
-        f.write(PAGE.replace("HERALD", f"http://127.0.0.1:{server.port}").replace("CHANNEL", chan))
-    page_url = f"http://127.0.0.1:{page_port}/index.html"
+        f.write(PAGE.replace("HERALD", herald_url).replace("CHANNEL", chan))
     port = re.search(r":(\d+)/", chromium).group(1)
 
     async def run():
@@ -149,9 +172,4 @@ def test_eventsource_and_websocket_in_chromium(server, chan, page_server, chromi
             await page.wait_for("window.got.sse.length >= 2 && window.got.ws.length >= 2")
             return first, second, json.loads(await page.eval("JSON.stringify(window.got)"))
 
-    first, second, got = asyncio.run(run())
-    assert got["errors"] == []
-    for received in (got["ws"], [e["env"] for e in got["sse"]]):
-        assert [m["data"] for m in received] == ["hello browser", {"score": 3}]
-        assert [m["channel"] for m in received] == [chan, chan]
-    assert [e["id"] for e in got["sse"]] == [first["id"], second["id"]]
+    return asyncio.run(run())
