@@ -1,0 +1,431 @@
+"""Apps (tenants, DESIGN.md §8): the admin API, each app's namespace under
+/apps/{app}/, its publish keys, its plan's limits, and persistence in --state-dir.
+
+Isolation is checked, not assumed: the same channel name in two apps and in the
+default app, one app's key on another, listings, stats, history and resume, on
+every transport. Independent clients: http.client, raw sockets, websockets.
+"""
+
+import json
+import os
+import time
+
+import pytest
+import websockets
+
+from helpers import (
+    SSE,
+    Stream,
+    arun,
+    expect_ws_closed,
+    free_port,
+    recv_json,
+    request,
+    wait_until,
+)
+
+ADMIN = "admin-secret-key"
+AUTH = {"Authorization": f"Bearer {ADMIN}"}
+
+
+def admin(srv, method, path, body=None, key=ADMIN):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+        body = json.dumps(body)
+    return request(srv.port, method, path, body, headers)
+
+
+def create_app(srv, name, plan="unlimited", subscribe="public"):
+    r = admin(srv, "POST", "/admin/apps", {"name": name, "plan": plan, "subscribe": subscribe})
+    assert r.status == 201, r.body
+    doc = r.json()
+    assert doc["name"] == name and doc["plan"] == plan
+    assert len(doc["publish_key"]) >= 40 and len(doc["token_secret"]) >= 40
+    return doc
+
+
+def pub(srv, app, channel, body, key, headers=None):
+    h = {"Authorization": f"Bearer {key}"} if key else {}
+    h.update(headers or {})
+    prefix = f"/apps/{app}" if app else ""
+    return request(srv.port, "POST", f"{prefix}/pub/{channel}", body, h)
+
+
+def app_stream(kind, srv, app, channels, **params):
+    """An SSE or NDJSON subscriber of an app."""
+    base = SSE if kind == "sse" else Stream
+    cls = type("AppSub", (base,), {"path": f"/apps/{app}/{kind}"})
+    return cls(srv, channels, **params)
+
+
+@pytest.fixture
+def srv(herald, tmp_path):
+    return herald(admin_key=ADMIN)
+
+
+# ---- the admin API ---------------------------------------------------------------------------
+
+
+def test_admin_api_needs_the_admin_key(srv):
+    for key in (None, "wrong"):
+        r = admin(srv, "GET", "/admin/apps", key=key)
+        assert r.status == 401, r.body
+        assert r.error()["error"] == "unauthorized"
+        assert "www-authenticate" in r.headers
+    # HTTP Basic with the key as password works as well as Bearer.
+    import base64
+
+    basic = base64.b64encode(f"tsuru:{ADMIN}".encode()).decode()
+    r = request(srv.port, "GET", "/admin/plans", headers={"Authorization": f"Basic {basic}"})
+    assert r.status == 200
+    assert [p["name"] for p in r.json()["plans"]] == ["free", "standard", "unlimited"]
+
+
+def test_admin_api_is_off_without_an_admin_key(herald):
+    s = herald()
+    r = admin(s, "GET", "/admin/apps")
+    assert r.status == 404 and "--admin-key" in r.error()["detail"]
+
+
+def test_create_list_get_patch_delete(srv):
+    a = create_app(srv, "shop", plan="free", subscribe="token")
+    assert a["subscribe"] == "token"
+    create_app(srv, "blog")
+    r = admin(srv, "GET", "/admin/apps")
+    assert r.status == 200
+    doc = r.json()
+    assert [x["name"] for x in doc["apps"]] == ["blog", "shop"] and doc["total"] == 2
+    assert all("publish_key" not in x and "token_secret" not in x for x in doc["apps"])
+
+    r = admin(srv, "GET", "/admin/apps/shop")
+    assert r.status == 200 and r.json()["limits"]["connections"] == 100
+    r = admin(srv, "PATCH", "/admin/apps/shop", {"plan": "standard", "subscribe": "public"})
+    assert r.status == 200, r.body
+    assert r.json()["plan"] == "standard" and r.json()["subscribe"] == "public"
+    assert r.json()["limits"]["connections"] == 10000
+
+    assert admin(srv, "POST", "/admin/apps", {"name": "shop"}).status == 409
+    assert admin(srv, "POST", "/admin/apps", {"name": "Bad_Name"}).status == 400
+    assert admin(srv, "POST", "/admin/apps", {"name": "x", "plan": "gold"}).status == 400
+    assert admin(srv, "PATCH", "/admin/apps/shop", {"plan": "gold"}).status == 400
+    assert admin(srv, "GET", "/admin/apps/nope").status == 404
+
+    r = admin(srv, "DELETE", "/admin/apps/shop")
+    assert r.status == 200
+    assert admin(srv, "GET", "/admin/apps/shop").status == 404
+    r = pub(srv, "shop", "a", "x", a["publish_key"])
+    assert r.status == 404 and r.error()["error"] == "app_not_found"
+
+
+def test_key_rotation_keeps_the_old_key_until_revoked(srv):
+    a = create_app(srv, "rot")
+    old = a["publish_key"]
+    r = admin(srv, "POST", "/admin/apps/rot/keys")
+    assert r.status == 201
+    new = r.json()["publish_key"]
+    assert new != old and r.json()["previous_publish_key"] == old
+    assert pub(srv, "rot", "c", "1", old).status == 201
+    assert pub(srv, "rot", "c", "2", new).status == 201
+    assert admin(srv, "DELETE", f"/admin/apps/rot/keys/{old}").status == 200
+    assert pub(srv, "rot", "c", "3", old).status == 401
+    assert pub(srv, "rot", "c", "4", new).status == 201
+    assert admin(srv, "DELETE", "/admin/apps/rot/keys/not-a-key").status == 404
+
+
+# ---- isolation --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["sse", "stream"])
+def test_same_channel_name_in_two_apps_and_the_default_app(srv, kind):
+    a, b = create_app(srv, "iso-a"), create_app(srv, "iso-b")
+    with app_stream(kind, srv, "iso-a", "room") as sa, app_stream(kind, srv, "iso-b", "room") as sb:
+        with (SSE if kind == "sse" else Stream)(srv, "room") as sd:
+            assert sa.status == sb.status == sd.status == 200
+            assert pub(srv, "iso-a", "room", "for a", a["publish_key"]).status == 201
+            assert pub(srv, "iso-b", "room", "for b", b["publish_key"]).status == 201
+            assert pub(srv, None, "room", "for default", None).status == 201
+            ma, mb, md = sa.next_message(), sb.next_message(), sd.next_message()
+            assert (ma["data"], ma["channel"]) == ("for a", "room")
+            assert (mb["data"], mb["channel"]) == ("for b", "room")
+            assert (md["data"], md["channel"]) == ("for default", "room")
+            # Nothing else arrives on any of them.
+            # Nothing of the others arrives in between: each next message is its own.
+            assert pub(srv, "iso-a", "room", "second a", a["publish_key"]).status == 201
+            assert pub(srv, None, "room", "second default", None).status == 201
+            assert pub(srv, "iso-b", "room", "second b", b["publish_key"]).status == 201
+            assert sa.next_message()["data"] == "second a"
+            assert sd.next_message()["data"] == "second default"
+            assert sb.next_message()["data"] == "second b"
+
+
+def test_one_apps_key_does_not_open_another(srv):
+    a, b = create_app(srv, "key-a"), create_app(srv, "key-b")
+    r = pub(srv, "key-b", "c", "x", a["publish_key"])
+    assert r.status == 401 and "app's publish keys" in r.error()["detail"]
+    assert pub(srv, "key-b", "c", "x", None).status == 401
+    # The default app's API is loopback-trusted here, but an app never is.
+    r = request(srv.port, "GET", "/apps/key-b/api/channels")
+    assert r.status == 401
+    # The admin key opens every app.
+    assert pub(srv, "key-b", "c", "x", ADMIN).status == 201
+    assert pub(srv, "key-b", "c", "y", b["publish_key"]).status == 201
+
+
+def test_listing_history_and_stats_are_per_app(srv):
+    a, b = create_app(srv, "list-a"), create_app(srv, "list-b")
+    for i in range(3):
+        assert pub(srv, "list-a", f"a{i}", f"m{i}", a["publish_key"]).status == 201
+    assert pub(srv, "list-b", "a0", "other", b["publish_key"]).status == 201
+    assert pub(srv, None, "default-only", "d", None).status == 201
+
+    def names(app, key):
+        prefix = f"/apps/{app}" if app else ""
+        h = {"Authorization": f"Bearer {key}"} if key else {}
+        r = request(srv.port, "GET", f"{prefix}/api/channels", headers=h)
+        assert r.status == 200, r.body
+        return [c["name"] for c in r.json()["channels"]], r.json()["total"]
+
+    assert names("list-a", a["publish_key"]) == (["a0", "a1", "a2"], 3)
+    assert names("list-b", b["publish_key"]) == (["a0"], 1)
+    default, _ = names(None, None)
+    assert "default-only" in default and not any("~" in n or n == "a1" for n in default)
+
+    # Paging within an app: next is a name of that app, and after= continues from it.
+    r = request(srv.port, "GET", "/apps/list-a/api/channels?limit=2",
+                headers={"Authorization": f"Bearer {a['publish_key']}"})
+    assert [c["name"] for c in r.json()["channels"]] == ["a0", "a1"] and r.json()["next"] == "a1"
+    r = request(srv.port, "GET", "/apps/list-a/api/channels?limit=2&after=a1",
+                headers={"Authorization": f"Bearer {a['publish_key']}"})
+    assert [c["name"] for c in r.json()["channels"]] == ["a2"]
+
+    # Channel info and history: each app sees its own "a0".
+    r = request(srv.port, "GET", "/apps/list-b/api/channels/a0",
+                headers={"Authorization": f"Bearer {b['publish_key']}"})
+    assert r.status == 200 and r.json()["name"] == "a0" and r.json()["messages"] == 1
+    with app_stream("sse", srv, "list-b", "a0", since="0") as s:
+        m = s.next_message()
+        assert m["data"] == "other"
+    r = request(srv.port, "GET", "/apps/list-a/stats",
+                headers={"Authorization": f"Bearer {a['publish_key']}"})
+    assert r.status == 200
+    st = r.json()
+    assert st["name"] == "list-a" and st["usage"]["channels"] == 3
+    assert st["usage"]["publishes"] == 3 and st["usage"]["messages"] == 3
+    assert "token_secret" not in st and "publish_key" not in st
+    assert request(srv.port, "GET", "/apps/list-a/stats").status == 401
+
+
+def test_resume_within_an_app_on_every_transport(srv):
+    a = create_app(srv, "resume")
+    key = a["publish_key"]
+    ids = [pub(srv, "resume", "feed", f"m{i}", key).json()["id"] for i in range(4)]
+    with app_stream("sse", srv, "resume", "feed", since=ids[1]) as s:
+        assert [m["data"] for m in s.messages(2)] == ["m2", "m3"]
+    with app_stream("stream", srv, "resume", "feed", since=ids[2]) as s:
+        assert s.next_message()["data"] == "m3"
+    r = request(srv.port, "GET", f"/apps/resume/poll?channels=feed&since={ids[0]}&timeout=1")
+    assert r.status == 200
+    assert [m["data"] for m in r.json()["messages"]] == ["m1", "m2", "m3"]
+    assert all(m["channel"] == "feed" for m in r.json()["messages"])
+
+    async def ws():
+        url = f"ws://127.0.0.1:{srv.port}/apps/resume/ws?channels=feed&since={ids[2]}"
+        async with websockets.connect(url, ping_interval=None) as w:
+            m = await recv_json(w)
+            assert (m["channel"], m["data"]) == ("feed", "m3")
+            await w.send(json.dumps({"op": "subscribe", "channels": ["other"], "ref": 1}))
+            ack = await recv_json(w)
+            assert ack.get("channels") == ["other"], ack
+
+    arun(ws())
+
+
+def test_unknown_app_is_404_on_every_endpoint(srv):
+    for path in ("/apps/ghost/sse?channels=a", "/apps/ghost/poll?channels=a",
+                 "/apps/ghost/stream?channels=a", "/apps/ghost/ws?channels=a",
+                 "/apps/ghost/api/channels", "/apps/ghost", "/apps/"):
+        r = request(srv.port, "GET", path)
+        assert r.status == 404, (path, r.body)
+    r = request(srv.port, "GET", "/apps/ghost/sse?channels=a")
+    assert r.error()["error"] == "app_not_found"
+    # Routes that are not per app (admin, metrics, health) do not exist under /apps/.
+    create_app(srv, "real")
+    assert request(srv.port, "GET", "/apps/real/admin/apps", headers=AUTH).status == 404
+    assert request(srv.port, "GET", "/apps/real/metrics").status == 404
+
+
+def test_deleting_an_app_closes_its_channels(srv):
+    a = create_app(srv, "gone")
+    with app_stream("sse", srv, "gone", "c1") as s:
+        assert s.status == 200
+        assert pub(srv, "gone", "c1", "before", a["publish_key"]).status == 201
+        assert s.next_message()["data"] == "before"
+        assert admin(srv, "DELETE", "/admin/apps/gone").status == 200
+        ev = s.next_event()
+        assert ev.event == "closed" and ev.json()["channel"] == "c1"
+        s.expect_end()
+    # A new app of the same name starts empty, with new keys.
+    b = create_app(srv, "gone")
+    assert b["publish_key"] != a["publish_key"]
+    assert pub(srv, "gone", "c1", "x", a["publish_key"]).status == 401
+    r = request(srv.port, "GET", "/apps/gone/api/channels",
+                headers={"Authorization": f"Bearer {b['publish_key']}"})
+    assert r.json()["channels"] == []
+
+
+# ---- plans ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def limited(herald, tmp_path):
+    plans = tmp_path / "plans.json"
+    plans.write_text(json.dumps({"plans": [
+        {"name": "tiny", "description": "for tests", "connections": 2, "channels": 3,
+         "publishes_per_second": 5, "message_bytes": 100, "history": 2},
+        {"name": "big", "connections": 0, "channels": 0},
+    ]}))
+    return herald(admin_key=ADMIN, plans=str(plans))
+
+
+def test_plans_from_a_file(limited):
+    r = admin(limited, "GET", "/admin/plans")
+    assert [p["name"] for p in r.json()["plans"]] == ["tiny", "big"]
+    assert r.json()["plans"][0]["publishes_per_second"] == 5
+
+
+def test_bad_plans_file_stops_start_up(herald_bin, tmp_path):
+    import subprocess
+
+    bad = tmp_path / "plans.json"
+    bad.write_text('{"plans": [{"name": "x", "connections": -1}]}')
+    p = subprocess.run([herald_bin, "--listen", f"127.0.0.1:{free_port()}", "--plans", str(bad)],
+                       capture_output=True, text=True, timeout=10)
+    assert p.returncode != 0
+    assert "plans.json" in p.stderr and "connections" in p.stderr
+
+
+def test_message_bytes_and_publish_rate(limited):
+    a = create_app(limited, "lim", plan="tiny")
+    key = a["publish_key"]
+    r = pub(limited, "lim", "c", "x" * 101, key)
+    assert r.status == 413
+    doc = r.json()
+    assert doc["error"] == "limit_exceeded" and doc["limit"] == "message_bytes"
+    # 5 per second: a burst of 12 gets at most 5 per second through, the rest 429.
+    codes = [pub(limited, "lim", "c", f"m{i}", key).status for i in range(12)]
+    assert set(codes) <= {201, 429} and 429 in codes
+    assert codes.count(201) <= 10  # the burst may straddle one second boundary
+    r = pub(limited, "lim", "c", "late", key)
+    if r.status == 429:
+        assert r.json()["limit"] == "publishes_per_second" and r.headers["retry-after"] == "1"
+    time.sleep(1.1)
+    assert pub(limited, "lim", "c", "after a second", key).status == 201
+    # A batch reports the refused messages one by one.
+    time.sleep(1.1)
+    body = json.dumps({"messages": [{"channel": "c", "data": i} for i in range(7)]})
+    r = request(limited.port, "POST", "/apps/lim/api/publish", body,
+                {"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    assert r.status == 201, r.body
+    results = r.json()["results"]
+    assert len(results) == 7 and any(x.get("limit") == "publishes_per_second" for x in results)
+    st = request(limited.port, "GET", "/apps/lim/stats",
+                 headers={"Authorization": f"Bearer {key}"}).json()
+    assert st["usage"]["publishes_refused"] >= 1
+    # The default app has no plan.
+    assert all(pub(limited, None, "c", "x" * 200, None).status == 201 for _ in range(12))
+
+
+def test_channel_limit_and_history_cap(limited):
+    a = create_app(limited, "chl", plan="tiny")
+    key = a["publish_key"]
+    first = []
+    for i in range(3):
+        r = pub(limited, "chl", f"c{i}", "x", key)
+        assert r.status == 201
+        first.append(r.json()["id"])
+        time.sleep(0.21)  # under the publish rate
+    r = pub(limited, "chl", "c3", "x", key)
+    assert r.status == 429
+    assert r.json()["error"] == "limit_exceeded" and r.json()["limit"] == "channels"
+    assert pub(limited, "chl", "c0", "existing channel", key).status == 201
+    # Subscribing cannot create a 4th channel either.
+    with app_stream("sse", limited, "chl", "c9") as s:
+        assert s.status == 429
+    # History keeps at most the plan's 2, even when the channel asks for more.
+    r = request(limited.port, "PUT", "/apps/chl/api/channels/c1", '{"history_size": 50}',
+                {"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    assert r.status == 200 and r.json()["history_size"] == 2
+    for i in range(3):
+        time.sleep(0.21)
+        assert pub(limited, "chl", "c1", f"h{i}", key).status == 201
+    with app_stream("sse", limited, "chl", "c1", since=first[1]) as s:
+        ev = s.next_event()
+        assert ev.event == "gap" and ev.json()["channel"] == "c1", ev
+        assert [m["data"] for m in s.messages(2)] == ["h1", "h2"]
+
+
+def test_connection_limit_on_every_transport(limited):
+    create_app(limited, "conns", plan="tiny")
+    with app_stream("sse", limited, "conns", "a") as s1, app_stream("stream", limited, "conns", "a") as s2:
+        assert s1.status == s2.status == 200
+        with app_stream("sse", limited, "conns", "a") as s3:
+            assert s3.status == 503
+            doc = json.loads(s3.body)
+            assert doc["error"] == "limit_exceeded" and doc["limit"] == "connections"
+        r = request(limited.port, "GET", "/apps/conns/poll?channels=a&timeout=0")
+        assert r.status == 503 and r.json()["limit"] == "connections"
+
+        async def ws():
+            url = f"ws://127.0.0.1:{limited.port}/apps/conns/ws?channels=a"
+            async with websockets.connect(url, ping_interval=None) as w:
+                err = await recv_json(w)
+                assert err["event"] == "error" and err["error"] == "limit_exceeded", err
+                await expect_ws_closed(w, 4429)
+
+        arun(ws())
+        st = admin(limited, "GET", "/admin/apps/conns").json()
+        assert st["usage"]["connections"] == 2 and st["usage"]["connections_refused"] == 3
+    # Closed connections give their places back.
+    wait_until(lambda: admin(limited, "GET", "/admin/apps/conns").json()["usage"]["connections"] == 0,
+               what="connections released")
+    with app_stream("sse", limited, "conns", "a") as s:
+        assert s.status == 200
+
+
+# ---- persistence ------------------------------------------------------------------------------
+
+
+def test_apps_survive_a_restart_with_state_dir(herald, tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    s1 = herald(admin_key=ADMIN, state_dir=str(state))
+    a = create_app(s1, "keep", plan="free")
+    assert admin(s1, "POST", "/admin/apps/keep/keys").status == 201
+    keys = admin(s1, "GET", "/admin/apps/keep").json()
+    create_app(s1, "drop")
+    assert admin(s1, "DELETE", "/admin/apps/drop").status == 200
+    doc = json.loads((state / "apps.json").read_text())
+    assert [x["name"] for x in doc["apps"]] == ["keep"]
+    assert oct(os.stat(state / "apps.json").st_mode & 0o777) == "0o600"
+    s1.stop()
+
+    s2 = herald(admin_key=ADMIN, state_dir=str(state))
+    r = admin(s2, "GET", "/admin/apps")
+    assert [x["name"] for x in r.json()["apps"]] == ["keep"]
+    assert r.json()["apps"][0]["plan"] == "free" and keys["plan"] == "free"
+    # Both keys of the rotation still publish.
+    assert pub(s2, "keep", "c", "old key", a["publish_key"]).status == 201
+    assert not any(f.startswith(".apps") for f in os.listdir(state))
+
+
+def test_bad_state_dir_stops_start_up(herald_bin, tmp_path):
+    import subprocess
+
+    p = subprocess.run([herald_bin, "--listen", f"127.0.0.1:{free_port()}", "--state-dir",
+                        str(tmp_path / "missing")], capture_output=True, text=True, timeout=10)
+    assert p.returncode != 0 and "not a directory" in p.stderr
+    (tmp_path / "apps.json").write_text("garbage")
+    p = subprocess.run([herald_bin, "--listen", f"127.0.0.1:{free_port()}", "--state-dir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=10)
+    assert p.returncode != 0 and "apps.json" in p.stderr
