@@ -109,7 +109,8 @@ int main(int argc, char **argv)
     srv.nworkers = srv.cfg.workers;
     hub_init(&srv.hub, &srv.cfg, srv.nworkers);
     char err[700];
-    if (apps_init(&srv.hub, &srv.cfg, err, sizeof(err)) < 0) {
+    struct apps_store *store = srv.cfg.state_dir[0] ? apps_file_store_new(srv.cfg.state_dir) : NULL;
+    if (apps_init(&srv.hub, &srv.cfg, store, err, sizeof(err)) < 0) {
         log_error("%s", err);
         return 2;
     }

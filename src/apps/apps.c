@@ -42,14 +42,14 @@ static const struct plan builtin_plans[] = {
 
 static struct {
     pthread_rwlock_t lock;
-    pthread_mutex_t save_lock; /* one writer of the state file at a time */
     struct map apps;
     struct plan *plans;
     size_t nplans;
     struct hub *hub;
     const struct herald_config *cfg;
+    struct apps_store *store;
     bool ready;
-} reg = {.lock = PTHREAD_RWLOCK_INITIALIZER, .save_lock = PTHREAD_MUTEX_INITIALIZER};
+} reg = {.lock = PTHREAD_RWLOCK_INITIALIZER};
 
 /* ---- names, keys, plans ------------------------------------------------------ */
 
@@ -237,7 +237,7 @@ void apps_each(void (*fn)(struct app *a, void *arg), void *arg)
 
 /* ---- persistence --------------------------------------------------------------- */
 
-static json_t *app_state_json(const struct app *a)
+json_t *apps_state_json(const struct app *a)
 {
     json_t *keys = json_array();
     for (int i = 0; i < APP_MAX_KEYS; i++)
@@ -249,48 +249,15 @@ static json_t *app_state_json(const struct app *a)
                      "created", (json_int_t)a->created_ms, "bound", a->bound);
 }
 
-static void collect_state(struct app *a, void *arg)
+/* Records a change (state NULL: the app was deleted) in the store. Registry lock not
+ * held. Returns 0 or APPS_STATE. */
+static int save(const struct app *a, enum apps_put how)
 {
-    json_array_append_new(arg, app_state_json(a));
-}
-
-/* Writes every app to STATE_DIR/apps.json: a temporary file, fsync, rename, fsync of
- * the directory, so that a crash leaves the old file or the new one. Registry lock
- * not held. Returns 0 or APPS_STATE (logged). */
-static int save(void)
-{
-    if (!reg.cfg->state_dir[0])
+    if (!reg.store)
         return 0;
-    pthread_mutex_lock(&reg.save_lock);
-    json_t *arr = json_array();
-    apps_each(collect_state, arr);
-    json_t *doc = json_pack("{s:i,s:o}", "version", 1, "apps", arr);
-    char *text = json_dumps(doc, JSON_INDENT(1) | JSON_SORT_KEYS);
-    json_decref(doc);
-    char path[600], tmp[620];
-    snprintf(path, sizeof(path), "%s/apps.json", reg.cfg->state_dir);
-    snprintf(tmp, sizeof(tmp), "%s/.apps.json.tmp", reg.cfg->state_dir);
-    int rc = APPS_STATE;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    size_t len = strlen(text);
-    if (fd >= 0 && write(fd, text, len) == (ssize_t)len && fsync(fd) == 0 && close(fd) == 0) {
-        fd = -1;
-        if (rename(tmp, path) == 0) {
-            int dfd = open(reg.cfg->state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-            if (dfd >= 0) {
-                fsync(dfd);
-                close(dfd);
-            }
-            rc = 0;
-        }
-    }
-    if (rc)
-        log_error("apps: could not write %s: %s; the change holds until a restart", path,
-                  strerror(errno));
-    if (fd >= 0)
-        close(fd);
-    free(text);
-    pthread_mutex_unlock(&reg.save_lock);
+    json_t *state = how == APPS_PUT_DELETE ? NULL : apps_state_json(a);
+    int rc = reg.store->put(reg.store, a->name, state, how);
+    json_decref(state);
     return rc;
 }
 
@@ -299,69 +266,95 @@ static void copy_str(char *dst, size_t size, json_t *v)
     snprintf(dst, size, "%s", json_is_string(v) ? json_string_value(v) : "");
 }
 
-static int load_state(char *err, size_t errlen)
+/* Sets a's fields from its stored state. Registry write lock held (or a is new). */
+static void app_set_state(struct app *a, json_t *o)
 {
-    char path[600];
-    snprintf(path, sizeof(path), "%s/apps.json", reg.cfg->state_dir);
-    struct stat st;
-    if (stat(reg.cfg->state_dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
-        snprintf(err, errlen, "--state-dir %s is not a directory; create it (mkdir -p) first",
-                 reg.cfg->state_dir);
-        return -1;
+    const char *plan = json_string_value(json_object_get(o, "plan"));
+    const struct plan *p = plan ? apps_plan(plan) : NULL;
+    if (!p) {
+        p = &reg.plans[0];
+        log_warn("apps: app %s has plan \"%s\", which --plans does not have: it gets \"%s\"",
+                 a->name, plan ? plan : "", p->name);
     }
-    if (access(reg.cfg->state_dir, W_OK) != 0) {
-        snprintf(err, errlen, "--state-dir %s is not writable by this user", reg.cfg->state_dir);
-        return -1;
-    }
-    if (stat(path, &st) != 0)
-        return 0; /* a first start */
-    json_error_t jerr;
-    json_t *doc = json_load_file(path, 0, &jerr);
-    json_t *arr = doc ? json_object_get(doc, "apps") : NULL;
-    if (!json_is_array(arr)) {
-        snprintf(err, errlen, "%s is not herald's apps file (%s); move it away to start empty",
-                 path, doc ? "no \"apps\" array" : jerr.text);
-        json_decref(doc);
-        return -1;
-    }
-    size_t i;
-    json_t *o;
-    json_array_foreach(arr, i, o)
-    {
-        const char *name = json_string_value(json_object_get(o, "name"));
-        const char *plan = json_string_value(json_object_get(o, "plan"));
-        const struct plan *p = plan ? apps_plan(plan) : NULL;
-        if (!name || !apps_name_valid(name, strlen(name)) ||
-            map_get(&reg.apps, name, strlen(name))) {
-            log_warn("apps: %s: entry %zu has no valid, unique name: skipped", path, i);
-            continue;
-        }
-        if (!p) {
-            p = &reg.plans[0];
-            log_warn("apps: app %s had plan \"%s\", which --plans no longer has: it gets \"%s\"",
-                     name, plan ? plan : "", p->name);
-        }
-        struct app *a = app_new(name, strlen(name));
-        apply_plan(a, p);
-        copy_str(a->team, sizeof(a->team), json_object_get(o, "team"));
-        copy_str(a->user, sizeof(a->user), json_object_get(o, "user"));
-        copy_str(a->token_secret, sizeof(a->token_secret), json_object_get(o, "token_secret"));
-        copy_str(a->bound, sizeof(a->bound), json_object_get(o, "bound"));
-        json_t *keys = json_object_get(o, "publish_keys");
-        for (size_t k = 0; k < APP_MAX_KEYS && k < json_array_size(keys); k++)
-            copy_str(a->keys[k], sizeof(a->keys[k]), json_array_get(keys, k));
-        const char *sub = json_string_value(json_object_get(o, "subscribe"));
-        a->subscribe_public = sub && strcmp(sub, "public") == 0;
-        json_t *created = json_object_get(o, "created");
-        if (json_is_integer(created))
-            a->created_ms = (uint64_t)json_integer_value(created);
-        map_put(&reg.apps, &a->node);
-    }
-    json_decref(doc);
-    return 0;
+    apply_plan(a, p);
+    copy_str(a->team, sizeof(a->team), json_object_get(o, "team"));
+    copy_str(a->user, sizeof(a->user), json_object_get(o, "user"));
+    copy_str(a->token_secret, sizeof(a->token_secret), json_object_get(o, "token_secret"));
+    copy_str(a->bound, sizeof(a->bound), json_object_get(o, "bound"));
+    json_t *keys = json_object_get(o, "publish_keys");
+    for (size_t k = 0; k < APP_MAX_KEYS; k++)
+        copy_str(a->keys[k], sizeof(a->keys[k]), json_array_get(keys, k));
+    const char *sub = json_string_value(json_object_get(o, "subscribe"));
+    a->subscribe_public = sub && strcmp(sub, "public") == 0;
+    json_t *created = json_object_get(o, "created");
+    if (json_is_integer(created))
+        a->created_ms = (uint64_t)json_integer_value(created);
 }
 
-int apps_init(struct hub *hub, const struct herald_config *cfg, char *err, size_t errlen)
+/* Deletes the channels of a (no longer in the registry) and drops the registry's
+ * reference. Registry lock not held. */
+static void app_retire(struct app *a)
+{
+    struct channel_info *infos = xmalloc(256 * sizeof(*infos));
+    size_t total, got;
+    char key[CHANNEL_KEY_MAX + 1];
+    while ((got = hub_channel_list(reg.hub, "", 0, a->t.prefix, infos, 256, &total)) > 0)
+        for (size_t i = 0; i < got; i++) {
+            int k = snprintf(key, sizeof(key), "%s%s", a->t.prefix, infos[i].name);
+            hub_channel_delete(reg.hub, key, (size_t)k);
+        }
+    free(infos);
+    hub_tenant_put(&a->t); /* the registry's reference */
+}
+
+size_t apps_sync(json_t *states, bool complete)
+{
+    size_t changed = 0, i;
+    json_t *o;
+    struct app **gone = NULL;
+    size_t ngone = 0;
+    pthread_rwlock_wrlock(&reg.lock);
+    json_array_foreach(states, i, o)
+    {
+        const char *name = json_string_value(json_object_get(o, "name"));
+        if (!name || !apps_name_valid(name, strlen(name))) {
+            log_warn("apps: stored entry %zu has no valid name: skipped", i);
+            continue;
+        }
+        struct map_node *n = map_get(&reg.apps, name, strlen(name));
+        struct app *a = n ? container_of(n, struct app, node) : app_new(name, strlen(name));
+        app_set_state(a, o);
+        if (!n)
+            map_put(&reg.apps, &a->node);
+        changed++;
+    }
+    if (complete) {
+        size_t b = 0;
+        struct map_node *n, *next = NULL;
+        while ((n = map_next(&reg.apps, &b, &next))) {
+            struct app *a = container_of(n, struct app, node);
+            bool listed = false;
+            json_array_foreach(states, i, o)
+            {
+                const char *name = json_string_value(json_object_get(o, "name"));
+                listed |= name && strcmp(name, a->name) == 0;
+            }
+            if (listed)
+                continue;
+            map_del(&reg.apps, n);
+            gone = xrealloc(gone, (ngone + 1) * sizeof(*gone));
+            gone[ngone++] = a;
+        }
+    }
+    pthread_rwlock_unlock(&reg.lock);
+    for (size_t k = 0; k < ngone; k++)
+        app_retire(gone[k]);
+    free(gone);
+    return changed + ngone;
+}
+
+int apps_init(struct hub *hub, const struct herald_config *cfg, struct apps_store *store, char *err,
+              size_t errlen)
 {
     reg.hub = hub;
     reg.cfg = cfg;
@@ -374,13 +367,14 @@ int apps_init(struct hub *hub, const struct herald_config *cfg, char *err, size_
         reg.plans = xmalloc(sizeof(builtin_plans));
         memcpy(reg.plans, builtin_plans, sizeof(builtin_plans));
     }
-    if (cfg->state_dir[0] && load_state(err, errlen) < 0)
-        return -1;
     reg.ready = true;
+    reg.store = store;
+    if (store && store->load(store, err, errlen) < 0)
+        return -1;
     hub->tenant_of = tenant_of;
     hub->tenant_arg = NULL;
     if (reg.apps.len)
-        log_info("apps: %zu apps from %s/apps.json", reg.apps.len, cfg->state_dir);
+        log_info("apps: %zu apps loaded", reg.apps.len);
     return 0;
 }
 
@@ -395,6 +389,9 @@ void apps_free(void)
         hub_tenant_put(&container_of(n, struct app, node)->t);
     }
     map_free(&reg.apps);
+    if (reg.store && reg.store->free)
+        reg.store->free(reg.store);
+    reg.store = NULL;
     free(reg.plans);
     reg.plans = NULL;
     pthread_rwlock_unlock(&reg.lock);
@@ -426,9 +423,19 @@ int apps_create(const char *name, const char *plan, const char *team, const char
     map_put(&reg.apps, &a->node);
     hub_tenant_get(&a->t);
     pthread_rwlock_unlock(&reg.lock);
+    int rc = save(a, APPS_PUT_CREATE);
+    if (rc == APPS_EXISTS) { /* another node made it first (cluster mode) */
+        pthread_rwlock_wrlock(&reg.lock);
+        if (map_get(&reg.apps, name, len) == &a->node)
+            map_del(&reg.apps, &a->node);
+        pthread_rwlock_unlock(&reg.lock);
+        hub_tenant_put(&a->t);
+        hub_tenant_put(&a->t);
+        return rc;
+    }
     *out = a;
     log_info("apps: created %s (plan %s)", a->name, a->plan);
-    return save();
+    return rc;
 }
 
 int apps_update(struct app *a, const char *plan, int subscribe_public)
@@ -442,7 +449,7 @@ int apps_update(struct app *a, const char *plan, int subscribe_public)
     if (subscribe_public >= 0)
         a->subscribe_public = subscribe_public != 0;
     pthread_rwlock_unlock(&reg.lock);
-    return save();
+    return save(a, APPS_PUT_UPDATE);
 }
 
 int apps_rotate_key(struct app *a)
@@ -451,7 +458,7 @@ int apps_rotate_key(struct app *a)
     memcpy(a->keys[1], a->keys[0], sizeof(a->keys[0]));
     new_key(a->keys[0]);
     pthread_rwlock_unlock(&reg.lock);
-    return save();
+    return save(a, APPS_PUT_UPDATE);
 }
 
 int apps_revoke_key(struct app *a, const char *key, size_t len)
@@ -467,7 +474,7 @@ int apps_revoke_key(struct app *a, const char *key, size_t len)
             break;
         }
     pthread_rwlock_unlock(&reg.lock);
-    return rc ? rc : save();
+    return rc ? rc : save(a, APPS_PUT_UPDATE);
 }
 
 int apps_bind(struct app *a, const char *tsuru_app, bool bind)
@@ -489,7 +496,7 @@ int apps_bind(struct app *a, const char *tsuru_app, bool bind)
         snprintf(out + olen, sizeof(out) - olen, "%s%s", olen ? "," : "", tsuru_app);
     memcpy(a->bound, out, sizeof(out));
     pthread_rwlock_unlock(&reg.lock);
-    return save();
+    return save(a, APPS_PUT_UPDATE);
 }
 
 int apps_delete(struct app *a)
@@ -502,19 +509,10 @@ int apps_delete(struct app *a)
     }
     map_del(&reg.apps, &a->node);
     pthread_rwlock_unlock(&reg.lock);
-    /* Its channels go: no request resolves the app any more, so none is made again. */
-    struct channel_info *infos = xmalloc(256 * sizeof(*infos));
-    size_t total, got;
-    char key[CHANNEL_KEY_MAX + 1];
-    while ((got = hub_channel_list(reg.hub, "", 0, a->t.prefix, infos, 256, &total)) > 0)
-        for (size_t i = 0; i < got; i++) {
-            int k = snprintf(key, sizeof(key), "%s%s", a->t.prefix, infos[i].name);
-            hub_channel_delete(reg.hub, key, (size_t)k);
-        }
-    free(infos);
     log_info("apps: deleted %s", a->name);
-    hub_tenant_put(&a->t); /* the registry's reference */
-    return save();
+    int rc = save(a, APPS_PUT_DELETE);
+    app_retire(a); /* its channels: no request resolves the app any more */
+    return rc;
 }
 
 /* ---- checks --------------------------------------------------------------------- */

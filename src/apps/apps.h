@@ -59,12 +59,43 @@ static inline struct app *app_of(struct hub_tenant *t)
     return t ? container_of(t, struct app, t) : NULL;
 }
 
+/* How an app changed, for its store. */
+enum apps_put { APPS_PUT_CREATE, APPS_PUT_UPDATE, APPS_PUT_DELETE };
+
 /*
- * Reads the plans (--plans, else the built-in ones) and the apps of --state-dir,
- * and makes the hub resolve app namespaces through the registry. Returns 0, or -1
- * with a message in err (start-up stops).
+ * Where apps persist: --state-dir on a single node (apps_file_store), Redis in
+ * cluster mode. The registry calls put after each change, outside its lock, from
+ * any thread; the store calls apps_sync with what it holds (at load, and in
+ * cluster mode whenever another node changed something).
  */
-int apps_init(struct hub *hub, const struct herald_config *cfg, char *err, size_t errlen);
+struct apps_store {
+    /* Start-up: apps_sync with every stored app. Returns 0, or -1 with a message. */
+    int (*load)(struct apps_store *s, char *err, size_t errlen);
+    /* Records the app `name` (state: apps_state_json; NULL when deleted). Returns 0,
+     * APPS_EXISTS (a create whose name is taken) or APPS_STATE (not recorded, logged). */
+    int (*put)(struct apps_store *s, const char *name, json_t *state, enum apps_put how);
+    void (*free)(struct apps_store *s);
+};
+
+/* The --state-dir store: a snapshot (apps.json) and an append-only journal (apps.log),
+ * each change fsync'ed, compacted into a new snapshot (written atomically). */
+struct apps_store *apps_file_store_new(const char *dir);
+
+/*
+ * Reads the plans (--plans, else the built-in ones), loads the apps from `store`
+ * (NULL: apps live in memory) and makes the hub resolve app namespaces through the
+ * registry. Returns 0, or -1 with a message in err (start-up stops).
+ */
+int apps_init(struct hub *hub, const struct herald_config *cfg, struct apps_store *store, char *err,
+              size_t errlen);
+/* An app's stored state (JSON object: name, plan, keys, secret, settings). */
+json_t *apps_state_json(const struct app *a);
+/*
+ * Makes the registry hold the apps of `states` (an array of stored states): new
+ * ones are added, known ones updated; with `complete`, apps not listed are deleted
+ * (their channels too). Returns how many apps it added, changed or removed.
+ */
+size_t apps_sync(json_t *states, bool complete);
 void apps_free(void);
 
 /* The app named name[0..len) with a reference (hub_tenant_put), or NULL. */

@@ -1,0 +1,222 @@
+/*
+ * apps_file: the --state-dir store of apps (see apps.h, struct apps_store).
+ *
+ * DIR/apps.json is a snapshot {"version":1,"apps":[state…]}; DIR/apps.log a
+ * journal of the changes since, one JSON line each ({"put":state} or
+ * {"delete":name}), appended and fsync'ed before the change is answered. A
+ * change costs one small write, however many apps there are; when the journal
+ * holds as many lines as the snapshot has apps (and at least 64), the registry is
+ * written as a new snapshot (temporary file, fsync, rename, fsync of the
+ * directory) and the journal starts over. A crash leaves the old snapshot or
+ * the new one, and a journal whose last line may be cut short (ignored on load).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "apps/apps.h"
+#include "core/log.h"
+
+struct file_store {
+    struct apps_store s;
+    pthread_mutex_t lock; /* one writer at a time */
+    char dir[512];
+    char snap[600], tmp[620], journal[600];
+    int log_fd;
+    size_t log_lines, snap_apps;
+};
+
+static void fsync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
+}
+
+static bool write_all(int fd, const char *p, size_t n)
+{
+    while (n) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return false;
+        p += w;
+        n -= (size_t)w;
+    }
+    return true;
+}
+
+static void collect(struct app *a, void *arg)
+{
+    json_array_append_new(arg, apps_state_json(a));
+}
+
+/* Writes the registry as the snapshot and empties the journal. Store lock held. */
+static int compact(struct file_store *f)
+{
+    json_t *arr = json_array();
+    apps_each(collect, arr);
+    size_t napps = json_array_size(arr);
+    json_t *doc = json_pack("{s:i,s:o}", "version", 1, "apps", arr);
+    char *text = json_dumps(doc, JSON_INDENT(1) | JSON_SORT_KEYS);
+    json_decref(doc);
+    int fd = open(f->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    bool ok = fd >= 0 && write_all(fd, text, strlen(text)) && fsync(fd) == 0;
+    if (fd >= 0)
+        ok &= close(fd) == 0;
+    free(text);
+    ok = ok && rename(f->tmp, f->snap) == 0;
+    if (!ok) {
+        log_error("apps: could not write %s: %s", f->snap, strerror(errno));
+        unlink(f->tmp);
+        return -1;
+    }
+    fsync_dir(f->dir);
+    /* The snapshot has every change: the journal starts over. */
+    if (ftruncate(f->log_fd, 0) != 0 || fsync(f->log_fd) != 0)
+        log_error("apps: could not empty %s: %s", f->journal, strerror(errno));
+    f->log_lines = 0;
+    f->snap_apps = napps;
+    return 0;
+}
+
+static int file_put(struct apps_store *s, const char *name, json_t *state, enum apps_put how)
+{
+    struct file_store *f = (struct file_store *)s;
+    json_t *entry = state ? json_pack("{s:O}", "put", state) : json_pack("{s:s}", "delete", name);
+    char *line = json_dumps(entry, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(entry);
+    size_t n = strlen(line);
+    line = xrealloc(line, n + 2);
+    line[n++] = '\n';
+    pthread_mutex_lock(&f->lock);
+    int rc = 0;
+    if (!write_all(f->log_fd, line, n) || fdatasync(f->log_fd) != 0) {
+        log_error("apps: could not append to %s: %s; the change to %s holds until a restart",
+                  f->journal, strerror(errno), name);
+        rc = APPS_STATE;
+    } else if (++f->log_lines >= 64 && f->log_lines >= f->snap_apps) {
+        compact(f); /* the change is in the journal already: a failure here loses nothing */
+    }
+    pthread_mutex_unlock(&f->lock);
+    free(line);
+    (void)how;
+    return rc;
+}
+
+/* Replays the journal's lines onto states (an object by name). Returns the lines read. */
+static size_t replay(struct file_store *f, json_t *by_name)
+{
+    FILE *fp = fopen(f->journal, "r");
+    if (!fp)
+        return 0;
+    char *line = NULL;
+    size_t cap = 0, lines = 0;
+    ssize_t n;
+    while ((n = getline(&line, &cap, fp)) > 0) {
+        json_t *e = json_loadb(line, (size_t)n, 0, NULL);
+        json_t *put = json_object_get(e, "put");
+        const char *del = json_string_value(json_object_get(e, "delete"));
+        const char *name = json_string_value(json_object_get(put, "name"));
+        if (name)
+            json_object_set(by_name, name, put);
+        else if (del)
+            json_object_del(by_name, del);
+        else
+            log_warn("apps: %s line %zu is not a change (cut short by a crash?): ignored",
+                     f->journal, lines + 1);
+        json_decref(e);
+        lines++;
+    }
+    free(line);
+    fclose(fp);
+    return lines;
+}
+
+static int file_load(struct apps_store *s, char *err, size_t errlen)
+{
+    struct file_store *f = (struct file_store *)s;
+    struct stat st;
+    if (stat(f->dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        snprintf(err, errlen, "--state-dir %s is not a directory; create it (mkdir -p) first",
+                 f->dir);
+        return -1;
+    }
+    if (access(f->dir, W_OK) != 0) {
+        snprintf(err, errlen, "--state-dir %s is not writable by this user", f->dir);
+        return -1;
+    }
+    json_t *by_name = json_object();
+    if (stat(f->snap, &st) == 0) {
+        json_error_t jerr;
+        json_t *doc = json_load_file(f->snap, 0, &jerr);
+        json_t *arr = doc ? json_object_get(doc, "apps") : NULL;
+        if (!json_is_array(arr)) {
+            snprintf(err, errlen, "%s is not herald's apps file (%s); move it away to start empty",
+                     f->snap, doc ? "no \"apps\" array" : jerr.text);
+            json_decref(doc);
+            json_decref(by_name);
+            return -1;
+        }
+        size_t i;
+        json_t *o;
+        json_array_foreach(arr, i, o)
+        {
+            const char *name = json_string_value(json_object_get(o, "name"));
+            if (name)
+                json_object_set(by_name, name, o);
+        }
+        json_decref(doc);
+    }
+    size_t lines = replay(f, by_name);
+    json_t *states = json_array();
+    const char *k;
+    json_t *v;
+    json_object_foreach(by_name, k, v) json_array_append(states, v);
+    apps_sync(states, false);
+    json_decref(states);
+    json_decref(by_name);
+    f->log_fd = open(f->journal, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    if (f->log_fd < 0) {
+        snprintf(err, errlen, "cannot open %s: %s", f->journal, strerror(errno));
+        return -1;
+    }
+    f->log_lines = lines;
+    pthread_mutex_lock(&f->lock);
+    if (lines)
+        compact(f); /* start from one snapshot (a journal cut short is repaired here) */
+    pthread_mutex_unlock(&f->lock);
+    return 0;
+}
+
+static void file_free(struct apps_store *s)
+{
+    struct file_store *f = (struct file_store *)s;
+    if (f->log_fd >= 0)
+        close(f->log_fd);
+    pthread_mutex_destroy(&f->lock);
+    free(f);
+}
+
+struct apps_store *apps_file_store_new(const char *dir)
+{
+    struct file_store *f = xcalloc(1, sizeof(*f));
+    f->s.load = file_load;
+    f->s.put = file_put;
+    f->s.free = file_free;
+    f->log_fd = -1;
+    pthread_mutex_init(&f->lock, NULL);
+    snprintf(f->dir, sizeof(f->dir), "%s", dir);
+    snprintf(f->snap, sizeof(f->snap), "%s/apps.json", dir);
+    snprintf(f->tmp, sizeof(f->tmp), "%s/.apps.json.tmp", dir);
+    snprintf(f->journal, sizeof(f->journal), "%s/apps.log", dir);
+    return &f->s;
+}
