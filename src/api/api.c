@@ -991,6 +991,43 @@ static void metric(struct sbuf *b, const char *name, const char *type, const cha
     sbuf_printf(b, "# HELP %s %s\n# TYPE %s %s\n%s %" PRIu64 "\n", name, help, name, type, name, v);
 }
 
+/* Per-app series, label app: at most METRICS_MAX_APPS apps (the cardinality a scraper
+ * takes), the first by name; herald_apps counts them all. */
+#define METRICS_MAX_APPS 500
+
+static void app_metrics(struct sbuf *b)
+{
+    json_t *arr = apps_list();
+    size_t n = json_array_size(arr);
+    metric(b, "herald_apps", "gauge", "Apps (tenants) on this server.", n);
+    n = MIN(n, (size_t)METRICS_MAX_APPS);
+    static const struct {
+        const char *name, *field, *type, *help;
+    } series[] = {
+        {"herald_app_connections", "connections", "gauge", "Subscriber connections of the app."},
+        {"herald_app_channels", "channels", "gauge", "Channels of the app in memory."},
+        {"herald_app_publishes_total", "publishes", "counter",
+         "Publishes the app's plan let through."},
+        {"herald_app_messages_total", "messages", "counter", "Messages stored for the app."},
+        {"herald_app_publishes_refused_total", "publishes_refused", "counter",
+         "Publishes refused by the app's publish rate."},
+        {"herald_app_connections_refused_total", "connections_refused", "counter",
+         "Subscriber connections refused by the app's plan."},
+    };
+    for (size_t s = 0; s < ARRAY_LEN(series) && n; s++) {
+        sbuf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", series[s].name, series[s].help,
+                    series[s].name, series[s].type);
+        for (size_t i = 0; i < n; i++) {
+            json_t *a = json_array_get(arr, i);
+            json_t *usage = json_object_get(a, "usage");
+            sbuf_printf(b, "%s{app=\"%s\"} %" PRIu64 "\n", series[s].name,
+                        json_string_value(json_object_get(a, "name")),
+                        (uint64_t)json_integer_value(json_object_get(usage, series[s].field)));
+        }
+    }
+    json_decref(arr);
+}
+
 static void handle_metrics(struct http_ctx *x)
 {
     struct server *srv = conn_server(x->c);
@@ -1027,6 +1064,7 @@ static void handle_metrics(struct http_ctx *x)
     metric(&b, "herald_uptime_seconds", "gauge", "Seconds since start.",
            (wall_ms() - srv->started_ms) / 1000);
     metric(&b, "herald_workers", "gauge", "Worker threads.", (uint64_t)srv->nworkers);
+    app_metrics(&b);
     http_respond(x, 200, "text/plain; version=0.0.4", NULL, b.data, b.len);
     sbuf_free(&b);
 }

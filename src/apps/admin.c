@@ -79,31 +79,10 @@ static void plans(struct http_ctx *x)
     admin_respond_json(x, 200, json_pack("{s:o}", "plans", arr));
 }
 
-static void collect(struct app *a, void *arg)
-{
-    json_array_append_new(arg, apps_json(a, false));
-}
-
-static int cmp_name(const void *a, const void *b)
-{
-    return strcmp(json_string_value(json_object_get(*(json_t *const *)a, "name")),
-                  json_string_value(json_object_get(*(json_t *const *)b, "name")));
-}
-
 static void list(struct http_ctx *x)
 {
-    json_t *arr = json_array();
-    apps_each(collect, arr);
-    /* Sorted by name: a stable listing. */
+    json_t *arr = apps_list();
     size_t n = json_array_size(arr);
-    json_t **items = xmalloc((n ? n : 1) * sizeof(*items));
-    for (size_t i = 0; i < n; i++)
-        items[i] = json_incref(json_array_get(arr, i));
-    qsort(items, n, sizeof(*items), cmp_name);
-    json_array_clear(arr);
-    for (size_t i = 0; i < n; i++)
-        json_array_append_new(arr, items[i]);
-    free(items);
     admin_respond_json(x, 200, json_pack("{s:o,s:I}", "apps", arr, "total", (json_int_t)n));
 }
 

@@ -235,6 +235,35 @@ void apps_each(void (*fn)(struct app *a, void *arg), void *arg)
     pthread_rwlock_unlock(&reg.lock);
 }
 
+static json_t *app_json_locked(const struct app *a, bool secrets);
+
+static void collect(struct app *a, void *arg)
+{
+    json_array_append_new(arg, app_json_locked(a, false)); /* apps_each holds the lock */
+}
+
+static int cmp_name(const void *a, const void *b)
+{
+    return strcmp(json_string_value(json_object_get(*(json_t *const *)a, "name")),
+                  json_string_value(json_object_get(*(json_t *const *)b, "name")));
+}
+
+json_t *apps_list(void)
+{
+    json_t *arr = json_array();
+    apps_each(collect, arr);
+    size_t n = json_array_size(arr);
+    json_t **items = xmalloc((n ? n : 1) * sizeof(*items));
+    for (size_t i = 0; i < n; i++)
+        items[i] = json_incref(json_array_get(arr, i));
+    qsort(items, n, sizeof(*items), cmp_name);
+    json_array_clear(arr);
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(arr, items[i]);
+    free(items);
+    return arr;
+}
+
 /* ---- persistence --------------------------------------------------------------- */
 
 json_t *apps_state_json(const struct app *a)
@@ -548,9 +577,9 @@ bool apps_take_publish(struct app *a)
     }
 }
 
-json_t *apps_json(const struct app *a, bool secrets)
+/* apps_json with the registry lock held. */
+static json_t *app_json_locked(const struct app *a, bool secrets)
 {
-    pthread_rwlock_rdlock(&reg.lock);
     json_t *o =
         json_pack("{s:s,s:s,s:s,s:s,s:s,s:I}", "name", a->name, "plan", a->plan, "team", a->team,
                   "user", a->user, "subscribe", a->subscribe_public ? "public" : "token", "created",
@@ -573,6 +602,13 @@ json_t *apps_json(const struct app *a, bool secrets)
     if (p)
         json_object_set_new(o, "limits", apps_plan_json(p));
     json_object_set_new(o, "bound_apps", json_string(a->bound));
+    return o;
+}
+
+json_t *apps_json(const struct app *a, bool secrets)
+{
+    pthread_rwlock_rdlock(&reg.lock);
+    json_t *o = app_json_locked(a, secrets);
     pthread_rwlock_unlock(&reg.lock);
     return o;
 }

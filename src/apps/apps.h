@@ -141,6 +141,8 @@ bool apps_key_matches(const struct app *a, const char *key, size_t len);
 /* Counts a publish against the app's rate; false when the plan's rate is used up. */
 bool apps_take_publish(struct app *a);
 
+/* Every app as apps_json (no credentials), sorted by name. */
+json_t *apps_list(void);
 /* The app as JSON (credentials when `secrets`), with its plan and usage. */
 json_t *apps_json(const struct app *a, bool secrets);
 json_t *apps_plan_json(const struct plan *p);

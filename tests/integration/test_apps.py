@@ -456,3 +456,17 @@ def test_bad_state_dir_stops_start_up(herald_bin, tmp_path):
     p = subprocess.run([herald_bin, "--listen", f"127.0.0.1:{free_port()}", "--state-dir", str(tmp_path)],
                        capture_output=True, text=True, timeout=10)
     assert p.returncode != 0 and "apps.json" in p.stderr
+
+
+def test_metrics_per_app(srv):
+    a = create_app(srv, "met-a")
+    create_app(srv, "met-b")
+    assert pub(srv, "met-a", "c", "x", a["publish_key"]).status == 201
+    with app_stream("sse", srv, "met-a", "c") as s:
+        assert s.status == 200
+        text = request(srv.port, "GET", "/metrics").body.decode()
+    assert "herald_apps 2" in text
+    assert 'herald_app_connections{app="met-a"} 1' in text
+    assert 'herald_app_connections{app="met-b"} 0' in text
+    assert 'herald_app_publishes_total{app="met-a"} 1' in text
+    assert 'herald_app_channels{app="met-a"} 1' in text
