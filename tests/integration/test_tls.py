@@ -104,9 +104,12 @@ class TLSConn(RawConn):
 
 
 def tls_sub(cls, srv, certs, channels, rcvbuf=None):
-    """An SSE or Stream subscriber (helpers' parsers) over TLS."""
+    """An SSE or Stream subscriber (helpers' parsers) over TLS. Python's ssl would take
+    a bare TCP EOF for the end of the stream: not here, a truncated stream must show."""
     sub = cls.__new__(cls)
-    sub.conn = TLSConn(srv.tport, client_ctx(certs), rcvbuf=rcvbuf)
+    ctx = client_ctx(certs)
+    ctx.options &= ~ssl.OP_IGNORE_UNEXPECTED_EOF
+    sub.conn = TLSConn(srv.tport, ctx, rcvbuf=rcvbuf)
     sub.conn.send(http_get(cls.path + sub_query(channels)))
     sub.status, sub.headers = sub.conn.read_head()
     sub.lines = []
@@ -203,18 +206,19 @@ def test_wss_and_ws_side_by_side(tserver, certs, chan):
     asyncio.run(asyncio.wait_for(run(), 3 * WAIT))
 
 
-def test_large_messages_to_a_slow_tls_reader(tserver, certs, chan):
+def test_large_messages_to_a_slow_tls_reader(herald, certs, chan):
     """Messages of many records each, to a subscriber that does not read while they are
     published: the socket fills (OpenSSL keeps a record to repeat), and once the client
     reads, every byte arrives in order."""
-    sub = tls_sub(SSE, tserver, certs, chan, rcvbuf=4096)
+    srv = start_tls(herald, certs, max_outbound="32MiB", max_body_bytes="1MiB")
+    sub = tls_sub(SSE, srv, certs, chan, rcvbuf=4096)
     try:
-        tserver.wait_subscribers(chan, 1)
-        bodies = [(f"{i}:" + chr(ord("a") + i) * 150_000).encode() for i in range(4)]
+        srv.wait_subscribers(chan, 1)
+        bodies = [(f"{i}:" + chr(ord("a") + i % 26) * 900_000).encode() for i in range(12)]
         for b in bodies:
-            tserver.publish(chan, b)
-        time.sleep(0.3)  # let herald hit the full socket before we read
-        got = [m["data"] for m in sub.messages(4, timeout=3 * WAIT)]
+            srv.publish(chan, b)
+        time.sleep(0.5)  # let herald hit the full socket before we read
+        got = [m["data"] for m in sub.messages(len(bodies), timeout=3 * WAIT)]
         assert got == [b.decode() for b in bodies]
     finally:
         sub.close()
@@ -228,6 +232,76 @@ def test_stream_over_tls(tserver, certs, chan):
         assert sub.next_message()["data"] == "chunked"
     finally:
         sub.close()
+
+
+class BIOClient:
+    """TLS over a raw socket through memory BIOs: the test decides which records
+    leave in which TCP segment."""
+
+    def __init__(self, port, ctx):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+        self.inc, self.out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.obj = ctx.wrap_bio(self.inc, self.out, server_hostname="127.0.0.1")
+        while True:
+            try:
+                self.obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self.sock.sendall(self.out.read())
+                self.inc.write(self.sock.recv(65536))
+        self.sock.sendall(self.out.read())
+
+    def records(self, *payloads):
+        """One TLS record per payload, all sent in one sendall."""
+        for p in payloads:
+            self.obj.write(p)
+        self.sock.sendall(self.out.read())
+
+    def read_until(self, count, marker):
+        data = b""
+        deadline = Deadline(WAIT, f"{count} x {marker!r}")
+        while data.count(marker) < count:
+            try:
+                data += self.obj.read(65536)
+                continue
+            except ssl.SSLWantReadError:
+                pass
+            self.sock.settimeout(deadline.left())
+            chunk = self.sock.recv(65536)
+            assert chunk, f"closed after {data!r}"
+            self.inc.write(chunk)
+        return data
+
+    def close(self):
+        self.sock.close()
+
+
+def test_records_arriving_together_are_all_read(tserver, certs):
+    """Several TLS records in one TCP segment: herald reads on past a short read (one
+    record per SSL_read) until OpenSSL wants more, or the later ones would wait for a
+    readiness edge that never comes."""
+    c = BIOClient(tserver.tport, client_ctx(certs))
+    try:
+        c.records(*[b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"] * 3)
+        assert c.read_until(3, b'{"status":"ok"}').count(b"HTTP/1.1 200") == 3
+    finally:
+        c.close()
+
+
+@pytest.mark.threads  # the drain runs on every worker
+def test_sigterm_drains_tls_subscribers_with_close_notify(herald, certs, chan):
+    """SIGTERM: a TLS SSE subscriber gets its reconnect event, then a clean end of the
+    TLS stream (close_notify: Python's ssl raises on a bare EOF), and herald exits 0."""
+    srv = start_tls(herald, certs)
+    sub = tls_sub(SSE, srv, certs, chan)
+    try:
+        srv.wait_subscribers(chan, 1)
+        srv.proc.send_signal(signal.SIGTERM)
+        assert sub.next_event().event == "reconnect"
+        sub.expect_end()
+    finally:
+        sub.close()
+    assert srv.terminate() == 0
 
 
 # ---- protocol versions, resumption, origins -------------------------------------------------
