@@ -15,6 +15,7 @@
 #include "api/api.h"
 #include "apps/admin.h"
 #include "apps/apps.h"
+#include "auth/auth.h"
 #include "cluster/redis_backend.h"
 #include "core/config.h"
 #include "core/log.h"
@@ -47,6 +48,7 @@ static void on_listening(struct server *s)
     if (!cfg->publish_key[0])
         log_warn("no --publish-key set: the publish and channel API accepts loopback clients "
                  "only (set HERALD_PUBLISH_KEY to publish from elsewhere)");
+    log_info("%s", auth_describe(auth_default_policy()));
 }
 
 /*
@@ -83,6 +85,8 @@ int main(int argc, char **argv)
     if (rc)
         return 2;
     log_level = srv.cfg.log_level;
+    if (auth_init(&srv.cfg) < 0)
+        return 2;
     if (!srv.cfg.node_name[0]) {
         char host[48] = "herald";
         gethostname(host, sizeof(host) - 1);
@@ -159,6 +163,7 @@ int main(int argc, char **argv)
     hub_free(&srv.hub);
     apps_free();
     transport_free();
+    auth_free();
     log_info("herald stopped");
     return 0;
 }

@@ -45,7 +45,11 @@ struct herald_config {
                                     "" = no cross-origin subscribers */
     char api_cors_origins[1024]; /* --api-cors-origins, comma list like cors_origins, default "":
                                     browser pages of other origins may not use the API */
-    bool ws_publish; /* --ws-publish, allow {"op":"publish"} over WebSocket; default false */
+    bool ws_publish;        /* --ws-publish, allow {"op":"publish"} over WebSocket; default false */
+    char token_secret[256]; /* --token-secret: subscribers need HS256 tokens; "" = none */
+    char token_public_key[512]; /* --token-public-key FILE (PEM): RS256/ES256 tokens; "" = none */
+    char token_alg[8];          /* --token-alg HS256|RS256|ES256; "" = from the key */
+    uint32_t token_skew_ms;     /* --token-skew, clock skew allowed on exp/nbf/iat, default 30s */
 
     /* apps (tenants) */
     char admin_key[256];  /* --admin-key: the admin API and the Tsuru service API; "" = off */

@@ -567,6 +567,22 @@ void conn_start_lifetime(struct conn *c)
     timer_start(&c->w->loop, &c->life, life);
 }
 
+uint64_t conn_lifetime_end(const struct conn *c)
+{
+    return timer_armed(&c->life) ? c->life.node.key : 0;
+}
+
+void conn_lifetime_at(struct conn *c, uint64_t at)
+{
+    uint64_t now = c->w->loop.now;
+    timer_start(&c->w->loop, &c->life, at > now ? at - now : 0);
+}
+
+uint64_t conn_now(const struct conn *c)
+{
+    return c->w->loop.now;
+}
+
 /* ---- freeing ------------------------------------------------------------------------- */
 
 /* Frees a closed connection after the loop pass (or leaves a zombie for its holds). */

@@ -292,6 +292,13 @@ void conn_replay_begin(struct conn *c);
 void conn_replay_end(struct conn *c);
 /* Starts the lifetime timer (uniform in [lifetime_min, lifetime_max]). */
 void conn_start_lifetime(struct conn *c);
+/* When the lifetime timer fires (the loop's monotonic ms), 0 when it is not armed. */
+uint64_t conn_lifetime_end(const struct conn *c);
+/* Re-arms the lifetime timer to fire at `at` (the loop's monotonic ms; now if past):
+ * a protocol may end a connection earlier than its lifetime (a token's expiry). */
+void conn_lifetime_at(struct conn *c, uint64_t at);
+/* The worker loop's clock (monotonic ms, refreshed once per pass). */
+uint64_t conn_now(const struct conn *c);
 void conn_timer_start(struct conn *c, uint64_t after_ms);
 void conn_timer_stop(struct conn *c);
 

@@ -14,15 +14,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "auth/auth.h"
 #include "transport/transport.h"
 
 enum {
-    POLLF_KEEPALIVE = CF_PROTO_FIRST,   /* the request allowed keep-alive */
-    POLLF_HEAD = CF_PROTO_FIRST << 1,   /* a HEAD request: no body in the answer */
-    POLLF_FULL = CF_PROTO_FIRST << 2,   /* the answer reached --max-outbound */
-    POLLF_CORS = CF_PROTO_FIRST << 3,   /* answer with CORS headers */
-    POLLF_VARY = CF_PROTO_FIRST << 4,   /* the answer depends on Origin */
-    POLLF_HTTP10 = CF_PROTO_FIRST << 5, /* an HTTP/1.0 request */
+    POLLF_KEEPALIVE = CF_PROTO_FIRST,    /* the request allowed keep-alive */
+    POLLF_HEAD = CF_PROTO_FIRST << 1,    /* a HEAD request: no body in the answer */
+    POLLF_FULL = CF_PROTO_FIRST << 2,    /* the answer reached --max-outbound */
+    POLLF_CORS = CF_PROTO_FIRST << 3,    /* answer with CORS headers */
+    POLLF_VARY = CF_PROTO_FIRST << 4,    /* the answer depends on Origin */
+    POLLF_HTTP10 = CF_PROTO_FIRST << 5,  /* an HTTP/1.0 request */
+    POLLF_EXPIRES = CF_PROTO_FIRST << 6, /* the timer is the token's expiry, not the timeout */
 };
 
 struct poll_state {
@@ -149,6 +151,14 @@ static void poll_end(struct conn *c, struct ctl_frames *f, uint16_t ws_code, con
     poll_deliver_ctl(c, f); /* the poll is answered with it at the end of the pass */
 }
 
+static void poll_on_timer(struct conn *c)
+{
+    if (c->flags & POLLF_EXPIRES)
+        transport_end_expired(c); /* answered with the event at the end of the pass */
+    else
+        poll_complete(c);
+}
+
 static void poll_on_shutdown(struct conn *c)
 {
     c->flags &= ~(uint32_t)POLLF_KEEPALIVE;
@@ -172,7 +182,7 @@ static const struct sub_ops poll_ops = {
         {
             .kind = CONN_POLL,
             .on_read = poll_on_read,
-            .on_timer = poll_complete,
+            .on_timer = poll_on_timer,
             .on_shutdown = poll_on_shutdown,
             .before_flush = poll_before_flush,
             .deliver = poll_deliver,
@@ -209,8 +219,22 @@ void longpoll_handle(struct http_ctx *x)
     if (transport_parse_request(x, &r, false) < 0 || !poll_timeout(x, &timeout))
         return;
     struct hub_backlog b;
-    if (transport_http_subscribe(x, &r, &b) < 0)
+    struct token *tok;
+    const struct auth_policy *policy = auth_policy_for(x);
+    if (auth_http_admit(x, policy, r.names, r.n, &tok) < 0)
         return;
+    if (transport_http_subscribe(x, &r, &b) < 0) {
+        token_put(tok);
+        return;
+    }
+    /* A poll held past its token's expiry is answered then, with an `expired` event. */
+    bool expires = false;
+    if (tok) {
+        uint64_t left = auth_deadline(policy, tok, conn_now(c)) - conn_now(c);
+        expires = left < timeout;
+        timeout = expires ? (uint32_t)left : timeout;
+        token_put(tok);
+    }
     bool keep = x->req->keep_alive && !(c->flags & CF_EOF);
     bool head = x->req->method_id == HTTP_M_HEAD;
     conn_set_ops(c, &poll_ops.conn);
@@ -221,7 +245,7 @@ void longpoll_handle(struct http_ctx *x)
     st->origin = x->cors && x->origin ? xstrndup(x->origin, x->origin_len) : NULL;
     c->flags |= CF_READ_PAUSED | (keep ? POLLF_KEEPALIVE : 0) | (head ? POLLF_HEAD : 0) |
                 (x->cors ? POLLF_CORS : 0) | (x->vary ? POLLF_VARY : 0) |
-                (x->req->minor_version == 0 ? POLLF_HTTP10 : 0);
+                (x->req->minor_version == 0 ? POLLF_HTTP10 : 0) | (expires ? POLLF_EXPIRES : 0);
     if (r.nsince || transport_per_channel_cursor(c)) {
         /* Where the client stands on each channel; what the answer holds moves it on. */
         size_t n = 0;

@@ -5,12 +5,29 @@
 
 #include <stdlib.h>
 
+#include "auth/auth.h"
 #include "transport/transport.h"
 
 enum {
     SSEF_RAW = CF_PROTO_FIRST,          /* format=raw: data is the bare body */
     SSEF_CURSORS = CF_PROTO_FIRST << 1, /* the client resumed with a per-channel cursor */
 };
+
+/* Per-connection state (conn->proto) of both transports. */
+struct sse_state {
+    struct sub_auth auth;
+};
+CONN_PROTO_FITS(struct sse_state);
+
+static struct sub_auth *sse_auth(struct conn *c)
+{
+    return &CONN_PROTO(c, struct sse_state)->auth;
+}
+
+static void sse_on_free(struct conn *c)
+{
+    transport_auth_free(c);
+}
 
 static const char sse_heartbeat[] = ":\n\n";
 static const char stream_heartbeat[] = "1\r\n\n\r\n"; /* an empty NDJSON line */
@@ -73,8 +90,10 @@ static const struct sub_ops sse_ops = {
             .deliver = sse_deliver,
             .deliver_ctl = sse_deliver_ctl,
             .on_channel_closed = transport_on_channel_closed,
+            .on_free = sse_on_free,
         },
     .end = sse_end,
+    .auth = sse_auth,
 };
 
 /* ---- streaming -------------------------------------------------------------------- */
@@ -114,15 +133,31 @@ static const struct sub_ops stream_ops = {
             .deliver = stream_deliver,
             .deliver_ctl = stream_deliver_ctl,
             .on_channel_closed = transport_on_channel_closed,
+            .on_free = sse_on_free,
         },
     .end = stream_end_with,
+    .auth = sse_auth,
 };
 
 /* ---- handlers ------------------------------------------------------------------------ */
 
-/* Sends the head of a never-ending response and hands the connection to ops. */
+/* Admits and subscribes a request (answering when it may not); 0 with *tok and *b. */
+static int admit_and_subscribe(struct http_ctx *x, const struct sub_request *r, struct token **tok,
+                               struct hub_backlog *b)
+{
+    if (auth_http_admit(x, auth_policy_for(x), r->names, r->n, tok) < 0)
+        return -1;
+    if (transport_http_subscribe(x, r, b) < 0) {
+        token_put(*tok);
+        return -1;
+    }
+    return 0;
+}
+
+/* Sends the head of a never-ending response and hands the connection to ops, which
+ * keeps the token tok (a reference) until it expires. */
 static void start_stream(struct http_ctx *x, const struct sub_ops *ops, const char *ctype,
-                         const char *extra, const char *first)
+                         const char *extra, const char *first, struct token *tok)
 {
     struct conn *c = x->c;
     struct sbuf b = {0};
@@ -136,6 +171,7 @@ static void start_stream(struct http_ctx *x, const struct sub_ops *ops, const ch
     conn_send_copy(c, b.data, b.len);
     sbuf_free(&b);
     transport_start(c);
+    transport_auth_start(c, auth_policy_for(x), tok, false);
 }
 
 void sse_handle(struct http_ctx *x)
@@ -152,13 +188,14 @@ void sse_handle(struct http_ctx *x)
             return http_error(x, 400, "bad_format", "format is 'json' (default) or 'raw'");
     }
     struct hub_backlog b;
-    if (transport_http_subscribe(x, &r, &b) < 0)
+    struct token *tok;
+    if (admit_and_subscribe(x, &r, &tok, &b) < 0)
         return;
     /* The stream body is delimited by the connection's end (no chunking), so
      * every subscriber gets the very same pre-framed bytes. `retry` asks the
      * browser to come back after 3 s rather than its default. */
     start_stream(x, &sse_ops, "text/event-stream; charset=utf-8", "Connection: keep-alive\r\n",
-                 ":ok\n\nretry: 3000\n\n");
+                 ":ok\n\nretry: 3000\n\n", tok);
     if (raw)
         x->c->flags |= SSEF_RAW;
     if (r.nsince) /* it keeps positions per channel: give it its cursor in that form */
@@ -174,8 +211,9 @@ void stream_handle(struct http_ctx *x)
     if (x->req->minor_version == 0)
         return http_error(x, 505, "http_version", "/stream needs HTTP/1.1 (chunked encoding)");
     struct hub_backlog b;
-    if (transport_http_subscribe(x, &r, &b) < 0)
+    struct token *tok;
+    if (admit_and_subscribe(x, &r, &tok, &b) < 0)
         return;
-    start_stream(x, &stream_ops, "application/x-ndjson", "Transfer-Encoding: chunked\r\n", "");
+    start_stream(x, &stream_ops, "application/x-ndjson", "Transfer-Encoding: chunked\r\n", "", tok);
     transport_replay(x->c, &b);
 }

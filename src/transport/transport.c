@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <sys/socket.h>
 
+#include "auth/auth.h"
 #include "core/log.h"
 #include "http/router.h"
 #include "transport/longpoll.h"
@@ -19,7 +20,8 @@
 #include "transport/ws.h"
 #include "transport/ws_frame.h"
 
-static struct ctl_frames *reconnect_shutdown, *reconnect_lifetime;
+static struct ctl_frames *reconnect_shutdown, *reconnect_lifetime, *token_expired_ev,
+    *token_missing_ev;
 
 static const struct http_route routes[] = {
     {.path = "/ws",
@@ -52,6 +54,15 @@ void transport_init(void)
 {
     reconnect_shutdown = reconnect_frames("shutdown");
     reconnect_lifetime = reconnect_frames("lifetime");
+    static const char expired[] =
+        "\"error\":\"token_expired\",\"detail\":\"the token expired: subscribe again with a "
+        "new one, or refresh it before it expires ({\\\"op\\\":\\\"refresh\\\"} on a WebSocket)\"";
+    token_expired_ev = ctl_frames_new("expired", expired, sizeof(expired) - 1);
+    static const char missing[] =
+        "\"error\":\"token_missing\",\"detail\":\"no token came in time: send "
+        "{\\\"op\\\":\\\"auth\\\",\\\"token\\\":...} first, or put the token on the URL "
+        "(?token=)\"";
+    token_missing_ev = ctl_frames_new("error", missing, sizeof(missing) - 1);
     http_routes_add(routes, ARRAY_LEN(routes));
 }
 
@@ -59,6 +70,8 @@ void transport_free(void)
 {
     ref_put(&reconnect_shutdown->ref);
     ref_put(&reconnect_lifetime->ref);
+    ref_put(&token_expired_ev->ref);
+    ref_put(&token_missing_ev->ref);
 }
 
 /* ---- request parsing ----------------------------------------------------- */
@@ -366,10 +379,97 @@ void transport_start(struct conn *c)
     conn_start_lifetime(c);
 }
 
+/* ---- admission: tokens and their expiry ------------------------------------------- */
+
+static struct sub_auth *auth_of(struct conn *c)
+{
+    return sub_ops_of(c)->auth ? sub_ops_of(c)->auth(c) : NULL;
+}
+
+static bool token_policy(const struct sub_auth *a)
+{
+    return a && a->policy && a->policy->subscribe == AUTH_TOKEN;
+}
+
+/* The lifetime timer fires at the first of: the lifetime's end, the token's expiry,
+ * the end of the wait for a token. */
+static void auth_arm(struct conn *c, struct sub_auth *a)
+{
+    uint64_t at = a->life_end;
+    if (token_policy(a) && a->tok) {
+        uint64_t d = auth_deadline(a->policy, a->tok, conn_now(c));
+        at = at ? MIN(at, d) : d;
+    } else if (token_policy(a) && a->must_auth) {
+        uint64_t d = conn_now(c) + conn_cfg(c)->header_timeout_ms;
+        at = at ? MIN(at, d) : d;
+    }
+    if (at)
+        conn_lifetime_at(c, at);
+}
+
+void transport_auth_start(struct conn *c, const struct auth_policy *p, struct token *tok,
+                          bool must_auth)
+{
+    struct sub_auth *a = auth_of(c);
+    assert(a);
+    *a = (struct sub_auth){
+        .policy = p, .tok = tok, .life_end = conn_lifetime_end(c), .must_auth = must_auth && !tok};
+    auth_arm(c, a);
+}
+
+void transport_auth_set(struct conn *c, struct token *tok)
+{
+    struct sub_auth *a = auth_of(c);
+    token_put(a->tok);
+    a->tok = tok;
+    a->must_auth = false;
+    auth_arm(c, a);
+}
+
+void transport_end_expired(struct conn *c)
+{
+    sub_ops_of(c)->end(c, token_expired_ev, WS_CLOSE_TOKEN, "token expired");
+}
+
+void transport_auth_free(struct conn *c)
+{
+    struct sub_auth *a = auth_of(c);
+    token_put(a->tok);
+    a->tok = NULL;
+}
+
+const char *transport_auth_check(struct conn *c, int which, const struct slice *names, size_t n,
+                                 size_t *bad)
+{
+    struct sub_auth *a = auth_of(c);
+    if (!token_policy(a))
+        return NULL;
+    if (!a->tok)
+        return "token_missing";
+    if (auth_expired(a->policy, a->tok))
+        return "token_expired";
+    long i = auth_first_forbidden(a->tok, (enum token_grant)which, names, n);
+    if (i < 0)
+        return NULL;
+    *bad = (size_t)i;
+    return "channel_forbidden";
+}
+
 /* ---- life-cycle events ------------------------------------------------------ */
 
 void transport_on_lifetime(struct conn *c)
 {
+    struct sub_auth *a = auth_of(c);
+    if (token_policy(a)) {
+        if (a->tok && auth_expired(a->policy, a->tok))
+            return transport_end_expired(c);
+        if (!a->tok && a->must_auth)
+            return sub_ops_of(c)->end(c, token_missing_ev, WS_CLOSE_TOKEN, "no token in time");
+        if (!a->life_end || conn_now(c) < a->life_end) {
+            auth_arm(c, a); /* the token was refreshed since the timer was set */
+            return;
+        }
+    }
     sub_ops_of(c)->end(c, reconnect_lifetime, WS_CLOSE_GOING_AWAY,
                        "connection lifetime reached: reconnect");
 }

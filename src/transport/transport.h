@@ -18,11 +18,25 @@
 #include "core/server.h"
 #include "http/http_conn.h"
 
+struct auth_policy;
+struct token;
+
+/* What a subscriber connection holds of its admission (part of its protocol state). */
+struct sub_auth {
+    const struct auth_policy *policy; /* the request's (auth_policy_for) */
+    struct token *tok;                /* a reference; NULL: none (yet) */
+    uint64_t life_end;                /* when its lifetime ends (loop ms); 0: never */
+    bool must_auth;                   /* no token yet, and it must get one in time */
+};
+
 struct sub_ops {
     struct conn_ops conn; /* first member: c->ops points here */
     /* Sends the control event f and ends the subscriber's stream; WebSocket closes
      * with ws_code and reason. */
     void (*end)(struct conn *c, struct ctl_frames *f, uint16_t ws_code, const char *reason);
+    /* The connection's admission state; NULL when the transport keeps none (a held
+     * long-poll ends by its own timer). */
+    struct sub_auth *(*auth)(struct conn *c);
 };
 
 static inline const struct sub_ops *sub_ops_of(const struct conn *c)
@@ -118,5 +132,26 @@ void transport_replay(struct conn *c, struct hub_backlog *b);
 
 /* Starts heartbeats and the lifetime of a subscriber connection that just took over. */
 void transport_start(struct conn *c);
+
+/*
+ * Starts enforcing policy p on a subscriber connection, after transport_start:
+ * takes the reference tok (may be NULL). At the token's expiry the connection
+ * gets an `expired` event and ends (WebSocket: close 4001) unless a newer token
+ * came (transport_auth_set). With `must_auth` (a token policy, and a WebSocket
+ * opened without one) it ends the same way after --header-timeout unless it
+ * authenticates.
+ */
+void transport_auth_start(struct conn *c, const struct auth_policy *p, struct token *tok,
+                          bool must_auth);
+/* Replaces the connection's token (takes the reference) and moves its expiry. */
+void transport_auth_set(struct conn *c, struct token *tok);
+/* Sends the `expired` event and ends the subscription the transport's way. */
+void transport_end_expired(struct conn *c);
+/* Releases the connection's token (its transport's on_free). */
+void transport_auth_free(struct conn *c);
+/* Whether the connection's token may subscribe / publish on names[0..n) now: 0, or an
+ * error code name ("token_missing", "token_expired", "channel_forbidden" with *bad set). */
+const char *transport_auth_check(struct conn *c, int which, const struct slice *names, size_t n,
+                                 size_t *bad);
 
 #endif

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 
 #include "api/api.h"
+#include "auth/auth.h"
 #include "core/log.h"
 #include "http/router.h"
 #include "transport/transport.h"
@@ -24,19 +25,25 @@ enum {
 };
 
 struct ws_state {
+    char *msg;     /* reassembly buffer for fragmented/partial messages */
+    char *pending; /* an op waiting for the backend, re-run by ws_on_resume */
+    uint32_t msg_len;
+    uint32_t pending_len;
+    struct ws_utf8 utf8;
     uint8_t frag_opcode; /* opcode of the message being reassembled, 0 if none */
     bool frag_compressed;
-    struct ws_utf8 utf8;
-    char *msg; /* reassembly buffer for fragmented/partial messages */
-    uint32_t msg_len;
-    char *pending; /* an op waiting for the backend, re-run by ws_on_resume */
-    uint32_t pending_len;
+    struct sub_auth auth; /* its token and the policy that admitted it */
 };
 CONN_PROTO_FITS(struct ws_state);
 
 static inline struct ws_state *wstate(struct conn *c)
 {
     return CONN_PROTO(c, struct ws_state);
+}
+
+static struct sub_auth *ws_auth(struct conn *c)
+{
+    return &wstate(c)->auth;
 }
 
 static const char ws_ping[] = "\x89\x00";
@@ -197,9 +204,17 @@ void ws_handle_upgrade(struct http_ctx *x)
     /* Over its app's plan: upgraded and closed with 4429, which a browser can read. */
     bool full = !transport_bind_app(c, x->tenant);
     has_channels &= !full;
-    /* An error is answered before the upgrade, as HTTP (the same statuses as SSE). */
-    if (has_channels && transport_http_subscribe(x, &r, &b) < 0)
+    /* An error is answered before the upgrade, as HTTP (the same statuses as SSE). A
+     * token on the upgrade is checked even without channels; none is needed until the
+     * client subscribes (it may send {"op":"auth"} first). */
+    const struct auth_policy *policy = auth_policy_for(x);
+    struct token *tok;
+    if (auth_http_admit(x, policy, r.names, has_channels ? r.n : 0, &tok) < 0)
+        return;
+    if (has_channels && transport_http_subscribe(x, &r, &b) < 0) {
+        token_put(tok);
         return; /* answered, or parked: the handshake is re-run when the channels are ready */
+    }
 
     char ext[128] = "";
     const struct http_header *exts = http_find_header(req, "Sec-WebSocket-Extensions");
@@ -238,14 +253,83 @@ void ws_handle_upgrade(struct http_ctx *x)
                  "the app has the %u subscriber connections its plan allows (limit: connections)",
                  atomic_load(&x->tenant->max_conns));
         ws_reply_error(c, "limit_exceeded", detail, NULL);
+        token_put(tok);
         return ws_close_with(c, WS_CLOSE_APP_LIMIT, "limit_exceeded: connections");
     }
     transport_start(c);
+    /* A publisher (credentials on the upgrade) may stay without a token; a subscriber
+     * gets --header-timeout to authenticate. */
+    transport_auth_start(c, policy, tok, !publisher);
     if (has_channels)
         transport_replay(c, &b);
 }
 
 /* ---- client ops ------------------------------------------------------------------ */
+
+/* The error event of a refused op: token_missing, token_expired or channel_forbidden
+ * (then naming `name`, as "channel" too). */
+static void ws_reply_denied(struct conn *c, const char *code, const struct slice *name, json_t *ref)
+{
+    struct sbuf f = {0}, d = {0};
+    if (strcmp(code, "token_missing") == 0)
+        sbuf_adds(&d, "this needs a token: send {\"op\":\"auth\",\"token\":\"...\"} first, or "
+                      "put it on the URL (?token=)");
+    else if (strcmp(code, "token_expired") == 0)
+        sbuf_adds(&d, "the token expired: send {\"op\":\"refresh\",\"token\":\"...\"} with a "
+                      "new one");
+    else
+        sbuf_printf(&d, "the token does not grant channel %.*s", (int)name->len, name->data);
+    sbuf_adds(&f, "\"error\":");
+    sbuf_add_json_str(&f, code, strlen(code));
+    sbuf_adds(&f, ",\"detail\":");
+    sbuf_add_json_str(&f, d.data, d.len);
+    if (strcmp(code, "channel_forbidden") == 0) {
+        sbuf_adds(&f, ",\"channel\":");
+        sbuf_add_json_str(&f, name->data, name->len);
+    }
+    ws_reply(c, "error", f.data, ref);
+    sbuf_free(&f);
+    sbuf_free(&d);
+}
+
+/*
+ * {"op":"auth","token":...} and {"op":"refresh","token":...}: verifies the token
+ * and makes it the connection's, moving its expiry. A connection that has a token
+ * keeps its user: the new token must name the same "sub".
+ */
+static void op_auth(struct conn *c, json_t *op, json_t *ref, bool refresh)
+{
+    struct sub_auth *a = ws_auth(c);
+    json_t *jt = json_object_get(op, "token");
+    if (!a->policy || !a->policy->verifier)
+        return ws_reply_error(c, "bad_request",
+                              "this server takes no tokens: subscribing is public", ref);
+    if (!json_is_string(jt) || json_string_length(jt) == 0)
+        return ws_reply_error(c, "token_missing", "send the token as \"token\": \"...\"", ref);
+    struct token *tok;
+    const char *why;
+    int err = auth_verify(a->policy, json_string_value(jt), json_string_length(jt), &tok, &why);
+    if (err)
+        return ws_reply_error(c, token_error_name(err), why, ref);
+    if (a->tok && (!a->tok->sub != !tok->sub ||
+                   (tok->sub && (a->tok->sub_len != tok->sub_len ||
+                                 memcmp(a->tok->sub, tok->sub, tok->sub_len) != 0)))) {
+        token_put(tok);
+        return ws_reply_error(c, "token_invalid",
+                              "a refresh keeps the user: the new token must have the same "
+                              "\"sub\" as the connection's",
+                              ref);
+    }
+    struct sbuf f = {0};
+    sbuf_printf(&f, "\"exp\":%lld", (long long)tok->exp);
+    if (tok->sub) {
+        sbuf_adds(&f, ",\"sub\":");
+        sbuf_add_json_str(&f, tok->sub, tok->sub_len);
+    }
+    transport_auth_set(c, tok);
+    ws_reply(c, refresh ? "refreshed" : "authenticated", f.data, ref);
+    sbuf_free(&f);
+}
 
 /* Reads "channels": [..] or "channel": ".." of an op into r. */
 static int op_channels(const struct conn *c, json_t *op, struct sub_request *r, const char **err)
@@ -295,8 +379,11 @@ static void op_subscribe(struct conn *c, json_t *op, json_t *ref)
     const char *err;
     if (op_channels(c, op, &r, &err) < 0)
         return ws_reply_error(c, "bad_request", err, ref);
-    struct hub_backlog b;
     size_t bad = 0;
+    const char *denied = transport_auth_check(c, TOKEN_GRANT_SUBSCRIBE, r.names, r.n, &bad);
+    if (denied)
+        return ws_reply_denied(c, denied, &r.names[bad], ref);
+    struct hub_backlog b;
     int e = transport_subscribe(c, &r, &bad, &b);
     if (e == HUB_PENDING) {
         conn_park(c); /* ws_handle_text keeps the op and ws_on_resume re-runs it */
@@ -397,14 +484,17 @@ static void op_publish(struct conn *c, json_t *op, json_t *ref)
     bool keyed =
         json_is_string(key) &&
         api_key_matches(conn_cfg(c), c->tenant, json_string_value(key), json_string_length(key));
-    if (!(c->flags & WSF_PUBLISHER) && !keyed && (c->flags & WSF_FOREIGN))
+    /* With tokens, a token whose "publish" grants cover the channels does as well. */
+    bool creds = (c->flags & WSF_PUBLISHER) || keyed;
+    bool by_token = !creds && ws_auth(c)->tok;
+    if (!creds && !by_token && (c->flags & WSF_FOREIGN))
         return ws_reply_error(c, "unauthorized",
                               "a page of another origin opened this WebSocket: the credentials or "
                               "loopback address of its upgrade do not make it a publisher; send "
                               "the key as \"key\" in the op, or allow the origin with "
                               "--api-cors-origins",
                               ref);
-    if (!(c->flags & WSF_PUBLISHER) && !keyed)
+    if (!creds && !by_token)
         return ws_reply_error(c, "unauthorized",
                               conn_cfg(c)->publish_key[0]
                                   ? "publishing needs the publish key: send it as "
@@ -416,6 +506,13 @@ static void op_publish(struct conn *c, json_t *op, json_t *ref)
     const char *err;
     if (api_pub_from_json(op, &p, c->tenant, &err) < 0)
         return ws_reply_error(c, "bad_request", err, ref);
+    size_t bad = 0;
+    const char *denied =
+        by_token ? transport_auth_check(c, TOKEN_GRANT_PUBLISH, p.channels, p.n, &bad) : NULL;
+    if (denied) {
+        ws_reply_denied(c, denied, &p.channels[bad], ref);
+        return api_pub_free(&p);
+    }
     const char *limit;
     char detail[200];
     if (api_app_publish_check(c->tenant, p.data_len, &limit, detail, sizeof(detail))) {
@@ -475,8 +572,11 @@ static void ws_handle_text(struct conn *c, const char *text, size_t len)
         op_unsubscribe(c, op, ref);
     else if (strcmp(name, "publish") == 0)
         op_publish(c, op, ref);
+    else if (strcmp(name, "auth") == 0 || strcmp(name, "refresh") == 0)
+        op_auth(c, op, ref, name[0] == 'r');
     else
-        ws_reply_error(c, "unknown_op", "known ops: subscribe, unsubscribe, ping, publish", ref);
+        ws_reply_error(c, "unknown_op",
+                       "known ops: subscribe, unsubscribe, ping, publish, auth, refresh", ref);
     json_decref(op);
 }
 
@@ -687,6 +787,7 @@ static void ws_on_free(struct conn *c)
 {
     free(wstate(c)->msg);
     free(wstate(c)->pending);
+    transport_auth_free(c);
 }
 
 static const struct sub_ops ws_ops = {
@@ -706,4 +807,5 @@ static const struct sub_ops ws_ops = {
             .on_free = ws_on_free,
         },
     .end = ws_end,
+    .auth = ws_auth,
 };
