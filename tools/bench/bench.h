@@ -63,6 +63,10 @@ struct bench_opts {
     const char *json_path, *csv_path, *plot_dir;
     int quiet;
     int reconnect; /* herald ws/sse/stream subscribers reconnect and resume (-1: auto = on) */
+    /* herald subscriber tokens: --token-secret signs an HS256 token per subscriber (sent as
+     * Authorization: Bearer); --token-shared: one token for all (verified once, then cached) */
+    const char *token_secret;
+    int token_shared;
     pid_t redis_pids[BENCH_MAX_PIDS]; /* --redis-pid: sampled apart from the server (CPU per
                                          publish) */
     int nredis;
@@ -136,6 +140,11 @@ double bench_rand01(void);
 /* worker.c: runs one worker's subscribers until CMD_STOP; never returns. */
 void worker_main(const struct bench_opts *o, int index, int nworkers, int first_conn, int nconns,
                  int sock) __attribute__((noreturn));
+
+/* The "Authorization: Bearer TOKEN\r\n" line of subscriber conn_id on channel ch when
+ * --token-secret is set ("" otherwise): an HS256 JWT granting ch for an hour. */
+void proto_token_header(const struct bench_opts *o, int conn_id, const char *ch, char *out,
+                        size_t cap);
 
 /* Wire helpers shared by worker and publisher (proto.c). */
 int proto_connect(const struct bench_addr *a, int *fd_out); /* 0 or -errno; non-blocking */

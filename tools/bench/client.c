@@ -331,10 +331,12 @@ void conn_poll_request(struct engine *e, struct conn *c)
     bool pull = c->transport == TR_PULL;
     bench_chan_name(o, c->chan, ch, sizeof ch);
     if (o->target == TARGET_HERALD) {
+        char tok[768];
+        proto_token_header(o, c->id, ch, tok, sizeof tok);
         n = snprintf(req, sizeof req,
-                     "GET /poll?channels=%s&timeout=%d%s%s HTTP/1.1\r\nHost: %s:%d\r\n\r\n", ch,
+                     "GET /poll?channels=%s&timeout=%d%s%s HTTP/1.1\r\nHost: %s:%d\r\n%s\r\n", ch,
                      pull ? 0 : o->poll_timeout, c->cursor ? "&since=" : "",
-                     c->cursor ? c->cursor : "", a->host, a->port);
+                     c->cursor ? c->cursor : "", a->host, a->port, tok);
     } else {
         char ims[96] = "";
         if (!c->cursor && pull) {
@@ -360,10 +362,11 @@ static void send_sub_request(struct engine *e, struct conn *c)
 {
     const struct bench_opts *o = e->o;
     const struct bench_addr *a = &o->servers[c->server];
-    char ch[160], req[1024];
+    char ch[160], req[2048], tok[768];
     int n = 0;
     bench_chan_name(o, c->chan, ch, sizeof ch);
     bool herald = o->target == TARGET_HERALD;
+    proto_token_header(o, c->id, ch, tok, sizeof tok);
     /* a resume: the cursor of the last complete message (0: all retained
      * history; what predates the subscription is counted stale, not delivered) */
     char since[48] = "", last_event_id[64] = "";
@@ -382,22 +385,22 @@ static void send_sub_request(struct engine *e, struct conn *c)
         n = snprintf(
             req, sizeof req,
             "GET %s%s%s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\nOrigin: http://%s:%d\r\n\r\n",
+            "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\nOrigin: http://%s:%d\r\n%s\r\n",
             herald ? "/ws?channels=" : "/sub/", ch, since, a->host, a->port, c->ws_key, a->host,
-            a->port);
+            a->port, tok);
         c->state = ST_HEAD;
         break;
     case TR_SSE:
         n = snprintf(req, sizeof req,
                      "GET %s%s HTTP/1.1\r\nHost: %s:%d\r\nAccept: text/event-stream\r\n"
-                     "Cache-Control: no-cache\r\n%s\r\n",
-                     herald ? "/sse?channels=" : "/sub/", ch, a->host, a->port, last_event_id);
+                     "Cache-Control: no-cache\r\n%s%s\r\n",
+                     herald ? "/sse?channels=" : "/sub/", ch, a->host, a->port, last_event_id, tok);
         c->state = ST_HEAD;
         break;
     case TR_STREAM:
-        n = snprintf(req, sizeof req, "GET %s%s%s HTTP/1.1\r\nHost: %s:%d\r\n%s\r\n",
+        n = snprintf(req, sizeof req, "GET %s%s%s HTTP/1.1\r\nHost: %s:%d\r\n%s%s\r\n",
                      herald ? "/stream?channels=" : "/sub/", ch, since, a->host, a->port,
-                     herald ? "" : "TE: chunked\r\n");
+                     herald ? "" : "TE: chunked\r\n", tok);
         c->state = ST_HEAD;
         break;
     case TR_POLL:
