@@ -79,8 +79,11 @@ const struct auth_policy *auth_default_policy(void)
 
 const struct auth_policy *auth_policy_for(const struct http_ctx *x)
 {
-    (void)x; /* apps: the app named by the request's path prefix */
-    return &default_policy;
+    /* Apps (x->tenant, the /apps/{app}/ prefix): their own policy (their token_secret
+     * and subscribe setting) belongs here; until then they stay public, as they were,
+     * and never take the default app's tokens. */
+    static const struct auth_policy apps_public = {.subscribe = AUTH_PUBLIC};
+    return x->tenant ? &apps_public : &default_policy;
 }
 
 /* ---- where the token is ---------------------------------------------------------- */
@@ -177,15 +180,18 @@ uint64_t auth_deadline(const struct auth_policy *p, const struct token *tok, uin
     return left > 0 ? mono_now + (uint64_t)left : mono_now;
 }
 
+struct slice auth_channel_name(struct slice key)
+{
+    const char *sep = memchr(key.data, CHANNEL_NS_SEP, key.len);
+    return sep ? (struct slice){sep + 1, key.len - (uint32_t)(sep + 1 - key.data)} : key;
+}
+
 long auth_first_forbidden(const struct token *tok, enum token_grant which,
                           const struct slice *names, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
-        /* An app's channel is keyed "APP~name" (hub.h): grants name the channel. */
-        const char *sep = memchr(names[i].data, CHANNEL_NS_SEP, names[i].len);
-        const char *name = sep ? sep + 1 : names[i].data;
-        size_t len = names[i].len - (size_t)(name - names[i].data);
-        if (!token_grants(tok, which, name, len))
+        struct slice name = auth_channel_name(names[i]); /* grants name channels */
+        if (!token_grants(tok, which, name.data, name.len))
             return (long)i;
     }
     return -1;
@@ -193,9 +199,7 @@ long auth_first_forbidden(const struct token *tok, enum token_grant which,
 
 static void forbidden(struct http_ctx *x, const struct slice *key)
 {
-    const char *sep = memchr(key->data, CHANNEL_NS_SEP, key->len);
-    struct slice bare = sep ? (struct slice){sep + 1, key->len - (uint32_t)(sep + 1 - key->data)}
-                            : *key;
+    struct slice bare = auth_channel_name(*key);
     const struct slice *name = &bare;
     struct sbuf b = {0};
     char detail[CHANNEL_NAME_MAX + 128];

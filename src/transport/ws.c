@@ -268,8 +268,10 @@ void ws_handle_upgrade(struct http_ctx *x)
 
 /* The error event of a refused op: token_missing, token_expired or channel_forbidden
  * (then naming `name`, as "channel" too). */
-static void ws_reply_denied(struct conn *c, const char *code, const struct slice *name, json_t *ref)
+static void ws_reply_denied(struct conn *c, const char *code, const struct slice *key, json_t *ref)
 {
+    struct slice bare = auth_channel_name(*key); /* the client knows the channel's name */
+    const struct slice *name = &bare;
     struct sbuf f = {0}, d = {0};
     if (strcmp(code, "token_missing") == 0)
         sbuf_adds(&d, "this needs a token: send {\"op\":\"auth\",\"token\":\"...\"} first, or "
