@@ -388,3 +388,22 @@ def test_bad_token_configuration_stops_startup(herald_bin, args, message):
                        timeout=WAIT, text=True)
     assert p.returncode == 2, p.stderr
     assert message in p.stderr
+
+
+@pytest.mark.threads
+def test_subscribers_on_every_worker_share_the_token_cache(tsrv):
+    """Many subscribers at once, spread over both workers, with one shared token and
+    with tokens of their own: the cache of verified tokens is used from every worker."""
+    from concurrent.futures import ThreadPoolExecutor
+    shared = token(["cache.*"])
+    toks = [shared] * 20 + [token(["cache.*"], sub=f"u{i}") for i in range(20)]
+    with ThreadPoolExecutor(8) as pool:
+        subs = list(pool.map(lambda t: open_sub(tsrv, "sse", "cache.a", t), toks))
+    try:
+        wait_until(lambda: tsrv.request("GET", "/api/channels/cache.a", headers={
+            "Authorization": f"Bearer {KEY}"}).json()["subscribers"] == len(toks))
+        pub(tsrv, "cache.a", "all")
+        assert all(s.next_message()["data"] == "all" for s in subs)
+    finally:
+        for s in subs:
+            s.close()
