@@ -131,11 +131,24 @@ static void create(struct http_ctx *x)
         return http_error(x, 400, "bad_app",
                           "give \"name\" (and optionally \"plan\", \"subscribe\")");
     }
+    /* Settings are checked before anything is made. */
+    json_t *settings = json_object_get(doc, "settings");
+    if (settings && !json_is_object(settings)) {
+        json_decref(doc);
+        return http_error(x, 400, "bad_setting", "\"settings\" is an object");
+    }
     struct app *a = NULL;
-    int err = apps_create(name, json_string_value(plan), NULL, NULL, &a);
-    if (!err && sub >= 0)
-        err = apps_update(a, NULL, sub);
-    if (err && !a) {
+    char why[300] = "";
+    int err = settings ? apps_check_settings(settings, why, sizeof(why)) : 0;
+    if (!err)
+        err = apps_create(name, json_string_value(plan), NULL, NULL, &a);
+    if (!err && settings)
+        err = apps_set_settings(a, settings, false, why, sizeof(why));
+    if (!err && (sub >= 0 || settings))
+        err = apps_update(a, NULL, sub); /* records the settings too */
+    if (err == APPS_BAD_SETTING) {
+        http_error(x, 400, "bad_setting", "%s", why);
+    } else if (err && !a) {
         admin_apps_error(x, err, name);
     } else {
         json_t *o = apps_json(a, true);
@@ -161,13 +174,25 @@ static void one(struct http_ctx *x, struct app *a, const char *rest, size_t rest
             if (!doc)
                 return;
             json_t *plan = json_object_get(doc, "plan");
+            json_t *settings = json_object_get(doc, "settings");
             int sub = subscribe_setting(x, doc);
             int err = 0;
+            char why[300];
             if (sub != -2 && plan && !json_is_string(plan)) {
                 sub = -2;
                 http_error(x, 400, "bad_plan", "\"plan\" is a plan's name");
+            } else if (sub != -2 && settings && !json_is_object(settings)) {
+                sub = -2;
+                http_error(x, 400, "bad_setting", "\"settings\" is an object");
             }
-            if (sub != -2)
+            if (sub != -2 && plan && !apps_plan(json_string_value(plan)))
+                err = APPS_NO_PLAN;
+            if (sub != -2 && !err && settings &&
+                (err = apps_set_settings(a, settings, false, why, sizeof(why))) != 0) {
+                sub = -2;
+                http_error(x, 400, "bad_setting", "%s", why);
+            }
+            if (sub != -2 && !err)
                 err = apps_update(a, json_string_value(plan), sub);
             json_decref(doc);
             if (sub == -2)

@@ -181,6 +181,7 @@ json_t *apps_plan_json(const struct plan *p)
 
 static void app_release(struct hub_tenant *t)
 {
+    pthread_mutex_destroy(&t->lock);
     free(app_of(t));
 }
 
@@ -191,6 +192,8 @@ static struct app *app_new(const char *name, size_t len)
     snprintf(a->t.prefix, sizeof(a->t.prefix), "%s%c", a->name, CHANNEL_NS_SEP);
     a->t.prefix_len = (uint32_t)len + 1;
     atomic_init(&a->t.refs, 1); /* the registry's */
+    pthread_mutex_init(&a->t.lock, NULL);
+    a->t.auto_create = -1;
     a->t.release = app_release;
     a->node.key = a->name;
     a->node.key_len = (uint32_t)len;
@@ -266,16 +269,118 @@ json_t *apps_list(void)
 
 /* ---- persistence --------------------------------------------------------------- */
 
+static int save(const struct app *a, enum apps_put how);
+
+/* The app's settings as JSON (null: the server's own). */
+static json_t *settings_json(struct app *a)
+{
+    struct hub_tenant *t = &a->t;
+    pthread_mutex_lock(&t->lock);
+    json_t *o = json_pack(
+        "{s:s?,s:o,s:o,s:o}", "cors_origins", t->cors_origins[0] ? t->cors_origins : NULL,
+        "history_size", t->history_size ? json_integer(t->history_size) : json_null(),
+        "history_ttl", t->history_ttl_ms ? json_integer(t->history_ttl_ms / 1000) : json_null(),
+        "auto_create", t->auto_create < 0 ? json_null() : json_boolean(t->auto_create));
+    pthread_mutex_unlock(&t->lock);
+    return o;
+}
+
+/* One setting: a whole number in [min, max], or null for the server's. */
+static int setting_uint(json_t *s, const char *key, uint32_t min, uint32_t max, bool *has,
+                        uint32_t *out, char *err, size_t errlen)
+{
+    json_t *v = json_object_get(s, key);
+    *has = v != NULL;
+    if (!v || json_is_null(v)) {
+        *out = 0;
+        return 0;
+    }
+    if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max) {
+        snprintf(err, errlen, "\"%s\" is a whole number from %u to %u, or null", key, min, max);
+        return -1;
+    }
+    *out = (uint32_t)json_integer_value(v);
+    return 0;
+}
+
+int apps_set_settings(struct app *a, json_t *s, bool store, char *err, size_t errlen)
+{
+    static const char *known[] = {"cors_origins", "history_size", "history_ttl", "auto_create"};
+    const char *key;
+    json_t *v;
+    json_object_foreach(s, key, v)
+    {
+        bool ok = false;
+        for (size_t i = 0; i < ARRAY_LEN(known); i++)
+            ok |= strcmp(key, known[i]) == 0;
+        if (!ok) {
+            snprintf(err, errlen,
+                     "unknown setting \"%s\" (known: cors_origins, history_size, history_ttl, "
+                     "auto_create)",
+                     key);
+            return APPS_BAD_SETTING;
+        }
+    }
+    char origins[sizeof(a->t.cors_origins)] = "";
+    json_t *o = json_object_get(s, "cors_origins");
+    if (o && !json_is_null(o)) {
+        const char *why = NULL;
+        if (!json_is_string(o) || json_string_length(o) >= sizeof(origins))
+            why = "a comma list of origins under 512 bytes";
+        else {
+            snprintf(origins, sizeof(origins), "%s", json_string_value(o));
+            why = config_check_origins(origins);
+        }
+        if (why) {
+            snprintf(err, errlen, "\"cors_origins\": %s", why);
+            return APPS_BAD_SETTING;
+        }
+    }
+    json_t *ac = json_object_get(s, "auto_create");
+    if (ac && !json_is_boolean(ac) && !json_is_null(ac)) {
+        snprintf(err, errlen, "\"auto_create\" is true, false or null");
+        return APPS_BAD_SETTING;
+    }
+    bool has_hs, has_ht;
+    uint32_t hs, ht;
+    if (setting_uint(s, "history_size", 1, 1000000, &has_hs, &hs, err, errlen) ||
+        setting_uint(s, "history_ttl", 1, 30u * 86400, &has_ht, &ht, err, errlen))
+        return APPS_BAD_SETTING;
+    struct hub_tenant *t = &a->t;
+    pthread_mutex_lock(&t->lock);
+    if (o)
+        memcpy(t->cors_origins, origins, sizeof(origins));
+    if (has_hs)
+        t->history_size = hs;
+    if (has_ht)
+        t->history_ttl_ms = ht * 1000;
+    if (ac)
+        t->auto_create = json_is_null(ac) ? -1 : json_is_true(ac);
+    pthread_mutex_unlock(&t->lock);
+    return store ? save(a, APPS_PUT_UPDATE) : 0;
+}
+
+int apps_check_settings(json_t *settings, char *err, size_t errlen)
+{
+    struct app *probe = xcalloc(1, sizeof(*probe));
+    pthread_mutex_init(&probe->t.lock, NULL);
+    int rc = apps_set_settings(probe, settings, false, err, errlen);
+    pthread_mutex_destroy(&probe->t.lock);
+    free(probe);
+    return rc;
+}
+
 json_t *apps_state_json(const struct app *a)
 {
     json_t *keys = json_array();
     for (int i = 0; i < APP_MAX_KEYS; i++)
         if (a->keys[i][0])
             json_array_append_new(keys, json_string(a->keys[i]));
-    return json_pack("{s:s,s:s,s:s,s:s,s:o,s:s,s:s,s:I,s:s}", "name", a->name, "plan", a->plan,
+    return json_pack("{s:s,s:s,s:s,s:s,s:o,s:s,s:s,s:I,s:s,s:o}", "name", a->name, "plan", a->plan,
                      "team", a->team, "user", a->user, "publish_keys", keys, "token_secret",
                      a->token_secret, "subscribe", a->subscribe_public ? "public" : "token",
-                     "created", (json_int_t)a->created_ms, "bound", a->bound);
+                     "created", (json_int_t)a->created_ms, "bound", a->bound, "settings",
+                     settings_json((struct app *)a));
 }
 
 /* Records a change (state NULL: the app was deleted) in the store. Registry lock not
@@ -318,6 +423,10 @@ static void app_set_state(struct app *a, json_t *o)
     json_t *created = json_object_get(o, "created");
     if (json_is_integer(created))
         a->created_ms = (uint64_t)json_integer_value(created);
+    json_t *settings = json_object_get(o, "settings");
+    char why[200];
+    if (json_is_object(settings) && apps_set_settings(a, settings, false, why, sizeof(why)))
+        log_warn("apps: app %s: stored settings refused: %s", a->name, why);
 }
 
 /* Deletes the channels of a (no longer in the registry) and drops the registry's
@@ -602,6 +711,7 @@ static json_t *app_json_locked(const struct app *a, bool secrets)
     if (p)
         json_object_set_new(o, "limits", apps_plan_json(p));
     json_object_set_new(o, "bound_apps", json_string(a->bound));
+    json_object_set_new(o, "settings", settings_json((struct app *)a));
     return o;
 }
 

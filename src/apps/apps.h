@@ -113,7 +113,8 @@ enum apps_error {
     APPS_NO_PLAN = -2,  /* 400 */
     APPS_BAD_NAME = -3, /* 400 */
     APPS_NOT_FOUND = -4,
-    APPS_STATE = -5, /* the state directory could not be written: 500 */
+    APPS_STATE = -5,       /* the state directory could not be written: 500 */
+    APPS_BAD_SETTING = -6, /* 400, with a message */
 };
 
 /* Creates an app with fresh keys; *out gets a reference. */
@@ -121,6 +122,14 @@ int apps_create(const char *name, const char *plan, const char *team, const char
                 struct app **out);
 /* Changes an app's plan or settings (NULL / negative: unchanged). */
 int apps_update(struct app *a, const char *plan, int subscribe_public);
+/*
+ * Applies settings {"cors_origins","history_size","history_ttl","auto_create"} (each
+ * null for the server's own; absent: unchanged), recording them when `store`.
+ * Returns 0, APPS_BAD_SETTING with a message in err (nothing changed), or APPS_STATE.
+ */
+int apps_set_settings(struct app *a, json_t *settings, bool store, char *err, size_t errlen);
+/* Whether settings would be accepted by apps_set_settings (nothing changes). */
+int apps_check_settings(json_t *settings, char *err, size_t errlen);
 /* Adds a new current publish key (the current one stays valid as the previous). */
 int apps_rotate_key(struct app *a);
 /* Revokes the publish key `key` (current or previous). */

@@ -724,6 +724,11 @@ static bool tidy_list(char *s)
     return true;
 }
 
+const char *config_check_origins(char *v)
+{
+    return check_origins(v);
+}
+
 static const char *check_origins(char *v)
 {
     if (!tidy_list(v))

@@ -141,4 +141,8 @@ int config_parse_size(const char *s, uint32_t *out);
  */
 int config_parse_addr(const char *s, struct config_addr *out);
 
+/* Tidies a comma list of origins in place (as --cors-origins); NULL when it is valid,
+ * else what is wrong with it. */
+const char *config_check_origins(char *list);
+
 #endif

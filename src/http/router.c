@@ -115,6 +115,23 @@ bool http_origin_in(const char *origins, const char *origin, size_t len)
     return false;
 }
 
+const char *http_cors_origins(const struct http_ctx *x, char *buf, size_t size)
+{
+    const char *list = conn_cfg(x->c)->cors_origins;
+    struct hub_tenant *t = x->tenant;
+    if (!t)
+        return list;
+    pthread_mutex_lock(&t->lock);
+    bool own = t->cors_origins[0] != '\0';
+    if (own) {
+        size_t n = MIN(strlen(t->cors_origins), size - 1);
+        memcpy(buf, t->cors_origins, n);
+        buf[n] = '\0';
+    }
+    pthread_mutex_unlock(&t->lock);
+    return own ? buf : list;
+}
+
 /* Whether Origin names the server itself as the request addressed it (scheme://Host,
  * https on a TLS listener). */
 static bool same_origin(const struct http_ctx *x, const struct http_header *o)
@@ -213,11 +230,13 @@ static bool origin_allowed(struct http_ctx *x, const struct http_route *r)
     const struct herald_config *cfg = conn_cfg(x->c);
     const struct http_header *o = http_find_header(x->req, "Origin");
     if (r->flags & ROUTE_SUBSCRIBE) {
-        x->vary = strcmp(cfg->cors_origins, "*") != 0; /* the answer depends on Origin */
-        if (o && http_origin_in(cfg->cors_origins, o->value, o->value_len))
-            allow_origin(x, cfg->cors_origins, o);
+        char buf[sizeof(((struct hub_tenant *)0)->cors_origins)];
+        const char *list = http_cors_origins(x, buf, sizeof(buf)); /* the app's, or ours */
+        x->vary = strcmp(list, "*") != 0; /* the answer depends on Origin */
+        if (o && http_origin_in(list, o->value, o->value_len))
+            allow_origin(x, list, o);
         else if (!o)
-            x->cors = strcmp(cfg->cors_origins, "*") == 0;
+            x->cors = strcmp(list, "*") == 0;
         return true;
     }
     if (!(r->flags & ROUTE_API) || !o || same_origin(x, o))

@@ -73,6 +73,9 @@ bool http_route_prepare(struct http_ctx *x, const struct http_route *route);
 /* Whether the request may use the publish API as far as its Origin goes: none (not
  * a browser), the server's own, or one --api-cors-origins allows. */
 bool http_origin_may_use_api(const struct http_ctx *x);
+/* The subscriber origin list in effect for x: its app's own (copied into buf), else
+ * --cors-origins. */
+const char *http_cors_origins(const struct http_ctx *x, char *buf, size_t size);
 /* Whether Origin is in the comma list `origins` ("*" matches any). */
 bool http_origin_in(const char *origins, const char *origin, size_t len);
 

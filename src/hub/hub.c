@@ -373,8 +373,15 @@ static struct channel *chan_create(struct hub *hub, const char *name, size_t len
     ch->history_ttl_ms = cfg->history_ttl_ms;
     ch->history_bytes = cfg->history_bytes;
     if (ch->tenant) {
-        ch->tenant->channels++;
-        uint32_t hmax = atomic_load_explicit(&ch->tenant->max_history, memory_order_relaxed);
+        struct hub_tenant *t = ch->tenant;
+        t->channels++;
+        pthread_mutex_lock(&t->lock); /* the app's defaults (after the hub lock) */
+        if (t->history_size)
+            ch->history_size = t->history_size;
+        if (t->history_ttl_ms)
+            ch->history_ttl_ms = t->history_ttl_ms;
+        pthread_mutex_unlock(&t->lock);
+        uint32_t hmax = atomic_load_explicit(&t->max_history, memory_order_relaxed);
         if (hmax && ch->history_size > hmax)
             ch->history_size = hmax;
     }
@@ -637,6 +644,22 @@ static bool slice_in(const struct slice *names, size_t n, const struct slice *s)
     return false;
 }
 
+/* Whether a missing channel key may be created: its app's setting, else the server's.
+ * Hub lock held. */
+static bool auto_create(struct hub *hub, const char *key, size_t len)
+{
+    struct hub_tenant *t;
+    chan_tenant(hub, key, len, &t);
+    int8_t v = -1;
+    if (t) {
+        pthread_mutex_lock(&t->lock);
+        v = t->auto_create;
+        pthread_mutex_unlock(&t->lock);
+        hub_tenant_put(t);
+    }
+    return v < 0 ? hub->cfg->auto_create : v != 0;
+}
+
 /*
  * Resolves names to channels, creating the missing ones when allowed: ephemeral
  * for a subscribe by `cl`, stored for a publish (cl NULL). Creates nothing on
@@ -653,7 +676,7 @@ static int resolve_channels(struct hub *hub, const struct slice *names, size_t n
         chs[i] = hub__lookup(hub, names[i].data, names[i].len);
         if (chs[i] || slice_in(names, i, &names[i]))
             continue; /* a name given twice is created once */
-        if (!hub->cfg->auto_create && !hub->be_ops) {
+        if (!hub->be_ops && !auto_create(hub, names[i].data, names[i].len)) {
             *bad_index = i; /* in cluster mode, loading the cache checks existence */
             return HUB_ERR_NOT_FOUND;
         }

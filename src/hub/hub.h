@@ -78,6 +78,11 @@ struct hub_tenant {
     void (*release)(struct hub_tenant *t); /* the last reference went */
     char prefix[APP_NAME_MAX + 2];         /* "APP~" */
     uint32_t prefix_len;
+    /* Settings (lock): each empty or negative means the server's own option. */
+    pthread_mutex_t lock;
+    char cors_origins[512];                /* who may subscribe from browsers */
+    uint32_t history_size, history_ttl_ms; /* defaults of new channels */
+    int8_t auto_create;                    /* subscribing or publishing creates channels */
     /* Limits, 0 for none (the app's plan; changed at any time). */
     _Atomic uint32_t max_channels, max_history, max_conns;
     /* Usage. */

@@ -184,9 +184,12 @@ void ws_handle_upgrade(struct http_ctx *x)
         return http_error(x, 400, "bad_handshake",
                           "Sec-WebSocket-Key must be the base64 of 16 random bytes");
     const struct http_header *origin = http_find_header(req, "Origin");
-    if (origin && !http_origin_in(cfg->cors_origins, origin->value, origin->value_len))
-        return http_error(x, 403, "origin_not_allowed", "Origin %.*s is not in --cors-origins",
-                          (int)MIN(origin->value_len, 200u), origin->value);
+    char obuf[512];
+    const char *origins = http_cors_origins(x, obuf, sizeof(obuf));
+    if (origin && !http_origin_in(origins, origin->value, origin->value_len))
+        return http_error(x, 403, "origin_not_allowed", "Origin %.*s is not in %s",
+                          (int)MIN(origin->value_len, 200u), origin->value,
+                          x->tenant ? "the app's cors_origins" : "--cors-origins");
 
     /* Channels on the URL are optional: a client may subscribe with ops later. */
     struct sub_request r;

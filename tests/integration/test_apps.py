@@ -470,3 +470,85 @@ def test_metrics_per_app(srv):
     assert 'herald_app_connections{app="met-b"} 0' in text
     assert 'herald_app_publishes_total{app="met-a"} 1' in text
     assert 'herald_app_channels{app="met-a"} 1' in text
+
+
+# ---- settings ---------------------------------------------------------------------------------
+
+
+def test_app_settings_cors_history_auto_create(srv):
+    r = admin(srv, "POST", "/admin/apps", {"name": "set", "plan": "unlimited", "subscribe": "public",
+                                            "settings": {"cors_origins": "https://shop.example",
+                                                         "history_size": 3, "auto_create": False}})
+    assert r.status == 201, r.body
+    a = r.json()
+    assert a["settings"] == {"cors_origins": "https://shop.example", "history_size": 3,
+                             "history_ttl": None, "auto_create": False}
+    key = a["publish_key"]
+    # auto_create off: a subscribe or publish to an unknown channel is 404; PUT creates it.
+    r = request(srv.port, "GET", "/apps/set/poll?channels=news&timeout=0")
+    assert r.status == 404 and r.error()["error"] == "channel_not_found"
+    assert pub(srv, "set", "news", "x", key).status == 404
+    h = {"Authorization": f"Bearer {key}"}
+    r = request(srv.port, "PUT", "/apps/set/api/channels/news", "", h)
+    assert r.status == 201 and r.json()["history_size"] == 3
+    for i in range(5):
+        assert pub(srv, "set", "news", f"m{i}", key).status == 201
+    r = request(srv.port, "GET", "/apps/set/api/channels/news", headers=h)
+    assert r.json()["messages"] == 3
+    # The default app keeps the server's settings: auto-create on, CORS *.
+    assert request(srv.port, "GET", "/poll?channels=fresh&timeout=0").status == 200
+    # CORS: the app's own list.
+    r = request(srv.port, "GET", "/apps/set/poll?channels=news&timeout=0",
+                headers={"Origin": "https://shop.example"})
+    assert r.headers.get("access-control-allow-origin") == "https://shop.example"
+    assert "origin" in r.headers.get("vary", "").lower()
+    r = request(srv.port, "GET", "/apps/set/poll?channels=news&timeout=0",
+                headers={"Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in r.headers
+    r = request(srv.port, "GET", "/poll?channels=fresh&timeout=0",
+                headers={"Origin": "https://evil.example"})
+    assert r.headers.get("access-control-allow-origin") == "*"
+
+    async def ws(origin):
+        url = f"ws://127.0.0.1:{srv.port}/apps/set/ws?channels=news"
+        try:
+            async with websockets.connect(url, origin=origin, ping_interval=None):
+                return 101
+        except websockets.InvalidStatusCode as e:
+            return e.status_code
+
+    assert arun(ws("https://evil.example")) == 403
+    assert arun(ws("https://shop.example")) == 101
+    # PATCH changes settings; null gives the server's back.
+    r = admin(srv, "PATCH", "/admin/apps/set", {"settings": {"auto_create": None,
+                                                             "cors_origins": None}})
+    assert r.status == 200 and r.json()["settings"]["auto_create"] is None
+    assert pub(srv, "set", "other", "x", key).status == 201
+    r = request(srv.port, "GET", "/apps/set/poll?channels=news&timeout=0",
+                headers={"Origin": "https://evil.example"})
+    assert r.headers.get("access-control-allow-origin") == "*"
+
+
+@pytest.mark.parametrize("settings", [
+    {"cors_origins": "not an origin"}, {"history_size": 0}, {"history_ttl": "1h"},
+    {"auto_create": "yes"}, {"colour": "blue"},
+])
+def test_bad_settings_make_no_app(srv, settings):
+    r = admin(srv, "POST", "/admin/apps", {"name": "badset", "settings": settings})
+    assert r.status == 400 and r.error()["error"] == "bad_setting", r.body
+    assert admin(srv, "GET", "/admin/apps/badset").status == 404
+    create_app(srv, "goodset")
+    r = admin(srv, "PATCH", "/admin/apps/goodset", {"settings": settings, "plan": "free"})
+    assert r.status == 400
+    assert admin(srv, "GET", "/admin/apps/goodset").json()["plan"] == "unlimited"
+
+
+def test_settings_survive_a_restart(herald, tmp_path):
+    state = tmp_path / "st"
+    state.mkdir()
+    s1 = herald(admin_key=ADMIN, state_dir=str(state))
+    r = admin(s1, "POST", "/admin/apps", {"name": "keepset", "settings": {"history_ttl": 60}})
+    assert r.status == 201
+    s1.stop()
+    s2 = herald(admin_key=ADMIN, state_dir=str(state))
+    assert admin(s2, "GET", "/admin/apps/keepset").json()["settings"]["history_ttl"] == 60
