@@ -15,6 +15,7 @@
 #include "api/api.h"
 #include "apps/admin.h"
 #include "apps/apps.h"
+#include "apps/tsuru.h"
 #include "auth/auth.h"
 #include "cluster/redis_backend.h"
 #include "core/config.h"
@@ -128,6 +129,7 @@ int main(int argc, char **argv)
     srv.accept_ops = &http_conn_ops;
     api_init();
     admin_init();
+    tsuru_init(&srv.cfg);
     transport_init();
     if (server_start(&srv) < 0)
         return 1;

@@ -97,7 +97,10 @@ void http_respond(struct http_ctx *x, int status, const char *content_type, cons
     http_head(x, &b, status, content_type);
     if (headers)
         sbuf_adds(&b, headers);
-    sbuf_printf(&b, "Content-Length: %zu\r\n%s\r\n", body_len, http_connection_header(x, keep));
+    /* RFC 9110 §8.6: a 204 carries no Content-Length (nor a body). */
+    if (status != 204)
+        sbuf_printf(&b, "Content-Length: %zu\r\n", body_len);
+    sbuf_printf(&b, "%s\r\n", http_connection_header(x, keep));
     if (!(x->req && x->req->method_id == HTTP_M_HEAD))
         sbuf_add(&b, body, body_len);
     conn_send_copy(c, b.data, b.len);
