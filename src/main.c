@@ -120,6 +120,7 @@ int main(int argc, char **argv)
         return 2;
     }
     http_set_app_resolver(resolve_app);
+    auth_set_app_policy(apps_policy);
     bool cluster = srv.cfg.redis_url[0] || srv.cfg.redis_cluster[0];
     if (cluster && redis_backend_start(&srv.hub, &srv.cfg) < 0)
         return 2;

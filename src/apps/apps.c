@@ -181,8 +181,28 @@ json_t *apps_plan_json(const struct plan *p)
 
 static void app_release(struct hub_tenant *t)
 {
+    struct app *a = app_of(t);
+    token_verifier_free(a->policy_token.verifier);
     pthread_mutex_destroy(&t->lock);
-    free(app_of(t));
+    free(a);
+}
+
+/* Makes the app's policies once it has its token secret. */
+static void make_policies(struct app *a)
+{
+    if (a->policy_token.verifier || !a->token_secret[0])
+        return;
+    uint32_t skew = reg.cfg->token_skew_ms / 1000;
+    a->policy_token.subscribe = AUTH_TOKEN;
+    a->policy_token.verifier = token_verifier_hs256(a->token_secret, strlen(a->token_secret), skew);
+    a->policy_public.subscribe = AUTH_PUBLIC;
+    a->policy_public.verifier = a->policy_token.verifier;
+}
+
+const struct auth_policy *apps_policy(struct hub_tenant *t)
+{
+    struct app *a = app_of(t);
+    return atomic_load(&a->subscribe_public) ? &a->policy_public : &a->policy_token;
 }
 
 static struct app *app_new(const char *name, size_t len)
@@ -462,6 +482,7 @@ size_t apps_sync(json_t *states, bool complete)
         struct map_node *n = map_get(&reg.apps, name, strlen(name));
         struct app *a = n ? container_of(n, struct app, node) : app_new(name, strlen(name));
         app_set_state(a, o);
+        make_policies(a);
         if (!n)
             map_put(&reg.apps, &a->node);
         changed++;
@@ -552,10 +573,11 @@ int apps_create(const char *name, const char *plan, const char *team, const char
     snprintf(a->user, sizeof(a->user), "%s", user ? user : "");
     new_key(a->keys[0]);
     new_key(a->token_secret);
+    make_policies(a);
     pthread_rwlock_wrlock(&reg.lock);
     if (map_get(&reg.apps, name, len)) {
         pthread_rwlock_unlock(&reg.lock);
-        free(a);
+        app_release(&a->t);
         return APPS_EXISTS;
     }
     map_put(&reg.apps, &a->node);
@@ -585,7 +607,7 @@ int apps_update(struct app *a, const char *plan, int subscribe_public)
     if (p)
         apply_plan(a, p);
     if (subscribe_public >= 0)
-        a->subscribe_public = subscribe_public != 0;
+        atomic_store(&a->subscribe_public, subscribe_public != 0);
     pthread_rwlock_unlock(&reg.lock);
     return save(a, APPS_PUT_UPDATE);
 }

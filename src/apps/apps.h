@@ -20,6 +20,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "auth/auth.h"
 #include "hub/hub.h"
 
 #define PLAN_NAME_MAX 32
@@ -45,11 +46,14 @@ struct app {
     char team[64], user[128];                 /* who asked for it (Tsuru) */
     char keys[APP_MAX_KEYS][APP_KEY_LEN + 1]; /* publish keys; keys[0] is the current one */
     char token_secret[APP_KEY_LEN + 1];
-    bool subscribe_public; /* subscribe policy: public, or tokens (the default for apps) */
+    atomic_bool subscribe_public; /* subscribe policy: public, or tokens (the default for apps) */
     uint32_t max_message_bytes, max_publish_rate; /* from the plan */
     uint64_t created_ms;
     atomic_uint_fast64_t rate_window; /* publish rate: (second << 24) | publishes in it */
     atomic_uint_fast64_t rate_refused;
+    /* Subscriber policies, made once (token_secret never changes): the one in force
+     * depends on subscribe_public. Connections keep a pointer while they hold the app. */
+    struct auth_policy policy_token, policy_public;
     /* Tsuru apps bound to it (names), comma-separated. */
     char bound[512];
 };
@@ -100,6 +104,8 @@ void apps_free(void);
 
 /* The app named name[0..len) with a reference (hub_tenant_put), or NULL. */
 struct app *apps_get(const char *name, size_t len);
+/* The subscriber policy of t's app (auth_set_app_policy's resolver). */
+const struct auth_policy *apps_policy(struct hub_tenant *t);
 /* Whether name is a valid app name: 1-40 of [a-z0-9-], starting with a letter or digit. */
 bool apps_name_valid(const char *name, size_t len);
 

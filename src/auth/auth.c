@@ -77,13 +77,22 @@ const struct auth_policy *auth_default_policy(void)
     return &default_policy;
 }
 
+static const struct auth_policy *(*app_policy)(struct hub_tenant *t);
+
+void auth_set_app_policy(const struct auth_policy *(*fn)(struct hub_tenant *t))
+{
+    app_policy = fn;
+}
+
 const struct auth_policy *auth_policy_for(const struct http_ctx *x)
 {
-    /* Apps (x->tenant, the /apps/{app}/ prefix): their own policy (their token_secret
-     * and subscribe setting) belongs here; until then they stay public, as they were,
-     * and never take the default app's tokens. */
-    static const struct auth_policy apps_public = {.subscribe = AUTH_PUBLIC};
-    return x->tenant ? &apps_public : &default_policy;
+    /* An app (x->tenant, the /apps/{app}/ prefix) has its own policy: its token secret
+     * and subscribe setting. It never takes the default app's tokens. */
+    static const struct auth_policy no_tokens = {.subscribe = AUTH_TOKEN};
+    if (!x->tenant)
+        return &default_policy;
+    const struct auth_policy *p = app_policy ? app_policy(x->tenant) : NULL;
+    return p ? p : &no_tokens; /* no verifier: no token verifies */
 }
 
 /* ---- where the token is ---------------------------------------------------------- */
@@ -164,6 +173,10 @@ long auth_request_token(const struct http_request *req, char *buf, size_t bufsiz
 int auth_verify(const struct auth_policy *p, const char *jwt, size_t len, struct token **tok,
                 const char **why)
 {
+    if (!p->verifier) {
+        *why = "this app has no token secret: no token is valid";
+        return TOKEN_E_INVALID;
+    }
     return token_check(p->verifier, jwt, len, (int64_t)(wall_ms() / 1000), tok, why);
 }
 

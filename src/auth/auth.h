@@ -47,6 +47,12 @@ const struct auth_policy *auth_default_policy(void);
  * apps, this returns the policy of the app the request's path names.
  */
 const struct auth_policy *auth_policy_for(const struct http_ctx *x);
+/*
+ * How auth_policy_for finds an app's policy: fn(tenant) returns one that lives as
+ * long as the tenant does (connections that use it hold the tenant). Start-up.
+ */
+struct hub_tenant;
+void auth_set_app_policy(const struct auth_policy *(*fn)(struct hub_tenant *t));
 
 /*
  * The token a request carries: ?token= (percent-decoded into buf), else

@@ -552,3 +552,87 @@ def test_settings_survive_a_restart(herald, tmp_path):
     s1.stop()
     s2 = herald(admin_key=ADMIN, state_dir=str(state))
     assert admin(s2, "GET", "/admin/apps/keepset").json()["settings"]["history_ttl"] == 60
+
+
+# ---- subscriber tokens per app ----------------------------------------------------------------
+
+
+def mint_hs256(secret, channels, sub="u1", ttl=600, **extra):
+    import base64
+    import hashlib
+    import hmac
+
+    def b64(d):
+        return base64.urlsafe_b64encode(d).rstrip(b"=").decode()
+
+    claims = {"sub": sub, "exp": int(time.time()) + ttl, "channels": channels, **extra}
+    signing = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()) + "." + \
+        b64(json.dumps(claims).encode())
+    sig = hmac.new(secret.encode(), signing.encode(), hashlib.sha256).digest()
+    return signing + "." + b64(sig)
+
+
+def test_a_token_app_needs_a_token_signed_with_its_own_secret(srv):
+    a = create_app(srv, "tok-a", subscribe="token")
+    b = create_app(srv, "tok-b", subscribe="token")
+    path = "/apps/tok-a/poll?channels=room&timeout=0"
+    r = request(srv.port, "GET", path)
+    assert r.status == 401 and r.error()["error"] == "token_missing"
+    # Signed with the other app's secret, or a made-up one: invalid.
+    for secret in (b["token_secret"], "not-the-secret"):
+        tok = mint_hs256(secret, ["room"])
+        r = request(srv.port, "GET", f"{path}&token={tok}")
+        assert r.status == 401 and r.error()["error"] == "token_invalid", r.body
+    good = mint_hs256(a["token_secret"], ["room", "user.{sub}"])
+    r = request(srv.port, "GET", f"{path}&token={good}")
+    assert r.status == 200, r.body
+    # Grants are the app's channel names.
+    r = request(srv.port, "GET", f"/apps/tok-a/poll?channels=other&timeout=0&token={good}")
+    assert r.status == 403 and r.json()["error"] == "channel_forbidden"
+    assert r.json()["channel"] == "other" and "~" not in r.body.decode()
+    r = request(srv.port, "GET", f"/apps/tok-a/poll?channels=user.u1&timeout=0&token={good}")
+    assert r.status == 200
+    # The same token opens nothing in app b, and app b's public twin is not affected.
+    r = request(srv.port, "GET", f"/apps/tok-b/poll?channels=room&timeout=0&token={good}")
+    assert r.status == 401
+    # Delivery with the token, on SSE and WebSocket (auth op).
+    with app_stream("sse", srv, "tok-a", "room", token=good) as s:
+        assert s.status == 200
+        assert pub(srv, "tok-a", "room", "hi", a["publish_key"]).status == 201
+        assert s.next_message()["data"] == "hi"
+
+    async def ws():
+        url = f"ws://127.0.0.1:{srv.port}/apps/tok-a/ws"
+        async with websockets.connect(url, ping_interval=None) as w:
+            await w.send(json.dumps({"op": "auth", "token": good, "ref": 1}))
+            ack = await recv_json(w)
+            assert ack.get("ref") == 1 and ack.get("event") != "error", ack
+            await w.send(json.dumps({"op": "subscribe", "channels": ["room"], "ref": 2}))
+            ack = await recv_json(w)
+            assert ack.get("ref") == 2 and ack.get("event") != "error", ack
+            await w.send(json.dumps({"op": "subscribe", "channels": ["secret"], "ref": 3}))
+            err = await recv_json(w)
+            assert err.get("error") == "channel_forbidden", err
+
+    arun(ws())
+
+
+def test_switching_an_app_to_public_and_back(srv):
+    a = create_app(srv, "sw", subscribe="token")
+    path = "/apps/sw/poll?channels=c&timeout=0"
+    assert request(srv.port, "GET", path).status == 401
+    assert admin(srv, "PATCH", "/admin/apps/sw", {"subscribe": "public"}).status == 200
+    assert request(srv.port, "GET", path).status == 200
+    assert admin(srv, "PATCH", "/admin/apps/sw", {"subscribe": "token"}).status == 200
+    assert request(srv.port, "GET", path).status == 401
+    tok = mint_hs256(a["token_secret"], ["c"])
+    assert request(srv.port, "GET", f"{path}&token={tok}").status == 200
+
+
+def test_default_app_tokens_do_not_open_an_app(herald):
+    s = herald(admin_key=ADMIN, token_secret="default-secret-0123456789")
+    create_app(s, "own", subscribe="token")
+    tok = mint_hs256("default-secret-0123456789", ["c"])
+    assert request(s.port, "GET", f"/poll?channels=c&timeout=0&token={tok}").status == 200
+    r = request(s.port, "GET", f"/apps/own/poll?channels=c&timeout=0&token={tok}")
+    assert r.status == 401 and r.error()["error"] == "token_invalid"
