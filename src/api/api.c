@@ -224,16 +224,16 @@ int api_app_publish_check(struct hub_tenant *t, size_t bytes, const char **limit
     struct app *a = app_of(t);
     if (!a)
         return 0;
-    if (a->max_message_bytes && bytes > a->max_message_bytes) {
+    uint32_t max = atomic_load_explicit(&a->max_message_bytes, memory_order_relaxed);
+    if (max && bytes > max) {
         *limit = "message_bytes";
-        snprintf(detail, size, "the message is %zu bytes; plan %s allows %u", bytes, a->plan,
-                 a->max_message_bytes);
+        snprintf(detail, size, "the message is %zu bytes; the app's plan allows %u", bytes, max);
         return 413;
     }
     if (!apps_take_publish(a)) {
         *limit = "publishes_per_second";
-        snprintf(detail, size, "plan %s allows %u publishes per second; retry in a second", a->plan,
-                 a->max_publish_rate);
+        snprintf(detail, size, "the app's plan allows %u publishes per second; retry in a second",
+                 atomic_load_explicit(&a->max_publish_rate, memory_order_relaxed));
         return 429;
     }
     return 0;
@@ -956,12 +956,13 @@ static void handle_stats(struct http_ctx *x)
                 "\"connections\":{\"total\":%" PRIu64 ",\"websocket\":%" PRIu64 ",\"sse\":%" PRIu64
                 ",\"longpoll\":%" PRIu64 ",\"stream\":%" PRIu64 ",\"http\":%" PRIu64
                 "},\"accepted\":%" PRIu64 ",\"requests\":%" PRIu64
-                ",\"channels\":%zu,\"ephemeral_channels\":%zu,\"messages\":{\"published\":%" PRIu64
-                ",\"stored\":%" PRIu64 ",\"delivered\":%" PRIu64 "},\"bytes\":{\"in\":%" PRIu64
-                ",\"out\":%" PRIu64 "},\"slow_consumers_closed\":%" PRIu64,
+                ",\"channels\":%zu,\"ephemeral_channels\":%zu,\"apps\":%zu,\"messages\":{"
+                "\"published\":%" PRIu64 ",\"stored\":%" PRIu64 ",\"delivered\":%" PRIu64
+                "},\"bytes\":{\"in\":%" PRIu64 ",\"out\":%" PRIu64
+                "},\"slow_consumers_closed\":%" PRIu64,
                 srv->cfg.node_name, (wall_ms() - srv->started_ms) / 1000, srv->nworkers, t.total,
                 t.conns[CONN_WS], t.conns[CONN_SSE], t.conns[CONN_POLL], t.conns[CONN_STREAM],
-                t.conns[CONN_HTTP], t.accepted, t.requests, nchannels, nephemeral,
+                t.conns[CONN_HTTP], t.accepted, t.requests, nchannels, nephemeral, apps_count(),
                 (uint64_t)atomic_load(&s->published), (uint64_t)atomic_load(&s->messages),
                 (uint64_t)atomic_load(&s->delivered), (uint64_t)atomic_load(&s->bytes_in),
                 (uint64_t)atomic_load(&s->bytes_out), (uint64_t)atomic_load(&s->slow_closed));

@@ -164,8 +164,8 @@ static void apply_plan(struct app *a, const struct plan *p)
     atomic_store(&a->t.max_channels, p->max_channels);
     atomic_store(&a->t.max_history, p->max_history);
     atomic_store(&a->t.max_conns, p->max_connections);
-    a->max_message_bytes = p->max_message_bytes;
-    a->max_publish_rate = p->max_publish_rate;
+    atomic_store(&a->max_message_bytes, p->max_message_bytes);
+    atomic_store(&a->max_publish_rate, p->max_publish_rate);
 }
 
 json_t *apps_plan_json(const struct plan *p)
@@ -390,7 +390,8 @@ int apps_check_settings(json_t *settings, char *err, size_t errlen)
     return rc;
 }
 
-json_t *apps_state_json(const struct app *a)
+/* apps_state_json with the registry lock held. */
+static json_t *state_json_locked(const struct app *a)
 {
     json_t *keys = json_array();
     for (int i = 0; i < APP_MAX_KEYS; i++)
@@ -401,6 +402,26 @@ json_t *apps_state_json(const struct app *a)
                      a->token_secret, "subscribe", a->subscribe_public ? "public" : "token",
                      "created", (json_int_t)a->created_ms, "bound", a->bound, "settings",
                      settings_json((struct app *)a));
+}
+
+json_t *apps_state_json(const struct app *a)
+{
+    pthread_rwlock_rdlock(&reg.lock);
+    json_t *o = state_json_locked(a);
+    pthread_rwlock_unlock(&reg.lock);
+    return o;
+}
+
+static void collect_state(struct app *a, void *arg)
+{
+    json_array_append_new(arg, state_json_locked(a));
+}
+
+json_t *apps_states(void)
+{
+    json_t *arr = json_array();
+    apps_each(collect_state, arr);
+    return arr;
 }
 
 /* Records a change (state NULL: the app was deleted) in the store. Registry lock not
@@ -689,7 +710,7 @@ bool apps_key_matches(const struct app *a, const char *key, size_t len)
 
 bool apps_take_publish(struct app *a)
 {
-    uint32_t max = a->max_publish_rate;
+    uint32_t max = atomic_load_explicit(&a->max_publish_rate, memory_order_relaxed);
     atomic_fetch_add_explicit(&a->t.published, 1, memory_order_relaxed);
     if (!max)
         return true;

@@ -47,7 +47,7 @@ struct app {
     char keys[APP_MAX_KEYS][APP_KEY_LEN + 1]; /* publish keys; keys[0] is the current one */
     char token_secret[APP_KEY_LEN + 1];
     atomic_bool subscribe_public; /* subscribe policy: public, or tokens (the default for apps) */
-    uint32_t max_message_bytes, max_publish_rate; /* from the plan */
+    _Atomic uint32_t max_message_bytes, max_publish_rate; /* from the plan */
     uint64_t created_ms;
     atomic_uint_fast64_t rate_window; /* publish rate: (second << 24) | publishes in it */
     atomic_uint_fast64_t rate_refused;
@@ -94,6 +94,8 @@ int apps_init(struct hub *hub, const struct herald_config *cfg, struct apps_stor
               size_t errlen);
 /* An app's stored state (JSON object: name, plan, keys, secret, settings). */
 json_t *apps_state_json(const struct app *a);
+/* Every app's stored state (an array), read at once (a snapshot for a store). */
+json_t *apps_states(void);
 /*
  * Makes the registry hold the apps of `states` (an array of stored states): new
  * ones are added, known ones updated; with `complete`, apps not listed are deleted

@@ -54,16 +54,10 @@ static bool write_all(int fd, const char *p, size_t n)
     return true;
 }
 
-static void collect(struct app *a, void *arg)
-{
-    json_array_append_new(arg, apps_state_json(a));
-}
-
 /* Writes the registry as the snapshot and empties the journal. Store lock held. */
 static int compact(struct file_store *f)
 {
-    json_t *arr = json_array();
-    apps_each(collect, arr);
+    json_t *arr = apps_states();
     size_t napps = json_array_size(arr);
     json_t *doc = json_pack("{s:i,s:o}", "version", 1, "apps", arr);
     char *text = json_dumps(doc, JSON_INDENT(1) | JSON_SORT_KEYS);

@@ -466,6 +466,7 @@ def test_metrics_per_app(srv):
         assert s.status == 200
         text = request(srv.port, "GET", "/metrics").body.decode()
     assert "herald_apps 2" in text
+    assert request(srv.port, "GET", "/stats").json()["apps"] == 2
     assert 'herald_app_connections{app="met-a"} 1' in text
     assert 'herald_app_connections{app="met-b"} 0' in text
     assert 'herald_app_publishes_total{app="met-a"} 1' in text
