@@ -79,11 +79,45 @@ static void plans(struct http_ctx *x)
     admin_respond_json(x, 200, json_pack("{s:o}", "plans", arr));
 }
 
+/* GET /admin/apps[?limit=N&after=NAME]: a page of apps by name (1000 by default). */
 static void list(struct http_ctx *x)
 {
-    json_t *arr = apps_list();
-    size_t n = json_array_size(arr);
-    admin_respond_json(x, 200, json_pack("{s:o,s:I}", "apps", arr, "total", (json_int_t)n));
+    const struct http_request *r = x->req;
+    const char *v;
+    size_t vl, limit = 1000;
+    char after[APP_NAME_MAX + 1] = "";
+    if (http_query_param(r->query, r->query_len, "limit", &v, &vl)) {
+        char *end;
+        char num[12];
+        snprintf(num, sizeof(num), "%.*s", (int)MIN(vl, sizeof(num) - 1), v);
+        unsigned long l = strtoul(num, &end, 10);
+        if (!vl || *end || l < 1 || l > 10000)
+            return http_error(x, 400, "bad_limit", "limit is 1 to 10000");
+        limit = l;
+    }
+    if (http_query_param(r->query, r->query_len, "after", &v, &vl)) {
+        if (!apps_name_valid(v, vl))
+            return http_error(x, 400, "bad_after", "after is an app name");
+        memcpy(after, v, vl);
+    }
+    json_t *all = apps_list();
+    size_t total = json_array_size(all);
+    json_t *page = json_array();
+    for (size_t i = 0; i < total && json_array_size(page) < limit; i++) {
+        json_t *a = json_array_get(all, i);
+        if (strcmp(json_string_value(json_object_get(a, "name")), after) > 0)
+            json_array_append(page, a);
+    }
+    size_t n = json_array_size(page);
+    json_t *last = n ? json_object_get(json_array_get(page, n - 1), "name") : NULL;
+    bool more =
+        n == limit && last &&
+        strcmp(json_string_value(last),
+               json_string_value(json_object_get(json_array_get(all, total - 1), "name"))) != 0;
+    json_t *next = more ? json_incref(last) : json_null();
+    json_decref(all);
+    admin_respond_json(
+        x, 200, json_pack("{s:o,s:I,s:o}", "apps", page, "total", (json_int_t)total, "next", next));
 }
 
 /* The JSON object of a body; answers 400 and returns NULL otherwise. */

@@ -637,3 +637,18 @@ def test_default_app_tokens_do_not_open_an_app(herald):
     assert request(s.port, "GET", f"/poll?channels=c&timeout=0&token={tok}").status == 200
     r = request(s.port, "GET", f"/apps/own/poll?channels=c&timeout=0&token={tok}")
     assert r.status == 401 and r.error()["error"] == "token_invalid"
+
+
+def test_listing_apps_is_paged(srv):
+    for i in range(5):
+        create_app(srv, f"page{i}")
+    r = admin(srv, "GET", "/admin/apps?limit=2")
+    doc = r.json()
+    assert [a["name"] for a in doc["apps"]] == ["page0", "page1"]
+    assert doc["total"] == 5 and doc["next"] == "page1"
+    doc = admin(srv, "GET", "/admin/apps?limit=2&after=page3").json()
+    assert [a["name"] for a in doc["apps"]] == ["page4"] and doc["next"] is None
+    doc = admin(srv, "GET", "/admin/apps?limit=5").json()
+    assert len(doc["apps"]) == 5 and doc["next"] is None
+    assert admin(srv, "GET", "/admin/apps?limit=0").status == 400
+    assert admin(srv, "GET", "/admin/apps?after=BAD!").status == 400
