@@ -173,8 +173,8 @@ static bool host_ok(const char *h, size_t len)
 /*
  * The base URL of the app's subscriber endpoints (api = false: --public-url) or of its
  * publish API (api = true: --api-url, else as --public-url), with "/apps/{app}"; without
- * either, http:// and the Host Tsuru addressed. Returns false after answering 400 when
- * there is no usable Host.
+ * either, the Host Tsuru addressed, https:// when it came over TLS. Returns false after answering
+ * 400 when there is no usable Host.
  */
 static bool app_url(struct http_ctx *x, const char *app, bool api, char out[URL_MAX])
 {
@@ -194,7 +194,8 @@ static bool app_url(struct http_ctx *x, const char *app, bool api, char out[URL_
                    "start herald with --public-url (and --api-url)");
         return false;
     }
-    snprintf(out, URL_MAX, "http://%.*s/apps/%s", (int)h->value_len, h->value, app);
+    snprintf(out, URL_MAX, "%s://%.*s/apps/%s", (x->c->flags & CF_TLS) ? "https" : "http",
+             (int)h->value_len, h->value, app);
     return true;
 }
 

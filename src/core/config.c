@@ -186,7 +186,7 @@ static const struct config_option options[] = {
      .def = "",
      .metavar = "URL",
      .help = "base URL subscribers reach herald at, given to apps (HERALD_URL); empty: "
-             "http:// and the Host the request named"},
+             "http:// (https:// over TLS) and the Host the request named"},
     {.name = "api-url",
      .type = OPT_STRING,
      FIELD(api_url),

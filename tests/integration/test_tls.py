@@ -27,6 +27,7 @@ import ssl
 import subprocess
 import threading
 import time
+import urllib.parse
 import warnings
 
 import pytest
@@ -371,6 +372,23 @@ def test_api_listen_tls(herald, certs, chan):
     status, _, _ = https(certs, srv.tport, "POST", f"/pub/{chan}", b"x")
     assert status == 404
     assert "publish/admin API on 127.0.0.1:%d over TLS" % srv.api_tport in srv.log()
+
+
+def test_tsuru_bind_over_https_gives_https_urls(herald, certs):
+    """Without --public-url, bind-app builds the app's URLs from the Host it was
+    addressed at, and from the scheme: https:// when Tsuru came over TLS."""
+    from test_tsuru import KEY, basic, create
+    srv = start_tls(herald, certs, admin_key=KEY)
+    name = f"tls-{os.getpid()}"
+    create(srv, name)
+    form = urllib.parse.urlencode({"app-name": "myapp", "app-host": "myapp.example.com"})
+    status, body, _ = https(certs, srv.tport, "POST", f"/resources/{name}/bind-app", form.encode(),
+                            {"Content-Type": "application/x-www-form-urlencoded",
+                             "Accept": "application/json", "Authorization": basic("herald", KEY)})
+    assert status == 201, body
+    env = json.loads(body)
+    assert env["HERALD_URL"] == f"https://127.0.0.1:{srv.tport}/apps/{name}"
+    assert env["HERALD_PUBLISH_URL"].startswith("https://")
 
 
 # ---- reload -----------------------------------------------------------------------------------
