@@ -35,9 +35,10 @@
 #include "core/poller.h"
 #include "core/util.h"
 
-#define RECORD_BYTES  16384
-#define SESSION_CACHE 20480
-#define PATH_BYTES    512
+#define RECORD_BYTES     16384
+#define SESSION_CACHE    20480
+#define PATH_BYTES       512
+#define EXPIRY_WARN_DAYS 14
 
 enum tls_state {
     TLS_READ_WANTS_WRITE = 1u << 0, /* SSL_read needs the socket to take bytes */
@@ -114,6 +115,24 @@ static bool readable(const char *path, const char *what, const char *flag, const
     return false;
 }
 
+/* Warns about a certificate that clients will refuse now or soon (herald serves it
+ * anyway: the operator may have a reason, and a stopped node serves nobody). */
+static void warn_validity(X509 *x, const char *file, const char *until)
+{
+    int days = 0, secs = 0;
+    if (!x)
+        return;
+    if (X509_cmp_current_time(X509_get0_notAfter(x)) <= 0)
+        log_warn("the TLS certificate in %s expired on %s: clients refuse it; renew it and send "
+                 "SIGHUP",
+                 file, until);
+    else if (X509_cmp_current_time(X509_get0_notBefore(x)) > 0)
+        log_warn("the TLS certificate in %s is not valid yet: clients refuse it until then", file);
+    else if (ASN1_TIME_diff(&days, &secs, NULL, X509_get0_notAfter(x)) && days < EXPIRY_WARN_DAYS)
+        log_warn("the TLS certificate in %s expires in %d day%s (%s): renew it and send SIGHUP",
+                 file, days, days == 1 ? "" : "s", until);
+}
+
 /* Logs which certificate is now served: subject, serial and expiry. */
 static void log_certificate(SSL_CTX *ctx, const char *verb, const char *file)
 {
@@ -136,6 +155,7 @@ static void log_certificate(SSL_CTX *ctx, const char *verb, const char *file)
     }
     log_info("%s TLS certificate %s (serial %s, valid until %s) from %s", verb, subject, serial,
              until, file);
+    warn_validity(x, file, until);
 }
 
 /* A server context for the files, or NULL after logging why (verb: "start-up", "SIGHUP"). */

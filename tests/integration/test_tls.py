@@ -46,14 +46,17 @@ OPENSSL_STEPS = [
     "openssl x509 -req -in second.csr -CA ca.crt -CAkey ca.key -set_serial 2002 -days 2 "
     "-extfile server.ext -out second.crt",
     "cat server.crt ca.crt > chain.crt",
+    "openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -set_serial 3003 -days 0 "
+    "-extfile server.ext -out expired.crt",
 ]
 
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory):
     """ca.crt; server.crt/key (CN herald-first, serial 1001) and second.crt/key (CN
-    herald-second, serial 2002), both for 127.0.0.1 and localhost; chain.crt (server.crt
-    then the CA). Returns path(name)."""
+    herald-second, serial 2002), both for 127.0.0.1 and localhost, valid 2 days;
+    chain.crt (server.crt then the CA); expired.crt (server.key's, expired at once).
+    Returns path(name)."""
     d = str(tmp_path_factory.mktemp("tls"))
     script = "K='-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes' && " + " && ".join(OPENSSL_STEPS)
     subprocess.run(["sh", "-c", script], cwd=d, check=True, capture_output=True)
@@ -454,6 +457,16 @@ def test_bad_certificate_files_stop_start_up(herald_bin, certs, tmp_path):
 
     rc, err = start_fails(herald_bin)
     assert rc == 2 and "--listen-tls and --api-listen-tls need --tls-cert FILE" in err
+
+
+def test_certificates_clients_refuse_are_served_with_a_warning(herald, certs):
+    expired = start_tls(herald, certs, cert="expired.crt")
+    assert "expired on" in expired.log() and "renew it and send SIGHUP" in expired.log()
+    with pytest.raises(ssl.SSLCertVerificationError, match="expired"):
+        https(certs, expired.tport, "GET", "/healthz")
+    soon = start_tls(herald, certs)  # valid for 2 days
+    assert "expires in 1 day (" in soon.log()
+    assert https(certs, soon.tport, "GET", "/healthz")[0] == 200
 
 
 def test_key_in_the_certificate_file_and_chain(herald, certs, tmp_path):
