@@ -12,6 +12,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,6 +68,9 @@ static int compact(struct file_store *f)
     if (fd >= 0)
         ok &= close(fd) == 0;
     free(text);
+    /* The snapshot's JSON (about 400 bytes an app) is freed: hand it back to the system
+     * rather than keep it in this thread's malloc arena for good. */
+    malloc_trim(0);
     ok = ok && rename(f->tmp, f->snap) == 0;
     if (!ok) {
         log_error("apps: could not write %s: %s", f->snap, strerror(errno));
