@@ -428,11 +428,13 @@ def test_provision_bind_subscribe_publish_unbind_remove(srv, name):
                 assert event == "closed" and json.loads(data) == closed
                 assert await athread(sse.next_block) is None  # its only channel: the stream ends
 
+    u = urllib.parse.urlsplit(env["HERALD_URL"])
+    r = request(u.port, "GET", f"{u.path}/sse?channels=news")  # no token: refused
+    assert r.status == 401, (r.status, r.body)
     arun(main())
     assert tsuru(srv, "GET", f"/resources/{name}/status").status == 404
     assert tsuru(srv, "GET", f"/resources/{name}").status == 404
     publish(env, "news", "late", status=404)
-    u = urllib.parse.urlsplit(env["HERALD_URL"])
     assert request(u.port, "GET", f"{u.path}/sse?channels=news").status == 404
     assert admin_app(srv, name).status == 404
 
