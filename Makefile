@@ -7,6 +7,7 @@
 #   make fuzz    run the parser fuzzers for FUZZ_SECONDS each (default 60)
 #   make bench   herald vs Nchan vs the raw-socket floor (docs/bench.md)
 #   make bench-tls  herald vs Nchan over TLS: idle memory, handshakes/s (docs/bench.md)
+#   make bench-provision  Tsuru provisioning end to end and memory per idle app (docs/bench.md)
 #   make soak    long-running delivery soak test
 #
 # Build variants live in their own directories: build/ (release, -O2 -g, assert()s
@@ -48,7 +49,7 @@ UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 HERALD := $(BUILD)/herald
 BENCH  := $(BUILD)/herald-bench
 
-.PHONY: all bench-bins deps run test unit integration fuzz fuzz-short bench bench-tls soak clean format
+.PHONY: all bench-bins deps run test unit integration fuzz fuzz-short bench bench-tls bench-provision soak clean format
 
 all: $(HERALD) $(UNIT_BIN) bench-bins
 
@@ -166,6 +167,11 @@ bench-tls: deps
 	@./scripts/install-deps.sh --bench
 	@$(MAKE) --no-print-directory $(HERALD)
 	$(PYTHON) tools/bench/tls-bench.py $(HERALD)
+
+# Tsuru service API: provision -> bind -> first message, memory per idle app (docs/bench.md).
+bench-provision: deps
+	@$(MAKE) --no-print-directory $(HERALD)
+	$(PYTHON) tools/bench/provision-bench.py $(HERALD)
 
 soak: $(HERALD)
 	HERALD_BIN=$(abspath $(HERALD)) HERALD_SOAK=1 $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration -m soak
