@@ -114,16 +114,24 @@ int main(int argc, char **argv)
     srv.nworkers = srv.cfg.workers;
     hub_init(&srv.hub, &srv.cfg, srv.nworkers);
     char err[700];
-    struct apps_store *store = srv.cfg.state_dir[0] ? apps_file_store_new(srv.cfg.state_dir) : NULL;
+    bool cluster = srv.cfg.redis_url[0] || srv.cfg.redis_cluster[0];
+    if (cluster && srv.cfg.state_dir[0]) {
+        log_error("--state-dir is for a single node: in cluster mode (--redis, --redis-cluster) "
+                  "apps live in Redis, shared by every node; drop --state-dir");
+        return 2;
+    }
+    /* Cluster mode: the backend first, for the apps store keeps the apps in Redis. */
+    if (cluster && redis_backend_start(&srv.hub, &srv.cfg) < 0)
+        return 2;
+    struct apps_store *store = cluster                ? redis_apps_store_new(&srv.hub)
+                               : srv.cfg.state_dir[0] ? apps_file_store_new(srv.cfg.state_dir)
+                                                      : NULL;
     if (apps_init(&srv.hub, &srv.cfg, store, err, sizeof(err)) < 0) {
         log_error("%s", err);
         return 2;
     }
     http_set_app_resolver(resolve_app);
     auth_set_app_policy(apps_policy);
-    bool cluster = srv.cfg.redis_url[0] || srv.cfg.redis_cluster[0];
-    if (cluster && redis_backend_start(&srv.hub, &srv.cfg) < 0)
-        return 2;
     /* Everything an operator must read is logged before the first connection. */
     srv.on_listening = on_listening;
     /* Every connection starts as HTTP; the routes lead to the API and the transports. */

@@ -65,6 +65,10 @@ void admin_apps_error(struct http_ctx *x, int err, const char *name)
         return http_error(x, 500, "state_not_saved",
                           "the change is made but could not be written to --state-dir (see the "
                           "server log); it holds until a restart");
+    case APPS_UNAVAILABLE:
+        return http_error(x, 503, "apps_store_unavailable",
+                          "Redis did not take the change, so it was made on no node (see the "
+                          "server log: Redis is down or too slow); retry when Redis is up");
     }
     http_error(x, 500, "internal", "unexpected error %d", err);
 }

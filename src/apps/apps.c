@@ -501,7 +501,16 @@ size_t apps_sync(json_t *states, bool complete)
             continue;
         }
         struct map_node *n = map_get(&reg.apps, name, strlen(name));
-        struct app *a = n ? container_of(n, struct app, node) : app_new(name, strlen(name));
+        struct app *a = n ? container_of(n, struct app, node) : NULL;
+        if (a) { /* unchanged apps are left alone (a cluster syncs them all often) */
+            json_t *cur = state_json_locked(a);
+            bool same = json_equal(cur, o);
+            json_decref(cur);
+            if (same)
+                continue;
+        } else {
+            a = app_new(name, strlen(name));
+        }
         app_set_state(a, o);
         make_policies(a);
         if (!n)
@@ -605,7 +614,8 @@ int apps_create(const char *name, const char *plan, const char *team, const char
     hub_tenant_get(&a->t);
     pthread_rwlock_unlock(&reg.lock);
     int rc = save(a, APPS_PUT_CREATE);
-    if (rc == APPS_EXISTS) { /* another node made it first (cluster mode) */
+    if (rc == APPS_EXISTS || rc == APPS_UNAVAILABLE) { /* another node made it first, or
+                                                         Redis is down (cluster mode) */
         pthread_rwlock_wrlock(&reg.lock);
         if (map_get(&reg.apps, name, len) == &a->node)
             map_del(&reg.apps, &a->node);
@@ -688,11 +698,19 @@ int apps_delete(struct app *a)
         pthread_rwlock_unlock(&reg.lock);
         return APPS_NOT_FOUND;
     }
-    map_del(&reg.apps, &a->node);
+    pthread_rwlock_unlock(&reg.lock);
+    /* The store first: in cluster mode a Redis that is down leaves the app everywhere. */
+    int rc = save(a, APPS_PUT_DELETE);
+    if (rc == APPS_UNAVAILABLE)
+        return rc;
+    pthread_rwlock_wrlock(&reg.lock);
+    bool mine = map_get(&reg.apps, a->name, strlen(a->name)) == &a->node;
+    if (mine) /* else a sync from the store removed it meanwhile */
+        map_del(&reg.apps, &a->node);
     pthread_rwlock_unlock(&reg.lock);
     log_info("apps: deleted %s", a->name);
-    int rc = save(a, APPS_PUT_DELETE);
-    app_retire(a); /* its channels: no request resolves the app any more */
+    if (mine)
+        app_retire(a); /* its channels: no request resolves the app any more */
     return rc;
 }
 
@@ -743,13 +761,18 @@ static json_t *app_json_locked(const struct app *a, bool secrets)
         json_object_set_new(o, "token_secret", json_string(a->token_secret));
     }
     const struct plan *p = apps_plan(a->plan);
+    /* Cluster mode: connections and channels over every node; the rest is this node's. */
+    bool cluster = reg.hub && reg.hub->be_ops;
+    unsigned conns = atomic_load(&a->t.conns) + (cluster ? atomic_load(&a->t.remote_conns) : 0);
+    unsigned chans = cluster ? atomic_load(&a->t.cluster_channels) : atomic_load(&a->t.channels);
     json_t *usage =
-        json_pack("{s:I,s:I,s:I,s:I,s:I,s:I}", "connections", (json_int_t)atomic_load(&a->t.conns),
-                  "channels", (json_int_t)a->t.channels, "publishes",
-                  (json_int_t)atomic_load(&a->t.published), "messages",
-                  (json_int_t)atomic_load(&a->t.messages), "publishes_refused",
+        json_pack("{s:I,s:I,s:I,s:I,s:I,s:I}", "connections", (json_int_t)conns, "channels",
+                  (json_int_t)chans, "publishes", (json_int_t)atomic_load(&a->t.published),
+                  "messages", (json_int_t)atomic_load(&a->t.messages), "publishes_refused",
                   (json_int_t)atomic_load(&a->rate_refused), "connections_refused",
                   (json_int_t)atomic_load(&a->t.conns_refused));
+    if (cluster)
+        json_object_set_new(usage, "node_connections", json_integer(atomic_load(&a->t.conns)));
     json_object_set_new(o, "usage", usage);
     if (p)
         json_object_set_new(o, "limits", apps_plan_json(p));

@@ -76,7 +76,9 @@ struct apps_store {
     /* Start-up: apps_sync with every stored app. Returns 0, or -1 with a message. */
     int (*load)(struct apps_store *s, char *err, size_t errlen);
     /* Records the app `name` (state: apps_state_json; NULL when deleted). Returns 0,
-     * APPS_EXISTS (a create whose name is taken) or APPS_STATE (not recorded, logged). */
+     * APPS_EXISTS (a create whose name is taken), APPS_NOT_FOUND (an update or delete of
+     * an app another node deleted), APPS_STATE (not recorded, logged) or APPS_UNAVAILABLE
+     * (cluster mode: Redis did not take it; the registry is put back as Redis has it). */
     int (*put)(struct apps_store *s, const char *name, json_t *state, enum apps_put how);
     void (*free)(struct apps_store *s);
 };
@@ -84,6 +86,7 @@ struct apps_store {
 /* The --state-dir store: a snapshot (apps.json) and an append-only journal (apps.log),
  * each change fsync'ed, compacted into a new snapshot (written atomically). */
 struct apps_store *apps_file_store_new(const char *dir);
+/* Cluster mode: the store is cluster/redis_apps.c (redis_apps_store_new), wired by main.c. */
 
 /*
  * Reads the plans (--plans, else the built-in ones), loads the apps from `store`
@@ -123,6 +126,7 @@ enum apps_error {
     APPS_NOT_FOUND = -4,
     APPS_STATE = -5,       /* the state directory could not be written: 500 */
     APPS_BAD_SETTING = -6, /* 400, with a message */
+    APPS_UNAVAILABLE = -7, /* cluster mode: Redis did not take the change (made nowhere): 503 */
 };
 
 /* Creates an app with fresh keys; *out gets a reference. */

@@ -167,7 +167,7 @@ size_t redis_backend__index_key(char *buf, const char *name, size_t len)
 {
     const char *sep = memchr(name, CHANNEL_NS_SEP, len);
     int n =
-        sep ? snprintf(buf, REDIS_INDEX_KEY_MAX, "herald:channels:%.*s", (int)(sep - name), name)
+        sep ? snprintf(buf, REDIS_INDEX_KEY_MAX, "herald:channels:{%.*s}", (int)(sep - name), name)
             : snprintf(buf, REDIS_INDEX_KEY_MAX, "herald:channels");
     return (size_t)n;
 }
@@ -968,13 +968,29 @@ static void pub_prepare(struct pub_task *pt)
     }
 }
 
-static void pub_run(struct task *t)
+static void pub_go(struct pub_task *pt)
 {
-    struct pub_task *pt = (struct pub_task *)t;
     if (pt->rb->cluster && pt->n > 1)
         pub_prepare(pt);
     else
         pub_store(pt);
+}
+
+/* The app's plan, counted over the cluster, let the publish through (or not). */
+static void pub_gated(void *arg, int err)
+{
+    struct pub_task *pt = arg;
+    if (!err)
+        return pub_go(pt);
+    pt->err = err;
+    hub_post(pt->hub, pt->w, pub_answer, pt); /* nothing was stored */
+}
+
+static void pub_run(struct task *t)
+{
+    struct pub_task *pt = (struct pub_task *)t;
+    if (!redis_apps__gate(pt->rb, pt->names, pt->lens, pt->n, true, pub_gated, pt))
+        pub_go(pt);
 }
 
 static void be_publish(void *be, int w, const struct slice *channels, size_t n,
@@ -1224,6 +1240,7 @@ void redis_backend_stop(struct hub *hub)
     timer_stop(&rb->loop, &rb->warn_timer);
     timer_stop(&rb->loop, &rb->status_timer);
     timer_stop(&rb->loop, &rb->order_timer);
+    redis_apps__stop(rb);
     for (size_t i = 0; i < WARN_SLOTS; i++)
         if (rb->warns[i].line[0])
             warn_summary(&rb->warns[i]);

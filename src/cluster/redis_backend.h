@@ -15,9 +15,10 @@
  *   herald:{seq}:i  the last id (one Redis); herald:{ch}:i per channel on a cluster
  *   herald:{seq}:e  the epoch: first id of this data set (one Redis); on a
  *                   cluster herald:{N}:e per slot, N the smallest number on it
- *   herald:channels sorted set of channel names (listing)
+ *   herald:channels sorted set of channel names (listing); an app's: herald:channels:{APP}
  *   herald:{ch}:c   hash of subscriber counts: node -> "<count> <expiry ms>"
  *   herald:nodes    sorted set node -> expiry of its last heartbeat
+ *   herald:{apps}:* apps and their cluster-wide usage (redis_apps.c)
  *
  * All Redis I/O runs on one thread with its own loop; workers hand it work
  * and get answers back on their own threads (hub_post).
@@ -37,5 +38,13 @@ struct server;
 int redis_backend_start(struct hub *hub, const struct herald_config *cfg);
 /* Stops the thread and frees everything (after the workers have stopped). */
 void redis_backend_stop(struct hub *hub);
+
+/*
+ * The apps store of cluster mode (redis_apps.c; see struct apps_store in apps/apps.h):
+ * apps in Redis, changes on every node within a second, plan limits over the cluster.
+ * After redis_backend_start, before apps_init; apps_free frees it.
+ */
+struct apps_store;
+struct apps_store *redis_apps_store_new(struct hub *hub);
 
 #endif

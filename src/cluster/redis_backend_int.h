@@ -58,6 +58,7 @@ struct rb {
     struct timer status_timer;           /* logs a degradation that lasted STATUS_SETTLE_MS */
     struct warn_slot warns[WARN_SLOTS];
     struct timer warn_timer;
+    struct rapps *apps; /* the apps store (redis_apps.c), when main made one */
 };
 
 /* Queues t for the backend thread (any thread). */
@@ -65,8 +66,9 @@ void redis_backend__post(struct rb *rb, struct task *t);
 /* Writes the key "herald:{name}:<suffix>" into buf; returns its length. */
 size_t redis_backend__key(char *buf, size_t size, const char *name, size_t len, char suffix);
 /* The listing index of the namespace of channel key name[0..len): "herald:channels" for
- * the default app, "herald:channels:APP" for an app's. buf holds REDIS_INDEX_KEY_MAX. */
-#define REDIS_INDEX_KEY_MAX (16 + APP_NAME_MAX + 1)
+ * the default app, "herald:channels:{APP}" for an app's (its hash tag puts it on one slot
+ * with the app's rate key, for the gate script). buf holds REDIS_INDEX_KEY_MAX. */
+#define REDIS_INDEX_KEY_MAX (16 + APP_NAME_MAX + 3)
 size_t redis_backend__index_key(char *buf, const char *name, size_t len);
 /*
  * The hub error a script's reply (or its failure) stands for, 0 when it is not an
@@ -81,5 +83,18 @@ int redis_backend__script_error(struct rb *rb, const redisReply *r, int status, 
 void redis_backend__ignore_reply(const redisReply *r, int status, void *arg);
 /* An integer reply, or a decimal string reply, as a number; 0 otherwise. */
 uint64_t redis_backend__reply_u64(const redisReply *r);
+
+/*
+ * Apps (redis_apps.c). Before a publish (or, publish false, a PUT) to channels of one
+ * app whose plan limits publishes per second or channels, the gate counts them over
+ * the cluster: false when there is nothing to check (go on at once), else done runs
+ * later on the backend thread with 0, HUB_ERR_APP_RATE, HUB_ERR_APP_CHANNELS or
+ * HUB_ERR_BACKEND.
+ */
+typedef void redis_apps_gate_done(void *arg, int err);
+bool redis_apps__gate(struct rb *rb, const char (*names)[CHANNEL_KEY_MAX + 1], const size_t *lens,
+                      size_t n, bool publish, redis_apps_gate_done *done, void *arg);
+/* Stops the apps' timer (redis_backend_stop, the thread gone). */
+void redis_apps__stop(struct rb *rb);
 
 #endif

@@ -167,11 +167,30 @@ static struct chan_task *chan_task_new(struct rb *rb, int w, enum chan_mode mode
     return ct;
 }
 
+/* A PUT that may create a channel of an app with a channel limit: counted first. */
+static void put_gated(void *arg, int err)
+{
+    struct chan_task *ct = arg;
+    if (!err)
+        return chan_run(&ct->t);
+    ct->err = err;
+    hub_post(ct->rb->hub, ct->w, chan_answer, ct);
+}
+
+static void put_run(struct task *t)
+{
+    struct chan_task *ct = (struct chan_task *)t;
+    size_t len = ct->len;
+    if (!redis_apps__gate(ct->rb, &ct->name, &len, 1, false, put_gated, ct))
+        chan_run(t);
+}
+
 void redis_channels_put(void *be, int w, const char *name, size_t len, const struct channel_opts *o,
                         hub_info_done *done, void *arg)
 {
     struct chan_task *ct = chan_task_new(be, w, CH_PUT, name, len, done, arg);
     ct->o = *o;
+    ct->t.fn = put_run;
     redis_backend__post(be, &ct->t);
 }
 

@@ -272,6 +272,91 @@ static const char beat_lua[] =
     "end\n"
     "return 1\n";
 
+/* ---- apps (cluster/redis_apps.c); every key but the gate's in the {apps} slot ---------- */
+
+/* KEYS: the apps hash, the version. ARGV: [1] create|update|delete, [2] name, [3] state
+ * JSON. Returns the new version, -1 (create: the name is taken) or -2 (update, delete:
+ * no such app). */
+static const char apps_put_lua[] =
+    "local how, name = ARGV[1], ARGV[2]\n"
+    "if how == 'create' then\n"
+    "  if redis.call('HSETNX', KEYS[1], name, ARGV[3]) == 0 then return -1 end\n"
+    "elseif how == 'update' then\n"
+    "  if redis.call('HEXISTS', KEYS[1], name) == 0 then return -2 end\n"
+    "  redis.call('HSET', KEYS[1], name, ARGV[3])\n"
+    "elseif redis.call('HDEL', KEYS[1], name) == 0 then\n"
+    "  return -2\n"
+    "end\n"
+    "return redis.call('INCR', KEYS[2])\n";
+
+/* KEYS: the apps hash, the version. Returns {version, {name, state, ...}}: one moment's. */
+static const char apps_snap_lua[] = "return {redis.call('GET', KEYS[2]) or '0',\n"
+                                    "        redis.call('HGETALL', KEYS[1])}\n";
+
+/*
+ * A node's connection counts per app, every tick (APPS_TICK_MS). KEYS: the nodes'
+ * sorted set (node -> expiry), this node's counts hash, the version. ARGV: [1] node,
+ * [2] ttl ms, then app, count pairs (count 0: none any more). Returns {version, app,
+ * the sum of the other live nodes' counts, ...}. Expiries are by Redis's clock.
+ */
+static const char apps_beat_lua[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "local me, ttl = ARGV[1], tonumber(ARGV[2])\n"
+    "for i = 3, #ARGV - 1, 2 do\n"
+    "  if ARGV[i + 1] == '0' then redis.call('HDEL', KEYS[2], ARGV[i])\n"
+    "  else redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end\n"
+    "end\n"
+    "redis.call('PEXPIRE', KEYS[2], ttl)\n"
+    "redis.call('ZADD', KEYS[1], now + ttl, me)\n"
+    "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)\n"
+    "local sums = {}\n"
+    "for _, n in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do\n"
+    "  if n ~= me then\n"
+    "    local h = redis.call('HGETALL', 'herald:{apps}:n:' .. n)\n"
+    "    for i = 1, #h - 1, 2 do sums[h[i]] = (sums[h[i]] or 0) + tonumber(h[i + 1]) end\n"
+    "  end\n"
+    "end\n"
+    "local out = {redis.call('GET', KEYS[3]) or '0'}\n"
+    "for k, v in pairs(sums) do out[#out + 1] = k; out[#out + 1] = tostring(v) end\n"
+    "return out\n";
+
+/*
+ * Before a publish to (or a PUT of) an app's channels, on the app's slot. KEYS: the
+ * app's listing index, its rate key. ARGV: [1] publishes per second (0: none, and
+ * a PUT counts none), [2] channels (0: none), then the channel keys. Refuses with
+ * {'rate'} or {'channels', count}; else counts the publish (this second, by Redis's
+ * clock), adds new channels to the index (so that other nodes count them at once)
+ * and returns {'ok', the app's channel count}.
+ */
+static const char apps_gate_lua[] =
+    "local rate, maxch = tonumber(ARGV[1]), tonumber(ARGV[2])\n"
+    "local sec, n = redis.call('TIME')[1], 0\n"
+    "if rate > 0 then\n"
+    "  local v = redis.call('GET', KEYS[2])\n"
+    "  local s, c = string.match(v or '', '^(%d+) (%d+)$')\n"
+    "  if s == sec then n = tonumber(c) end\n"
+    "  if n >= rate then return {'rate'} end\n"
+    "end\n"
+    "local card = redis.call('ZCARD', KEYS[1])\n"
+    "local new = {}\n"
+    "if maxch > 0 then\n"
+    "  for i = 3, #ARGV do\n"
+    "    if not redis.call('ZSCORE', KEYS[1], ARGV[i]) then new[#new + 1] = ARGV[i] end\n"
+    "  end\n"
+    "  if #new > 0 and card + #new > maxch then return {'channels', card} end\n"
+    "end\n"
+    "if rate > 0 then redis.call('SET', KEYS[2], sec .. ' ' .. (n + 1), 'PX', 2000) end\n"
+    "for _, k in ipairs(new) do redis.call('ZADD', KEYS[1], 'NX', 0, k) end\n"
+    "return {'ok', card + #new}\n";
+
+/* A channel of a deleted app, gone with everything Redis keeps of it. KEYS: stream,
+ * options, state, counts and, on a Redis Cluster, its last-id key. ARGV: [1] bus
+ * channel, [2] publish verb. Subscribers on every node get `closed`. */
+static const char apps_purge_lua[] = "redis.call('DEL', unpack(KEYS))\n"
+                                     "redis.call(ARGV[2], ARGV[1], 'X closed')\n"
+                                     "return 1\n";
+
 /* ---- calling them ------------------------------------------------------------------ */
 
 /*
@@ -288,9 +373,11 @@ struct script {
 };
 
 /* In the order of enum redis_script. */
-static struct script scripts[REDIS_SCRIPT_COUNT] = {{.body = publish_lua}, {.body = prepare_lua},
-                                                    {.body = load_lua},    {.body = chan_lua},
-                                                    {.body = list_lua},    {.body = beat_lua}};
+static struct script scripts[REDIS_SCRIPT_COUNT] = {
+    {.body = publish_lua},   {.body = prepare_lua},   {.body = load_lua},
+    {.body = chan_lua},      {.body = list_lua},      {.body = beat_lua},
+    {.body = apps_put_lua},  {.body = apps_snap_lua}, {.body = apps_beat_lua},
+    {.body = apps_gate_lua}, {.body = apps_purge_lua}};
 
 void redis_script_init(void)
 {

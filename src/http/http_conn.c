@@ -155,7 +155,8 @@ int http_hub_status(int err)
     switch (err) {
     case HUB_ERR_NOT_FOUND: return 404;
     case HUB_ERR_TOO_MANY_FOR_ADDR:
-    case HUB_ERR_APP_CHANNELS: return 429;
+    case HUB_ERR_APP_CHANNELS:
+    case HUB_ERR_APP_RATE: return 429;
     case HUB_ERR_NO_APP: return 404;
     case HUB_ERR_TOO_MANY:
     case HUB_ERR_TOO_MANY_EPHEMERAL:
@@ -168,6 +169,8 @@ void http_hub_error(struct http_ctx *x, int err, const char *name, size_t name_l
 {
     if (err == HUB_ERR_APP_CHANNELS)
         return http_limit_error(x, 429, "channels", "%s", hub_strerror(err));
+    if (err == HUB_ERR_APP_RATE)
+        return http_limit_error(x, 429, "publishes_per_second", "%s", hub_strerror(err));
     if (name) { /* a key: the client named the channel only */
         struct slice nm = chan_key_name(name, name_len);
         name = nm.data;

@@ -39,6 +39,10 @@ const char *hub_strerror(int err)
         return "the app holds as many channels as its plan allows (limit: channels); delete "
                "unused channels or move the app to a bigger plan";
     case HUB_ERR_NO_APP: return "the app does not exist (it was deleted)";
+    case HUB_ERR_APP_RATE:
+        return "the app's plan allows no more publishes this second, counted over every node "
+               "(limit: publishes_per_second); retry in a second or move the app to a bigger "
+               "plan";
     }
     return "unknown error";
 }
@@ -63,6 +67,7 @@ const char *hub_error_name(int err)
     case HUB_ERR_BACKEND: return "backend_unavailable";
     case HUB_ERR_APP_CHANNELS: return "limit_exceeded";
     case HUB_ERR_NO_APP: return "app_not_found";
+    case HUB_ERR_APP_RATE: return "limit_exceeded";
     }
     return "bad_request";
 }

@@ -89,6 +89,9 @@ struct hub_tenant {
     atomic_uint channels; /* in the table (changed under the hub lock) */
     atomic_uint conns;
     atomic_uint_fast64_t published, messages, conns_refused;
+    /* Cluster mode: the app's connections on the other nodes (as they last reported,
+     * see cluster/redis_apps.c) and its channels in Redis (the app's listing index). */
+    atomic_uint remote_conns, cluster_channels;
 };
 
 /* Writes the key of channel name[0..len) in t's namespace (t NULL: the default app)
@@ -323,6 +326,7 @@ enum hub_error {
     HUB_ERR_TOO_MANY_FOR_ADDR = -8,  /* max-channels-per-ip: this client address made enough */
     HUB_ERR_APP_CHANNELS = -9,       /* the app's plan allows no more channels */
     HUB_ERR_NO_APP = -10,            /* the channel's app does not exist (deleted) */
+    HUB_ERR_APP_RATE = -11,          /* cluster mode: the app's publishes/s are used up */
 };
 /* Positive result: the operation continues asynchronously (cluster mode). */
 #define HUB_PENDING 1

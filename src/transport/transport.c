@@ -110,7 +110,9 @@ bool transport_bind_app(struct conn *c, struct hub_tenant *t)
         return true;
     if (t) {
         uint32_t max = atomic_load_explicit(&t->max_conns, memory_order_relaxed);
-        if (atomic_fetch_add(&t->conns, 1) >= max && max) {
+        /* Cluster mode: the other nodes' connections count too (as last reported). */
+        uint32_t remote = atomic_load_explicit(&t->remote_conns, memory_order_relaxed);
+        if (atomic_fetch_add(&t->conns, 1) + remote >= max && max) {
             atomic_fetch_sub(&t->conns, 1);
             atomic_fetch_add_explicit(&t->conns_refused, 1, memory_order_relaxed);
             return false;

@@ -257,6 +257,21 @@ class Herald:
         return f"ws://127.0.0.1:{self.port}/ws{query}"
 
 
+class UnreadyHerald(Herald):
+    """A node expected never to reach Redis: started once /healthz answers at all (it
+    answers 503 while Redis is unreachable)."""
+
+    def _wait_ready(self):
+        deadline = Deadline(WAIT, "herald /healthz")
+        while self.proc.poll() is None:
+            try:
+                request(self.port, "GET", "/healthz", timeout=1)
+                return True
+            except OSError:
+                time.sleep(min(0.02, deadline.left()))
+        return False
+
+
 def is_api_path(path):
     return path.startswith(("/pub/", "/api", "/stats", "/metrics"))
 

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from helpers import WAIT, Deadline, Herald, SSE, request, wait_until
+from helpers import SSE, WAIT, Deadline, UnreadyHerald, wait_until
 from redis_util import _encode, _pdeathsig, _read_reply, free_port
 
 # Under TSan in make test too; one xdist worker runs the whole module, so its Redis
@@ -135,21 +135,6 @@ def redis_mtls(certs):
 
 
 # ---- nodes that cannot reach Redis ------------------------------------------------------------
-
-
-class UnreadyHerald(Herald):
-    """A node expected never to reach Redis: started once /healthz answers at all (it
-    answers 503 while Redis is unreachable)."""
-
-    def _wait_ready(self):
-        deadline = Deadline(WAIT, "herald /healthz")
-        while self.proc.poll() is None:
-            try:
-                request(self.port, "GET", "/healthz", timeout=1)
-                return True
-            except OSError:
-                time.sleep(min(0.02, deadline.left()))
-        return False
 
 
 @pytest.fixture
