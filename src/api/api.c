@@ -685,16 +685,17 @@ static void chan_done(void *arg, int err, const struct channel_info *info, bool 
 {
     struct chan_op *op = arg;
     struct http_ctx *x = http_async_ctx(&op->a);
+    struct slice nm = chan_key_name(op->name, strlen(op->name)); /* what the client named */
     if (!x) {
         /* the client went away */
     } else if (err == HUB_ERR_NOT_FOUND) {
-        http_error(x, 404, "channel_not_found", "no channel %s", op->name);
+        http_error(x, 404, "channel_not_found", "no channel %.*s", (int)nm.len, nm.data);
     } else if (err) {
         publish_error(x, err, NULL, NULL, 0);
     } else if (op->kind == CHAN_DELETE) {
         struct sbuf b = {0};
         sbuf_adds(&b, "{\"deleted\":");
-        sbuf_add_json_str(&b, op->name, strlen(op->name));
+        sbuf_add_json_str(&b, nm.data, nm.len);
         sbuf_adds(&b, "}\n");
         http_respond(x, 200, "application/json", NULL, b.data, b.len);
         sbuf_free(&b);
@@ -847,12 +848,15 @@ static void handle_channel_list(struct http_ctx *x)
             return http_error(x, 400, "bad_limit", "limit is 1 to 1000");
         limit = (size_t)l;
     }
-    if (query_name(r, "after", after_buf, &after_len) < 0)
+    if (query_name(r, "after", after_buf, &after_len) < 0 ||
+        (after_len && !hub_channel_name_valid(after_buf, after_len)))
         return http_error(x, 400, "bad_after", "after is a channel name");
     if (after_len) /* a name of this app: its key */
         after_len = chan_key_make(after_key, x->tenant, after_buf, after_len), after = after_key;
     size_t prefix_len = 0;
-    if (query_name(r, "prefix", prefix_buf, &prefix_len) < 0)
+    /* Only the bytes of names: a prefix never reaches into another app's namespace. */
+    if (query_name(r, "prefix", prefix_buf, &prefix_len) < 0 ||
+        (prefix_len && !hub_channel_name_valid(prefix_buf, prefix_len)))
         return http_error(x, 400, "bad_prefix", "prefix is the start of a channel name");
     if (prefix_len || x->tenant) /* an app lists its own namespace */
         chan_key_make(prefix_key, x->tenant, prefix_buf, prefix_len), prefix = prefix_key;
@@ -1065,7 +1069,10 @@ static void handle_metrics(struct http_ctx *x)
     metric(&b, "herald_uptime_seconds", "gauge", "Seconds since start.",
            (wall_ms() - srv->started_ms) / 1000);
     metric(&b, "herald_workers", "gauge", "Worker threads.", (uint64_t)srv->nworkers);
-    app_metrics(&b);
+    /* Which apps exist and what they do is admin data: the API's credentials (or
+     * loopback trust without --publish-key), as for /stats?channels=1. */
+    if (api_may_publish(x->req, x->c, NULL))
+        app_metrics(&b);
     http_respond(x, 200, "text/plain; version=0.0.4", NULL, b.data, b.len);
     sbuf_free(&b);
 }

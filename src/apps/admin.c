@@ -139,6 +139,36 @@ static json_t *body_object(struct http_ctx *x)
     return doc;
 }
 
+/* Answers 400 and returns false when doc has a member not in `known` (NULL-ended) or
+ * an empty "plan". */
+static bool only_known(struct http_ctx *x, json_t *doc, const char *const *known)
+{
+    const char *key;
+    json_t *v;
+    json_object_foreach(doc, key, v)
+    {
+        bool ok = false;
+        for (const char *const *k = known; *k && !ok; k++)
+            ok = strcmp(key, *k) == 0;
+        if (!ok) {
+            char list[128] = "";
+            for (const char *const *k = known; *k; k++)
+                snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s",
+                         k == known ? "" : ", ", *k);
+            http_error(x, 400, "bad_app", "unknown member \"%s\" (known: %s)", key, list);
+            return false;
+        }
+    }
+    json_t *plan = json_object_get(doc, "plan");
+    if (json_is_string(plan) && json_string_length(plan) == 0) {
+        http_error(x, 400, "bad_plan",
+                   "\"plan\" names a plan (GET /admin/plans); leave it out "
+                   "for the first one");
+        return false;
+    }
+    return true;
+}
+
 /* "subscribe": "token" | "public" -> 0/1; -1 absent; -2 bad (answered). */
 static int subscribe_setting(struct http_ctx *x, json_t *doc)
 {
@@ -159,6 +189,9 @@ static void create(struct http_ctx *x)
     json_t *doc = body_object(x);
     if (!doc)
         return;
+    static const char *const known[] = {"name", "plan", "subscribe", "settings", NULL};
+    if (!only_known(x, doc, known))
+        return json_decref(doc);
     const char *name = json_string_value(json_object_get(doc, "name"));
     json_t *plan = json_object_get(doc, "plan");
     int sub = subscribe_setting(x, doc);
@@ -211,6 +244,9 @@ static void one(struct http_ctx *x, struct app *a, const char *rest, size_t rest
             json_t *doc = body_object(x);
             if (!doc)
                 return;
+            static const char *const known[] = {"plan", "subscribe", "settings", NULL};
+            if (!only_known(x, doc, known))
+                return json_decref(doc);
             json_t *plan = json_object_get(doc, "plan");
             json_t *settings = json_object_get(doc, "settings");
             int sub = subscribe_setting(x, doc);

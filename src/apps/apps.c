@@ -455,10 +455,22 @@ static void app_set_state(struct app *a, json_t *o)
     copy_str(a->team, sizeof(a->team), json_object_get(o, "team"));
     copy_str(a->user, sizeof(a->user), json_object_get(o, "user"));
     copy_str(a->token_secret, sizeof(a->token_secret), json_object_get(o, "token_secret"));
+    if (!a->token_secret[0]) {
+        /* Never an app whose tokens nobody can check (nor one that turns public). */
+        new_key(a->token_secret);
+        log_warn("apps: app %s had no token secret in its stored state: this node made it a new "
+                 "one (POST /admin/apps/%s/keys shows it); its tokens must be signed with that",
+                 a->name, a->name);
+    }
     copy_str(a->bound, sizeof(a->bound), json_object_get(o, "bound"));
     json_t *keys = json_object_get(o, "publish_keys");
+    char old[APP_MAX_KEYS][APP_KEY_LEN + 1];
+    memcpy(old, a->keys, sizeof(old));
     for (size_t k = 0; k < APP_MAX_KEYS; k++)
         copy_str(a->keys[k], sizeof(a->keys[k]), json_array_get(keys, k));
+    for (size_t k = 0; k < APP_MAX_KEYS; k++) /* a key gone (revoked elsewhere) */
+        if (old[k][0] && strcmp(old[k], a->keys[0]) != 0 && strcmp(old[k], a->keys[1]) != 0)
+            atomic_fetch_add(&a->t.creds_epoch, 1);
     const char *sub = json_string_value(json_object_get(o, "subscribe"));
     a->subscribe_public = sub && strcmp(sub, "public") == 0;
     json_t *created = json_object_get(o, "created");
@@ -474,6 +486,7 @@ static void app_set_state(struct app *a, json_t *o)
  * reference. Registry lock not held. */
 static void app_retire(struct app *a)
 {
+    atomic_store(&a->t.gone, true); /* its connections may do nothing more */
     struct channel_info *infos = xmalloc(256 * sizeof(*infos));
     size_t total, got;
     char key[CHANNEL_KEY_MAX + 1];
@@ -661,6 +674,7 @@ int apps_revoke_key(struct app *a, const char *key, size_t len)
             if (i == 0) /* the previous one, if any, becomes the current one */
                 memcpy(a->keys[0], a->keys[1], sizeof(a->keys[0]));
             a->keys[1][0] = '\0';
+            atomic_fetch_add(&a->t.creds_epoch, 1); /* WebSockets it opened stop publishing */
             rc = 0;
             break;
         }
@@ -670,6 +684,15 @@ int apps_revoke_key(struct app *a, const char *key, size_t len)
 
 int apps_bind(struct app *a, const char *tsuru_app, bool bind)
 {
+    size_t tl0 = strlen(tsuru_app);
+    for (size_t i = 0; i < tl0; i++) { /* a name, not a line for the log or the list */
+        char c = tsuru_app[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_' || c == '.'))
+            return APPS_BAD_NAME;
+    }
+    if (!tl0 || tl0 > 100)
+        return APPS_BAD_NAME;
     pthread_rwlock_wrlock(&reg.lock);
     char out[sizeof(a->bound)] = "";
     size_t olen = 0, tl = strlen(tsuru_app);
@@ -683,7 +706,11 @@ int apps_bind(struct app *a, const char *tsuru_app, bool bind)
         }
         p += n + (e != NULL);
     }
-    if (bind && olen + tl + 2 < sizeof(out))
+    if (bind && olen + tl + 2 >= sizeof(out)) {
+        pthread_rwlock_unlock(&reg.lock);
+        return APPS_FULL;
+    }
+    if (bind)
         snprintf(out + olen, sizeof(out) - olen, "%s%s", olen ? "," : "", tsuru_app);
     memcpy(a->bound, out, sizeof(out));
     pthread_rwlock_unlock(&reg.lock);

@@ -127,6 +127,7 @@ enum apps_error {
     APPS_STATE = -5,       /* the state directory could not be written: 500 */
     APPS_BAD_SETTING = -6, /* 400, with a message */
     APPS_UNAVAILABLE = -7, /* cluster mode: Redis did not take the change (made nowhere): 503 */
+    APPS_FULL = -8,        /* no room for another bound app: 409 */
 };
 
 /* Creates an app with fresh keys; *out gets a reference. */

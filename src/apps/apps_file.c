@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -28,7 +29,7 @@ struct file_store {
     pthread_mutex_t lock; /* one writer at a time */
     char dir[512];
     char snap[600], tmp[620], journal[600];
-    int log_fd;
+    int log_fd, lock_fd;
     size_t log_lines, snap_apps;
 };
 
@@ -110,33 +111,51 @@ static int file_put(struct apps_store *s, const char *name, json_t *state, enum 
     return rc;
 }
 
-/* Replays the journal's lines onto states (an object by name). Returns the lines read. */
-static size_t replay(struct file_store *f, json_t *by_name)
+/*
+ * Replays the journal's lines onto states (an object by name). Only the last line
+ * may be cut short (a crash in the middle of an append): it is ignored. A bad line
+ * with good ones after it is damage that would silently undo changes (a revoked key,
+ * a deleted app): start-up stops. Returns the lines read, or -1 with a message.
+ */
+static long replay(struct file_store *f, json_t *by_name, char *err, size_t errlen)
 {
     FILE *fp = fopen(f->journal, "r");
     if (!fp)
         return 0;
     char *line = NULL;
-    size_t cap = 0, lines = 0;
+    size_t cap = 0, lines = 0, bad = 0;
     ssize_t n;
     while ((n = getline(&line, &cap, fp)) > 0) {
         json_t *e = json_loadb(line, (size_t)n, 0, NULL);
         json_t *put = json_object_get(e, "put");
         const char *del = json_string_value(json_object_get(e, "delete"));
         const char *name = json_string_value(json_object_get(put, "name"));
+        lines++;
+        if (bad && (name || del)) {
+            json_decref(e);
+            break;
+        }
         if (name)
             json_object_set(by_name, name, put);
         else if (del)
             json_object_del(by_name, del);
         else
-            log_warn("apps: %s line %zu is not a change (cut short by a crash?): ignored",
-                     f->journal, lines + 1);
+            bad = lines;
         json_decref(e);
-        lines++;
     }
     free(line);
     fclose(fp);
-    return lines;
+    if (bad && bad != lines) {
+        snprintf(err, errlen,
+                 "%s line %zu is damaged and changes follow it: restore the directory from a "
+                 "backup, or remove that line knowingly",
+                 f->journal, bad);
+        return -1;
+    }
+    if (bad)
+        log_warn("apps: %s line %zu is not a change (cut short by a crash): ignored", f->journal,
+                 bad);
+    return (long)lines;
 }
 
 static int file_load(struct apps_store *s, char *err, size_t errlen)
@@ -150,6 +169,17 @@ static int file_load(struct apps_store *s, char *err, size_t errlen)
     }
     if (access(f->dir, W_OK) != 0) {
         snprintf(err, errlen, "--state-dir %s is not writable by this user", f->dir);
+        return -1;
+    }
+    /* One herald per directory: a second one would overwrite the first's changes. */
+    char lock[600];
+    snprintf(lock, sizeof(lock), "%s/.lock", f->dir);
+    f->lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (f->lock_fd < 0 || flock(f->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+        snprintf(err, errlen,
+                 "--state-dir %s is in use by another herald (%s): give each node its own "
+                 "directory (in cluster mode apps live in Redis)",
+                 f->dir, f->lock_fd < 0 ? strerror(errno) : "its lock is held");
         return -1;
     }
     json_t *by_name = json_object();
@@ -174,7 +204,11 @@ static int file_load(struct apps_store *s, char *err, size_t errlen)
         }
         json_decref(doc);
     }
-    size_t lines = replay(f, by_name);
+    long lines = replay(f, by_name, err, errlen);
+    if (lines < 0) {
+        json_decref(by_name);
+        return -1;
+    }
     json_t *states = json_array();
     const char *k;
     json_t *v;
@@ -187,7 +221,7 @@ static int file_load(struct apps_store *s, char *err, size_t errlen)
         snprintf(err, errlen, "cannot open %s: %s", f->journal, strerror(errno));
         return -1;
     }
-    f->log_lines = lines;
+    f->log_lines = (size_t)lines;
     pthread_mutex_lock(&f->lock);
     if (lines)
         compact(f); /* start from one snapshot (a journal cut short is repaired here) */
@@ -200,6 +234,8 @@ static void file_free(struct apps_store *s)
     struct file_store *f = (struct file_store *)s;
     if (f->log_fd >= 0)
         close(f->log_fd);
+    if (f->lock_fd >= 0)
+        close(f->lock_fd);
     pthread_mutex_destroy(&f->lock);
     free(f);
 }
@@ -210,7 +246,7 @@ struct apps_store *apps_file_store_new(const char *dir)
     f->s.load = file_load;
     f->s.put = file_put;
     f->s.free = file_free;
-    f->log_fd = -1;
+    f->log_fd = f->lock_fd = -1;
     pthread_mutex_init(&f->lock, NULL);
     snprintf(f->dir, sizeof(f->dir), "%s", dir);
     snprintf(f->snap, sizeof(f->snap), "%s/apps.json", dir);

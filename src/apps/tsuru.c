@@ -306,7 +306,10 @@ static void update(struct http_ctx *x, struct app *a)
     int err = apps_update(a, plan[0] ? plan : NULL, sub);
     if (err && err != APPS_STATE)
         return tsuru_error(x, err, a->name, plan);
-    admin_respond_json(x, 200, json_pack("{s:s,s:s}", "name", a->name, "plan", a->plan));
+    json_t *o = apps_json(a, false); /* read under the registry's lock */
+    admin_respond_json(x, 200,
+                       json_pack("{s:s,s:O}", "name", a->name, "plan", json_object_get(o, "plan")));
+    json_decref(o);
 }
 
 /* POST /resources/{name}/bind-app: the environment variables the app gets. */
@@ -315,11 +318,16 @@ static void bind_app(struct http_ctx *x, struct app *a)
     char app[128], sub_url[URL_MAX], pub_url[URL_MAX];
     if (!field(x, "app-name", app, sizeof(app), F_REQUIRED))
         return;
-    if (strchr(app, ','))
-        return http_error(x, 400, "bad_field", "\"app-name\" is a Tsuru app name, without ','");
     if (!app_url(x, a->name, false, sub_url) || !app_url(x, a->name, true, pub_url))
         return;
-    apps_bind(a, app, true); /* a failed write of --state-dir is logged; the bind holds */
+    int rc = apps_bind(a, app, true); /* a failed write of --state-dir is logged; it holds */
+    if (rc == APPS_BAD_NAME)
+        return http_error(x, 400, "bad_field",
+                          "\"app-name\" is a Tsuru app name: letters, digits, '-', '_', '.'");
+    if (rc == APPS_FULL)
+        return http_error(x, 409, "too_many_bindings",
+                          "instance %s is bound to as many apps as it can record; unbind one",
+                          a->name);
     json_t *o = apps_json(a, true);
     json_t *env =
         json_pack("{s:s,s:s,s:s,s:s,s:s}", "HERALD_APP", a->name, "HERALD_URL", sub_url,

@@ -84,15 +84,18 @@ void auth_set_app_policy(const struct auth_policy *(*fn)(struct hub_tenant *t))
     app_policy = fn;
 }
 
+const struct auth_policy *auth_policy_of(struct hub_tenant *t)
+{
+    static const struct auth_policy no_tokens = {.subscribe = AUTH_TOKEN};
+    const struct auth_policy *p = app_policy ? app_policy(t) : NULL;
+    return p ? p : &no_tokens; /* no verifier: no token verifies */
+}
+
 const struct auth_policy *auth_policy_for(const struct http_ctx *x)
 {
     /* An app (x->tenant, the /apps/{app}/ prefix) has its own policy: its token secret
      * and subscribe setting. It never takes the default app's tokens. */
-    static const struct auth_policy no_tokens = {.subscribe = AUTH_TOKEN};
-    if (!x->tenant)
-        return &default_policy;
-    const struct auth_policy *p = app_policy ? app_policy(x->tenant) : NULL;
-    return p ? p : &no_tokens; /* no verifier: no token verifies */
+    return x->tenant ? auth_policy_of(x->tenant) : &default_policy;
 }
 
 /* ---- where the token is ---------------------------------------------------------- */

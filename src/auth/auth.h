@@ -53,6 +53,8 @@ const struct auth_policy *auth_policy_for(const struct http_ctx *x);
  */
 struct hub_tenant;
 void auth_set_app_policy(const struct auth_policy *(*fn)(struct hub_tenant *t));
+/* The subscribe policy app t has now. */
+const struct auth_policy *auth_policy_of(struct hub_tenant *t);
 
 /*
  * The token a request carries: ?token= (percent-decoded into buf), else

@@ -592,11 +592,7 @@ void conn__free(struct conn *c)
     if (c->flags & CF_ZOMBIE)
         return; /* already torn down; the last conn_release frees it */
     hub_unsubscribe_all(conn_hub(c), w->id, &c->subs);
-    if (c->tenant) {
-        atomic_fetch_sub(&c->tenant->conns, 1);
-        hub_tenant_put(c->tenant);
-        c->tenant = NULL;
-    }
+    hub_tenant_unbind(&c->tenant);
     timer_stop(&w->loop, &c->timer);
     timer_stop(&w->loop, &c->life);
     if (c->ops->on_free)

@@ -167,10 +167,9 @@ int http_hub_status(int err)
 
 void http_hub_error(struct http_ctx *x, int err, const char *name, size_t name_len)
 {
-    if (err == HUB_ERR_APP_CHANNELS)
-        return http_limit_error(x, 429, "channels", "%s", hub_strerror(err));
-    if (err == HUB_ERR_APP_RATE)
-        return http_limit_error(x, 429, "publishes_per_second", "%s", hub_strerror(err));
+    const char *limit = hub_error_limit(err);
+    if (limit)
+        return http_limit_error(x, http_hub_status(err), limit, "%s", hub_strerror(err));
     if (name) { /* a key: the client named the channel only */
         struct slice nm = chan_key_name(name, name_len);
         name = nm.data;
@@ -316,7 +315,8 @@ static void dispatch(struct conn *c, const struct http_request *req, const struc
 static void on_request_done(struct conn *c)
 {
     if (c->ops != &http_conn_ops)
-        return; /* handed to another protocol: conn->proto is its state now */
+        return;                    /* handed to another protocol: conn->proto is its state now */
+    hub_tenant_unbind(&c->tenant); /* answered as plain HTTP: no app's subscriber */
     memset(hstate(c), 0, sizeof(struct http_state));
     if (!(c->flags & CF_CLOSE_AFTER))
         conn_timer_start(c, HTTP_KEEPALIVE_IDLE_MS);

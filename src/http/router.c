@@ -47,7 +47,14 @@ static bool resolve_app(struct http_ctx *x)
     const char *name = req->path + n;
     const char *slash = memchr(name, '/', req->path_len - n);
     size_t len = slash ? (size_t)(slash - name) : req->path_len - n;
-    x->tenant = slash ? app_resolver(name, len) : NULL;
+    x->tenant = app_resolver(name, len);
+    if (x->tenant && !slash) {
+        http_error(x, 404, "not_found",
+                   "name an endpoint of app \"%.*s\": /apps/%.*s/sse, /ws, /poll, /stream, "
+                   "/pub/{channel}, /api/publish, /api/channels, /stats",
+                   (int)len, name, (int)len, name);
+        return false;
+    }
     if (!x->tenant) {
         http_error(x, 404, "app_not_found",
                    "no app named \"%.*s\" on this server: check HERALD_URL, or create the app "
@@ -311,6 +318,10 @@ const struct http_route *http_route_check(struct http_ctx *x)
 bool http_route_prepare(struct http_ctx *x, const struct http_route *route)
 {
     if (!resolve_app(x))
+        return false;
+    /* The app is found again by name: when it was deleted (and maybe made again) since
+     * the head passed, its credentials are checked again, against what has the name now. */
+    if (x->tenant && route->guard && !route->guard(x))
         return false;
     x->route = route;
     size_t n = strlen(route->path);

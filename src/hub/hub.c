@@ -54,6 +54,13 @@ bool hub_error_names_channel(int err)
            err == HUB_ERR_APP_CHANNELS;
 }
 
+const char *hub_error_limit(int err)
+{
+    return err == HUB_ERR_APP_CHANNELS ? "channels"
+           : err == HUB_ERR_APP_RATE   ? "publishes_per_second"
+                                       : NULL;
+}
+
 const char *hub_error_name(int err)
 {
     switch (err) {

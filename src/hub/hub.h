@@ -89,10 +89,18 @@ struct hub_tenant {
     atomic_uint channels; /* in the table (changed under the hub lock) */
     atomic_uint conns;
     atomic_uint_fast64_t published, messages, conns_refused;
+    /* The app was deleted: its connections may do nothing more (a new app of the same
+     * name is another tenant). */
+    atomic_bool gone;
+    /* Bumped when a publish key is revoked: credentials checked before are stale. */
+    atomic_uint creds_epoch;
     /* Cluster mode: the app's connections on the other nodes (as they last reported,
      * see cluster/redis_apps.c) and its channels in Redis (the app's listing index). */
     atomic_uint remote_conns, cluster_channels;
 };
+
+/* A connection counted in *slot's app's connections stops being one (NULL: none). */
+static inline void hub_tenant_unbind(struct hub_tenant **slot);
 
 /* Writes the key of channel name[0..len) in t's namespace (t NULL: the default app)
  * into out[CHANNEL_KEY_MAX + 1], NUL-terminated; returns its length. */
@@ -118,6 +126,16 @@ static inline void hub_tenant_put(struct hub_tenant *t)
 {
     if (t && atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) == 1)
         t->release(t);
+}
+
+static inline void hub_tenant_unbind(struct hub_tenant **slot)
+{
+    struct hub_tenant *t = *slot;
+    if (!t)
+        return;
+    *slot = NULL;
+    atomic_fetch_sub(&t->conns, 1);
+    hub_tenant_put(t);
 }
 
 struct herald_config;
@@ -376,6 +394,8 @@ const char *hub_strerror(int err);
 bool hub_error_names_channel(int err);
 /* The machine-readable name of a hub error ("bad_channel", "channel_not_found"...). */
 const char *hub_error_name(int err);
+/* The plan limit an error is about ("channels", "publishes_per_second"), or NULL. */
+const char *hub_error_limit(int err);
 
 int hub_init(struct hub *hub, const struct herald_config *cfg, int nworkers);
 void hub_free(struct hub *hub);

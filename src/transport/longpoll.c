@@ -84,6 +84,7 @@ static void poll_complete(struct conn *c)
     free(st->pos);
     st->pos = NULL;
     hub_unsubscribe_all(conn_hub(c), conn_worker_id(c), &c->subs);
+    hub_tenant_unbind(&c->tenant); /* answered: no longer one of its app's subscribers */
     conn_timer_stop(c);
 
     bool keep = http_keep_alive(&x);

@@ -119,10 +119,7 @@ bool transport_bind_app(struct conn *c, struct hub_tenant *t)
         }
         hub_tenant_get(t);
     }
-    if (c->tenant) { /* a keep-alive connection that polled another app before */
-        atomic_fetch_sub(&c->tenant->conns, 1);
-        hub_tenant_put(c->tenant);
-    }
+    hub_tenant_unbind(&c->tenant); /* a keep-alive connection that polled another app */
     c->tenant = t;
     return true;
 }

@@ -27,6 +27,7 @@ struct sub_auth {
     struct token *tok;                /* a reference; NULL: none (yet) */
     uint64_t life_end;                /* when its lifetime ends (loop ms); 0: never */
     bool must_auth;                   /* no token yet, and it must get one in time */
+    uint32_t creds_epoch;             /* its app's creds_epoch when its upgrade was checked */
 };
 
 struct sub_ops {

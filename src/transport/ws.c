@@ -151,6 +151,33 @@ static void ws_reply_error(struct conn *c, const char *error, const char *detail
     sbuf_free(&f);
 }
 
+/* {"event":"error","error":"limit_exceeded","limit":…,"detail":…}: the app's plan. */
+static void ws_reply_limit(struct conn *c, const char *limit, const char *detail, json_t *ref)
+{
+    struct sbuf f = {0};
+    sbuf_adds(&f, "\"error\":\"limit_exceeded\",\"limit\":");
+    sbuf_add_json_str(&f, limit, strlen(limit));
+    sbuf_adds(&f, ",\"detail\":");
+    sbuf_add_json_str(&f, detail, strlen(detail));
+    ws_reply(c, "error", f.data, ref);
+    sbuf_free(&f);
+}
+
+/* A hub error as an error event, naming the channel (its name, not its key) when the
+ * error is about one, and the plan's limit when it is one. */
+static void ws_reply_hub_error(struct conn *c, int e, const struct slice *key, json_t *ref)
+{
+    const char *limit = hub_error_limit(e);
+    if (limit)
+        return ws_reply_limit(c, limit, hub_strerror(e), ref);
+    char detail[512];
+    struct slice nm = key && hub_error_names_channel(e) ? chan_key_name(key->data, key->len)
+                                                        : (struct slice){"", 0};
+    snprintf(detail, sizeof(detail), "%s%s%.*s", hub_strerror(e), nm.len ? ": " : "", (int)nm.len,
+             nm.data);
+    ws_reply_error(c, hub_error_name(e), detail, ref);
+}
+
 /* ---- handshake ---------------------------------------------------------------- */
 
 static void upgrade_required(struct http_ctx *x, const char *detail)
@@ -255,7 +282,7 @@ void ws_handle_upgrade(struct http_ctx *x)
         snprintf(detail, sizeof(detail),
                  "the app has the %u subscriber connections its plan allows (limit: connections)",
                  atomic_load(&x->tenant->max_conns));
-        ws_reply_error(c, "limit_exceeded", detail, NULL);
+        ws_reply_limit(c, "connections", detail, NULL);
         token_put(tok);
         return ws_close_with(c, WS_CLOSE_APP_LIMIT, "limit_exceeded: connections");
     }
@@ -263,6 +290,8 @@ void ws_handle_upgrade(struct http_ctx *x)
     /* A publisher (credentials on the upgrade) may stay without a token; a subscriber
      * gets --header-timeout to authenticate. */
     transport_auth_start(c, policy, tok, !publisher);
+    if (c->tenant)
+        ws_auth(c)->creds_epoch = atomic_load(&c->tenant->creds_epoch);
     if (has_channels)
         transport_replay(c, &b);
 }
@@ -394,13 +423,8 @@ static void op_subscribe(struct conn *c, json_t *op, json_t *ref)
         conn_park(c); /* ws_handle_text keeps the op and ws_on_resume re-runs it */
         return;
     }
-    if (e) {
-        char detail[512];
-        bool named = hub_error_names_channel(e);
-        snprintf(detail, sizeof(detail), "%s%s%.*s", hub_strerror(e), named ? ": " : "",
-                 named ? (int)r.names[bad].len : 0, r.names[bad].data);
-        return ws_reply_error(c, hub_error_name(e), detail, ref);
-    }
+    if (e)
+        return ws_reply_hub_error(c, e, &r.names[bad], ref);
     struct sbuf f = {0};
     transport_channels_json(&f, &r);
     if (conn_hub(c)->ids_per_channel && r.n > 1) {
@@ -460,7 +484,7 @@ static void ws_pub_done(void *arg, int err, const struct publish_result *res)
     struct ws_pub_op *p = arg;
     bool alive = p->running || conn_release(p->c);
     if (alive && err) {
-        ws_reply_error(p->c, hub_error_name(err), hub_strerror(err), p->ref);
+        ws_reply_hub_error(p->c, err, NULL, p->ref);
     } else if (alive) {
         char f[96];
         snprintf(f, sizeof(f), "\"id\":\"%" PRIu64 "\",\"subscribers\":%u", res->id,
@@ -489,7 +513,10 @@ static void op_publish(struct conn *c, json_t *op, json_t *ref)
     bool keyed =
         json_is_string(key) &&
         api_key_matches(conn_cfg(c), c->tenant, json_string_value(key), json_string_length(key));
-    /* With tokens, a token whose "publish" grants cover the channels does as well. */
+    /* With tokens, a token whose "publish" grants cover the channels does as well. A key
+     * of the app revoked since the upgrade no longer counts. */
+    if (c->tenant && ws_auth(c)->creds_epoch != atomic_load(&c->tenant->creds_epoch))
+        c->flags &= ~(uint32_t)WSF_PUBLISHER;
     bool creds = (c->flags & WSF_PUBLISHER) || keyed;
     bool by_token = !creds && ws_auth(c)->tok;
     if (!creds && !by_token && (c->flags & WSF_FOREIGN))
@@ -501,7 +528,11 @@ static void op_publish(struct conn *c, json_t *op, json_t *ref)
                               ref);
     if (!creds && !by_token)
         return ws_reply_error(c, "unauthorized",
-                              conn_cfg(c)->publish_key[0]
+                              c->tenant ? "publishing to an app needs one of its publish keys: "
+                                          "'Authorization: Bearer KEY' on the upgrade or \"key\" "
+                                          "in the op (or a token whose \"publish\" covers the "
+                                          "channels)"
+                              : conn_cfg(c)->publish_key[0]
                                   ? "publishing needs the publish key: send it as "
                                     "'Authorization: Bearer KEY' on the upgrade or as \"key\" in "
                                     "the op"
@@ -522,7 +553,7 @@ static void op_publish(struct conn *c, json_t *op, json_t *ref)
     char detail[200];
     if (api_app_publish_check(c->tenant, p.data_len, &limit, detail, sizeof(detail))) {
         api_pub_free(&p);
-        return ws_reply_error(c, "limit_exceeded", detail, ref);
+        return ws_reply_limit(c, limit, detail, ref);
     }
     struct publish_req req = {
         .kind = p.text ? PUB_TEXT : PUB_JSON,
@@ -560,6 +591,14 @@ static void ws_handle_text(struct conn *c, const char *text, size_t len)
     json_t *ref = json_object_get(op, "ref");
     json_t *opv = json_object_get(op, "op");
     const char *name = json_string_value(opv);
+    if (c->tenant && atomic_load(&c->tenant->gone)) {
+        /* Its app was deleted: whatever now has that name is another tenant. */
+        ws_reply_error(c, "app_not_found", "this connection's app was deleted", ref);
+        json_decref(op);
+        return ws_close_with(c, WS_CLOSE_APP_GONE, "app deleted");
+    }
+    if (c->tenant) /* the app's subscribe policy now (an admin may have switched it) */
+        ws_auth(c)->policy = auth_policy_of(c->tenant);
     if (!name)
         ws_reply_error(c, "bad_request",
                        opv ? "\"op\" is a string: subscribe, unsubscribe, ping or publish"

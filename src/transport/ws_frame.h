@@ -35,6 +35,7 @@ enum ws_close_code {
     WS_CLOSE_INTERNAL = 1011,
     WS_CLOSE_TRY_AGAIN = 1013,
     WS_CLOSE_TOKEN = 4001,     /* herald: the subscriber's token expired or never came */
+    WS_CLOSE_APP_GONE = 4404,  /* herald: the connection's app was deleted */
     WS_CLOSE_APP_LIMIT = 4429, /* herald: the app's plan allows no more (DESIGN.md §8) */
 };
 

@@ -652,3 +652,201 @@ def test_listing_apps_is_paged(srv):
     assert len(doc["apps"]) == 5 and doc["next"] is None
     assert admin(srv, "GET", "/admin/apps?limit=0").status == 400
     assert admin(srv, "GET", "/admin/apps?after=BAD!").status == 400
+
+
+# ---- found by an outside attack (each failed before its fix) ---------------------------------
+
+
+def test_connections_and_requests_of_a_deleted_app_never_reach_a_new_one(herald):
+    s = herald(admin_key=ADMIN, ws_publish=True)
+    old = create_app(s, "victim")
+
+    async def scenario():
+        url = f"ws://127.0.0.1:{s.port}/apps/victim/ws"
+        hdr = {"Authorization": f"Bearer {old['publish_key']}"}
+        async with websockets.connect(url, extra_headers=hdr, ping_interval=None) as pubws, \
+                websockets.connect(url, ping_interval=None) as subws:
+            await pubws.send(json.dumps({"op": "publish", "channel": "c", "data": 1, "ref": 1}))
+            assert (await recv_json(pubws))["event"] == "published"
+            assert admin(s, "DELETE", "/admin/apps/victim").status == 200
+            r = admin(s, "POST", "/admin/apps", {"name": "victim", "subscribe": "token"})
+            assert r.status == 201
+            for ws, op in ((pubws, {"op": "publish", "channel": "c", "data": 2, "ref": 2}),
+                           (subws, {"op": "subscribe", "channels": ["secret"], "ref": 3})):
+                await ws.send(json.dumps(op))
+                err = await recv_json(ws)
+                assert err["event"] == "error" and err["error"] == "app_not_found", err
+                await expect_ws_closed(ws, 4404)
+
+    arun(scenario())
+    new = admin(s, "GET", "/admin/apps/victim").json()
+    assert new["usage"]["channels"] == 0 and new["usage"]["publishes"] == 0
+
+    # An HTTP publish whose head passed with the old key, and whose body comes after the
+    # app was deleted and made again, is checked again: 401, nothing stored.
+    from helpers import RawConn, http_post
+    k = create_app(s, "race")["publish_key"]
+    with RawConn(s.port) as c:
+        c.send(http_post("/apps/race/pub/c", None, {"Authorization": f"Bearer {k}",
+                                                    "Content-Length": "5"}))
+        time.sleep(0.2)  # the head is checked
+        assert admin(s, "DELETE", "/admin/apps/race").status == 200
+        create_app(s, "race")
+        c.send(b"hello")
+        status, _ = c.read_head()
+        assert status == 401
+    assert admin(s, "GET", "/admin/apps/race").json()["usage"]["channels"] == 0
+
+
+def test_a_prefix_or_after_never_reaches_into_another_app(srv):
+    b = create_app(srv, "beta")
+    assert pub(srv, "beta", "orders.vip", "x", b["publish_key"]).status == 201
+    for q in ("prefix=beta~", "prefix=beta%7E", "after=beta~a", "prefix=~"):
+        r = request(srv.port, "GET", f"/api/channels?{q}")
+        assert r.status == 400, (q, r.body)
+    r = request(srv.port, "GET", "/api/channels")
+    assert all("~" not in c["name"] for c in r.json()["channels"])
+
+
+def test_switching_to_tokens_applies_to_open_websockets(srv):
+    create_app(srv, "gamma", subscribe="public")
+
+    async def scenario():
+        url = f"ws://127.0.0.1:{srv.port}/apps/gamma/ws"
+        async with websockets.connect(url, ping_interval=None) as w:
+            await w.send(json.dumps({"op": "subscribe", "channels": ["a"], "ref": 1}))
+            assert (await recv_json(w))["event"] == "subscribed"
+            assert admin(srv, "PATCH", "/admin/apps/gamma", {"subscribe": "token"}).status == 200
+            await w.send(json.dumps({"op": "subscribe", "channels": ["b"], "ref": 2}))
+            err = await recv_json(w)
+            assert err["event"] == "error" and err["error"] == "token_missing", err
+
+    arun(scenario())
+
+
+def test_a_revoked_key_stops_websockets_that_upgraded_with_it(herald):
+    s = herald(admin_key=ADMIN, ws_publish=True)
+    k0 = create_app(s, "rot2")["publish_key"]
+
+    async def scenario():
+        url = f"ws://127.0.0.1:{s.port}/apps/rot2/ws"
+        async with websockets.connect(url, extra_headers={"Authorization": f"Bearer {k0}"},
+                                      ping_interval=None) as w:
+            await w.send(json.dumps({"op": "publish", "channel": "c", "data": 1, "ref": 1}))
+            assert (await recv_json(w))["event"] == "published"
+            assert admin(s, "POST", "/admin/apps/rot2/keys").status == 201
+            await w.send(json.dumps({"op": "publish", "channel": "c", "data": 2, "ref": 2}))
+            assert (await recv_json(w))["event"] == "published"  # rotation keeps K0 valid
+            assert admin(s, "DELETE", f"/admin/apps/rot2/keys/{k0}").status == 200
+            await w.send(json.dumps({"op": "publish", "channel": "c", "data": 3, "ref": 3}))
+            err = await recv_json(w)
+            assert err["event"] == "error" and err["error"] == "unauthorized", err
+            assert "app" in err["detail"]
+
+    arun(scenario())
+
+
+def test_an_app_stored_without_a_token_secret_is_not_public(herald, tmp_path):
+    state = tmp_path / "nosecret"
+    state.mkdir()
+    (state / "apps.log").write_text(json.dumps({"put": {
+        "name": "nosecret", "plan": "free", "subscribe": "token", "publish_keys": ["k" * 43]}})
+        + "\n")
+    s = herald(admin_key=ADMIN, state_dir=str(state))
+    r = request(s.port, "GET", "/apps/nosecret/poll?channels=a&timeout=0")
+    assert r.status == 401 and r.error()["error"] == "token_missing"
+    assert "no token secret" in s.log()
+
+
+def test_a_keep_alive_connection_that_polled_holds_no_place(limited):
+    create_app(limited, "idle", plan="small")  # 2 connections
+    import http.client
+    conns = [http.client.HTTPConnection("127.0.0.1", limited.port, timeout=10) for _ in range(3)]
+    try:
+        for c in conns[:2]:
+            c.request("GET", "/apps/idle/poll?channels=a&timeout=0")
+            r = c.getresponse()
+            r.read()
+            assert r.status == 200
+        st = admin(limited, "GET", "/admin/apps/idle").json()
+        assert st["usage"]["connections"] == 0
+        conns[2].request("GET", "/apps/idle/poll?channels=a&timeout=0")
+        assert conns[2].getresponse().status == 200
+    finally:
+        for c in conns:
+            c.close()
+    # A refused subscribe (no such channel) releases its place too.
+    r = request(limited.port, "GET", "/apps/idle/sse?channels=bad%20name")
+    assert r.status == 400
+    assert admin(limited, "GET", "/admin/apps/idle").json()["usage"]["connections"] == 0
+
+
+def test_one_herald_per_state_dir(herald, herald_bin, tmp_path):
+    import subprocess
+
+    state = tmp_path / "shared"
+    state.mkdir()
+    herald(admin_key=ADMIN, state_dir=str(state))
+    p = subprocess.run([herald_bin, "--listen", f"127.0.0.1:{free_port()}", "--state-dir",
+                        str(state)], capture_output=True, text=True, timeout=10)
+    assert p.returncode != 0 and "in use by another herald" in p.stderr
+
+
+def test_a_damaged_journal_line_before_good_ones_stops_start_up(herald_bin, tmp_path):
+    import subprocess
+
+    good = json.dumps({"put": {"name": "a1", "plan": "free", "token_secret": "s" * 43}})
+    (tmp_path / "apps.log").write_text(good + "\n" + "{garbage\n" + json.dumps({"delete": "a1"})
+                                       + "\n")
+    p = subprocess.run([herald_bin, "--listen", f"127.0.0.1:{free_port()}", "--state-dir",
+                        str(tmp_path)], capture_output=True, text=True, timeout=10)
+    assert p.returncode != 0 and "line 2 is damaged" in p.stderr
+
+
+def test_no_internal_channel_keys_in_answers(limited):
+    a = create_app(limited, "leak", plan="small")
+    h = {"Authorization": f"Bearer {a['publish_key']}"}
+    assert pub(limited, "leak", "secretchan", "x", a["publish_key"]).status == 201
+    r = request(limited.port, "DELETE", "/apps/leak/api/channels/secretchan", headers=h)
+    assert r.status == 200 and r.json() == {"deleted": "secretchan"}
+    r = request(limited.port, "GET", "/apps/leak/api/channels/secretchan", headers=h)
+    assert r.status == 404 and "~" not in r.body.decode()
+    for i in range(3):
+        assert pub(limited, "leak", f"c{i}", "x", a["publish_key"]).status == 201
+
+    async def ws():
+        url = f"ws://127.0.0.1:{limited.port}/apps/leak/ws"
+        async with websockets.connect(url, ping_interval=None) as w:
+            await w.send(json.dumps({"op": "subscribe", "channels": ["c9"], "ref": 1}))
+            err = await recv_json(w)
+            assert err["error"] == "limit_exceeded" and err["limit"] == "channels", err
+            assert "~" not in json.dumps(err)
+
+    arun(ws())
+
+
+def test_admin_and_tsuru_input_is_strict(srv):
+    r = admin(srv, "POST", "/admin/apps", {"name": "strict", "colour": "red"})
+    assert r.status == 400 and "colour" in r.error()["detail"]
+    assert admin(srv, "POST", "/admin/apps", {"name": "strict", "plan": ""}).status == 400
+    create_app(srv, "strict")
+    assert admin(srv, "PATCH", "/admin/apps/strict", {"name": "other"}).status == 400
+    r = request(srv.port, "GET", "/apps/strict")
+    assert r.status == 404 and "endpoint" in r.error()["detail"]
+    import base64
+    basic = base64.b64encode(f"tsuru:{ADMIN}".encode()).decode()
+    r = request(srv.port, "POST", "/resources/strict/bind-app",
+                "app-name=a%0d%0aInjected%3a+1&app-host=x",
+                {"Authorization": f"Basic {basic}",
+                 "Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status == 400, r.body
+    assert "Injected" not in srv.log()
+
+
+def test_app_metrics_need_the_api_credentials(herald):
+    s = herald(admin_key=ADMIN, publish_key="pk")
+    create_app(s, "hidden")
+    text = request(s.port, "GET", "/metrics").body.decode()
+    assert "hidden" not in text and "herald_connections" in text
+    text = request(s.port, "GET", "/metrics", headers={"Authorization": "Bearer pk"}).body.decode()
+    assert 'herald_app_connections{app="hidden"}' in text
