@@ -212,11 +212,7 @@ static void create(struct http_ctx *x)
     char why[300] = "";
     int err = settings ? apps_check_settings(settings, why, sizeof(why)) : 0;
     if (!err)
-        err = apps_create(name, json_string_value(plan), NULL, NULL, &a);
-    if (!err && settings)
-        err = apps_set_settings(a, settings, false, why, sizeof(why));
-    if (!err && (sub >= 0 || settings))
-        err = apps_update(a, NULL, sub); /* records the settings too */
+        err = apps_create(name, json_string_value(plan), NULL, NULL, sub, settings, &a);
     if (err == APPS_BAD_SETTING) {
         http_error(x, 400, "bad_setting", "%s", why);
     } else if (err && !a) {

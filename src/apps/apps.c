@@ -602,7 +602,7 @@ void apps_free(void)
 /* ---- changes ----------------------------------------------------------------- */
 
 int apps_create(const char *name, const char *plan, const char *team, const char *user,
-                struct app **out)
+                int subscribe_public, json_t *settings, struct app **out)
 {
     size_t len = strlen(name);
     if (!apps_name_valid(name, len))
@@ -617,6 +617,12 @@ int apps_create(const char *name, const char *plan, const char *team, const char
     new_key(a->keys[0]);
     new_key(a->token_secret);
     make_policies(a);
+    atomic_store(&a->subscribe_public, subscribe_public > 0);
+    char why[200];
+    if (settings && apps_set_settings(a, settings, false, why, sizeof(why))) {
+        app_release(&a->t);
+        return APPS_BAD_SETTING;
+    }
     pthread_rwlock_wrlock(&reg.lock);
     if (map_get(&reg.apps, name, len)) {
         pthread_rwlock_unlock(&reg.lock);

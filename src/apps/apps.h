@@ -130,9 +130,11 @@ enum apps_error {
     APPS_FULL = -8,        /* no room for another bound app: 409 */
 };
 
-/* Creates an app with fresh keys; *out gets a reference. */
+/* Creates an app with fresh keys (subscribe_public > 0: public, else tokens; settings as
+ * apps_set_settings, checked already, or NULL), recorded in one write; *out gets a
+ * reference. */
 int apps_create(const char *name, const char *plan, const char *team, const char *user,
-                struct app **out);
+                int subscribe_public, json_t *settings, struct app **out);
 /* Changes an app's plan or settings (NULL / negative: unchanged). */
 int apps_update(struct app *a, const char *plan, int subscribe_public);
 /*

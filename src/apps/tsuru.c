@@ -194,6 +194,22 @@ static bool app_url(struct http_ctx *x, const char *app, bool api, char out[URL_
                    "start herald with --public-url (and --api-url)");
         return false;
     }
+    if (!api && !(x->c->flags & CF_PUBLIC)) {
+        /* Asked on the separate API listener: subscribers go to the same host name on the
+         * subscriber listener's port (TLS first), not to the API's. */
+        const char *v = h->value;
+        size_t n = h->value_len;
+        const char *end = v[0] == '[' ? memchr(v, ']', n) : NULL;
+        const char *colon = memchr(end ? end : v, ':', n - (size_t)((end ? end : v) - v));
+        size_t hl = colon ? (size_t)(colon - v) : n;
+        bool tls = cfg->num_listen_tls > 0;
+        unsigned port = tls ? cfg->listen_tls[0].port : cfg->listen[0].port;
+        if (tls || cfg->num_listen > 0) {
+            snprintf(out, URL_MAX, "%s://%.*s:%u/apps/%s", tls ? "https" : "http", (int)hl, v, port,
+                     app);
+            return true;
+        }
+    }
     snprintf(out, URL_MAX, "%s://%.*s/apps/%s", (x->c->flags & CF_TLS) ? "https" : "http",
              (int)h->value_len, h->value, app);
     return true;
@@ -235,9 +251,7 @@ static void create(struct http_ctx *x)
     if (plan[0] && !apps_plan(plan))
         return tsuru_error(x, APPS_NO_PLAN, name, plan);
     struct app *a = NULL;
-    int err = apps_create(name, plan[0] ? plan : NULL, team, user, &a);
-    if (!err && sub >= 0)
-        err = apps_update(a, NULL, sub);
+    int err = apps_create(name, plan[0] ? plan : NULL, team, user, sub, NULL, &a);
     if (err && !a) {
         tsuru_error(x, err, name, plan);
     } else {

@@ -324,6 +324,20 @@ def test_bind_app_urls_from_public_and_api_url(module_herald, name):
     assert bind(s2, name)["HERALD_PUBLISH_URL"] == f"https://push.example.com/apps/{name}"
 
 
+def test_bind_app_on_a_separate_api_listener_points_subscribers_at_theirs(module_herald, name):
+    s = module_herald(admin_key=KEY, api=True)
+    assert s.api_port != s.port
+    create(s, name)
+    env = bind(s, name)
+    # The API listener's port is not where subscribers go: the subscriber listener's is.
+    assert env["HERALD_URL"] == f"http://127.0.0.1:{s.port}/apps/{name}"
+    assert env["HERALD_PUBLISH_URL"] == f"http://127.0.0.1:{s.api_port}/apps/{name}"
+    # And it works as given: subscribe there, publish on the API listener.
+    r = request(s.port, "GET", urllib.parse.urlparse(env["HERALD_URL"]).path
+                + "/poll?channels=a&timeout=0&token=" + subscriber_token(env, ["a"]))
+    assert r.status == 200, r.body
+
+
 def test_unbind_app_and_unit_binds(srv, name):
     create(srv, name)
     bind(srv, name, app="web")
