@@ -582,6 +582,11 @@ int apps_init(struct hub *hub, const struct herald_config *cfg, struct apps_stor
 
 void apps_free(void)
 {
+    /* The store first, outside the registry's lock: its thread may be reading the
+     * registry (a snapshot) and is joined. */
+    if (reg.store && reg.store->free)
+        reg.store->free(reg.store);
+    reg.store = NULL;
     pthread_rwlock_wrlock(&reg.lock);
     reg.ready = false;
     size_t b = 0;
@@ -591,9 +596,6 @@ void apps_free(void)
         hub_tenant_put(&container_of(n, struct app, node)->t);
     }
     map_free(&reg.apps);
-    if (reg.store && reg.store->free)
-        reg.store->free(reg.store);
-    reg.store = NULL;
     free(reg.plans);
     reg.plans = NULL;
     pthread_rwlock_unlock(&reg.lock);

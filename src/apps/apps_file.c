@@ -5,10 +5,14 @@
  * journal of the changes since, one JSON line each ({"put":state} or
  * {"delete":name}), appended and fsync'ed before the change is answered. A
  * change costs one small write, however many apps there are; when the journal
- * holds as many lines as the snapshot has apps (and at least 64), the registry is
- * written as a new snapshot (temporary file, fsync, rename, fsync of the
- * directory) and the journal starts over. A crash leaves the old snapshot or
- * the new one, and a journal whose last line may be cut short (ignored on load).
+ * holds as many lines as the snapshot has apps (and at least 64), a thread of the
+ * store's own writes the registry as a new snapshot (temporary file, fsync,
+ * rename, fsync of the directory), so that no worker waits for it: changes go on
+ * into a new journal (apps.log.new) meanwhile, which becomes apps.log once the
+ * snapshot is in place. A crash leaves the old snapshot or the new one and the
+ * journals written since, in order (apps.log, then apps.log.new), whose last line
+ * may be cut short (ignored on load); every line is a whole state, so replaying
+ * one the snapshot already has changes nothing.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -26,9 +30,13 @@
 
 struct file_store {
     struct apps_store s;
-    pthread_mutex_t lock; /* one writer at a time */
+    pthread_mutex_t lock; /* one writer at a time; the fields below */
+    pthread_cond_t wake;  /* the compactor has work, or must stop */
+    pthread_t compactor;
+    bool started, want, stop;
+    bool stuck; /* a snapshot failed: two journals hold changes, none may be dropped */
     char dir[512];
-    char snap[600], tmp[620], journal[600];
+    char snap[600], tmp[620], journal[600], journal_new[610];
     int log_fd, lock_fd;
     size_t log_lines, snap_apps;
 };
@@ -56,12 +64,11 @@ static bool write_all(int fd, const char *p, size_t n)
     return true;
 }
 
-/* Writes the registry as the snapshot and empties the journal. Store lock held. */
-static int compact(struct file_store *f)
+/* Writes states (taken) as the snapshot, atomically. No lock needed: one writer (the
+ * compactor, or the load before it runs). */
+static bool write_snapshot(struct file_store *f, json_t *states)
 {
-    json_t *arr = apps_states();
-    size_t napps = json_array_size(arr);
-    json_t *doc = json_pack("{s:i,s:o}", "version", 1, "apps", arr);
+    json_t *doc = json_pack("{s:i,s:o}", "version", 1, "apps", states);
     char *text = json_dumps(doc, JSON_INDENT(1) | JSON_SORT_KEYS);
     json_decref(doc);
     int fd = open(f->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -76,15 +83,54 @@ static int compact(struct file_store *f)
     if (!ok) {
         log_error("apps: could not write %s: %s", f->snap, strerror(errno));
         unlink(f->tmp);
-        return -1;
+        return false;
     }
     fsync_dir(f->dir);
-    /* The snapshot has every change: the journal starts over. */
-    if (ftruncate(f->log_fd, 0) != 0 || fsync(f->log_fd) != 0)
-        log_error("apps: could not empty %s: %s", f->journal, strerror(errno));
-    f->log_lines = 0;
-    f->snap_apps = napps;
-    return 0;
+    return true;
+}
+
+/*
+ * The compactor: on a signal, switches the journal to apps.log.new (so that changes go
+ * on without waiting), writes the registry as the snapshot, and makes the new journal
+ * apps.log. Runs until the store is freed.
+ */
+static void *compactor(void *arg)
+{
+    struct file_store *f = arg;
+    pthread_mutex_lock(&f->lock);
+    for (;;) {
+        while (!f->want && !f->stop)
+            pthread_cond_wait(&f->wake, &f->lock);
+        if (f->stop)
+            break;
+        f->want = false;
+        json_t *states = apps_states(); /* every change journaled so far is in it */
+        int fd = open(f->journal_new, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
+        if (fd < 0) {
+            log_error("apps: cannot open %s: %s", f->journal_new, strerror(errno));
+            json_decref(states);
+            continue;
+        }
+        fsync_dir(f->dir);
+        int old = f->log_fd;
+        f->log_fd = fd;
+        f->log_lines = 0;
+        f->snap_apps = json_array_size(states);
+        pthread_mutex_unlock(&f->lock);
+        bool ok = write_snapshot(f, states);
+        pthread_mutex_lock(&f->lock);
+        if (ok && rename(f->journal_new, f->journal) == 0) {
+            fsync_dir(f->dir);
+        } else {
+            f->stuck = true; /* both journals are needed at the next start */
+            log_error("apps: %s and %s both hold changes until the next start (no snapshot "
+                      "could be written): check the disk",
+                      f->journal, f->journal_new);
+        }
+        close(old);
+    }
+    pthread_mutex_unlock(&f->lock);
+    return NULL;
 }
 
 static int file_put(struct apps_store *s, const char *name, json_t *state, enum apps_put how)
@@ -102,8 +148,9 @@ static int file_put(struct apps_store *s, const char *name, json_t *state, enum 
         log_error("apps: could not append to %s: %s; the change to %s holds until a restart",
                   f->journal, strerror(errno), name);
         rc = APPS_STATE;
-    } else if (++f->log_lines >= 64 && f->log_lines >= f->snap_apps) {
-        compact(f); /* the change is in the journal already: a failure here loses nothing */
+    } else if (++f->log_lines >= 64 && f->log_lines >= f->snap_apps && !f->stuck) {
+        f->want = true; /* the compactor writes a snapshot; nobody waits for it */
+        pthread_cond_signal(&f->wake);
     }
     pthread_mutex_unlock(&f->lock);
     free(line);
@@ -117,9 +164,9 @@ static int file_put(struct apps_store *s, const char *name, json_t *state, enum 
  * with good ones after it is damage that would silently undo changes (a revoked key,
  * a deleted app): start-up stops. Returns the lines read, or -1 with a message.
  */
-static long replay(struct file_store *f, json_t *by_name, char *err, size_t errlen)
+static long replay(const char *path, json_t *by_name, char *err, size_t errlen)
 {
-    FILE *fp = fopen(f->journal, "r");
+    FILE *fp = fopen(path, "r");
     if (!fp)
         return 0;
     char *line = NULL;
@@ -149,12 +196,11 @@ static long replay(struct file_store *f, json_t *by_name, char *err, size_t errl
         snprintf(err, errlen,
                  "%s line %zu is damaged and changes follow it: restore the directory from a "
                  "backup, or remove that line knowingly",
-                 f->journal, bad);
+                 path, bad);
         return -1;
     }
     if (bad)
-        log_warn("apps: %s line %zu is not a change (cut short by a crash): ignored", f->journal,
-                 bad);
+        log_warn("apps: %s line %zu is not a change (cut short by a crash): ignored", path, bad);
     return (long)lines;
 }
 
@@ -204,8 +250,10 @@ static int file_load(struct apps_store *s, char *err, size_t errlen)
         }
         json_decref(doc);
     }
-    long lines = replay(f, by_name, err, errlen);
-    if (lines < 0) {
+    long lines = replay(f->journal, by_name, err, errlen), more = 0;
+    if (lines >= 0) /* a compaction that did not finish: its newer journal comes after */
+        more = replay(f->journal_new, by_name, err, errlen);
+    if (lines < 0 || more < 0) {
         json_decref(by_name);
         return -1;
     }
@@ -221,22 +269,44 @@ static int file_load(struct apps_store *s, char *err, size_t errlen)
         snprintf(err, errlen, "cannot open %s: %s", f->journal, strerror(errno));
         return -1;
     }
-    f->log_lines = (size_t)lines;
-    pthread_mutex_lock(&f->lock);
-    if (lines)
-        compact(f); /* start from one snapshot (a journal cut short is repaired here) */
-    pthread_mutex_unlock(&f->lock);
+    if (lines || more) {
+        /* Start from one snapshot (a journal cut short is repaired here). */
+        if (!write_snapshot(f, apps_states())) {
+            snprintf(err, errlen, "cannot write %s: %s", f->snap, strerror(errno));
+            return -1;
+        }
+        if (ftruncate(f->log_fd, 0) != 0 || fsync(f->log_fd) != 0) {
+            snprintf(err, errlen, "cannot empty %s: %s", f->journal, strerror(errno));
+            return -1;
+        }
+        unlink(f->journal_new);
+        fsync_dir(f->dir);
+    }
+    f->snap_apps = apps_count();
+    if (pthread_create(&f->compactor, NULL, compactor, f) != 0) {
+        snprintf(err, errlen, "cannot start the state directory's thread");
+        return -1;
+    }
+    f->started = true;
     return 0;
 }
 
 static void file_free(struct apps_store *s)
 {
     struct file_store *f = (struct file_store *)s;
+    if (f->started) {
+        pthread_mutex_lock(&f->lock);
+        f->stop = true;
+        pthread_cond_signal(&f->wake);
+        pthread_mutex_unlock(&f->lock);
+        pthread_join(f->compactor, NULL);
+    }
     if (f->log_fd >= 0)
         close(f->log_fd);
     if (f->lock_fd >= 0)
         close(f->lock_fd);
     pthread_mutex_destroy(&f->lock);
+    pthread_cond_destroy(&f->wake);
     free(f);
 }
 
@@ -248,9 +318,11 @@ struct apps_store *apps_file_store_new(const char *dir)
     f->s.free = file_free;
     f->log_fd = f->lock_fd = -1;
     pthread_mutex_init(&f->lock, NULL);
+    pthread_cond_init(&f->wake, NULL);
     snprintf(f->dir, sizeof(f->dir), "%s", dir);
     snprintf(f->snap, sizeof(f->snap), "%s/apps.json", dir);
     snprintf(f->tmp, sizeof(f->tmp), "%s/.apps.json.tmp", dir);
     snprintf(f->journal, sizeof(f->journal), "%s/apps.log", dir);
+    snprintf(f->journal_new, sizeof(f->journal_new), "%s/apps.log.new", dir);
     return &f->s;
 }

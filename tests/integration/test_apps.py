@@ -428,6 +428,7 @@ def test_apps_survive_a_restart_with_state_dir(herald, tmp_path):
     assert not any(f.startswith(".apps") for f in os.listdir(state))
 
 
+@pytest.mark.threads
 def test_journal_compaction_and_a_torn_last_line(herald, tmp_path):
     state = tmp_path / "state"
     state.mkdir()
@@ -851,3 +852,19 @@ def test_app_metrics_need_the_api_credentials(herald):
     assert "hidden" not in text and "herald_connections" in text
     text = request(s.port, "GET", "/metrics", headers={"Authorization": "Bearer pk"}).body.decode()
     assert 'herald_app_connections{app="hidden"}' in text
+
+
+def test_an_interrupted_compaction_loses_nothing(herald, tmp_path):
+    """A crash while the compactor wrote a snapshot leaves apps.log and apps.log.new: both
+    are replayed, in order, on the snapshot."""
+    st = lambda n: {"name": n, "plan": "free", "token_secret": "s" * 43, "subscribe": "public",
+                    "publish_keys": [n * 43]}
+    (tmp_path / "apps.json").write_text(json.dumps({"version": 1, "apps": [st("a")]}))
+    (tmp_path / "apps.log").write_text(json.dumps({"put": st("b")}) + "\n")
+    (tmp_path / "apps.log.new").write_text(json.dumps({"delete": "a"}) + "\n"
+                                           + json.dumps({"put": st("c")}) + "\n")
+    s = herald(admin_key=ADMIN, state_dir=str(tmp_path))
+    names = [x["name"] for x in admin(s, "GET", "/admin/apps").json()["apps"]]
+    assert names == ["b", "c"]
+    assert not (tmp_path / "apps.log.new").exists()
+    assert pub(s, "c", "x", "y", "c" * 43).status == 201
