@@ -333,7 +333,7 @@ static void beat(struct rapps *ra)
     size_t n = json_object_size(now), a = 0;
     const char **argv = xcalloc(6 + 2 * n, sizeof(*argv));
     char(*nums)[16] = xcalloc(n ? n : 1, sizeof(*nums));
-    char nodek[160], ttl[16];
+    char nodek[REDIS_KEY_MAX], ttl[16];
     snprintf(nodek, sizeof(nodek), "herald:{apps}:n:%s", ra->rb->node);
     snprintf(ttl, sizeof(ttl), "%u", APPS_COUNT_TTL_MS);
     argv[a++] = "3";
@@ -479,7 +479,7 @@ static void purge_names_reply(const redisReply *r, int status, void *arg)
     for (size_t i = 0; i < r->elements; i++) {
         const char *nm = r->element[i]->str;
         size_t len = MIN(r->element[i]->len, (size_t)CHANNEL_KEY_MAX);
-        char k[5][160], m[160];
+        char k[5][REDIS_KEY_MAX], m[REDIS_KEY_MAX];
         static const char suffix[] = "hosci";
         for (int j = 0; j < 5; j++)
             redis_backend__key(k[j], sizeof(k[j]), nm, len, suffix[j]);

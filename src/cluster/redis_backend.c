@@ -183,6 +183,36 @@ size_t redis_backend__key(char *buf, size_t size, const char *name, size_t len, 
  * for a single Redis, one per slot on a Redis Cluster (a script may only touch
  * keys of its channel's slot, and a shard that lost its data lost its slots').
  */
+/* What a channel a publish or a subscribe may create gets in key's namespace: its app's
+ * settings (auto_create, history defaults, capped by its plan), else the server's. Any
+ * thread; takes the registry's and the app's locks, never the hub's. */
+static void ns_defaults(struct rb *rb, const char *key, size_t len, bool *auto_create,
+                        uint32_t *history_size, uint32_t *history_ttl_ms)
+{
+    *auto_create = rb->cfg->auto_create;
+    *history_size = rb->cfg->history_size;
+    *history_ttl_ms = rb->cfg->history_ttl_ms;
+    const char *sep = memchr(key, CHANNEL_NS_SEP, len);
+    struct hub *hub = rb->hub;
+    struct hub_tenant *t = sep && hub->tenant_of
+                               ? hub->tenant_of(hub->tenant_arg, key, (size_t)(sep - key) + 1)
+                               : NULL;
+    if (!t)
+        return;
+    pthread_mutex_lock(&t->lock);
+    if (t->auto_create >= 0)
+        *auto_create = t->auto_create != 0;
+    if (t->history_size)
+        *history_size = t->history_size;
+    if (t->history_ttl_ms)
+        *history_ttl_ms = t->history_ttl_ms;
+    pthread_mutex_unlock(&t->lock);
+    uint32_t hmax = atomic_load_explicit(&t->max_history, memory_order_relaxed);
+    if (hmax && *history_size > hmax)
+        *history_size = hmax;
+    hub_tenant_put(t);
+}
+
 static size_t epoch_key_of(const struct rb *rb, char *buf, size_t size, const char *name,
                            size_t len)
 {
@@ -549,17 +579,20 @@ static void load_channel(struct rb *rb, const char *name, size_t len, bool down)
         load_reply(NULL, RESP_ENOTCONN, op);
         return;
     }
-    char h[160], o[160], s[160], e[64], after[24], hs[16], us[24];
+    char h[REDIS_KEY_MAX], o[REDIS_KEY_MAX], s[REDIS_KEY_MAX], e[64], after[24], hs[16], us[24];
     redis_backend__key(h, sizeof(h), name, len, 'h');
     redis_backend__key(o, sizeof(o), name, len, 'o');
     redis_backend__key(s, sizeof(s), name, len, 's');
     epoch_key_of(rb, e, sizeof(e), name, len);
     snprintf(after, sizeof(after), "%" PRIu64, last);
-    snprintf(hs, sizeof(hs), "%u", rb->cfg->history_size);
+    bool create;
+    uint32_t hsize, httl_ms;
+    ns_defaults(rb, name, len, &create, &hsize, &httl_ms);
+    snprintf(hs, sizeof(hs), "%u", hsize);
     snprintf(us, sizeof(us), "%" PRIu64, wall_us());
     /* One Redis: the last-id key too (see load_lua). */
-    const char *argv[] = {rb->cluster ? "4" : "5",          h,  o, s, e, "herald:{seq}:i", after,
-                          rb->cfg->auto_create ? "1" : "0", hs, us};
+    const char *argv[] = {rb->cluster ? "4" : "5", h,  o, s, e, "herald:{seq}:i", after,
+                          create ? "1" : "0",      hs, us};
     int argc = (int)ARRAY_LEN(argv);
     if (rb->cluster) { /* no fifth key */
         memmove(&argv[5], &argv[6], 4 * sizeof(*argv));
@@ -676,7 +709,7 @@ static void want_run(struct task *t)
 {
     struct want_task *wt = (struct want_task *)t;
     struct rb *rb = wt->rb;
-    char m[160];
+    char m[REDIS_KEY_MAX];
     size_t ml = redis_backend__key(m, sizeof(m), wt->name, wt->len, 'm');
     struct follow *f = follow_of(rb, wt->name, wt->len);
     if (wt->on && !f) {
@@ -702,7 +735,7 @@ static void want_run(struct task *t)
         /* This node's count goes now rather than when it expires: a channel that only
          * had subscribers then leaves nothing in Redis. Sent after any heartbeat that
          * counted them (same thread, same connection for the key). */
-        char c[160];
+        char c[REDIS_KEY_MAX];
         redis_backend__key(c, sizeof(c), wt->name, wt->len, 'c');
         const char *argv[] = {"HDEL", c, rb->node};
         redis_bus_command(rb->bus, c, strlen(c), redis_backend__ignore_reply, rb, 3, argv, NULL);
@@ -848,7 +881,7 @@ static int pub_eval(struct pub_task *pt, size_t from, size_t to)
     size_t nk = 2 + per * (to - from), argc = 1 + nk + 8 + (to - from);
     const char **argv = xcalloc(argc, sizeof(*argv));
     size_t *argl = xcalloc(argc, sizeof(*argl));
-    char(*keys)[160] = xcalloc(nk, sizeof(*keys));
+    char(*keys)[REDIS_KEY_MAX] = xcalloc(nk, sizeof(*keys));
     char numkeys[16], hint[24], hs[16], httl[16], ttl[16], now[24];
     size_t a = 0;
     snprintf(numkeys, sizeof(numkeys), "%zu", nk);
@@ -865,20 +898,23 @@ static int pub_eval(struct pub_task *pt, size_t from, size_t to)
     for (size_t k = 0; k < nk; k++)
         argv[a++] = keys[k];
     snprintf(hint, sizeof(hint), "%" PRIu64, pt->hint);
-    snprintf(hs, sizeof(hs), "%u", rb->cfg->history_size);
-    snprintf(httl, sizeof(httl), "%u", rb->cfg->history_ttl_ms);
+    bool create; /* the channels of one publish are of one app */
+    uint32_t hsize, httl_ms;
+    ns_defaults(rb, pt->names[from], pt->lens[from], &create, &hsize, &httl_ms);
+    snprintf(hs, sizeof(hs), "%u", hsize);
+    snprintf(httl, sizeof(httl), "%u", httl_ms);
     snprintf(ttl, sizeof(ttl), "%u", rb->cfg->channel_ttl_ms);
     snprintf(now, sizeof(now), "%" PRIu64, wall_ms());
     argv[a++] = hint;
     argv[a] = pt->payload.data;
     argl[a++] = pt->payload.len;
-    argv[a++] = rb->cfg->auto_create ? "1" : "0";
+    argv[a++] = create ? "1" : "0";
     argv[a++] = hs;
     argv[a++] = httl;
     argv[a++] = ttl;
     argv[a++] = now;
     argv[a++] = rb->cluster ? "SPUBLISH" : "PUBLISH";
-    char(*bus)[160] = xcalloc(to - from, sizeof(*bus));
+    char(*bus)[REDIS_KEY_MAX] = xcalloc(to - from, sizeof(*bus));
     for (size_t i = from; i < to; i++) {
         redis_backend__key(bus[i - from], sizeof(bus[0]), pt->names[i], pt->lens[i], 'm');
         argv[a++] = bus[i - from];
@@ -957,11 +993,14 @@ static void pub_prepare(struct pub_task *pt)
 {
     pt->pending = pt->n;
     for (size_t i = 0; i < pt->n; i++) {
-        char ikey[160], ekey[64], o[160];
+        char ikey[REDIS_KEY_MAX], ekey[64], o[REDIS_KEY_MAX];
         last_id_key(pt, i, ikey, sizeof(ikey));
         epoch_key_of(pt->rb, ekey, sizeof(ekey), pt->names[i], pt->lens[i]);
         redis_backend__key(o, sizeof(o), pt->names[i], pt->lens[i], 'o');
-        const char *argv[] = {"3", ikey, ekey, o, pt->rb->cfg->auto_create ? "1" : "0"};
+        bool create;
+        uint32_t hsize, httl_ms;
+        ns_defaults(pt->rb, pt->names[i], pt->lens[i], &create, &hsize, &httl_ms);
+        const char *argv[] = {"3", ikey, ekey, o, create ? "1" : "0"};
         if (redis_script_call(pt->rb->bus, REDIS_SCRIPT_PREPARE, o, strlen(o), prepare_reply, pt,
                               (int)ARRAY_LEN(argv), argv, NULL) < 0)
             prepare_reply(NULL, RESP_ENOTCONN, pt);
@@ -1050,7 +1089,7 @@ static void heartbeat_cb(struct loop *loop, struct timer *t)
     }
     hub_unlock(hub);
     for (size_t i = 0; i < n; i++) {
-        char c[160], o[160], count[64];
+        char c[REDIS_KEY_MAX], o[REDIS_KEY_MAX], count[64];
         redis_backend__key(c, sizeof(c), list[i].name, list[i].len, 'c');
         redis_backend__key(o, sizeof(o), list[i].name, list[i].len, 'o');
         snprintf(count, sizeof(count), "%u %s", list[i].subs, val);

@@ -65,6 +65,10 @@ struct rb {
 void redis_backend__post(struct rb *rb, struct task *t);
 /* Writes the key "herald:{name}:<suffix>" into buf; returns its length. */
 size_t redis_backend__key(char *buf, size_t size, const char *name, size_t len, char suffix);
+/* Room for a channel's Redis key: "herald:{" KEY "}:x" and the longer ones made from it
+ * (a Redis Cluster's last-id key). A shorter buffer would cut keys, and two long names of
+ * an app would share one. */
+#define REDIS_KEY_MAX (CHANNEL_KEY_MAX + 48)
 /* The listing index of the namespace of channel key name[0..len): "herald:channels" for
  * the default app, "herald:channels:{APP}" for an app's (its hash tag puts it on one slot
  * with the app's rate key, for the gate script). buf holds REDIS_INDEX_KEY_MAX. */

@@ -113,7 +113,8 @@ static void chan_run(struct task *t)
 {
     struct chan_task *ct = (struct chan_task *)t;
     struct rb *rb = ct->rb;
-    char h[160], o[160], s[160], c[160], m[160], now[24], ttl[16], httl[16], f[4][24];
+    char h[REDIS_KEY_MAX], o[REDIS_KEY_MAX], s[REDIS_KEY_MAX], c[REDIS_KEY_MAX], m[REDIS_KEY_MAX],
+        now[24], ttl[16], httl[16], f[4][24];
     redis_backend__key(h, sizeof(h), ct->name, ct->len, 'h');
     redis_backend__key(o, sizeof(o), ct->name, ct->len, 'o');
     redis_backend__key(s, sizeof(s), ct->name, ct->len, 's');

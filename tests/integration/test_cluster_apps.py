@@ -360,3 +360,48 @@ def test_apps_on_a_redis_cluster(rcluster, herald, plans):
     wait_until(lambda: admin(b, "GET", "/admin/apps/rc-y").status == 404, timeout=1,
                what="the deletion on B")
     assert admin(b, "GET", "/admin/apps/rc-x").status == 200
+
+
+# ---- settings and long names in Redis -------------------------------------------------------------
+
+
+def test_app_settings_hold_in_cluster_mode(nodes):
+    a, b = nodes
+    r = admin(a, "POST", "/admin/apps", {"name": "cset", "plan": "big", "subscribe": "public",
+                                          "settings": {"auto_create": False, "history_size": 2}})
+    assert r.status == 201, r.body
+    key = r.json()["publish_key"]
+    known_within(b, "cset", key, 1.0)
+    # auto_create off for this app only: Redis refuses to make its channel on a publish.
+    assert pub(b, "cset", "nochan", "x", key).status == 404
+    assert pub(b, None, "cset-default-still-creates", "x", None).status == 201
+    h = {"Authorization": f"Bearer {key}"}
+    assert request(a.port, "PUT", "/apps/cset/api/channels/made", "", h).status in (200, 201)
+    for i in range(4):
+        assert pub(b, "cset", "made", f"m{i}", key).status == 201
+    with app_sub("sse", a, "cset", "made", since="0") as s:
+        got = []
+        while len(got) < 2:
+            ev = s.next_event()
+            if ev.event is None:
+                got.append(ev.json()["data"])
+        assert got == ["m2", "m3"]
+
+
+def test_long_names_keep_their_own_redis_keys(nodes):
+    """A 40-byte app name and 128-byte channel names: two names that share their first 120
+    bytes stay two channels (a key buffer cut them to one)."""
+    a, b = nodes
+    app = "x" * 40
+    key = create_app(a, app)["publish_key"]
+    known_within(b, app, key, 1.0)
+    n1, n2 = "c" * 127 + "1", "c" * 127 + "2"
+    assert pub(a, app, n1, "one", key).status == 201
+    assert pub(b, app, n2, "two", key).status == 201
+    h = {"Authorization": f"Bearer {key}"}
+    for n, want in ((n1, "one"), (n2, "two")):
+        r = request(a.port, "GET", f"/apps/{app}/poll?channels={n}&since=0&timeout=0")
+        assert r.status == 200, r.body
+        assert [m["data"] for m in r.json()["messages"]] == [want]
+    r = request(b.port, "GET", f"/apps/{app}/api/channels", headers=h)
+    assert sorted(c["name"] for c in r.json()["channels"]) == [n1, n2]
