@@ -17,6 +17,7 @@
 
 #include "apps/apps.h"
 #include "core/log.h"
+#include "core/tls.h"
 #include "http/router.h"
 #include "transport/ws_frame.h"
 
@@ -984,6 +985,14 @@ static void handle_stats(struct http_ctx *x)
         sbuf_add(&b, "}", 1);
         free(infos);
     }
+    if (srv->tls) {
+        struct tls_stats ts;
+        tls_stats(&ts);
+        sbuf_printf(&b,
+                    ",\"tls\":{\"connections\":%" PRIu64 ",\"handshakes\":%" PRIu64
+                    ",\"resumed\":%" PRIu64 ",\"failed\":%" PRIu64 "}",
+                    ts.connections, ts.handshakes, ts.resumed, ts.failed);
+    }
     if (srv->hub.be_ops && srv->hub.be_ops->stats_json)
         srv->hub.be_ops->stats_json(srv->hub.be, &b);
     sbuf_adds(&b, "}\n");
@@ -1069,6 +1078,17 @@ static void handle_metrics(struct http_ctx *x)
     metric(&b, "herald_uptime_seconds", "gauge", "Seconds since start.",
            (wall_ms() - srv->started_ms) / 1000);
     metric(&b, "herald_workers", "gauge", "Worker threads.", (uint64_t)srv->nworkers);
+    if (srv->tls) {
+        struct tls_stats ts;
+        tls_stats(&ts);
+        metric(&b, "herald_tls_connections", "gauge", "Open TLS connections.", ts.connections);
+        metric(&b, "herald_tls_handshakes_total", "counter", "Completed TLS handshakes.",
+               ts.handshakes);
+        metric(&b, "herald_tls_sessions_resumed_total", "counter",
+               "TLS handshakes that resumed a session.", ts.resumed);
+        metric(&b, "herald_tls_handshakes_failed_total", "counter",
+               "TLS connections that ended before their handshake completed.", ts.failed);
+    }
     /* Which apps exist and what they do is admin data: the API's credentials (or
      * loopback trust without --publish-key), as for /stats?channels=1. */
     if (api_may_publish(x->req, x->c, NULL))

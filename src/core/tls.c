@@ -23,6 +23,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <stdatomic.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
@@ -45,7 +46,19 @@ enum tls_state {
     TLS_WRITE_WANTS_READ = 1u << 1, /* SSL_write needs bytes from the peer */
     TLS_BROKEN = 1u << 2,           /* a fatal error: no close_notify */
     TLS_SHUT = 1u << 3,             /* close_notify sent */
+    TLS_DONE = 1u << 4,             /* the handshake completed (and was counted) */
 };
+
+/* What /stats and /metrics show: one TLS configuration per process. */
+static atomic_uint_fast64_t st_open, st_handshakes, st_resumed, st_failed;
+
+void tls_stats(struct tls_stats *out)
+{
+    out->connections = atomic_load(&st_open);
+    out->handshakes = atomic_load(&st_handshakes);
+    out->resumed = atomic_load(&st_resumed);
+    out->failed = atomic_load(&st_failed);
+}
 
 struct tls_server {
     pthread_mutex_t lock; /* guards ctx: a reload swaps it while workers take references */
@@ -59,6 +72,17 @@ struct tls_conn {
     uint32_t wlen;
     uint32_t state; /* enum tls_state */
 };
+
+/* Counts the handshake once it completed. */
+static void note_handshake(struct tls_conn *t)
+{
+    if ((t->state & TLS_DONE) || !SSL_is_init_finished(t->ssl))
+        return;
+    t->state |= TLS_DONE;
+    atomic_fetch_add_explicit(&st_handshakes, 1, memory_order_relaxed);
+    if (SSL_session_reused(t->ssl))
+        atomic_fetch_add_explicit(&st_resumed, 1, memory_order_relaxed);
+}
 
 /* ---- certificates -------------------------------------------------------------- */
 
@@ -267,6 +291,7 @@ struct tls_conn *tls_conn_new(struct tls_server *ts, int fd)
     SSL_set_accept_state(ssl);
     struct tls_conn *t = xcalloc(1, sizeof(*t));
     t->ssl = ssl;
+    atomic_fetch_add_explicit(&st_open, 1, memory_order_relaxed);
     return t;
 }
 
@@ -283,6 +308,10 @@ void tls_conn_free(struct tls_conn *t)
 {
     if (!t)
         return;
+    note_handshake(t);
+    atomic_fetch_sub_explicit(&st_open, 1, memory_order_relaxed);
+    if (!(t->state & TLS_DONE)) /* garbage, no common version, a silent client, a timeout */
+        atomic_fetch_add_explicit(&st_failed, 1, memory_order_relaxed);
     tls_shutdown(t);
     SSL_free(t->ssl);
     free(t->wbuf);
@@ -338,6 +367,7 @@ ssize_t tls_read(struct tls_conn *t, void *buf, size_t cap)
     }
     errno = 0;
     int n = SSL_read(t->ssl, buf, (int)MIN(cap, (size_t)INT_MAX));
+    note_handshake(t);
     return n > 0 ? n : ssl_failed(t, n, true);
 }
 

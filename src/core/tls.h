@@ -30,6 +30,15 @@
 struct tls_server;
 struct tls_conn;
 
+/* TLS figures of the process (for /stats and /metrics). */
+struct tls_stats {
+    uint64_t connections; /* open TLS connections */
+    uint64_t handshakes;  /* completed handshakes */
+    uint64_t resumed;     /* of which resumed a session */
+    uint64_t failed;      /* connections that ended before their handshake completed */
+};
+void tls_stats(struct tls_stats *out);
+
 /*
  * Loads the certificate chain (PEM, the server's certificate first) and its
  * private key (PEM; key_file NULL or "": the key is in cert_file). Returns the

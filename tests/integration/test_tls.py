@@ -33,7 +33,18 @@ import warnings
 import pytest
 import websockets
 
-from helpers import SSE, WAIT, Deadline, RawConn, Stream, free_port, http_get, sub_query, wait_until
+from helpers import (
+    SSE,
+    WAIT,
+    Deadline,
+    RawConn,
+    Stream,
+    free_port,
+    http_get,
+    request,
+    sub_query,
+    wait_until,
+)
 from test_browser import QuietHandler, assert_page_received, page_server, run_chromium, run_page  # noqa: F401
 
 OPENSSL_STEPS = [
@@ -597,3 +608,46 @@ def test_listener_configuration_errors(herald_bin, certs):
     assert f"127.0.0.1:{port} is in both --listen and --listen-tls" in p.stderr
     p = subprocess.run([herald_bin, "--listen", ""], capture_output=True, text=True, timeout=WAIT)
     assert p.returncode == 2 and "no listener" in p.stderr
+
+
+def test_tls_figures_in_stats_and_metrics(herald, certs):
+    s = start_tls(herald, certs, header_timeout="1s")
+    ctx = client_ctx(certs, maximum_version=ssl.TLSVersion.TLSv1_2)
+
+    def get(session=None):
+        raw = socket.create_connection(("127.0.0.1", s.tport), timeout=WAIT)
+        sock = ctx.wrap_socket(raw, server_hostname="127.0.0.1", session=session)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        while sock.recv(4096):
+            pass
+        out = sock.session
+        sock.close()
+        return out
+
+    session = get()
+    get(session)
+    # Two that never finish a handshake: garbage, and a client that says nothing.
+    with socket.create_connection(("127.0.0.1", s.tport), timeout=WAIT) as g:
+        g.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        try:
+            g.recv(100)  # herald closes it (a reset: unread bytes)
+        except ConnectionResetError:
+            pass
+    held = socket.create_connection(("127.0.0.1", s.tport), timeout=WAIT)
+
+    def tls():
+        return request(s.port, "GET", "/stats").json()["tls"]
+
+    wait_until(lambda: tls()["failed"] >= 1 and tls()["connections"] == 1, what="TLS figures")
+    st = tls()
+    assert st["handshakes"] == 2 and st["resumed"] == 1, st
+    held.close()
+    wait_until(lambda: tls()["connections"] == 0 and tls()["failed"] == 2, what="silent client")
+    text = request(s.port, "GET", "/metrics").body.decode()
+    assert "herald_tls_handshakes_total 2" in text
+    assert "herald_tls_sessions_resumed_total 1" in text
+    assert "herald_tls_handshakes_failed_total 2" in text
+    assert "herald_tls_connections 0" in text
+    # Without TLS listeners there is no "tls" member.
+    plain = herald()
+    assert "tls" not in request(plain.port, "GET", "/stats").json()
