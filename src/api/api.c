@@ -938,25 +938,16 @@ static void app_stats(struct http_ctx *x)
     sbuf_free(&b);
 }
 
-static void handle_stats(struct http_ctx *x)
+/* The node's figures as /stats gives them (with the subscribers of each channel of the
+ * default app when per_channel). */
+static void stats_json(struct server *srv, struct sbuf *b, bool per_channel)
 {
-    if (x->tenant)
-        return app_stats(x);
-    struct server *srv = conn_server(x->c);
     struct hub_stats *s = &srv->hub.stats;
-    const char *v;
-    size_t vl;
-    /* Channel names and per-channel figures are admin data: the channel API's credentials. */
-    bool per_channel = http_query_param(x->req->query, x->req->query_len, "channels", &v, &vl) &&
-                       vl && !(vl == 1 && *v == '0');
-    if (per_channel && !authorized(x))
-        return;
     struct totals t;
     sum_workers(srv, &t);
     size_t nchannels, nephemeral;
     hub_channel_counts(&srv->hub, &nchannels, &nephemeral);
-    struct sbuf b = {0};
-    sbuf_printf(&b,
+    sbuf_printf(b,
                 "{\"node\":\"%s\",\"uptime\":%" PRIu64 ",\"workers\":%d,"
                 "\"connections\":{\"total\":%" PRIu64 ",\"websocket\":%" PRIu64 ",\"sse\":%" PRIu64
                 ",\"longpoll\":%" PRIu64 ",\"stream\":%" PRIu64 ",\"http\":%" PRIu64
@@ -975,29 +966,87 @@ static void handle_stats(struct http_ctx *x)
         size_t total, max = 1000;
         struct channel_info *infos = xmalloc(max * sizeof(*infos));
         size_t n = hub_channel_list(&srv->hub, "", 0, NULL, infos, max, &total);
-        sbuf_adds(&b, ",\"channel_subscribers\":{");
+        sbuf_adds(b, ",\"channel_subscribers\":{");
         for (size_t i = 0; i < n; i++) {
             if (i)
-                sbuf_add(&b, ",", 1);
-            sbuf_add_json_str(&b, infos[i].name, strlen(infos[i].name));
-            sbuf_printf(&b, ":%u", infos[i].subscribers);
+                sbuf_add(b, ",", 1);
+            sbuf_add_json_str(b, infos[i].name, strlen(infos[i].name));
+            sbuf_printf(b, ":%u", infos[i].subscribers);
         }
-        sbuf_add(&b, "}", 1);
+        sbuf_add(b, "}", 1);
         free(infos);
     }
     if (srv->tls) {
         struct tls_stats ts;
         tls_stats(&ts);
-        sbuf_printf(&b,
+        sbuf_printf(b,
                     ",\"tls\":{\"connections\":%" PRIu64 ",\"handshakes\":%" PRIu64
                     ",\"resumed\":%" PRIu64 ",\"failed\":%" PRIu64 "}",
                     ts.connections, ts.handshakes, ts.resumed, ts.failed);
     }
     if (srv->hub.be_ops && srv->hub.be_ops->stats_json)
-        srv->hub.be_ops->stats_json(srv->hub.be, &b);
-    sbuf_adds(&b, "}\n");
+        srv->hub.be_ops->stats_json(srv->hub.be, b);
+    sbuf_adds(b, "}");
+}
+
+static void handle_stats(struct http_ctx *x)
+{
+    if (x->tenant)
+        return app_stats(x);
+    const char *v;
+    size_t vl;
+    /* Channel names and per-channel figures are admin data: the channel API's credentials. */
+    bool per_channel = http_query_param(x->req->query, x->req->query_len, "channels", &v, &vl) &&
+                       vl && !(vl == 1 && *v == '0');
+    if (per_channel && !authorized(x))
+        return;
+    struct sbuf b = {0};
+    stats_json(conn_server(x->c), &b, per_channel);
+    sbuf_adds(&b, "\n");
     http_respond(x, 200, "application/json", "Cache-Control: no-cache\r\n", b.data, b.len);
     sbuf_free(&b);
+}
+
+/* ---- GET /stats/stream: the figures once a second, as Server-Sent Events ----------------
+ *
+ * For dashboards (the admin UI) and `curl -N`: each event is /stats's object with
+ * "time" (wall ms) added, so a reader computes rates from two of them. The stream is
+ * on the API listener, behind the API's credentials (a browser sends them with fetch()
+ * and a header, never in the URL). The connection does nothing else: what it sends
+ * is dropped, and it ends at shutdown or when it cannot keep up. */
+
+#define STATS_STREAM_MS 1000
+
+static void stats_stream_tick(struct conn *c)
+{
+    struct sbuf b = {0};
+    sbuf_adds(&b, "data: ");
+    stats_json(conn_server(c), &b, false);
+    b.len--; /* reopen the object for "time" */
+    sbuf_printf(&b, ",\"time\":%" PRIu64 "}\n\n", wall_ms());
+    conn_send_copy(c, b.data, b.len);
+    sbuf_free(&b);
+    conn_timer_start(c, STATS_STREAM_MS);
+}
+
+static const struct conn_ops stats_stream_ops = {
+    .kind = CONN_STREAM,
+    .on_timer = stats_stream_tick,
+};
+
+static void handle_stats_stream(struct http_ctx *x)
+{
+    struct conn *c = x->c;
+    if (x->req->method_id == HTTP_M_HEAD)
+        return http_respond(x, 200, "text/event-stream; charset=utf-8", NULL, "", 0);
+    struct sbuf b = {0};
+    http_head(x, &b, 200, "text/event-stream; charset=utf-8");
+    sbuf_adds(&b, "Cache-Control: no-cache, no-store\r\nX-Accel-Buffering: no\r\n"
+                  "Connection: keep-alive\r\n\r\nretry: 3000\n\n");
+    conn_set_ops(c, &stats_stream_ops);
+    conn_send_copy(c, b.data, b.len);
+    sbuf_free(&b);
+    stats_stream_tick(c); /* the first figures at once */
 }
 
 static void metric(struct sbuf *b, const char *name, const char *type, const char *help, uint64_t v)
@@ -1150,6 +1199,11 @@ static const struct http_route routes[] = {
      .guard = app_guard,
      .handle = handle_stats},
     {.path = "/metrics", .methods = ROUTE_GET, .flags = ROUTE_API, .handle = handle_metrics},
+    {.path = "/stats/stream",
+     .methods = ROUTE_GET,
+     .flags = ROUTE_API,
+     .guard = authorized,
+     .handle = handle_stats_stream},
     {.path = "/pub/",
      .methods = ROUTE_POST,
      .flags = ROUTE_API | ROUTE_PREFIX | ROUTE_APP,

@@ -140,3 +140,39 @@ def test_healthz(srv):
     r = srv.request("GET", "/healthz")
     assert r.status == 200 and r.json() == {"status": "ok"}
     assert srv.request("HEAD", "/healthz").body == b""
+
+
+def test_stats_stream_sends_the_figures_every_second(herald):
+    import http.client
+    import json as _json
+    import time as _time
+
+    s = herald(publish_key="pk")
+    # The API's credentials, as /stats?channels=1: a page of another origin or a stranger
+    # gets nothing.
+    conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=10)
+    conn.request("GET", "/stats/stream")
+    r = conn.getresponse()
+    assert r.status == 401
+    r.read()
+    conn.close()
+    conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=10)
+    conn.request("GET", "/stats/stream", headers={"Authorization": "Bearer pk"})
+    r = conn.getresponse()
+    assert r.status == 200 and r.getheader("Content-Type").startswith("text/event-stream")
+    events, t0 = [], _time.monotonic()
+    buf = b""
+    while len(events) < 3:
+        buf += r.read1(4096)
+        while b"\n\n" in buf:
+            block, buf = buf.split(b"\n\n", 1)
+            for line in block.split(b"\n"):
+                if line.startswith(b"data: "):
+                    events.append(_json.loads(line[6:]))
+    took = _time.monotonic() - t0
+    conn.close()
+    assert 1.5 < took < 6, took  # the first at once, then one a second
+    assert [e["time"] > 0 for e in events] == [True] * 3
+    assert events[0]["time"] < events[1]["time"] < events[2]["time"]
+    assert all(e["node"] == events[0]["node"] and "messages" in e for e in events)
+    assert events[-1]["connections"]["stream"] >= 1  # this very stream
