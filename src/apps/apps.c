@@ -667,6 +667,8 @@ int apps_update(struct app *a, const char *plan, int subscribe_public)
 int apps_rotate_key(struct app *a)
 {
     pthread_rwlock_wrlock(&reg.lock);
+    if (a->keys[1][0]) /* the oldest key goes: WebSockets it opened stop publishing */
+        atomic_fetch_add(&a->t.creds_epoch, 1);
     memcpy(a->keys[1], a->keys[0], sizeof(a->keys[0]));
     new_key(a->keys[0]);
     pthread_rwlock_unlock(&reg.lock);

@@ -746,6 +746,23 @@ def test_a_revoked_key_stops_websockets_that_upgraded_with_it(herald):
             assert "app" in err["detail"]
 
     arun(scenario())
+    # A second rotation drops the oldest key: WebSockets whose upgrade made them publishers
+    # (whatever key they showed) must show a key again, in the op.
+    r = admin(s, "POST", "/admin/apps/rot2/keys")
+    k1 = r.json()["publish_key"]
+
+    async def dropped():
+        url = f"ws://127.0.0.1:{s.port}/apps/rot2/ws"
+        async with websockets.connect(url, extra_headers={"Authorization": f"Bearer {k1}"},
+                                      ping_interval=None) as w:
+            assert admin(s, "POST", "/admin/apps/rot2/keys").status == 201  # drops the oldest
+            await w.send(json.dumps({"op": "publish", "channel": "c", "data": 5, "ref": 5}))
+            assert (await recv_json(w))["error"] == "unauthorized"
+            op = {"op": "publish", "channel": "c", "data": 6, "ref": 6, "key": k1}
+            await w.send(json.dumps(op))
+            assert (await recv_json(w))["event"] == "published"  # k1 is still valid
+
+    arun(dropped())
 
 
 def test_an_app_stored_without_a_token_secret_is_not_public(herald, tmp_path):
