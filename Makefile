@@ -60,6 +60,15 @@ $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
+# The admin UI (web/admin/) is served by herald under /admin/: each file's bytes become a
+# C initializer list that src/web/admin_ui.c includes.
+ADMIN_UI := index.html ui.js ui.css
+$(BUILD)/gen/admin/%.inc: web/admin/%
+	@mkdir -p $(dir $@)
+	xxd -i < $< > $@
+$(BUILD)/src/web/admin_ui.o: $(ADMIN_UI:%=$(BUILD)/gen/admin/%.inc)
+$(BUILD)/src/web/admin_ui.o: CFLAGS += -I$(BUILD)/gen
+
 $(HERALD): $(LIB_OBJ) $(MAIN_OBJ)
 	$(CC) $(LDSAN) -o $@ $^ $(LDLIBS)
 

@@ -24,6 +24,7 @@
 #include "http/http_conn.h"
 #include "http/router.h"
 #include "transport/transport.h"
+#include "web/admin_ui.h"
 
 static struct server srv;
 
@@ -138,6 +139,7 @@ int main(int argc, char **argv)
     srv.accept_ops = &http_conn_ops;
     api_init();
     admin_init();
+    admin_ui_init();
     tsuru_init(&srv.cfg);
     transport_init();
     if (server_start(&srv) < 0)

@@ -1,0 +1,146 @@
+"""The admin UI (/admin/, issue 9) in headless Chromium, driven over the DevTools
+protocol: sign in with the admin key, watch a connection appear on the live overview
+(fed by /stats/stream), create an app, open a channel, publish from its form and see the
+message in the page's live tail and in an independent subscriber (http.client). The page
+must log no error and load nothing from elsewhere (its Content-Security-Policy). Each
+page's screenshot is saved in build/screenshots/ (docs/admin-ui.md shows them).
+"""
+
+import asyncio
+import base64
+import json
+import os
+import re
+
+import pytest
+import websockets
+
+from helpers import SSE, request, wait_until
+from test_browser import DevTools, open_page, run_chromium
+
+ADMIN = "ui-admin-key"
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+SHOTS = os.path.join(ROOT, "build", "screenshots")
+
+
+@pytest.fixture
+def chromium():
+    yield from run_chromium()
+
+
+class Page(DevTools):
+    """DevTools on one page that also keeps the console errors and exceptions it reports."""
+
+    def __init__(self, ws):
+        super().__init__(ws)
+        self.errors = []
+
+    async def call(self, method, **params):
+        self.next_id += 1
+        my_id = self.next_id
+        await self.ws.send(json.dumps({"id": my_id, "method": method, "params": params}))
+        while True:
+            msg = json.loads(await asyncio.wait_for(self.ws.recv(), 20))
+            if msg.get("method") == "Runtime.exceptionThrown":
+                self.errors.append(msg["params"]["exceptionDetails"].get("text"))
+            elif msg.get("method") == "Log.entryAdded" and msg["params"]["entry"]["level"] == "error":
+                self.errors.append(msg["params"]["entry"].get("text"))
+            elif msg.get("method") == "Runtime.consoleAPICalled" and msg["params"]["type"] == "error":
+                self.errors.append(json.dumps(msg["params"]["args"]))
+            if msg.get("id") == my_id:
+                assert "error" not in msg, msg
+                return msg["result"]
+
+    async def shot(self, name):
+        os.makedirs(SHOTS, exist_ok=True)
+        png = await self.call("Page.captureScreenshot", format="png")
+        with open(os.path.join(SHOTS, f"admin-{name}.png"), "wb") as f:
+            f.write(base64.b64decode(png["data"]))
+
+
+def test_the_page_is_served_with_its_security_headers(herald):
+    s = herald(admin_key=ADMIN)
+    r = request(s.port, "GET", "/admin/")
+    assert r.status == 200 and r.headers["content-type"].startswith("text/html")
+    csp = r.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "script-src 'self'" in csp
+    assert "frame-ancestors 'none'" in csp and r.headers["x-frame-options"] == "DENY"
+    # Nothing from elsewhere, no inline script.
+    assert not re.search(rb"https?://", r.body) and b"<script>" not in r.body
+    for path, ctype in (("/admin/ui.js", "text/javascript"), ("/admin/ui.css", "text/css")):
+        r = request(s.port, "GET", path)
+        assert r.status == 200 and r.headers["content-type"].startswith(ctype)
+        assert not re.search(rb"https?://(?!www\.w3\.org/2000/svg)", r.body), path
+    r = request(s.port, "GET", "/admin")
+    assert r.status == 308 and r.headers["location"] == "/admin/"
+    # The page is not the API: the API it calls keeps its key.
+    assert request(s.port, "GET", "/admin/apps").status == 401
+
+
+def test_sign_in_overview_apps_channel_publish(herald, chromium, chan):
+    s = herald(admin_key=ADMIN)
+    port = re.search(r":(\d+)/", chromium).group(1)
+    url = f"http://127.0.0.1:{s.port}/admin/"
+    assert request(s.port, "POST", f"/pub/{chan}", "before", {"Authorization": f"Bearer {ADMIN}"}).status == 201
+
+    async def run():
+        target = await open_page(chromium, url)
+        async with websockets.connect(f"ws://127.0.0.1:{port}/devtools/page/{target}",
+                                      max_size=None) as pws:
+            page = Page(pws)
+            for domain in ("Runtime.enable", "Log.enable", "Page.enable"):
+                await page.call(domain)
+            await page.call("Emulation.setDeviceMetricsOverride", width=1200, height=1000,
+                            deviceScaleFactor=1, mobile=False)
+            await page.call("Page.navigate", url=url)
+            await page.wait_for("!!document.getElementById('signin')")
+            await page.shot("signin")
+            # A wrong key is refused in the page.
+            await page.eval("document.getElementById('key').value = 'wrong';"
+                            "document.getElementById('signin').requestSubmit()")
+            await page.wait_for("!document.getElementById('signin-error').hidden")
+            await page.eval(f"document.getElementById('key').value = {json.dumps(ADMIN)};"
+                            "document.getElementById('signin').requestSubmit()")
+            # The overview: live figures from /stats/stream; a subscriber appears on them.
+            await page.wait_for("window.heraldStats && window.heraldStats.node")
+            assert await page.eval("sessionStorage.getItem('herald-admin-key')") == ADMIN
+            assert ADMIN not in await page.eval("location.href")
+            with SSE(s, chan) as sub:
+                await page.wait_for("window.heraldStats.connections.sse >= 1", timeout=10)
+                await asyncio.sleep(1.2)  # one more point on the charts
+                await page.shot("overview")
+                # Apps: create one; its credentials are shown once.
+                await page.eval("location.hash = '#/apps'")
+                await page.wait_for("!!document.querySelector('form.card input')")
+                await page.eval("const f = document.querySelector('form.card');"
+                                "f.querySelector('input').value = 'ui-app';"
+                                "f.requestSubmit()")
+                await page.wait_for("!!document.querySelector('tr[data-app=\"ui-app\"]') &&"
+                                    "!!document.querySelector('.secret code')")
+                await page.shot("apps")
+                # Channels, then the channel: history and live tail, publish from the form.
+                await page.eval("location.hash = '#/channels'")
+                await page.wait_for(f"document.body.innerText.includes({json.dumps(chan)})")
+                await page.shot("channels")
+                await page.eval(f"location.hash = '#/channel/' + encodeURIComponent({json.dumps(chan)})")
+                await page.wait_for("document.querySelectorAll('#tail li').length >= 1")
+                # The channel's options, as the channel API gives them.
+                await page.wait_for("document.querySelector('main dl') &&"
+                                    "document.querySelector('main dl').innerText.includes('subscribers')")
+                assert "[object" not in await page.eval("document.body.innerText")
+                assert "before" in await page.eval("document.getElementById('tail').innerText")
+                await page.eval("document.getElementById('publish-data').value = 'from the form';"
+                                "document.getElementById('publish').requestSubmit()")
+                await page.wait_for("document.getElementById('tail').innerText.includes('from the form')")
+                await page.shot("channel")
+                got = sub.next_message()
+                assert got["data"] == "from the form" and got["channel"] == chan
+            return page.errors
+
+    errors = asyncio.run(asyncio.wait_for(run(), 90))
+    # The one 401 of the wrong key is the only thing the console may say.
+    assert all("401" in e for e in errors), errors
+    r = request(s.port, "GET", "/admin/apps/ui-app", headers={"Authorization": f"Bearer {ADMIN}"})
+    assert r.status == 200
+    for name in ("signin", "overview", "apps", "channels", "channel"):
+        assert os.path.getsize(os.path.join(SHOTS, f"admin-{name}.png")) > 1000

@@ -1,0 +1,330 @@
+// herald's admin UI: one page, hash routes, no dependencies. Served by herald itself
+// (compiled into the binary) with a Content-Security-Policy that allows this file only.
+// The admin key lives in sessionStorage and goes out as "Authorization: Bearer", never
+// in a URL; nothing here uses cookies, so another site cannot act through this page.
+
+const main = document.getElementById("main");
+const signinForm = document.getElementById("signin");
+let key = sessionStorage.getItem("herald-admin-key") || "";
+let stopPage = () => {};
+
+// ---- small helpers --------------------------------------------------------------------
+
+function el(tag, attrs = {}, ...kids) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "on") for (const [ev, fn] of Object.entries(v)) e.addEventListener(ev, fn);
+    else if (v !== undefined && v !== null) e.setAttribute(k, v);
+  }
+  for (const k of kids.flat(Infinity)) e.append(k instanceof Node ? k : document.createTextNode(String(k)));
+  return e;
+}
+
+async function api(method, path, body) {
+  const headers = { Authorization: `Bearer ${key}` };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const r = await fetch(path, {
+    method, headers, body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await r.text();
+  let doc = null;
+  try { doc = text ? JSON.parse(text) : null; } catch { doc = { detail: text }; }
+  if (!r.ok) {
+    const err = new Error((doc && (doc.detail || doc.error)) || `${r.status}`);
+    err.status = r.status;
+    throw err;
+  }
+  return doc;
+}
+
+function show(...nodes) {
+  main.replaceChildren(...nodes);
+}
+
+function errorBox(e) {
+  return el("p", { class: "error" }, e.message || String(e));
+}
+
+const fmt = (n) => (n >= 1e6 ? (n / 1e6).toFixed(1) + "M" : n >= 1e4 ? (n / 1e3).toFixed(1) + "k" : String(Math.round(n)));
+
+// ---- sign in ------------------------------------------------------------------------------
+
+function signedIn() {
+  document.getElementById("nav").hidden = false;
+  route();
+}
+
+signinForm.addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  key = document.getElementById("key").value;
+  try {
+    await api("GET", "/admin/plans");
+    sessionStorage.setItem("herald-admin-key", key);
+    signedIn();
+  } catch (e) {
+    const p = document.getElementById("signin-error");
+    p.hidden = false;
+    p.textContent = e.status === 401 ? "That is not the admin key." : e.message;
+  }
+});
+
+document.getElementById("signout").addEventListener("click", () => {
+  sessionStorage.removeItem("herald-admin-key");
+  location.hash = "";
+  location.reload();
+});
+
+// ---- overview: live charts from /stats/stream ----------------------------------------------
+
+const WINDOW = 60; // seconds on a chart
+
+function chart(title, series) {
+  // series: [{name, values: []}] -> an SVG with one polyline each, and a legend.
+  const w = 560, h = 140;
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
+  svg.setAttribute("class", "chart");
+  const legend = el("div", { class: "legend" });
+  const box = el("section", { class: "card" }, el("h2", {}, title), svg, legend);
+  box.update = () => {
+    const max = Math.max(1, ...series.flatMap((s) => s.values));
+    svg.replaceChildren();
+    series.forEach((s, i) => {
+      const n = s.values.length; // the newest point at the right edge
+      const pts = s.values.map((v, j) =>
+        `${w - ((n - 1 - j) / (WINDOW - 1)) * w},${h - 4 - (v / max) * (h - 8)}`).join(" ");
+      const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+      line.setAttribute("points", pts);
+      line.setAttribute("class", `s${i}`);
+      svg.append(line);
+    });
+    legend.replaceChildren(...series.map((s, i) =>
+      el("span", { class: `s${i}` }, `${s.name}: ${fmt(s.values.at(-1) ?? 0)}`)));
+  };
+  return box;
+}
+
+function overview() {
+  const nodes = new Map(); // node -> {last, charts}
+  const status = el("p", { class: "muted", id: "stream-status" }, "connecting to /stats/stream…");
+  const holder = el("div");
+  show(el("h1", {}, "Overview"), status, holder);
+  const ctl = new AbortController();
+
+  function nodeView(name) {
+    const transports = ["websocket", "sse", "longpoll", "stream"].map((t) => ({ name: t, values: [] }));
+    const rates = [{ name: "messages in/s", values: [] }, { name: "messages out/s", values: [] }];
+    const slow = [{ name: "slow consumers cut/s", values: [] }];
+    const c1 = chart(`Connections by transport — ${name}`, transports);
+    const c2 = chart(`Messages per second — ${name}`, rates);
+    const c3 = chart(`Slow consumers cut — ${name}`, slow);
+    const totals = el("p", { class: "totals", "data-node": name });
+    holder.append(el("div", { class: "node" }, el("h2", {}, `Node ${name}`), totals, c1, c2, c3));
+    return { transports, rates, slow, charts: [c1, c2, c3], totals, last: null };
+  }
+
+  function push(arr, v) {
+    arr.push(v);
+    if (arr.length > WINDOW) arr.shift();
+  }
+
+  function onStats(s) {
+    let n = nodes.get(s.node);
+    if (!n) nodes.set(s.node, (n = nodeView(s.node)));
+    n.transports.forEach((t) => push(t.values, s.connections[t.name]));
+    if (n.last) {
+      const dt = Math.max(0.001, (s.time - n.last.time) / 1000);
+      push(n.rates[0].values, (s.messages.published - n.last.messages.published) / dt);
+      push(n.rates[1].values, (s.messages.delivered - n.last.messages.delivered) / dt);
+      push(n.slow[0].values, (s.slow_consumers_closed - n.last.slow_consumers_closed) / dt);
+    }
+    n.last = s;
+    n.totals.textContent = `${s.connections.total} connections (${s.connections.websocket} WebSocket, ` +
+      `${s.connections.sse} SSE, ${s.connections.longpoll} long-poll, ${s.connections.stream} stream), ` +
+      `${s.channels} channels, ${s.apps} apps, ${fmt(s.messages.published)} published, ` +
+      `${fmt(s.messages.delivered)} delivered, up ${s.uptime} s`;
+    n.charts.forEach((c) => c.update());
+    status.textContent = `live: updated ${new Date(s.time).toLocaleTimeString()}`;
+    window.heraldStats = s; // what the browser test reads
+  }
+
+  (async () => {
+    for (;;) {
+      try {
+        const r = await fetch("/stats/stream", {
+          headers: { Authorization: `Bearer ${key}` }, signal: ctl.signal,
+        });
+        if (!r.ok) throw new Error(`/stats/stream answered ${r.status}`);
+        const reader = r.body.getReader();
+        const dec = new TextDecoder();
+        let buf = "";
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buf += dec.decode(value, { stream: true });
+          let i;
+          while ((i = buf.indexOf("\n\n")) >= 0) {
+            const block = buf.slice(0, i);
+            buf = buf.slice(i + 2);
+            for (const line of block.split("\n"))
+              if (line.startsWith("data: ")) onStats(JSON.parse(line.slice(6)));
+          }
+        }
+      } catch (e) {
+        if (ctl.signal.aborted) return;
+        status.textContent = `stream lost (${e.message}); retrying`;
+      }
+      await new Promise((res) => setTimeout(res, 2000));
+    }
+  })();
+  return () => ctl.abort();
+}
+
+// ---- apps ------------------------------------------------------------------------------------
+
+async function appsPage() {
+  const out = el("div");
+  const plans = (await api("GET", "/admin/plans")).plans;
+  const name = el("input", { placeholder: "app name (a-z, 0-9, -)", required: "", pattern: "[a-z0-9][a-z0-9\\-]{0,39}" });
+  const plan = el("select", {}, plans.map((p) => el("option", { value: p.name }, `${p.name}: ${p.description}`)));
+  const pub = el("input", { type: "checkbox" });
+  const secrets = el("div");
+  const form = el("form", { class: "card", on: { submit: async (ev) => {
+    ev.preventDefault();
+    try {
+      const a = await api("POST", "/admin/apps", { name: name.value, plan: plan.value,
+        subscribe: pub.checked ? "public" : "token" });
+      secrets.replaceChildren(credentials(a));
+      name.value = "";
+      load();
+    } catch (e) { secrets.replaceChildren(errorBox(e)); }
+  } } }, el("h2", {}, "Create an app"), name, plan,
+  el("label", {}, pub, " anyone may subscribe (no token)"), el("button", { type: "submit" }, "Create"), secrets);
+
+  async function load() {
+    try {
+      const doc = await api("GET", "/admin/apps");
+      out.replaceChildren(el("table", {},
+        el("tr", {}, ["App", "Plan", "Subscribe", "Connections", "Channels", "Publishes", ""].map((h) => el("th", {}, h))),
+        doc.apps.map((a) => el("tr", { "data-app": a.name },
+          el("td", {}, a.name), el("td", {}, a.plan), el("td", {}, a.subscribe),
+          el("td", {}, usage(a, "connections")), el("td", {}, usage(a, "channels")),
+          el("td", {}, fmt(a.usage.publishes)),
+          el("td", {},
+            el("button", { type: "button", on: { click: async () => {
+              try { secrets.replaceChildren(credentials(await api("POST", `/admin/apps/${a.name}/keys`))); load(); }
+              catch (e) { secrets.replaceChildren(errorBox(e)); }
+            } } }, "Rotate key"),
+            el("button", { type: "button", class: "danger", on: { click: async () => {
+              if (!confirm(`Delete app ${a.name}, its keys and its channels? Subscribers are disconnected.`)) return;
+              try { await api("DELETE", `/admin/apps/${a.name}`); load(); }
+              catch (e) { secrets.replaceChildren(errorBox(e)); }
+            } } }, "Delete"))))));
+    } catch (e) { out.replaceChildren(errorBox(e)); }
+  }
+  show(el("h1", {}, "Apps"), form, out);
+  load();
+}
+
+function usage(a, what) {
+  const max = a.limits ? a.limits[what] : 0;
+  return max ? `${a.usage[what]} / ${max}` : String(a.usage[what]);
+}
+
+function credentials(a) {
+  return el("div", { class: "card secret" },
+    el("p", {}, `Credentials of ${a.name}: shown now only, keep them.`),
+    el("dl", {}, el("dt", {}, "publish key"), el("dd", {}, el("code", {}, a.publish_key)),
+      a.previous_publish_key ? [el("dt", {}, "previous key (valid until revoked)"), el("dd", {}, el("code", {}, a.previous_publish_key))] : [],
+      el("dt", {}, "token secret"), el("dd", {}, el("code", {}, a.token_secret))));
+}
+
+// ---- channels (the default app) ---------------------------------------------------------------
+
+async function channelsPage(params) {
+  const prefix = el("input", { placeholder: "name starts with…", value: params.get("prefix") || "" });
+  const out = el("div");
+  let sortBySubs = params.get("sort") === "subscribers";
+  const after = params.get("after") || "";
+  const form = el("form", { on: { submit: (ev) => {
+    ev.preventDefault();
+    location.hash = `#/channels?prefix=${encodeURIComponent(prefix.value)}`;
+  } } }, prefix, el("button", { type: "submit" }, "Search"));
+  show(el("h1", {}, "Channels"), form, out);
+  try {
+    const q = new URLSearchParams({ limit: "50" });
+    if (prefix.value) q.set("prefix", prefix.value);
+    if (after) q.set("after", after);
+    const doc = await api("GET", `/api/channels?${q}`);
+    const rows = [...doc.channels];
+    if (sortBySubs) rows.sort((a, b) => b.subscribers - a.subscribers);
+    const sortLink = el("a", { href: `#/channels?prefix=${encodeURIComponent(prefix.value)}&sort=${sortBySubs ? "name" : "subscribers"}` },
+      sortBySubs ? "sort by name" : "sort by subscribers");
+    out.replaceChildren(el("p", { class: "muted" }, `${doc.total} channels`, " · ", sortLink),
+      el("table", {}, el("tr", {}, ["Channel", "Subscribers", "Messages", "Last id"].map((h) => el("th", {}, h))),
+        rows.map((c) => el("tr", {},
+          el("td", {}, el("a", { href: `#/channel/${encodeURIComponent(c.name)}` }, c.name)),
+          el("td", {}, c.subscribers), el("td", {}, c.messages), el("td", {}, c.last_id || "–")))),
+      doc.next ? el("a", { href: `#/channels?prefix=${encodeURIComponent(prefix.value)}&after=${encodeURIComponent(doc.next)}` }, "next page →") : "");
+  } catch (e) { out.replaceChildren(errorBox(e)); }
+}
+
+// ---- one channel: options, history, live tail, publish, delete -------------------------------------
+
+function channelPage(name) {
+  const info = el("div");
+  const tail = el("ol", { id: "tail", class: "tail" });
+  const data = el("textarea", { id: "publish-data", placeholder: "message (JSON or text)" });
+  const result = el("p", { class: "muted" });
+  const enc = encodeURIComponent(name);
+  const form = el("form", { id: "publish", class: "card", on: { submit: async (ev) => {
+    ev.preventDefault();
+    try {
+      const r = await fetch(`/pub/${enc}`, { method: "POST", body: data.value,
+        headers: { Authorization: `Bearer ${key}`,
+          "Content-Type": /^\s*[[{"]/.test(data.value) ? "application/json" : "text/plain" } });
+      const doc = await r.json();
+      result.textContent = r.ok ? `published as ${doc.id} to ${doc.subscribers} subscribers` : doc.detail;
+    } catch (e) { result.textContent = e.message; }
+  } } }, el("h2", {}, "Publish"), data, el("button", { type: "submit" }, "Publish"), result);
+  const del = el("button", { type: "button", class: "danger", on: { click: async () => {
+    if (!confirm(`Delete channel ${name}? Its subscribers get "closed".`)) return;
+    try { await api("DELETE", `/api/channels/${enc}`); location.hash = "#/channels"; }
+    catch (e) { info.append(errorBox(e)); }
+  } } }, "Delete channel");
+  show(el("h1", {}, `Channel ${name}`), info, form, el("section", { class: "card" }, el("h2", {}, "Live"), tail), del);
+
+  const add = (m) => {
+    tail.prepend(el("li", { "data-id": m.id || "" }, el("code", {}, m.id || m.event), " ",
+      typeof m.data === "string" ? m.data : JSON.stringify(m.data)));
+    while (tail.children.length > 200) tail.lastChild.remove();
+  };
+  api("GET", `/api/channels/${enc}`).then((c) => info.replaceChildren(el("dl", { class: "card" },
+    Object.entries(c).map(([k, v]) => [el("dt", {}, k), el("dd", {}, v === null ? "–" : String(v))]))))
+    .catch((e) => info.replaceChildren(errorBox(e)));
+  // History, then the live messages after it (the subscriber endpoints, same origin).
+  const es = new EventSource(`/sse?channels=${enc}&lastEventId=0`);
+  es.onmessage = (e) => add(JSON.parse(e.data));
+  es.addEventListener("gap", (e) => add({ event: "gap", data: JSON.parse(e.data) }));
+  return () => es.close();
+}
+
+// ---- routing ---------------------------------------------------------------------------------------
+
+function route() {
+  stopPage();
+  stopPage = () => {};
+  if (!key) return;
+  const h = location.hash.slice(1) || "/";
+  const [path, query] = h.split("?");
+  const params = new URLSearchParams(query || "");
+  if (path === "/apps") appsPage();
+  else if (path === "/channels") channelsPage(params);
+  else if (path.startsWith("/channel/")) stopPage = channelPage(decodeURIComponent(path.slice(9))) || stopPage;
+  else stopPage = overview();
+}
+
+window.addEventListener("hashchange", route);
+if (key) {
+  api("GET", "/admin/plans").then(signedIn, () => { key = ""; sessionStorage.removeItem("herald-admin-key"); });
+}
