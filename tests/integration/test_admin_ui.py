@@ -35,21 +35,13 @@ class Page(DevTools):
         super().__init__(ws)
         self.errors = []
 
-    async def call(self, method, **params):
-        self.next_id += 1
-        my_id = self.next_id
-        await self.ws.send(json.dumps({"id": my_id, "method": method, "params": params}))
-        while True:
-            msg = json.loads(await asyncio.wait_for(self.ws.recv(), 20))
-            if msg.get("method") == "Runtime.exceptionThrown":
-                self.errors.append(msg["params"]["exceptionDetails"].get("text"))
-            elif msg.get("method") == "Log.entryAdded" and msg["params"]["entry"]["level"] == "error":
-                self.errors.append(msg["params"]["entry"].get("text"))
-            elif msg.get("method") == "Runtime.consoleAPICalled" and msg["params"]["type"] == "error":
-                self.errors.append(json.dumps(msg["params"]["args"]))
-            if msg.get("id") == my_id:
-                assert "error" not in msg, msg
-                return msg["result"]
+    def on_event(self, msg):
+        if msg["method"] == "Runtime.exceptionThrown":
+            self.errors.append(msg["params"]["exceptionDetails"].get("text"))
+        elif msg["method"] == "Log.entryAdded" and msg["params"]["entry"]["level"] == "error":
+            self.errors.append(msg["params"]["entry"].get("text"))
+        elif msg["method"] == "Runtime.consoleAPICalled" and msg["params"]["type"] == "error":
+            self.errors.append(json.dumps(msg["params"]["args"]))
 
     async def shot(self, name):
         os.makedirs(SHOTS, exist_ok=True)

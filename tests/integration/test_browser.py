@@ -107,9 +107,14 @@ class DevTools:
         await self.ws.send(json.dumps({"id": my_id, "method": method, "params": params}))
         while True:
             msg = json.loads(await asyncio.wait_for(self.ws.recv(), 20))
+            if "method" in msg:
+                self.on_event(msg)
             if msg.get("id") == my_id:
                 assert "error" not in msg, msg
                 return msg["result"]
+
+    def on_event(self, msg):
+        """An event the page sent while we waited for an answer (ignored here)."""
 
     async def eval(self, expr):
         res = await self.call("Runtime.evaluate", expression=expr, returnByValue=True)
