@@ -250,6 +250,21 @@ static long b64url_decode(unsigned char *out, const char *in, size_t len)
 
 /* ---- patterns --------------------------------------------------------------------- */
 
+/* Appends in[0..len) as unpadded base64url to b. */
+static void b64url_encode(struct sbuf *b, const unsigned char *in, size_t len)
+{
+    static const char abc[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    uint32_t acc = 0;
+    int bits = 0;
+    for (size_t i = 0; i < len; i++) {
+        acc = (acc << 8) | in[i];
+        for (bits += 8; bits >= 6; bits -= 6)
+            sbuf_add(b, &abc[(acc >> (bits - 6)) & 63], 1);
+    }
+    if (bits > 0)
+        sbuf_add(b, &abc[(acc << (6 - bits)) & 63], 1);
+}
+
 static bool name_char(unsigned char ch)
 {
     return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
@@ -467,15 +482,24 @@ static int token_from_claims(json_t *claims, const struct token_verifier *v, int
 
 /* ---- signatures ---------------------------------------------------------------------- */
 
+/* HMAC-SHA256 of input[0..len) with v's key into mac (EVP_MAX_MD_SIZE bytes); its length. */
+static size_t hs256_mac(const struct token_verifier *v, const char *input, size_t len,
+                        unsigned char *mac)
+{
+    size_t mac_len = 0;
+    EVP_MAC_CTX *ctx = EVP_MAC_CTX_dup(v->hmac);
+    bool ok = ctx && EVP_MAC_update(ctx, (const unsigned char *)input, len) == 1 &&
+              EVP_MAC_final(ctx, mac, &mac_len, EVP_MAX_MD_SIZE) == 1;
+    EVP_MAC_CTX_free(ctx);
+    return ok ? mac_len : 0;
+}
+
 static bool verify_hs256(const struct token_verifier *v, const char *input, size_t len,
                          const unsigned char *sig, size_t sig_len)
 {
     unsigned char mac[EVP_MAX_MD_SIZE];
-    size_t mac_len = 0;
-    EVP_MAC_CTX *ctx = EVP_MAC_CTX_dup(v->hmac);
-    bool ok = ctx && EVP_MAC_update(ctx, (const unsigned char *)input, len) == 1 &&
-              EVP_MAC_final(ctx, mac, &mac_len, sizeof(mac)) == 1;
-    EVP_MAC_CTX_free(ctx);
+    size_t mac_len = hs256_mac(v, input, len, mac);
+    bool ok = mac_len > 0;
     /* Constant time: the comparison must not tell how many leading bytes were right. */
     return ok && sig_len == mac_len && CRYPTO_memcmp(mac, sig, mac_len) == 0;
 }
@@ -738,4 +762,23 @@ void token_cache_clear(void)
             token_put(sets[i].tok);
         free(sets);
     }
+}
+
+/* ---- minting ------------------------------------------------------------------------- */
+
+char *token_mint_hs256(const struct token_verifier *v, const char *claims, size_t len)
+{
+    static const char header[] = "{\"alg\":\"HS256\",\"typ\":\"JWT\"}";
+    assert(v->alg == TOKEN_ALG_HS256);
+    struct sbuf b = {0};
+    b64url_encode(&b, (const unsigned char *)header, sizeof(header) - 1);
+    sbuf_add(&b, ".", 1);
+    b64url_encode(&b, (const unsigned char *)claims, len);
+    unsigned char mac[EVP_MAX_MD_SIZE];
+    size_t mac_len = hs256_mac(v, b.data, b.len, mac);
+    if (mac_len == 0)
+        abort(); /* out of memory inside OpenSSL */
+    sbuf_add(&b, ".", 1);
+    b64url_encode(&b, mac, mac_len);
+    return b.data; /* sbuf keeps it NUL-terminated */
 }

@@ -98,6 +98,14 @@ int token_check(const struct token_verifier *v, const char *jwt, size_t len, int
                 struct token **out, const char **why);
 /* Whether t is past its "exp" at `now` for verifier v (its skew). */
 bool token_expired(const struct token_verifier *v, const struct token *t, int64_t now);
+/*
+ * Mints a token (what `herald token` prints): the compact JWS of header
+ * {"alg":"HS256","typ":"JWT"} and the claims JSON text claims[0..len) (the
+ * caller's, taken as is), signed with the secret of v, an HS256 verifier: a
+ * shared secret signs as it verifies. Returns a new NUL-terminated string the
+ * caller frees (free()). Can't fail (aborts when out of memory).
+ */
+char *token_mint_hs256(const struct token_verifier *v, const char *claims, size_t len);
 /* Drops a reference (NULL is fine). */
 void token_put(struct token *t);
 static inline struct token *token_get(struct token *t)

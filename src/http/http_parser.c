@@ -162,8 +162,7 @@ static size_t find_head_end(const char *buf, size_t from, size_t end)
  * "HTTP/1.x" then CRLF or LF, bounds-checked because it also runs on partial
  * input. The version is judged as soon as its 8 bytes are in.
  */
-static int parse_version(const char *p, const char *end, struct http_request *req,
-                         const char **next)
+static int parse_version(const char *p, const char *end, int *minor_version, const char **next)
 {
     static const char tmpl[] = "HTTP/#.#";
 
@@ -176,7 +175,7 @@ static int parse_version(const char *p, const char *end, struct http_request *re
     }
     if (p[5] != '1' || (p[7] != '0' && p[7] != '1'))
         return HTTP_ERR_VERSION;
-    req->minor_version = p[7] - '0';
+    *minor_version = p[7] - '0';
     p += 8;
     if (p < end && *p == '\r')
         p++;
@@ -220,7 +219,7 @@ static int parse_request_line(const char *p, const char *end, struct http_reques
     req->target = start;
     req->target_len = (size_t)(p - start);
 
-    return parse_version(p + 1, end, req, next);
+    return parse_version(p + 1, end, &req->minor_version, next);
 }
 
 static enum http_method method_id(const char *m, size_t n)
@@ -382,7 +381,8 @@ static int parse_content_length(const char *v, size_t n, int64_t *out)
     return 0;
 }
 
-static int apply_framing_header(struct http_request *req, const struct http_header *h,
+/* Content-Length and Transfer-Encoding, the same rules for requests and responses. */
+static int apply_framing_header(int64_t *content_length, bool *chunked, const struct http_header *h,
                                 struct head_flags *f)
 {
     int64_t cl;
@@ -390,15 +390,15 @@ static int apply_framing_header(struct http_request *req, const struct http_head
     if (h->name_len == 14 && mem_ieq(h->name, "content-length", 14)) {
         if (parse_content_length(h->value, h->value_len, &cl) < 0)
             return HTTP_ERR_BAD_LENGTH;
-        if (req->content_length >= 0 && req->content_length != cl)
+        if (*content_length >= 0 && *content_length != cl)
             return HTTP_ERR_BAD_LENGTH;
-        req->content_length = cl;
+        *content_length = cl;
     } else if (h->name_len == 17 && mem_ieq(h->name, "transfer-encoding", 17)) {
         /* a second field would make the coding list "chunked, ..." */
         if (f->seen_transfer_encoding || !str_ieq(h->value, h->value_len, "chunked"))
             return HTTP_ERR_BAD_ENCODING;
         f->seen_transfer_encoding = true;
-        req->chunked = true;
+        *chunked = true;
     }
     return 0;
 }
@@ -436,7 +436,7 @@ static int apply_header(struct http_request *req, const struct http_header *h, s
             apply_connection(h, f);
         return 0;
     case 14:
-    case 17: return apply_framing_header(req, h, f);
+    case 17: return apply_framing_header(&req->content_length, &req->chunked, h, f);
     default: return 0;
     }
 }
@@ -535,18 +535,90 @@ int http_parse_request(const char *buf, size_t len, size_t last_len, struct http
     return parse_head(buf, skip, head_len, req, limits);
 }
 
+/* ---- response head (herald's own clients: the CLI) ------------------------------ */
+
+/* "HTTP/1.x SP 3DIGIT [SP reason] EOL" at the start of a complete head (which ends in LF). */
+static int parse_status_line(const char *p, const char *end, struct http_response *resp,
+                             const char **next)
+{
+    const char *eol = memchr(p, '\n', (size_t)(end - p));
+    if (eol - p < 12 || memcmp(p, "HTTP/1.", 7) != 0 || (p[7] != '0' && p[7] != '1') || p[8] != ' ')
+        return HTTP_ERR_SYNTAX;
+    resp->minor_version = p[7] - '0';
+    p += 9;
+    for (int i = 0; i < 3; i++)
+        if (p[i] < '0' || p[i] > '9' || (i == 0 && (p[0] < '1' || p[0] > '5')))
+            return HTTP_ERR_SYNTAX;
+    resp->status = (p[0] - '0') * 100 + (p[1] - '0') * 10 + (p[2] - '0');
+    p += 3;
+    const char *rend = eol[-1] == '\r' ? eol - 1 : eol;
+    if (p < rend && *p++ != ' ')
+        return HTTP_ERR_SYNTAX;
+    resp->reason = p;
+    resp->reason_len = 0;
+    for (; p < rend; p++, resp->reason_len++)
+        if (!HAS_CLASS(*p, C_VALUE))
+            return HTTP_ERR_SYNTAX;
+    *next = eol + 1;
+    return LINE_OK;
+}
+
+int http_parse_response(const char *buf, size_t len, struct http_response *resp,
+                        size_t max_header_bytes)
+{
+    size_t max_head = max_header_bytes < INT_MAX ? max_header_bytes : INT_MAX;
+    size_t cap = len < max_head ? len : max_head;
+    size_t head_len = find_head_end(buf, 0, cap);
+    if (head_len == 0)
+        return len >= max_head ? HTTP_ERR_HEADERS_TOO_BIG : HTTP_INCOMPLETE;
+
+    struct head_flags f = {0};
+    const char *p, *end = buf + head_len;
+    int r = parse_status_line(buf, end, resp, &p);
+    if (r != LINE_OK)
+        return r;
+    resp->num_headers = 0;
+    resp->content_length = -1;
+    resp->chunked = false;
+    while (!(*p == '\n' || (*p == '\r' && p[1] == '\n'))) {
+        if (resp->num_headers == HTTP_MAX_HEADERS)
+            return HTTP_ERR_HEADERS_TOO_BIG;
+        struct http_header *h = &resp->headers[resp->num_headers++];
+        r = parse_header_line(&p, end, h);
+        if (r == 0 && h->name_len == 10 && mem_ieq(h->name, "connection", 10))
+            apply_connection(h, &f);
+        else if (r == 0)
+            r = apply_framing_header(&resp->content_length, &resp->chunked, h, &f);
+        if (r < 0)
+            return r;
+    }
+    if (resp->chunked && (resp->content_length >= 0 || resp->minor_version == 0))
+        return HTTP_ERR_BAD_LENGTH;
+    resp->keep_alive = !f.conn_close && (resp->minor_version == 1 || f.conn_keep_alive);
+    return (int)head_len;
+}
+
 /* ---- lookups ------------------------------------------------------------ */
 
-const struct http_header *http_find_header(const struct http_request *req, const char *name)
+static const struct http_header *find_header(const struct http_header *hs, size_t num,
+                                             const char *name)
 {
     size_t n = strlen(name);
 
-    for (size_t i = 0; i < req->num_headers; i++) {
-        const struct http_header *h = &req->headers[i];
-        if (h->name_len == n && mem_ieq(h->name, name, n))
-            return h;
-    }
+    for (size_t i = 0; i < num; i++)
+        if (hs[i].name_len == n && mem_ieq(hs[i].name, name, n))
+            return &hs[i];
     return NULL;
+}
+
+const struct http_header *http_find_header(const struct http_request *req, const char *name)
+{
+    return find_header(req->headers, req->num_headers, name);
+}
+
+const struct http_header *http_response_header(const struct http_response *resp, const char *name)
+{
+    return find_header(resp->headers, resp->num_headers, name);
 }
 
 bool http_header_has_token(const char *value, size_t value_len, const char *token)

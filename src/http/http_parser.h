@@ -127,6 +127,33 @@ const struct http_header *http_find_header(const struct http_request *req, const
  */
 bool http_header_has_token(const char *value, size_t value_len, const char *token);
 
+/* A response head, for herald's own HTTP clients (the CLI). Pointers borrow the buffer. */
+struct http_response {
+    int status; /* 100..599 */
+    int minor_version;
+    const char *reason; /* may be empty */
+    size_t reason_len;
+    struct http_header headers[HTTP_MAX_HEADERS];
+    size_t num_headers;
+    int64_t content_length; /* -1 when absent */
+    bool chunked;
+    bool keep_alive;
+};
+
+/*
+ * Parses one response head from buf[0..len): "HTTP/1.x NNN reason" then the
+ * header fields, with the request parser's rules for fields, Content-Length
+ * and Transfer-Encoding. Returns the head length (> 0), HTTP_INCOMPLETE, or a
+ * negative enum http_parse_result (HTTP_ERR_HEADERS_TOO_BIG once len reaches
+ * max_header_bytes without a blank line). Leading empty lines are not skipped.
+ * Never reads past buf[len-1]; *resp is unspecified unless it returns > 0.
+ */
+int http_parse_response(const char *buf, size_t len, struct http_response *resp,
+                        size_t max_header_bytes);
+
+/* Case-insensitive header lookup in a response; the first match or NULL. */
+const struct http_header *http_response_header(const struct http_response *resp, const char *name);
+
 /* A short English description of a negative http_parse_result. Static string. */
 const char *http_strerror(int err);
 

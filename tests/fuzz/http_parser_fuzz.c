@@ -1,6 +1,6 @@
 /*
- * http_parser_fuzz: libFuzzer target for the request-head parser and the
- * chunked decoder.
+ * http_parser_fuzz: libFuzzer target for the request-head parser, the
+ * response-head parser (the CLI's) and the chunked decoder.
  *
  * The input is parsed as a request head with small limits; whatever follows
  * the head (or the whole input, if there is no head) is fed to the chunked
@@ -98,6 +98,27 @@ static void check_head(const char *buf, size_t size)
     }
 }
 
+/* The same input as a response head: pointers inside, and every prefix agrees. */
+static void check_response(const char *buf, size_t size)
+{
+    struct http_response resp;
+    int r = http_parse_response(buf, size, &resp, limits.max_header_bytes);
+
+    CHECK(r >= HTTP_ERR_BAD_ENCODING && (r <= 0 || (size_t)r <= size));
+    if (r > 0) {
+        CHECK(resp.status >= 100 && resp.status <= 599);
+        CHECK(inside(resp.reason, resp.reason_len, buf, (size_t)r) || resp.reason_len == 0);
+        CHECK(resp.num_headers <= HTTP_MAX_HEADERS);
+        for (size_t i = 0; i < resp.num_headers; i++)
+            CHECK(inside(resp.headers[i].value, resp.headers[i].value_len, buf, (size_t)r));
+        CHECK(http_response_header(&resp, "content-length") != NULL || resp.content_length == -1);
+        CHECK(!(resp.chunked && resp.content_length >= 0));
+    }
+    size_t k = size ? (size_t)(unsigned char)buf[0] * 11 % (size + 1) : 0;
+    int r1 = http_parse_response(buf, k, &resp, limits.max_header_bytes);
+    CHECK(r1 == HTTP_INCOMPLETE || r1 == r || (r1 == HTTP_ERR_HEADERS_TOO_BIG && r < 0));
+}
+
 /* Decodes in[0..n) in one call; returns the result, output in out, *out_len. */
 static long decode_once(const char *in, size_t n, char *out, size_t *out_len,
                         struct http_chunked *dec)
@@ -149,6 +170,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int r;
 
     check_head(buf, size);
+    check_response(buf, size);
     r = http_parse_request(buf, size, 0, &req, &limits);
     if (r > 0)
         check_chunked(buf + r, size - (size_t)r);

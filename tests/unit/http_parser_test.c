@@ -922,6 +922,53 @@ static void test_query_param_from_request(void **state)
     assert_int_equal(http_url_decode(dec, v, vl), -1);
 }
 
+/* ---- response heads (the CLI's client) ------------------------------------ */
+
+static void test_response_head(void **state)
+{
+    const char *s = "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\n"
+                    "Content-Length: 12\r\n\r\n{\"id\":\"1\"}xx";
+    struct http_response r;
+
+    assert_int_equal(http_parse_response(s, strlen(s), &r, 8192), (int)(strstr(s, "{") - s));
+    assert_int_equal(r.status, 201);
+    assert_span(r.reason, r.reason_len, "Created");
+    assert_int_equal(r.content_length, 12);
+    assert_false(r.chunked);
+    assert_true(r.keep_alive);
+    assert_span(http_response_header(&r, "content-type")->value,
+                http_response_header(&r, "content-type")->value_len, "application/json");
+    assert_null(http_response_header(&r, "x-none"));
+
+    s = "HTTP/1.0 200\nTransfer-Encoding: chunked\n\n";
+    assert_int_equal(http_parse_response(s, strlen(s), &r, 8192), HTTP_ERR_BAD_LENGTH);
+    s = "HTTP/1.1 200\nTransfer-Encoding: chunked\nConnection: close\n\n";
+    assert_int_equal(http_parse_response(s, strlen(s), &r, 8192), (int)strlen(s));
+    assert_true(r.chunked);
+    assert_false(r.keep_alive);
+    assert_int_equal(r.reason_len, 0);
+    /* every prefix is incomplete */
+    for (size_t n = 0; n < strlen(s); n++)
+        assert_int_equal(http_parse_response(s, n, &r, 8192), HTTP_INCOMPLETE);
+}
+
+static void test_response_errors(void **state)
+{
+    static const char *bad[] = {
+        "HTTP/1.1 20 OK\r\n\r\n",           "HTTP/1.1 200OK\r\n\r\n", "HTTP/2.0 200 OK\r\n\r\n",
+        "HTTP/1.1 600 No\r\n\r\n",          "ICY 200 OK\r\n\r\n",     "HTTP/1.1 200 O\x01K\r\n\r\n",
+        "HTTP/1.1 200 OK\r\n x: y\r\n\r\n",
+    };
+    struct http_response r;
+
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_int_equal(http_parse_response(bad[i], strlen(bad[i]), &r, 8192), HTTP_ERR_SYNTAX);
+    const char *s = "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
+    assert_int_equal(http_parse_response(s, strlen(s), &r, 8192), HTTP_ERR_BAD_LENGTH);
+    s = "HTTP/1.1 200 OK\r\nX: 0123456789\r\n\r\n";
+    assert_int_equal(http_parse_response(s, 20, &r, 20), HTTP_ERR_HEADERS_TOO_BIG);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -961,6 +1008,8 @@ int main(void)
         cmocka_unit_test(test_url_decode_errors),
         cmocka_unit_test(test_query_param),
         cmocka_unit_test(test_query_param_from_request),
+        cmocka_unit_test(test_response_head),
+        cmocka_unit_test(test_response_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
