@@ -1,7 +1,8 @@
 /*
- * main: reads the configuration, starts the hub and the workers, turns
- * SIGTERM/SIGINT into a graceful drain and SIGHUP into a TLS certificate reload. Exit codes: 0
- * after a clean shutdown, 1 when the server cannot start, 2 for an invalid configuration.
+ * main: runs a CLI command (cli.h) when argv[1] names one; otherwise reads the configuration,
+ * starts the hub and the workers, turns SIGTERM/SIGINT into a graceful drain and SIGHUP into a TLS
+ * certificate reload. Exit codes: 0 after a clean shutdown, 1 when the server cannot start, 2 for
+ * an invalid configuration.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -17,6 +18,7 @@
 #include "apps/apps.h"
 #include "apps/tsuru.h"
 #include "auth/auth.h"
+#include "cli/cli.h"
 #include "cluster/redis_backend.h"
 #include "core/config.h"
 #include "core/log.h"
@@ -81,6 +83,9 @@ static struct hub_tenant *resolve_app(const char *name, size_t len)
 
 int main(int argc, char **argv)
 {
+    /* `herald pub …`, `herald sub …`: the command-line client, not the server */
+    if (argc > 1 && cli_is_command(argv[1]))
+        return cli_main(argc, argv);
     int rc = config_load(&srv.cfg, argc, argv);
     if (rc == 1)
         return 0;
