@@ -1017,11 +1017,27 @@ static void handle_stats(struct http_ctx *x)
 
 #define STATS_STREAM_MS 1000
 
+/* An app's stream (/apps/{app}/stats/stream) holds its app: the app's usage, not the
+ * node's figures. */
+struct stats_stream {
+    struct hub_tenant *tenant; /* a reference; NULL: the node's */
+};
+CONN_PROTO_FITS(struct stats_stream);
+
 static void stats_stream_tick(struct conn *c)
 {
     struct sbuf b = {0};
     sbuf_adds(&b, "data: ");
-    stats_json(conn_server(c), &b, false);
+    struct hub_tenant *t = CONN_PROTO(c, struct stats_stream)->tenant;
+    if (t) {
+        json_t *o = apps_json(app_of(t), false);
+        char *text = json_dumps(o, JSON_COMPACT);
+        json_decref(o);
+        sbuf_adds(&b, text);
+        free(text);
+    } else {
+        stats_json(conn_server(c), &b, false);
+    }
     b.len--; /* reopen the object for "time" */
     sbuf_printf(&b, ",\"time\":%" PRIu64 "}\n\n", wall_ms());
     conn_send_copy(c, b.data, b.len);
@@ -1029,9 +1045,15 @@ static void stats_stream_tick(struct conn *c)
     conn_timer_start(c, STATS_STREAM_MS);
 }
 
+static void stats_stream_free(struct conn *c)
+{
+    hub_tenant_put(CONN_PROTO(c, struct stats_stream)->tenant);
+}
+
 static const struct conn_ops stats_stream_ops = {
     .kind = CONN_STREAM,
     .on_timer = stats_stream_tick,
+    .on_free = stats_stream_free,
 };
 
 static void handle_stats_stream(struct http_ctx *x)
@@ -1044,6 +1066,10 @@ static void handle_stats_stream(struct http_ctx *x)
     sbuf_adds(&b, "Cache-Control: no-cache, no-store\r\nX-Accel-Buffering: no\r\n"
                   "Connection: keep-alive\r\n\r\nretry: 3000\n\n");
     conn_set_ops(c, &stats_stream_ops);
+    if (x->tenant) {
+        hub_tenant_get(x->tenant);
+        CONN_PROTO(c, struct stats_stream)->tenant = x->tenant;
+    }
     conn_send_copy(c, b.data, b.len);
     sbuf_free(&b);
     stats_stream_tick(c); /* the first figures at once */
@@ -1201,7 +1227,7 @@ static const struct http_route routes[] = {
     {.path = "/metrics", .methods = ROUTE_GET, .flags = ROUTE_API, .handle = handle_metrics},
     {.path = "/stats/stream",
      .methods = ROUTE_GET,
-     .flags = ROUTE_API,
+     .flags = ROUTE_API | ROUTE_APP,
      .guard = authorized,
      .handle = handle_stats_stream},
     {.path = "/pub/",

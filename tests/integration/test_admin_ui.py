@@ -85,7 +85,7 @@ def test_sign_in_overview_apps_channel_publish(herald, chromium, chan):
             await page.call("Emulation.setDeviceMetricsOverride", width=1200, height=1000,
                             deviceScaleFactor=1, mobile=False)
             await page.call("Page.navigate", url=url)
-            await page.wait_for("!!document.getElementById('signin')")
+            await page.wait_for("document.body.dataset.ready === '1'")
             await page.shot("signin")
             # A wrong key is refused in the page.
             await page.eval("document.getElementById('key').value = 'wrong';"
@@ -136,3 +136,45 @@ def test_sign_in_overview_apps_channel_publish(herald, chromium, chan):
     assert r.status == 200
     for name in ("signin", "overview", "apps", "channels", "channel"):
         assert os.path.getsize(os.path.join(SHOTS, f"admin-{name}.png")) > 1000
+
+
+def test_an_apps_key_scopes_the_ui_to_that_app(herald, chromium):
+    s = herald(admin_key=ADMIN)
+    r = request(s.port, "POST", "/admin/apps", json.dumps({"name": "shop", "subscribe": "public"}),
+                {"Authorization": f"Bearer {ADMIN}", "Content-Type": "application/json"})
+    key = r.json()["publish_key"]
+    h = {"Authorization": f"Bearer {key}"}
+    assert request(s.port, "POST", "/apps/shop/pub/orders", "o1", h).status == 201
+    assert request(s.port, "POST", "/pub/default-only", "d", {"Authorization": f"Bearer {ADMIN}"}).status == 201
+    port = re.search(r":(\d+)/", chromium).group(1)
+    url = f"http://127.0.0.1:{s.port}/admin/"
+
+    async def run():
+        target = await open_page(chromium, url)
+        async with websockets.connect(f"ws://127.0.0.1:{port}/devtools/page/{target}",
+                                      max_size=None) as pws:
+            page = Page(pws)
+            for domain in ("Runtime.enable", "Log.enable", "Page.enable"):
+                await page.call(domain)
+            await page.call("Page.navigate", url=url)
+            await page.wait_for("document.body.dataset.ready === '1'")
+            await page.eval(f"document.getElementById('app').value = 'shop';"
+                            f"document.getElementById('key').value = {json.dumps(key)};"
+                            "document.getElementById('signin').requestSubmit()")
+            await page.wait_for("window.heraldStats && window.heraldStats.name === 'shop'")
+            assert await page.eval("document.getElementById('nav-apps').hidden")
+            await page.eval("location.hash = '#/channels'")
+            await page.wait_for("document.body.innerText.includes('orders')")
+            text = await page.eval("document.body.innerText")
+            assert "default-only" not in text  # the default app's channels are not its
+            await page.eval("location.hash = '#/channel/orders'")
+            await page.wait_for("document.getElementById('tail').innerText.includes('o1')")
+            await page.eval("document.getElementById('publish-data').value = '{\"n\":2}';"
+                            "document.getElementById('publish').requestSubmit()")
+            await page.wait_for("document.getElementById('tail').innerText.includes('\"n\":2')")
+            return page.errors
+
+    errors = asyncio.run(asyncio.wait_for(run(), 60))
+    assert errors == [], errors
+    r = request(s.port, "GET", "/apps/shop/api/channels/orders", headers=h)
+    assert r.json()["messages_total"] == 2

@@ -6,6 +6,9 @@
 const main = document.getElementById("main");
 const signinForm = document.getElementById("signin");
 let key = sessionStorage.getItem("herald-admin-key") || "";
+// Signed in with an app's key: everything is that app's (its API under /apps/{app}/).
+let app = sessionStorage.getItem("herald-admin-app") || "";
+const base = () => (app ? `/apps/${encodeURIComponent(app)}` : "");
 let stopPage = () => {};
 
 // ---- small helpers --------------------------------------------------------------------
@@ -51,25 +54,33 @@ const fmt = (n) => (n >= 1e6 ? (n / 1e6).toFixed(1) + "M" : n >= 1e4 ? (n / 1e3)
 
 function signedIn() {
   document.getElementById("nav").hidden = false;
+  document.getElementById("nav-apps").hidden = !!app;
   route();
 }
+
+// The admin key opens /admin/plans; an app's key opens its /apps/{app}/stats.
+const checkKey = () => api("GET", app ? `${base()}/stats` : "/admin/plans");
 
 signinForm.addEventListener("submit", async (ev) => {
   ev.preventDefault();
   key = document.getElementById("key").value;
+  app = document.getElementById("app").value.trim();
   try {
-    await api("GET", "/admin/plans");
+    await checkKey();
     sessionStorage.setItem("herald-admin-key", key);
+    sessionStorage.setItem("herald-admin-app", app);
     signedIn();
   } catch (e) {
     const p = document.getElementById("signin-error");
     p.hidden = false;
-    p.textContent = e.status === 401 ? "That is not the admin key." : e.message;
+    p.textContent = e.status === 401 ? (app ? `That is not a key of app ${app}.` : "That is not the admin key.")
+      : e.status === 404 ? `There is no app ${app}.` : e.message;
   }
 });
 
 document.getElementById("signout").addEventListener("click", () => {
   sessionStorage.removeItem("herald-admin-key");
+  sessionStorage.removeItem("herald-admin-app");
   location.hash = "";
   location.reload();
 });
@@ -128,7 +139,40 @@ function overview() {
     if (arr.length > WINDOW) arr.shift();
   }
 
+  function onAppStats(s) {
+    let n = nodes.get(s.name);
+    if (!n) {
+      const conns = [{ name: "connections", values: [] }];
+      const rates = [{ name: "publishes/s", values: [] }, { name: "messages/s", values: [] }];
+      const refused = [{ name: "publishes refused/s", values: [] }, { name: "connections refused/s", values: [] }];
+      const c1 = chart(`Subscriber connections — app ${s.name}`, conns);
+      const c2 = chart(`Publishes and messages per second — app ${s.name}`, rates);
+      const c3 = chart(`Refused by the plan — app ${s.name}`, refused);
+      const totals = el("p", { class: "totals" });
+      holder.append(el("div", { class: "node" }, el("h2", {}, `App ${s.name}`), totals, c1, c2, c3));
+      nodes.set(s.name, (n = { conns, rates, refused, charts: [c1, c2, c3], totals, last: null }));
+    }
+    const u = s.usage;
+    push(n.conns[0].values, u.connections);
+    if (n.last) {
+      const lu = n.last.usage, dt = Math.max(0.001, (s.time - n.last.time) / 1000);
+      push(n.rates[0].values, (u.publishes - lu.publishes) / dt);
+      push(n.rates[1].values, (u.messages - lu.messages) / dt);
+      push(n.refused[0].values, (u.publishes_refused - lu.publishes_refused) / dt);
+      push(n.refused[1].values, (u.connections_refused - lu.connections_refused) / dt);
+    }
+    n.last = s;
+    const lim = (what) => (s.limits && s.limits[what] ? ` of ${s.limits[what]}` : "");
+    n.totals.textContent = `plan ${s.plan}: ${u.connections}${lim("connections")} connections, ` +
+      `${u.channels}${lim("channels")} channels, ${fmt(u.publishes)} publishes, ${fmt(u.messages)} messages`;
+    n.charts.forEach((c) => c.update());
+    status.textContent = `live: updated ${new Date(s.time).toLocaleTimeString()}`;
+    window.heraldStats = s;
+  }
+
   function onStats(s) {
+    if (app)
+      return onAppStats(s);
     let n = nodes.get(s.node);
     if (!n) nodes.set(s.node, (n = nodeView(s.node)));
     n.transports.forEach((t) => push(t.values, s.connections[t.name]));
@@ -151,7 +195,7 @@ function overview() {
   (async () => {
     for (;;) {
       try {
-        const r = await fetch("/stats/stream", {
+        const r = await fetch(`${base()}/stats/stream`, {
           headers: { Authorization: `Bearer ${key}` }, signal: ctl.signal,
         });
         if (!r.ok) throw new Error(`/stats/stream answered ${r.status}`);
@@ -250,12 +294,12 @@ async function channelsPage(params) {
     ev.preventDefault();
     location.hash = `#/channels?prefix=${encodeURIComponent(prefix.value)}`;
   } } }, prefix, el("button", { type: "submit" }, "Search"));
-  show(el("h1", {}, "Channels"), form, out);
+  show(el("h1", {}, app ? `Channels of app ${app}` : "Channels"), form, out);
   try {
     const q = new URLSearchParams({ limit: "50" });
     if (prefix.value) q.set("prefix", prefix.value);
     if (after) q.set("after", after);
-    const doc = await api("GET", `/api/channels?${q}`);
+    const doc = await api("GET", `${base()}/api/channels?${q}`);
     const rows = [...doc.channels];
     if (sortBySubs) rows.sort((a, b) => b.subscribers - a.subscribers);
     const sortLink = el("a", { href: `#/channels?prefix=${encodeURIComponent(prefix.value)}&sort=${sortBySubs ? "name" : "subscribers"}` },
@@ -280,7 +324,7 @@ function channelPage(name) {
   const form = el("form", { id: "publish", class: "card", on: { submit: async (ev) => {
     ev.preventDefault();
     try {
-      const r = await fetch(`/pub/${enc}`, { method: "POST", body: data.value,
+      const r = await fetch(`${base()}/pub/${enc}`, { method: "POST", body: data.value,
         headers: { Authorization: `Bearer ${key}`,
           "Content-Type": /^\s*[[{"]/.test(data.value) ? "application/json" : "text/plain" } });
       const doc = await r.json();
@@ -289,7 +333,7 @@ function channelPage(name) {
   } } }, el("h2", {}, "Publish"), data, el("button", { type: "submit" }, "Publish"), result);
   const del = el("button", { type: "button", class: "danger", on: { click: async () => {
     if (!confirm(`Delete channel ${name}? Its subscribers get "closed".`)) return;
-    try { await api("DELETE", `/api/channels/${enc}`); location.hash = "#/channels"; }
+    try { await api("DELETE", `${base()}/api/channels/${enc}`); location.hash = "#/channels"; }
     catch (e) { info.append(errorBox(e)); }
   } } }, "Delete channel");
   show(el("h1", {}, `Channel ${name}`), info, form, el("section", { class: "card" }, el("h2", {}, "Live"), tail), del);
@@ -299,12 +343,17 @@ function channelPage(name) {
       typeof m.data === "string" ? m.data : JSON.stringify(m.data)));
     while (tail.children.length > 200) tail.lastChild.remove();
   };
-  api("GET", `/api/channels/${enc}`).then((c) => info.replaceChildren(el("dl", { class: "card" },
+  api("GET", `${base()}/api/channels/${enc}`).then((c) => info.replaceChildren(el("dl", { class: "card" },
     Object.entries(c).map(([k, v]) => [el("dt", {}, k), el("dd", {}, v === null ? "–" : String(v))]))))
     .catch((e) => info.replaceChildren(errorBox(e)));
   // History, then the live messages after it (the subscriber endpoints, same origin).
-  const es = new EventSource(`/sse?channels=${enc}&lastEventId=0`);
+  const es = new EventSource(`${base()}/sse?channels=${enc}&lastEventId=0`);
   es.onmessage = (e) => add(JSON.parse(e.data));
+  es.onerror = () => {
+    if (es.readyState === EventSource.CLOSED) /* refused: a token app, or another listener */
+      tail.replaceChildren(el("li", { class: "muted" },
+        "no live tail: subscribing here was refused (an app that needs tokens, or the subscriber endpoints are on another listener)"));
+  };
   es.addEventListener("gap", (e) => add({ event: "gap", data: JSON.parse(e.data) }));
   return () => es.close();
 }
@@ -318,7 +367,7 @@ function route() {
   const h = location.hash.slice(1) || "/";
   const [path, query] = h.split("?");
   const params = new URLSearchParams(query || "");
-  if (path === "/apps") appsPage();
+  if (path === "/apps" && !app) appsPage();
   else if (path === "/channels") channelsPage(params);
   else if (path.startsWith("/channel/")) stopPage = channelPage(decodeURIComponent(path.slice(9))) || stopPage;
   else stopPage = overview();
@@ -326,5 +375,6 @@ function route() {
 
 window.addEventListener("hashchange", route);
 if (key) {
-  api("GET", "/admin/plans").then(signedIn, () => { key = ""; sessionStorage.removeItem("herald-admin-key"); });
+  checkKey().then(signedIn, () => { key = ""; sessionStorage.removeItem("herald-admin-key"); });
 }
+document.body.dataset.ready = "1"; // the handlers are in place (tests wait for it)
