@@ -50,6 +50,31 @@ class Page(DevTools):
             f.write(base64.b64decode(png["data"]))
 
 
+class admin_page:
+    """`async with admin_page(chromium, url) as page`: the admin UI loaded in a new page,
+    its handlers in place, console errors collected in page.errors."""
+
+    def __init__(self, chromium, url):
+        self.chromium, self.url = chromium, url
+
+    async def __aenter__(self):
+        port = re.search(r":(\d+)/", self.chromium).group(1)
+        target = await open_page(self.chromium, self.url)
+        self.ws = await websockets.connect(f"ws://127.0.0.1:{port}/devtools/page/{target}",
+                                           max_size=None)
+        page = Page(self.ws)
+        for domain in ("Runtime.enable", "Log.enable", "Page.enable"):
+            await page.call(domain)
+        await page.call("Emulation.setDeviceMetricsOverride", width=1200, height=1000,
+                        deviceScaleFactor=1, mobile=False)
+        await page.call("Page.navigate", url=self.url)
+        await page.wait_for("document.body.dataset.ready === '1'")
+        return page
+
+    async def __aexit__(self, *exc):
+        await self.ws.close()
+
+
 def test_the_page_is_served_with_its_security_headers(herald):
     s = herald(admin_key=ADMIN)
     r = request(s.port, "GET", "/admin/")
@@ -71,21 +96,11 @@ def test_the_page_is_served_with_its_security_headers(herald):
 
 def test_sign_in_overview_apps_channel_publish(herald, chromium, chan):
     s = herald(admin_key=ADMIN)
-    port = re.search(r":(\d+)/", chromium).group(1)
     url = f"http://127.0.0.1:{s.port}/admin/"
     assert request(s.port, "POST", f"/pub/{chan}", "before", {"Authorization": f"Bearer {ADMIN}"}).status == 201
 
     async def run():
-        target = await open_page(chromium, url)
-        async with websockets.connect(f"ws://127.0.0.1:{port}/devtools/page/{target}",
-                                      max_size=None) as pws:
-            page = Page(pws)
-            for domain in ("Runtime.enable", "Log.enable", "Page.enable"):
-                await page.call(domain)
-            await page.call("Emulation.setDeviceMetricsOverride", width=1200, height=1000,
-                            deviceScaleFactor=1, mobile=False)
-            await page.call("Page.navigate", url=url)
-            await page.wait_for("document.body.dataset.ready === '1'")
+        async with admin_page(chromium, url) as page:
             await page.shot("signin")
             # A wrong key is refused in the page.
             await page.eval("document.getElementById('key').value = 'wrong';"
@@ -146,18 +161,10 @@ def test_an_apps_key_scopes_the_ui_to_that_app(herald, chromium):
     h = {"Authorization": f"Bearer {key}"}
     assert request(s.port, "POST", "/apps/shop/pub/orders", "o1", h).status == 201
     assert request(s.port, "POST", "/pub/default-only", "d", {"Authorization": f"Bearer {ADMIN}"}).status == 201
-    port = re.search(r":(\d+)/", chromium).group(1)
     url = f"http://127.0.0.1:{s.port}/admin/"
 
     async def run():
-        target = await open_page(chromium, url)
-        async with websockets.connect(f"ws://127.0.0.1:{port}/devtools/page/{target}",
-                                      max_size=None) as pws:
-            page = Page(pws)
-            for domain in ("Runtime.enable", "Log.enable", "Page.enable"):
-                await page.call(domain)
-            await page.call("Page.navigate", url=url)
-            await page.wait_for("document.body.dataset.ready === '1'")
+        async with admin_page(chromium, url) as page:
             await page.eval(f"document.getElementById('app').value = 'shop';"
                             f"document.getElementById('key').value = {json.dumps(key)};"
                             "document.getElementById('signin').requestSubmit()")
