@@ -7,12 +7,13 @@ set -euo pipefail
 # build-essential brings gcc 12 and its sanitizer runtimes (libasan8, libubsan1, libtsan2)
 # for the VARIANT=asan and VARIANT=tsan builds; python3-pytest-xdist runs the integration
 # suite in parallel; python3-cryptography mints RS256/ES256 subscriber tokens in the tests;
-# xxd embeds the admin UI's files in herald.
+# xxd embeds the admin UI's files and the JS client in herald (GET /herald.js), nodejs
+# runs the JS client's tests (node --test), terser measures its minified size.
 pkgs=(
   build-essential clang libclang-rt-14-dev pkg-config
   libssl-dev zlib1g-dev libhiredis-dev libjansson-dev libcmocka-dev
   python3 python3-pytest python3-pytest-xdist python3-websockets python3-cryptography
-  redis-server curl chromium xxd
+  redis-server curl chromium xxd nodejs terser
 )
 if [ "${1:-}" = "--bench" ]; then
   pkgs+=(nginx-light libnginx-mod-nchan gnuplot-nox)

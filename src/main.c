@@ -27,6 +27,7 @@
 #include "http/router.h"
 #include "transport/transport.h"
 #include "web/admin_ui.h"
+#include "web/client_js.h"
 
 static struct server srv;
 
@@ -147,6 +148,7 @@ int main(int argc, char **argv)
     admin_ui_init();
     tsuru_init(&srv.cfg);
     transport_init();
+    client_js_init();
     if (server_start(&srv) < 0)
         return 1;
     log_info("herald started: %d worker%s, %s, node %s, fd limit %lu", srv.nworkers,

@@ -1,0 +1,34 @@
+/*
+ * client_js: GET /herald.js, the JS client (clients/js/herald.js), compiled into the
+ * binary by the Makefile (xxd -i into herald_js.inc), so a page can load the
+ * client from the herald it talks to, with no CDN and no external fetch.
+ */
+#include "web/client_js.h"
+
+#include "core/util.h"
+#include "http/router.h"
+
+static const char herald_js[] = {
+#include "herald_js.inc"
+};
+
+static void client_js(struct http_ctx *x)
+{
+    /* A script any page may load (and import as a module, which is a CORS
+     * request): Access-Control-Allow-Origin: *, whatever --cors-origins says. */
+    x->cors = true;
+    x->origin = NULL;
+    x->origin_len = 0;
+    http_respond(x, 200, "text/javascript; charset=utf-8",
+                 "Cache-Control: public, max-age=300\r\nX-Content-Type-Options: nosniff\r\n",
+                 herald_js, sizeof(herald_js));
+}
+
+static const struct http_route routes[] = {
+    {.path = "/herald.js", .methods = ROUTE_GET, .flags = ROUTE_SUBSCRIBE, .handle = client_js},
+};
+
+void client_js_init(void)
+{
+    http_routes_add(routes, ARRAY_LEN(routes));
+}

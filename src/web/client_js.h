@@ -1,0 +1,11 @@
+/*
+ * client_js: the JS client (clients/js/herald.js, embedded at build time) served as
+ * GET /herald.js.
+ */
+#ifndef HERALD_CLIENT_JS_H
+#define HERALD_CLIENT_JS_H
+
+/* Registers GET /herald.js. Start-up, once. */
+void client_js_init(void);
+
+#endif
