@@ -3,6 +3,9 @@
  */
 #include "transport/sse.h"
 
+#include <inttypes.h>
+#include <stdio.h>
+
 #include <stdlib.h>
 
 #include "auth/auth.h"
@@ -52,6 +55,29 @@ static void sse_deliver_cursor(struct conn *c, struct msg *m, struct slice s)
     size_t n = transport_conn_cursor(c, line + 4, sizeof(line) - 6);
     memcpy(line + 4 + n, "\n\n", 2);
     conn_send_copy_glued(c, line, 4 + n + 2);
+}
+
+/*
+ * A subscriber that gave no cursor gets one at once, as the id of the block that
+ * sets its retry delay (a block with no data): EventSource keeps it as its
+ * lastEventId without dispatching anything, so a reconnect before the first message
+ * resumes from the subscription's start, not from whenever it reconnects. `head` is
+ * the hub's last id when the subscription took effect. Writes "id: CURSOR\n\n" at
+ * out (the "retry:" line's end), within size.
+ */
+static void start_cursor(struct conn *c, uint64_t head, char *out, size_t size)
+{
+    char cur[TRANSPORT_CURSOR_MAX];
+    if (transport_per_channel_cursor(c)) {
+        if (!transport_conn_cursor(c, cur, sizeof(cur)))
+            return;
+    } else {
+        uint64_t pos = head;
+        for (struct list *p = c->subs.next; p != &c->subs; p = p->next)
+            pos = MAX(pos, sub_position(container_of(p, struct sub, conn_link)));
+        snprintf(cur, sizeof(cur), "%" PRIu64, pos);
+    }
+    snprintf(out, size, "id: %s\n\n", cur);
 }
 
 static void sse_deliver(struct conn *c, struct msg *m)
@@ -194,8 +220,11 @@ void sse_handle(struct http_ctx *x)
     /* The stream body is delimited by the connection's end (no chunking), so
      * every subscriber gets the very same pre-framed bytes. `retry` asks the
      * browser to come back after 3 s rather than its default. */
+    char first[TRANSPORT_CURSOR_MAX + 40] = ":ok\n\nretry: 3000\n\n";
+    if (!r.has_since) /* a cursor from the start, with the retry line (see start_cursor) */
+        start_cursor(x->c, b.head_seq, first + 17, sizeof(first) - 17);
     start_stream(x, &sse_ops, "text/event-stream; charset=utf-8", "Connection: keep-alive\r\n",
-                 ":ok\n\nretry: 3000\n\n", tok);
+                 first, tok);
     if (raw)
         x->c->flags |= SSEF_RAW;
     if (r.nsince) /* it keeps positions per channel: give it its cursor in that form */

@@ -209,3 +209,19 @@ def test_repeated_channel_in_the_list_counts_once(server, chan):
         assert server.publish(chan, "one")["subscribers"] == 1
         server.publish(chan, "two")
         assert [m["data"] for m in sse.messages(2)] == ["one", "two"]  # not "one" twice
+
+
+def test_a_subscriber_without_a_cursor_gets_one_at_once(server, chan):
+    """The block that sets the retry delay carries the subscription's cursor: a client
+    (EventSource keeps it as lastEventId) that loses the connection before its first
+    message resumes from where it subscribed, missing nothing published meanwhile."""
+    with SSE(server, chan) as sse:
+        assert sse.next_block().comments == ["ok"]
+        block = sse.next_block()
+        assert block.retry == "3000" and block.id is not None and block.data is None, block
+        start = block.id
+    # Disconnected: two messages come and go.
+    ids = server.publish_many(chan, ["missed 1", "missed 2"])
+    with SSE(server, chan, headers={"Last-Event-ID": start}) as again:
+        got = again.messages(2)
+        assert [m["id"] for m in got] == ids and [m["data"] for m in got] == ["missed 1", "missed 2"]
