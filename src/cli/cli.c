@@ -731,8 +731,8 @@ static const struct command commands[] = {
      {&opt_url, &opt_key, &opt_app, &opt_event, &opt_type, &opt_timeout, &opt_pretty}},
     {"sub",
      "sub [OPTIONS] CHANNEL[,CHANNEL…]",
-     "Subscribes and prints one JSON envelope per line (gap and closed events too); on a\n"
-     "dropped connection reconnects with backoff and resumes from the last id.",
+     "Subscribes and prints one JSON envelope per line, gap and closed events too.\n"
+     "A dropped connection is resumed from the last id, with backoff.",
      cmd_sub,
      1,
      1,
