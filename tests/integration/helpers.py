@@ -66,6 +66,35 @@ def wait_until(predicate, timeout=WAIT, what="condition", interval=0.02):
         time.sleep(min(interval, deadline.left()))
 
 
+def listens(pid, port):
+    """Whether process pid holds the socket listening on TCP port (IPv4 or IPv6)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    local, state, inode = parts[1], parts[3], parts[9]
+                    if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                        inodes.add(f"socket:[{inode}]")
+        except OSError:
+            continue
+    if not inodes:
+        return False
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                return True
+        except OSError:
+            pass
+    return False
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -132,7 +161,10 @@ class Herald:
         deadline = Deadline(WAIT, "herald /healthz")
         while self.proc.poll() is None:
             try:
-                if request(self.port, "GET", "/healthz", timeout=1).status == 200:
+                # Ours, not another process that took the port between free_port() and
+                # our bind (a parallel test): that one would answer, and ours would die.
+                if (request(self.port, "GET", "/healthz", timeout=1).status == 200
+                        and listens(self.proc.pid, self.port)):
                     return True
             except OSError:
                 pass
