@@ -49,14 +49,15 @@ function publisher(s, channel, every = 5) {
       await sleep(every);
     }
   })();
-  // Restarts herald once the publish in flight is answered and `got` has everything
-  // (what the old node acknowledged but had not delivered would die with it).
-  p.restart = async (signal, got) => {
+  // Runs `action` (a restart, a DELETE of the channel) once the publish in flight is
+  // answered and `got` has everything: what herald acknowledged but had not delivered
+  // dies with a restarted node's memory, or with a deleted channel's history.
+  p.pauseFor = async (got, action) => {
     let go;
     p.paused = new Promise((ok) => (go = ok));
     await p.cur?.catch(() => {});
     await until(() => got.data.length >= p.n, 10000, 'the client to catch up').catch(() => {});
-    await s.restart(signal);
+    await action();
     p.paused = null;
     go();
   };
@@ -107,12 +108,12 @@ async function disconnects(transport, args, proxyOpts, want) {
     if (Date.now() - t0 > 240000) break;
     if ((cuts + deletes) % 15 === 7) {
       if (process.env.HERALD_JS_DEBUG) console.log(`# delete at ${pub.n}`);
-      await s.deleteChannel(chan);
+      await pub.pauseFor(got, () => s.deleteChannel(chan));
       deletes++;
     }
     if (restarts < 2 && cuts + deletes > (restarts + 1) * (want / 3)) {
       if (process.env.HERALD_JS_DEBUG) console.log(`# restart at ${pub.n}`);
-      await pub.restart('SIGTERM', got);
+      await pub.pauseFor(got, () => s.restart('SIGTERM'));
       restarts++;
     }
   }
@@ -121,6 +122,7 @@ async function disconnects(transport, args, proxyOpts, want) {
   await sleep(300); // duplicates would come now
   const r = tally(got.data, pub.n);
   const forced = cuts + deletes;
+  if (process.env.HERALD_JS_DEBUG) for (const g of got.gaps) console.log('# gap ' + JSON.stringify(g));
   console.log(`# ${transport}: ${pub.n} published, ${r.received} received, lost ${r.lost}, duplicated ${r.duplicated}, out of order ${r.outOfOrder} over ${forced} forced disconnects (${cuts} connection ends incl. ${restarts} restarts, ${deletes} channel deletes, ${got.closed.length} closed events, ${got.gaps.length} gaps)`);
   assert.deepEqual([...used], [transport]);
   assert.equal(r.lost, 0);
@@ -151,9 +153,9 @@ test('websocket and SSE blocked: long-poll, nothing lost or duplicated across de
   const pub = publisher(s, 'lp');
   for (let i = 0; i < 10; i++) {
     await sleep(150);
-    await s.deleteChannel('lp');
+    await pub.pauseFor(got, () => s.deleteChannel('lp'));
   }
-  await pub.restart('SIGTERM', got);
+  await pub.pauseFor(got, () => s.restart('SIGTERM'));
   await sleep(500);
   await pub.stop();
   await until(() => got.data.length >= pub.n, 15000, 'all messages').catch(() => {});
