@@ -97,11 +97,20 @@ async function disconnects(transport, args, proxyOpts, want) {
   const h = client(url);
   const got = collector(h.subscribe([chan]));
   const used = new Set();
-  let cuts = 0, deletes = 0, restarts = 0;
+  let cuts = 0, deletes = 0, restarts = 0, pub;
   h.on('open', (e) => used.add(e.transport));
   h.on('disconnect', () => cuts++);
+  if (process.env.HERALD_JS_DEBUG) {
+    // The connection's story, printed at the end: what happened around a loss.
+    const evs = [];
+    h.on('reconnect', (m) => evs.push('reconnect:' + m.reason));
+    h.on('error', (m) => evs.push('error:' + m.error));
+    h.on('open', (e) => evs.push('open@' + pub?.n));
+    h.on('disconnect', () => evs.push('disc'));
+    cleanup.push(() => console.log('# events ' + evs.slice(-400).join(' ')));
+  }
   await until(async () => (await s.subscribers(chan)) === 1, 10000, 'the subscription');
-  const pub = publisher(s, chan);
+  pub = publisher(s, chan);
   const t0 = Date.now();
   while (cuts + deletes < want) {
     await sleep(100);
