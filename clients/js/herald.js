@@ -359,8 +359,15 @@ export class Herald extends Emitter {
   async _sse(conn) {
     conn.abort = new AbortController();
     conn.timer = setTimeout(() => this._failed(conn), this.opts.openTimeout);
-    const url = this._url('sse', { channels: conn.chans.join(','), lastEventId: this._cursor(conn.chans) });
     try {
+      // No cursor yet (a first connection that gets no message before it ends would
+      // reconnect with none and miss what came in between): a long-poll that answers
+      // at once gives the node's position.
+      if (this._cursor(conn.chans) === undefined) {
+        const r = await this.fetch(this._url('poll', { channels: conn.chans.join(','), timeout: 0 }), { signal: conn.abort.signal });
+        if (r.ok) this._advance((await r.json()).cursor, conn.chans);
+      }
+      const url = this._url('sse', { channels: conn.chans.join(','), lastEventId: this._cursor(conn.chans) });
       const r = await this.fetch(url, { signal: conn.abort.signal, headers: { accept: 'text/event-stream' } });
       if (!r.ok || !/event-stream/.test(r.headers.get('content-type'))) {
         if (r.status === 401) this._staleToken = true;

@@ -175,6 +175,21 @@ test('websocket and SSE blocked: long-poll, nothing lost or duplicated across de
   assert.deepEqual(r, { received: pub.n, lost: 0, duplicated: 0, outOfOrder: 0 });
 });
 
+test('SSE: a first connection that ends before any message still resumes from where it began', async () => {
+  // The first stream ends (lifetime 300 ms) before anything is published; the proxy holds
+  // the reconnect back 500 ms and a message is published meanwhile: it must arrive.
+  const s = await server(['--lifetime-min', '300ms', '--lifetime-max', '300ms']);
+  let sseRequests = 0;
+  const p = await blockingProxy(s.url, { websocket: true, delay: (req) => (req.url.startsWith('/sse') && ++sseRequests > 1 ? 500 : 0) });
+  cleanup.push(() => new Promise((ok) => { p.closeAllConnections(); p.close(ok); }));
+  const h = client(p.url, { transports: ['sse'] });
+  const got = collector(h.subscribe(['first']));
+  await until(() => sseRequests === 2, 5000, 'the reconnect');
+  await s.publish('first', 'while away');
+  await until(() => got.data.length === 1, 5000, 'the message published between the connections');
+  assert.deepEqual(got.data, ['while away']);
+});
+
 test('gap: a cursor older than the history is reported, then the retained messages', async () => {
   const s = await server();
   await fetch(`${s.url}/api/channels/g`, { method: 'PUT', body: '{"history_size":3}' });

@@ -158,10 +158,12 @@ export class NodeWebSocket {
 
 // An HTTP proxy in front of herald that can refuse WebSocket upgrades (closes the
 // connection, as some corporate proxies do) and SSE (answers 502), like a hostile
-// network would.
-export async function blockingProxy(target, { websocket = false, sse = false } = {}) {
+// network would, and hold requests back (`delay(req)` ms).
+export async function blockingProxy(target, { websocket = false, sse = false, delay = () => 0 } = {}) {
   const t = new URL(target);
-  const server = http.createServer((req, res) => {
+  const server = http.createServer(async (req, res) => {
+    const ms = delay(req); // holds a request back (a slow network)
+    if (ms) await sleep(ms);
     if (sse && req.url.includes('/sse')) {
       res.writeHead(502, { 'content-type': 'text/plain' });
       return res.end('proxy: no streaming here');
