@@ -68,17 +68,11 @@ bool apps_name_valid(const char *name, size_t len)
 /* A fresh random key: 32 bytes from the OpenSSL generator, base64url without padding. */
 static void new_key(char out[APP_KEY_LEN + 1])
 {
-    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    unsigned char r[33] = {0};
-    if (RAND_bytes(r, 32) != 1)
+    unsigned char r[32];
+    if (RAND_bytes(r, sizeof(r)) != 1)
         abort(); /* the OpenSSL generator cannot fail once seeded */
-    size_t o = 0;
-    for (size_t i = 0; i < 33 && o < APP_KEY_LEN; i += 3) {
-        uint32_t v = (uint32_t)r[i] << 16 | (uint32_t)r[i + 1] << 8 | r[i + 2];
-        for (int k = 3; k >= 0 && o < APP_KEY_LEN; k--)
-            out[o++] = b64[(v >> (6 * k)) & 63];
-    }
-    out[APP_KEY_LEN] = '\0';
+    _Static_assert(BASE64URL_LEN(sizeof(r)) == APP_KEY_LEN, "a key is 32 random bytes");
+    out[base64url_encode(out, r, sizeof(r))] = '\0';
 }
 
 const struct plan *apps_plans(size_t *n)

@@ -253,16 +253,8 @@ static long b64url_decode(unsigned char *out, const char *in, size_t len)
 /* Appends in[0..len) as unpadded base64url to b. */
 static void b64url_encode(struct sbuf *b, const unsigned char *in, size_t len)
 {
-    static const char abc[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    uint32_t acc = 0;
-    int bits = 0;
-    for (size_t i = 0; i < len; i++) {
-        acc = (acc << 8) | in[i];
-        for (bits += 8; bits >= 6; bits -= 6)
-            sbuf_add(b, &abc[(acc >> (bits - 6)) & 63], 1);
-    }
-    if (bits > 0)
-        sbuf_add(b, &abc[(acc << (6 - bits)) & 63], 1);
+    sbuf_reserve(b, BASE64URL_LEN(len));
+    b->len += base64url_encode(b->data + b->len, in, len);
 }
 
 static bool name_char(unsigned char ch)

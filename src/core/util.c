@@ -210,3 +210,19 @@ size_t json_strip_ws(char *dst, const char *src, size_t len)
     }
     return o;
 }
+
+size_t base64url_encode(char *out, const void *in, size_t len)
+{
+    static const char abc[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    const unsigned char *p = in;
+    size_t o = 0;
+    for (size_t i = 0; i < len; i += 3) {
+        uint32_t v = (uint32_t)p[i] << 16 | (i + 1 < len ? (uint32_t)p[i + 1] << 8 : 0) |
+                     (i + 2 < len ? p[i + 2] : 0);
+        char q[4] = {abc[v >> 18], abc[(v >> 12) & 63], abc[(v >> 6) & 63], abc[v & 63]};
+        size_t k = len - i >= 3 ? 4 : len - i + 1;
+        memcpy(out + o, q, k);
+        o += k;
+    }
+    return o;
+}

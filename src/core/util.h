@@ -98,6 +98,12 @@ size_t utf8_seq_len(const unsigned char *s, size_t n);
 void sbuf_add_json_str(struct sbuf *b, const char *s, size_t len);
 void sbuf_free(struct sbuf *b);
 
+/* Bytes base64url_encode writes for n bytes. */
+#define BASE64URL_LEN(n) (((n)*4 + 2) / 3)
+/* Writes in[0..len) as base64url without padding (RFC 4648 §5) into out, which has room
+ * for BASE64URL_LEN(len) bytes; returns the length written. */
+size_t base64url_encode(char *out, const void *in, size_t len);
+
 /*
  * Copies validated JSON text without insignificant whitespace (the publisher's
  * exact tokens, on one line, as SSE and NDJSON need). dst holds len bytes.

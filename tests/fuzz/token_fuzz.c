@@ -14,25 +14,11 @@
 #include <string.h>
 
 #include "auth/token.h"
+#include "core/util.h"
 #include "fuzz.h"
 
 static const char key[] = "fuzz-secret";
 static const int64_t now = 1700000000;
-
-static size_t b64url(char *out, const uint8_t *p, size_t len)
-{
-    static const char abc[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    size_t o = 0;
-    for (size_t i = 0; i < len; i += 3) {
-        uint32_t v = (uint32_t)p[i] << 16 | (i + 1 < len ? (uint32_t)p[i + 1] << 8 : 0) |
-                     (i + 2 < len ? p[i + 2] : 0);
-        char q[4] = {abc[v >> 18], abc[(v >> 12) & 63], abc[(v >> 6) & 63], abc[v & 63]};
-        size_t k = len - i >= 3 ? 4 : len - i + 1;
-        memcpy(out + o, q, k);
-        o += k;
-    }
-    return o;
-}
 
 static void check_token(const struct token_verifier *v, const char *jwt, size_t len)
 {
@@ -65,12 +51,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         size_t n = sizeof(hdr) - 1;
         memcpy(jwt, hdr, n);
         jwt[n++] = '.';
-        n += b64url(jwt + n, data, size);
+        n += base64url_encode(jwt + n, data, size);
         unsigned char mac[32];
         unsigned int ml = 0;
         HMAC(EVP_sha256(), key, sizeof(key) - 1, (const unsigned char *)jwt, n, mac, &ml);
         jwt[n++] = '.';
-        n += b64url(jwt + n, mac, ml);
+        n += base64url_encode(jwt + n, mac, ml);
         check_token(v, jwt, n);
         free(jwt);
     }

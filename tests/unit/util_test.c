@@ -203,9 +203,27 @@ static void test_xstrndup(void **state)
     free(p);
 }
 
+/* RFC 4648 §10's vectors, unpadded, and the two characters base64url changes. */
+static void test_base64url_encode(void **state)
+{
+    static const char *in[] = {"", "f", "fo", "foo", "foob", "fooba", "foobar"};
+    static const char *want[] = {"", "Zg", "Zm8", "Zm9v", "Zm9vYg", "Zm9vYmE", "Zm9vYmFy"};
+    char out[16];
+    for (size_t i = 0; i < sizeof(in) / sizeof(in[0]); i++) {
+        size_t n = base64url_encode(out, in[i], strlen(in[i]));
+        assert_int_equal(n, BASE64URL_LEN(strlen(in[i])));
+        out[n] = '\0';
+        assert_string_equal(out, want[i]);
+    }
+    size_t n = base64url_encode(out, "\xfb\xff", 2);
+    out[n] = '\0';
+    assert_string_equal(out, "-_8");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_base64url_encode),
         cmocka_unit_test(test_sbuf_add_and_printf),
         cmocka_unit_test(test_json_plain_and_empty),
         cmocka_unit_test(test_json_quotes_and_backslash),

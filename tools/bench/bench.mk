@@ -7,7 +7,8 @@ BENCH_OBJ   := $(BENCH_SRC:%.c=$(BUILD)/%.o)
 FLOOR_OBJ   := $(BUILD)/tools/bench/floor/floor.o
 BENCH_LIBS  := -ljansson -lcrypto -lm -pthread
 
-$(BUILD)/herald-bench: $(BENCH_OBJ)
+# base64url_encode (subscriber tokens) is herald's own, from src/core/util.c.
+$(BUILD)/herald-bench: $(BENCH_OBJ) $(BUILD)/src/core/util.o
 	$(CC) $(LDSAN) -o $@ $^ $(BENCH_LIBS)
 
 $(BUILD)/herald-floor: $(FLOOR_OBJ)

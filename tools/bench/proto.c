@@ -4,6 +4,8 @@
  */
 #include "proto.h"
 
+#include "core/util.h"
+
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
@@ -214,21 +216,6 @@ bool proto_json_str(const char *buf, size_t len, const char *key, char *out, siz
     return true;
 }
 
-static size_t b64url(char *out, const unsigned char *p, size_t len)
-{
-    static const char abc[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    size_t o = 0;
-    for (size_t i = 0; i < len; i += 3) {
-        unsigned v = (unsigned)p[i] << 16 | (i + 1 < len ? (unsigned)p[i + 1] << 8 : 0) |
-                     (i + 2 < len ? p[i + 2] : 0);
-        char q[4] = {abc[v >> 18], abc[(v >> 12) & 63], abc[(v >> 6) & 63], abc[v & 63]};
-        size_t k = len - i >= 3 ? 4 : len - i + 1;
-        memcpy(out + o, q, k);
-        o += k;
-    }
-    return o;
-}
-
 void proto_token_header(const struct bench_opts *o, int conn_id, const char *ch, char *out,
                         size_t cap)
 {
@@ -246,14 +233,15 @@ void proto_token_header(const struct bench_opts *o, int conn_id, const char *ch,
                                        "{\"sub\":\"u%d\",\"exp\":%ld,"
                                        "\"channels\":[\"%s\"]}",
                                        conn_id, exp, ch);
-    size_t t = b64url(tok, (const unsigned char *)"{\"alg\":\"HS256\",\"typ\":\"JWT\"}", 27);
+    size_t t =
+        base64url_encode(tok, (const unsigned char *)"{\"alg\":\"HS256\",\"typ\":\"JWT\"}", 27);
     tok[t++] = '.';
-    t += b64url(tok + t, (const unsigned char *)claims, (size_t)n);
+    t += base64url_encode(tok + t, (const unsigned char *)claims, (size_t)n);
     unsigned char mac[32];
     unsigned ml = 0;
     HMAC(EVP_sha256(), o->token_secret, (int)strlen(o->token_secret), (unsigned char *)tok, t, mac,
          &ml);
     tok[t++] = '.';
-    t += b64url(tok + t, mac, ml);
+    t += base64url_encode(tok + t, mac, ml);
     snprintf(out, cap, "Authorization: Bearer %.*s\r\n", (int)t, tok);
 }
