@@ -174,6 +174,15 @@ bool api_may_publish(const struct http_request *req, const struct conn *c,
     return credential(req, buf, &key, &len) && check_key(pk, key, len);
 }
 
+void api_unauthorized(struct http_ctx *x, const char *keys, const char *key)
+{
+    if (http_find_header(x->req, "Authorization"))
+        http_error(x, 401, "unauthorized", "the credentials do not match %s", keys);
+    else
+        http_error(x, 401, "unauthorized",
+                   "send %s as 'Authorization: Bearer KEY' or as the HTTP Basic password", key);
+}
+
 /* An app's API: its publish keys (current or previous) or the admin key. */
 static bool app_authorized(struct http_ctx *x)
 {
@@ -183,11 +192,8 @@ static bool app_authorized(struct http_ctx *x)
     if (api_is_admin(x->req, conn_cfg(x->c)) ||
         (credential(x->req, buf, &key, &len) && apps_key_matches(app_of(x->tenant), key, len)))
         return true;
-    http_error(x, 401, "unauthorized",
-               http_find_header(x->req, "Authorization")
-                   ? "the credentials match none of the app's publish keys"
-                   : "send the app's publish key (HERALD_PUBLISH_KEY) as 'Authorization: Bearer "
-                     "KEY' or as the HTTP Basic password");
+    api_unauthorized(x, "any of the app's publish keys",
+                     "the app's publish key (HERALD_PUBLISH_KEY)");
     return false;
 }
 
@@ -211,11 +217,7 @@ static bool authorized(struct http_ctx *x)
                    "set HERALD_PUBLISH_KEY to publish from other hosts");
         return false;
     }
-    http_error(x, 401, "unauthorized",
-               http_find_header(x->req, "Authorization")
-                   ? "the credentials do not match the publish key"
-                   : "send the publish key as 'Authorization: Bearer KEY' or as the HTTP Basic "
-                     "password");
+    api_unauthorized(x, "the publish key", "the publish key");
     return false;
 }
 

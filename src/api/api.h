@@ -41,6 +41,9 @@ void api_pub_free(struct api_pub *p);
  */
 bool api_may_publish(const struct http_request *req, const struct conn *c,
                      struct hub_tenant *tenant);
+/* Answers 401 unauthorized: the credentials sent do not match `keys`, or none were sent
+ * (then it says to send `key`, as Bearer or the HTTP Basic password). */
+void api_unauthorized(struct http_ctx *x, const char *keys, const char *key);
 /* Whether the request carries the --admin-key. */
 bool api_is_admin(const struct http_request *req, const struct herald_config *cfg);
 /*

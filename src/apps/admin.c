@@ -29,11 +29,7 @@ bool admin_guard(struct http_ctx *x)
     }
     if (api_is_admin(x->req, cfg))
         return true;
-    http_error(x, 401, "unauthorized",
-               http_find_header(x->req, "Authorization")
-                   ? "the credentials do not match the admin key"
-                   : "send the admin key as 'Authorization: Bearer KEY' or as the HTTP Basic "
-                     "password");
+    api_unauthorized(x, "the admin key", "the admin key");
     return false;
 }
 
