@@ -140,27 +140,32 @@ static void ws_reply(struct conn *c, const char *event, const char *fields, json
     sbuf_free(&b);
 }
 
-static void ws_reply_error(struct conn *c, const char *error, const char *detail, json_t *ref)
+/* {"event":"error","error":…,["limit":…,]"detail":…}: limit names the app's plan limit. */
+static void ws_reply_error_limit(struct conn *c, const char *error, const char *limit,
+                                 const char *detail, json_t *ref)
 {
     struct sbuf f = {0};
     sbuf_adds(&f, "\"error\":");
     sbuf_add_json_str(&f, error, strlen(error));
+    if (limit) {
+        sbuf_adds(&f, ",\"limit\":");
+        sbuf_add_json_str(&f, limit, strlen(limit));
+    }
     sbuf_adds(&f, ",\"detail\":");
     sbuf_add_json_str(&f, detail, strlen(detail));
     ws_reply(c, "error", f.data, ref);
     sbuf_free(&f);
 }
 
+static void ws_reply_error(struct conn *c, const char *error, const char *detail, json_t *ref)
+{
+    ws_reply_error_limit(c, error, NULL, detail, ref);
+}
+
 /* {"event":"error","error":"limit_exceeded","limit":…,"detail":…}: the app's plan. */
 static void ws_reply_limit(struct conn *c, const char *limit, const char *detail, json_t *ref)
 {
-    struct sbuf f = {0};
-    sbuf_adds(&f, "\"error\":\"limit_exceeded\",\"limit\":");
-    sbuf_add_json_str(&f, limit, strlen(limit));
-    sbuf_adds(&f, ",\"detail\":");
-    sbuf_add_json_str(&f, detail, strlen(detail));
-    ws_reply(c, "error", f.data, ref);
-    sbuf_free(&f);
+    ws_reply_error_limit(c, "limit_exceeded", limit, detail, ref);
 }
 
 /* A hub error as an error event, naming the channel (its name, not its key) when the
