@@ -10,6 +10,7 @@
 
 #include "core/util.h"
 #include "http/http_parser.h"
+#include "hub/hub.h"
 
 static struct auth_policy default_policy;
 
@@ -196,17 +197,11 @@ uint64_t auth_deadline(const struct auth_policy *p, const struct token *tok, uin
     return left > 0 ? mono_now + (uint64_t)left : mono_now;
 }
 
-struct slice auth_channel_name(struct slice key)
-{
-    const char *sep = memchr(key.data, CHANNEL_NS_SEP, key.len);
-    return sep ? (struct slice){sep + 1, key.len - (uint32_t)(sep + 1 - key.data)} : key;
-}
-
 long auth_first_forbidden(const struct token *tok, enum token_grant which,
                           const struct slice *names, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
-        struct slice name = auth_channel_name(names[i]); /* grants name channels */
+        struct slice name = chan_key_name(names[i].data, names[i].len); /* grants name channels */
         if (!token_grants(tok, which, name.data, name.len))
             return (long)i;
     }
@@ -215,7 +210,7 @@ long auth_first_forbidden(const struct token *tok, enum token_grant which,
 
 static void forbidden(struct http_ctx *x, const struct slice *key)
 {
-    struct slice bare = auth_channel_name(*key);
+    struct slice bare = chan_key_name(key->data, key->len);
     const struct slice *name = &bare;
     struct sbuf b = {0};
     char detail[CHANNEL_NAME_MAX + 128];

@@ -84,8 +84,6 @@ int auth_verify(const struct auth_policy *p, const char *jwt, size_t len, struct
 bool auth_expired(const struct auth_policy *p, const struct token *tok);
 /* Monotonic ms (the loop's clock, whose now is `mono_now`) at which tok expires under p. */
 uint64_t auth_deadline(const struct auth_policy *p, const struct token *tok, uint64_t mono_now);
-/* The channel name of a channel key: "APP~name" (an app's, hub.h) -> "name". */
-struct slice auth_channel_name(struct slice key);
 /* The index of the first of names[0..n) (channel keys) that tok does not grant
  * `which`, or -1. */
 long auth_first_forbidden(const struct token *tok, enum token_grant which,

@@ -307,7 +307,8 @@ void ws_handle_upgrade(struct http_ctx *x)
  * (then naming `name`, as "channel" too). */
 static void ws_reply_denied(struct conn *c, const char *code, const struct slice *key, json_t *ref)
 {
-    struct slice bare = auth_channel_name(*key); /* the client knows the channel's name */
+    struct slice bare =
+        chan_key_name(key->data, key->len); /* the client knows the channel's name */
     const struct slice *name = &bare;
     struct sbuf f = {0}, d = {0};
     if (strcmp(code, "token_missing") == 0)
