@@ -176,3 +176,10 @@ def test_stats_stream_sends_the_figures_every_second(herald):
     assert events[0]["time"] < events[1]["time"] < events[2]["time"]
     assert all(e["node"] == events[0]["node"] and "messages" in e for e in events)
     assert events[-1]["connections"]["stream"] >= 1  # this very stream
+    # HEAD answers the head only (no never-ending body).
+    conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=10)
+    conn.request("HEAD", "/stats/stream", headers={"Authorization": "Bearer pk"})
+    r = conn.getresponse()
+    assert r.status == 200 and r.getheader("Content-Type").startswith("text/event-stream")
+    assert r.read() == b""
+    conn.close()

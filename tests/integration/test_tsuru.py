@@ -338,6 +338,25 @@ def test_bind_app_on_a_separate_api_listener_points_subscribers_at_theirs(module
     assert r.status == 200, r.body
 
 
+def test_bind_app_refuses_what_it_cannot_record(srv, name):
+    """Bound app names go into the instance's list (a bounded one): a name that is not a
+    Tsuru app's (a CR/LF for the log) is 400, and a bind past the list's room is 409, not
+    a 201 that records nothing."""
+    create(srv, name)
+    bind(srv, name, app="a%0d%0ab", status=400)
+    status = 201
+    for i in range(20):
+        r = tsuru(srv, "POST", f"/resources/{name}/bind-app", {"app-name": f"{i}" + "x" * 90})
+        if r.status != 201:
+            status = r.status
+            break
+    assert status == 409 and 3 <= i < 20, (status, i)
+    assert r.json()["error"] == "too_many_bindings"
+    # Unbinding one makes room again.
+    assert tsuru(srv, "DELETE", f"/resources/{name}/bind-app", {"app-name": "0" + "x" * 90}).status == 200
+    assert tsuru(srv, "POST", f"/resources/{name}/bind-app", {"app-name": "z" + "x" * 90}).status == 201
+
+
 def test_unbind_app_and_unit_binds(srv, name):
     create(srv, name)
     bind(srv, name, app="web")
