@@ -360,13 +360,6 @@ export class Herald extends Emitter {
     conn.abort = new AbortController();
     conn.timer = setTimeout(() => this._failed(conn), this.opts.openTimeout);
     try {
-      // No cursor yet (a first connection that gets no message before it ends would
-      // reconnect with none and miss what came in between): a long-poll that answers
-      // at once gives the node's position.
-      if (this._cursor(conn.chans) === undefined) {
-        const r = await this.fetch(this._url('poll', { channels: conn.chans.join(','), timeout: 0 }), { signal: conn.abort.signal });
-        if (r.ok) this._advance((await r.json()).cursor, conn.chans);
-      }
       const url = this._url('sse', { channels: conn.chans.join(','), lastEventId: this._cursor(conn.chans) });
       const r = await this.fetch(url, { signal: conn.abort.signal, headers: { accept: 'text/event-stream' } });
       if (!r.ok || !/event-stream/.test(r.headers.get('content-type'))) {
@@ -389,6 +382,10 @@ export class Herald extends Emitter {
               const m = JSON.parse(data.join('\n'));
               this._event(conn, m);
               if (id && m.event === 'message') this._advance(id, conn.chans);
+            } else if (id && this._cursor(conn.chans) === undefined) {
+              // A request without a cursor gets one in its first block (no data): a
+              // stream that ends before its first message resumes from there.
+              this._advance(id, conn.chans);
             }
             id = null;
             data = [];
