@@ -253,8 +253,9 @@ static long b64url_decode(unsigned char *out, const char *in, size_t len)
 /* Appends in[0..len) as unpadded base64url to b. */
 static void b64url_encode(struct sbuf *b, const unsigned char *in, size_t len)
 {
-    sbuf_reserve(b, BASE64URL_LEN(len));
+    sbuf_reserve(b, BASE64URL_LEN(len) + 1);
     b->len += base64url_encode(b->data + b->len, in, len);
+    b->data[b->len] = '\0'; /* an sbuf stays a C string */
 }
 
 static bool name_char(unsigned char ch)
