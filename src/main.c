@@ -85,8 +85,9 @@ static struct hub_tenant *resolve_app(const char *name, size_t len)
 int main(int argc, char **argv)
 {
     /* `herald pub …`, `herald sub …`: the command-line client, not the server */
-    if (argc > 1 && cli_is_command(argv[1]))
+    if (argc > 1 && cli_handles(argv[1]))
         return cli_main(argc, argv);
+    config_set_help_footer(cli_print_commands);
     int rc = config_load(&srv.cfg, argc, argv);
     if (rc == 1)
         return 0;

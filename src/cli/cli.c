@@ -35,7 +35,8 @@
 struct opts {
     const char *url, *key, *app, *admin_key, *event, *token, *since, *prefix, *limit, *type;
     const char *secret, *sub, *channels, *publish, *ttl, *plan, *count, *timeout;
-    bool pretty, public_, help;
+    const char *cacert, *subscribe, *settings;
+    bool pretty, public_, insecure, help;
     int nargs;
     char *args[8];
 };
@@ -55,9 +56,17 @@ static const struct opt_def opt_timeout = {
     "timeout", "DURATION", "give up after this long (10s; sub: run this long)", O(timeout)};
 static const struct opt_def opt_admin = {"admin-key", "KEY", "admin key (HERALD_ADMIN_KEY)",
                                          O(admin_key)};
+static const struct opt_def opt_cacert = {
+    "cacert", "FILE", "https: trust the CAs in this PEM file (HERALD_CACERT)", O(cacert)};
+static const struct opt_def opt_insecure = {
+    "insecure", NULL,
+    "https: do not verify the server's certificate (anyone on the way could read "
+    "and change the traffic)",
+    O(insecure)};
 
 struct command {
     const char *name, *usage, *summary;
+    const char *url_env; /* where the server comes from without --url (then HERALD_URL) */
     int (*run)(struct opts *o);
     int min_args, max_args;
     const struct opt_def *opts[12];
@@ -88,11 +97,12 @@ static void print_help(const struct command *c)
         printf("  %-24s %s\n", flag, c->opts[i]->help);
     }
     printf("  %-24s %s\n", "-h, --help", "print this help and exit");
-    printf("\nServer: --url, else $HERALD_PUBLISH_URL (publishing) or $HERALD_URL, else %s.\n"
-           "Exit codes: 0 done, 1 the server said no (its error on stderr), 2 usage error,\n"
-           "3 cannot reach the server, 4 sub --timeout before --count messages. See "
-           "docs/cli.md.\n",
-           DEFAULT_URL);
+    if (c->url_env)
+        printf("\nServer: --url, else $%s%s, else %s.\n", c->url_env,
+               strcmp(c->url_env, "HERALD_URL") ? ", else $HERALD_URL" : "", DEFAULT_URL);
+    printf("Exit codes: 0 done, 1 the server said no (its error on stderr), 2 usage error,\n"
+           "3 cannot reach the server (or TLS failed), 4 sub --timeout before --count "
+           "messages,\n5 over a limit or busy (429, 503): try again later. See docs/cli.md.\n");
 }
 
 static int parse_opts(const struct command *c, int argc, char **argv, struct opts *o)
@@ -164,14 +174,14 @@ static int duration_ms(const char *s, const char *what, int *out)
 }
 
 /*
- * The base URL: `primary` (the flag, or an env var), then `fallback`, then the
- * default; with an app, its prefix (replacing a trailing /apps/NAME, which is
- * how Tsuru gives HERALD_URL). Fills t; 0 or a usage error.
+ * The base URL: --url, then the command's variable (cmd->url_env), then
+ * HERALD_URL, then the default; with an app, its prefix (replacing a trailing
+ * /apps/NAME, which is how Tsuru gives HERALD_URL); for https, whom to trust.
+ * Fills t; 0 or a usage error.
  */
-static int resolve(struct target *t, const struct opts *o, const char *fallback_env,
-                   const char *key)
+static int resolve(struct target *t, const struct opts *o, const char *key)
 {
-    const char *base = env_or(o->url, fallback_env);
+    const char *base = env_or(o->url, cmd->url_env);
     if (!base)
         base = env_or(NULL, "HERALD_URL");
     if (!base)
@@ -200,6 +210,10 @@ static int resolve(struct target *t, const struct opts *o, const char *fallback_
             return usage_error("the key is not a key (over 500 bytes, or a line break)");
         snprintf(t->auth, sizeof(t->auth), "Authorization: Bearer %s\r\n", key);
     }
+    t->url.insecure = o->insecure;
+    t->url.cafile = env_or(o->cacert, "HERALD_CACERT");
+    if (t->url.cafile && access(t->url.cafile, R_OK) < 0)
+        return usage_error("cannot read the CA file %s: %s", t->url.cafile, strerror(errno));
     t->timeout_ms = 10000;
     if (o->timeout && duration_ms(o->timeout, "timeout", &t->timeout_ms) != 0)
         return CLI_EXIT_USAGE;
@@ -235,16 +249,19 @@ static int refused(const struct target *t, int status, const char *body, size_t 
     fwrite(body, 1, len, stderr);
     if (len == 0 || body[len - 1] != '\n')
         fputc('\n', stderr);
+    bool apps = strcmp(cmd->name, "apps") == 0, later = status == 429 || status == 503;
     const char *hint =
         status == 401 || status == 403
-            ? (strcmp(cmd->name, "apps") == 0  ? "check --admin-key (HERALD_ADMIN_KEY)"
+            ? (apps                            ? "check --admin-key (HERALD_ADMIN_KEY)"
                : strcmp(cmd->name, "sub") == 0 ? "check --token (mint one with herald token)"
                                                : "check --key (HERALD_PUBLISH_KEY)")
-        : status == 404 ? "check --url and --app"
-                        : NULL;
+        : status == 404
+            ? (apps ? "check the app's name (herald apps list) and --url" : "check --url and --app")
+        : later ? "over a limit (named above) or busy: try again later"
+                : NULL;
     fprintf(stderr, "%s %s: the server answered %d%s%s\n", prog, cmd->name, status,
             hint ? ": " : "", hint ? hint : "");
-    return CLI_EXIT_REFUSED;
+    return later ? CLI_EXIT_LATER : CLI_EXIT_REFUSED;
 }
 
 /* One request; prints the answer; the exit code. */
@@ -281,7 +298,7 @@ static int read_stdin(struct sbuf *b)
 static int cmd_pub(struct opts *o)
 {
     struct target t;
-    int rc = resolve(&t, o, "HERALD_PUBLISH_URL", env_or(o->key, "HERALD_PUBLISH_KEY"));
+    int rc = resolve(&t, o, env_or(o->key, "HERALD_PUBLISH_KEY"));
     if (rc)
         return rc;
     struct sbuf data = {0}, path = {0}, hdr = {0};
@@ -329,7 +346,7 @@ static int cmd_pub(struct opts *o)
 static int cmd_channels(struct opts *o)
 {
     struct target t;
-    int rc = resolve(&t, o, "HERALD_PUBLISH_URL", env_or(o->key, "HERALD_PUBLISH_KEY"));
+    int rc = resolve(&t, o, env_or(o->key, "HERALD_PUBLISH_KEY"));
     if (rc)
         return rc;
     struct sbuf path = {0};
@@ -351,11 +368,56 @@ static int cmd_channels(struct opts *o)
 static int cmd_stats(struct opts *o)
 {
     struct target t;
-    int rc = resolve(&t, o, "HERALD_PUBLISH_URL", env_or(o->key, "HERALD_PUBLISH_KEY"));
+    int rc = resolve(&t, o, env_or(o->key, "HERALD_PUBLISH_KEY"));
     return rc ? rc : call(o, &t, "GET", "/stats", NULL, NULL, 0);
 }
 
 /* ---- apps ------------------------------------------------------------------------------ */
+
+/* The verbs of `herald apps`: how many words follow the verb, and what they are. */
+static const struct apps_verb {
+    const char *name, *args;
+    int nargs;
+} apps_verbs[] = {
+    {"list", "", 0},        {"plans", "", 0},           {"create", " NAME", 1},
+    {"show", " NAME", 1},   {"update", " NAME", 1},     {"delete", " NAME", 1},
+    {"rotate", " NAME", 1}, {"revoke", " NAME KEY", 2},
+};
+
+/* The body of create and update: name (create), plan, subscribe, settings; NULL after a
+ * usage error (printed). */
+static json_t *apps_body(const struct opts *o, const char *name)
+{
+    json_t *j = name ? json_pack("{s:s}", "name", name) : json_object();
+    if (o->plan)
+        json_object_set_new(j, "plan", json_string(o->plan));
+    const char *subscribe = o->public_ ? "public" : o->subscribe;
+    if (o->public_ && o->subscribe && strcmp(o->subscribe, "public") != 0) {
+        usage_error("--public is --subscribe public; give one of them");
+        goto bad;
+    }
+    if (subscribe && strcmp(subscribe, "public") && strcmp(subscribe, "token")) {
+        usage_error("--subscribe is token (subscribers need a token) or public");
+        goto bad;
+    }
+    if (subscribe)
+        json_object_set_new(j, "subscribe", json_string(subscribe));
+    if (o->settings) {
+        json_error_t e;
+        json_t *set = json_loads(o->settings, 0, &e);
+        if (!json_is_object(set)) {
+            json_decref(set);
+            usage_error("--settings is a JSON object, e.g. '{\"auto_create\":false}'%s%s",
+                        set ? "" : ": ", set ? "" : e.text);
+            goto bad;
+        }
+        json_object_set_new(j, "settings", set);
+    }
+    return j;
+bad:
+    json_decref(j);
+    return NULL;
+}
 
 static int cmd_apps(struct opts *o)
 {
@@ -363,49 +425,57 @@ static int cmd_apps(struct opts *o)
     struct opts root = *o;
     root.app = NULL; /* the admin API lives at the server's root */
     struct target t;
-    int rc = resolve(&t, &root, "HERALD_ADMIN_URL", admin);
+    int rc = resolve(&t, &root, admin);
     if (rc)
         return rc;
     char *p = strstr(t.url.path, "/apps/"); /* Tsuru's HERALD_URL names an app */
     if (p && !strchr(p + 6, '/'))
         *p = '\0';
+    const char *verb = o->args[0];
+    const struct apps_verb *v = NULL;
+    for (size_t i = 0; i < sizeof(apps_verbs) / sizeof(apps_verbs[0]) && !v; i++)
+        if (strcmp(verb, apps_verbs[i].name) == 0)
+            v = &apps_verbs[i];
+    if (!v)
+        return usage_error("unknown apps command \"%s\" (list, plans, create, show, update, "
+                           "delete, rotate, revoke)",
+                           verb);
+    if (o->nargs - 1 != v->nargs)
+        return usage_error("it is apps %s%s", v->name, v->args);
+    bool writes = strcmp(verb, "create") == 0 || strcmp(verb, "update") == 0;
+    if (!writes && (o->plan || o->public_ || o->subscribe || o->settings))
+        return usage_error("--plan, --subscribe, --public and --settings go with apps create "
+                           "and apps update");
+    if (strcmp(verb, "update") == 0 && !o->plan && !o->public_ && !o->subscribe && !o->settings)
+        return usage_error("apps update changes --plan, --subscribe or --settings: give one");
     if (!admin)
         return usage_error("no admin key: give --admin-key KEY or set HERALD_ADMIN_KEY");
-    const char *verb = o->args[0];
-    bool named = strcmp(verb, "list") != 0;
-    if (strcmp(verb, "list") && strcmp(verb, "create") && strcmp(verb, "show") &&
-        strcmp(verb, "delete") && strcmp(verb, "rotate"))
-        return usage_error("unknown apps command \"%s\" (list, create, show, delete, rotate)",
-                           verb);
-    if (named != (o->nargs == 2))
-        return usage_error(named ? "apps %s needs the app's NAME" : "apps list takes no NAME",
-                           verb);
-    if ((o->plan || o->public_) && strcmp(verb, "create") != 0)
-        return usage_error("--plan and --public go with apps create");
     struct sbuf path = {0};
-    sbuf_adds(&path, "/admin/apps");
-    if (named) {
+    sbuf_adds(&path, strcmp(verb, "plans") == 0 ? "/admin/plans" : "/admin/apps");
+    if (v->nargs > 0 && strcmp(verb, "create") != 0) {
         sbuf_adds(&path, "/");
         cli_url_encode(&path, o->args[1], NULL);
     }
-    if (strcmp(verb, "list") == 0 || strcmp(verb, "show") == 0) {
-        rc = call(o, &t, "GET", path.data, NULL, NULL, 0);
-    } else if (strcmp(verb, "delete") == 0) {
+    static const char json_type[] = "Content-Type: application/json\r\n";
+    if (strcmp(verb, "delete") == 0) {
         rc = call(o, &t, "DELETE", path.data, NULL, NULL, 0);
     } else if (strcmp(verb, "rotate") == 0) {
         sbuf_adds(&path, "/keys");
         rc = call(o, &t, "POST", path.data, NULL, "", 0);
-    } else {
-        json_t *j = json_pack("{s:s}", "name", o->args[1]);
-        if (o->plan)
-            json_object_set_new(j, "plan", json_string(o->plan));
-        if (o->public_)
-            json_object_set_new(j, "subscribe", json_string("public"));
-        char *body = json_dumps(j, JSON_COMPACT);
-        rc = call(o, &t, "POST", "/admin/apps", "Content-Type: application/json\r\n", body,
-                  strlen(body));
+    } else if (strcmp(verb, "revoke") == 0) {
+        sbuf_adds(&path, "/keys/");
+        cli_url_encode(&path, o->args[2], NULL);
+        rc = call(o, &t, "DELETE", path.data, NULL, NULL, 0);
+    } else if (writes) {
+        json_t *j = apps_body(o, strcmp(verb, "create") == 0 ? o->args[1] : NULL);
+        char *body = j ? json_dumps(j, JSON_COMPACT) : NULL;
+        rc = !j ? CLI_EXIT_USAGE
+                : call(o, &t, strcmp(verb, "create") == 0 ? "POST" : "PATCH", path.data, json_type,
+                       body, strlen(body));
         free(body);
         json_decref(j);
+    } else {
+        rc = call(o, &t, "GET", path.data, NULL, NULL, 0);
     }
     sbuf_free(&path);
     return rc;
@@ -619,7 +689,7 @@ static int sub_once(struct sub_state *s, const struct target *t, const char *cha
 static int cmd_sub(struct opts *o)
 {
     struct target t;
-    int rc = resolve(&t, o, "HERALD_URL", NULL);
+    int rc = resolve(&t, o, NULL);
     if (rc)
         return rc;
     struct sub_state s = {.o = o};
@@ -709,9 +779,15 @@ static const struct opt_def opt_count = {"count", "N", "exit after N messages", 
 static const struct opt_def opt_prefix = {"prefix", "P", "only channels starting with P",
                                           O(prefix)};
 static const struct opt_def opt_limit = {"limit", "N", "at most N channels", O(limit)};
-static const struct opt_def opt_plan = {"plan", "PLAN", "apps create: the plan", O(plan)};
-static const struct opt_def opt_public = {"public", NULL, "apps create: anyone may subscribe",
+static const struct opt_def opt_plan = {"plan", "PLAN", "create, update: the plan (apps plans)",
+                                        O(plan)};
+static const struct opt_def opt_subscribe = {
+    "subscribe", "POLICY", "create, update: token (subscribers need one) or public", O(subscribe)};
+static const struct opt_def opt_public = {"public", NULL, "create, update: --subscribe public",
                                           O(public_)};
+static const struct opt_def opt_settings = {
+    "settings", "JSON", "create, update: settings to set, e.g. '{\"auto_create\":false}'",
+    O(settings)};
 static const struct opt_def opt_secret = {"secret", "SECRET", "HS256 secret (HERALD_TOKEN_SECRET)",
                                           O(secret)};
 static const struct opt_def opt_sub = {"sub", "USER", "the user id (\"sub\")", O(sub)};
@@ -725,42 +801,56 @@ static const struct command commands[] = {
     {"pub",
      "pub [OPTIONS] CHANNEL [DATA|-]",
      "Publishes DATA (or stdin) to CHANNEL and prints herald's answer ({\"id\":…}).",
+     "HERALD_PUBLISH_URL",
      cmd_pub,
      1,
      2,
-     {&opt_url, &opt_key, &opt_app, &opt_event, &opt_type, &opt_timeout, &opt_pretty}},
+     {&opt_url, &opt_key, &opt_app, &opt_event, &opt_type, &opt_cacert, &opt_insecure, &opt_timeout,
+      &opt_pretty}},
     {"sub",
      "sub [OPTIONS] CHANNEL[,CHANNEL…]",
      "Subscribes and prints one JSON envelope per line, gap and closed events too.\n"
      "A dropped connection is resumed from the last id, with backoff.",
+     "HERALD_URL",
      cmd_sub,
      1,
      1,
-     {&opt_url, &opt_app, &opt_token, &opt_since, &opt_count, &opt_timeout, &opt_pretty}},
+     {&opt_url, &opt_app, &opt_token, &opt_since, &opt_count, &opt_cacert, &opt_insecure,
+      &opt_timeout, &opt_pretty}},
     {"channels",
      "channels [OPTIONS]",
      "Lists channels (GET /api/channels).",
+     "HERALD_PUBLISH_URL",
      cmd_channels,
      0,
      0,
-     {&opt_url, &opt_key, &opt_app, &opt_prefix, &opt_limit, &opt_timeout, &opt_pretty}},
+     {&opt_url, &opt_key, &opt_app, &opt_prefix, &opt_limit, &opt_cacert, &opt_insecure,
+      &opt_timeout, &opt_pretty}},
     {"stats",
      "stats [OPTIONS]",
      "Prints herald's counters (GET /stats).",
+     "HERALD_PUBLISH_URL",
      cmd_stats,
      0,
      0,
-     {&opt_url, &opt_key, &opt_app, &opt_timeout, &opt_pretty}},
+     {&opt_url, &opt_key, &opt_app, &opt_cacert, &opt_insecure, &opt_timeout, &opt_pretty}},
     {"apps",
-     "apps list|create NAME|show NAME|delete NAME|rotate NAME [OPTIONS]",
-     "Manages apps through the admin API (/admin/apps); rotate makes a new publish key.",
+     "apps list|plans|create NAME|show NAME|update NAME|delete NAME|rotate NAME|revoke NAME "
+     "KEY [OPTIONS]",
+     "Manages apps through the admin API (/admin/apps, /admin/plans).\n"
+     "create (with a plan), list, show, update (plan, subscribe policy, settings), delete;\n"
+     "rotate makes a new publish key (the old one works until revoked), revoke KEY ends one;\n"
+     "plans lists the plans.",
+     "HERALD_ADMIN_URL",
      cmd_apps,
      1,
-     2,
-     {&opt_url, &opt_admin, &opt_plan, &opt_public, &opt_timeout, &opt_pretty}},
+     3,
+     {&opt_url, &opt_admin, &opt_plan, &opt_subscribe, &opt_public, &opt_settings, &opt_cacert,
+      &opt_insecure, &opt_timeout, &opt_pretty}},
     {"token",
      "token [OPTIONS]",
      "Prints a subscriber token: an HS256 JWT signed with the secret.",
+     NULL,
      cmd_token,
      0,
      0,
@@ -769,45 +859,68 @@ static const struct command commands[] = {
      "bench [herald-bench OPTIONS]",
      "Runs herald-bench (docs/bench.md).",
      NULL,
+     NULL,
      0,
      0,
      {NULL}},
 };
 
-bool cli_is_command(const char *arg)
+#define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
+
+bool cli_handles(const char *arg)
 {
-    if (strcmp(arg, "help") == 0)
-        return true;
-    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
-        if (strcmp(arg, commands[i].name) == 0)
-            return true;
-    return false;
+    return arg[0] != '-'; /* the server takes no positional arguments */
 }
 
-static int help_all(void)
+void cli_print_commands(void *out)
 {
-    printf("Usage: %s <command> [OPTIONS]   (herald with no command runs the server: herald "
-           "--help)\n\nCommands:\n",
-           prog);
-    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
-        printf("  %-10s %.*s\n", commands[i].name, (int)strcspn(commands[i].summary, "\n"),
-               commands[i].summary);
-    printf("\n%s <command> --help describes one. See docs/cli.md.\n", prog);
-    return CLI_EXIT_OK;
+    FILE *f = out;
+    fprintf(f, "\nCommands: herald COMMAND [OPTION]... is a client of a running herald\n");
+    for (size_t i = 0; i < N_COMMANDS; i++)
+        fprintf(f, "  %-10s %.*s\n", commands[i].name, (int)strcspn(commands[i].summary, "\n"),
+                commands[i].summary);
+    fprintf(f, "herald COMMAND --help (or herald help COMMAND) describes one; see docs/cli.md.\n");
+}
+
+static const struct command *find_command(const char *name)
+{
+    for (size_t i = 0; i < N_COMMANDS; i++)
+        if (strcmp(name, commands[i].name) == 0)
+            return &commands[i];
+    return NULL;
+}
+
+static int unknown_command(const char *name)
+{
+    fprintf(stderr, "%s: unknown command \"%s\"\n", prog, name);
+    cli_print_commands(stderr);
+    fprintf(stderr, "Without a command herald runs the server (herald --help lists its "
+                    "options).\n");
+    return CLI_EXIT_USAGE;
 }
 
 int cli_main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN);
     srand((unsigned)(now_ms() ^ (uint64_t)getpid()));
-    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
-        if (strcmp(argv[1], commands[i].name) == 0)
-            cmd = &commands[i];
+    cmd = find_command(argv[1]);
+    if (!cmd && strcmp(argv[1], "help") != 0)
+        return unknown_command(argv[1]);
     if (!cmd) { /* help [COMMAND] */
-        for (size_t i = 0; argc > 2 && i < sizeof(commands) / sizeof(commands[0]); i++)
-            if (strcmp(argv[2], commands[i].name) == 0)
-                return print_help(&commands[i]), CLI_EXIT_OK;
-        return help_all();
+        if (argc < 3) {
+            config_print_help(stdout);
+            cli_print_commands(stdout);
+            return CLI_EXIT_OK;
+        }
+        cmd = find_command(argv[2]);
+        if (!cmd)
+            return unknown_command(argv[2]);
+        if (!cmd->run) { /* bench: herald-bench's own help */
+            char *args[] = {argv[0], argv[2], (char *)"--help", NULL};
+            return cmd_bench(3, args);
+        }
+        print_help(cmd);
+        return CLI_EXIT_OK;
     }
     if (!cmd->run)
         return cmd_bench(argc, argv);

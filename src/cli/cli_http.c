@@ -7,14 +7,17 @@
  */
 #include "cli/cli_http.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <poll.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -34,59 +37,104 @@ struct cli_conn {
     char buf[HEAD_MAX];
 };
 
+/* Why s is not a base URL: a sentence quoting (the start of) it, and -1. */
+static int url_error(char *err, size_t errsize, const char *s, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int url_error(char *err, size_t errsize, const char *s, const char *fmt, ...)
+{
+    int n = snprintf(err, errsize, "the URL \"%.100s%s\" ", s, strlen(s) > 100 ? "…" : "");
+    if (n >= 0 && (size_t)n < errsize) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err + n, errsize - (size_t)n, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+/* host[0..n) of a bracketed IPv6 literal: hex digits, ':' and (an embedded IPv4) '.'. */
+static bool ipv6_chars(const char *host, size_t n)
+{
+    return n > 1 && strspn(host, "0123456789abcdefABCDEF:.") >= n && memchr(host, ':', n);
+}
+
+/*
+ * Everything in the URL ends up in the request line or the Host header, so a
+ * byte that would break them (a space, CR, LF, any control) is refused rather
+ * than escaped: a base URL has none.
+ */
 int cli_url_parse(const char *s, struct cli_url *u, char *err, size_t errsize)
 {
     memset(u, 0, sizeof(*u));
+    for (const char *q = s; *q; q++)
+        if ((unsigned char)*q <= 0x20 || *q == 0x7f)
+            return url_error(err, errsize, s, "has a %s at byte %zu: a base URL has none",
+                             *q == ' ' ? "space" : "control character", (size_t)(q - s));
     const char *p;
-    if (strncmp(s, "http://", 7) == 0) {
+    if (strncasecmp(s, "http://", 7) == 0) {
         p = s + 7;
-    } else if (strncmp(s, "https://", 8) == 0) {
+    } else if (strncasecmp(s, "https://", 8) == 0) {
         p = s + 8;
         u->tls = true;
     } else {
-        snprintf(err, errsize, "the URL \"%s\" must start with http:// or https://", s);
-        return -1;
+        return url_error(err, errsize, s,
+                         "must start with http:// or https:// (e.g. http://localhost:8080)");
     }
-    size_t hl = strcspn(p, "/?#");
-    const char *host = p, *colon = NULL;
-    if (*host == '[') { /* [v6]:port */
-        const char *rb = memchr(host, ']', hl);
+    size_t hl = strcspn(p, "/?#"); /* the authority: host[:port] */
+    const char *end = p + hl, *colon;
+    if (memchr(p, '@', hl))
+        return url_error(err, errsize, s,
+                         "has user:password@: give keys with --key or --admin-key "
+                         "(HERALD_PUBLISH_KEY, HERALD_ADMIN_KEY) instead");
+    const char *host = p;
+    size_t n;
+    if (*p == '[') {
+        const char *rb = memchr(p, ']', hl);
         if (!rb)
-            goto bad;
-        colon = rb + 1 < p + hl && rb[1] == ':' ? rb + 1 : NULL;
-        host++;
-        if ((size_t)(rb - host) >= sizeof(u->host))
-            goto bad;
-        memcpy(u->host, host, (size_t)(rb - host));
+            return url_error(err, errsize, s, "opens an IPv6 host without closing its brackets");
+        host = p + 1;
+        n = (size_t)(rb - host);
+        if (rb + 1 < end && rb[1] != ':')
+            return url_error(err, errsize, s, "has \"%c\" after ]: only :PORT may follow", rb[1]);
+        colon = rb + 1 < end ? rb + 1 : NULL;
+        if (n && !ipv6_chars(host, n))
+            return url_error(err, errsize, s,
+                             "has brackets around something that is not an IPv6 address "
+                             "(no zone ids)");
     } else {
-        colon = memchr(host, ':', hl);
-        size_t n = colon ? (size_t)(colon - host) : hl;
-        if (n >= sizeof(u->host))
-            goto bad;
-        memcpy(u->host, host, n);
+        colon = memchr(p, ':', hl);
+        n = colon ? (size_t)(colon - p) : hl;
+        if (colon && memchr(colon + 1, ':', (size_t)(end - colon - 1)))
+            return url_error(err, errsize, s,
+                             "has an IPv6 host: write it in brackets, http://[::1]:8080");
     }
-    if (!u->host[0])
-        goto bad;
+    if (n == 0)
+        return url_error(err, errsize, s, "has no host");
+    if (n > 253)
+        return url_error(err, errsize, s, "has a host %zu bytes long (253 at most)", n);
+    memcpy(u->host, host, n);
     if (colon) {
-        size_t n = (size_t)(p + hl - colon - 1);
-        if (n == 0 || n >= sizeof(u->port) || strspn(colon + 1, "0123456789") < n)
-            goto bad;
-        memcpy(u->port, colon + 1, n);
+        size_t pl = (size_t)(end - colon - 1);
+        unsigned long port = 0;
+        bool digits = pl > 0 && pl <= 5 && strspn(colon + 1, "0123456789") >= pl;
+        if (digits)
+            port = strtoul(colon + 1, NULL, 10);
+        if (!digits || port < 1 || port > 65535)
+            return url_error(err, errsize, s, "has a port that is not a number from 1 to 65535");
+        memcpy(u->port, colon + 1, pl);
     } else {
         strcpy(u->port, u->tls ? "443" : "80");
     }
-    const char *path = p + hl;
-    size_t pl = strcspn(path, "?#");
-    while (pl > 0 && path[pl - 1] == '/')
+    size_t pl = strcspn(end, "?#");
+    if (end[pl])
+        return url_error(err, errsize, s, "has a ?query or #fragment: a base URL takes neither");
+    while (pl > 0 && end[pl - 1] == '/')
         pl--;
     if (pl >= sizeof(u->path))
-        goto bad;
-    memcpy(u->path, path, pl);
+        return url_error(err, errsize, s, "has a path %zu bytes long (%zu at most)", pl,
+                         sizeof(u->path) - 1);
+    memcpy(u->path, end, pl);
     return 0;
-bad:
-    snprintf(err, errsize,
-             "the URL \"%s\" is not http[s]://host[:port][/path] (IPv6 hosts in brackets)", s);
-    return -1;
 }
 
 void cli_url_encode(struct sbuf *b, const char *s, const char *keep)
@@ -141,25 +189,52 @@ static int dial(const struct cli_url *u, int timeout_ms, char *err, size_t errsi
 
 static int tls_start(struct cli_conn *c, const struct cli_url *u, char *err, size_t errsize)
 {
+    unsigned char ip[16];
+    bool literal = inet_pton(AF_INET, u->host, ip) == 1 || inet_pton(AF_INET6, u->host, ip) == 1;
     c->ctx = SSL_CTX_new(TLS_client_method());
     if (!c->ctx)
         goto fail;
-    SSL_CTX_set_default_verify_paths(c->ctx); /* honours SSL_CERT_FILE, SSL_CERT_DIR */
-    SSL_CTX_set_verify(c->ctx, SSL_VERIFY_PEER, NULL);
+    SSL_CTX_set_min_proto_version(c->ctx, TLS1_2_VERSION);
+    if (u->cafile) {
+        if (SSL_CTX_load_verify_locations(c->ctx, u->cafile, NULL) != 1) {
+            unsigned long e = ERR_get_error();
+            snprintf(err, errsize,
+                     "cannot use %s as the CA file: %s (give a PEM file of CA "
+                     "certificates)",
+                     u->cafile, e ? ERR_reason_error_string(e) : "unreadable");
+            return -1;
+        }
+    } else {
+        SSL_CTX_set_default_verify_paths(c->ctx); /* honours SSL_CERT_FILE, SSL_CERT_DIR */
+    }
+    SSL_CTX_set_verify(c->ctx, u->insecure ? SSL_VERIFY_NONE : SSL_VERIFY_PEER, NULL);
     c->ssl = SSL_new(c->ctx);
+    /* SSL_set1_host checks an IP literal against the certificate's IP addresses; SNI
+     * carries host names only (RFC 6066 §3). */
     if (!c->ssl || !SSL_set_fd(c->ssl, c->fd) || !SSL_set1_host(c->ssl, u->host) ||
-        !SSL_set_tlsext_host_name(c->ssl, u->host))
+        (!literal && !SSL_set_tlsext_host_name(c->ssl, u->host)))
         goto fail;
     if (SSL_connect(c->ssl) == 1)
         return 0;
 fail:;
     unsigned long e = ERR_get_error();
     long v = c->ssl ? SSL_get_verify_result(c->ssl) : X509_V_OK;
-    snprintf(err, errsize, "TLS handshake with %s:%s failed: %s%s", u->host, u->port,
-             v != X509_V_OK ? X509_verify_cert_error_string(v)
-             : e            ? ERR_reason_error_string(e)
-                            : "the connection closed",
-             v != X509_V_OK ? " (SSL_CERT_FILE=FILE names the CA to trust)" : "");
+    if (v == X509_V_ERR_HOSTNAME_MISMATCH || v == X509_V_ERR_IP_ADDRESS_MISMATCH)
+        snprintf(err, errsize,
+                 "the TLS certificate of %s:%s is not for \"%s\" (%s): give --url the name it "
+                 "was issued for",
+                 u->host, u->port, u->host, X509_verify_cert_error_string(v));
+    else if (v != X509_V_OK)
+        snprintf(err, errsize,
+                 "the TLS certificate of %s:%s does not verify (%s): --cacert FILE (or "
+                 "HERALD_CACERT) names the CA to trust; --insecure skips the check",
+                 u->host, u->port, X509_verify_cert_error_string(v));
+    else
+        snprintf(err, errsize, "TLS handshake with %s:%s failed: %s%s", u->host, u->port,
+                 e ? ERR_reason_error_string(e) : "the connection closed",
+                 ERR_GET_REASON(e) == SSL_R_WRONG_VERSION_NUMBER
+                     ? " (does that port speak plain http? then the URL is http://)"
+                     : "");
     return -1;
 }
 

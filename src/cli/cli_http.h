@@ -1,9 +1,10 @@
 /*
  * cli_http: the small blocking HTTP/1.1 client of the CLI (herald pub, sub,
  * channels, stats, apps). One request per connection ("Connection: close"),
- * http:// over a plain socket or https:// over OpenSSL (the system's CA store;
- * SSL_CERT_FILE names another). Response heads are read with herald's own
- * parser (http_parse_response), chunked bodies with its decoder.
+ * http:// over a plain socket or https:// over OpenSSL (the system's CA store,
+ * which honours SSL_CERT_FILE, or the CA file the caller names; the
+ * certificate must be valid for the URL's host, a name or an IP address). Response heads are read
+ * with herald's own parser (http_parse_response), chunked bodies with its decoder.
  *
  * Errors: functions return 0, or CLI_HTTP_E_CONNECT (cannot resolve, connect,
  * handshake: the server is unreachable) or CLI_HTTP_E_IO (the connection failed,
@@ -25,15 +26,29 @@ enum {
     CLI_HTTP_E_IO = -2,
 };
 
-/* A base URL: scheme, host, port and path prefix (no trailing '/'). */
+/*
+ * A base URL: scheme, host, port and path prefix (no trailing '/'); and, for
+ * https, whom to trust, which the caller sets after cli_url_parse: cafile (a
+ * PEM file of CAs, borrowed; NULL: the system's store, which honours
+ * SSL_CERT_FILE and SSL_CERT_DIR) or insecure (no verification at all).
+ */
 struct cli_url {
     bool tls;
     char host[256];
     char port[8];
     char path[1024];
+    const char *cafile;
+    bool insecure;
 };
 
-/* Parses "http[s]://host[:port][/prefix]". 0, or -1 with the reason in err. */
+/*
+ * Parses "http[s]://host[:port][/prefix]" (scheme case-insensitive, IPv6 hosts
+ * in brackets, trailing slashes dropped). Refuses, with -1 and a sentence in
+ * err that says what is wrong, what a base URL cannot hold: another scheme or
+ * none, user:password@, a port outside 1-65535, a ?query or #fragment, spaces
+ * and control characters (they would end up in the request line or the Host
+ * header), a host over 253 bytes or a path over 1023. 0 on success.
+ */
 int cli_url_parse(const char *s, struct cli_url *u, char *err, size_t errsize);
 
 struct cli_conn;

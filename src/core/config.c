@@ -1371,6 +1371,13 @@ int config_load(struct herald_config *cfg, int argc, char **argv)
 
 /* ---- --help ----------------------------------------------------------- */
 
+static void (*help_footer)(void *out);
+
+void config_set_help_footer(void (*print)(void *out))
+{
+    help_footer = print;
+}
+
 static void print_line(FILE *f, const char *flag, const char *help, const char *env,
                        const char *def)
 {
@@ -1430,4 +1437,6 @@ void config_print_help(void *out)
     print_line(f, "--config FILE", "read options from FILE", "HERALD_CONFIG", "none");
     print_line(f, "-h, --help", "print this help and exit", NULL, NULL);
     print_line(f, "--version", "print the version and exit", NULL, NULL);
+    if (help_footer)
+        help_footer(out);
 }

@@ -125,8 +125,11 @@ int config_load(struct herald_config *cfg, int argc, char **argv);
 /* Fills *cfg with the defaults only (used by tests). */
 void config_defaults(struct herald_config *cfg);
 
-/* Prints the --help text (every option, its env var and default) to `out` (a FILE *). */
+/* Prints the --help text (every option, its env var and default) to `out` (a FILE *),
+ * then what the footer set below prints. */
 void config_print_help(void *out);
+/* What --help prints after the options (main: the CLI's commands); NULL: nothing. */
+void config_set_help_footer(void (*print)(void *out));
 
 /*
  * Parses a duration like "30s", "1500ms", "2m", "1h" or a bare number of
