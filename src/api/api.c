@@ -17,6 +17,7 @@
 
 #include "apps/apps.h"
 #include "core/log.h"
+#include "core/node_stats.h"
 #include "core/tls.h"
 #include "http/router.h"
 #include "transport/ws_frame.h"
@@ -909,12 +910,9 @@ struct totals {
 static void sum_workers(struct server *srv, struct totals *t)
 {
     memset(t, 0, sizeof(*t));
+    node_stats_connections(srv, t->conns, &t->total);
     for (int i = 0; i < srv->nworkers; i++) {
         struct worker_counters *c = &srv->workers[i].ctr;
-        for (int k = 0; k < CONN_KINDS; k++) {
-            t->conns[k] += atomic_load(&c->conns[k]);
-            t->total += atomic_load(&c->conns[k]);
-        }
         t->accepted += atomic_load(&c->accepted);
         t->requests += atomic_load(&c->requests);
     }
@@ -941,8 +939,8 @@ static void app_stats(struct http_ctx *x)
 }
 
 /* The node's figures as /stats gives them (with the subscribers of each channel of the
- * default app when per_channel). */
-static void stats_json(struct server *srv, struct sbuf *b, bool per_channel)
+ * default app when per_channel, and every node's figures when nodes). */
+static void stats_json(struct server *srv, struct sbuf *b, bool per_channel, bool nodes)
 {
     struct hub_stats *s = &srv->hub.stats;
     struct totals t;
@@ -964,6 +962,9 @@ static void stats_json(struct server *srv, struct sbuf *b, bool per_channel)
                 (uint64_t)atomic_load(&s->published), (uint64_t)atomic_load(&s->messages),
                 (uint64_t)atomic_load(&s->delivered), (uint64_t)atomic_load(&s->bytes_in),
                 (uint64_t)atomic_load(&s->bytes_out), (uint64_t)atomic_load(&s->slow_closed));
+    node_stats_latency_json(srv, b);
+    if (nodes)
+        node_stats_nodes_json(srv, b);
     if (per_channel) {
         size_t total, max = 1000;
         struct channel_info *infos = xmalloc(max * sizeof(*infos));
@@ -1002,8 +1003,10 @@ static void handle_stats(struct http_ctx *x)
                        vl && !(vl == 1 && *v == '0');
     if (per_channel && !authorized(x))
         return;
+    bool nodes = http_query_param(x->req->query, x->req->query_len, "nodes", &v, &vl) && vl &&
+                 !(vl == 1 && *v == '0');
     struct sbuf b = {0};
-    stats_json(conn_server(x->c), &b, per_channel);
+    stats_json(conn_server(x->c), &b, per_channel, nodes);
     sbuf_adds(&b, "\n");
     http_respond(x, 200, "application/json", "Cache-Control: no-cache\r\n", b.data, b.len);
     sbuf_free(&b);
@@ -1038,7 +1041,7 @@ static void stats_stream_tick(struct conn *c)
         sbuf_adds(&b, text);
         free(text);
     } else {
-        stats_json(conn_server(c), &b, false);
+        stats_json(conn_server(c), &b, false, true);
     }
     b.len--; /* reopen the object for "time" */
     sbuf_printf(&b, ",\"time\":%" PRIu64 "}\n\n", wall_ms());
@@ -1155,6 +1158,7 @@ static void handle_metrics(struct http_ctx *x)
     metric(&b, "herald_uptime_seconds", "gauge", "Seconds since start.",
            (wall_ms() - srv->started_ms) / 1000);
     metric(&b, "herald_workers", "gauge", "Worker threads.", (uint64_t)srv->nworkers);
+    node_stats_metrics(srv, &b);
     if (srv->tls) {
         struct tls_stats ts;
         tls_stats(&ts);

@@ -111,8 +111,19 @@ bool conn_deliver_bytes(struct conn *c, struct ref *owner, const char *data, uin
             conn_close(c);
         return false;
     }
+    uint32_t before = c->out.len;
     conn_send(c, owner, data, len);
+    if (c->out.len > before && conn_delivering_live(c, owner))
+        outq_at(&c->out, c->out.len - 1)->stamped = true;
     return true;
+}
+
+void conn_send_item(struct conn *c, const struct out_item *it)
+{
+    uint32_t before = c->out.len;
+    conn_send(c, it->owner, it->data, it->len);
+    if (c->out.len > before && it->stamped)
+        outq_at(&c->out, c->out.len - 1)->stamped = true;
 }
 
 void conn_drop_queue(struct conn *c)
@@ -189,6 +200,30 @@ static ssize_t conn_sendv(struct conn *c, const struct iovec *iov, int n, bool *
     return w;
 }
 
+/*
+ * Counts the delivery latency of the live messages whose frames the write of n more
+ * bytes completes (before outq_consume releases them): from the message's arrival on
+ * the node to now, when the kernel took the frame's last byte. A frame that waited in
+ * the queue behind a full socket counts its wait.
+ */
+static void count_latency(struct conn *c, uint64_t n)
+{
+    uint64_t now = 0;
+    for (uint32_t i = 0; i < c->out.len; i++) {
+        const struct out_item *it = outq_at(&c->out, i);
+        uint64_t rest = it->len - (i ? 0 : c->out.off);
+        if (n < rest)
+            return;
+        n -= rest;
+        if (!it->stamped)
+            continue;
+        if (!now)
+            now = mono_us();
+        uint64_t at = container_of(it->owner, struct msg, ref)->arrived_us;
+        lat_record(&c->w->latency, now > at ? now - at : 0);
+    }
+}
+
 /* Writes as much of the queue as the socket takes. Returns false if the connection closed. */
 static bool conn_flush(struct conn *c)
 {
@@ -209,6 +244,7 @@ static bool conn_flush(struct conn *c)
             return false;
         }
         written += (uint64_t)w;
+        count_latency(c, (uint64_t)w);
         outq_consume(&c->out, (uint64_t)w);
         if (blocked)
             c->flags |= CF_WRITE_BLOCKED;

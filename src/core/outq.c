@@ -43,7 +43,7 @@ void outq_push(struct outq *q, struct ref *owner, const char *data, uint32_t len
         grow(q);
     if (owner)
         ref_get(owner);
-    *outq_at(q, q->len) = (struct out_item){owner, data, len, false};
+    *outq_at(q, q->len) = (struct out_item){owner, data, len, false, false};
     q->len++;
     q->bytes += len;
 }
@@ -127,8 +127,8 @@ void outq_splice(struct outq *dst, struct outq *src)
         if (dst->len == dst->cap)
             grow(dst);
         /* The reference moves with the item. */
-        *outq_at(dst, dst->len) =
-            (struct out_item){it->owner, it->data + off, it->len - off, i ? it->glued : false};
+        *outq_at(dst, dst->len) = (struct out_item){it->owner, it->data + off, it->len - off,
+                                                    i ? it->glued : false, it->stamped};
         dst->len++;
         dst->bytes += it->len - off;
     }

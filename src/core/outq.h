@@ -22,7 +22,8 @@ struct out_item {
     struct ref *owner; /* one reference held by the queue; NULL for static bytes */
     const char *data;
     uint32_t len;
-    bool glued; /* continues the item before it: dropped only together with it */
+    bool glued;   /* continues the item before it: dropped only together with it */
+    bool stamped; /* a live message's frame (owner: its struct msg): counts in the latency */
 };
 
 struct outq {

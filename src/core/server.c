@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "core/log.h"
+#include "core/node_stats.h"
 #include "core/poller.h"
 #include "core/tls.h"
 
@@ -47,6 +48,7 @@ static void fanout(struct worker *w, struct inbox_item *items, uint32_t n)
         if (it->kind == INBOX_MSG && head) {
             struct msg *m = it->msg;
             struct list *p, *tmp;
+            w->live = &m->ref; /* what the deliveries queue now counts in the latency */
             /* Safe walk: a delivery may cut a slow consumer, which does not unsubscribe
              * it now (freeing waits for the end of the pass), but stay defensive. */
             list_for_each_safe(p, tmp, head)
@@ -58,6 +60,7 @@ static void fanout(struct worker *w, struct inbox_item *items, uint32_t n)
                 c->ops->deliver(c, m);
                 delivered++;
             }
+            w->live = NULL;
         } else if (it->kind == INBOX_CTL && head) {
             for (struct list *p = head->next; p != head; p = p->next) {
                 struct conn *c = container_of(p, struct sub, chan_link)->conn;
@@ -466,8 +469,10 @@ static void begin_drain(struct worker *w)
 static void tick_cb(struct loop *loop, struct timer *t)
 {
     struct worker *w = container_of(t, struct worker, tick);
-    if (w->id == 0 && !w->draining)
+    if (w->id == 0 && !w->draining) {
         hub_sweep(&w->srv->hub);
+        node_stats_sample(w->srv);
+    }
     if (w->draining && loop->now >= w->drain_deadline) {
         struct list *p, *tmp;
         list_for_each_safe(p, tmp, &w->conns)
@@ -537,6 +542,7 @@ int server_start(struct server *srv)
         log_warn("--tls-cert is set but no --listen-tls or --api-listen-tls: nothing serves TLS");
     }
     srv->started_ms = wall_ms();
+    srv->stats = node_stats_new();
     srv->workers = xcalloc((size_t)srv->nworkers, sizeof(*srv->workers));
     for (int i = 0; i < srv->nworkers; i++) {
         int err = worker_init(srv, &srv->workers[i], i);
@@ -592,6 +598,8 @@ void server_free(struct server *srv)
         free(w->scratch);
     }
     free(srv->workers);
+    node_stats_free(srv->stats);
+    srv->stats = NULL;
     tls_server_free(srv->tls);
     srv->tls = NULL;
 }

@@ -30,6 +30,7 @@
 #include <stdint.h>
 
 #include "core/config.h"
+#include "core/latency.h"
 #include "core/loop.h"
 #include "core/outq.h"
 #include "hub/hub.h"
@@ -161,6 +162,7 @@ struct listener {
 };
 
 struct server;
+struct node_stats;
 
 struct worker {
     int id;
@@ -183,6 +185,12 @@ struct worker {
     bool draining;
     uint64_t drain_deadline;
     struct worker_counters ctr;
+    /* The message fan-out delivers now: the items its deliveries queue are stamped (their
+     * writing counts in `latency`). NULL otherwise (a history replay, an answer). */
+    struct ref *live;
+    /* Delivery latency of this worker's live messages, from their arrival on the node to
+     * the write that completed their frame (written by this thread only, see latency.h). */
+    struct lat_hist latency;
 };
 
 struct server {
@@ -202,6 +210,8 @@ struct server {
      * with credentials (CF_TRUSTED). */
     atomic_uint_fast64_t input_bytes[2];
     atomic_uint_fast64_t conns_open; /* all workers' connections (--max-connections) */
+    /* The figures sampled once a second (node_stats.h), made by server_start. */
+    struct node_stats *stats;
 };
 
 /* Creates the workers and their listeners. Returns 0, or -errno after logging why. */
@@ -245,6 +255,12 @@ void conn_send_copy(struct conn *c, const void *data, size_t len);
  * queue is empty accepts one delivery of any size.
  */
 bool conn_deliver_bytes(struct conn *c, struct ref *owner, const char *data, uint32_t len);
+/* Whether owner is the message the worker's fan-out is delivering live now: a protocol
+ * that queues it elsewhere first (a held long-poll) stamps its item (out_item.stamped). */
+static inline bool conn_delivering_live(const struct conn *c, const struct ref *owner);
+/* Queues an answer item as conn_send does, keeping its stamp (a long-poll's collected
+ * messages). */
+void conn_send_item(struct conn *c, const struct out_item *it);
 /* Runs ops->before_flush and the flush at the end of this loop pass, even when
  * nothing is queued yet (a long-poll that collected messages). */
 void conn_want_flush(struct conn *c);
@@ -341,6 +357,10 @@ static inline int conn_worker_id(const struct conn *c)
 static inline struct hub *conn_hub(const struct conn *c)
 {
     return &c->w->srv->hub;
+}
+static inline bool conn_delivering_live(const struct conn *c, const struct ref *owner)
+{
+    return owner && owner == c->w->live;
 }
 
 #endif

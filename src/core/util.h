@@ -69,6 +69,13 @@ static inline uint64_t now_ms(void)
 {
     return clock_ms(CLOCK_MONOTONIC);
 }
+/* Monotonic microseconds (delivery latency). */
+static inline uint64_t mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
 /* Wall-clock milliseconds since the epoch (message times). */
 static inline uint64_t wall_ms(void)
 {

@@ -385,6 +385,13 @@ struct hub_backend_ops {
                          size_t max, hub_list_done *done, void *arg);
     /* Cluster-wide view for /stats (may be NULL): appends JSON members to b. */
     void (*stats_json)(void *be, struct sbuf *b);
+    /* Once a second (worker 0): this node's figures as a JSON object (node_stats.h), for
+     * the other nodes to read. json[0..len) is copied. May be NULL. */
+    void (*node_stats_put)(void *be, const char *json, size_t len);
+    /* Appends the JSON objects of every live node's last figures, comma-separated, to b
+     * and returns how many (0: none read yet). Any thread. While someone asks, the backend
+     * reads them once a second (not once per caller). May be NULL. */
+    size_t (*node_stats_get)(void *be, struct sbuf *b);
     /* Whether the backend can take publishes now (readiness for /healthz). */
     bool (*ready)(void *be);
 };

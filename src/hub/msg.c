@@ -115,6 +115,7 @@ struct msg *msg_new(const char *name, size_t name_len, uint64_t chan_id, uint64_
     m->ref.free = msg_free;
     m->seq = seq;
     m->time_ms = time_ms;
+    m->arrived_us = mono_us();
     m->chan_id = chan_id;
     m->group = NULL;
     m->size = (uint32_t)(sizeof(*m) + total);

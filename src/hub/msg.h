@@ -56,7 +56,8 @@ struct msg_group {
 struct msg {
     struct ref ref;
     uint64_t seq;
-    uint64_t time_ms; /* wall clock at publish */
+    uint64_t time_ms;    /* wall clock at publish */
+    uint64_t arrived_us; /* monotonic, when this node framed it: delivery latency counts from it */
     uint64_t chan_id;
     struct msg_group *group; /* NULL for single-channel publishes; one reference owned */
     uint32_t size;           /* bytes of this allocation: the struct and every framing */

@@ -100,7 +100,7 @@ static void poll_complete(struct conn *c)
             const struct out_item *it = outq_at(&body, i);
             if (i)
                 conn_send(c, NULL, comma, 1);
-            conn_send(c, it->owner, it->data, it->len);
+            conn_send_item(c, it); /* a live message's stamp goes with it */
         }
         conn_send_copy(c, tail, (size_t)tail_len);
     }
@@ -127,6 +127,8 @@ static void poll_deliver(struct conn *c, struct msg *m)
         return;
     }
     outq_push(&st->pending, &m->ref, m->envelope.data, m->envelope.len);
+    if (conn_delivering_live(c, &m->ref))
+        outq_at(&st->pending, st->pending.len - 1)->stamped = true;
     st->last_seq = MAX(st->last_seq, m->seq);
     size_t i = 0;
     for (struct list *p = c->subs.next; st->pos && p != &c->subs; p = p->next, i++)

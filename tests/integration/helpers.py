@@ -784,6 +784,34 @@ class RawWS(Closing):
 # ---- one interface over the four transports ----------------------------------------------
 
 
+class StatsStream(Closing):
+    """GET /stats/stream (on the API listener), read one decoded event at a time."""
+
+    def __init__(self, srv, headers=None, path="/stats/stream"):
+        self.conn = http.client.HTTPConnection("127.0.0.1", srv.api_port, timeout=WAIT)
+        self.conn.request("GET", path, headers=headers or {})
+        self.resp = self.conn.getresponse()
+        self.status = self.resp.status
+        self.buf = b""
+        self.pending = []
+
+    def next_event(self):
+        """The next event's JSON (they come once a second)."""
+        while not self.pending:
+            data = self.resp.read1(65536)
+            assert data, "the stats stream ended"
+            self.buf += data
+            while b"\n\n" in self.buf:
+                block, self.buf = self.buf.split(b"\n\n", 1)
+                for line in block.split(b"\n"):
+                    if line.startswith(b"data: "):
+                        self.pending.append(json.loads(line[6:]))
+        return self.pending.pop(0)
+
+    def close(self):
+        self.conn.close()
+
+
 class Poller(Closing):
     """A long-polling loop that keeps its cursor: messages(n) polls until n events came."""
 

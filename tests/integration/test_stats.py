@@ -2,11 +2,12 @@
 byte counters move as they should, /metrics is valid Prometheus text, /healthz."""
 
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from helpers import SSE, poll, subscribe, wait_until
+from helpers import SSE, StatsStream, poll, subscribe, wait_until
 
 pytestmark = pytest.mark.threads  # make test runs this module under ThreadSanitizer too
 
@@ -52,8 +53,12 @@ def parse_metrics(text):
             m = sample.match(line)
             assert m, f"not a Prometheus sample line: {line!r}"
             name, labels, value = m.group(1), m.group(3) or "", float(m.group(5))
-            assert name in types, f"{name} has no # TYPE line"
-            if types[name] == "counter":
+            family = re.sub(r"_(bucket|sum|count)$", "", name)
+            if name not in types and types.get(family) == "histogram":
+                assert name != family + "_bucket" or labels.startswith('le="'), line
+            else:
+                assert name in types, f"{name} has no # TYPE line"
+            if types.get(name) == "counter":
                 assert name.endswith("_total") and value >= 0, line
             samples[(name, labels)] = value
     return samples
@@ -144,7 +149,6 @@ def test_healthz(srv):
 
 def test_stats_stream_sends_the_figures_every_second(herald):
     import http.client
-    import json as _json
     import time as _time
 
     s = herald(publish_key="pk")
@@ -156,21 +160,12 @@ def test_stats_stream_sends_the_figures_every_second(herald):
     assert r.status == 401
     r.read()
     conn.close()
-    conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=10)
-    conn.request("GET", "/stats/stream", headers={"Authorization": "Bearer pk"})
-    r = conn.getresponse()
-    assert r.status == 200 and r.getheader("Content-Type").startswith("text/event-stream")
-    events, t0 = [], _time.monotonic()
-    buf = b""
-    while len(events) < 3:
-        buf += r.read1(4096)
-        while b"\n\n" in buf:
-            block, buf = buf.split(b"\n\n", 1)
-            for line in block.split(b"\n"):
-                if line.startswith(b"data: "):
-                    events.append(_json.loads(line[6:]))
-    took = _time.monotonic() - t0
-    conn.close()
+    with StatsStream(s, {"Authorization": "Bearer pk"}) as stream:
+        r = stream.resp
+        assert r.status == 200 and r.getheader("Content-Type").startswith("text/event-stream")
+        t0 = _time.monotonic()
+        events = [stream.next_event() for _ in range(3)]
+        took = _time.monotonic() - t0
     assert 1.5 < took < 6, took  # the first at once, then one a second
     assert [e["time"] > 0 for e in events] == [True] * 3
     assert events[0]["time"] < events[1]["time"] < events[2]["time"]
@@ -183,3 +178,121 @@ def test_stats_stream_sends_the_figures_every_second(herald):
     assert r.status == 200 and r.getheader("Content-Type").startswith("text/event-stream")
     assert r.read() == b""
     conn.close()
+
+
+# ---- delivery latency ----------------------------------------------------------------------
+
+
+def latency(srv, window="since_start"):
+    return srv.stats()["delivery_latency_ms"][window]
+
+
+def test_delivery_latency_counts_each_live_delivery_once(srv, chan):
+    """Every transport's live deliveries count, one per subscriber and message; a replay
+    from history does not (the message arrived long before the subscriber asked)."""
+    zero = {"count": 0, "p50": 0, "p90": 0, "p99": 0, "p999": 0, "max": 0}
+    assert latency(srv) == zero
+    assert latency(srv, "last_second") == zero
+    subs = [subscribe(kind, srv, chan) for kind in ("ws", "sse", "stream")]
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(poll, srv, chan, None, 30)
+        srv.wait_subscribers(chan, 4)
+        srv.publish(chan, "one")
+        status, body = held.result(10)
+    assert status == 200 and len(body["messages"]) == 1
+    for s in subs:
+        assert s.next_message()["data"] == "one"
+    # a worker counts a delivery when its write returned: the subscriber may read first
+    wait_until(lambda: latency(srv)["count"] == 4, what="4 deliveries counted")
+    lat = latency(srv)
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p999"] <= lat["max"] < 1000, lat
+    # resuming from history: delivered, not counted
+    with SSE(srv, chan, lastEventId="0") as late:
+        assert late.next_message()["data"] == "one"
+        srv.publish(chan, "two")
+        assert late.next_message()["data"] == "two"
+    wait_until(lambda: latency(srv)["count"] == 4 + 4, what="the second message's 4 deliveries")
+    for s in subs:
+        s.close()
+    # the last second's figures come from the once-a-second sample: the second publish
+    # shows in one of them
+    wait_until(lambda: latency(srv, "last_second")["count"] >= 1, what="a last-second count")
+
+
+def test_delivery_latency_counts_the_wait_behind_a_full_socket(herald, chan):
+    """A frame queued behind unsent bytes counts until the write that hands it to the
+    kernel: a subscriber that reads nothing for 1.5 s makes the max at least that."""
+    srv = herald(max_outbound="64m")
+    big = "x" * 200_000
+    sse = SSE(srv, chan, rcvbuf=4096)
+    try:
+        srv.wait_subscribers(chan, 1)
+        srv.publish_many(chan, [big] * 40)  # 8 MB: more than the socket buffers hold
+        time.sleep(1.5)
+        for _ in range(40):
+            assert len(sse.next_message()["data"]) == len(big)
+    finally:
+        sse.close()
+    wait_until(lambda: latency(srv)["count"] == 40, what="40 deliveries counted")
+    lat = latency(srv)
+    assert lat["max"] >= 1400, lat  # waited in herald's queue while the client slept
+    assert lat["p50"] < lat["max"], lat  # the first ones went out at once
+
+
+def test_metrics_has_the_delivery_latency_histogram(srv, chan):
+    with SSE(srv, chan) as sse:
+        for i in range(3):
+            srv.publish(chan, f"m{i}")
+            sse.next_message()
+    wait_until(lambda: latency(srv)["count"] == 3, what="3 deliveries counted")
+    r = srv.request("GET", "/metrics")
+    text = r.body.decode()
+    assert "# TYPE herald_delivery_latency_seconds histogram" in text
+    metrics = parse_metrics(text)
+    buckets = [(float(labels[4:-1]), v) for (name, labels), v in metrics.items()
+               if name == "herald_delivery_latency_seconds_bucket"]
+    assert len(buckets) >= 10
+    buckets.sort()
+    assert buckets[-1] == (float("inf"), 3)
+    counts = [v for _, v in buckets]
+    assert counts == sorted(counts), buckets  # cumulative
+    assert {0.005, 0.01, 0.1, 1.0, 10.0} <= {le for le, _ in buckets}  # the standard bounds
+    assert metrics[("herald_delivery_latency_seconds_count", "")] == 3
+    assert 0 < metrics[("herald_delivery_latency_seconds_sum", "")] < 3
+
+
+def test_stats_stream_and_nodes_carry_the_last_seconds_latency(herald, chan):
+    s = herald()
+    stream = StatsStream(s)
+    assert stream.status == 200
+    sse = SSE(s, chan)
+    s.wait_subscribers(chan, 1)
+    s.publish(chan, "x")
+    sse.next_message()
+    events = []
+
+    def rates():
+        nodes = [e["nodes"][0] for e in events]
+        return [(n["messages_in_per_second"], n["messages_out_per_second"]) for n in nodes]
+
+    def seen():
+        return [e for e in events if e["delivery_latency_ms"]["last_second"]["count"]]
+
+    deadline = time.monotonic() + 6
+    while not (seen() and any(i for i, _ in rates()) and any(o for _, o in rates())):
+        assert time.monotonic() < deadline, (rates(), events[-1:])
+        events.append(stream.next_event())
+    stream.close()
+    sse.close()
+    # one publish, one delivery: 1/s in the tick that took each (over about a second)
+    assert 0.5 < max(i for i, _ in rates()) <= 1.5 and 0.5 < max(o for _, o in rates()) <= 1.5
+    [tick] = seen()  # one tick's last second holds the delivery, the others do not
+    assert tick["delivery_latency_ms"]["last_second"]["p99"] > 0
+    # one node, itself, with the same sample
+    [node] = tick["nodes"]
+    assert node["node"] == tick["node"]
+    assert node["delivery_latency_ms"] == tick["delivery_latency_ms"]["last_second"]
+    assert node["connections"]["sse"] == 1 and node["connections"]["stream"] >= 1
+    # /stats gives the nodes only when asked
+    assert "nodes" not in s.stats()
+    assert [n["node"] for n in s.stats("?nodes=1")["nodes"]] == [tick["node"]]
