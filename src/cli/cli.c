@@ -35,7 +35,7 @@
 struct opts {
     const char *url, *key, *app, *admin_key, *event, *token, *since, *prefix, *limit, *type;
     const char *secret, *sub, *channels, *publish, *ttl, *plan, *count, *timeout;
-    const char *cacert, *subscribe, *settings;
+    const char *cacert, *subscribe, *settings, *after;
     bool pretty, public_, insecure, help;
     int nargs;
     char *args[8];
@@ -59,17 +59,14 @@ static const struct opt_def opt_admin = {"admin-key", "KEY", "admin key (HERALD_
 static const struct opt_def opt_cacert = {
     "cacert", "FILE", "https: trust the CAs in this PEM file (HERALD_CACERT)", O(cacert)};
 static const struct opt_def opt_insecure = {
-    "insecure", NULL,
-    "https: do not verify the server's certificate (anyone on the way could read "
-    "and change the traffic)",
-    O(insecure)};
+    "insecure", NULL, "https: skip verifying the certificate (unsafe: for tests)", O(insecure)};
 
 struct command {
     const char *name, *usage, *summary;
     const char *url_env; /* where the server comes from without --url (then HERALD_URL) */
     int (*run)(struct opts *o);
     int min_args, max_args;
-    const struct opt_def *opts[12];
+    const struct opt_def *opts[16]; /* NULL-ended */
 };
 
 static const char *prog = "herald";
@@ -343,6 +340,15 @@ static int cmd_pub(struct opts *o)
     return rc;
 }
 
+/* Appends "?name=value" (or "&…" after the first), value percent-encoded; NULL: nothing. */
+static void add_query(struct sbuf *path, const char *name, const char *value)
+{
+    if (!value)
+        return;
+    sbuf_printf(path, "%s%s=", strchr(path->data, '?') ? "&" : "?", name);
+    cli_url_encode(path, value, NULL);
+}
+
 static int cmd_channels(struct opts *o)
 {
     struct target t;
@@ -350,16 +356,10 @@ static int cmd_channels(struct opts *o)
     if (rc)
         return rc;
     struct sbuf path = {0};
-    sbuf_adds(&path, "/api/channels?");
-    if (o->prefix) {
-        sbuf_adds(&path, "prefix=");
-        cli_url_encode(&path, o->prefix, NULL);
-        sbuf_adds(&path, "&");
-    }
-    if (o->limit) {
-        sbuf_adds(&path, "limit=");
-        cli_url_encode(&path, o->limit, NULL);
-    }
+    sbuf_adds(&path, "/api/channels");
+    add_query(&path, "prefix", o->prefix);
+    add_query(&path, "limit", o->limit);
+    add_query(&path, "after", o->after);
     rc = call(o, &t, "GET", path.data, NULL, NULL, 0);
     sbuf_free(&path);
     return rc;
@@ -446,6 +446,8 @@ static int cmd_apps(struct opts *o)
     if (!writes && (o->plan || o->public_ || o->subscribe || o->settings))
         return usage_error("--plan, --subscribe, --public and --settings go with apps create "
                            "and apps update");
+    if ((o->limit || o->after) && strcmp(verb, "list") != 0)
+        return usage_error("--limit and --after go with apps list");
     if (strcmp(verb, "update") == 0 && !o->plan && !o->public_ && !o->subscribe && !o->settings)
         return usage_error("apps update changes --plan, --subscribe or --settings: give one");
     if (!admin)
@@ -475,6 +477,8 @@ static int cmd_apps(struct opts *o)
         free(body);
         json_decref(j);
     } else {
+        add_query(&path, "limit", o->limit);
+        add_query(&path, "after", o->after);
         rc = call(o, &t, "GET", path.data, NULL, NULL, 0);
     }
     sbuf_free(&path);
@@ -703,13 +707,16 @@ static int cmd_sub(struct opts *o)
     }
     if (o->token && strpbrk(o->token, "\r\n"))
         return usage_error("--token must be one line");
+    struct sbuf channels = {0}; /* CHANNEL… joined with commas: the server's list */
+    for (int i = 0; i < o->nargs; i++)
+        sbuf_printf(&channels, "%s%s", i ? "," : "", o->args[i]);
     int64_t deadline = o->timeout ? (int64_t)now_ms() + t.timeout_ms : INT64_MAX / 2;
     char err[ERR_MAX];
     int backoff = 100;
     for (bool first = true;; first = false) {
         err[0] = '\0';
         int64_t started = (int64_t)now_ms();
-        rc = sub_once(&s, &t, o->args[0], deadline, first, err, sizeof(err));
+        rc = sub_once(&s, &t, channels.data, deadline, first, err, sizeof(err));
         if (rc == 1 || rc < 0)
             break;
         if ((int64_t)now_ms() >= deadline)
@@ -735,6 +742,7 @@ static int cmd_sub(struct opts *o)
     }
     sbuf_free(&s.line);
     sbuf_free(&s.ev_data);
+    sbuf_free(&channels);
     if (rc == -CLI_EXIT_UNREACHABLE)
         return unreachable(&t, err);
     if (rc < 0)
@@ -778,7 +786,9 @@ static const struct opt_def opt_since = {"since", "CURSOR", "resume after this i
 static const struct opt_def opt_count = {"count", "N", "exit after N messages", O(count)};
 static const struct opt_def opt_prefix = {"prefix", "P", "only channels starting with P",
                                           O(prefix)};
-static const struct opt_def opt_limit = {"limit", "N", "at most N channels", O(limit)};
+static const struct opt_def opt_limit = {"limit", "N", "at most N in a page", O(limit)};
+static const struct opt_def opt_after = {
+    "after", "NAME", "the page after NAME (the previous page's \"next\")", O(after)};
 static const struct opt_def opt_plan = {"plan", "PLAN", "create, update: the plan (apps plans)",
                                         O(plan)};
 static const struct opt_def opt_subscribe = {
@@ -808,13 +818,13 @@ static const struct command commands[] = {
      {&opt_url, &opt_key, &opt_app, &opt_event, &opt_type, &opt_cacert, &opt_insecure, &opt_timeout,
       &opt_pretty}},
     {"sub",
-     "sub [OPTIONS] CHANNEL[,CHANNEL…]",
+     "sub [OPTIONS] CHANNEL[,CHANNEL…] [CHANNEL…]",
      "Subscribes and prints one JSON envelope per line, gap and closed events too.\n"
      "A dropped connection is resumed from the last id, with backoff.",
      "HERALD_URL",
      cmd_sub,
      1,
-     1,
+     8,
      {&opt_url, &opt_app, &opt_token, &opt_since, &opt_count, &opt_cacert, &opt_insecure,
       &opt_timeout, &opt_pretty}},
     {"channels",
@@ -824,7 +834,7 @@ static const struct command commands[] = {
      cmd_channels,
      0,
      0,
-     {&opt_url, &opt_key, &opt_app, &opt_prefix, &opt_limit, &opt_cacert, &opt_insecure,
+     {&opt_url, &opt_key, &opt_app, &opt_prefix, &opt_limit, &opt_after, &opt_cacert, &opt_insecure,
       &opt_timeout, &opt_pretty}},
     {"stats",
      "stats [OPTIONS]",
@@ -845,8 +855,8 @@ static const struct command commands[] = {
      cmd_apps,
      1,
      3,
-     {&opt_url, &opt_admin, &opt_plan, &opt_subscribe, &opt_public, &opt_settings, &opt_cacert,
-      &opt_insecure, &opt_timeout, &opt_pretty}},
+     {&opt_url, &opt_admin, &opt_plan, &opt_subscribe, &opt_public, &opt_settings, &opt_limit,
+      &opt_after, &opt_cacert, &opt_insecure, &opt_timeout, &opt_pretty}},
     {"token",
      "token [OPTIONS]",
      "Prints a subscriber token: an HS256 JWT signed with the secret.",

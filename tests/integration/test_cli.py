@@ -108,6 +108,21 @@ def test_sub_count_receives_in_order(herald_bin, server, chan, subs):
     assert [m["id"] for m in sub.messages()] == ids
 
 
+def test_sub_several_channels(herald_bin, server, chan, subs):
+    """CHANNEL arguments and comma lists add up; a message published to two of them at
+    once is printed once."""
+    a, b, c = chan + "a", chan + "b", chan + "c"
+    sub = subs(herald_bin, server, a, f"{b},{c}", "--count", "4")
+    for ch in (a, b, c):
+        server.wait_subscribers(ch)
+    ids = [server.publish(ch, ch)["id"] for ch in (a, b, c)]
+    ids.append(server.publish_json({"channels": [a, c], "data": "both"})["id"])
+    rc, err = sub.finish()
+    assert rc == EXIT_OK, err
+    assert [(m["channel"], m["data"]) for m in sub.messages()][:3] == [(a, a), (b, b), (c, c)]
+    assert sub.messages()[3]["data"] == "both" and [m["id"] for m in sub.messages()] == ids
+
+
 def test_sub_since_replays_history_and_timeout_exit(herald_bin, server, chan):
     ids = server.publish_many(chan, ["a", "b", "c"])
     r = cli(herald_bin, "sub", chan, "--since", ids[0], "--count", "2", srv=server)
@@ -162,6 +177,21 @@ def test_channels_and_stats(herald_bin, server, chan):
     r = cli(herald_bin, "channels", "--prefix", chan, srv=server)
     assert r.returncode == EXIT_OK, r.stderr
     assert [c["name"] for c in json.loads(r.stdout)["channels"]] == [chan]
+    # pages: --limit and --after (the previous page's "next")
+    names = [f"{chan}.{i}" for i in range(3)]
+    for n in names:
+        server.publish(n, "x")
+    seen, after = [], None
+    for _ in range(3):
+        r = cli(herald_bin, "channels", "--prefix", chan + ".", "--limit", "2",
+                *(["--after", after] if after else []), srv=server)
+        assert r.returncode == EXIT_OK, r.stderr
+        page = json.loads(r.stdout)
+        seen += [c["name"] for c in page["channels"]]
+        after = page["next"]
+        if not after:
+            break
+    assert seen == names
     r = cli(herald_bin, "stats", "--pretty", srv=server)
     assert r.returncode == EXIT_OK, r.stderr
     assert r.stdout.startswith(b"{\n  ") and "connections" in json.loads(r.stdout)
@@ -176,6 +206,13 @@ def test_apps_lifecycle(herald_bin, herald):
     assert app["name"] == "shop" and app["subscribe"] == "public" and app["publish_key"]
     r = cli(herald_bin, "apps", "list", srv=srv, env=env)
     assert [a["name"] for a in json.loads(r.stdout)["apps"]] == ["shop"]
+    cli(herald_bin, "apps", "create", "art", srv=srv, env=env)
+    r = cli(herald_bin, "apps", "list", "--limit", "1", srv=srv, env=env)
+    page = json.loads(r.stdout)
+    assert [a["name"] for a in page["apps"]] == ["art"] and page["next"] == "art", page
+    r = cli(herald_bin, "apps", "list", "--limit", "1", "--after", "art", srv=srv, env=env)
+    assert [a["name"] for a in json.loads(r.stdout)["apps"]] == ["shop"], r
+    assert cli(herald_bin, "apps", "delete", "art", srv=srv, env=env).returncode == EXIT_OK
     r = cli(herald_bin, "apps", "show", "shop", srv=srv, env=env)
     assert json.loads(r.stdout)["plan"] == "free"
     # the app's key publishes through --app; the CLI's publish lands in the app only
@@ -289,7 +326,8 @@ def test_usage_errors_exit_2(herald_bin):
                  ["token", "--secret", "s", "--channels", "a.**.b"], ["pub", "--url", "ftp://x", "c", "d"],
                  ["stats", "--url", "http://h:99999"], ["stats", "--url", "localhost:8080"],
                  ["stats", "--url", "http://u:p@localhost"], ["pub", "--insecure=1", "c", "d"],
-                 ["stats", "--cacert", "/no/such/ca.pem"], ["sub", "c", "--count", "0"]):
+                 ["stats", "--cacert", "/no/such/ca.pem"], ["sub", "c", "--count", "0"],
+                 ["apps", "show", "x", "--limit", "1"]):
         r = cli(herald_bin, *args)
         assert r.returncode == EXIT_USAGE, (args, r)
         assert r.stderr and b"Usage: herald" in r.stderr, (args, r.stderr)
