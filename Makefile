@@ -38,7 +38,7 @@ endif
 
 WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter
 CFLAGS  := -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) -MMD -MP -Isrc -pthread
-LDLIBS  := -lssl -lcrypto -lz -ljansson -lhiredis -lm -pthread
+LDLIBS  := -lssl -lcrypto -lz -ljansson -lhiredis -lcurl -lm -pthread
 
 LIB_SRC := $(filter-out src/main.c,$(wildcard src/*/*.c))
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)

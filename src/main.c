@@ -23,6 +23,7 @@
 #include "core/config.h"
 #include "core/log.h"
 #include "core/server.h"
+#include "hooks/hooks.h"
 #include "http/http_conn.h"
 #include "http/router.h"
 #include "transport/transport.h"
@@ -121,6 +122,9 @@ int main(int argc, char **argv)
     presize_fd_table();
     srv.nworkers = srv.cfg.workers;
     hub_init(&srv.hub, &srv.cfg, srv.nworkers);
+    /* Before the apps: their webhook settings take the --webhook-* defaults. */
+    if (hooks_init(&srv.hub, &srv.cfg) < 0)
+        return 2;
     char err[700];
     bool cluster = srv.cfg.redis_url[0] || srv.cfg.redis_cluster[0];
     if (cluster && srv.cfg.state_dir[0]) {
@@ -140,6 +144,7 @@ int main(int argc, char **argv)
     }
     http_set_app_resolver(resolve_app);
     auth_set_app_policy(apps_policy);
+    hooks_set_app_target(apps_hooks);
     /* Everything an operator must read is logged before the first connection. */
     srv.on_listening = on_listening;
     /* Every connection starts as HTTP; the routes lead to the API and the transports. */
@@ -176,6 +181,8 @@ int main(int argc, char **argv)
              sig == SIGTERM ? "SIGTERM" : "SIGINT", srv.cfg.shutdown_timeout_ms);
     server_request_shutdown(&srv);
     server_join(&srv);
+    /* Hook calls in flight end (their answers go to the stopped workers' inboxes). */
+    hooks_stop();
     /* The backend answers the workers through their inboxes until it stops: only then may
      * they be freed. */
     if (cluster)

@@ -19,6 +19,7 @@
 #include "core/log.h"
 #include "core/node_stats.h"
 #include "core/tls.h"
+#include "hooks/hooks.h"
 #include "http/router.h"
 #include "transport/ws_frame.h"
 
@@ -989,6 +990,8 @@ static void stats_json(struct server *srv, struct sbuf *b, bool per_channel, boo
     }
     if (srv->hub.be_ops && srv->hub.be_ops->stats_json)
         srv->hub.be_ops->stats_json(srv->hub.be, b);
+    sbuf_add(b, ",", 1);
+    hooks_stats_json(b);
     sbuf_adds(b, "}");
 }
 
@@ -1170,6 +1173,7 @@ static void handle_metrics(struct http_ctx *x)
         metric(&b, "herald_tls_handshakes_failed_total", "counter",
                "TLS connections that ended before their handshake completed.", ts.failed);
     }
+    hooks_metrics(&b);
     /* Which apps exist and what they do is admin data: the API's credentials (or
      * loopback trust without --publish-key), as for /stats?channels=1. */
     if (api_may_publish(x->req, x->c, NULL))

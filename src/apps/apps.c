@@ -15,6 +15,7 @@
 
 #include "core/config.h"
 #include "core/log.h"
+#include "hooks/hooks.h"
 
 static const struct plan builtin_plans[] = {
     {.name = "free",
@@ -177,6 +178,7 @@ static void app_release(struct hub_tenant *t)
 {
     struct app *a = app_of(t);
     token_verifier_free(a->policy_token.verifier);
+    hook_target_put(a->hooks);
     pthread_mutex_destroy(&t->lock);
     free(a);
 }
@@ -197,6 +199,17 @@ const struct auth_policy *apps_policy(struct hub_tenant *t)
 {
     struct app *a = app_of(t);
     return atomic_load(&a->subscribe_public) ? &a->policy_public : &a->policy_token;
+}
+
+struct hook_target *apps_hooks(struct hub_tenant *t)
+{
+    struct app *a = app_of(t);
+    pthread_mutex_lock(&t->lock);
+    struct hook_target *h = a->hooks;
+    if (h)
+        hook_target_get(h);
+    pthread_mutex_unlock(&t->lock);
+    return h;
 }
 
 static struct app *app_new(const char *name, size_t len)
@@ -295,6 +308,8 @@ static json_t *settings_json(struct app *a)
         "history_size", t->history_size ? json_integer(t->history_size) : json_null(),
         "history_ttl", t->history_ttl_ms ? json_integer(t->history_ttl_ms / 1000) : json_null(),
         "auto_create", t->auto_create < 0 ? json_null() : json_boolean(t->auto_create));
+    if (a->hooks)
+        hooks_settings_to_json(&a->hooks->s, o, true);
     pthread_mutex_unlock(&t->lock);
     return o;
 }
@@ -322,18 +337,31 @@ int apps_set_settings(struct app *a, json_t *s, bool store, char *err, size_t er
     static const char *known[] = {"cors_origins", "history_size", "history_ttl", "auto_create"};
     const char *key;
     json_t *v;
+    bool has_hooks = false;
     json_object_foreach(s, key, v)
     {
-        bool ok = false;
+        bool ok = hooks_is_setting(key);
+        has_hooks |= ok;
         for (size_t i = 0; i < ARRAY_LEN(known); i++)
             ok |= strcmp(key, known[i]) == 0;
         if (!ok) {
             snprintf(err, errlen,
                      "unknown setting \"%s\" (known: cors_origins, history_size, history_ttl, "
-                     "auto_create)",
-                     key);
+                     "auto_create, %s)",
+                     key, hooks_setting_names);
             return APPS_BAD_SETTING;
         }
+    }
+    struct hook_settings whs; /* webhook_* over what the app had */
+    if (has_hooks) {
+        pthread_mutex_lock(&a->t.lock);
+        if (a->hooks)
+            whs = a->hooks->s;
+        else
+            hooks_default_settings(&whs);
+        pthread_mutex_unlock(&a->t.lock);
+        if (hooks_settings_from_json(&whs, s, err, errlen) < 0)
+            return APPS_BAD_SETTING;
     }
     char origins[sizeof(a->t.cors_origins)] = "";
     json_t *o = json_object_get(s, "cors_origins");
@@ -360,6 +388,7 @@ int apps_set_settings(struct app *a, json_t *s, bool store, char *err, size_t er
     if (setting_uint(s, "history_size", 1, 1000000, &has_hs, &hs, err, errlen) ||
         setting_uint(s, "history_ttl", 1, 30u * 86400, &has_ht, &ht, err, errlen))
         return APPS_BAD_SETTING;
+    struct hook_target *hooks = has_hooks ? hook_target_new(&whs, a->token_secret) : NULL;
     struct hub_tenant *t = &a->t;
     pthread_mutex_lock(&t->lock);
     if (o)
@@ -370,7 +399,13 @@ int apps_set_settings(struct app *a, json_t *s, bool store, char *err, size_t er
         t->history_ttl_ms = ht * 1000;
     if (ac)
         t->auto_create = json_is_null(ac) ? -1 : json_is_true(ac);
+    if (hooks) {
+        struct hook_target *old = a->hooks;
+        a->hooks = hooks; /* calls in flight keep the old one */
+        hooks = old;
+    }
     pthread_mutex_unlock(&t->lock);
+    hook_target_put(hooks);
     return store ? save(a, APPS_PUT_UPDATE) : 0;
 }
 
@@ -379,6 +414,7 @@ int apps_check_settings(json_t *settings, char *err, size_t errlen)
     struct app *probe = xcalloc(1, sizeof(*probe));
     pthread_mutex_init(&probe->t.lock, NULL);
     int rc = apps_set_settings(probe, settings, false, err, errlen);
+    hook_target_put(probe->hooks);
     pthread_mutex_destroy(&probe->t.lock);
     free(probe);
     return rc;

@@ -23,6 +23,8 @@
 #include "auth/auth.h"
 #include "hub/hub.h"
 
+struct hook_target;
+
 #define PLAN_NAME_MAX 32
 #define APP_KEY_LEN   43 /* base64url of 32 random bytes, no padding */
 #define APP_MAX_KEYS  2  /* the current publish key and, during a rotation, the previous one */
@@ -54,6 +56,8 @@ struct app {
     /* Subscriber policies, made once (token_secret never changes): the one in force
      * depends on subscribe_public. Connections keep a pointer while they hold the app. */
     struct auth_policy policy_token, policy_public;
+    /* Its backend hooks' settings (webhook_*; t.lock), NULL while none was given. */
+    struct hook_target *hooks;
     /* Tsuru apps bound to it (names), comma-separated. */
     char bound[512];
 };
@@ -111,6 +115,8 @@ void apps_free(void);
 struct app *apps_get(const char *name, size_t len);
 /* The subscriber policy of t's app (auth_set_app_policy's resolver). */
 const struct auth_policy *apps_policy(struct hub_tenant *t);
+/* The hooks target of app t (a new reference), or NULL: hooks_set_app_target's. */
+struct hook_target *apps_hooks(struct hub_tenant *t);
 /* Whether name is a valid app name: 1-40 of [a-z0-9-], starting with a letter or digit. */
 bool apps_name_valid(const char *name, size_t len);
 

@@ -79,6 +79,17 @@ struct herald_config {
     uint32_t max_channels_per_ip;   /* --max-channels-per-ip, default 1000; 0 = no limit */
     bool limit_loopback;            /* --limit-loopback: per-address limits apply to loopback */
 
+    /* backend hooks (src/hooks): the default app's, and the process's bounds */
+    char webhook_url[512];       /* --webhook-url; "" = no hooks for the default app */
+    char webhook_secret[256];    /* --webhook-secret; "" = token_secret signs */
+    char webhook_events[128];    /* --webhook-events, comma list, default all five */
+    uint32_t webhook_timeout_ms; /* --webhook-timeout, default 2s */
+    uint32_t webhook_retries;    /* --webhook-retries, default 2 */
+    bool webhook_fail_open;      /* --webhook-fail-open, default false */
+    uint32_t hook_connections;   /* --hook-connections, per backend, default 16 */
+    uint32_t hook_queue;         /* --hook-queue, per process, default 10000 */
+    uint32_t hook_queue_app;     /* --hook-queue-app, per app, default 1000 */
+
     /* channels and history */
     bool auto_create;        /* --auto-create, default true */
     uint32_t channel_ttl_ms; /* --channel-ttl, inactive channel expiry, default 15 min */

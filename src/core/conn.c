@@ -550,6 +550,12 @@ void conn_park(struct conn *c)
     conn_timer_stop(c);
 }
 
+void conn_unpark(struct conn *c)
+{
+    if (conn_release(c))
+        conn__resume_parked(c);
+}
+
 void conn__resume_parked(struct conn *c)
 {
     if (!(c->flags & CF_READ_PAUSED))
@@ -627,6 +633,10 @@ void conn__free(struct conn *c)
     struct worker *w = c->w;
     if (c->flags & CF_ZOMBIE)
         return; /* already torn down; the last conn_release frees it */
+    if (c->attach) {
+        c->attach->free(c, c->attach);
+        c->attach = NULL;
+    }
     hub_unsubscribe_all(conn_hub(c), w->id, &c->subs);
     hub_tenant_unbind(&c->tenant);
     timer_stop(&w->loop, &c->timer);

@@ -143,9 +143,7 @@ static void on_wake(struct loop *loop, void *arg)
 
 static void resume_parked(void *arg)
 {
-    struct conn *c = arg;
-    if (conn_release(c))
-        conn__resume_parked(c);
+    conn_unpark(arg);
 }
 
 /* The hub's on_synced: re-run the parked request on its own worker. */

@@ -120,6 +120,16 @@ struct conn_ops {
 
 struct worker;
 
+/*
+ * State a module keeps for a connection's whole life, whichever protocol owns it
+ * (the hooks module's session: its id, user and what its backend said). Embed it
+ * first in the module's struct; the server calls free when it frees the connection,
+ * before the connection's subscriptions go.
+ */
+struct conn_attach {
+    void (*free)(struct conn *c, struct conn_attach *a);
+};
+
 struct conn {
     struct io io;
     struct worker *w;
@@ -132,12 +142,13 @@ struct conn {
     uint32_t in_charged;   /* bytes of `in` counted against --max-input-memory */
     uint32_t replay_slack; /* history replay may pass max-outbound by this much until drained */
     struct outq out;
-    struct timer timer;        /* header timeout / heartbeat / poll timeout / pong grace */
-    struct timer life;         /* maximum lifetime (reconnect dither) */
-    struct list link;          /* worker's dirty or closing list */
-    struct list all;           /* worker's connection list */
-    struct list subs;          /* struct sub.conn_link */
-    struct hub_tenant *tenant; /* a subscriber's app (a reference, counted in its conns) */
+    struct timer timer;         /* header timeout / heartbeat / poll timeout / pong grace */
+    struct timer life;          /* maximum lifetime (reconnect dither) */
+    struct list link;           /* worker's dirty or closing list */
+    struct list all;            /* worker's connection list */
+    struct list subs;           /* struct sub.conn_link */
+    struct hub_tenant *tenant;  /* a subscriber's app (a reference, counted in its conns) */
+    struct conn_attach *attach; /* a module's state for the connection's life, or NULL */
     union {
         uint64_t align;
         void *ptr;
@@ -301,6 +312,9 @@ bool conn_release(struct conn *c);
 /* Parks a request until the backend is ready (channels syncing): the request is
  * left unconsumed and the hub's on_synced wake-up runs ops->on_resume. Takes a hold. */
 void conn_park(struct conn *c);
+/* Ends a conn_park() (its hold) from the connection's worker: ops->on_resume re-runs
+ * the request unless the connection went meanwhile (then it may be freed). */
+void conn_unpark(struct conn *c);
 
 /* Brackets a history replay: the slow-consumer cap applies to live messages
  * only, so a client can always resume from a history larger than the cap. */

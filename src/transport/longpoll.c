@@ -226,7 +226,14 @@ void longpoll_handle(struct http_ctx *x)
     const struct auth_policy *policy = auth_policy_for(x);
     if (auth_http_admit(x, policy, r.names, r.n, &tok) < 0)
         return;
-    if (transport_http_subscribe(x, &r, &b) < 0) {
+    /* Each poll is a request: the app's backend hears of it as a `subscribe`. */
+    if (transport_hook_admit(x, &r, tok, "poll", HOOK_SUBSCRIBE) < 0) {
+        token_put(tok);
+        return;
+    }
+    int sub = transport_http_subscribe(x, &r, &b);
+    transport_hook_done(c);
+    if (sub < 0) {
         token_put(tok);
         return;
     }

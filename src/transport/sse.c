@@ -9,6 +9,7 @@
 #include <stdlib.h>
 
 #include "auth/auth.h"
+#include "hooks/session.h"
 #include "transport/transport.h"
 
 enum {
@@ -101,6 +102,7 @@ static void sse_on_timer(struct conn *c)
 
 static void sse_end(struct conn *c, struct ctl_frames *f, uint16_t ws_code, const char *reason)
 {
+    hook_session_ending(c, reason);
     sse_deliver_ctl(c, f);
     conn_close_after_write(c);
 }
@@ -143,6 +145,7 @@ static void stream_on_timer(struct conn *c)
 static void stream_end_with(struct conn *c, struct ctl_frames *f, uint16_t ws_code,
                             const char *reason)
 {
+    hook_session_ending(c, reason);
     stream_deliver_ctl(c, f);
     conn_send(c, NULL, stream_end, sizeof(stream_end) - 1);
     conn_close_after_write(c);
@@ -167,13 +170,15 @@ static const struct sub_ops stream_ops = {
 
 /* ---- handlers ------------------------------------------------------------------------ */
 
-/* Admits and subscribes a request (answering when it may not); 0 with *tok and *b. */
-static int admit_and_subscribe(struct http_ctx *x, const struct sub_request *r, struct token **tok,
-                               struct hub_backlog *b)
+/* Admits (the token, then the app's connect hook) and subscribes a request, answering
+ * when it may not; 0 with *tok and *b. */
+static int admit_and_subscribe(struct http_ctx *x, struct sub_request *r, const char *transport,
+                               struct token **tok, struct hub_backlog *b)
 {
     if (auth_http_admit(x, auth_policy_for(x), r->names, r->n, tok) < 0)
         return -1;
-    if (transport_http_subscribe(x, r, b) < 0) {
+    if (transport_hook_admit(x, r, *tok, transport, HOOK_CONNECT) < 0 ||
+        transport_http_subscribe(x, r, b) < 0) {
         token_put(*tok);
         return -1;
     }
@@ -215,13 +220,13 @@ void sse_handle(struct http_ctx *x)
     }
     struct hub_backlog b;
     struct token *tok;
-    if (admit_and_subscribe(x, &r, &tok, &b) < 0)
+    if (admit_and_subscribe(x, &r, "sse", &tok, &b) < 0)
         return;
     /* The stream body is delimited by the connection's end (no chunking), so
      * every subscriber gets the very same pre-framed bytes. `retry` asks the
      * browser to come back after 3 s rather than its default. */
     char first[TRANSPORT_CURSOR_MAX + 40] = ":ok\n\nretry: 3000\n\n";
-    if (!r.has_since) /* a cursor from the start, with the retry line (see start_cursor) */
+    if (!r.has_since || r.since_implied) /* a cursor from the start (see start_cursor) */
         start_cursor(x->c, b.head_seq, first + 17, sizeof(first) - 17);
     start_stream(x, &sse_ops, "text/event-stream; charset=utf-8", "Connection: keep-alive\r\n",
                  first, tok);
@@ -241,7 +246,7 @@ void stream_handle(struct http_ctx *x)
         return http_error(x, 505, "http_version", "/stream needs HTTP/1.1 (chunked encoding)");
     struct hub_backlog b;
     struct token *tok;
-    if (admit_and_subscribe(x, &r, &tok, &b) < 0)
+    if (admit_and_subscribe(x, &r, "stream", &tok, &b) < 0)
         return;
     start_stream(x, &stream_ops, "application/x-ndjson", "Transfer-Encoding: chunked\r\n", "", tok);
     transport_replay(x->c, &b);

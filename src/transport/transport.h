@@ -16,6 +16,7 @@
 #include <stddef.h>
 
 #include "core/server.h"
+#include "hooks/hooks.h"
 #include "http/http_conn.h"
 
 struct auth_policy;
@@ -66,6 +67,7 @@ struct sub_request {
     struct slice names[TRANSPORT_MAX_CHANNELS];
     size_t n;
     bool has_since;
+    bool since_implied;                          /* the client gave none: a hook waited */
     uint64_t since;                              /* the cursor; per-channel: its largest */
     uint64_t since_each[TRANSPORT_MAX_CHANNELS]; /* a per-channel cursor, names[i]'s */
     size_t nsince;                               /* 0: one cursor for every channel */
@@ -154,5 +156,30 @@ void transport_auth_free(struct conn *c);
  * error code name ("token_missing", "token_expired", "channel_forbidden" with *bad set). */
 const char *transport_auth_check(struct conn *c, int which, const struct slice *names, size_t n,
                                  size_t *bad);
+
+/* ---- backend hooks (hooked.c) ---- */
+
+struct hook_verdict;
+
+/*
+ * Runs the app's `ev` hook (HOOK_CONNECT, or HOOK_SUBSCRIBE for a long-poll or a
+ * WebSocket subscribe op) for c, subscribing to r's channels with token tok (may be
+ * NULL) over `transport` ("websocket", "sse", "stream", "poll"). Returns 0 to go on
+ * (no hook, or allowed: r may have more channels, and a cursor from when the request
+ * came), -1 when c is parked until the backend answers (the request or op runs again
+ * then, and this reads the verdict), or 1 when the backend refused or failed (*v says
+ * how; the caller answers).
+ */
+int transport_hook_gate(struct conn *c, struct sub_request *r, const struct token *tok,
+                        const char *transport, enum hook_event ev, const struct hook_verdict **v);
+/* transport_hook_gate for an HTTP request, answering a refusal itself (403 hook_denied,
+ * 503 hook_failed): 0 to go on, -1 when answered or parked. */
+int transport_hook_admit(struct http_ctx *x, struct sub_request *r, const struct token *tok,
+                         const char *transport, enum hook_event ev);
+/* A subscribe (op or long-poll) is over, unless it is parked to run again: the next one
+ * asks the backend again. */
+void transport_hook_done(struct conn *c);
+/* Answers {"error":"hook_denied"|"hook_failed","hook":…,"detail":…} with 403 or 503. */
+void transport_hook_refused(struct http_ctx *x, const struct hook_verdict *v, enum hook_event ev);
 
 #endif

@@ -12,6 +12,7 @@
 #include "api/api.h"
 #include "auth/auth.h"
 #include "core/log.h"
+#include "hooks/session.h"
 #include "http/router.h"
 #include "transport/transport.h"
 #include "transport/ws_frame.h"
@@ -103,6 +104,7 @@ static void ws_send_frame(struct conn *c, uint8_t opcode, const void *payload, s
 
 static void ws_close_with(struct conn *c, uint16_t code, const char *reason)
 {
+    hook_session_ending(c, reason);
     if (c->flags & WSF_CLOSE_SENT) {
         conn_close_after_write(c);
         return;
@@ -183,6 +185,34 @@ static void ws_reply_hub_error(struct conn *c, int e, const struct slice *key, j
     ws_reply_error(c, hub_error_name(e), detail, ref);
 }
 
+/* The backend refused (or failed to answer) hook ev: an error event with ref, and, for
+ * the connect hook (`close`), close code 4403 or 4503 with the reason. */
+static void ws_hook_refused(struct conn *c, const struct hook_verdict *v, enum hook_event ev,
+                            json_t *ref, bool close)
+{
+    bool deny = v->state == HV_DENY;
+    const char *error = deny ? "hook_denied" : "hook_failed";
+    struct sbuf f = {0};
+    sbuf_adds(&f, "\"error\":");
+    sbuf_add_json_str(&f, error, strlen(error));
+    sbuf_printf(&f, ",\"hook\":\"%s\",\"detail\":", hook_event_name(ev));
+    sbuf_add_json_str(&f, v->detail, strlen(v->detail));
+    ws_reply(c, "error", f.data, ref);
+    sbuf_free(&f);
+    if (!close)
+        return;
+    /* A close reason is at most 123 bytes of UTF-8: cut between characters. */
+    char reason[124];
+    size_t n = (size_t)snprintf(reason, sizeof(reason), "%s: %s", error, v->detail);
+    if (n >= sizeof(reason)) {
+        n = sizeof(reason) - 1;
+        while (n && ((unsigned char)reason[n] & 0xC0) == 0x80)
+            n--;
+        reason[n] = '\0';
+    }
+    ws_close_with(c, deny ? WS_CLOSE_HOOK_DENIED : WS_CLOSE_HOOK_FAILED, reason);
+}
+
 /* ---- handshake ---------------------------------------------------------------- */
 
 static void upgrade_required(struct http_ctx *x, const char *detail)
@@ -246,6 +276,16 @@ void ws_handle_upgrade(struct http_ctx *x)
     struct token *tok;
     if (auth_http_admit(x, policy, r.names, has_channels ? r.n : 0, &tok) < 0)
         return;
+    if (!has_channels)
+        r.n = 0;
+    /* The app's connect hook: the handshake waits for it (parked, then run again). A
+     * refusal is told after the upgrade, as a close code a browser can read. */
+    const struct hook_verdict *refused = NULL;
+    if (!full && transport_hook_gate(c, &r, tok, "websocket", HOOK_CONNECT, &refused) < 0) {
+        token_put(tok);
+        return;
+    }
+    has_channels = !refused && r.n > 0; /* the backend may have added channels */
     if (has_channels && transport_http_subscribe(x, &r, &b) < 0) {
         token_put(tok);
         return; /* answered, or parked: the handshake is re-run when the channels are ready */
@@ -290,6 +330,10 @@ void ws_handle_upgrade(struct http_ctx *x)
         ws_reply_limit(c, "connections", detail, NULL);
         token_put(tok);
         return ws_close_with(c, WS_CLOSE_APP_LIMIT, "limit_exceeded: connections");
+    }
+    if (refused) {
+        token_put(tok);
+        return ws_hook_refused(c, refused, HOOK_CONNECT, NULL, true);
     }
     transport_start(c);
     /* A publisher (credentials on the upgrade) may stay without a token; a subscriber
@@ -423,8 +467,18 @@ static void op_subscribe(struct conn *c, json_t *op, json_t *ref)
     const char *denied = transport_auth_check(c, TOKEN_GRANT_SUBSCRIBE, r.names, r.n, &bad);
     if (denied)
         return ws_reply_denied(c, denied, &r.names[bad], ref);
+    const struct hook_verdict *refused = NULL;
+    int h = transport_hook_gate(c, &r, ws_auth(c)->tok, "websocket", HOOK_SUBSCRIBE, &refused);
+    if (h < 0)
+        return; /* parked: ws_handle_text keeps the op and ws_on_resume re-runs it */
+    if (h > 0) {
+        ws_hook_refused(c, refused, HOOK_SUBSCRIBE, ref, false);
+        return transport_hook_done(c);
+    }
     struct hub_backlog b;
     int e = transport_subscribe(c, &r, &bad, &b);
+    if (e != HUB_PENDING)
+        transport_hook_done(c);
     if (e == HUB_PENDING) {
         conn_park(c); /* ws_handle_text keeps the op and ws_on_resume re-runs it */
         return;

@@ -34,9 +34,11 @@ enum ws_close_code {
     WS_CLOSE_TOO_BIG = 1009,
     WS_CLOSE_INTERNAL = 1011,
     WS_CLOSE_TRY_AGAIN = 1013,
-    WS_CLOSE_TOKEN = 4001,     /* herald: the subscriber's token expired or never came */
-    WS_CLOSE_APP_GONE = 4404,  /* herald: the connection's app was deleted */
-    WS_CLOSE_APP_LIMIT = 4429, /* herald: the app's plan allows no more (DESIGN.md §8) */
+    WS_CLOSE_TOKEN = 4001,       /* herald: the subscriber's token expired or never came */
+    WS_CLOSE_HOOK_DENIED = 4403, /* herald: the app's backend refused the connection */
+    WS_CLOSE_APP_GONE = 4404,    /* herald: the connection's app was deleted */
+    WS_CLOSE_APP_LIMIT = 4429,   /* herald: the app's plan allows no more (DESIGN.md §8) */
+    WS_CLOSE_HOOK_FAILED = 4503, /* herald: the app's backend did not answer its connect hook */
 };
 
 /* Negative results of ws_frame_parse(); each maps to a close code via ws_error_close_code(). */

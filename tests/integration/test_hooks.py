@@ -1,0 +1,553 @@
+"""Backend hooks (docs/interactive.md): herald POSTs signed JSON events to an app's
+webhook_url. Each test starts a real HTTP backend (Python's threaded http.server) that
+records what it receives and answers as the test tells it: allow, deny, user info and
+extra channels, a 500, an answer that never comes, or no backend at all (connection
+refused). Subscribers are independent clients (websockets, raw HTTP)."""
+
+import asyncio
+import hashlib
+import hmac
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import websockets
+
+from helpers import (
+    SSE,
+    RawConn,
+    Stream,
+    arun,
+    athread,
+    expect_ws_closed,
+    free_port,
+    http_get,
+    poll,
+    recv_json,
+    request,
+    wait_until,
+    ws_connect,
+    ws_handshake,
+)
+
+SECRET = "hook-secret-for-tests"
+ADMIN = "admin-key-for-hook-tests"
+
+
+class Backend:
+    """An app's backend: records every POST (headers, parsed body, arrival time) and
+    answers with `self.answer(doc, attempt)` -> (status, body dict or None, delay s)."""
+
+    def __init__(self, answer=None):
+        self.calls = []
+        self.lock = threading.Lock()
+        self.answer = answer or (lambda doc, attempt: (200, {"result": "allow"}, 0))
+        backend = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive: herald pools its connections
+
+            def do_POST(self):
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                doc = json.loads(raw)
+                call = {"headers": dict(self.headers), "raw": raw, "doc": doc, "at": time.monotonic(),
+                        "peer": self.client_address}
+                with backend.lock:
+                    backend.calls.append(call)
+                status, body, delay = backend.answer(doc, int(self.headers.get("X-Herald-Attempt", 1)))
+                if delay:
+                    time.sleep(delay)
+                out = json.dumps(body).encode() if body is not None else b""
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(out)))
+                    self.end_headers()
+                    self.wfile.write(out)
+                except OSError:
+                    pass  # herald gave up on it (timeout)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/herald-hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def events(self, name=None):
+        with self.lock:
+            return [c["doc"] for c in self.calls if name is None or c["doc"]["event"] == name]
+
+    def wait(self, name, n=1, timeout=10):
+        wait_until(lambda: len(self.events(name)) >= n, timeout=timeout, what=f"{n} {name} hook(s)")
+        return self.events(name)
+
+
+@pytest.fixture
+def backend():
+    b = Backend()
+    yield b
+    b.close()
+
+
+def hooked(herald, backend_url, **flags):
+    return herald(webhook_url=backend_url, webhook_secret=SECRET, **flags)
+
+
+def signature_ok(call, secret=SECRET):
+    want = "sha256=" + hmac.new(secret.encode(), call["raw"], hashlib.sha256).hexdigest()
+    return call["headers"].get("X-Herald-Signature") == want
+
+
+# ---- connect: allow, signature, body ------------------------------------------------------
+
+
+def test_connect_hook_is_signed_and_describes_the_connection(herald, backend, chan):
+    srv = hooked(herald, backend.url)
+
+    async def main():
+        async with ws_connect(srv, f"?channels={chan}") as ws:
+            (doc,) = backend.wait("connect")
+            assert doc["channels"] == [chan] and doc["transport"] == "websocket"
+            assert doc["app"] is None and doc["user"] is None and doc["event"] == "connect"
+            assert doc["remote"].startswith("127.0.0.1:") and len(doc["conn"]) == 16
+            assert abs(doc["time"] / 1000 - time.time()) < 30
+            call = backend.calls[0]
+            assert signature_ok(call), call["headers"]
+            assert not signature_ok(call, "another secret")
+            assert call["headers"]["X-Herald-Event"] == "connect"
+            assert abs(int(call["headers"]["X-Herald-Timestamp"]) - time.time()) < 30
+            ident = await athread(srv.publish, chan, "after-allow")
+            msg = await recv_json(ws)
+            assert msg["id"] == ident["id"] and msg["data"] == "after-allow"
+
+    arun(main())
+
+
+@pytest.mark.parametrize("kind", ["ws", "sse", "stream", "poll"])
+def test_allow_with_user_info_and_extra_channels_on_every_transport(herald, chan, kind):
+    extra = chan + "-extra"
+    b = Backend(lambda doc, a: (200, {"result": "allow", "user": "alice", "info": {"name": "Alice"},
+                                      "channels": [extra]}, 0))
+    try:
+        srv = hooked(herald, b.url)
+        event = "subscribe" if kind == "poll" else "connect"
+        if kind == "poll":
+            # Messages published before the poll are older than its cursor (taken when it came).
+            got = {}
+            t = threading.Thread(target=lambda: got.update(r=poll(srv, f"{chan}", timeout=5)))
+            t.start()
+            b.wait(event)
+            srv.wait_subscribers(extra)
+            srv.publish(extra, "to-extra")
+            t.join(10)
+            status, body = got["r"]
+            assert status == 200, body
+            assert [m["data"] for m in body["messages"]] == ["to-extra"]
+        elif kind == "ws":
+            async def main():
+                async with ws_connect(srv, f"?channels={chan}") as ws:
+                    await athread(srv.wait_subscribers, extra)
+                    await athread(srv.publish, extra, "to-extra")
+                    assert (await recv_json(ws))["data"] == "to-extra"
+            arun(main())
+        else:
+            with (SSE if kind == "sse" else Stream)(srv, chan) as sub:
+                assert sub.status == 200, sub.body
+                srv.wait_subscribers(extra)
+                srv.publish(extra, "to-extra")
+                assert sub.next_message()["data"] == "to-extra"
+        (doc,) = b.events(event)
+        assert doc["transport"] == {"ws": "websocket"}.get(kind, kind)
+        if kind != "poll":
+            # The backend's user and info stay with the connection: its disconnect has them.
+            d = b.wait("disconnect")[0]
+            assert d["user"] == "alice" and d["info"] == {"name": "Alice"}
+            assert sorted(d["channels"]) == sorted([chan, extra])
+    finally:
+        b.close()
+
+
+# ---- deny ---------------------------------------------------------------------------------
+
+
+def deny_backend():
+    return Backend(lambda doc, a: (200, {"result": "deny", "reason": "banned until tomorrow"}, 0))
+
+
+@pytest.mark.parametrize("kind", ["sse", "stream", "poll"])
+def test_deny_answers_403_with_the_reason(herald, chan, kind):
+    b = deny_backend()
+    try:
+        srv = hooked(herald, b.url)
+        r = request(srv.port, "GET", f"/{kind}?channels={chan}&timeout=1")
+        assert r.status == 403, r.body
+        assert r.json() == {"error": "hook_denied", "hook": "subscribe" if kind == "poll" else "connect",
+                            "detail": "banned until tomorrow"}
+        assert srv.channel(chan) is None or srv.channel(chan)["subscribers"] == 0
+        # A refused client never "connected": no disconnect follows.
+        time.sleep(0.3)
+        assert b.events("disconnect") == []
+    finally:
+        b.close()
+
+
+def test_deny_closes_a_websocket_with_4403(herald, chan):
+    b = deny_backend()
+    try:
+        srv = hooked(herald, b.url)
+
+        async def main():
+            async with ws_connect(srv, f"?channels={chan}") as ws:
+                err = await recv_json(ws)
+                assert err == {"event": "error", "error": "hook_denied", "hook": "connect",
+                               "detail": "banned until tomorrow"}
+                await expect_ws_closed(ws, 4403)
+                assert ws.close_reason == "hook_denied: banned until tomorrow"
+
+        arun(main())
+    finally:
+        b.close()
+
+
+# ---- a backend that fails -------------------------------------------------------------------
+
+
+def test_backend_answering_500_fails_closed(herald, chan):
+    b = Backend(lambda doc, a: (500, {"oops": True}, 0))
+    try:
+        srv = hooked(herald, b.url)
+        r = request(srv.port, "GET", f"/sse?channels={chan}")
+        assert r.status == 503
+        assert r.json() == {"error": "hook_failed", "hook": "connect",
+                            "detail": "the backend answered HTTP 500"}
+
+        async def main():
+            async with ws_connect(srv, f"?channels={chan}") as ws:
+                err = await recv_json(ws)
+                assert err["error"] == "hook_failed" and err["detail"] == "the backend answered HTTP 500"
+                await expect_ws_closed(ws, 4503)
+
+        arun(main())
+        stats = srv.stats()["hooks"]
+        assert stats["http_errors"] >= 2 and stats["retries"] == 0  # a connect is not retried
+    finally:
+        b.close()
+
+
+def test_backend_that_hangs_times_out(herald, chan):
+    b = Backend(lambda doc, a: (200, {"result": "allow"}, 3))
+    try:
+        srv = hooked(herald, b.url, webhook_timeout="300ms")
+        t0 = time.monotonic()
+        r = request(srv.port, "GET", f"/stream?channels={chan}")
+        took = time.monotonic() - t0
+        assert r.status == 503, r.body
+        assert r.json() == {"error": "hook_failed", "hook": "connect", "detail": "timeout after 300 ms"}
+        assert 0.25 < took < 2.5, took
+        assert srv.stats()["hooks"]["timeouts"] >= 1
+        assert "herald_hook_results_total{result=\"timeout\"} 1" in srv.request("GET", "/metrics").body.decode()
+    finally:
+        b.close()
+
+
+def test_backend_down_fails_closed_or_open(herald, chan):
+    url = f"http://127.0.0.1:{free_port()}/nobody-listens"
+    closed = herald(webhook_url=url, webhook_secret=SECRET)
+    r = request(closed.port, "GET", f"/sse?channels={chan}")
+    assert r.status == 503 and r.json()["error"] == "hook_failed"
+    assert r.json()["detail"].startswith("cannot reach the backend: "), r.json()
+    assert closed.stats()["hooks"]["unreachable"] == 1
+
+    opened = herald(webhook_url=url, webhook_secret=SECRET, webhook_fail_open=True)
+    with SSE(opened, chan) as sub:
+        assert sub.status == 200
+        opened.wait_subscribers(chan)
+        opened.publish(chan, "fail-open")
+        assert sub.next_message()["data"] == "fail-open"
+
+
+def test_answer_without_a_result_is_a_failure(herald, chan):
+    b = Backend(lambda doc, a: (200, {"ok": 1}, 0))
+    try:
+        srv = hooked(herald, b.url)
+        r = request(srv.port, "GET", f"/sse?channels={chan}")
+        assert r.status == 503
+        assert "no \"result\"" in r.json()["detail"]
+    finally:
+        b.close()
+
+
+# ---- no message lost while the backend thinks -----------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["ws", "sse"])
+def test_messages_published_while_waiting_reach_the_client(herald, chan, kind):
+    b = Backend(lambda doc, a: (200, {"result": "allow"}, 0.8 if doc["event"] == "connect" else 0))
+    try:
+        srv = hooked(herald, b.url)
+        out = {}
+
+        def publish_while_parked():
+            b.wait("connect")
+            out["ids"] = srv.publish_many(chan, [b"w1", b"w2", b"w3"])
+
+        t = threading.Thread(target=publish_while_parked)
+        t.start()
+        if kind == "sse":
+            with SSE(srv, chan) as sub:
+                t.join(10)
+                msgs = sub.messages(3)
+        else:
+            async def main():
+                async with ws_connect(srv, f"?channels={chan}") as ws:
+                    await athread(t.join, 10)
+                    return [await recv_json(ws) for _ in range(3)]
+            msgs = arun(main())
+        assert [m["data"] for m in msgs] == ["w1", "w2", "w3"]
+        assert [m["id"] for m in msgs] == out["ids"]
+    finally:
+        b.close()
+
+
+# ---- subscribe op over WebSocket ------------------------------------------------------------
+
+
+def test_ws_subscribe_op_asks_the_backend(herald, chan):
+    allowed, denied = chan + "-ok", chan + "-no"
+
+    def answer(doc, a):
+        if doc["event"] == "subscribe" and denied in doc["channels"]:
+            return 200, {"result": "deny", "reason": "not yours"}, 0
+        return 200, {"result": "allow"}, 0
+
+    b = Backend(answer)
+    try:
+        srv = hooked(herald, b.url)
+
+        async def main():
+            async with ws_connect(srv) as ws:
+                await ws.send(json.dumps({"op": "subscribe", "channels": [denied], "ref": 1}))
+                assert await recv_json(ws) == {"event": "error", "error": "hook_denied", "hook": "subscribe",
+                                               "detail": "not yours", "ref": 1}
+                await ws.send(json.dumps({"op": "subscribe", "channels": [allowed], "ref": 2}))
+                ans = await recv_json(ws)
+                assert ans["event"] == "subscribed" and ans["ref"] == 2
+                await athread(srv.publish, allowed, "hello")
+                assert (await recv_json(ws))["data"] == "hello"
+
+        arun(main())
+        subs = b.events("subscribe")
+        assert [s["channels"] for s in subs] == [[denied], [allowed]]
+        assert len({s["conn"] for s in subs} | {c["conn"] for c in b.events("connect")}) == 1
+    finally:
+        b.close()
+
+
+# ---- disconnect ----------------------------------------------------------------------------
+
+
+def test_disconnect_is_retried_after_a_failure(herald, chan):
+    b = Backend(lambda doc, a: (503 if doc["event"] == "disconnect" and a == 1 else 200,
+                                {"result": "allow"}, 0))
+    try:
+        srv = hooked(herald, b.url)
+
+        async def main():
+            async with ws_connect(srv, f"?channels={chan}"):
+                await asyncio.sleep(0.2)
+
+        arun(main())
+        wait_until(lambda: len(b.events("disconnect")) == 2, what="the disconnect and its retry")
+        first, second = [c for c in b.calls if c["doc"]["event"] == "disconnect"]
+        assert first["raw"] == second["raw"] and signature_ok(second)
+        assert second["headers"]["X-Herald-Attempt"] == "2"
+        assert second["at"] - first["at"] >= 0.15  # backoff
+        d = second["doc"]
+        assert d["channels"] == [chan] and d["reason"] == "client closed"
+        assert 150 <= d["duration_ms"] < 10000
+        assert d["conn"] == b.events("connect")[0]["conn"]
+        assert srv.stats()["hooks"]["retries"] == 1
+    finally:
+        b.close()
+
+
+def test_disconnect_says_why_the_server_ended_it(herald, backend, chan):
+    srv = hooked(herald, backend.url, lifetime_min="1s", lifetime_max="1s")
+    with SSE(srv, chan) as sub:
+        assert sub.status == 200
+        assert sub.next_event().event == "reconnect"
+    d = backend.wait("disconnect")[0]
+    assert d["reason"] == "connection lifetime reached: reconnect"
+
+
+def test_webhook_events_choose_what_is_sent(herald, backend, chan):
+    srv = hooked(herald, backend.url, webhook_events="disconnect")
+    with SSE(srv, chan) as sub:
+        assert sub.status == 200
+        srv.wait_subscribers(chan)
+    backend.wait("disconnect")
+    assert [d["event"] for d in backend.events()] == ["disconnect"]
+
+
+# ---- bounds ---------------------------------------------------------------------------------
+
+
+def test_a_full_queue_refuses_connects_and_drops_notifications(herald, chan):
+    release = threading.Event()
+    b = Backend(lambda doc, a: (200, {"result": "allow"}, 0) if release.wait(20) else (500, None, 0))
+    try:
+        srv = hooked(herald, b.url, hook_queue=2, webhook_timeout="20s")
+        holders = []
+        for _ in range(2):  # two connects wait for the backend: the queue is full
+            t = threading.Thread(target=lambda: holders.append(SSE(srv, chan)))
+            t.start()
+        b.wait("connect", 2)
+        r = request(srv.port, "GET", f"/sse?channels={chan}")
+        assert r.status == 503
+        assert r.json()["detail"].startswith("too many hook calls wait for the backend")
+        assert srv.stats()["hooks"]["refused"] == 1
+        release.set()
+        wait_until(lambda: len(holders) == 2, what="the parked subscribers admitted")
+        assert all(h.status == 200 for h in holders)
+        for h in holders:
+            h.close()
+        backend_calls = b.wait("disconnect", 2)
+        assert len(backend_calls) == 2
+    finally:
+        release.set()
+        b.close()
+
+
+def test_many_clients_with_a_slow_backend(herald, chan):
+    b = Backend(lambda doc, a: (200, {"result": "allow"}, 0.2 if doc["event"] == "connect" else 0))
+    try:
+        srv = hooked(herald, b.url, hook_connections=8)
+        n = 40
+
+        async def main():
+            socks = []
+            t0 = time.monotonic()
+            for ws in await asyncio.gather(*[websockets.connect(srv.ws_url(f"?channels={chan}"),
+                                                                ping_interval=None, open_timeout=20)
+                                             for _ in range(n)]):
+                socks.append(ws)
+            took = time.monotonic() - t0
+            await athread(srv.wait_subscribers, chan, n)
+            await athread(srv.publish, chan, "to-all")
+            got = [await recv_json(ws) for ws in socks]
+            for ws in socks:
+                await ws.close()
+            return took, got
+
+        took, got = arun(main())
+        assert all(m["data"] == "to-all" for m in got)
+        # 40 calls of 200 ms over at most 8 connections: about 1 s, never one after another.
+        assert took < 6, took
+        peers = {c["peer"] for c in b.calls if c["doc"]["event"] == "connect"}
+        assert len(peers) <= 8, peers  # the pool's bound
+    finally:
+        b.close()
+
+
+def test_client_gone_while_its_connect_hook_waits(herald, chan):
+    b = Backend(lambda doc, a: (200, {"result": "allow", "channels": [chan + "-x"]},
+                                0.7 if doc["event"] == "connect" else 0))
+    try:
+        srv = hooked(herald, b.url)
+        for n, path in enumerate((f"/ws?channels={chan}", f"/sse?channels={chan}")):
+            conn = RawConn(srv.port)
+            conn.send(ws_handshake(path) if path.startswith("/ws") else http_get(path))
+            b.wait("connect", n + 1)
+            conn.close()  # gone before the answer
+        time.sleep(1.2)
+        assert srv.request("GET", "/healthz").status == 200
+        # Nothing subscribed for a client that went; no disconnect for one never connected.
+        assert (srv.channel(chan) or {"subscribers": 0})["subscribers"] == 0
+        assert b.events("disconnect") == []
+    finally:
+        b.close()
+
+
+# ---- apps: settings through the admin API -----------------------------------------------------
+
+
+def admin(srv, method, path, body=None):
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+        body = json.dumps(body)
+    return request(srv.port, method, path, body, headers)
+
+
+def test_app_webhook_settings(herald, backend, chan):
+    srv = herald(admin_key=ADMIN)
+    r = admin(srv, "POST", "/admin/apps", {"name": "chat", "plan": "unlimited", "subscribe": "public"})
+    assert r.status == 201, r.body
+    token_secret = r.json()["token_secret"]
+    bad = admin(srv, "PATCH", "/admin/apps/chat", {"settings": {"webhook_url": "ftp://x"}})
+    assert bad.status == 400 and "webhook_url" in bad.json()["detail"], bad.body
+    bad = admin(srv, "PATCH", "/admin/apps/chat", {"settings": {"webhook_events": ["connect", "bogus"]}})
+    assert bad.status == 400 and "webhook_events" in bad.json()["detail"]
+    ok = admin(srv, "PATCH", "/admin/apps/chat",
+               {"settings": {"webhook_url": backend.url, "webhook_timeout_ms": 1500,
+                             "webhook_events": ["connect", "disconnect"]}})
+    assert ok.status == 200, ok.body
+    settings = admin(srv, "GET", "/admin/apps/chat").json()["settings"]
+    assert settings["webhook_url"] == backend.url and settings["webhook_timeout_ms"] == 1500
+    assert settings["webhook_events"] == ["connect", "disconnect"] and settings["webhook_fail_open"] is False
+
+    r = request(srv.port, "GET", f"/apps/chat/poll?channels={chan}&timeout=0")
+    assert r.status == 200  # subscribe is not among its events
+    with _app_sse(srv, "chat", chan) as sub:
+        assert sub.status == 200
+    (doc,) = backend.wait("connect")
+    assert doc["app"] == "chat" and doc["channels"] == [chan]
+    # Without a webhook_secret the app's token secret signs.
+    assert signature_ok(backend.calls[0], token_secret)
+    # The default app has no hooks.
+    with SSE(srv, chan) as sub:
+        assert sub.status == 200
+    time.sleep(0.2)
+    assert all(c["doc"]["app"] == "chat" for c in backend.calls)
+    # A separate secret, then hooks off again.
+    admin(srv, "PATCH", "/admin/apps/chat", {"settings": {"webhook_secret": "own-secret"}})
+    with _app_sse(srv, "chat", chan) as sub:
+        assert sub.status == 200
+    backend.wait("connect", 2)
+    assert signature_ok([c for c in backend.calls if c["doc"]["event"] == "connect"][1], "own-secret")
+    admin(srv, "PATCH", "/admin/apps/chat", {"settings": {"webhook_url": None}})
+    n = len(backend.calls)
+    with _app_sse(srv, "chat", chan) as sub:
+        assert sub.status == 200
+    time.sleep(0.3)
+    assert [c["doc"]["event"] for c in backend.calls[n:]] in ([], ["disconnect"])
+
+
+def _app_sse(srv, app, channels):
+    cls = type("AppSSE", (SSE,), {"path": f"/apps/{app}/sse"})
+    return cls(srv, channels)
+
+
+def test_webhook_flags_are_checked_at_start(herald_bin, tmp_path):
+    import subprocess
+
+    def run(*args):
+        return subprocess.run([herald_bin, "--listen", f"127.0.0.1:{free_port()}", *args],
+                              capture_output=True, text=True, timeout=10)
+
+    r = run("--webhook-url", "http://127.0.0.1:1/x")
+    assert r.returncode == 2 and "--webhook-secret" in r.stderr, r.stderr
+    r = run("--webhook-url", "gopher://x", "--webhook-secret", "s")
+    assert r.returncode == 2 and "http://" in r.stderr, r.stderr
+    r = run("--webhook-url", "http://127.0.0.1:1/x", "--webhook-secret", "s", "--webhook-events", "connect,nope")
+    assert r.returncode == 2 and "--webhook-events" in r.stderr, r.stderr
