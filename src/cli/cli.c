@@ -48,7 +48,7 @@ struct opt_def {
 
 #define O(f) offsetof(struct opts, f)
 /* meta NULL: a flag (bool) */
-static const struct opt_def opt_url = {"url", "URL", "herald's base URL", O(url)};
+static const struct opt_def opt_url = {"url", "URL", "herald's base URL (or --server)", O(url)};
 static const struct opt_def opt_key = {"key", "KEY", "publish key (HERALD_PUBLISH_KEY)", O(key)};
 static const struct opt_def opt_app = {"app", "APP", "the app (HERALD_APP): /apps/APP/…", O(app)};
 static const struct opt_def opt_pretty = {"pretty", NULL, "indent the JSON", O(pretty)};
@@ -124,6 +124,8 @@ static int parse_opts(const struct command *c, int argc, char **argv, struct opt
         const char *name = a + (a[1] == '-' ? 2 : 1), *eq = strchr(name, '=');
         size_t n = eq ? (size_t)(eq - name) : strlen(name);
         const struct opt_def *d = NULL;
+        if (n == 6 && memcmp(name, "server", 6) == 0) /* DESIGN §11's name for --url */
+            name = "url", n = 3;
         for (int k = 0; c->opts[k] && !d; k++)
             if (strlen(c->opts[k]->name) == n && memcmp(c->opts[k]->name, name, n) == 0)
                 d = c->opts[k];

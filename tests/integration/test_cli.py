@@ -93,6 +93,10 @@ def test_pub_reaches_an_independent_subscriber(herald_bin, server, chan):
         r = cli(herald_bin, "pub", chan, "-", srv=server, stdin=b"from stdin")
         assert r.returncode == EXIT_OK, r.stderr
         assert sse.next_message()["data"] == "from stdin"
+        # DESIGN §11 names the server option --server: the same as --url
+        r = cli(herald_bin, "pub", chan, "via --server", "--server", f"http://127.0.0.1:{server.port}")
+        assert r.returncode == EXIT_OK, r.stderr
+        assert sse.next_message()["data"] == "via --server"
     finally:
         sse.close()
 
