@@ -1116,6 +1116,16 @@ static void be_stats_json(void *be, struct sbuf *b)
                 rb->cluster ? "redis-cluster" : "redis", names[atomic_load(&rb->status)]);
 }
 
+static void be_node_stats_put(void *be, const char *json, size_t len)
+{
+    redis_nodes__put(be, json, len);
+}
+
+static size_t be_node_stats_get(void *be, struct sbuf *b)
+{
+    return redis_nodes__get(be, b);
+}
+
 static bool be_ready(void *be)
 {
     struct rb *rb = be;
@@ -1132,6 +1142,8 @@ static const struct hub_backend_ops redis_ops = {
     .channel_delete = redis_channels_delete,
     .channel_list = redis_channels_list,
     .stats_json = be_stats_json,
+    .node_stats_put = be_node_stats_put,
+    .node_stats_get = be_node_stats_get,
 };
 
 /* ---- start / stop -------------------------------------------------------------------- */
@@ -1207,6 +1219,7 @@ int redis_backend_start(struct hub *hub, const struct herald_config *cfg)
     rb->loop.on_wake = rb_on_wake;
     rb->loop.on_wake_arg = rb;
     timer_init(&rb->heartbeat, heartbeat_cb);
+    redis_nodes__init(rb);
     char user[128] = "", password[256] = "";
     snprintf(password, sizeof(password), "%s", cfg->redis_password);
     struct redis_bus_opts opts = {.name = rb->node,
@@ -1249,6 +1262,7 @@ int redis_backend_start(struct hub *hub, const struct herald_config *cfg)
     }
     if (!rb->bus) {
         loop_free(&rb->loop);
+        redis_nodes__free(rb);
         free(rb);
         return -1;
     }
@@ -1305,6 +1319,7 @@ void redis_backend_stop(struct hub *hub)
     }
     redis_bus__free_map(&rb->follows);
     free(rb->epoch_tag);
+    redis_nodes__free(rb);
     pthread_mutex_destroy(&rb->qlock);
     free(rb);
     hub->be = NULL;

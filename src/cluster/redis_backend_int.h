@@ -58,7 +58,8 @@ struct rb {
     struct timer status_timer;           /* logs a degradation that lasted STATUS_SETTLE_MS */
     struct warn_slot warns[WARN_SLOTS];
     struct timer warn_timer;
-    struct rapps *apps; /* the apps store (redis_apps.c), when main made one */
+    struct rapps *apps;   /* the apps store (redis_apps.c), when main made one */
+    struct rnodes *nodes; /* every node's figures (redis_nodes.c) */
 };
 
 /* Queues t for the backend thread (any thread). */
@@ -100,5 +101,17 @@ bool redis_apps__gate(struct rb *rb, const char (*names)[CHANNEL_KEY_MAX + 1], c
                       size_t n, bool publish, redis_apps_gate_done *done, void *arg);
 /* Stops the apps' timer (redis_backend_stop, the thread gone). */
 void redis_apps__stop(struct rb *rb);
+
+/*
+ * Every node's figures (redis_nodes.c). put (any thread, once a second): this node's
+ * JSON object, copied, written to Redis with a 3 s TTL; then, while readers ask, the
+ * live nodes' objects are read back. get (any thread): appends them, comma-separated,
+ * and returns how many (0 when none were read in the last 3 s).
+ */
+void redis_nodes__init(struct rb *rb);
+void redis_nodes__put(struct rb *rb, const char *json, size_t len);
+size_t redis_nodes__get(struct rb *rb, struct sbuf *b);
+/* After the backend thread stopped. */
+void redis_nodes__free(struct rb *rb);
 
 #endif

@@ -1043,3 +1043,43 @@ def test_node_killed_during_a_publish_stream(fresh_redis, herald, chan, kind):
     for f in followers:
         assert [s[0] for s in f.sessions][:1] == ["A"] and "B" in [s[0] for s in f.sessions], f.sessions
     assert b.terminate() == 0, b.log_tail()
+
+
+# ---- every node's figures (/stats?nodes=1, /stats/stream) ------------------------------------
+
+
+def node_rows(node):
+    """{name: figures} of every node, as node sees them."""
+    return {n["node"]: n for n in node.stats("?nodes=1")["nodes"]}
+
+
+def sse_of(rows, name):
+    return rows[name]["connections"]["sse"] if name in rows else None
+
+
+def test_every_node_sees_every_nodes_figures_and_a_dead_node_goes(redis_factory, herald, chan):
+    r = redis_factory()
+    one = herald(redis=r.url, node_name="one", cluster_heartbeat=CLUSTER_HEARTBEAT)
+    two = herald(redis=r.url, node_name="two", cluster_heartbeat=CLUSTER_HEARTBEAT)
+    wait_until(lambda: set(node_rows(one)) == {"one", "two"}, what="both nodes on node one")
+    # a subscriber on node two shows in two's row, on both nodes
+    with SSE(two, chan) as sse:
+        wait_local(two, chan)
+        for viewer in (one, two):
+            # (a node asked for the first time answers with itself until it read the list)
+            wait_until(lambda: (sse_of(node_rows(viewer), "one"), sse_of(node_rows(viewer), "two"))
+                       == (0, 1), what="two's SSE subscriber in two's row, none in one's")
+        one.publish(chan, "hello")
+        assert sse.next_message()["data"] == "hello"
+        # two delivered it: its latency and its rate, as one reads them from Redis
+        wait_until(lambda: node_rows(one).get("two", {}).get("messages_out_per_second"),
+                   what="two's deliveries per second on node one")
+    rows = node_rows(one)
+    assert {"connections", "messages_in_per_second", "uptime", "time"} <= set(rows["one"])
+    # what each node wrote: one key, with a TTL of a few seconds
+    assert 0 < r.cmd("TTL", "herald:{nodestats}:two") <= 3
+    # a node that dies is gone from the list within its TTL (and the next read)
+    killed(two)
+    t0 = time.monotonic()
+    wait_until(lambda: set(node_rows(one)) == {"one"}, timeout=8, what="two gone from the list")
+    assert time.monotonic() - t0 < 5.5

@@ -38,6 +38,7 @@ from test_cluster import (
     gap,
     local_subscribers,
     messages_only,
+    node_rows,
     poll_now,
     resume,
     stop_all,
@@ -511,3 +512,15 @@ def test_failover_under_a_publish_stream(rcluster, nodes, chan):
         check_delivery(f, pub)
     for n in nodes:
         assert n.stats()["cluster"]["redis"] in ("up", "degraded")
+
+
+def test_every_node_sees_every_nodes_figures_on_a_redis_cluster(rcluster, nodes, chan):
+    """Every node's key carries one hash tag: one MGET on one shard reads them all."""
+    a, b = nodes
+    with SSE(b, chan) as sse:
+        wait_local(b, chan)
+        for viewer in nodes:
+            wait_until(lambda: {n: r["connections"]["sse"] for n, r in node_rows(viewer).items()}
+                       == {"A": 0, "B": 1}, what="both nodes, B's subscriber in B's row")
+        a.publish(chan, "x")
+        assert sse.next_message()["data"] == "x"
