@@ -185,3 +185,97 @@ def test_an_apps_key_scopes_the_ui_to_that_app(herald, chromium):
     assert errors == [], errors
     r = request(s.port, "GET", "/apps/shop/api/channels/orders", headers=h)
     assert r.json()["messages_total"] == 2
+
+
+async def sign_in(page, key=ADMIN):
+    await page.eval(f"document.getElementById('key').value = {json.dumps(key)};"
+                    "document.getElementById('signin').requestSubmit()")
+    await page.wait_for("window.heraldStats && window.heraldStats.node")
+
+
+async def publish_seen(port, chan, sub, n):
+    """Publishes n messages 0.3 s apart (over several ticks of the stream), each received
+    by the subscriber sub."""
+    for i in range(n):
+        r = request(port, "POST", f"/pub/{chan}", f"m{i}", {"Authorization": f"Bearer {ADMIN}"})
+        assert r.status == 201
+        assert sub.next_message()["data"] == f"m{i}"
+        await asyncio.sleep(0.3)
+
+
+def run_page(run, shot):
+    """Runs the page's coroutine: no console error, and its screenshot saved."""
+    errors = asyncio.run(asyncio.wait_for(run(), 60))
+    assert errors == [], errors
+    assert os.path.getsize(os.path.join(SHOTS, f"admin-{shot}.png")) > 1000
+
+
+LATENCY_P99 = """(() => {
+  const c = document.querySelector('[data-chart=latency]');
+  const m = c && c.querySelector('.legend').innerText.match(/p99: ([0-9.]+) ms/);
+  return m && +m[1] > 0 && c.querySelectorAll('svg polyline').length > 0 ? +m[1] : 0;
+})()"""
+
+
+def test_the_overview_charts_delivery_latency(herald, chromium, chan):
+    """After publishes to a subscriber, the latency chart has p50 and p99 lines with the
+    figures /stats/stream gave (no line while nothing was delivered)."""
+    s = herald(admin_key=ADMIN)
+    url = f"http://127.0.0.1:{s.port}/admin/"
+
+    async def run():
+        async with admin_page(chromium, url) as page:
+            await sign_in(page)
+            assert await page.eval(LATENCY_P99) == 0  # nothing delivered yet: no line
+            assert await page.eval("!!document.querySelector('[data-chart=latency]')")
+            with SSE(s, chan) as sub:
+                s.wait_subscribers(chan, 1)
+                await publish_seen(s.port, chan, sub, 6)
+                p99 = await page.wait_for(LATENCY_P99, timeout=10)
+                legend = await page.eval("document.querySelector('[data-chart=latency] .legend').innerText")
+                assert "p50: " in legend, legend
+                # what the chart shows is what the stream said
+                shown = await page.eval("document.querySelector('[data-chart=latency]').series[1]"
+                                        ".values.filter(v => v !== null)")
+                assert p99 in shown and all(v > 0 for v in shown), shown
+                # single node: no table of nodes
+                assert await page.eval("document.getElementById('nodes').hidden")
+                await asyncio.sleep(1.1)
+                await page.shot("overview-latency")
+            return page.errors
+
+    run_page(run, "overview-latency")
+
+
+def test_the_overview_of_a_cluster_shows_every_node(redis_factory, herald, chromium, chan):
+    """Two nodes on one Redis: the overview on node one lists both; a subscriber on node
+    two appears in node two's row (read by node one from Redis), and node two's p99 once it
+    delivered."""
+    r = redis_factory()
+    one = herald(redis=r.url, node_name="one", admin_key=ADMIN, cluster_heartbeat="500ms")
+    two = herald(redis=r.url, node_name="two", admin_key=ADMIN, cluster_heartbeat="500ms")
+    url = f"http://127.0.0.1:{one.port}/admin/"
+    row = "document.querySelector('#nodes tr[data-node=\"%s\"] td.%s')"
+
+    async def cell(node, what):
+        return await page_ref[0].eval(f"({row % (node, what)} || {{}}).innerText")
+
+    page_ref = []
+
+    async def run():
+        async with admin_page(chromium, url) as page:
+            page_ref.append(page)
+            await sign_in(page)
+            await page.wait_for(f"!!{row % ('one', 'conns')} && !!{row % ('two', 'conns')}")
+            assert not await page.eval("document.getElementById('nodes').hidden")
+            assert "SSE 0" in await cell("two", "conns")
+            with SSE(two, chan) as sub:
+                await page.wait_for(f"({row % ('two', 'conns')}).innerText.includes('SSE 1')", timeout=10)
+                assert "SSE 0" in await cell("one", "conns")  # the connection is node two's
+                await publish_seen(one.port, chan, sub, 5)
+                await page.wait_for(f"({row % ('two', 'p99')}).innerText.endsWith(' ms')", timeout=10)
+                await asyncio.sleep(1.1)
+                await page.shot("overview-cluster")
+            return page.errors
+
+    run_page(run, "overview-cluster")

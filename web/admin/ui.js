@@ -89,49 +89,135 @@ document.getElementById("signout").addEventListener("click", () => {
 
 const WINDOW = 60; // seconds on a chart
 
-function chart(title, series) {
+// Points of values (null: no figure that second) for a w x h box scaled to max, newest at
+// the right edge: one polyline per run of figures.
+function runs(values, w, h, max, window = WINDOW) {
+  const n = values.length, out = [];
+  let cur = [];
+  values.forEach((v, j) => {
+    if (v === null || v === undefined) {
+      if (cur.length) out.push(cur);
+      cur = [];
+      return;
+    }
+    cur.push(`${w - ((n - 1 - j) / (window - 1)) * w},${h - 4 - (v / max) * (h - 8)}`);
+  });
+  if (cur.length) out.push(cur);
+  return out.map((pts) => {
+    if (pts.length === 1) { // a lone figure: a short dash, so that it shows
+      const [x, y] = pts[0].split(",");
+      pts = [`${x - 2},${y}`, pts[0]];
+    }
+    return pts.join(" ");
+  });
+}
+
+function svgEl(tag, attrs) {
+  const e = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+  return e;
+}
+
+const lastOf = (values) => values.findLast((v) => v !== null && v !== undefined);
+
+function chart(title, series, { format = fmt, floor = 1, unit = "" } = {}) {
   // series: [{name, values: []}] -> an SVG with one polyline each, and a legend.
   const w = 560, h = 140;
-  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
-  svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
-  svg.setAttribute("class", "chart");
+  const svg = svgEl("svg", { viewBox: `0 0 ${w} ${h}`, class: "chart" });
   const legend = el("div", { class: "legend" });
   const box = el("section", { class: "card" }, el("h2", {}, title), svg, legend);
+  box.series = series;
   box.update = () => {
-    const max = Math.max(1, ...series.flatMap((s) => s.values));
-    svg.replaceChildren();
-    series.forEach((s, i) => {
-      const n = s.values.length; // the newest point at the right edge
-      const pts = s.values.map((v, j) =>
-        `${w - ((n - 1 - j) / (WINDOW - 1)) * w},${h - 4 - (v / max) * (h - 8)}`).join(" ");
-      const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
-      line.setAttribute("points", pts);
-      line.setAttribute("class", `s${i}`);
-      svg.append(line);
-    });
-    legend.replaceChildren(...series.map((s, i) =>
-      el("span", { class: `s${i}` }, `${s.name}: ${fmt(s.values.at(-1) ?? 0)}`)));
+    const max = Math.max(floor, ...series.flatMap((s) => s.values.filter((v) => v !== null)));
+    const top = svgEl("text", { x: 4, y: 12, class: "axis" });
+    top.textContent = `${format(max)}${unit}`; // the top of the scale
+    svg.replaceChildren(top, ...series.flatMap((s, i) =>
+      runs(s.values, w, h, max).map((pts) => svgEl("polyline", { points: pts, class: `s${i}` }))));
+    legend.replaceChildren(...series.map((s, i) => {
+      const v = lastOf(s.values);
+      return el("span", { class: `s${i}` }, `${s.name}: ${v === undefined ? "–" : format(v) + unit}`);
+    }));
   };
   return box;
+}
+
+// Milliseconds as a dashboard shows them: three decimals below 10 ms.
+const fmtMs = (v) => (v < 10 ? v.toFixed(3) : v < 1000 ? v.toFixed(1) : fmt(v));
+
+function sparkline(values, { floor = 1 } = {}) {
+  const w = 100, h = 24;
+  const max = Math.max(floor, ...values.filter((v) => v !== null));
+  const svg = svgEl("svg", { viewBox: `0 0 ${w} ${h}`, class: "spark" });
+  svg.append(...runs(values, w, h, max).map((pts) => svgEl("polyline", { points: pts })));
+  return svg;
+}
+
+// The nodes of a cluster, one row each, from the stream's "nodes" (what every node wrote in
+// Redis in the last seconds): connections, messages in and out per second and the last
+// second's p99 delivery latency, with a sparkline of the last minute.
+function nodesTable() {
+  const body = el("tbody");
+  const card = el("section", { class: "card", id: "nodes" }, el("h2", {}, "Nodes"),
+    el("table", {}, el("thead", {}, el("tr", {},
+      ["node", "connections", "", "messages in/s", "messages out/s", "", "p99 latency", "", "slow cut", "up"]
+        .map((t) => el("th", {}, t)))), body));
+  card.hidden = true;
+  const hist = new Map(); // node -> {conns, out, p99}
+  card.update = (list, show) => {
+    card.hidden = !show;
+    const seen = new Set();
+    body.replaceChildren(...list.map((n) => {
+      seen.add(n.node);
+      let h = hist.get(n.node);
+      if (!h) hist.set(n.node, (h = { conns: [], out: [], p99: [], time: 0 }));
+      if (n.time !== h.time) { // a new sample of that node
+        h.time = n.time;
+        for (const [arr, v] of [[h.conns, n.connections.total], [h.out, n.messages_out_per_second],
+          [h.p99, n.delivery_latency_ms.count ? n.delivery_latency_ms.p99 : null]]) {
+          arr.push(v);
+          if (arr.length > WINDOW) arr.shift();
+        }
+      }
+      const c = n.connections, lat = n.delivery_latency_ms;
+      return el("tr", { "data-node": n.node },
+        el("td", {}, n.node),
+        el("td", { class: "conns" }, `${c.total} (WS ${c.websocket}, SSE ${c.sse}, poll ${c.longpoll}, stream ${c.stream})`),
+        el("td", {}, sparkline(h.conns)),
+        el("td", { class: "in" }, n.messages_in_per_second.toFixed(1)),
+        el("td", { class: "out" }, n.messages_out_per_second.toFixed(1)),
+        el("td", {}, sparkline(h.out)),
+        el("td", { class: "p99" }, lat.count ? `${fmtMs(lat.p99)} ms` : "–"),
+        el("td", {}, sparkline(h.p99, { floor: 0.001 })),
+        el("td", {}, fmt(n.slow_consumers_closed)),
+        el("td", {}, `${n.uptime} s`));
+    }));
+    for (const name of hist.keys()) if (!seen.has(name)) hist.delete(name);
+  };
+  return card;
 }
 
 function overview() {
   const nodes = new Map(); // node -> {last, charts}
   const status = el("p", { class: "muted", id: "stream-status" }, "connecting to /stats/stream…");
   const holder = el("div");
-  show(el("h1", {}, "Overview"), status, holder);
+  const table = nodesTable();
+  show(el("h1", {}, "Overview"), status, table, holder);
   const ctl = new AbortController();
 
   function nodeView(name) {
     const transports = ["websocket", "sse", "longpoll", "stream"].map((t) => ({ name: t, values: [] }));
     const rates = [{ name: "messages in/s", values: [] }, { name: "messages out/s", values: [] }];
+    const latency = [{ name: "p50", values: [] }, { name: "p99", values: [] }];
     const slow = [{ name: "slow consumers cut/s", values: [] }];
     const c1 = chart(`Connections by transport — ${name}`, transports);
     const c2 = chart(`Messages per second — ${name}`, rates);
-    const c3 = chart(`Slow consumers cut — ${name}`, slow);
+    const c3 = chart(`Delivery latency, ms (arrival on the node → written to the socket) — ${name}`,
+      latency, { format: fmtMs, floor: 0.001, unit: " ms" });
+    c3.dataset.chart = "latency";
+    const c4 = chart(`Slow consumers cut — ${name}`, slow);
     const totals = el("p", { class: "totals", "data-node": name });
-    holder.append(el("div", { class: "node" }, el("h2", {}, `Node ${name}`), totals, c1, c2, c3));
-    return { transports, rates, slow, charts: [c1, c2, c3], totals, last: null };
+    holder.append(el("div", { class: "node" }, el("h2", {}, `Node ${name}`), totals, c1, c2, c3, c4));
+    return { transports, rates, latency, slow, charts: [c1, c2, c3, c4], totals, last: null };
   }
 
   function push(arr, v) {
@@ -182,6 +268,11 @@ function overview() {
       push(n.rates[1].values, (s.messages.delivered - n.last.messages.delivered) / dt);
       push(n.slow[0].values, (s.slow_consumers_closed - n.last.slow_consumers_closed) / dt);
     }
+    // the last second's deliveries; a second without any has no figure (a gap, not a 0)
+    const lat = s.delivery_latency_ms.last_second;
+    push(n.latency[0].values, lat.count ? lat.p50 : null);
+    push(n.latency[1].values, lat.count ? lat.p99 : null);
+    table.update(s.nodes || [], !!s.cluster || (s.nodes || []).length > 1);
     n.last = s;
     n.totals.textContent = `${s.connections.total} connections (${s.connections.websocket} WebSocket, ` +
       `${s.connections.sse} SSE, ${s.connections.longpoll} long-poll, ${s.connections.stream} stream), ` +
