@@ -22,6 +22,7 @@
 #include "hooks/hooks.h"
 #include "http/router.h"
 #include "transport/ws_frame.h"
+#include "users/users.h"
 
 /* ---- helpers --------------------------------------------------------------- */
 
@@ -265,17 +266,66 @@ void api_pub_free(struct api_pub *p)
     p->keys = NULL;
 }
 
-/* The channels become keys of t's namespace (p->keys holds them). */
-static void pub_make_keys(struct api_pub *p, const struct hub_tenant *t)
+/* The channels become keys of t's namespace, and the users' channels follow them
+ * (p->keys holds the keys). */
+static void pub_make_keys(struct api_pub *p, const struct hub_tenant *t, const struct slice *users,
+                          size_t nusers)
 {
-    if (!t)
+    if (!t && !nusers)
         return;
-    p->keys = xmalloc(p->n * (CHANNEL_KEY_MAX + 1));
-    for (size_t i = 0; i < p->n; i++) {
+    p->keys = xmalloc((p->n + nusers) * (CHANNEL_KEY_MAX + 1));
+    for (size_t i = 0; i < p->n + nusers; i++) {
         char *k = p->keys + i * (CHANNEL_KEY_MAX + 1);
-        size_t len = chan_key_make(k, t, p->channels[i].data, p->channels[i].len);
+        size_t len = i < p->n ? chan_key_make(k, t, p->channels[i].data, p->channels[i].len)
+                              : users_key(k, t, users[i - p->n].data, users[i - p->n].len);
+        if (i < p->n && !t)
+            continue; /* the default app's key is the name */
         p->channels[i] = (struct slice){k, (uint32_t)len};
     }
+    p->n += nusers;
+}
+
+/* Whether s is one of list[0..n). */
+static bool slice_listed(const struct slice *list, size_t n, const struct slice *s)
+{
+    for (size_t i = 0; i < n; i++)
+        if (list[i].len == s->len && memcmp(list[i].data, s->data, s->len) == 0)
+            return true;
+    return false;
+}
+
+/* Reads "users" (user ids, each a token's "sub") of a publish into users[], which
+ * points into obj; at most `room` of them. Returns how many, or -1 with *err. */
+static long pub_users(json_t *obj, struct slice *users, size_t room, const char **err)
+{
+    json_t *us = json_object_get(obj, "users");
+    if (!us)
+        return 0;
+    if (!json_is_array(us)) {
+        *err = "\"users\" is an array of user ids (each a subscriber token's \"sub\")";
+        return -1;
+    }
+    size_t i, n = 0;
+    json_t *v;
+    json_array_foreach(us, i, v)
+    {
+        const char *id = json_string_value(v);
+        size_t len = json_string_length(v);
+        if (!id || len == 0 || len > USERS_ID_MAX || strlen(id) != len) {
+            *err = "\"users\" holds user ids: strings of 1 to 256 bytes (a token's \"sub\")";
+            return -1;
+        }
+        struct slice s = {id, (uint32_t)len};
+        if (slice_listed(users, n, &s))
+            continue; /* named twice: once */
+        if (n == room) {
+            *err = "at most 64 channels and users per message, together: reach more users with "
+                   "several messages in one request ({\"messages\":[...]})";
+            return -1;
+        }
+        users[n++] = s;
+    }
+    return (long)n;
 }
 
 static int add_channel(struct api_pub *p, const char *name, size_t len, const char **err)
@@ -295,7 +345,9 @@ static int add_channel(struct api_pub *p, const char *name, size_t len, const ch
     return 0;
 }
 
-int api_pub_from_json(json_t *obj, struct api_pub *p, const struct hub_tenant *t, const char **err)
+/* api_pub_from_json; with `users`, a publish may name users too (the HTTP API). */
+static int pub_from_json(json_t *obj, struct api_pub *p, const struct hub_tenant *t, bool users,
+                         const char **err)
 {
     memset(p, 0, sizeof(*p));
     if (!json_is_object(obj)) {
@@ -329,8 +381,17 @@ int api_pub_from_json(json_t *obj, struct api_pub *p, const struct hub_tenant *t
         *err = "\"channels\" is an array of channel names";
         return -1;
     }
-    if (p->n == 0) {
-        *err = "name the target with \"channel\": \"name\" or \"channels\": [\"a\", \"b\"]";
+    struct slice ids[ARRAY_LEN(p->channels)];
+    long nusers = 0;
+    if (!users && json_object_get(obj, "users")) {
+        *err = "\"users\" is for the HTTP publish API (POST /api/publish), not WebSocket clients";
+        return -1;
+    }
+    if (users && (nusers = pub_users(obj, ids, ARRAY_LEN(p->channels) - p->n, err)) < 0)
+        return -1;
+    if (p->n == 0 && nusers == 0) {
+        *err = "name the target with \"channel\": \"name\", \"channels\": [\"a\", \"b\"] or "
+               "\"users\": [\"42\"]";
         return -1;
     }
     json_t *data = json_object_get(obj, "data");
@@ -354,7 +415,7 @@ int api_pub_from_json(json_t *obj, struct api_pub *p, const struct hub_tenant *t
         return -1;
     }
     p->data_len = strlen(p->data_json);
-    pub_make_keys(p, t);
+    pub_make_keys(p, t, ids, (size_t)nusers);
     if (json_is_string(data)) {
         p->text = true;
         p->raw = json_string_value(data);
@@ -364,6 +425,11 @@ int api_pub_from_json(json_t *obj, struct api_pub *p, const struct hub_tenant *t
         p->raw_len = p->data_len;
     }
     return 0;
+}
+
+int api_pub_from_json(json_t *obj, struct api_pub *p, const struct hub_tenant *t, const char **err)
+{
+    return pub_from_json(obj, p, t, false, err);
 }
 
 /* detail: the backend's own words (struct publish_result), else hub_strerror's and the
@@ -604,7 +670,8 @@ static void handle_api_publish(struct http_ctx *x)
     const char *err = NULL;
     size_t bad = 0;
     for (size_t i = 0; i < n && !err; i++)
-        if (api_pub_from_json(batch ? json_array_get(msgs, i) : doc, &op->pubs[i], x->tenant, &err))
+        if (pub_from_json(batch ? json_array_get(msgs, i) : doc, &op->pubs[i], x->tenant, true,
+                          &err))
             bad = i;
     if (err) {
         if (batch)

@@ -517,15 +517,12 @@ static void app_set_state(struct app *a, json_t *o)
 static void app_retire(struct app *a)
 {
     atomic_store(&a->t.gone, true); /* its connections may do nothing more */
-    struct channel_info *infos = xmalloc(256 * sizeof(*infos));
-    size_t total, got;
-    char key[CHANNEL_KEY_MAX + 1];
-    while ((got = hub_channel_list(reg.hub, "", 0, a->t.prefix, infos, 256, &total)) > 0)
-        for (size_t i = 0; i < got; i++) {
-            int k = snprintf(key, sizeof(key), "%s%s", a->t.prefix, infos[i].name);
-            hub_channel_delete(reg.hub, key, (size_t)k);
-        }
-    free(infos);
+    /* Its users' channels last: a stream ends with the last channel it holds, so its
+     * subscribers hear about the channels they named first. */
+    while (hub_channel_delete_prefix(reg.hub, a->t.prefix, false, 256))
+        ;
+    while (hub_channel_delete_prefix(reg.hub, a->t.prefix, true, 256))
+        ;
     hub_tenant_put(&a->t); /* the registry's reference */
 }
 

@@ -598,17 +598,19 @@ bool redis_apps__gate(struct rb *rb, const char (*names)[CHANNEL_KEY_MAX + 1], c
     snprintf(rk, sizeof(rk), "herald:rate:{%s}", a->name);
     snprintf(r, sizeof(r), "%" PRIu32, rate);
     snprintf(c, sizeof(c), "%" PRIu32, maxch);
-    size_t argc = 5 + n;
-    const char **argv = xcalloc(argc, sizeof(*argv));
-    size_t *argl = xcalloc(argc, sizeof(*argl));
+    size_t argc = 5;
+    const char **argv = xcalloc(5 + n, sizeof(*argv));
+    size_t *argl = xcalloc(5 + n, sizeof(*argl));
     const char *head[] = {"2", ixk, rk, r, c};
     for (size_t i = 0; i < 5; i++) {
         argv[i] = head[i];
         argl[i] = strlen(head[i]);
     }
     for (size_t i = 0; i < n; i++) {
-        argv[5 + i] = names[i];
-        argl[5 + i] = lens[i];
+        if (chan_key_is_user(names[i], lens[i]))
+            continue; /* users' channels are not in the plan's count, nor listed */
+        argv[argc] = names[i];
+        argl[argc++] = lens[i];
     }
     struct gate *g = xcalloc(1, sizeof(*g));
     *g = (struct gate){.a = a, .done = done, .arg = arg};

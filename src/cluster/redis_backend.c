@@ -189,7 +189,8 @@ size_t redis_backend__key(char *buf, size_t size, const char *name, size_t len, 
 static void ns_defaults(struct rb *rb, const char *key, size_t len, bool *auto_create,
                         uint32_t *history_size, uint32_t *history_ttl_ms)
 {
-    *auto_create = rb->cfg->auto_create;
+    bool user = chan_key_is_user(key, len); /* a user's channel exists for the asking */
+    *auto_create = rb->cfg->auto_create || user;
     *history_size = rb->cfg->history_size;
     *history_ttl_ms = rb->cfg->history_ttl_ms;
     const char *sep = memchr(key, CHANNEL_NS_SEP, len);
@@ -201,7 +202,7 @@ static void ns_defaults(struct rb *rb, const char *key, size_t len, bool *auto_c
         return;
     pthread_mutex_lock(&t->lock);
     if (t->auto_create >= 0)
-        *auto_create = t->auto_create != 0;
+        *auto_create = t->auto_create != 0 || user;
     if (t->history_size)
         *history_size = t->history_size;
     if (t->history_ttl_ms)
@@ -859,7 +860,8 @@ static void pub_reply(const redisReply *r, int status, void *arg)
         return;
     }
     for (size_t i = 0; i < pt->n && !pt->err; i++)
-        index_channel(pt->rb, pt->names[i], pt->lens[i]);
+        if (!chan_key_is_user(pt->names[i], pt->lens[i])) /* nobody lists users */
+            index_channel(pt->rb, pt->names[i], pt->lens[i]);
     hub_post(pt->rb->hub, pt->w, pub_answer, pt);
 }
 

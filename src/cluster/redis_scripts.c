@@ -22,9 +22,9 @@
 /*
  * KEYS: [1] last-id key (string), [2] epoch key, then per channel: stream, options
  * and, on a single Redis, state. ARGV: [1] id hint, [2] payload, [3] auto-create
- * 1/0, [4] default history size, [5] default history ttl ms, [6] default channel
- * ttl ms, [7] now ms, [8] the publish verb, then the bus channel name of each
- * channel. Returns {id, subscribers}, or an error "NOTFOUND <index>".
+ * 1/0 (a user's channel, "#user:" in its keys, is always created), [4] default history size, [5]
+ * default history ttl ms, [6] default channel ttl ms, [7] now ms, [8] the publish verb, then the
+ * bus channel name of each channel. Returns {id, subscribers}, or an error "NOTFOUND <index>".
  *
  * Every call a Lua script makes costs Redis about a microsecond on top of the
  * command, and this one runs for every publish: for one channel it makes six (eight
@@ -58,7 +58,8 @@ static const char publish_lua[] =
     "  local o = KEYS[k*i - k + 4]\n"
     "  local opt = redis.call('HMGET', o, 'history_size', 'history_ttl', 'ttl', 'persistent',\n"
     "                         'created', 'last', 'exp')\n"
-    "  if not opt[5] and ARGV[3] == '0' and redis.call('EXISTS', o) == 0 then\n"
+    "  if not opt[5] and ARGV[3] == '0' and not string.find(o, '#user:', 1, true) and\n"
+    "     redis.call('EXISTS', o) == 0 then\n"
     "    return redis.error_reply('NOTFOUND ' .. (i - 1))\n"
     "  end\n"
     "  local p = opt[6] or (cluster and last) or\n"

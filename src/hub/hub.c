@@ -99,14 +99,26 @@ bool hub_channel_name_valid(const char *name, size_t len)
     return name_valid(name, len, CHANNEL_NAME_MAX, "_.:@/-");
 }
 
+/* Whether name[0..len) is the name part of a user's channel key: the tag and the hash. */
+static bool user_name_valid(const char *name, size_t len)
+{
+    size_t tl = sizeof(USER_KEY_TAG) - 1;
+    if (len != USER_KEY_NAME_LEN || memcmp(name, USER_KEY_TAG, tl) != 0)
+        return false;
+    for (size_t i = tl; i < len; i++)
+        if (!((name[i] >= '0' && name[i] <= '9') || (name[i] >= 'a' && name[i] <= 'f')))
+            return false;
+    return true;
+}
+
 bool hub_channel_key_valid(const char *key, size_t len)
 {
     const char *sep = memchr(key, CHANNEL_NS_SEP, len);
-    if (!sep)
-        return hub_channel_name_valid(key, len);
-    size_t alen = (size_t)(sep - key);
-    return name_valid(key, alen, APP_NAME_MAX, "-") &&
-           hub_channel_name_valid(sep + 1, len - alen - 1);
+    const char *name = sep ? sep + 1 : key;
+    size_t alen = sep ? (size_t)(sep - key) : 0, nlen = len - (size_t)(name - key);
+    if (sep && !name_valid(key, alen, APP_NAME_MAX, "-"))
+        return false;
+    return hub_channel_name_valid(name, nlen) || user_name_valid(name, nlen);
 }
 
 bool hub_event_name_valid(const char *name, size_t len)
@@ -363,7 +375,7 @@ static int tenant_room(struct hub *hub, const char *key, size_t len, size_t more
 static void tenant_uncount(struct hub *hub, struct channel *ch)
 {
     HUB_ASSERT_LOCKED(hub);
-    if (ch->tenant)
+    if (ch->tenant && !ch->user)
         ch->tenant->channels--;
 }
 
@@ -384,9 +396,10 @@ static struct channel *chan_create(struct hub *hub, const char *name, size_t len
     ch->history_size = cfg->history_size;
     ch->history_ttl_ms = cfg->history_ttl_ms;
     ch->history_bytes = cfg->history_bytes;
+    ch->user = chan_key_is_user(name, len);
     if (ch->tenant) {
         struct hub_tenant *t = ch->tenant;
-        t->channels++;
+        t->channels += !ch->user;     /* users' channels are not in the plan's count */
         pthread_mutex_lock(&t->lock); /* the app's defaults (after the hub lock) */
         if (t->history_size)
             ch->history_size = t->history_size;
@@ -610,7 +623,7 @@ void hub_free(struct hub *hub)
     while ((n = map_next(&hub->channels, &b, &next))) {
         map_del(&hub->channels, n);
         struct channel *ch = container_of(n, struct channel, node);
-        if (ch->tenant)
+        if (ch->tenant && !ch->user)
             ch->tenant->channels--;
         chan_release(hub, ch);
     }
@@ -683,32 +696,41 @@ static int resolve_channels(struct hub *hub, const struct slice *names, size_t n
 {
     HUB_ASSERT_LOCKED(hub);
     bool subscribe = cl != NULL;
-    size_t missing = 0, first_missing = 0;
+    /* A user's channel always exists for the asking, and counts in neither the app's
+     * plan nor the subscriber's address: only in --max-channels. */
+    size_t missing = 0, first_missing = 0, counted = 0, first_counted = 0;
     for (size_t i = 0; i < n; i++) {
         chs[i] = hub__lookup(hub, names[i].data, names[i].len);
         if (chs[i] || slice_in(names, i, &names[i]))
             continue; /* a name given twice is created once */
-        if (!hub->be_ops && !auto_create(hub, names[i].data, names[i].len)) {
+        bool user = chan_key_is_user(names[i].data, names[i].len);
+        if (!hub->be_ops && !user && !auto_create(hub, names[i].data, names[i].len)) {
             *bad_index = i; /* in cluster mode, loading the cache checks existence */
             return HUB_ERR_NOT_FOUND;
         }
         if (!missing++)
             first_missing = i;
+        if (!user && !counted++)
+            first_counted = i;
     }
     int err = missing ? chan_room(hub, subscribe, missing) : 0;
-    if (!err && missing)
-        err = tenant_room(hub, names[first_missing].data, names[first_missing].len, missing);
-    if (!err && !quota_room(hub, cl, missing))
-        err = HUB_ERR_TOO_MANY_FOR_ADDR;
+    size_t at = first_missing;
+    if (!err && counted) {
+        at = first_counted;
+        err = tenant_room(hub, names[at].data, names[at].len, counted);
+        if (!err && !quota_room(hub, cl, counted))
+            err = HUB_ERR_TOO_MANY_FOR_ADDR;
+    }
     if (err) {
-        *bad_index = first_missing;
+        *bad_index = at;
         return err;
     }
     for (size_t i = 0; i < n; i++) {
         if (chs[i] || (chs[i] = hub__lookup(hub, names[i].data, names[i].len)))
             continue;
         chs[i] = chan_create(hub, names[i].data, names[i].len, subscribe);
-        quota_charge(hub, cl, chs[i]);
+        if (!chs[i]->user)
+            quota_charge(hub, cl, chs[i]);
     }
     return 0;
 }
@@ -1009,7 +1031,7 @@ int hub_subscribe(struct hub *hub, int w, void *conn, struct list *held, const s
                   size_t n, bool has_since, uint64_t since, const struct hub_client *cl,
                   struct hub_backlog *backlog, size_t *bad_index)
 {
-    struct channel *chs[64];
+    struct channel *chs[HUB_SUBSCRIBE_MAX];
     memset(backlog, 0, sizeof(*backlog));
     if (n > ARRAY_LEN(chs) || !subs_fit(held, names, n, cl->max_subs)) {
         *bad_index = 0;
@@ -1308,6 +1330,24 @@ int hub_channel_delete(struct hub *hub, const char *name, size_t len)
     return ch ? 0 : HUB_ERR_NOT_FOUND;
 }
 
+size_t hub_channel_delete_prefix(struct hub *hub, const char *prefix, bool users, size_t max)
+{
+    size_t plen = strlen(prefix), n = 0, b = 0;
+    uint64_t wake_mask = 0;
+    struct map_node *node, *next = NULL;
+    hub_lock(hub);
+    while (n < max && (node = map_next(&hub->channels, &b, &next))) {
+        struct channel *ch = container_of(node, struct channel, node);
+        if (ch->user == users && ch->name_len >= plen && memcmp(ch->name, prefix, plen) == 0) {
+            hub__unlink_locked(hub, ch, &wake_mask);
+            n++;
+        }
+    }
+    hub_unlock(hub);
+    hub__wake_workers(hub, wake_mask);
+    return n;
+}
+
 void hub_channel_counts(struct hub *hub, size_t *total, size_t *ephemeral)
 {
     hub_lock(hub);
@@ -1339,9 +1379,9 @@ size_t hub_channel_list(struct hub *hub, const char *after, size_t after_len, co
         struct channel *ch = container_of(node, struct channel, node);
         if (plen && strncmp(ch->name, prefix, plen) != 0)
             continue;
-        if (memchr(ch->name + plen, CHANNEL_NS_SEP, ch->name_len - plen))
-            continue;
-        (*total)++; /* the channels this listing pages through (matching the prefix) */
+        if (memchr(ch->name + plen, CHANNEL_NS_SEP, ch->name_len - plen) || ch->user)
+            continue; /* another app's, or a user's (not a channel anyone can name) */
+        (*total)++;   /* the channels this listing pages through (matching the prefix) */
         if (after_len && strcmp(ch->name, after_z) <= 0)
             continue;
         const char *nm = chan_key_name(ch->name, ch->name_len).data; /* what infos hold */

@@ -59,12 +59,41 @@
 #define CHANNEL_NS_SEP  '~'
 #define CHANNEL_KEY_MAX (APP_NAME_MAX + 1 + CHANNEL_NAME_MAX)
 
-/* The name part of a channel key. */
+/*
+ * Users (DESIGN.md §12). Messages to a user go to a channel of the user's own in
+ * the app's namespace, keyed "[APP~]#user:" and 32 hex digits of SHA-256(sub)
+ * (src/users/users.h makes it): '#' is never in a channel name, so no client can
+ * name it, and any "sub" (up to 256 bytes of anything) makes a short key that is
+ * safe in Redis key names. Clients see such a channel as "#user". It is created by
+ * a connection whose token has a "sub" (one per connection, not counted in the
+ * per-connection, per-address or the app's channel limits) or by a publish to the
+ * user, and kept like any channel (history, expiry, cluster caches).
+ */
+#define USER_CHAN_MARK    '#'
+#define USER_CHAN_NAME    "#user"
+#define USER_KEY_TAG      "#user:"
+#define USER_KEY_HASH_LEN 32
+#define USER_KEY_NAME_LEN (sizeof(USER_KEY_TAG) - 1 + USER_KEY_HASH_LEN)
+/* Channels one subscribe may name: --max-channels-per-conn's bound and the user's. */
+#define HUB_SUBSCRIBE_MAX 65
+
+/* The name part of a channel key: what clients see ("#user" for a user's channel). */
 static inline struct slice chan_key_name(const char *key, size_t len)
 {
     const char *sep = memchr(key, CHANNEL_NS_SEP, len);
-    return sep ? (struct slice){sep + 1, (uint32_t)(len - (size_t)(sep + 1 - key))}
-               : (struct slice){key, (uint32_t)len};
+    struct slice s = sep ? (struct slice){sep + 1, (uint32_t)(len - (size_t)(sep + 1 - key))}
+                         : (struct slice){key, (uint32_t)len};
+    if (s.len && s.data[0] == USER_CHAN_MARK)
+        s.len = sizeof(USER_CHAN_NAME) - 1;
+    return s;
+}
+
+/* Whether key[0..len) is a user's channel. */
+static inline bool chan_key_is_user(const char *key, size_t len)
+{
+    const char *sep = memchr(key, CHANNEL_NS_SEP, len);
+    const char *name = sep ? sep + 1 : key;
+    return name < key + len && name[0] == USER_CHAN_MARK;
 }
 
 /*
@@ -177,6 +206,7 @@ struct channel {
     uint32_t name_len;
     bool deleted;
     bool ephemeral;
+    bool user;                 /* a user's channel (USER_KEY_TAG) */
     bool persistent;           /* an option, with those below */
     uint8_t sync;              /* cluster mode: enum channel_sync */
     struct hub_quota *quota;   /* the address a subscribe created it for (see hub_client) */
@@ -585,6 +615,13 @@ int hub_channel_delete(struct hub *hub, const char *name, size_t len);
  */
 size_t hub_channel_list(struct hub *hub, const char *after, size_t after_len, const char *prefix,
                         struct channel_info *out, size_t max, size_t *total);
+
+/*
+ * Deletes up to `max` channels whose keys start with prefix (an app's "APP~"), its
+ * users' channels (users) or the others; subscribers receive `closed`. Returns how
+ * many it deleted: call again until 0.
+ */
+size_t hub_channel_delete_prefix(struct hub *hub, const char *prefix, bool users, size_t max);
 
 /* The channels in the table, and how many of them are ephemeral (in cluster mode:
  * caches holding no message). */

@@ -86,6 +86,8 @@ int transport_hook_gate(struct conn *c, struct sub_request *r, const struct toke
         json_t *body = hook_session_body(c, s, ev);
         json_t *chs = json_array();
         for (size_t i = 0; i < r->n; i++) {
+            if (chan_key_is_user(r->names[i].data, r->names[i].len))
+                continue; /* the user's own channel: the backend knows the user */
             struct slice nm = chan_key_name(r->names[i].data, r->names[i].len);
             json_array_append_new(chs, json_stringn(nm.data, nm.len));
         }

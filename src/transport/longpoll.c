@@ -224,7 +224,7 @@ void longpoll_handle(struct http_ctx *x)
     struct hub_backlog b;
     struct token *tok;
     const struct auth_policy *policy = auth_policy_for(x);
-    if (auth_http_admit(x, policy, r.names, r.n, &tok) < 0)
+    if (transport_admit(x, &r, policy, &tok) < 0)
         return;
     /* Each poll is a request: the app's backend hears of it as a `subscribe`. */
     if (transport_hook_admit(x, &r, tok, "poll", HOOK_SUBSCRIBE) < 0) {

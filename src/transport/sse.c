@@ -170,12 +170,12 @@ static const struct sub_ops stream_ops = {
 
 /* ---- handlers ------------------------------------------------------------------------ */
 
-/* Admits (the token, then the app's connect hook) and subscribes a request, answering
- * when it may not; 0 with *tok and *b. */
+/* Admits (the token, then the app's connect hook) and subscribes a request with its
+ * user's channel, answering when it may not; 0 with *tok and *b. */
 static int admit_and_subscribe(struct http_ctx *x, struct sub_request *r, const char *transport,
                                struct token **tok, struct hub_backlog *b)
 {
-    if (auth_http_admit(x, auth_policy_for(x), r->names, r->n, tok) < 0)
+    if (transport_admit(x, r, auth_policy_for(x), tok) < 0)
         return -1;
     if (transport_hook_admit(x, r, *tok, transport, HOOK_CONNECT) < 0 ||
         transport_http_subscribe(x, r, b) < 0) {

@@ -19,6 +19,7 @@
 #include "transport/sse.h"
 #include "transport/ws.h"
 #include "transport/ws_frame.h"
+#include "users/users.h"
 
 static struct ctl_frames *reconnect_shutdown, *reconnect_lifetime, *token_expired_ev,
     *token_missing_ev;
@@ -196,7 +197,7 @@ int transport_parse_since(struct sub_request *r, const char *s, size_t len, cons
         const char *e = memchr(p, '.', (size_t)(end - p));
         if (!e)
             e = end;
-        if (r->nsince == TRANSPORT_MAX_CHANNELS ||
+        if (r->nsince == HUB_SUBSCRIBE_MAX ||
             !parse_delta(p, (size_t)(e - p), v, &r->since_each[r->nsince])) {
             *err = "a per-channel cursor is ID.DELTA.DELTA...: the first channel's id, then "
                    "each next channel's as a signed difference from it";
@@ -208,12 +209,51 @@ int transport_parse_since(struct sub_request *r, const char *s, size_t len, cons
             break;
         p = e + 1;
     }
-    if (r->nsince != r->n) {
-        *err = "a per-channel cursor has one position per channel, in the order the channels "
-               "are named";
+    if (r->nsince != r->n && r->nsince != r->n + 1) {
+        *err = transport_cursor_mismatch;
         return -1;
     }
     return 0;
+}
+
+const char transport_cursor_mismatch[] =
+    "a per-channel cursor has one position per channel, in the order the channels are named "
+    "(and one more, last, for a connection with a user)";
+
+bool transport_cursor_fits(const struct sub_request *r)
+{
+    return r->nsince == 0 || r->nsince == r->n;
+}
+
+bool transport_wants_user(const struct http_request *req)
+{
+    const char *v;
+    size_t vl;
+    return !http_query_param(req->query, req->query_len, "user", &v, &vl) ||
+           !(vl == 1 && v[0] == '0');
+}
+
+bool transport_add_user(struct sub_request *r, const struct hub_tenant *t, const struct token *tok)
+{
+    if (!tok || !tok->sub || !tok->sub_len || r->n == HUB_SUBSCRIBE_MAX)
+        return false;
+    char *out = key_slot(r);
+    size_t kl = users_key(out, t, tok->sub, tok->sub_len);
+    for (size_t k = 0; k < r->n; k++)
+        if (r->names[k].len == kl && memcmp(r->names[k].data, out, kl) == 0)
+            return true;
+    if (r->nsince && r->nsince == r->n) /* a per-channel cursor without the user's place */
+        r->since_each[r->nsince++] = r->since;
+    r->names[r->n++] = (struct slice){out, (uint32_t)kl};
+    return true;
+}
+
+bool transport_holds_user(const struct conn *c)
+{
+    for (const struct list *p = c->subs.next; p != &c->subs; p = p->next)
+        if (container_of(p, struct sub, conn_link)->ch->user)
+            return true;
+    return false;
 }
 
 size_t transport_format_cursor(char *out, size_t size, const uint64_t *pos, size_t n)
@@ -230,7 +270,7 @@ size_t transport_format_cursor(char *out, size_t size, const uint64_t *pos, size
 
 size_t transport_conn_cursor(const struct conn *c, char *out, size_t size)
 {
-    uint64_t pos[TRANSPORT_MAX_CHANNELS];
+    uint64_t pos[HUB_SUBSCRIBE_MAX];
     size_t n = 0;
     for (const struct list *p = c->subs.next; p != &c->subs && n < ARRAY_LEN(pos); p = p->next)
         pos[n++] = sub_position(container_of(p, struct sub, conn_link));
@@ -251,13 +291,10 @@ int transport_parse_request(struct http_ctx *x, struct sub_request *r, bool sse)
     const char *v, *err = NULL;
     size_t vl;
     memset(r, 0, offsetof(struct sub_request, name_buf));
-    if (!http_query_param(req->query, req->query_len, "channels", &v, &vl) &&
-        !http_query_param(req->query, req->query_len, "channel", &v, &vl)) {
-        http_error(x, 400, "no_channels",
-                   "name the channels to subscribe to, e.g. ?channels=news or ?channels=a,b");
-        return -1;
-    }
-    if (transport_parse_channels(r, x->tenant, v, vl, &err) < 0) {
+    /* Without channels, the request is for its user's messages (transport_admit). */
+    bool named = http_query_param(req->query, req->query_len, "channels", &v, &vl) ||
+                 http_query_param(req->query, req->query_len, "channel", &v, &vl);
+    if (named && transport_parse_channels(r, x->tenant, v, vl, &err) < 0) {
         http_error(x, 400, "bad_channel", "%s", err);
         return -1;
     }
@@ -281,6 +318,26 @@ int transport_parse_request(struct http_ctx *x, struct sub_request *r, bool sse)
         return -1;
     }
     return 0;
+}
+
+int transport_admit(struct http_ctx *x, struct sub_request *r, const struct auth_policy *p,
+                    struct token **tok)
+{
+    if (auth_http_admit(x, p, r->names, r->n, tok) < 0)
+        return -1;
+    if (transport_wants_user(x->req))
+        transport_add_user(r, x->tenant, *tok);
+    if (r->n && transport_cursor_fits(r))
+        return 0;
+    token_put(*tok);
+    *tok = NULL;
+    if (r->n)
+        http_error(x, 400, "bad_cursor", "%s", transport_cursor_mismatch);
+    else
+        http_error(x, 400, "no_channels",
+                   "name the channels to subscribe to, e.g. ?channels=news or ?channels=a,b (a "
+                   "token with a \"sub\" subscribes to its user's messages without any)");
+    return -1;
 }
 
 void transport_app_full(struct http_ctx *x)
@@ -319,6 +376,11 @@ int transport_subscribe(struct conn *c, const struct sub_request *r, size_t *bad
     const struct herald_config *cfg = conn_cfg(c);
     struct hub_client cl = {.max_subs = cfg->max_channels_per_conn,
                             .since_each = r->nsince ? r->since_each : NULL};
+    /* The user's channel comes on top of what a client may name. */
+    bool user = transport_holds_user(c);
+    for (size_t i = 0; i < r->n && !user; i++)
+        user = chan_key_is_user(r->names[i].data, r->names[i].len);
+    cl.max_subs += user;
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
     /* What a client's subscribes create counts against its address (loopback: a proxy

@@ -63,15 +63,16 @@ void transport_on_slow(struct conn *c);
 
 #define TRANSPORT_MAX_CHANNELS 64
 
+/* The channels a client names (at most TRANSPORT_MAX_CHANNELS) and, last, its user's. */
 struct sub_request {
-    struct slice names[TRANSPORT_MAX_CHANNELS];
+    struct slice names[HUB_SUBSCRIBE_MAX];
     size_t n;
     bool has_since;
-    bool since_implied;                          /* the client gave none: a hook waited */
-    uint64_t since;                              /* the cursor; per-channel: its largest */
-    uint64_t since_each[TRANSPORT_MAX_CHANNELS]; /* a per-channel cursor, names[i]'s */
-    size_t nsince;                               /* 0: one cursor for every channel */
-    char name_buf[TRANSPORT_MAX_CHANNELS * (CHANNEL_KEY_MAX + 1)]; /* the names' keys */
+    bool since_implied;                     /* the client gave none: a hook waited */
+    uint64_t since;                         /* the cursor; per-channel: its largest */
+    uint64_t since_each[HUB_SUBSCRIBE_MAX]; /* a per-channel cursor, names[i]'s */
+    size_t nsince;                          /* 0: one cursor for every channel */
+    char name_buf[HUB_SUBSCRIBE_MAX * (CHANNEL_KEY_MAX + 1)]; /* the names' keys */
 };
 
 /*
@@ -85,6 +86,20 @@ int transport_parse_channels(struct sub_request *r, const struct hub_tenant *t, 
 void transport_add_channel(struct sub_request *r, const struct hub_tenant *t, const char *name,
                            size_t len);
 /*
+ * Whether a subscriber request takes its user's messages: yes unless it says
+ * user=0 (then the connection gets only the channels it names).
+ */
+bool transport_wants_user(const struct http_request *req);
+/*
+ * Adds the channel of tok's user (its "sub") in t's namespace to r, last, when tok
+ * has one and r does not hold it yet (DESIGN.md §12). A per-channel cursor gives
+ * the user's position after the named channels'; one that has none resumes the
+ * user's channel from its largest position. Returns whether r holds it now.
+ */
+bool transport_add_user(struct sub_request *r, const struct hub_tenant *t, const struct token *tok);
+/* Whether c holds its user's channel. */
+bool transport_holds_user(const struct conn *c);
+/*
  * Makes c a connection of app t (NULL: the default app), counted against its plan's
  * connections. Returns false, counting nothing, when the plan has none left.
  */
@@ -96,10 +111,15 @@ void transport_channels_json(struct sbuf *b, const struct sub_request *r);
 /*
  * Parses a cursor into r, whose channels are parsed already: a message id, or a
  * per-channel cursor "ID.DELTA.DELTA..." (the first channel's position, then each
- * next one's as a signed difference from it, one per channel of r in order).
+ * next one's as a signed difference from it, one per channel of r in order, and
+ * one more, last, for the user's channel).
  * Returns 0, or -1 with a message in *err.
  */
 int transport_parse_since(struct sub_request *r, const char *s, size_t len, const char **err);
+/* Whether r's per-channel cursor (if any) has one position per channel of r, the
+ * user's included once it is added (transport_add_user); else the sentence to answer. */
+bool transport_cursor_fits(const struct sub_request *r);
+extern const char transport_cursor_mismatch[];
 /* Formats the per-channel cursor of positions pos[0..n) (a plain id when n is 1) into
  * out; returns its length, 0 if it does not fit. */
 size_t transport_format_cursor(char *out, size_t size, const uint64_t *pos, size_t n);
@@ -109,13 +129,22 @@ size_t transport_conn_cursor(const struct conn *c, char *out, size_t size);
  * (Redis Cluster) and it holds more than one. */
 bool transport_per_channel_cursor(const struct conn *c);
 /* Room for a per-channel cursor of TRANSPORT_MAX_CHANNELS positions. */
-#define TRANSPORT_CURSOR_MAX (TRANSPORT_MAX_CHANNELS * 22)
+#define TRANSPORT_CURSOR_MAX (HUB_SUBSCRIBE_MAX * 22)
 /*
- * Reads channels= and the cursor (since=, lastEventId=, Last-Event-ID when `sse`)
- * of a subscriber request into r. Returns 0, or -1 after answering the error.
+ * Reads channels= (optional: see transport_admit) and the cursor (since=,
+ * lastEventId=, Last-Event-ID when `sse`) of a subscriber request into r. Returns
+ * 0, or -1 after answering the error.
  */
 int transport_parse_request(struct http_ctx *x, struct sub_request *r, bool sse);
 
+/*
+ * Admits a subscriber request (SSE, stream, long-poll) under policy p
+ * (auth_http_admit) and adds its user's channel (transport_add_user). Returns 0
+ * with *tok a reference (NULL: none), or -1 after answering: 401, 403, or 400 when
+ * it names no channel and has no user.
+ */
+int transport_admit(struct http_ctx *x, struct sub_request *r, const struct auth_policy *p,
+                    struct token **tok);
 /*
  * Subscribes c to r's channels; *b receives the history to replay (see
  * hub_subscribe). Returns 0 or a negative hub_error (*bad indexes the channel at

@@ -23,6 +23,7 @@ enum {
     WSF_CLOSE_SENT = CF_PROTO_FIRST << 2, /* our close frame is queued */
     WSF_PUBLISHER = CF_PROTO_FIRST << 3,  /* the upgrade carried publish credentials */
     WSF_FOREIGN = CF_PROTO_FIRST << 4,    /* credentials or loopback, but another origin's page */
+    WSF_NO_USER = CF_PROTO_FIRST << 5,    /* user=0: not its user's messages */
 };
 
 struct ws_state {
@@ -278,6 +279,14 @@ void ws_handle_upgrade(struct http_ctx *x)
         return;
     if (!has_channels)
         r.n = 0;
+    /* A token with a user: its channel from the start, with or without others. */
+    bool want_user = transport_wants_user(req);
+    if (!full && want_user && transport_add_user(&r, x->tenant, tok))
+        has_channels = true;
+    if (has_channels && !transport_cursor_fits(&r)) {
+        token_put(tok);
+        return http_error(x, 400, "bad_cursor", "%s", transport_cursor_mismatch);
+    }
     /* The app's connect hook: the handshake waits for it (parked, then run again). A
      * refusal is told after the upgrade, as a close code a browser can read. */
     const struct hook_verdict *refused = NULL;
@@ -314,6 +323,8 @@ void ws_handle_upgrade(struct http_ctx *x)
     bool publisher = credentials && http_origin_may_use_api(x);
     conn_set_ops(c, &ws_ops.conn);
     c->flags &= ~(uint32_t)CF_TRUSTED;
+    if (!want_user)
+        c->flags |= WSF_NO_USER;
     if (publisher)
         c->flags |= WSF_PUBLISHER | CF_TRUSTED;
     else if (credentials)
@@ -404,6 +415,33 @@ static void op_auth(struct conn *c, json_t *op, json_t *ref, bool refresh)
                               "\"sub\" as the connection's",
                               ref);
     }
+    /* A first token with a user: its channel now, from "since" if the op gives one. */
+    struct hub_backlog b = {0};
+    bool user = tok->sub && !(c->flags & WSF_NO_USER) && !transport_holds_user(c);
+    if (user) {
+        struct sub_request r;
+        memset(&r, 0, offsetof(struct sub_request, name_buf));
+        json_t *since = json_object_get(op, "since");
+        const char *perr = NULL;
+        if (json_is_string(since) &&
+            transport_parse_since(&r, json_string_value(since), json_string_length(since), &perr)) {
+            token_put(tok);
+            return ws_reply_error(c, "bad_request", perr, ref);
+        }
+        transport_add_user(&r, c->tenant, tok);
+        if (!transport_cursor_fits(&r)) {
+            token_put(tok);
+            return ws_reply_error(c, "bad_cursor", transport_cursor_mismatch, ref);
+        }
+        size_t bad = 0;
+        int e = transport_subscribe(c, &r, &bad, &b);
+        if (e) {
+            token_put(tok);
+            if (e == HUB_PENDING)
+                return conn_park(c); /* the op runs again once the user's channel is in */
+            return ws_reply_hub_error(c, e, &r.names[0], ref);
+        }
+    }
     struct sbuf f = {0};
     sbuf_printf(&f, "\"exp\":%lld", (long long)tok->exp);
     if (tok->sub) {
@@ -413,6 +451,8 @@ static void op_auth(struct conn *c, json_t *op, json_t *ref, bool refresh)
     transport_auth_set(c, tok);
     ws_reply(c, refresh ? "refreshed" : "authenticated", f.data, ref);
     sbuf_free(&f);
+    if (user)
+        transport_replay(c, &b);
 }
 
 /* Reads "channels": [..] or "channel": ".." of an op into r. */
@@ -447,6 +487,10 @@ static int op_channels(const struct conn *c, json_t *op, struct sub_request *r, 
     if (json_is_string(since)) {
         if (transport_parse_since(r, json_string_value(since), json_string_length(since), err))
             return -1;
+        if (!transport_cursor_fits(r)) { /* an op names channels only, never the user */
+            *err = transport_cursor_mismatch;
+            return -1;
+        }
     } else if (json_is_integer(since) && json_integer_value(since) >= 0) {
         r->has_since = true;
         r->since = (uint64_t)json_integer_value(since);
@@ -666,13 +710,9 @@ static void ws_handle_text(struct conn *c, const char *text, size_t len)
                        ref);
     else if (strcmp(name, "ping") == 0)
         ws_reply(c, "pong", NULL, ref);
-    else if (strcmp(name, "subscribe") == 0) {
+    else if (strcmp(name, "subscribe") == 0)
         op_subscribe(c, op, ref);
-        if (c->flags & CF_RETRY) {
-            wstate(c)->pending = xstrndup(text, len);
-            wstate(c)->pending_len = (uint32_t)len;
-        }
-    } else if (strcmp(name, "unsubscribe") == 0)
+    else if (strcmp(name, "unsubscribe") == 0)
         op_unsubscribe(c, op, ref);
     else if (strcmp(name, "publish") == 0)
         op_publish(c, op, ref);
@@ -681,6 +721,10 @@ static void ws_handle_text(struct conn *c, const char *text, size_t len)
     else
         ws_reply_error(c, "unknown_op",
                        "known ops: subscribe, unsubscribe, ping, publish, auth, refresh", ref);
+    if (c->flags & CF_RETRY) { /* parked (subscribe, auth): kept for ws_on_resume */
+        wstate(c)->pending = xstrndup(text, len);
+        wstate(c)->pending_len = (uint32_t)len;
+    }
     json_decref(op);
 }
 

@@ -359,8 +359,9 @@ def request(port, method, path, body=None, headers=None, timeout=WAIT, host="127
 
 
 def poll(srv, channels, since=None, timeout=None, conn=None, extra=""):
-    """GET /poll; returns (status, decoded body). Reuses `conn` (keep-alive) when given."""
-    query = {"channels": channels}
+    """GET /poll; returns (status, decoded body). Reuses `conn` (keep-alive) when given.
+    channels None: none named (a token's user only)."""
+    query = {"channels": channels} if channels is not None else {}
     if since is not None:
         query["since"] = since
     if timeout is not None:
@@ -815,8 +816,8 @@ class StatsStream(Closing):
 class Poller(Closing):
     """A long-polling loop that keeps its cursor: messages(n) polls until n events came."""
 
-    def __init__(self, srv, channels, since=None):
-        self.srv, self.channels, self.cursor = srv, channels, since
+    def __init__(self, srv, channels, since=None, extra=""):
+        self.srv, self.channels, self.cursor, self.extra = srv, channels, since, extra
         self.pending = []
         self.conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=WAIT + 5)
 
@@ -824,7 +825,8 @@ class Poller(Closing):
         deadline = Deadline(timeout, f"{n} long-poll messages")
         while len(self.pending) < n:
             wait = max(1, min(int(deadline.left()), 30))
-            status, body = poll(self.srv, self.channels, self.cursor, wait, conn=self.conn)
+            status, body = poll(self.srv, self.channels, self.cursor, wait, conn=self.conn,
+                                extra=self.extra)
             assert status == 200, body
             self.pending += body["messages"]
             self.cursor = body["cursor"]

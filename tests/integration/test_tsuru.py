@@ -459,7 +459,10 @@ def test_provision_bind_subscribe_publish_unbind_remove(srv, name):
                 assert json.loads(await asyncio.wait_for(ws.recv(), WAIT)) == closed
                 event, data = await athread(sse.next_event)
                 assert event == "closed" and json.loads(data) == closed
-                assert await athread(sse.next_block) is None  # its only channel: the stream ends
+                # the user's channel (the token has a "sub") goes with the app, last
+                event, data = await athread(sse.next_event)
+                assert event == "closed" and json.loads(data) == dict(closed, channel="#user")
+                assert await athread(sse.next_block) is None  # its last channel: the stream ends
 
     u = urllib.parse.urlsplit(env["HERALD_URL"])
     r = request(u.port, "GET", f"{u.path}/sse?channels=news")  # no token: refused

@@ -109,7 +109,7 @@ static void test_malformed(void **state)
         "1000.-",                 /* sign alone */
         "1000.-1001",             /* below 0 */
         "18446744073709551615.1", /* past 2^64 - 1 */
-        "1000.5.5",               /* three positions for two channels */
+        "1000.5.5.5",             /* four positions for two channels (and a user) */
         "1000",                   /* fine (plain) - checked below */
         "abc",
         "1000.99999999999999999999", /* delta overflows */
@@ -126,12 +126,22 @@ static void test_malformed(void **state)
     assert_int_equal(parse(&r, "1.1"), -1); /* two positions for three channels */
 }
 
+/* One position more than the channels named: the user's channel's, last. */
+static void test_user_position(void **state)
+{
+    struct sub_request r = req(2);
+    assert_int_equal(parse(&r, "1000.5.-7"), 0);
+    assert_int_equal(r.nsince, 3);
+    assert_int_equal(r.since_each[2], 993);
+    assert_int_equal(r.since, 1005);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_plain_id),   cmocka_unit_test(test_per_channel),
         cmocka_unit_test(test_round_trip), cmocka_unit_test(test_sixty_four_channels),
-        cmocka_unit_test(test_malformed),
+        cmocka_unit_test(test_malformed),  cmocka_unit_test(test_user_position),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
