@@ -69,12 +69,14 @@ $(BUILD)/gen/admin/%.inc: web/admin/%
 $(BUILD)/src/web/admin_ui.o: $(ADMIN_UI:%=$(BUILD)/gen/admin/%.inc)
 $(BUILD)/src/web/admin_ui.o: CFLAGS += -I$(BUILD)/gen
 
-# The JS client (clients/js/herald.js) is served by herald as GET /herald.js: its bytes
-# become a C initializer list that src/web/client_js.c includes.
-$(BUILD)/gen/herald_js.inc: clients/js/herald.js
+# The JS client (clients/js/herald.js, and herald-shared.js that it imports for tabs that
+# share a connection) is served by herald as GET /herald.js and GET /herald-shared.js:
+# each file's bytes become a C initializer list that src/web/client_js.c includes.
+CLIENT_JS := herald.js herald-shared.js
+$(BUILD)/gen/client/%.inc: clients/js/%
 	@mkdir -p $(dir $@)
 	xxd -i < $< > $@
-$(BUILD)/src/web/client_js.o: $(BUILD)/gen/herald_js.inc
+$(BUILD)/src/web/client_js.o: $(CLIENT_JS:%=$(BUILD)/gen/client/%.inc)
 $(BUILD)/src/web/client_js.o: CFLAGS += -I$(BUILD)/gen
 
 $(HERALD): $(LIB_OBJ) $(MAIN_OBJ)

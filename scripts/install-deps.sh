@@ -8,13 +8,14 @@ set -euo pipefail
 # for the VARIANT=asan and VARIANT=tsan builds; python3-pytest-xdist runs the integration
 # suite in parallel; python3-cryptography mints RS256/ES256 subscriber tokens in the tests;
 # xxd embeds the admin UI's files and the JS client in herald (GET /herald.js), nodejs
-# runs the JS client's tests (node --test), terser measures its minified size;
-# libcurl4-openssl-dev is the HTTP client of the backend hooks (src/hooks, multi interface).
+# runs the JS client's tests (node --test), terser measures its minified size, node-typescript
+# (tsc) type-checks its herald.d.ts; libcurl4-openssl-dev is the HTTP client of the backend
+# hooks (src/hooks, multi interface).
 pkgs=(
   build-essential clang libclang-rt-14-dev pkg-config
   libssl-dev zlib1g-dev libhiredis-dev libjansson-dev libcmocka-dev libcurl4-openssl-dev
   python3 python3-pytest python3-pytest-xdist python3-websockets python3-cryptography
-  redis-server curl chromium xxd nodejs terser
+  redis-server curl chromium xxd nodejs terser node-typescript
 )
 if [ "${1:-}" = "--bench" ]; then
   pkgs+=(nginx-light libnginx-mod-nchan gnuplot-nox)

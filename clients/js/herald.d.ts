@@ -34,7 +34,7 @@ export interface ClosedEvent {
 
 export interface ErrorEvent {
   event?: 'error';
-  /** A machine name: channel_forbidden, token_expired, slow_consumer, token (getToken failed)… */
+  /** A machine name: channel_forbidden, token_expired, slow_consumer, token (getToken failed), shared (sharing could not start)… */
   error: string;
   detail?: string;
   channel?: string;
@@ -71,6 +71,14 @@ export interface HeraldOptions {
   WebSocket?: unknown;
   /** A fetch implementation (default: globalThis.fetch). */
   fetch?: typeof fetch;
+  /**
+   * Share one connection with the other tabs of this origin that use the same herald URL,
+   * app and token identity (true: the token's claims less its times decide; a string:
+   * tabs with the same string share). Needs BroadcastChannel and Web Locks; without them
+   * (Node, old browsers, pages that are not a secure context) the client has its own
+   * connection, as without this option.
+   */
+  shared?: boolean | string;
 }
 
 export interface HeraldEvents {
@@ -107,6 +115,8 @@ export class Herald {
   readonly transport: Transport | null;
   /** The token in use. */
   readonly token: string | null;
+  /** With `shared`: 'leader' (this tab holds the shared connection) or 'follower'; null otherwise. */
+  readonly role: 'leader' | 'follower' | null;
   subscribe<T = unknown>(channels: string | string[], opts?: SubscribeOptions<T>): Subscription<T>;
   /** Publishes over the open WebSocket (server with --ws-publish; key or the token's publish grant). */
   publish(channel: string, data: unknown, opts?: { event?: string; key?: string }): Promise<{ event: 'published'; id: string; subscribers: number }>;

@@ -1,7 +1,8 @@
 // herald.js: the browser and Node client of herald (https://github.com/…/herald).
 // No dependencies. WebSocket, then SSE, then long-poll, with fallback; resumes from
 // the last id on every reconnect; gap/closed surfaced as events; tokens with refresh.
-// docs/client-js.md describes it; docs/api.md the wire protocol it speaks.
+// With {shared: true} the tabs of an origin share one connection (herald-shared.js,
+// loaded only then). docs/client-js.md describes it; docs/api.md the wire protocol.
 
 const ORDER = ['websocket', 'sse', 'poll'];
 
@@ -14,14 +15,16 @@ function parseCursor(cursor, chans) {
   return chans.map((c, i) => [c, i && parts.length > 1 ? first + BigInt(parts[i] || 0) : first]);
 }
 
-function jwtExp(token) {
+// A JWT's claims (not verified: herald does that), or null.
+function jwtClaims(token) {
   try {
-    const p = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
-    return JSON.parse(atob(p)).exp * 1000 || 0;
+    return JSON.parse(atob(token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/')));
   } catch {
-    return 0;
+    return null;
   }
 }
+
+const jwtExp = (token) => jwtClaims(token)?.exp * 1000 || 0;
 
 class Emitter {
   constructor() {
@@ -90,6 +93,7 @@ export class Herald extends Emitter {
     this.fetch = opts.fetch || g.fetch?.bind(g);
     this.transports = (opts.transports || ORDER).map((t) => (t === 'longpoll' ? 'poll' : t)).filter((t) => ORDER.includes(t));
     this.transport = null; // the transport in use while connected
+    this.role = null; // with `shared`: 'leader' (holds the tabs' connection) or 'follower'
     this.token = opts.token || null;
     this._subs = new Set();
     this._pos = new Map(); // channel -> last id (BigInt)
@@ -114,6 +118,11 @@ export class Herald extends Emitter {
     const added = channels.filter((c) => !this._channels().includes(c));
     this._subs.add(sub);
     if (this._closed) this._closed = false;
+    const tabs = this._tabs();
+    if (tabs) {
+      tabs.then((s) => s?.update());
+      return sub;
+    }
     if (!added.length) return sub;
     if (this._conn?.ws && this._conn.open) this._send({ op: 'subscribe', channels: added, since: this._cursor(added) });
     else this._restart(0);
@@ -123,6 +132,8 @@ export class Herald extends Emitter {
   // Publishes over the WebSocket (the server must run with --ws-publish; the key is
   // the publish key, or the token's `publish` grants apply). Resolves {id, subscribers}.
   publish(channel, data, opts = {}) {
+    const tabs = this._tabs();
+    if (tabs) return tabs.then((s) => (s ? s.publish(channel, data, opts) : this.publish(channel, data, opts)));
     if (!this._conn?.ws || !this._conn.open) return Promise.reject(new Error('herald: publish needs an open WebSocket'));
     return this._op({ op: 'publish', channel, data, ...(opts.event && { event: opts.event }), ...(opts.key && { key: opts.key }) });
   }
@@ -132,6 +143,8 @@ export class Herald extends Emitter {
     for (const s of this._subs) s.closed = true;
     for (const s of this._subs) s._emit('end');
     this._subs.clear();
+    this._shared?.then((s) => s?.close());
+    this._shared = null;
     this._stop();
     clearTimeout(this._timer);
     clearTimeout(this._refresh);
@@ -155,12 +168,29 @@ export class Herald extends Emitter {
     if (!this._subs.delete(sub)) return;
     sub.closed = true;
     sub._emit('end'); // wakes an async iterator
+    if (this._shared) return this._shared.then((s) => s?.update());
     const left = this._channels();
     const gone = sub.channels.filter((c) => !left.includes(c));
     if (!left.length) return this._stop();
     if (!gone.length) return;
     if (this._conn?.ws && this._conn.open) this._send({ op: 'unsubscribe', channels: gone });
     else this._restart(0);
+  }
+
+  // With `shared` where the browser has BroadcastChannel and Web Locks: this tab's part
+  // in the origin's shared connection (a promise; null once sharing failed to start, and
+  // the tab has its own connection then). Without them: false, a connection of our own.
+  _tabs() {
+    const g = globalThis;
+    if (!this.opts.shared || !g.BroadcastChannel || !g.navigator?.locks) return false;
+    return (this._shared ||= import('./herald-shared.js')
+      .then((m) => m.share(this, jwtClaims))
+      .catch((e) => {
+        this.opts.shared = false;
+        this._shared = null;
+        this._emit('error', { error: 'shared', detail: String(e) });
+        this._restart(0);
+      }));
   }
 
   _cursor(chans) {

@@ -1,19 +1,24 @@
 """The JS client in a real browser: headless Chromium opens a page of another origin that
 loads the client from herald itself (`import {Herald} from 'http://herald/herald.js'`),
 subscribes over each transport (WebSocket, SSE over fetch, long-poll), and receives what
-an independent publisher sends, in order; the page's console stays free of errors.
+an independent publisher sends, in order; the page's console stays free of errors. Tabs
+of one origin with {shared: true} hold one connection between them: each gets exactly
+its channels, also when the leader's tab closes under a steady stream.
 """
 
 import asyncio
 import json
 import os
 import re
+import threading
+import time
 
+import pytest
 import websockets
 
-from helpers import wait_until
+from helpers import request, wait_until
 from test_admin_ui import Page
-from test_browser import chromium, open_page, page_server  # noqa: F401 (fixtures)
+from test_browser import DevTools, chromium, open_page, page_server  # noqa: F401 (fixtures)
 
 PAGE = """<!doctype html>
 <html><head><link rel="icon" href="data:,"></head><body>
@@ -66,3 +71,194 @@ def test_client_from_herald_in_chromium(server, chan, page_server, chromium):  #
         assert got[t]["open"] == t
         assert got[t]["data"] == sent, t
     assert errors == []
+
+
+# One page of the shared-connection tests: a tab that subscribes its channels (?channels=)
+# with {shared: true} and records what it receives.
+TAB = """<!doctype html>
+<html><head><link rel="icon" href="data:,"></head><body>
+<script type="module">
+import {Herald} from "HERALD/herald.js";
+const q = new URLSearchParams(location.search);
+const got = window.got = {data: [], gaps: [], errors: [], opens: []};
+const h = window.h = new Herald("HERALD", {shared: true, minDelay: 50, maxDelay: 500,
+                                           transports: q.get("t") ? [q.get("t")] : undefined});
+h.on("open", (e) => got.opens.push(e.transport));
+h.on("error", (e) => got.errors.push(e));
+h.subscribe(q.get("channels").split(","), {
+  since: q.get("since") || undefined,
+  onMessage: (m) => got.data.push([m.channel, m.data.n]),
+  onGap: (g) => got.gaps.push(g),
+});
+window.ready = true;
+</script></body></html>
+"""
+
+
+class Tab:
+    """`async with Tab(chromium, url) as tab`: a new tab (a page target of the browser's
+    one context, so tabs of one origin see each other) on url, console errors kept."""
+
+    def __init__(self, chromium, url):
+        self.chromium, self.url = chromium, url
+        self.port = re.search(r":(\d+)/", chromium).group(1)
+
+    async def __aenter__(self):
+        self.target = await open_page(self.chromium, "about:blank")
+        self.ws = await websockets.connect(
+            f"ws://127.0.0.1:{self.port}/devtools/page/{self.target}", max_size=None)
+        self.page = Page(self.ws)
+        for domain in ("Runtime.enable", "Log.enable"):
+            await self.page.call(domain)
+        await self.page.call("Page.navigate", url=self.url)
+        await self.page.wait_for("window.ready")
+        return self
+
+    async def got(self):
+        return json.loads(await self.page.eval("JSON.stringify(window.got)"))
+
+    async def close(self):
+        """Closes the tab as a user does (the page unloads; its locks are released)."""
+        async with websockets.connect(self.chromium, max_size=None) as bws:
+            await DevTools(bws).call("Target.closeTarget", targetId=self.target)
+        await self.ws.close()
+
+    async def __aexit__(self, *exc):
+        await self.ws.close()
+
+
+class Stream:
+    """Publishes {"n": 0}, {"n": 1}, … round-robin to `channels` from a thread, each number
+    retried until herald acknowledges it; `sent[channel]` lists what each one holds."""
+
+    def __init__(self, server, channels, every=0.005):
+        self.server, self.channels, self.every = server, channels, every
+        self.sent = {c: [] for c in channels}
+        self.ids = {c: [] for c in channels}
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        n = 0
+        while not self.stopped.is_set():
+            c = self.channels[n % len(self.channels)]
+            r = request(self.server.port, "POST", "/pub/" + c, json.dumps({"n": n}),
+                        {"Content-Type": "application/json"})
+            if r.status == 201:
+                self.sent[c].append(n)
+                self.ids[c].append(r.json()["id"])
+                n += 1
+            time.sleep(self.every)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopped.set()
+        self.thread.join()
+
+    def count(self):
+        return sum(len(v) for v in self.sent.values())
+
+
+def received(got, channel):
+    return [n for c, n in got["data"] if c == channel]
+
+
+@pytest.mark.parametrize("transport", ["websocket", "sse"])
+def test_tabs_share_one_connection(herald, chan, page_server, chromium, transport):  # noqa: F811
+    """Two tabs of one origin (one channel each and one in common) are ONE connection on
+    the server (a WebSocket, or an SSE stream when that is the transport), each tab
+    getting exactly its channels; the leader tab closes under a steady publish stream
+    and the other takes over with nothing lost or duplicated; a third tab that joins
+    later gets its channel on the same connection, and the history it asks for on the
+    common channel (the connection starts that channel over from there) without the
+    other tab seeing it twice; when that tab closes, its channel leaves the connection.
+    No console errors in any tab."""
+    server = herald(history_size=1000)
+    root, page_port = page_server
+    with open(os.path.join(root, "tab.html"), "w") as f:
+        f.write(TAB.replace("HERALD", f"http://127.0.0.1:{server.port}"))
+    a, b, c, common = (f"{chan}-{x}" for x in ("a", "b", "c", "common"))
+
+    def url(*channels, since=""):
+        return (f"http://127.0.0.1:{page_port}/tab.html?channels={','.join(channels)}"
+                f"&since={since}&t={transport}")
+
+    def connections():
+        return server.stats()["connections"][transport]
+
+    async def run():
+        async with Tab(chromium, url(a, common)) as tab1, Tab(chromium, url(b, common)) as tab2:
+            await tab1.page.wait_for("window.h.role === 'leader' && window.got.opens.length")
+            await tab2.page.wait_for("window.h.role === 'follower' && window.got.opens.length")
+            wait_until(lambda: all((server.channel(x) or {}).get("subscribers") == 1
+                                   for x in (a, b, common)), what="the union subscribed")
+            assert connections() == 1
+            assert set((await tab2.got())["opens"]) == {transport}
+
+            # Each tab gets exactly its channels, in order, once.
+            with Stream(server, [a, b, common]) as first:
+                wait_until(lambda: first.count() >= 60, what="60 publishes")
+            for tab, own in ((tab1, a), (tab2, b)):
+                n = len(first.sent[own]) + len(first.sent[common])
+                await tab.page.wait_for(f"window.got.data.length >= {n}")
+            await asyncio.sleep(0.3)  # a duplicate, or another tab's message, would come now
+            got1, got2 = await tab1.got(), await tab2.got()
+            assert received(got1, a) == first.sent[a]
+            assert received(got2, b) == first.sent[b]
+            assert received(got1, common) == received(got2, common) == first.sent[common]
+            assert received(got1, b) == [] and received(got2, a) == []
+            assert connections() == 1
+
+            # The leader's tab closes under a steady stream: tab2 leads, nothing lost or doubled.
+            with Stream(server, [b, common]) as stream:
+                wait_until(lambda: stream.count() >= 40, what="40 publishes")
+                closed_at = time.monotonic()
+                await tab1.close()
+                await tab2.page.wait_for("window.h.role === 'leader'")
+                took_over = time.monotonic() - closed_at
+                wait_until(lambda: stream.count() >= 200, what="200 publishes", timeout=20)
+            n = len(first.sent[b]) + len(first.sent[common]) + stream.count()
+            await tab2.page.wait_for(f"window.got.data.length >= {n}")
+            await asyncio.sleep(0.3)
+            got2 = await tab2.got()
+            assert received(got2, b) == first.sent[b] + stream.sent[b]
+            assert received(got2, common) == first.sent[common] + stream.sent[common]
+            assert got2["gaps"] == [] and got2["errors"] == []
+            wait_until(lambda: connections() == 1, what="one connection again")
+            print(f"leader closed: tab2 led after {took_over * 1000:.0f} ms; "
+                  f"{stream.count()} published during the change, lost 0, duplicated 0")
+
+            # A third tab joins later, with the common channel's history from 5 messages
+            # back: it gets that and its own channel, on the same one connection, and tab2
+            # sees nothing twice.
+            old = (first.sent[common] + stream.sent[common])[-5:]
+            since = (first.ids[common] + stream.ids[common])[-6]
+            async with Tab(chromium, url(c, common, since=since)) as tab3:
+                await tab3.page.wait_for("window.h.role === 'follower' && window.got.opens.length")
+                server.wait_subscribers(c, 1)
+                with Stream(server, [c, b, common]) as last:
+                    wait_until(lambda: last.count() >= 30, what="30 publishes")
+                want3 = {c: last.sent[c], common: old + last.sent[common]}
+                await tab3.page.wait_for(f"window.got.data.length >= {sum(map(len, want3.values()))}")
+                await asyncio.sleep(0.3)
+                got3 = await tab3.got()
+                assert received(got3, c) == want3[c] and received(got3, common) == want3[common]
+                assert len(got3["data"]) == sum(map(len, want3.values()))
+                assert connections() == 1
+                got2 = await tab2.got()
+                assert received(got2, b) == first.sent[b] + stream.sent[b] + last.sent[b]
+                assert received(got2, common) == (first.sent[common] + stream.sent[common]
+                                                  + last.sent[common])
+                # A follower's tab closes without a word: the leader sees its lock go,
+                # and its own channel leaves the connection; the common one stays.
+                await tab3.close()
+                server.wait_subscribers(c, 0)
+                server.wait_subscribers(common, 1)  # (SSE reconnects with the smaller set)
+                wait_until(lambda: connections() == 1, what="one connection")
+            await tab2.page.eval("1")  # the console events tab2 sent meanwhile
+            return tab1.page.errors + tab2.page.errors + tab3.page.errors
+
+    assert asyncio.run(run()) == []

@@ -175,6 +175,19 @@ test('websocket and SSE blocked: long-poll, nothing lost or duplicated across de
   assert.deepEqual(r, { received: pub.n, lost: 0, duplicated: 0, outOfOrder: 0 });
 });
 
+test('shared where there are no Web Locks (Node): a connection of its own, as without the option', async () => {
+  assert.equal(globalThis.navigator?.locks, undefined, 'this Node has Web Locks: the test means the fallback');
+  const s = await server();
+  const h = client(s.url, { shared: true });
+  const got = collector(h.subscribe(['alone']));
+  await until(async () => (await s.subscribers('alone')) === 1, 5000, 'the subscription');
+  for (let i = 0; i < 3; i++) await s.publish('alone', i);
+  await until(() => got.data.length === 3, 5000, '3 messages');
+  assert.deepEqual(got.data, [0, 1, 2]);
+  assert.equal(h.role, null);
+  assert.equal(h.transport, 'websocket');
+});
+
 test('SSE: a first connection that ends before any message still resumes from where it began', async () => {
   // The first stream ends (lifetime 300 ms) before anything is published; the proxy holds
   // the reconnect back 500 ms and a message is published meanwhile: it must arrive.
