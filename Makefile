@@ -154,7 +154,7 @@ build-fuzz/http_parser_fuzz build-fuzz/url_decode_fuzz: src/http/http_parser.c
 build-fuzz/ws_frame_fuzz: src/transport/ws_frame.c
 build-fuzz/cursor_fuzz: $(FUZZ_HUB)
 build-fuzz/config_value_fuzz: src/core/config.c
-build-fuzz/token_fuzz: src/auth/token.c src/core/util.c
+build-fuzz/token_fuzz: src/auth/token.c src/hub/pattern.c src/core/util.c
 build-fuzz/redis_payload_fuzz: src/cluster/redis_payload.c $(FUZZ_HUB)
 build-fuzz/resp_reply_fuzz: src/cluster/redis_payload.c src/cluster/cluster_map.c \
   src/cluster/redis_bus.c src/cluster/resp_conn.c src/core/loop.c src/core/poller_epoll.c $(FUZZ_HUB)

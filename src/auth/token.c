@@ -27,6 +27,7 @@
 #include <string.h>
 
 #include "core/util.h"
+#include "hub/pattern.h"
 
 struct token_verifier {
     enum token_alg alg;
@@ -258,101 +259,19 @@ static void b64url_encode(struct sbuf *b, const unsigned char *in, size_t len)
     b->data[b->len] = '\0'; /* an sbuf stays a C string */
 }
 
-static bool name_char(unsigned char ch)
-{
-    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-           ch == '_' || ch == '.' || ch == ':' || ch == '@' || ch == '/' || ch == '-';
-}
-
-#define SUB_MARK     "{sub}"
-#define SUB_MARK_LEN 5
-
 bool token_pattern_valid(const char *pat, size_t len)
 {
-    if (len == 0 || len > TOKEN_MAX_PATTERN)
-        return false;
-    size_t seg = 0; /* start of the current segment */
-    for (size_t i = 0; i <= len; i++) {
-        if (i < len && pat[i] != '.')
-            continue;
-        const char *s = pat + seg;
-        size_t sl = i - seg;
-        bool stars = (sl == 1 && s[0] == '*') || (sl == 2 && s[0] == '*' && s[1] == '*');
-        if (sl == 2 && stars && i != len)
-            return false; /* "**" only as the last segment */
-        for (size_t k = 0; !stars && k < sl; k++) {
-            if (s[k] == '{' && sl - k >= SUB_MARK_LEN && memcmp(s + k, SUB_MARK, SUB_MARK_LEN) == 0)
-                k += SUB_MARK_LEN - 1;
-            else if (!name_char((unsigned char)s[k]))
-                return false;
-        }
-        seg = i + 1;
-    }
-    return true;
-}
-
-/* Whether sub can stand for {sub}: one segment of channel-name characters. */
-static bool sub_substitutable(const char *sub, size_t len)
-{
-    if (!sub || len == 0)
-        return false;
-    for (size_t i = 0; i < len; i++)
-        if (sub[i] == '.' || !name_char((unsigned char)sub[i]))
-            return false;
-    return true;
-}
-
-/* Whether the literal segment p[0..pl) (with {sub}) equals n[0..nl). */
-static bool segment_match(const char *p, size_t pl, const char *sub, size_t sublen, bool sub_ok,
-                          const char *n, size_t nl)
-{
-    size_t j = 0;
-    for (size_t k = 0; k < pl; k++) {
-        if (p[k] == '{' && pl - k >= SUB_MARK_LEN && memcmp(p + k, SUB_MARK, SUB_MARK_LEN) == 0) {
-            if (!sub_ok || nl - j < sublen || memcmp(n + j, sub, sublen) != 0)
-                return false;
-            j += sublen;
-            k += SUB_MARK_LEN - 1;
-        } else if (j == nl || n[j++] != p[k]) {
-            return false;
-        }
-    }
-    return j == nl;
-}
-
-bool token_pattern_match(const char *pat, size_t plen, const char *sub, size_t sublen,
-                         const char *name, size_t nlen)
-{
-    bool sub_ok = sub_substitutable(sub, sublen);
-    size_t pi = 0, ni = 0;
-    for (;;) {
-        const char *pe = memchr(pat + pi, '.', plen - pi);
-        size_t pl = pe ? (size_t)(pe - (pat + pi)) : plen - pi;
-        if (!pe && pl == 2 && pat[pi] == '*' && pat[pi + 1] == '*')
-            return ni < nlen; /* the rest: one segment or more */
-        if (ni > nlen)
-            return false; /* the name has no segment left for this one */
-        const char *ne = memchr(name + ni, '.', nlen - ni);
-        size_t nl = ne ? (size_t)(ne - (name + ni)) : nlen - ni;
-        if (pl == 1 && pat[pi] == '*') {
-            if (nl == 0)
-                return false;
-        } else if (!segment_match(pat + pi, pl, sub, sublen, sub_ok, name + ni, nl)) {
-            return false;
-        }
-        ni += nl + 1; /* past the dot (or past the end: nlen + 1) */
-        if (!pe)
-            return ni == nlen + 1; /* both ended together */
-        pi += pl + 1;
-    }
+    return len <= TOKEN_MAX_PATTERN && pattern_valid(pat, len);
 }
 
 bool token_grants(const struct token *t, enum token_grant which, const char *name, size_t len)
 {
     const char **pats = which == TOKEN_GRANT_PUBLISH ? t->publish : t->channels;
     uint32_t n = which == TOKEN_GRANT_PUBLISH ? t->npublish : t->nchannels;
+    bool pattern = memchr(name, '*', len) != NULL; /* a subscription pattern: all it matches */
     for (uint32_t i = 0; i < n; i++)
-        if (token_pattern_match(pats[i], strlen(pats[i]), t->sub, t->sub_len, name, len))
+        if (pattern ? pattern_covers(pats[i], strlen(pats[i]), t->sub, t->sub_len, name, len)
+                    : pattern_match(pats[i], strlen(pats[i]), t->sub, t->sub_len, name, len))
             return true;
     return false;
 }

@@ -8,7 +8,7 @@
  * refused), "crit" is refused, "exp" is required, "nbf" and "iat" are honoured,
  * each within the verifier's clock skew; base64url without padding only; at
  * most TOKEN_MAX_BYTES. Claims kept: "sub" (the user id), "channels" and
- * "publish" (grant patterns, see token_pattern_match).
+ * "publish" (grant patterns, see src/hub/pattern.h).
  *
  * Verified tokens are cached (token_check) under the SHA-256 of the verifier's
  * id and the token, until their "exp": a client that reconnects with the same
@@ -114,20 +114,12 @@ static inline struct token *token_get(struct token *t)
     return t;
 }
 
-/* Whether t grants `which` on the channel name[0..len). */
+/* Whether t grants `which` on the channel name[0..len), or on every channel the
+ * subscription pattern name[0..len) matches (pattern_covers, src/hub/pattern.h). */
 bool token_grants(const struct token *t, enum token_grant which, const char *name, size_t len);
 
-/*
- * Whether the channel name[0..nlen) matches the grant pattern pat[0..plen):
- * segments are separated by '.'; a segment "*" matches exactly one non-empty
- * segment, a last segment "**" one or more (the rest of the name); "{sub}"
- * stands for the user id sub[0..sublen), compared as plain bytes, and only when
- * it is one segment's worth of channel-name characters (no '.', no '*'):
- * otherwise a pattern naming {sub} matches nothing. Other bytes match themselves.
- */
-bool token_pattern_match(const char *pat, size_t plen, const char *sub, size_t sublen,
-                         const char *name, size_t nlen);
-/* Whether pat[0..len) is a well-formed pattern (what token_verify accepts). */
+/* Whether pat[0..len) is a well-formed grant pattern of at most TOKEN_MAX_PATTERN bytes
+ * (what token_verify accepts; pattern_valid). */
 bool token_pattern_valid(const char *pat, size_t len);
 
 /* Entries in the cache now (tests, stats). */
