@@ -11,6 +11,7 @@
 #include "core/util.h"
 #include "http/http_parser.h"
 #include "hub/hub.h"
+#include "hub/pattern.h"
 
 static struct auth_policy default_policy;
 
@@ -208,18 +209,27 @@ long auth_first_forbidden(const struct token *tok, enum token_grant which,
     return -1;
 }
 
-static void forbidden(struct http_ctx *x, const struct slice *key)
+long auth_first_broad(const struct slice *names, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        struct slice name = chan_key_name(names[i].data, names[i].len);
+        if (pattern_is_broad(name.data, name.len))
+            return (long)i;
+    }
+    return -1;
+}
+
+/* 403 `code` about the channel (or pattern) of key; `fmt` takes its length and bytes. */
+static void forbidden(struct http_ctx *x, const char *code, const char *fmt,
+                      const struct slice *key)
 {
     struct slice bare = chan_key_name(key->data, key->len);
     const struct slice *name = &bare;
     struct sbuf b = {0};
-    char detail[CHANNEL_NAME_MAX + 128];
-    int dl = snprintf(detail, sizeof(detail),
-                      "the token does not grant channel %.*s: ask for a token whose \"channels\" "
-                      "cover it",
-                      (int)name->len, name->data);
-    sbuf_adds(&b, "{\"error\":\"channel_forbidden\",\"detail\":");
-    sbuf_add_json_str(&b, detail, (size_t)dl);
+    char detail[CHANNEL_NAME_MAX + 320];
+    int dl = snprintf(detail, sizeof(detail), fmt, (int)name->len, name->data);
+    sbuf_printf(&b, "{\"error\":\"%s\",\"detail\":", code);
+    sbuf_add_json_str(&b, detail, (size_t)MIN((size_t)dl, sizeof(detail) - 1));
     sbuf_adds(&b, ",\"channel\":");
     sbuf_add_json_str(&b, name->data, name->len);
     sbuf_adds(&b, "}\n");
@@ -231,8 +241,14 @@ int auth_http_admit(struct http_ctx *x, const struct auth_policy *p, const struc
                     size_t n, struct token **tok)
 {
     *tok = NULL;
-    if (p->subscribe == AUTH_PUBLIC)
+    if (p->subscribe == AUTH_PUBLIC) {
+        long broad = auth_first_broad(names, n);
+        if (broad >= 0) {
+            forbidden(x, "pattern_forbidden", AUTH_BROAD_DETAIL, &names[broad]);
+            return -1;
+        }
         return 0;
+    }
     char buf[TOKEN_MAX_BYTES];
     const char *jwt = NULL, *why = "";
     long len = auth_request_token(x->req, buf, sizeof(buf), &jwt);
@@ -252,7 +268,10 @@ int auth_http_admit(struct http_ctx *x, const struct auth_policy *p, const struc
     }
     long bad = auth_first_forbidden(*tok, TOKEN_GRANT_SUBSCRIBE, names, n);
     if (bad >= 0) {
-        forbidden(x, &names[bad]);
+        forbidden(x, "channel_forbidden",
+                  "the token does not grant channel %.*s: ask for a token whose \"channels\" "
+                  "cover it",
+                  &names[bad]);
         token_put(*tok);
         *tok = NULL;
         return -1;

@@ -86,6 +86,19 @@ bool auth_expired(const struct auth_policy *p, const struct token *tok);
 uint64_t auth_deadline(const struct auth_policy *p, const struct token *tok, uint64_t mono_now);
 /* The index of the first of names[0..n) (channel keys) that tok does not grant
  * `which`, or -1. */
+/*
+ * A pattern whose first segment is a wildcard ("**", "*.scores") matches every channel
+ * of the app: on a public app nobody may subscribe to one; with tokens, whoever's
+ * grants cover it (auth_first_forbidden). Returns the index of the first such pattern
+ * in names[0..n) (keys), or -1.
+ */
+long auth_first_broad(const struct slice *names, size_t n);
+/* The sentence of the 403 pattern_forbidden answer, a printf format taking the
+ * pattern's length and bytes. */
+#define AUTH_BROAD_DETAIL                                                                          \
+    "the pattern %.*s starts with a wildcard, so it matches every channel of the app: "            \
+    "without subscriber tokens a pattern must start with a channel-name segment (e.g. "            \
+    "scores.*); with tokens, a token whose channels cover the pattern may subscribe to it"
 long auth_first_forbidden(const struct token *tok, enum token_grant which,
                           const struct slice *names, size_t n);
 

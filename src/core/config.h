@@ -77,6 +77,9 @@ struct herald_config {
     uint32_t max_outbound;          /* --max-outbound, slow-consumer cap, default 1 MiB */
     uint32_t max_channels_per_conn; /* --max-channels-per-conn, default 64 */
     uint32_t max_channels_per_ip;   /* --max-channels-per-ip, default 1000; 0 = no limit */
+    uint32_t max_patterns_per_conn; /* --max-patterns-per-conn, default 8; 0: no patterns */
+    uint32_t max_patterns;          /* --max-patterns, distinct ones, default 10,000 */
+    uint32_t max_pattern_replay;    /* --max-pattern-replay, messages, default 1,000 */
     bool limit_loopback;            /* --limit-loopback: per-address limits apply to loopback */
 
     /* backend hooks (src/hooks): the default app's, and the process's bounds */

@@ -161,6 +161,7 @@ int http_hub_status(int err)
     case HUB_ERR_NO_APP: return 404;
     case HUB_ERR_TOO_MANY:
     case HUB_ERR_TOO_MANY_EPHEMERAL:
+    case HUB_ERR_TOO_MANY_PATTERNS:
     case HUB_ERR_BACKEND: return 503;
     }
     return 400;

@@ -11,6 +11,7 @@
 
 #include "core/config.h"
 #include "core/log.h"
+#include "hub/pattern.h"
 
 /* hub_sweep: channels expired per lock hold (about 2 ms), and how long it may keep
  * its worker before it lets the loop run (and goes on at the loop's next pass). */
@@ -43,6 +44,16 @@ const char *hub_strerror(int err)
         return "the app's plan allows no more publishes this second, counted over every node "
                "(limit: publishes_per_second); retry in a second or move the app to a bigger "
                "plan";
+    case HUB_ERR_PATTERNS_PER_CONN:
+        return "too many pattern subscriptions on one connection (--max-patterns-per-conn); "
+               "unsubscribe from one, or name channels instead";
+    case HUB_ERR_TOO_MANY_PATTERNS:
+        return "the server holds its maximum number of distinct patterns (--max-patterns); "
+               "patterns others subscribe to already can still be subscribed to";
+    case HUB_ERR_PATTERN_UNSUPPORTED:
+        return "pattern subscriptions need a single node or one Redis server: on a Redis "
+               "Cluster neither live delivery (sharded pub/sub has no patterns) nor resume "
+               "(one cursor per channel) can be complete; subscribe to the channels by name";
     }
     return "unknown error";
 }
@@ -51,7 +62,8 @@ bool hub_error_names_channel(int err)
 {
     return err == HUB_ERR_NAME || err == HUB_ERR_NOT_FOUND || err == HUB_ERR_TOO_MANY ||
            err == HUB_ERR_TOO_MANY_EPHEMERAL || err == HUB_ERR_TOO_MANY_FOR_ADDR ||
-           err == HUB_ERR_APP_CHANNELS;
+           err == HUB_ERR_APP_CHANNELS || err == HUB_ERR_PATTERNS_PER_CONN ||
+           err == HUB_ERR_TOO_MANY_PATTERNS || err == HUB_ERR_PATTERN_UNSUPPORTED;
 }
 
 const char *hub_error_limit(int err)
@@ -75,6 +87,9 @@ const char *hub_error_name(int err)
     case HUB_ERR_APP_CHANNELS: return "limit_exceeded";
     case HUB_ERR_NO_APP: return "app_not_found";
     case HUB_ERR_APP_RATE: return "limit_exceeded";
+    case HUB_ERR_PATTERNS_PER_CONN:
+    case HUB_ERR_TOO_MANY_PATTERNS: return "too_many_patterns";
+    case HUB_ERR_PATTERN_UNSUPPORTED: return "pattern_unsupported";
     }
     return "bad_request";
 }
@@ -97,6 +112,11 @@ static bool name_valid(const char *s, size_t len, size_t max, const char *extra)
 bool hub_channel_name_valid(const char *name, size_t len)
 {
     return name_valid(name, len, CHANNEL_NAME_MAX, "_.:@/-");
+}
+
+bool hub_sub_name_valid(const char *s, size_t len)
+{
+    return hub_channel_name_valid(s, len) || pattern_is_subscription(s, len);
 }
 
 /* Whether name[0..len) is the name part of a user's channel key: the tag and the hash. */
@@ -143,12 +163,6 @@ int hub_cursor_parse(const char *s, size_t len, uint64_t *out)
     return 0;
 }
 
-struct tomb {
-    struct map_node node;
-    struct list fifo;
-    uint64_t last_seq;
-    char name[CHANNEL_KEY_MAX + 1];
-};
 #define MAX_TOMBS 65536
 
 static void tomb_drop(struct hub *hub, struct tomb *t)
@@ -210,8 +224,7 @@ bool hub_client_set_addr(struct hub_client *cl, const void *sockaddr)
     return true;
 }
 
-/* Room for `more` channels created for cl. Hub lock held. */
-static bool quota_room(const struct hub *hub, const struct hub_client *cl, size_t more)
+bool hub__quota_room(const struct hub *hub, const struct hub_client *cl, size_t more)
 {
     HUB_ASSERT_LOCKED(hub);
     uint32_t max = hub->cfg->max_channels_per_ip;
@@ -222,8 +235,7 @@ static bool quota_room(const struct hub *hub, const struct hub_client *cl, size_
     return used + more <= max;
 }
 
-/* Counts ch against cl's address. Hub lock held. */
-static void quota_charge(struct hub *hub, const struct hub_client *cl, struct channel *ch)
+void hub__quota_charge(struct hub *hub, const struct hub_client *cl, struct channel *ch)
 {
     HUB_ASSERT_LOCKED(hub);
     if (!cl || !cl->limited || !hub->cfg->max_channels_per_ip)
@@ -241,8 +253,7 @@ static void quota_charge(struct hub *hub, const struct hub_client *cl, struct ch
     ch->quota = q;
 }
 
-/* ch no longer counts against the address that created it. Hub lock held. */
-static void quota_release(struct hub *hub, struct channel *ch)
+void hub__quota_release(struct hub *hub, struct channel *ch)
 {
     HUB_ASSERT_LOCKED(hub);
     struct hub_quota *q = ch->quota;
@@ -266,6 +277,8 @@ int hub_init(struct hub *hub, const struct herald_config *cfg, int nworkers)
     map_init(&hub->channels, 1024);
     map_init(&hub->tombs, 64);
     map_init(&hub->quotas, 64);
+    map_init(&hub->patterns, 64);
+    map_init(&hub->pattern_heads, 64);
     list_init(&hub->tomb_fifo);
     hub->cfg = cfg;
     hub->nworkers = nworkers;
@@ -435,7 +448,7 @@ static void chan_make_stored(struct hub *hub, struct channel *ch)
 {
     HUB_ASSERT_LOCKED(hub);
     if (!hub->be_ops)
-        quota_release(hub, ch); /* someone else's channel now (cluster: see hub_client) */
+        hub__quota_release(hub, ch); /* someone else's channel now (cluster: see hub_client) */
     if (!ch->ephemeral)
         return;
     ch->ephemeral = false;
@@ -566,7 +579,7 @@ void hub__unlink_locked(struct hub *hub, struct channel *ch, uint64_t *wake_mask
     heap_remove(&hub->expiry, &ch->expiry);
     ch->deleted = true;
     chan_make_stored(hub, ch); /* out of the ephemeral count */
-    quota_release(hub, ch);
+    hub__quota_release(hub, ch);
     hub__notify_workers(hub, ch, INBOX_CLOSED, NULL, wake_mask);
     chan_release(hub, ch);
 }
@@ -603,6 +616,7 @@ void hub__wake_workers(struct hub *hub, uint64_t mask)
 
 void hub_free(struct hub *hub)
 {
+    hub__patsub_free(hub);
     /* Pending inbox items hold message and channel references: drop them first,
      * so that every channel (deleted ones too) is freed by its last reference. */
     for (int w = 0; w < hub->nworkers; w++) {
@@ -644,8 +658,8 @@ void hub_free(struct hub *hub)
 
 /* ---- publish ------------------------------------------------------------ */
 
-static void inbox_push(struct hub_inbox *in, struct msg *m, struct channel *ch, uint64_t *wake_mask,
-                       int w)
+void hub__inbox_push(struct hub_inbox *in, struct msg *m, struct channel *ch, uint64_t *wake_mask,
+                     int w)
 {
     pthread_mutex_lock(&in->lock);
     if (in->len == in->cap) {
@@ -700,6 +714,10 @@ static int resolve_channels(struct hub *hub, const struct slice *names, size_t n
      * plan nor the subscriber's address: only in --max-channels. */
     size_t missing = 0, first_missing = 0, counted = 0, first_counted = 0;
     for (size_t i = 0; i < n; i++) {
+        if (hub_key_is_pattern(names[i].data, names[i].len)) {
+            chs[i] = NULL; /* hub__patsub_resolve_locked's */
+            continue;
+        }
         chs[i] = hub__lookup(hub, names[i].data, names[i].len);
         if (chs[i] || slice_in(names, i, &names[i]))
             continue; /* a name given twice is created once */
@@ -718,7 +736,7 @@ static int resolve_channels(struct hub *hub, const struct slice *names, size_t n
     if (!err && counted) {
         at = first_counted;
         err = tenant_room(hub, names[at].data, names[at].len, counted);
-        if (!err && !quota_room(hub, cl, counted))
+        if (!err && !hub__quota_room(hub, cl, counted))
             err = HUB_ERR_TOO_MANY_FOR_ADDR;
     }
     if (err) {
@@ -726,19 +744,20 @@ static int resolve_channels(struct hub *hub, const struct slice *names, size_t n
         return err;
     }
     for (size_t i = 0; i < n; i++) {
-        if (chs[i] || (chs[i] = hub__lookup(hub, names[i].data, names[i].len)))
+        if (chs[i] || hub_key_is_pattern(names[i].data, names[i].len) ||
+            (chs[i] = hub__lookup(hub, names[i].data, names[i].len)))
             continue;
         chs[i] = chan_create(hub, names[i].data, names[i].len, subscribe);
         if (!chs[i]->user)
-            quota_charge(hub, cl, chs[i]);
+            hub__quota_charge(hub, cl, chs[i]);
     }
     return 0;
 }
 
 /* Appends m to ch's history (taking the reference) and hands it to the workers
  * with subscribers. Hub lock held. */
-void hub__store_locked(struct hub *hub, struct channel *ch, struct msg *m, uint64_t now,
-                       uint64_t *wake_mask)
+uint32_t hub__store_locked(struct hub *hub, struct channel *ch, struct msg *m, uint64_t now,
+                           uint64_t *wake_mask)
 {
     HUB_ASSERT_LOCKED(hub);
     chan_make_stored(hub, ch);
@@ -747,8 +766,10 @@ void hub__store_locked(struct hub *hub, struct channel *ch, struct msg *m, uint6
     uint64_t mask = ch->worker_mask;
     for (int w = 0; mask; w++, mask >>= 1)
         if (mask & 1)
-            inbox_push(&hub->inbox[w], m, ch, wake_mask, w);
+            hub__inbox_push(&hub->inbox[w], m, ch, wake_mask, w);
     hist_append(ch, m, now);
+    /* Nothing more to do while nobody subscribes to a pattern: one load and a branch. */
+    return hub->patterns.len ? hub__patsub_publish_locked(hub, ch, m, wake_mask) : 0;
 }
 
 int hub_publish(struct hub *hub, const struct slice *channels, size_t n,
@@ -781,7 +802,7 @@ int hub_publish(struct hub *hub, const struct slice *channels, size_t n,
             atomic_fetch_add_explicit(&chs[i]->tenant->messages, 1, memory_order_relaxed);
         m->group = group;
         res->subscribers += chs[i]->subscribers;
-        hub__store_locked(hub, chs[i], m, now, &wake_mask);
+        res->subscribers += hub__store_locked(hub, chs[i], m, now, &wake_mask);
     }
     hub_unlock(hub);
     atomic_fetch_add(&hub->stats.published, 1);
@@ -825,6 +846,8 @@ void hub_backlog_free(struct hub_backlog *b)
     for (uint32_t i = 0; i < b->n; i++)
         ref_put(&b->msgs[i]->ref);
     free(b->msgs);
+    for (uint32_t i = 0; i < b->ngaps; i++)
+        free(b->gaps[i].name);
     free(b->gaps);
     memset(b, 0, sizeof(*b));
 }
@@ -858,6 +881,8 @@ static bool delivered_elsewhere(const struct list *held, const struct sub *s, co
 
 bool hub_sub_takes(const struct list *held, struct sub *s, const struct msg *m)
 {
+    if (s->ch->pattern)
+        return hub__patsub_takes(held, s, m);
     if (m->seq <= s->from_seq)
         return false; /* came from history already */
     bool dup = m->group && delivered_elsewhere(held, s, m);
@@ -871,19 +896,12 @@ int hub__cmp_msg_seq(const void *a, const void *b)
     return x->seq < y->seq ? -1 : x->seq > y->seq;
 }
 
-/* The channels of one subscribe and the client's position on each (per-channel cursor). */
-struct sub_positions {
-    struct channel *const *chs;
-    const uint64_t *since; /* NULL: one cursor for all */
-    size_t n;
-};
-
 /* Whether the client has m through another channel of this subscribe: its position
  * there is at or past m, and a multi-channel message is one message. */
 static bool had_elsewhere(const struct sub_positions *pos, const struct channel *ch,
                           uint64_t chan_id, uint64_t seq)
 {
-    if (!pos->since)
+    if (!pos || !pos->since)
         return false;
     for (size_t j = 0; j < pos->n; j++)
         if (pos->chs[j] != ch && pos->chs[j]->id == chan_id && pos->since[j] >= seq)
@@ -917,6 +935,26 @@ static void collect_history(struct channel *ch, uint64_t since, const struct lis
     }
 }
 
+void hub__backlog_channel_locked(struct channel *ch, uint64_t since, const struct list *held,
+                                 const struct sub_positions *pos, bool own_name,
+                                 struct hub_backlog *b)
+{
+    hist_trim(ch, wall_ms());
+    /* since == 0 asks for all retained history: nothing older was promised. */
+    if (since && since < ch->evicted_seq) {
+        b->gaps = xrealloc(b->gaps, (b->ngaps + 1) * sizeof(struct hub_gap));
+        struct hub_gap *g = &b->gaps[b->ngaps++];
+        *g = (struct hub_gap){.ch = own_name ? NULL : ch,
+                              .oldest = ch->hist_len ? hist_at(ch, 0)->seq : 0,
+                              .since = since};
+        if (own_name) {
+            g->name = xstrndup(ch->name, ch->name_len);
+            g->name_len = ch->name_len;
+        }
+    }
+    collect_history(ch, since, held, pos, b);
+}
+
 /* Where a message's channel stands in the channel list of its publish. */
 static uint32_t group_index(const struct msg *m)
 {
@@ -942,6 +980,8 @@ static int cmp_backlog(const void *a, const void *b)
  * (on a Redis Cluster two messages of different channels may share an id). */
 static bool same_message(const struct msg *x, const struct msg *y)
 {
+    if (x == y)
+        return true; /* a channel's history reached twice: by name and by a pattern */
     for (uint32_t g = 0; x->seq == y->seq && x->group && g < x->group->n; g++)
         if (x->group->chan_ids[g] == y->chan_id)
             return true;
@@ -950,7 +990,7 @@ static bool same_message(const struct msg *x, const struct msg *y)
 
 /* Sorts the backlog by id and keeps one copy of each message (the first kept, see
  * cmp_backlog). */
-static void backlog_sort_dedup(struct hub_backlog *b)
+void hub__backlog_sort_dedup(struct hub_backlog *b)
 {
     if (b->n < 2)
         return;
@@ -1044,7 +1084,11 @@ int hub_subscribe(struct hub *hub, int w, void *conn, struct list *held, const s
         *bad_index = 0;
         return HUB_ERR_CURSOR;
     }
-    int err = resolve_channels(hub, names, n, chs, cl, bad_index);
+    int err = hub__patsub_check_locked(hub, held, names, n, cl, bad_index);
+    if (!err)
+        err = resolve_channels(hub, names, n, chs, cl, bad_index);
+    if (!err)
+        hub__patsub_resolve_locked(hub, names, n, chs, cl);
     if (!err && hub->be_ops)
         err = hub__await_sync_locked(hub, w, conn, held, chs, n, bad_index);
     if (err) {
@@ -1062,17 +1106,10 @@ int hub_subscribe(struct hub *hub, int w, void *conn, struct list *held, const s
             continue;
         if (pos.since)
             since = pos.since[i];
-        if (has_since) {
-            hist_trim(ch, now);
-            /* since == 0 asks for all retained history: nothing older was promised. */
-            if (since && since < ch->evicted_seq) {
-                backlog->gaps =
-                    xrealloc(backlog->gaps, (backlog->ngaps + 1) * sizeof(struct hub_gap));
-                backlog->gaps[backlog->ngaps++] =
-                    (struct hub_gap){ch, ch->hist_len ? hist_at(ch, 0)->seq : 0, since};
-            }
-            collect_history(ch, since, held, &pos, backlog);
-        }
+        if (has_since && ch->pattern)
+            hub__patsub_backlog_locked(hub, ch, since, held, chs, n, backlog);
+        else if (has_since)
+            hub__backlog_channel_locked(ch, since, held, &pos, false, backlog);
         if (!ch->local) {
             ch->local = xcalloc((size_t)hub->nworkers, sizeof(*ch->local));
             for (int k = 0; k < hub->nworkers; k++)
@@ -1085,6 +1122,8 @@ int hub_subscribe(struct hub *hub, int w, void *conn, struct list *held, const s
          * flight are stored already). Never re-deliver what the client says it has: its
          * cursor may be ahead of this node in cluster mode. */
         s->from_seq = has_since ? MAX(ch->last_seq, since) : ch->last_seq;
+        if (ch->pattern) /* ids are the node's (patsub.c): any channel's next one is live */
+            s->from_seq = hub->seq;
         s->after = has_since ? since : s->from_seq;
         s->delivered = 0;
         list_insert_tail(&ch->local[w].subs, &s->chan_link);
@@ -1103,7 +1142,7 @@ int hub_subscribe(struct hub *hub, int w, void *conn, struct list *held, const s
         list_remove(p);
         list_insert_tail(held, p);
     }
-    backlog_sort_dedup(backlog);
+    hub__backlog_sort_dedup(backlog);
     return 0;
 }
 
@@ -1134,8 +1173,10 @@ static void unsubscribe_locked(struct hub *hub, int w, struct sub *s, uint64_t n
     if (last_here)
         ch->worker_mask &= ~(1ull << w);
     /* Before this worker's reference goes: a deleted channel is out of the table, and
-     * that reference may be its last. */
-    if (!drop_if_unused(hub, ch) && !ch->deleted)
+     * that reference may be its last. A pattern goes with its last subscriber. */
+    if (ch->pattern)
+        hub__patsub_drop_if_unused_locked(hub, ch);
+    else if (!drop_if_unused(hub, ch) && !ch->deleted)
         hub__schedule_expiry_locked(hub, ch);
     if (last_here)
         chan_release(hub, ch);

@@ -207,6 +207,7 @@ struct channel {
     bool deleted;
     bool ephemeral;
     bool user;                 /* a user's channel (USER_KEY_TAG) */
+    bool pattern;              /* a pattern subscription's target, not a channel (patsub.c) */
     bool persistent;           /* an option, with those below */
     uint8_t sync;              /* cluster mode: enum channel_sync */
     struct hub_quota *quota;   /* the address a subscribe created it for (see hub_client) */
@@ -314,6 +315,14 @@ struct hub {
     struct map quotas;         /* struct hub_quota by client address */
     struct hub_stats stats;
 
+    /* Pattern subscriptions (patsub.c): struct channel with `pattern` set, by key
+     * ("APP~scores.*"), never in `channels`; and the same by the head of the keys they
+     * match (struct pat_head: "APP~scores", or "APP~*" for patterns that start with a
+     * wildcard), so that a publish looks at the patterns that may match it only. */
+    struct map patterns;
+    struct map pattern_heads;
+    uint32_t npatterns_broad; /* patterns starting with a wildcard */
+
     /* Deleted or expired channels' last ids, so that a channel re-created under the
      * same name still tells old cursors about the gap (in-memory mode; bounded FIFO). */
     struct map tombs;
@@ -364,17 +373,20 @@ static inline void hub_unlock(struct hub *hub)
 
 /* Error codes (negative) of hub operations; hub_strerror() explains them. */
 enum hub_error {
-    HUB_ERR_NAME = -1,               /* channel name invalid */
-    HUB_ERR_NOT_FOUND = -2,          /* channel does not exist and auto-create is off */
-    HUB_ERR_TOO_MANY = -3,           /* max-channels reached */
-    HUB_ERR_CURSOR = -4,             /* cursor malformed or ahead of this server */
-    HUB_ERR_TOO_MANY_SUBS = -5,      /* per-connection channel limit */
-    HUB_ERR_BACKEND = -6,            /* cluster mode: Redis is unreachable */
-    HUB_ERR_TOO_MANY_EPHEMERAL = -7, /* max-channels ephemeral channels exist (in memory) */
-    HUB_ERR_TOO_MANY_FOR_ADDR = -8,  /* max-channels-per-ip: this client address made enough */
-    HUB_ERR_APP_CHANNELS = -9,       /* the app's plan allows no more channels */
-    HUB_ERR_NO_APP = -10,            /* the channel's app does not exist (deleted) */
-    HUB_ERR_APP_RATE = -11,          /* cluster mode: the app's publishes/s are used up */
+    HUB_ERR_NAME = -1,                 /* channel name invalid */
+    HUB_ERR_NOT_FOUND = -2,            /* channel does not exist and auto-create is off */
+    HUB_ERR_TOO_MANY = -3,             /* max-channels reached */
+    HUB_ERR_CURSOR = -4,               /* cursor malformed or ahead of this server */
+    HUB_ERR_TOO_MANY_SUBS = -5,        /* per-connection channel limit */
+    HUB_ERR_BACKEND = -6,              /* cluster mode: Redis is unreachable */
+    HUB_ERR_TOO_MANY_EPHEMERAL = -7,   /* max-channels ephemeral channels exist (in memory) */
+    HUB_ERR_TOO_MANY_FOR_ADDR = -8,    /* max-channels-per-ip: this client address made enough */
+    HUB_ERR_APP_CHANNELS = -9,         /* the app's plan allows no more channels */
+    HUB_ERR_NO_APP = -10,              /* the channel's app does not exist (deleted) */
+    HUB_ERR_APP_RATE = -11,            /* cluster mode: the app's publishes/s are used up */
+    HUB_ERR_PATTERNS_PER_CONN = -12,   /* --max-patterns-per-conn */
+    HUB_ERR_TOO_MANY_PATTERNS = -13,   /* --max-patterns distinct patterns exist */
+    HUB_ERR_PATTERN_UNSUPPORTED = -14, /* a pattern in a mode that cannot give its guarantees */
 };
 /* Positive result: the operation continues asynchronously (cluster mode). */
 #define HUB_PENDING 1
@@ -441,6 +453,9 @@ void hub_free(struct hub *hub);
 bool hub_channel_key_valid(const char *key, size_t len);
 /* Whether name[0..len) is a valid channel name: 1-128 bytes of [A-Za-z0-9_.:@/-]. */
 bool hub_channel_name_valid(const char *name, size_t len);
+/* Whether a subscriber may name s[0..len): a channel name or a subscription pattern
+ * (pattern_is_subscription, src/hub/pattern.h). */
+bool hub_sub_name_valid(const char *s, size_t len);
 /* Whether name[0..len) is a valid event name: 1-64 bytes of [A-Za-z0-9_.:-]. */
 bool hub_event_name_valid(const char *name, size_t len);
 
@@ -511,9 +526,13 @@ uint64_t hub_channel_loading(struct hub *hub, const char *name, size_t len, uint
  * caller), and the gaps to announce before them.
  */
 struct hub_gap {
-    struct channel *ch; /* borrowed; valid while the caller's sub holds it */
-    uint64_t oldest;    /* oldest retained id, 0 when the history is empty */
-    uint64_t since;     /* the client's cursor on ch, older than what is retained */
+    struct channel *ch; /* borrowed; valid while the caller's sub holds it; NULL: see name */
+    char *name;         /* owned: the key of the channel (or pattern) the gap is about, when
+                           no subscription holds it (found through a pattern) */
+    uint32_t name_len;
+    bool replay_limit; /* a pattern's replay was cut to --max-pattern-replay messages */
+    uint64_t oldest;   /* oldest retained (or replayed) id, 0 when none */
+    uint64_t since;    /* the client's cursor on ch, older than what is retained */
 };
 struct hub_backlog {
     struct msg **msgs;
@@ -547,7 +566,8 @@ struct hub_client {
 bool hub_client_set_addr(struct hub_client *cl, const void *sockaddr);
 
 /*
- * Subscribes `conn` (on worker `w`) to each named channel it does not already
+ * Subscribes `conn` (on worker `w`) to each named channel or pattern (a key with a
+ * wildcard segment: see src/hub/patsub.c; refused in cluster mode) it does not already
  * hold (`held`: its list of struct sub.conn_link). New struct sub nodes are
  * appended to `held`. With `has_since`, fills *backlog with the retained messages
  * after `since` (ordered, de-duplicated, and without those the connection gets

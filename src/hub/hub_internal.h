@@ -16,9 +16,14 @@
 /* The channel called name, NULL when the table has none. Hub lock held. */
 struct channel *hub__lookup(struct hub *hub, const char *name, size_t len);
 /* Appends m to ch's history (taking the reference) and hands it to the workers with
- * subscribers, whose bits it adds to *wake_mask. Hub lock held. */
-void hub__store_locked(struct hub *hub, struct channel *ch, struct msg *m, uint64_t now,
-                       uint64_t *wake_mask);
+ * subscribers, whose bits it adds to *wake_mask, and to the patterns that match ch.
+ * Returns the subscribers of those patterns (patsub.c). Hub lock held. */
+uint32_t hub__store_locked(struct hub *hub, struct channel *ch, struct msg *m, uint64_t now,
+                           uint64_t *wake_mask);
+/* Queues m (a new reference) for worker w's subscribers of ch (a pattern, or m's channel);
+ * adds w to *wake_mask when its inbox was empty. */
+void hub__inbox_push(struct hub_inbox *in, struct msg *m, struct channel *ch, uint64_t *wake_mask,
+                     int w);
 /* Removes ch from the table; workers holding subscribers get INBOX_CLOSED (their bits
  * go to *wake_mask). Releases the table's reference. Hub lock held. */
 void hub__unlink_locked(struct hub *hub, struct channel *ch, uint64_t *wake_mask);
@@ -32,6 +37,74 @@ void hub__notify_workers(struct hub *hub, struct channel *ch, enum inbox_kind ki
                          struct ctl_frames *ctl, uint64_t *wake_mask);
 /* The subscription of `held` (a connection's list) to ch, or NULL. */
 struct sub *hub__find_sub(const struct list *held, const struct channel *ch);
+/* A deleted or expired channel's last id (in-memory mode; hub.tombs). */
+struct tomb {
+    struct map_node node;
+    struct list fifo;
+    uint64_t last_seq;
+    char name[CHANNEL_KEY_MAX + 1];
+};
+
+/* The channels of one subscribe and the client's position on each (per-channel cursor). */
+struct sub_positions {
+    struct channel *const *chs;
+    const uint64_t *since; /* NULL: one cursor for all */
+    size_t n;
+};
+
+/*
+ * Adds to b the gap of ch (when `since` is older than what ch retains; with own_name
+ * the gap keeps a copy of ch's key instead of borrowing ch) and ch's history after
+ * `since`, without what the connection gets through another of its channels (held,
+ * pos: may be NULL). Hub lock held.
+ */
+void hub__backlog_channel_locked(struct channel *ch, uint64_t since, const struct list *held,
+                                 const struct sub_positions *pos, bool own_name,
+                                 struct hub_backlog *b);
+/* Sorts b's messages by id and keeps one copy of each message. */
+void hub__backlog_sort_dedup(struct hub_backlog *b);
+
+/* What the subscribes of a client address created (--max-channels-per-ip): room for
+ * `more`, counting ch against cl's address, letting it go. Hub lock held. */
+bool hub__quota_room(const struct hub *hub, const struct hub_client *cl, size_t more);
+void hub__quota_charge(struct hub *hub, const struct hub_client *cl, struct channel *ch);
+void hub__quota_release(struct hub *hub, struct channel *ch);
+
+/* ---- patsub.c: pattern subscriptions --------------------------------------------- */
+
+/* Whether the key names a pattern (a '*' is never in a channel name). */
+static inline bool hub_key_is_pattern(const char *key, size_t len)
+{
+    return memchr(key, '*', len) != NULL;
+}
+/* Before a subscribe places anything: whether its patterns may be held (mode, the
+ * connection's and the server's pattern limits, the address's quota). Returns 0 or a
+ * hub_error with *bad_index. Hub lock held. */
+int hub__patsub_check_locked(struct hub *hub, const struct list *held, const struct slice *names,
+                             size_t n, const struct hub_client *cl, size_t *bad_index);
+/* Sets chs[i] of every pattern of names[0..n) to its pattern, made if new (checked
+ * already: cannot fail). Hub lock held. */
+void hub__patsub_resolve_locked(struct hub *hub, const struct slice *names, size_t n,
+                                struct channel **chs, const struct hub_client *cl);
+/* Adds to b what a subscription to pattern pat resuming from `since` is owed: the
+ * histories of the channels it matches (but those the connection holds by name: held,
+ * and chs[0..n) of this subscribe), their gaps, and a gap for what the replay cap
+ * leaves out. Hub lock held. */
+void hub__patsub_backlog_locked(struct hub *hub, struct channel *pat, uint64_t since,
+                                const struct list *held, struct channel *const *chs, size_t n,
+                                struct hub_backlog *b);
+/* Hands m (stored on ch) to the workers with subscribers of the patterns that match
+ * ch. Returns those patterns' subscribers. Hub lock held, patterns exist. */
+uint32_t hub__patsub_publish_locked(struct hub *hub, struct channel *ch, struct msg *m,
+                                    uint64_t *wake_mask);
+/* hub_sub_takes for a pattern subscription s. */
+bool hub__patsub_takes(const struct list *held, struct sub *s, const struct msg *m);
+/* A pattern without subscribers goes (its last reference is the caller's to drop, if it
+ * holds one). Hub lock held. */
+void hub__patsub_drop_if_unused_locked(struct hub *hub, struct channel *pat);
+/* Frees what is left of the registry (exit). */
+void hub__patsub_free(struct hub *hub);
+
 /* qsort order of struct msg pointers by seq. */
 int hub__cmp_msg_seq(const void *a, const void *b);
 

@@ -131,9 +131,11 @@ static void poll_deliver(struct conn *c, struct msg *m)
         outq_at(&st->pending, st->pending.len - 1)->stamped = true;
     st->last_seq = MAX(st->last_seq, m->seq);
     size_t i = 0;
-    for (struct list *p = c->subs.next; st->pos && p != &c->subs; p = p->next, i++)
-        if (container_of(p, struct sub, conn_link)->ch->id == m->chan_id)
+    for (struct list *p = c->subs.next; st->pos && p != &c->subs; p = p->next, i++) {
+        const struct channel *ch = container_of(p, struct sub, conn_link)->ch;
+        if (ch->id == m->chan_id || ch->pattern) /* a pattern: ids order all it matches */
             st->pos[i] = MAX(st->pos[i], m->seq);
+    }
     conn_want_flush(c); /* answered at the end of this pass */
 }
 

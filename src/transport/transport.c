@@ -140,13 +140,13 @@ int transport_parse_channels(struct sub_request *r, const struct hub_tenant *t, 
                 return -1;
             }
             if (j - i > 3 * CHANNEL_NAME_MAX) {
-                *err = "channel names are 1-128 bytes of letters, digits and _ . : @ / -";
+                *err = TRANSPORT_NAME_RULE;
                 return -1;
             }
             char tmp[3 * CHANNEL_NAME_MAX];
             long n = http_url_decode(tmp, list + i, j - i);
-            if (n < 0 || !hub_channel_name_valid(tmp, (size_t)n)) {
-                *err = "channel names are 1-128 bytes of letters, digits and _ . : @ / -";
+            if (n < 0 || !hub_sub_name_valid(tmp, (size_t)n)) {
+                *err = TRANSPORT_NAME_RULE;
                 return -1;
             }
             transport_add_channel(r, t, tmp, (size_t)n);
@@ -354,8 +354,9 @@ void transport_app_full(struct http_ctx *x)
 static void deliver_gap(struct conn *c, const struct hub_gap *g)
 {
     uint64_t since = g->since;
-    char fields[CHANNEL_NAME_MAX + 128];
-    struct slice nm = chan_key_name(g->ch->name, g->ch->name_len);
+    char fields[CHANNEL_NAME_MAX + 160];
+    struct slice nm =
+        g->ch ? chan_key_name(g->ch->name, g->ch->name_len) : chan_key_name(g->name, g->name_len);
     int n;
     if (g->oldest)
         n = snprintf(fields, sizeof(fields),
@@ -365,6 +366,8 @@ static void deliver_gap(struct conn *c, const struct hub_gap *g)
         n = snprintf(fields, sizeof(fields),
                      "\"channel\":\"%.*s\",\"since\":\"%" PRIu64 "\",\"oldest\":null", (int)nm.len,
                      nm.data, since);
+    if (g->replay_limit) /* a pattern's replay kept its newest --max-pattern-replay */
+        n += snprintf(fields + n, sizeof(fields) - (size_t)n, ",\"reason\":\"replay_limit\"");
     struct ctl_frames *f = ctl_frames_new("gap", fields, (size_t)n);
     c->ops->deliver_ctl(c, f);
     ref_put(&f->ref);
@@ -404,7 +407,8 @@ void transport_replay(struct conn *c, struct hub_backlog *b)
         struct msg *m = b->msgs[i];
         for (struct list *p = c->subs.next; p != &c->subs; p = p->next) {
             struct sub *s = container_of(p, struct sub, conn_link);
-            if (s->ch->id == m->chan_id && m->seq > s->delivered)
+            /* A pattern's position: ids order every channel it matches (patsub.c). */
+            if ((s->ch->id == m->chan_id || s->ch->pattern) && m->seq > s->delivered)
                 s->delivered = m->seq; /* at most from_seq: no effect on live dedup */
         }
         c->ops->deliver(c, m);
@@ -503,8 +507,13 @@ const char *transport_auth_check(struct conn *c, int which, const struct slice *
                                  size_t *bad)
 {
     struct sub_auth *a = auth_of(c);
-    if (!token_policy(a))
-        return NULL;
+    if (!token_policy(a)) {
+        long broad = auth_first_broad(names, n);
+        if (broad < 0)
+            return NULL;
+        *bad = (size_t)broad;
+        return "pattern_forbidden";
+    }
     if (!a->tok)
         return "token_missing";
     if (auth_expired(a->policy, a->tok))

@@ -62,6 +62,10 @@ void transport_on_slow(struct conn *c);
 /* ---- subscribing ---- */
 
 #define TRANSPORT_MAX_CHANNELS 64
+/* What a subscriber may name (hub_sub_name_valid), for error answers. */
+#define TRANSPORT_NAME_RULE                                                                        \
+    "channel names are 1-128 bytes of letters, digits and _ . : @ / -; a pattern has segments "    \
+    "* (one segment) or a last ** (the rest), e.g. scores.* or scores.**"
 
 /* The channels a client names (at most TRANSPORT_MAX_CHANNELS) and, last, its user's. */
 struct sub_request {
@@ -182,7 +186,9 @@ void transport_end_expired(struct conn *c);
 /* Releases the connection's token (its transport's on_free). */
 void transport_auth_free(struct conn *c);
 /* Whether the connection's token may subscribe / publish on names[0..n) now: 0, or an
- * error code name ("token_missing", "token_expired", "channel_forbidden" with *bad set). */
+ * error code name ("token_missing", "token_expired", "channel_forbidden" or, for a
+ * pattern starting with a wildcard without a token policy, "pattern_forbidden", with *bad
+ * set). */
 const char *transport_auth_check(struct conn *c, int which, const struct slice *names, size_t n,
                                  size_t *bad);
 

@@ -358,8 +358,8 @@ void ws_handle_upgrade(struct http_ctx *x)
 
 /* ---- client ops ------------------------------------------------------------------ */
 
-/* The error event of a refused op: token_missing, token_expired or channel_forbidden
- * (then naming `name`, as "channel" too). */
+/* The error event of a refused op: token_missing, token_expired, channel_forbidden or
+ * pattern_forbidden (then naming `name`, as "channel" too). */
 static void ws_reply_denied(struct conn *c, const char *code, const struct slice *key, json_t *ref)
 {
     struct slice bare =
@@ -372,13 +372,15 @@ static void ws_reply_denied(struct conn *c, const char *code, const struct slice
     else if (strcmp(code, "token_expired") == 0)
         sbuf_adds(&d, "the token expired: send {\"op\":\"refresh\",\"token\":\"...\"} with a "
                       "new one");
+    else if (strcmp(code, "pattern_forbidden") == 0)
+        sbuf_printf(&d, AUTH_BROAD_DETAIL, (int)name->len, name->data);
     else
         sbuf_printf(&d, "the token does not grant channel %.*s", (int)name->len, name->data);
     sbuf_adds(&f, "\"error\":");
     sbuf_add_json_str(&f, code, strlen(code));
     sbuf_adds(&f, ",\"detail\":");
     sbuf_add_json_str(&f, d.data, d.len);
-    if (strcmp(code, "channel_forbidden") == 0) {
+    if (strcmp(code, "channel_forbidden") == 0 || strcmp(code, "pattern_forbidden") == 0) {
         sbuf_adds(&f, ",\"channel\":");
         sbuf_add_json_str(&f, name->data, name->len);
     }
@@ -477,8 +479,8 @@ static int op_channels(const struct conn *c, json_t *op, struct sub_request *r, 
     for (size_t i = 0; i < count; i++) {
         json_t *v = json_is_array(chs) ? json_array_get(chs, i) : one[0];
         if (!json_is_string(v) ||
-            !hub_channel_name_valid(json_string_value(v), json_string_length(v))) {
-            *err = "channel names are 1-128 bytes of letters, digits and _ . : @ / -";
+            !hub_sub_name_valid(json_string_value(v), json_string_length(v))) {
+            *err = TRANSPORT_NAME_RULE;
             return -1;
         }
         transport_add_channel(r, c->tenant, json_string_value(v), json_string_length(v));

@@ -1,0 +1,355 @@
+"""Pattern subscriptions (docs/api.md#pattern-subscriptions): channels=X.* (one segment)
+and X.** (any depth) on every transport, live and on resume (the matching channels'
+histories merged in id order, a gap where one of them lost history), once per
+connection with overlapping subscriptions, token grants that must cover the whole
+pattern, the limits, and cluster mode, which refuses patterns (pattern_unsupported).
+
+Each test's channels are `{chan}.something`, so that its patterns see only its own."""
+
+import json
+
+import pytest
+
+from helpers import (
+    SSE,
+    TRANSPORTS,
+    arun,
+    data_of,
+    ids_of,
+    poll,
+    recv_json,
+    request,
+    subscribe,
+    sub_query,
+    ws_connect,
+    wait_until,
+    ws_op,
+)
+from redis_util import RedisServer
+from test_tokens import SECRET, token
+
+pytestmark = pytest.mark.threads  # make test runs this module under ThreadSanitizer too
+
+
+def envelopes(sub, n):
+    return [(m["channel"], m["data"]) for m in sub.messages(n)]
+
+
+def head(srv, chan):
+    """A cursor at the server's newest id: a long-poller (which polls when asked for
+    messages) then misses nothing published after it, like the streaming subscribers."""
+    return srv.publish(f"{chan}-cursor", "c")["id"]
+
+
+@pytest.fixture(scope="module")
+def small(module_herald):
+    """History of 3 messages per channel, and a pattern replay of at most 4 messages."""
+    return module_herald(history_size=3, max_pattern_replay=4)
+
+
+# ---- live -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_one_segment_pattern_gets_the_matching_channels_live(server, chan, kind):
+    with subscribe(kind, server, f"{chan}.*", since=head(server, chan)) as sub:
+        server.publish(f"{chan}.a", "1")
+        server.publish(f"{chan}.a.deeper", "not one segment")
+        server.publish(f"{chan}x.a", "another head")
+        server.publish(chan, "the head itself")
+        server.publish(f"{chan}.b", "2")
+        # The envelope names the concrete channel; nothing else came in between.
+        assert envelopes(sub, 2) == [(f"{chan}.a", "1"), (f"{chan}.b", "2")]
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_any_depth_pattern_gets_every_channel_below(server, chan, kind):
+    with subscribe(kind, server, f"{chan}.**", since=head(server, chan)) as sub:
+        server.publish(f"{chan}.a", "1")
+        server.publish(chan, "the head itself")
+        server.publish(f"{chan}.a.b.c", "2")
+        server.publish(f"{chan}.b", "3")
+        assert envelopes(sub, 3) == [(f"{chan}.a", "1"), (f"{chan}.a.b.c", "2"), (f"{chan}.b", "3")]
+
+
+def test_publish_counts_pattern_subscribers(server, chan):
+    with subscribe("sse", server, f"{chan}.*") as sub:
+        assert server.publish(f"{chan}.a", "1")["subscribers"] == 1
+        assert server.publish(f"{chan}.a.b", "2")["subscribers"] == 0
+        assert sub.next_message()["data"] == "1"
+
+
+def test_websocket_subscribe_and_unsubscribe_ops_take_patterns(server, chan):
+    async def run():
+        async with ws_connect(server) as ws:
+            ans = await ws_op(ws, {"op": "subscribe", "channels": [f"{chan}.*"], "ref": 1})
+            assert ans["event"] == "subscribed" and ans["channels"] == [f"{chan}.*"], ans
+            server.publish(f"{chan}.a", "1")
+            m = await recv_json(ws)
+            assert (m["channel"], m["data"]) == (f"{chan}.a", "1")
+            ans = await ws_op(ws, {"op": "unsubscribe", "channels": [f"{chan}.*"]})
+            assert ans["event"] == "unsubscribed", ans
+            await ws_op(ws, {"op": "subscribe", "channels": [f"{chan}.z"]})
+            server.publish(f"{chan}.a", "gone")
+            server.publish(f"{chan}.z", "by name")
+            m = await recv_json(ws)
+            assert (m["channel"], m["data"]) == (f"{chan}.z", "by name")
+
+    arun(run())
+
+
+# ---- once per connection -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_overlapping_subscriptions_deliver_each_message_once(server, chan, kind):
+    with subscribe(kind, server, f"{chan}.a,{chan}.*,{chan}.**", since=head(server, chan)) as sub:
+        server.publish(f"{chan}.a", "by name and both patterns")
+        server.publish(f"{chan}.b", "both patterns")
+        server.publish(f"{chan}.b.c", "one pattern")
+        server.publish_json({"channels": [f"{chan}.b", f"{chan}.c", f"{chan}.a"], "data": "three at once"})
+        server.publish_json({"channels": [f"{chan}.b", f"{chan}.c"], "data": "two at once"})
+        server.publish(f"{chan}.a", "end")
+        got = envelopes(sub, 6)
+        assert [d for _, d in got] == [
+            "by name and both patterns",
+            "both patterns",
+            "one pattern",
+            "three at once",
+            "two at once",
+            "end",
+        ]
+        assert got[3][0] == f"{chan}.a"  # the copy of the channel held by name
+
+
+def test_pattern_added_to_a_connection_holding_a_channel_does_not_repeat_it(server, chan):
+    async def run():
+        async with ws_connect(server, sub_query(f"{chan}.a")) as ws:
+            await ws_op(ws, {"op": "subscribe", "channels": [f"{chan}.*"]})
+            server.publish(f"{chan}.a", "1")
+            server.publish(f"{chan}.b", "2")
+            assert [(await recv_json(ws))["data"] for _ in range(2)] == ["1", "2"]
+            await ws_op(ws, {"op": "unsubscribe", "channels": [f"{chan}.a"]})
+            server.publish(f"{chan}.a", "3")  # now through the pattern
+            assert (await recv_json(ws))["data"] == "3"
+
+    arun(run())
+
+
+# ---- resume ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_resume_merges_the_matching_histories_in_id_order(server, chan, kind):
+    order = ["a", "b", "a", "x.y", "c", "b", "a"]
+    ids = [server.publish(f"{chan}.{c}", f"m{i}")["id"] for i, c in enumerate(order)]
+    server.publish(f"{chan}x.a", "another head")
+    with subscribe(kind, server, f"{chan}.*", since=ids[1]) as sub:
+        missed = sub.messages(4)
+        assert ids_of(missed) == [ids[2], ids[4], ids[5], ids[6]]
+        assert [m["channel"] for m in missed] == [f"{chan}.a", f"{chan}.c", f"{chan}.b", f"{chan}.a"]
+        live = server.publish(f"{chan}.d", "live")["id"]
+        assert sub.next_message()["id"] == live  # nothing repeated, nothing skipped
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_gap_for_each_matching_channel_that_lost_history(small, chan, kind):
+    first = small.publish(f"{chan}.b", "b0")["id"]
+    a = small.publish_many(f"{chan}.a", ["a0", "a1", "a2", "a3", "a4"])  # keeps a2..a4
+    b = small.publish(f"{chan}.b", "b1")["id"]
+    with subscribe(kind, small, f"{chan}.*", since=first) as sub:
+        got = sub.messages(5)
+        assert got[0] == {"event": "gap", "channel": f"{chan}.a", "since": first, "oldest": a[2]}
+        assert ids_of(got[1:]) == a[2:] + [b]  # b0 is the cursor: no gap on .b
+
+
+def test_replay_is_capped_with_a_gap_saying_so(small, chan):
+    cursor = small.publish(f"{chan}.a", "cursor")["id"]
+    ids = []
+    for i in range(3):
+        ids += [small.publish(f"{chan}.{c}", f"{c}{i}")["id"] for c in "ab"]
+    with SSE(small, f"{chan}.*", since=cursor) as sub:
+        got = sub.messages(5)
+        assert got[0] == {
+            "event": "gap",
+            "channel": f"{chan}.*",
+            "since": cursor,
+            "oldest": ids[2],
+            "reason": "replay_limit",
+        }
+        assert ids_of(got[1:]) == ids[2:]  # the newest 4 of 6
+
+
+def test_resume_reports_a_deleted_matching_channel(server, chan):
+    cursor = server.publish(f"{chan}.a", "1")["id"]
+    server.publish(f"{chan}.gone", "lost")
+    assert server.request("DELETE", f"/api/channels/{chan}.gone").status in (200, 204)
+    status, body = poll(server, f"{chan}.*", since=cursor, timeout=1)
+    assert status == 200, body
+    assert body["messages"][0]["event"] == "gap" and body["messages"][0]["channel"] == f"{chan}.gone"
+
+
+def test_long_poll_cursor_of_a_pattern_continues_without_repeats(server, chan):
+    ids = [server.publish(f"{chan}.{c}", c)["id"] for c in "abc"]
+    status, body = poll(server, f"{chan}.*", since=ids[0], timeout=1)
+    assert ids_of(body["messages"]) == ids[1:]
+    nxt = server.publish(f"{chan}.d", "d")["id"]
+    status, body = poll(server, f"{chan}.*", since=body["cursor"], timeout=5)
+    assert ids_of(body["messages"]) == [nxt]
+
+
+def test_sse_reconnect_with_last_event_id_resumes_the_pattern(server, chan):
+    with SSE(server, f"{chan}.*") as sub:
+        server.publish(f"{chan}.a", "1")
+        sub.next_message()
+        last = sub.last_id
+    missed = [server.publish(f"{chan}.{c}", c)["id"] for c in "ba"]
+    with SSE(server, f"{chan}.*", headers={"Last-Event-ID": last}) as sub:
+        assert ids_of(sub.messages(2)) == missed
+
+
+# ---- names and tokens -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["{c}.**.x", "{c}.a*", "{c}.***", "{c}.{{sub}}.*"])
+def test_malformed_patterns_are_refused(server, chan, bad):
+    r = server.request("GET", "/sse" + sub_query(bad.format(c=chan)))
+    assert r.status == 400 and r.json()["error"] == "bad_channel", r.body
+    assert "pattern" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("pattern", ["**", "*", "*.a"])
+def test_public_app_refuses_patterns_that_start_with_a_wildcard(server, pattern):
+    r = server.request("GET", "/sse" + sub_query(pattern))
+    assert r.status == 403, r.body
+    doc = r.json()
+    assert doc["error"] == "pattern_forbidden" and doc["channel"] == pattern, doc
+
+    async def run():
+        async with ws_connect(server) as ws:
+            ans = await ws_op(ws, {"op": "subscribe", "channels": [pattern]})
+            assert ans["event"] == "error" and ans["error"] == "pattern_forbidden", ans
+
+    arun(run())
+
+
+@pytest.fixture(scope="module")
+def tsrv(module_herald):
+    return module_herald(token_secret=SECRET, token_skew="0")
+
+
+@pytest.mark.parametrize(
+    "grant,pattern,allowed",
+    [
+        ("{c}.**", "{c}.*", True),
+        ("{c}.**", "{c}.a.**", True),
+        ("{c}.*", "{c}.*", True),
+        ("{c}.*", "{c}.**", False),  # {c}.a.b is not granted
+        ("{c}.a", "{c}.*", False),
+        ("{c}.*.x", "{c}.*", False),
+        ("**", "**", True),
+        ("{c}.**", "*.a", False),
+    ],
+)
+def test_token_grants_must_cover_the_whole_pattern(tsrv, chan, grant, pattern, allowed):
+    tok = token([grant.format(c=chan)])
+    pat = pattern.format(c=chan)
+    r = tsrv.request("GET", "/poll" + sub_query(pat, timeout=0, token=tok))
+    if allowed:
+        assert r.status == 200, r.body
+    else:
+        assert r.status == 403 and r.json()["error"] == "channel_forbidden", r.body
+        assert r.json()["channel"] == pat
+
+    async def run():
+        async with ws_connect(tsrv, "?token=" + tok) as ws:
+            ans = await ws_op(ws, {"op": "subscribe", "channels": [pat]})
+            assert ans["event"] == ("subscribed" if allowed else "error"), ans
+
+    arun(run())
+
+
+def test_token_pattern_subscriber_gets_messages(tsrv, chan):
+    with SSE(tsrv, f"{chan}.*", token=token([f"{chan}.**"])) as sub:
+        tsrv.publish(f"{chan}.a", "1")
+        assert sub.next_message()["channel"] == f"{chan}.a"
+
+
+def test_a_pattern_never_matches_a_users_channel(tsrv, chan):
+    """A grant of everything and a pattern of everything still get no other user's
+    messages: a user's channel is matched by no name (api.md, Users)."""
+    with SSE(tsrv, "**", token=token(["**"], sub="alice")) as sub:
+        tsrv.publish_json({"users": ["bob"], "data": "for bob"})
+        tsrv.publish_json({"users": ["alice"], "channels": [f"{chan}.a"], "data": "for alice, once"})
+        tsrv.publish(f"{chan}.b", "end")
+        assert data_of(sub.messages(2)) == ["for alice, once", "end"]
+
+
+# ---- limits ---------------------------------------------------------------------------------------
+
+
+def test_patterns_per_connection_are_capped(herald, chan):
+    srv = herald(max_patterns_per_conn=2)
+    r = srv.request("GET", "/poll" + sub_query(f"{chan}.a.*,{chan}.b.*,{chan}.c.*", timeout=0))
+    assert r.status == 400 and r.json()["error"] == "too_many_patterns", r.body
+    assert "--max-patterns-per-conn" in r.json()["detail"]
+
+    async def run():
+        async with ws_connect(srv, sub_query(f"{chan}.a.*,{chan}.b.*")) as ws:
+            ans = await ws_op(ws, {"op": "subscribe", "channels": [f"{chan}.a.*"]})  # held: no more
+            assert ans["event"] == "subscribed", ans
+            ans = await ws_op(ws, {"op": "subscribe", "channels": [f"{chan}.c.*"]})
+            assert ans["event"] == "error" and ans["error"] == "too_many_patterns", ans
+            srv.publish(f"{chan}.b.x", "still subscribed")
+            assert (await recv_json(ws))["data"] == "still subscribed"
+
+    arun(run())
+
+
+def test_distinct_patterns_are_capped_but_existing_ones_stay_open(herald, chan):
+    srv = herald(max_patterns=2)
+    with SSE(srv, f"{chan}.a.*"), SSE(srv, f"{chan}.b.*"):
+        r = srv.request("GET", "/sse" + sub_query(f"{chan}.c.*"))
+        assert r.status == 503 and r.json()["error"] == "too_many_patterns", r.body
+        with SSE(srv, f"{chan}.a.*") as again:  # a pattern that exists: no new one
+            assert again.status == 200
+            srv.publish(f"{chan}.a.x", "1")
+            assert again.next_message()["data"] == "1"
+    # A pattern goes with its last subscriber (once the server saw the streams end): room again.
+    wait_until(
+        lambda: srv.request("GET", "/poll" + sub_query(f"{chan}.c.*", timeout=0)).status == 200,
+        what="a pattern slot freed",
+    )
+
+
+def test_new_patterns_count_against_the_address(herald, chan):
+    srv = herald(max_channels_per_ip=2, limit_loopback=True)
+    with SSE(srv, f"{chan}.a.*"), SSE(srv, f"{chan}.b.*"):
+        r = srv.request("GET", "/sse" + sub_query(f"{chan}.c.*"))
+        assert r.status == 429 and r.json()["error"] == "too_many_channels_per_ip", r.body
+
+
+# ---- cluster mode ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def redis():
+    with RedisServer() as r:
+        yield r
+
+
+def test_cluster_mode_refuses_patterns_clearly(redis, module_herald, chan):
+    node = module_herald(redis=redis.url)
+    r = node.request("GET", "/sse" + sub_query(f"{chan}.*"))
+    assert r.status == 400, r.body
+    doc = r.json()
+    assert doc["error"] == "pattern_unsupported" and "Redis" in doc["detail"], doc
+
+    async def run():
+        async with ws_connect(node) as ws:
+            ans = await ws_op(ws, {"op": "subscribe", "channels": [f"{chan}.*"], "ref": 7})
+            assert ans["event"] == "error" and ans["error"] == "pattern_unsupported", ans
+            ans = await ws_op(ws, {"op": "subscribe", "channels": [f"{chan}.a"]})
+            assert ans["event"] == "subscribed", ans  # channels by name still work
+
+    arun(run())
