@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import re
+import time
 
 import pytest
 import websockets
@@ -256,6 +257,12 @@ def test_the_overview_of_a_cluster_shows_every_node(redis_factory, herald, chrom
     two = herald(redis=r.url, node_name="two", admin_key=ADMIN, cluster_heartbeat="500ms")
     url = f"http://127.0.0.1:{one.port}/admin/"
     row = "document.querySelector('#nodes tr[data-node=\"%s\"] td.%s')"
+    # Whatever else can write to Redis: entries that are not a node's figures are left out
+    # by the server (not JSON) and by the page (a JSON object without the figures).
+    far = str(int(time.time() * 1000) + 600_000)
+    for name, value in (("bogus", '{"node":"bogus"}'), ("garbage", "<b>not json")):
+        r.cmd("ZADD", "herald:nodes", far, name)
+        r.cmd("SET", "herald:{nodestats}:" + name, value, "EX", "600")
 
     async def cell(node, what):
         return await page_ref[0].eval(f"({row % (node, what)} || {{}}).innerText")
@@ -267,6 +274,8 @@ def test_the_overview_of_a_cluster_shows_every_node(redis_factory, herald, chrom
             page_ref.append(page)
             await sign_in(page)
             await page.wait_for(f"!!{row % ('one', 'conns')} && !!{row % ('two', 'conns')}")
+            assert await page.eval("document.querySelectorAll('#nodes tbody tr').length") == 2
+            assert [n["node"] for n in one.stats("?nodes=1")["nodes"]].count("garbage") == 0
             assert not await page.eval("document.getElementById('nodes').hidden")
             assert "SSE 0" in await cell("two", "conns")
             with SSE(two, chan) as sub:

@@ -165,6 +165,9 @@ function nodesTable() {
   const hist = new Map(); // node -> {conns, out, p99}
   card.update = (list, show) => {
     card.hidden = !show;
+    // what other nodes wrote to Redis: a row without the figures it needs is left out
+    list = list.filter((n) => n && typeof n.node === "string" && n.connections && n.delivery_latency_ms &&
+      typeof n.messages_in_per_second === "number" && typeof n.messages_out_per_second === "number");
     const seen = new Set();
     body.replaceChildren(...list.map((n) => {
       seen.add(n.node);
