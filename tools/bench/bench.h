@@ -67,6 +67,7 @@ struct bench_opts {
      * Authorization: Bearer); --token-shared: one token for all (verified once, then cached) */
     const char *token_secret;
     int token_shared;
+    int no_user; /* --no-user: herald subscribers ask user=0 (no channel of their token's user) */
     pid_t redis_pids[BENCH_MAX_PIDS]; /* --redis-pid: sampled apart from the server (CPU per
                                          publish) */
     int nredis;

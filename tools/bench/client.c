@@ -334,9 +334,10 @@ void conn_poll_request(struct engine *e, struct conn *c)
         char tok[768];
         proto_token_header(o, c->id, ch, tok, sizeof tok);
         n = snprintf(req, sizeof req,
-                     "GET /poll?channels=%s&timeout=%d%s%s HTTP/1.1\r\nHost: %s:%d\r\n%s\r\n", ch,
+                     "GET /poll?channels=%s&timeout=%d%s%s%s HTTP/1.1\r\nHost: %s:%d\r\n%s\r\n", ch,
                      pull ? 0 : o->poll_timeout, c->cursor ? "&since=" : "",
-                     c->cursor ? c->cursor : "", a->host, a->port, tok);
+                     c->cursor ? c->cursor : "", o->no_user ? "&user=0" : "", a->host, a->port,
+                     tok);
     } else {
         char ims[96] = "";
         if (!c->cursor && pull) {
@@ -369,9 +370,12 @@ static void send_sub_request(struct engine *e, struct conn *c)
     proto_token_header(o, c->id, ch, tok, sizeof tok);
     /* a resume: the cursor of the last complete message (0: all retained
      * history; what predates the subscription is counted stale, not delivered) */
-    char since[48] = "", last_event_id[64] = "";
+    char since[64] = "", last_event_id[64] = "";
+    if (herald && o->no_user) /* rides on the query: "since" is the URL's tail */
+        snprintf(since, sizeof since, "&user=0");
     if (herald && c->reopen) {
-        snprintf(since, sizeof since, "&since=%llu", (unsigned long long)c->last_id);
+        snprintf(since + strlen(since), sizeof since - strlen(since), "&since=%llu",
+                 (unsigned long long)c->last_id);
         snprintf(last_event_id, sizeof last_event_id, "Last-Event-ID: %llu\r\n",
                  (unsigned long long)c->last_id);
     }
@@ -392,9 +396,10 @@ static void send_sub_request(struct engine *e, struct conn *c)
         break;
     case TR_SSE:
         n = snprintf(req, sizeof req,
-                     "GET %s%s HTTP/1.1\r\nHost: %s:%d\r\nAccept: text/event-stream\r\n"
+                     "GET %s%s%s HTTP/1.1\r\nHost: %s:%d\r\nAccept: text/event-stream\r\n"
                      "Cache-Control: no-cache\r\n%s%s\r\n",
-                     herald ? "/sse?channels=" : "/sub/", ch, a->host, a->port, last_event_id, tok);
+                     herald ? "/sse?channels=" : "/sub/", ch, herald && o->no_user ? "&user=0" : "",
+                     a->host, a->port, last_event_id, tok);
         c->state = ST_HEAD;
         break;
     case TR_STREAM:

@@ -811,6 +811,9 @@ static void usage(FILE *f)
         "with S,\n"
         "                                 each its own (verified by herald once each)\n"
         "  --token-shared                 with --token-secret: one token for all (herald's cache)\n"
+        "  --no-user                      herald subscribers send user=0: no subscription to "
+        "their\n"
+        "                                 token user's channel (docs/interactive.md)\n"
         "load:\n"
         "  --conns N          subscribers / users (default 1000; game 2000; publish 0)\n"
         "  --procs N          worker processes (default: ceil(N / 19000))\n"
@@ -855,41 +858,18 @@ static int parse_list(const char *s, double *out, int max)
 static int parse_opts(int argc, char **argv, struct bench_opts *o)
 {
     static const struct option lo[] = {
-        {"target", 1, 0, 't'},
-        {"server", 1, 0, 's'},
-        {"transport", 1, 0, 'T'},
-        {"server-pid", 1, 0, 'p'},
-        {"conns", 1, 0, 'n'},
-        {"procs", 1, 0, 'P'},
-        {"connect-rate", 1, 0, 'c'},
-        {"channels", 1, 0, 'C'},
-        {"messages", 1, 0, 'm'},
-        {"rate", 1, 0, 'r'},
-        {"burst", 1, 0, 'b'},
-        {"payload", 1, 0, 'B'},
-        {"publishers", 1, 0, 'u'},
-        {"hold", 1, 0, 'H'},
-        {"duration", 1, 0, 'd'},
-        {"time-scale", 1, 0, 'x'},
-        {"settle", 1, 0, 'S'},
-        {"drain", 1, 0, 'D'},
-        {"poll-timeout", 1, 0, 'o'},
-        {"pull-interval", 1, 0, 'i'},
-        {"pvp-clients", 1, 0, 1},
-        {"pvp-intervals", 1, 0, 2},
-        {"pvp-publishes", 1, 0, 3},
-        {"label", 1, 0, 'l'},
-        {"json", 1, 0, 'j'},
-        {"csv", 1, 0, 'v'},
-        {"plot", 1, 0, 'g'},
-        {"quiet", 0, 0, 'q'},
-        {"help", 0, 0, 'h'},
-        {"redis-pid", 1, 0, 4},
-        {"reconnect", 0, 0, 5},
-        {"no-reconnect", 0, 0, 6},
-        {"token-shared", 0, 0, 8},
-        {"token-secret", 1, 0, 7},
-        {0, 0, 0, 0},
+        {"target", 1, 0, 't'},       {"server", 1, 0, 's'},        {"transport", 1, 0, 'T'},
+        {"server-pid", 1, 0, 'p'},   {"conns", 1, 0, 'n'},         {"procs", 1, 0, 'P'},
+        {"connect-rate", 1, 0, 'c'}, {"channels", 1, 0, 'C'},      {"messages", 1, 0, 'm'},
+        {"rate", 1, 0, 'r'},         {"burst", 1, 0, 'b'},         {"payload", 1, 0, 'B'},
+        {"publishers", 1, 0, 'u'},   {"hold", 1, 0, 'H'},          {"duration", 1, 0, 'd'},
+        {"time-scale", 1, 0, 'x'},   {"settle", 1, 0, 'S'},        {"drain", 1, 0, 'D'},
+        {"poll-timeout", 1, 0, 'o'}, {"pull-interval", 1, 0, 'i'}, {"pvp-clients", 1, 0, 1},
+        {"pvp-intervals", 1, 0, 2},  {"pvp-publishes", 1, 0, 3},   {"label", 1, 0, 'l'},
+        {"json", 1, 0, 'j'},         {"csv", 1, 0, 'v'},           {"plot", 1, 0, 'g'},
+        {"quiet", 0, 0, 'q'},        {"help", 0, 0, 'h'},          {"redis-pid", 1, 0, 4},
+        {"reconnect", 0, 0, 5},      {"no-reconnect", 0, 0, 6},    {"token-shared", 0, 0, 8},
+        {"token-secret", 1, 0, 7},   {"no-user", 0, 0, 9},         {0, 0, 0, 0},
     };
     int ch, chans = -1, pubs = -1;
     double rate = -1, dur = -1, scale = -1;
@@ -957,6 +937,7 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o)
         case 6: o->reconnect = 0; break;
         case 7: o->token_secret = optarg; break;
         case 8: o->token_shared = 1; break;
+        case 9: o->no_user = 1; break;
         case 'h': usage(stdout); exit(0);
         default: return -1;
         }
