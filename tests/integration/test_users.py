@@ -628,3 +628,46 @@ def test_deleting_an_app_ends_its_users_connections(srv):
         s.expect_end()
     finally:
         s.close()
+
+
+def test_websocket_auth_op_with_since_resumes_the_user(herald):
+    """A WebSocket that authenticates with an op may give "since": what the user missed
+    comes first, then live messages."""
+    srv = herald(token_secret=SECRET, publish_key=KEY)
+    cursor = to_user(srv, ["u-opsince"], "before")["id"]
+    to_user(srv, ["u-opsince"], "missed")
+    ws = open_sub("ws", srv)
+    try:
+        ws.send_json({"op": "auth", "token": token("u-opsince"), "since": cursor, "ref": 1})
+        assert ws.recv_json()["event"] == "authenticated"
+        assert ws.recv_json()["data"] == "missed"
+        to_user(srv, ["u-opsince"], "live")
+        assert ws.recv_json()["data"] == "live"
+        ws.send_json({"op": "auth", "token": token("u-other"), "ref": 2})  # another user: no
+        ev = ws.recv_json()
+        assert (ev["event"], ev["error"], ev["ref"]) == ("error", "token_invalid", 2), ev
+    finally:
+        ws.close()
+
+
+def test_the_connect_hook_sees_the_named_channels_and_the_user(herald):
+    """The backend hears the channels the client named (its user's is implied by
+    "user"), and may add channels: one message to a channel it added and to the user
+    still arrives once."""
+    from test_hooks import Backend  # a real HTTP backend that records the hook calls
+
+    b = Backend(lambda doc, a: (200, {"result": "allow", "channels": ["room.added"]}, 0))
+    try:
+        srv = herald(token_secret=SECRET, publish_key=KEY, webhook_url=b.url,
+                     webhook_secret="hook-secret")
+        s = open_sub("sse", srv, token("u-hook"), channels="room.named")
+        try:
+            (doc,) = b.wait("connect")
+            assert doc["channels"] == ["room.named"] and doc["user"] == "u-hook", doc
+            publish(srv, {"channels": ["room.added"], "users": ["u-hook"], "data": "once"})
+            to_user(srv, ["u-hook"], "next")
+            assert only_data(s.messages(2)) == ["once", "next"]
+        finally:
+            s.close()
+    finally:
+        b.close()
