@@ -83,15 +83,18 @@ struct herald_config {
     bool limit_loopback;            /* --limit-loopback: per-address limits apply to loopback */
 
     /* backend hooks (src/hooks): the default app's, and the process's bounds */
-    char webhook_url[512];       /* --webhook-url; "" = no hooks for the default app */
-    char webhook_secret[256];    /* --webhook-secret; "" = token_secret signs */
-    char webhook_events[128];    /* --webhook-events, comma list, default all five */
-    uint32_t webhook_timeout_ms; /* --webhook-timeout, default 2s */
-    uint32_t webhook_retries;    /* --webhook-retries, default 2 */
-    bool webhook_fail_open;      /* --webhook-fail-open, default false */
-    uint32_t hook_connections;   /* --hook-connections, per backend, default 16 */
-    uint32_t hook_queue;         /* --hook-queue, per process, default 10000 */
-    uint32_t hook_queue_app;     /* --hook-queue-app, per app, default 1000 */
+    char webhook_url[512];        /* --webhook-url; "" = no hooks for the default app */
+    char webhook_secret[256];     /* --webhook-secret; "" = token_secret signs */
+    char webhook_events[128];     /* --webhook-events, comma list, default all five */
+    uint32_t webhook_timeout_ms;  /* --webhook-timeout, default 2s */
+    uint32_t webhook_retries;     /* --webhook-retries, default 2 */
+    bool webhook_fail_open;       /* --webhook-fail-open, default false */
+    uint32_t client_publish_rate; /* --client-publish-rate, per WS connection per second (token
+                                     publishes), default 20; 0 = none */
+    uint32_t rpc_inflight;        /* --rpc-inflight, per WS connection, default 16 */
+    uint32_t hook_connections;    /* --hook-connections, per backend, default 16 */
+    uint32_t hook_queue;          /* --hook-queue, per process, default 10000 */
+    uint32_t hook_queue_app;      /* --hook-queue-app, per app, default 1000 */
 
     /* channels and history */
     bool auto_create;        /* --auto-create, default true */

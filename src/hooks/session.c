@@ -30,6 +30,29 @@ struct hook_session *hook_session_open(struct conn *c, struct hook_target *t, co
     return s;
 }
 
+struct hook_session *hook_session_ensure(struct conn *c, const char *transport, const char *user,
+                                         size_t user_len)
+{
+    struct hook_session *s = hook_session_of(c);
+    return s ? s : hook_session_open(c, hooks_target_of(c->tenant), transport, user, user_len);
+}
+
+bool hook_session_publish_room(struct hook_session *s, uint32_t rate)
+{
+    if (!rate)
+        return true;
+    /* A token bucket of `rate` publishes, refilled at `rate` a second (in thousandths of a
+     * publish): a burst takes what the bucket holds, whenever it comes. */
+    uint64_t now = now_ms(), full = (uint64_t)rate * 1000;
+    uint64_t tokens = s->pub_last_ms ? s->pub_tokens + (now - s->pub_last_ms) * rate : full;
+    s->pub_last_ms = now;
+    s->pub_tokens = MIN(tokens, full);
+    if (s->pub_tokens < 1000)
+        return false;
+    s->pub_tokens -= 1000;
+    return true;
+}
+
 /* "ip:port" of the peer, or "". */
 static void remote_of(const struct conn *c, char *out, size_t size)
 {
@@ -71,6 +94,18 @@ json_t *hook_session_body(struct conn *c, struct hook_session *s, enum hook_even
     if (s->info)
         json_object_set(o, "info", s->info);
     return o;
+}
+
+json_t *hook_channels_json(const struct slice *keys, size_t n)
+{
+    json_t *chs = json_array();
+    for (size_t i = 0; i < n; i++) {
+        if (chan_key_is_user(keys[i].data, keys[i].len))
+            continue; /* the user's own channel: the backend knows the user */
+        struct slice nm = chan_key_name(keys[i].data, keys[i].len);
+        json_array_append_new(chs, json_stringn(nm.data, nm.len));
+    }
+    return chs;
 }
 
 struct call {
@@ -153,6 +188,8 @@ static void session_free(struct conn *c, struct conn_attach *a)
         json_t *chs = json_array();
         for (struct list *p = c->subs.next; p != &c->subs; p = p->next) {
             const struct channel *ch = container_of(p, struct sub, conn_link)->ch;
+            if (chan_key_is_user(ch->name, ch->name_len))
+                continue; /* the user's own channel */
             struct slice nm = chan_key_name(ch->name, ch->name_len);
             json_array_append_new(chs, json_stringn(nm.data, nm.len));
         }

@@ -40,9 +40,9 @@ struct hook_session {
     uint64_t arrival; /* the hub's last id when the connection came (see transport) */
     struct hook_verdict connect, subscribe;
     uint16_t rpc_inflight;
-    uint64_t pub_window; /* client publishes: the second of the window */
-    uint32_t pub_count;  /* ... and how many it held */
-    char reason[96];     /* why it ended ("" : the client went) */
+    uint64_t pub_last_ms; /* client publishes: when the bucket was last filled (0: never) */
+    uint64_t pub_tokens;  /* ... what it holds, in thousandths of a publish */
+    char reason[96];      /* why it ended ("" : the client went) */
 };
 
 /* The connection's session, or NULL. */
@@ -56,9 +56,20 @@ static inline struct hook_session *hook_session_of(const struct conn *c)
 struct hook_session *hook_session_open(struct conn *c, struct hook_target *t, const char *transport,
                                        const char *user, size_t user_len);
 
+/* c's session, opened (with its app's target, which may be NULL) when it has none. */
+struct hook_session *hook_session_ensure(struct conn *c, const char *transport, const char *user,
+                                         size_t user_len);
+/* Takes one client publish from the connection's bucket of `rate` a second (0: no
+ * limit): false when it is empty. */
+bool hook_session_publish_room(struct hook_session *s, uint32_t rate);
+
 /* A hook body with the connection's fields: {"event","app","node","conn","user",
  * "transport","remote","time"} (plus "info" when the backend gave one). */
 json_t *hook_session_body(struct conn *c, struct hook_session *s, enum hook_event ev);
+
+/* The names (not the keys) of channel keys[0..n) as a JSON array, for hook bodies;
+ * a user's own channel (users) is left out. */
+json_t *hook_channels_json(const struct slice *keys, size_t n);
 
 /*
  * Calls s's backend for c (which is held until the answer): done(c, r, arg) runs on

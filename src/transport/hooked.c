@@ -84,14 +84,7 @@ int transport_hook_gate(struct conn *c, struct sub_request *r, const struct toke
         s->arrival = arrival_cursor(conn_hub(c));
         s->has_arrival = true;
         json_t *body = hook_session_body(c, s, ev);
-        json_t *chs = json_array();
-        for (size_t i = 0; i < r->n; i++) {
-            if (chan_key_is_user(r->names[i].data, r->names[i].len))
-                continue; /* the user's own channel: the backend knows the user */
-            struct slice nm = chan_key_name(r->names[i].data, r->names[i].len);
-            json_array_append_new(chs, json_stringn(nm.data, nm.len));
-        }
-        json_object_set_new(body, "channels", chs);
+        json_object_set_new(body, "channels", hook_channels_json(r->names, r->n));
         v->state = HV_WAITING;
         if (hook_session_call(c, s, ev, body, true, gate_answer, (void *)(uintptr_t)ev) == 0) {
             conn_park(c); /* the request runs again with the verdict */

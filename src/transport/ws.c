@@ -450,6 +450,9 @@ static void op_auth(struct conn *c, json_t *op, json_t *ref, bool refresh)
         sbuf_adds(&f, ",\"sub\":");
         sbuf_add_json_str(&f, tok->sub, tok->sub_len);
     }
+    struct hook_session *hs = hook_session_of(c);
+    if (hs && !hs->user && tok->sub) /* its hooks name the token's user from now on */
+        hs->user = xstrndup(tok->sub, tok->sub_len);
     transport_auth_set(c, tok);
     ws_reply(c, refresh ? "refreshed" : "authenticated", f.data, ref);
     sbuf_free(&f);
@@ -582,12 +585,25 @@ static void op_unsubscribe(struct conn *c, json_t *op, json_t *ref)
 struct ws_pub_op {
     struct conn *c;
     json_t *ref;
-    bool running; /* the op is still inside op_publish (inline completion) */
+    bool running;           /* the op is still inside op_publish (inline completion) */
+    json_t *notify;         /* the app's `publish` hook body, sent once it is stored */
+    struct hook_target *nt; /* ... to this backend (a reference) */
 };
 
 static void ws_pub_done(void *arg, int err, const struct publish_result *res)
 {
     struct ws_pub_op *p = arg;
+    if (p->notify && !err) {
+        char id[24];
+        snprintf(id, sizeof(id), "%" PRIu64, res->id);
+        json_object_set_new(p->notify, "id", json_string(id));
+        hook_notify(p->nt, HOOK_PUBLISH, p->notify);
+    } else {
+        json_decref(p->notify);
+    }
+    p->notify = NULL;
+    hook_target_put(p->nt);
+    p->nt = NULL;
     bool alive = p->running || conn_release(p->c);
     if (alive && err) {
         ws_reply_hub_error(p->c, err, NULL, p->ref);
@@ -604,6 +620,32 @@ static void ws_pub_done(void *arg, int err, const struct publish_result *res)
         p->running = false; /* tells op_publish it completed inline */
         p->c = NULL;
     }
+}
+
+/* The body of the app's `publish` hook for p (NULL when its backend does not want it):
+ * the connection's fields, the channels, the data and the event. */
+static json_t *publish_notice(struct conn *c, const struct api_pub *p)
+{
+    struct hook_session *s = hook_session_of(c);
+    if (!s) {
+        struct hook_target *t = hooks_target_of(c->tenant);
+        bool wanted = hooks_wants(t, HOOK_PUBLISH);
+        hook_target_put(t);
+        if (!wanted)
+            return NULL;
+        struct token *tok = ws_auth(c)->tok;
+        s = hook_session_ensure(c, "websocket", tok ? tok->sub : NULL, tok ? tok->sub_len : 0);
+    }
+    if (!hooks_wants(s->t, HOOK_PUBLISH))
+        return NULL;
+    json_t *o = hook_session_body(c, s, HOOK_PUBLISH);
+    json_object_set_new(o, "channels", hook_channels_json(p->channels, p->n));
+    json_t *data = p->text ? json_stringn(p->raw, p->raw_len)
+                           : json_loadb(p->data_json, p->data_len, JSON_DECODE_ANY, NULL);
+    json_object_set_new(o, "data", data ? data : json_null());
+    if (p->event)
+        json_object_set_new(o, "message_event", json_stringn(p->event, p->event_len));
+    return o;
 }
 
 static void op_publish(struct conn *c, json_t *op, json_t *ref)
@@ -657,6 +699,19 @@ static void op_publish(struct conn *c, json_t *op, json_t *ref)
     }
     const char *limit;
     char detail[200];
+    struct token *tok = ws_auth(c)->tok;
+    struct hook_session *hs = hook_session_of(c);
+    uint32_t rate = conn_cfg(c)->client_publish_rate;
+    if (by_token && rate && !hs)
+        hs = hook_session_ensure(c, "websocket", tok->sub, tok->sub_len);
+    if (by_token && !hook_session_publish_room(hs, rate)) {
+        api_pub_free(&p);
+        snprintf(detail, sizeof(detail),
+                 "a connection publishes at most %u messages a second with its token "
+                 "(--client-publish-rate); wait a second",
+                 rate);
+        return ws_reply_error(c, "rate_limited", detail, ref);
+    }
     if (api_app_publish_check(c->tenant, p.data_len, &limit, detail, sizeof(detail))) {
         api_pub_free(&p);
         return ws_reply_limit(c, limit, detail, ref);
@@ -672,6 +727,11 @@ static void op_publish(struct conn *c, json_t *op, json_t *ref)
     w->c = c;
     w->ref = ref ? json_incref(ref) : NULL;
     w->running = true;
+    w->notify = publish_notice(c, &p);
+    if (w->notify) {
+        w->nt = hook_session_of(c)->t;
+        hook_target_get(w->nt);
+    }
     hub_publish_async(conn_hub(c), conn_worker_id(c), p.channels, p.n, &req, ws_pub_done, w);
     api_pub_free(&p);
     if (w->c == NULL) { /* completed inline */
@@ -681,6 +741,97 @@ static void op_publish(struct conn *c, json_t *op, json_t *ref)
     }
     w->running = false;
     conn_hold(c); /* the answer comes later, on this worker */
+}
+
+/* An rpc op waiting for the backend: the answer goes to the op's ref. */
+struct ws_rpc {
+    json_t *ref;
+};
+
+static void rpc_done(struct conn *c, const struct hook_result *r, void *arg)
+{
+    struct ws_rpc *k = arg;
+    if (c) { /* else the client went: nothing to answer */
+        hook_session_of(c)->rpc_inflight--;
+        json_t *err = json_object_get(r->answer, "error");
+        if (r->status != HOOK_OK) {
+            struct sbuf f = {0};
+            sbuf_adds(&f, "\"error\":\"hook_failed\",\"hook\":\"rpc\",\"detail\":");
+            sbuf_add_json_str(&f, r->detail, strlen(r->detail));
+            ws_reply(c, "error", f.data, k->ref);
+            sbuf_free(&f);
+        } else if (err && !json_is_null(err)) {
+            char *e = json_is_string(err) ? NULL : json_dumps(err, JSON_COMPACT | JSON_ENCODE_ANY);
+            const char *detail = e ? e : json_string_value(err);
+            ws_reply_error(c, "rpc_error", detail, k->ref);
+            free(e);
+        } else {
+            json_t *data = json_object_get(r->answer, "data");
+            char *d = json_dumps(data ? data : json_null(), JSON_COMPACT | JSON_ENCODE_ANY);
+            struct sbuf f = {0};
+            sbuf_printf(&f, "\"data\":%s", d);
+            ws_reply(c, "reply", f.data, k->ref);
+            sbuf_free(&f);
+            free(d);
+        }
+    }
+    json_decref(k->ref);
+    free(k);
+}
+
+/* {"op":"rpc","method":…,"data":…,"ref":…}: the app's backend answers (hook `rpc`). */
+static void op_rpc(struct conn *c, json_t *op, json_t *ref)
+{
+    json_t *method = json_object_get(op, "method");
+    if (!json_is_string(method) || json_string_length(method) == 0 ||
+        json_string_length(method) > 128)
+        return ws_reply_error(c, "bad_request",
+                              "\"method\" is a string of 1-128 bytes: what the backend should do",
+                              ref);
+    struct sub_auth *a = ws_auth(c);
+    if (a->policy && a->policy->subscribe == AUTH_TOKEN) {
+        if (!a->tok)
+            return ws_reply_error(c, "token_missing",
+                                  "rpc needs a token: send {\"op\":\"auth\",\"token\":\"...\"} "
+                                  "first, or put it on the URL (?token=)",
+                                  ref);
+        if (auth_expired(a->policy, a->tok))
+            return ws_reply_error(c, "token_expired",
+                                  "the token expired: send {\"op\":\"refresh\",\"token\":\"...\"} "
+                                  "with a new one",
+                                  ref);
+    }
+    struct hook_session *s = hook_session_ensure(c, "websocket", a->tok ? a->tok->sub : NULL,
+                                                 a->tok ? a->tok->sub_len : 0);
+    if (!hooks_wants(s->t, HOOK_RPC))
+        return ws_reply_error(c, "rpc_unavailable",
+                              "this app has no backend for rpc: give it a webhook_url whose events "
+                              "include rpc (docs/interactive.md)",
+                              ref);
+    uint32_t max = conn_cfg(c)->rpc_inflight;
+    if (s->rpc_inflight >= max) {
+        char detail[160];
+        snprintf(detail, sizeof(detail),
+                 "%u rpc calls of this connection already wait for the backend "
+                 "(--rpc-inflight); send more once they are answered",
+                 max);
+        return ws_reply_error(c, "too_many_rpc", detail, ref);
+    }
+    json_t *body = hook_session_body(c, s, HOOK_RPC);
+    json_object_set(body, "method", method);
+    json_t *data = json_object_get(op, "data");
+    json_object_set_new(body, "data", data ? json_incref(data) : json_null());
+    struct ws_rpc *k = xcalloc(1, sizeof(*k));
+    k->ref = ref ? json_incref(ref) : NULL;
+    if (hook_session_call(c, s, HOOK_RPC, body, false, rpc_done, k) != 0) {
+        json_decref(k->ref);
+        free(k);
+        return ws_reply_error(c, "hook_failed",
+                              "too many hook calls wait for the backend (--hook-queue, "
+                              "--hook-queue-app); retry later",
+                              ref);
+    }
+    s->rpc_inflight++;
 }
 
 static void ws_handle_text(struct conn *c, const char *text, size_t len)
@@ -707,8 +858,8 @@ static void ws_handle_text(struct conn *c, const char *text, size_t len)
         ws_auth(c)->policy = auth_policy_of(c->tenant);
     if (!name)
         ws_reply_error(c, "bad_request",
-                       opv ? "\"op\" is a string: subscribe, unsubscribe, ping or publish"
-                           : "missing \"op\" (subscribe, unsubscribe, ping, publish)",
+                       opv ? "\"op\" is a string: subscribe, unsubscribe, ping, publish or rpc"
+                           : "missing \"op\" (subscribe, unsubscribe, ping, publish, rpc)",
                        ref);
     else if (strcmp(name, "ping") == 0)
         ws_reply(c, "pong", NULL, ref);
@@ -720,9 +871,11 @@ static void ws_handle_text(struct conn *c, const char *text, size_t len)
         op_publish(c, op, ref);
     else if (strcmp(name, "auth") == 0 || strcmp(name, "refresh") == 0)
         op_auth(c, op, ref, name[0] == 'r');
+    else if (strcmp(name, "rpc") == 0)
+        op_rpc(c, op, ref);
     else
         ws_reply_error(c, "unknown_op",
-                       "known ops: subscribe, unsubscribe, ping, publish, auth, refresh", ref);
+                       "known ops: subscribe, unsubscribe, ping, publish, rpc, auth, refresh", ref);
     if (c->flags & CF_RETRY) { /* parked (subscribe, auth): kept for ws_on_resume */
         wstate(c)->pending = xstrndup(text, len);
         wstate(c)->pending_len = (uint32_t)len;

@@ -12,6 +12,7 @@ the AddressSanitizer build, and a wait returns as soon as its event happens.
 import asyncio
 import base64
 import hashlib
+import hmac
 import http.client
 import json
 import os
@@ -901,6 +902,21 @@ async def expect_ws_closed(ws, code, timeout=WAIT):
 async def athread(fn, *args, **kw):
     """Runs a blocking helper (publish, stats) without stalling the event loop."""
     return await asyncio.to_thread(fn, *args, **kw)
+
+
+# ---- subscriber tokens ----------------------------------------------------------------------
+
+
+def jwt_hs256(secret, claims):
+    """A JWT (RFC 7519) with these claims, signed HS256 with secret."""
+
+    def b64(raw):
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64(json.dumps(claims).encode())
+    sig = hmac.new(secret.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{b64(sig)}"
 
 
 # ---- messages -------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from helpers import (
     expect_ws_closed,
     free_port,
     http_get,
+    jwt_hs256,
     poll,
     recv_json,
     request,
@@ -551,3 +552,193 @@ def test_webhook_flags_are_checked_at_start(herald_bin, tmp_path):
     assert r.returncode == 2 and "http://" in r.stderr, r.stderr
     r = run("--webhook-url", "http://127.0.0.1:1/x", "--webhook-secret", "s", "--webhook-events", "connect,nope")
     assert r.returncode == 2 and "--webhook-events" in r.stderr, r.stderr
+
+
+# ---- client messages over WebSocket: rpc ------------------------------------------------------
+
+
+def rpc_backend(delay_of=lambda doc: 0):
+    def answer(doc, attempt):
+        if doc["event"] != "rpc":
+            return 200, {"result": "allow"}, 0
+        if doc["method"] == "fail":
+            return 200, {"error": "no such room"}, delay_of(doc)
+        return 200, {"data": {"method": doc["method"], "echo": doc["data"]}}, delay_of(doc)
+    return Backend(answer)
+
+
+def test_rpc_answers_by_ref_out_of_order(herald, chan):
+    b = rpc_backend(lambda doc: 0.6 if doc["data"] == 1 else 0)
+    try:
+        srv = hooked(herald, b.url)
+
+        async def main():
+            async with ws_connect(srv, f"?channels={chan}") as ws:
+                await ws.send(json.dumps({"op": "rpc", "method": "slow", "data": 1, "ref": "a"}))
+                await ws.send(json.dumps({"op": "rpc", "method": "fast", "data": {"x": [2]}, "ref": "b"}))
+                await ws.send(json.dumps({"op": "rpc", "method": "fail", "data": None, "ref": 3}))
+                got = [await recv_json(ws) for _ in range(3)]
+                by_ref = {m["ref"]: m for m in got}
+                assert by_ref["b"] == {"event": "reply", "data": {"method": "fast", "echo": {"x": [2]}}, "ref": "b"}
+                assert by_ref["a"] == {"event": "reply", "data": {"method": "slow", "echo": 1}, "ref": "a"}
+                assert by_ref[3] == {"event": "error", "error": "rpc_error", "detail": "no such room", "ref": 3}
+                assert got[-1]["ref"] == "a"  # the slow one came last
+
+        arun(main())
+        rpcs = b.events("rpc")
+        assert sorted(r["method"] for r in rpcs) == ["fail", "fast", "slow"]
+        conn = b.events("connect")[0]["conn"]
+        assert all(r["conn"] == conn and r["transport"] == "websocket" and r["app"] is None for r in rpcs)
+        assert all(signature_ok(c) for c in b.calls)
+    finally:
+        b.close()
+
+
+def test_rpc_timeout_is_an_error_with_the_ref(herald):
+    b = rpc_backend(lambda doc: 3)
+    try:
+        srv = hooked(herald, b.url, webhook_timeout="300ms")
+
+        async def main():
+            async with ws_connect(srv) as ws:
+                ans = await ws_op_json(ws, {"op": "rpc", "method": "m", "ref": 9})
+                assert ans == {"event": "error", "error": "hook_failed", "hook": "rpc",
+                               "detail": "timeout after 300 ms", "ref": 9}
+                assert await ws_op_json(ws, {"op": "ping", "ref": 1}) == {"event": "pong", "ref": 1}
+
+        arun(main())
+    finally:
+        b.close()
+
+
+async def ws_op_json(ws, op):
+    await ws.send(json.dumps(op))
+    return await recv_json(ws)
+
+
+def test_rpc_in_flight_is_bounded_per_connection(herald):
+    b = rpc_backend(lambda doc: 0.8)
+    try:
+        srv = hooked(herald, b.url, rpc_inflight=2)
+
+        async def main():
+            async with ws_connect(srv) as ws:
+                for i in range(3):
+                    await ws.send(json.dumps({"op": "rpc", "method": "m", "data": i, "ref": i}))
+                first = await recv_json(ws)
+                assert first["ref"] == 2 and first["error"] == "too_many_rpc", first
+                assert "--rpc-inflight" in first["detail"]
+                rest = sorted([await recv_json(ws) for _ in range(2)], key=lambda m: m["ref"])
+                assert [m["event"] for m in rest] == ["reply", "reply"]
+                # Answered: room again.
+                ans = await ws_op_json(ws, {"op": "rpc", "method": "m", "data": 7, "ref": 7})
+                assert ans["event"] == "reply" and ans["data"]["echo"] == 7
+
+        arun(main())
+    finally:
+        b.close()
+
+
+def test_connection_closed_while_rpc_in_flight(herald):
+    b = rpc_backend(lambda doc: 0.5)
+    try:
+        srv = hooked(herald, b.url)
+
+        async def main():
+            for _ in range(5):
+                ws = await websockets.connect(srv.ws_url(), ping_interval=None)
+                for i in range(4):
+                    await ws.send(json.dumps({"op": "rpc", "method": "m", "data": i, "ref": i}))
+                await athread(b.wait, "rpc", 1)
+                await ws.close()
+            await asyncio.sleep(1.2)  # every answer comes back to a connection that went
+
+        arun(main())
+        wait_until(lambda: srv.stats()["hooks"]["pending"] == 0, what="every rpc answered")
+        assert srv.request("GET", "/healthz").status == 200
+        assert len(b.events("disconnect")) == 5
+    finally:
+        b.close()
+
+
+def test_rpc_without_a_backend_or_a_token(herald, backend):
+    plain = herald()
+
+    async def no_backend():
+        async with ws_connect(plain) as ws:
+            ans = await ws_op_json(ws, {"op": "rpc", "method": "m", "ref": 1})
+            assert ans["error"] == "rpc_unavailable" and ans["ref"] == 1
+            ans = await ws_op_json(ws, {"op": "rpc", "ref": 2})
+            assert ans["error"] == "bad_request" and "method" in ans["detail"]
+
+    arun(no_backend())
+    tokens = herald(webhook_url=backend.url, token_secret="tok-secret", header_timeout="5s")
+
+    async def no_token():
+        async with ws_connect(tokens) as ws:
+            ans = await ws_op_json(ws, {"op": "rpc", "method": "m", "ref": 1})
+            assert ans["error"] == "token_missing" and ans["ref"] == 1
+
+    arun(no_token())
+    assert backend.events("rpc") == []
+
+
+# ---- client publish: rate limit and the publish notification -----------------------------------
+
+
+def test_client_publish_is_rate_limited_and_notified(herald, backend, chan):
+    secret = "tok-secret"
+    # A publish key: a loopback client without it publishes by its token alone.
+    srv = herald(webhook_url=backend.url, token_secret=secret, ws_publish=True, client_publish_rate=3,
+                 publish_key="pk")
+    tok = jwt_hs256(secret, {"sub": "bob", "exp": int(time.time()) + 600, "channels": [chan], "publish": [chan]})
+
+    async def main():
+        async with ws_connect(srv, f"?token={tok}") as ws:  # publishes, holds no channel
+            for i in range(5):
+                await ws.send(json.dumps({"op": "publish", "channel": chan, "data": {"n": i}, "ref": i}))
+            answers = {}
+            while len(answers) < 5:
+                m = await recv_json(ws)
+                answers[m["ref"]] = m
+            published = [r for r in range(5) if answers[r]["event"] == "published"]
+            limited = [r for r in range(5) if answers[r].get("error") == "rate_limited"]
+            assert published == [0, 1, 2] and limited == [3, 4], answers
+            assert "--client-publish-rate" in answers[3]["detail"]
+            # The bucket refills at 3 a second: one more after a third of a second, not two.
+            await asyncio.sleep(0.4)
+            ans = await ws_op_json(ws, {"op": "publish", "channel": chan, "data": {"n": 5}, "ref": 5})
+            assert ans["event"] == "published", ans
+            ans = await ws_op_json(ws, {"op": "publish", "channel": chan, "data": {"n": 6}, "ref": 6})
+            assert ans.get("error") == "rate_limited", ans
+            return [answers[r]["id"] for r in published]
+
+    ids = arun(main())
+    # Notifications run side by side on the pooled connections: in id order once sorted.
+    notes = sorted(backend.wait("publish", 4), key=lambda n: int(n["id"]))
+    assert [n["data"] for n in notes] == [{"n": 0}, {"n": 1}, {"n": 2}, {"n": 5}]
+    assert [n["id"] for n in notes[:3]] == ids
+    assert all(n["user"] == "bob" and n["channels"] == [chan] for n in notes)
+
+    async def another():
+        async with ws_connect(srv, f"?token={tok}") as ws:  # a bucket of its own
+            for i in range(3):
+                ans = await ws_op_json(ws, {"op": "publish", "channel": chan, "data": "x", "ref": i})
+                assert ans["event"] == "published", ans
+
+    arun(another())
+
+
+def test_token_user_in_hook_bodies(herald, backend, chan):
+    secret = "tok-secret"
+    srv = herald(webhook_url=backend.url, token_secret=secret)
+    tok = jwt_hs256(secret, {"sub": "carol", "exp": int(time.time()) + 600, "channels": [chan]})
+    with SSE(srv, chan, token=tok) as sub:
+        assert sub.status == 200, sub.body
+        srv.wait_subscribers(chan)
+    (c,) = backend.wait("connect")
+    (d,) = backend.wait("disconnect")
+    # The token's user names the connection; its own channel (users) is not listed.
+    assert c["user"] == "carol" and c["channels"] == [chan]
+    assert d["user"] == "carol" and d["channels"] == [chan]
+    assert signature_ok(backend.calls[0], secret)  # no --webhook-secret: the token secret signs

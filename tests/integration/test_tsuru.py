@@ -7,8 +7,6 @@ publish with the environment bind-app returned, unbind, remove."""
 
 import asyncio
 import base64
-import hashlib
-import hmac
 import http.client
 import itertools
 import json
@@ -19,7 +17,7 @@ import urllib.parse
 import pytest
 import websockets
 
-from helpers import WAIT, arun, athread, request, wait_until
+from helpers import WAIT, arun, athread, jwt_hs256, request, wait_until
 
 pytestmark = pytest.mark.threads  # binds and deletes race the workers' subscribers
 
@@ -99,18 +97,8 @@ def admin_app(srv, name):
     return r
 
 
-def jwt(secret, claims):
-    """An HS256 token signed with the app's HERALD_TOKEN_SECRET (RFC 7519)."""
-    def b64(raw):
-        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    body = b64(json.dumps(claims).encode())
-    sig = hmac.new(secret.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
-    return f"{head}.{body}.{b64(sig)}"
-
-
 def subscriber_token(env, channels):
-    return jwt(env["HERALD_TOKEN_SECRET"],
+    return jwt_hs256(env["HERALD_TOKEN_SECRET"],
                {"sub": "u1", "exp": int(time.time()) + 600, "channels": channels})
 
 
