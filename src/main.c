@@ -26,6 +26,7 @@
 #include "hooks/hooks.h"
 #include "http/http_conn.h"
 #include "http/router.h"
+#include "transport/sse.h"
 #include "transport/transport.h"
 #include "web/admin_ui.h"
 #include "web/client_js.h"
@@ -77,6 +78,19 @@ static void presize_fd_table(void)
 }
 
 /* /apps/{app}/: the app's share of the hub. */
+/*
+ * A route that joins two modules, so it is wired here: the live tail of a channel for
+ * the holders of the API's credentials (the admin UI's channel page), an SSE stream
+ * served on the API listener whatever the app's subscribe policy.
+ */
+static const struct http_route tail_route[] = {
+    {.path = "/api/tail",
+     .methods = HTTP_METHOD_BIT(HTTP_M_GET),
+     .flags = ROUTE_API | ROUTE_APP,
+     .guard = api_guard,
+     .handle = sse_tail_handle},
+};
+
 static struct hub_tenant *resolve_app(const char *name, size_t len)
 {
     struct app *a = apps_get(name, len);
@@ -154,6 +168,7 @@ int main(int argc, char **argv)
     admin_ui_init();
     tsuru_init(&srv.cfg);
     transport_init();
+    http_routes_add(tail_route, sizeof(tail_route) / sizeof(tail_route[0]));
     client_js_init();
     if (server_start(&srv) < 0)
         return 1;

@@ -201,7 +201,7 @@ static bool app_authorized(struct http_ctx *x)
 }
 
 /* Returns true when the request may use the publish/admin API; answers 401/403 otherwise. */
-static bool authorized(struct http_ctx *x)
+bool api_guard(struct http_ctx *x)
 {
     if (x->tenant)
         return app_authorized(x);
@@ -1071,7 +1071,7 @@ static void handle_stats(struct http_ctx *x)
     /* Channel names and per-channel figures are admin data: the channel API's credentials. */
     bool per_channel = http_query_param(x->req->query, x->req->query_len, "channels", &v, &vl) &&
                        vl && !(vl == 1 && *v == '0');
-    if (per_channel && !authorized(x))
+    if (per_channel && !api_guard(x))
         return;
     bool nodes = http_query_param(x->req->query, x->req->query_len, "nodes", &v, &vl) && vl &&
                  !(vl == 1 && *v == '0');
@@ -1305,27 +1305,27 @@ static const struct http_route routes[] = {
     {.path = "/stats/stream",
      .methods = ROUTE_GET,
      .flags = ROUTE_API | ROUTE_APP,
-     .guard = authorized,
+     .guard = api_guard,
      .handle = handle_stats_stream},
     {.path = "/pub/",
      .methods = ROUTE_POST,
      .flags = ROUTE_API | ROUTE_PREFIX | ROUTE_APP,
-     .guard = authorized,
+     .guard = api_guard,
      .handle = handle_pub_path},
     {.path = "/api/publish",
      .methods = ROUTE_POST,
      .flags = ROUTE_API | ROUTE_APP,
-     .guard = authorized,
+     .guard = api_guard,
      .handle = handle_api_publish},
     {.path = "/api/channels",
      .methods = ROUTE_GET,
      .flags = ROUTE_API | ROUTE_APP,
-     .guard = authorized,
+     .guard = api_guard,
      .handle = handle_channel_list},
     {.path = "/api/channels/",
      .methods = ROUTE_GET | ROUTE_PUT | ROUTE_DELETE,
      .flags = ROUTE_API | ROUTE_PREFIX | ROUTE_APP,
-     .guard = authorized,
+     .guard = api_guard,
      .handle = handle_channel_path},
 };
 

@@ -58,6 +58,10 @@ int api_app_publish_check(struct hub_tenant *t, size_t bytes, const char **limit
 bool api_key_matches(const struct herald_config *cfg, struct hub_tenant *tenant, const char *key,
                      size_t len);
 
+/* The guard of the publish and channel API (a route's guard): the app's keys under
+ * /apps/{app}/, else the publish key (or loopback without one); answers 401/403. */
+bool api_guard(struct http_ctx *x);
+
 /* Registers the API's routes (publish, channels, stats, metrics, health). Start-up, once. */
 void api_init(void);
 

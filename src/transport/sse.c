@@ -170,11 +170,17 @@ static const struct sub_ops stream_ops = {
 
 /* ---- handlers ------------------------------------------------------------------------ */
 
+static const char TAIL[] = "tail"; /* admit_and_subscribe's transport for sse_tail_handle */
+
 /* Admits (the token, then the app's connect hook) and subscribes a request with its
  * user's channel, answering when it may not; 0 with *tok and *b. */
 static int admit_and_subscribe(struct http_ctx *x, struct sub_request *r, const char *transport,
                                struct token **tok, struct hub_backlog *b)
 {
+    if (transport == TAIL) { /* the route's guard took the API's credentials */
+        *tok = NULL;
+        return transport_http_subscribe(x, r, b);
+    }
     if (transport_admit(x, r, auth_policy_for(x), tok) < 0)
         return -1;
     if (transport_hook_admit(x, r, *tok, transport, HOOK_CONNECT) < 0 ||
@@ -205,7 +211,7 @@ static void start_stream(struct http_ctx *x, const struct sub_ops *ops, const ch
     transport_auth_start(c, auth_policy_for(x), tok, false);
 }
 
-void sse_handle(struct http_ctx *x)
+static void sse_start(struct http_ctx *x, const char *transport)
 {
     struct sub_request r;
     if (transport_parse_request(x, &r, true) < 0)
@@ -220,7 +226,7 @@ void sse_handle(struct http_ctx *x)
     }
     struct hub_backlog b;
     struct token *tok;
-    if (admit_and_subscribe(x, &r, "sse", &tok, &b) < 0)
+    if (admit_and_subscribe(x, &r, transport, &tok, &b) < 0)
         return;
     /* The stream body is delimited by the connection's end (no chunking), so
      * every subscriber gets the very same pre-framed bytes. `retry` asks the
@@ -235,6 +241,16 @@ void sse_handle(struct http_ctx *x)
     if (r.nsince) /* it keeps positions per channel: give it its cursor in that form */
         x->c->flags |= SSEF_CURSORS;
     transport_replay(x->c, &b);
+}
+
+void sse_handle(struct http_ctx *x)
+{
+    sse_start(x, "sse");
+}
+
+void sse_tail_handle(struct http_ctx *x)
+{
+    sse_start(x, TAIL);
 }
 
 void stream_handle(struct http_ctx *x)

@@ -10,6 +10,12 @@
 #include "http/http_conn.h"
 
 void sse_handle(struct http_ctx *x);
+/*
+ * GET /api/tail: the same SSE stream for the holders of the API's credentials (the admin
+ * UI's live tail of a channel), checked by the route's guard: no subscriber token, no
+ * connect hook, whatever the app's subscribe policy and whichever listener serves the API.
+ */
+void sse_tail_handle(struct http_ctx *x);
 void stream_handle(struct http_ctx *x);
 
 #endif

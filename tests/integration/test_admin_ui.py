@@ -288,3 +288,108 @@ def test_the_overview_of_a_cluster_shows_every_node(redis_factory, herald, chrom
             return page.errors
 
     run_page(run, "overview-cluster")
+
+
+def read_tail(srv, path, headers, until, timeout=10):
+    """GET path (an SSE stream on the API listener): the status and the (event, JSON) pairs
+    read until until(pairs) holds."""
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", srv.api_port, timeout=timeout)
+    conn.request("GET", path, headers=headers)
+    resp = conn.getresponse()
+    if resp.status != 200:
+        body = resp.read()
+        conn.close()
+        return resp.status, json.loads(body)
+    buf, events, deadline = b"", [], time.monotonic() + timeout
+    try:
+        while not until(events):
+            assert time.monotonic() < deadline, f"the tail gave {events}"
+            data = resp.read1(65536)
+            assert data, "the tail ended"
+            buf += data
+            while b"\n\n" in buf:
+                block, buf = buf.split(b"\n\n", 1)
+                kind, payload = "message", None
+                for line in block.split(b"\n"):
+                    if line.startswith(b"event: "):
+                        kind = line[7:].decode()
+                    elif line.startswith(b"data: "):
+                        payload = json.loads(line[6:])
+                if payload is not None:
+                    events.append((kind, payload))
+    finally:
+        conn.close()
+    return 200, events
+
+
+def token_app(s):
+    """An app with the default subscribe policy (tokens): its publish key."""
+    r = request(s.api_port, "POST", "/admin/apps", json.dumps({"name": "tok"}),
+                {"Authorization": f"Bearer {ADMIN}", "Content-Type": "application/json"})
+    assert r.status == 201 and r.json()["subscribe"] == "token", r.body
+    return r.json()["publish_key"]
+
+
+def test_the_api_tail_takes_the_api_credentials_instead_of_a_token(herald):
+    # A token app on a herald whose API has a listener of its own: /sse needs a token
+    # and is not on the API listener; /api/tail is, and takes the app's key or the admin key.
+    s = herald(admin_key=ADMIN, publish_key="the-default-apps-key", api=True)
+    key = token_app(s)
+    h = {"Authorization": f"Bearer {key}"}
+    assert request(s.api_port, "POST", "/apps/tok/pub/orders", "o1", h).status == 201
+    assert request(s.port, "GET", "/apps/tok/sse?channels=orders").status == 401
+    assert request(s.port, "GET", "/apps/tok/api/tail?channels=orders", headers=h).status == 404
+
+    def publish_later():
+        time.sleep(0.5)
+        assert request(s.api_port, "POST", "/apps/tok/pub/orders", "o2", h).status == 201
+
+    import threading
+    t = threading.Thread(target=publish_later)
+    t.start()
+    status, events = read_tail(s, "/apps/tok/api/tail?channels=orders&lastEventId=0", h,
+                               lambda ev: len(ev) >= 2)
+    t.join()
+    assert status == 200
+    assert [(k, e["channel"], e["data"]) for k, e in events] == [
+        ("message", "orders", "o1"), ("message", "orders", "o2")]
+    # the admin key too; resume from an id
+    status, events = read_tail(s, f"/apps/tok/api/tail?channels=orders&lastEventId={events[0][1]['id']}",
+                               {"Authorization": f"Bearer {ADMIN}"}, lambda ev: len(ev) >= 1)
+    assert status == 200 and events[0][1]["data"] == "o2"
+    # no key, another app's key, the default app's route with the app's key: refused
+    for path, hh in (("/apps/tok/api/tail?channels=orders", {}),
+                     ("/apps/tok/api/tail?channels=orders", {"Authorization": "Bearer nope"}),
+                     ("/api/tail?channels=orders", h)):
+        status, doc = read_tail(s, path, hh, lambda ev: True)
+        assert status == 401 and doc["error"] == "unauthorized", (path, doc)
+    status, doc = read_tail(s, "/apps/tok/api/tail?channels=bad%20name", h, lambda ev: True)
+    assert status == 400, doc
+
+
+def test_a_token_apps_channel_page_has_a_live_tail_on_a_separate_api_listener(herald, chromium):
+    s = herald(admin_key=ADMIN, api=True)
+    key = token_app(s)
+    h = {"Authorization": f"Bearer {key}"}
+    assert request(s.api_port, "POST", "/apps/tok/pub/orders", "before", h).status == 201
+    url = f"http://127.0.0.1:{s.api_port}/admin/"
+
+    async def run():
+        async with admin_page(chromium, url) as page:
+            await page.eval("document.getElementById('app').value = 'tok';"
+                            f"document.getElementById('key').value = {json.dumps(key)};"
+                            "document.getElementById('signin').requestSubmit()")
+            await page.wait_for("window.heraldStats && window.heraldStats.name === 'tok'")
+            await page.eval("location.hash = '#/channel/orders'")
+            await page.wait_for("document.getElementById('tail').innerText.includes('before')")
+            assert request(s.api_port, "POST", "/apps/tok/pub/orders", "from curl", h).status == 201
+            await page.wait_for("document.getElementById('tail').innerText.includes('from curl')")
+            await page.eval("document.getElementById('publish-data').value = 'from the form';"
+                            "document.getElementById('publish').requestSubmit()")
+            await page.wait_for("document.getElementById('tail').innerText.includes('from the form')")
+            assert "no live tail" not in await page.eval("document.body.innerText")
+            return page.errors
+
+    errors = asyncio.run(asyncio.wait_for(run(), 60))
+    assert errors == [], errors

@@ -199,6 +199,51 @@ function nodesTable() {
   return card;
 }
 
+// Reads an SSE stream with fetch, so the key goes in a header (EventSource cannot send one),
+// and comes back after 2 s from the last id it got (at first: since) when the stream ends or fails.
+function follow(path, signal, onEvent, onLost, since = "") {
+  (async () => {
+    let last = since;
+    for (;;) {
+      try {
+        const sep = path.includes("?") ? "&" : "?";
+        const r = await fetch(last ? `${path}${sep}lastEventId=${encodeURIComponent(last)}` : path, {
+          headers: { Authorization: `Bearer ${key}` }, signal,
+        });
+        if (!r.ok) {
+          let detail = `${r.status}`;
+          try { detail = (await r.json()).detail || detail; } catch { /* not JSON */ }
+          throw new Error(detail);
+        }
+        const reader = r.body.getReader();
+        const dec = new TextDecoder();
+        let buf = "";
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buf += dec.decode(value, { stream: true });
+          let i;
+          while ((i = buf.indexOf("\n\n")) >= 0) {
+            const ev = { event: "message", data: "" };
+            for (const line of buf.slice(0, i).split("\n")) {
+              if (line.startsWith("data: ")) ev.data += line.slice(6);
+              else if (line.startsWith("event: ")) ev.event = line.slice(7);
+              else if (line.startsWith("id: ")) last = ev.id = line.slice(4);
+            }
+            buf = buf.slice(i + 2);
+            onEvent(ev);
+          }
+        }
+        throw new Error("the stream ended");
+      } catch (e) {
+        if (signal.aborted) return;
+        onLost(e);
+      }
+      await new Promise((res) => setTimeout(res, 2000));
+    }
+  })();
+}
+
 function overview() {
   const nodes = new Map(); // node -> {last, charts}
   const status = el("p", { class: "muted", id: "stream-status" }, "connecting to /stats/stream…");
@@ -286,35 +331,8 @@ function overview() {
     window.heraldStats = s; // what the browser test reads
   }
 
-  (async () => {
-    for (;;) {
-      try {
-        const r = await fetch(`${base()}/stats/stream`, {
-          headers: { Authorization: `Bearer ${key}` }, signal: ctl.signal,
-        });
-        if (!r.ok) throw new Error(`/stats/stream answered ${r.status}`);
-        const reader = r.body.getReader();
-        const dec = new TextDecoder();
-        let buf = "";
-        for (;;) {
-          const { value, done } = await reader.read();
-          if (done) break;
-          buf += dec.decode(value, { stream: true });
-          let i;
-          while ((i = buf.indexOf("\n\n")) >= 0) {
-            const block = buf.slice(0, i);
-            buf = buf.slice(i + 2);
-            for (const line of block.split("\n"))
-              if (line.startsWith("data: ")) onStats(JSON.parse(line.slice(6)));
-          }
-        }
-      } catch (e) {
-        if (ctl.signal.aborted) return;
-        status.textContent = `stream lost (${e.message}); retrying`;
-      }
-      await new Promise((res) => setTimeout(res, 2000));
-    }
-  })();
+  follow(`${base()}/stats/stream`, ctl.signal, (ev) => { if (ev.data) onStats(JSON.parse(ev.data)); },
+    (e) => { status.textContent = `stream lost (${e.message}); retrying`; });
   return () => ctl.abort();
 }
 
@@ -440,16 +458,16 @@ function channelPage(name) {
   api("GET", `${base()}/api/channels/${enc}`).then((c) => info.replaceChildren(el("dl", { class: "card" },
     Object.entries(c).map(([k, v]) => [el("dt", {}, k), el("dd", {}, v === null ? "–" : String(v))]))))
     .catch((e) => info.replaceChildren(errorBox(e)));
-  // History, then the live messages after it (the subscriber endpoints, same origin).
-  const es = new EventSource(`${base()}/sse?channels=${enc}&lastEventId=0`);
-  es.onmessage = (e) => add(JSON.parse(e.data));
-  es.onerror = () => {
-    if (es.readyState === EventSource.CLOSED) /* refused: a token app, or another listener */
-      tail.replaceChildren(el("li", { class: "muted" },
-        "no live tail: subscribing here was refused (an app that needs tokens, or the subscriber endpoints are on another listener)"));
-  };
-  es.addEventListener("gap", (e) => add({ event: "gap", data: JSON.parse(e.data) }));
-  return () => es.close();
+  // History, then the live messages after it: /api/tail takes the key this page signed in
+  // with (no subscriber token, on the API's own listener), and resumes from the last id.
+  const ctl = new AbortController();
+  follow(`${base()}/api/tail?channels=${enc}`, ctl.signal, (ev) => {
+    if (!ev.data) return;
+    const d = JSON.parse(ev.data);
+    if (ev.event === "message") add(d);
+    else if (ev.event === "gap" || ev.event === "closed") add({ event: ev.event, data: d });
+  }, (e) => add({ event: "lost", data: `live tail lost (${e.message}); retrying` }), "0");
+  return () => ctl.abort();
 }
 
 // ---- routing ---------------------------------------------------------------------------------------
