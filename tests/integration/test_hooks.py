@@ -49,6 +49,7 @@ class Backend:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive: herald pools its connections
+            disable_nagle_algorithm = True  # the head and the body are two writes
 
             def do_POST(self):
                 raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
@@ -742,3 +743,49 @@ def test_token_user_in_hook_bodies(herald, backend, chan):
     assert c["user"] == "carol" and c["channels"] == [chan]
     assert d["user"] == "carol" and d["channels"] == [chan]
     assert signature_ok(backend.calls[0], secret)  # no --webhook-secret: the token secret signs
+
+
+# ---- cluster mode: the node that holds the connection calls ------------------------------------
+
+
+@pytest.mark.threads
+def test_two_nodes_on_redis_hook_from_the_clients_node(herald, redis_factory, chan):
+    b = Backend(lambda doc, a: (200, {"result": "allow", "channels": [chan + "-x"]},
+                                0.6 if doc["event"] == "connect" else 0))
+    try:
+        redis = redis_factory()
+        a_node, b_node = (hooked(herald, b.url, redis=redis.url, node_name=n) for n in "AB")
+        # The data set's epoch comes with its first publish: older than any cursor below.
+        a_node.publish(chan + "-warm", "w")
+        time.sleep(0.4)
+        out = {}
+
+        def publish_while_parked():
+            b.wait("connect")
+            out["ids"] = a_node.publish_many(chan, [b"c1", b"c2"])  # on the other node
+
+        t = threading.Thread(target=publish_while_parked)
+        t.start()
+
+        async def main():
+            async with ws_connect(b_node, f"?channels={chan}") as ws:
+                await athread(t.join, 10)
+                got = [await recv_json(ws) for _ in range(2)]
+                assert [m["data"] for m in got] == ["c1", "c2"], got
+                assert [m["id"] for m in got] == out["ids"]
+                await athread(b_node.wait_subscribers, chan + "-x")
+                await athread(a_node.publish, chan + "-x", "extra")
+                assert (await recv_json(ws))["data"] == "extra"
+                ans = await ws_op_json(ws, {"op": "ping", "ref": 1})
+                assert ans == {"event": "pong", "ref": 1}
+
+        arun(main())
+        with SSE(a_node, chan) as sub:
+            assert sub.status == 200
+        (conn_b, conn_a) = b.wait("connect", 2)
+        assert conn_b["node"] == "B" and conn_a["node"] == "A" and conn_a["transport"] == "sse"
+        discs = b.wait("disconnect", 2)
+        assert {d["node"] for d in discs} == {"A", "B"}
+        assert all(signature_ok(c) for c in b.calls)
+    finally:
+        b.close()

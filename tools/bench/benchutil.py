@@ -27,6 +27,16 @@ def parser():
     return ap
 
 
+def wait_port(port, tries=100):
+    """Waits until something listens on the loopback port (about 5 s at most)."""
+    for _ in range(tries):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def herald(binary, *args):
     """Runs herald on a free loopback port with the given flags: yields (process,
@@ -35,12 +45,7 @@ def herald(binary, *args):
     proc = subprocess.Popen([binary, "--listen", f"127.0.0.1:{port}", *args],
                             stderr=subprocess.DEVNULL)
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+        wait_port(port)
         yield proc, port
     finally:
         proc.terminate()
