@@ -703,6 +703,8 @@ static void info_json(struct sbuf *b, const struct channel_info *i)
                 i->persistent ? "true" : "false", i->ttl_ms / 1000, i->history_size,
                 i->history_ttl_ms / 1000, i->subscribers, i->messages_retained, i->retained_bytes,
                 i->messages_total);
+    sbuf_printf(b, ",\"batch_ms\":%u,\"conflate\":\"%s\"", i->batch_ms,
+                i->conflate ? "latest" : "none");
     if (i->last_id)
         sbuf_printf(b, ",\"last_id\":\"%" PRIu64 "\"", i->last_id);
     else
@@ -796,6 +798,36 @@ static int opt_uint(json_t *doc, const char *key, uint64_t min, uint64_t max, bo
     return 0;
 }
 
+#define CHANNEL_OPTIONS "ttl, persistent, history_size, history_ttl, batch_ms, conflate"
+
+/* Reads the delivery-window options (hub/batch.h) into o. Returns 0, or -1 when it
+ * answered 400. */
+static int window_opts(json_t *doc, struct channel_opts *o, struct http_ctx *x)
+{
+    uint64_t bms = 0;
+    if (opt_uint(doc, "batch_ms", 0, BATCH_MS_MAX, &o->has_batch_ms, &bms, x))
+        return -1;
+    o->batch_ms = (uint32_t)bms;
+    json_t *c = json_object_get(doc, "conflate");
+    if (!c)
+        return 0;
+    const char *v = json_is_string(c) ? json_string_value(c) : "";
+    if (strcmp(v, "latest") && strcmp(v, "none")) {
+        http_error(x, 400, "bad_option", "\"conflate\" is \"latest\" or \"none\"");
+        return -1;
+    }
+    o->has_conflate = true;
+    o->conflate = !strcmp(v, "latest");
+    if (o->conflate && (!o->has_batch_ms || !o->batch_ms)) {
+        http_error(x, 400, "bad_option",
+                   "\"conflate\": \"latest\" keeps the newest message of each delivery window: "
+                   "give the window in the same request (\"batch_ms\": 1 to %u)",
+                   BATCH_MS_MAX);
+        return -1;
+    }
+    return 0;
+}
+
 static void handle_channel_put(struct http_ctx *x, const char *name, size_t len)
 {
     struct channel_opts o = {0};
@@ -806,18 +838,18 @@ static void handle_channel_put(struct http_ctx *x, const char *name, size_t len)
         if (!doc)
             return http_error(x, 400, "bad_json",
                               "the body is not JSON: %s (line %d, column %d); send a JSON object "
-                              "of options: ttl, persistent, history_size, history_ttl",
+                              "of options: " CHANNEL_OPTIONS,
                               jerr.text, jerr.line, jerr.column);
         if (!json_is_object(doc)) {
             json_decref(doc);
             return http_error(x, 400, "bad_json",
-                              "the body is a JSON object of options: ttl, persistent, "
-                              "history_size, history_ttl");
+                              "the body is a JSON object of options: " CHANNEL_OPTIONS);
         }
         uint64_t ttl = 0, hs = 0, ht = 0;
         if (opt_uint(doc, "ttl", 0, 30u * 86400, &o.has_ttl, &ttl, x) ||
             opt_uint(doc, "history_size", 1, 1000000, &o.has_history_size, &hs, x) ||
-            opt_uint(doc, "history_ttl", 0, 30u * 86400, &o.has_history_ttl, &ht, x)) {
+            opt_uint(doc, "history_ttl", 0, 30u * 86400, &o.has_history_ttl, &ht, x) ||
+            window_opts(doc, &o, x)) {
             json_decref(doc);
             return;
         }
@@ -838,11 +870,9 @@ static void handle_channel_put(struct http_ctx *x, const char *name, size_t len)
         json_object_foreach(doc, key, val)
         {
             if (strcmp(key, "ttl") && strcmp(key, "persistent") && strcmp(key, "history_size") &&
-                strcmp(key, "history_ttl")) {
+                strcmp(key, "history_ttl") && strcmp(key, "batch_ms") && strcmp(key, "conflate")) {
                 http_error(x, 400, "bad_option",
-                           "unknown option \"%s\" (known: ttl, persistent, history_size, "
-                           "history_ttl)",
-                           key);
+                           "unknown option \"%s\" (known: " CHANNEL_OPTIONS ")", key);
                 json_decref(doc);
                 return;
             }

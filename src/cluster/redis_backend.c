@@ -467,6 +467,12 @@ static void on_message(const char *channel, size_t channel_len, const char *data
             release_all(rb, f);
         hub_channel_gone(rb->hub, name.data, name.len);
         break;
+    case REDIS_BUS_WINDOW: {
+        struct channel_opts o;
+        if (redis_payload_parse_window(data, len, &o) == 0)
+            hub_channel_window(rb->hub, name.data, name.len, &o);
+        break;
+    }
     case REDIS_BUS_BAD:
         rb_warn(rb, "redis: ignoring a malformed message on %.*s", (int)channel_len, channel);
         break;
@@ -526,7 +532,7 @@ static void load_reply(const redisReply *r, int status, void *arg)
     }
     uint64_t evicted = 0;
     const redisReply *list =
-        r->type == REDIS_REPLY_ARRAY && r->elements == 4 ? r->element[2] : NULL;
+        r->type == REDIS_REPLY_ARRAY && r->elements == 6 ? r->element[2] : NULL;
     if (!list || list->type != REDIS_REPLY_ARRAY) {
         rb_warn(rb, "redis: loading channel %s: unexpected reply", op->name);
         load_failed(op, HUB_ERR_BACKEND);
@@ -551,10 +557,15 @@ static void load_reply(const redisReply *r, int status, void *arg)
     /* The cache keeps what Redis keeps for this channel, not just the defaults. */
     uint64_t hs = redis_backend__reply_u64(r->element[1]),
              httl = redis_backend__reply_u64(r->element[3]);
+    uint64_t bms = redis_backend__reply_u64(r->element[4]);
     struct channel_opts o = {.has_history_size = hs > 0,
                              .history_size = (uint32_t)hs,
                              .has_history_ttl = httl > 0,
-                             .history_ttl_ms = (uint32_t)httl};
+                             .history_ttl_ms = (uint32_t)httl,
+                             .has_batch_ms = true,
+                             .batch_ms = (uint32_t)MIN(bms, BATCH_MS_MAX),
+                             .has_conflate = true,
+                             .conflate = redis_backend__reply_u64(r->element[5]) == 1};
     if (hub_channel_loaded(rb->hub, op->name, op->len, op->token, 0, entries, k, evicted, &o))
         reload_later(rb, op->name, op->len);
     for (size_t i = 0; i < n; i++)

@@ -16,6 +16,7 @@
 #include "cluster/redis_backend_int.h"
 #include "cluster/redis_scripts.h"
 #include "core/config.h"
+#include "hub/batch.h"
 
 enum chan_mode { CH_GET, CH_PUT, CH_DEL };
 
@@ -71,6 +72,8 @@ static void info_from_reply(struct chan_task *ct, const redisReply *r)
     i->last_id = redis_backend__reply_u64(e[11]);
     int64_t pttl = e[12]->type == REDIS_REPLY_INTEGER ? e[12]->integer : -1;
     i->expires_ms = pttl > 0 ? wall_ms() + (uint64_t)pttl : 0;
+    i->batch_ms = (uint32_t)MIN(redis_backend__reply_u64(e[13]), BATCH_MS_MAX);
+    i->conflate = i->batch_ms && redis_backend__reply_u64(e[14]) == 1;
 }
 
 static void chan_answer(void *arg)
@@ -87,7 +90,7 @@ static void chan_reply(const redisReply *r, int status, void *arg)
     struct chan_task *ct = arg;
     ct->err = redis_backend__script_error(ct->rb, r, status, "channel ", ct->name, NULL, 0);
     if (!ct->err && ct->mode != CH_DEL) {
-        if (r->type == REDIS_REPLY_ARRAY && r->elements == 13)
+        if (r->type == REDIS_REPLY_ARRAY && r->elements == 15)
             info_from_reply(ct, r);
         else
             ct->err = HUB_ERR_BACKEND;
@@ -114,7 +117,7 @@ static void chan_run(struct task *t)
     struct chan_task *ct = (struct chan_task *)t;
     struct rb *rb = ct->rb;
     char h[REDIS_KEY_MAX], o[REDIS_KEY_MAX], s[REDIS_KEY_MAX], c[REDIS_KEY_MAX], m[REDIS_KEY_MAX],
-        now[24], ttl[16], httl[16], f[4][24];
+        now[24], ttl[16], httl[16], f[6][24];
     redis_backend__key(h, sizeof(h), ct->name, ct->len, 'h');
     redis_backend__key(o, sizeof(o), ct->name, ct->len, 'o');
     redis_backend__key(s, sizeof(s), ct->name, ct->len, 's');
@@ -132,6 +135,10 @@ static void chan_run(struct task *t)
         snprintf(f[2], sizeof(f[2]), "%u", ct->o.history_ttl_ms);
     if (ct->o.has_persistent)
         snprintf(f[3], sizeof(f[3]), "%d", ct->o.persistent ? 1 : 0);
+    if (ct->o.has_batch_ms)
+        snprintf(f[4], sizeof(f[4]), "%u", ct->o.batch_ms);
+    if (ct->o.has_conflate || (ct->o.has_batch_ms && !ct->o.batch_ms)) /* no window: none */
+        snprintf(f[5], sizeof(f[5]), "%d", ct->o.conflate && ct->o.batch_ms ? 1 : 0);
     static const char *modes[] = {"get", "put", "del"};
     const char *argv[] = {"4",
                           h,
@@ -147,7 +154,9 @@ static void chan_run(struct task *t)
                           f[0],
                           f[1],
                           f[2],
-                          f[3]};
+                          f[3],
+                          f[4],
+                          f[5]};
     if (redis_script_call(rb->bus, REDIS_SCRIPT_CHANNEL, h, strlen(h), chan_reply, ct,
                           (int)ARRAY_LEN(argv), argv, NULL) < 0)
         chan_reply(NULL, RESP_ENOTCONN, ct);

@@ -149,11 +149,31 @@ int redis_payload_parse(const char *p, size_t len, struct hub_entry *e, struct s
     return body_decode(kind, p, rawl, &e->req, data) ? 0 : -1;
 }
 
+int redis_payload_parse_window(const char *p, size_t len, struct channel_opts *o)
+{
+    static const char head[] = "X window ";
+    size_t hl = sizeof(head) - 1;
+    if (len < hl + 3 || memcmp(p, head, hl) != 0 || p[len - 2] != ' ' ||
+        (p[len - 1] != '0' && p[len - 1] != '1'))
+        return -1;
+    uint64_t ms;
+    if (redis_payload_parse_id(p + hl, len - hl - 2, &ms) < 0 || ms > BATCH_MS_MAX)
+        return -1;
+    *o = (struct channel_opts){.has_batch_ms = true,
+                               .batch_ms = (uint32_t)ms,
+                               .has_conflate = true,
+                               .conflate = p[len - 1] == '1'};
+    return 0;
+}
+
 enum redis_bus_kind redis_payload_parse_bus(const char *p, size_t len, struct hub_entry *e,
                                             struct sbuf *data)
 {
     if (len == 8 && memcmp(p, "X closed", 8) == 0)
         return REDIS_BUS_CLOSED;
+    struct channel_opts o;
+    if (redis_payload_parse_window(p, len, &o) == 0)
+        return REDIS_BUS_WINDOW;
     const char *sp = memchr(p, ' ', len);
     uint64_t seq;
     if (!sp || redis_payload_parse_id(p, (size_t)(sp - p), &seq) < 0 || seq == 0 ||

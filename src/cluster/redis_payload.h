@@ -15,8 +15,9 @@
  *   1 to REDIS_PAYLOAD_MAX_CHANNELS channels, each a valid channel name; event_len is
  *   0 or the length of a valid event name; event and raw are the rest, exactly.
  *
- * Bus message (on herald:{ch}:m): "<id> <payload>" with id >= 1, or "X closed" (the
- * channel was deleted).
+ * Bus message (on herald:{ch}:m): "<id> <payload>" with id >= 1, "X closed" (the
+ * channel was deleted), or "X window <batch_ms> <0|1>" (a PUT set the channel's
+ * delivery window and conflation: every node that caches the channel applies them).
  */
 #ifndef HERALD_REDIS_PAYLOAD_H
 #define HERALD_REDIS_PAYLOAD_H
@@ -26,6 +27,7 @@
 
 #include <hiredis/hiredis.h>
 
+#include "hub/batch.h"
 #include "hub/hub.h"
 
 #define REDIS_PAYLOAD_MAX_CHANNELS ARRAY_LEN(((struct hub_entry *)0)->channels)
@@ -47,7 +49,11 @@ enum redis_bus_kind {
     REDIS_BUS_BAD = -1, /* not a bus message of ours */
     REDIS_BUS_MESSAGE,  /* *e is the message, e->seq its id */
     REDIS_BUS_CLOSED,   /* "X closed": the channel was deleted */
+    REDIS_BUS_WINDOW,   /* "X window B C": the channel's batch_ms and conflate changed */
 };
+/* Decodes "X window <batch_ms> <0|1>" (batch_ms plain decimal, at most BATCH_MS_MAX) into
+ * o's window options. Returns 0 or -1. */
+int redis_payload_parse_window(const char *p, size_t len, struct channel_opts *o);
 /* Decodes a bus message (see above); *e and *data as for redis_payload_parse. */
 enum redis_bus_kind redis_payload_parse_bus(const char *p, size_t len, struct hub_entry *e,
                                             struct sbuf *data);

@@ -133,7 +133,8 @@ static const char load_lua[] =
     "if ARGV[2] == '0' and redis.call('EXISTS', KEYS[2]) == 0 then\n"
     "  return redis.error_reply('NOTFOUND no such channel')\n"
     "end\n"
-    "local opt = redis.call('HMGET', KEYS[2], 'history_size', 'history_ttl', 'last')\n"
+    "local opt = redis.call('HMGET', KEYS[2], 'history_size', 'history_ttl', 'last', 'batch_ms',\n"
+    "                       'conflate')\n"
     "local hs = tonumber(opt[1] or ARGV[3])\n"
     "local st = redis.call('HMGET', KEYS[3], 'evicted', 'last')\n"
     "local evicted = tonumber(st[1] or '0')\n"
@@ -173,13 +174,14 @@ static const char load_lua[] =
     "if #e == 0 and last and redis.call('EXISTS', KEYS[1]) == 0 then\n"
     "  evicted = math.max(evicted, tonumber(last))\n" /* the whole Stream expired */
     "end\n"
-    "return {string.format('%d', evicted), hs, e, opt[2] or ''}\n";
+    "return {string.format('%d', evicted), hs, e, opt[2] or '', opt[4] or '0', opt[5] or '0'}\n";
 
 /*
  * KEYS: stream, options, state, counts. ARGV: [1] now ms, [2] mode (get|put|del),
  * [3] default channel ttl ms, [4] default history ttl ms, [5] bus channel,
- * [6] publish verb, [7..10] put: ttl, history_size, history_ttl, persistent
- * ('' = unchanged). Returns the channel's info as a flat list ({'deleted'} for del).
+ * [6] publish verb, [7..12] put: ttl, history_size, history_ttl, persistent, batch_ms,
+ * conflate ('' = unchanged). Returns the channel's info as a flat list ({'deleted'} for
+ * del). A put that sets batch_ms or conflate tells every node ("X window B C").
  * A channel nobody published to or created exists while nodes count subscribers
  * of it: `get` answers with their counts, `del` closes them.
  */
@@ -212,16 +214,20 @@ static const char chan_lua[] =
     "  if redis.call('EXISTS', o) == 0 then\n"
     "    redis.call('HSET', o, 'created', ARGV[1]); created = 1\n"
     "  end\n"
-    "  local f = {'ttl', 'history_size', 'history_ttl', 'persistent'}\n"
-    "  for i = 1, 4 do\n"
+    "  local f = {'ttl', 'history_size', 'history_ttl', 'persistent', 'batch_ms', 'conflate'}\n"
+    "  for i = 1, 6 do\n"
     "    if ARGV[6 + i] ~= '' then redis.call('HSET', o, f[i], ARGV[6 + i]) end\n"
+    "  end\n"
+    "  if ARGV[11] ~= '' or ARGV[12] ~= '' then\n"
+    "    local w = redis.call('HMGET', o, 'batch_ms', 'conflate')\n"
+    "    redis.call(ARGV[6], ARGV[5], 'X window ' .. (w[1] or '0') .. ' ' .. (w[2] or '0'))\n"
     "  end\n"
     "  redis.call('HSET', o, 'active', ARGV[1])\n"
     "  exists = true\n"
     "end\n"
     "if not exists then return redis.error_reply('NOTFOUND no such channel') end\n"
     "local opt = redis.call('HMGET', o, 'ttl', 'history_size', 'history_ttl', 'persistent',\n"
-    "                        'created', 'active')\n"
+    "                        'created', 'active', 'batch_ms', 'conflate')\n"
     "if ARGV[2] == 'put' then\n"
     "  if opt[4] == '1' then\n"
     "    redis.call('PERSIST', o); redis.call('PERSIST', s); redis.call('PERSIST', h)\n"
@@ -244,7 +250,7 @@ static const char chan_lua[] =
     "end\n"
     "local pttl = redis.call('PTTL', o)\n"
     "return {created, opt[1] or '', opt[2] or '', opt[3] or '', opt[4] or '0', opt[5] or '0',\n"
-    "        opt[6] or '0', subs, len, added, first, last, pttl}\n";
+    "        opt[6] or '0', subs, len, added, first, last, pttl, opt[7] or '0', opt[8] or '0'}\n";
 
 /* KEYS: the index. ARGV: [1] after ('' = from the start), [2] prefix, [3] max.
  * Returns {total (names with the prefix), names}. */

@@ -33,10 +33,78 @@ _Thread_local struct worker *worker__current;
 
 /* ---- fan-out ----------------------------------------------------------------------- */
 
+/* Delivers the live message m to this worker's subscribers of its channel (head);
+ * returns how many connections took it. */
+static uint64_t fanout_msg(struct worker *w, struct list *head, struct msg *m)
+{
+    uint64_t delivered = 0;
+    struct list *p, *tmp;
+    w->live = &m->ref; /* what the deliveries queue now counts in the latency */
+    /* Safe walk: a delivery may cut a slow consumer, which does not unsubscribe
+     * it now (freeing waits for the end of the pass), but stay defensive. */
+    list_for_each_safe(p, tmp, head)
+    {
+        struct sub *s = container_of(p, struct sub, chan_link);
+        struct conn *c = s->conn;
+        if (!hub_sub_takes(&c->subs, s, m) || (c->flags & CF_CLOSING) || !c->ops->deliver)
+            continue;
+        c->ops->deliver(c, m);
+        delivered++;
+    }
+    w->live = NULL;
+    return delivered;
+}
+
+/* Delivers what a closed window gathered (hub/batch.h), in one pass: each connection
+ * writes the window's messages together. Frees the window. */
+static uint64_t flush_window(struct worker *w, struct batch_window *bw)
+{
+    uint64_t delivered = 0;
+    struct channel *ch = bw->ch;
+    for (uint32_t i = 0; i < bw->n && ch->local; i++)
+        delivered += fanout_msg(w, &ch->local[w->id].subs, bw->msgs[i]);
+    batch_window_free(&w->srv->hub, bw);
+    return delivered;
+}
+
+/* Arms the window timer for the earliest open window. */
+static void batch_arm(struct worker *w)
+{
+    uint64_t deadline;
+    if (!batch_next_deadline(&w->batches, &deadline))
+        timer_stop(&w->loop, &w->batch_timer);
+    else
+        timer_start(&w->loop, &w->batch_timer, deadline > w->loop.now ? deadline - w->loop.now : 0);
+}
+
+static void batch_timer_cb(struct loop *loop, struct timer *t)
+{
+    struct worker *w = container_of(t, struct worker, batch_timer);
+    uint64_t delivered = 0;
+    struct batch_window *bw;
+    while ((bw = batch_take_due(&w->batches, loop->now)))
+        delivered += flush_window(w, bw);
+    if (delivered)
+        atomic_fetch_add_explicit(&w->srv->hub.stats.delivered, delivered, memory_order_relaxed);
+    batch_arm(w);
+}
+
+/* A live message of a channel with a delivery window: gathered, or (a full window)
+ * delivered now with what the window holds. Takes the item's message reference. */
+static uint64_t fanout_window(struct worker *w, struct inbox_item *it)
+{
+    size_t max_bytes = w->srv->cfg.max_outbound / 2;
+    struct batch_window *full = batch_gather(&w->batches, w->id, it->ch, it->msg, it->batch_ms,
+                                             it->conflate, w->loop.now, max_bytes);
+    it->msg = NULL;
+    return full ? flush_window(w, full) : 0;
+}
+
 static void fanout(struct worker *w, struct inbox_item *items, uint32_t n)
 {
     struct hub *hub = &w->srv->hub;
     uint64_t delivered = 0;
+    bool windows = false;
     for (uint32_t i = 0; i < n; i++) {
         struct inbox_item *it = &items[i];
         if (it->kind == INBOX_CALL) {
@@ -45,29 +113,24 @@ static void fanout(struct worker *w, struct inbox_item *items, uint32_t n)
         }
         struct channel *ch = it->ch;
         struct list *head = ch->local ? &ch->local[w->id].subs : NULL;
-        if (it->kind == INBOX_MSG && head) {
-            struct msg *m = it->msg;
-            struct list *p, *tmp;
-            w->live = &m->ref; /* what the deliveries queue now counts in the latency */
-            /* Safe walk: a delivery may cut a slow consumer, which does not unsubscribe
-             * it now (freeing waits for the end of the pass), but stay defensive. */
-            list_for_each_safe(p, tmp, head)
-            {
-                struct sub *s = container_of(p, struct sub, chan_link);
-                struct conn *c = s->conn;
-                if (!hub_sub_takes(&c->subs, s, m) || (c->flags & CF_CLOSING) || !c->ops->deliver)
-                    continue;
-                c->ops->deliver(c, m);
-                delivered++;
-            }
-            w->live = NULL;
+        if (it->kind == INBOX_MSG && head && it->batch_ms && !w->draining) {
+            delivered += fanout_window(w, it);
+            windows = true;
+        } else if (it->kind == INBOX_MSG && head) {
+            delivered += fanout_msg(w, head, it->msg);
         } else if (it->kind == INBOX_CTL && head) {
+            struct batch_window *bw = batch_take(&w->batches, w->id, ch);
+            if (bw) /* an event about the channel comes after what was published before it */
+                delivered += flush_window(w, bw);
             for (struct list *p = head->next; p != head; p = p->next) {
                 struct conn *c = container_of(p, struct sub, chan_link)->conn;
                 if (!(c->flags & CF_CLOSING) && c->ops->deliver_ctl)
                     c->ops->deliver_ctl(c, it->ctl);
             }
         } else if (it->kind == INBOX_CLOSED && head) {
+            struct batch_window *bw = batch_take(&w->batches, w->id, ch);
+            if (bw) /* what the channel published before it closed goes first */
+                delivered += flush_window(w, bw);
             struct list *p, *tmp;
             list_for_each_safe(p, tmp, head)
             {
@@ -86,6 +149,8 @@ static void fanout(struct worker *w, struct inbox_item *items, uint32_t n)
     }
     if (delivered)
         atomic_fetch_add_explicit(&hub->stats.delivered, delivered, memory_order_relaxed);
+    if (windows)
+        batch_arm(w);
 }
 
 static void begin_drain(struct worker *w);
@@ -496,6 +561,7 @@ static void *worker_main(void *arg)
     }
     timer_stop(&w->loop, &w->tick);
     timer_stop(&w->loop, &w->accept_retry);
+    timer_stop(&w->loop, &w->batch_timer);
     /* Every connection is gone: what waited to read again is a zombie its hold frees. */
     for (uint32_t i = 0; i < w->nread_later; i++)
         conn_release(w->read_later[i]);
@@ -523,6 +589,7 @@ static int worker_init(struct server *srv, struct worker *w, int id)
     w->scratch = xmalloc(w->scratch_size);
     timer_init(&w->tick, tick_cb);
     timer_init(&w->accept_retry, accept_retry_cb);
+    timer_init(&w->batch_timer, batch_timer_cb);
     srv->hub.inbox[id].wake = hub_wake;
     srv->hub.on_synced = hub_synced;
     srv->hub.inbox[id].wake_arg = w;
@@ -591,6 +658,7 @@ void server_free(struct server *srv)
             fanout(w, items, n);
         worker__current = NULL;
         free(items);
+        batch_set_free(&srv->hub, &w->batches);
         close_listeners(w);
         loop_free(&w->loop);
         free(w->scratch);

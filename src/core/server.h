@@ -33,6 +33,7 @@
 #include "core/latency.h"
 #include "core/loop.h"
 #include "core/outq.h"
+#include "hub/batch.h"
 #include "hub/hub.h"
 
 /* What a connection is, for counting (stats, metrics). */
@@ -189,6 +190,8 @@ struct worker {
     size_t scratch_size;
     struct timer tick;         /* once a second: channel sweep (worker 0), shutdown progress */
     struct timer accept_retry; /* accepting stopped at EMFILE: try again */
+    struct batch_set batches;  /* open delivery windows (channel option batch_ms) */
+    struct timer batch_timer;  /* at the earliest window's deadline */
     bool accept_paused;
     uint64_t accept_warned_ms;
     struct conn **read_later; /* connections with input left for the next pass (held) */

@@ -167,6 +167,8 @@ static void apply_load_locked(struct hub *hub, struct channel *ch, const struct 
         ch->history_size = opts->history_size;
     if (opts && opts->has_history_ttl)
         ch->history_ttl_ms = opts->history_ttl_ms;
+    if (opts)
+        hub__apply_window_opts(ch, opts);
     if (evicted > ch->last_seq && ch->sync == SYNC_FILLING && ch->worker_mask) {
         /* Redis lost messages this node never had (a Redis restarted without its data,
          * a trim while the bus was away): the subscribers here are told, never skipped
@@ -258,6 +260,15 @@ bool hub_channel_loaded(struct hub *hub, const char *name, size_t len, uint64_t 
     hub__wake_workers(hub, wake_mask);
     wake_waiters(hub, waiters, err);
     return retry;
+}
+
+void hub_channel_window(struct hub *hub, const char *name, size_t len, const struct channel_opts *o)
+{
+    hub_lock(hub);
+    struct channel *ch = hub__lookup(hub, name, len);
+    if (ch)
+        hub__apply_window_opts(ch, o);
+    hub_unlock(hub);
 }
 
 void hub_channel_gone(struct hub *hub, const char *name, size_t len)

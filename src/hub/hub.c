@@ -668,7 +668,8 @@ void hub__inbox_push(struct hub_inbox *in, struct msg *m, struct channel *ch, ui
     }
     ref_get(&m->ref);
     atomic_fetch_add_explicit(&ch->refs, 1, memory_order_relaxed);
-    in->items[in->len++] = (struct inbox_item){.kind = INBOX_MSG, .msg = m, .ch = ch};
+    in->items[in->len++] = (struct inbox_item){
+        .kind = INBOX_MSG, .msg = m, .ch = ch, .batch_ms = ch->batch_ms, .conflate = ch->conflate};
     if (in->len == 1)
         *wake_mask |= 1ull << w;
     pthread_mutex_unlock(&in->lock);
@@ -935,6 +936,28 @@ static void collect_history(struct channel *ch, uint64_t since, const struct lis
     }
 }
 
+/* A conflated channel's replay is what a live subscriber ends up with: its newest
+ * message of the range, b->msgs[first..n) being the channel's part, oldest first. */
+static void conflate_backlog(struct hub_backlog *b, uint32_t first)
+{
+    if (b->n - first < 2)
+        return;
+    for (uint32_t i = first; i < b->n - 1; i++)
+        ref_put(&b->msgs[i]->ref);
+    b->msgs[first] = b->msgs[b->n - 1];
+    b->n = first + 1;
+}
+
+void hub__apply_window_opts(struct channel *ch, const struct channel_opts *o)
+{
+    if (o->has_batch_ms)
+        ch->batch_ms = o->batch_ms;
+    if (o->has_conflate)
+        ch->conflate = o->conflate;
+    if (!ch->batch_ms)
+        ch->conflate = false; /* conflating needs a window */
+}
+
 void hub__backlog_channel_locked(struct channel *ch, uint64_t since, const struct list *held,
                                  const struct sub_positions *pos, bool own_name,
                                  struct hub_backlog *b)
@@ -952,7 +975,10 @@ void hub__backlog_channel_locked(struct channel *ch, uint64_t since, const struc
             g->name_len = ch->name_len;
         }
     }
+    uint32_t first = b->n;
     collect_history(ch, since, held, pos, b);
+    if (ch->conflate && ch->batch_ms)
+        conflate_backlog(b, first);
 }
 
 /* Where a message's channel stands in the channel list of its publish. */
@@ -1297,6 +1323,8 @@ static void fill_info(const struct channel *ch, struct channel_info *info)
     info->ttl_ms = ch->ttl_ms;
     info->history_size = ch->history_size;
     info->history_ttl_ms = ch->history_ttl_ms;
+    info->batch_ms = ch->batch_ms;
+    info->conflate = ch->conflate;
     info->subscribers = ch->subscribers;
     info->messages_retained = ch->hist_len;
     info->retained_bytes = ch->hist_bytes;
@@ -1337,6 +1365,7 @@ int hub_channel_put(struct hub *hub, const char *name, size_t len, const struct 
     }
     if (o->has_history_ttl)
         ch->history_ttl_ms = o->history_ttl_ms;
+    hub__apply_window_opts(ch, o);
     ch->last_active_ms = wall_ms();       /* PUT renews the TTL */
     hub__schedule_expiry_locked(hub, ch); /* the TTL may be shorter, or persistent off */
     hist_trim(ch, ch->last_active_ms);

@@ -185,9 +185,11 @@ struct hub_waiter {
     int w;
 };
 
+struct batch_window;
 struct channel_local {
     struct list subs; /* struct sub.chan_link, this worker's subscribers */
     uint32_t n;
+    struct batch_window *window; /* batch_ms: the open delivery window (hub/batch.h) */
 };
 
 /*
@@ -216,6 +218,8 @@ struct channel {
 
     /* options */
     uint32_t ttl_ms, history_size, history_ttl_ms, history_bytes;
+    uint32_t batch_ms; /* delivery window (hub/batch.h), 0: none */
+    bool conflate;     /* a window delivers its newest message only (needs batch_ms) */
 
     /* history: ring of messages ordered by seq */
     struct msg **hist;
@@ -277,6 +281,8 @@ struct inbox_item {
     struct channel *ch;     /* one reference owned by the item: release with hub_channel_put_ref */
     void (*fn)(void *arg);  /* INBOX_CALL: runs on the worker's thread */
     void *arg;
+    uint32_t batch_ms; /* INBOX_MSG: ch's window options when the message was stored */
+    bool conflate;
 };
 
 struct hub_inbox {
@@ -513,6 +519,10 @@ struct hub_entry {
 bool hub_channel_loaded(struct hub *hub, const char *name, size_t len, uint64_t token, int err,
                         const struct hub_entry *entries, size_t n, uint64_t evicted,
                         const struct channel_opts *opts);
+/* Cluster mode: a PUT changed the channel's window options (o: batch_ms, conflate); the
+ * node's cache takes them for the messages that follow. */
+void hub_channel_window(struct hub *hub, const char *name, size_t len,
+                        const struct channel_opts *o);
 /* Cluster mode: the channel was deleted elsewhere; subscribers get `closed`. */
 void hub_channel_gone(struct hub *hub, const char *name, size_t len);
 /* Cluster mode: the backend is about to (re)load ch: its live messages are held
@@ -601,14 +611,15 @@ void hub_sweep(struct hub *hub);
 
 /* Channel administration (publish API). */
 struct channel_opts {
-    bool has_ttl, has_persistent, has_history_size, has_history_ttl;
+    bool has_ttl, has_persistent, has_history_size, has_history_ttl, has_batch_ms, has_conflate;
     uint32_t ttl_ms, history_size, history_ttl_ms;
-    bool persistent;
+    uint32_t batch_ms; /* 0..BATCH_MS_MAX; 0 also turns conflate off */
+    bool persistent, conflate;
 };
 struct channel_info {
     char name[CHANNEL_NAME_MAX + 1];
-    bool persistent;
-    uint32_t ttl_ms, history_size, history_ttl_ms;
+    bool persistent, conflate;
+    uint32_t ttl_ms, history_size, history_ttl_ms, batch_ms;
     uint32_t subscribers, messages_retained;
     uint64_t messages_total, last_id, oldest_id, created_ms, last_active_ms, expires_ms;
     uint64_t retained_bytes;

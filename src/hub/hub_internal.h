@@ -105,6 +105,8 @@ void hub__patsub_drop_if_unused_locked(struct hub *hub, struct channel *pat);
 /* Frees what is left of the registry (exit). */
 void hub__patsub_free(struct hub *hub);
 
+/* Sets ch's window options (batch_ms, conflate) that o has. Hub lock held. */
+void hub__apply_window_opts(struct channel *ch, const struct channel_opts *o);
 /* qsort order of struct msg pointers by seq. */
 int hub__cmp_msg_seq(const void *a, const void *b);
 

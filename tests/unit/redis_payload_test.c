@@ -173,6 +173,13 @@ static void test_bus_messages(void **state)
                          "01 T 1 1 0 2\nch\nab",
                          "1T 1 1 0 2\nch\nab",
                          "X closed ",
+                         "X window 10001 0",
+                         "X window 5 2",
+                         "X window 05 1",
+                         "X window -5 1",
+                         "X window  1",
+                         "X window 5 1 ",
+                         "X window 5",
                          "X",
                          ""};
     for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
@@ -180,6 +187,13 @@ static void test_bus_messages(void **state)
         sbuf_free(&data);
     }
     assert_int_equal(redis_payload_parse_bus("X closed", 8, &e, &data), REDIS_BUS_CLOSED);
+    assert_int_equal(redis_payload_parse_bus("X window 3000 1", 15, &e, &data), REDIS_BUS_WINDOW);
+    struct channel_opts o;
+    assert_int_equal(redis_payload_parse_window("X window 3000 1", 15, &o), 0);
+    assert_true(o.has_batch_ms && o.has_conflate && o.conflate);
+    assert_int_equal(o.batch_ms, 3000);
+    assert_int_equal(redis_payload_parse_window("X window 0 0", 12, &o), 0);
+    assert_true(o.batch_ms == 0 && !o.conflate);
     assert_int_equal(redis_payload_parse_bus("9 T 1 1 0 2\nch\nab", 17, &e, &data),
                      REDIS_BUS_MESSAGE);
     assert_int_equal(e.seq, 9);

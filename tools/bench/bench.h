@@ -51,6 +51,8 @@ struct bench_opts {
     double duration;     /* publish / game steady phase seconds */
     double time_scale;   /* game, pull-vs-push */
     int games;
+    int game_updates;     /* game: broadcasts per game per 3 s (scaled), default 1 */
+    int batch_ms;         /* herald: the channels' delivery window, set with PUT before the run */
     double settle;        /* seconds between "all connected" and first publish */
     double drain;         /* seconds to wait for in-flight deliveries */
     int poll_timeout;     /* long-poll timeout (s) */

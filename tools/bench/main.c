@@ -15,6 +15,8 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <unistd.h>
 
 #include "client.h"
@@ -719,8 +721,8 @@ static int run_once(const struct bench_opts *o, struct run *r)
         r->deliv_window = k->agg.delivered;
         break;
     case SC_GAME: {
-        /* every game channel gets a broadcast every 3 s (scaled) */
-        pub_start(k, (double)o->channels / (3.0 * o->time_scale), 1, 0);
+        /* every game channel gets --game-updates broadcasts every 3 s (scaled) */
+        pub_start(k, (double)o->channels * o->game_updates / (3.0 * o->time_scale), 1, 0);
         coord_wait_connected(k);
         r->ramp_secs = r->connect_secs = (double)(k->e.mono - k->go) / 1e6;
         send_cmd(k, CMD_PHASE);
@@ -763,6 +765,42 @@ static int run_once(const struct bench_opts *o, struct run *r)
     free(k->e.scratch);
     free(k->e.heap);
     return interrupted ? -1 : 0;
+}
+
+/* ---- channel options ---- */
+
+/* PUT /api/channels/NAME {"batch_ms":N} on the first server, one blocking request per
+ * channel (cluster nodes share the options). Returns 0, or -1 after saying why. */
+static int set_windows(const struct bench_opts *o)
+{
+    const struct bench_addr *a = &o->servers[0];
+    for (int c = 0; c < o->channels; c++) {
+        char name[96], req[512], resp[512];
+        bench_chan_name(o, c, name, sizeof name);
+        char body[40];
+        int bl = snprintf(body, sizeof body, "{\"batch_ms\":%d}", o->batch_ms);
+        int rl = snprintf(req, sizeof req,
+                          "PUT /api/channels/%s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: "
+                          "application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
+                          name, a->host, a->port, bl, body);
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)a->port)};
+        ssize_t n = -1;
+        if (fd >= 0 && inet_pton(AF_INET, a->host, &sa.sin_addr) == 1 &&
+            connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0 && write(fd, req, (size_t)rl) == rl)
+            n = read(fd, resp, sizeof resp - 1);
+        if (fd >= 0)
+            close(fd);
+        if (n < 12 || memcmp(resp, "HTTP/1.1 20", 11) != 0) {
+            resp[n > 0 ? n : 0] = '\0';
+            fprintf(stderr,
+                    "herald-bench: setting batch_ms on %s at %s:%d failed (%s); is herald "
+                    "listening there, with its API on that port?\n",
+                    name, a->host, a->port, n > 0 ? resp : strerror(errno));
+            return -1;
+        }
+    }
+    return 0;
 }
 
 /* ---- command line ---- */
@@ -814,6 +852,9 @@ static void usage(FILE *f)
         "  --no-user                      herald subscribers send user=0: no subscription to "
         "their\n"
         "                                 token user's channel (docs/interactive.md)\n"
+        "  --batch-ms MS                  herald: PUT {\"batch_ms\":MS} on every channel before "
+        "the run\n"
+        "                                 (delivery windows, docs/api.md; 0 to 10000)\n"
         "load:\n"
         "  --conns N          subscribers / users (default 1000; game 2000; publish 0)\n"
         "  --procs N          worker processes (default: ceil(N / 19000))\n"
@@ -827,6 +868,9 @@ static void usage(FILE *f)
         "  --hold S           idle: seconds to hold (default 10)\n"
         "  --duration S       publish / game steady phase seconds (default 10 / 30)\n"
         "  --time-scale X     game and pull-vs-push time factor (default 0.2 / 0.1)\n"
+        "  --game-updates K   game: broadcasts per game every 3 s (default 1, the study's batched "
+        "load;\n"
+        "                     more: one update per event, what a server-side window gathers)\n"
         "  --settle S         pause between connected and measuring (default 1)\n"
         "  --drain S          max wait for in-flight deliveries (default 5)\n"
         "  --poll-timeout S   long-poll timeout asked of herald (default 50)\n"
@@ -858,18 +902,25 @@ static int parse_list(const char *s, double *out, int max)
 static int parse_opts(int argc, char **argv, struct bench_opts *o)
 {
     static const struct option lo[] = {
-        {"target", 1, 0, 't'},       {"server", 1, 0, 's'},        {"transport", 1, 0, 'T'},
-        {"server-pid", 1, 0, 'p'},   {"conns", 1, 0, 'n'},         {"procs", 1, 0, 'P'},
-        {"connect-rate", 1, 0, 'c'}, {"channels", 1, 0, 'C'},      {"messages", 1, 0, 'm'},
-        {"rate", 1, 0, 'r'},         {"burst", 1, 0, 'b'},         {"payload", 1, 0, 'B'},
-        {"publishers", 1, 0, 'u'},   {"hold", 1, 0, 'H'},          {"duration", 1, 0, 'd'},
-        {"time-scale", 1, 0, 'x'},   {"settle", 1, 0, 'S'},        {"drain", 1, 0, 'D'},
-        {"poll-timeout", 1, 0, 'o'}, {"pull-interval", 1, 0, 'i'}, {"pvp-clients", 1, 0, 1},
-        {"pvp-intervals", 1, 0, 2},  {"pvp-publishes", 1, 0, 3},   {"label", 1, 0, 'l'},
-        {"json", 1, 0, 'j'},         {"csv", 1, 0, 'v'},           {"plot", 1, 0, 'g'},
-        {"quiet", 0, 0, 'q'},        {"help", 0, 0, 'h'},          {"redis-pid", 1, 0, 4},
-        {"reconnect", 0, 0, 5},      {"no-reconnect", 0, 0, 6},    {"token-shared", 0, 0, 8},
-        {"token-secret", 1, 0, 7},   {"no-user", 0, 0, 9},         {0, 0, 0, 0},
+        {"target", 1, 0, 't'},       {"server", 1, 0, 's'},
+        {"transport", 1, 0, 'T'},    {"server-pid", 1, 0, 'p'},
+        {"conns", 1, 0, 'n'},        {"procs", 1, 0, 'P'},
+        {"connect-rate", 1, 0, 'c'}, {"channels", 1, 0, 'C'},
+        {"messages", 1, 0, 'm'},     {"rate", 1, 0, 'r'},
+        {"burst", 1, 0, 'b'},        {"payload", 1, 0, 'B'},
+        {"publishers", 1, 0, 'u'},   {"hold", 1, 0, 'H'},
+        {"duration", 1, 0, 'd'},     {"time-scale", 1, 0, 'x'},
+        {"settle", 1, 0, 'S'},       {"drain", 1, 0, 'D'},
+        {"poll-timeout", 1, 0, 'o'}, {"pull-interval", 1, 0, 'i'},
+        {"pvp-clients", 1, 0, 1},    {"pvp-intervals", 1, 0, 2},
+        {"pvp-publishes", 1, 0, 3},  {"label", 1, 0, 'l'},
+        {"json", 1, 0, 'j'},         {"csv", 1, 0, 'v'},
+        {"plot", 1, 0, 'g'},         {"quiet", 0, 0, 'q'},
+        {"help", 0, 0, 'h'},         {"redis-pid", 1, 0, 4},
+        {"reconnect", 0, 0, 5},      {"no-reconnect", 0, 0, 6},
+        {"token-shared", 0, 0, 8},   {"token-secret", 1, 0, 7},
+        {"no-user", 0, 0, 9},        {"game-updates", 1, 0, 11},
+        {"batch-ms", 1, 0, 12},      {0, 0, 0, 0},
     };
     int ch, chans = -1, pubs = -1;
     double rate = -1, dur = -1, scale = -1;
@@ -938,6 +989,8 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o)
         case 7: o->token_secret = optarg; break;
         case 8: o->token_shared = 1; break;
         case 9: o->no_user = 1; break;
+        case 11: o->game_updates = atoi(optarg); break;
+        case 12: o->batch_ms = atoi(optarg); break;
         case 'h': usage(stdout); exit(0);
         default: return -1;
         }
@@ -964,6 +1017,12 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o)
         o->publishers = o->burst < 16 ? o->burst : 16;
     if (o->payload < 48)
         o->payload = 48;
+    if (o->game_updates < 1)
+        o->game_updates = 1;
+    if (o->batch_ms < 0 || o->batch_ms > 10000)
+        return fprintf(stderr, "herald-bench: --batch-ms is 0 to 10000 (herald's limit)\n"), -1;
+    if (o->batch_ms && o->target != TARGET_HERALD)
+        return fprintf(stderr, "herald-bench: --batch-ms is a herald channel option\n"), -1;
     if (!o->label[0] && o->scenario == SC_PVP)
         snprintf(o->label, sizeof o->label, "pvp-%s", bench_target_name(o->target));
     else if (!o->label[0])
@@ -1074,6 +1133,8 @@ int main(int argc, char **argv)
     }
     if (o.scenario == SC_PVP)
         return pvp_main(&o) == 0 ? 0 : 1;
+    if (o.batch_ms && set_windows(&o) < 0)
+        return 1;
     struct run *r = calloc(1, sizeof *r);
     if (!r)
         abort();
