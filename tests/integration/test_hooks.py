@@ -789,3 +789,52 @@ def test_two_nodes_on_redis_hook_from_the_clients_node(herald, redis_factory, ch
         assert all(signature_ok(c) for c in b.calls)
     finally:
         b.close()
+
+
+def test_shutdown_while_connects_and_rpcs_wait(herald, chan):
+    release = threading.Event()
+    b = Backend(lambda doc, a: (200, {"result": "allow", "data": 1}, 0) if release.wait(15) else (500, None, 0))
+    try:
+        srv = hooked(herald, b.url, webhook_timeout="10s", shutdown_timeout="1s")
+        clients = [RawConn(srv.port) for _ in range(3)]
+        for c in clients:
+            c.send(http_get(f"/sse?channels={chan}"))
+        b.wait("connect", 3)
+        t0 = time.monotonic()
+        rc = srv.terminate()  # parked requests and calls in flight end with the server
+        assert rc == 0, srv.log_tail()
+        assert time.monotonic() - t0 < 8
+        for c in clients:
+            c.close()
+        # An rpc in flight at shutdown.
+        srv = hooked(herald, b.url, webhook_timeout="10s", shutdown_timeout="1s", webhook_events="rpc")
+
+        async def main():
+            ws = await websockets.connect(srv.ws_url(), ping_interval=None)
+            await ws.send(json.dumps({"op": "rpc", "method": "m", "ref": 1}))
+            await athread(b.wait, "rpc")
+            assert await athread(srv.terminate) == 0, srv.log_tail()
+            await ws.close()
+
+        arun(main())
+    finally:
+        release.set()
+        b.close()
+
+
+def test_app_webhook_settings_survive_a_restart(herald, backend, tmp_path, chan):
+    state = tmp_path / "state"
+    state.mkdir()
+    s1 = herald(admin_key=ADMIN, state_dir=str(state))
+    assert admin(s1, "POST", "/admin/apps", {"name": "keep", "subscribe": "public"}).status == 201
+    r = admin(s1, "PATCH", "/admin/apps/keep",
+              {"settings": {"webhook_url": backend.url, "webhook_secret": "kept", "webhook_retries": 5}})
+    assert r.status == 200, r.body
+    assert s1.terminate() == 0
+    s2 = herald(admin_key=ADMIN, state_dir=str(state))
+    settings = admin(s2, "GET", "/admin/apps/keep").json()["settings"]
+    assert settings["webhook_url"] == backend.url and settings["webhook_retries"] == 5
+    with _app_sse(s2, "keep", chan) as sub:
+        assert sub.status == 200
+    backend.wait("connect")
+    assert signature_ok(backend.calls[0], "kept")
