@@ -179,7 +179,7 @@ static int admit_and_subscribe(struct http_ctx *x, struct sub_request *r, const 
 {
     if (transport == TAIL) { /* the route's guard took the API's credentials */
         *tok = NULL;
-        return transport_http_subscribe(x, r, b);
+        return transport_has_channels(x, r) < 0 ? -1 : transport_http_subscribe(x, r, b);
     }
     if (transport_admit(x, r, auth_policy_for(x), tok) < 0)
         return -1;

@@ -327,16 +327,22 @@ int transport_admit(struct http_ctx *x, struct sub_request *r, const struct auth
         return -1;
     if (transport_wants_user(x->req))
         transport_add_user(r, x->tenant, *tok);
-    if (r->n && transport_cursor_fits(r))
+    if (transport_has_channels(x, r) == 0 && transport_cursor_fits(r))
         return 0;
-    token_put(*tok);
-    *tok = NULL;
     if (r->n)
         http_error(x, 400, "bad_cursor", "%s", transport_cursor_mismatch);
-    else
-        http_error(x, 400, "no_channels",
-                   "name the channels to subscribe to, e.g. ?channels=news or ?channels=a,b (a "
-                   "token with a \"sub\" subscribes to its user's messages without any)");
+    token_put(*tok);
+    *tok = NULL;
+    return -1;
+}
+
+int transport_has_channels(struct http_ctx *x, const struct sub_request *r)
+{
+    if (r->n)
+        return 0;
+    http_error(x, 400, "no_channels",
+               "name the channels to subscribe to, e.g. ?channels=news or ?channels=a,b (a "
+               "token with a \"sub\" subscribes to its user's messages without any)");
     return -1;
 }
 

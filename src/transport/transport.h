@@ -149,6 +149,9 @@ int transport_parse_request(struct http_ctx *x, struct sub_request *r, bool sse)
  */
 int transport_admit(struct http_ctx *x, struct sub_request *r, const struct auth_policy *p,
                     struct token **tok);
+/* 0 when r names a channel (its user's counts), else -1 after answering 400 no_channels:
+ * what a request that has no user must name (transport_parse_request leaves it to this). */
+int transport_has_channels(struct http_ctx *x, const struct sub_request *r);
 /*
  * Subscribes c to r's channels; *b receives the history to replay (see
  * hub_subscribe). Returns 0 or a negative hub_error (*bad indexes the channel at

@@ -671,3 +671,10 @@ def test_the_connect_hook_sees_the_named_channels_and_the_user(herald):
             s.close()
     finally:
         b.close()
+
+
+def test_api_tail_still_needs_channels(srv):
+    """Subscribe requests may leave channels out for their user's messages; the API's
+    tail has no user, so without channels it is refused, not held open on nothing."""
+    r = request(srv.port, "GET", "/api/tail", headers=PUB, timeout=5)
+    assert (r.status, r.json()["error"]) == (400, "no_channels"), (r.status, r.body)
