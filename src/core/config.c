@@ -406,6 +406,15 @@ static const struct config_option options[] = {
      .def = "false",
      .help = "a connect or subscribe hook that fails lets the client in (default: the client "
              "gets 503 hook_failed)"},
+    {.name = "hook-queue-ip",
+     .type = OPT_COUNT,
+     FIELD(hook_queue_ip),
+     .def = "100",
+     .min = 0,
+     .max = 10000000,
+     .help = "hook calls one client address may have waiting (connects, subscribes, rpc; an IPv6 "
+             "client counts as its /64), at most; more are refused for that client only. "
+             "Loopback clients are exempt unless --limit-loopback; 0: no limit"},
     {.name = "client-publish-rate",
      .type = OPT_COUNT,
      FIELD(client_publish_rate),

@@ -95,6 +95,7 @@ struct herald_config {
     uint32_t hook_connections;    /* --hook-connections, per backend, default 16 */
     uint32_t hook_queue;          /* --hook-queue, per process, default 10000 */
     uint32_t hook_queue_app;      /* --hook-queue-app, per app, default 1000 */
+    uint32_t hook_queue_ip;       /* --hook-queue-ip, per client address, default 100; 0 = none */
 
     /* channels and history */
     bool auto_create;        /* --auto-create, default true */

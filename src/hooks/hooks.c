@@ -23,6 +23,7 @@
 
 #include "core/config.h"
 #include "core/log.h"
+#include "core/map.h"
 #include "core/util.h"
 #include "hub/hub.h"
 
@@ -49,6 +50,8 @@ struct job {
     uint64_t due_ms; /* a retry: when (monotonic) */
     uint64_t started_ms;
     struct list active; /* in H.active while curl has it */
+    bool has_addr;      /* counted against its client's address (--hook-queue-ip) */
+    uint8_t addr[16];
     CURL *easy;
     struct curl_slist *hdrs;
     char *resp;
@@ -72,12 +75,14 @@ static struct {
     struct job *retries; /* hooks thread only */
     struct list active;  /* jobs curl has (hooks thread only) */
     atomic_uint pending; /* every job not yet completed */
+    pthread_mutex_t addr_lock;
+    struct map addrs; /* struct addr_count by client address: calls waiting */
     atomic_uint_fast64_t conn_seq;
     /* counters */
     atomic_uint_fast64_t sent[HOOK_EVENTS];
     atomic_uint_fast64_t ok, timeouts, http_errors, unreachable, bad_answers, retried, dropped,
         refused;
-} H = {.lock = PTHREAD_MUTEX_INITIALIZER};
+} H = {.lock = PTHREAD_MUTEX_INITIALIZER, .addr_lock = PTHREAD_MUTEX_INITIALIZER};
 
 /* ---- targets and settings ------------------------------------------------------------ */
 
@@ -280,6 +285,57 @@ uint64_t hooks_next_conn_id(void)
     return atomic_fetch_add_explicit(&H.conn_seq, 1, memory_order_relaxed);
 }
 
+/* ---- calls per client address ----------------------------------------------------------- */
+
+struct addr_count {
+    struct map_node node;
+    uint8_t addr[16];
+    uint32_t n;
+};
+
+/* Counts one call of the client at addr (NULL: not counted); false at --hook-queue-ip. */
+static bool addr_take(const uint8_t *addr)
+{
+    uint32_t max = H.cfg->hook_queue_ip;
+    if (!addr || !max)
+        return true;
+    pthread_mutex_lock(&H.addr_lock);
+    struct map_node *n = map_get(&H.addrs, (const char *)addr, 16);
+    struct addr_count *a = n ? container_of(n, struct addr_count, node) : NULL;
+    if (!a) {
+        a = xcalloc(1, sizeof(*a));
+        memcpy(a->addr, addr, 16);
+        a->node.key = (const char *)a->addr;
+        a->node.key_len = 16;
+        map_put(&H.addrs, &a->node);
+    }
+    bool room = a->n < max;
+    a->n += room;
+    pthread_mutex_unlock(&H.addr_lock);
+    return room;
+}
+
+static void addr_release(const uint8_t *addr)
+{
+    pthread_mutex_lock(&H.addr_lock);
+    struct map_node *n = map_get(&H.addrs, (const char *)addr, 16);
+    struct addr_count *a = container_of(n, struct addr_count, node);
+    if (--a->n == 0) {
+        map_del(&H.addrs, n);
+        free(a);
+    }
+    pthread_mutex_unlock(&H.addr_lock);
+}
+
+const char *hook_refusal(int rc)
+{
+    return rc == HOOK_ADDR_FULL
+               ? "too many hook calls of your address wait for the backend (--hook-queue-ip); "
+                 "retry once they are answered"
+               : "too many hook calls wait for the backend (--hook-queue, --hook-queue-app); "
+                 "retry later";
+}
+
 /* ---- jobs ----------------------------------------------------------------------------- */
 
 static void job_free(struct job *j)
@@ -312,6 +368,8 @@ static void job_complete(struct job *j)
 {
     atomic_fetch_sub(&j->t->pending, 1);
     atomic_fetch_sub(&H.pending, 1);
+    if (j->has_addr)
+        addr_release(j->addr);
     switch (j->res.status) {
     case HOOK_OK: atomic_fetch_add_explicit(&H.ok, 1, memory_order_relaxed); break;
     case HOOK_TIMEOUT: atomic_fetch_add_explicit(&H.timeouts, 1, memory_order_relaxed); break;
@@ -534,21 +592,27 @@ static void *hooks_main(void *arg)
 
 /* ---- calls ----------------------------------------------------------------------------- */
 
-/* Queues a job; false (nothing queued, body not taken) when a bound is reached. */
-static bool submit(struct hook_target *t, enum hook_event ev, json_t *body, int w,
-                   hook_done_fn done, void *arg)
+/* Queues a job (counted against addr unless NULL): 0, or HOOK_QUEUE_FULL / HOOK_ADDR_FULL
+ * when a bound is reached (nothing queued, body not taken). */
+static int submit(struct hook_target *t, enum hook_event ev, json_t *body, int w, hook_done_fn done,
+                  void *arg, const uint8_t *addr)
 {
     if (!H.started)
-        return false;
+        return HOOK_QUEUE_FULL;
     uint32_t app_max = H.cfg->hook_queue_app;
     if (atomic_fetch_add(&t->pending, 1) >= app_max) {
         atomic_fetch_sub(&t->pending, 1);
-        return false;
+        return HOOK_QUEUE_FULL;
     }
     if (atomic_fetch_add(&H.pending, 1) >= H.cfg->hook_queue) {
         atomic_fetch_sub(&H.pending, 1);
         atomic_fetch_sub(&t->pending, 1);
-        return false;
+        return HOOK_QUEUE_FULL;
+    }
+    if (!addr_take(addr)) {
+        atomic_fetch_sub(&H.pending, 1);
+        atomic_fetch_sub(&t->pending, 1);
+        return HOOK_ADDR_FULL;
     }
     struct job *j = xcalloc(1, sizeof(*j));
     list_init(&j->active);
@@ -560,6 +624,10 @@ static bool submit(struct hook_target *t, enum hook_event ev, json_t *body, int 
     j->w = w;
     j->done = done;
     j->arg = arg;
+    if (addr) {
+        j->has_addr = true;
+        memcpy(j->addr, addr, 16);
+    }
     pthread_mutex_lock(&H.lock);
     bool stopped = H.stop;
     if (!stopped) {
@@ -568,30 +636,28 @@ static bool submit(struct hook_target *t, enum hook_event ev, json_t *body, int 
     }
     pthread_mutex_unlock(&H.lock);
     if (stopped) {
-        atomic_fetch_sub(&H.pending, 1);
-        atomic_fetch_sub(&t->pending, 1);
         j->done = NULL;
-        job_free(j);
-        return false;
+        j->res.status = HOOK_STOPPED;
+        job_complete(j); /* releases its counts, then frees it */
+        return HOOK_QUEUE_FULL;
     }
     curl_multi_wakeup(H.multi);
-    return true;
+    return 0;
 }
 
 int hook_call(struct hook_target *t, int w, enum hook_event ev, json_t *body, hook_done_fn done,
-              void *arg)
+              void *arg, const uint8_t *addr)
 {
-    bool ok = submit(t, ev, body, w, done, arg);
+    int rc = submit(t, ev, body, w, done, arg, addr);
     json_decref(body);
-    if (ok)
-        return 0;
-    atomic_fetch_add_explicit(&H.refused, 1, memory_order_relaxed);
-    return HOOK_QUEUE_FULL;
+    if (rc)
+        atomic_fetch_add_explicit(&H.refused, 1, memory_order_relaxed);
+    return rc;
 }
 
 void hook_notify(struct hook_target *t, enum hook_event ev, json_t *body)
 {
-    if (!submit(t, ev, body, -1, NULL, NULL)) {
+    if (submit(t, ev, body, -1, NULL, NULL, NULL)) {
         atomic_fetch_add_explicit(&H.dropped, 1, memory_order_relaxed);
         log_debug("hook %s to %s dropped: %u calls wait (--hook-queue, --hook-queue-app)",
                   event_names[ev], t->s.url, atomic_load(&H.pending));
@@ -607,6 +673,7 @@ int hooks_init(struct hub *hub, const struct herald_config *cfg)
     H.cfg = cfg;
     H.queue_tail = &H.queue;
     list_init(&H.active);
+    map_init(&H.addrs, 64);
     atomic_store(&H.conn_seq, wall_us());
     if (cfg->webhook_url[0]) {
         struct hook_settings s;
@@ -674,6 +741,7 @@ void hooks_stop(void)
     }
     curl_multi_cleanup(H.multi);
     H.multi = NULL;
+    map_free(&H.addrs); /* empty: every call ended */
     hook_target_put(H.default_target);
     H.default_target = NULL;
     curl_global_cleanup();

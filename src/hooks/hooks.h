@@ -67,6 +67,7 @@ enum hook_status {
     HOOK_UNREACHABLE, /* connection refused, name not found, TLS failure... */
     HOOK_BAD_ANSWER,  /* 2xx but not a JSON object, or over 64 KiB */
     HOOK_QUEUE_FULL,  /* refused before sending: too many calls wait */
+    HOOK_ADDR_FULL,   /* refused before sending: too many calls of the client's address wait */
     HOOK_STOPPED,     /* the server stops */
 };
 
@@ -125,11 +126,15 @@ long hook_events_parse(const char *list);
 /*
  * Calls the backend: POSTs body (taken: the call owns it, also on failure) as event ev
  * and runs done(arg, result) on worker w once it ends — a timeout, an error status and
- * an unreachable backend included. Returns 0, or HOOK_QUEUE_FULL (done is not called:
- * the caller answers its client at once).
+ * an unreachable backend included. addr (16 bytes, see hub_client_set_addr; NULL: not
+ * counted) is the client's address, whose calls waiting are bounded by --hook-queue-ip.
+ * Returns 0, or HOOK_QUEUE_FULL or HOOK_ADDR_FULL (done is not called: the caller
+ * answers its client at once, with hook_refusal's sentence).
  */
 int hook_call(struct hook_target *t, int w, enum hook_event ev, json_t *body, hook_done_fn done,
-              void *arg);
+              void *arg, const uint8_t *addr);
+/* What a refused hook_call (its return value) tells the client. */
+const char *hook_refusal(int rc);
 /* Fire-and-forget: POSTs body (taken), retried up to t's retries with backoff on
  * failure; dropped (and counted) when the queue is full. */
 void hook_notify(struct hook_target *t, enum hook_event ev, json_t *body);

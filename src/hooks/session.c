@@ -26,6 +26,15 @@ struct hook_session *hook_session_open(struct conn *c, struct hook_target *t, co
     s->transport = transport;
     if (user)
         s->user = xstrndup(user, user_len);
+    /* Loopback is one address for every client behind a proxy on this host. */
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    struct hub_client cl;
+    if ((!(c->flags & CF_LOOPBACK) || conn_cfg(c)->limit_loopback) &&
+        getpeername(c->io.fd, (struct sockaddr *)&ss, &sl) == 0 && hub_client_set_addr(&cl, &ss)) {
+        s->addr_limited = true;
+        memcpy(s->addr, cl.addr, sizeof(s->addr));
+    }
     c->attach = &s->base;
     return s;
 }
@@ -133,11 +142,13 @@ int hook_session_call(struct conn *c, struct hook_session *s, enum hook_event ev
     struct call *k = xcalloc(1, sizeof(*k));
     *k = (struct call){.c = c, .parks = parks, .done = done, .arg = arg};
     conn_hold(c);
-    if (hook_call(s->t, conn_worker_id(c), ev, body, call_done, k) == 0)
+    int rc = hook_call(s->t, conn_worker_id(c), ev, body, call_done, k,
+                       s->addr_limited ? s->addr : NULL);
+    if (rc == 0)
         return 0;
     conn_release(c); /* it was held a moment ago: it is still there */
     free(k);
-    return HOOK_QUEUE_FULL;
+    return rc;
 }
 
 void hook_verdict_clear(struct hook_verdict *v)

@@ -43,6 +43,8 @@ struct hook_session {
     uint64_t pub_last_ms; /* client publishes: when the bucket was last filled (0: never) */
     uint64_t pub_tokens;  /* ... what it holds, in thousandths of a publish */
     char reason[96];      /* why it ended ("" : the client went) */
+    bool addr_limited;    /* its calls count against its address (--hook-queue-ip) */
+    uint8_t addr[16];
 };
 
 /* The connection's session, or NULL. */
@@ -75,8 +77,8 @@ json_t *hook_channels_json(const struct slice *keys, size_t n);
  * Calls s's backend for c (which is held until the answer): done(c, r, arg) runs on
  * c's worker with c NULL when the connection went meanwhile. `parks`: the caller
  * parks c (conn_park) once this returned 0, and done unparks it; when c went, the
- * park's hold is released here. Returns 0, or HOOK_QUEUE_FULL (done is not called,
- * nothing is held). body is taken.
+ * park's hold is released here. Returns 0, or HOOK_QUEUE_FULL or HOOK_ADDR_FULL (done is
+ * not called, nothing is held; hook_refusal says why). body is taken.
  */
 int hook_session_call(struct conn *c, struct hook_session *s, enum hook_event ev, json_t *body,
                       bool parks,

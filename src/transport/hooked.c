@@ -86,13 +86,12 @@ int transport_hook_gate(struct conn *c, struct sub_request *r, const struct toke
         json_t *body = hook_session_body(c, s, ev);
         json_object_set_new(body, "channels", hook_channels_json(r->names, r->n));
         v->state = HV_WAITING;
-        if (hook_session_call(c, s, ev, body, true, gate_answer, (void *)(uintptr_t)ev) == 0) {
+        int rc = hook_session_call(c, s, ev, body, true, gate_answer, (void *)(uintptr_t)ev);
+        if (rc == 0) {
             conn_park(c); /* the request runs again with the verdict */
             return -1;
         }
-        snprintf(v->detail, sizeof(v->detail),
-                 "too many hook calls wait for the backend (--hook-queue, --hook-queue-app); "
-                 "retry later");
+        snprintf(v->detail, sizeof(v->detail), "%s", hook_refusal(rc));
         v->state = s->t->s.fail_open ? HV_ALLOW : HV_FAIL;
     }
     if (v->state == HV_ALLOW) {

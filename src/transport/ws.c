@@ -823,13 +823,11 @@ static void op_rpc(struct conn *c, json_t *op, json_t *ref)
     json_object_set_new(body, "data", data ? json_incref(data) : json_null());
     struct ws_rpc *k = xcalloc(1, sizeof(*k));
     k->ref = ref ? json_incref(ref) : NULL;
-    if (hook_session_call(c, s, HOOK_RPC, body, false, rpc_done, k) != 0) {
+    int rc = hook_session_call(c, s, HOOK_RPC, body, false, rpc_done, k);
+    if (rc) {
         json_decref(k->ref);
         free(k);
-        return ws_reply_error(c, "hook_failed",
-                              "too many hook calls wait for the backend (--hook-queue, "
-                              "--hook-queue-app); retry later",
-                              ref);
+        return ws_reply_error(c, "hook_failed", hook_refusal(rc), ref);
     }
     s->rpc_inflight++;
 }

@@ -838,3 +838,33 @@ def test_app_webhook_settings_survive_a_restart(herald, backend, tmp_path, chan)
         assert sub.status == 200
     backend.wait("connect")
     assert signature_ok(backend.calls[0], "kept")
+
+
+def test_one_address_cannot_take_every_waiting_call(herald, chan):
+    release = threading.Event()
+    b = Backend(lambda doc, a: (200, {"result": "allow"}, 0) if release.wait(20) else (500, None, 0))
+    try:
+        srv = hooked(herald, b.url, hook_queue_ip=2, limit_loopback=True, webhook_timeout="20s")
+        held = []
+        for _ in range(2):
+            c = RawConn(srv.port)  # from 127.0.0.1
+            c.send(http_get(f"/sse?channels={chan}"))
+            held.append(c)
+        b.wait("connect", 2)
+        r = request(srv.port, "GET", f"/sse?channels={chan}")  # a third from the same address
+        assert r.status == 503
+        assert r.json() == {"error": "hook_failed", "hook": "connect",
+                            "detail": "too many hook calls of your address wait for the backend "
+                                      "(--hook-queue-ip); retry once they are answered"}
+        other = RawConn(srv.port, source="127.0.0.2")  # another client is not affected
+        other.send(http_get(f"/sse?channels={chan}"))
+        b.wait("connect", 3)
+        release.set()
+        for c in held + [other]:
+            status, _ = c.read_head()
+            assert status == 200
+            c.close()
+        assert srv.stats()["hooks"]["refused"] == 1
+    finally:
+        release.set()
+        b.close()
