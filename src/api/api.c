@@ -1045,21 +1045,22 @@ static void stats_json(struct server *srv, struct sbuf *b, bool per_channel, boo
     sum_workers(srv, &t);
     size_t nchannels, nephemeral;
     hub_channel_counts(&srv->hub, &nchannels, &nephemeral);
-    sbuf_printf(b,
-                "{\"node\":\"%s\",\"uptime\":%" PRIu64 ",\"workers\":%d,"
-                "\"connections\":{\"total\":%" PRIu64 ",\"websocket\":%" PRIu64 ",\"sse\":%" PRIu64
-                ",\"longpoll\":%" PRIu64 ",\"stream\":%" PRIu64 ",\"http\":%" PRIu64
-                "},\"accepted\":%" PRIu64 ",\"requests\":%" PRIu64
-                ",\"channels\":%zu,\"ephemeral_channels\":%zu,\"apps\":%zu,\"messages\":{"
-                "\"published\":%" PRIu64 ",\"stored\":%" PRIu64 ",\"delivered\":%" PRIu64
-                "},\"bytes\":{\"in\":%" PRIu64 ",\"out\":%" PRIu64
-                "},\"slow_consumers_closed\":%" PRIu64,
-                srv->cfg.node_name, (wall_ms() - srv->started_ms) / 1000, srv->nworkers, t.total,
-                t.conns[CONN_WS], t.conns[CONN_SSE], t.conns[CONN_POLL], t.conns[CONN_STREAM],
-                t.conns[CONN_HTTP], t.accepted, t.requests, nchannels, nephemeral, apps_count(),
-                (uint64_t)atomic_load(&s->published), (uint64_t)atomic_load(&s->messages),
-                (uint64_t)atomic_load(&s->delivered), (uint64_t)atomic_load(&s->bytes_in),
-                (uint64_t)atomic_load(&s->bytes_out), (uint64_t)atomic_load(&s->slow_closed));
+    sbuf_printf(
+        b,
+        "{\"node\":\"%s\",\"uptime\":%" PRIu64 ",\"workers\":%d,"
+        "\"connections\":{\"total\":%" PRIu64 ",\"websocket\":%" PRIu64 ",\"sse\":%" PRIu64
+        ",\"longpoll\":%" PRIu64 ",\"stream\":%" PRIu64 ",\"http\":%" PRIu64
+        "},\"accepted\":%" PRIu64 ",\"requests\":%" PRIu64
+        ",\"channels\":%zu,\"ephemeral_channels\":%zu,\"patterns\":%zu,\"apps\":%zu,\"messages\":{"
+        "\"published\":%" PRIu64 ",\"stored\":%" PRIu64 ",\"delivered\":%" PRIu64
+        "},\"bytes\":{\"in\":%" PRIu64 ",\"out\":%" PRIu64 "},\"slow_consumers_closed\":%" PRIu64,
+        srv->cfg.node_name, (wall_ms() - srv->started_ms) / 1000, srv->nworkers, t.total,
+        t.conns[CONN_WS], t.conns[CONN_SSE], t.conns[CONN_POLL], t.conns[CONN_STREAM],
+        t.conns[CONN_HTTP], t.accepted, t.requests, nchannels, nephemeral,
+        hub_pattern_count(&srv->hub), apps_count(), (uint64_t)atomic_load(&s->published),
+        (uint64_t)atomic_load(&s->messages), (uint64_t)atomic_load(&s->delivered),
+        (uint64_t)atomic_load(&s->bytes_in), (uint64_t)atomic_load(&s->bytes_out),
+        (uint64_t)atomic_load(&s->slow_closed));
     node_stats_latency_json(srv, b);
     if (nodes)
         node_stats_nodes_json(srv, b);
@@ -1242,6 +1243,8 @@ static void handle_metrics(struct http_ctx *x)
     metric(&b, "herald_channels_ephemeral", "gauge",
            "Channels that only have subscribers (no message, no PUT); counted in herald_channels.",
            nephemeral);
+    metric(&b, "herald_patterns", "gauge", "Distinct patterns subscribers hold (channels=x.*).",
+           hub_pattern_count(&srv->hub));
     metric(&b, "herald_publishes_total", "counter", "Accepted publish calls.",
            atomic_load(&s->published));
     metric(&b, "herald_messages_stored_total", "counter", "Messages stored (one per channel).",

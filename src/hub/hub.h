@@ -658,6 +658,9 @@ size_t hub_channel_delete_prefix(struct hub *hub, const char *prefix, bool users
  * caches holding no message). */
 void hub_channel_counts(struct hub *hub, size_t *total, size_t *ephemeral);
 
+/* The distinct patterns subscribers hold now (src/hub/patsub.c). */
+size_t hub_pattern_count(struct hub *hub);
+
 /* Releases a channel reference (inbox items own one). Lock-free; may free the channel. */
 void hub_channel_put_ref(struct hub *hub, struct channel *ch);
 

@@ -193,6 +193,14 @@ void hub__patsub_drop_if_unused_locked(struct hub *hub, struct channel *pat)
     hub_channel_put_ref(hub, pat);
 }
 
+size_t hub_pattern_count(struct hub *hub)
+{
+    hub_lock(hub);
+    size_t n = hub->patterns.len;
+    hub_unlock(hub);
+    return n;
+}
+
 void hub__patsub_free(struct hub *hub)
 {
     size_t b = 0;

@@ -322,6 +322,15 @@ def test_distinct_patterns_are_capped_but_existing_ones_stay_open(herald, chan):
     )
 
 
+def test_stats_and_metrics_count_the_patterns_held(herald, chan):
+    srv = herald()
+    assert srv.stats()["patterns"] == 0
+    with SSE(srv, f"{chan}.a.*"), SSE(srv, f"{chan}.a.*"), SSE(srv, f"{chan}.**"):
+        assert srv.stats()["patterns"] == 2  # distinct ones
+        assert "\nherald_patterns 2\n" in srv.request("GET", "/metrics").body.decode()
+    wait_until(lambda: srv.stats()["patterns"] == 0, what="patterns gone with their subscribers")
+
+
 def test_new_patterns_count_against_the_address(herald, chan):
     srv = herald(max_channels_per_ip=2, limit_loopback=True)
     with SSE(srv, f"{chan}.a.*"), SSE(srv, f"{chan}.b.*"):

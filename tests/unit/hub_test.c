@@ -1942,11 +1942,144 @@ static void test_the_hub_lock_knows_its_holder(void **state)
 #endif
 }
 
+/* ---- pattern subscriptions (patsub.c) ---------------------------------------------- */
+
+/* A worker's fan-out (server.c), for two connections on worker 0: each delivery is
+ * recorded as (connection, seq, channel id) in order. Returns how many there were. */
+struct got {
+    const struct list *conn;
+    uint64_t seq, chan_id;
+};
+static size_t fan_out(struct got *out, size_t max)
+{
+    size_t k = 0;
+    uint32_t n = 0;
+    struct inbox_item *items = hub_inbox_take(&hub, 0, &n);
+    for (uint32_t i = 0; i < n; i++) {
+        struct inbox_item *it = &items[i];
+        if (it->kind == INBOX_MSG && it->ch->local) {
+            struct list *head = &it->ch->local[0].subs;
+            for (struct list *p = head->next; p != head; p = p->next) {
+                struct sub *sb = container_of(p, struct sub, chan_link);
+                if (hub_sub_takes(sb->conn, sb, it->msg) && k < max)
+                    out[k++] = (struct got){sb->conn, it->msg->seq, it->msg->chan_id};
+            }
+        }
+        if (it->msg)
+            ref_put(&it->msg->ref);
+        hub_channel_put_ref(&hub, it->ch);
+    }
+    free(items);
+    return k;
+}
+
+static void test_pattern_delivers_once_per_connection(void **state)
+{
+    struct list c1, c2;
+    list_init(&c1);
+    list_init(&c2);
+    take_channel(&c1, "s.a");
+    take_channel(&c1, "s.*");
+    take_channel(&c1, "s.**");
+    take_channel(&c2, "s.*");
+    assert_int_equal(hub.patterns.len, 2);
+    uint64_t a = pub("s.a", "1");
+    uint64_t b = pub("s.b", "2");
+    uint64_t deep = pub("s.b.c", "3");
+    pub("t.a", "other head");
+    uint64_t both = pub2("s.b", "s.a", "4"); /* c1 holds s.a by name: that copy */
+    struct got g[16];
+    size_t n = fan_out(g, 16);
+    struct got want[] = {{&c1, a, chan("s.a")->id},      {&c2, a, chan("s.a")->id},
+                         {&c1, b, chan("s.b")->id},      {&c2, b, chan("s.b")->id},
+                         {&c1, deep, chan("s.b.c")->id}, {&c2, both, chan("s.b")->id},
+                         {&c1, both, chan("s.a")->id}};
+    assert_int_equal(n, ARRAY_LEN(want));
+    for (size_t i = 0; i < n; i++) {
+        assert_ptr_equal(g[i].conn, want[i].conn);
+        assert_int_equal(g[i].seq, want[i].seq);
+        assert_int_equal(g[i].chan_id, want[i].chan_id);
+    }
+    hub_unsubscribe_all(&hub, 0, &c1);
+    hub_unsubscribe_all(&hub, 0, &c2);
+    assert_int_equal(hub.patterns.len, 0); /* gone with their last subscriber */
+    assert_int_equal(hub.pattern_heads.len, 0);
+    pub("s.a", "nobody");
+    assert_int_equal(fan_out(g, 16), 0);
+}
+
+static void test_pattern_resume_merges_in_id_order_with_gaps_and_a_cap(void **state)
+{
+    cfg.history_size = 2;
+    cfg.max_pattern_replay = 3;
+    uint64_t cursor = pub("r.a", "0");
+    uint64_t a1 = pub("r.a", "1"), b1 = pub("r.b", "1"), a2 = pub("r.a", "2");
+    uint64_t c1 = pub("r.c.d", "deeper"), b2 = pub("r.b", "2");
+    (void)a1;
+    (void)c1;
+    struct list held;
+    list_init(&held);
+    const char *names[] = {"r.*"};
+    struct hub_backlog bl;
+    assert_int_equal(subscribe(0, &held, names, 1, true, cursor, &bl, NULL), 0);
+    /* r.a keeps a1, a2: no gap (the cursor is r.a's 0, evicted); r.b keeps both. The
+     * cap keeps the newest 3 of a1 b1 a2 b2 and says so with a gap naming the pattern. */
+    assert_int_equal(bl.n, 3);
+    assert_int_equal(bl.msgs[0]->seq, b1);
+    assert_int_equal(bl.msgs[1]->seq, a2);
+    assert_int_equal(bl.msgs[2]->seq, b2);
+    assert_int_equal(bl.ngaps, 1);
+    assert_true(bl.gaps[0].replay_limit);
+    assert_string_equal(bl.gaps[0].name, "r.*");
+    assert_int_equal(bl.gaps[0].oldest, b1);
+    hub_backlog_free(&bl);
+    hub_unsubscribe_all(&hub, 0, &held);
+    /* A cursor older than what r.a keeps: a gap for r.a, by name. */
+    cfg.max_pattern_replay = 100;
+    pub("r.a", "3");
+    assert_int_equal(subscribe(0, &held, names, 1, true, cursor, &bl, NULL), 0);
+    assert_int_equal(bl.ngaps, 1);
+    assert_false(bl.gaps[0].replay_limit);
+    assert_string_equal(bl.gaps[0].name, "r.a");
+    hub_backlog_free(&bl);
+    hub_unsubscribe_all(&hub, 0, &held);
+}
+
+static void test_pattern_limits(void **state)
+{
+    cfg.max_patterns_per_conn = 1;
+    cfg.max_patterns = 2;
+    struct list c1, c2, c3;
+    list_init(&c1);
+    list_init(&c2);
+    list_init(&c3);
+    struct hub_backlog bl;
+    size_t bad;
+    const char *two[] = {"x.a", "x.*", "y.*"};
+    assert_int_equal(subscribe(0, &c1, two, 3, false, 0, &bl, &bad), HUB_ERR_PATTERNS_PER_CONN);
+    assert_int_equal(bad, 2);
+    assert_int_equal(held_count(&c1), 0); /* nothing subscribed on error */
+    take_channel(&c1, "x.*");
+    take_channel(&c2, "y.*");
+    const char *third = "z.*", *existing = "x.*";
+    assert_int_equal(subscribe(0, &c3, &third, 1, false, 0, &bl, &bad), HUB_ERR_TOO_MANY_PATTERNS);
+    assert_int_equal(subscribe(0, &c3, &existing, 1, false, 0, &bl, &bad), 0);
+    hub_backlog_free(&bl);
+    assert_int_equal(hub.patterns.len, 2);
+    hub_unsubscribe_all(&hub, 0, &c1);
+    hub_unsubscribe_all(&hub, 0, &c2);
+    hub_unsubscribe_all(&hub, 0, &c3);
+    assert_int_equal(hub.patterns.len, 0);
+}
+
 int main(void)
 {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
     const struct CMUnitTest tests[] = {
         T(test_ids_increase_by_one_per_publish),
+        T(test_pattern_delivers_once_per_connection),
+        T(test_pattern_resume_merges_in_id_order_with_gaps_and_a_cap),
+        T(test_pattern_limits),
         T(test_multi_channel_publish_shares_seq),
         T(test_publish_rejects_zero_channels),
         T(test_history_size_evicts_oldest),
