@@ -733,7 +733,9 @@ static int run_once(const struct bench_opts *o, struct run *r)
         t0 = k->e.mono;
         coord_for(k, o->duration);
         k->publishing = false;
-        coord_drain(k, 1.0, 3.0 + 3.0 * o->time_scale);
+        /* a delivery window holds the last updates up to batch_ms: quiet means longer */
+        double window = o->batch_ms / 1000.0;
+        coord_drain(k, 1.0 + window, 3.0 + 3.0 * o->time_scale + window);
         sample_server(o, &s1);
         r->window_secs = (double)(k->e.mono - t0) / 1e6;
         r->deliv_window = k->agg.delivered - d0;

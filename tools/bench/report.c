@@ -274,6 +274,9 @@ json_t *report_json(const struct run *r)
                                   "duration", r->o.duration, "time_scale", r->o.time_scale, "procs",
                                   r->procs));
     json_object_set_new(json_object_get(j, "params"), "servers", json_integer(r->o.nservers));
+    json_object_set_new(json_object_get(j, "params"), "game_updates",
+                        json_integer(r->o.game_updates));
+    json_object_set_new(json_object_get(j, "params"), "batch_ms", json_integer(r->o.batch_ms));
     json_t *cnt = json_object();
     json_object_set_new(cnt, "attempted", json_integer((json_int_t)c->attempted));
     json_object_set_new(cnt, "connected", json_integer((json_int_t)c->connected));

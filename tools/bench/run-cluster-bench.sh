@@ -25,6 +25,9 @@
 # Sizes (environment):
 #   GAME_USERS=24000 GAME_NODES=2 GAME_PROCS=4 GAME_CHANNELS=10 GAME_SCALES="1 0.5 0.25"
 #   GAME_SECONDS=120 (steady phase after the last user joined, seconds)
+#   GAME_RATE (users arriving per second; default 120 / scale, the study's)
+#   GAME_ARGS (more herald-bench options, e.g. "--game-updates 10 --batch-ms 3000")
+#   GAME_TAG (appended to the game runs' names, e.g. "-window": conflation-bench.sh)
 #   FAN_NODES="1 2 4" FAN_CONNS=8000 FAN_CHANNELS=8 FAN_MESSAGES=2000 FAN_PUBLISHERS=4 FAN_REPS=2
 #   PAYLOAD=100 NODE_WORKERS=1 (herald --workers per node) REDIS_PORT=16379 BASE_PORT=18280
 #   CLUSTER_RUNS="game fanout"  BUILD=build  REDIS_IDLE_SECONDS=5
@@ -36,6 +39,7 @@ ROOT=$PWD
 BUILD=${BUILD:-build}
 GAME_USERS=${GAME_USERS:-24000}; GAME_NODES=${GAME_NODES:-2}; GAME_PROCS=${GAME_PROCS:-4}
 GAME_CHANNELS=${GAME_CHANNELS:-10}; GAME_SCALES=${GAME_SCALES:-1 0.5 0.25}; GAME_SECONDS=${GAME_SECONDS:-120}
+GAME_RATE=${GAME_RATE:-}; GAME_ARGS=${GAME_ARGS:-}; GAME_TAG=${GAME_TAG:-}
 FAN_NODES=${FAN_NODES:-1 2 4}; FAN_CONNS=${FAN_CONNS:-8000}; FAN_CHANNELS=${FAN_CHANNELS:-8}
 FAN_MESSAGES=${FAN_MESSAGES:-2000}; FAN_PUBLISHERS=${FAN_PUBLISHERS:-4}; FAN_REPS=${FAN_REPS:-2}
 PAYLOAD=${PAYLOAD:-100}; NODE_WORKERS=${NODE_WORKERS:-1}
@@ -177,10 +181,11 @@ for run in $CLUSTER_RUNS; do
 		for s in $GAME_SCALES; do
 			start_redis
 			start_nodes "$GAME_NODES" || { stop_nodes; stop_redis; continue; }
-			rate=$(awk -v s="$s" 'BEGIN { printf "%g", 120 / s }')
-			bench "game-$GAME_USERS-x$s" game --conns "$GAME_USERS" --procs "$GAME_PROCS" --channels "$GAME_CHANNELS" \
+			rate=${GAME_RATE:-$(awk -v s="$s" 'BEGIN { printf "%g", 120 / s }')}
+			# shellcheck disable=SC2086 # GAME_ARGS is a list of options
+			bench "game-$GAME_USERS-x$s$GAME_TAG" game --conns "$GAME_USERS" --procs "$GAME_PROCS" --channels "$GAME_CHANNELS" \
 				--connect-rate "$rate" --time-scale "$s" --duration "$GAME_SECONDS" --publishers "$GAME_NODES" \
-				--payload "$PAYLOAD"
+				--payload "$PAYLOAD" $GAME_ARGS
 			stop_nodes
 			stop_redis
 		done ;;
