@@ -253,23 +253,32 @@ def test_a_user_without_channels_resumes_from_its_own_history(srv):
         s.close()
 
 
-def test_gap_when_the_users_history_is_gone(herald):
-    small = herald(token_secret=SECRET, publish_key=KEY, history_size=2)
-    tok = token("u-gap")
-    s = open_sub("ws", small, tok)
-    cursor = to_user(small, ["u-gap"], "old")["id"]
+def check_gap(first, later, sub, kinds):
+    """sub gets a message on node `first`, misses 4 published on node `later` (which keeps
+    2 per channel), and resumes there on each of `kinds`: gap, the 2 kept, then live."""
+    tok = token(sub)
+    s = open_sub("ws", first, tok)
+    cursor = to_user(first, [sub], "old")["id"]
     assert s.next_message()["data"] == "old"
     s.close()
-    ids = [to_user(small, ["u-gap"], f"n{i}")["id"] for i in range(4)]
-    for kind in TRANSPORTS:
-        s = open_sub(kind, small, tok, since=cursor)
+    sent = [(to_user(later, [sub], f"n{i}")["id"], f"n{i}") for i in range(4)]
+    for kind in kinds:
+        kept = sent[-2:]
+        s = open_sub(kind, later, tok, since=cursor)
         try:
             got = s.messages(3)
             assert got[0] == {"event": "gap", "channel": "#user", "since": cursor,
-                              "oldest": ids[2]}, (kind, got)
-            assert only_data(got[1:]) == ["n2", "n3"], (kind, got)
+                              "oldest": kept[0][0]}, (kind, got)
+            assert [(m["id"], m["data"]) for m in got[1:]] == kept, (kind, got)
+            sent.append((to_user(first, [sub], f"live-{kind}")["id"], f"live-{kind}"))
+            assert s.next_message()["data"] == f"live-{kind}"
         finally:
             s.close()
+
+
+def test_gap_when_the_users_history_is_gone(herald):
+    small = herald(token_secret=SECRET, publish_key=KEY, history_size=2)
+    check_gap(small, small, "u-gap", TRANSPORTS)
 
 
 def test_opting_out_with_user_0(srv):
@@ -678,3 +687,12 @@ def test_api_tail_still_needs_channels(srv):
     tail has no user, so without channels it is refused, not held open on nothing."""
     r = request(srv.port, "GET", "/api/tail", headers=PUB, timeout=5)
     assert (r.status, r.json()["error"]) == (400, "no_channels"), (r.status, r.body)
+
+
+@pytest.mark.threads
+def test_one_redis_gap_when_the_users_history_is_gone(redis, module_herald):
+    """Two nodes keeping 2 messages per channel: a user who resumes on the other node from
+    before what Redis kept gets a gap, then what is kept, then live messages."""
+    c, d = [module_herald(redis=redis.url, node_name=n, cluster_heartbeat=HEARTBEAT,
+                          token_secret=SECRET, publish_key=KEY, history_size=2) for n in "CD"]
+    check_gap(c, d, "c1-gap", ["ws", "sse"])
