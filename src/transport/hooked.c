@@ -60,7 +60,8 @@ static void add_extra_channels(struct conn *c, struct hook_session *s, struct su
 }
 
 int transport_hook_gate(struct conn *c, struct sub_request *r, const struct token *tok,
-                        const char *transport, enum hook_event ev, const struct hook_verdict **out)
+                        bool want_user, const char *transport, enum hook_event ev,
+                        const struct hook_verdict **out)
 {
     struct hook_session *s = hook_session_of(c);
     if (!s) {
@@ -97,9 +98,15 @@ int transport_hook_gate(struct conn *c, struct sub_request *r, const struct toke
     if (v->state == HV_ALLOW) {
         json_t *user = json_object_get(v->answer, "user");
         json_t *info = json_object_get(v->answer, "info");
-        if (json_is_string(user)) {
+        size_t ul = json_string_length(user);
+        if (json_is_string(user) && ul >= 1 && ul <= 256) {
             free(s->user);
-            s->user = xstrndup(json_string_value(user), json_string_length(user));
+            s->user = xstrndup(json_string_value(user), ul);
+            /* The backend's user gets the user's messages, unless the token named one. */
+            if (want_user && !(tok && tok->sub))
+                transport_add_user_named(r, c->tenant, s->user, ul);
+        } else if (user) {
+            log_warn("hook: the backend's \"user\" is not a string of 1-256 bytes: ignored");
         }
         if (info && !json_is_null(info)) {
             json_decref(s->info);
@@ -135,7 +142,7 @@ int transport_hook_admit(struct http_ctx *x, struct sub_request *r, const struct
                          const char *transport, enum hook_event ev)
 {
     const struct hook_verdict *v = NULL;
-    int rc = transport_hook_gate(x->c, r, tok, transport, ev, &v);
+    int rc = transport_hook_gate(x->c, r, tok, transport_wants_user(x->req), transport, ev, &v);
     if (rc <= 0)
         return rc;
     transport_hook_refused(x, v, ev);

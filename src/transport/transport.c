@@ -235,10 +235,16 @@ bool transport_wants_user(const struct http_request *req)
 
 bool transport_add_user(struct sub_request *r, const struct hub_tenant *t, const struct token *tok)
 {
-    if (!tok || !tok->sub || !tok->sub_len || r->n == HUB_SUBSCRIBE_MAX)
+    return tok && transport_add_user_named(r, t, tok->sub, tok->sub_len);
+}
+
+bool transport_add_user_named(struct sub_request *r, const struct hub_tenant *t, const char *user,
+                              size_t len)
+{
+    if (!user || !len || r->n == HUB_SUBSCRIBE_MAX)
         return false;
     char *out = key_slot(r);
-    size_t kl = users_key(out, t, tok->sub, tok->sub_len);
+    size_t kl = users_key(out, t, user, len);
     for (size_t k = 0; k < r->n; k++)
         if (r->names[k].len == kl && memcmp(r->names[k].data, out, kl) == 0)
             return true;

@@ -101,6 +101,9 @@ bool transport_wants_user(const struct http_request *req);
  * user's channel from its largest position. Returns whether r holds it now.
  */
 bool transport_add_user(struct sub_request *r, const struct hub_tenant *t, const struct token *tok);
+/* transport_add_user for the user user[0..len) (a connect hook's answer). */
+bool transport_add_user_named(struct sub_request *r, const struct hub_tenant *t, const char *user,
+                              size_t len);
 /* Whether c holds its user's channel. */
 bool transport_holds_user(const struct conn *c);
 /*
@@ -204,12 +207,14 @@ struct hook_verdict;
  * WebSocket subscribe op) for c, subscribing to r's channels with token tok (may be
  * NULL) over `transport` ("websocket", "sse", "stream", "poll"). Returns 0 to go on
  * (no hook, or allowed: r may have more channels, and a cursor from when the request
- * came), -1 when c is parked until the backend answers (the request or op runs again
+ * came; with want_user, the channel of the user a connect answer names when the token
+ * named none), -1 when c is parked until the backend answers (the request or op runs again
  * then, and this reads the verdict), or 1 when the backend refused or failed (*v says
  * how; the caller answers).
  */
 int transport_hook_gate(struct conn *c, struct sub_request *r, const struct token *tok,
-                        const char *transport, enum hook_event ev, const struct hook_verdict **v);
+                        bool want_user, const char *transport, enum hook_event ev,
+                        const struct hook_verdict **v);
 /* transport_hook_gate for an HTTP request, answering a refusal itself (403 hook_denied,
  * 503 hook_failed): 0 to go on, -1 when answered or parked. */
 int transport_hook_admit(struct http_ctx *x, struct sub_request *r, const struct token *tok,

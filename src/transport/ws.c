@@ -290,7 +290,8 @@ void ws_handle_upgrade(struct http_ctx *x)
     /* The app's connect hook: the handshake waits for it (parked, then run again). A
      * refusal is told after the upgrade, as a close code a browser can read. */
     const struct hook_verdict *refused = NULL;
-    if (!full && transport_hook_gate(c, &r, tok, "websocket", HOOK_CONNECT, &refused) < 0) {
+    if (!full &&
+        transport_hook_gate(c, &r, tok, want_user, "websocket", HOOK_CONNECT, &refused) < 0) {
         token_put(tok);
         return;
     }
@@ -517,7 +518,8 @@ static void op_subscribe(struct conn *c, json_t *op, json_t *ref)
     if (denied)
         return ws_reply_denied(c, denied, &r.names[bad], ref);
     const struct hook_verdict *refused = NULL;
-    int h = transport_hook_gate(c, &r, ws_auth(c)->tok, "websocket", HOOK_SUBSCRIBE, &refused);
+    int h =
+        transport_hook_gate(c, &r, ws_auth(c)->tok, false, "websocket", HOOK_SUBSCRIBE, &refused);
     if (h < 0)
         return; /* parked: ws_handle_text keeps the op and ws_on_resume re-runs it */
     if (h > 0) {

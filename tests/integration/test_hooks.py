@@ -868,3 +868,26 @@ def test_one_address_cannot_take_every_waiting_call(herald, chan):
     finally:
         release.set()
         b.close()
+
+
+def test_the_user_a_connect_hook_names_gets_the_users_messages(herald, chan):
+    b = Backend(lambda doc, a: (200, {"result": "allow", "user": "hooked-user"}, 0))
+    try:
+        srv = hooked(herald, b.url)  # public subscribing: no token, no sub
+        with SSE(srv, chan) as sse, SSE(srv, chan, user="0") as opted_out:
+            assert sse.status == 200 and opted_out.status == 200
+            srv.wait_subscribers(chan, 2)
+
+            async def main():
+                async with ws_connect(srv) as ws:  # no channels at all: the user's only
+                    await athread(b.wait, "connect", 3)
+                    r = await athread(srv.publish_json, {"users": ["hooked-user"], "data": "to-you"})
+                    assert r["subscribers"] == 2, r  # the SSE and the WebSocket, not the opted out
+                    assert (await recv_json(ws))["data"] == "to-you"
+
+            arun(main())
+            assert sse.next_message()["data"] == "to-you"
+            srv.publish(chan, "on-the-channel")
+            assert opted_out.next_message()["data"] == "on-the-channel"  # nothing before it
+    finally:
+        b.close()
