@@ -47,11 +47,15 @@ export async function share(h, claims) {
 
   // An event of one of this tab's channels, from the leader.
   const deliver = (type, m) => {
+    const at = h._pos.get(m.channel);
     if (type === 'message') {
       const id = BigInt(m.id);
-      if (h._pos.get(m.channel) >= id) return; // had it already (a new leader's replay)
+      if (at >= id) return; // had it already (a new leader's replay)
       h._pos.set(m.channel, id);
     }
+    // The connection went back for another tab (or a new leader for the tab furthest
+    // behind): a tab that has a message herald still keeps missed nothing.
+    if (type === 'gap' && m.oldest != null && at >= BigInt(m.oldest)) return;
     for (const s of h._subs) if (m.channel == null || s.channels.includes(m.channel)) s._emit(type, m);
     if (type === 'gap' || type === 'error') h._emit(type, m);
   };

@@ -16,7 +16,8 @@ import time
 import pytest
 import websockets
 
-from helpers import request, wait_until
+from helpers import poll, request, wait_until
+from test_tokens import SECRET, claims, mint
 from test_admin_ui import Page
 from test_browser import DevTools, chromium, open_page, page_server  # noqa: F401 (fixtures)
 
@@ -82,6 +83,7 @@ import {Herald} from "HERALD/herald.js";
 const q = new URLSearchParams(location.search);
 const got = window.got = {data: [], gaps: [], errors: [], opens: []};
 const h = window.h = new Herald("HERALD", {shared: true, minDelay: 50, maxDelay: 500,
+                                           token: q.get("token") || undefined,
                                            transports: q.get("t") ? [q.get("t")] : undefined});
 h.on("open", (e) => got.opens.push(e.transport));
 h.on("error", (e) => got.errors.push(e));
@@ -262,3 +264,69 @@ def test_tabs_share_one_connection(herald, chan, page_server, chromium, transpor
             return tab1.page.errors + tab2.page.errors + tab3.page.errors
 
     assert asyncio.run(run()) == []
+
+
+def test_shared_tabs_tokens_publish_and_gaps(herald, chan, page_server, chromium):  # noqa: F811
+    """Tabs share only with tabs of the same token identity (two tokens of one user and
+    grants share, another user's tab has its own connection); a follower's publish goes
+    through the leader's WebSocket and reaches every tab once; a tab that joins with a
+    cursor older than the history gets `gap`, and the tab that already had everything
+    gets neither a gap nor a message twice."""
+    server = herald(token_secret=SECRET, ws_publish=True, history_size=3)
+    root, page_port = page_server
+    with open(os.path.join(root, "tab.html"), "w") as f:
+        f.write(TAB.replace("HERALD", f"http://127.0.0.1:{server.port}"))
+    g, p = f"{chan}-g", f"{chan}-p"
+    alice1 = mint(claims(["**"], sub="alice", publish=["**"]))
+    alice2 = mint(claims(["**"], sub="alice", publish=["**"], ttl=3000))  # another token, same grants
+    bob = mint(claims(["**"], sub="bob", publish=["**"]))
+    assert alice1 != alice2
+
+    def url(token, *channels, since=""):
+        return (f"http://127.0.0.1:{page_port}/tab.html?channels={','.join(channels)}"
+                f"&token={token}&since={since}")
+
+    def ws_connections():
+        return server.stats()["connections"]["websocket"]
+
+    async def run():
+        async with Tab(chromium, url(alice1, g, p)) as a, Tab(chromium, url(alice2, p)) as b, \
+                Tab(chromium, url(bob, p)) as c:
+            for tab, role in ((a, "leader"), (b, "follower"), (c, "leader")):
+                await tab.page.wait_for(f"window.h.role === '{role}' && window.got.opens.length")
+            server.wait_subscribers(p, 2)  # alice's tabs' connection and bob's
+            assert ws_connections() == 2
+
+            # A follower publishes: through the leader, to every tab once.
+            await b.page.eval("window.h.publish('%s', {n: 7}).then((r) => { window.got.pub = r; },"
+                              " (e) => { window.got.pubErr = String(e); })" % p)
+            ack = await b.page.wait_for("window.got.pub || window.got.pubErr")
+            assert isinstance(ack, dict) and ack["event"] == "published", ack
+            status, body = poll(server, p, since="0", timeout=0, extra="&token=" + bob)
+            assert status == 200 and [m["id"] for m in body["messages"]] == [ack["id"]], body
+            for tab in (a, b, c):
+                await tab.page.wait_for("window.got.data.length >= 1")
+
+            # History keeps 3: a tab joining from before the first of 6 gets a gap and
+            # the 3 kept; tab a, which had all 6, sees no gap and nothing twice.
+            ids = [server.publish(g, json.dumps({"n": n}), content_type="application/json")["id"]
+                   for n in range(100, 106)]
+            await a.page.wait_for("window.got.data.length >= 7")
+            async with Tab(chromium, url(alice1, g, since=ids[0])) as d:
+                await d.page.wait_for("window.h.role === 'follower' && window.got.data.length >= 3")
+                await asyncio.sleep(0.5)  # a duplicate, or a stray gap, would come now
+                got_a, got_d = await a.got(), await d.got()
+                errors = [t.page.errors for t in (a, b, c, d)]
+            got_b, got_c = await b.got(), await c.got()
+            assert ws_connections() == 2
+        return got_a, got_b, got_c, got_d, ids, errors
+
+    got_a, got_b, got_c, got_d, ids, errors = asyncio.run(run())
+    for got in (got_a, got_b, got_c):
+        assert received(got, p) == [7]
+    assert received(got_a, g) == list(range(100, 106))
+    assert got_a["gaps"] == []
+    assert received(got_d, g) == [103, 104, 105]
+    assert [(x["channel"], x["since"]) for x in got_d["gaps"]] == [(g, ids[0])]
+    assert all(got["errors"] == [] for got in (got_a, got_b, got_c, got_d))
+    assert errors == [[], [], [], []]
