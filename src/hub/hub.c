@@ -279,6 +279,7 @@ int hub_init(struct hub *hub, const struct herald_config *cfg, int nworkers)
     map_init(&hub->quotas, 64);
     map_init(&hub->patterns, 64);
     map_init(&hub->pattern_heads, 64);
+    map_init(&hub->channel_heads, 64);
     list_init(&hub->tomb_fifo);
     hub->cfg = cfg;
     hub->nworkers = nworkers;
@@ -392,6 +393,53 @@ static void tenant_uncount(struct hub *hub, struct channel *ch)
         ch->tenant->channels--;
 }
 
+/* ---- channels by head, for pattern resumes (patsub.c) ---------------------------- */
+
+/* The length of the head of key[0..len) (app prefix and first segment) when the name
+ * has a dot, else 0: only such a name can match a pattern that starts with a channel
+ * name segment (it has two segments at least); the others are not indexed. */
+static size_t chan_head_len(const char *key, size_t len)
+{
+    const struct slice name = chan_key_name(key, len);
+    const char *dot = memchr(name.data, '.', name.len);
+    return dot ? (size_t)(dot - key) : 0;
+}
+
+static void head_index_add(struct hub *hub, struct channel *ch)
+{
+    HUB_ASSERT_LOCKED(hub);
+    list_init(&ch->head_link);
+    size_t hl = chan_head_len(ch->name, ch->name_len);
+    if (hub->be_ops || !hl) /* cluster mode has no pattern subscriptions */
+        return;
+    struct map_node *n = map_get(&hub->channel_heads, ch->name, hl);
+    struct chan_head *h = n ? container_of(n, struct chan_head, node) : NULL;
+    if (!h) {
+        h = xcalloc(1, sizeof(*h) + hl + 1);
+        memcpy(h->key, ch->name, hl);
+        h->node.key = h->key;
+        h->node.key_len = (uint32_t)hl;
+        list_init(&h->chans);
+        map_put(&hub->channel_heads, &h->node);
+    }
+    list_insert_tail(&h->chans, &ch->head_link);
+}
+
+static void head_index_del(struct hub *hub, struct channel *ch)
+{
+    HUB_ASSERT_LOCKED(hub);
+    if (!list_linked(&ch->head_link))
+        return;
+    list_remove(&ch->head_link);
+    struct map_node *n =
+        map_get(&hub->channel_heads, ch->name, chan_head_len(ch->name, ch->name_len));
+    struct chan_head *h = container_of(n, struct chan_head, node);
+    if (list_empty(&h->chans)) {
+        map_del(&hub->channel_heads, &h->node);
+        free(h);
+    }
+}
+
 /* Creates a channel; the caller checked chan_room and tenant_room. Hub lock held. */
 static struct channel *chan_create(struct hub *hub, const char *name, size_t len, bool ephemeral)
 {
@@ -438,6 +486,7 @@ static struct channel *chan_create(struct hub *hub, const char *name, size_t len
     ch->ephemeral = ephemeral;
     hub->nephemeral += ephemeral;
     map_put(&hub->channels, &ch->node);
+    head_index_add(hub, ch);
     if (!ephemeral) /* an ephemeral one gets its subscriber at once */
         hub__schedule_expiry_locked(hub, ch);
     return ch;
@@ -575,6 +624,7 @@ void hub__unlink_locked(struct hub *hub, struct channel *ch, uint64_t *wake_mask
     HUB_ASSERT_LOCKED(hub);
     tomb_put(hub, ch);
     map_del(&hub->channels, &ch->node);
+    head_index_del(hub, ch);
     tenant_uncount(hub, ch);
     heap_remove(&hub->expiry, &ch->expiry);
     ch->deleted = true;
@@ -614,6 +664,18 @@ void hub__wake_workers(struct hub *hub, uint64_t mask)
             hub->inbox[w].wake(hub->inbox[w].wake_arg);
 }
 
+/* Frees every entry of m (each allocated alone, its map_node at node_offset) and m. */
+static void free_entries(struct map *m, size_t node_offset)
+{
+    size_t b = 0;
+    struct map_node *n, *next = NULL;
+    while ((n = map_next(m, &b, &next))) {
+        map_del(m, n);
+        free((char *)n - node_offset);
+    }
+    map_free(m);
+}
+
 void hub_free(struct hub *hub)
 {
     hub__patsub_free(hub);
@@ -642,17 +704,12 @@ void hub_free(struct hub *hub)
         chan_release(hub, ch);
     }
     map_free(&hub->channels);
+    free_entries(&hub->channel_heads, offsetof(struct chan_head, node));
     heap_free(&hub->expiry);
     while (!list_empty(&hub->tomb_fifo))
         tomb_drop(hub, container_of(hub->tomb_fifo.next, struct tomb, fifo));
     map_free(&hub->tombs);
-    b = 0;
-    next = NULL;
-    while ((n = map_next(&hub->quotas, &b, &next))) {
-        map_del(&hub->quotas, n);
-        free(container_of(n, struct hub_quota, node));
-    }
-    map_free(&hub->quotas);
+    free_entries(&hub->quotas, offsetof(struct hub_quota, node));
     pthread_mutex_destroy(&hub->lock);
 }
 

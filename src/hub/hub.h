@@ -215,6 +215,7 @@ struct channel {
     struct hub_quota *quota;   /* the address a subscribe created it for (see hub_client) */
     struct hub_tenant *tenant; /* its app (one reference), NULL: the default app */
     struct heap_node expiry;   /* in hub.expiry; its key is never after the real deadline */
+    struct list head_link;     /* in its head's list (hub.channel_heads), a name with a dot */
 
     /* options */
     uint32_t ttl_ms, history_size, history_ttl_ms, history_bytes;
@@ -327,6 +328,9 @@ struct hub {
      * wildcard), so that a publish looks at the patterns that may match it only. */
     struct map patterns;
     struct map pattern_heads;
+    /* In memory, the channels whose names have a dot, by head (struct chan_head): what
+     * a pattern's resume walks instead of the whole table. */
+    struct map channel_heads;
     uint32_t npatterns_broad; /* patterns starting with a wildcard */
 
     /* Deleted or expired channels' last ids, so that a channel re-created under the

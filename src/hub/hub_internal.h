@@ -37,6 +37,13 @@ void hub__notify_workers(struct hub *hub, struct channel *ch, enum inbox_kind ki
                          struct ctl_frames *ctl, uint64_t *wake_mask);
 /* The subscription of `held` (a connection's list) to ch, or NULL. */
 struct sub *hub__find_sub(const struct list *held, const struct channel *ch);
+/* The channels (in memory) whose keys have a head, hub.channel_heads (hub.c). */
+struct chan_head {
+    struct map_node node;
+    struct list chans; /* struct channel.head_link */
+    char key[];        /* "APP~scores" */
+};
+
 /* A deleted or expired channel's last id (in-memory mode; hub.tombs). */
 struct tomb {
     struct map_node node;

@@ -314,11 +314,24 @@ void hub__patsub_backlog_locked(struct hub *hub, struct channel *pat, uint64_t s
     const size_t plen = (size_t)(p.data - pat->name); /* the app prefix: "APP~" or "" */
     struct hub_backlog mine = {0};
     uint32_t gaps_before = b->ngaps;
-    /* Every channel of the table: bounded by --max-channels, and only on a resume. */
-    size_t bucket = 0;
-    struct map_node *node, *next = NULL;
-    while ((node = map_next(&hub->channels, &bucket, &next))) {
-        struct channel *ch = container_of(node, struct channel, node);
+    /* The channels under the pattern's head (hub.channel_heads); a pattern that starts
+     * with a wildcard (token holders only) walks the whole table. */
+    size_t hl = head_len(pat->name, pat->name_len), bucket = 0;
+    struct map_node *node = hl ? map_get(&hub->channel_heads, pat->name, hl) : NULL, *next = NULL;
+    struct list *heads = node ? &container_of(node, struct chan_head, node)->chans : NULL;
+    struct list *link = heads ? heads->next : NULL;
+    for (;;) {
+        struct channel *ch;
+        if (hl) {
+            if (!link || link == heads)
+                break;
+            ch = container_of(link, struct channel, head_link);
+            link = link->next;
+        } else {
+            if (!(node = map_next(&hub->channels, &bucket, &next)))
+                break;
+            ch = container_of(node, struct channel, node);
+        }
         const struct slice name = chan_key_name(ch->name, ch->name_len);
         if (ch->user || (size_t)(name.data - ch->name) != plen ||
             memcmp(ch->name, pat->name, plen) != 0 ||

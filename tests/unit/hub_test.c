@@ -2045,6 +2045,31 @@ static void test_pattern_resume_merges_in_id_order_with_gaps_and_a_cap(void **st
     hub_unsubscribe_all(&hub, 0, &held);
 }
 
+static void test_channels_with_a_dot_are_indexed_by_head(void **state)
+{
+    pub("h.a", "1");
+    pub("h.b.c", "2");
+    pub("k.a", "3");
+    pub("nodot", "4");
+    assert_int_equal(hub.channel_heads.len, 2); /* "h" and "k"; "nodot" is no pattern's */
+    assert_int_equal(hub_channel_delete(&hub, "h.a", 3), 0);
+    assert_int_equal(hub.channel_heads.len, 2);
+    assert_int_equal(hub_channel_delete(&hub, "h.b.c", 5), 0);
+    assert_int_equal(hub_channel_delete(&hub, "k.a", 3), 0);
+    assert_int_equal(hub.channel_heads.len, 0);
+    /* A resume by pattern finds a channel made after the index emptied. */
+    uint64_t cursor = pub("nodot", "5"), id = pub("h.z", "6");
+    struct list held;
+    list_init(&held);
+    const char *names[] = {"h.*"};
+    struct hub_backlog bl;
+    assert_int_equal(subscribe(0, &held, names, 1, true, cursor, &bl, NULL), 0);
+    assert_int_equal(bl.n, 1);
+    assert_int_equal(bl.msgs[0]->seq, id);
+    hub_backlog_free(&bl);
+    hub_unsubscribe_all(&hub, 0, &held);
+}
+
 static void test_pattern_limits(void **state)
 {
     cfg.max_patterns_per_conn = 1;
@@ -2080,6 +2105,7 @@ int main(void)
         T(test_pattern_delivers_once_per_connection),
         T(test_pattern_resume_merges_in_id_order_with_gaps_and_a_cap),
         T(test_pattern_limits),
+        T(test_channels_with_a_dot_are_indexed_by_head),
         T(test_multi_channel_publish_shares_seq),
         T(test_publish_rejects_zero_channels),
         T(test_history_size_evicts_oldest),
