@@ -298,8 +298,9 @@ json_t *apps_list(void)
 
 static int save(const struct app *a, enum apps_put how);
 
-/* The app's settings as JSON (null: the server's own). */
-static json_t *settings_json(struct app *a)
+/* The app's settings as JSON (null: the server's own); a webhook_secret only `secrets`
+ * (its stored state), else "(set)". */
+static json_t *settings_json(struct app *a, bool secrets)
 {
     struct hub_tenant *t = &a->t;
     pthread_mutex_lock(&t->lock);
@@ -309,7 +310,7 @@ static json_t *settings_json(struct app *a)
         "history_ttl", t->history_ttl_ms ? json_integer(t->history_ttl_ms / 1000) : json_null(),
         "auto_create", t->auto_create < 0 ? json_null() : json_boolean(t->auto_create));
     if (a->hooks)
-        hooks_settings_to_json(&a->hooks->s, o, true);
+        hooks_settings_to_json(&a->hooks->s, o, secrets);
     pthread_mutex_unlock(&t->lock);
     return o;
 }
@@ -431,7 +432,7 @@ static json_t *state_json_locked(const struct app *a)
                      "team", a->team, "user", a->user, "publish_keys", keys, "token_secret",
                      a->token_secret, "subscribe", a->subscribe_public ? "public" : "token",
                      "created", (json_int_t)a->created_ms, "bound", a->bound, "settings",
-                     settings_json((struct app *)a));
+                     settings_json((struct app *)a, true));
 }
 
 json_t *apps_state_json(const struct app *a)
@@ -841,7 +842,7 @@ static json_t *app_json_locked(const struct app *a, bool secrets)
     if (p)
         json_object_set_new(o, "limits", apps_plan_json(p));
     json_object_set_new(o, "bound_apps", json_string(a->bound));
-    json_object_set_new(o, "settings", settings_json((struct app *)a));
+    json_object_set_new(o, "settings", settings_json((struct app *)a, secrets));
     return o;
 }
 

@@ -199,12 +199,14 @@ int hooks_settings_from_json(struct hook_settings *s, json_t *o, char *err, size
         }
         snprintf(s->url, sizeof(s->url), "%s", json_is_null(v) ? "" : json_string_value(v));
     }
-    if ((v = json_object_get(o, "webhook_secret"))) {
+    if ((v = json_object_get(o, "webhook_secret")) && json_is_true(v))
+        v = NULL; /* true: keep it (what a reader without the secrets sees) */
+    if (v) {
         if (!json_is_null(v) && (!json_is_string(v) || json_string_length(v) == 0 ||
                                  json_string_length(v) >= HOOK_SECRET_MAX)) {
             snprintf(err, errlen,
-                     "\"webhook_secret\" is a string of 1-255 bytes, or null (sign "
-                     "with the app's token secret)");
+                     "\"webhook_secret\" is a string of 1-255 bytes, null (sign with the "
+                     "app's token secret) or true (keep it)");
             return -1;
         }
         snprintf(s->secret, sizeof(s->secret), "%s", json_is_null(v) ? "" : json_string_value(v));
@@ -269,7 +271,8 @@ void hooks_settings_to_json(const struct hook_settings *s, json_t *o, bool with_
     json_object_set_new(o, "webhook_url", s->url[0] ? json_string(s->url) : json_null());
     json_object_set_new(o, "webhook_secret",
                         !s->secret[0] ? json_null()
-                                      : json_string(with_secret ? s->secret : "(set)"));
+                        : with_secret ? json_string(s->secret)
+                                      : json_true());
     json_t *ev = json_array();
     for (int i = 0; i < HOOK_EVENTS; i++)
         if (s->events & (1u << i))

@@ -111,7 +111,8 @@ void hooks_default_settings(struct hook_settings *s);
 /* Reads webhook_* members of an app's settings object over *s (null: back to the
  * default). Returns 0, or -1 with a message in err. Knows nothing else. */
 int hooks_settings_from_json(struct hook_settings *s, json_t *settings, char *err, size_t errlen);
-/* Adds the webhook_* members of s to obj (the secret as "set"/null, never its value). */
+/* Adds the webhook_* members of s to obj; the secret's value only with_secret (else true
+ * when there is one, which hooks_settings_from_json reads as "keep it"). */
 void hooks_settings_to_json(const struct hook_settings *s, json_t *obj, bool with_secret);
 /* Whether key names a webhook setting. */
 bool hooks_is_setting(const char *key);

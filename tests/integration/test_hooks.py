@@ -891,3 +891,24 @@ def test_the_user_a_connect_hook_names_gets_the_users_messages(herald, chan):
             assert opted_out.next_message()["data"] == "on-the-channel"  # nothing before it
     finally:
         b.close()
+
+
+def test_the_webhook_secret_is_not_shown_without_the_secrets(herald, backend, chan):
+    srv = herald(admin_key=ADMIN)
+    created = admin(srv, "POST", "/admin/apps", {"name": "quiet", "subscribe": "public"}).json()
+    r = admin(srv, "PATCH", "/admin/apps/quiet", {"settings": {"webhook_url": backend.url,
+                                                              "webhook_secret": "do-not-show"}})
+    assert r.status == 200 and "do-not-show" not in r.body.decode(), r.body
+    got = admin(srv, "GET", "/admin/apps/quiet")
+    assert "do-not-show" not in got.body.decode()
+    settings = got.json()["settings"]
+    assert settings["webhook_secret"] is True  # set, not shown
+    stats = request(srv.port, "GET", "/apps/quiet/stats",
+                    headers={"Authorization": f"Bearer {created['publish_key']}"})
+    assert stats.status == 200 and "do-not-show" not in stats.body.decode(), stats.body
+    # What a reader got, sent back, keeps the secret.
+    assert admin(srv, "PATCH", "/admin/apps/quiet", {"settings": settings}).status == 200
+    with _app_sse(srv, "quiet", chan) as sub:
+        assert sub.status == 200
+    backend.wait("connect")
+    assert signature_ok(backend.calls[0], "do-not-show")

@@ -74,6 +74,13 @@ static void test_settings_accepted_and_partial(void **state)
     assert_int_equal(s.timeout_ms, 2000);
     assert_int_equal(s.events, HOOK_ALL_EVENTS);
     assert_true(s.fail_open);
+    /* true keeps the secret (what a reader without the secrets was shown). */
+    assert_int_equal(apply(&s, "{\"webhook_secret\":true}", err, sizeof(err)), 0);
+    assert_string_equal(s.secret, "k");
+    json_t *shown = json_object();
+    hooks_settings_to_json(&s, shown, false);
+    assert_true(json_is_true(json_object_get(shown, "webhook_secret")));
+    json_decref(shown);
     assert_int_equal(apply(&s, "{\"webhook_url\":null,\"webhook_secret\":null}", err, sizeof(err)),
                      0);
     assert_int_equal(s.url[0], '\0');
