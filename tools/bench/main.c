@@ -851,6 +851,8 @@ static void usage(FILE *f)
         "with S,\n"
         "                                 each its own (verified by herald once each)\n"
         "  --token-shared                 with --token-secret: one token for all (herald's cache)\n"
+        "  --channel-prefix P             channels are named P-0, P-1... (default hbPID-TIME, a "
+        "run's own)\n"
         "  --no-user                      herald subscribers send user=0: no subscription to "
         "their\n"
         "                                 token user's channel (docs/interactive.md)\n"
@@ -904,25 +906,19 @@ static int parse_list(const char *s, double *out, int max)
 static int parse_opts(int argc, char **argv, struct bench_opts *o)
 {
     static const struct option lo[] = {
-        {"target", 1, 0, 't'},       {"server", 1, 0, 's'},
-        {"transport", 1, 0, 'T'},    {"server-pid", 1, 0, 'p'},
-        {"conns", 1, 0, 'n'},        {"procs", 1, 0, 'P'},
-        {"connect-rate", 1, 0, 'c'}, {"channels", 1, 0, 'C'},
-        {"messages", 1, 0, 'm'},     {"rate", 1, 0, 'r'},
-        {"burst", 1, 0, 'b'},        {"payload", 1, 0, 'B'},
-        {"publishers", 1, 0, 'u'},   {"hold", 1, 0, 'H'},
-        {"duration", 1, 0, 'd'},     {"time-scale", 1, 0, 'x'},
-        {"settle", 1, 0, 'S'},       {"drain", 1, 0, 'D'},
-        {"poll-timeout", 1, 0, 'o'}, {"pull-interval", 1, 0, 'i'},
-        {"pvp-clients", 1, 0, 1},    {"pvp-intervals", 1, 0, 2},
-        {"pvp-publishes", 1, 0, 3},  {"label", 1, 0, 'l'},
-        {"json", 1, 0, 'j'},         {"csv", 1, 0, 'v'},
-        {"plot", 1, 0, 'g'},         {"quiet", 0, 0, 'q'},
-        {"help", 0, 0, 'h'},         {"redis-pid", 1, 0, 4},
-        {"reconnect", 0, 0, 5},      {"no-reconnect", 0, 0, 6},
-        {"token-shared", 0, 0, 8},   {"token-secret", 1, 0, 7},
-        {"no-user", 0, 0, 9},        {"game-updates", 1, 0, 11},
-        {"batch-ms", 1, 0, 12},      {0, 0, 0, 0},
+        {"target", 1, 0, 't'},       {"server", 1, 0, 's'},        {"transport", 1, 0, 'T'},
+        {"server-pid", 1, 0, 'p'},   {"conns", 1, 0, 'n'},         {"procs", 1, 0, 'P'},
+        {"connect-rate", 1, 0, 'c'}, {"channels", 1, 0, 'C'},      {"messages", 1, 0, 'm'},
+        {"rate", 1, 0, 'r'},         {"burst", 1, 0, 'b'},         {"payload", 1, 0, 'B'},
+        {"publishers", 1, 0, 'u'},   {"hold", 1, 0, 'H'},          {"duration", 1, 0, 'd'},
+        {"time-scale", 1, 0, 'x'},   {"settle", 1, 0, 'S'},        {"drain", 1, 0, 'D'},
+        {"poll-timeout", 1, 0, 'o'}, {"pull-interval", 1, 0, 'i'}, {"pvp-clients", 1, 0, 1},
+        {"pvp-intervals", 1, 0, 2},  {"pvp-publishes", 1, 0, 3},   {"label", 1, 0, 'l'},
+        {"json", 1, 0, 'j'},         {"csv", 1, 0, 'v'},           {"plot", 1, 0, 'g'},
+        {"quiet", 0, 0, 'q'},        {"help", 0, 0, 'h'},          {"redis-pid", 1, 0, 4},
+        {"reconnect", 0, 0, 5},      {"no-reconnect", 0, 0, 6},    {"token-shared", 0, 0, 8},
+        {"token-secret", 1, 0, 7},   {"no-user", 0, 0, 9},         {"game-updates", 1, 0, 11},
+        {"batch-ms", 1, 0, 12},      {"channel-prefix", 1, 0, 13}, {0, 0, 0, 0},
     };
     int ch, chans = -1, pubs = -1;
     double rate = -1, dur = -1, scale = -1;
@@ -993,6 +989,7 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o)
         case 9: o->no_user = 1; break;
         case 11: o->game_updates = atoi(optarg); break;
         case 12: o->batch_ms = atoi(optarg); break;
+        case 13: snprintf(o->chan_prefix, sizeof o->chan_prefix, "%s", optarg); break;
         case 'h': usage(stdout); exit(0);
         default: return -1;
         }
