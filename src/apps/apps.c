@@ -16,6 +16,7 @@
 #include "core/config.h"
 #include "core/log.h"
 #include "hooks/hooks.h"
+#include "hub/batch.h"
 
 static const struct plan builtin_plans[] = {
     {.name = "free",
@@ -309,6 +310,8 @@ static json_t *settings_json(struct app *a, bool secrets)
         "history_size", t->history_size ? json_integer(t->history_size) : json_null(),
         "history_ttl", t->history_ttl_ms ? json_integer(t->history_ttl_ms / 1000) : json_null(),
         "auto_create", t->auto_create < 0 ? json_null() : json_boolean(t->auto_create));
+    json_object_set_new(o, "batch_ms", t->batch_ms ? json_integer(t->batch_ms) : json_null());
+    json_object_set_new(o, "conflate", json_string(t->conflate ? "latest" : "none"));
     if (a->hooks)
         hooks_settings_to_json(&a->hooks->s, o, secrets);
     pthread_mutex_unlock(&t->lock);
@@ -333,9 +336,38 @@ static int setting_uint(json_t *s, const char *key, uint32_t min, uint32_t max, 
     return 0;
 }
 
+/* The conflate setting: "latest" (with a window: batch_ms in s, or the app's), "none" or
+ * null (none). Returns 0 or -1 with err. */
+static int setting_conflate(struct app *a, json_t *s, bool has_bms, uint32_t bms, bool *has,
+                            bool *out, char *err, size_t errlen)
+{
+    json_t *v = json_object_get(s, "conflate");
+    if (!v)
+        return 0;
+    const char *str = json_is_string(v) ? json_string_value(v) : json_is_null(v) ? "none" : "";
+    if (strcmp(str, "latest") && strcmp(str, "none")) {
+        snprintf(err, errlen, "\"conflate\" is \"latest\", \"none\" or null");
+        return -1;
+    }
+    *has = true;
+    *out = !strcmp(str, "latest");
+    pthread_mutex_lock(&a->t.lock);
+    uint32_t window = has_bms ? bms : a->t.batch_ms;
+    pthread_mutex_unlock(&a->t.lock);
+    if (*out && !window) {
+        snprintf(err, errlen,
+                 "\"conflate\": \"latest\" keeps the newest message of each delivery window: "
+                 "set \"batch_ms\" (1 to %u) too",
+                 BATCH_MS_MAX);
+        return -1;
+    }
+    return 0;
+}
+
 int apps_set_settings(struct app *a, json_t *s, bool store, char *err, size_t errlen)
 {
-    static const char *known[] = {"cors_origins", "history_size", "history_ttl", "auto_create"};
+    static const char *known[] = {"cors_origins", "history_size", "history_ttl",
+                                  "auto_create",  "batch_ms",     "conflate"};
     const char *key;
     json_t *v;
     bool has_hooks = false;
@@ -348,7 +380,7 @@ int apps_set_settings(struct app *a, json_t *s, bool store, char *err, size_t er
         if (!ok) {
             snprintf(err, errlen,
                      "unknown setting \"%s\" (known: cors_origins, history_size, history_ttl, "
-                     "auto_create, %s)",
+                     "auto_create, batch_ms, conflate, %s)",
                      key, hooks_setting_names);
             return APPS_BAD_SETTING;
         }
@@ -389,6 +421,11 @@ int apps_set_settings(struct app *a, json_t *s, bool store, char *err, size_t er
     if (setting_uint(s, "history_size", 1, 1000000, &has_hs, &hs, err, errlen) ||
         setting_uint(s, "history_ttl", 1, 30u * 86400, &has_ht, &ht, err, errlen))
         return APPS_BAD_SETTING;
+    bool has_bms, has_cf = false, cf = false;
+    uint32_t bms;
+    if (setting_uint(s, "batch_ms", 0, BATCH_MS_MAX, &has_bms, &bms, err, errlen) ||
+        setting_conflate(a, s, has_bms, bms, &has_cf, &cf, err, errlen))
+        return APPS_BAD_SETTING;
     struct hook_target *hooks = has_hooks ? hook_target_new(&whs, a->token_secret) : NULL;
     struct hub_tenant *t = &a->t;
     pthread_mutex_lock(&t->lock);
@@ -398,6 +435,12 @@ int apps_set_settings(struct app *a, json_t *s, bool store, char *err, size_t er
         t->history_size = hs;
     if (has_ht)
         t->history_ttl_ms = ht * 1000;
+    if (has_bms)
+        t->batch_ms = bms;
+    if (has_cf)
+        t->conflate = cf;
+    if (!t->batch_ms)
+        t->conflate = false; /* conflating needs a window */
     if (ac)
         t->auto_create = json_is_null(ac) ? -1 : json_is_true(ac);
     if (hooks) {

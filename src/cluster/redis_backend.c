@@ -183,16 +183,16 @@ size_t redis_backend__key(char *buf, size_t size, const char *name, size_t len, 
  * for a single Redis, one per slot on a Redis Cluster (a script may only touch
  * keys of its channel's slot, and a shard that lost its data lost its slots').
  */
-/* What a channel a publish or a subscribe may create gets in key's namespace: its app's
- * settings (auto_create, history defaults, capped by its plan), else the server's. Any
- * thread; takes the registry's and the app's locks, never the hub's. */
-static void ns_defaults(struct rb *rb, const char *key, size_t len, bool *auto_create,
-                        uint32_t *history_size, uint32_t *history_ttl_ms)
+void redis_backend__ns_defaults(struct rb *rb, const char *key, size_t len, bool *auto_create,
+                                uint32_t *history_size, uint32_t *history_ttl_ms,
+                                uint32_t *batch_ms, bool *conflate)
 {
     bool user = chan_key_is_user(key, len); /* a user's channel exists for the asking */
     *auto_create = rb->cfg->auto_create || user;
     *history_size = rb->cfg->history_size;
     *history_ttl_ms = rb->cfg->history_ttl_ms;
+    if (batch_ms)
+        *batch_ms = 0, *conflate = false;
     const char *sep = memchr(key, CHANNEL_NS_SEP, len);
     struct hub *hub = rb->hub;
     struct hub_tenant *t = sep && hub->tenant_of
@@ -207,6 +207,8 @@ static void ns_defaults(struct rb *rb, const char *key, size_t len, bool *auto_c
         *history_size = t->history_size;
     if (t->history_ttl_ms)
         *history_ttl_ms = t->history_ttl_ms;
+    if (batch_ms)
+        *batch_ms = t->batch_ms, *conflate = t->conflate && t->batch_ms;
     pthread_mutex_unlock(&t->lock);
     uint32_t hmax = atomic_load_explicit(&t->max_history, memory_order_relaxed);
     if (hmax && *history_size > hmax)
@@ -557,14 +559,15 @@ static void load_reply(const redisReply *r, int status, void *arg)
     /* The cache keeps what Redis keeps for this channel, not just the defaults. */
     uint64_t hs = redis_backend__reply_u64(r->element[1]),
              httl = redis_backend__reply_u64(r->element[3]);
+    /* A window never PUT is the app's default, which the cache took when it was made. */
     uint64_t bms = redis_backend__reply_u64(r->element[4]);
     struct channel_opts o = {.has_history_size = hs > 0,
                              .history_size = (uint32_t)hs,
                              .has_history_ttl = httl > 0,
                              .history_ttl_ms = (uint32_t)httl,
-                             .has_batch_ms = true,
+                             .has_batch_ms = r->element[4]->len > 0,
                              .batch_ms = (uint32_t)MIN(bms, BATCH_MS_MAX),
-                             .has_conflate = true,
+                             .has_conflate = r->element[5]->len > 0,
                              .conflate = redis_backend__reply_u64(r->element[5]) == 1};
     if (hub_channel_loaded(rb->hub, op->name, op->len, op->token, 0, entries, k, evicted, &o))
         reload_later(rb, op->name, op->len);
@@ -599,7 +602,7 @@ static void load_channel(struct rb *rb, const char *name, size_t len, bool down)
     snprintf(after, sizeof(after), "%" PRIu64, last);
     bool create;
     uint32_t hsize, httl_ms;
-    ns_defaults(rb, name, len, &create, &hsize, &httl_ms);
+    redis_backend__ns_defaults(rb, name, len, &create, &hsize, &httl_ms, NULL, NULL);
     snprintf(hs, sizeof(hs), "%u", hsize);
     snprintf(us, sizeof(us), "%" PRIu64, wall_us());
     /* One Redis: the last-id key too (see load_lua). */
@@ -913,7 +916,8 @@ static int pub_eval(struct pub_task *pt, size_t from, size_t to)
     snprintf(hint, sizeof(hint), "%" PRIu64, pt->hint);
     bool create; /* the channels of one publish are of one app */
     uint32_t hsize, httl_ms;
-    ns_defaults(rb, pt->names[from], pt->lens[from], &create, &hsize, &httl_ms);
+    redis_backend__ns_defaults(rb, pt->names[from], pt->lens[from], &create, &hsize, &httl_ms, NULL,
+                               NULL);
     snprintf(hs, sizeof(hs), "%u", hsize);
     snprintf(httl, sizeof(httl), "%u", httl_ms);
     snprintf(ttl, sizeof(ttl), "%u", rb->cfg->channel_ttl_ms);
@@ -1012,7 +1016,8 @@ static void pub_prepare(struct pub_task *pt)
         redis_backend__key(o, sizeof(o), pt->names[i], pt->lens[i], 'o');
         bool create;
         uint32_t hsize, httl_ms;
-        ns_defaults(pt->rb, pt->names[i], pt->lens[i], &create, &hsize, &httl_ms);
+        redis_backend__ns_defaults(pt->rb, pt->names[i], pt->lens[i], &create, &hsize, &httl_ms,
+                                   NULL, NULL);
         const char *argv[] = {"3", ikey, ekey, o, create ? "1" : "0"};
         if (redis_script_call(pt->rb->bus, REDIS_SCRIPT_PREPARE, o, strlen(o), prepare_reply, pt,
                               (int)ARRAY_LEN(argv), argv, NULL) < 0)

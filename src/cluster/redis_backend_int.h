@@ -88,6 +88,12 @@ int redis_backend__script_error(struct rb *rb, const redisReply *r, int status, 
 void redis_backend__ignore_reply(const redisReply *r, int status, void *arg);
 /* An integer reply, or a decimal string reply, as a number; 0 otherwise. */
 uint64_t redis_backend__reply_u64(const redisReply *r);
+/* What a channel of key's namespace gets unless set on it: its app's settings (auto_create,
+ * history and, when batch_ms is not NULL, window defaults; history capped by its plan),
+ * else the server's. Any thread; takes the registry's and the app's locks, never the hub's. */
+void redis_backend__ns_defaults(struct rb *rb, const char *key, size_t len, bool *auto_create,
+                                uint32_t *history_size, uint32_t *history_ttl_ms,
+                                uint32_t *batch_ms, bool *conflate);
 
 /*
  * Apps (redis_apps.c). Before a publish (or, publish false, a PUT) to channels of one

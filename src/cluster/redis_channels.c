@@ -72,8 +72,15 @@ static void info_from_reply(struct chan_task *ct, const redisReply *r)
     i->last_id = redis_backend__reply_u64(e[11]);
     int64_t pttl = e[12]->type == REDIS_REPLY_INTEGER ? e[12]->integer : -1;
     i->expires_ms = pttl > 0 ? wall_ms() + (uint64_t)pttl : 0;
-    i->batch_ms = (uint32_t)MIN(redis_backend__reply_u64(e[13]), BATCH_MS_MAX);
-    i->conflate = i->batch_ms && redis_backend__reply_u64(e[14]) == 1;
+    bool create; /* a window never PUT is the app's default */
+    uint32_t hs, ht;
+    redis_backend__ns_defaults(ct->rb, ct->name, ct->len, &create, &hs, &ht, &i->batch_ms,
+                               &i->conflate);
+    if (e[13]->len)
+        i->batch_ms = (uint32_t)MIN(redis_backend__reply_u64(e[13]), BATCH_MS_MAX);
+    if (e[14]->len)
+        i->conflate = redis_backend__reply_u64(e[14]) == 1;
+    i->conflate = i->conflate && i->batch_ms;
 }
 
 static void chan_answer(void *arg)

@@ -153,15 +153,16 @@ int redis_payload_parse_window(const char *p, size_t len, struct channel_opts *o
 {
     static const char head[] = "X window ";
     size_t hl = sizeof(head) - 1;
-    if (len < hl + 3 || memcmp(p, head, hl) != 0 || p[len - 2] != ' ' ||
-        (p[len - 1] != '0' && p[len - 1] != '1'))
+    if (len < hl + 3 || memcmp(p, head, hl) != 0 || p[len - 2] != ' ' || !strchr("01-", p[len - 1]))
         return -1;
-    uint64_t ms;
-    if (redis_payload_parse_id(p + hl, len - hl - 2, &ms) < 0 || ms > BATCH_MS_MAX)
+    /* '-': never set on the channel, so the app's default, which the cache already has */
+    uint64_t ms = 0;
+    bool has_ms = !(len - hl - 2 == 1 && p[hl] == '-');
+    if (has_ms && (redis_payload_parse_id(p + hl, len - hl - 2, &ms) < 0 || ms > BATCH_MS_MAX))
         return -1;
-    *o = (struct channel_opts){.has_batch_ms = true,
+    *o = (struct channel_opts){.has_batch_ms = has_ms,
                                .batch_ms = (uint32_t)ms,
-                               .has_conflate = true,
+                               .has_conflate = p[len - 1] != '-',
                                .conflate = p[len - 1] == '1'};
     return 0;
 }

@@ -51,8 +51,9 @@ enum redis_bus_kind {
     REDIS_BUS_CLOSED,   /* "X closed": the channel was deleted */
     REDIS_BUS_WINDOW,   /* "X window B C": the channel's batch_ms and conflate changed */
 };
-/* Decodes "X window <batch_ms> <0|1>" (batch_ms plain decimal, at most BATCH_MS_MAX) into
- * o's window options. Returns 0 or -1. */
+/* Decodes "X window <batch_ms> <0|1>" (batch_ms plain decimal, at most BATCH_MS_MAX; either
+ * may be "-": not set on the channel, the app's default) into o's window options. Returns 0
+ * or -1. */
 int redis_payload_parse_window(const char *p, size_t len, struct channel_opts *o);
 /* Decodes a bus message (see above); *e and *data as for redis_payload_parse. */
 enum redis_bus_kind redis_payload_parse_bus(const char *p, size_t len, struct hub_entry *e,

@@ -174,7 +174,7 @@ static const char load_lua[] =
     "if #e == 0 and last and redis.call('EXISTS', KEYS[1]) == 0 then\n"
     "  evicted = math.max(evicted, tonumber(last))\n" /* the whole Stream expired */
     "end\n"
-    "return {string.format('%d', evicted), hs, e, opt[2] or '', opt[4] or '0', opt[5] or '0'}\n";
+    "return {string.format('%d', evicted), hs, e, opt[2] or '', opt[4] or '', opt[5] or ''}\n";
 
 /*
  * KEYS: stream, options, state, counts. ARGV: [1] now ms, [2] mode (get|put|del),
@@ -220,7 +220,7 @@ static const char chan_lua[] =
     "  end\n"
     "  if ARGV[11] ~= '' or ARGV[12] ~= '' then\n"
     "    local w = redis.call('HMGET', o, 'batch_ms', 'conflate')\n"
-    "    redis.call(ARGV[6], ARGV[5], 'X window ' .. (w[1] or '0') .. ' ' .. (w[2] or '0'))\n"
+    "    redis.call(ARGV[6], ARGV[5], 'X window ' .. (w[1] or '-') .. ' ' .. (w[2] or '-'))\n"
     "  end\n"
     "  redis.call('HSET', o, 'active', ARGV[1])\n"
     "  exists = true\n"
@@ -250,7 +250,7 @@ static const char chan_lua[] =
     "end\n"
     "local pttl = redis.call('PTTL', o)\n"
     "return {created, opt[1] or '', opt[2] or '', opt[3] or '', opt[4] or '0', opt[5] or '0',\n"
-    "        opt[6] or '0', subs, len, added, first, last, pttl, opt[7] or '0', opt[8] or '0'}\n";
+    "        opt[6] or '0', subs, len, added, first, last, pttl, opt[7] or '', opt[8] or ''}\n";
 
 /* KEYS: the index. ARGV: [1] after ('' = from the start), [2] prefix, [3] max.
  * Returns {total (names with the prefix), names}. */

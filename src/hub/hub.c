@@ -466,6 +466,8 @@ static struct channel *chan_create(struct hub *hub, const char *name, size_t len
             ch->history_size = t->history_size;
         if (t->history_ttl_ms)
             ch->history_ttl_ms = t->history_ttl_ms;
+        ch->batch_ms = t->batch_ms;
+        ch->conflate = t->conflate && t->batch_ms;
         pthread_mutex_unlock(&t->lock);
         uint32_t hmax = atomic_load_explicit(&t->max_history, memory_order_relaxed);
         if (hmax && ch->history_size > hmax)

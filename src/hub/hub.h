@@ -111,6 +111,8 @@ struct hub_tenant {
     pthread_mutex_t lock;
     char cors_origins[512];                /* who may subscribe from browsers */
     uint32_t history_size, history_ttl_ms; /* defaults of new channels */
+    uint32_t batch_ms;                     /* default delivery window of new channels (0: none) */
+    bool conflate;                         /* with batch_ms: new channels conflate */
     int8_t auto_create;                    /* subscribing or publishing creates channels */
     /* Limits, 0 for none (the app's plan; changed at any time). */
     _Atomic uint32_t max_channels, max_history, max_conns;

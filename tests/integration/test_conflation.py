@@ -18,7 +18,22 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from helpers import TRANSPORTS, WAIT, Poller, data_of, ids_of, numbered, poll, subscribe, wait_until
+from helpers import (
+    TRANSPORTS,
+    WAIT,
+    Poller,
+    RawConn,
+    RawWS,
+    data_of,
+    ids_of,
+    numbered,
+    poll,
+    subscribe,
+    wait_until,
+    ws_accept,
+    ws_handshake,
+    ws_key,
+)
 from redis_util import RedisServer
 
 pytestmark = pytest.mark.threads  # windows live on the workers: make test runs this under TSan too
@@ -271,3 +286,79 @@ def test_a_pattern_subscriber_ends_with_the_newest_of_a_conflated_channel(server
     with subscribe("ws", server, pattern, since=cursor) as resumed:
         assert ids_of(resumed.messages(1)) == ids[-1:]
         assert_quiet("ws", resumed, 1.0)
+
+
+# ---- app settings: the default window of an app's new channels --------------------------------
+
+ADMIN = "conflation-admin-key"
+
+
+def admin(node, method, path, body=None):
+    return node.request(method, path, json.dumps(body) if body is not None else None,
+                        {"Authorization": f"Bearer {ADMIN}", "Content-Type": "application/json"})
+
+
+class AppWS(RawWS):
+    """A WebSocket subscriber of a (public) app's channel: /apps/{app}/ws."""
+
+    def __init__(self, node, app, chan):
+        self.conn = RawConn(node.port)
+        key = ws_key()
+        self.conn.send(ws_handshake(f"/apps/{app}/ws?channels={chan}", key))
+        self.status, self.headers = self.conn.read_head()
+        assert self.status == 101 and self.headers["sec-websocket-accept"] == ws_accept(key), self.status
+
+
+def app_put(node, app, key, chan, **opts):
+    return node.request("PUT", f"/apps/{app}/api/channels/{chan}", json.dumps(opts),
+                        {"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+
+
+def test_app_settings_give_new_channels_a_window(herald, chan):
+    srv = herald(admin_key=ADMIN)
+    r = admin(srv, "POST", "/admin/apps", {"name": "game", "plan": "unlimited", "subscribe": "public",
+                                            "settings": {"conflate": "latest"}})
+    assert r.status == 400 and "batch_ms" in r.json()["detail"], r.body
+    r = admin(srv, "POST", "/admin/apps", {"name": "game", "plan": "unlimited", "subscribe": "public",
+                                            "settings": {"batch_ms": WINDOW_MS, "conflate": "latest"}})
+    assert r.status == 201, r.body
+    app = r.json()
+    assert (app["settings"]["batch_ms"], app["settings"]["conflate"]) == (WINDOW_MS, "latest")
+    key = app["publish_key"]
+    info = app_put(srv, "game", key, chan).json()
+    assert (info["batch_ms"], info["conflate"]) == (WINDOW_MS, "latest")
+    with AppWS(srv, "game", chan) as sub:
+        ids = []
+        for i in range(4):
+            r = srv.request("POST", f"/apps/game/pub/{chan}", f"m{i}", {"Authorization": f"Bearer {key}"})
+            ids.append(r.json()["id"])
+        assert ids_of(sub.messages(1)) == ids[-1:]
+    # a channel's own option wins; the default app is not affected
+    assert app_put(srv, "game", key, chan, batch_ms=0).json()["batch_ms"] == 0
+    server_info = put(srv, chan, 201).json()
+    assert (server_info["batch_ms"], server_info["conflate"]) == (0, "none")
+    # changing the setting changes what new channels get
+    r = admin(srv, "PATCH", "/admin/apps/game", {"settings": {"batch_ms": None}})
+    assert r.status == 200 and r.json()["settings"]["batch_ms"] is None, r.body
+    assert r.json()["settings"]["conflate"] == "none"
+    assert app_put(srv, "game", key, chan + "-2").json()["batch_ms"] == 0
+
+
+def test_app_window_default_holds_on_two_nodes(redis, herald, chan):
+    a = herald(redis=redis.url, node_name="A", cluster_heartbeat="500ms", admin_key=ADMIN)
+    b = herald(redis=redis.url, node_name="B", cluster_heartbeat="500ms", admin_key=ADMIN)
+    name = "w" + str(abs(hash(chan)) % 10**8)
+    r = admin(a, "POST", "/admin/apps", {"name": name, "plan": "unlimited", "subscribe": "public",
+                                          "settings": {"batch_ms": WINDOW_MS, "conflate": "latest"}})
+    assert r.status == 201, r.body
+    key = r.json()["publish_key"]
+    wait_until(lambda: admin(b, "GET", f"/admin/apps/{name}").status == 200, what="the app on B")
+    with AppWS(b, name, chan) as sub:
+        ids = []
+        for i in range(4):
+            r = a.request("POST", f"/apps/{name}/pub/{chan}", f"m{i}", {"Authorization": f"Bearer {key}"})
+            assert r.status == 201, r.body
+            ids.append(r.json()["id"])
+        assert ids_of(sub.messages(1)) == ids[-1:]
+    info = b.request("GET", f"/apps/{name}/api/channels/{chan}", headers={"Authorization": f"Bearer {key}"}).json()
+    assert (info["batch_ms"], info["conflate"], info["messages"]) == (WINDOW_MS, "latest", 4)

@@ -194,6 +194,11 @@ static void test_bus_messages(void **state)
     assert_int_equal(o.batch_ms, 3000);
     assert_int_equal(redis_payload_parse_window("X window 0 0", 12, &o), 0);
     assert_true(o.batch_ms == 0 && !o.conflate);
+    assert_int_equal(redis_payload_parse_window("X window 500 -", 14, &o), 0);
+    assert_true(o.has_batch_ms && o.batch_ms == 500 && !o.has_conflate);
+    assert_int_equal(redis_payload_parse_window("X window - 1", 12, &o), 0);
+    assert_true(!o.has_batch_ms && o.has_conflate && o.conflate);
+    assert_int_equal(redis_payload_parse_window("X window -- 1", 13, &o), -1);
     assert_int_equal(redis_payload_parse_bus("9 T 1 1 0 2\nch\nab", 17, &e, &data),
                      REDIS_BUS_MESSAGE);
     assert_int_equal(e.seq, 9);
