@@ -1052,6 +1052,10 @@ static void ws_on_timer(struct conn *c)
 /* The op that waited for the backend runs again, then what came after it. */
 static void ws_on_resume(struct conn *c)
 {
+    /* conn_park stopped the heartbeat: it runs again (a ping still out gets its grace). */
+    if (!timer_armed(&c->timer))
+        conn_timer_start(c, (c->flags & WSF_PING_OUT) ? conn_cfg(c)->close_grace_ms
+                                                      : conn_cfg(c)->heartbeat_ms);
     char *op = wstate(c)->pending;
     size_t len = wstate(c)->pending_len;
     wstate(c)->pending = NULL;

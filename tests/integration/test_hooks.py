@@ -16,8 +16,12 @@ import pytest
 import websockets
 
 from helpers import (
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
     SSE,
     RawConn,
+    RawWS,
     Stream,
     arun,
     athread,
@@ -912,3 +916,24 @@ def test_the_webhook_secret_is_not_shown_without_the_secrets(herald, backend, ch
         assert sub.status == 200
     backend.wait("connect")
     assert signature_ok(backend.calls[0], "do-not-show")
+
+
+def test_heartbeat_goes_on_after_a_subscribe_that_waited(herald, backend, chan):
+    srv = hooked(herald, backend.url, heartbeat="300ms", close_grace="2s")
+    ws = RawWS(srv, "")
+    try:
+        ws.send_json({"op": "subscribe", "channels": [chan], "ref": 1})
+        # The op waited for the backend (parked); the server's pings must go on after it.
+        pings = 0
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and pings < 2:
+            f = ws.recv_frame(timeout=max(0.1, deadline - time.monotonic()))
+            if f.opcode == OP_PING:
+                pings += 1
+                ws.send_frame(OP_PONG, f.payload)
+            elif f.opcode == OP_TEXT:
+                assert f.json()["event"] == "subscribed", f
+        assert pings == 2, "no heartbeat after the subscribe op"
+        assert backend.events("subscribe")[0]["channels"] == [chan]
+    finally:
+        ws.close()
