@@ -153,7 +153,9 @@ int redis_payload_parse_window(const char *p, size_t len, struct channel_opts *o
 {
     static const char head[] = "X window ";
     size_t hl = sizeof(head) - 1;
-    if (len < hl + 3 || memcmp(p, head, hl) != 0 || p[len - 2] != ' ' || !strchr("01-", p[len - 1]))
+    /* memchr, not strchr, which would take a NUL for one of the three */
+    if (len < hl + 3 || memcmp(p, head, hl) != 0 || p[len - 2] != ' ' ||
+        !memchr("01-", p[len - 1], 3))
         return -1;
     /* '-': never set on the channel, so the app's default, which the cache already has */
     uint64_t ms = 0;

@@ -47,7 +47,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     sbuf_free(&json);
     enum redis_bus_kind k = redis_payload_parse_bus(buf, size, &e, &json);
-    CHECK(k >= REDIS_BUS_BAD && k <= REDIS_BUS_CLOSED);
+    CHECK(k >= REDIS_BUS_BAD && k <= REDIS_BUS_WINDOW);
     if (k == REDIS_BUS_MESSAGE) {
         const char *sp = memchr(buf, ' ', size);
         CHECK(sp && e.seq >= 1);
@@ -55,6 +55,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     if (k == REDIS_BUS_CLOSED)
         CHECK(size == 8 && memcmp(buf, "X closed", 8) == 0);
+    struct channel_opts o;
+    if (redis_payload_parse_window(buf, size, &o) == 0) {
+        /* Canonical: "X window <ms|-> <0|1|->" built back from what was decoded. */
+        CHECK(k == REDIS_BUS_WINDOW && (!o.has_batch_ms || o.batch_ms <= BATCH_MS_MAX));
+        char text[40], conf = !o.has_conflate ? '-' : o.conflate ? '1' : '0';
+        int n = o.has_batch_ms ? snprintf(text, sizeof(text), "X window %u %c", o.batch_ms, conf)
+                               : snprintf(text, sizeof(text), "X window - %c", conf);
+        CHECK((size_t)n == size && memcmp(text, buf, size) == 0);
+    } else {
+        CHECK(k != REDIS_BUS_WINDOW);
+    }
     sbuf_free(&json);
     uint64_t id;
     if (redis_payload_parse_id(buf, size, &id) == 0) {

@@ -199,6 +199,7 @@ static void test_bus_messages(void **state)
     assert_int_equal(redis_payload_parse_window("X window - 1", 12, &o), 0);
     assert_true(!o.has_batch_ms && o.has_conflate && o.conflate);
     assert_int_equal(redis_payload_parse_window("X window -- 1", 13, &o), -1);
+    assert_int_equal(redis_payload_parse_window("X window 3 \0", 12, &o), -1); /* fuzz find */
     assert_int_equal(redis_payload_parse_bus("9 T 1 1 0 2\nch\nab", 17, &e, &data),
                      REDIS_BUS_MESSAGE);
     assert_int_equal(e.seq, 9);
