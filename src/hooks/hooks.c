@@ -341,14 +341,21 @@ const char *hook_refusal(int rc)
 
 /* ---- jobs ----------------------------------------------------------------------------- */
 
-static void job_free(struct job *j)
+/* The job's attempt leaves curl (if it has one). */
+static void job_detach(struct job *j)
 {
     if (list_linked(&j->active))
         list_remove(&j->active);
     if (j->easy) {
         curl_multi_remove_handle(H.multi, j->easy);
         curl_easy_cleanup(j->easy);
+        j->easy = NULL;
     }
+}
+
+/* A completed job (job_complete detached it). */
+static void job_free(struct job *j)
+{
     curl_slist_free_all(j->hdrs);
     json_decref(j->res.answer);
     hook_target_put(j->t);
@@ -387,13 +394,7 @@ static void job_complete(struct job *j)
     }
     if (j->res.status != HOOK_OK && j->res.status != HOOK_STOPPED)
         log_warn("hook %s to %s failed: %s", event_names[j->ev], j->t->s.url, j->res.detail);
-    if (list_linked(&j->active))
-        list_remove(&j->active);
-    if (j->easy) {
-        curl_multi_remove_handle(H.multi, j->easy);
-        curl_easy_cleanup(j->easy);
-        j->easy = NULL;
-    }
+    job_detach(j);
     if (j->done)
         hub_post(H.hub, j->w, job_answer, j);
     else
@@ -515,10 +516,7 @@ static void job_ended(struct job *j, CURLcode code)
                   (r->status == HOOK_HTTP_STATUS && status >= 500));
     if (!again)
         return job_complete(j);
-    list_remove(&j->active);
-    curl_multi_remove_handle(H.multi, j->easy);
-    curl_easy_cleanup(j->easy);
-    j->easy = NULL;
+    job_detach(j);
     uint32_t delay = RETRY_BASE_MS << MIN(j->attempt - 1, 8u);
     j->due_ms = now_ms() + MIN(delay, RETRY_MAX_MS);
     atomic_fetch_add_explicit(&H.retried, 1, memory_order_relaxed);
