@@ -105,15 +105,21 @@ json_t *hook_session_body(struct conn *c, struct hook_session *s, enum hook_even
     return o;
 }
 
+/* Appends the name of channel key[0..len) to chs, unless it is a user's own channel
+ * (the backend knows the user). */
+static void add_channel_name(json_t *chs, const char *key, size_t len)
+{
+    if (chan_key_is_user(key, len))
+        return;
+    struct slice nm = chan_key_name(key, len);
+    json_array_append_new(chs, json_stringn(nm.data, nm.len));
+}
+
 json_t *hook_channels_json(const struct slice *keys, size_t n)
 {
     json_t *chs = json_array();
-    for (size_t i = 0; i < n; i++) {
-        if (chan_key_is_user(keys[i].data, keys[i].len))
-            continue; /* the user's own channel: the backend knows the user */
-        struct slice nm = chan_key_name(keys[i].data, keys[i].len);
-        json_array_append_new(chs, json_stringn(nm.data, nm.len));
-    }
+    for (size_t i = 0; i < n; i++)
+        add_channel_name(chs, keys[i].data, keys[i].len);
     return chs;
 }
 
@@ -199,10 +205,7 @@ static void session_free(struct conn *c, struct conn_attach *a)
         json_t *chs = json_array();
         for (struct list *p = c->subs.next; p != &c->subs; p = p->next) {
             const struct channel *ch = container_of(p, struct sub, conn_link)->ch;
-            if (chan_key_is_user(ch->name, ch->name_len))
-                continue; /* the user's own channel */
-            struct slice nm = chan_key_name(ch->name, ch->name_len);
-            json_array_append_new(chs, json_stringn(nm.data, nm.len));
+            add_channel_name(chs, ch->name, ch->name_len);
         }
         json_object_set_new(o, "channels", chs);
         json_object_set_new(o, "duration_ms",
