@@ -33,10 +33,9 @@ struct hook_session {
     uint64_t id;
     uint64_t started_ms; /* wall */
     const char *transport;
-    char *user;     /* the connect hook's "user", else the token's sub; NULL: anonymous */
-    json_t *info;   /* the connect hook's "info", or NULL */
-    bool connected; /* admitted as a subscriber connection: `disconnect` fires at its end */
-    bool has_arrival;
+    char *user;       /* the connect hook's "user", else the token's sub; NULL: anonymous */
+    json_t *info;     /* the connect hook's "info", or NULL */
+    bool connected;   /* admitted as a subscriber connection: `disconnect` fires at its end */
     uint64_t arrival; /* the hub's last id when the connection came (see transport) */
     struct hook_verdict connect, subscribe;
     uint16_t rpc_inflight;

@@ -83,7 +83,6 @@ int transport_hook_gate(struct conn *c, struct sub_request *r, const struct toke
         return -1; /* cannot happen: a waiting request is parked */
     if (v->state == HV_NONE) {
         s->arrival = arrival_cursor(conn_hub(c));
-        s->has_arrival = true;
         json_t *body = hook_session_body(c, s, ev);
         json_object_set_new(body, "channels", hook_channels_json(r->names, r->n));
         v->state = HV_WAITING;
