@@ -360,11 +360,12 @@ void ws_handle_upgrade(struct http_ctx *x)
 /* ---- client ops ------------------------------------------------------------------ */
 
 /* The error event of a refused op: token_missing, token_expired, channel_forbidden or
- * pattern_forbidden (then naming `name`, as "channel" too). */
+ * pattern_forbidden (then naming `name`, as "channel" too; key may be NULL for the
+ * token's codes). */
 static void ws_reply_denied(struct conn *c, const char *code, const struct slice *key, json_t *ref)
 {
-    struct slice bare =
-        chan_key_name(key->data, key->len); /* the client knows the channel's name */
+    struct slice bare = key ? chan_key_name(key->data, key->len)
+                            : (struct slice){0}; /* the client knows the channel's name */
     const struct slice *name = &bare;
     struct sbuf f = {0}, d = {0};
     if (strcmp(code, "token_missing") == 0)
@@ -790,19 +791,12 @@ static void op_rpc(struct conn *c, json_t *op, json_t *ref)
         return ws_reply_error(c, "bad_request",
                               "\"method\" is a string of 1-128 bytes: what the backend should do",
                               ref);
+    /* With subscriber tokens, the connection's token, valid (it names no channel). */
+    size_t bad;
+    const char *denied = transport_auth_check(c, TOKEN_GRANT_SUBSCRIBE, NULL, 0, &bad);
+    if (denied)
+        return ws_reply_denied(c, denied, NULL, ref);
     struct sub_auth *a = ws_auth(c);
-    if (a->policy && a->policy->subscribe == AUTH_TOKEN) {
-        if (!a->tok)
-            return ws_reply_error(c, "token_missing",
-                                  "rpc needs a token: send {\"op\":\"auth\",\"token\":\"...\"} "
-                                  "first, or put it on the URL (?token=)",
-                                  ref);
-        if (auth_expired(a->policy, a->tok))
-            return ws_reply_error(c, "token_expired",
-                                  "the token expired: send {\"op\":\"refresh\",\"token\":\"...\"} "
-                                  "with a new one",
-                                  ref);
-    }
     struct hook_session *s = hook_session_ensure(c, "websocket", a->tok ? a->tok->sub : NULL,
                                                  a->tok ? a->tok->sub_len : 0);
     if (!hooks_wants(s->t, HOOK_RPC))
