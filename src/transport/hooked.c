@@ -125,13 +125,19 @@ int transport_hook_gate(struct conn *c, struct sub_request *r, const struct toke
     return 1;
 }
 
+void transport_hook_error(struct sbuf *b, bool denied, enum hook_event ev, const char *detail)
+{
+    sbuf_printf(b, "\"error\":\"%s\",\"hook\":\"%s\",\"detail\":",
+                denied ? "hook_denied" : "hook_failed", hook_event_name(ev));
+    sbuf_add_json_str(b, detail, strlen(detail));
+}
+
 void transport_hook_refused(struct http_ctx *x, const struct hook_verdict *v, enum hook_event ev)
 {
     bool deny = v->state == HV_DENY;
     struct sbuf b = {0};
-    sbuf_printf(&b, "{\"error\":\"%s\",\"hook\":\"%s\",\"detail\":",
-                deny ? "hook_denied" : "hook_failed", hook_event_name(ev));
-    sbuf_add_json_str(&b, v->detail, strlen(v->detail));
+    sbuf_adds(&b, "{");
+    transport_hook_error(&b, deny, ev, v->detail);
     sbuf_adds(&b, "}\n");
     http_respond(x, deny ? 403 : 503, "application/json", NULL, b.data, b.len);
     sbuf_free(&b);

@@ -222,6 +222,9 @@ int transport_hook_admit(struct http_ctx *x, struct sub_request *r, const struct
 /* A subscribe (op or long-poll) is over, unless it is parked to run again: the next one
  * asks the backend again. */
 void transport_hook_done(struct conn *c);
+/* Adds the fields "error":"hook_denied"|"hook_failed","hook":EV,"detail":DETAIL to b (the
+ * body of an HTTP answer, or of a WebSocket error event). */
+void transport_hook_error(struct sbuf *b, bool denied, enum hook_event ev, const char *detail);
 /* Answers {"error":"hook_denied"|"hook_failed","hook":…,"detail":…} with 403 or 503. */
 void transport_hook_refused(struct http_ctx *x, const struct hook_verdict *v, enum hook_event ev);
 

@@ -194,10 +194,7 @@ static void ws_hook_refused(struct conn *c, const struct hook_verdict *v, enum h
     bool deny = v->state == HV_DENY;
     const char *error = deny ? "hook_denied" : "hook_failed";
     struct sbuf f = {0};
-    sbuf_adds(&f, "\"error\":");
-    sbuf_add_json_str(&f, error, strlen(error));
-    sbuf_printf(&f, ",\"hook\":\"%s\",\"detail\":", hook_event_name(ev));
-    sbuf_add_json_str(&f, v->detail, strlen(v->detail));
+    transport_hook_error(&f, deny, ev, v->detail);
     ws_reply(c, "error", f.data, ref);
     sbuf_free(&f);
     if (!close)
@@ -759,8 +756,7 @@ static void rpc_done(struct conn *c, const struct hook_result *r, void *arg)
         json_t *err = json_object_get(r->answer, "error");
         if (r->status != HOOK_OK) {
             struct sbuf f = {0};
-            sbuf_adds(&f, "\"error\":\"hook_failed\",\"hook\":\"rpc\",\"detail\":");
-            sbuf_add_json_str(&f, r->detail, strlen(r->detail));
+            transport_hook_error(&f, false, HOOK_RPC, r->detail);
             ws_reply(c, "error", f.data, k->ref);
             sbuf_free(&f);
         } else if (err && !json_is_null(err)) {
