@@ -629,12 +629,12 @@ static json_t *publish_notice(struct conn *c, const struct api_pub *p)
     struct hook_session *s = hook_session_of(c);
     if (!s) {
         struct hook_target *t = hooks_target_of(c->tenant);
-        bool wanted = hooks_wants(t, HOOK_PUBLISH);
-        hook_target_put(t);
-        if (!wanted)
+        if (!hooks_wants(t, HOOK_PUBLISH)) {
+            hook_target_put(t);
             return NULL;
+        }
         struct token *tok = ws_auth(c)->tok;
-        s = hook_session_ensure(c, "websocket", tok ? tok->sub : NULL, tok ? tok->sub_len : 0);
+        s = hook_session_open(c, t, "websocket", tok ? tok->sub : NULL, tok ? tok->sub_len : 0);
     }
     if (!hooks_wants(s->t, HOOK_PUBLISH))
         return NULL;
