@@ -205,6 +205,8 @@ const struct auth_policy *apps_policy(struct hub_tenant *t)
 struct hook_target *apps_hooks(struct hub_tenant *t)
 {
     struct app *a = app_of(t);
+    if (!atomic_load_explicit(&a->hooks, memory_order_relaxed))
+        return NULL;
     pthread_mutex_lock(&t->lock);
     struct hook_target *h = a->hooks;
     if (h)

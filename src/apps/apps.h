@@ -56,8 +56,10 @@ struct app {
     /* Subscriber policies, made once (token_secret never changes): the one in force
      * depends on subscribe_public. Connections keep a pointer while they hold the app. */
     struct auth_policy policy_token, policy_public;
-    /* Its backend hooks' settings (webhook_*; t.lock), NULL while none was given. */
-    struct hook_target *hooks;
+    /* Its backend hooks' settings (webhook_*), NULL while none was given. Changed and
+     * referenced under t.lock; atomic so that apps_hooks sees an app without any with
+     * no lock (what a WebSocket publish asks). */
+    struct hook_target *_Atomic hooks;
     /* Tsuru apps bound to it (names), comma-separated. */
     char bound[512];
 };
