@@ -798,7 +798,7 @@ void hooks_metrics(struct sbuf *b)
                 atomic_load(&H.dropped));
     sbuf_printf(b,
                 "# HELP herald_hook_refused_total Hook calls refused (the client got an error): "
-                "the queue was full.\n# TYPE herald_hook_refused_total counter\n"
+                "a queue bound was reached.\n# TYPE herald_hook_refused_total counter\n"
                 "herald_hook_refused_total %" PRIuFAST64 "\n",
                 atomic_load(&H.refused));
     sbuf_printf(b,
