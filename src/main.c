@@ -77,7 +77,6 @@ static void presize_fd_table(void)
         close(top);
 }
 
-/* /apps/{app}/: the app's share of the hub. */
 /*
  * A route that joins two modules, so it is wired here: the live tail of a channel for
  * the holders of the API's credentials (the admin UI's channel page), an SSE stream
@@ -91,6 +90,7 @@ static const struct http_route tail_route[] = {
      .handle = sse_tail_handle},
 };
 
+/* /apps/{app}/: the app's share of the hub. */
 static struct hub_tenant *resolve_app(const char *name, size_t len)
 {
     struct app *a = apps_get(name, len);
@@ -168,7 +168,7 @@ int main(int argc, char **argv)
     admin_ui_init();
     tsuru_init(&srv.cfg);
     transport_init();
-    http_routes_add(tail_route, sizeof(tail_route) / sizeof(tail_route[0]));
+    http_routes_add(tail_route, ARRAY_LEN(tail_route));
     client_js_init();
     if (server_start(&srv) < 0)
         return 1;
