@@ -43,7 +43,7 @@ ADMIN = "admin-key-for-hook-tests"
 
 class Backend:
     """An app's backend: records every POST (headers, parsed body, arrival time) and
-    answers with `self.answer(doc, attempt)` -> (status, body dict or None, delay s)."""
+    answers with `self.answer(doc, attempt)` -> (status, body dict, bytes or None, delay s)."""
 
     def __init__(self, answer=None):
         self.calls = []
@@ -65,7 +65,7 @@ class Backend:
                 status, body, delay = backend.answer(doc, int(self.headers.get("X-Herald-Attempt", 1)))
                 if delay:
                     time.sleep(delay)
-                out = json.dumps(body).encode() if body is not None else b""
+                out = body if isinstance(body, bytes) else json.dumps(body).encode() if body is not None else b""
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
@@ -293,6 +293,23 @@ def test_answer_without_a_result_is_a_failure(herald, chan):
         b.close()
 
 
+@pytest.mark.parametrize("body, detail", [
+    (b"allow", "the backend's answer is not a JSON object"),
+    (b'["allow"]', "the backend's answer is not a JSON object"),
+    (b'{"result":"allow","pad":"' + b"x" * 70000 + b'"}', "the answer is over 65536 bytes"),
+])
+def test_an_answer_that_is_not_a_json_object_is_a_failure(herald, chan, body, detail):
+    b = Backend(lambda doc, a: (200, body, 0))
+    try:
+        srv = hooked(herald, b.url)
+        r = request(srv.port, "GET", f"/sse?channels={chan}")
+        assert r.status == 503, r.body
+        assert r.json() == {"error": "hook_failed", "hook": "connect", "detail": detail}
+        assert srv.stats()["hooks"]["bad_answers"] == 1
+    finally:
+        b.close()
+
+
 # ---- no message lost while the backend thinks -----------------------------------------------
 
 
@@ -429,6 +446,35 @@ def test_a_full_queue_refuses_connects_and_drops_notifications(herald, chan):
             h.close()
         backend_calls = b.wait("disconnect", 2)
         assert len(backend_calls) == 2
+    finally:
+        release.set()
+        b.close()
+
+
+def test_one_apps_full_queue_leaves_other_apps_alone(herald, chan):
+    release = threading.Event()
+    b = Backend(lambda doc, a: (200, {"result": "allow"}, 0) if release.wait(20) else (500, None, 0))
+    try:
+        srv = herald(admin_key=ADMIN, hook_queue_app=1, webhook_timeout="20s")
+        for app in ("busy", "calm"):
+            assert admin(srv, "POST", "/admin/apps", {"name": app, "subscribe": "public"}).status == 201
+            r = admin(srv, "PATCH", f"/admin/apps/{app}", {"settings": {"webhook_url": b.url}})
+            assert r.status == 200, r.body
+        first = RawConn(srv.port)
+        first.send(http_get(f"/apps/busy/sse?channels={chan}"))
+        b.wait("connect")
+        r = request(srv.port, "GET", f"/apps/busy/sse?channels={chan}")  # the app's one call waits
+        assert r.status == 503, r.body
+        assert r.json()["detail"].startswith("too many hook calls wait for the backend"), r.json()
+        other = RawConn(srv.port)
+        other.send(http_get(f"/apps/calm/sse?channels={chan}"))  # another app still calls
+        assert [d["app"] for d in b.wait("connect", 2)] == ["busy", "calm"]
+        release.set()
+        for c in (first, other):
+            status, _ = c.read_head()
+            assert status == 200
+            c.close()
+        assert srv.stats()["hooks"]["refused"] == 1
     finally:
         release.set()
         b.close()
