@@ -15,6 +15,7 @@ Prints p50/p90/p99/max of each and the ratio hooked/plain.
     tools/bench/hook-connect.py [--conns 2000] [--batch 100] [--concurrency 1] [BINARY]
 """
 
+import argparse
 import json
 import os
 import socket
@@ -95,7 +96,7 @@ def main():
     ap.add_argument("--conns", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--concurrency", type=int, default=1)
-    ap.add_argument("--backend", type=int, help=argparse_hidden())
+    ap.add_argument("--backend", type=int, help=argparse.SUPPRESS)  # the backend's process
     a = ap.parse_args()
     if a.backend:
         return backend(a.backend)
@@ -133,11 +134,6 @@ def main():
     print(f"hooks: connect sent {stats['sent']['connect']}, ok {stats['ok']}, "
           f"failed {stats['timeouts'] + stats['http_errors'] + stats['unreachable']}, "
           f"dropped {stats['dropped']}, refused {stats['refused']}")
-
-
-def argparse_hidden():
-    import argparse
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":
