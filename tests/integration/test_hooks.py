@@ -425,9 +425,23 @@ def test_webhook_events_choose_what_is_sent(herald, backend, chan):
 # ---- bounds ---------------------------------------------------------------------------------
 
 
-def test_a_full_queue_refuses_connects_and_drops_notifications(herald, chan):
+def held_backend():
+    """A backend that allows each call once the returned event is set (500 after 20 s)."""
     release = threading.Event()
-    b = Backend(lambda doc, a: (200, {"result": "allow"}, 0) if release.wait(20) else (500, None, 0))
+    return release, Backend(lambda doc, a: (200, {"result": "allow"}, 0) if release.wait(20) else (500, None, 0))
+
+
+def release_and_admit(release, conns):
+    """Lets the held calls through: each raw connection's request is answered 200."""
+    release.set()
+    for c in conns:
+        status, _ = c.read_head()
+        assert status == 200
+        c.close()
+
+
+def test_a_full_queue_refuses_connects_and_drops_notifications(herald, chan):
+    release, b = held_backend()
     try:
         srv = hooked(herald, b.url, hook_queue=2, webhook_timeout="20s")
         holders = []
@@ -452,8 +466,7 @@ def test_a_full_queue_refuses_connects_and_drops_notifications(herald, chan):
 
 
 def test_one_apps_full_queue_leaves_other_apps_alone(herald, chan):
-    release = threading.Event()
-    b = Backend(lambda doc, a: (200, {"result": "allow"}, 0) if release.wait(20) else (500, None, 0))
+    release, b = held_backend()
     try:
         srv = herald(admin_key=ADMIN, hook_queue_app=1, webhook_timeout="20s")
         for app in ("busy", "calm"):
@@ -469,11 +482,7 @@ def test_one_apps_full_queue_leaves_other_apps_alone(herald, chan):
         other = RawConn(srv.port)
         other.send(http_get(f"/apps/calm/sse?channels={chan}"))  # another app still calls
         assert [d["app"] for d in b.wait("connect", 2)] == ["busy", "calm"]
-        release.set()
-        for c in (first, other):
-            status, _ = c.read_head()
-            assert status == 200
-            c.close()
+        release_and_admit(release, (first, other))
         assert srv.stats()["hooks"]["refused"] == 1
     finally:
         release.set()
@@ -891,8 +900,7 @@ def test_app_webhook_settings_survive_a_restart(herald, backend, tmp_path, chan)
 
 
 def test_one_address_cannot_take_every_waiting_call(herald, chan):
-    release = threading.Event()
-    b = Backend(lambda doc, a: (200, {"result": "allow"}, 0) if release.wait(20) else (500, None, 0))
+    release, b = held_backend()
     try:
         srv = hooked(herald, b.url, hook_queue_ip=2, limit_loopback=True, webhook_timeout="20s")
         held = []
@@ -909,11 +917,7 @@ def test_one_address_cannot_take_every_waiting_call(herald, chan):
         other = RawConn(srv.port, source="127.0.0.2")  # another client is not affected
         other.send(http_get(f"/sse?channels={chan}"))
         b.wait("connect", 3)
-        release.set()
-        for c in held + [other]:
-            status, _ = c.read_head()
-            assert status == 200
-            c.close()
+        release_and_admit(release, held + [other])
         assert srv.stats()["hooks"]["refused"] == 1
     finally:
         release.set()
