@@ -179,7 +179,13 @@ static int admit_and_subscribe(struct http_ctx *x, struct sub_request *r, const 
 {
     if (transport == TAIL) { /* the route's guard took the API's credentials */
         *tok = NULL;
-        return transport_has_channels(x, r) < 0 ? -1 : transport_http_subscribe(x, r, b);
+        if (transport_has_channels(x, r) < 0)
+            return -1;
+        if (!transport_cursor_fits(r)) { /* as transport_admit: no user's place to hold */
+            http_error(x, 400, "bad_cursor", "%s", transport_cursor_mismatch);
+            return -1;
+        }
+        return transport_http_subscribe(x, r, b);
     }
     if (transport_admit(x, r, auth_policy_for(x), tok) < 0)
         return -1;

@@ -374,6 +374,12 @@ def test_the_api_tail_takes_the_api_credentials_instead_of_a_token(herald):
         assert status == 401 and doc["error"] == "unauthorized", (path, doc)
     status, doc = read_tail(s, "/apps/tok/api/tail?channels=bad%20name", h, lambda ev: True)
     assert status == 400, doc
+    # the cursors /sse takes, no others: a per-channel cursor has one position per channel
+    # (a tail has no user, so no extra last one)
+    for cursor in ("5.0", "5.0.0"):
+        status, doc = read_tail(s, f"/apps/tok/api/tail?channels=orders&lastEventId={cursor}", h,
+                                lambda ev: True)
+        assert status == 400 and doc["error"] == "bad_cursor", (cursor, doc)
 
 
 def test_a_token_apps_channel_page_has_a_live_tail_on_a_separate_api_listener(herald, chromium):
