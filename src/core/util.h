@@ -69,12 +69,16 @@ static inline uint64_t now_ms(void)
 {
     return clock_ms(CLOCK_MONOTONIC);
 }
+static inline uint64_t clock_us(clockid_t id)
+{
+    struct timespec ts;
+    clock_gettime(id, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
 /* Monotonic microseconds (delivery latency). */
 static inline uint64_t mono_us(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+    return clock_us(CLOCK_MONOTONIC);
 }
 /* Wall-clock milliseconds since the epoch (message times). */
 static inline uint64_t wall_ms(void)
@@ -83,9 +87,7 @@ static inline uint64_t wall_ms(void)
 }
 static inline uint64_t wall_us(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+    return clock_us(CLOCK_REALTIME);
 }
 
 /* A growable byte string for building responses; aborts on OOM. */
