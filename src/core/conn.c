@@ -95,6 +95,16 @@ void conn_send_copy_glued(struct conn *c, const void *data, size_t len)
         outq_glue_last(&c->out);
 }
 
+/* conn_send, and the item it queued counts in the delivery latency when stamped. */
+static void send_stamped(struct conn *c, struct ref *owner, const char *data, uint32_t len,
+                         bool stamped)
+{
+    uint32_t before = c->out.len;
+    conn_send(c, owner, data, len);
+    if (stamped && c->out.len > before)
+        outq_at(&c->out, c->out.len - 1)->stamped = true;
+}
+
 bool conn_deliver_bytes(struct conn *c, struct ref *owner, const char *data, uint32_t len)
 {
     CONN_ASSERT_OWNER(c);
@@ -111,19 +121,13 @@ bool conn_deliver_bytes(struct conn *c, struct ref *owner, const char *data, uin
             conn_close(c);
         return false;
     }
-    uint32_t before = c->out.len;
-    conn_send(c, owner, data, len);
-    if (c->out.len > before && conn_delivering_live(c, owner))
-        outq_at(&c->out, c->out.len - 1)->stamped = true;
+    send_stamped(c, owner, data, len, conn_delivering_live(c, owner));
     return true;
 }
 
 void conn_send_item(struct conn *c, const struct out_item *it)
 {
-    uint32_t before = c->out.len;
-    conn_send(c, it->owner, it->data, it->len);
-    if (c->out.len > before && it->stamped)
-        outq_at(&c->out, c->out.len - 1)->stamped = true;
+    send_stamped(c, it->owner, it->data, it->len, it->stamped);
 }
 
 void conn_drop_queue(struct conn *c)
