@@ -89,6 +89,12 @@ document.getElementById("signout").addEventListener("click", () => {
 
 const WINDOW = 60; // seconds on a chart
 
+// Appends a second's figure to a chart's values, keeping the last WINDOW.
+function push(arr, v) {
+  arr.push(v);
+  if (arr.length > WINDOW) arr.shift();
+}
+
 // Points of values (null: no figure that second) for a w x h box scaled to max, newest at
 // the right edge: one polyline per run of figures.
 function runs(values, w, h, max, window = WINDOW) {
@@ -175,11 +181,9 @@ function nodesTable() {
       if (!h) hist.set(n.node, (h = { conns: [], out: [], p99: [], time: 0 }));
       if (n.time !== h.time) { // a new sample of that node
         h.time = n.time;
-        for (const [arr, v] of [[h.conns, n.connections.total], [h.out, n.messages_out_per_second],
-          [h.p99, n.delivery_latency_ms.count ? n.delivery_latency_ms.p99 : null]]) {
-          arr.push(v);
-          if (arr.length > WINDOW) arr.shift();
-        }
+        push(h.conns, n.connections.total);
+        push(h.out, n.messages_out_per_second);
+        push(h.p99, n.delivery_latency_ms.count ? n.delivery_latency_ms.p99 : null);
       }
       const c = n.connections, lat = n.delivery_latency_ms;
       return el("tr", { "data-node": n.node },
@@ -266,11 +270,6 @@ function overview() {
     const totals = el("p", { class: "totals", "data-node": name });
     holder.append(el("div", { class: "node" }, el("h2", {}, `Node ${name}`), totals, c1, c2, c3, c4));
     return { transports, rates, latency, slow, charts: [c1, c2, c3, c4], totals, last: null };
-  }
-
-  function push(arr, v) {
-    arr.push(v);
-    if (arr.length > WINDOW) arr.shift();
   }
 
   function onAppStats(s) {
