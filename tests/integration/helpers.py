@@ -786,29 +786,39 @@ class RawWS(Closing):
 # ---- one interface over the four transports ----------------------------------------------
 
 
-class StatsStream(Closing):
-    """GET /stats/stream (on the API listener), read one decoded event at a time."""
+class ApiStream(Closing):
+    """An SSE stream on the API listener (GET /stats/stream, /api/tail), read one decoded
+    event at a time."""
 
-    def __init__(self, srv, headers=None, path="/stats/stream"):
-        self.conn = http.client.HTTPConnection("127.0.0.1", srv.api_port, timeout=WAIT)
+    def __init__(self, srv, headers=None, path="/stats/stream", timeout=WAIT):
+        self.conn = http.client.HTTPConnection("127.0.0.1", srv.api_port, timeout=timeout)
         self.conn.request("GET", path, headers=headers or {})
         self.resp = self.conn.getresponse()
         self.status = self.resp.status
         self.buf = b""
         self.pending = []
 
-    def next_event(self):
-        """The next event's JSON (they come once a second)."""
+    def next_pair(self):
+        """The next event that has data: (its event name, its JSON)."""
         while not self.pending:
             data = self.resp.read1(65536)
-            assert data, "the stats stream ended"
+            assert data, "the stream ended"
             self.buf += data
             while b"\n\n" in self.buf:
                 block, self.buf = self.buf.split(b"\n\n", 1)
+                kind, payload = "message", None
                 for line in block.split(b"\n"):
-                    if line.startswith(b"data: "):
-                        self.pending.append(json.loads(line[6:]))
+                    if line.startswith(b"event: "):
+                        kind = line[7:].decode()
+                    elif line.startswith(b"data: "):
+                        payload = json.loads(line[6:])
+                if payload is not None:
+                    self.pending.append((kind, payload))
         return self.pending.pop(0)
+
+    def next_event(self):
+        """The next event's JSON (/stats/stream: one a second)."""
+        return self.next_pair()[1]
 
     def close(self):
         self.conn.close()

@@ -16,7 +16,7 @@ import time
 import pytest
 import websockets
 
-from helpers import SSE, request, wait_until
+from helpers import SSE, ApiStream, request, wait_until
 from test_browser import DevTools, open_page, run_chromium
 
 ADMIN = "ui-admin-key"
@@ -301,33 +301,13 @@ def test_the_overview_of_a_cluster_shows_every_node(redis_factory, herald, chrom
 def read_tail(srv, path, headers, until, timeout=10):
     """GET path (an SSE stream on the API listener): the status and the (event, JSON) pairs
     read until until(pairs) holds."""
-    import http.client
-    conn = http.client.HTTPConnection("127.0.0.1", srv.api_port, timeout=timeout)
-    conn.request("GET", path, headers=headers)
-    resp = conn.getresponse()
-    if resp.status != 200:
-        body = resp.read()
-        conn.close()
-        return resp.status, json.loads(body)
-    buf, events, deadline = b"", [], time.monotonic() + timeout
-    try:
+    with ApiStream(srv, headers, path, timeout) as stream:
+        if stream.status != 200:
+            return stream.status, json.loads(stream.resp.read())
+        events, deadline = [], time.monotonic() + timeout
         while not until(events):
             assert time.monotonic() < deadline, f"the tail gave {events}"
-            data = resp.read1(65536)
-            assert data, "the tail ended"
-            buf += data
-            while b"\n\n" in buf:
-                block, buf = buf.split(b"\n\n", 1)
-                kind, payload = "message", None
-                for line in block.split(b"\n"):
-                    if line.startswith(b"event: "):
-                        kind = line[7:].decode()
-                    elif line.startswith(b"data: "):
-                        payload = json.loads(line[6:])
-                if payload is not None:
-                    events.append((kind, payload))
-    finally:
-        conn.close()
+            events.append(stream.next_pair())
     return 200, events
 
 

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from helpers import SSE, StatsStream, poll, subscribe, wait_until
+from helpers import SSE, ApiStream, poll, subscribe, wait_until
 
 pytestmark = pytest.mark.threads  # make test runs this module under ThreadSanitizer too
 
@@ -160,7 +160,7 @@ def test_stats_stream_sends_the_figures_every_second(herald):
     assert r.status == 401
     r.read()
     conn.close()
-    with StatsStream(s, {"Authorization": "Bearer pk"}) as stream:
+    with ApiStream(s, {"Authorization": "Bearer pk"}) as stream:
         r = stream.resp
         assert r.status == 200 and r.getheader("Content-Type").startswith("text/event-stream")
         t0 = _time.monotonic()
@@ -266,7 +266,7 @@ def test_metrics_has_the_delivery_latency_histogram(srv, chan):
 
 def test_stats_stream_and_nodes_carry_the_last_seconds_latency(herald, chan):
     s = herald()
-    stream = StatsStream(s)
+    stream = ApiStream(s)
     assert stream.status == 200
     sse = SSE(s, chan)
     s.wait_subscribers(chan, 1)
