@@ -1093,19 +1093,24 @@ static void stats_json(struct server *srv, struct sbuf *b, bool per_channel, boo
     sbuf_adds(b, "}");
 }
 
+/* Whether the query turns option `name` on: name=1 (any value but empty or 0). */
+static bool query_on(const struct http_ctx *x, const char *name)
+{
+    const char *v;
+    size_t vl;
+    return http_query_param(x->req->query, x->req->query_len, name, &v, &vl) && vl &&
+           !(vl == 1 && *v == '0');
+}
+
 static void handle_stats(struct http_ctx *x)
 {
     if (x->tenant)
         return app_stats(x);
-    const char *v;
-    size_t vl;
     /* Channel names and per-channel figures are admin data: the channel API's credentials. */
-    bool per_channel = http_query_param(x->req->query, x->req->query_len, "channels", &v, &vl) &&
-                       vl && !(vl == 1 && *v == '0');
+    bool per_channel = query_on(x, "channels");
     if (per_channel && !api_guard(x))
         return;
-    bool nodes = http_query_param(x->req->query, x->req->query_len, "nodes", &v, &vl) && vl &&
-                 !(vl == 1 && *v == '0');
+    bool nodes = query_on(x, "nodes");
     struct sbuf b = {0};
     stats_json(conn_server(x->c), &b, per_channel, nodes);
     sbuf_adds(&b, "\n");

@@ -297,5 +297,6 @@ def test_stats_stream_and_nodes_carry_the_last_seconds_latency(herald, chan):
     assert node["delivery_latency_ms"] == tick["delivery_latency_ms"]["last_second"]
     assert node["connections"]["sse"] == 1 and node["connections"]["stream"] >= 1
     # /stats gives the nodes only when asked
-    assert "nodes" not in s.stats()
+    assert "nodes" not in s.stats() and "nodes" not in s.stats("?nodes=0")
+    assert "channel_subscribers" not in s.stats("?channels=0")
     assert [n["node"] for n in s.stats("?nodes=1")["nodes"]] == [tick["node"]]
