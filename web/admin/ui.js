@@ -97,7 +97,7 @@ function push(arr, v) {
 
 // Points of values (null: no figure that second) for a w x h box scaled to max, newest at
 // the right edge: one polyline per run of figures.
-function runs(values, w, h, max, window = WINDOW) {
+function runs(values, w, h, max) {
   const n = values.length, out = [];
   let cur = [];
   values.forEach((v, j) => {
@@ -106,7 +106,7 @@ function runs(values, w, h, max, window = WINDOW) {
       cur = [];
       return;
     }
-    cur.push(`${w - ((n - 1 - j) / (window - 1)) * w},${h - 4 - (v / max) * (h - 8)}`);
+    cur.push(`${w - ((n - 1 - j) / (WINDOW - 1)) * w},${h - 4 - (v / max) * (h - 8)}`);
   });
   if (cur.length) out.push(cur);
   return out.map((pts) => {
