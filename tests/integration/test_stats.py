@@ -1,6 +1,7 @@
 """Observation: /stats counts connections by transport and per channel, message and
 byte counters move as they should, /metrics is valid Prometheus text, /healthz."""
 
+import json
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -240,6 +241,21 @@ def test_delivery_latency_counts_the_wait_behind_a_full_socket(herald, chan):
     lat = latency(srv)
     assert lat["max"] >= 1400, lat  # waited in herald's queue while the client slept
     assert lat["p50"] < lat["max"], lat  # the first ones went out at once
+
+
+def test_delivery_latency_counts_a_delivery_windows_wait(srv, chan):
+    """A channel with a delivery window (batch_ms) delivers its messages when the window
+    closes: the latency counts from their arrival, the wait in the window included."""
+    r = srv.request("PUT", f"/api/channels/{chan}", json.dumps({"batch_ms": 400}),
+                    {"Content-Type": "application/json"})
+    assert r.status == 201, r.body
+    with SSE(srv, chan) as sse:
+        srv.wait_subscribers(chan, 1)
+        srv.publish(chan, "windowed")
+        assert sse.next_message()["data"] == "windowed"
+    wait_until(lambda: latency(srv)["count"] == 1, what="the windowed delivery counted")
+    lat = latency(srv)
+    assert 350 <= lat["p50"] == lat["max"], lat  # the window's 400 ms, to the loop's ms
 
 
 def test_metrics_has_the_delivery_latency_histogram(srv, chan):
