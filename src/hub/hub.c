@@ -1102,7 +1102,7 @@ static uint32_t count_list(const struct list *l)
     return n;
 }
 
-static bool holds_name(const struct list *held, const struct slice *name)
+bool hub__holds_name(const struct list *held, const struct slice *name)
 {
     for (const struct list *p = held->next; p != held; p = p->next) {
         const struct channel *ch = container_of(p, struct sub, conn_link)->ch;
@@ -1120,7 +1120,7 @@ static bool subs_fit(const struct list *held, const struct slice *names, size_t 
     if (have + n <= max)
         return true;
     for (size_t i = 0; i < n; i++)
-        if (!holds_name(held, &names[i]) && !slice_in(names, i, &names[i]) && ++have > max)
+        if (!hub__holds_name(held, &names[i]) && !slice_in(names, i, &names[i]) && ++have > max)
             return false;
     return true;
 }

@@ -37,6 +37,8 @@ void hub__notify_workers(struct hub *hub, struct channel *ch, enum inbox_kind ki
                          struct ctl_frames *ctl, uint64_t *wake_mask);
 /* The subscription of `held` (a connection's list) to ch, or NULL. */
 struct sub *hub__find_sub(const struct list *held, const struct channel *ch);
+/* Whether `held` (a connection's list) holds the channel or pattern called name. */
+bool hub__holds_name(const struct list *held, const struct slice *name);
 /* The channels (in memory) whose keys have a head, hub.channel_heads (hub.c). */
 struct chan_head {
     struct map_node node;

@@ -110,17 +110,6 @@ static struct channel *pattern_lookup(struct hub *hub, const struct slice *key)
     return n ? container_of(n, struct channel, node) : NULL;
 }
 
-/* Whether the connection holds the pattern called key. */
-static bool holds_pattern(const struct list *held, const struct slice *key)
-{
-    for (const struct list *p = held->next; p != held; p = p->next) {
-        const struct channel *ch = container_of(p, struct sub, conn_link)->ch;
-        if (ch->pattern && ch->name_len == key->len && memcmp(ch->name, key->data, key->len) == 0)
-            return true;
-    }
-    return false;
-}
-
 int hub__patsub_check_locked(struct hub *hub, const struct list *held, const struct slice *names,
                              size_t n, const struct hub_client *cl, size_t *bad_index)
 {
@@ -137,7 +126,7 @@ int hub__patsub_check_locked(struct hub *hub, const struct list *held, const str
          * mode): neither the live stream nor a resume could be complete. */
         if (hub->be_ops)
             return HUB_ERR_PATTERN_UNSUPPORTED;
-        if (holds_pattern(held, &names[i]))
+        if (hub__holds_name(held, &names[i]))
             continue;
         if (++have > hub->cfg->max_patterns_per_conn)
             return HUB_ERR_PATTERNS_PER_CONN;
