@@ -395,21 +395,11 @@ static void tenant_uncount(struct hub *hub, struct channel *ch)
 
 /* ---- channels by head, for pattern resumes (patsub.c) ---------------------------- */
 
-/* The length of the head of key[0..len) (app prefix and first segment) when the name
- * has a dot, else 0: only such a name can match a pattern that starts with a channel
- * name segment (it has two segments at least); the others are not indexed. */
-static size_t chan_head_len(const char *key, size_t len)
-{
-    const struct slice name = chan_key_name(key, len);
-    const char *dot = memchr(name.data, '.', name.len);
-    return dot ? (size_t)(dot - key) : 0;
-}
-
 static void head_index_add(struct hub *hub, struct channel *ch)
 {
     HUB_ASSERT_LOCKED(hub);
     list_init(&ch->head_link);
-    size_t hl = chan_head_len(ch->name, ch->name_len);
+    size_t hl = hub__key_head_len(ch->name, ch->name_len);
     if (hub->be_ops || !hl) /* cluster mode has no pattern subscriptions */
         return;
     struct map_node *n = map_get(&hub->channel_heads, ch->name, hl);
@@ -432,7 +422,7 @@ static void head_index_del(struct hub *hub, struct channel *ch)
         return;
     list_remove(&ch->head_link);
     struct map_node *n =
-        map_get(&hub->channel_heads, ch->name, chan_head_len(ch->name, ch->name_len));
+        map_get(&hub->channel_heads, ch->name, hub__key_head_len(ch->name, ch->name_len));
     struct chan_head *h = container_of(n, struct chan_head, node);
     if (list_empty(&h->chans)) {
         map_del(&hub->channel_heads, &h->node);

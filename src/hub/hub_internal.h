@@ -39,6 +39,19 @@ void hub__notify_workers(struct hub *hub, struct channel *ch, enum inbox_kind ki
 struct sub *hub__find_sub(const struct list *held, const struct channel *ch);
 /* Whether `held` (a connection's list) holds the channel or pattern called name. */
 bool hub__holds_name(const struct list *held, const struct slice *name);
+/*
+ * The length of the head of a channel or pattern key (the app prefix and the first
+ * segment of the name: "APP~scores" of "APP~scores.*"), or 0 when the name has no dot
+ * or starts with a wildcard: such a name has no head. A pattern that starts with a
+ * name segment has two segments at least, so a channel without a dot matches none.
+ */
+static inline size_t hub__key_head_len(const char *key, size_t len)
+{
+    const struct slice name = chan_key_name(key, len);
+    const char *dot = name.len && name.data[0] != '*' ? memchr(name.data, '.', name.len) : NULL;
+    return dot ? (size_t)(dot - key) : 0;
+}
+
 /* The channels (in memory) whose keys have a head, hub.channel_heads (hub.c). */
 struct chan_head {
     struct map_node node;

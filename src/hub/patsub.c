@@ -9,9 +9,9 @@
  * same by the head of the channel keys they can match (the app prefix and the
  * first segment, "APP~scores"; "APP~*" for a pattern that starts with a
  * wildcard). A publish with no pattern registered costs one test
- * (hub__store_locked); with patterns, one table lookup per channel (two when
- * patterns starting with a wildcard exist) and a match against the patterns of
- * that head only.
+ * (hub__store_locked); with patterns, one table lookup per channel whose name
+ * has a dot (one more when patterns starting with a wildcard exist) and a match
+ * against the patterns of that head only.
  *
  * Ids: patterns need one id order across channels (a single node, or one Redis
  * server); hub_subscribe refuses them where ids are per channel. A pattern
@@ -39,17 +39,6 @@ struct pat_head {
     char key[APP_NAME_MAX + 1 + CHANNEL_NAME_MAX + 1];
 };
 
-/* The length of the head of key[0..len) (a prefix of the key), or 0 for a pattern
- * that starts with a wildcard, whose head is the app prefix and "*". */
-static size_t head_len(const char *key, size_t len)
-{
-    const struct slice name = chan_key_name(key, len);
-    if (name.len && name.data[0] == '*')
-        return 0;
-    const char *dot = memchr(name.data, '.', name.len);
-    return dot ? (size_t)(dot - key) : len;
-}
-
 /* Writes the head of the wildcard-first patterns of key's app ("APP~*") into out. */
 static size_t broad_head(const char *key, size_t len, char *out)
 {
@@ -63,7 +52,7 @@ static size_t broad_head(const char *key, size_t len, char *out)
 static struct pat_head *head_of(struct hub *hub, const struct channel *pat, bool make)
 {
     char buf[APP_NAME_MAX + 2];
-    size_t hl = head_len(pat->name, pat->name_len);
+    size_t hl = hub__key_head_len(pat->name, pat->name_len);
     const char *key = hl ? pat->name : buf;
     if (!hl)
         hl = broad_head(pat->name, pat->name_len, buf);
@@ -161,7 +150,7 @@ void hub__patsub_resolve_locked(struct hub *hub, const struct slice *names, size
         pat->created_ms = pat->last_active_ms = wall_ms();
         map_put(&hub->patterns, &pat->node);
         head_add(hub, pat);
-        if (!head_len(pat->name, pat->name_len))
+        if (!hub__key_head_len(pat->name, pat->name_len))
             hub->npatterns_broad++;
         hub__quota_charge(hub, cl, pat); /* an address may not hold every pattern */
         chs[i] = pat;
@@ -176,7 +165,7 @@ void hub__patsub_drop_if_unused_locked(struct hub *hub, struct channel *pat)
     pat->deleted = true;
     map_del(&hub->patterns, &pat->node);
     head_remove(hub, pat);
-    if (!head_len(pat->name, pat->name_len))
+    if (!hub__key_head_len(pat->name, pat->name_len))
         hub->npatterns_broad--;
     hub__quota_release(hub, pat);
     hub_channel_put_ref(hub, pat);
@@ -236,12 +225,12 @@ uint32_t hub__patsub_publish_locked(struct hub *hub, struct channel *ch, struct 
     HUB_ASSERT_LOCKED(hub);
     if (ch->user)
         return 0; /* a user's channel is that user's connections' only (no name matches it) */
-    uint32_t reached =
-        publish_head(hub, ch->name, head_len(ch->name, ch->name_len), ch, m, wake_mask);
+    size_t hl = hub__key_head_len(ch->name, ch->name_len); /* 0: one segment, no head's */
+    uint32_t reached = hl ? publish_head(hub, ch->name, hl, ch, m, wake_mask) : 0;
     if (hub->npatterns_broad) {
         char buf[APP_NAME_MAX + 2];
-        size_t hl = broad_head(ch->name, ch->name_len, buf);
-        reached += publish_head(hub, buf, hl, ch, m, wake_mask);
+        reached +=
+            publish_head(hub, buf, broad_head(ch->name, ch->name_len, buf), ch, m, wake_mask);
     }
     return reached;
 }
@@ -305,7 +294,7 @@ void hub__patsub_backlog_locked(struct hub *hub, struct channel *pat, uint64_t s
     uint32_t gaps_before = b->ngaps;
     /* The channels under the pattern's head (hub.channel_heads); a pattern that starts
      * with a wildcard (token holders only) walks the whole table. */
-    size_t hl = head_len(pat->name, pat->name_len), bucket = 0;
+    size_t hl = hub__key_head_len(pat->name, pat->name_len), bucket = 0;
     struct map_node *node = hl ? map_get(&hub->channel_heads, pat->name, hl) : NULL, *next = NULL;
     struct list *heads = node ? &container_of(node, struct chan_head, node)->chans : NULL;
     struct list *link = heads ? heads->next : NULL;

@@ -1973,6 +1973,17 @@ static size_t fan_out(struct got *out, size_t max)
     return k;
 }
 
+/* Whether the fan-out recorded exactly `want`, in order. */
+static void assert_got(const struct got *g, size_t n, const struct got *want, size_t nwant)
+{
+    assert_int_equal(n, nwant);
+    for (size_t i = 0; i < n; i++) {
+        assert_ptr_equal(g[i].conn, want[i].conn);
+        assert_int_equal(g[i].seq, want[i].seq);
+        assert_int_equal(g[i].chan_id, want[i].chan_id);
+    }
+}
+
 static void test_pattern_delivers_once_per_connection(void **state)
 {
     struct list c1, c2;
@@ -1994,18 +2005,38 @@ static void test_pattern_delivers_once_per_connection(void **state)
                          {&c1, b, chan("s.b")->id},      {&c2, b, chan("s.b")->id},
                          {&c1, deep, chan("s.b.c")->id}, {&c2, both, chan("s.b")->id},
                          {&c1, both, chan("s.a")->id}};
-    assert_int_equal(n, ARRAY_LEN(want));
-    for (size_t i = 0; i < n; i++) {
-        assert_ptr_equal(g[i].conn, want[i].conn);
-        assert_int_equal(g[i].seq, want[i].seq);
-        assert_int_equal(g[i].chan_id, want[i].chan_id);
-    }
+    assert_got(g, n, want, ARRAY_LEN(want));
     hub_unsubscribe_all(&hub, 0, &c1);
     hub_unsubscribe_all(&hub, 0, &c2);
     assert_int_equal(hub.patterns.len, 0); /* gone with their last subscriber */
     assert_int_equal(hub.pattern_heads.len, 0);
     pub("s.a", "nobody");
     assert_int_equal(fan_out(g, 16), 0);
+}
+
+/* A pattern that starts with a name segment never gets a channel without a dot; one that
+ * starts with a wildcard gets every channel it matches, with a dot or without. */
+static void test_patterns_with_and_without_a_head(void **state)
+{
+    struct list c1, c2;
+    list_init(&c1);
+    list_init(&c2);
+    take_channel(&c1, "s.*");
+    take_channel(&c1, "s.**");
+    take_channel(&c2, "*");
+    take_channel(&c2, "**");
+    uint64_t head = pub("s", "the head itself");
+    uint64_t dot = pub("s.a", "1");
+    uint64_t nodot = pub("t", "2");
+    struct got g[8];
+    size_t n = fan_out(g, 8);
+    struct got want[] = {{&c2, head, chan("s")->id},
+                         {&c1, dot, chan("s.a")->id},
+                         {&c2, dot, chan("s.a")->id},
+                         {&c2, nodot, chan("t")->id}};
+    assert_got(g, n, want, ARRAY_LEN(want));
+    hub_unsubscribe_all(&hub, 0, &c1);
+    hub_unsubscribe_all(&hub, 0, &c2);
 }
 
 static void test_pattern_resume_merges_in_id_order_with_gaps_and_a_cap(void **state)
@@ -2103,6 +2134,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         T(test_ids_increase_by_one_per_publish),
         T(test_pattern_delivers_once_per_connection),
+        T(test_patterns_with_and_without_a_head),
         T(test_pattern_resume_merges_in_id_order_with_gaps_and_a_cap),
         T(test_pattern_limits),
         T(test_channels_with_a_dot_are_indexed_by_head),
