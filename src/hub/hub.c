@@ -163,12 +163,59 @@ int hub_cursor_parse(const char *s, size_t len, uint64_t *out)
     return 0;
 }
 
+/* ---- channels and tombs by head, for pattern resumes (patsub.c) -------------------- */
+
+/* The entry of head key[0..hl) in hub.channel_heads, made when there is none. */
+static struct chan_head *head_get(struct hub *hub, const char *key, size_t hl)
+{
+    struct map_node *n = map_get(&hub->channel_heads, key, hl);
+    if (n)
+        return container_of(n, struct chan_head, node);
+    struct chan_head *h = xcalloc(1, sizeof(*h) + hl + 1);
+    memcpy(h->key, key, hl);
+    h->node.key = h->key;
+    h->node.key_len = (uint32_t)hl;
+    list_init(&h->chans);
+    list_init(&h->tombs);
+    map_put(&hub->channel_heads, &h->node);
+    return h;
+}
+
+/* Links `link` (of the channel or tomb called key) into its head's list (`tombs` or
+ * chans); a key without a head is not indexed (cluster mode has no patterns). */
+static void head_link(struct hub *hub, const char *key, size_t len, struct list *link, bool tomb)
+{
+    HUB_ASSERT_LOCKED(hub);
+    list_init(link);
+    size_t hl = hub__key_head_len(key, len);
+    if (hub->be_ops || !hl)
+        return;
+    struct chan_head *h = head_get(hub, key, hl);
+    list_insert_tail(tomb ? &h->tombs : &h->chans, link);
+}
+
+/* Unlinks what head_link linked; the head goes with its last channel and tomb. Hub
+ * lock held (or hub_free). */
+static void head_unlink(struct hub *hub, const char *key, size_t len, struct list *link)
+{
+    if (!list_linked(link))
+        return;
+    list_remove(link);
+    struct map_node *n = map_get(&hub->channel_heads, key, hub__key_head_len(key, len));
+    struct chan_head *h = container_of(n, struct chan_head, node);
+    if (list_empty(&h->chans) && list_empty(&h->tombs)) {
+        map_del(&hub->channel_heads, &h->node);
+        free(h);
+    }
+}
+
 #define MAX_TOMBS 65536
 
 static void tomb_drop(struct hub *hub, struct tomb *t)
 {
     map_del(&hub->tombs, &t->node);
     list_remove(&t->fifo);
+    head_unlink(hub, t->name, t->node.key_len, &t->head_link);
     free(t);
 }
 
@@ -194,6 +241,7 @@ static void tomb_put(struct hub *hub, const struct channel *ch)
     t->last_seq = last;
     map_put(&hub->tombs, &t->node);
     list_insert_tail(&hub->tomb_fifo, &t->fifo);
+    head_link(hub, t->name, ch->name_len, &t->head_link, true);
 }
 
 /* ---- per-address counts of the channels subscribes created ----------------- */
@@ -393,43 +441,6 @@ static void tenant_uncount(struct hub *hub, struct channel *ch)
         ch->tenant->channels--;
 }
 
-/* ---- channels by head, for pattern resumes (patsub.c) ---------------------------- */
-
-static void head_index_add(struct hub *hub, struct channel *ch)
-{
-    HUB_ASSERT_LOCKED(hub);
-    list_init(&ch->head_link);
-    size_t hl = hub__key_head_len(ch->name, ch->name_len);
-    if (hub->be_ops || !hl) /* cluster mode has no pattern subscriptions */
-        return;
-    struct map_node *n = map_get(&hub->channel_heads, ch->name, hl);
-    struct chan_head *h = n ? container_of(n, struct chan_head, node) : NULL;
-    if (!h) {
-        h = xcalloc(1, sizeof(*h) + hl + 1);
-        memcpy(h->key, ch->name, hl);
-        h->node.key = h->key;
-        h->node.key_len = (uint32_t)hl;
-        list_init(&h->chans);
-        map_put(&hub->channel_heads, &h->node);
-    }
-    list_insert_tail(&h->chans, &ch->head_link);
-}
-
-static void head_index_del(struct hub *hub, struct channel *ch)
-{
-    HUB_ASSERT_LOCKED(hub);
-    if (!list_linked(&ch->head_link))
-        return;
-    list_remove(&ch->head_link);
-    struct map_node *n =
-        map_get(&hub->channel_heads, ch->name, hub__key_head_len(ch->name, ch->name_len));
-    struct chan_head *h = container_of(n, struct chan_head, node);
-    if (list_empty(&h->chans)) {
-        map_del(&hub->channel_heads, &h->node);
-        free(h);
-    }
-}
-
 /* Creates a channel; the caller checked chan_room and tenant_room. Hub lock held. */
 static struct channel *chan_create(struct hub *hub, const char *name, size_t len, bool ephemeral)
 {
@@ -478,7 +489,7 @@ static struct channel *chan_create(struct hub *hub, const char *name, size_t len
     ch->ephemeral = ephemeral;
     hub->nephemeral += ephemeral;
     map_put(&hub->channels, &ch->node);
-    head_index_add(hub, ch);
+    head_link(hub, ch->name, ch->name_len, &ch->head_link, false);
     if (!ephemeral) /* an ephemeral one gets its subscriber at once */
         hub__schedule_expiry_locked(hub, ch);
     return ch;
@@ -616,7 +627,7 @@ void hub__unlink_locked(struct hub *hub, struct channel *ch, uint64_t *wake_mask
     HUB_ASSERT_LOCKED(hub);
     tomb_put(hub, ch);
     map_del(&hub->channels, &ch->node);
-    head_index_del(hub, ch);
+    head_unlink(hub, ch->name, ch->name_len, &ch->head_link);
     tenant_uncount(hub, ch);
     heap_remove(&hub->expiry, &ch->expiry);
     ch->deleted = true;
@@ -696,11 +707,11 @@ void hub_free(struct hub *hub)
         chan_release(hub, ch);
     }
     map_free(&hub->channels);
-    free_entries(&hub->channel_heads, offsetof(struct chan_head, node));
     heap_free(&hub->expiry);
     while (!list_empty(&hub->tomb_fifo))
         tomb_drop(hub, container_of(hub->tomb_fifo.next, struct tomb, fifo));
     map_free(&hub->tombs);
+    free_entries(&hub->channel_heads, offsetof(struct chan_head, node));
     free_entries(&hub->quotas, offsetof(struct hub_quota, node));
     pthread_mutex_destroy(&hub->lock);
 }

@@ -52,10 +52,12 @@ static inline size_t hub__key_head_len(const char *key, size_t len)
     return dot ? (size_t)(dot - key) : 0;
 }
 
-/* The channels (in memory) whose keys have a head, hub.channel_heads (hub.c). */
+/* The channels (in memory) whose keys have a head, and the tombs of such channels,
+ * hub.channel_heads (hub.c): what a pattern's resume reads. */
 struct chan_head {
     struct map_node node;
     struct list chans; /* struct channel.head_link */
+    struct list tombs; /* struct tomb.head_link */
     char key[];        /* "APP~scores" */
 };
 
@@ -63,6 +65,7 @@ struct chan_head {
 struct tomb {
     struct map_node node;
     struct list fifo;
+    struct list head_link; /* in its head's list (a name with a dot) */
     uint64_t last_seq;
     char name[CHANNEL_KEY_MAX + 1];
 };

@@ -24,6 +24,7 @@
  * held by name with from_seq below its id), and through one pattern only (a
  * pattern that delivered it has it as `delivered`).
  */
+#include <stddef.h>
 #include <stdlib.h>
 
 #include "core/config.h"
@@ -283,6 +284,60 @@ static void add_gap(struct hub_backlog *b, const char *key, size_t len, uint64_t
                                            .since = since};
 }
 
+/* What a pattern's resume reads, channels or tombs: those under the pattern's head
+ * (hub.channel_heads), or all of them (`all`) for a pattern that starts with a wildcard
+ * (token holders only). */
+struct walk {
+    struct list *list, *at; /* the head's list, or NULL */
+    struct map *all;        /* else the whole map */
+    size_t bucket, link_off, node_off;
+    struct map_node *next;
+};
+
+static struct walk walk_start(struct hub *hub, const struct channel *pat, bool tombs)
+{
+    struct walk w = {
+        .link_off = tombs ? offsetof(struct tomb, head_link) : offsetof(struct channel, head_link),
+        .node_off = tombs ? offsetof(struct tomb, node) : offsetof(struct channel, node)};
+    size_t hl = hub__key_head_len(pat->name, pat->name_len);
+    if (!hl) {
+        w.all = tombs ? &hub->tombs : &hub->channels;
+        return w;
+    }
+    struct map_node *n = map_get(&hub->channel_heads, pat->name, hl);
+    if (n) {
+        struct chan_head *h = container_of(n, struct chan_head, node);
+        w.list = tombs ? &h->tombs : &h->chans;
+        w.at = w.list->next;
+    }
+    return w;
+}
+
+/* The next channel or tomb of the walk, NULL at its end. */
+static void *walk_next(struct walk *w)
+{
+    if (w->all) {
+        struct map_node *n = map_next(w->all, &w->bucket, &w->next);
+        return n ? (char *)n - w->node_off : NULL;
+    }
+    if (!w->list || w->at == w->list)
+        return NULL;
+    struct list *l = w->at;
+    w->at = l->next;
+    return (char *)l - w->link_off;
+}
+
+/* Whether the channel key[0..len) is of pat's app and matches it (p: pat's name, plen:
+ * its app prefix's length). A user's channel matches no pattern. */
+static bool key_matches(const struct channel *pat, struct slice p, size_t plen, const char *key,
+                        size_t len)
+{
+    const struct slice name = chan_key_name(key, len);
+    return !chan_key_is_user(key, len) && (size_t)(name.data - key) == plen &&
+           memcmp(key, pat->name, plen) == 0 &&
+           pattern_match(p.data, p.len, NULL, 0, name.data, name.len);
+}
+
 void hub__patsub_backlog_locked(struct hub *hub, struct channel *pat, uint64_t since,
                                 const struct list *held, struct channel *const *chs, size_t n,
                                 struct hub_backlog *b)
@@ -292,44 +347,17 @@ void hub__patsub_backlog_locked(struct hub *hub, struct channel *pat, uint64_t s
     const size_t plen = (size_t)(p.data - pat->name); /* the app prefix: "APP~" or "" */
     struct hub_backlog mine = {0};
     uint32_t gaps_before = b->ngaps;
-    /* The channels under the pattern's head (hub.channel_heads); a pattern that starts
-     * with a wildcard (token holders only) walks the whole table. */
-    size_t hl = hub__key_head_len(pat->name, pat->name_len), bucket = 0;
-    struct map_node *node = hl ? map_get(&hub->channel_heads, pat->name, hl) : NULL, *next = NULL;
-    struct list *heads = node ? &container_of(node, struct chan_head, node)->chans : NULL;
-    struct list *link = heads ? heads->next : NULL;
-    for (;;) {
-        struct channel *ch;
-        if (hl) {
-            if (!link || link == heads)
-                break;
-            ch = container_of(link, struct channel, head_link);
-            link = link->next;
-        } else {
-            if (!(node = map_next(&hub->channels, &bucket, &next)))
-                break;
-            ch = container_of(node, struct channel, node);
-        }
-        const struct slice name = chan_key_name(ch->name, ch->name_len);
-        if (ch->user || (size_t)(name.data - ch->name) != plen ||
-            memcmp(ch->name, pat->name, plen) != 0 ||
-            !pattern_match(p.data, p.len, NULL, 0, name.data, name.len) ||
-            held_by_name(held, chs, n, ch))
-            continue;
-        hub__backlog_channel_locked(ch, since, held, NULL, true, &mine);
-    }
+    struct walk w = walk_start(hub, pat, false);
+    struct channel *ch;
+    while ((ch = walk_next(&w)))
+        if (key_matches(pat, p, plen, ch->name, ch->name_len) && !held_by_name(held, chs, n, ch))
+            hub__backlog_channel_locked(ch, since, held, NULL, true, &mine);
     /* Channels deleted or expired since the cursor lost what they had. */
-    bucket = 0;
-    next = NULL;
-    while (since && (node = map_next(&hub->tombs, &bucket, &next))) {
-        const struct tomb *t = container_of(node, struct tomb, node);
-        size_t tl = node->key_len;
-        const struct slice name = chan_key_name(t->name, tl);
-        if (t->last_seq > since && !memchr(t->name, USER_CHAN_MARK, tl) &&
-            (size_t)(name.data - t->name) == plen && memcmp(t->name, pat->name, plen) == 0 &&
-            pattern_match(p.data, p.len, NULL, 0, name.data, name.len))
-            add_gap(b, t->name, tl, since, 0, false);
-    }
+    w = walk_start(hub, pat, true);
+    const struct tomb *t;
+    while (since && (t = walk_next(&w)))
+        if (t->last_seq > since && key_matches(pat, p, plen, t->name, t->node.key_len))
+            add_gap(b, t->name, t->node.key_len, since, 0, false);
     /* A cursor from before this node started: channels it no longer has may have held
      * messages for it (each matching channel that exists reports its own gap). */
     if (since && since < hub->boot_seq - 1 && mine.ngaps == 0 && b->ngaps == gaps_before)

@@ -2078,23 +2078,40 @@ static void test_pattern_resume_merges_in_id_order_with_gaps_and_a_cap(void **st
 
 static void test_channels_with_a_dot_are_indexed_by_head(void **state)
 {
+    uint64_t cursor = pub("nodot", "0");
     pub("h.a", "1");
     pub("h.b.c", "2");
     pub("k.a", "3");
-    pub("nodot", "4");
     assert_int_equal(hub.channel_heads.len, 2); /* "h" and "k"; "nodot" is no pattern's */
     assert_int_equal(hub_channel_delete(&hub, "h.a", 3), 0);
-    assert_int_equal(hub.channel_heads.len, 2);
     assert_int_equal(hub_channel_delete(&hub, "h.b.c", 5), 0);
     assert_int_equal(hub_channel_delete(&hub, "k.a", 3), 0);
-    assert_int_equal(hub.channel_heads.len, 0);
-    /* A resume by pattern finds a channel made after the index emptied. */
-    uint64_t cursor = pub("nodot", "5"), id = pub("h.z", "6");
+    /* Their tombs keep the heads: a resume by pattern reads the tombs under its head. */
+    assert_int_equal(hub.channel_heads.len, 2);
+    uint64_t id = pub("h.z", "6");
     struct list held;
     list_init(&held);
     const char *names[] = {"h.*"};
     struct hub_backlog bl;
     assert_int_equal(subscribe(0, &held, names, 1, true, cursor, &bl, NULL), 0);
+    assert_int_equal(bl.n, 1);
+    assert_int_equal(bl.msgs[0]->seq, id);
+    assert_int_equal(bl.ngaps, 1); /* h.a went; h.b.c is not h.*'s */
+    assert_string_equal(bl.gaps[0].name, "h.a");
+    hub_backlog_free(&bl);
+    hub_unsubscribe_all(&hub, 0, &held);
+    /* A head goes with its last channel and tomb (a channel that never had a message
+     * leaves no tomb), and a resume by pattern finds a channel made after it went. */
+    struct list c;
+    list_init(&c);
+    take_channel(&c, "e.a");
+    assert_int_equal(hub.channel_heads.len, 3);
+    hub_unsubscribe_all(&hub, 0, &c);
+    assert_int_equal(hub.channel_heads.len, 2);
+    cursor = pub("nodot", "7");
+    id = pub("e.b", "8");
+    const char *e[] = {"e.*"};
+    assert_int_equal(subscribe(0, &held, e, 1, true, cursor, &bl, NULL), 0);
     assert_int_equal(bl.n, 1);
     assert_int_equal(bl.msgs[0]->seq, id);
     hub_backlog_free(&bl);
