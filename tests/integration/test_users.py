@@ -5,13 +5,11 @@ per-user history a reconnecting user resumes from (gap when it is gone).
 
 Checked with independent clients (raw sockets for WebSocket, SSE and NDJSON streams,
 http.client for long-polls and publishes) against a single node, two nodes sharing one
-Redis and two nodes on a Redis Cluster. Tokens are minted here (HS256 with hmac), and the
-user channel's key is computed here too (SHA-256 of the sub), to look at Redis directly.
+Redis and two nodes on a Redis Cluster. Tokens are minted by the tests (helpers.jwt_hs256),
+and the user channel's key is computed here (SHA-256 of the sub), to look at Redis directly.
 """
 
-import base64
 import hashlib
-import hmac
 import json
 import time
 import urllib.parse
@@ -26,6 +24,7 @@ from helpers import (
     RawWS,
     Stream,
     http_get,
+    jwt_hs256,
     poll,
     request,
     wait_until,
@@ -43,18 +42,11 @@ TRANSPORTS = ["ws", "sse", "stream", "poll"]
 # ---- tokens and the user channel's key, made independently of herald --------------------------
 
 
-def b64(data):
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 def token(sub, channels=("**",), secret=SECRET, ttl=3600):
     claims = {"exp": int(time.time()) + ttl, "channels": list(channels)}
     if sub is not None:
         claims["sub"] = sub
-    signing = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()) + "." + b64(
-        json.dumps(claims).encode())
-    sig = hmac.new(secret.encode(), signing.encode(), hashlib.sha256).digest()
-    return signing + "." + b64(sig)
+    return jwt_hs256(secret, claims)
 
 
 def user_key(sub, app=None):
