@@ -556,8 +556,12 @@ def test_one_redis_user_channel_is_not_listed(pair, redis):
 
 @pytest.fixture(scope="module")
 def rcluster():
+    """The module's Redis Cluster: its tests share one xdist worker (RC), so it starts once."""
     with RedisCluster(masters=3, replicas=0) as c:
         yield c
+
+
+RC = pytest.mark.xdist_group("redis-cluster")
 
 
 @pytest.fixture(scope="module")
@@ -571,16 +575,19 @@ def cluster_cmd(rcluster):
     return lambda *args: rcluster.master_of(args[1]).cmd(*args)
 
 
+@RC
 @pytest.mark.threads
 def test_redis_cluster_user_on_two_nodes(cnodes, rcluster):
     two_nodes_one_user(*cnodes, cluster_cmd(rcluster), "rc-two")
 
 
+@RC
 @pytest.mark.threads
 def test_redis_cluster_channel_and_user_once(cnodes):
     channel_and_user_across_nodes(*cnodes, "rc-both", "room.rc")
 
 
+@RC
 @pytest.mark.threads
 @pytest.mark.parametrize("room", [None, "room.rcr"])
 def test_redis_cluster_resume_across_nodes(cnodes, room):
