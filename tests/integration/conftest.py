@@ -92,6 +92,13 @@ def module_herald(herald_bin, tmp_path_factory):
     servers.stop_all()
 
 
+@pytest.fixture(scope="module")
+def redis():
+    """One redis-server for the module's tests (killed at the end, even on failure)."""
+    with RedisServer() as r:
+        yield r
+
+
 @pytest.fixture
 def redis_factory():
     """Starts redis-servers of the test's own (for tests that stop, freeze or restart them);

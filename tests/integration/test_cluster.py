@@ -42,7 +42,6 @@ from helpers import (
     sub_query,
     wait_until,
 )
-from redis_util import RedisServer
 
 pytestmark = pytest.mark.threads  # make test runs this module under ThreadSanitizer too
 
@@ -54,13 +53,6 @@ HEARTBEAT_WAIT = 8.0  # bound on waiting for a count to change
 
 
 # ---- fixtures -------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def redis():
-    """One redis-server for the module's shared nodes (killed at the end, even on failure)."""
-    with RedisServer() as r:
-        yield r
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from helpers import (
 )
 from test_apps import ADMIN, admin, pub
 from test_apps import app_stream as app_sub
-from redis_util import RedisCluster, RedisServer
+from redis_util import RedisCluster
 
 pytestmark = pytest.mark.threads  # make test runs this module under ThreadSanitizer too
 
@@ -55,12 +55,6 @@ def known_within(srv, app, key, bound):
                                headers={"Authorization": f"Bearer {key}"}).status == 200,
                timeout=bound * 3, what=f"{app} on the other node", interval=0.01)
     return time.monotonic() - t0
-
-
-@pytest.fixture(scope="module")
-def redis():
-    with RedisServer() as r:
-        yield r
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,6 @@ from helpers import (
     ws_handshake,
     ws_key,
 )
-from redis_util import RedisServer
 
 pytestmark = pytest.mark.threads  # windows live on the workers: make test runs this under TSan too
 
@@ -238,12 +237,6 @@ def test_resume_with_conflate_reports_a_gap_then_the_newest(herald, chan):
 
 
 # ---- two nodes sharing Redis ----------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def redis():
-    with RedisServer() as r:
-        yield r
 
 
 @pytest.mark.parametrize("conflate", ["none", "latest"])

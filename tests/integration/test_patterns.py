@@ -25,7 +25,6 @@ from helpers import (
     wait_until,
     ws_op,
 )
-from redis_util import RedisServer
 from test_tokens import SECRET, token
 
 pytestmark = pytest.mark.threads  # make test runs this module under ThreadSanitizer too
@@ -339,12 +338,6 @@ def test_new_patterns_count_against_the_address(herald, chan):
 
 
 # ---- cluster mode ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def redis():
-    with RedisServer() as r:
-        yield r
 
 
 def test_cluster_mode_refuses_patterns_clearly(redis, module_herald, chan):

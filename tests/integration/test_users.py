@@ -436,7 +436,7 @@ def test_app_plan_channel_limit_does_not_lock_users_out(herald, tmp_path):
 
 # ---- several nodes: one Redis, and a Redis Cluster ---------------------------------------------
 
-from redis_util import RedisCluster, RedisServer  # noqa: E402
+from redis_util import RedisCluster  # noqa: E402
 
 HEARTBEAT = "300ms"
 
@@ -512,12 +512,6 @@ def resume_on_the_other_node(a, b, sub, room=None, per_channel=False):
         assert only_data(p.messages(len(want) + 1)) == want + ["r4"]
     finally:
         p.close()
-
-
-@pytest.fixture(scope="module")
-def redis():
-    with RedisServer() as r:
-        yield r
 
 
 @pytest.fixture(scope="module")
