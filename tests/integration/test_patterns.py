@@ -6,8 +6,6 @@ pattern, the limits, and cluster mode, which refuses patterns (pattern_unsupport
 
 Each test's channels are `{chan}.something`, so that its patterns see only its own."""
 
-import json
-
 import pytest
 
 from helpers import (
@@ -18,7 +16,6 @@ from helpers import (
     ids_of,
     poll,
     recv_json,
-    request,
     subscribe,
     sub_query,
     ws_connect,
