@@ -285,15 +285,6 @@ static void pub_make_keys(struct api_pub *p, const struct hub_tenant *t, const s
     p->n += nusers;
 }
 
-/* Whether s is one of list[0..n). */
-static bool slice_listed(const struct slice *list, size_t n, const struct slice *s)
-{
-    for (size_t i = 0; i < n; i++)
-        if (list[i].len == s->len && memcmp(list[i].data, s->data, s->len) == 0)
-            return true;
-    return false;
-}
-
 /* Reads "users" (user ids, each a token's "sub") of a publish into users[], which
  * points into obj; at most `room` of them. Returns how many, or -1 with *err. */
 static long pub_users(json_t *obj, struct slice *users, size_t room, const char **err)
@@ -316,7 +307,7 @@ static long pub_users(json_t *obj, struct slice *users, size_t room, const char 
             return -1;
         }
         struct slice s = {id, (uint32_t)len};
-        if (slice_listed(users, n, &s))
+        if (slice_in(users, n, &s))
             continue; /* named twice: once */
         if (n == room) {
             *err = "at most 64 channels and users per message, together: reach more users with "

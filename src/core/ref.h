@@ -7,7 +7,10 @@
 #define HERALD_REF_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 struct ref {
     atomic_uint refs;
@@ -30,5 +33,14 @@ struct slice {
     const char *data;
     uint32_t len;
 };
+
+/* Whether one of list[0..n) has the bytes of s. */
+static inline bool slice_in(const struct slice *list, size_t n, const struct slice *s)
+{
+    for (size_t i = 0; i < n; i++)
+        if (list[i].len == s->len && memcmp(list[i].data, s->data, s->len) == 0)
+            return true;
+    return false;
+}
 
 #endif

@@ -735,15 +735,6 @@ void hub__inbox_push(struct hub_inbox *in, struct msg *m, struct channel *ch, ui
     pthread_mutex_unlock(&in->lock);
 }
 
-/* Whether one of names[0..n) is s. */
-static bool slice_in(const struct slice *names, size_t n, const struct slice *s)
-{
-    for (size_t i = 0; i < n; i++)
-        if (names[i].len == s->len && memcmp(names[i].data, s->data, s->len) == 0)
-            return true;
-    return false;
-}
-
 /* Whether a missing channel key may be created: its app's setting, else the server's.
  * Hub lock held. */
 static bool auto_create(struct hub *hub, const char *key, size_t len)
