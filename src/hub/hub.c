@@ -962,14 +962,19 @@ static bool had_elsewhere(const struct sub_positions *pos, const struct channel 
 }
 
 /* Collects ch's history after `since` into b, skipping what `held` delivers live and
- * what the client has through another of the channels it subscribes to now. */
+ * what the client has through another of the channels it subscribes to now; with
+ * newest_only, the newest such message alone. */
 static void collect_history(struct channel *ch, uint64_t since, const struct list *held,
-                            const struct sub_positions *pos, struct hub_backlog *b)
+                            const struct sub_positions *pos, bool newest_only,
+                            struct hub_backlog *b)
 {
-    for (uint32_t i = 0; i < ch->hist_len; i++) {
-        struct msg *m = hist_at(ch, i);
-        if (m->seq <= since)
+    for (uint32_t k = 0; k < ch->hist_len; k++) {
+        struct msg *m = hist_at(ch, newest_only ? ch->hist_len - 1 - k : k);
+        if (m->seq <= since) {
+            if (newest_only)
+                break; /* the rest is older still */
             continue;
+        }
         bool skip = false;
         if (m->group)
             for (uint32_t g = 0; g < m->group->n && !skip; g++)
@@ -984,19 +989,9 @@ static void collect_history(struct channel *ch, uint64_t since, const struct lis
         }
         ref_get(&m->ref);
         b->msgs[b->n++] = m;
+        if (newest_only)
+            break;
     }
-}
-
-/* A conflated channel's replay is what a live subscriber ends up with: its newest
- * message of the range, b->msgs[first..n) being the channel's part, oldest first. */
-static void conflate_backlog(struct hub_backlog *b, uint32_t first)
-{
-    if (b->n - first < 2)
-        return;
-    for (uint32_t i = first; i < b->n - 1; i++)
-        ref_put(&b->msgs[i]->ref);
-    b->msgs[first] = b->msgs[b->n - 1];
-    b->n = first + 1;
 }
 
 void hub__apply_window_opts(struct channel *ch, const struct channel_opts *o)
@@ -1026,10 +1021,9 @@ void hub__backlog_channel_locked(struct channel *ch, uint64_t since, const struc
             g->name_len = ch->name_len;
         }
     }
-    uint32_t first = b->n;
-    collect_history(ch, since, held, pos, b);
-    if (ch->conflate && ch->batch_ms)
-        conflate_backlog(b, first);
+    /* A conflated channel's replay is what a live subscriber ends up with: the newest
+     * message of the range. */
+    collect_history(ch, since, held, pos, ch->conflate, b);
 }
 
 /* Where a message's channel stands in the channel list of its publish. */

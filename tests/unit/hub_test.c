@@ -1942,6 +1942,40 @@ static void test_the_hub_lock_knows_its_holder(void **state)
 #endif
 }
 
+/* A conflated channel replays the newest message of the range that the connection does
+ * not get another way: one it gets live through a channel it holds does not count. */
+static void test_conflated_resume_is_the_newest_not_had_elsewhere(void **state)
+{
+    struct channel_opts o = {
+        .has_batch_ms = true, .batch_ms = 50, .has_conflate = true, .conflate = true};
+    bool created;
+    struct channel_info info;
+    assert_int_equal(hub_channel_put(&hub, "c", 1, &o, &created, &info), 0);
+    struct list held;
+    list_init(&held);
+    take_channel(&held, "d");
+    uint64_t cursor = pub("c", "0");
+    pub("c", "1");
+    uint64_t newest = pub("c", "2");
+    pub2("c", "d", "3"); /* comes live through d */
+    pub("d", "4");
+    const char *names[] = {"c"};
+    struct hub_backlog bl;
+    assert_int_equal(subscribe(0, &held, names, 1, true, cursor, &bl, NULL), 0);
+    assert_int_equal(bl.n, 1);
+    assert_int_equal(bl.msgs[0]->seq, newest);
+    hub_backlog_free(&bl);
+    /* From the newest message on, nothing is left to replay. */
+    struct list other;
+    list_init(&other);
+    uint64_t last = pub("c", "5");
+    assert_int_equal(subscribe(0, &other, names, 1, true, last, &bl, NULL), 0);
+    assert_int_equal(bl.n, 0);
+    hub_backlog_free(&bl);
+    hub_unsubscribe_all(&hub, 0, &held);
+    hub_unsubscribe_all(&hub, 0, &other);
+}
+
 /* ---- pattern subscriptions (patsub.c) ---------------------------------------------- */
 
 /* A worker's fan-out (server.c), for two connections on worker 0: each delivery is
@@ -2150,6 +2184,7 @@ int main(void)
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
     const struct CMUnitTest tests[] = {
         T(test_ids_increase_by_one_per_publish),
+        T(test_conflated_resume_is_the_newest_not_had_elsewhere),
         T(test_pattern_delivers_once_per_connection),
         T(test_patterns_with_and_without_a_head),
         T(test_pattern_resume_merges_in_id_order_with_gaps_and_a_cap),
