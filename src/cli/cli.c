@@ -48,18 +48,32 @@ struct opt_def {
 
 #define O(f) offsetof(struct opts, f)
 /* meta NULL: a flag (bool) */
-static const struct opt_def opt_url = {"url", "URL", "herald's base URL (or --server)", O(url)};
-static const struct opt_def opt_key = {"key", "KEY", "publish key (HERALD_PUBLISH_KEY)", O(key)};
-static const struct opt_def opt_app = {"app", "APP", "the app (HERALD_APP): /apps/APP/…", O(app)};
-static const struct opt_def opt_pretty = {"pretty", NULL, "indent the JSON", O(pretty)};
-static const struct opt_def opt_timeout = {
-    "timeout", "DURATION", "give up after this long (10s; sub: run this long)", O(timeout)};
-static const struct opt_def opt_admin = {"admin-key", "KEY", "admin key (HERALD_ADMIN_KEY)",
-                                         O(admin_key)};
+static const struct opt_def opt_url = {
+    .name = "url", .meta = "URL", .help = "herald's base URL (or --server)", .field = O(url)};
+static const struct opt_def opt_key = {
+    .name = "key", .meta = "KEY", .help = "publish key (HERALD_PUBLISH_KEY)", .field = O(key)};
+static const struct opt_def opt_app = {
+    .name = "app", .meta = "APP", .help = "the app (HERALD_APP): /apps/APP/…", .field = O(app)};
+static const struct opt_def opt_pretty = {
+    .name = "pretty", .help = "indent the JSON", .field = O(pretty)};
+static const struct opt_def opt_timeout = {.name = "timeout",
+                                           .meta = "DURATION",
+                                           .help =
+                                               "give up after this long (10s; sub: run this long)",
+                                           .field = O(timeout)};
+static const struct opt_def opt_admin = {.name = "admin-key",
+                                         .meta = "KEY",
+                                         .help = "admin key (HERALD_ADMIN_KEY)",
+                                         .field = O(admin_key)};
 static const struct opt_def opt_cacert = {
-    "cacert", "FILE", "https: trust the CAs in this PEM file (HERALD_CACERT)", O(cacert)};
+    .name = "cacert",
+    .meta = "FILE",
+    .help = "https: trust the CAs in this PEM file (HERALD_CACERT)",
+    .field = O(cacert)};
 static const struct opt_def opt_insecure = {
-    "insecure", NULL, "https: skip verifying the certificate (unsafe: for tests)", O(insecure)};
+    .name = "insecure",
+    .help = "https: skip verifying the certificate (unsafe: for tests)",
+    .field = O(insecure)};
 
 struct command {
     const char *name, *usage, *summary;
@@ -777,37 +791,62 @@ static int cmd_bench(int argc, char **argv)
 
 /* ---- the table ------------------------------------------------------------------------- */
 
-static const struct opt_def opt_event = {"event", "NAME", "the message's event name (type)",
-                                         O(event)};
+static const struct opt_def opt_event = {
+    .name = "event", .meta = "NAME", .help = "the message's event name (type)", .field = O(event)};
 static const struct opt_def opt_type = {
-    "type", "TYPE", "auto (JSON if DATA parses as JSON, else text), json, text, binary", O(type)};
-static const struct opt_def opt_token = {"token", "JWT", "subscriber token (herald token)",
-                                         O(token)};
-static const struct opt_def opt_since = {"since", "CURSOR", "resume after this id (0: history)",
-                                         O(since)};
-static const struct opt_def opt_count = {"count", "N", "exit after N messages", O(count)};
-static const struct opt_def opt_prefix = {"prefix", "P", "only channels starting with P",
-                                          O(prefix)};
-static const struct opt_def opt_limit = {"limit", "N", "at most N in a page", O(limit)};
-static const struct opt_def opt_after = {
-    "after", "NAME", "the page after NAME (the previous page's \"next\")", O(after)};
-static const struct opt_def opt_plan = {"plan", "PLAN", "create, update: the plan (apps plans)",
-                                        O(plan)};
+    .name = "type",
+    .meta = "TYPE",
+    .help = "auto (JSON if DATA parses as JSON, else text), json, text, binary",
+    .field = O(type)};
+static const struct opt_def opt_token = {
+    .name = "token", .meta = "JWT", .help = "subscriber token (herald token)", .field = O(token)};
+static const struct opt_def opt_since = {.name = "since",
+                                         .meta = "CURSOR",
+                                         .help = "resume after this id (0: history)",
+                                         .field = O(since)};
+static const struct opt_def opt_count = {
+    .name = "count", .meta = "N", .help = "exit after N messages", .field = O(count)};
+static const struct opt_def opt_prefix = {
+    .name = "prefix", .meta = "P", .help = "only channels starting with P", .field = O(prefix)};
+static const struct opt_def opt_limit = {
+    .name = "limit", .meta = "N", .help = "at most N in a page", .field = O(limit)};
+static const struct opt_def opt_after = {.name = "after",
+                                         .meta = "NAME",
+                                         .help =
+                                             "the page after NAME (the previous page's \"next\")",
+                                         .field = O(after)};
+static const struct opt_def opt_plan = {.name = "plan",
+                                        .meta = "PLAN",
+                                        .help = "create, update: the plan (apps plans)",
+                                        .field = O(plan)};
 static const struct opt_def opt_subscribe = {
-    "subscribe", "POLICY", "create, update: token (subscribers need one) or public", O(subscribe)};
-static const struct opt_def opt_public = {"public", NULL, "create, update: --subscribe public",
-                                          O(public_)};
+    .name = "subscribe",
+    .meta = "POLICY",
+    .help = "create, update: token (subscribers need one) or public",
+    .field = O(subscribe)};
+static const struct opt_def opt_public = {
+    .name = "public", .help = "create, update: --subscribe public", .field = O(public_)};
 static const struct opt_def opt_settings = {
-    "settings", "JSON", "create, update: settings to set, e.g. '{\"auto_create\":false}'",
-    O(settings)};
-static const struct opt_def opt_secret = {"secret", "SECRET", "HS256 secret (HERALD_TOKEN_SECRET)",
-                                          O(secret)};
-static const struct opt_def opt_sub = {"sub", "USER", "the user id (\"sub\")", O(sub)};
-static const struct opt_def opt_channels = {"channels", "P,P…", "may subscribe to (patterns)",
-                                            O(channels)};
-static const struct opt_def opt_publish = {"publish", "P,P…", "may publish to over WebSocket",
-                                           O(publish)};
-static const struct opt_def opt_ttl = {"ttl", "DURATION", "valid for (default 1h)", O(ttl)};
+    .name = "settings",
+    .meta = "JSON",
+    .help = "create, update: settings to set, e.g. '{\"auto_create\":false}'",
+    .field = O(settings)};
+static const struct opt_def opt_secret = {.name = "secret",
+                                          .meta = "SECRET",
+                                          .help = "HS256 secret (HERALD_TOKEN_SECRET)",
+                                          .field = O(secret)};
+static const struct opt_def opt_sub = {
+    .name = "sub", .meta = "USER", .help = "the user id (\"sub\")", .field = O(sub)};
+static const struct opt_def opt_channels = {.name = "channels",
+                                            .meta = "P,P…",
+                                            .help = "may subscribe to (patterns)",
+                                            .field = O(channels)};
+static const struct opt_def opt_publish = {.name = "publish",
+                                           .meta = "P,P…",
+                                           .help = "may publish to over WebSocket",
+                                           .field = O(publish)};
+static const struct opt_def opt_ttl = {
+    .name = "ttl", .meta = "DURATION", .help = "valid for (default 1h)", .field = O(ttl)};
 
 static const struct command commands[] = {
     {"pub",
