@@ -43,13 +43,14 @@ struct opts {
 
 struct opt_def {
     const char *name, *meta, *help;
-    size_t field; /* offsetof(struct opts, …) */
+    size_t field;      /* offsetof(struct opts, …) */
+    const char *alias; /* another name for it, or NULL */
 };
 
 #define O(f) offsetof(struct opts, f)
-/* meta NULL: a flag (bool) */
+/* meta NULL: a flag (bool). --server is DESIGN §11's name for --url. */
 static const struct opt_def opt_url = {
-    .name = "url", .meta = "URL", .help = "herald's base URL (or --server)", .field = O(url)};
+    .name = "url", .meta = "URL", .alias = "server", .help = "herald's base URL", .field = O(url)};
 static const struct opt_def opt_key = {
     .name = "key", .meta = "KEY", .help = "publish key (HERALD_PUBLISH_KEY)", .field = O(key)};
 static const struct opt_def opt_app = {
@@ -102,10 +103,11 @@ static void print_help(const struct command *c)
 {
     printf("Usage: %s %s\n%s\n\nOptions:\n", prog, c->usage, c->summary);
     for (int i = 0; c->opts[i]; i++) {
+        const struct opt_def *d = c->opts[i];
         char flag[64];
-        snprintf(flag, sizeof(flag), "--%s%s%s", c->opts[i]->name, c->opts[i]->meta ? " " : "",
-                 c->opts[i]->meta ? c->opts[i]->meta : "");
-        printf("  %-24s %s\n", flag, c->opts[i]->help);
+        snprintf(flag, sizeof(flag), "--%s%s%s%s%s", d->name, d->alias ? ", --" : "",
+                 d->alias ? d->alias : "", d->meta ? " " : "", d->meta ? d->meta : "");
+        printf("  %-24s %s\n", flag, d->help);
     }
     printf("  %-24s %s\n", "-h, --help", "print this help and exit");
     if (c->url_env)
@@ -114,6 +116,12 @@ static void print_help(const struct command *c)
     printf("Exit codes: 0 done, 1 the server said no (its error on stderr), 2 usage error,\n"
            "3 cannot reach the server (or TLS failed), 4 sub --timeout before --count "
            "messages,\n5 over a limit or busy (429, 503): try again later. See docs/cli.md.\n");
+}
+
+/* Whether name[0..n) is `want` (NULL: no name). */
+static bool opt_is(const char *want, const char *name, size_t n)
+{
+    return want && strlen(want) == n && memcmp(want, name, n) == 0;
 }
 
 static int parse_opts(const struct command *c, int argc, char **argv, struct opts *o)
@@ -138,10 +146,8 @@ static int parse_opts(const struct command *c, int argc, char **argv, struct opt
         const char *name = a + (a[1] == '-' ? 2 : 1), *eq = strchr(name, '=');
         size_t n = eq ? (size_t)(eq - name) : strlen(name);
         const struct opt_def *d = NULL;
-        if (n == 6 && memcmp(name, "server", 6) == 0) /* DESIGN §11's name for --url */
-            name = "url", n = 3;
         for (int k = 0; c->opts[k] && !d; k++)
-            if (strlen(c->opts[k]->name) == n && memcmp(c->opts[k]->name, name, n) == 0)
+            if (opt_is(c->opts[k]->name, name, n) || opt_is(c->opts[k]->alias, name, n))
                 d = c->opts[k];
         if (!d)
             return usage_error("unknown option %.*s", (int)(n + (size_t)(name - a)), a);

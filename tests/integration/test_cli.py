@@ -337,6 +337,19 @@ def test_usage_errors_exit_2(herald_bin):
         assert r.stderr and b"Usage: herald" in r.stderr, (args, r.stderr)
 
 
+def test_unknown_option_is_named_without_its_value(herald_bin):
+    """An option a command does not take is named as given, its =VALUE left out; --server
+    (another name for --url) is no exception where the command takes no --url."""
+    for opt in ("--bogus", "--url", "--server"):
+        r = cli(herald_bin, "token", "--secret", "s", f"{opt}=http://h:1")
+        assert r.returncode == EXIT_USAGE, (opt, r)
+        assert r.stderr.startswith(f"herald token: unknown option {opt}\n".encode()), (opt, r.stderr)
+    # where it is taken, --server=URL is --url=URL, and --help shows both names
+    r = cli(herald_bin, "stats", "--server=http://h:99999")
+    assert r.returncode == EXIT_USAGE and b"port" in r.stderr, r
+    assert re.search(rb"^  --url, --server URL ", cli(herald_bin, "pub", "--help").stdout, re.M)
+
+
 def test_help_lists_the_commands_and_each_one(herald_bin):
     """herald --help, herald help and an unknown command list the commands; each command's
     --help (and herald help COMMAND) describes it and exits 0."""
