@@ -644,15 +644,8 @@ static int sub_once(struct sub_state *s, const struct target *t, const char *cha
     struct sbuf path = {0};
     sbuf_adds(&path, "/sse?channels=");
     cli_url_encode(&path, channels, ",");
-    const char *since = s->cursor[0] ? s->cursor : NULL;
-    if (since) {
-        sbuf_adds(&path, "&since=");
-        cli_url_encode(&path, since, NULL);
-    }
-    if (s->o->token) {
-        sbuf_adds(&path, "&token=");
-        cli_url_encode(&path, s->o->token, NULL);
-    }
+    add_query(&path, "since", s->cursor[0] ? s->cursor : NULL);
+    add_query(&path, "token", s->o->token);
     int64_t left = deadline_ms - (int64_t)now_ms();
     /* An idle stream still gets a heartbeat every --heartbeat (30 s by default). */
     int idle = 75000;
