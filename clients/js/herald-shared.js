@@ -30,10 +30,14 @@ export async function share(h, claims) {
   const me = Math.random().toString(36).slice(2) + Date.now().toString(36);
   const ac = new AbortController(); // close() withdraws our requests still waiting
   const lock = (n, fn) => navigator.locks.request(n, { signal: ac.signal }, fn).catch(() => {});
-  const bc = new BroadcastChannel(name);
-  const post = (m) => bc.postMessage(m);
   let done = false, stop;
   const stopped = new Promise((ok) => (stop = ok));
+  // Our own lock first: the leader watches it from our first 'hi' on. Refused (Web Locks
+  // refuse every request of an opaque origin, e.g. a sandboxed iframe), sharing cannot
+  // start: herald.js gives the tab a connection of its own.
+  await new Promise((ok, fail) => navigator.locks.request(`${name} tab ${me}`, { signal: ac.signal }, () => (ok(), stopped)).catch(fail));
+  const bc = new BroadcastChannel(name);
+  const post = (m) => bc.postMessage(m);
   let inner = null, tabs = null, batch = null; // the leader's: its connection, the group
   const pubs = new Map(); // a follower's publishes waiting for the leader's answer
   let ref = 0;
@@ -128,8 +132,6 @@ export async function share(h, claims) {
       );
   };
 
-  // Our own lock first: the leader watches it from our first 'hi' on.
-  await new Promise((ok) => lock(`${name} tab ${me}`, () => (ok(), stopped)));
   h.role = 'follower';
   lock(`${name} leader`, () => {
     if (done) return;

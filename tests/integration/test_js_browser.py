@@ -93,6 +93,21 @@ h.subscribe(q.get("channels").split(","), {
   onGap: (g) => got.gaps.push(g),
 });
 window.ready = true;
+// In an iframe (HOST), what it got goes to the page around it, which may not look in.
+if (parent !== window)
+  setInterval(() => parent.postMessage(JSON.stringify({...got, role: h.role}), "*"), 50);
+</script></body></html>
+"""
+
+# A page around a sandboxed iframe (an opaque origin) of TAB at SRC: window.got is the
+# frame's.
+HOST = """<!doctype html>
+<html><head><link rel="icon" href="data:,"></head><body>
+<iframe sandbox="allow-scripts" src="SRC"></iframe>
+<script>
+window.got = null;
+addEventListener("message", (e) => { window.got = JSON.parse(e.data); });
+window.ready = true;
 </script></body></html>
 """
 
@@ -384,4 +399,34 @@ def test_shared_tabs_leader_changes_under_a_stream(herald, chan, page_server, ch
         assert got == sent[start:start + len(got)]  # one unbroken run: no loss, no duplicate
     print(f"{rounds} leader changes, {len(sent)} published, every tab lost 0 and duplicated 0; "
           f"takeover ms: {sorted(round(t * 1000) for t in took)}")
+    assert errors == []
+
+
+def test_shared_in_a_sandboxed_iframe_has_a_connection_of_its_own(herald, chan, page_server,
+                                                                   chromium):  # noqa: F811
+    """A sandboxed iframe is an opaque origin: it has BroadcastChannel and navigator.locks,
+    but Web Locks refuse its every request (SecurityError). {shared: true} there reports
+    error "shared" and the client connects by itself, receiving what is published."""
+    server = herald()
+    root, page_port = page_server
+    with open(os.path.join(root, "tab.html"), "w") as f:
+        f.write(TAB.replace("HERALD", f"http://127.0.0.1:{server.port}"))
+    with open(os.path.join(root, "host.html"), "w") as f:
+        f.write(HOST.replace("SRC", f"tab.html?channels={chan}"))
+
+    async def run():
+        async with Tab(chromium, f"http://127.0.0.1:{page_port}/host.html") as host:
+            await host.page.wait_for("window.got && window.got.opens.length")
+            server.wait_subscribers(chan, 1)
+            for n in range(3):
+                server.publish(chan, json.dumps({"n": n}), content_type="application/json")
+            await host.page.wait_for("window.got.data.length >= 3")
+            await asyncio.sleep(0.2)  # a duplicate would come now
+            return await host.got(), host.page.errors
+
+    got, errors = asyncio.run(run())
+    assert received(got, chan) == [0, 1, 2]
+    assert got["opens"] == ["websocket"] and got["role"] is None
+    assert [e["error"] for e in got["errors"]] == ["shared"], got["errors"]
+    assert "SecurityError" in got["errors"][0]["detail"], got["errors"]
     assert errors == []

@@ -188,6 +188,31 @@ test('shared where there are no Web Locks (Node): a connection of its own, as wi
   assert.equal(h.transport, 'websocket');
 });
 
+test('shared where Web Locks refuse (an opaque origin, e.g. a sandboxed iframe): error "shared", then a connection of its own', async () => {
+  // The Web Locks spec: request() from an opaque origin returns a promise rejected with
+  // a SecurityError, though navigator.locks exists there.
+  const had = Object.getOwnPropertyDescriptor(globalThis, 'navigator');
+  const refuse = () => Promise.reject(new DOMException('opaque origin', 'SecurityError'));
+  Object.defineProperty(globalThis, 'navigator', { value: { locks: { request: refuse } }, configurable: true });
+  try {
+    const s = await server();
+    const h = client(s.url, { shared: true });
+    const errors = [];
+    h.on('error', (e) => errors.push(e));
+    const got = collector(h.subscribe(['refused-locks']));
+    await until(async () => (await s.subscribers('refused-locks')) === 1, 5000, 'a connection of its own');
+    for (let i = 0; i < 3; i++) await s.publish('refused-locks', i);
+    await until(() => got.data.length === 3, 5000, '3 messages');
+    assert.deepEqual(got.data, [0, 1, 2]);
+    assert.deepEqual(errors.map((e) => e.error), ['shared']);
+    assert.match(errors[0].detail, /SecurityError|opaque origin/);
+    assert.equal(h.role, null);
+  } finally {
+    if (had) Object.defineProperty(globalThis, 'navigator', had);
+    else delete globalThis.navigator;
+  }
+});
+
 test('SSE: a first connection that ends before any message still resumes from where it began', async () => {
   // The first stream ends (lifetime 300 ms) before anything is published; the proxy holds
   // the reconnect back 500 ms and a message is published meanwhile: it must arrive.
