@@ -694,8 +694,8 @@ static void info_json(struct sbuf *b, const struct channel_info *i)
                 i->persistent ? "true" : "false", i->ttl_ms / 1000, i->history_size,
                 i->history_ttl_ms / 1000, i->subscribers, i->messages_retained, i->retained_bytes,
                 i->messages_total);
-    sbuf_printf(b, ",\"batch_ms\":%u,\"conflate\":\"%s\"", i->batch_ms,
-                i->conflate ? "latest" : "none");
+    sbuf_printf(b, ",\"batch_ms\":%u,\"conflate\":\"%s\",\"presence\":%s", i->batch_ms,
+                i->conflate ? "latest" : "none", i->presence ? "true" : "false");
     if (i->last_id)
         sbuf_printf(b, ",\"last_id\":\"%" PRIu64 "\"", i->last_id);
     else
@@ -789,7 +789,22 @@ static int opt_uint(json_t *doc, const char *key, uint64_t min, uint64_t max, bo
     return 0;
 }
 
-#define CHANNEL_OPTIONS "ttl, persistent, history_size, history_ttl, batch_ms, conflate"
+/* Reads a boolean option into *out. Returns 0, or -1 when it answered 400. */
+static int opt_bool(json_t *doc, const char *key, bool *has, bool *out, struct http_ctx *x)
+{
+    json_t *v = json_object_get(doc, key);
+    if (!v)
+        return 0;
+    if (!json_is_boolean(v)) {
+        http_error(x, 400, "bad_option", "\"%s\" is true or false", key);
+        return -1;
+    }
+    *has = true;
+    *out = json_is_true(v);
+    return 0;
+}
+
+#define CHANNEL_OPTIONS "ttl, persistent, history_size, history_ttl, batch_ms, conflate, presence"
 
 /* Reads the delivery-window options (hub/batch.h) into o. Returns 0, or -1 when it
  * answered 400. */
@@ -847,21 +862,18 @@ static void handle_channel_put(struct http_ctx *x, const char *name, size_t len)
         o.ttl_ms = (uint32_t)(ttl * 1000);
         o.history_size = (uint32_t)hs;
         o.history_ttl_ms = (uint32_t)(ht * 1000);
-        json_t *p = json_object_get(doc, "persistent");
-        if (p && !json_is_boolean(p)) {
+        if (opt_bool(doc, "persistent", &o.has_persistent, &o.persistent, x) ||
+            opt_bool(doc, "presence", &o.has_presence, &o.presence, x)) {
             json_decref(doc);
-            return http_error(x, 400, "bad_option", "\"persistent\" is true or false");
-        }
-        if (p) {
-            o.has_persistent = true;
-            o.persistent = json_is_true(p);
+            return;
         }
         const char *key;
         json_t *val;
         json_object_foreach(doc, key, val)
         {
             if (strcmp(key, "ttl") && strcmp(key, "persistent") && strcmp(key, "history_size") &&
-                strcmp(key, "history_ttl") && strcmp(key, "batch_ms") && strcmp(key, "conflate")) {
+                strcmp(key, "history_ttl") && strcmp(key, "batch_ms") && strcmp(key, "conflate") &&
+                strcmp(key, "presence")) {
                 http_error(x, 400, "bad_option",
                            "unknown option \"%s\" (known: " CHANNEL_OPTIONS ")", key);
                 json_decref(doc);
@@ -963,8 +975,125 @@ static void handle_channel_list(struct http_ctx *x)
         free(op);
 }
 
+/* ---- presence (docs/interactive.md#presence) ---------------------------------- */
+
+struct presence_op {
+    struct http_async a;
+    char name[CHANNEL_KEY_MAX + 1];
+    size_t limit, after_len;
+    char after[PRESENCE_USER_MAX];
+};
+
+/* Orders a's user against b[0..bl): bytes, then length. */
+static int cmp_user(const struct presence_list *l, const struct presence_entry *a, const char *b,
+                    size_t bl)
+{
+    int c = memcmp(l->text.data + a->user_off, b, MIN((size_t)a->user_len, bl));
+    return c ? c : (a->user_len > bl) - (a->user_len < bl);
+}
+
+static int cmp_entries(const void *a, const void *b, void *list)
+{
+    const struct presence_list *l = list;
+    const struct presence_entry *y = b;
+    return cmp_user(l, a, l->text.data + y->user_off, y->user_len);
+}
+
+static void presence_json(struct sbuf *b, struct presence_op *op, struct presence_list *l)
+{
+    /* Sorted by user so that pages follow each other (?after= the last one's user). */
+    if (l->n > 1)
+        qsort_r(l->v, l->n, sizeof(*l->v), cmp_entries, l);
+    size_t i = 0;
+    while (i < l->n && op->after_len && cmp_user(l, &l->v[i], op->after, op->after_len) <= 0)
+        i++;
+    struct slice nm = chan_key_name(op->name, strlen(op->name));
+    sbuf_adds(b, "{\"channel\":");
+    sbuf_add_json_str(b, nm.data, nm.len);
+    sbuf_adds(b, ",\"users\":[");
+    size_t end = MIN(l->n, i + op->limit);
+    for (size_t k = i; k < end; k++) {
+        const struct presence_entry *e = &l->v[k];
+        sbuf_adds(b, k > i ? ",{\"user\":" : "{\"user\":");
+        sbuf_add_json_str(b, l->text.data + e->user_off, e->user_len);
+        sbuf_printf(b, ",\"connections\":%u", e->conns);
+        if (e->info_len) {
+            sbuf_adds(b, ",\"info\":");
+            sbuf_add(b, l->text.data + e->info_off, e->info_len);
+        }
+        sbuf_adds(b, "}");
+    }
+    sbuf_printf(b,
+                "],\"total_users\":%zu,\"connections\":%" PRIu64 ",\"anonymous\":%" PRIu64
+                ",\"unlisted\":%" PRIu64 ",\"next\":",
+                l->n, l->connections, l->anonymous, l->unlisted);
+    if (end < l->n)
+        sbuf_add_json_str(b, l->text.data + l->v[end - 1].user_off, l->v[end - 1].user_len);
+    else
+        sbuf_adds(b, "null");
+    sbuf_adds(b, "}\n");
+}
+
+static void presence_done(void *arg, int err, struct presence_list *l)
+{
+    struct presence_op *op = arg;
+    struct http_ctx *x = http_async_ctx(&op->a);
+    if (x && err == HUB_ERR_NOT_FOUND) {
+        struct slice nm = chan_key_name(op->name, strlen(op->name));
+        http_error(x, 404, "channel_not_found", "no channel %.*s", (int)nm.len, nm.data);
+    } else if (x && err) {
+        http_hub_error(x, err, op->name, strlen(op->name));
+    } else if (x) {
+        struct sbuf b = {0};
+        presence_json(&b, op, l);
+        http_respond(x, 200, "application/json", NULL, b.data, b.len);
+        sbuf_free(&b);
+    }
+    if (http_async_finish(&op->a))
+        free(op);
+}
+
+/* GET /api/channels/{name}/presence[?limit=N&after=USER] of the channel key[0..len). */
+static void handle_presence(struct http_ctx *x, const char *key, size_t len)
+{
+    const struct http_request *r = x->req;
+    const char *v;
+    size_t vl;
+    uint64_t limit = 100;
+    if (http_query_param(r->query, r->query_len, "limit", &v, &vl) &&
+        (hub_cursor_parse(v, vl, &limit) < 0 || limit < 1 || limit > 1000))
+        return http_error(x, 400, "bad_limit", "limit is 1 to 1000 (users per page)");
+    char after[PRESENCE_USER_MAX * 3];
+    long alen = 0;
+    if (http_query_param(r->query, r->query_len, "after", &v, &vl)) {
+        alen = vl <= sizeof(after) ? http_url_decode(after, v, vl) : -1;
+        if (alen < 0 || alen > PRESENCE_USER_MAX)
+            return http_error(x, 400, "bad_after",
+                              "after is a user id (up to 256 bytes, percent-encoded): the "
+                              "\"next\" of the page before");
+    }
+    struct presence_op *op = xcalloc(1, sizeof(*op));
+    op->limit = (size_t)limit;
+    memcpy(op->after, after, (size_t)alen);
+    op->after_len = (size_t)alen;
+    memcpy(op->name, key, MIN(len, (size_t)CHANNEL_KEY_MAX));
+    http_async_begin(&op->a, x);
+    hub_presence_get_async(&conn_server(x->c)->hub, x->c->w->id, key, len, presence_done, op);
+    http_async_started(&op->a);
+    if (op->a.done && !op->a.deferred)
+        free(op);
+}
+
 static void handle_channel(struct http_ctx *x, const char *raw, size_t raw_len)
 {
+    static const char presence[] = "/presence";
+    size_t pl = sizeof(presence) - 1;
+    /* GET {name}/presence is the channel's presence; a channel whose name ends so is
+     * named with its slash encoded (%2F). */
+    bool get = x->req->method_id == HTTP_M_GET || x->req->method_id == HTTP_M_HEAD;
+    bool of_presence = get && raw_len > pl && memcmp(raw + raw_len - pl, presence, pl) == 0;
+    if (of_presence)
+        raw_len -= pl;
     char name[CHANNEL_NAME_MAX * 3];
     long n = raw_len <= sizeof(name) ? http_url_decode(name, raw, raw_len) : -1;
     if (n < 0 || !hub_channel_name_valid(name, (size_t)n))
@@ -974,6 +1103,8 @@ static void handle_channel(struct http_ctx *x, const char *raw, size_t raw_len)
     int w = x->c->w->id;
     char key[CHANNEL_KEY_MAX + 1];
     size_t kl = chan_key_make(key, x->tenant, name, (size_t)n);
+    if (of_presence)
+        return handle_presence(x, key, kl);
     struct chan_op *op;
     switch (x->req->method_id) {
     case HTTP_M_PUT: return handle_channel_put(x, key, kl);
@@ -1285,7 +1416,8 @@ static void handle_index(struct http_ctx *x)
         "\"subscribe\":[\"GET /ws?channels=a,b\",\"GET /sse?channels=a,b\","
         "\"GET /poll?channels=a,b&since=CURSOR\",\"GET /stream?channels=a,b\"],"
         "\"publish\":[\"POST /pub/{channel}\",\"POST /api/publish\"],"
-        "\"channels\":[\"GET /api/channels\",\"PUT|GET|DELETE /api/channels/{name}\"],"
+        "\"channels\":[\"GET /api/channels\",\"PUT|GET|DELETE /api/channels/{name}\",\"GET "
+        "/api/channels/{name}/presence\"],"
         "\"observe\":[\"GET /stats\",\"GET /metrics\",\"GET /healthz\"]}}\n";
     http_respond(x, 200, "application/json", NULL, body, sizeof(body) - 1);
 }

@@ -314,6 +314,7 @@ static json_t *settings_json(struct app *a, bool secrets)
         "auto_create", t->auto_create < 0 ? json_null() : json_boolean(t->auto_create));
     json_object_set_new(o, "batch_ms", t->batch_ms ? json_integer(t->batch_ms) : json_null());
     json_object_set_new(o, "conflate", json_string(t->conflate ? "latest" : "none"));
+    json_object_set_new(o, "presence", json_boolean(t->presence));
     if (a->hooks)
         hooks_settings_to_json(&a->hooks->s, o, secrets);
     pthread_mutex_unlock(&t->lock);
@@ -368,8 +369,8 @@ static int setting_conflate(struct app *a, json_t *s, bool has_bms, uint32_t bms
 
 int apps_set_settings(struct app *a, json_t *s, bool store, char *err, size_t errlen)
 {
-    static const char *known[] = {"cors_origins", "history_size", "history_ttl",
-                                  "auto_create",  "batch_ms",     "conflate"};
+    static const char *known[] = {"cors_origins", "history_size", "history_ttl", "auto_create",
+                                  "batch_ms",     "conflate",     "presence"};
     const char *key;
     json_t *v;
     bool has_hooks = false;
@@ -382,7 +383,7 @@ int apps_set_settings(struct app *a, json_t *s, bool store, char *err, size_t er
         if (!ok) {
             snprintf(err, errlen,
                      "unknown setting \"%s\" (known: cors_origins, history_size, history_ttl, "
-                     "auto_create, batch_ms, conflate, %s)",
+                     "auto_create, batch_ms, conflate, presence, %s)",
                      key, hooks_setting_names);
             return APPS_BAD_SETTING;
         }
@@ -412,6 +413,11 @@ int apps_set_settings(struct app *a, json_t *s, bool store, char *err, size_t er
             snprintf(err, errlen, "\"cors_origins\": %s", why);
             return APPS_BAD_SETTING;
         }
+    }
+    json_t *pr = json_object_get(s, "presence");
+    if (pr && !json_is_boolean(pr) && !json_is_null(pr)) {
+        snprintf(err, errlen, "\"presence\" is true (new channels keep presence), false or null");
+        return APPS_BAD_SETTING;
     }
     json_t *ac = json_object_get(s, "auto_create");
     if (ac && !json_is_boolean(ac) && !json_is_null(ac)) {
@@ -445,6 +451,8 @@ int apps_set_settings(struct app *a, json_t *s, bool store, char *err, size_t er
         t->conflate = false; /* conflating needs a window */
     if (ac)
         t->auto_create = json_is_null(ac) ? -1 : json_is_true(ac);
+    if (pr)
+        t->presence = json_is_true(pr);
     if (hooks) {
         struct hook_target *old = a->hooks;
         a->hooks = hooks; /* calls in flight keep the old one */

@@ -368,10 +368,20 @@ static int token_from_claims(json_t *claims, const struct token_verifier *v, int
                "separated by '.', '*' = one segment, '**' = the rest, {sub} = the user id)";
         return TOKEN_E_INVALID;
     }
+    json_t *jinfo = json_object_get(claims, "info");
+    char *info =
+        jinfo && !json_is_null(jinfo) ? json_dumps(jinfo, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+    size_t infolen = info ? strlen(info) : 0;
+    if (infolen > TOKEN_MAX_INFO) {
+        free(info);
+        *why = "\"info\" (what presence shows of the user) is at most 1024 bytes of JSON: keep "
+               "it small, or let the backend's connect hook give it";
+        return TOKEN_E_INVALID;
+    }
     size_t sublen = jsub ? json_string_length(jsub) : 0;
-    /* One allocation: the struct, the pattern pointers, then their bytes and sub. */
-    struct token *t =
-        xmalloc(sizeof(*t) + (size_t)chsize + (size_t)pubsize + (jsub ? sublen + 1 : 0));
+    /* One allocation: the struct, the pattern pointers, then their bytes, sub and info. */
+    struct token *t = xmalloc(sizeof(*t) + (size_t)chsize + (size_t)pubsize +
+                              (jsub ? sublen + 1 : 0) + (info ? infolen + 1 : 0));
     *t = (struct token){.exp = exp,
                         .nchannels = jch ? (uint32_t)json_array_size(jch) : 0,
                         .npublish = jpub ? (uint32_t)json_array_size(jpub) : 0};
@@ -387,6 +397,13 @@ static int token_from_claims(json_t *claims, const struct token_verifier *v, int
         mem[sublen] = '\0';
         t->sub = mem;
         t->sub_len = (uint32_t)sublen;
+        mem += sublen + 1;
+    }
+    if (info) {
+        memcpy(mem, info, infolen + 1);
+        t->info = mem;
+        t->info_len = (uint32_t)infolen;
+        free(info);
     }
     *out = t;
     return 0;

@@ -8,7 +8,8 @@
  * refused), "crit" is refused, "exp" is required, "nbf" and "iat" are honoured,
  * each within the verifier's clock skew; base64url without padding only; at
  * most TOKEN_MAX_BYTES. Claims kept: "sub" (the user id), "channels" and
- * "publish" (grant patterns, see src/hub/pattern.h).
+ * "publish" (grant patterns, see src/hub/pattern.h), and "info" (what presence
+ * shows of the user, any JSON value up to TOKEN_MAX_INFO bytes compact).
  *
  * Verified tokens are cached (token_check) under the SHA-256 of the verifier's
  * id and the token, until their "exp": a client that reconnects with the same
@@ -28,6 +29,7 @@
 #define TOKEN_MAX_BYTES      8192 /* a longer token is refused before any work */
 #define TOKEN_MAX_PATTERN    256  /* bytes of one grant pattern */
 #define TOKEN_MAX_SUB        256  /* bytes of "sub" */
+#define TOKEN_MAX_INFO       1024 /* bytes of "info" as compact JSON (PRESENCE_INFO_MAX) */
 #define TOKEN_CACHE_ENTRIES  8192
 #define TOKEN_DEFAULT_SKEW_S 30
 
@@ -50,6 +52,8 @@ struct token {
     int64_t exp;      /* seconds since the epoch */
     const char *sub;  /* NUL-terminated; NULL when the token has no "sub" */
     uint32_t sub_len; /* 0 when sub is NULL */
+    const char *info; /* "info" as compact JSON text (presence), NUL-terminated; NULL: none */
+    uint32_t info_len;
     uint32_t nchannels, npublish;
     const char **channels; /* patterns, NUL-terminated */
     const char **publish;

@@ -35,7 +35,7 @@
 struct opts {
     const char *url, *key, *app, *admin_key, *event, *token, *since, *prefix, *limit, *type;
     const char *secret, *sub, *channels, *publish, *ttl, *plan, *count, *timeout;
-    const char *cacert, *subscribe, *settings, *after;
+    const char *cacert, *subscribe, *settings, *after, *info;
     bool pretty, public_, insecure, help;
     int nargs;
     char *args[8];
@@ -542,6 +542,13 @@ static int cmd_token(struct opts *o)
     if (o->publish)
         json_object_set_new(claims, "publish", list_of(o->publish));
     int rc = CLI_EXIT_OK;
+    if (o->info) {
+        json_t *info = json_loads(o->info, JSON_DECODE_ANY, NULL);
+        if (info)
+            json_object_set_new(claims, "info", info);
+        else
+            rc = usage_error("--info is JSON, e.g. '{\"name\":\"Alice\"}'");
+    }
     const char *bad = NULL;
     const char *keys[2] = {"channels", "publish"};
     for (int k = 0; k < 2; k++) {
@@ -552,7 +559,7 @@ static int cmd_token(struct opts *o)
                 bad = json_string_value(p);
         }
     }
-    if (bad)
+    if (bad && !rc)
         rc = usage_error("\"%s\" is not a channel pattern (names, '*' for one segment, a last "
                          "'**', {sub})",
                          bad);
@@ -844,6 +851,10 @@ static const struct opt_def opt_publish = {.name = "publish",
                                            .meta = "P,P…",
                                            .help = "may publish to over WebSocket",
                                            .field = O(publish)};
+static const struct opt_def opt_info = {.name = "info",
+                                        .meta = "JSON",
+                                        .help = "what presence shows of the user (1 KiB at most)",
+                                        .field = O(info)};
 static const struct opt_def opt_ttl = {
     .name = "ttl", .meta = "DURATION", .help = "valid for (default 1h)", .field = O(ttl)};
 
@@ -904,7 +915,7 @@ static const struct command commands[] = {
      cmd_token,
      0,
      0,
-     {&opt_secret, &opt_sub, &opt_channels, &opt_publish, &opt_ttl}},
+     {&opt_secret, &opt_sub, &opt_channels, &opt_publish, &opt_info, &opt_ttl}},
     {"bench",
      "bench [herald-bench OPTIONS]",
      "Runs herald-bench (docs/bench.md).",

@@ -118,12 +118,16 @@ static void fanout(struct worker *w, struct inbox_item *items, uint32_t n)
             windows = true;
         } else if (it->kind == INBOX_MSG && head) {
             delivered += fanout_msg(w, head, it->msg);
-        } else if (it->kind == INBOX_CTL && head) {
+        } else if ((it->kind == INBOX_CTL || it->kind == INBOX_PRESENCE) && head) {
             struct batch_window *bw = batch_take(&w->batches, w->id, ch);
             if (bw) /* an event about the channel comes after what was published before it */
                 delivered += flush_window(w, bw);
+            bool presence = it->kind == INBOX_PRESENCE; /* to those who asked only */
             for (struct list *p = head->next; p != head; p = p->next) {
-                struct conn *c = container_of(p, struct sub, chan_link)->conn;
+                const struct sub *s = container_of(p, struct sub, chan_link);
+                struct conn *c = s->conn;
+                if (presence && !(s->presence && s->presence->events))
+                    continue;
                 if (!(c->flags & CF_CLOSING) && c->ops->deliver_ctl)
                     c->ops->deliver_ctl(c, it->ctl);
             }

@@ -163,6 +163,7 @@ int http_hub_status(int err)
     case HUB_ERR_TOO_MANY_EPHEMERAL:
     case HUB_ERR_TOO_MANY_PATTERNS:
     case HUB_ERR_BACKEND: return 503;
+    case HUB_ERR_PRESENCE_OFF: return 409;
     }
     return 400;
 }

@@ -54,6 +54,10 @@ const char *hub_strerror(int err)
         return "pattern subscriptions need a single node or one Redis server: on a Redis "
                "Cluster neither live delivery (sharded pub/sub has no patterns) nor resume "
                "(one cursor per channel) can be complete; subscribe to the channels by name";
+    case HUB_ERR_PRESENCE_OFF:
+        return "the channel does not keep presence: turn it on with PUT /api/channels/{name} "
+               "{\"presence\":true} (or the app setting \"presence\"), before its subscribers "
+               "come";
     }
     return "unknown error";
 }
@@ -90,6 +94,7 @@ const char *hub_error_name(int err)
     case HUB_ERR_PATTERNS_PER_CONN:
     case HUB_ERR_TOO_MANY_PATTERNS: return "too_many_patterns";
     case HUB_ERR_PATTERN_UNSUPPORTED: return "pattern_unsupported";
+    case HUB_ERR_PRESENCE_OFF: return "presence_off";
     }
     return "bad_request";
 }
@@ -469,6 +474,7 @@ static struct channel *chan_create(struct hub *hub, const char *name, size_t len
             ch->history_ttl_ms = t->history_ttl_ms;
         ch->batch_ms = t->batch_ms;
         ch->conflate = t->conflate && t->batch_ms;
+        ch->presence = t->presence && !ch->user; /* a user's own channel has one user */
         pthread_mutex_unlock(&t->lock);
         uint32_t hmax = atomic_load_explicit(&t->max_history, memory_order_relaxed);
         if (hmax && ch->history_size > hmax)
@@ -612,6 +618,7 @@ static void chan_release(struct hub *hub, struct channel *ch)
         ch->waiters = next;
     }
     free(ch->local);
+    hub__presence_free(ch);
     hub_tenant_put(ch->tenant);
     free(ch);
 }
@@ -1166,7 +1173,7 @@ int hub_subscribe(struct hub *hub, int w, void *conn, struct list *held, const s
         hub_unlock(hub);
         return err;
     }
-    uint64_t now = wall_ms();
+    uint64_t now = wall_ms(), wake_mask = 0;
     backlog->head_seq = head_seq(hub, chs, n);
     struct list added;
     list_init(&added);
@@ -1197,6 +1204,7 @@ int hub_subscribe(struct hub *hub, int w, void *conn, struct list *held, const s
             s->from_seq = hub->seq;
         s->after = has_since ? since : s->from_seq;
         s->delivered = 0;
+        s->presence = NULL;
         list_insert_tail(&ch->local[w].subs, &s->chan_link);
         list_insert_tail(&added, &s->conn_link);
         if (ch->local[w].n++ == 0) {
@@ -1205,8 +1213,11 @@ int hub_subscribe(struct hub *hub, int w, void *conn, struct list *held, const s
         }
         ch->subscribers++;
         ch->last_active_ms = now;
+        if (ch->presence && cl->who)
+            hub__presence_join_locked(hub, ch, s, cl->who, &wake_mask);
     }
     hub_unlock(hub);
+    hub__wake_workers(hub, wake_mask);
     /* Append the new nodes to the connection's list. */
     while (!list_empty(&added)) {
         struct list *p = added.next;
@@ -1231,12 +1242,15 @@ static bool drop_if_unused(struct hub *hub, struct channel *ch)
     return true;
 }
 
-static void unsubscribe_locked(struct hub *hub, int w, struct sub *s, uint64_t now)
+static void unsubscribe_locked(struct hub *hub, int w, struct sub *s, uint64_t now,
+                               uint64_t *wake_mask)
 {
     HUB_ASSERT_LOCKED(hub);
     struct channel *ch = s->ch;
     list_remove(&s->chan_link);
     list_remove(&s->conn_link);
+    if (s->presence) /* after its removal: the leaving connection is not told */
+        hub__presence_leave_locked(hub, ch, s, wake_mask);
     free(s);
     ch->subscribers--;
     ch->last_active_ms = now;
@@ -1255,20 +1269,24 @@ static void unsubscribe_locked(struct hub *hub, int w, struct sub *s, uint64_t n
 
 void hub_unsubscribe(struct hub *hub, int w, struct sub *s)
 {
+    uint64_t wake_mask = 0;
     hub_lock(hub);
-    unsubscribe_locked(hub, w, s, wall_ms());
+    unsubscribe_locked(hub, w, s, wall_ms(), &wake_mask);
     hub_unlock(hub);
+    hub__wake_workers(hub, wake_mask);
 }
 
 void hub_unsubscribe_all(struct hub *hub, int w, struct list *held)
 {
     if (list_empty(held))
         return;
-    uint64_t now = wall_ms();
+    uint64_t now = wall_ms(), wake_mask = 0;
     hub_lock(hub);
     while (!list_empty(held))
-        unsubscribe_locked(hub, w, container_of(held->next, struct sub, conn_link), now);
+        unsubscribe_locked(hub, w, container_of(held->next, struct sub, conn_link), now,
+                           &wake_mask);
     hub_unlock(hub);
+    hub__wake_workers(hub, wake_mask);
 }
 
 /* ---- expiry --------------------------------------------------------------- */
@@ -1370,6 +1388,7 @@ static void fill_info(const struct channel *ch, struct channel_info *info)
     info->history_ttl_ms = ch->history_ttl_ms;
     info->batch_ms = ch->batch_ms;
     info->conflate = ch->conflate;
+    info->presence = ch->presence;
     info->subscribers = ch->subscribers;
     info->messages_retained = ch->hist_len;
     info->retained_bytes = ch->hist_bytes;
@@ -1411,6 +1430,8 @@ int hub_channel_put(struct hub *hub, const char *name, size_t len, const struct 
     if (o->has_history_ttl)
         ch->history_ttl_ms = o->history_ttl_ms;
     hub__apply_window_opts(ch, o);
+    if (o->has_presence)
+        ch->presence = o->presence && !ch->user;
     ch->last_active_ms = wall_ms();       /* PUT renews the TTL */
     hub__schedule_expiry_locked(hub, ch); /* the TTL may be shorter, or persistent off */
     hist_trim(ch, ch->last_active_ms);

@@ -113,6 +113,7 @@ struct hub_tenant {
     uint32_t history_size, history_ttl_ms; /* defaults of new channels */
     uint32_t batch_ms;                     /* default delivery window of new channels (0: none) */
     bool conflate;                         /* with batch_ms: new channels conflate */
+    bool presence;                         /* new channels keep presence */
     int8_t auto_create;                    /* subscribing or publishing creates channels */
     /* Limits, 0 for none (the app's plan; changed at any time). */
     _Atomic uint32_t max_channels, max_history, max_conns;
@@ -213,6 +214,7 @@ struct channel {
     bool user;                 /* a user's channel (USER_KEY_TAG) */
     bool pattern;              /* a pattern subscription's target, not a channel (patsub.c) */
     bool persistent;           /* an option, with those below */
+    bool presence;             /* an option: who is here is kept and told (presence.c) */
     uint8_t sync;              /* cluster mode: enum channel_sync */
     struct hub_quota *quota;   /* the address a subscribe created it for (see hub_client) */
     struct hub_tenant *tenant; /* its app (one reference), NULL: the default app */
@@ -244,7 +246,8 @@ struct channel {
     struct hub_waiter *waiters; /* subscribes parked until the cache is ready */
     struct msg **held;          /* live messages that arrived while loading */
     uint32_t nheld;
-    uint32_t loads; /* backend loads in flight (hub_channel_loading) */
+    uint32_t loads;                /* backend loads in flight (hub_channel_loading) */
+    struct chan_presence *present; /* presence.c: who is here, NULL when nobody is counted */
 
     char name[]; /* name_len bytes and a NUL: a channel costs what its name does */
 };
@@ -258,6 +261,14 @@ struct sub {
     uint64_t from_seq;  /* live deliveries need seq > from_seq (older came from history) */
     uint64_t after;     /* the connection gets (or got) every message on ch with seq > after */
     uint64_t delivered; /* seq of the last live message handled through this sub (dedup) */
+    struct sub_presence *presence; /* counted in ch's presence (presence.c), or NULL */
+};
+
+/* What presence.c keeps per counted subscription; the fan-out reads `events`. */
+struct sub_presence {
+    bool events;                /* the subscriber asked for join/leave events (presence=1) */
+    bool anonymous;             /* counted as a connection without a user */
+    struct presence_user *user; /* its user's entry; NULL and not anonymous: over the cap */
 };
 
 /* Where a subscriber is on s's channel: it has every message up to this id (its
@@ -276,7 +287,8 @@ static inline uint64_t sub_position(const struct sub *s)
  */
 bool hub_sub_takes(const struct list *held, struct sub *s, const struct msg *m);
 
-enum inbox_kind { INBOX_MSG, INBOX_CLOSED, INBOX_CTL, INBOX_CALL };
+/* INBOX_PRESENCE: a control event for the subscribers that asked for presence events. */
+enum inbox_kind { INBOX_MSG, INBOX_CLOSED, INBOX_CTL, INBOX_CALL, INBOX_PRESENCE };
 struct inbox_item {
     enum inbox_kind kind;
     struct msg *msg;        /* INBOX_MSG: one reference owned by the item */
@@ -399,6 +411,7 @@ enum hub_error {
     HUB_ERR_PATTERNS_PER_CONN = -12,   /* --max-patterns-per-conn */
     HUB_ERR_TOO_MANY_PATTERNS = -13,   /* --max-patterns distinct patterns exist */
     HUB_ERR_PATTERN_UNSUPPORTED = -14, /* a pattern in a mode that cannot give its guarantees */
+    HUB_ERR_PRESENCE_OFF = -15,        /* the channel does not keep presence */
 };
 /* Positive result: the operation continues asynchronously (cluster mode). */
 #define HUB_PENDING 1
@@ -408,6 +421,7 @@ struct publish_req;
 struct publish_result;
 struct channel_opts;
 struct channel_info;
+struct presence_list;
 
 typedef void hub_publish_done(void *arg, int err, const struct publish_result *res);
 typedef void hub_info_done(void *arg, int err, const struct channel_info *info, bool created);
@@ -448,6 +462,13 @@ struct hub_backend_ops {
     size_t (*node_stats_get)(void *be, struct sbuf *b);
     /* Whether the backend can take publishes now (readiness for /healthz). */
     bool (*ready)(void *be);
+    /* lock: this node now has `conns` connections of user[0..user_len) (NULL: of no user)
+     * on channel name (presence.c); info: the user's, JSON text (may be NULL). Copied. */
+    void (*presence_set)(void *be, const char *name, size_t len, const char *user, size_t user_len,
+                         uint32_t conns, const char *info, size_t info_len);
+    /* Reads the channel's presence, cluster-wide; done runs later on worker w. */
+    void (*presence_get)(void *be, int w, const char *name, size_t len,
+                         void (*done)(void *arg, int err, struct presence_list *l), void *arg);
 };
 const char *hub_strerror(int err);
 /* Whether *bad_index of a failed hub_subscribe names the channel the error is about: an
@@ -573,6 +594,18 @@ struct hub_client {
     /* With has_since: the client's position on each named channel (names[i]), a
      * per-channel cursor; NULL: `since` for every channel. */
     const uint64_t *since_each;
+    /* Who the connection is, for the presence of the channels that keep it (presence.c);
+     * NULL: not counted (a long-poll). */
+    const struct presence_who *who;
+};
+
+/* A subscriber connection as presence counts it. */
+struct presence_who {
+    const char *user; /* its user (a token's sub, or the connect hook's); NULL: anonymous */
+    size_t user_len;
+    const char *info; /* the user's info as JSON text (token "info" or the hook's), or NULL */
+    size_t info_len;
+    bool events; /* it asked for join/leave events (presence=1) */
 };
 /*
  * Sets cl->addr from a peer address: IPv4 as IPv4-mapped IPv6, IPv6 cut to its
@@ -618,13 +651,14 @@ void hub_sweep(struct hub *hub);
 /* Channel administration (publish API). */
 struct channel_opts {
     bool has_ttl, has_persistent, has_history_size, has_history_ttl, has_batch_ms, has_conflate;
+    bool has_presence;
     uint32_t ttl_ms, history_size, history_ttl_ms;
     uint32_t batch_ms; /* 0..BATCH_MS_MAX; 0 also turns conflate off */
-    bool persistent, conflate;
+    bool persistent, conflate, presence;
 };
 struct channel_info {
     char name[CHANNEL_NAME_MAX + 1];
-    bool persistent, conflate;
+    bool persistent, conflate, presence;
     uint32_t ttl_ms, history_size, history_ttl_ms, batch_ms;
     uint32_t subscribers, messages_retained;
     uint64_t messages_total, last_id, oldest_id, created_ms, last_active_ms, expires_ms;
@@ -666,6 +700,46 @@ void hub_channel_counts(struct hub *hub, size_t *total, size_t *ephemeral);
 
 /* The distinct patterns subscribers hold now (src/hub/patsub.c). */
 size_t hub_pattern_count(struct hub *hub);
+
+/*
+ * Presence (presence.c, docs/interactive.md#presence): who is on a channel that keeps
+ * it. Bounds: users listed per channel, bytes of a user's id and of its info.
+ */
+#define PRESENCE_USERS_MAX 10000
+#define PRESENCE_USER_MAX  256
+#define PRESENCE_INFO_MAX  1024
+struct presence_entry {
+    uint32_t conns;
+    uint32_t user_off, user_len, info_off, info_len; /* in presence_list.text; info_len 0: none */
+};
+struct presence_list {
+    struct presence_entry *v; /* the users, in no order */
+    size_t n, cap;
+    struct sbuf text;
+    uint64_t connections; /* every counted connection, the users' and the others' */
+    uint64_t anonymous;   /* connections without a user */
+    uint64_t unlisted;    /* connections of users past PRESENCE_USERS_MAX */
+};
+/* Adds a user (its bytes copied) with conns connections and its info (JSON text, may be
+ * NULL). Cannot fail. */
+void presence_list_add(struct presence_list *l, const char *user, size_t user_len, uint32_t conns,
+                       const char *info, size_t info_len);
+void presence_list_free(struct presence_list *l);
+typedef void hub_presence_done(void *arg, int err, struct presence_list *l);
+/*
+ * The presence of channel key[0..len): done(arg, 0, list) (the list is the caller's for
+ * the call), or HUB_ERR_NOT_FOUND, HUB_ERR_PRESENCE_OFF, HUB_ERR_BACKEND. Either mode:
+ * inline in memory mode, later on worker w in cluster mode.
+ */
+void hub_presence_get_async(struct hub *hub, int w, const char *key, size_t len,
+                            hub_presence_done *done, void *arg);
+/* A join or leave event of channel key[0..len), user and info (JSON text, may be NULL). */
+struct ctl_frames *hub_presence_frames(const char *key, size_t len, bool join, const char *user,
+                                       size_t user_len, const char *info, size_t info_len);
+/* Cluster mode: a join or leave event from the channel's bus, for the local subscribers
+ * that asked for presence events. */
+void hub_presence_event(struct hub *hub, const char *key, size_t len, bool join, const char *user,
+                        size_t user_len, const char *info, size_t info_len);
 
 /* Releases a channel reference (inbox items own one). Lock-free; may free the channel. */
 void hub_channel_put_ref(struct hub *hub, struct channel *ch);

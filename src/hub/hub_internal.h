@@ -130,6 +130,18 @@ void hub__patsub_drop_if_unused_locked(struct hub *hub, struct channel *pat);
 /* Frees what is left of the registry (exit). */
 void hub__patsub_free(struct hub *hub);
 
+/* ---- presence.c ---------------------------------------------------------------- */
+
+/* s (just placed on ch, which keeps presence) counts as `who`; a join event, if any,
+ * goes to the workers of *wake_mask. Hub lock held. */
+void hub__presence_join_locked(struct hub *hub, struct channel *ch, struct sub *s,
+                               const struct presence_who *who, uint64_t *wake_mask);
+/* Frees what is left of ch's presence (exit: connections freed after their channels). */
+void hub__presence_free(struct channel *ch);
+/* s (counted: s->presence) leaves ch's presence. Hub lock held. */
+void hub__presence_leave_locked(struct hub *hub, struct channel *ch, struct sub *s,
+                                uint64_t *wake_mask);
+
 /* Sets ch's window options (batch_ms, conflate) that o has. Hub lock held. */
 void hub__apply_window_opts(struct channel *ch, const struct channel_opts *o);
 /* qsort order of struct msg pointers by seq. */

@@ -189,6 +189,8 @@ static int admit_and_subscribe(struct http_ctx *x, struct sub_request *r, const 
     }
     if (transport_admit(x, r, auth_policy_for(x), tok) < 0)
         return -1;
+    r->persistent = true; /* presence counts it (the admin UI's tail is no subscriber) */
+    r->tok = *tok;
     if (transport_hook_admit(x, r, *tok, transport, HOOK_CONNECT) < 0 ||
         transport_http_subscribe(x, r, b) < 0) {
         token_put(*tok);

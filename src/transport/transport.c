@@ -14,6 +14,7 @@
 
 #include "auth/auth.h"
 #include "core/log.h"
+#include "hooks/session.h"
 #include "http/router.h"
 #include "transport/longpoll.h"
 #include "transport/sse.h"
@@ -233,6 +234,14 @@ bool transport_wants_user(const struct http_request *req)
            !(vl == 1 && v[0] == '0');
 }
 
+bool transport_wants_presence(const struct http_request *req)
+{
+    const char *v;
+    size_t vl;
+    return http_query_param(req->query, req->query_len, "presence", &v, &vl) && vl == 1 &&
+           v[0] == '1';
+}
+
 bool transport_add_user(struct sub_request *r, const struct hub_tenant *t, const struct token *tok)
 {
     return tok && transport_add_user_named(r, t, tok->sub, tok->sub_len);
@@ -319,6 +328,7 @@ int transport_parse_request(struct http_ctx *x, struct sub_request *r, bool sse)
         http_error(x, 400, "bad_cursor", "%s", err);
         return -1;
     }
+    r->presence_events = transport_wants_presence(req);
     if (!transport_bind_app(x->c, x->tenant)) {
         transport_app_full(x);
         return -1;
@@ -403,8 +413,35 @@ int transport_subscribe(struct conn *c, const struct sub_request *r, size_t *bad
     if (cfg->max_channels_per_ip && (!(c->flags & CF_LOOPBACK) || cfg->limit_loopback) &&
         getpeername(c->io.fd, (struct sockaddr *)&ss, &sl) == 0)
         cl.limited = hub_client_set_addr(&cl, &ss);
-    return hub_subscribe(conn_hub(c), conn_worker_id(c), c, &c->subs, r->names, r->n, r->has_since,
-                         r->since, &cl, b, bad);
+    /* Presence counts the connections that stay, as their user (the connect hook's, else
+     * the token's) with its info (the hook's, else the token's). */
+    struct presence_who who = {.events = r->presence_events};
+    char *info = NULL;
+    if (r->persistent) {
+        const struct hook_session *hs = hook_session_of(c);
+        const struct token *tok = r->tok;
+        if (hs && hs->user) {
+            who.user = hs->user;
+            who.user_len = strlen(hs->user);
+        } else if (tok && tok->sub) {
+            who.user = tok->sub;
+            who.user_len = tok->sub_len;
+        }
+        if (hs && hs->info)
+            info = json_dumps(hs->info, JSON_COMPACT | JSON_ENCODE_ANY);
+        if (info) {
+            who.info = info;
+            who.info_len = strlen(info);
+        } else if (tok && tok->info) {
+            who.info = tok->info;
+            who.info_len = tok->info_len;
+        }
+        cl.who = &who;
+    }
+    int err = hub_subscribe(conn_hub(c), conn_worker_id(c), c, &c->subs, r->names, r->n,
+                            r->has_since, r->since, &cl, b, bad);
+    free(info);
+    return err;
 }
 
 void transport_replay(struct conn *c, struct hub_backlog *b)

@@ -76,6 +76,9 @@ struct sub_request {
     uint64_t since;                         /* the cursor; per-channel: its largest */
     uint64_t since_each[HUB_SUBSCRIBE_MAX]; /* a per-channel cursor, names[i]'s */
     size_t nsince;                          /* 0: one cursor for every channel */
+    bool persistent;         /* a connection that stays (not a long-poll): presence counts it */
+    const struct token *tok; /* its token (borrowed), for presence: the user and its info */
+    bool presence_events;    /* presence=1: join/leave events of its presence channels */
     char name_buf[HUB_SUBSCRIBE_MAX * (CHANNEL_KEY_MAX + 1)]; /* the names' keys */
 };
 
@@ -104,6 +107,8 @@ bool transport_add_user(struct sub_request *r, const struct hub_tenant *t, const
 /* transport_add_user for the user user[0..len) (a connect hook's answer). */
 bool transport_add_user_named(struct sub_request *r, const struct hub_tenant *t, const char *user,
                               size_t len);
+/* Whether a subscriber request asks for presence events (presence=1). */
+bool transport_wants_presence(const struct http_request *req);
 /* Whether c holds its user's channel. */
 bool transport_holds_user(const struct conn *c);
 /*

@@ -263,6 +263,8 @@ void ws_handle_upgrade(struct http_ctx *x)
     if (http_query_param(req->query, req->query_len, "since", &v, &vl) &&
         transport_parse_since(&r, v, vl, &err) < 0)
         return http_error(x, 400, "bad_cursor", "%s", err);
+    r.persistent = true;
+    r.presence_events = transport_wants_presence(req);
     struct hub_backlog b = {0};
     /* Over its app's plan: upgraded and closed with 4429, which a browser can read. */
     bool full = !transport_bind_app(c, x->tenant);
@@ -274,6 +276,7 @@ void ws_handle_upgrade(struct http_ctx *x)
     struct token *tok;
     if (auth_http_admit(x, policy, r.names, has_channels ? r.n : 0, &tok) < 0)
         return;
+    r.tok = tok;
     if (!has_channels)
         r.n = 0;
     /* A token with a user: its channel from the start, with or without others. */
@@ -502,6 +505,14 @@ static int op_channels(const struct conn *c, json_t *op, struct sub_request *r, 
         *err = "\"since\" is a cursor: the id of the last message you have";
         return -1;
     }
+    json_t *presence = json_object_get(op, "presence");
+    if (presence && !json_is_boolean(presence) && !json_is_null(presence)) {
+        *err = "\"presence\" is true (join and leave events of the channels that keep presence) "
+               "or false";
+        return -1;
+    }
+    r->presence_events = json_is_true(presence);
+    r->persistent = true;
     return 0;
 }
 
@@ -525,6 +536,7 @@ static void op_subscribe(struct conn *c, json_t *op, json_t *ref)
         return transport_hook_done(c);
     }
     struct hub_backlog b;
+    r.tok = ws_auth(c)->tok;
     int e = transport_subscribe(c, &r, &bad, &b);
     if (e != HUB_PENDING)
         transport_hook_done(c);

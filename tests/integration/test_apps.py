@@ -486,7 +486,7 @@ def test_app_settings_cors_history_auto_create(srv):
     a = r.json()
     assert a["settings"] == {"cors_origins": "https://shop.example", "history_size": 3,
                              "history_ttl": None, "auto_create": False, "batch_ms": None,
-                             "conflate": "none"}
+                             "conflate": "none", "presence": False}
     key = a["publish_key"]
     # auto_create off: a subscribe or publish to an unknown channel is 404; PUT creates it.
     r = request(srv.port, "GET", "/apps/set/poll?channels=news&timeout=0")

@@ -27,7 +27,8 @@ pytestmark = pytest.mark.threads  # make test runs this module under ThreadSanit
 
 INFO_FIELDS = {
     "name", "persistent", "ttl", "history_size", "history_ttl", "subscribers", "messages", "bytes",
-    "messages_total", "batch_ms", "conflate", "last_id", "oldest_id", "created", "last_active", "expires",
+    "messages_total", "batch_ms", "conflate", "presence", "last_id", "oldest_id", "created",
+    "last_active", "expires",
 }
 
 

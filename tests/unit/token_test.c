@@ -166,6 +166,52 @@ static void test_hs256_valid(void **state)
     token_verifier_free(v);
 }
 
+/* "info" is kept as compact JSON text next to the sub; over TOKEN_MAX_INFO the token is
+ * refused, and null is no info. */
+static void test_info_claim(void **state)
+{
+    struct token_verifier *v = token_verifier_hs256(secret, strlen(secret), 30);
+    char claims[2048];
+    snprintf(claims, sizeof(claims),
+             "{\"sub\":\"bo\",\"exp\":%lld,\"info\": {\"name\" : \"Bo\", \"n\": [1, 2]}}",
+             (long long)now + 60);
+    char *jwt = hs(claims);
+    struct token *t;
+    assert_int_equal(verify(v, jwt, &t), 0);
+    assert_string_equal(t->sub, "bo");
+    assert_string_equal(t->info, "{\"name\":\"Bo\",\"n\":[1,2]}");
+    assert_int_equal(t->info_len, strlen(t->info));
+    token_put(t);
+    free(jwt);
+    snprintf(claims, sizeof(claims), "{\"exp\":%lld,\"info\":null}", (long long)now + 60);
+    jwt = hs(claims);
+    assert_int_equal(verify(v, jwt, &t), 0);
+    assert_null(t->info);
+    assert_null(t->sub);
+    token_put(t);
+    free(jwt);
+    /* 1,024 bytes is the bound: "x" * 1022 in quotes fits, one more does not */
+    for (int extra = 0; extra < 2; extra++) {
+        int n = snprintf(claims, sizeof(claims), "{\"exp\":%lld,\"info\":\"", (long long)now + 60);
+        memset(claims + n, 'x', (size_t)(1022 + extra));
+        snprintf(claims + n + 1022 + extra, sizeof(claims) - (size_t)n - 1022 - (size_t)extra,
+                 "\"}");
+        jwt = hs(claims);
+        const char *why = NULL;
+        int e = token_verify(v, jwt, strlen(jwt), now, &t, &why);
+        if (!extra) {
+            assert_int_equal(e, 0);
+            assert_int_equal(t->info_len, 1024);
+            token_put(t);
+        } else {
+            assert_int_equal(e, TOKEN_E_INVALID);
+            assert_non_null(strstr(why, "1024 bytes"));
+        }
+        free(jwt);
+    }
+    token_verifier_free(v);
+}
+
 static void test_hs256_wrong_signature(void **state)
 {
     struct token_verifier *v = token_verifier_hs256("other-secret", 12, 30);
@@ -501,6 +547,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_hs256_valid),
         cmocka_unit_test(test_mint_hs256),
+        cmocka_unit_test(test_info_claim),
         cmocka_unit_test(test_hs256_wrong_signature),
         cmocka_unit_test(test_alg_mismatch_and_none),
         cmocka_unit_test(test_rs256_and_key_confusion),
