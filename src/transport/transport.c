@@ -441,6 +441,15 @@ int transport_subscribe(struct conn *c, const struct sub_request *r, size_t *bad
     int err = hub_subscribe(conn_hub(c), conn_worker_id(c), c, &c->subs, r->names, r->n,
                             r->has_since, r->since, &cl, b, bad);
     free(info);
+    if (err == 0 && r->since_implied) {
+        /* The cursor is the request's arrival (a hook waited), not a position the client
+         * had: it gets what came meanwhile, and no gap about a history it never saw (in
+         * cluster mode a data set's or slot's epoch begun after the arrival would be one). */
+        struct hub_backlog gaps_only = {.gaps = b->gaps, .ngaps = b->ngaps};
+        hub_backlog_free(&gaps_only);
+        b->gaps = NULL;
+        b->ngaps = 0;
+    }
     return err;
 }
 

@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import websockets
+from redis_util import RedisCluster
 
 from helpers import (
     OP_PING,
@@ -846,6 +847,63 @@ def test_two_nodes_on_redis_hook_from_the_clients_node(herald, redis_factory, ch
         discs = b.wait("disconnect", 2)
         assert {d["node"] for d in discs} == {"A", "B"}
         assert all(signature_ok(c) for c in b.calls)
+    finally:
+        b.close()
+
+
+def client_messages_across_nodes(a_node, b_node, backend, chan):
+    """A token client on node B publishes and calls an rpc; a subscriber on node A gets
+    the message with the id B acknowledged, B's backend call names B, the rpc's reply
+    comes back to the caller only."""
+    tok = jwt_hs256("tok-secret", {"sub": "dave", "exp": int(time.time()) + 600, "channels": [chan],
+                                   "publish": [chan]})
+    with SSE(a_node, chan, token=tok) as sub:
+        assert sub.status == 200, sub.body
+        key = {"Authorization": "Bearer pk"}
+        wait_until(lambda: a_node.request("GET", "/api/channels/" + chan, headers=key).status == 200
+                   and a_node.request("GET", "/api/channels/" + chan, headers=key).json()["subscribers"] == 1,
+                   what="the subscriber on A")
+
+        async def main():
+            async with ws_connect(b_node, f"?token={tok}") as ws:
+                ans = await ws_op_json(ws, {"op": "publish", "channel": chan, "data": {"t": "hi"}, "ref": 1})
+                assert ans["event"] == "published" and ans["ref"] == 1, ans
+                reply = await ws_op_json(ws, {"op": "rpc", "method": "who", "data": [1, 2], "ref": "r"})
+                assert reply == {"event": "reply", "ref": "r", "data": {"method": "who", "echo": [1, 2]}}
+                return ans["id"]
+
+        ident = arun(main())
+        got = sub.next_message()
+        assert "id" in got, (got, ident)
+        assert got["id"] == ident and got["data"] == {"t": "hi"} and got["channel"] == chan
+    (note,) = backend.wait("publish")
+    (rpc,) = backend.wait("rpc")
+    assert note["node"] == "B" and note["id"] == ident and note["user"] == "dave"
+    assert rpc["node"] == "B" and rpc["user"] == "dave"
+    assert all(signature_ok(c, "tok-secret") for c in backend.calls)
+
+
+@pytest.mark.threads
+def test_two_nodes_on_redis_client_publish_and_rpc(herald, redis_factory, chan):
+    b = rpc_backend()
+    try:
+        redis = redis_factory()
+        nodes = [herald(redis=redis.url, node_name=n, webhook_url=b.url, token_secret="tok-secret",
+                        ws_publish=True, publish_key="pk") for n in "AB"]
+        client_messages_across_nodes(*nodes, b, chan)
+    finally:
+        b.close()
+
+
+@pytest.mark.threads
+@pytest.mark.xdist_group("redis-cluster")
+def test_redis_cluster_client_publish_and_rpc(herald, chan):
+    b = rpc_backend()
+    try:
+        with RedisCluster(masters=3, replicas=0) as rc:
+            nodes = [herald(redis_cluster=rc.seeds, node_name=n, webhook_url=b.url, token_secret="tok-secret",
+                            ws_publish=True, publish_key="pk") for n in "AB"]
+            client_messages_across_nodes(*nodes, b, chan)
     finally:
         b.close()
 
