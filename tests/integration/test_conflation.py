@@ -17,6 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from redis_util import RedisCluster
 
 from helpers import (
     TRANSPORTS,
@@ -241,8 +242,20 @@ def test_resume_with_conflate_reports_a_gap_then_the_newest(herald, chan):
 
 @pytest.mark.parametrize("conflate", ["none", "latest"])
 def test_two_nodes_apply_the_window_set_through_either(redis, herald, chan, conflate):
-    a = herald(redis=redis.url, node_name="A", cluster_heartbeat="500ms")
-    b = herald(redis=redis.url, node_name="B", cluster_heartbeat="500ms")
+    window_set_through_either(*(herald(redis=redis.url, node_name=n, cluster_heartbeat="500ms")
+                                for n in "AB"), chan, conflate)
+
+
+@pytest.mark.xdist_group("redis-cluster")
+def test_redis_cluster_nodes_apply_the_window_set_through_either(herald, chan):
+    """The window option and the held messages travel on the channel's shard (SPUBLISH)."""
+    with RedisCluster(masters=3, replicas=0) as rc:
+        nodes = [herald(redis_cluster=rc.seeds, node_name=n, cluster_heartbeat="500ms") for n in "AB"]
+        for conflate in ("none", "latest"):
+            window_set_through_either(*nodes, f"{chan}-{conflate}", conflate)
+
+
+def window_set_through_either(a, b, chan, conflate):
     opts = {"batch_ms": WINDOW_MS} if conflate == "none" else {"batch_ms": WINDOW_MS, "conflate": "latest"}
     info = put(a, chan, 201, **opts).json()
     assert info["batch_ms"] == WINDOW_MS and info["conflate"] == conflate
