@@ -39,7 +39,7 @@ export async function share(h, claims) {
   const bc = new BroadcastChannel(name);
   const post = (m) => bc.postMessage(m);
   let inner = null, tabs = null, batch = null; // the leader's: its connection, the group
-  const pubs = new Map(); // a follower's publishes waiting for the leader's answer
+  const pubs = new Map(); // a follower's calls (publish, rpc) waiting for the leader's answer
   let ref = 0;
 
   // This tab's channels and its position on each.
@@ -66,7 +66,7 @@ export async function share(h, claims) {
   const send = (to, type, m) => (to === me ? deliver(type, m) : post({ t: 'ev', to, type, m }));
 
   const failPubs = () => {
-    for (const [, p] of pubs) p.reject(new Error('herald: connection closed'));
+    for (const [, p] of pubs) p.reject(Object.assign(new Error('herald: the leader changed before the answer came'), { error: 'disconnected', code: 'disconnected' }));
     pubs.clear();
   };
 
@@ -91,7 +91,7 @@ export async function share(h, claims) {
     if (!old && from !== me) lock(`${name} tab ${from}`, () => leave(from)); // granted: it is gone
     const again = lower(m);
     const sub = chans.length ? inner.subscribe(chans) : null;
-    for (const type of ['message', 'gap', 'closed', 'error']) sub?.on(type, (ev) => send(from, type, ev));
+    for (const type of ['message', 'gap', 'closed', 'error', 'join', 'leave']) sub?.on(type, (ev) => send(from, type, ev));
     old?.sub?.close();
     // A channel no tab holds any more: whoever takes it later starts from its own position.
     for (const c of old?.chans || []) if (!inner._channels().includes(c)) inner._pos.delete(c);
@@ -125,8 +125,8 @@ export async function share(h, claims) {
     if (!tabs) return; // the rest is for the leader
     if (m.t === 'hi') batch ? batch.set(m.from, m) : join(m);
     else if (m.t === 'bye') leave(m.from);
-    else if (m.t === 'pub')
-      inner.publish(m.channel, m.data, m.opts).then(
+    else if (m.t === 'call')
+      inner[m.name](...m.args).then(
         (ok) => post({ t: 'ack', to: m.from, ref: m.ref, ok }),
         (e) => post({ t: 'ack', to: m.from, ref: m.ref, err: { ...e, message: e.message } }),
       );
@@ -166,11 +166,12 @@ export async function share(h, claims) {
       else if (batch) batch.set(me, state());
       else join(state());
     },
-    publish(channel, data, opts) {
-      if (tabs) return inner.publish(channel, data, opts);
+    // publish or rpc through the leader's connection (`name`: which, `args`: its arguments)
+    call(name, args) {
+      if (tabs) return inner[name](...args);
       return new Promise((resolve, reject) => {
         pubs.set(++ref, { resolve, reject });
-        post({ t: 'pub', from: me, ref, channel, data, opts });
+        post({ t: 'call', from: me, ref, name, args });
       });
     },
     close() {

@@ -5,6 +5,7 @@ export type Transport = 'websocket' | 'sse' | 'poll';
 /** A published message, as every transport delivers it (docs/api.md, the envelope). */
 export interface Envelope<T = unknown> {
   event: 'message';
+  /** The channel, or "#user" for a message herald sent to the connection's user. */
   channel: string;
   /** The message id (a decimal string: keep it as a string). */
   id: string;
@@ -40,6 +41,30 @@ export interface ErrorEvent {
   channel?: string;
 }
 
+/** Presence: a user joined or left a channel (live only; asked for with `presence: true`). */
+export interface PresenceEvent {
+  event: 'join' | 'leave';
+  channel: string;
+  /** The user (a token's `sub`, or what the connect hook named). */
+  user: string;
+  /** What the token or the connect hook attached to the user, if anything. */
+  info?: unknown;
+}
+
+/** How publish() and rpc() reject: an Error with herald's error code. */
+export interface HeraldError extends Error {
+  /**
+   * herald's code (rpc_error, hook_failed, too_many_rpc, rpc_unavailable, channel_forbidden,
+   * rate_limited…) or the client's: rpc_needs_websocket / publish_needs_websocket (the
+   * connection is SSE or long-poll), not_connected (no open WebSocket yet), disconnected
+   * (the connection closed before the answer), timeout.
+   */
+  error: string;
+  /** The same as `error`. */
+  code: string;
+  detail?: string;
+}
+
 export interface SubscribeOptions<T = unknown> {
   /** Resume after this cursor (an id, or a per-channel cursor of these channels); "0": all retained history. */
   since?: string;
@@ -47,6 +72,8 @@ export interface SubscribeOptions<T = unknown> {
   onGap?: (ev: GapEvent) => void;
   onClosed?: (ev: ClosedEvent) => void;
   onError?: (ev: ErrorEvent) => void;
+  onJoin?: (ev: PresenceEvent) => void;
+  onLeave?: (ev: PresenceEvent) => void;
 }
 
 export interface HeraldOptions {
@@ -79,6 +106,10 @@ export interface HeraldOptions {
    * connection, as without this option.
    */
   shared?: boolean | string;
+  /** Ask for presence events (`join`, `leave`) of the channels that have presence. */
+  presence?: boolean;
+  /** ms an rpc() waits for its answer before it rejects with `timeout` (10000). */
+  rpcTimeout?: number;
 }
 
 export interface HeraldEvents {
@@ -95,6 +126,8 @@ export interface SubscriptionEvents<T> {
   gap: GapEvent;
   closed: ClosedEvent;
   error: ErrorEvent;
+  join: PresenceEvent;
+  leave: PresenceEvent;
 }
 
 export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
@@ -117,9 +150,15 @@ export class Herald {
   readonly token: string | null;
   /** With `shared`: 'leader' (this tab holds the shared connection) or 'follower'; null otherwise. */
   readonly role: 'leader' | 'follower' | null;
+  /** Channels to receive; "#user" is the messages herald sends to this connection's user. */
   subscribe<T = unknown>(channels: string | string[], opts?: SubscribeOptions<T>): Subscription<T>;
   /** Publishes over the open WebSocket (server with --ws-publish; key or the token's publish grant). */
   publish(channel: string, data: unknown, opts?: { event?: string; key?: string }): Promise<{ event: 'published'; id: string; subscribers: number }>;
+  /**
+   * Calls the app's backend (its `rpc` hook) over the open WebSocket: resolves with the
+   * answer's `data`, rejects with a HeraldError. A call is never sent twice.
+   */
+  rpc<R = unknown>(method: string, data?: unknown, opts?: { timeout?: number }): Promise<R>;
   /** The cursor of these channels (all held by default): store it, pass it back as `since`. */
   cursor(channels?: string[]): string | undefined;
   on<K extends keyof HeraldEvents>(type: K, fn: (ev: HeraldEvents[K]) => void): this;

@@ -5,6 +5,13 @@
 // loaded only then). docs/client-js.md describes it; docs/api.md the wire protocol.
 
 const ORDER = ['websocket', 'sse', 'poll'];
+// The channel of the connection's own user (a token's `sub`): messages herald sends to
+// the user ("users" in a publish) arrive with this channel name. Not a channel the
+// server takes in a subscribe: it comes with the connection (docs/interactive.md#users).
+const USER = '#user';
+const wire = (chans) => chans.filter((c) => c !== USER);
+// An Error carrying herald's error code (`error`, also as `code`) and the answer's fields.
+const fail = (m) => Object.assign(new Error(m.detail || m.error), m, { code: m.error });
 
 // Cursors are ids ("123") or per-channel vectors ("123.-4.7": the first channel's
 // position, then each next one's difference from it), in the order of `chans`.
@@ -54,7 +61,7 @@ export class Subscription extends Emitter {
     super();
     this.herald = herald;
     this.channels = channels;
-    for (const [k, type] of [['onMessage', 'message'], ['onGap', 'gap'], ['onClosed', 'closed'], ['onError', 'error']])
+    for (const [k, type] of [['onMessage', 'message'], ['onGap', 'gap'], ['onClosed', 'closed'], ['onError', 'error'], ['onJoin', 'join'], ['onLeave', 'leave']])
       if (opts[k]) this.on(type, opts[k]);
   }
   close() {
@@ -87,7 +94,7 @@ export class Herald extends Emitter {
     super();
     if (typeof url === 'object') ({ url, ...opts } = url);
     const g = globalThis;
-    this.opts = { minDelay: 250, maxDelay: 10000, openTimeout: 5000, pollTimeout: 25, ...opts };
+    this.opts = { minDelay: 250, maxDelay: 10000, openTimeout: 5000, pollTimeout: 25, rpcTimeout: 10000, ...opts };
     this.base = String(url || g.location?.origin || '').replace(/\/$/, '') + (opts.app ? '/apps/' + encodeURIComponent(opts.app) : '');
     this.WebSocket = opts.WebSocket || g.WebSocket;
     this.fetch = opts.fetch || g.fetch?.bind(g);
@@ -115,7 +122,7 @@ export class Herald extends Emitter {
       if (!p) throw new Error('herald: bad cursor ' + opts.since);
       for (const [c, id] of p) if (!this._pos.has(c)) this._pos.set(c, id);
     }
-    const added = channels.filter((c) => !this._channels().includes(c));
+    const added = wire(channels.filter((c) => !this._channels().includes(c)));
     this._subs.add(sub);
     if (this._closed) this._closed = false;
     const tabs = this._tabs();
@@ -123,19 +130,24 @@ export class Herald extends Emitter {
       tabs.then((s) => s?.update());
       return sub;
     }
-    if (!added.length) return sub;
-    if (this._conn?.ws && this._conn.open) this._send({ op: 'subscribe', channels: added, since: this._cursor(added) });
-    else this._restart(0);
+    // (#user needs no op: the user's messages come with the connection.)
+    if (added.length && this._conn?.ws && this._conn.open) this._send({ op: 'subscribe', channels: added, since: this._cursor(added) });
+    else if (added.length || !this._conn) this._restart(0);
     return sub;
   }
 
   // Publishes over the WebSocket (the server must run with --ws-publish; the key is
   // the publish key, or the token's `publish` grants apply). Resolves {id, subscribers}.
   publish(channel, data, opts = {}) {
-    const tabs = this._tabs();
-    if (tabs) return tabs.then((s) => (s ? s.publish(channel, data, opts) : this.publish(channel, data, opts)));
-    if (!this._conn?.ws || !this._conn.open) return Promise.reject(new Error('herald: publish needs an open WebSocket'));
-    return this._op({ op: 'publish', channel, data, ...(opts.event && { event: opts.event }), ...(opts.key && { key: opts.key }) });
+    return this._call('publish', [channel, data, opts], { op: 'publish', channel, data, ...(opts.event && { event: opts.event }), ...(opts.key && { key: opts.key }) });
+  }
+
+  // Calls the app's backend (its `rpc` hook) over the WebSocket: resolves with the
+  // answer's data, rejects with an Error whose `error` is herald's code (rpc_error,
+  // hook_failed, too_many_rpc…) or the client's (rpc_needs_websocket, not_connected,
+  // disconnected, timeout). Never re-sent: a call may not be idempotent.
+  rpc(method, data = null, opts = {}) {
+    return this._call('rpc', [method, data, opts], { op: 'rpc', method, data }, opts.timeout ?? this.opts.rpcTimeout);
   }
 
   close() {
@@ -170,7 +182,7 @@ export class Herald extends Emitter {
     sub._emit('end'); // wakes an async iterator
     if (this._shared) return this._shared.then((s) => s?.update());
     const left = this._channels();
-    const gone = sub.channels.filter((c) => !left.includes(c));
+    const gone = wire(sub.channels.filter((c) => !left.includes(c)));
     if (!left.length) return this._stop();
     if (!gone.length) return;
     if (this._conn?.ws && this._conn.open) this._send({ op: 'unsubscribe', channels: gone });
@@ -211,7 +223,8 @@ export class Herald extends Emitter {
 
   _url(path, params) {
     const q = new URLSearchParams();
-    for (const k in params) if (params[k] != null) q.set(k, params[k]);
+    for (const k in params) if (params[k] != null && params[k] !== '') q.set(k, params[k]);
+    if (this.opts.presence) q.set('presence', 1);
     if (this.token) q.set('token', this.token);
     return `${this.base}/${path}?${q}`.replace(/%2C/g, ',');
   }
@@ -226,7 +239,7 @@ export class Herald extends Emitter {
       c.ws?.close(1000);
       c.abort?.abort();
     } catch {}
-    for (const [, p] of this._refs) p.reject(new Error('herald: connection closed'));
+    for (const [, p] of this._refs) p.reject(fail({ error: 'disconnected', detail: 'herald: the connection closed before the answer came' }));
     this._refs.clear();
   }
 
@@ -252,8 +265,13 @@ export class Herald extends Emitter {
     }
     if (this._closed || this._conn) return;
     const t = this.transports[this._ti % this.transports.length];
-    const chans = this._channels();
-    const conn = (this._conn = { t, chans, open: false });
+    // The channels whose positions move together (one ordered stream): a WebSocket's
+    // user channel comes with the upgrade and its channels with the subscribe op, two
+    // replays, so there the user's position moves only with its own messages. SSE and
+    // long-poll name the user's place last in their cursor once the client knows of one.
+    const w = wire(this._channels());
+    const chans = t !== 'websocket' && (this._pos.has(USER) || jwtClaims(this.token || '')?.sub) ? [...w, USER] : w;
+    const conn = (this._conn = { t, chans, w, open: false });
     if (t === 'websocket' && this.WebSocket) this._ws(conn);
     else if (t === 'sse' && this.fetch && globalThis.ReadableStream) this._sse(conn);
     else if (t === 'poll' && this.fetch) this._poll(conn);
@@ -295,10 +313,14 @@ export class Herald extends Emitter {
         const id = BigInt(m.id);
         if (this._pos.get(m.channel) >= id) return; // had it already
         this._pos.set(m.channel, id);
-        if (!this._perChannel) for (const c of conn.chans) if (!(this._pos.get(c) > id)) this._pos.set(c, id);
+        if (!this._perChannel && conn.chans.includes(m.channel)) for (const c of conn.chans) if (!(this._pos.get(c) > id)) this._pos.set(c, id);
         for (const s of subsOf(m.channel)) s._emit('message', m);
         return;
       }
+      case 'join':
+      case 'leave': // presence (live only: no position)
+        for (const s of subsOf(m.channel)) s._emit(m.event, m);
+        return;
       case 'gap':
         for (const s of subsOf(m.channel)) s._emit('gap', m);
         return this._emit('gap', m);
@@ -306,7 +328,7 @@ export class Herald extends Emitter {
         // The channel was deleted (or expired): say so, and hold it again (a channel of
         // that name published to later reaches us, resuming from our cursor).
         for (const s of subsOf(m.channel)) s._emit('closed', m);
-        if (!subsOf(m.channel).length) return;
+        if (!subsOf(m.channel).length || m.channel === USER) return;
         if (conn.ws) this._send({ op: 'subscribe', channels: [m.channel], since: this._cursor([m.channel]) });
         else if (conn.t === 'sse') this._restart(0);
         return;
@@ -322,6 +344,7 @@ export class Herald extends Emitter {
         break;
       case 'error':
         if (/^token_/.test(m.error)) this._staleToken = true;
+        if (this._refs.has(m.ref)) break; // the answer of a call: its promise rejects
         if (m.channel) for (const s of subsOf(m.channel)) s._emit('error', m);
         else if (m.ref == null) for (const s of this._subs) s._emit('error', m);
         this._emit('error', m);
@@ -330,7 +353,7 @@ export class Herald extends Emitter {
     const p = m.ref != null && this._refs.get(m.ref);
     if (p) {
       this._refs.delete(m.ref);
-      m.event === 'error' ? p.reject(Object.assign(new Error(m.detail || m.error), m)) : p.resolve(m);
+      m.event === 'error' ? p.reject(fail(m)) : p.resolve(m);
     }
   }
 
@@ -338,10 +361,22 @@ export class Herald extends Emitter {
     this._conn.ws.send(JSON.stringify(op));
   }
 
-  _op(op) {
+  // An op answered under its ref (publish, rpc) on the open WebSocket; with shared tabs,
+  // the leader's (`name` and `args` are the method to call there). Refs are unique for
+  // the client's life, so an answer can never reach another call.
+  _call(name, args, op, ms) {
+    const tabs = this._tabs();
+    if (tabs) return tabs.then((s) => (s ? s.call(name, args) : this[name](...args)));
+    const c = this._conn;
+    if (!c?.ws || !c.open)
+      return Promise.reject(fail(c?.open || !this.transports.includes('websocket')
+        ? { error: name + '_needs_websocket', detail: `herald: ${name} needs a WebSocket; this connection is ${c?.t || 'not over one'}` }
+        : { error: 'not_connected', detail: `herald: ${name} needs an open WebSocket: wait for the 'open' event` }));
     return new Promise((resolve, reject) => {
       const ref = ++this._ref;
-      this._refs.set(ref, { resolve, reject });
+      const t = ms && setTimeout(() => this._refs.delete(ref) && reject(fail({ error: 'timeout', detail: `herald: no answer to ${name} within ${ms} ms` })), ms);
+      const done = (f) => (v) => (clearTimeout(t), f(v));
+      this._refs.set(ref, { resolve: done((m) => resolve(m.event === 'reply' ? m.data : m)), reject: done(reject) });
       this._send({ ...op, ref });
     });
   }
@@ -365,7 +400,8 @@ export class Herald extends Emitter {
   }
 
   _ws(conn) {
-    const url = this._url('ws', {}).replace(/^http/, 'ws');
+    // The user's messages resume from the URL's cursor (the upgrade subscribes them).
+    const url = this._url('ws', { since: this._cursor([USER]) }).replace(/^http/, 'ws');
     let ws;
     try {
       ws = conn.ws = new this.WebSocket(url);
@@ -376,7 +412,7 @@ export class Herald extends Emitter {
     ws.onopen = () => {
       this._opened(conn);
       // One op for every channel: its `subscribed` answer gives the starting cursor.
-      this._send({ op: 'subscribe', channels: conn.chans, since: this._cursor(conn.chans) });
+      if (conn.w.length) this._send({ op: 'subscribe', channels: conn.w, since: this._cursor(conn.w) });
     };
     ws.onmessage = (e) => this._event(conn, JSON.parse(e.data));
     ws.onclose = (e) => {
@@ -390,7 +426,7 @@ export class Herald extends Emitter {
     conn.abort = new AbortController();
     conn.timer = setTimeout(() => this._failed(conn), this.opts.openTimeout);
     try {
-      const url = this._url('sse', { channels: conn.chans.join(','), lastEventId: this._cursor(conn.chans) });
+      const url = this._url('sse', { channels: conn.w.join(','), lastEventId: this._cursor(conn.chans) });
       const r = await this.fetch(url, { signal: conn.abort.signal, headers: { accept: 'text/event-stream' } });
       if (!r.ok || !/event-stream/.test(r.headers.get('content-type'))) {
         if (r.status === 401) this._staleToken = true;
@@ -431,7 +467,7 @@ export class Herald extends Emitter {
     conn.abort = new AbortController();
     let first = true;
     while (!conn.dead) {
-      const url = this._url('poll', { channels: conn.chans.join(','), since: this._cursor(conn.chans), timeout: first ? 0 : this.opts.pollTimeout });
+      const url = this._url('poll', { channels: conn.w.join(','), since: this._cursor(conn.chans), timeout: first ? 0 : this.opts.pollTimeout });
       let body;
       try {
         const r = await this.fetch(url, { signal: conn.abort.signal });

@@ -6,29 +6,13 @@
 //   node --test tests/js/            (HERALD_BIN=build/herald by default)
 //   HERALD_JS_DISCONNECTS=300 node --test tests/js/   (a longer run)
 import assert from 'node:assert/strict';
-import crypto from 'node:crypto';
 import { after, test } from 'node:test';
 
 import { Herald } from '../../clients/js/herald.js';
-import { HeraldServer, NodeWebSocket, blockingProxy, collector, sleep, tally, until } from './support.mjs';
+import { NodeWebSocket, blockingProxy, collector, jwt, kit, sleep, tally, until } from './support.mjs';
 
 const DISCONNECTS = Number(process.env.HERALD_JS_DISCONNECTS || 100);
-const cleanup = [];
-after(async () => {
-  for (const f of cleanup.reverse()) await f();
-});
-
-async function server(args = []) {
-  const s = await new HeraldServer(args).start();
-  cleanup.push(() => s.stop());
-  return s;
-}
-
-function client(url, opts = {}) {
-  const h = new Herald({ url, WebSocket: NodeWebSocket, minDelay: 50, maxDelay: 1000, ...opts });
-  cleanup.push(() => h.close());
-  return h;
-}
+const { cleanup, server, client } = kit(after, Herald);
 
 // Publishes 0, 1, 2… to `channel` every `every` ms until stopped, retrying each number
 // until herald acknowledges it, so that every number is stored. Paused around restarts:
@@ -241,12 +225,6 @@ test('gap: a cursor older than the history is reported, then the retained messag
   assert.equal(got.gaps[0].oldest, ids[3]);
   assert.equal(h.cursor(), ids[5]);
 });
-
-function jwt(secret, claims) {
-  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
-  const head = b64({ alg: 'HS256', typ: 'JWT' }) + '.' + b64(claims);
-  return head + '.' + crypto.createHmac('sha256', secret).update(head).digest('base64url');
-}
 
 for (const transports of [['websocket'], ['sse'], ['poll']]) {
   test(`tokens over ${transports[0]}: getToken is called, expiry brings a new token, nothing lost`, { timeout: 60000 }, async () => {

@@ -193,6 +193,35 @@ export async function blockingProxy(target, { websocket = false, sse = false, de
   return server;
 }
 
+// A test file's kit: herald servers and clients (Node WebSocket, short backoff) that
+// are stopped and closed after its tests, by the runner's `after` hook given.
+export function kit(after, Herald) {
+  const cleanup = [];
+  after(async () => {
+    for (const f of cleanup.reverse()) await f();
+  });
+  return {
+    cleanup,
+    async server(args = []) {
+      const s = await new HeraldServer(args).start();
+      cleanup.push(() => s.stop());
+      return s;
+    },
+    client(url, opts = {}) {
+      const h = new Herald({ url, WebSocket: NodeWebSocket, minDelay: 50, maxDelay: 1000, ...opts });
+      cleanup.push(() => h.close());
+      return h;
+    },
+  };
+}
+
+// An HS256 JWT of `claims`, signed with `secret`.
+export function jwt(secret, claims) {
+  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+  const head = b64({ alg: 'HS256', typ: 'JWT' }) + '.' + b64(claims);
+  return head + '.' + crypto.createHmac('sha256', secret).update(head).digest('base64url');
+}
+
 // Collects what a subscription receives and checks it against what was published.
 export function collector(sub) {
   const got = { data: [], gaps: [], closed: [], errors: [] };

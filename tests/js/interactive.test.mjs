@@ -1,0 +1,250 @@
+// The JS client's interactive features (docs/client-js.md#rpc, #user-messages, #presence)
+// against a real herald and a real backend (a Node HTTP server as the app's webhook):
+// rpc answered by ref, its errors, its timeout, its end at a disconnect (never re-sent);
+// messages to the connection's user, resumed across forced disconnects with nothing
+// lost or duplicated on every transport; presence events passed to the channel's
+// handlers (a fake WebSocket plays the server's frames: presence is not on main yet).
+//
+//   node --test tests/js/interactive.test.mjs      (HERALD_BIN=build/herald by default)
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import { after, test } from 'node:test';
+
+import { Herald } from '../../clients/js/herald.js';
+import { NodeWebSocket, collector, freePort, jwt as sign, kit, sleep, tally, until } from './support.mjs';
+
+const CUTS = Number(process.env.HERALD_JS_USER_DISCONNECTS || 30);
+const SECRET = 'sekrit';
+const { cleanup, server, client } = kit(after, Herald);
+const jwt = (claims) => sign(SECRET, { exp: Math.floor(Date.now() / 1000) + 600, ...claims });
+
+// The app's backend: answers rpc by method (echo, fail, slow: after data.ms), allows
+// everything else. `calls` counts the rpc calls it got, by method.
+async function backend() {
+  const calls = {};
+  const srv = http.createServer((req, res) => {
+    let body = '';
+    req.on('data', (d) => (body += d));
+    req.on('end', async () => {
+      const ev = JSON.parse(body);
+      let answer = { result: 'allow' };
+      if (ev.event === 'rpc') {
+        calls[ev.method] = (calls[ev.method] || 0) + 1;
+        if (ev.method === 'fail') answer = { error: 'no such room' };
+        else {
+          if (ev.method === 'slow') await sleep(ev.data.ms);
+          answer = { data: { method: ev.method, got: ev.data, user: ev.user } };
+        }
+      }
+      const out = JSON.stringify(answer);
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(out) });
+      res.end(out);
+    });
+  });
+  const port = await freePort();
+  await new Promise((ok) => srv.listen(port, '127.0.0.1', ok));
+  cleanup.push(() => new Promise((ok) => { srv.closeAllConnections(); srv.close(ok); }));
+  return { url: `http://127.0.0.1:${port}/hook`, calls };
+}
+
+// NodeWebSocket that keeps every op the client sends (over all its connections).
+const sent = [];
+class RecordingWebSocket extends NodeWebSocket {
+  send(text) {
+    sent.push(JSON.parse(text));
+    super.send(text);
+  }
+}
+
+const hooked = async (args = []) => {
+  const b = await backend();
+  return { b, s: await server(['--webhook-url', b.url, '--webhook-secret', 'x', '--webhook-events', 'rpc', ...args]) };
+};
+
+test('rpc: resolves with the backend data, rejects with its error code; answers matched by ref out of order', async () => {
+  const { s } = await hooked(['--token-secret', SECRET]);
+  const h = client(s.url, { WebSocket: RecordingWebSocket, token: jwt({ sub: 'ann', channels: ['**'] }) });
+  const errors = [];
+  h.on('error', (e) => errors.push(e));
+  h.subscribe('r');
+  await until(() => h.transport === 'websocket', 5000, 'the WebSocket');
+  const order = [];
+  const slow = h.rpc('slow', { ms: 600 }).then((d) => (order.push('slow'), d));
+  const fast = h.rpc('echo', { n: [2] }).then((d) => (order.push('fast'), d));
+  const bad = h.rpc('fail').catch((e) => e);
+  assert.deepEqual(await fast, { method: 'echo', got: { n: [2] }, user: 'ann' });
+  assert.deepEqual(await slow, { method: 'slow', got: { ms: 600 }, user: 'ann' });
+  assert.deepEqual(order, ['fast', 'slow']);
+  const e = await bad;
+  assert.ok(e instanceof Error && e.error === 'rpc_error' && e.code === 'rpc_error' && e.message === 'no such room', e);
+  const refs = sent.filter((o) => o.op === 'rpc').map((o) => o.ref);
+  assert.equal(new Set(refs).size, refs.length, `refs ${refs}`);
+  assert.deepEqual(errors, [], 'a call answered with an error rejects its promise only');
+});
+
+test('rpc: a call in flight at a disconnect rejects (disconnected) and is not sent again; refs stay unique', async () => {
+  const { b, s } = await hooked();
+  sent.length = 0;
+  const h = client(s.url, { WebSocket: RecordingWebSocket });
+  h.subscribe('r');
+  await until(() => h.transport === 'websocket', 5000, 'the WebSocket');
+  assert.deepEqual(await h.rpc('echo', 1), { method: 'echo', got: 1, user: null });
+  const inflight = h.rpc('slow', { ms: 1500 }).then(() => 'answered', (e) => e);
+  await until(() => b.calls.slow === 1, 5000, 'the backend to get the call');
+  await s.restart('SIGKILL');
+  assert.equal((await inflight).error, 'disconnected');
+  await until(() => h.transport === 'websocket', 10000, 'the reconnect');
+  assert.deepEqual(await h.rpc('echo', 2), { method: 'echo', got: 2, user: null });
+  await sleep(1000);
+  assert.equal(b.calls.slow, 1, 'the call was sent again after the reconnect');
+  const refs = sent.filter((o) => o.op === 'rpc').map((o) => o.ref);
+  assert.equal(refs.length, 3);
+  assert.equal(new Set(refs).size, 3, `refs ${refs}`);
+});
+
+test('rpc: {timeout} rejects (timeout) when the answer is late; the late answer is dropped', async () => {
+  const { s } = await hooked();
+  const h = client(s.url);
+  const errors = [];
+  h.on('error', (e) => errors.push(e));
+  h.subscribe('r');
+  await until(() => h.transport === 'websocket', 5000, 'the WebSocket');
+  const t0 = Date.now();
+  await assert.rejects(h.rpc('slow', { ms: 800 }, { timeout: 200 }), (e) => e.error === 'timeout');
+  assert.ok(Date.now() - t0 < 700, 'rejected at the timeout');
+  await sleep(900); // the answer comes now, to no one
+  assert.deepEqual(errors, []);
+  assert.deepEqual(await h.rpc('echo', 3), { method: 'echo', got: 3, user: null });
+});
+
+test('rpc and publish need a WebSocket: rpc_needs_websocket over SSE and long-poll, not_connected before it opens', async () => {
+  const { s } = await hooked();
+  for (const t of ['sse', 'poll']) {
+    const h = client(s.url, { transports: [t] });
+    h.subscribe('r');
+    await until(() => h.transport === t, 5000, t);
+    await assert.rejects(h.rpc('echo'), (e) => e.error === 'rpc_needs_websocket' && /needs a WebSocket/.test(e.message));
+    await assert.rejects(h.publish('r', 1), (e) => e.error === 'publish_needs_websocket');
+  }
+  const h = client(s.url);
+  await assert.rejects(h.rpc('echo'), (e) => e.error === 'not_connected' && /wait for the 'open' event/.test(e.message));
+});
+
+// Publishes 0, 1, 2… alternately to the channel `room` and to the user `u1` (a message
+// of the room and of u1's messages by turns), each retried until herald stores it.
+function publisher(s) {
+  const p = { n: 0, stopped: false, room: [], user: [] };
+  p.done = (async () => {
+    while (!p.stopped) {
+      const doc = p.n % 2 ? { channels: ['room'], data: p.n } : { users: ['u1'], data: p.n };
+      const r = await fetch(`${s.url}/api/publish`, { method: 'POST', body: JSON.stringify(doc) }).catch(() => null);
+      if (r?.status === 201) (p.n % 2 ? p.room : p.user).push(p.n++);
+      await sleep(5);
+    }
+  })();
+  p.stop = async () => {
+    p.stopped = true;
+    await p.done;
+  };
+  return p;
+}
+
+for (const t of ['websocket', 'sse', 'poll']) {
+  test(`#user over ${t}: the user's messages (not another user's), resumed across ${CUTS} forced disconnects, nothing lost or duplicated`, { timeout: 120000 }, async () => {
+    const s = await server(['--token-secret', SECRET, '--lifetime-min', '150ms', '--lifetime-max', '300ms', '--poll-timeout', '1s', '--history-size', '1000']);
+    const h = client(s.url, { transports: [t], token: jwt({ sub: 'u1', channels: ['**'] }) });
+    const room = collector(h.subscribe(['room']));
+    const mine = collector(h.subscribe('#user'));
+    const envs = [];
+    h.subscribe('#user').on('message', (m) => envs.push(m));
+    let cuts = 0;
+    h.on('disconnect', () => cuts++);
+    await until(() => h.transport === t, 5000, t);
+    await until(async () => t === 'poll' || (await s.subscribers('room')) === 1, 5000, 'the subscription');
+    // Another user's message and one to both: neither is u1's own channel's.
+    await fetch(`${s.url}/api/publish`, { method: 'POST', body: JSON.stringify({ users: ['u2'], data: 'not yours' }) });
+    const pub = publisher(s);
+    const t0 = Date.now();
+    while ((t === 'poll' ? pub.n < 300 : cuts < CUTS) && Date.now() - t0 < 60000) await sleep(100);
+    await pub.stop();
+    await until(() => room.data.length + mine.data.length >= pub.n, 15000, `all ${pub.n} messages`).catch(() => {});
+    await sleep(300); // duplicates would come now
+    const count = (data, want) => {
+      const r = tally(data.map((n) => want.indexOf(n)), want.length);
+      return { ...r, stray: data.filter((n) => !want.includes(n)).length };
+    };
+    const r = count(room.data, pub.room), u = count(mine.data, pub.user);
+    console.log(`# #user/${t}: ${pub.n} published (${pub.user.length} to the user), ${cuts} disconnects; room: lost ${r.lost} duplicated ${r.duplicated}; user: lost ${u.lost} duplicated ${u.duplicated} out of order ${u.outOfOrder}`);
+    assert.deepEqual(r, { received: pub.room.length, lost: 0, duplicated: 0, outOfOrder: 0, stray: 0 });
+    assert.deepEqual(u, { received: pub.user.length, lost: 0, duplicated: 0, outOfOrder: 0, stray: 0 });
+    assert.ok(envs.every((m) => m.channel === '#user'));
+    if (t !== 'poll') assert.ok(cuts >= CUTS, `only ${cuts} disconnects`);
+  });
+}
+
+test('#user alone: a connection for the user\'s messages only (no channels on the wire)', async () => {
+  const s = await server(['--token-secret', SECRET]);
+  for (const t of ['websocket', 'sse', 'poll']) {
+    sent.length = 0;
+    const h = client(s.url, { transports: [t], WebSocket: RecordingWebSocket, token: jwt({ sub: 'solo', channels: [] }) });
+    const got = collector(h.subscribe('#user'));
+    const errors = [];
+    h.on('error', (e) => errors.push(e));
+    await until(() => h.transport === t, 5000, t);
+    await sleep(200);
+    const r = await fetch(`${s.url}/api/publish`, { method: 'POST', body: JSON.stringify({ users: ['solo'], data: t }) });
+    assert.equal(r.status, 201);
+    await until(() => got.data.length === 1, 5000, `the user's message over ${t}`);
+    assert.deepEqual(got.data, [t]);
+    assert.deepEqual(errors, []);
+    assert.deepEqual(sent.filter((o) => o.op === 'subscribe'), [], 'no subscribe op for the user');
+    h.close();
+  }
+});
+
+// A WebSocket the test drives: what the client sends, and frames the test makes up.
+class FakeWebSocket {
+  constructor(url) {
+    FakeWebSocket.last = this;
+    this.url = url;
+    this.sent = [];
+    setTimeout(() => this.onopen?.({}));
+  }
+  send(text) {
+    this.sent.push(JSON.parse(text));
+  }
+  close() {}
+  frame(m) {
+    this.onmessage({ data: JSON.stringify(m) });
+  }
+}
+
+test('presence: join/leave reach the handlers of their channel only; {presence: true} asks with presence=1', async () => {
+  const h = new Herald({ url: 'http://herald.test', WebSocket: FakeWebSocket, presence: true });
+  cleanup.push(() => h.close());
+  const joins = [], leaves = [], other = [];
+  const room = h.subscribe(['room'], { onLeave: (e) => leaves.push(e) });
+  room.on('join', (e) => joins.push(e));
+  const news = h.subscribe(['news']);
+  for (const type of ['join', 'leave', 'message']) news.on(type, (e) => other.push(e));
+  const msgs = collector(room);
+  await until(() => h.transport === 'websocket', 2000, 'the fake open');
+  const ws = FakeWebSocket.last;
+  assert.equal(new URL(ws.url).searchParams.get('presence'), '1');
+  ws.frame({ event: 'subscribed', channels: ['room', 'news'], cursor: '5' });
+  const join = { event: 'join', channel: 'room', user: '42', info: { name: 'Ann' } };
+  ws.frame(join);
+  ws.frame({ event: 'message', channel: 'room', id: '6', time: 1, data: 'hi' });
+  ws.frame({ event: 'leave', channel: 'room', user: '42' });
+  assert.deepEqual(joins, [join]);
+  assert.deepEqual(leaves, [{ event: 'leave', channel: 'room', user: '42' }]);
+  assert.deepEqual(msgs.data, ['hi']);
+  assert.deepEqual(other, []);
+  assert.equal(h.cursor(['room']), '6', 'presence events move no cursor');
+  // Without the option the URL does not ask.
+  const plain = new Herald({ url: 'http://herald.test', WebSocket: FakeWebSocket });
+  cleanup.push(() => plain.close());
+  plain.subscribe('room');
+  await until(() => plain.transport === 'websocket', 2000, 'the fake open');
+  assert.equal(new URL(FakeWebSocket.last.url).searchParams.get('presence'), null);
+});
