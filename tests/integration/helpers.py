@@ -141,19 +141,32 @@ class Herald:
             self.port = free_port()
             self.api_port = free_port() if self.api else self.port
             self.log_path = os.path.join(self.logdir, f"herald-{self.port}.log")
-            args = ["--listen", f"127.0.0.1:{self.port}"] + flag_args(self.opts)
-            if self.api:
-                args += ["--api-listen", f"127.0.0.1:{self.api_port}"]
-            with open(self.log_path, "wb") as log:
-                self.proc = subprocess.Popen(
-                    [self.binary] + args, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                    preexec_fn=self._limits if self.nofile else None,
-                )
+            self._spawn("wb")
             if self._wait_ready():
                 return self
             if "cannot listen" not in self.log():  # lost a race for the port: try another
                 break
         raise AssertionError(f"herald did not become ready:\n{self.log()}")
+
+    def _spawn(self, log_mode):
+        args = ["--listen", f"127.0.0.1:{self.port}"] + flag_args(self.opts)
+        if self.api:
+            args += ["--api-listen", f"127.0.0.1:{self.api_port}"]
+        with open(self.log_path, log_mode) as log:
+            self.proc = subprocess.Popen(
+                [self.binary] + args, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                preexec_fn=self._limits if self.nofile else None,
+            )
+
+    def restart(self):
+        """Stops it as stop() does (SIGTERM, exit 0, no sanitizer report) and starts it
+        again with the same flags on the same port(s): what it held in memory is gone,
+        its clients reconnect to the same address. The log goes on in the same file."""
+        self.stop()
+        self.returncode = None
+        self._spawn("ab")
+        if not self._wait_ready():
+            raise AssertionError(f"herald did not restart on port {self.port}:\n{self.log_tail()}")
 
     def _limits(self):
         resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))

@@ -131,11 +131,19 @@ class DevTools:
         raise AssertionError(f"page never satisfied {expr}: {await self.eval('JSON.stringify(window.got)')}")
 
 
-async def open_page(browser_url, page_url):
+async def open_page(browser_url, page_url, context=None):
+    """A new page target (in the browser context given, else the default one)."""
     async with websockets.connect(browser_url, max_size=None) as bws:
         browser = DevTools(bws)
-        target = await browser.call("Target.createTarget", url="about:blank")
+        extra = {"browserContextId": context} if context else {}
+        target = await browser.call("Target.createTarget", url="about:blank", **extra)
         return target["targetId"]
+
+
+async def new_context(browser_url):
+    """A new browser context: pages in it share no storage, cookies or locks with others."""
+    async with websockets.connect(browser_url, max_size=None) as bws:
+        return (await DevTools(bws).call("Target.createBrowserContext"))["browserContextId"]
 
 
 def test_eventsource_and_websocket_in_chromium(server, chan, page_server, chromium):

@@ -114,21 +114,23 @@ window.ready = true;
 
 class Tab:
     """`async with Tab(chromium, url) as tab`: a new tab (a page target of the browser's
-    one context, so tabs of one origin see each other) on url, console errors kept."""
+    one context by default, so tabs of one origin see each other) on url, ready once
+    the page's `ready` expression holds, console errors kept."""
 
-    def __init__(self, chromium, url):
-        self.chromium, self.url = chromium, url
+    def __init__(self, chromium, url, ready="window.ready", context=None, timeout=15):
+        self.chromium, self.url, self.ready, self.context = chromium, url, ready, context
+        self.timeout = timeout
         self.port = re.search(r":(\d+)/", chromium).group(1)
 
     async def __aenter__(self):
-        self.target = await open_page(self.chromium, "about:blank")
+        self.target = await open_page(self.chromium, "about:blank", self.context)
         self.ws = await websockets.connect(
             f"ws://127.0.0.1:{self.port}/devtools/page/{self.target}", max_size=None)
         self.page = Page(self.ws)
         for domain in ("Runtime.enable", "Log.enable"):
             await self.page.call(domain)
         await self.page.call("Page.navigate", url=self.url)
-        await self.page.wait_for("window.ready")
+        await self.page.wait_for(self.ready, self.timeout)
         return self
 
     async def got(self):
