@@ -131,7 +131,7 @@ export class Herald extends Emitter {
       return sub;
     }
     // (#user needs no op: the user's messages come with the connection.)
-    if (added.length && this._conn?.ws && this._conn.open) this._send({ op: 'subscribe', channels: added, since: this._cursor(added) });
+    if (added.length && this._conn?.ws && this._conn.open) this._subOp(added);
     else if (added.length || !this._conn) this._restart(0);
     return sub;
   }
@@ -329,7 +329,7 @@ export class Herald extends Emitter {
         // that name published to later reaches us, resuming from our cursor).
         for (const s of subsOf(m.channel)) s._emit('closed', m);
         if (!subsOf(m.channel).length || m.channel === USER) return;
-        if (conn.ws) this._send({ op: 'subscribe', channels: [m.channel], since: this._cursor([m.channel]) });
+        if (conn.ws) this._subOp([m.channel]);
         else if (conn.t === 'sse') this._restart(0);
         return;
       case 'reconnect':
@@ -359,6 +359,12 @@ export class Herald extends Emitter {
 
   _send(op) {
     this._conn.ws.send(JSON.stringify(op));
+  }
+
+  // Subscribes channels on the WebSocket from their cursor (presence=1 on the URL covers
+  // only the URL's channels: an op asks for its own).
+  _subOp(channels) {
+    this._send({ op: 'subscribe', channels, since: this._cursor(channels), ...(this.opts.presence && { presence: true }) });
   }
 
   // An op answered under its ref (publish, rpc) on the open WebSocket; with shared tabs,
@@ -412,7 +418,7 @@ export class Herald extends Emitter {
     ws.onopen = () => {
       this._opened(conn);
       // One op for every channel: its `subscribed` answer gives the starting cursor.
-      if (conn.w.length) this._send({ op: 'subscribe', channels: conn.w, since: this._cursor(conn.w) });
+      if (conn.w.length) this._subOp(conn.w);
     };
     ws.onmessage = (e) => this._event(conn, JSON.parse(e.data));
     ws.onclose = (e) => {

@@ -1,9 +1,8 @@
-// The JS client's interactive features (docs/client-js.md#rpc, #user-messages, #presence)
+// The JS client's interactive features (docs/client-js.md: rpc, #user, presence)
 // against a real herald and a real backend (a Node HTTP server as the app's webhook):
 // rpc answered by ref, its errors, its timeout, its end at a disconnect (never re-sent);
 // messages to the connection's user, resumed across forced disconnects with nothing
-// lost or duplicated on every transport; presence events passed to the channel's
-// handlers (a fake WebSocket plays the server's frames: presence is not on main yet).
+// lost or duplicated on every transport; presence events to the channel's handlers.
 //
 //   node --test tests/js/interactive.test.mjs      (HERALD_BIN=build/herald by default)
 import assert from 'node:assert/strict';
@@ -202,49 +201,35 @@ test('#user alone: a connection for the user\'s messages only (no channels on th
   }
 });
 
-// A WebSocket the test drives: what the client sends, and frames the test makes up.
-class FakeWebSocket {
-  constructor(url) {
-    FakeWebSocket.last = this;
-    this.url = url;
-    this.sent = [];
-    setTimeout(() => this.onopen?.({}));
-  }
-  send(text) {
-    this.sent.push(JSON.parse(text));
-  }
-  close() {}
-  frame(m) {
-    this.onmessage({ data: JSON.stringify(m) });
-  }
+for (const t of ['websocket', 'sse']) {
+  test(`presence over ${t}: join/leave reach the handlers of their channel; {presence: true} asks, a client without it gets none`, async () => {
+    const s = await server(['--token-secret', SECRET]);
+    assert.equal((await fetch(`${s.url}/api/channels/room`, { method: 'PUT', body: '{"presence":true}' })).status, 201);
+    const token = (sub) => jwt({ sub, channels: ['**'], info: { name: sub.toUpperCase() } });
+    const ann = client(s.url, { transports: [t], presence: true, token: token('ann') });
+    const events = [], other = [], plain = [];
+    const room = ann.subscribe(['room'], { onLeave: (e) => events.push(e) });
+    room.on('join', (e) => events.push(e));
+    const annGot = collector(room);
+    const news = ann.subscribe(['news']);
+    for (const type of ['join', 'leave']) news.on(type, (e) => other.push(e));
+    await until(() => events.length === 1, 5000, "ann's own join");
+    // cy subscribes without asking: counted (ann sees cy come), told nothing
+    const cy = client(s.url, { transports: [t], token: token('cy') });
+    cy.subscribe(['room'], { onJoin: (e) => plain.push(e), onLeave: (e) => plain.push(e) });
+    await until(() => events.length === 2, 5000, "cy's join");
+    const bob = client(s.url, { transports: [t], token: token('bob') });
+    const got = collector(bob.subscribe('room'));
+    await until(() => events.length === 3, 5000, "bob's join");
+    const ack = await s.publish('room', 'hi');
+    await until(() => got.data.length === 1 && annGot.data.length === 1, 5000, 'a message as well');
+    bob.close();
+    await until(() => events.length === 4, 5000, "bob's leave");
+    await sleep(200);
+    assert.deepEqual(events.map((e) => [e.event, e.channel, e.user, e.info?.name]), [
+      ['join', 'room', 'ann', 'ANN'], ['join', 'room', 'cy', 'CY'], ['join', 'room', 'bob', 'BOB'], ['leave', 'room', 'bob', 'BOB']]);
+    assert.deepEqual(other, []);
+    assert.deepEqual(plain, []);
+    assert.equal(ann.cursor(['room']), ack.id, 'presence events move no cursor');
+  });
 }
-
-test('presence: join/leave reach the handlers of their channel only; {presence: true} asks with presence=1', async () => {
-  const h = new Herald({ url: 'http://herald.test', WebSocket: FakeWebSocket, presence: true });
-  cleanup.push(() => h.close());
-  const joins = [], leaves = [], other = [];
-  const room = h.subscribe(['room'], { onLeave: (e) => leaves.push(e) });
-  room.on('join', (e) => joins.push(e));
-  const news = h.subscribe(['news']);
-  for (const type of ['join', 'leave', 'message']) news.on(type, (e) => other.push(e));
-  const msgs = collector(room);
-  await until(() => h.transport === 'websocket', 2000, 'the fake open');
-  const ws = FakeWebSocket.last;
-  assert.equal(new URL(ws.url).searchParams.get('presence'), '1');
-  ws.frame({ event: 'subscribed', channels: ['room', 'news'], cursor: '5' });
-  const join = { event: 'join', channel: 'room', user: '42', info: { name: 'Ann' } };
-  ws.frame(join);
-  ws.frame({ event: 'message', channel: 'room', id: '6', time: 1, data: 'hi' });
-  ws.frame({ event: 'leave', channel: 'room', user: '42' });
-  assert.deepEqual(joins, [join]);
-  assert.deepEqual(leaves, [{ event: 'leave', channel: 'room', user: '42' }]);
-  assert.deepEqual(msgs.data, ['hi']);
-  assert.deepEqual(other, []);
-  assert.equal(h.cursor(['room']), '6', 'presence events move no cursor');
-  // Without the option the URL does not ask.
-  const plain = new Herald({ url: 'http://herald.test', WebSocket: FakeWebSocket });
-  cleanup.push(() => plain.close());
-  plain.subscribe('room');
-  await until(() => plain.transport === 'websocket', 2000, 'the fake open');
-  assert.equal(new URL(FakeWebSocket.last.url).searchParams.get('presence'), null);
-});
