@@ -662,6 +662,173 @@ static void on_subscribed(const char *channel, size_t channel_len, void *arg)
     load_channel(rb, name.data, name.len, false);
 }
 
+/* ---- pattern heads (one Redis): PSUBSCRIBE herald:{head.*}:m ------------------------- */
+
+/* A pattern head this node follows (hub_backend_ops.want_pattern). */
+struct pfollow {
+    struct map_node node; /* first: redis_bus__free_map frees the node pointer */
+    bool confirmed;       /* its PSUBSCRIBE was confirmed once (a later one: re-established) */
+    size_t hl;            /* the head's length: glob is "herald:{" head ".*}:m" or "*}:m" */
+    char glob[];
+};
+
+/* The bus glob of head[0..hl): "herald:{APP~scores.*}:m", or for a wildcard-first head
+ * ("APP~*") "herald:{APP~*}:m". Channel names and app names have no glob characters. */
+static size_t glob_of(char *buf, size_t size, const char *head, size_t hl)
+{
+    bool broad = head[hl - 1] == '*';
+    return (size_t)snprintf(buf, size, "herald:{%.*s%s}:m", (int)hl, head, broad ? "" : ".*");
+}
+
+/* The head of a glob that glob_of made; false for anything else. */
+static bool head_of_glob(const char *glob, size_t len, struct slice *head)
+{
+    if (len < 12 || memcmp(glob, "herald:{", 8) != 0 || memcmp(glob + len - 3, "}:m", 3) != 0)
+        return false;
+    size_t hl = len - 11;
+    if (hl >= 2 && glob[8 + hl - 2] == '.' && glob[8 + hl - 1] == '*')
+        hl -= 2;
+    *head = (struct slice){glob + 8, (uint32_t)hl};
+    return true;
+}
+
+struct index_read {
+    struct rb *rb;
+    bool again;
+    uint64_t last; /* the last id Redis gave, read before the index */
+    size_t hl;
+    char head[CHANNEL_KEY_MAX + 1];
+};
+
+static void index_read_reply(const redisReply *r, int status, void *arg)
+{
+    struct index_read *ir = arg;
+    int err = redis_backend__script_error(ir->rb, r, status, "reading the listing index for ",
+                                          ir->head, NULL, 0);
+    if (!err && r->type != REDIS_REPLY_ARRAY)
+        err = HUB_ERR_BACKEND;
+    size_t n = err ? 0 : MIN(r->elements, (size_t)HUB_PATTERN_NAMES_MAX), k = 0;
+    struct slice *names = xcalloc(n ? n : 1, sizeof(*names));
+    for (size_t i = 0; i < n; i++)
+        if (r->element[i]->type == REDIS_REPLY_STRING)
+            names[k++] = (struct slice){r->element[i]->str, (uint32_t)r->element[i]->len};
+    hub_pattern_synced(ir->rb->hub, ir->head, ir->hl, err, ir->again, ir->last, names, k,
+                       !err && r->elements > HUB_PATTERN_NAMES_MAX);
+    free(names);
+    free(ir);
+}
+
+/* The last id is in: the index now (every message up to that id is in a channel it
+ * names, and every later one comes on the bus). */
+static void last_id_reply(const redisReply *r, int status, void *arg)
+{
+    struct index_read *ir = arg;
+    if (redis_backend__script_error(ir->rb, r, status, "reading the last id for ", ir->head, NULL,
+                                    0)) {
+        index_read_reply(NULL, RESP_ENOTCONN, ir);
+        return;
+    }
+    ir->last = redis_backend__reply_u64(r);
+    const char *head = ir->head;
+    size_t hl = ir->hl;
+    char ixk[REDIS_INDEX_KEY_MAX], lo[CHANNEL_KEY_MAX + 4], hi[CHANNEL_KEY_MAX + 4], max[16];
+    size_t ixl = redis_backend__index_key(ixk, head, hl);
+    if (head[hl - 1] == '*') { /* the app's index holds its channels only */
+        snprintf(lo, sizeof(lo), "-");
+        snprintf(hi, sizeof(hi), "+");
+    } else { /* "head." up to "head/": '/' follows '.' */
+        snprintf(lo, sizeof(lo), "[%.*s.", (int)hl, head);
+        snprintf(hi, sizeof(hi), "(%.*s/", (int)hl, head);
+    }
+    snprintf(max, sizeof(max), "%d", HUB_PATTERN_NAMES_MAX + 1);
+    const char *argv[] = {"ZRANGEBYLEX", ixk, lo, hi, "LIMIT", "0", max};
+    if (redis_bus_command(ir->rb->bus, ixk, ixl, index_read_reply, ir, 7, argv, NULL) < 0)
+        index_read_reply(NULL, RESP_ENOTCONN, ir);
+}
+
+/* The head's bus subscription is in place: Redis's last id, then the listing index for
+ * the names of its channels (a channel's first publish adds it in the publish script,
+ * see publish_lua), then the hub hears it is ready. */
+static void read_index(struct rb *rb, const char *head, size_t hl, bool again)
+{
+    struct index_read *ir = xcalloc(1, sizeof(*ir));
+    ir->rb = rb;
+    ir->again = again;
+    ir->hl = hl;
+    memcpy(ir->head, head, hl);
+    const char *argv[] = {"GET", "herald:{seq}:i"};
+    if (redis_bus_command(rb->bus, argv[1], strlen(argv[1]), last_id_reply, ir, 2, argv, NULL) < 0)
+        index_read_reply(NULL, RESP_ENOTCONN, ir);
+}
+
+static void on_psubscribed(const char *glob, size_t len, void *arg)
+{
+    struct rb *rb = arg;
+    struct map_node *n = map_get(&rb->pfollows, glob, len);
+    if (!n)
+        return;
+    struct pfollow *pf = container_of(n, struct pfollow, node);
+    read_index(rb, pf->glob + 8, pf->hl, pf->confirmed);
+    pf->confirmed = true;
+}
+
+static void on_pmessage(const char *glob, size_t glob_len, const char *channel, size_t channel_len,
+                        const char *data, size_t len, void *arg)
+{
+    struct rb *rb = arg;
+    struct slice head, name;
+    if (!head_of_glob(glob, glob_len, &head) || !bus_channel_name(channel, channel_len, &name))
+        return;
+    struct hub_entry e;
+    struct sbuf buf = {0};
+    /* A closed channel's or a window's notice is its subscribers' by name; a malformed
+     * message is reported by on_message, which gets it too or ignores it as nobody's. */
+    if (redis_payload_parse_bus(data, len, &e, &buf) == REDIS_BUS_MESSAGE)
+        hub_pattern_ingest(rb->hub, head.data, head.len, &name, e.channels, e.nchannels, e.seq,
+                           e.time_ms, &e.req);
+    sbuf_free(&buf);
+}
+
+struct want_task {
+    struct task t;
+    struct rb *rb;
+    bool on, pattern;
+    size_t len;
+    char name[CHANNEL_KEY_MAX + 1]; /* a channel's key, or a pattern head */
+};
+
+/* want_run of a pattern head: its glob on the bus, then the index (read_index). */
+static void pwant_run(struct want_task *pt)
+{
+    struct rb *rb = pt->rb;
+    char glob[CHANNEL_KEY_MAX + 16];
+    size_t gl = glob_of(glob, sizeof(glob), pt->name, pt->len);
+    struct map_node *n = map_get(&rb->pfollows, glob, gl);
+    if (!pt->on) {
+        if (n) {
+            map_del(&rb->pfollows, n);
+            free(container_of(n, struct pfollow, node));
+        }
+        redis_bus_punsubscribe(rb->bus, glob, gl);
+    } else {
+        if (!n) {
+            struct pfollow *pf = xcalloc(1, sizeof(*pf) + gl + 1);
+            memcpy(pf->glob, glob, gl);
+            pf->hl = pt->len;
+            pf->node = (struct map_node){.key = pf->glob, .key_len = (uint32_t)gl};
+            map_put(&rb->pfollows, &pf->node);
+        }
+        int rc = redis_bus_psubscribe(rb->bus, glob, gl);
+        /* While Redis is down, subscribers hear so now; subscribed already (an earlier
+         * index read failed), no on_psubscribed comes: read now. */
+        if (rc < 0 || redis_bus_status(rb->bus) == REDIS_BUS_DOWN)
+            hub_pattern_synced(rb->hub, pt->name, pt->len, HUB_ERR_BACKEND, false, 0, NULL, 0,
+                               false);
+        else if (rc == 1)
+            read_index(rb, pt->name, pt->len, false);
+    }
+}
+
 /* Logs the status if the log does not say it yet: the last "redis: ..." line says what
  * /stats says. */
 static void log_status(struct rb *rb)
@@ -712,18 +879,15 @@ static void on_status(enum redis_bus_status status, void *arg)
 
 /* ---- hub backend ops ------------------------------------------------------------------ */
 
-struct want_task {
-    struct task t;
-    struct rb *rb;
-    bool on;
-    size_t len;
-    char name[CHANNEL_KEY_MAX + 1];
-};
-
 static void want_run(struct task *t)
 {
     struct want_task *wt = (struct want_task *)t;
     struct rb *rb = wt->rb;
+    if (wt->pattern) {
+        pwant_run(wt);
+        free(wt);
+        return;
+    }
     char m[REDIS_KEY_MAX];
     size_t ml = redis_backend__key(m, sizeof(m), wt->name, wt->len, 'm');
     struct follow *f = follow_of(rb, wt->name, wt->len);
@@ -758,12 +922,13 @@ static void want_run(struct task *t)
     free(wt);
 }
 
-static void post_want(void *be, const char *name, size_t len, bool on)
+static void post_want(void *be, const char *name, size_t len, bool on, bool pattern)
 {
     struct want_task *wt = xcalloc(1, sizeof(*wt));
     wt->t.fn = want_run;
     wt->rb = be;
     wt->on = on;
+    wt->pattern = pattern;
     wt->len = len;
     memcpy(wt->name, name, len);
     redis_backend__post(be, &wt->t);
@@ -771,12 +936,22 @@ static void post_want(void *be, const char *name, size_t len, bool on)
 
 static void be_want(void *be, const char *name, size_t len)
 {
-    post_want(be, name, len, true);
+    post_want(be, name, len, true, false);
 }
 
 static void be_unwant(void *be, const char *name, size_t len)
 {
-    post_want(be, name, len, false);
+    post_want(be, name, len, false, false);
+}
+
+static void be_want_pattern(void *be, const char *head, size_t len)
+{
+    post_want(be, head, len, true, true);
+}
+
+static void be_unwant_pattern(void *be, const char *head, size_t len)
+{
+    post_want(be, head, len, false, true);
 }
 
 /* A publish on its way: built on the worker, run on the backend thread. */
@@ -894,7 +1069,7 @@ static int pub_eval(struct pub_task *pt, size_t from, size_t to)
 {
     struct rb *rb = pt->rb;
     size_t per = rb->cluster ? 2 : 3; /* keys per channel (see publish_lua) */
-    size_t nk = 2 + per * (to - from), argc = 1 + nk + 8 + (to - from);
+    size_t nk = 2 + per * (to - from) + !rb->cluster, argc = 1 + nk + 8 + (to - from);
     const char **argv = xcalloc(argc, sizeof(*argv));
     size_t *argl = xcalloc(argc, sizeof(*argl));
     char(*keys)[REDIS_KEY_MAX] = xcalloc(nk, sizeof(*keys));
@@ -911,6 +1086,8 @@ static int pub_eval(struct pub_task *pt, size_t from, size_t to)
         if (per == 3)
             redis_backend__key(keys[k + 2], sizeof(keys[k + 2]), pt->names[i], pt->lens[i], 's');
     }
+    if (!rb->cluster) /* one Redis: the listing index (the channels are of one app) */
+        redis_backend__index_key(keys[nk - 1], pt->names[from], pt->lens[from]);
     for (size_t k = 0; k < nk; k++)
         argv[a++] = keys[k];
     snprintf(hint, sizeof(hint), "%" PRIu64, pt->hint);
@@ -1154,6 +1331,8 @@ static const struct hub_backend_ops redis_ops = {
     .ready = be_ready,
     .want = be_want,
     .unwant = be_unwant,
+    .want_pattern = be_want_pattern,
+    .unwant_pattern = be_unwant_pattern,
     .publish = be_publish,
     .channel_put = redis_channels_put,
     .channel_get = redis_channels_get,
@@ -1221,6 +1400,7 @@ int redis_backend_start(struct hub *hub, const struct herald_config *cfg)
     map_init(&rb->indexed, 1024);
     map_init(&rb->reload, 64);
     map_init(&rb->follows, 64);
+    map_init(&rb->pfollows, 16);
     list_init(&rb->holding);
     timer_init(&rb->order_timer, order_timer_cb);
     timer_init(&rb->reload_timer, reload_cb);
@@ -1259,6 +1439,8 @@ int redis_backend_start(struct hub *hub, const struct herald_config *cfg)
                  "--redis-tls)");
     struct redis_bus_callbacks cbs = {.on_message = on_message,
                                       .on_subscribed = on_subscribed,
+                                      .on_pmessage = on_pmessage,
+                                      .on_psubscribed = on_psubscribed,
                                       .on_status = on_status,
                                       .arg = rb};
     if (rb->cluster) {
@@ -1336,6 +1518,7 @@ void redis_backend_stop(struct hub *hub)
         }
     }
     redis_bus__free_map(&rb->follows);
+    redis_bus__free_map(&rb->pfollows);
     free(rb->epoch_tag);
     redis_nodes__free(rb);
     pthread_mutex_destroy(&rb->qlock);

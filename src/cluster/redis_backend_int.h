@@ -38,6 +38,7 @@ struct rb {
     struct map indexed;  /* channels recently added to herald:channels */
     struct map reload;   /* struct reload: gap fills to try again */
     struct map follows;  /* struct follow: the channels this node follows on the bus */
+    struct map pfollows; /* struct pfollow: the pattern heads it follows (one Redis) */
     struct list holding; /* follows with bus messages held back (struct follow.holding) */
     struct timer order_timer;
     struct timer reload_timer;

@@ -1,9 +1,10 @@
 /*
  * redis_bus single-server mode: a command connection (commands, PUBLISH) and a
- * subscriber connection (SUBSCRIBE), because a RESP2 connection in subscribe
- * mode accepts nothing else. The wanted channels live in a map; whenever the
- * subscriber connection becomes ready they are all subscribed again, one
- * SUBSCRIBE per channel (pipelined), so each confirmation names its channel.
+ * subscriber connection (SUBSCRIBE, PSUBSCRIBE), because a RESP2 connection in
+ * subscribe mode accepts nothing else. The wanted channels and patterns live in
+ * one map (a pattern has a '*', which no channel has); whenever the subscriber
+ * connection becomes ready they are all subscribed again, one command per channel
+ * or pattern (pipelined), so each confirmation names its channel.
  * Frees are deferred to a zero-delay timer, so the bus may be freed from any
  * of its callbacks.
  */
@@ -53,7 +54,8 @@ void redis_bus__free_map(struct map *m)
 
 struct single_chan {
     struct map_node node; /* first: redis_bus__free_map frees the node pointer */
-    bool active;          /* SUBSCRIBE confirmed on the current subscriber connection */
+    bool active;          /* (P)SUBSCRIBE confirmed on the current subscriber connection */
+    bool pattern;         /* PSUBSCRIBE */
     char name[];
 };
 
@@ -90,8 +92,11 @@ static void single_subscribed(const redisReply *r, int status, void *arg)
     struct map_node *n = map_get(&b->chans, ch->str, ch->len);
     if (!n)
         return;
-    container_of(n, struct single_chan, node)->active = true;
-    if (b->bus.cbs.on_subscribed)
+    struct single_chan *sc = container_of(n, struct single_chan, node);
+    sc->active = true;
+    if (sc->pattern && b->bus.cbs.on_psubscribed)
+        b->bus.cbs.on_psubscribed(ch->str, ch->len, b->bus.cbs.arg);
+    else if (!sc->pattern && b->bus.cbs.on_subscribed)
         b->bus.cbs.on_subscribed(ch->str, ch->len, b->bus.cbs.arg);
 }
 
@@ -99,12 +104,14 @@ static void ignore_reply(const redisReply *r, int status, void *arg)
 {
 }
 
-static int single_send_sub(struct single_bus *b, const char *verb, const char *ch, size_t len)
+/* (P)SUBSCRIBE or (P)UNSUBSCRIBE ch, as its kind says. */
+static int single_send_sub(struct single_bus *b, bool on, bool pattern, const char *ch, size_t len)
 {
+    const char *verb =
+        on ? (pattern ? "PSUBSCRIBE" : "SUBSCRIBE") : (pattern ? "PUNSUBSCRIBE" : "UNSUBSCRIBE");
     const char *argv[] = {verb, ch};
     size_t lens[] = {strlen(verb), len};
-    return resp_command_argv(b->sub, verb[0] == 'S' ? single_subscribed : ignore_reply, b, 2, argv,
-                             lens);
+    return resp_command_argv(b->sub, on ? single_subscribed : ignore_reply, b, 2, argv, lens);
 }
 
 static void single_on_ready(struct resp_conn *conn, void *arg)
@@ -114,7 +121,8 @@ static void single_on_ready(struct resp_conn *conn, void *arg)
         size_t bucket = 0;
         struct map_node *n, *next = NULL;
         while ((n = map_next(&b->chans, &bucket, &next)))
-            if (single_send_sub(b, "SUBSCRIBE", n->key, n->key_len) < 0)
+            if (single_send_sub(b, true, container_of(n, struct single_chan, node)->pattern, n->key,
+                                n->key_len) < 0)
                 log_warn("redis: cannot queue SUBSCRIBE %.*s", (int)n->key_len, n->key);
     }
     single_update_status(b);
@@ -135,8 +143,18 @@ static void single_on_down(struct resp_conn *conn, int err, void *arg)
 static void single_on_push(struct resp_conn *conn, const redisReply *r, void *arg)
 {
     struct single_bus *b = arg;
-    if (b->free_requested || !resp_reply_str_eq(r->element[0], "message") ||
-        r->element[1]->type != REDIS_REPLY_STRING || r->element[2]->type != REDIS_REPLY_STRING)
+    if (b->free_requested)
+        return;
+    if (resp_reply_str_eq(r->element[0], "pmessage")) { /* resp_conn checked: 4 elements */
+        const redisReply *p = r->element[1], *ch = r->element[2], *d = r->element[3];
+        if (p->type == REDIS_REPLY_STRING && ch->type == REDIS_REPLY_STRING &&
+            d->type == REDIS_REPLY_STRING && b->bus.cbs.on_pmessage)
+            b->bus.cbs.on_pmessage(p->str, p->len, ch->str, ch->len, d->str, d->len,
+                                   b->bus.cbs.arg);
+        return;
+    }
+    if (!resp_reply_str_eq(r->element[0], "message") || r->element[1]->type != REDIS_REPLY_STRING ||
+        r->element[2]->type != REDIS_REPLY_STRING)
         return;
     if (b->bus.cbs.on_message)
         b->bus.cbs.on_message(r->element[1]->str, r->element[1]->len, r->element[2]->str,
@@ -160,10 +178,10 @@ static int single_publish(struct redis_bus *bus, const char *channel, size_t cha
     return single_command(bus, channel, channel_len, cb, arg, 3, argv, lens);
 }
 
-static int single_subscribe(struct redis_bus *bus, const char *channel, size_t len)
+static int single_want(struct redis_bus *bus, bool pattern, const char *channel, size_t len)
 {
     struct single_bus *b = (struct single_bus *)bus;
-    if (!len || len > UINT32_MAX)
+    if (!len || len > UINT32_MAX || (memchr(channel, '*', len) != NULL) != pattern)
         return RESP_EINVAL;
     struct map_node *have = map_get(&b->chans, channel, len);
     if (have)
@@ -172,24 +190,37 @@ static int single_subscribe(struct redis_bus *bus, const char *channel, size_t l
     memcpy(ch->name, channel, len);
     ch->node = (struct map_node){.key = ch->name, .key_len = (uint32_t)len};
     ch->active = false;
+    ch->pattern = pattern;
     map_put(&b->chans, &ch->node);
     /* Not ready: on_ready subscribes everything in the map. */
     if (resp_conn_ready(b->sub))
-        single_send_sub(b, "SUBSCRIBE", channel, len);
+        single_send_sub(b, true, pattern, channel, len);
     return 0;
 }
 
-static int single_unsubscribe(struct redis_bus *bus, const char *channel, size_t len)
+static int single_unwant(struct redis_bus *bus, const char *channel, size_t len)
 {
     struct single_bus *b = (struct single_bus *)bus;
     struct map_node *n = map_get(&b->chans, channel, len);
     if (!n)
         return 0;
+    struct single_chan *ch = container_of(n, struct single_chan, node);
+    bool pattern = ch->pattern;
     map_del(&b->chans, n);
-    free(container_of(n, struct single_chan, node));
+    free(ch);
     if (resp_conn_ready(b->sub))
-        single_send_sub(b, "UNSUBSCRIBE", channel, len);
+        single_send_sub(b, false, pattern, channel, len);
     return 0;
+}
+
+static int single_subscribe(struct redis_bus *bus, const char *channel, size_t len)
+{
+    return single_want(bus, false, channel, len);
+}
+
+static int single_psubscribe(struct redis_bus *bus, const char *pattern, size_t len)
+{
+    return single_want(bus, true, pattern, len);
 }
 
 static enum redis_bus_status single_status(const struct redis_bus *bus)
@@ -219,7 +250,9 @@ static const struct redis_bus_ops single_ops = {
     .command = single_command,
     .publish = single_publish,
     .subscribe = single_subscribe,
-    .unsubscribe = single_unsubscribe,
+    .unsubscribe = single_unwant,
+    .psubscribe = single_psubscribe,
+    .punsubscribe = single_unwant,
     .status = single_status,
     .free = single_free,
 };

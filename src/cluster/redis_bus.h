@@ -48,6 +48,13 @@ struct redis_bus_callbacks {
                        void *arg);
     /* The subscription to channel was (re)established: fill the gap from the Stream. */
     void (*on_subscribed)(const char *channel, size_t channel_len, void *arg);
+    /* A message on a channel that matches pattern (a glob this bus psubscribed to): one
+     * Redis only. All pointers borrowed for the call. */
+    void (*on_pmessage)(const char *pattern, size_t pattern_len, const char *channel,
+                        size_t channel_len, const char *data, size_t len, void *arg);
+    /* The subscription to pattern was (re)established: what was published meanwhile
+     * did not come. */
+    void (*on_psubscribed)(const char *pattern, size_t pattern_len, void *arg);
     /* The bus status changed. */
     void (*on_status)(enum redis_bus_status status, void *arg);
     void *arg;
@@ -72,6 +79,9 @@ struct redis_bus_ops {
                    size_t len, resp_reply_fn *cb, void *arg);
     int (*subscribe)(struct redis_bus *bus, const char *channel, size_t channel_len);
     int (*unsubscribe)(struct redis_bus *bus, const char *channel, size_t channel_len);
+    /* NULL where the bus has no pattern subscriptions (a Redis Cluster). */
+    int (*psubscribe)(struct redis_bus *bus, const char *pattern, size_t pattern_len);
+    int (*punsubscribe)(struct redis_bus *bus, const char *pattern, size_t pattern_len);
     enum redis_bus_status (*status)(const struct redis_bus *bus);
     void (*free)(struct redis_bus *bus);
 };
@@ -123,6 +133,18 @@ static inline int redis_bus_subscribe(struct redis_bus *bus, const char *channel
 static inline int redis_bus_unsubscribe(struct redis_bus *bus, const char *channel, size_t len)
 {
     return bus->ops->unsubscribe(bus, channel, len);
+}
+/* Wants the glob pattern psubscribed from now on (idempotent): like redis_bus_subscribe,
+ * with on_psubscribed. RESP_EINVAL on a bus without patterns (a Redis Cluster's sharded
+ * pub/sub has none). */
+static inline int redis_bus_psubscribe(struct redis_bus *bus, const char *pattern, size_t len)
+{
+    return bus->ops->psubscribe ? bus->ops->psubscribe(bus, pattern, len) : RESP_EINVAL;
+}
+/* No longer wants pattern (one not psubscribed is ignored). 0. */
+static inline int redis_bus_punsubscribe(struct redis_bus *bus, const char *pattern, size_t len)
+{
+    return bus->ops->punsubscribe ? bus->ops->punsubscribe(bus, pattern, len) : 0;
 }
 static inline enum redis_bus_status redis_bus_status(const struct redis_bus *bus)
 {

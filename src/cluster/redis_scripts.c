@@ -21,7 +21,8 @@
 
 /*
  * KEYS: [1] last-id key (string), [2] epoch key, then per channel: stream, options
- * and, on a single Redis, state. ARGV: [1] id hint, [2] payload, [3] auto-create
+ * and, on a single Redis, state; on a single Redis last the listing index of the
+ * channels' app. ARGV: [1] id hint, [2] payload, [3] auto-create
  * 1/0 (a user's channel, "#user:" in its keys, is always created), [4] default history size, [5]
  * default history ttl ms, [6] default channel ttl ms, [7] now ms, [8] the publish verb, then the
  * bus channel name of each channel. Returns {id, subscribers}, or an error "NOTFOUND <index>".
@@ -37,7 +38,11 @@
  * trim (MAXLEN) without reading what it drops: the highest id trimmed is the v of
  * the oldest entry left (load_lua). The state hash is only a deleted channel's
  * tombstone (its last id, so that a channel re-created under the name continues
- * the chain and old cursors get their gap). On a Redis Cluster (SPUBLISH: one
+ * the chain and old cursors get their gap). On a single Redis a channel's first publish
+ * (no `created` yet: new, or again after it expired or was deleted) adds it to the
+ * listing index in the same step, so that a node that reads the index after it
+ * subscribed to a pattern's bus channels either finds the channel there or hears its
+ * first message on the bus (src/hub/patsub.c). On a Redis Cluster (SPUBLISH: one
  * channel per call) the last-id key is the channel's own and outlives a delete,
  * so it is the tombstone, and the state hash is not passed: a key that does not
  * exist would make every publish wait (TRYAGAIN) while the slot migrates.
@@ -49,7 +54,7 @@
 static const char publish_lua[] =
     "local cluster = ARGV[8] == 'SPUBLISH'\n"
     "local k = cluster and 2 or 3\n"
-    "local n = (#KEYS - 2) / k\n"
+    "local n = (#KEYS - (cluster and 2 or 3)) / k\n"
     "local id = tonumber(ARGV[1])\n"
     "local last = redis.call('GET', KEYS[1])\n"
     "if last then id = math.max(id, tonumber(last) + 1) end\n"
@@ -83,7 +88,12 @@ static const char publish_lua[] =
     "  local age = tonumber(ARGV[7]) - tonumber(opt[7] or '0')\n"
     "  local push = opt[4] ~= '1' and (age >= 1000 or age < 0)\n"
     "  local f = {'HSET', o, 'active', ARGV[7], 'last', sid}\n"
-    "  if not opt[5] then f[#f + 1] = 'created'; f[#f + 1] = ARGV[7] end\n"
+    "  if not opt[5] then\n"
+    "    f[#f + 1] = 'created'; f[#f + 1] = ARGV[7]\n"
+    "    if not cluster and not string.find(h, '#', 1, true) then\n" /* users: not listed */
+    "      redis.call('ZADD', KEYS[#KEYS], 'NX', 0, string.sub(h, 9, -4))\n"
+    "    end\n"
+    "  end\n"
     "  if push then f[#f + 1] = 'exp'; f[#f + 1] = ARGV[7] end\n"
     "  redis.call(unpack(f))\n"
     "  if push then\n"

@@ -27,8 +27,9 @@ int hub__await_sync_locked(struct hub *hub, int w, void *conn, const struct list
     uint64_t now = wall_ms();
     for (size_t i = 0; i < n; i++) {
         struct channel *ch = chs[i];
-        if (hub__find_sub(held, ch) || ch->sync == SYNC_READY || ch->sync == SYNC_FILLING)
-            continue;
+        if (ch->pattern || hub__find_sub(held, ch) || ch->sync == SYNC_READY ||
+            ch->sync == SYNC_FILLING)
+            continue; /* a pattern's are hub__patsub_await_*'s */
         if (ch->sync == SYNC_FAILED && now - ch->sync_failed_ms < 1000) {
             *bad_index = i;
             return ch->sync_err;
@@ -45,7 +46,7 @@ int hub__await_sync_locked(struct hub *hub, int w, void *conn, const struct list
     return 0;
 }
 
-static struct msg_group *group_for(struct hub *hub, const struct slice *channels, size_t n)
+struct msg_group *hub__group_for(struct hub *hub, const struct slice *channels, size_t n)
 {
     if (n < 2)
         return NULL;
@@ -97,7 +98,7 @@ void hub_ingest(struct hub *hub, const struct slice *target, const struct slice 
     struct channel *ch = hub__lookup(hub, target->data, target->len);
     if (ch && ch->sync != SYNC_NONE && ch->sync != SYNC_FAILED) {
         struct msg *m = msg_new(ch->name, ch->name_len, ch->id, seq, time_ms, req);
-        m->group = group_for(hub, channels, n);
+        m->group = hub__group_for(hub, channels, n);
         if (ch->sync == SYNC_PENDING || ch->sync == SYNC_FILLING)
             hold_msg(ch, m);
         else
@@ -147,7 +148,7 @@ static struct hub_waiter *gone_locked(struct hub *hub, struct channel *ch, uint6
     return waiters;
 }
 
-static void wake_waiters(struct hub *hub, struct hub_waiter *waiters, int err)
+void hub__wake_waiters(struct hub *hub, struct hub_waiter *waiters, int err)
 {
     while (waiters) {
         struct hub_waiter *next = waiters->next;
@@ -189,7 +190,7 @@ static void apply_load_locked(struct hub *hub, struct channel *ch, const struct 
     for (size_t i = 0; i < n; i++) {
         const struct hub_entry *e = &entries[i];
         struct msg *m = msg_new(ch->name, ch->name_len, ch->id, e->seq, e->time_ms, &e->req);
-        m->group = group_for(hub, e->channels, e->nchannels);
+        m->group = hub__group_for(hub, e->channels, e->nchannels);
         apply_locked(hub, ch, m, wake_mask);
     }
 }
@@ -258,7 +259,7 @@ bool hub_channel_loaded(struct hub *hub, const char *name, size_t len, uint64_t 
     }
     hub_unlock(hub);
     hub__wake_workers(hub, wake_mask);
-    wake_waiters(hub, waiters, err);
+    hub__wake_waiters(hub, waiters, err);
     return retry;
 }
 
@@ -281,5 +282,5 @@ void hub_channel_gone(struct hub *hub, const char *name, size_t len)
         waiters = gone_locked(hub, ch, &wake_mask);
     hub_unlock(hub);
     hub__wake_workers(hub, wake_mask);
-    wake_waiters(hub, waiters, 0);
+    hub__wake_waiters(hub, waiters, 0);
 }

@@ -51,8 +51,8 @@ const char *hub_strerror(int err)
         return "the server holds its maximum number of distinct patterns (--max-patterns); "
                "patterns others subscribe to already can still be subscribed to";
     case HUB_ERR_PATTERN_UNSUPPORTED:
-        return "pattern subscriptions need a single node or one Redis server: on a Redis "
-               "Cluster neither live delivery (sharded pub/sub has no patterns) nor resume "
+        return "pattern subscriptions need a single node or one Redis server (--redis): on a "
+               "Redis Cluster neither live delivery (sharded pub/sub has no patterns) nor resume "
                "(one cursor per channel) can be complete; subscribe to the channels by name";
     case HUB_ERR_PRESENCE_OFF:
         return "the channel does not keep presence: turn it on with PUT /api/channels/{name} "
@@ -758,14 +758,9 @@ static bool auto_create(struct hub *hub, const char *key, size_t len)
     return v < 0 ? hub->cfg->auto_create : v != 0;
 }
 
-/*
- * Resolves names to channels, creating the missing ones when allowed: ephemeral
- * for a subscribe by `cl`, stored for a publish (cl NULL). Creates nothing on
- * error. Returns 0 or a hub_error (*bad_index: the first channel it is about).
- * Hub lock held.
- */
-static int resolve_channels(struct hub *hub, const struct slice *names, size_t n,
-                            struct channel **chs, const struct hub_client *cl, size_t *bad_index)
+/* hub_internal.h */
+int hub__resolve_locked(struct hub *hub, const struct slice *names, size_t n, struct channel **chs,
+                        const struct hub_client *cl, size_t *bad_index)
 {
     HUB_ASSERT_LOCKED(hub);
     bool subscribe = cl != NULL;
@@ -840,7 +835,7 @@ int hub_publish(struct hub *hub, const struct slice *channels, size_t n,
     uint64_t wake_mask = 0, now = wall_ms();
     hub_lock(hub);
     size_t bad;
-    int err = resolve_channels(hub, channels, n, chs, NULL, &bad);
+    int err = hub__resolve_locked(hub, channels, n, chs, NULL, &bad);
     if (err) {
         hub_unlock(hub);
         return err;
@@ -1163,12 +1158,16 @@ int hub_subscribe(struct hub *hub, int w, void *conn, struct list *held, const s
         return HUB_ERR_CURSOR;
     }
     int err = hub__patsub_check_locked(hub, held, names, n, cl, bad_index);
+    if (!err && hub->be_ops) /* their bus subscriptions first: nothing made while parked */
+        err = hub__patsub_await_heads_locked(hub, w, conn, held, names, n, bad_index);
     if (!err)
-        err = resolve_channels(hub, names, n, chs, cl, bad_index);
+        err = hub__resolve_locked(hub, names, n, chs, cl, bad_index);
     if (!err)
         hub__patsub_resolve_locked(hub, names, n, chs, cl);
     if (!err && hub->be_ops)
         err = hub__await_sync_locked(hub, w, conn, held, chs, n, bad_index);
+    if (!err && hub->be_ops && has_since) /* a pattern's resume reads the channels' caches */
+        err = hub__patsub_await_caches_locked(hub, w, conn, held, chs, n, bad_index);
     if (err) {
         hub_unlock(hub);
         return err;
@@ -1200,8 +1199,8 @@ int hub_subscribe(struct hub *hub, int w, void *conn, struct list *held, const s
          * flight are stored already). Never re-deliver what the client says it has: its
          * cursor may be ahead of this node in cluster mode. */
         s->from_seq = has_since ? MAX(ch->last_seq, since) : ch->last_seq;
-        if (ch->pattern) /* ids are the node's (patsub.c): any channel's next one is live */
-            s->from_seq = hub->seq;
+        if (ch->pattern) /* ids order every channel (patsub.c): any one's next is live */
+            s->from_seq = MAX(hub__patsub_live_from_locked(hub, ch), has_since ? since : 0);
         s->after = has_since ? since : s->from_seq;
         s->delivered = 0;
         s->presence = NULL;
@@ -1366,6 +1365,11 @@ void hub_sweep(struct hub *hub)
 {
     uint64_t now = wall_ms();
     expire(hub);
+    if (hub->be_ops) {
+        hub_lock(hub);
+        hub__patsub_sweep_locked(hub, now);
+        hub_unlock(hub);
+    }
     /* A full pass over the table every ten calls or so, however large it is. */
     size_t slice = MAX((hub->channels.mask + 1) / 10, (size_t)EXPIRE_BATCH);
     for (size_t done = 0; done < slice; done += EXPIRE_BATCH) {

@@ -440,6 +440,13 @@ struct hub_backend_ops {
     void (*want)(void *be, const char *name, size_t len);
     /* lock: the node has no subscriber left on this channel. */
     void (*unwant)(void *be, const char *name, size_t len);
+    /* lock: follow on the bus every channel under the pattern head key[0..len) ("APP~scores":
+     * its channels "APP~scores.…"; "APP~*": every channel of the app), and read the
+     * listing index for their names; hub_pattern_synced follows, and hub_pattern_ingest
+     * for each message. One Redis only (never called where ids are per channel). */
+    void (*want_pattern)(void *be, const char *head, size_t len);
+    /* lock: the node no longer needs the head. */
+    void (*unwant_pattern)(void *be, const char *head, size_t len);
     /* Stores and distributes a message; done(arg, ...) runs later on worker w. */
     void (*publish)(void *be, int w, const struct slice *channels, size_t n,
                     const struct publish_req *req, hub_publish_done *done, void *arg);
@@ -552,6 +559,24 @@ void hub_channel_window(struct hub *hub, const char *name, size_t len,
                         const struct channel_opts *o);
 /* Cluster mode: the channel was deleted elsewhere; subscribers get `closed`. */
 void hub_channel_gone(struct hub *hub, const char *name, size_t len);
+/* Cluster mode (one Redis): the channels under a pattern head that a resume reads (each
+ * a cache the node loads); past it, the pattern's resume says so with a gap. */
+#define HUB_PATTERN_NAMES_MAX 1000
+/*
+ * Cluster mode (one Redis): the head's bus subscription is in place (err 0), Redis's
+ * last id was `last` after that and the listing index then named names[0..n) under it
+ * (more: it has more than were read), or
+ * want_pattern failed (err < 0); parked subscribes are woken. `again`: the bus
+ * subscription was re-established (Redis came back): its patterns' subscribers get a
+ * gap, as what was published meanwhile did not come.
+ */
+void hub_pattern_synced(struct hub *hub, const char *head, size_t hl, int err, bool again,
+                        uint64_t last, const struct slice *names, size_t n, bool more);
+/* Cluster mode (one Redis): a message from the bus on `target`, a channel under the
+ * head (channels, seq, time_ms, req as for hub_ingest), for its patterns' subscribers. */
+void hub_pattern_ingest(struct hub *hub, const char *head, size_t hl, const struct slice *target,
+                        const struct slice *channels, size_t n, uint64_t seq, uint64_t time_ms,
+                        const struct publish_req *req);
 /* Cluster mode: the backend is about to (re)load ch: its live messages are held
  * until the load is in. *last_seq gets the last id this node has seen on ch (0:
  * none), from which a gap fill reads. Returns the token to pass to

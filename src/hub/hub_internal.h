@@ -130,6 +130,37 @@ void hub__patsub_drop_if_unused_locked(struct hub *hub, struct channel *pat);
 /* Frees what is left of the registry (exit). */
 void hub__patsub_free(struct hub *hub);
 
+/*
+ * Cluster mode (one Redis). Before a subscribe places anything: the bus subscriptions
+ * of its patterns' heads must be in place and their channels known; parks conn on
+ * the first head that is not and returns HUB_PENDING, or an error (*bad_index: its
+ * pattern), or 0. Hub lock held.
+ */
+int hub__patsub_await_heads_locked(struct hub *hub, int w, void *conn, const struct list *held,
+                                   const struct slice *names, size_t n, size_t *bad_index);
+/* Cluster mode, a resume: the caches of the channels the patterns of chs[0..n) match
+ * must be loaded (made if missing, all loads at once). 0, HUB_PENDING (conn parked) or
+ * an error (*bad_index: the pattern). Hub lock held. */
+int hub__patsub_await_caches_locked(struct hub *hub, int w, void *conn, const struct list *held,
+                                    struct channel *const *chs, size_t n, size_t *bad_index);
+/* The from_seq of a new subscription to pattern pat: the last id after which its
+ * messages come live (the node's; cluster mode: what its head's bus brought). */
+uint64_t hub__patsub_live_from_locked(struct hub *hub, const struct channel *pat);
+/* Cluster mode, once a second: patterns a parked subscribe made and never took, and
+ * heads without patterns for CACHE_LINGER_MS, go. Hub lock held. */
+void hub__patsub_sweep_locked(struct hub *hub, uint64_t now);
+
+/* hub__resolve_locked: resolves names to channels, creating the missing ones when
+ * allowed (ephemeral for a subscribe by cl, stored for a publish: cl NULL). Creates
+ * nothing on error. Returns 0 or a hub_error (*bad_index: the channel). Hub lock held. */
+int hub__resolve_locked(struct hub *hub, const struct slice *names, size_t n, struct channel **chs,
+                        const struct hub_client *cl, size_t *bad_index);
+/* cache.c: the group of a message from the bus published to channels[0..n) (ids of the
+ * channels this node caches), NULL for one channel. Hub lock held. */
+struct msg_group *hub__group_for(struct hub *hub, const struct slice *channels, size_t n);
+/* cache.c: tells each parked subscribe of the list (freed) to go again, or err. */
+void hub__wake_waiters(struct hub *hub, struct hub_waiter *waiters, int err);
+
 /* ---- presence.c ---------------------------------------------------------------- */
 
 /* s (just placed on ch, which keeps presence) counts as `who`; a join event, if any,

@@ -367,6 +367,37 @@ def test_no_auto_create_multi_channel_publish_across_shards_is_all_or_nothing(rc
 # ---- resharding -----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_patterns_are_refused_clearly_on_a_redis_cluster(nodes, chan, kind):
+    """Sharded pub/sub has no patterns and ids are per channel: a pattern could be neither
+    complete live nor resumed exactly, so it is refused before anything is subscribed
+    (docs/cluster.md#pattern-subscriptions); channels by name go on working."""
+    a, b = nodes
+    path = {"ws": "/ws", "sse": "/sse", "stream": "/stream", "poll": "/poll"}[kind]
+    upgrade = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    for since in (None, "1"):
+        query = sub_query(f"{chan}.*,{chan}.a", since=since, timeout=0 if kind == "poll" else None)
+        r = b.request("GET", path + query, headers=upgrade if kind == "ws" else None)
+        assert r.status == 400, r.body
+        doc = r.json()
+        assert doc["error"] == "pattern_unsupported" and doc["detail"].endswith(f": {chan}.*"), doc
+        assert "Redis Cluster" in doc["detail"] and "by name" in doc["detail"], doc
+    with subscribe(kind, b, f"{chan}.a", since="0") as sub:  # by name: fine
+        a.publish(f"{chan}.a", "by name")
+        assert data_of(messages_only(sub.messages(1))) == ["by name"]
+
+
+def test_a_websocket_pattern_op_is_refused_on_a_redis_cluster(nodes, chan):
+    a, b = nodes
+    with RawWS(b, sub_query(f"{chan}.a")) as ws:
+        ws.send_json({"op": "subscribe", "channels": [f"{chan}.**"], "ref": 3})
+        ans = ws.recv_json()
+        assert ans["event"] == "error" and ans["error"] == "pattern_unsupported" and ans["ref"] == 3, ans
+        a.publish(f"{chan}.a", "still subscribed")
+        assert ws.next_message()["data"] == "still subscribed"
+
+
 @pytest.mark.timeout(60)
 def test_messages_keep_flowing_after_the_channel_slot_migrates(rcluster, nodes, chan):
     """The channel's slot moves to another master while A and B have subscribers: publishes

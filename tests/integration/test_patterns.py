@@ -2,7 +2,8 @@
 and X.** (any depth) on every transport, live and on resume (the matching channels'
 histories merged in id order, a gap where one of them lost history), once per
 connection with overlapping subscriptions, token grants that must cover the whole
-pattern, the limits, and cluster mode, which refuses patterns (pattern_unsupported).
+pattern, the limits, and cluster mode on one Redis (a Redis Cluster refuses patterns:
+test_cluster_redis_cluster.py).
 
 Each test's channels are `{chan}.something`, so that its patterns see only its own."""
 
@@ -135,36 +136,37 @@ def test_pattern_added_to_a_connection_holding_a_channel_does_not_repeat_it(serv
 # ---- resume ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", TRANSPORTS)
-def test_resume_merges_the_matching_histories_in_id_order(server, chan, kind):
+def check_resume_merges(pub, srv, chan, kind):
+    """Messages published on pub, resumed on srv (the same node, or another one on the same Redis)."""
     order = ["a", "b", "a", "x.y", "c", "b", "a"]
-    ids = [server.publish(f"{chan}.{c}", f"m{i}")["id"] for i, c in enumerate(order)]
-    server.publish(f"{chan}x.a", "another head")
-    with subscribe(kind, server, f"{chan}.*", since=ids[1]) as sub:
+    ids = [pub.publish(f"{chan}.{c}", f"m{i}")["id"] for i, c in enumerate(order)]
+    pub.publish(f"{chan}x.a", "another head")
+    with subscribe(kind, srv, f"{chan}.*", since=ids[1]) as sub:
         missed = sub.messages(4)
         assert ids_of(missed) == [ids[2], ids[4], ids[5], ids[6]]
         assert [m["channel"] for m in missed] == [f"{chan}.a", f"{chan}.c", f"{chan}.b", f"{chan}.a"]
-        live = server.publish(f"{chan}.d", "live")["id"]
+        live = pub.publish(f"{chan}.d", "live")["id"]
         assert sub.next_message()["id"] == live  # nothing repeated, nothing skipped
 
 
-@pytest.mark.parametrize("kind", TRANSPORTS)
-def test_gap_for_each_matching_channel_that_lost_history(small, chan, kind):
-    first = small.publish(f"{chan}.b", "b0")["id"]
-    a = small.publish_many(f"{chan}.a", ["a0", "a1", "a2", "a3", "a4"])  # keeps a2..a4
-    b = small.publish(f"{chan}.b", "b1")["id"]
-    with subscribe(kind, small, f"{chan}.*", since=first) as sub:
+def check_gap_per_channel(pub, srv, chan, kind):
+    """pub and srv keep 3 messages per channel."""
+    first = pub.publish(f"{chan}.b", "b0")["id"]
+    a = pub.publish_many(f"{chan}.a", ["a0", "a1", "a2", "a3", "a4"])  # keeps a2..a4
+    b = pub.publish(f"{chan}.b", "b1")["id"]
+    with subscribe(kind, srv, f"{chan}.*", since=first) as sub:
         got = sub.messages(5)
         assert got[0] == {"event": "gap", "channel": f"{chan}.a", "since": first, "oldest": a[2]}
         assert ids_of(got[1:]) == a[2:] + [b]  # b0 is the cursor: no gap on .b
 
 
-def test_replay_is_capped_with_a_gap_saying_so(small, chan):
-    cursor = small.publish(f"{chan}.a", "cursor")["id"]
+def check_replay_cap(pub, srv, chan):
+    """pub and srv replay at most 4 messages per pattern."""
+    cursor = pub.publish(f"{chan}.a", "cursor")["id"]
     ids = []
     for i in range(3):
-        ids += [small.publish(f"{chan}.{c}", f"{c}{i}")["id"] for c in "ab"]
-    with SSE(small, f"{chan}.*", since=cursor) as sub:
+        ids += [pub.publish(f"{chan}.{c}", f"{c}{i}")["id"] for c in "ab"]
+    with SSE(srv, f"{chan}.*", since=cursor) as sub:
         got = sub.messages(5)
         assert got[0] == {
             "event": "gap",
@@ -174,6 +176,20 @@ def test_replay_is_capped_with_a_gap_saying_so(small, chan):
             "reason": "replay_limit",
         }
         assert ids_of(got[1:]) == ids[2:]  # the newest 4 of 6
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_resume_merges_the_matching_histories_in_id_order(server, chan, kind):
+    check_resume_merges(server, server, chan, kind)
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_gap_for_each_matching_channel_that_lost_history(small, chan, kind):
+    check_gap_per_channel(small, small, chan, kind)
+
+
+def test_replay_is_capped_with_a_gap_saying_so(small, chan):
+    check_replay_cap(small, small, chan)
 
 
 def test_resume_reports_a_deleted_matching_channel(server, chan):
@@ -334,21 +350,102 @@ def test_new_patterns_count_against_the_address(herald, chan):
         assert r.status == 429 and r.json()["error"] == "too_many_channels_per_ip", r.body
 
 
-# ---- cluster mode ---------------------------------------------------------------------------------
+# ---- cluster mode: one Redis ----------------------------------------------------------------------
+# Two nodes on the module's Redis: A publishes, B subscribes (docs/cluster.md#pattern-subscriptions).
+# The Redis Cluster, which refuses patterns, is tested in test_cluster_redis_cluster.py.
 
 
-def test_cluster_mode_refuses_patterns_clearly(redis, module_herald, chan):
-    node = module_herald(redis=redis.url)
-    r = node.request("GET", "/sse" + sub_query(f"{chan}.*"))
-    assert r.status == 400, r.body
-    doc = r.json()
-    assert doc["error"] == "pattern_unsupported" and "Redis" in doc["detail"], doc
+@pytest.fixture(scope="module")
+def pair(redis, module_herald):
+    return [module_herald(redis=redis.url, node_name=n) for n in "AB"]
 
-    async def run():
-        async with ws_connect(node) as ws:
-            ans = await ws_op(ws, {"op": "subscribe", "channels": [f"{chan}.*"], "ref": 7})
-            assert ans["event"] == "error" and ans["error"] == "pattern_unsupported", ans
-            ans = await ws_op(ws, {"op": "subscribe", "channels": [f"{chan}.a"]})
-            assert ans["event"] == "subscribed", ans  # channels by name still work
 
-    arun(run())
+@pytest.fixture(scope="module")
+def small_pair(redis, module_herald):
+    """History of 3 messages per channel and a pattern replay of at most 4, on both nodes."""
+    return [module_herald(redis=redis.url, node_name=n, history_size=3, max_pattern_replay=4) for n in "AB"]
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_one_redis_pattern_gets_live_messages_published_on_another_node(pair, chan, kind):
+    a, b = pair
+    a.publish(f"{chan}.old", "made before the subscribe")
+    with subscribe(kind, b, f"{chan}.*", since=head(a, chan)) as sub:
+        a.publish(f"{chan}.old", "1")
+        a.publish(f"{chan}.new", "2")  # a channel made after the subscribe
+        a.publish(f"{chan}.new.deeper", "not one segment")
+        a.publish(f"{chan}x.a", "another head")
+        b.publish(f"{chan}.b", "3")  # the subscriber's own node publishes too
+        a.publish(f"{chan}.new", "4")
+        assert envelopes(sub, 4) == [(f"{chan}.old", "1"), (f"{chan}.new", "2"), (f"{chan}.b", "3"), (f"{chan}.new", "4")]
+
+
+def test_one_redis_live_pattern_without_a_cursor(pair, chan):
+    a, b = pair
+    with SSE(b, f"{chan}.**") as sub:  # its head answered: the subscription is in place
+        assert sub.status == 200
+        a.publish(f"{chan}.x.y.z", "deep")
+        a.publish(chan, "the head itself")
+        a.publish(f"{chan}.z", "end")
+        assert envelopes(sub, 2) == [(f"{chan}.x.y.z", "deep"), (f"{chan}.z", "end")]
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_one_redis_resume_on_another_node_merges_histories_in_id_order(pair, chan, kind):
+    check_resume_merges(pair[0], pair[1], chan, kind)
+
+
+def test_one_redis_resume_after_the_subscribers_node_restarts(redis, herald, chan):
+    a = herald(redis=redis.url, node_name="A")
+    b = herald(redis=redis.url, node_name="B")
+    with SSE(b, f"{chan}.*") as sub:
+        a.publish(f"{chan}.a", "seen")
+        assert sub.next_message()["data"] == "seen"
+        last = sub.last_id
+    b.stop()
+    # Meanwhile, on A: an existing channel, a new one, and others that do not match.
+    missed = [a.publish(f"{chan}.a", "1")["id"], a.publish(f"{chan}.fresh", "2")["id"]]
+    a.publish(f"{chan}.fresh.x", "no")
+    missed.append(a.publish_json({"channels": [f"{chan}.b", f"{chan}.c"], "data": "3"})["id"])
+    b.restart()  # same address; the node knows nothing of the pattern any more
+    with SSE(b, f"{chan}.*", headers={"Last-Event-ID": last}) as sub:
+        got = sub.messages(3)
+        assert ids_of(got) == missed  # the two-channel message once
+        assert [m["channel"] for m in got] == [f"{chan}.a", f"{chan}.fresh", f"{chan}.b"]
+        live = a.publish(f"{chan}.d", "live")["id"]
+        assert sub.next_message()["id"] == live
+
+
+@pytest.mark.parametrize("kind", ["sse", "poll"])
+def test_one_redis_gap_for_each_matching_channel_that_lost_history(small_pair, chan, kind):
+    check_gap_per_channel(small_pair[0], small_pair[1], chan, kind)
+
+
+def test_one_redis_replay_is_capped_with_a_gap_saying_so(small_pair, chan):
+    check_replay_cap(small_pair[0], small_pair[1], chan)
+
+
+def test_one_redis_name_subscription_wins_and_messages_come_once(pair, chan):
+    a, b = pair
+    with SSE(b, f"{chan}.a,{chan}.*,{chan}.**", since=head(a, chan)) as sub:
+        a.publish(f"{chan}.a", "by name and both patterns")
+        a.publish_json({"channels": [f"{chan}.b", f"{chan}.a"], "data": "two at once"})
+        a.publish(f"{chan}.b.c", "one pattern")
+        got = envelopes(sub, 3)
+        assert got == [(f"{chan}.a", "by name and both patterns"), (f"{chan}.a", "two at once"), (f"{chan}.b.c", "one pattern")]
+
+
+def test_one_redis_token_grant_must_cover_the_pattern(redis, herald, chan):
+    b = herald(redis=redis.url, node_name="B", token_secret=SECRET, token_skew="0")
+    r = b.request("GET", "/poll" + sub_query(f"{chan}.**", timeout=0, token=token([f"{chan}.*"])))
+    assert r.status == 403 and r.json()["error"] == "channel_forbidden", r.body
+    r = b.request("GET", "/poll" + sub_query(f"{chan}.*", timeout=0, token=token([f"{chan}.**"])))
+    assert r.status == 200, r.body
+
+
+def test_one_redis_patterns_stay_within_the_patterns_limit(redis, herald, chan):
+    b = herald(redis=redis.url, node_name="B", max_patterns=1)
+    with SSE(b, f"{chan}.a.*") as sub:
+        assert sub.status == 200
+        r = b.request("GET", "/sse" + sub_query(f"{chan}.c.*"))
+        assert r.status == 503 and r.json()["error"] == "too_many_patterns", r.body

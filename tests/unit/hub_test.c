@@ -27,6 +27,7 @@
 
 #include "core/config.h"
 #include "hub/hub.h"
+#include "hub/hub_internal.h"
 #include "transport/ws_frame.h"
 
 #define NWORKERS 2
@@ -748,7 +749,7 @@ static void test_live_messages_of_a_channel_follow_its_own_last_id(void **state)
 /* ---- cluster mode: the node's cache, with a backend that only records ---------- */
 
 static struct {
-    int wants, unwants, synced, synced_err;
+    int wants, unwants, synced, synced_err, pwants, punwants;
 } fake;
 
 static void fake_want(void *be, const char *name, size_t len)
@@ -767,7 +768,20 @@ static void fake_synced(struct hub *h, int w, void *conn, int err)
     fake.synced_err = err;
 }
 
-static const struct hub_backend_ops fake_ops = {.want = fake_want, .unwant = fake_unwant};
+static void fake_want_pattern(void *be, const char *head, size_t len)
+{
+    fake.pwants++;
+}
+
+static void fake_unwant_pattern(void *be, const char *head, size_t len)
+{
+    fake.punwants++;
+}
+
+static const struct hub_backend_ops fake_ops = {.want = fake_want,
+                                                .unwant = fake_unwant,
+                                                .want_pattern = fake_want_pattern,
+                                                .unwant_pattern = fake_unwant_pattern};
 
 static int setup_cluster(void **state)
 {
@@ -2179,6 +2193,83 @@ static void test_pattern_limits(void **state)
     assert_int_equal(hub.patterns.len, 0);
 }
 
+/* A message on the bus for the patterns under head "s" (a PSUBSCRIBE's pmessage). */
+static void pingest(const char *name, uint64_t seq)
+{
+    char buf[32];
+    struct hub_entry e = entry(seq, buf);
+    struct slice ch = sl(name);
+    hub_pattern_ingest(&hub, "s", 1, &ch, &ch, 1, seq, e.time_ms, &e.req);
+}
+
+/* Loads the cache of `name` from entries with the ids seqs[0..n). */
+static void load_cache(const char *name, const uint64_t *seqs, size_t n)
+{
+    char bufs[8][32];
+    struct hub_entry e[8];
+    for (size_t i = 0; i < n; i++)
+        e[i] = entry(seqs[i], bufs[i]);
+    uint64_t last, t = hub_channel_loading(&hub, name, strlen(name), &last);
+    assert_true(t != 0);
+    assert_false(hub_channel_loaded(&hub, name, strlen(name), t, 0, e, n, 0, NULL));
+}
+
+/*
+ * One Redis: a pattern's resume waits for its head (the bus subscription, the index),
+ * then for the caches of the channels under it (the index's and those the bus named
+ * meanwhile), and replays from them what is at or below the last id the bus brought;
+ * what comes later on the bus goes live, once, whichever path brought it first.
+ */
+static void test_cluster_pattern_resume_then_live_without_a_gap_or_a_repeat(void **state)
+{
+    struct list c;
+    list_init(&c);
+    const char *p[] = {"s.*"};
+    struct hub_backlog bl;
+    assert_int_equal(subscribe(0, &c, p, 1, true, 2, &bl, NULL), HUB_PENDING);
+    assert_int_equal(fake.pwants, 1);
+    assert_int_equal(hub.patterns.len, 0); /* nothing made while parked */
+    /* s.new is not in the index yet: its first message (6) comes on the bus. */
+    pingest("s.new", 6);
+    struct slice names[] = {sl("s.a"), sl("s.b"), sl("other.a")};
+    hub_pattern_synced(&hub, "s", 1, 0, false, 5, names, 3, false);
+    assert_int_equal(fake.synced, 1);
+    assert_int_equal(subscribe(0, &c, p, 1, true, 2, &bl, NULL), HUB_PENDING);
+    assert_int_equal(fake.wants, 3); /* every cache at once: s.a, s.b, s.new */
+    load_cache("s.a", (uint64_t[]){1, 4, 5}, 3);
+    load_cache("s.b", (uint64_t[]){3}, 1);
+    load_cache("s.new", (uint64_t[]){6}, 1);
+    ingest("s.a", 7); /* Redis tells channel subscribers before pattern subscribers */
+    assert_int_equal(subscribe(0, &c, p, 1, true, 2, &bl, NULL), 0);
+    check_backlog(&bl, (uint64_t[]){3, 4, 5, 6}, 4); /* 7 is the bus's to bring */
+    hub_backlog_free(&bl);
+    pingest("s.a", 7);
+    pingest("s.a.x", 8); /* two segments: not s.* */
+    pingest("s.b", 9);
+    struct got g[8];
+    size_t n = fan_out(g, 8);
+    struct got want[] = {{&c, 7, chan("s.a")->id}, {&c, 9, chan("s.b")->id}};
+    assert_got(g, n, want, ARRAY_LEN(want));
+    /* Redis came back: the bus subscription again, and a gap for what it did not bring. */
+    hub_pattern_synced(&hub, "s", 1, 0, true, 9, NULL, 0, false);
+    uint32_t k;
+    struct inbox_item *items = hub_inbox_take(&hub, 0, &k);
+    assert_int_equal(k, 1);
+    assert_int_equal(items[0].kind, INBOX_CTL);
+    ref_put(&items[0].ctl->ref);
+    release_items(items, k);
+    hub_unsubscribe_all(&hub, 0, &c);
+    assert_int_equal(hub.patterns.len, 0);
+    /* The head lingers for subscribers that come back, then goes. */
+    hub_lock(&hub);
+    hub__patsub_sweep_locked(&hub, wall_ms());
+    assert_int_equal(hub.pattern_heads.len, 1);
+    hub__patsub_sweep_locked(&hub, wall_ms() + CACHE_LINGER_MS);
+    hub_unlock(&hub);
+    assert_int_equal(hub.pattern_heads.len, 0);
+    assert_int_equal(fake.punwants, 1);
+}
+
 int main(void)
 {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
@@ -2227,6 +2318,9 @@ int main(void)
             teardown),
         cmocka_unit_test_setup_teardown(test_cluster_deleted_channel_is_dropped_and_unwanted,
                                         setup_cluster, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_cluster_pattern_resume_then_live_without_a_gap_or_a_repeat, setup_cluster,
+            teardown),
         T(test_publish_fills_the_subscribers_worker_inbox),
         T(test_unsubscribe_clears_the_worker_bit),
         T(test_auto_create_off),
