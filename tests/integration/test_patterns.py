@@ -23,6 +23,7 @@ from helpers import (
     wait_until,
     ws_op,
 )
+from test_cluster import publish_retrying
 from test_tokens import SECRET, token
 
 pytestmark = pytest.mark.threads  # make test runs this module under ThreadSanitizer too
@@ -449,3 +450,37 @@ def test_one_redis_patterns_stay_within_the_patterns_limit(redis, herald, chan):
         assert sub.status == 200
         r = b.request("GET", "/sse" + sub_query(f"{chan}.c.*"))
         assert r.status == 503 and r.json()["error"] == "too_many_patterns", r.body
+
+
+def test_one_redis_wildcard_first_pattern_with_a_token(redis, herald, chan):
+    """`*.X` listens to every channel of the app on the bus (herald:{*}:m): the node keeps
+    the matching ones only, and never a user's channel."""
+    a, b = (herald(redis=redis.url, node_name=n, token_secret=SECRET, token_skew="0") for n in "AB")
+    with SSE(b, f"*.{chan}", token=token(["**"], sub="alice")) as sub:
+        assert sub.status == 200, sub.body
+        a.publish(f"x.{chan}", "1")
+        a.publish(f"x.{chan}.deeper", "two segments after x")
+        a.publish_json({"users": ["bob"], "data": "for bob"})
+        a.publish(f"y.{chan}", "2")
+        assert envelopes(sub, 2) == [(f"x.{chan}", "1"), (f"y.{chan}", "2")]
+
+
+@pytest.mark.timeout(30)
+def test_one_redis_pattern_subscribers_are_told_what_a_bus_outage_may_have_lost(redis_factory, herald, chan):
+    """The node's bus connection breaks: what was published meanwhile did not come, so
+    when its subscription is back the pattern's subscribers get a gap from the last id
+    the bus brought (never skipped silently), then messages again; a resume from that
+    id fills it."""
+    r = redis_factory(())
+    a, b = (herald(redis=r.url, node_name=n) for n in "AB")
+    with SSE(b, f"{chan}.*") as sub:
+        first = a.publish(f"{chan}.a", "before")["id"]
+        assert sub.next_message()["id"] == first
+        r.cmd("CLIENT", "KILL", "TYPE", "pubsub")  # every node's bus reconnects
+        ev = sub.next_event()
+        assert ev.event == "gap", ev
+        assert ev.json() == {"event": "gap", "channel": f"{chan}.*", "since": first, "oldest": None}
+        after = publish_retrying(a, f"{chan}.b", "after")
+        assert sub.next_message()["id"] == after
+    with SSE(b, f"{chan}.*", since=first) as sub:
+        assert ids_of(sub.messages(1)) == [after]
