@@ -104,7 +104,11 @@ static struct pat_head *head_of(struct hub *hub, const char *pkey, size_t len, b
 static void head_free(struct hub *hub, struct pat_head *h)
 {
     map_del(&hub->pattern_heads, &h->node);
-    hub__wake_waiters(hub, h->waiters, HUB_ERR_BACKEND); /* hub_free only */
+    while (h->waiters) { /* hub_free only: the server frees the parked connections */
+        struct hub_waiter *next = h->waiters->next;
+        free(h->waiters);
+        h->waiters = next;
+    }
     size_t b = 0;
     struct map_node *n, *next = NULL;
     while ((n = map_next(&h->names, &b, &next))) {

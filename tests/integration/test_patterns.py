@@ -484,3 +484,21 @@ def test_one_redis_pattern_subscribers_are_told_what_a_bus_outage_may_have_lost(
         assert sub.next_message()["id"] == after
     with SSE(b, f"{chan}.*", since=first) as sub:
         assert ids_of(sub.messages(1)) == [after]
+
+
+@pytest.mark.timeout(30)
+def test_one_redis_new_pattern_while_redis_is_down_is_503_then_served(redis_factory, herald, chan):
+    r = redis_factory(())
+    a, b = (herald(redis=r.url, node_name=n) for n in "AB")
+    r.stop()
+    try:
+        for path in ("/sse", "/poll"):
+            resp = b.request("GET", path + sub_query(f"{chan}.*", since="1", timeout=0), timeout=5)
+            assert resp.status == 503 and resp.json()["error"] == "backend_unavailable", resp.body
+    finally:
+        r.start()
+    wait_until(lambda: b.stats()["cluster"]["redis"] == "up", what="B to reconnect")
+    msg = publish_retrying(a, f"{chan}.a", "after")
+    wait_until(lambda: poll(b, f"{chan}.*", since="1", timeout=0)[0] == 200, what="B to serve the pattern")
+    status, body = poll(b, f"{chan}.*", since="1", timeout=0)
+    assert [m["id"] for m in body["messages"] if m["event"] == "message"] == [msg], body
