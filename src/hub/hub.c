@@ -1197,8 +1197,11 @@ int hub_subscribe(struct hub *hub, int w, void *conn, struct list *held, const s
         s->conn = conn;
         /* Live deliveries are what ch gets after its last stored message (inbox items in
          * flight are stored already). Never re-deliver what the client says it has: its
-         * cursor may be ahead of this node in cluster mode. */
-        s->from_seq = has_since ? MAX(ch->last_seq, since) : ch->last_seq;
+         * cursor may be ahead of this node in cluster mode. With a cursor, what was
+         * evicted (or came before a Redis data set's epoch) the client has been told of
+         * by a gap, or had no position in (a hook's arrival): the positions it gets from
+         * here on start past it, so that a reconnect is not told of it again. */
+        s->from_seq = has_since ? MAX(MAX(ch->last_seq, ch->evicted_seq), since) : ch->last_seq;
         if (ch->pattern) /* ids order every channel (patsub.c): any one's next is live */
             s->from_seq = MAX(hub__patsub_live_from_locked(hub, ch), has_since ? since : 0);
         s->after = has_since ? since : s->from_seq;

@@ -37,7 +37,18 @@ static void gate_answer(struct conn *c, const struct hook_result *r, void *arg)
     conn_unpark(c);
 }
 
-/* Adds the channels an allowing answer names to r (their cursor: the arrival). */
+bool transport_hooked(struct hub_tenant *t)
+{
+    struct hook_target *ht = hooks_target_of(t);
+    bool on = ht && ht->s.url[0];
+    hook_target_put(ht);
+    return on;
+}
+
+/* Adds the channels an allowing answer names to r. Their cursor: with a per-channel
+ * cursor, the position it carries for each in turn (the client had them from this
+ * hook before: they follow the named channels and the user's in the cursors it got),
+ * else the arrival. */
 static void add_extra_channels(struct conn *c, struct hook_session *s, struct sub_request *r,
                                json_t *answer)
 {
@@ -54,9 +65,11 @@ static void add_extra_channels(struct conn *c, struct hook_session *s, struct su
             break;
         size_t before = r->n;
         transport_add_channel(r, c->tenant, json_string_value(v), json_string_length(v));
-        if (r->n > before && r->nsince)
+        if (r->n > before && r->nsince && r->nsince < r->n)
             r->since_each[r->nsince++] = s->arrival;
     }
+    if (r->nsince > r->n)
+        r->nsince = r->n; /* positions of channels the backend no longer adds: moot */
 }
 
 int transport_hook_gate(struct conn *c, struct sub_request *r, const struct token *tok,

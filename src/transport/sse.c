@@ -181,7 +181,7 @@ static int admit_and_subscribe(struct http_ctx *x, struct sub_request *r, const 
         *tok = NULL;
         if (transport_has_channels(x, r) < 0)
             return -1;
-        if (!transport_cursor_fits(r)) { /* as transport_admit: no user's place to hold */
+        if (!transport_cursor_fits(r, NULL, false)) { /* as transport_admit: no user's, no hook's */
             http_error(x, 400, "bad_cursor", "%s", transport_cursor_mismatch);
             return -1;
         }

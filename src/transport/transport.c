@@ -210,7 +210,7 @@ int transport_parse_since(struct sub_request *r, const char *s, size_t len, cons
             break;
         p = e + 1;
     }
-    if (r->nsince != r->n && r->nsince != r->n + 1) {
+    if (r->nsince < r->n) { /* more: the user's, the hook's channels (transport_cursor_fits) */
         *err = transport_cursor_mismatch;
         return -1;
     }
@@ -219,11 +219,13 @@ int transport_parse_since(struct sub_request *r, const char *s, size_t len, cons
 
 const char transport_cursor_mismatch[] =
     "a per-channel cursor has one position per channel, in the order the channels are named "
-    "(and one more, last, for a connection with a user)";
+    "(and then one for a connection with a user, and one for each channel the app's backend "
+    "added)";
 
-bool transport_cursor_fits(const struct sub_request *r)
+bool transport_cursor_fits(const struct sub_request *r, struct hub_tenant *t, bool hookable)
 {
-    return r->nsince == 0 || r->nsince == r->n;
+    return r->nsince == 0 || r->nsince == r->n ||
+           (r->nsince > r->n && hookable && transport_hooked(t));
 }
 
 bool transport_wants_user(const struct http_request *req)
@@ -343,7 +345,7 @@ int transport_admit(struct http_ctx *x, struct sub_request *r, const struct auth
         return -1;
     if (transport_wants_user(x->req))
         transport_add_user(r, x->tenant, *tok);
-    if (transport_has_channels(x, r) == 0 && transport_cursor_fits(r))
+    if (transport_has_channels(x, r) == 0 && transport_cursor_fits(r, x->tenant, true))
         return 0;
     if (r->n)
         http_error(x, 400, "bad_cursor", "%s", transport_cursor_mismatch);

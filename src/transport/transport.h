@@ -123,14 +123,17 @@ void transport_channels_json(struct sbuf *b, const struct sub_request *r);
 /*
  * Parses a cursor into r, whose channels are parsed already: a message id, or a
  * per-channel cursor "ID.DELTA.DELTA..." (the first channel's position, then each
- * next one's as a signed difference from it, one per channel of r in order, and
- * one more, last, for the user's channel).
+ * next one's as a signed difference from it, one per channel of r in order, then
+ * the user's channel's and those of the channels the app's hook added, in the order
+ * the connection got them: the order its cursors list them).
  * Returns 0, or -1 with a message in *err.
  */
 int transport_parse_since(struct sub_request *r, const char *s, size_t len, const char **err);
 /* Whether r's per-channel cursor (if any) has one position per channel of r, the
- * user's included once it is added (transport_add_user); else the sentence to answer. */
-bool transport_cursor_fits(const struct sub_request *r);
+ * user's included once it is added (transport_add_user), and more only where a hook
+ * may add channels (`hookable`) and t's app has one (transport_hook_gate gives them
+ * those positions). */
+bool transport_cursor_fits(const struct sub_request *r, struct hub_tenant *t, bool hookable);
 extern const char transport_cursor_mismatch[];
 /* Formats the per-channel cursor of positions pos[0..n) (a plain id when n is 1) into
  * out; returns its length, 0 if it does not fit. */
@@ -207,6 +210,8 @@ const char *transport_auth_check(struct conn *c, int which, const struct slice *
 
 struct hook_verdict;
 
+/* Whether t's app has a backend hook (webhook_url), whose answers may add channels. */
+bool transport_hooked(struct hub_tenant *t);
 /*
  * Runs the app's `ev` hook (HOOK_CONNECT, or HOOK_SUBSCRIBE for a long-poll or a
  * WebSocket subscribe op) for c, subscribing to r's channels with token tok (may be

@@ -283,7 +283,7 @@ void ws_handle_upgrade(struct http_ctx *x)
     bool want_user = transport_wants_user(req);
     if (!full && want_user && transport_add_user(&r, x->tenant, tok))
         has_channels = true;
-    if (has_channels && !transport_cursor_fits(&r)) {
+    if (has_channels && !transport_cursor_fits(&r, x->tenant, true)) {
         token_put(tok);
         return http_error(x, 400, "bad_cursor", "%s", transport_cursor_mismatch);
     }
@@ -433,7 +433,7 @@ static void op_auth(struct conn *c, json_t *op, json_t *ref, bool refresh)
             return ws_reply_error(c, "bad_request", perr, ref);
         }
         transport_add_user(&r, c->tenant, tok);
-        if (!transport_cursor_fits(&r)) {
+        if (!transport_cursor_fits(&r, NULL, false)) { /* the user's channel alone */
             token_put(tok);
             return ws_reply_error(c, "bad_cursor", transport_cursor_mismatch, ref);
         }
@@ -494,7 +494,8 @@ static int op_channels(const struct conn *c, json_t *op, struct sub_request *r, 
     if (json_is_string(since)) {
         if (transport_parse_since(r, json_string_value(since), json_string_length(since), err))
             return -1;
-        if (!transport_cursor_fits(r)) { /* an op names channels only, never the user */
+        /* an op names channels only, never the user; its subscribe hook may add some */
+        if (!transport_cursor_fits(r, c->tenant, true)) {
             *err = transport_cursor_mismatch;
             return -1;
         }

@@ -908,6 +908,55 @@ def test_redis_cluster_client_publish_and_rpc(herald, chan):
         b.close()
 
 
+def resume_with_hook_channels(srv, chan, first_since=None):
+    """An SSE client whose backend adds a channel comes back with the per-channel cursor
+    its last event gave (a position for the hook's channel too) and resumes every channel."""
+    extra = chan + "-x"
+    b = Backend(lambda doc, a: (200, {"result": "allow", "channels": [extra]}, 0))
+    try:
+        node = srv(b.url)
+        names = [chan + "-a", chan + "-b"]
+        params = {"since": first_since(node, names)} if first_since else {}
+        with SSE(node, ",".join(names), **params) as sub:
+            assert sub.status == 200, sub.body
+            wait_until(lambda: len(b.events("connect")) == 1, what="the connect hook")
+            wait_until(lambda: node.stats("?channels=1").get("channel_subscribers", {}).get(extra) == 1,
+                       what="the hook's channel held")
+            node.publish(names[0], "a1")
+            node.publish(extra, "x1")
+            assert [m["data"] for m in sub.messages(2)] == ["a1", "x1"]
+            cursor = sub.last_id
+        assert cursor.count(".") == 2, cursor  # a position each: a, b, the hook's channel
+        node.publish(extra, "x2")
+        node.publish(names[1], "b2")
+        with SSE(node, ",".join(names), headers={"Last-Event-ID": cursor}) as again:
+            assert again.status == 200, again.body  # was 400 bad_cursor: EventSource gave up
+            got = again.messages(2)
+            assert [m.get("data") for m in got] == ["x2", "b2"], got
+        # Without a hook to add channels, a position too many is still a mistake.
+        plain = srv(None)
+        with SSE(plain, ",".join(names), headers={"Last-Event-ID": cursor}) as refused:
+            assert refused.status == 400 and b"bad_cursor" in refused.body
+    finally:
+        b.close()
+
+
+def test_per_channel_cursor_resumes_the_hooks_channels(herald, chan):
+    def first_since(node, names):  # a per-channel cursor asks for per-channel ids
+        ident = node.publish(names[0], "a0")["id"]
+        return f"{ident}.0"
+
+    resume_with_hook_channels(
+        lambda url: herald(**({"webhook_url": url, "webhook_secret": SECRET} if url else {})), chan, first_since)
+
+
+@pytest.mark.xdist_group("redis-cluster")
+def test_redis_cluster_sse_resumes_the_hooks_channels(herald, chan):
+    with RedisCluster(masters=3, replicas=0) as rc:
+        resume_with_hook_channels(lambda url: herald(redis_cluster=rc.seeds, **(
+            {"webhook_url": url, "webhook_secret": SECRET} if url else {})), chan)
+
+
 def test_shutdown_while_connects_and_rpcs_wait(herald, chan):
     release = threading.Event()
     b = Backend(lambda doc, a: (200, {"result": "allow", "data": 1}, 0) if release.wait(15) else (500, None, 0))

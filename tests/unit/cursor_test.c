@@ -109,7 +109,6 @@ static void test_malformed(void **state)
         "1000.-",                 /* sign alone */
         "1000.-1001",             /* below 0 */
         "18446744073709551615.1", /* past 2^64 - 1 */
-        "1000.5.5.5",             /* four positions for two channels (and a user) */
         "1000",                   /* fine (plain) - checked below */
         "abc",
         "1000.99999999999999999999", /* delta overflows */
@@ -126,6 +125,18 @@ static void test_malformed(void **state)
     assert_int_equal(parse(&r, "1.1"), -1); /* two positions for three channels */
 }
 
+/* Positions past the channels named (the user's, the hook's channels) parse; where no
+ * hook may add channels, transport_cursor_fits refuses more than the channels held. */
+static void test_surplus_positions(void **state)
+{
+    struct sub_request r = req(2);
+    assert_int_equal(parse(&r, "1000.5.5.5"), 0);
+    assert_int_equal(r.nsince, 4);
+    assert_false(transport_cursor_fits(&r, NULL, false));
+    r.n = 4;
+    assert_true(transport_cursor_fits(&r, NULL, false));
+}
+
 /* One position more than the channels named: the user's channel's, last. */
 static void test_user_position(void **state)
 {
@@ -139,9 +150,10 @@ static void test_user_position(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_plain_id),   cmocka_unit_test(test_per_channel),
-        cmocka_unit_test(test_round_trip), cmocka_unit_test(test_sixty_four_channels),
-        cmocka_unit_test(test_malformed),  cmocka_unit_test(test_user_position),
+        cmocka_unit_test(test_plain_id),          cmocka_unit_test(test_per_channel),
+        cmocka_unit_test(test_round_trip),        cmocka_unit_test(test_sixty_four_channels),
+        cmocka_unit_test(test_malformed),         cmocka_unit_test(test_user_position),
+        cmocka_unit_test(test_surplus_positions),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
