@@ -1502,6 +1502,9 @@ void redis_backend_stop(struct hub *hub)
     for (int i = 0; i < 3; i++)
         loop_run_once(&rb->loop, 0);
     assert(!rb->q_head); /* nobody posts to the backend once the workers are gone */
+    /* A subscription Redis never confirmed (a Redis that stopped answering) has no load
+     * to fail: what waits for it is answered here. */
+    hub_fail_parked(hub, HUB_ERR_BACKEND);
     timer_stop(&rb->loop, &rb->reload_timer);
     loop_free(&rb->loop);
     index_reset(rb);

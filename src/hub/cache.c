@@ -284,3 +284,30 @@ void hub_channel_gone(struct hub *hub, const char *name, size_t len)
     hub__wake_workers(hub, wake_mask);
     hub__wake_waiters(hub, waiters, 0);
 }
+
+/* Moves the waiters of *from to the front of *to. */
+static void take_waiters(struct hub_waiter **to, struct hub_waiter **from)
+{
+    while (*from) {
+        struct hub_waiter *wt = *from;
+        *from = wt->next;
+        wt->next = *to;
+        *to = wt;
+    }
+}
+
+void hub_fail_parked(struct hub *hub, int err)
+{
+    struct hub_waiter *all = NULL;
+    hub_lock(hub);
+    size_t b = 0;
+    struct map_node *n, *next = NULL;
+    while ((n = map_next(&hub->channels, &b, &next)))
+        take_waiters(&all, &container_of(n, struct channel, node)->waiters);
+    b = 0;
+    next = NULL;
+    while ((n = map_next(&hub->pattern_heads, &b, &next)))
+        take_waiters(&all, hub__patsub_waiters_locked(n));
+    hub_unlock(hub);
+    hub__wake_waiters(hub, all, err);
+}

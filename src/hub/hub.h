@@ -577,6 +577,10 @@ void hub_pattern_synced(struct hub *hub, const char *head, size_t hl, int err, b
 void hub_pattern_ingest(struct hub *hub, const char *head, size_t hl, const struct slice *target,
                         const struct slice *channels, size_t n, uint64_t seq, uint64_t time_ms,
                         const struct publish_req *req);
+/* Cluster mode, at exit (the backend stopped, the workers too): every subscribe still
+ * parked on a cache or a pattern head is answered err, so that the server, which runs
+ * those answers, frees its connection. */
+void hub_fail_parked(struct hub *hub, int err);
 /* Cluster mode: the backend is about to (re)load ch: its live messages are held
  * until the load is in. *last_seq gets the last id this node has seen on ch (0:
  * none), from which a gap fill reads. Returns the token to pass to

@@ -146,6 +146,8 @@ int hub__patsub_await_caches_locked(struct hub *hub, int w, void *conn, const st
 /* The from_seq of a new subscription to pattern pat: the last id after which its
  * messages come live (the node's; cluster mode: what its head's bus brought). */
 uint64_t hub__patsub_live_from_locked(struct hub *hub, const struct channel *pat);
+/* The parked subscribes of a node of hub.pattern_heads. Hub lock held. */
+struct hub_waiter **hub__patsub_waiters_locked(struct map_node *head);
 /* Cluster mode, once a second: patterns a parked subscribe made and never took, and
  * heads without patterns for CACHE_LINGER_MS, go. Hub lock held. */
 void hub__patsub_sweep_locked(struct hub *hub, uint64_t now);

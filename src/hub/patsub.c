@@ -725,6 +725,11 @@ int hub__patsub_await_caches_locked(struct hub *hub, int w, void *conn, const st
     return HUB_PENDING;
 }
 
+struct hub_waiter **hub__patsub_waiters_locked(struct map_node *head)
+{
+    return &container_of(head, struct pat_head, node)->waiters;
+}
+
 uint64_t hub__patsub_live_from_locked(struct hub *hub, const struct channel *pat)
 {
     HUB_ASSERT_LOCKED(hub);

@@ -7,10 +7,15 @@ test_cluster_redis_cluster.py).
 
 Each test's channels are `{chan}.something`, so that its patterns see only its own."""
 
+import signal
+import time
+
 import pytest
 
 from helpers import (
     SSE,
+    RawConn,
+    http_get,
     TRANSPORTS,
     arun,
     data_of,
@@ -502,3 +507,22 @@ def test_one_redis_new_pattern_while_redis_is_down_is_503_then_served(redis_fact
     wait_until(lambda: poll(b, f"{chan}.*", since="1", timeout=0)[0] == 200, what="B to serve the pattern")
     status, body = poll(b, f"{chan}.*", since="1", timeout=0)
     assert [m["id"] for m in body["messages"] if m["event"] == "message"] == [msg], body
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("what", ["pattern", "channel"])
+def test_one_redis_shutdown_with_a_subscribe_waiting_for_redis(redis_factory, herald, chan, what):
+    """Redis stops answering (SIGSTOP) while a subscribe waits for its bus subscription
+    (a pattern's PSUBSCRIBE, a channel's SUBSCRIBE); SIGTERM then ends the node cleanly:
+    exit 0, and the parked connection freed (no leak report under ASan)."""
+    r = redis_factory(())
+    b = herald(redis=r.url, node_name="B", redis_timeout="10s", shutdown_timeout="2s")
+    r.proc.send_signal(signal.SIGSTOP)
+    try:
+        with RawConn(b.port) as conn:  # the request only: its answer never comes
+            conn.send(http_get("/sse" + sub_query(f"{chan}.*" if what == "pattern" else chan)))
+            time.sleep(0.5)  # parked: Redis does not confirm the subscription
+            assert b.terminate() == 0, b.log_tail()
+    finally:
+        r.proc.send_signal(signal.SIGCONT)
+    assert b.sanitizer_report() is None, b.sanitizer_report()
