@@ -12,6 +12,11 @@ def token(user):  # a real login checks a password first; here anyone may be any
     signed = b64(b'{"alg":"HS256","typ":"JWT"}') + "." + b64(json.dumps(claims).encode())
     return signed + "." + b64(hmac.new(SECRET, signed.encode(), hashlib.sha256).digest())
 
+def api(path, doc=None, method=None):  # herald's API (from loopback: no key needed)
+    data = json.dumps(doc).encode() if doc is not None else None
+    with urllib.request.urlopen(urllib.request.Request(HERALD + path, data, method=method)) as r:
+        return json.load(r)
+
 class Backend(SimpleHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: herald reuses its connections to us
     disable_nagle_algorithm = True
@@ -20,22 +25,24 @@ class Backend(SimpleHTTPRequestHandler):
         if not self.path.startswith("/token?user="): return super().do_GET()
         self.answer(token(urllib.parse.unquote(self.path[12:])).encode(), "text/plain")
 
-    def do_POST(self):  # herald's hooks: connect and rpc (the rest: allowed)
+    def do_POST(self):  # herald's hooks: connect, rpc "send" and "who" (the rest: allowed)
         body = self.rfile.read(int(self.headers["Content-Length"]))
         sig = "sha256=" + hmac.new(SECRET, body, hashlib.sha256).hexdigest()
         if not hmac.compare_digest(sig, self.headers.get("X-Herald-Signature", "")):
             return self.send_error(401, "bad signature")
         ev, out = json.loads(body), {"result": "allow"}
-        if ev["event"] == "connect":  # the user is the token's: attach its display name
-            out["info"] = {"name": str(ev["user"]).capitalize()}
-        elif ev["event"] == "rpc" and ev["method"] != "send":
-            out = {"error": "unknown method " + ev["method"]}
-        elif ev["event"] == "rpc":  # the sender is who herald says, not what the page says
+        if ev["event"] == "connect":  # the user is the token's: attach its display name,
+            out["info"] = {"name": str(ev["user"]).capitalize()}  # and have the room keep
+            api("/api/channels/room.lobby", {"presence": True}, "PUT")  # who is in it
+        elif ev["event"] == "rpc" and ev["method"] == "who":  # who is in the room now
+            out = {"data": api("/api/channels/room.lobby/presence")["users"]}
+        elif ev["event"] == "rpc" and ev["method"] == "send":  # from: herald's word, not the page's
             msg, to = {"from": ev["info"]["name"], "text": str(ev["data"]["text"])[:500]}, ev["data"].get("to")
             doc = ({"users": list({str(to), ev["user"]}), "data": {**msg, "to": to}} if to  # both users' #user
                    else {"channels": ["room.lobby"], "data": msg})
-            with urllib.request.urlopen(HERALD + "/api/publish", json.dumps(doc).encode()) as r:
-                out = {"data": json.load(r)}  # {"id":…,"subscribers":…}
+            out = {"data": api("/api/publish", doc)}  # {"id":…,"subscribers":…}
+        elif ev["event"] == "rpc":
+            out = {"error": "unknown method " + ev["method"]}
         self.answer(json.dumps(out).encode(), "application/json")
 
     def answer(self, data, ctype):

@@ -4,6 +4,7 @@ and headless Chromium with two browser contexts (two users, separate storage) on
 page, which loads the JS client from herald. A message one user sends (an rpc the
 backend turns into a publish) appears on the other's page; a private message reaches
 only its two users (an independent SSE subscriber of a third user does not get it);
+each page lists who is in the room (presence), also after a restart and a user leaving;
 after herald restarts while the pages are cut off, each page gets what was published
 meanwhile, once, and nothing it had twice. The doc's listings are the files.
 """
@@ -161,6 +162,11 @@ class ChatPage:
         await self.page.wait_for(f"[...document.querySelectorAll('#log li')]"
                                  f".some((li) => li.textContent === {json.dumps(text)})", WAIT)
 
+    async def wait_here(self, *names):
+        """Waits until the page's list of who is in the room is `names`."""
+        await self.page.wait_for("[...document.querySelectorAll('#who li')].map((li) => li.textContent)"
+                                 f".join() === {json.dumps(','.join(names))}", WAIT)
+
     async def log(self):
         """[[kind, text], …] as the page shows them, notes left out."""
         items = json.loads(await self.page.eval(
@@ -201,9 +207,11 @@ def test_chat_two_users_room_private_and_a_restart(chat, chromium):  # noqa: F81
             return await chat_between(alice, bob)
         finally:
             for p in (alice, bob):
-                await p.tab.__aexit__()
+                await p.tab.__aexit__()  # (a tab closed already: its DevTools socket only)
 
     async def chat_between(alice, bob):
+        for p in (alice, bob):  # presence: the list at the connection, then join events
+            await p.wait_here("Alice", "Bob", "Carol")
         await alice.send("hello from alice")
         await bob.wait_shown("Alice: hello from alice")
         await bob.send("psst alice", to="alice")
@@ -235,9 +243,14 @@ def test_chat_two_users_room_private_and_a_restart(chat, chromium):  # noqa: F81
         await alice.send("after the restart")
         for p in (alice, bob):
             await p.wait_shown("Alice: after the restart")
+        for p in (alice, bob):  # the list again after the restart (carol's stream ended)
+            await p.wait_here("Alice", "Bob")
         await asyncio.sleep(0.5)  # a duplicate would come now
         logs = [await p.log() for p in (alice, bob)]
-        return logs, alice.errors() + bob.errors()
+        errors = alice.errors() + bob.errors()
+        await bob.tab.close()  # bob closes his tab: he leaves alice's list
+        await alice.wait_here("Alice")
+        return logs, errors
 
     try:
         ((alice_log, alice_notes), (bob_log, bob_notes)), errors = asyncio.run(run())
