@@ -526,3 +526,19 @@ def test_one_redis_shutdown_with_a_subscribe_waiting_for_redis(redis_factory, he
     finally:
         r.proc.send_signal(signal.SIGCONT)
     assert b.sanitizer_report() is None, b.sanitizer_report()
+
+
+@pytest.mark.timeout(60)
+def test_one_redis_resume_over_more_channels_than_it_loads_says_so(small_pair, chan):
+    """A resume loads the caches of at most 1,000 channels under a first segment: with
+    1,001 it replays from the first 1,000 the index names and says first, with a gap
+    naming the pattern, that it could not read them all."""
+    a, b = small_pair
+    cursor = a.publish(f"{chan}-cursor", "c")["id"]
+    ids = [a.publish(f"{chan}.c{i:04d}", str(i))["id"] for i in range(1001)]
+    with SSE(b, f"{chan}.*", since=cursor) as sub:
+        got = sub.messages(6)
+        gaps = [e for e in got if e["event"] == "gap"]
+        assert {"event": "gap", "channel": f"{chan}.*", "since": cursor, "oldest": None, "reason": "replay_limit"} in gaps, got
+        assert {"event": "gap", "channel": f"{chan}.*", "since": cursor, "oldest": ids[996], "reason": "replay_limit"} in gaps, got
+        assert ids_of(got[2:]) == ids[996:1000]  # c1000 is not among the names read
