@@ -416,9 +416,11 @@ export class Herald extends Emitter {
     }
     conn.timer = setTimeout(() => this._failed(conn), this.opts.openTimeout);
     ws.onopen = () => {
-      this._opened(conn);
-      // One op for every channel: its `subscribed` answer gives the starting cursor.
+      if (conn.dead) return ws.close(1000); // given up on (openTimeout): no longer ours
+      // One op for every channel: its `subscribed` answer gives the starting cursor. It
+      // goes before what 'open' handlers send (an rpc there finds the channels held).
       if (conn.w.length) this._subOp(conn.w);
+      this._opened(conn);
     };
     ws.onmessage = (e) => this._event(conn, JSON.parse(e.data));
     ws.onclose = (e) => {

@@ -288,3 +288,59 @@ test('subscribe and close: unsubscribed channels stop, close() ends the connecti
   h.close();
   await until(async () => (await s.subscribers('x2')) === 0, 5000, 'connection closed');
 });
+
+// A WebSocket that opens only when the test says so (a slow network), else a fake that
+// never answers.
+class LateWebSocket {
+  static all = [];
+  constructor(url) {
+    this.url = url;
+    this.sent = [];
+    this.readyState = 0;
+    LateWebSocket.all.push(this);
+  }
+  send(text) {
+    if (this.readyState !== 1) throw new Error('send on a WebSocket that is not open');
+    this.sent.push(JSON.parse(text));
+  }
+  close() {} // like Node's NodeWebSocket before the upgrade: nothing to close yet
+  open() {
+    this.readyState = 1;
+    this.onopen?.({});
+  }
+}
+
+test('a WebSocket that opens after the client gave up on it (openTimeout) is closed, and sends nothing', async () => {
+  const errors = [];
+  const onError = (e) => errors.push(e);
+  process.on('uncaughtException', onError);
+  try {
+    const h = new Herald({ url: 'http://herald.test', WebSocket: LateWebSocket, transports: ['websocket'], openTimeout: 100, minDelay: 60000 });
+    cleanup.push(() => h.close());
+    h.subscribe('room');
+    await until(() => LateWebSocket.all.length === 1, 2000, 'the first WebSocket');
+    const late = LateWebSocket.all[0];
+    late.close = () => (late.closed = true);
+    await sleep(300); // the client gave up on it and waits (minDelay) to try again
+    late.open();
+    await sleep(50);
+    assert.deepEqual(errors, []);
+    assert.deepEqual(late.sent, [], 'a subscribe op on a connection the client dropped');
+    assert.equal(late.closed, true, 'the late socket is closed');
+    assert.equal(h.transport, null);
+  } finally {
+    process.off('uncaughtException', onError);
+  }
+});
+
+test("the subscribe op goes before what an 'open' handler sends (an rpc there finds the channels held)", async () => {
+  const h = new Herald({ url: 'http://herald.test', WebSocket: LateWebSocket });
+  cleanup.push(() => h.close());
+  h.on('open', () => h.rpc('who').catch(() => {}));
+  const n = LateWebSocket.all.length;
+  h.subscribe('room');
+  await until(() => LateWebSocket.all.length === n + 1, 2000, 'a WebSocket');
+  const ws = LateWebSocket.all[n];
+  ws.open();
+  assert.deepEqual(ws.sent.map((o) => o.op), ['subscribe', 'rpc']);
+});
