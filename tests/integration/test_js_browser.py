@@ -17,6 +17,7 @@ import pytest
 import websockets
 
 from helpers import poll, request, wait_until
+from test_hooks import rpc_backend
 from test_tokens import SECRET, claims, mint
 from test_admin_ui import Page
 from test_browser import DevTools, chromium, open_page, page_server  # noqa: F401 (fixtures)
@@ -431,4 +432,56 @@ def test_shared_in_a_sandboxed_iframe_has_a_connection_of_its_own(herald, chan, 
     assert got["opens"] == ["websocket"] and got["role"] is None
     assert [e["error"] for e in got["errors"]] == ["shared"], got["errors"]
     assert "SecurityError" in got["errors"][0]["detail"], got["errors"]
+    assert errors == []
+
+
+def test_shared_tabs_get_their_users_messages_and_call_rpc_through_the_leader(herald, chan,
+                                                                              page_server,
+                                                                              chromium):  # noqa: F811
+    """Two tabs of one user with {shared: true} hold one connection; each subscribes to
+    '#user' (and a channel). A message to the user reaches each tab once, one to another
+    user neither; a follower's rpc goes through the leader's WebSocket and resolves with
+    the backend's answer, and a failing one rejects with herald's code."""
+    b = rpc_backend()
+    try:
+        server = herald(token_secret=SECRET, webhook_url=b.url, webhook_secret="hook-secret")
+        root, page_port = page_server
+        with open(os.path.join(root, "tab.html"), "w") as f:
+            f.write(TAB.replace("HERALD", f"http://127.0.0.1:{server.port}"))
+        alice = mint(claims(["**"], sub="alice"))
+        url = f"http://127.0.0.1:{page_port}/tab.html?channels=%23user,{chan}&token={alice}"
+
+        def to(user, n):
+            r = request(server.port, "POST", "/api/publish",
+                        json.dumps({"users": [user], "data": {"n": n}}))
+            assert r.status == 201, r.body
+
+        async def run():
+            async with Tab(chromium, url) as a, Tab(chromium, url) as f:
+                await a.page.wait_for("window.h.role === 'leader' && window.got.opens.length")
+                await f.page.wait_for("window.h.role === 'follower' && window.got.opens.length")
+                server.wait_subscribers(chan, 1)
+                assert server.stats()["connections"]["websocket"] == 1
+                to("bob", 0)
+                to("alice", 1)
+                to("alice", 2)
+                for tab in (a, f):
+                    await tab.page.wait_for("window.got.data.length >= 2")
+                await f.page.eval(
+                    "window.h.rpc('echo', {n: 7}).then((r) => { window.got.rpc = r; });"
+                    "window.h.rpc('fail').catch((e) => { window.got.rpcErr = [e.error, e.message]; })")
+                await f.page.wait_for("window.got.rpc && window.got.rpcErr")
+                await asyncio.sleep(0.3)  # a duplicate would come now
+                return await a.got(), await f.got(), a.page.errors + f.page.errors
+
+        got_a, got_f, errors = asyncio.run(run())
+    finally:
+        b.close()
+    for got in (got_a, got_f):
+        assert got["data"] == [["#user", 1], ["#user", 2]], got
+        assert got["errors"] == []
+    assert got_f["rpc"] == {"method": "echo", "echo": {"n": 7}}
+    assert got_f["rpcErr"] == ["rpc_error", "no such room"]
+    # once each: through the leader's one connection
+    assert sorted(c["doc"]["method"] for c in b.calls if c["doc"]["event"] == "rpc") == ["echo", "fail"]
     assert errors == []
