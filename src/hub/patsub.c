@@ -548,14 +548,25 @@ static void head_drop(struct hub *hub, struct pat_head *h)
     head_free(hub, h);
 }
 
-/* Drops a lingering head, if there is one. */
-static bool drop_idle_head(struct hub *hub)
+/* Whether one of the patterns of names[0..n) is under h. */
+static bool head_named(struct hub *hub, const struct pat_head *h, const struct slice *names,
+                       size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (hub_key_is_pattern(names[i].data, names[i].len) &&
+            head_of(hub, names[i].data, names[i].len, false) == h)
+            return true;
+    return false;
+}
+
+/* Drops a lingering head that none of names[0..n) (a subscribe's) needs, if there is one. */
+static bool drop_idle_head(struct hub *hub, const struct slice *names, size_t n)
 {
     size_t b = 0;
-    struct map_node *n, *next = NULL;
-    while ((n = map_next(&hub->pattern_heads, &b, &next))) {
-        struct pat_head *h = container_of(n, struct pat_head, node);
-        if (head_idle(h)) {
+    struct map_node *node, *next = NULL;
+    while ((node = map_next(&hub->pattern_heads, &b, &next))) {
+        struct pat_head *h = container_of(node, struct pat_head, node);
+        if (head_idle(h) && !head_named(hub, h, names, n)) {
             head_drop(hub, h);
             return true;
         }
@@ -576,7 +587,7 @@ int hub__patsub_await_heads_locked(struct hub *hub, int w, void *conn, const str
         if (!h) {
             /* A head is a bus subscription, and lingers: bounded like the patterns; a
              * lingering one makes room. */
-            if (hub->pattern_heads.len >= hub->cfg->max_patterns && !drop_idle_head(hub))
+            if (hub->pattern_heads.len >= hub->cfg->max_patterns && !drop_idle_head(hub, names, n))
                 return HUB_ERR_TOO_MANY_PATTERNS;
             h = head_of(hub, names[i].data, names[i].len, true);
             h->changed_ms = now;

@@ -2270,6 +2270,45 @@ static void test_cluster_pattern_resume_then_live_without_a_gap_or_a_repeat(void
     assert_int_equal(fake.punwants, 1);
 }
 
+/* Subscribes held (worker 0) to the pattern pat of head `head`, whose bus subscription
+ * the backend then confirms. */
+static void take_pattern(struct list *held, const char *pat, const char *head)
+{
+    struct hub_backlog bl;
+    assert_int_equal(subscribe(0, held, &pat, 1, false, 0, &bl, NULL), HUB_PENDING);
+    hub_pattern_synced(&hub, head, strlen(head), 0, false, 0, NULL, 0, false);
+    assert_int_equal(subscribe(0, held, &pat, 1, false, 0, &bl, NULL), 0);
+    hub_backlog_free(&bl);
+}
+
+/* At --max-patterns first segments followed, a new one takes the place of one that only
+ * lingers, never of one the same subscribe needs (which would leave its pattern off the
+ * bus, or the subscribe going round forever). */
+static void test_cluster_a_new_head_never_evicts_one_the_subscribe_needs(void **state)
+{
+    cfg.max_patterns = 3;
+    struct list held, gone, c;
+    list_init(&held);
+    list_init(&gone);
+    list_init(&c);
+    take_pattern(&held, "y.*", "y");
+    take_pattern(&gone, "x.*", "x");
+    take_pattern(&gone, "w.*", "w");
+    hub_unsubscribe_all(&hub, 0, &gone); /* x and w linger */
+    assert_int_equal(hub.pattern_heads.len, 3);
+    const char *both[] = {"x.*", "z.*"};
+    struct hub_backlog bl;
+    assert_int_equal(subscribe(0, &c, both, 2, false, 0, &bl, NULL), HUB_PENDING);
+    assert_non_null(map_get(&hub.pattern_heads, "x", 1)); /* needed: kept */
+    assert_null(map_get(&hub.pattern_heads, "w", 1));     /* lingering: made room */
+    hub_pattern_synced(&hub, "z", 1, 0, false, 0, NULL, 0, false);
+    assert_int_equal(subscribe(0, &c, both, 2, false, 0, &bl, NULL), 0);
+    hub_backlog_free(&bl);
+    assert_int_equal(fake.pwants, 4); /* y, x, w, z: x never again */
+    hub_unsubscribe_all(&hub, 0, &c);
+    hub_unsubscribe_all(&hub, 0, &held);
+}
+
 int main(void)
 {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
@@ -2321,6 +2360,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(
             test_cluster_pattern_resume_then_live_without_a_gap_or_a_repeat, setup_cluster,
             teardown),
+        cmocka_unit_test_setup_teardown(
+            test_cluster_a_new_head_never_evicts_one_the_subscribe_needs, setup_cluster, teardown),
         T(test_publish_fills_the_subscribers_worker_inbox),
         T(test_unsubscribe_clears_the_worker_bit),
         T(test_auto_create_off),
