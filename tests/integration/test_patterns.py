@@ -542,3 +542,19 @@ def test_one_redis_resume_over_more_channels_than_it_loads_says_so(small_pair, c
         assert {"event": "gap", "channel": f"{chan}.*", "since": cursor, "oldest": None, "reason": "replay_limit"} in gaps, got
         assert {"event": "gap", "channel": f"{chan}.*", "since": cursor, "oldest": ids[996], "reason": "replay_limit"} in gaps, got
         assert ids_of(got[2:]) == ids[996:1000]  # c1000 is not among the names read
+
+
+def test_one_redis_websocket_subscribe_op_resumes_a_pattern_on_another_node(pair, chan):
+    a, b = pair
+    ids = [a.publish(f"{chan}.{c}", c)["id"] for c in "abc"]
+
+    async def run():
+        async with ws_connect(b) as ws:  # the op waits for the node's bus subscription and caches
+            ans = await ws_op(ws, {"op": "subscribe", "channels": [f"{chan}.*"], "since": ids[0], "ref": 5})
+            assert ans["event"] == "subscribed" and ans["ref"] == 5, ans
+            got = [await recv_json(ws) for _ in range(2)]
+            assert [m["id"] for m in got] == ids[1:]
+            live = a.publish(f"{chan}.d", "d")["id"]
+            assert (await recv_json(ws))["id"] == live
+
+    arun(run())
