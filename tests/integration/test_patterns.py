@@ -558,3 +558,18 @@ def test_one_redis_websocket_subscribe_op_resumes_a_pattern_on_another_node(pair
             assert (await recv_json(ws))["id"] == live
 
     arun(run())
+
+
+def test_one_redis_resume_reports_a_deleted_channel_the_node_knew(pair, chan):
+    """A matching channel deleted after the cursor lost what it had: a node that followed
+    the pattern's first segment while the channel existed reports it (its Redis
+    tombstone), as a single node does (docs/cluster.md#pattern-subscriptions)."""
+    a, b = pair
+    with SSE(b, f"{chan}.*") as sub:  # b follows the segment from here on
+        cursor = a.publish(f"{chan}.a", "1")["id"]
+        assert sub.next_message()["id"] == cursor
+    a.publish(f"{chan}.gone", "lost")
+    assert a.request("DELETE", f"/api/channels/{chan}.gone").status in (200, 204)
+    status, body = poll(b, f"{chan}.*", since=cursor, timeout=1)
+    assert status == 200, body
+    assert body["messages"] == [{"event": "gap", "channel": f"{chan}.gone", "since": cursor, "oldest": None}]
