@@ -185,7 +185,7 @@ size_t redis_backend__key(char *buf, size_t size, const char *name, size_t len, 
  */
 void redis_backend__ns_defaults(struct rb *rb, const char *key, size_t len, bool *auto_create,
                                 uint32_t *history_size, uint32_t *history_ttl_ms,
-                                uint32_t *batch_ms, bool *conflate)
+                                uint32_t *batch_ms, bool *conflate, bool *presence)
 {
     bool user = chan_key_is_user(key, len); /* a user's channel exists for the asking */
     *auto_create = rb->cfg->auto_create || user;
@@ -193,6 +193,8 @@ void redis_backend__ns_defaults(struct rb *rb, const char *key, size_t len, bool
     *history_ttl_ms = rb->cfg->history_ttl_ms;
     if (batch_ms)
         *batch_ms = 0, *conflate = false;
+    if (presence)
+        *presence = false;
     const char *sep = memchr(key, CHANNEL_NS_SEP, len);
     struct hub *hub = rb->hub;
     struct hub_tenant *t = sep && hub->tenant_of
@@ -209,6 +211,8 @@ void redis_backend__ns_defaults(struct rb *rb, const char *key, size_t len, bool
         *history_ttl_ms = t->history_ttl_ms;
     if (batch_ms)
         *batch_ms = t->batch_ms, *conflate = t->conflate && t->batch_ms;
+    if (presence)
+        *presence = t->presence;
     pthread_mutex_unlock(&t->lock);
     uint32_t hmax = atomic_load_explicit(&t->max_history, memory_order_relaxed);
     if (hmax && *history_size > hmax)
@@ -475,6 +479,19 @@ static void on_message(const char *channel, size_t channel_len, const char *data
             hub_channel_window(rb->hub, name.data, name.len, &o);
         break;
     }
+    case REDIS_BUS_PRESENCE: {
+        struct redis_presence_event pe;
+        if (redis_payload_parse_presence(data, len, &pe) == 0)
+            hub_presence_event(rb->hub, name.data, name.len, pe.join, pe.user.data, pe.user.len,
+                               pe.info.data, pe.info.len);
+        break;
+    }
+    case REDIS_BUS_PRESENCE_OPT: {
+        bool on;
+        if (redis_payload_parse_presence_opt(data, len, &on) == 0)
+            hub_presence_option(rb->hub, name.data, name.len, on);
+        break;
+    }
     case REDIS_BUS_BAD:
         rb_warn(rb, "redis: ignoring a malformed message on %.*s", (int)channel_len, channel);
         break;
@@ -534,7 +551,7 @@ static void load_reply(const redisReply *r, int status, void *arg)
     }
     uint64_t evicted = 0;
     const redisReply *list =
-        r->type == REDIS_REPLY_ARRAY && r->elements == 6 ? r->element[2] : NULL;
+        r->type == REDIS_REPLY_ARRAY && r->elements == 7 ? r->element[2] : NULL;
     if (!list || list->type != REDIS_REPLY_ARRAY) {
         rb_warn(rb, "redis: loading channel %s: unexpected reply", op->name);
         load_failed(op, HUB_ERR_BACKEND);
@@ -568,7 +585,9 @@ static void load_reply(const redisReply *r, int status, void *arg)
                              .has_batch_ms = r->element[4]->len > 0,
                              .batch_ms = (uint32_t)MIN(bms, BATCH_MS_MAX),
                              .has_conflate = r->element[5]->len > 0,
-                             .conflate = redis_backend__reply_u64(r->element[5]) == 1};
+                             .conflate = redis_backend__reply_u64(r->element[5]) == 1,
+                             .has_presence = r->element[6]->len > 0,
+                             .presence = redis_backend__reply_u64(r->element[6]) == 1};
     if (hub_channel_loaded(rb->hub, op->name, op->len, op->token, 0, entries, k, evicted, &o))
         reload_later(rb, op->name, op->len);
     for (size_t i = 0; i < n; i++)
@@ -602,7 +621,7 @@ static void load_channel(struct rb *rb, const char *name, size_t len, bool down)
     snprintf(after, sizeof(after), "%" PRIu64, last);
     bool create;
     uint32_t hsize, httl_ms;
-    redis_backend__ns_defaults(rb, name, len, &create, &hsize, &httl_ms, NULL, NULL);
+    redis_backend__ns_defaults(rb, name, len, &create, &hsize, &httl_ms, NULL, NULL, NULL);
     snprintf(hs, sizeof(hs), "%u", hsize);
     snprintf(us, sizeof(us), "%" PRIu64, wall_us());
     /* One Redis: the last-id key too (see load_lua). */
@@ -875,6 +894,7 @@ static void on_status(enum redis_bus_status status, void *arg)
         redis_script_load_all(rb->bus);
     if (status == REDIS_BUS_UP && rb->reload.len)
         timer_start(&rb->loop, &rb->reload_timer, 0);
+    redis_presence__on_status(rb, status);
 }
 
 /* ---- hub backend ops ------------------------------------------------------------------ */
@@ -1094,7 +1114,7 @@ static int pub_eval(struct pub_task *pt, size_t from, size_t to)
     bool create; /* the channels of one publish are of one app */
     uint32_t hsize, httl_ms;
     redis_backend__ns_defaults(rb, pt->names[from], pt->lens[from], &create, &hsize, &httl_ms, NULL,
-                               NULL);
+                               NULL, NULL);
     snprintf(hs, sizeof(hs), "%u", hsize);
     snprintf(httl, sizeof(httl), "%u", httl_ms);
     snprintf(ttl, sizeof(ttl), "%u", rb->cfg->channel_ttl_ms);
@@ -1194,7 +1214,7 @@ static void pub_prepare(struct pub_task *pt)
         bool create;
         uint32_t hsize, httl_ms;
         redis_backend__ns_defaults(pt->rb, pt->names[i], pt->lens[i], &create, &hsize, &httl_ms,
-                                   NULL, NULL);
+                                   NULL, NULL, NULL);
         const char *argv[] = {"3", ikey, ekey, o, create ? "1" : "0"};
         if (redis_script_call(pt->rb->bus, REDIS_SCRIPT_PREPARE, o, strlen(o), prepare_reply, pt,
                               (int)ARRAY_LEN(argv), argv, NULL) < 0)
@@ -1341,6 +1361,8 @@ static const struct hub_backend_ops redis_ops = {
     .stats_json = be_stats_json,
     .node_stats_put = be_node_stats_put,
     .node_stats_get = be_node_stats_get,
+    .presence_set = redis_presence__set,
+    .presence_get = redis_presence__get,
 };
 
 /* ---- start / stop -------------------------------------------------------------------- */
@@ -1350,6 +1372,7 @@ static void *rb_main(void *arg)
     struct rb *rb = arg;
     pthread_setname_np(pthread_self(), "herald-redis");
     timer_start(&rb->loop, &rb->heartbeat, 100);
+    redis_presence__start(rb);
     while (!atomic_load(&rb->stop))
         loop_run_once(&rb->loop, 1000);
     return NULL;
@@ -1418,6 +1441,7 @@ int redis_backend_start(struct hub *hub, const struct herald_config *cfg)
     rb->loop.on_wake_arg = rb;
     timer_init(&rb->heartbeat, heartbeat_cb);
     redis_nodes__init(rb);
+    redis_presence__init(rb);
     char user[128] = "", password[256] = "";
     snprintf(password, sizeof(password), "%s", cfg->redis_password);
     struct redis_bus_opts opts = {.name = rb->node,
@@ -1463,6 +1487,7 @@ int redis_backend_start(struct hub *hub, const struct herald_config *cfg)
     if (!rb->bus) {
         loop_free(&rb->loop);
         redis_nodes__free(rb);
+        redis_presence__free(rb);
         free(rb);
         return -1;
     }
@@ -1489,6 +1514,7 @@ void redis_backend_stop(struct hub *hub)
      * answered too. */
     rb_on_wake(&rb->loop, rb);
     timer_stop(&rb->loop, &rb->heartbeat);
+    redis_presence__stop(rb);
     timer_stop(&rb->loop, &rb->reload_timer);
     timer_stop(&rb->loop, &rb->warn_timer);
     timer_stop(&rb->loop, &rb->status_timer);
@@ -1524,6 +1550,7 @@ void redis_backend_stop(struct hub *hub)
     redis_bus__free_map(&rb->pfollows);
     free(rb->epoch_tag);
     redis_nodes__free(rb);
+    redis_presence__free(rb);
     pthread_mutex_destroy(&rb->qlock);
     free(rb);
     hub->be = NULL;

@@ -59,8 +59,9 @@ struct rb {
     struct timer status_timer;           /* logs a degradation that lasted STATUS_SETTLE_MS */
     struct warn_slot warns[WARN_SLOTS];
     struct timer warn_timer;
-    struct rapps *apps;   /* the apps store (redis_apps.c), when main made one */
-    struct rnodes *nodes; /* every node's figures (redis_nodes.c) */
+    struct rapps *apps;         /* the apps store (redis_apps.c), when main made one */
+    struct rnodes *nodes;       /* every node's figures (redis_nodes.c) */
+    struct rpresence *presence; /* the node's presence identity and lease (redis_presence.c) */
 };
 
 /* Queues t for the backend thread (any thread). */
@@ -90,11 +91,12 @@ void redis_backend__ignore_reply(const redisReply *r, int status, void *arg);
 /* An integer reply, or a decimal string reply, as a number; 0 otherwise. */
 uint64_t redis_backend__reply_u64(const redisReply *r);
 /* What a channel of key's namespace gets unless set on it: its app's settings (auto_create,
- * history and, when batch_ms is not NULL, window defaults; history capped by its plan),
+ * history and, when batch_ms is not NULL, window defaults, when presence is not NULL its
+ * presence; history capped by its plan),
  * else the server's. Any thread; takes the registry's and the app's locks, never the hub's. */
 void redis_backend__ns_defaults(struct rb *rb, const char *key, size_t len, bool *auto_create,
                                 uint32_t *history_size, uint32_t *history_ttl_ms,
-                                uint32_t *batch_ms, bool *conflate);
+                                uint32_t *batch_ms, bool *conflate, bool *presence);
 
 /*
  * Apps (redis_apps.c). Before a publish (or, publish false, a PUT) to channels of one
@@ -120,5 +122,23 @@ void redis_nodes__put(struct rb *rb, const char *json, size_t len);
 size_t redis_nodes__get(struct rb *rb, struct sbuf *b);
 /* After the backend thread stopped. */
 void redis_nodes__free(struct rb *rb);
+
+/*
+ * Presence, cluster-wide (redis_presence.c): the hub_backend_ops presence_set and
+ * presence_get, the node's lease and the sweep of dead nodes' entries (a timer of the
+ * backend thread, started by init), and what the bus status changes for it.
+ */
+void redis_presence__init(struct rb *rb);
+void redis_presence__set(void *be, const char *name, size_t len, char kind, const char *user,
+                         size_t user_len, uint32_t conns, const char *info, size_t info_len,
+                         uint32_t chan_conns);
+void redis_presence__get(void *be, int w, const char *name, size_t len, hub_presence_done *done,
+                         void *arg);
+void redis_presence__on_status(struct rb *rb, enum redis_bus_status status);
+/* Starts and stops the tick (backend thread). */
+void redis_presence__start(struct rb *rb);
+void redis_presence__stop(struct rb *rb);
+/* After the backend thread stopped. */
+void redis_presence__free(struct rb *rb);
 
 #endif

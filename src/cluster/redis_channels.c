@@ -75,12 +75,15 @@ static void info_from_reply(struct chan_task *ct, const redisReply *r)
     bool create; /* a window never PUT is the app's default */
     uint32_t hs, ht;
     redis_backend__ns_defaults(ct->rb, ct->name, ct->len, &create, &hs, &ht, &i->batch_ms,
-                               &i->conflate);
+                               &i->conflate, &i->presence);
     if (e[13]->len)
         i->batch_ms = (uint32_t)MIN(redis_backend__reply_u64(e[13]), BATCH_MS_MAX);
     if (e[14]->len)
         i->conflate = redis_backend__reply_u64(e[14]) == 1;
     i->conflate = i->conflate && i->batch_ms;
+    if (e[15]->len) /* never PUT: the app's default */
+        i->presence = redis_backend__reply_u64(e[15]) == 1;
+    i->presence = i->presence && !chan_key_is_user(ct->name, ct->len);
 }
 
 static void chan_answer(void *arg)
@@ -97,7 +100,7 @@ static void chan_reply(const redisReply *r, int status, void *arg)
     struct chan_task *ct = arg;
     ct->err = redis_backend__script_error(ct->rb, r, status, "channel ", ct->name, NULL, 0);
     if (!ct->err && ct->mode != CH_DEL) {
-        if (r->type == REDIS_REPLY_ARRAY && r->elements == 15)
+        if (r->type == REDIS_REPLY_ARRAY && r->elements == 16)
             info_from_reply(ct, r);
         else
             ct->err = HUB_ERR_BACKEND;
@@ -124,7 +127,7 @@ static void chan_run(struct task *t)
     struct chan_task *ct = (struct chan_task *)t;
     struct rb *rb = ct->rb;
     char h[REDIS_KEY_MAX], o[REDIS_KEY_MAX], s[REDIS_KEY_MAX], c[REDIS_KEY_MAX], m[REDIS_KEY_MAX],
-        now[24], ttl[16], httl[16], f[6][24];
+        now[24], ttl[16], httl[16], f[7][24];
     redis_backend__key(h, sizeof(h), ct->name, ct->len, 'h');
     redis_backend__key(o, sizeof(o), ct->name, ct->len, 'o');
     redis_backend__key(s, sizeof(s), ct->name, ct->len, 's');
@@ -146,6 +149,8 @@ static void chan_run(struct task *t)
         snprintf(f[4], sizeof(f[4]), "%u", ct->o.batch_ms);
     if (ct->o.has_conflate || (ct->o.has_batch_ms && !ct->o.batch_ms)) /* no window: none */
         snprintf(f[5], sizeof(f[5]), "%d", ct->o.conflate && ct->o.batch_ms ? 1 : 0);
+    if (ct->o.has_presence)
+        snprintf(f[6], sizeof(f[6]), "%d", ct->o.presence ? 1 : 0);
     static const char *modes[] = {"get", "put", "del"};
     const char *argv[] = {"4",
                           h,
@@ -163,7 +168,8 @@ static void chan_run(struct task *t)
                           f[2],
                           f[3],
                           f[4],
-                          f[5]};
+                          f[5],
+                          f[6]};
     if (redis_script_call(rb->bus, REDIS_SCRIPT_CHANNEL, h, strlen(h), chan_reply, ct,
                           (int)ARRAY_LEN(argv), argv, NULL) < 0)
         chan_reply(NULL, RESP_ENOTCONN, ct);

@@ -169,6 +169,45 @@ int redis_payload_parse_window(const char *p, size_t len, struct channel_opts *o
     return 0;
 }
 
+int redis_payload_parse_presence(const char *p, size_t len, struct redis_presence_event *ev)
+{
+    bool join = len > 7 && memcmp(p, "X join ", 7) == 0;
+    bool leave = !join && len > 8 && memcmp(p, "X leave ", 8) == 0;
+    if (!join && !leave)
+        return -1;
+    const char *s = p + (join ? 7 : 8), *end = p + len;
+    const char *sp = memchr(s, ' ', (size_t)(end - s));
+    uint64_t n;
+    if (!sp || redis_payload_parse_id(s, (size_t)(sp - s), &n) < 0 || n < 1 ||
+        n > PRESENCE_USER_MAX || n > (uint64_t)(end - sp - 1))
+        return -1;
+    const char *info = sp + 1 + n;
+    size_t il = (size_t)(end - info);
+    if (il > PRESENCE_INFO_MAX)
+        return -1;
+    if (il) {
+        /* It goes into every watcher's stream as it is: JSON text, one line, canonical. */
+        json_t *v = json_loadb(info, il, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, NULL);
+        char *again = v ? json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+        bool ok = again && strlen(again) == il && memcmp(again, info, il) == 0;
+        free(again);
+        json_decref(v);
+        if (!ok)
+            return -1;
+    }
+    *ev = (struct redis_presence_event){
+        .join = join, .user = {sp + 1, (uint32_t)n}, .info = {info, (uint32_t)il}};
+    return 0;
+}
+
+int redis_payload_parse_presence_opt(const char *p, size_t len, bool *on)
+{
+    if (len != 12 || memcmp(p, "X presence ", 11) != 0 || (p[11] != '0' && p[11] != '1'))
+        return -1;
+    *on = p[11] == '1';
+    return 0;
+}
+
 enum redis_bus_kind redis_payload_parse_bus(const char *p, size_t len, struct hub_entry *e,
                                             struct sbuf *data)
 {
@@ -177,6 +216,12 @@ enum redis_bus_kind redis_payload_parse_bus(const char *p, size_t len, struct hu
     struct channel_opts o;
     if (redis_payload_parse_window(p, len, &o) == 0)
         return REDIS_BUS_WINDOW;
+    struct redis_presence_event ev;
+    if (redis_payload_parse_presence(p, len, &ev) == 0)
+        return REDIS_BUS_PRESENCE;
+    bool on;
+    if (redis_payload_parse_presence_opt(p, len, &on) == 0)
+        return REDIS_BUS_PRESENCE_OPT;
     const char *sp = memchr(p, ' ', len);
     uint64_t seq;
     if (!sp || redis_payload_parse_id(p, (size_t)(sp - p), &seq) < 0 || seq == 0 ||

@@ -50,7 +50,20 @@ enum redis_bus_kind {
     REDIS_BUS_MESSAGE,  /* *e is the message, e->seq its id */
     REDIS_BUS_CLOSED,   /* "X closed": the channel was deleted */
     REDIS_BUS_WINDOW,   /* "X window B C": the channel's batch_ms and conflate changed */
+    REDIS_BUS_PRESENCE, /* "X join|leave ...": a user came or went (redis_payload_parse_presence) */
+    REDIS_BUS_PRESENCE_OPT, /* "X presence 0|1": the channel's option presence changed */
 };
+/* A join or leave on the bus (cluster/redis_presence.c): "X join <n> <user><info>", with
+ * "leave" for a leave; user is n bytes (1 to PRESENCE_USER_MAX, any bytes), info the rest:
+ * nothing, or JSON text as jansson writes it compactly (at most PRESENCE_INFO_MAX bytes). */
+struct redis_presence_event {
+    bool join;
+    struct slice user, info; /* point into the message */
+};
+/* Parses a join or leave. Returns 0, or -1 when p[0..len) is not one (nothing is set). */
+int redis_payload_parse_presence(const char *p, size_t len, struct redis_presence_event *ev);
+/* Parses "X presence 0|1" into *on. Returns 0 or -1. */
+int redis_payload_parse_presence_opt(const char *p, size_t len, bool *on);
 /* Decodes "X window <batch_ms> <0|1>" (batch_ms plain decimal, at most BATCH_MS_MAX; either
  * may be "-": not set on the channel, the app's default) into o's window options. Returns 0
  * or -1. */

@@ -144,7 +144,7 @@ static const char load_lua[] =
     "  return redis.error_reply('NOTFOUND no such channel')\n"
     "end\n"
     "local opt = redis.call('HMGET', KEYS[2], 'history_size', 'history_ttl', 'last', 'batch_ms',\n"
-    "                       'conflate')\n"
+    "                       'conflate', 'presence')\n"
     "local hs = tonumber(opt[1] or ARGV[3])\n"
     "local st = redis.call('HMGET', KEYS[3], 'evicted', 'last')\n"
     "local evicted = tonumber(st[1] or '0')\n"
@@ -184,14 +184,16 @@ static const char load_lua[] =
     "if #e == 0 and last and redis.call('EXISTS', KEYS[1]) == 0 then\n"
     "  evicted = math.max(evicted, tonumber(last))\n" /* the whole Stream expired */
     "end\n"
-    "return {string.format('%d', evicted), hs, e, opt[2] or '', opt[4] or '', opt[5] or ''}\n";
+    "return {string.format('%d', evicted), hs, e, opt[2] or '', opt[4] or '', opt[5] or '',\n"
+    "        opt[6] or ''}\n";
 
 /*
  * KEYS: stream, options, state, counts. ARGV: [1] now ms, [2] mode (get|put|del),
  * [3] default channel ttl ms, [4] default history ttl ms, [5] bus channel,
- * [6] publish verb, [7..12] put: ttl, history_size, history_ttl, persistent, batch_ms,
- * conflate ('' = unchanged). Returns the channel's info as a flat list ({'deleted'} for
- * del). A put that sets batch_ms or conflate tells every node ("X window B C").
+ * [6] publish verb, [7..13] put: ttl, history_size, history_ttl, persistent, batch_ms,
+ * conflate, presence ('' = unchanged). Returns the channel's info as a flat list
+ * ({'deleted'} for del). A put that sets batch_ms or conflate tells every node ("X window
+ * B C"), one that sets presence "X presence 0|1".
  * A channel nobody published to or created exists while nodes count subscribers
  * of it: `get` answers with their counts, `del` closes them.
  */
@@ -224,20 +226,22 @@ static const char chan_lua[] =
     "  if redis.call('EXISTS', o) == 0 then\n"
     "    redis.call('HSET', o, 'created', ARGV[1]); created = 1\n"
     "  end\n"
-    "  local f = {'ttl', 'history_size', 'history_ttl', 'persistent', 'batch_ms', 'conflate'}\n"
-    "  for i = 1, 6 do\n"
+    "  local f = {'ttl', 'history_size', 'history_ttl', 'persistent', 'batch_ms', 'conflate',\n"
+    "             'presence'}\n"
+    "  for i = 1, 7 do\n"
     "    if ARGV[6 + i] ~= '' then redis.call('HSET', o, f[i], ARGV[6 + i]) end\n"
     "  end\n"
     "  if ARGV[11] ~= '' or ARGV[12] ~= '' then\n"
     "    local w = redis.call('HMGET', o, 'batch_ms', 'conflate')\n"
     "    redis.call(ARGV[6], ARGV[5], 'X window ' .. (w[1] or '-') .. ' ' .. (w[2] or '-'))\n"
     "  end\n"
+    "  if ARGV[13] ~= '' then redis.call(ARGV[6], ARGV[5], 'X presence ' .. ARGV[13]) end\n"
     "  redis.call('HSET', o, 'active', ARGV[1])\n"
     "  exists = true\n"
     "end\n"
     "if not exists then return redis.error_reply('NOTFOUND no such channel') end\n"
     "local opt = redis.call('HMGET', o, 'ttl', 'history_size', 'history_ttl', 'persistent',\n"
-    "                        'created', 'active', 'batch_ms', 'conflate')\n"
+    "                        'created', 'active', 'batch_ms', 'conflate', 'presence')\n"
     "if ARGV[2] == 'put' then\n"
     "  if opt[4] == '1' then\n"
     "    redis.call('PERSIST', o); redis.call('PERSIST', s); redis.call('PERSIST', h)\n"
@@ -260,7 +264,8 @@ static const char chan_lua[] =
     "end\n"
     "local pttl = redis.call('PTTL', o)\n"
     "return {created, opt[1] or '', opt[2] or '', opt[3] or '', opt[4] or '0', opt[5] or '0',\n"
-    "        opt[6] or '0', subs, len, added, first, last, pttl, opt[7] or '', opt[8] or ''}\n";
+    "        opt[6] or '0', subs, len, added, first, last, pttl, opt[7] or '', opt[8] or '',\n"
+    "        opt[9] or ''}\n";
 
 /* KEYS: the index. ARGV: [1] after ('' = from the start), [2] prefix, [3] max.
  * Returns {total (names with the prefix), names}. */
@@ -374,6 +379,113 @@ static const char apps_purge_lua[] = "redis.call('DEL', unpack(KEYS))\n"
                                      "redis.call(ARGV[2], ARGV[1], 'X closed')\n"
                                      "return 1\n";
 
+/* ---- presence (cluster/redis_presence.c) ------------------------------------------------- */
+
+/*
+ * A node's count of one user (kind 'u'), of its connections without a user ('a') or of
+ * its users past the listing cap ('x') on a channel: field "<node identity>\n<kind><user>"
+ * of the channel's entries hash. Users' totals over every identity (live or not yet swept)
+ * decide the events: a total leaving 0 publishes "X join <n> <user><info>" (and keeps the
+ * info), one reaching 0 "X leave …". KEYS: entries, totals, infos. ARGV: [1] identity,
+ * [2] kind, [3] user, [4] count (0: none), [5] info, [6] publish verb, [7] bus channel.
+ */
+static const char presence_set_lua[] =
+    "local u = ARGV[3]\n"
+    "local f = ARGV[1] .. '\\n' .. ARGV[2] .. u\n"
+    "local old = tonumber(redis.call('HGET', KEYS[1], f) or '0')\n"
+    "local c = tonumber(ARGV[4])\n"
+    "if c > 0 then redis.call('HSET', KEYS[1], f, ARGV[4]) else redis.call('HDEL', KEYS[1], f) "
+    "end\n"
+    "if ARGV[2] ~= 'u' or c == old then return 0 end\n"
+    "local d = c - old\n"
+    "local t = redis.call('HINCRBY', KEYS[2], u, d)\n"
+    "if t <= 0 then\n"
+    "  redis.call('HDEL', KEYS[2], u)\n"
+    "  local info = redis.call('HGET', KEYS[3], u) or ''\n"
+    "  redis.call('HDEL', KEYS[3], u)\n"
+    "  if t - d > 0 then redis.call(ARGV[6], ARGV[7], 'X leave ' .. #u .. ' ' .. u .. info) end\n"
+    "elseif t - d <= 0 then\n"
+    "  if ARGV[5] ~= '' then redis.call('HSET', KEYS[3], u, ARGV[5]) end\n"
+    "  redis.call(ARGV[6], ARGV[7], 'X join ' .. #u .. ' ' .. u .. ARGV[5])\n"
+    "end\n"
+    "return 1\n";
+
+/* A dead identity's entries on a channel go, with a leave for each user it was the last
+ * of. KEYS: entries, totals, infos. ARGV: [1] identity, [2] publish verb, [3] bus channel.
+ * Returns how many entries went. */
+static const char presence_sweep_lua[] =
+    "local all = redis.call('HGETALL', KEYS[1])\n"
+    "local pre = ARGV[1] .. '\\n'\n"
+    "local n = 0\n"
+    "for i = 1, #all, 2 do\n"
+    "  local f = all[i]\n"
+    "  if string.sub(f, 1, #pre) == pre then\n"
+    "    redis.call('HDEL', KEYS[1], f)\n"
+    "    n = n + 1\n"
+    "    if string.sub(f, #pre + 1, #pre + 1) == 'u' then\n"
+    "      local u = string.sub(f, #pre + 2)\n"
+    "      local t = redis.call('HINCRBY', KEYS[2], u, -tonumber(all[i + 1]))\n"
+    "      if t <= 0 then\n"
+    "        redis.call('HDEL', KEYS[2], u)\n"
+    "        local info = redis.call('HGET', KEYS[3], u) or ''\n"
+    "        redis.call('HDEL', KEYS[3], u)\n"
+    "        redis.call(ARGV[2], ARGV[3], 'X leave ' .. #u .. ' ' .. u .. info)\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "return n\n";
+
+/* A channel's presence without the entries of the identities whose lease expired (ARGV:
+ * the reader's last tick saw them so; those it did not see yet count). KEYS: entries,
+ * infos, options. Returns {options exist 0/1, option presence ('' unset), anonymous, unlisted,
+ * then user, connections, info (or '') per user}. */
+static const char presence_read_lua[] =
+    "local dead = {}\n"
+    "for i = 1, #ARGV do dead[ARGV[i]] = true end\n"
+    "local all = redis.call('HGETALL', KEYS[1])\n"
+    "local users, order, anon, unl = {}, {}, 0, 0\n"
+    "for i = 1, #all, 2 do\n"
+    "  local f = all[i]\n"
+    "  local nl = string.find(f, '\\n', 1, true)\n"
+    "  if nl and not dead[string.sub(f, 1, nl - 1)] then\n"
+    "    local kind, c = string.sub(f, nl + 1, nl + 1), tonumber(all[i + 1]) or 0\n"
+    "    if kind == 'a' then anon = anon + c\n"
+    "    elseif kind == 'x' then unl = unl + c\n"
+    "    elseif kind == 'u' then\n"
+    "      local u = string.sub(f, nl + 2)\n"
+    "      if not users[u] then users[u] = 0; order[#order + 1] = u end\n"
+    "      users[u] = users[u] + c\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "local out = {redis.call('EXISTS', KEYS[3]), redis.call('HGET', KEYS[3], 'presence') or '',\n"
+    "             anon, unl}\n"
+    "for _, u in ipairs(order) do\n"
+    "  out[#out + 1] = u; out[#out + 1] = users[u]\n"
+    "  out[#out + 1] = redis.call('HGET', KEYS[2], u) or ''\n"
+    "end\n"
+    "return out\n";
+
+/* Every second per node, on the {presence} slot: renews the node's lease (unless it was
+ * lost: it expired, or another node swept the identity) and answers which registered
+ * identities hold no lease. KEYS: the registry (a set). ARGV: [1] lease key prefix, [2] the
+ * node's identity, [3] lease ms, [4] '1' when this identity held a lease before.
+ * Returns {lost 0/1, dead identities}. */
+static const char presence_tick_lua[] =
+    "local mine = ARGV[1] .. ARGV[2]\n"
+    "if ARGV[4] == '1' and (redis.call('EXISTS', mine) == 0 or\n"
+    "                       redis.call('SISMEMBER', KEYS[1], ARGV[2]) == 0) then\n"
+    "  return {1, {}}\n"
+    "end\n"
+    "redis.call('SET', mine, '1', 'PX', ARGV[3])\n"
+    "redis.call('SADD', KEYS[1], ARGV[2])\n"
+    "local dead = {}\n"
+    "for _, n in ipairs(redis.call('SMEMBERS', KEYS[1])) do\n"
+    "  if redis.call('EXISTS', ARGV[1] .. n) == 0 then dead[#dead + 1] = n end\n"
+    "end\n"
+    "return {0, dead}\n";
+
 /* ---- calling them ------------------------------------------------------------------ */
 
 /*
@@ -391,10 +503,11 @@ struct script {
 
 /* In the order of enum redis_script. */
 static struct script scripts[REDIS_SCRIPT_COUNT] = {
-    {.body = publish_lua},   {.body = prepare_lua},   {.body = load_lua},
-    {.body = chan_lua},      {.body = list_lua},      {.body = beat_lua},
-    {.body = apps_put_lua},  {.body = apps_snap_lua}, {.body = apps_beat_lua},
-    {.body = apps_gate_lua}, {.body = apps_purge_lua}};
+    {.body = publish_lua},        {.body = prepare_lua},       {.body = load_lua},
+    {.body = chan_lua},           {.body = list_lua},          {.body = beat_lua},
+    {.body = apps_put_lua},       {.body = apps_snap_lua},     {.body = apps_beat_lua},
+    {.body = apps_gate_lua},      {.body = apps_purge_lua},    {.body = presence_set_lua},
+    {.body = presence_sweep_lua}, {.body = presence_read_lua}, {.body = presence_tick_lua}};
 
 void redis_script_init(void)
 {

@@ -20,17 +20,21 @@
 #include "cluster/redis_bus.h"
 
 enum redis_script {
-    REDIS_SCRIPT_PUBLISH,    /* store and publish a message (one script per shard) */
-    REDIS_SCRIPT_PREPARE,    /* across shards: the smallest id a channel can take */
-    REDIS_SCRIPT_LOAD,       /* a channel's history, for a node's cache */
-    REDIS_SCRIPT_CHANNEL,    /* GET, PUT, DELETE of a channel */
-    REDIS_SCRIPT_LIST,       /* a page of the channel listing */
-    REDIS_SCRIPT_BEAT,       /* a node's subscriber count of a channel; keeps it alive */
-    REDIS_SCRIPT_APPS_PUT,   /* apps: create, update or delete one, bump the version */
-    REDIS_SCRIPT_APPS_SNAP,  /* apps: every app and the version, at one moment */
-    REDIS_SCRIPT_APPS_BEAT,  /* apps: a node's connections per app; the others' sums */
-    REDIS_SCRIPT_APPS_GATE,  /* apps: publishes/s and channels of an app, cluster-wide */
-    REDIS_SCRIPT_APPS_PURGE, /* apps: a deleted app's channel, gone */
+    REDIS_SCRIPT_PUBLISH,        /* store and publish a message (one script per shard) */
+    REDIS_SCRIPT_PREPARE,        /* across shards: the smallest id a channel can take */
+    REDIS_SCRIPT_LOAD,           /* a channel's history, for a node's cache */
+    REDIS_SCRIPT_CHANNEL,        /* GET, PUT, DELETE of a channel */
+    REDIS_SCRIPT_LIST,           /* a page of the channel listing */
+    REDIS_SCRIPT_BEAT,           /* a node's subscriber count of a channel; keeps it alive */
+    REDIS_SCRIPT_APPS_PUT,       /* apps: create, update or delete one, bump the version */
+    REDIS_SCRIPT_APPS_SNAP,      /* apps: every app and the version, at one moment */
+    REDIS_SCRIPT_APPS_BEAT,      /* apps: a node's connections per app; the others' sums */
+    REDIS_SCRIPT_APPS_GATE,      /* apps: publishes/s and channels of an app, cluster-wide */
+    REDIS_SCRIPT_APPS_PURGE,     /* apps: a deleted app's channel, gone */
+    REDIS_SCRIPT_PRESENCE_SET,   /* presence: a node's count of a user on a channel */
+    REDIS_SCRIPT_PRESENCE_SWEEP, /* presence: a dead node's entries on a channel, gone */
+    REDIS_SCRIPT_PRESENCE_READ,  /* presence: a channel's users as the live nodes count them */
+    REDIS_SCRIPT_PRESENCE_TICK,  /* presence: a node's lease, and who else holds one */
     REDIS_SCRIPT_COUNT
 };
 

@@ -1004,6 +1004,8 @@ void hub__apply_window_opts(struct channel *ch, const struct channel_opts *o)
         ch->conflate = o->conflate;
     if (!ch->batch_ms)
         ch->conflate = false; /* conflating needs a window */
+    if (o->has_presence)
+        ch->presence = o->presence && !ch->user;
 }
 
 void hub__backlog_channel_locked(struct channel *ch, uint64_t since, const struct list *held,
@@ -1437,8 +1439,6 @@ int hub_channel_put(struct hub *hub, const char *name, size_t len, const struct 
     if (o->has_history_ttl)
         ch->history_ttl_ms = o->history_ttl_ms;
     hub__apply_window_opts(ch, o);
-    if (o->has_presence)
-        ch->presence = o->presence && !ch->user;
     ch->last_active_ms = wall_ms();       /* PUT renews the TTL */
     hub__schedule_expiry_locked(hub, ch); /* the TTL may be shorter, or persistent off */
     hist_trim(ch, ch->last_active_ms);

@@ -469,10 +469,13 @@ struct hub_backend_ops {
     size_t (*node_stats_get)(void *be, struct sbuf *b);
     /* Whether the backend can take publishes now (readiness for /healthz). */
     bool (*ready)(void *be);
-    /* lock: this node now has `conns` connections of user[0..user_len) (NULL: of no user)
-     * on channel name (presence.c); info: the user's, JSON text (may be NULL). Copied. */
-    void (*presence_set)(void *be, const char *name, size_t len, const char *user, size_t user_len,
-                         uint32_t conns, const char *info, size_t info_len);
+    /* lock: this node now has `conns` connections of user[0..user_len) (kind
+     * PRESENCE_KIND_USER), without a user (PRESENCE_KIND_ANON) or of users past the cap
+     * (PRESENCE_KIND_UNLISTED) on channel name, and chan_conns counted there in all
+     * (presence.c); info: the user's, JSON text (may be NULL). Copied. */
+    void (*presence_set)(void *be, const char *name, size_t len, char kind, const char *user,
+                         size_t user_len, uint32_t conns, const char *info, size_t info_len,
+                         uint32_t chan_conns);
     /* Reads the channel's presence, cluster-wide; done runs later on worker w. */
     void (*presence_get)(void *be, int w, const char *name, size_t len,
                          void (*done)(void *arg, int err, struct presence_list *l), void *arg);
@@ -734,9 +737,12 @@ size_t hub_pattern_count(struct hub *hub);
  * Presence (presence.c, docs/interactive.md#presence): who is on a channel that keeps
  * it. Bounds: users listed per channel, bytes of a user's id and of its info.
  */
-#define PRESENCE_USERS_MAX 10000
-#define PRESENCE_USER_MAX  256
-#define PRESENCE_INFO_MAX  1024
+#define PRESENCE_USERS_MAX     10000
+#define PRESENCE_USER_MAX      256
+#define PRESENCE_INFO_MAX      1024
+#define PRESENCE_KIND_USER     'u'
+#define PRESENCE_KIND_ANON     'a'
+#define PRESENCE_KIND_UNLISTED 'x'
 struct presence_entry {
     uint32_t conns;
     uint32_t user_off, user_len, info_off, info_len; /* in presence_list.text; info_len 0: none */
@@ -765,6 +771,16 @@ void hub_presence_get_async(struct hub *hub, int w, const char *key, size_t len,
 /* A join or leave event of channel key[0..len), user and info (JSON text, may be NULL). */
 struct ctl_frames *hub_presence_frames(const char *key, size_t len, bool join, const char *user,
                                        size_t user_len, const char *info, size_t info_len);
+/* Cluster mode: another node changed the channel's option presence (the node's cache
+ * counts the subscriptions made from now on accordingly). */
+void hub_presence_option(struct hub *hub, const char *key, size_t len, bool on);
+/* Cluster mode: calls fn(arg, …) with the hub lock held for every count this node keeps
+ * (what hub_backend_ops.presence_set was told last), to tell it all again. */
+void hub_presence_snapshot(struct hub *hub,
+                           void (*fn)(void *arg, const char *name, size_t len, char kind,
+                                      const char *user, size_t user_len, uint32_t conns,
+                                      const char *info, size_t info_len, uint32_t chan_conns),
+                           void *arg);
 /* Cluster mode: a join or leave event from the channel's bus, for the local subscribers
  * that asked for presence events. */
 void hub_presence_event(struct hub *hub, const char *key, size_t len, bool join, const char *user,

@@ -175,7 +175,8 @@ void hub__presence_free(struct channel *ch);
 void hub__presence_leave_locked(struct hub *hub, struct channel *ch, struct sub *s,
                                 uint64_t *wake_mask);
 
-/* Sets ch's window options (batch_ms, conflate) that o has. Hub lock held. */
+/* Sets ch's window options (batch_ms, conflate) and presence that o has: what a node's
+ * cache follows as well as the channel. Hub lock held. */
 void hub__apply_window_opts(struct channel *ch, const struct channel_opts *o);
 /* qsort order of struct msg pointers by seq. */
 int hub__cmp_msg_seq(const void *a, const void *b);

@@ -76,17 +76,20 @@ static void notify_locked(struct hub *hub, struct channel *ch, struct ctl_frames
     ref_put(&ev->ref);
 }
 
-/* Cluster mode: tells the backend this node's count of u (or of the anonymous). */
-static void backend_set(struct hub *hub, const struct channel *ch, const struct presence_user *u,
-                        uint32_t anonymous)
+/* Cluster mode: tells the backend this node's count of u (kind PRESENCE_KIND_USER, u set)
+ * or of the anonymous or unlisted connections (n). */
+static void backend_set(struct hub *hub, const struct channel *ch, char kind,
+                        const struct presence_user *u, uint32_t n)
 {
     if (!hub->be_ops || !hub->be_ops->presence_set)
         return;
+    const struct chan_presence *p = ch->present;
+    uint32_t all = p ? p->conns : 0;
     if (u)
-        hub->be_ops->presence_set(hub->be, ch->name, ch->name_len, u->user, u->user_len, u->conns,
-                                  u->info, u->info_len);
+        hub->be_ops->presence_set(hub->be, ch->name, ch->name_len, kind, u->user, u->user_len,
+                                  u->conns, u->info, u->info_len, all);
     else
-        hub->be_ops->presence_set(hub->be, ch->name, ch->name_len, NULL, 0, anonymous, NULL, 0);
+        hub->be_ops->presence_set(hub->be, ch->name, ch->name_len, kind, NULL, 0, n, NULL, 0, all);
 }
 
 void hub__presence_join_locked(struct hub *hub, struct channel *ch, struct sub *s,
@@ -105,7 +108,7 @@ void hub__presence_join_locked(struct hub *hub, struct channel *ch, struct sub *
     if (!who->user || !who->user_len) {
         sp->anonymous = true;
         p->anonymous++;
-        backend_set(hub, ch, NULL, p->anonymous);
+        backend_set(hub, ch, PRESENCE_KIND_ANON, NULL, p->anonymous);
         return;
     }
     size_t ul = MIN(who->user_len, (size_t)PRESENCE_USER_MAX);
@@ -113,12 +116,13 @@ void hub__presence_join_locked(struct hub *hub, struct channel *ch, struct sub *
     struct presence_user *u = n ? container_of(n, struct presence_user, node) : NULL;
     if (!u && p->users.len >= PRESENCE_USERS_MAX) {
         p->unlisted++;
+        backend_set(hub, ch, PRESENCE_KIND_UNLISTED, NULL, p->unlisted);
         return;
     }
     if (u) {
         sp->user = u;
         u->conns++;
-        backend_set(hub, ch, u, 0);
+        backend_set(hub, ch, PRESENCE_KIND_USER, u, 0);
         return;
     }
     u = xcalloc(1, sizeof(*u) + ul + 1);
@@ -133,8 +137,8 @@ void hub__presence_join_locked(struct hub *hub, struct channel *ch, struct sub *
     u->conns = 1;
     map_put(&p->users, &u->node);
     sp->user = u;
-    if (hub->be_ops)
-        return backend_set(hub, ch, u, 0);
+    if (hub->be_ops) /* the backend tells every node, this one too */
+        return backend_set(hub, ch, PRESENCE_KIND_USER, u, 0);
     notify_locked(hub, ch,
                   hub_presence_frames(ch->name, ch->name_len, true, u->user, u->user_len, u->info,
                                       u->info_len),
@@ -153,7 +157,7 @@ void hub__presence_leave_locked(struct hub *hub, struct channel *ch, struct sub 
     struct presence_user *u = sp->user;
     if (u) {
         u->conns--;
-        backend_set(hub, ch, u, 0);
+        backend_set(hub, ch, PRESENCE_KIND_USER, u, 0);
         if (!u->conns) {
             map_del(&p->users, &u->node);
             if (!hub->be_ops)
@@ -166,16 +170,14 @@ void hub__presence_leave_locked(struct hub *hub, struct channel *ch, struct sub 
         }
     } else if (sp->anonymous) {
         p->anonymous--;
-        backend_set(hub, ch, NULL, p->anonymous);
+        backend_set(hub, ch, PRESENCE_KIND_ANON, NULL, p->anonymous);
     } else {
         p->unlisted--;
+        backend_set(hub, ch, PRESENCE_KIND_UNLISTED, NULL, p->unlisted);
     }
     free(sp);
-    if (!p->conns) {
-        map_free(&p->users);
-        free(p);
-        ch->present = NULL;
-    }
+    if (!p->conns)
+        hub__presence_free(ch);
 }
 
 void hub__presence_free(struct channel *ch)
@@ -264,4 +266,44 @@ void hub_presence_event(struct hub *hub, const char *key, size_t len, bool join,
                       &wake_mask);
     hub_unlock(hub);
     hub__wake_workers(hub, wake_mask);
+}
+
+void hub_presence_option(struct hub *hub, const char *key, size_t len, bool on)
+{
+    hub_lock(hub);
+    struct channel *ch = hub__lookup(hub, key, len);
+    if (ch)
+        ch->presence = on && !ch->user;
+    hub_unlock(hub);
+}
+
+void hub_presence_snapshot(struct hub *hub,
+                           void (*fn)(void *arg, const char *name, size_t len, char kind,
+                                      const char *user, size_t user_len, uint32_t conns,
+                                      const char *info, size_t info_len, uint32_t chan_conns),
+                           void *arg)
+{
+    hub_lock(hub);
+    size_t b = 0;
+    struct map_node *n, *next = NULL;
+    while ((n = map_next(&hub->channels, &b, &next))) {
+        const struct channel *ch = container_of(n, struct channel, node);
+        const struct chan_presence *p = ch->present;
+        if (!p)
+            continue;
+        if (p->anonymous)
+            fn(arg, ch->name, ch->name_len, PRESENCE_KIND_ANON, NULL, 0, p->anonymous, NULL, 0,
+               p->conns);
+        if (p->unlisted)
+            fn(arg, ch->name, ch->name_len, PRESENCE_KIND_UNLISTED, NULL, 0, p->unlisted, NULL, 0,
+               p->conns);
+        size_t ub = 0;
+        struct map_node *un, *unext = NULL;
+        while ((un = map_next(&p->users, &ub, &unext))) {
+            const struct presence_user *u = container_of(un, struct presence_user, node);
+            fn(arg, ch->name, ch->name_len, PRESENCE_KIND_USER, u->user, u->user_len, u->conns,
+               u->info, u->info_len, p->conns);
+        }
+    }
+    hub_unlock(hub);
 }

@@ -47,7 +47,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     sbuf_free(&json);
     enum redis_bus_kind k = redis_payload_parse_bus(buf, size, &e, &json);
-    CHECK(k >= REDIS_BUS_BAD && k <= REDIS_BUS_WINDOW);
+    CHECK(k >= REDIS_BUS_BAD && k <= REDIS_BUS_PRESENCE_OPT);
     if (k == REDIS_BUS_MESSAGE) {
         const char *sp = memchr(buf, ' ', size);
         CHECK(sp && e.seq >= 1);
@@ -66,6 +66,27 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     } else {
         CHECK(k != REDIS_BUS_WINDOW);
     }
+    struct redis_presence_event ev;
+    if (redis_payload_parse_presence(buf, size, &ev) == 0) {
+        /* Canonical: "X join|leave <n> <user><info>" built back from what was decoded. */
+        CHECK(k == REDIS_BUS_PRESENCE);
+        CHECK(inside(ev.user.data, ev.user.len, buf, size) && ev.user.len >= 1 &&
+              ev.user.len <= PRESENCE_USER_MAX);
+        CHECK(inside(ev.info.data, ev.info.len, buf, size) && ev.info.len <= PRESENCE_INFO_MAX);
+        struct sbuf again = {0};
+        sbuf_printf(&again, "X %s %u ", ev.join ? "join" : "leave", ev.user.len);
+        sbuf_add(&again, ev.user.data, ev.user.len);
+        sbuf_add(&again, ev.info.data, ev.info.len);
+        CHECK(again.len == size && memcmp(again.data, buf, size) == 0);
+        sbuf_free(&again);
+    } else {
+        CHECK(k != REDIS_BUS_PRESENCE);
+    }
+    bool on;
+    if (redis_payload_parse_presence_opt(buf, size, &on) == 0)
+        CHECK(k == REDIS_BUS_PRESENCE_OPT && size == 12 && buf[11] == (on ? '1' : '0'));
+    else
+        CHECK(k != REDIS_BUS_PRESENCE_OPT);
     sbuf_free(&json);
     uint64_t id;
     if (redis_payload_parse_id(buf, size, &id) == 0) {

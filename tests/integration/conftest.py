@@ -21,7 +21,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 from helpers import Herald  # noqa: E402
-from redis_util import RedisServer  # noqa: E402
+from redis_util import RedisCluster, RedisServer  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DEFAULT_TEST_TIMEOUT = 60
@@ -97,6 +97,15 @@ def redis():
     """One redis-server for the module's tests (killed at the end, even on failure)."""
     with RedisServer() as r:
         yield r
+
+
+@pytest.fixture(scope="module")
+def rcluster():
+    """A 3-master Redis Cluster for the module's tests; mark them
+    @pytest.mark.xdist_group("redis-cluster") so that they share one xdist worker and it
+    starts once."""
+    with RedisCluster(masters=3, replicas=0) as c:
+        yield c
 
 
 @pytest.fixture

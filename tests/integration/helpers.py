@@ -203,11 +203,17 @@ class Herald:
             raise AssertionError(f"herald did not exit after SIGTERM:\n{self.log_tail()}")
         return self.returncode
 
+    def kill(self):
+        """SIGKILL, as in a crash: the teardown then expects no clean exit of it."""
+        self.proc.kill()
+        self.returncode = self.proc.wait()
+        self.killed = True
+
     def stop(self):
         """Teardown: SIGTERM, exit code 0 within the bound, and no sanitizer report."""
         rc = self.terminate()
-        if self.blamed:
-            return  # its report already failed the test that caused it
+        if self.blamed or getattr(self, "killed", False):
+            return  # its report already failed the test that caused it; or a test killed it
         report = self.sanitizer_report()
         assert report is None, f"sanitizer report in herald's log:\n{report}"
         assert rc == 0, f"herald exited with {rc}:\n{self.log_tail()}"

@@ -27,7 +27,6 @@ from helpers import (
 )
 from test_apps import ADMIN, admin, pub
 from test_apps import app_stream as app_sub
-from redis_util import RedisCluster
 
 pytestmark = pytest.mark.threads  # make test runs this module under ThreadSanitizer too
 
@@ -320,12 +319,6 @@ def test_state_dir_is_refused_in_cluster_mode(herald_bin, tmp_path):
 
 
 # ---- Redis Cluster -----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def rcluster():
-    with RedisCluster(masters=3, replicas=0) as c:
-        yield c
 
 
 @pytest.mark.xdist_group("redis-cluster")

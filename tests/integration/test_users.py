@@ -436,7 +436,6 @@ def test_app_plan_channel_limit_does_not_lock_users_out(herald, tmp_path):
 
 # ---- several nodes: one Redis, and a Redis Cluster ---------------------------------------------
 
-from redis_util import RedisCluster  # noqa: E402
 
 HEARTBEAT = "300ms"
 
@@ -546,13 +545,6 @@ def test_one_redis_user_channel_is_not_listed(pair, redis):
         assert not [c for c in r.json()["channels"] if "#" in c["name"]], r.body
     finally:
         s.close()
-
-
-@pytest.fixture(scope="module")
-def rcluster():
-    """The module's Redis Cluster: its tests share one xdist worker (RC), so it starts once."""
-    with RedisCluster(masters=3, replicas=0) as c:
-        yield c
 
 
 RC = pytest.mark.xdist_group("redis-cluster")

@@ -252,6 +252,60 @@ static void test_stream_entries(void **state)
     assert_int_equal(entry("*2\r\n$3\r\n5-0\r\n*2\r\n$1\r\np\r\n$14\r\nT 1 1 0 2\nch\na\r\n"), -1);
 }
 
+/* Presence on the bus: "X join|leave <n> <user><info>", the user any n bytes, the info
+ * canonical compact JSON or nothing; "X presence 0|1". */
+static void test_bus_presence(void **state)
+{
+    struct redis_presence_event ev;
+    static const char join[] = "X join 5 al ce{\"name\":\"A\",\"n\":[1,2]}";
+    assert_int_equal(redis_payload_parse_presence(join, strlen(join), &ev), 0);
+    assert_true(ev.join);
+    assert_int_equal(ev.user.len, 5);
+    assert_memory_equal(ev.user.data, "al ce", 5);
+    assert_int_equal(ev.info.len, strlen("{\"name\":\"A\",\"n\":[1,2]}"));
+    assert_int_equal(redis_payload_parse_presence("X leave 1 \n", 11, &ev), 0);
+    assert_true(!ev.join && ev.user.len == 1 && ev.user.data[0] == '\n' && ev.info.len == 0);
+    struct hub_entry e;
+    struct sbuf data = {0};
+    assert_int_equal(redis_payload_parse_bus(join, strlen(join), &e, &data), REDIS_BUS_PRESENCE);
+    assert_int_equal(redis_payload_parse_bus("X presence 1", 12, &e, &data),
+                     REDIS_BUS_PRESENCE_OPT);
+    bool on = false;
+    assert_int_equal(redis_payload_parse_presence_opt("X presence 1", 12, &on), 0);
+    assert_true(on);
+    assert_int_equal(redis_payload_parse_presence_opt("X presence 0", 12, &on), 0);
+    assert_false(on);
+    static const char *bad[] = {
+        "X join 0 ",                       /* no user */
+        "X join 6 alice",                  /* shorter than it says */
+        "X join 05 alice",                 /* not canonical */
+        "X join 5 alice{\"a\": 1}",        /* info not compact */
+        "X join 5 alice{\"a\":1",          /* info not JSON */
+        "X join 5 alice{\"a\":1,\"a\":2}", /* duplicate keys */
+        "X join 5 alice\n",                /* info with a newline (breaks SSE lines) */
+        "X leave alice",
+        "X joins 1 a",
+        "X join 257 a",
+        "X presence 2",
+        "X presence 1 ",
+    };
+    for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
+        assert_int_equal(redis_payload_parse_bus(bad[i], strlen(bad[i]), &e, &data), REDIS_BUS_BAD);
+        sbuf_free(&data);
+    }
+    /* info at the bound: a JSON string of 1,024 bytes fits, one more does not */
+    char big[1100] = "X join 1 u\"";
+    size_t n = strlen(big);
+    memset(big + n, 'x', 1022);
+    big[n + 1022] = '"';
+    assert_int_equal(redis_payload_parse_presence(big, n + 1023, &ev), 0);
+    assert_int_equal(ev.info.len, 1024);
+    memmove(big + n + 1, big + n, 1023);
+    big[n] = 'x';
+    assert_int_equal(redis_payload_parse_presence(big, n + 1024, &ev), -1);
+    sbuf_free(&data);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -262,6 +316,7 @@ int main(void)
         cmocka_unit_test(test_channels),
         cmocka_unit_test(test_events_and_bodies),
         cmocka_unit_test(test_bus_messages),
+        cmocka_unit_test(test_bus_presence),
         cmocka_unit_test(test_stream_entries),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
