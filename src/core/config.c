@@ -349,6 +349,14 @@ static const struct config_option options[] = {
      .max = 1000000,
      .help = "distinct subscription patterns the server holds at once (each also counts "
              "against --max-channels-per-ip of the address that brought it)"},
+    {.name = "max-presence-users",
+     .type = OPT_COUNT,
+     FIELD(max_presence_users),
+     .def = "10000",
+     .min = 1,
+     .max = 1000000,
+     .help = "users a channel with presence lists (per node); the connections of more users "
+             "are counted as unlisted"},
     {.name = "max-pattern-replay",
      .type = OPT_COUNT,
      FIELD(max_pattern_replay),

@@ -79,6 +79,7 @@ struct herald_config {
     uint32_t max_channels_per_ip;   /* --max-channels-per-ip, default 1000; 0 = no limit */
     uint32_t max_patterns_per_conn; /* --max-patterns-per-conn, default 8; 0: no patterns */
     uint32_t max_patterns;          /* --max-patterns, distinct ones, default 10,000 */
+    uint32_t max_presence_users;    /* --max-presence-users per channel (per node), 10,000 */
     uint32_t max_pattern_replay;    /* --max-pattern-replay, messages, default 1,000 */
     bool limit_loopback;            /* --limit-loopback: per-address limits apply to loopback */
 

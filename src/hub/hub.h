@@ -735,9 +735,9 @@ size_t hub_pattern_count(struct hub *hub);
 
 /*
  * Presence (presence.c, docs/interactive.md#presence): who is on a channel that keeps
- * it. Bounds: users listed per channel, bytes of a user's id and of its info.
+ * it. Bounds: bytes of a user's id and of its info (users listed per channel:
+ * --max-presence-users).
  */
-#define PRESENCE_USERS_MAX     10000
 #define PRESENCE_USER_MAX      256
 #define PRESENCE_INFO_MAX      1024
 #define PRESENCE_KIND_USER     'u'
@@ -753,7 +753,7 @@ struct presence_list {
     struct sbuf text;
     uint64_t connections; /* every counted connection, the users' and the others' */
     uint64_t anonymous;   /* connections without a user */
-    uint64_t unlisted;    /* connections of users past PRESENCE_USERS_MAX */
+    uint64_t unlisted;    /* connections of users past --max-presence-users */
 };
 /* Adds a user (its bytes copied) with conns connections and its info (JSON text, may be
  * NULL). Cannot fail. */

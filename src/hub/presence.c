@@ -11,7 +11,7 @@
  * Everything here runs under the hub lock, called by hub_subscribe and the
  * unsubscribes: a counted subscription carries its struct sub_presence, so that
  * its leave undoes exactly what its join did, whatever the channel's option says
- * meanwhile. Bounds: PRESENCE_USERS_MAX users listed per channel (the connections
+ * meanwhile. Bounds: --max-presence-users users listed per channel (the connections
  * of further users are counted as `unlisted`, without events), PRESENCE_INFO_MAX
  * bytes of info per user.
  *
@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "core/config.h"
 #include "hub/hub.h"
 #include "hub/hub_internal.h"
 
@@ -39,7 +40,7 @@ struct chan_presence {
     struct map users;   /* struct presence_user by user */
     uint32_t conns;     /* every counted connection */
     uint32_t anonymous; /* connections without a user */
-    uint32_t unlisted;  /* connections of users past PRESENCE_USERS_MAX */
+    uint32_t unlisted;  /* connections of users past --max-presence-users */
 };
 
 /* The fields of a join or leave event of channel key[0..len): "channel","user"[,"info"]. */
@@ -114,7 +115,7 @@ void hub__presence_join_locked(struct hub *hub, struct channel *ch, struct sub *
     size_t ul = MIN(who->user_len, (size_t)PRESENCE_USER_MAX);
     struct map_node *n = map_get(&p->users, who->user, ul);
     struct presence_user *u = n ? container_of(n, struct presence_user, node) : NULL;
-    if (!u && p->users.len >= PRESENCE_USERS_MAX) {
+    if (!u && p->users.len >= hub->cfg->max_presence_users) {
         p->unlisted++;
         backend_set(hub, ch, PRESENCE_KIND_UNLISTED, NULL, p->unlisted);
         return;

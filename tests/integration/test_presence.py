@@ -331,3 +331,33 @@ def test_cli_token_info_is_what_presence_shows(herald_bin, srv, chan):
     bad = subprocess.run([herald_bin, "token", "--secret", SECRET, "--info", "{nope"],
                          capture_output=True, timeout=WAIT)
     assert bad.returncode != 0 and b"--info is JSON" in bad.stderr, bad.stderr
+
+
+def test_users_past_the_cap_are_counted_unlisted_without_events(herald, chan):
+    srv = herald(token_secret=SECRET, max_presence_users=2)
+    put(srv, chan, {"presence": True})
+    w = open_sub("sse", srv, chan, token("cap-w"), presence=True)
+    subs = []
+    try:
+        assert next_event(w)["user"] == "cap-w"
+        subs.append(open_sub("ws", srv, chan, token("cap-1")))
+        assert next_event(w)["user"] == "cap-1"
+        subs += [open_sub("stream", srv, chan, token("cap-2")),
+                 open_sub("sse", srv, chan, token("cap-2"))]
+        doc = wait_users(srv, chan, {"cap-w": 1, "cap-1": 1})
+        wait_until(lambda: presence(srv, chan)["unlisted"] == 2, what="cap-2 unlisted")
+        doc = presence(srv, chan)
+        assert doc["connections"] == 4 and doc["total_users"] == 2, doc
+        expect_only_message(w, srv, chan, "no-join-past-the-cap")
+        subs.pop(0).close()  # cap-1 goes: room for one more user
+        assert next_event(w)["event"] == "leave"
+        subs.pop().close()
+        wait_until(lambda: presence(srv, chan)["unlisted"] == 1, what="one unlisted left")
+        subs.append(open_sub("ws", srv, chan, token("cap-2")))  # listed now, as it comes
+        assert next_event(w) == {"event": "join", "channel": chan, "user": "cap-2"}
+        doc = wait_users(srv, chan, {"cap-w": 1, "cap-2": 1})
+        assert doc["unlisted"] == 1, doc
+    finally:
+        for s in subs:
+            s.close()
+        w.close()

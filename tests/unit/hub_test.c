@@ -2309,6 +2309,113 @@ static void test_cluster_a_new_head_never_evicts_one_the_subscribe_needs(void **
     hub_unsubscribe_all(&hub, 0, &held);
 }
 
+/* ---- presence (presence.c) ---------------------------------------------------------- */
+
+/* Subscribes the connection `held` (worker 0) to name as `who`. */
+static void take_as(struct list *held, const char *name, const struct presence_who *who)
+{
+    struct slice s = sl(name);
+    struct hub_client cl = {.max_subs = 64, .who = who};
+    struct hub_backlog bl;
+    size_t bad;
+    assert_int_equal(hub_subscribe(&hub, 0, held, held, &s, 1, false, 0, &cl, &bl, &bad), 0);
+    hub_backlog_free(&bl);
+}
+
+/* Worker 0's inbox: the presence events' JSON, joined by '|' into out; every reference
+ * released. Returns how many items there were. */
+static uint32_t presence_events(char *out, size_t size)
+{
+    uint32_t n = 0;
+    struct inbox_item *items = hub_inbox_take(&hub, 0, &n);
+    size_t len = 0;
+    out[0] = '\0';
+    for (uint32_t i = 0; i < n; i++) {
+        assert_int_equal(items[i].kind, INBOX_PRESENCE);
+        len += (size_t)snprintf(out + len, size - len, "%s%.*s", len ? "|" : "",
+                                (int)items[i].ctl->json.len, items[i].ctl->json.data);
+        ref_put(&items[i].ctl->ref);
+        hub_channel_put_ref(&hub, items[i].ch);
+    }
+    free(items);
+    return n;
+}
+
+static void got_list(void *arg, int err, struct presence_list *l)
+{
+    struct presence_list *out = arg;
+    memset(out, 0, sizeof(*out));
+    out->anonymous = err ? (uint64_t)-err : 0; /* the error, for the caller */
+    if (err)
+        return;
+    out->connections = l->connections;
+    out->unlisted = l->unlisted;
+    out->anonymous = l->anonymous;
+    for (size_t i = 0; i < l->n; i++)
+        presence_list_add(out, l->text.data + l->v[i].user_off, l->v[i].user_len, l->v[i].conns,
+                          l->v[i].info_len ? l->text.data + l->v[i].info_off : NULL,
+                          l->v[i].info_len);
+}
+
+/* A user joins with its first connection and leaves with its last (events queued once,
+ * with the first connection's info); the anonymous are counted, never named; a
+ * subscription counted while the option was on leaves even after it went off. */
+static void test_presence_counts_and_events(void **state)
+{
+    struct channel_opts on = {.has_presence = true, .presence = true};
+    struct channel_opts off = {.has_presence = true, .presence = false};
+    bool created;
+    struct channel_info info;
+    assert_int_equal(hub_channel_put(&hub, "room", 4, &on, &created, &info), 0);
+    assert_true(info.presence);
+    struct list c1, c2, c3;
+    list_init(&c1);
+    list_init(&c2);
+    list_init(&c3);
+    const struct presence_who ann = {
+        .user = "ann", .user_len = 3, .info = "{\"n\":1}", .info_len = 7, .events = true};
+    const struct presence_who ann2 = {
+        .user = "ann", .user_len = 3, .info = "{\"n\":2}", .info_len = 7};
+    const struct presence_who anon = {.events = true};
+    char ev[512];
+    take_as(&c1, "room", &ann);
+    assert_int_equal(presence_events(ev, sizeof(ev)), 1);
+    assert_string_equal(
+        ev, "{\"event\":\"join\",\"channel\":\"room\",\"user\":\"ann\",\"info\":{\"n\":1}}");
+    take_as(&c2, "room", &ann2);
+    take_as(&c3, "room", &anon);
+    assert_int_equal(presence_events(ev, sizeof(ev)), 0);
+    struct presence_list l;
+    hub_presence_get_async(&hub, 0, "room", 4, got_list, &l);
+    assert_int_equal(l.n, 1);
+    assert_int_equal(l.v[0].conns, 2);
+    assert_memory_equal(l.text.data + l.v[0].info_off, "{\"n\":1}", 7);
+    assert_int_equal(l.anonymous, 1);
+    assert_int_equal(l.connections, 3);
+    presence_list_free(&l);
+    assert_int_equal(hub_channel_put(&hub, "room", 4, &off, &created, &info), 0);
+    hub_presence_get_async(&hub, 0, "room", 4, got_list, &l);
+    assert_int_equal(l.anonymous, (uint64_t)-HUB_ERR_PRESENCE_OFF);
+    hub_unsubscribe_all(&hub, 0, &c1);
+    assert_int_equal(presence_events(ev, sizeof(ev)), 0);
+    hub_unsubscribe_all(&hub, 0, &c3);
+    hub_unsubscribe_all(&hub, 0, &c2);
+    assert_int_equal(presence_events(ev, sizeof(ev)), 1);
+    assert_string_equal(
+        ev, "{\"event\":\"leave\",\"channel\":\"room\",\"user\":\"ann\",\"info\":{\"n\":1}}");
+    assert_int_equal(hub_channel_put(&hub, "room", 4, &on, &created, &info), 0);
+    hub_presence_get_async(&hub, 0, "room", 4, got_list, &l);
+    assert_int_equal(l.n + l.connections + l.anonymous, 0);
+    assert_null(chan("room")->present);
+    presence_list_free(&l);
+    /* a subscription without `who` (a long-poll) is never counted */
+    struct list c4;
+    list_init(&c4);
+    take_channel(&c4, "room");
+    assert_null(chan("room")->present);
+    hub_unsubscribe_all(&hub, 0, &c4);
+}
+
 int main(void)
 {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
@@ -2355,6 +2462,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(
             test_cluster_held_live_messages_are_capped_at_the_history_size, setup_cluster,
             teardown),
+        cmocka_unit_test_setup_teardown(test_presence_counts_and_events, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cluster_deleted_channel_is_dropped_and_unwanted,
                                         setup_cluster, teardown),
         cmocka_unit_test_setup_teardown(
