@@ -344,9 +344,8 @@ export class Herald extends Emitter {
         break;
       case 'error':
         if (/^token_/.test(m.error)) this._staleToken = true;
-        if (this._refs.has(m.ref)) break; // the answer of a call: its promise rejects
-        if (m.channel) for (const s of subsOf(m.channel)) s._emit('error', m);
-        else if (m.ref == null) for (const s of this._subs) s._emit('error', m);
+        if (m.ref != null) break; // the answer of a call: its promise rejects (if it still waits)
+        for (const s of m.channel ? subsOf(m.channel) : this._subs) s._emit('error', m);
         this._emit('error', m);
         break;
     }

@@ -17,7 +17,7 @@ const SECRET = 'sekrit';
 const { cleanup, server, client } = kit(after, Herald);
 const jwt = (claims) => sign(SECRET, { exp: Math.floor(Date.now() / 1000) + 600, ...claims });
 
-// The app's backend: answers rpc by method (echo, fail, slow: after data.ms), allows
+// The app's backend: answers rpc by method (echo; fail; slow and slowfail: after data.ms), allows
 // everything else. `calls` counts the rpc calls it got, by method.
 async function backend() {
   const calls = {};
@@ -29,11 +29,8 @@ async function backend() {
       let answer = { result: 'allow' };
       if (ev.event === 'rpc') {
         calls[ev.method] = (calls[ev.method] || 0) + 1;
-        if (ev.method === 'fail') answer = { error: 'no such room' };
-        else {
-          if (ev.method === 'slow') await sleep(ev.data.ms);
-          answer = { data: { method: ev.method, got: ev.data, user: ev.user } };
-        }
+        if (ev.method === 'slow' || ev.method === 'slowfail') await sleep(ev.data.ms);
+        answer = /fail/.test(ev.method) ? { error: 'no such room' } : { data: { method: ev.method, got: ev.data, user: ev.user } };
       }
       const out = JSON.stringify(answer);
       res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(out) });
@@ -101,7 +98,7 @@ test('rpc: a call in flight at a disconnect rejects (disconnected) and is not se
   assert.equal(new Set(refs).size, 3, `refs ${refs}`);
 });
 
-test('rpc: {timeout} rejects (timeout) when the answer is late; the late answer is dropped', async () => {
+test('rpc: {timeout} rejects (timeout) when the answer is late; the late answer (a reply or an error) is dropped', async () => {
   const { s } = await hooked();
   const h = client(s.url);
   const errors = [];
@@ -111,7 +108,8 @@ test('rpc: {timeout} rejects (timeout) when the answer is late; the late answer 
   const t0 = Date.now();
   await assert.rejects(h.rpc('slow', { ms: 800 }, { timeout: 200 }), (e) => e.error === 'timeout');
   assert.ok(Date.now() - t0 < 700, 'rejected at the timeout');
-  await sleep(900); // the answer comes now, to no one
+  await assert.rejects(h.rpc('slowfail', { ms: 600 }, { timeout: 100 }), (e) => e.error === 'timeout');
+  await sleep(900); // the answers come now, to no one
   assert.deepEqual(errors, []);
   assert.deepEqual(await h.rpc('echo', 3), { method: 'echo', got: 3, user: null });
 });
