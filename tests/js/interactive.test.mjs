@@ -10,7 +10,7 @@ import http from 'node:http';
 import { after, test } from 'node:test';
 
 import { Herald } from '../../clients/js/herald.js';
-import { NodeWebSocket, collector, freePort, jwt as sign, kit, sleep, tally, until } from './support.mjs';
+import { NodeWebSocket, collector, freePort, jwt as sign, kit, sleep, until, userSoak } from './support.mjs';
 
 const CUTS = Number(process.env.HERALD_JS_USER_DISCONNECTS || 30);
 const SECRET = 'sekrit';
@@ -127,55 +127,10 @@ test('rpc and publish need a WebSocket: rpc_needs_websocket over SSE and long-po
   await assert.rejects(h.rpc('echo'), (e) => e.error === 'not_connected' && /wait for the 'open' event/.test(e.message));
 });
 
-// Publishes 0, 1, 2… alternately to the channel `room` and to the user `u1` (a message
-// of the room and of u1's messages by turns), each retried until herald stores it.
-function publisher(s) {
-  const p = { n: 0, stopped: false, room: [], user: [] };
-  p.done = (async () => {
-    while (!p.stopped) {
-      const doc = p.n % 2 ? { channels: ['room'], data: p.n } : { users: ['u1'], data: p.n };
-      const r = await fetch(`${s.url}/api/publish`, { method: 'POST', body: JSON.stringify(doc) }).catch(() => null);
-      if (r?.status === 201) (p.n % 2 ? p.room : p.user).push(p.n++);
-      await sleep(5);
-    }
-  })();
-  p.stop = async () => {
-    p.stopped = true;
-    await p.done;
-  };
-  return p;
-}
-
 for (const t of ['websocket', 'sse', 'poll']) {
   test(`#user over ${t}: the user's messages (not another user's), resumed across ${CUTS} forced disconnects, nothing lost or duplicated`, { timeout: 120000 }, async () => {
     const s = await server(['--token-secret', SECRET, '--lifetime-min', '150ms', '--lifetime-max', '300ms', '--poll-timeout', '1s', '--history-size', '1000']);
-    const h = client(s.url, { transports: [t], token: jwt({ sub: 'u1', channels: ['**'] }) });
-    const room = collector(h.subscribe(['room']));
-    const mine = collector(h.subscribe('#user'));
-    const envs = [];
-    h.subscribe('#user').on('message', (m) => envs.push(m));
-    let cuts = 0;
-    h.on('disconnect', () => cuts++);
-    await until(() => h.transport === t, 5000, t);
-    await until(async () => t === 'poll' || (await s.subscribers('room')) === 1, 5000, 'the subscription');
-    // Another user's message and one to both: neither is u1's own channel's.
-    await fetch(`${s.url}/api/publish`, { method: 'POST', body: JSON.stringify({ users: ['u2'], data: 'not yours' }) });
-    const pub = publisher(s);
-    const t0 = Date.now();
-    while ((t === 'poll' ? pub.n < 300 : cuts < CUTS) && Date.now() - t0 < 60000) await sleep(100);
-    await pub.stop();
-    await until(() => room.data.length + mine.data.length >= pub.n, 15000, `all ${pub.n} messages`).catch(() => {});
-    await sleep(300); // duplicates would come now
-    const count = (data, want) => {
-      const r = tally(data.map((n) => want.indexOf(n)), want.length);
-      return { ...r, stray: data.filter((n) => !want.includes(n)).length };
-    };
-    const r = count(room.data, pub.room), u = count(mine.data, pub.user);
-    console.log(`# #user/${t}: ${pub.n} published (${pub.user.length} to the user), ${cuts} disconnects; room: lost ${r.lost} duplicated ${r.duplicated}; user: lost ${u.lost} duplicated ${u.duplicated} out of order ${u.outOfOrder}`);
-    assert.deepEqual(r, { received: pub.room.length, lost: 0, duplicated: 0, outOfOrder: 0, stray: 0 });
-    assert.deepEqual(u, { received: pub.user.length, lost: 0, duplicated: 0, outOfOrder: 0, stray: 0 });
-    assert.ok(envs.every((m) => m.channel === '#user'));
-    if (t !== 'poll') assert.ok(cuts >= CUTS, `only ${cuts} disconnects`);
+    await userSoak(client(s.url, { transports: [t], token: jwt({ sub: 'u1', channels: ['**'] }) }), t, s.url, CUTS, t);
   });
 }
 

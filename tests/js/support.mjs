@@ -1,6 +1,7 @@
 // What the JS client's tests share: a real herald (started, restarted, stopped by the
 // test), an independent publisher (plain HTTP), a tiny WebSocket client for Node (Node
 // 18/20 have none built in; browsers do) and a proxy that blocks transports.
+import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import http from 'node:http';
@@ -159,9 +160,12 @@ export class NodeWebSocket {
 // An HTTP proxy in front of herald that can refuse WebSocket upgrades (closes the
 // connection, as some corporate proxies do) and SSE (answers 502), like a hostile
 // network would, and hold requests back (`delay(req)` ms).
+// With several targets, each new connection goes to the next (a round-robin balancer).
 export async function blockingProxy(target, { websocket = false, sse = false, delay = () => 0 } = {}) {
-  const t = new URL(target);
+  const targets = [].concat(target).map((u) => new URL(u));
+  let turn = 0;
   const server = http.createServer(async (req, res) => {
+    const t = targets[turn++ % targets.length];
     const ms = delay(req); // holds a request back (a slow network)
     if (ms) await sleep(ms);
     if (sse && req.url.includes('/sse')) {
@@ -178,6 +182,7 @@ export async function blockingProxy(target, { websocket = false, sse = false, de
   });
   server.on('upgrade', (req, sock, head) => {
     if (websocket) return sock.destroy();
+    const t = targets[turn++ % targets.length];
     const up = net.connect(t.port, t.hostname, () => {
       up.write(`${req.method} ${req.url} HTTP/1.1\r\n` + Object.entries(req.headers).map(([k, v]) => `${k}: ${v}\r\n`).join('') + '\r\n');
       up.write(head);
@@ -230,6 +235,56 @@ export function collector(sub) {
   sub.on('closed', (m) => got.closed.push(m));
   sub.on('error', (m) => got.errors.push(m));
   return got;
+}
+
+// Publishes 0, 1, 2… alternately to the channel `room` and to the user `u1` (a message
+// of the room and of u1's messages by turns) at `url`, each retried until herald stores it.
+function roomAndUser(url) {
+  const p = { n: 0, stopped: false, room: [], user: [] };
+  p.done = (async () => {
+    while (!p.stopped) {
+      const doc = p.n % 2 ? { channels: ['room'], data: p.n } : { users: ['u1'], data: p.n };
+      const r = await fetch(`${url}/api/publish`, { method: 'POST', body: JSON.stringify(doc) }).catch(() => null);
+      if (r?.status === 201) (p.n % 2 ? p.room : p.user).push(p.n++);
+      await sleep(5);
+    }
+  })();
+  p.stop = async () => {
+    p.stopped = true;
+    await p.done;
+  };
+  return p;
+}
+
+// The client `h` (over transport `t`, its token user u1, on a herald that cuts its
+// connections) holds `room` and `#user` while roomAndUser publishes at `pubUrl`, until
+// `cuts` disconnects (300 messages for long-poll). Everything arrives once, in order,
+// each on its own subscription (not u2's message); prints the figures after `label`.
+export async function userSoak(h, t, pubUrl, cuts, label) {
+  const room = collector(h.subscribe(['room']));
+  const mine = collector(h.subscribe('#user'));
+  const envs = [];
+  h.subscribe('#user').on('message', (m) => envs.push(m));
+  let n = 0;
+  h.on('disconnect', () => n++);
+  await until(() => h.transport === t && h.cursor(['room']) !== undefined, 10000, `subscribed over ${t}`);
+  await fetch(`${pubUrl}/api/publish`, { method: 'POST', body: JSON.stringify({ users: ['u2'], data: 'not yours' }) });
+  const pub = roomAndUser(pubUrl);
+  const t0 = Date.now();
+  while ((t === 'poll' ? pub.n < 300 : n < cuts) && Date.now() - t0 < 60000) await sleep(100);
+  await pub.stop();
+  await until(() => room.data.length + mine.data.length >= pub.n, 15000, `all ${pub.n} messages`).catch(() => {});
+  await sleep(300); // duplicates would come now
+  const count = (data, want) => {
+    const r = tally(data.map((x) => want.indexOf(x)), want.length);
+    return { ...r, stray: data.filter((x) => !want.includes(x)).length };
+  };
+  const r = count(room.data, pub.room), u = count(mine.data, pub.user);
+  console.log(`# #user/${label}: ${pub.n} published (${pub.user.length} to the user), ${n} disconnects; room: lost ${r.lost} duplicated ${r.duplicated}; user: lost ${u.lost} duplicated ${u.duplicated} out of order ${u.outOfOrder}`);
+  assert.deepEqual(r, { received: pub.room.length, lost: 0, duplicated: 0, outOfOrder: 0, stray: 0 });
+  assert.deepEqual(u, { received: pub.user.length, lost: 0, duplicated: 0, outOfOrder: 0, stray: 0 });
+  assert.ok(envs.every((m) => m.channel === '#user'));
+  if (t !== 'poll') assert.ok(n >= cuts, `only ${n} disconnects`);
 }
 
 // lost and duplicated over a sequence 0..n-1 of published integers
