@@ -357,9 +357,10 @@ static int token_from_claims(json_t *claims, const struct token_verifier *v, int
         *why = "the token was issued in the future (\"iat\"): check the clocks";
         return TOKEN_E_INVALID;
     }
-    if (jsub && (!json_is_string(jsub) || json_string_length(jsub) > TOKEN_MAX_SUB ||
+    if (jsub && (!json_is_string(jsub) || json_string_length(jsub) == 0 ||
+                 json_string_length(jsub) > TOKEN_MAX_SUB ||
                  strlen(json_string_value(jsub)) != json_string_length(jsub))) {
-        *why = "\"sub\" is the user id: a string of at most 256 bytes";
+        *why = "\"sub\" is the user id: a string of 1 to 256 bytes (leave it out for no user)";
         return TOKEN_E_INVALID;
     }
     long chsize = patterns_size(jch), pubsize = patterns_size(jpub);

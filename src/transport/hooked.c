@@ -54,6 +54,8 @@ static void add_extra_channels(struct conn *c, struct hook_session *s, struct su
 {
     json_t *chs = json_object_get(answer, "channels"), *v;
     size_t i;
+    if (chs && !json_is_array(chs) && !json_is_null(chs))
+        log_warn("hook: the backend's \"channels\" is not a list of channel names: ignored");
     json_array_foreach(chs, i, v)
     {
         if (!json_is_string(v) ||
@@ -61,8 +63,12 @@ static void add_extra_channels(struct conn *c, struct hook_session *s, struct su
             log_warn("hook: the backend's \"channels\" holds an invalid channel name: ignored");
             continue;
         }
-        if (r->n == TRANSPORT_MAX_CHANNELS)
+        if (r->n == TRANSPORT_MAX_CHANNELS) {
+            log_warn("hook: the backend's \"channels\" takes the connection past %d channels "
+                     "(with the ones it named): the last %zu are not subscribed",
+                     TRANSPORT_MAX_CHANNELS, json_array_size(chs) - i);
             break;
+        }
         size_t before = r->n;
         transport_add_channel(r, c->tenant, json_string_value(v), json_string_length(v));
         if (r->n > before && r->nsince && r->nsince < r->n)

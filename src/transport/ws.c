@@ -430,7 +430,7 @@ static void op_auth(struct conn *c, json_t *op, json_t *ref, bool refresh)
         if (json_is_string(since) &&
             transport_parse_since(&r, json_string_value(since), json_string_length(since), &perr)) {
             token_put(tok);
-            return ws_reply_error(c, "bad_request", perr, ref);
+            return ws_reply_error(c, "bad_cursor", perr, ref);
         }
         transport_add_user(&r, c->tenant, tok);
         if (!transport_cursor_fits(&r, NULL, false)) { /* the user's channel alone */
@@ -461,6 +461,9 @@ static void op_auth(struct conn *c, json_t *op, json_t *ref, bool refresh)
     if (user)
         transport_replay(c, &b);
 }
+
+/* op_channels' answer for a cursor it cannot take (-1: any other mistake). */
+enum { OP_BAD_CURSOR = -2 };
 
 /* Reads "channels": [..] or "channel": ".." of an op into r. */
 static int op_channels(const struct conn *c, json_t *op, struct sub_request *r, const char **err)
@@ -493,11 +496,11 @@ static int op_channels(const struct conn *c, json_t *op, struct sub_request *r, 
     json_t *since = json_object_get(op, "since");
     if (json_is_string(since)) {
         if (transport_parse_since(r, json_string_value(since), json_string_length(since), err))
-            return -1;
+            return OP_BAD_CURSOR;
         /* an op names channels only, never the user; its subscribe hook may add some */
         if (!transport_cursor_fits(r, c->tenant, true)) {
             *err = transport_cursor_mismatch;
-            return -1;
+            return OP_BAD_CURSOR;
         }
     } else if (json_is_integer(since) && json_integer_value(since) >= 0) {
         r->has_since = true;
@@ -521,8 +524,9 @@ static void op_subscribe(struct conn *c, json_t *op, json_t *ref)
 {
     struct sub_request r;
     const char *err;
-    if (op_channels(c, op, &r, &err) < 0)
-        return ws_reply_error(c, "bad_request", err, ref);
+    int pe = op_channels(c, op, &r, &err);
+    if (pe < 0)
+        return ws_reply_error(c, pe == OP_BAD_CURSOR ? "bad_cursor" : "bad_request", err, ref);
     size_t bad = 0;
     const char *denied = transport_auth_check(c, TOKEN_GRANT_SUBSCRIBE, r.names, r.n, &bad);
     if (denied)
@@ -577,8 +581,9 @@ static void op_unsubscribe(struct conn *c, json_t *op, json_t *ref)
 {
     struct sub_request r;
     const char *err;
-    if (op_channels(c, op, &r, &err) < 0)
-        return ws_reply_error(c, "bad_request", err, ref);
+    int pe = op_channels(c, op, &r, &err);
+    if (pe < 0)
+        return ws_reply_error(c, pe == OP_BAD_CURSOR ? "bad_cursor" : "bad_request", err, ref);
     for (size_t i = 0; i < r.n; i++) {
         struct list *p, *tmp;
         list_for_each_safe(p, tmp, &c->subs)
@@ -861,8 +866,10 @@ static void ws_handle_text(struct conn *c, const char *text, size_t len)
         ws_auth(c)->policy = auth_policy_of(c->tenant);
     if (!name)
         ws_reply_error(c, "bad_request",
-                       opv ? "\"op\" is a string: subscribe, unsubscribe, ping, publish or rpc"
-                           : "missing \"op\" (subscribe, unsubscribe, ping, publish, rpc)",
+                       opv ? "\"op\" is a string: subscribe, unsubscribe, ping, publish, rpc, "
+                             "auth or refresh"
+                           : "missing \"op\" (subscribe, unsubscribe, ping, publish, rpc, auth, "
+                             "refresh)",
                        ref);
     else if (strcmp(name, "ping") == 0)
         ws_reply(c, "pong", NULL, ref);

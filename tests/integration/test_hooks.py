@@ -957,6 +957,26 @@ def test_redis_cluster_sse_resumes_the_hooks_channels(herald, chan):
             {"webhook_url": url, "webhook_secret": SECRET} if url else {})), chan)
 
 
+def test_hook_channels_past_the_connection_cap_are_logged(herald, chan):
+    extras = [f"{chan}-{i}" for i in range(70)]
+    b = Backend(lambda doc, a: (200, {"result": "allow", "channels": extras}, 0))
+    try:
+        srv = hooked(herald, b.url)
+        with SSE(srv, chan) as sub:  # one channel named: room for 63 of the backend's
+            assert sub.status == 200, sub.body
+            wait_until(lambda: srv.stats("?channels=1").get("channel_subscribers", {}).get(extras[62]) == 1,
+                       what="the 63rd extra channel held")
+            held = srv.stats("?channels=1")["channel_subscribers"]
+            assert extras[63] not in held and len([c for c in held if c.startswith(chan + "-")]) == 63
+        wait_until(lambda: "the last 7 are not subscribed" in srv.log(), what="the warning")
+        b.answer = lambda doc, a: (200, {"result": "allow", "channels": "not-a-list"}, 0)
+        with SSE(srv, chan) as sub:
+            assert sub.status == 200, sub.body
+        wait_until(lambda: "is not a list of channel names" in srv.log(), what="the warning")
+    finally:
+        b.close()
+
+
 def test_shutdown_while_connects_and_rpcs_wait(herald, chan):
     release = threading.Event()
     b = Backend(lambda doc, a: (200, {"result": "allow", "data": 1}, 0) if release.wait(15) else (500, None, 0))

@@ -152,8 +152,11 @@ def test_no_token_is_401_token_missing(tsrv, kind):
         mint(claims(["news"]), header={"alg": "HS512"}),
         mint({"sub": "a", "channels": ["news"]}),  # no exp
         mint(claims(["news"], nbf=int(time.time()) + 3600)),
+        mint({**claims(["news"]), "sub": ""}),  # a user id is 1 to 256 bytes
+        mint({**claims(["news"]), "sub": "x" * 257}),
     ],
-    ids=["garbage", "not-base64", "wrong-secret", "alg-none", "other-alg", "no-exp", "nbf"],
+    ids=["garbage", "not-base64", "wrong-secret", "alg-none", "other-alg", "no-exp", "nbf", "empty-sub",
+         "long-sub"],
 )
 def test_bad_token_is_401_token_invalid(tsrv, kind, bad):
     status, _, body = attempt(tsrv, kind, "news", bad)

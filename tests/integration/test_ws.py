@@ -101,9 +101,13 @@ def test_resubscribing_a_held_channel_does_not_duplicate(server, chan):
     [
         ({"op": "subscribe", "channels": ["bad name"], "ref": 3}, "bad_request"),
         ({"op": "subscribe", "ref": 3}, "bad_request"),
-        ({"op": "subscribe", "channel": "ok", "since": "soon", "ref": 3}, "bad_request"),
+        # a cursor it cannot take is bad_cursor, as for HTTP subscribers (api.md)
+        ({"op": "subscribe", "channel": "ok", "since": "soon", "ref": 3}, "bad_cursor"),
+        ({"op": "subscribe", "channel": "ok", "since": "99999999999999999999999", "ref": 3}, "bad_cursor"),
+        ({"op": "subscribe", "channels": ["a", "b"], "since": "5.1.1", "ref": 3}, "bad_cursor"),
         ({"op": "dance", "ref": 3}, "unknown_op"),
         ({"ref": 3}, "bad_request"),
+        ({"op": 42, "ref": 3}, "bad_request"),
         ({"op": "publish", "channel": "x", "data": 1, "ref": 3}, "forbidden"),
     ],
 )
@@ -113,6 +117,9 @@ def test_op_errors_keep_the_connection_open(server, op, error):
             ans = await ws_op(ws, op)
             assert ans["event"] == "error" and ans["error"] == error, ans
             assert ans["ref"] == 3 and ans["detail"]
+            if "op" not in op or not isinstance(op["op"], str):  # it lists every op there is
+                assert all(name in ans["detail"] for name in
+                           ("subscribe", "unsubscribe", "ping", "publish", "rpc", "auth", "refresh"))
             assert await ws_op(ws, {"op": "ping", "ref": "still"}) == {"event": "pong", "ref": "still"}
 
     arun(main())
