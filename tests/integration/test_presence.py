@@ -243,6 +243,8 @@ def test_events_are_live_only_never_in_history(srv, chan):
         assert next_event(w)["data"] == "after"
     finally:
         w.close()
+    # The watcher's own leave, once the server has seen it go, is no later subscriber's.
+    wait_users(srv, chan, {})
     # a resume from the start replays the messages only, and a long-poll gets no events
     r = open_sub("stream", srv, chan, token("resumer"), presence=True, since="0")
     try:
