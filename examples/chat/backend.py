@@ -37,7 +37,8 @@ class Backend(SimpleHTTPRequestHandler):
         elif ev["event"] == "rpc" and ev["method"] == "who":  # who is in the room now
             out = {"data": api("/api/channels/room.lobby/presence")["users"]}
         elif ev["event"] == "rpc" and ev["method"] == "send":  # from: herald's word, not the page's
-            msg, to = {"from": ev["info"]["name"], "text": str(ev["data"]["text"])[:500]}, ev["data"].get("to")
+            data = ev["data"] if isinstance(ev["data"], dict) else {}  # the page's: any JSON
+            msg, to = {"from": ev["info"]["name"], "text": str(data.get("text", ""))[:500]}, data.get("to")
             doc = ({"users": list({str(to), ev["user"]}), "data": {**msg, "to": to}} if to  # both users' #user
                    else {"channels": ["room.lobby"], "data": msg})
             out = {"data": api("/api/publish", doc)}  # {"id":…,"subscribers":…}

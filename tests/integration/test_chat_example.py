@@ -268,3 +268,27 @@ def test_chat_two_users_room_private_and_a_restart(chat, chromium):  # noqa: F81
     for note in alice_notes + bob_notes:
         assert note == ["note", "(older messages are no longer kept)"], note
     assert errors == []
+
+
+def test_chat_backend_answers_a_send_whatever_data_the_page_sends(chat):
+    """Any page may send any JSON as the rpc's data: the backend answers (a message with
+    an empty text, or its own error), never a 'hook_failed' from a backend that crashed."""
+    import websockets
+
+    from helpers import arun
+
+    srv, bport, _ = chat
+    with urllib.request.urlopen(f"http://127.0.0.1:{bport}/token?user=mallory", timeout=10) as r:
+        tok = r.read().decode()
+
+    async def main():
+        async with websockets.connect(f"ws://127.0.0.1:{srv.port}/ws?token={tok}&channels=room.lobby") as ws:
+            for ref, data in enumerate([None, {}, "text", 42, [1], {"text": None, "to": None}]):
+                await ws.send(json.dumps({"op": "rpc", "method": "send", "data": data, "ref": ref}))
+                while True:
+                    ans = json.loads(await asyncio.wait_for(ws.recv(), WAIT))
+                    if ans.get("ref") == ref:
+                        break
+                assert ans["event"] == "reply" and "id" in ans["data"], (data, ans)
+
+    arun(main())
