@@ -340,8 +340,11 @@ static int token_from_claims(json_t *claims, const struct token_verifier *v, int
     json_t *jsub = json_object_get(claims, "sub");
     json_t *jch = json_object_get(claims, "channels"), *jpub = json_object_get(claims, "publish");
     if (!numeric_date(json_object_get(claims, "exp"), &exp)) {
-        *why = "the token has no \"exp\" (expiry, seconds since 1970): herald takes only tokens "
-               "that expire";
+        *why = json_object_get(claims, "exp")
+                   ? "the token's \"exp\" is not a date: a number of seconds since 1970, "
+                     "from 0 to 2^53"
+                   : "the token has no \"exp\" (expiry, seconds since 1970): herald takes only "
+                     "tokens that expire";
         return TOKEN_E_INVALID;
     }
     if (now > exp + (int64_t)v->skew_s) {
@@ -538,7 +541,8 @@ int token_verify(const struct token_verifier *v, const char *jwt, size_t len, in
     }
     json_t *claims = json_part(d1 + 1, (size_t)(d2 - d1 - 1));
     if (!claims) {
-        *why = "the token's claims are not a base64url-encoded JSON object";
+        *why = "the token's claims are not a base64url-encoded JSON object (with numbers "
+               "that fit 64 bits)";
         return TOKEN_E_INVALID;
     }
     int err = token_from_claims(claims, v, now, out, why);

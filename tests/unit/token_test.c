@@ -212,6 +212,30 @@ static void test_info_claim(void **state)
     token_verifier_free(v);
 }
 
+/* What is wrong with an exp is said: absent, not a date, or a number past 64 bits. */
+static void test_exp_errors_say_what_is_wrong(void **state)
+{
+    struct token_verifier *v = token_verifier_hs256(secret, strlen(secret), 30);
+    const struct {
+        const char *claims, *says;
+    } cases[] = {
+        {"{\"sub\":\"a\"}", "has no \"exp\""},
+        {"{\"exp\":1e300}", "not a date"},
+        {"{\"exp\":-5}", "not a date"},
+        {"{\"exp\":\"soon\"}", "not a date"},
+        {"{\"exp\":9223372036854775808}", "fit 64 bits"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *jwt = hs(cases[i].claims);
+        struct token *t = NULL;
+        const char *why = NULL;
+        assert_int_equal(token_verify(v, jwt, strlen(jwt), now, &t, &why), TOKEN_E_INVALID);
+        assert_non_null(strstr(why, cases[i].says));
+        free(jwt);
+    }
+    token_verifier_free(v);
+}
+
 static void test_hs256_wrong_signature(void **state)
 {
     struct token_verifier *v = token_verifier_hs256("other-secret", 12, 30);
@@ -549,6 +573,7 @@ int main(void)
         cmocka_unit_test(test_mint_hs256),
         cmocka_unit_test(test_info_claim),
         cmocka_unit_test(test_hs256_wrong_signature),
+        cmocka_unit_test(test_exp_errors_say_what_is_wrong),
         cmocka_unit_test(test_alg_mismatch_and_none),
         cmocka_unit_test(test_rs256_and_key_confusion),
         cmocka_unit_test(test_es256),
