@@ -121,7 +121,10 @@ static void poll_deliver(struct conn *c, struct msg *m)
     struct poll_state *st = pstate(c);
     if (c->flags & POLLF_FULL)
         return; /* the next poll gets it, from history */
-    if (!outq_empty(&st->pending) &&
+    /* At least one message per answer, whatever gap events came before it (a resume's
+     * gaps are bounded: see hub_gap): an answer of gaps alone would have no cursor to
+     * continue from. */
+    if (st->last_seq &&
         st->pending.bytes + st->pending.len + m->envelope.len > conn_cfg(c)->max_outbound) {
         c->flags |= POLLF_FULL;
         return;

@@ -190,3 +190,38 @@ def test_poll_pipelined_behind_other_requests(server, chan):
     assert [a.status for a in answers] == [200, 200, 200]
     assert answers[0].json() == answers[2].json() == {"status": "ok"}
     assert ids_of(answers[1].json()["messages"]) == ids[1:]
+
+
+def follow_cursor(srv, channels, since, answers=6):
+    """Polls from `since`, following the cursor until an answer holds no message; returns
+    the messages' data in order. Every cursor moves on from the one the poll sent."""
+    got, cursor = [], since
+    for _ in range(answers):
+        status, body = poll(srv, channels, since=cursor, timeout=0)
+        assert status == 200, body
+        data = [m["data"] for m in body["messages"] if m["event"] == "message"]
+        assert int(body["cursor"]) >= int(cursor), (cursor, body["cursor"], data)
+        if not data:
+            return got
+        assert int(body["cursor"]) > int(cursor), (cursor, body["cursor"])
+        got += data
+        cursor = body["cursor"]
+    raise AssertionError(f"still messages after {answers} answers: {got}")
+
+
+@pytest.mark.parametrize("by", ["pattern", "names"])
+def test_capped_answer_whose_gaps_fill_the_cap_moves_the_cursor_on(herald, by):
+    # Each channel's history lost its first message: a resume from before it gets one gap
+    # per channel, more gap bytes than --max-outbound. The answer still holds a message and
+    # a cursor past `since` (it was "0", and the next poll repeated what the client had).
+    srv = herald(history_size=1, max_outbound="4KiB")  # its own server: short names fit a URL
+    keep = "lp.keep"
+    assert srv.request("PUT", "/api/channels/" + keep, '{"history_size": 100}').status == 201
+    srv.publish(keep, "seen-1")
+    since = srv.publish(keep, "seen-2")["id"]
+    names = [f"lp.c{i}" for i in range(60)]
+    for rnd in ("lost", "kept"):
+        srv.publish_json({"messages": [{"channels": [n], "data": f"{rnd}-{i}"} for i, n in enumerate(names)]})
+    channels = "lp.*" if by == "pattern" else ",".join(names)
+    got = follow_cursor(srv, channels, since)
+    assert got == [f"kept-{i}" for i in range(60)]
