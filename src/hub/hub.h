@@ -562,8 +562,9 @@ void hub_channel_window(struct hub *hub, const char *name, size_t len,
                         const struct channel_opts *o);
 /* Cluster mode: the channel was deleted elsewhere; subscribers get `closed`. */
 void hub_channel_gone(struct hub *hub, const char *name, size_t len);
-/* Cluster mode (one Redis): the channels under a pattern head that a resume reads (each
- * a cache the node loads); past it, the pattern's resume says so with a gap. */
+/* The channels under a pattern head that a resume reads (in cluster mode each a cache
+ * the node loads); past it, the pattern's resume says so with a gap (HUB_GAP_REPLAY_LIMIT),
+ * so that one resume holds the hub for a bounded time. */
 #define HUB_PATTERN_NAMES_MAX 1000
 /*
  * Cluster mode (one Redis): the head's bus subscription is in place (err 0), Redis's
@@ -594,14 +595,25 @@ uint64_t hub_channel_loading(struct hub *hub, const char *name, size_t len, uint
  * Subscription results: the messages to replay (each a reference owned by the
  * caller), and the gaps to announce before them.
  */
+/* Why a gap names a pattern rather than one of its channels (docs/api.md#gaps). */
+enum hub_gap_reason {
+    HUB_GAP_CHANNEL,      /* no reason field: the channel's history no longer reaches back */
+    HUB_GAP_REPLAY_LIMIT, /* the replay kept its newest --max-pattern-replay messages, or read
+                             HUB_PATTERN_NAMES_MAX channels and not the rest */
+    HUB_GAP_GAP_LIMIT,    /* more than HUB_REPLAY_GAPS_MAX channels' gaps: this one says it */
+};
+/* The per-channel gaps one subscribe's pattern replays give at most; past it a pattern's
+ * come as one gap naming the pattern (HUB_GAP_GAP_LIMIT). The most channels a connection
+ * can name, so that a pattern tells no more than names would. */
+#define HUB_REPLAY_GAPS_MAX 64
 struct hub_gap {
     struct channel *ch; /* borrowed; valid while the caller's sub holds it; NULL: see name */
     char *name;         /* owned: the key of the channel (or pattern) the gap is about, when
                            no subscription holds it (found through a pattern) */
     uint32_t name_len;
-    bool replay_limit; /* a pattern's replay was cut to --max-pattern-replay messages */
-    uint64_t oldest;   /* oldest retained (or replayed) id, 0 when none */
-    uint64_t since;    /* the client's cursor on ch, older than what is retained */
+    uint8_t reason;  /* enum hub_gap_reason: why a pattern's gap names the pattern */
+    uint64_t oldest; /* oldest retained (or replayed) id, 0 when none */
+    uint64_t since;  /* the client's cursor on ch, older than what is retained */
 };
 struct hub_backlog {
     struct msg **msgs;

@@ -344,14 +344,26 @@ static bool held_by_name(const struct list *held, struct channel *const *chs, si
 }
 
 static void add_gap(struct hub_backlog *b, const char *key, size_t len, uint64_t since,
-                    uint64_t oldest, bool limit)
+                    uint64_t oldest, enum hub_gap_reason reason)
 {
     b->gaps = xrealloc(b->gaps, (b->ngaps + 1) * sizeof(*b->gaps));
     b->gaps[b->ngaps++] = (struct hub_gap){.name = xstrndup(key, len),
                                            .name_len = (uint32_t)len,
-                                           .replay_limit = limit,
+                                           .reason = (uint8_t)reason,
                                            .oldest = oldest,
                                            .since = since};
+}
+
+/* Keeps mine's per-channel gaps within `room`: past it they are dropped, and from then on
+ * each one as it comes (*collapsed: one gap naming the pattern says it instead). */
+static void bound_gaps(struct hub_backlog *mine, uint32_t room, bool *collapsed)
+{
+    if (!*collapsed && mine->ngaps <= room)
+        return;
+    for (uint32_t i = 0; i < mine->ngaps; i++)
+        free(mine->gaps[i].name);
+    mine->ngaps = 0;
+    *collapsed = true;
 }
 
 /* What a pattern's resume reads, channels or tombs: those under the pattern's head
@@ -421,15 +433,17 @@ static void backlog_of(struct channel *pat, struct slice p, size_t plen, struct 
  * hub__patsub_await_caches_locked), up to what the bus brought (later ones come live). */
 static void backlog_cached(struct hub *hub, struct channel *pat, struct slice p, size_t plen,
                            uint64_t since, const struct list *held, struct channel *const *chs,
-                           size_t n, struct hub_backlog *mine)
+                           size_t n, struct hub_backlog *mine, uint32_t room, bool *collapsed)
 {
     const struct pat_head *h = head_of(hub, pat->name, pat->name_len, false);
     size_t b = 0;
     struct map_node *node, *next = NULL;
     while ((node = map_next(&h->names, &b, &next))) {
         struct channel *ch = hub__lookup(hub, node->key, node->key_len);
-        if (ch && (ch->sync == SYNC_READY || ch->sync == SYNC_FILLING))
+        if (ch && (ch->sync == SYNC_READY || ch->sync == SYNC_FILLING)) {
             backlog_of(pat, p, plen, ch, since, held, chs, n, mine);
+            bound_gaps(mine, room, collapsed);
+        }
     }
     uint32_t kept = 0;
     for (uint32_t i = 0; i < mine->n; i++) {
@@ -449,28 +463,48 @@ void hub__patsub_backlog_locked(struct hub *hub, struct channel *pat, uint64_t s
     const struct slice p = chan_key_name(pat->name, pat->name_len);
     const size_t plen = (size_t)(p.data - pat->name); /* the app prefix: "APP~" or "" */
     struct hub_backlog mine = {0};
-    uint32_t gaps_before = b->ngaps;
-    struct channel *ch;
+    /* The per-channel gaps of one subscribe's patterns are bounded (HUB_REPLAY_GAPS_MAX),
+     * and so are the channels one resume reads (HUB_PATTERN_NAMES_MAX): the hub is held
+     * for a bounded time, and a connection queues a bounded replay. */
+    uint32_t room = b->ngaps < HUB_REPLAY_GAPS_MAX ? HUB_REPLAY_GAPS_MAX - b->ngaps : 0;
+    bool collapsed = false, cut = false;
     if (hub->be_ops) {
-        backlog_cached(hub, pat, p, plen, since, held, chs, n, &mine);
+        backlog_cached(hub, pat, p, plen, since, held, chs, n, &mine, room, &collapsed);
         /* More channels under the head than a resume loads: said, never skipped. */
-        if (head_of(hub, pat->name, pat->name_len, false)->names_full)
-            add_gap(b, pat->name, pat->name_len, since, 0, true);
+        cut = head_of(hub, pat->name, pat->name_len, false)->names_full;
     } else {
         struct walk w = walk_start(hub, pat, false);
-        while ((ch = walk_next(&w)))
+        struct channel *ch;
+        for (uint32_t read = 0; (ch = walk_next(&w)); read++) {
+            if (read == HUB_PATTERN_NAMES_MAX) {
+                cut = true;
+                break;
+            }
             backlog_of(pat, p, plen, ch, since, held, chs, n, &mine);
+            bound_gaps(&mine, room, &collapsed);
+        }
         /* Channels deleted or expired since the cursor lost what they had. */
         w = walk_start(hub, pat, true);
         const struct tomb *t;
-        while (since && (t = walk_next(&w)))
-            if (t->last_seq > since && key_matches(pat, p, plen, t->name, t->node.key_len))
-                add_gap(b, t->name, t->node.key_len, since, 0, false);
+        for (uint32_t read = 0; since && (t = walk_next(&w)); read++) {
+            if (read == HUB_PATTERN_NAMES_MAX) {
+                cut = true;
+                break;
+            }
+            if (t->last_seq > since && key_matches(pat, p, plen, t->name, t->node.key_len)) {
+                add_gap(&mine, t->name, t->node.key_len, since, 0, HUB_GAP_CHANNEL);
+                bound_gaps(&mine, room, &collapsed);
+            }
+        }
         /* A cursor from before this node started: channels it no longer has may have held
          * messages for it (each matching channel that exists reports its own gap). */
-        if (since && since < hub->boot_seq - 1 && mine.ngaps == 0 && b->ngaps == gaps_before)
-            add_gap(b, pat->name, pat->name_len, since, 0, false);
+        if (since && since < hub->boot_seq - 1 && mine.ngaps == 0 && !collapsed && !cut)
+            add_gap(b, pat->name, pat->name_len, since, 0, HUB_GAP_CHANNEL);
     }
+    if (cut)
+        add_gap(b, pat->name, pat->name_len, since, 0, HUB_GAP_REPLAY_LIMIT);
+    if (collapsed)
+        add_gap(b, pat->name, pat->name_len, since, 0, HUB_GAP_GAP_LIMIT);
     /* A message that also went to a channel this subscribe names comes through that
      * subscription (as it does live), so that the copy replayed is the one live gives. */
     uint32_t kept = 0;
@@ -488,7 +522,7 @@ void hub__patsub_backlog_locked(struct hub *hub, struct channel *pat, uint64_t s
     hub__backlog_sort_dedup(&mine);
     uint32_t cap = hub->cfg->max_pattern_replay, drop = mine.n > cap ? mine.n - cap : 0;
     if (drop) /* the newest `cap`: what is left out is said, never skipped silently */
-        add_gap(b, pat->name, pat->name_len, since, mine.msgs[drop]->seq, true);
+        add_gap(b, pat->name, pat->name_len, since, mine.msgs[drop]->seq, HUB_GAP_REPLAY_LIMIT);
     for (uint32_t i = 0; i < drop; i++)
         ref_put(&mine.msgs[i]->ref);
     if (mine.ngaps) {

@@ -390,8 +390,11 @@ static void deliver_gap(struct conn *c, const struct hub_gap *g)
         n = snprintf(fields, sizeof(fields),
                      "\"channel\":\"%.*s\",\"since\":\"%" PRIu64 "\",\"oldest\":null", (int)nm.len,
                      nm.data, since);
-    if (g->replay_limit) /* a pattern's replay kept its newest --max-pattern-replay */
-        n += snprintf(fields + n, sizeof(fields) - (size_t)n, ",\"reason\":\"replay_limit\"");
+    static const char *const reasons[] = {
+        [HUB_GAP_REPLAY_LIMIT] = "replay_limit", [HUB_GAP_GAP_LIMIT] = "gap_limit"};
+    if (g->reason) /* a gap naming a pattern: why (hub.h, enum hub_gap_reason) */
+        n += snprintf(fields + n, sizeof(fields) - (size_t)n, ",\"reason\":\"%s\"",
+                      reasons[g->reason]);
     struct ctl_frames *f = ctl_frames_new("gap", fields, (size_t)n);
     c->ops->deliver_ctl(c, f);
     ref_put(&f->ref);

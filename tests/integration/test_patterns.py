@@ -198,6 +198,57 @@ def test_replay_is_capped_with_a_gap_saying_so(small, chan):
     check_replay_cap(small, small, chan)
 
 
+def lose_first_messages(srv, names):
+    """Two rounds on each channel of a server that keeps 1 message a channel: the first is
+    lost. Returns the cursor before them and the ids of the kept ones."""
+    cursor = srv.publish("cursor", "c")["id"]
+    for rnd in ("lost", "kept"):
+        doc = srv.publish_json({"messages": [{"channels": [n], "data": f"{rnd}-{n}"} for n in names]})
+        ids = [r["id"] for r in doc["results"]]
+    return cursor, ids
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+@pytest.mark.parametrize("nchannels", [64, 65])
+def test_gaps_of_a_resume_collapse_into_one_past_64_channels(herald, kind, nchannels):
+    """A channel's gap each, up to 64 (as many as a connection can name); past that, one
+    gap naming the pattern, reason gap_limit, instead of a gap per channel (64,000 of
+    them made one resume's answer 4.9 MB). The messages that are left come as ever."""
+    srv = herald(history_size=1)
+    names = [f"g.c{i:03d}" for i in range(nchannels)]
+    cursor, ids = lose_first_messages(srv, names)
+    with subscribe(kind, srv, "g.*", since=cursor) as sub:
+        gaps = 1 if nchannels > 64 else nchannels
+        got = sub.messages(gaps + nchannels)
+        if nchannels > 64:
+            assert got[0] == {"event": "gap", "channel": "g.*", "since": cursor, "oldest": None, "reason": "gap_limit"}
+        else:
+            assert sorted(g["channel"] for g in got[:gaps]) == names
+            assert all(g["event"] == "gap" and "reason" not in g for g in got[:gaps]), got[:gaps]
+        assert ids_of(got[gaps:]) == ids  # each once, in id order
+        live = srv.publish("g.new", "live")["id"]
+        assert sub.next_message()["id"] == live
+
+
+def test_resume_reads_at_most_1000_channels_and_says_so(herald):
+    """One resume examines at most 1,000 channels under the pattern's first segment (it
+    held the hub for 0.3 s with 64,000), and says with a gap naming the pattern that it
+    did not read the rest; the same bound as on one Redis."""
+    srv = herald()
+    names = [f"w.c{i:04d}" for i in range(1001)]
+    cursor = srv.publish("cursor", "c")["id"]
+    ids = []
+    for part in range(0, len(names), 250):
+        doc = srv.publish_json({"messages": [{"channels": [n], "data": n} for n in names[part:part + 250]]})
+        ids += [r["id"] for r in doc["results"]]
+    status, body = poll(srv, "w.*", since=cursor, timeout=0)
+    assert status == 200
+    got = body["messages"]
+    assert got[0] == {"event": "gap", "channel": "w.*", "since": cursor, "oldest": None, "reason": "replay_limit"}
+    replayed = ids_of(got[1:])
+    assert len(replayed) == 1000 and replayed == sorted(set(replayed)) and set(replayed) < set(ids)
+
+
 def test_resume_reports_a_deleted_matching_channel(server, chan):
     cursor = server.publish(f"{chan}.a", "1")["id"]
     server.publish(f"{chan}.gone", "lost")

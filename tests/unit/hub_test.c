@@ -2108,7 +2108,7 @@ static void test_pattern_resume_merges_in_id_order_with_gaps_and_a_cap(void **st
     assert_int_equal(bl.msgs[1]->seq, a2);
     assert_int_equal(bl.msgs[2]->seq, b2);
     assert_int_equal(bl.ngaps, 1);
-    assert_true(bl.gaps[0].replay_limit);
+    assert_int_equal(bl.gaps[0].reason, HUB_GAP_REPLAY_LIMIT);
     assert_string_equal(bl.gaps[0].name, "r.*");
     assert_int_equal(bl.gaps[0].oldest, b1);
     hub_backlog_free(&bl);
@@ -2118,7 +2118,7 @@ static void test_pattern_resume_merges_in_id_order_with_gaps_and_a_cap(void **st
     pub("r.a", "3");
     assert_int_equal(subscribe(0, &held, names, 1, true, cursor, &bl, NULL), 0);
     assert_int_equal(bl.ngaps, 1);
-    assert_false(bl.gaps[0].replay_limit);
+    assert_int_equal(bl.gaps[0].reason, HUB_GAP_CHANNEL);
     assert_string_equal(bl.gaps[0].name, "r.a");
     hub_backlog_free(&bl);
     hub_unsubscribe_all(&hub, 0, &held);
