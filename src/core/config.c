@@ -444,7 +444,8 @@ static const struct config_option options[] = {
      .def = "16",
      .min = 1,
      .max = 1024,
-     .help = "keep-alive connections to one backend, at most (more calls wait for one)"},
+     .help = "keep-alive connections to one backend, at most (more calls wait for one); rpc "
+             "and notifications may hold all but a quarter, kept for connect and subscribe"},
     {.name = "hook-queue",
      .type = OPT_COUNT,
      FIELD(hook_queue),

@@ -37,6 +37,14 @@ static const char *const event_names[HOOK_EVENTS] = {"connect", "subscribe", "pu
 const char hooks_setting_names[] = "webhook_url, webhook_secret, webhook_events, "
                                    "webhook_timeout_ms, webhook_retries, webhook_fail_open";
 
+struct origin {
+    struct map_node node;
+    char key[HOOK_URL_MAX]; /* scheme://authority of the backend's URL */
+    uint32_t busy;          /* rpc and notifications curl has */
+    uint32_t n_waiting;
+    struct list waiting; /* struct job (wait), oldest first */
+};
+
 struct job {
     struct job *next; /* the submit queue, or the retry list */
     struct hook_target *t;
@@ -50,6 +58,11 @@ struct job {
     uint64_t due_ms; /* a retry: when (monotonic) */
     uint64_t started_ms;
     struct list active; /* in H.active while curl has it */
+    struct origin *o;   /* an rpc or notification: its backend's share (hooks thread) */
+    bool holds;         /* it holds one of o's share while curl has it */
+    struct list wait;   /* in o->waiting while the share is full */
+    uint64_t queued_ms; /* when it began to wait there */
+    uint32_t waited_ms; /* how long its attempt waited there (its timeout counts it) */
     bool has_addr;      /* counted against its client's address (--hook-queue-ip) */
     uint8_t addr[16];
     CURL *easy;
@@ -74,6 +87,7 @@ static struct {
     bool stop;
     struct job *retries; /* hooks thread only */
     struct list active;  /* jobs curl has (hooks thread only) */
+    struct map origins;  /* struct origin by backend (hooks thread only) */
     atomic_uint pending; /* every job not yet completed */
     pthread_mutex_t addr_lock;
     struct map addrs; /* struct addr_count by client address: calls waiting */
@@ -346,6 +360,11 @@ static void job_detach(struct job *j)
 {
     if (list_linked(&j->active))
         list_remove(&j->active);
+    if (list_linked(&j->wait))
+        list_remove(&j->wait);
+    if (j->holds)
+        j->o->busy--;
+    j->holds = false;
     if (j->easy) {
         curl_multi_remove_handle(H.multi, j->easy);
         curl_easy_cleanup(j->easy);
@@ -461,7 +480,7 @@ static void job_start(struct job *j)
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, j->body);
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)j->body_len);
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, j->hdrs);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)j->t->s.timeout_ms);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(j->t->s.timeout_ms - j->waited_ms));
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)j->t->s.timeout_ms);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_USERAGENT, "herald-hooks");
@@ -473,6 +492,9 @@ static void job_start(struct job *j)
     list_insert_tail(&H.active, &j->active);
     curl_multi_add_handle(H.multi, e);
 }
+
+static void attempt_over(struct job *j);
+static void job_begin(struct job *j);
 
 /* Hooks thread: an attempt ended with code; the job is retried or completed. */
 static void job_ended(struct job *j, CURLcode code)
@@ -486,7 +508,13 @@ static void job_ended(struct job *j, CURLcode code)
     r->answer = NULL;
     if (code == CURLE_OPERATION_TIMEDOUT) {
         r->status = HOOK_TIMEOUT;
-        snprintf(r->detail, sizeof(r->detail), "timeout after %u ms", j->t->s.timeout_ms);
+        if (j->waited_ms)
+            snprintf(r->detail, sizeof(r->detail),
+                     "timeout after %u ms, %u of them waiting for a connection to the backend "
+                     "(--hook-connections)",
+                     j->t->s.timeout_ms, j->waited_ms);
+        else
+            snprintf(r->detail, sizeof(r->detail), "timeout after %u ms", j->t->s.timeout_ms);
     } else if (code == CURLE_WRITE_ERROR && j->resp_over) {
         r->status = HOOK_BAD_ANSWER;
         snprintf(r->detail, sizeof(r->detail), "the answer is over %u bytes", HOOK_ANSWER_MAX);
@@ -511,9 +539,16 @@ static void job_ended(struct job *j, CURLcode code)
     } else {
         r->status = HOOK_OK;
     }
+    attempt_over(j);
+}
+
+/* Hooks thread: the attempt's result is in j->res; the job is retried or completed. */
+static void attempt_over(struct job *j)
+{
+    struct hook_result *r = &j->res;
     bool again = !j->done && j->attempt <= j->t->s.retries &&
                  (r->status == HOOK_TIMEOUT || r->status == HOOK_UNREACHABLE ||
-                  (r->status == HOOK_HTTP_STATUS && status >= 500));
+                  (r->status == HOOK_HTTP_STATUS && r->http_status >= 500));
     if (!again)
         return job_complete(j);
     job_detach(j);
@@ -535,12 +570,126 @@ static long run_retries(void)
         if (j->due_ms <= now) {
             *pp = j->next;
             j->next = NULL;
-            job_start(j);
+            job_begin(j);
             continue;
         }
         long in = (long)(j->due_ms - now);
         next = next < 0 ? in : MIN(next, in);
         pp = &j->next;
+    }
+    return next;
+}
+
+/* ---- a backend's connections: what rpc and notifications may hold -------------------------- */
+
+/*
+ * curl keeps at most --hook-connections connections to one backend (host and port) and
+ * queues the rest of the requests. rpc calls and notifications (publish, disconnect) may
+ * hold only rpc_share() of them at once: the others are kept for connect and subscribe,
+ * which a client waits on to get in. An rpc or notification past its share waits here
+ * (in order) instead of in curl, and never longer than its timeout: then it ends as a
+ * timeout that says it was never sent.
+ */
+
+static bool gating(enum hook_event ev)
+{
+    return ev == HOOK_CONNECT || ev == HOOK_SUBSCRIBE;
+}
+
+/* The connections of one backend that rpc and notifications may hold at once: all but a
+ * quarter of --hook-connections (at least one kept for connect and subscribe). */
+static uint32_t rpc_share(void)
+{
+    uint32_t n = H.cfg->hook_connections;
+    return n < 2 ? 1 : n - MAX(n / 4, 1u);
+}
+
+static struct origin *origin_of(const char *url)
+{
+    const char *host = strstr(url, "://");
+    size_t len = host ? (size_t)(host + 3 - url) + strcspn(host + 3, "/?#") : strlen(url);
+    struct map_node *n = map_get(&H.origins, url, len);
+    if (n)
+        return container_of(n, struct origin, node);
+    struct origin *o = xcalloc(1, sizeof(*o));
+    memcpy(o->key, url, len);
+    list_init(&o->waiting);
+    o->node.key = o->key;
+    o->node.key_len = (uint32_t)len;
+    map_put(&H.origins, &o->node);
+    return o;
+}
+
+static void job_start(struct job *j);
+
+/* Hooks thread: the job's next attempt goes to curl, or waits for its backend's share. */
+static void job_begin(struct job *j)
+{
+    if (gating(j->ev))
+        return job_start(j);
+    struct origin *o = j->o = origin_of(j->t->s.url); /* (it may have gone while idle) */
+    j->waited_ms = 0;
+    if (o->busy < rpc_share() && list_empty(&o->waiting)) {
+        o->busy++;
+        j->holds = true;
+        return job_start(j);
+    }
+    j->queued_ms = now_ms();
+    list_insert_tail(&o->waiting, &j->wait);
+    o->n_waiting++;
+}
+
+/* Hooks thread: starts what waited and now fits each backend's share, ends what waited past
+ * its timeout, forgets idle backends; returns ms until the next of those timeouts (-1).
+ * stopping (hooks_stop, after the thread ended and curl's jobs did): ends every job that
+ * waits, and forgets every backend. */
+static long run_origins(bool stopping)
+{
+    uint64_t now = now_ms();
+    long next = -1;
+    size_t bucket = 0;
+    struct map_node *n, *tmp = NULL;
+    while ((n = map_next(&H.origins, &bucket, &tmp))) {
+        struct origin *o = container_of(n, struct origin, node);
+        while (!list_empty(&o->waiting)) {
+            struct job *j = container_of(o->waiting.next, struct job, wait);
+            uint64_t due = j->queued_ms + j->t->s.timeout_ms;
+            if (stopping) {
+                list_remove(&j->wait);
+                o->n_waiting--;
+                j->res.status = HOOK_STOPPED;
+                snprintf(j->res.detail, sizeof(j->res.detail), "the server is stopping");
+                job_complete(j);
+            } else if (due > now && o->busy < rpc_share()) {
+                list_remove(&j->wait);
+                o->n_waiting--;
+                o->busy++;
+                j->holds = true;
+                j->waited_ms = (uint32_t)(now - j->queued_ms);
+                job_start(j);
+            } else if (due <= now) {
+                list_remove(&j->wait);
+                o->n_waiting--;
+                j->attempt++;
+                j->res.status = HOOK_TIMEOUT;
+                j->res.http_status = 0;
+                j->res.elapsed_ms = now - j->queued_ms;
+                snprintf(j->res.detail, sizeof(j->res.detail),
+                         "not sent: waited %" PRIu64 " ms for a connection to the backend (rpc "
+                         "calls and notifications hold the %u of its --hook-connections they may "
+                         "use; %u more wait)",
+                         now - j->queued_ms, o->busy, o->n_waiting);
+                attempt_over(j);
+            } else {
+                long in = (long)(due - now);
+                next = next < 0 ? in : MIN(next, in);
+                break;
+            }
+        }
+        if (stopping || (!o->busy && list_empty(&o->waiting))) {
+            map_del(&H.origins, n);
+            free(o);
+        }
     }
     return next;
 }
@@ -563,7 +712,7 @@ static void *hooks_main(void *arg)
                 snprintf(j->res.detail, sizeof(j->res.detail), "the server is stopping");
                 job_complete(j);
             } else {
-                job_start(j);
+                job_begin(j);
             }
         }
         if (stop)
@@ -580,12 +729,15 @@ static void *hooks_main(void *arg)
             curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&j);
             job_ended(j, m->data.result);
         }
+        long origins_in = run_origins(false);
         long wait = 1000;
         curl_multi_timeout(H.multi, &wait);
         if (wait < 0 || wait > 1000)
             wait = 1000;
         if (retry_in >= 0)
             wait = MIN(wait, retry_in);
+        if (origins_in >= 0)
+            wait = MIN(wait, origins_in);
         curl_multi_poll(H.multi, NULL, 0, (int)wait, NULL);
     }
     return NULL;
@@ -617,6 +769,7 @@ static int submit(struct hook_target *t, enum hook_event ev, json_t *body, int w
     }
     struct job *j = xcalloc(1, sizeof(*j));
     list_init(&j->active);
+    list_init(&j->wait);
     hook_target_get(t);
     j->t = t;
     j->ev = ev;
@@ -675,6 +828,7 @@ int hooks_init(struct hub *hub, const struct herald_config *cfg)
     H.queue_tail = &H.queue;
     list_init(&H.active);
     map_init(&H.addrs, 64);
+    map_init(&H.origins, 8);
     atomic_store(&H.conn_seq, wall_us());
     if (cfg->webhook_url[0]) {
         struct hook_settings s;
@@ -740,6 +894,8 @@ void hooks_stop(void)
         snprintf(j->res.detail, sizeof(j->res.detail), "the server is stopping");
         job_complete(j);
     }
+    run_origins(true);
+    map_free(&H.origins);
     curl_multi_cleanup(H.multi);
     H.multi = NULL;
     map_free(&H.addrs); /* empty: every call ended */

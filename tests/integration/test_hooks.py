@@ -5,6 +5,7 @@ extra channels, a 500, an answer that never comes, or no backend at all (connect
 refused). Subscribers are independent clients (websockets, raw HTTP)."""
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -36,6 +37,7 @@ from helpers import (
     wait_until,
     ws_connect,
     ws_handshake,
+    ws_op,
 )
 
 SECRET = "hook-secret-for-tests"
@@ -698,6 +700,79 @@ def test_rpc_in_flight_is_bounded_per_connection(herald):
         arun(main())
     finally:
         b.close()
+
+
+@contextlib.contextmanager
+def hanging_rpc_herald(herald, timeout):
+    """herald (webhook_timeout) with a backend that answers connect and subscribe at once
+    and an rpc only once the event is set (at the end at the latest): (srv, backend, event)."""
+    release = threading.Event()
+
+    def answer(doc, attempt):
+        if doc["event"] == "rpc":
+            release.wait(60)
+            return 200, {"data": "late"}, 0
+        return 200, {"result": "allow", "data": "ok"}, 0
+    b = Backend(answer)
+    try:
+        yield hooked(herald, b.url, webhook_timeout=timeout), b, release
+    finally:
+        release.set()
+        b.close()
+
+
+async def send_rpcs(ws, n):
+    for i in range(n):
+        await ws.send(json.dumps({"op": "rpc", "method": "search", "ref": i}))
+
+
+def test_rpc_in_flight_leaves_backend_connections_for_connects(herald, chan):
+    # One WebSocket keeps --rpc-inflight (16) rpc calls at a backend that does not answer
+    # them; the backend has --hook-connections (16) connections. Other clients' connects
+    # must still reach the backend and be let in, not queue behind the rpc calls until
+    # their timeout (here 20 s, so a connect that waits is plainly seen waiting).
+    with hanging_rpc_herald(herald, "20s") as (srv, b, release):
+
+        async def main():
+            async with ws_connect(srv) as attacker:
+                await send_rpcs(attacker, 16)
+                await athread(b.wait, "rpc", 12)  # 12 of 16 connections: rpc's share
+                for n in range(3):
+                    async with ws_connect(srv, f"?channels={chan}") as victim:
+                        assert await ws_op(victim, {"op": "ping", "ref": n}, timeout=5) == \
+                            {"event": "pong", "ref": n}
+                assert len(b.events("connect")) == 4  # the attacker's and the victims'
+                assert not release.is_set()
+                release.set()
+                replies = [await recv_json(attacker, timeout=20) for _ in range(16)]
+                assert sorted(m["ref"] for m in replies) == list(range(16))
+                assert all(m["event"] == "reply" for m in replies), replies
+
+        arun(main())
+        assert len(b.events("rpc")) == 16
+        wait_until(lambda: srv.stats()["hooks"]["pending"] == 0, what="every hook call ended")
+
+
+def test_rpc_waiting_for_a_backend_connection_times_out_as_not_sent(herald):
+    # 12 of the 16 rpc calls hold the backend's connections and time out there; the other
+    # 4 never leave herald, and their error says so rather than blaming the backend.
+    with hanging_rpc_herald(herald, "500ms") as (srv, b, release):
+
+        async def main():
+            async with ws_connect(srv) as ws:
+                await send_rpcs(ws, 16)
+                return [await recv_json(ws, timeout=10) for _ in range(16)]
+
+        got = arun(main())
+        assert all(m.get("error") == "hook_failed" and m.get("hook") == "rpc" for m in got), got
+        sent = [m["detail"] for m in got if m["detail"] == "timeout after 500 ms"]
+        waited = [m["detail"] for m in got if m["detail"] != "timeout after 500 ms"]
+        assert len(sent) == 12, got
+        # Never sent, or sent with what was left of its 500 ms after waiting for a connection.
+        assert all(d.startswith(("not sent: waited ", "timeout after 500 ms, ")) and
+                   "--hook-connections" in d for d in waited), waited
+        late = [d for d in waited if d.startswith("timeout after 500 ms, ")]
+        assert srv.stats()["hooks"]["sent"]["rpc"] == 12 + len(late)
 
 
 def test_connection_closed_while_rpc_in_flight(herald):
