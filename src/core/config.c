@@ -453,7 +453,8 @@ static const struct config_option options[] = {
      .min = 1,
      .max = 10000000,
      .help = "hook calls waiting or in flight in the process, at most; past it a connect is "
-             "refused with 503 and a notification dropped (counted in /stats)"},
+             "refused with 503 and a notification dropped (counted in /stats); rpc calls "
+             "may fill three quarters of it and of --hook-queue-app"},
     {.name = "hook-queue-app",
      .type = OPT_COUNT,
      FIELD(hook_queue_app),

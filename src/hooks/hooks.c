@@ -349,8 +349,18 @@ const char *hook_refusal(int rc)
     return rc == HOOK_ADDR_FULL
                ? "too many hook calls of your address wait for the backend (--hook-queue-ip); "
                  "retry once they are answered"
+           : rc == HOOK_RPC_FULL
+               ? "too many rpc calls wait for the backend (they may fill three quarters of "
+                 "--hook-queue and --hook-queue-app); retry later"
                : "too many hook calls wait for the backend (--hook-queue, --hook-queue-app); "
                  "retry later";
+}
+
+/* What calls of event ev may fill of a queue bound of max: rpc three quarters of it, so that
+ * connect, subscribe and the notifications still find room during an rpc flood. */
+static uint32_t queue_bound(enum hook_event ev, uint32_t max)
+{
+    return ev == HOOK_RPC ? MAX(max - max / 4, 1u) : max;
 }
 
 /* ---- jobs ----------------------------------------------------------------------------- */
@@ -745,22 +755,22 @@ static void *hooks_main(void *arg)
 
 /* ---- calls ----------------------------------------------------------------------------- */
 
-/* Queues a job (counted against addr unless NULL): 0, or HOOK_QUEUE_FULL / HOOK_ADDR_FULL
- * when a bound is reached (nothing queued, body not taken). */
+/* Queues a job (counted against addr unless NULL): 0, or HOOK_QUEUE_FULL / HOOK_RPC_FULL /
+ * HOOK_ADDR_FULL when a bound is reached (nothing queued, body not taken). */
 static int submit(struct hook_target *t, enum hook_event ev, json_t *body, int w, hook_done_fn done,
                   void *arg, const uint8_t *addr)
 {
     if (!H.started)
         return HOOK_QUEUE_FULL;
-    uint32_t app_max = H.cfg->hook_queue_app;
-    if (atomic_fetch_add(&t->pending, 1) >= app_max) {
+    int full = ev == HOOK_RPC ? HOOK_RPC_FULL : HOOK_QUEUE_FULL;
+    if (atomic_fetch_add(&t->pending, 1) >= queue_bound(ev, H.cfg->hook_queue_app)) {
         atomic_fetch_sub(&t->pending, 1);
-        return HOOK_QUEUE_FULL;
+        return full;
     }
-    if (atomic_fetch_add(&H.pending, 1) >= H.cfg->hook_queue) {
+    if (atomic_fetch_add(&H.pending, 1) >= queue_bound(ev, H.cfg->hook_queue)) {
         atomic_fetch_sub(&H.pending, 1);
         atomic_fetch_sub(&t->pending, 1);
-        return HOOK_QUEUE_FULL;
+        return full;
     }
     if (!addr_take(addr)) {
         atomic_fetch_sub(&H.pending, 1);

@@ -68,6 +68,7 @@ enum hook_status {
     HOOK_BAD_ANSWER,  /* 2xx but not a JSON object, or over 64 KiB */
     HOOK_QUEUE_FULL,  /* refused before sending: too many calls wait */
     HOOK_ADDR_FULL,   /* refused before sending: too many calls of the client's address wait */
+    HOOK_RPC_FULL,    /* refused before sending: rpc calls fill their share of a queue */
     HOOK_STOPPED,     /* the server stops */
 };
 
@@ -129,7 +130,7 @@ long hook_events_parse(const char *list);
  * and runs done(arg, result) on worker w once it ends — a timeout, an error status and
  * an unreachable backend included. addr (16 bytes, see hub_client_set_addr; NULL: not
  * counted) is the client's address, whose calls waiting are bounded by --hook-queue-ip.
- * Returns 0, or HOOK_QUEUE_FULL or HOOK_ADDR_FULL (done is not called: the caller
+ * Returns 0, or HOOK_QUEUE_FULL, HOOK_RPC_FULL or HOOK_ADDR_FULL (done is not called: the caller
  * answers its client at once, with hook_refusal's sentence).
  */
 int hook_call(struct hook_target *t, int w, enum hook_event ev, json_t *body, hook_done_fn done,

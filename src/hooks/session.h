@@ -76,8 +76,8 @@ json_t *hook_channels_json(const struct slice *keys, size_t n);
  * Calls s's backend for c (which is held until the answer): done(c, r, arg) runs on
  * c's worker with c NULL when the connection went meanwhile. `parks`: the caller
  * parks c (conn_park) once this returned 0, and done unparks it; when c went, the
- * park's hold is released here. Returns 0, or HOOK_QUEUE_FULL or HOOK_ADDR_FULL (done is
- * not called, nothing is held; hook_refusal says why). body is taken.
+ * park's hold is released here. Returns 0, or HOOK_QUEUE_FULL, HOOK_RPC_FULL or HOOK_ADDR_FULL
+ * (done is not called, nothing is held; hook_refusal says why). body is taken.
  */
 int hook_session_call(struct conn *c, struct hook_session *s, enum hook_event ev, json_t *body,
                       bool parks,

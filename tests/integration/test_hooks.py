@@ -703,7 +703,7 @@ def test_rpc_in_flight_is_bounded_per_connection(herald):
 
 
 @contextlib.contextmanager
-def hanging_rpc_herald(herald, timeout):
+def hanging_rpc_herald(herald, timeout, **flags):
     """herald (webhook_timeout) with a backend that answers connect and subscribe at once
     and an rpc only once the event is set (at the end at the latest): (srv, backend, event)."""
     release = threading.Event()
@@ -715,7 +715,7 @@ def hanging_rpc_herald(herald, timeout):
         return 200, {"result": "allow", "data": "ok"}, 0
     b = Backend(answer)
     try:
-        yield hooked(herald, b.url, webhook_timeout=timeout), b, release
+        yield hooked(herald, b.url, webhook_timeout=timeout, **flags), b, release
     finally:
         release.set()
         b.close()
@@ -751,6 +751,30 @@ def test_rpc_in_flight_leaves_backend_connections_for_connects(herald, chan):
         arun(main())
         assert len(b.events("rpc")) == 16
         wait_until(lambda: srv.stats()["hooks"]["pending"] == 0, what="every hook call ended")
+
+
+def test_rpc_flood_leaves_queue_room_for_connects_and_disconnects(herald, chan):
+    # rpc calls may fill three quarters of --hook-queue-app (6 of 8): past that an rpc is
+    # refused, and another client's connect and its disconnect notification still get in
+    # (before, the rpc calls filled the queue: the connect got 4503, the disconnect was dropped).
+    with hanging_rpc_herald(herald, "20s", hook_queue_app=8) as (srv, b, release):
+
+        async def main():
+            async with ws_connect(srv) as attacker:
+                await send_rpcs(attacker, 16)
+                refused = [await recv_json(attacker) for _ in range(10)]
+                assert {m["ref"] for m in refused} == set(range(6, 16)), refused
+                assert all(m["error"] == "hook_failed" and
+                           m["detail"].startswith("too many rpc calls wait for the backend")
+                           for m in refused), refused
+                async with ws_connect(srv, f"?channels={chan}") as victim:
+                    assert await ws_op(victim, {"op": "ping", "ref": 1}) == {"event": "pong", "ref": 1}
+                await athread(b.wait, "disconnect", 1)
+
+        arun(main())
+        hooks = srv.stats()["hooks"]
+        assert hooks["dropped"] == 0 and hooks["refused"] == 10, hooks
+        assert len(b.events("connect")) == 2
 
 
 def test_rpc_waiting_for_a_backend_connection_times_out_as_not_sent(herald):
