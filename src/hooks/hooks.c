@@ -518,7 +518,14 @@ static void job_ended(struct job *j, CURLcode code)
     r->answer = NULL;
     if (code == CURLE_OPERATION_TIMEDOUT) {
         r->status = HOOK_TIMEOUT;
-        if (j->waited_ms)
+        long sent = 0;
+        curl_easy_getinfo(j->easy, CURLINFO_REQUEST_SIZE, &sent);
+        if (!sent)
+            snprintf(r->detail, sizeof(r->detail),
+                     "timeout after %u ms, not sent: no connection to the backend became free "
+                     "or opened in time (--hook-connections)",
+                     j->t->s.timeout_ms);
+        else if (j->waited_ms)
             snprintf(r->detail, sizeof(r->detail),
                      "timeout after %u ms, %u of them waiting for a connection to the backend "
                      "(--hook-connections)",
