@@ -46,6 +46,22 @@ int hub__await_sync_locked(struct hub *hub, int w, void *conn, const struct list
     return 0;
 }
 
+/* hub_internal.h */
+void hub__notify_gap_locked(struct hub *hub, struct channel *ch, uint64_t since, uint64_t oldest,
+                            uint64_t *wake_mask)
+{
+    char fields[CHANNEL_NAME_MAX + 96];
+    struct slice nm = chan_key_name(ch->name, ch->name_len);
+    int k = snprintf(fields, sizeof(fields), "\"channel\":\"%.*s\",\"since\":\"%" PRIu64 "\",",
+                     (int)nm.len, nm.data, since);
+    k += oldest ? snprintf(fields + k, sizeof(fields) - (size_t)k, "\"oldest\":\"%" PRIu64 "\"",
+                           oldest)
+                : snprintf(fields + k, sizeof(fields) - (size_t)k, "\"oldest\":null");
+    struct ctl_frames *gap = ctl_frames_new("gap", fields, (size_t)k);
+    hub__notify_workers(hub, ch, INBOX_CTL, gap, wake_mask);
+    ref_put(&gap->ref);
+}
+
 struct msg_group *hub__group_for(struct hub *hub, const struct slice *channels, size_t n)
 {
     if (n < 2)
@@ -174,16 +190,7 @@ static void apply_load_locked(struct hub *hub, struct channel *ch, const struct 
         /* Redis lost messages this node never had (a Redis restarted without its data,
          * a trim while the bus was away): the subscribers here are told, never skipped
          * silently. Queued before the entries, which follow the gap. */
-        char fields[CHANNEL_NAME_MAX + 96];
-        struct slice nm = chan_key_name(ch->name, ch->name_len);
-        int k = snprintf(fields, sizeof(fields),
-                         "\"channel\":\"%.*s\",\"since\":\"%" PRIu64 "\",\"oldest\":", (int)nm.len,
-                         nm.data, ch->last_seq);
-        k += n ? snprintf(fields + k, sizeof(fields) - (size_t)k, "\"%" PRIu64 "\"", entries[0].seq)
-               : snprintf(fields + k, sizeof(fields) - (size_t)k, "null");
-        struct ctl_frames *gap = ctl_frames_new("gap", fields, (size_t)k);
-        hub__notify_workers(hub, ch, INBOX_CTL, gap, wake_mask);
-        ref_put(&gap->ref);
+        hub__notify_gap_locked(hub, ch, ch->last_seq, n ? entries[0].seq : 0, wake_mask);
     }
     if (evicted > ch->evicted_seq)
         ch->evicted_seq = evicted;

@@ -160,6 +160,11 @@ int hub__resolve_locked(struct hub *hub, const struct slice *names, size_t n, st
 /* cache.c: the group of a message from the bus published to channels[0..n) (ids of the
  * channels this node caches), NULL for one channel. Hub lock held. */
 struct msg_group *hub__group_for(struct hub *hub, const struct slice *channels, size_t n);
+/* cache.c: queues a gap event about ch (a channel or a pattern) to its subscribers: the
+ * messages after `since` up to `oldest` (0: none kept, "oldest":null) are lost. Hub lock
+ * held. */
+void hub__notify_gap_locked(struct hub *hub, struct channel *ch, uint64_t since, uint64_t oldest,
+                            uint64_t *wake_mask);
 /* cache.c: tells each parked subscribe of the list (freed) to go again, or err. */
 void hub__wake_waiters(struct hub *hub, struct hub_waiter *waiters, int err);
 

@@ -40,9 +40,7 @@
  * held by name with from_seq below its id), and through one pattern only (a
  * pattern that delivered it has it as `delivered`).
  */
-#include <inttypes.h>
 #include <stddef.h>
-#include <stdio.h>
 #include <stdlib.h>
 
 #include "core/config.h"
@@ -646,17 +644,8 @@ int hub__patsub_await_heads_locked(struct hub *hub, int w, void *conn, const str
 static void gap_all_locked(struct hub *hub, struct pat_head *h, uint64_t *wake_mask)
 {
     for (uint32_t i = 0; i < h->n; i++) {
-        struct channel *pat = h->pats[i];
-        if (!pat->worker_mask)
-            continue;
-        char fields[CHANNEL_NAME_MAX + 96];
-        struct slice nm = chan_key_name(pat->name, pat->name_len);
-        int k = snprintf(fields, sizeof(fields),
-                         "\"channel\":\"%.*s\",\"since\":\"%" PRIu64 "\",\"oldest\":null",
-                         (int)nm.len, nm.data, h->last_seq);
-        struct ctl_frames *gap = ctl_frames_new("gap", fields, (size_t)k);
-        hub__notify_workers(hub, pat, INBOX_CTL, gap, wake_mask);
-        ref_put(&gap->ref);
+        if (h->pats[i]->worker_mask)
+            hub__notify_gap_locked(hub, h->pats[i], h->last_seq, 0, wake_mask);
     }
 }
 
