@@ -208,6 +208,24 @@ def lose_first_messages(srv, names):
     return cursor, ids
 
 
+def check_gaps_collapse(pub, srv, prefix, kind, nchannels):
+    """nchannels channels under prefix each lost their first message (pub and srv keep 1 a
+    channel); a resume on srv from before them."""
+    names = [f"{prefix}.c{i:03d}" for i in range(nchannels)]
+    cursor, ids = lose_first_messages(pub, names)
+    with subscribe(kind, srv, f"{prefix}.*", since=cursor) as sub:
+        gaps = 1 if nchannels > 64 else nchannels
+        got = sub.messages(gaps + nchannels)
+        if nchannels > 64:
+            assert got[0] == {"event": "gap", "channel": f"{prefix}.*", "since": cursor, "oldest": None, "reason": "gap_limit"}
+        else:
+            assert sorted(g["channel"] for g in got[:gaps]) == names
+            assert all(g["event"] == "gap" and "reason" not in g for g in got[:gaps]), got[:gaps]
+        assert ids_of(got[gaps:]) == ids  # each once, in id order
+        live = pub.publish(f"{prefix}.new", "live")["id"]
+        assert sub.next_message()["id"] == live
+
+
 @pytest.mark.parametrize("kind", TRANSPORTS)
 @pytest.mark.parametrize("nchannels", [64, 65])
 def test_gaps_of_a_resume_collapse_into_one_past_64_channels(herald, kind, nchannels):
@@ -215,19 +233,7 @@ def test_gaps_of_a_resume_collapse_into_one_past_64_channels(herald, kind, nchan
     gap naming the pattern, reason gap_limit, instead of a gap per channel (64,000 of
     them made one resume's answer 4.9 MB). The messages that are left come as ever."""
     srv = herald(history_size=1)
-    names = [f"g.c{i:03d}" for i in range(nchannels)]
-    cursor, ids = lose_first_messages(srv, names)
-    with subscribe(kind, srv, "g.*", since=cursor) as sub:
-        gaps = 1 if nchannels > 64 else nchannels
-        got = sub.messages(gaps + nchannels)
-        if nchannels > 64:
-            assert got[0] == {"event": "gap", "channel": "g.*", "since": cursor, "oldest": None, "reason": "gap_limit"}
-        else:
-            assert sorted(g["channel"] for g in got[:gaps]) == names
-            assert all(g["event"] == "gap" and "reason" not in g for g in got[:gaps]), got[:gaps]
-        assert ids_of(got[gaps:]) == ids  # each once, in id order
-        live = srv.publish("g.new", "live")["id"]
-        assert sub.next_message()["id"] == live
+    check_gaps_collapse(srv, srv, "g", kind, nchannels)
 
 
 def test_resume_reads_at_most_1000_channels_and_says_so(herald):
@@ -577,6 +583,14 @@ def test_one_redis_shutdown_with_a_subscribe_waiting_for_redis(redis_factory, he
     finally:
         r.proc.send_signal(signal.SIGCONT)
     assert b.sanitizer_report() is None, b.sanitizer_report()
+
+
+@pytest.mark.parametrize("nchannels", [64, 65])
+def test_one_redis_gaps_of_a_resume_collapse_into_one_past_64_channels(redis, herald, chan, nchannels):
+    """As on a single node: a gap per channel that lost history, up to 64; past that one
+    gap naming the pattern, reason gap_limit; the messages that are left come as ever."""
+    a, b = (herald(redis=redis.url, node_name=n, history_size=1) for n in "AB")
+    check_gaps_collapse(a, b, chan, "sse", nchannels)
 
 
 @pytest.mark.timeout(60)
