@@ -356,11 +356,18 @@ const char *hook_refusal(int rc)
                  "retry later";
 }
 
+/* What rpc calls may take of a bound of n (of connections: notifications too): all but a
+ * quarter, and at least one left to the others once n is 2 or more. */
+static uint32_t rpc_part(uint32_t n)
+{
+    return n < 2 ? 1 : n - MAX(n / 4, 1u);
+}
+
 /* What calls of event ev may fill of a queue bound of max: rpc three quarters of it, so that
  * connect, subscribe and the notifications still find room during an rpc flood. */
 static uint32_t queue_bound(enum hook_event ev, uint32_t max)
 {
-    return ev == HOOK_RPC ? MAX(max - max / 4, 1u) : max;
+    return ev == HOOK_RPC ? rpc_part(max) : max;
 }
 
 /* ---- jobs ----------------------------------------------------------------------------- */
@@ -613,12 +620,10 @@ static bool gating(enum hook_event ev)
     return ev == HOOK_CONNECT || ev == HOOK_SUBSCRIBE;
 }
 
-/* The connections of one backend that rpc and notifications may hold at once: all but a
- * quarter of --hook-connections (at least one kept for connect and subscribe). */
+/* The connections of one backend that rpc and notifications may hold at once. */
 static uint32_t rpc_share(void)
 {
-    uint32_t n = H.cfg->hook_connections;
-    return n < 2 ? 1 : n - MAX(n / 4, 1u);
+    return rpc_part(H.cfg->hook_connections);
 }
 
 static struct origin *origin_of(const char *url)

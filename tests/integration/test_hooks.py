@@ -800,6 +800,27 @@ def test_rpc_flood_leaves_queue_room_for_connects_and_disconnects(herald, chan):
         assert len(b.events("connect")) == 2
 
 
+def test_rpc_flood_leaves_room_in_a_small_queue(herald, chan):
+    # A --hook-queue-app of 3 keeps one place for connect, subscribe and notifications too,
+    # as --hook-connections does (before, rpc calls filled all 3: the connect got 4503).
+    with hanging_rpc_herald(herald, "20s", hook_queue_app=3) as (srv, b, release):
+
+        async def main():
+            async with ws_connect(srv) as attacker:
+                await send_rpcs(attacker, 5)
+                refused = [await recv_json(attacker) for _ in range(3)]
+                assert {m["ref"] for m in refused} == {2, 3, 4}, refused
+                assert all(m["error"] == "hook_failed" and
+                           m["detail"].startswith("too many rpc calls wait for the backend")
+                           for m in refused), refused
+                async with ws_connect(srv, f"?channels={chan}") as victim:
+                    assert await ws_op(victim, {"op": "ping", "ref": 1}) == {"event": "pong", "ref": 1}
+
+        arun(main())
+        assert srv.stats()["hooks"]["refused"] == 3
+        assert len(b.events("connect")) == 2
+
+
 def test_rpc_waiting_for_a_backend_connection_times_out_as_not_sent(herald):
     # 12 of the 16 rpc calls hold the backend's connections and time out there; the other
     # 4 never leave herald, and their error says so rather than blaming the backend.
