@@ -169,6 +169,16 @@ int redis_payload_parse_window(const char *p, size_t len, struct channel_opts *o
     return 0;
 }
 
+bool redis_payload_json_canonical(const char *p, size_t len)
+{
+    json_t *v = json_loadb(p, len, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, NULL);
+    char *again = v ? json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+    bool ok = again && strlen(again) == len && memcmp(again, p, len) == 0;
+    free(again);
+    json_decref(v);
+    return ok;
+}
+
 int redis_payload_parse_presence(const char *p, size_t len, struct redis_presence_event *ev)
 {
     bool join = len > 7 && memcmp(p, "X join ", 7) == 0;
@@ -185,16 +195,9 @@ int redis_payload_parse_presence(const char *p, size_t len, struct redis_presenc
     size_t il = (size_t)(end - info);
     if (il > PRESENCE_INFO_MAX)
         return -1;
-    if (il) {
-        /* It goes into every watcher's stream as it is: JSON text, one line, canonical. */
-        json_t *v = json_loadb(info, il, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, NULL);
-        char *again = v ? json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
-        bool ok = again && strlen(again) == il && memcmp(again, info, il) == 0;
-        free(again);
-        json_decref(v);
-        if (!ok)
-            return -1;
-    }
+    /* It goes into every watcher's stream as it is: JSON text, one line, canonical. */
+    if (il && !redis_payload_json_canonical(info, il))
+        return -1;
     *ev = (struct redis_presence_event){
         .join = join, .user = {sp + 1, (uint32_t)n}, .info = {info, (uint32_t)il}};
     return 0;

@@ -60,6 +60,9 @@ struct redis_presence_event {
     bool join;
     struct slice user, info; /* point into the message */
 };
+/* Whether p[0..len) is JSON text exactly as jansson writes it compactly (one line, no
+ * duplicate keys): what a node writes as a user's info. */
+bool redis_payload_json_canonical(const char *p, size_t len);
 /* Parses a join or leave. Returns 0, or -1 when p[0..len) is not one (nothing is set). */
 int redis_payload_parse_presence(const char *p, size_t len, struct redis_presence_event *ev);
 /* Parses "X presence 0|1" into *on. Returns 0 or -1. */

@@ -38,9 +38,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include <jansson.h>
 #include <openssl/rand.h>
 
+#include "cluster/redis_payload.h"
 #include "cluster/redis_scripts.h"
 #include "core/log.h"
 
@@ -482,15 +482,9 @@ static void read_reply(const redisReply *r, int status, void *arg)
             if (u->type != REDIS_REPLY_STRING || !u->len || u->len > PRESENCE_USER_MAX || !n)
                 continue;
             /* what any client of the Redis wrote: shown only if it is what a node writes */
-            bool ok_info =
-                info->type == REDIS_REPLY_STRING && info->len && info->len <= PRESENCE_INFO_MAX;
-            if (ok_info) {
-                json_t *v = json_loadb(info->str, info->len, JSON_DECODE_ANY, NULL);
-                char *again = v ? json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
-                ok_info = again && strlen(again) == info->len;
-                free(again);
-                json_decref(v);
-            }
+            bool ok_info = info->type == REDIS_REPLY_STRING && info->len &&
+                           info->len <= PRESENCE_INFO_MAX &&
+                           redis_payload_json_canonical(info->str, info->len);
             presence_list_add(l, u->str, u->len, (uint32_t)MIN(n, UINT32_MAX),
                               ok_info ? info->str : NULL, ok_info ? info->len : 0);
             l->connections += n;

@@ -150,6 +150,22 @@ def test_one_redis_keys_are_gone_when_everyone_left(pair, redis, chan):
                                  f"herald:{{{chan}}}:u") == 0, what="presence keys gone")
 
 
+def test_one_redis_read_shows_only_info_a_node_writes(pair, redis, chan):
+    """An info some other client of the Redis wrote is listed only if it is the compact JSON
+    a node writes: "1.0e2" is JSON as long as jansson's "100.0" but not it, and is left out."""
+    put(pair[0], chan, {"presence": True})
+    s = open_sub("sse", pair[1], chan, token("mallory", {"n": 1}))
+    try:
+        doc = wait_users(pair[0], chan, {"mallory": 1})
+        assert doc["users"][0]["info"] == {"n": 1}, doc
+        for junk in ("1.0e2", '{"a":1,"a":1}'):
+            redis.cmd("HSET", f"herald:{{{chan}}}:u", "mallory", junk)
+            doc = presence(pair[0], chan)
+            assert doc["users"] == [{"user": "mallory", "connections": 1}], (junk, doc)
+    finally:
+        s.close()
+
+
 # ---- two nodes on a Redis Cluster --------------------------------------------------------
 
 

@@ -182,6 +182,10 @@ static void test_bus_messages(void **state)
                          "X window 5",
                          "X",
                          ""};
+    /* The same test decides which info a presence read shows (redis_presence.c). */
+    assert_true(redis_payload_json_canonical("{\"a\":1}", 7));
+    assert_false(redis_payload_json_canonical("1.0e2", 5));
+    assert_false(redis_payload_json_canonical("{\"a\":1,\"a\":1}", 13));
     for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
         assert_int_equal(redis_payload_parse_bus(bad[i], strlen(bad[i]), &e, &data), REDIS_BUS_BAD);
         sbuf_free(&data);
@@ -283,12 +287,17 @@ static void test_bus_presence(void **state)
         "X join 5 alice{\"a\":1",          /* info not JSON */
         "X join 5 alice{\"a\":1,\"a\":2}", /* duplicate keys */
         "X join 5 alice\n",                /* info with a newline (breaks SSE lines) */
+        "X join 5 alice1.0e2",             /* as long as jansson's "100.0", not it */
         "X leave alice",
         "X joins 1 a",
         "X join 257 a",
         "X presence 2",
         "X presence 1 ",
     };
+    /* The same test decides which info a presence read shows (redis_presence.c). */
+    assert_true(redis_payload_json_canonical("{\"a\":1}", 7));
+    assert_false(redis_payload_json_canonical("1.0e2", 5));
+    assert_false(redis_payload_json_canonical("{\"a\":1,\"a\":1}", 13));
     for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
         assert_int_equal(redis_payload_parse_bus(bad[i], strlen(bad[i]), &e, &data), REDIS_BUS_BAD);
         sbuf_free(&data);
