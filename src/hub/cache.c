@@ -164,6 +164,15 @@ static struct hub_waiter *gone_locked(struct hub *hub, struct channel *ch, uint6
     return waiters;
 }
 
+void hub__free_waiters(struct hub_waiter *waiters)
+{
+    while (waiters) {
+        struct hub_waiter *next = waiters->next;
+        free(waiters);
+        waiters = next;
+    }
+}
+
 void hub__wake_waiters(struct hub *hub, struct hub_waiter *waiters, int err)
 {
     while (waiters) {

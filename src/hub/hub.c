@@ -612,11 +612,7 @@ static void chan_release(struct hub *hub, struct channel *ch)
     for (uint32_t i = 0; i < ch->nheld; i++)
         ref_put(&ch->held[i]->ref);
     free(ch->held);
-    while (ch->waiters) { /* at shutdown: the server frees the parked connections */
-        struct hub_waiter *next = ch->waiters->next;
-        free(ch->waiters);
-        ch->waiters = next;
-    }
+    hub__free_waiters(ch->waiters);
     free(ch->local);
     hub__presence_free(ch);
     hub_tenant_put(ch->tenant);

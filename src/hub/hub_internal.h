@@ -167,6 +167,9 @@ void hub__notify_gap_locked(struct hub *hub, struct channel *ch, uint64_t since,
                             uint64_t *wake_mask);
 /* cache.c: tells each parked subscribe of the list (freed) to go again, or err. */
 void hub__wake_waiters(struct hub *hub, struct hub_waiter *waiters, int err);
+/* cache.c: frees the list, waking none (at shutdown: the server frees the parked
+ * connections). */
+void hub__free_waiters(struct hub_waiter *waiters);
 
 /* ---- presence.c ---------------------------------------------------------------- */
 

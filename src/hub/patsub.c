@@ -102,11 +102,7 @@ static struct pat_head *head_of(struct hub *hub, const char *pkey, size_t len, b
 static void head_free(struct hub *hub, struct pat_head *h)
 {
     map_del(&hub->pattern_heads, &h->node);
-    while (h->waiters) { /* hub_free only: the server frees the parked connections */
-        struct hub_waiter *next = h->waiters->next;
-        free(h->waiters);
-        h->waiters = next;
-    }
+    hub__free_waiters(h->waiters); /* hub_free only */
     size_t b = 0;
     struct map_node *n, *next = NULL;
     while ((n = map_next(&h->names, &b, &next))) {
