@@ -178,6 +178,8 @@ static void write_count(struct rb *rb, const char *name, size_t len, char kind, 
         index_channel(rb, name, len, false);
 }
 
+/* One count of this node's, copied: posted to the backend thread by redis_presence__set,
+ * or kept for resync. */
 struct set_task {
     struct task t;
     struct rb *rb;
@@ -195,11 +197,10 @@ static void set_run(struct task *t)
     free(st);
 }
 
-void redis_presence__set(void *be, const char *name, size_t len, char kind, const char *user,
-                         size_t user_len, uint32_t conns, const char *info, size_t info_len,
-                         uint32_t chan_conns)
+static struct set_task *set_task_new(struct rb *rb, const char *name, size_t len, char kind,
+                                     const char *user, size_t user_len, uint32_t conns,
+                                     const char *info, size_t info_len, uint32_t chan_conns)
 {
-    struct rb *rb = be;
     struct set_task *st = xmalloc(sizeof(*st) + len + user_len + info_len + 3);
     *st = (struct set_task){.t.fn = set_run,
                             .rb = rb,
@@ -218,21 +219,24 @@ void redis_presence__set(void *be, const char *name, size_t len, char kind, cons
     if (st->info_len)
         memcpy(st->info, info, st->info_len);
     st->name[len] = st->user[user_len] = st->info[st->info_len] = '\0';
+    return st;
+}
+
+void redis_presence__set(void *be, const char *name, size_t len, char kind, const char *user,
+                         size_t user_len, uint32_t conns, const char *info, size_t info_len,
+                         uint32_t chan_conns)
+{
+    struct rb *rb = be;
+    struct set_task *st =
+        set_task_new(rb, name, len, kind, user, user_len, conns, info, info_len, chan_conns);
     redis_backend__post(rb, &st->t);
 }
 
 /* ---- the tick: lease, dead identities, sweeps ------------------------------------------ */
 
-/* One count of the node's, copied out of the hub for resync. */
-struct snap_item {
-    char kind;
-    uint32_t conns, chan_conns;
-    size_t len, user_len, info_len;
-    char *name, *user, *info; /* in the same allocation */
-};
-
 struct snapshot {
-    struct snap_item **v;
+    struct rb *rb;
+    struct set_task **v;
     size_t n, cap;
 };
 
@@ -241,25 +245,10 @@ static void snap_one(void *arg, const char *name, size_t len, char kind, const c
                      uint32_t chan_conns)
 {
     struct snapshot *sn = arg;
-    info_len = info ? info_len : 0;
-    struct snap_item *it = xmalloc(sizeof(*it) + len + user_len + info_len);
-    *it = (struct snap_item){.kind = kind,
-                             .conns = conns,
-                             .chan_conns = chan_conns,
-                             .len = len,
-                             .user_len = user_len,
-                             .info_len = info_len};
-    it->name = (char *)(it + 1);
-    it->user = it->name + len;
-    it->info = it->user + user_len;
-    memcpy(it->name, name, len);
-    if (user_len)
-        memcpy(it->user, user, user_len);
-    if (info_len)
-        memcpy(it->info, info, info_len);
     if (sn->n == sn->cap)
         sn->v = xrealloc(sn->v, (sn->cap = sn->cap ? sn->cap * 2 : 64) * sizeof(*sn->v));
-    sn->v[sn->n++] = it;
+    sn->v[sn->n++] =
+        set_task_new(sn->rb, name, len, kind, user, user_len, conns, info, info_len, chan_conns);
 }
 
 /* Everything the node counts, written again under a new identity; the old one's lease
@@ -271,14 +260,10 @@ static void resync(struct rb *rb)
         memcpy(rp->old, rp->ident, sizeof(rp->old));
     new_identity(rb);
     log_info("presence: writing this node's counts as %s", rp->ident);
-    struct snapshot sn = {0};
+    struct snapshot sn = {.rb = rb};
     hub_presence_snapshot(rb->hub, snap_one, &sn); /* copied under the hub lock, sent after */
-    for (size_t i = 0; i < sn.n; i++) {
-        struct snap_item *it = sn.v[i];
-        write_count(rb, it->name, it->len, it->kind, it->user_len ? it->user : NULL, it->user_len,
-                    it->conns, it->info_len ? it->info : NULL, it->info_len, it->chan_conns);
-        free(it);
-    }
+    for (size_t i = 0; i < sn.n; i++)
+        set_run(&sn.v[i]->t); /* writes and frees */
     free(sn.v);
 }
 
