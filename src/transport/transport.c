@@ -448,12 +448,19 @@ int transport_subscribe(struct conn *c, const struct sub_request *r, size_t *bad
     free(info);
     if (err == 0 && r->since_implied) {
         /* The cursor is the request's arrival (a hook waited), not a position the client
-         * had: it gets what came meanwhile, and no gap about a history it never saw (in
-         * cluster mode a data set's or slot's epoch begun after the arrival would be one). */
-        struct hub_backlog gaps_only = {.gaps = b->gaps, .ngaps = b->ngaps};
-        hub_backlog_free(&gaps_only);
-        b->gaps = NULL;
-        b->ngaps = 0;
+         * had: a channel's gap with nothing retained after it is about a history it never
+         * saw (in cluster mode a data set's or slot's epoch begun after the arrival) and
+         * goes. One with messages kept (some of what came meanwhile is gone) or a pattern's
+         * limit stays. */
+        uint32_t kept = 0;
+        for (uint32_t i = 0; i < b->ngaps; i++) {
+            struct hub_gap *g = &b->gaps[i];
+            if (g->reason == HUB_GAP_CHANNEL && !g->oldest)
+                free(g->name);
+            else
+                b->gaps[kept++] = *g;
+        }
+        b->ngaps = kept;
     }
     return err;
 }

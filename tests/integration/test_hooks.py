@@ -1121,6 +1121,31 @@ def test_hook_channels_past_the_connection_cap_are_logged(herald, chan):
         b.close()
 
 
+def test_messages_lost_while_the_hook_waits_are_a_gap(herald, chan):
+    """What came while the backend thought and is no longer kept is told as a gap (the
+    implied cursor drops only gaps about a history with nothing kept after it)."""
+    b = Backend(lambda doc, a: (200, {"result": "allow"}, 0.8))
+    try:
+        srv = hooked(herald, b.url, history_size=1)
+        srv.publish(chan, "before")
+        out = {}
+
+        def publish_while_parked():
+            b.wait("connect")
+            out["ids"] = srv.publish_many(chan, [b"m1", b"m2", b"m3"])  # history keeps m3 only
+
+        t = threading.Thread(target=publish_while_parked)
+        t.start()
+        with SSE(srv, chan) as sub:  # its head waits for the backend's answer
+            t.join(10)
+            ids = out["ids"]
+            gap, last = sub.messages(2)
+            assert gap["event"] == "gap" and gap["oldest"] == ids[2], gap
+            assert last["id"] == ids[2] and last["data"] == "m3"
+    finally:
+        b.close()
+
+
 def test_shutdown_while_connects_and_rpcs_wait(herald, chan):
     release = threading.Event()
     b = Backend(lambda doc, a: (200, {"result": "allow", "data": 1}, 0) if release.wait(15) else (500, None, 0))
